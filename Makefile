@@ -1,0 +1,60 @@
+# libvirt-ft — see README.md. Everything here runs as root on Debian 12.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+BIN := $(CURDIR)/bin
+GUEST := $(CURDIR)/test/guest/out
+LAB := test/lab/lab.sh
+TRIALS ?= 1
+
+# Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
+PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
+	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
+	iproute2 kmod socat tcpdump ca-certificates
+
+.PHONY: all setup build unit e2e test demo bench fuzz lab-up lab-down guest clean fmt vet
+
+all: build
+
+setup:
+	@if ! dpkg -s $(PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PACKAGES) $$(cat test/lab/packages.txt 2>/dev/null); \
+	fi
+	@command -v $(GO) >/dev/null || { echo "Go is missing: install Go 1.26 (/usr/local/go)"; exit 1; }
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/diskcheck ./test/tools/diskcheck
+
+guest:
+	test/guest/build.sh $(GUEST)
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 ./...
+
+e2e: build guest
+	test/e2e/run.sh replication refusals
+
+test: setup vet unit e2e
+
+demo: setup build guest
+	test/demo.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./logchan/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime 60s ./logchan/
+
+lab-up: build guest
+	HOOK_BIN=$(BIN)/libvirt-ft-hook $(LAB) up
+
+lab-down:
+	$(LAB) down
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,48 @@
+// Command libvirt-ftd is the libvirt-ft daemon: run one on every host that
+// holds primaries or backups. It reads /etc/libvirt-ft/libvirt-ftd.yaml.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/libvirt-ft/libvirt-ft/plugin"
+)
+
+func main() {
+	var configPath, level string
+	cmd := &cobra.Command{
+		Use:           "libvirt-ftd",
+		Short:         "libvirt-ft daemon: record/replay fault tolerance for libvirt/QEMU domains",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log := logrus.New()
+			log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000"})
+			lvl, err := logrus.ParseLevel(level)
+			if err != nil {
+				return fmt.Errorf("--log-level %q: %w", level, err)
+			}
+			log.SetLevel(lvl)
+			cfg, err := plugin.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return plugin.New(cfg, log).Run(ctx)
+		},
+	}
+	cmd.Flags().StringVarP(&configPath, "config", "c", plugin.DefaultConfigPath, "configuration file (YAML)")
+	cmd.Flags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "libvirt-ftd:", err)
+		os.Exit(1)
+	}
+}

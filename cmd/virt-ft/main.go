@@ -1,0 +1,92 @@
+// Command virt-ft is libvirt-ft's command-line client: it asks the local
+// libvirt-ftd over its control socket.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+)
+
+func main() {
+	var socket string
+	root := &cobra.Command{
+		Use:           "virt-ft",
+		Short:         "inspect and drive libvirt-ft fault tolerance",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&socket, "socket", ctl.DefaultSocket, "libvirt-ftd control socket")
+
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status [DOMAIN]",
+		Short: "show protected domains: role, peer, state, log sent/acked, backup lag, heartbeat age",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := ctl.Request{Op: ctl.OpStatus}
+			if len(args) == 1 {
+				req.Domain = args[0]
+			}
+			resp, err := ctl.Call(socket, req, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			if !resp.OK {
+				return fmt.Errorf("%s", resp.Error)
+			}
+			if len(args) == 1 && len(resp.Domains) == 0 {
+				return fmt.Errorf("domain %q is not protected here (no ft element, or libvirt-ftd has not seen it)", args[0])
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(resp.Domains)
+			}
+			printStatus(resp.Domains)
+			return nil
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	root.AddCommand(status)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "virt-ft:", err)
+		os.Exit(1)
+	}
+}
+
+func printStatus(ds []ctl.DomainStatus) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "DOMAIN\tROLE\tPEER\tSTATE\tLOG SENT\tACKED\tLAG\tLAG (instr)\tLAG (ms)\tHEARTBEAT")
+	for _, d := range ds {
+		hb := "never"
+		if d.HeartbeatAgeMS >= 0 {
+			hb = fmt.Sprintf("%d ms ago", d.HeartbeatAgeMS)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, d.Role, d.Peer, d.State,
+			bytes(d.SentBytes), bytes(d.AckedBytes), bytes(d.LagBytes), d.LagInstructions, d.LagMS, hb)
+	}
+	w.Flush()
+	for _, d := range ds {
+		if d.Detail != "" {
+			fmt.Printf("%s: %s\n", d.Name, d.Detail)
+		}
+	}
+}
+
+func bytes(n uint64) string {
+	switch {
+	case n >= 10<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 10<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	default:
+		return fmt.Sprintf("%d B", n)
+	}
+}

@@ -1,0 +1,168 @@
+// Package plugin is the core of libvirt-ftd, the per-host libvirt-ft daemon:
+// it keeps a connection to the local libvirtd, runs one controller per
+// protected domain (primary on the recording host, backup on the replaying
+// host), serves the control socket used by the libvirt hook and virt-ft, and
+// serves the log channel and control requests of the peer daemon over TCP.
+//
+// Each daemon talks only to its own libvirtd (DESIGN.md section 2); anything
+// that must happen on the other host is asked of the peer daemon.
+package plugin
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// DefaultConfigPath is where libvirt-ftd reads its configuration.
+const DefaultConfigPath = "/etc/libvirt-ft/libvirt-ftd.yaml"
+
+// DefaultControlSocket is the unix socket of the hook and virt-ft.
+const DefaultControlSocket = "/run/libvirt-ft/ctl.sock"
+
+// Config is libvirt-ftd's configuration file (YAML, unknown keys refused).
+type Config struct {
+	// Listen is the TCP address (host:port) the peer daemon connects to for
+	// the log channel and control requests. Default ":7480".
+	Listen string `yaml:"listen"`
+	// LibvirtURI is the local libvirtd's URI. Default "qemu:///system".
+	LibvirtURI string `yaml:"libvirt-uri"`
+	// ControlSocket is the unix socket path for the hook and virt-ft.
+	ControlSocket string `yaml:"control-socket"`
+	// QEMUUser and QEMUGroup own the FIFOs QEMU opens; they must match
+	// libvirt's qemu.conf user/group (Debian: libvirt-qemu / libvirt-qemu).
+	QEMUUser  string `yaml:"qemu-user"`
+	QEMUGroup string `yaml:"qemu-group"`
+	// WindowBytes bounds the log bytes sent to the backup and not yet
+	// acknowledged (bytes). When the window is full the primary's FIFO is not
+	// read, so QEMU's vCPU stalls: this bounds the backup's lag
+	// (DESIGN.md "Lag bound"). Default 262144.
+	WindowBytes int `yaml:"window-bytes"`
+	// StatusIntervalMS is how often a backup samples its QEMU's icount for
+	// lag figures (ms). Default 200.
+	StatusIntervalMS int `yaml:"status-interval-ms"`
+	// DialTimeoutMS bounds connecting to the peer daemon (ms). Default 3000.
+	DialTimeoutMS int `yaml:"dial-timeout-ms"`
+	// SeedDirs are the directories a peer may write disk copies into when it
+	// seeds a backup (absolute paths). Default [/var/lib/libvirt/images].
+	SeedDirs []string `yaml:"seed-dirs"`
+	// AllowedPeers, when not empty, lists the IP addresses whose daemons may
+	// connect (log channel and control requests). Empty allows any address.
+	AllowedPeers []string `yaml:"allowed-peers"`
+}
+
+// LoadConfig reads path; a missing file gives the defaults.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	data, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return c, fmt.Errorf("plugin: config %s: %w", path, err)
+	}
+	if len(bytes.TrimSpace(data)) > 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("plugin: config %s: %w (see packaging/libvirt-ftd.yaml for the keys)", path, err)
+		}
+	}
+	c.applyDefaults()
+	return c, c.validate(path)
+}
+
+func (c *Config) applyDefaults() {
+	if c.Listen == "" {
+		c.Listen = ":7480"
+	}
+	if c.LibvirtURI == "" {
+		c.LibvirtURI = "qemu:///system"
+	}
+	if c.ControlSocket == "" {
+		c.ControlSocket = DefaultControlSocket
+	}
+	if c.QEMUUser == "" {
+		c.QEMUUser = "libvirt-qemu"
+	}
+	if c.QEMUGroup == "" {
+		c.QEMUGroup = "libvirt-qemu"
+	}
+	if c.WindowBytes == 0 {
+		c.WindowBytes = 256 << 10
+	}
+	if c.StatusIntervalMS == 0 {
+		c.StatusIntervalMS = 200
+	}
+	if len(c.SeedDirs) == 0 {
+		c.SeedDirs = []string{"/var/lib/libvirt/images"}
+	}
+	if c.DialTimeoutMS == 0 {
+		c.DialTimeoutMS = 3000
+	}
+}
+
+func (c *Config) validate(path string) error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("plugin: config %s: listen %q: %v; use host:port such as 10.0.0.2:7480", path, c.Listen, err)
+	}
+	if !filepath.IsAbs(c.ControlSocket) {
+		return fmt.Errorf("plugin: config %s: control-socket %q must be an absolute path", path, c.ControlSocket)
+	}
+	if c.WindowBytes < 64<<10 {
+		return fmt.Errorf("plugin: config %s: window-bytes %d is below 65536; raise it", path, c.WindowBytes)
+	}
+	return nil
+}
+
+// seedAllowed reports whether a peer may write a disk copy at path.
+func (c Config) seedAllowed(path string) bool {
+	clean := filepath.Clean(path)
+	for _, d := range c.SeedDirs {
+		d = filepath.Clean(d)
+		if strings.HasPrefix(clean, d+string(filepath.Separator)) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerAllowed reports whether a connection from addr (host:port) is accepted.
+func (c Config) peerAllowed(addr string) bool {
+	if len(c.AllowedPeers) == 0 {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	for _, p := range c.AllowedPeers {
+		if p == host {
+			return true
+		}
+	}
+	return false
+}
+
+func (c Config) dialTimeout() time.Duration { return time.Duration(c.DialTimeoutMS) * time.Millisecond }
+
+// qemuOwner resolves QEMUUser/QEMUGroup to numeric ids.
+func (c Config) qemuOwner() (uid, gid int, err error) {
+	u, err := user.Lookup(c.QEMUUser)
+	if err != nil {
+		return 0, 0, fmt.Errorf("plugin: qemu-user %q: %w; set qemu-user to libvirt's qemu.conf user", c.QEMUUser, err)
+	}
+	g, err := user.LookupGroup(c.QEMUGroup)
+	if err != nil {
+		return 0, 0, fmt.Errorf("plugin: qemu-group %q: %w; set qemu-group to libvirt's qemu.conf group", c.QEMUGroup, err)
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(g.Gid)
+	return uid, gid, nil
+}

@@ -1,0 +1,144 @@
+// Package ctl is the control-socket protocol between libvirt-ftd and its
+// local clients: the libvirt hook (hooks/) and the virt-ft command.
+//
+// One request per connection: the client writes one JSON Request and a
+// newline, the daemon answers one JSON Response and closes. The socket is a
+// unix socket (default /run/libvirt-ft/ctl.sock, mode 0600, root only).
+package ctl
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Operations.
+const (
+	// OpHook carries a libvirt qemu hook invocation (Request.Hook).
+	OpHook = "hook"
+	// OpStatus asks for the status of protected domains (Request.Domain
+	// empty for all).
+	OpStatus = "status"
+)
+
+// ErrDaemonUnreachable wraps failures to reach libvirt-ftd.
+var ErrDaemonUnreachable = errors.New("libvirt-ftd is not reachable")
+
+// Hook is one libvirt qemu hook invocation
+// (libvirt docs: https://libvirt.org/hooks.html, "etc/libvirt/hooks/qemu").
+type Hook struct {
+	// Domain is the domain name (argv[1]).
+	Domain string `json:"domain"`
+	// Operation is argv[2]: prepare, start, started, stopped, release,
+	// migrate, restore, reconnect, attach.
+	Operation string `json:"operation"`
+	// SubOperation is argv[3] (begin, end, -).
+	SubOperation string `json:"sub_operation"`
+	// XML is the domain XML libvirt passed on stdin.
+	XML string `json:"xml"`
+}
+
+// Request is what a client sends.
+type Request struct {
+	Op     string `json:"op"`
+	Domain string `json:"domain,omitempty"`
+	Hook   *Hook  `json:"hook,omitempty"`
+}
+
+// Response is what the daemon answers. Error, when set, is a complete
+// user-facing message (the hook prints it; libvirt shows it).
+type Response struct {
+	OK      bool           `json:"ok"`
+	Error   string         `json:"error,omitempty"`
+	Domains []DomainStatus `json:"domains,omitempty"`
+}
+
+// DomainStatus is one protected domain as virt-ft status shows it.
+type DomainStatus struct {
+	Name string `json:"name"`
+	UUID string `json:"uuid"`
+	// Role is "primary" or "backup".
+	Role string `json:"role"`
+	// Peer is the other daemon's address (host:port).
+	Peer string `json:"peer"`
+	// State is a short word: defined, refused, preparing, seeding,
+	// replicating, unprotected, stopped, ...
+	State string `json:"state"`
+	// Detail explains State (the refusal, the seeding progress, ...).
+	Detail string `json:"detail,omitempty"`
+	// SentBytes is the log bytes sent to (primary) or received from (backup)
+	// the peer; AckedBytes the bytes the backup acknowledged as in its FIFO.
+	SentBytes  uint64 `json:"sent_bytes"`
+	AckedBytes uint64 `json:"acked_bytes"`
+	// LagBytes = SentBytes - AckedBytes, plus what the backup's QEMU has not
+	// consumed when known.
+	LagBytes uint64 `json:"lag_bytes"`
+	// LogInstructions is the sum of INSTRUCTION counts in the log so far
+	// (guest instructions); BackupIcount the backup QEMU's icount.
+	LogInstructions uint64 `json:"log_instructions"`
+	BackupIcount    uint64 `json:"backup_icount"`
+	// LagInstructions = LogInstructions - BackupIcount (guest instructions).
+	LagInstructions uint64 `json:"lag_instructions"`
+	// LagMS is how far the backup is behind, in ms of the primary's run time
+	// (the primary's wall time between reaching BackupIcount and now).
+	LagMS int64 `json:"lag_ms"`
+	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
+	// -1 when none was ever received.
+	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
+}
+
+// Call sends req to the daemon at socket and waits at most timeout for the
+// answer. Errors reaching the daemon wrap ErrDaemonUnreachable.
+func Call(socket string, req Request, timeout time.Duration) (Response, error) {
+	var resp Response
+	c, err := net.DialTimeout("unix", socket, timeout)
+	if err != nil {
+		return resp, fmt.Errorf("%w (%v); start it (systemctl start libvirt-ftd) and retry", ErrDaemonUnreachable, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	b, err := json.Marshal(req)
+	if err != nil {
+		return resp, err
+	}
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return resp, fmt.Errorf("%w (write: %v)", ErrDaemonUnreachable, err)
+	}
+	line, err := bufio.NewReaderSize(c, 64<<10).ReadBytes('\n')
+	if err != nil && len(line) == 0 {
+		return resp, fmt.Errorf("%w (no answer within %v: %v)", ErrDaemonUnreachable, timeout, err)
+	}
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return resp, fmt.Errorf("libvirt-ftd answered garbage: %v", err)
+	}
+	return resp, nil
+}
+
+// ReadRequest reads one request from a server-side connection.
+func ReadRequest(r *bufio.Reader) (Request, error) {
+	var req Request
+	line, err := r.ReadBytes('\n')
+	if err != nil && len(line) == 0 {
+		return req, err
+	}
+	if err := json.Unmarshal(line, &req); err != nil {
+		return req, fmt.Errorf("ctl: malformed request: %w", err)
+	}
+	return req, nil
+}
+
+// WriteResponse writes one response line.
+func WriteResponse(c net.Conn, resp Response) error {
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	_, err = c.Write(append(b, '\n'))
+	return err
+}
+
+// DefaultSocket is the daemon's default control socket.
+const DefaultSocket = "/run/libvirt-ft/ctl.sock"

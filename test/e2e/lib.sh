@@ -1,0 +1,98 @@
+# Shared steps of the end-to-end tests and the demo (sourced, bash).
+# Every step runs inside the two-host lab (test/lab/lab.sh): real libvirtd on
+# each simulated host, real QEMU, the real guest, real TCP clients.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LAB="$ROOT/test/lab/lab.sh"
+export LAB_DIR=${LAB_DIR:-/var/tmp/ftlab}
+BIN="$ROOT/bin"
+GUEST="$ROOT/test/guest/out"
+DOMAIN=${DOMAIN:-ftdemo}
+GUEST_IP=10.250.0.100
+HOST_A_IP=10.250.0.1
+HOST_B_IP=10.250.0.2
+IMAGES=/var/lib/libvirt/images
+CONSOLE_DIR=/var/log/libvirt/qemu
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+log() { printf '   %s\n' "$*"; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+lab() { "$LAB" "$@"; }
+on() { local h=$1; shift; "$LAB" exec "$h" "$@"; }
+virsh_on() { local h=$1; shift; "$LAB" exec "$h" virsh -q -c qemu:///system "$@"; }
+ft_on() { local h=$1; shift; "$LAB" exec "$h" "$BIN/virt-ft" "$@"; }
+
+# wait_for SECONDS DESCRIPTION CMD...: poll CMD every 0.2 s.
+wait_for() {
+	local secs=$1 what=$2; shift 2
+	local end=$((SECONDS + secs))
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $end ] || die "timed out after ${secs}s waiting for $what"
+		sleep 0.2
+	done
+}
+
+# lab_start: bring the lab up with our hook installed, configure and start
+# libvirt-ftd on both hosts.
+lab_start() {
+	[ -x "$BIN/libvirt-ftd" ] || die "run make build first"
+	HOOK_BIN="$BIN/libvirt-ft-hook" lab up
+	local h ip
+	for h in a b; do
+		ip=$HOST_A_IP; [ $h = b ] && ip=$HOST_B_IP
+		on $h sh -c "mkdir -p /etc/libvirt-ft && cat > /etc/libvirt-ft/libvirt-ftd.yaml" <<-YAML
+		listen: $ip:7480
+		libvirt-uri: qemu:///system
+		YAML
+		lab bg $h ftd "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml
+	done
+	for h in a b; do
+		wait_for 20 "libvirt-ftd on host $h" on $h "$BIN/virt-ft" status
+	done
+	# The guest's kernel and initramfs must be at the same paths on both hosts
+	# (the backup is the same machine); its disk exists on host A only and is
+	# seeded to host B by libvirt-ftd.
+	for h in a b; do
+		on $h mkdir -p $IMAGES
+		on $h cp "$GUEST/vmlinuz" "$GUEST/initrd.img" $IMAGES/
+	done
+}
+
+lab_stop() {
+	lab down >/dev/null 2>&1 || true
+}
+
+# domain_xml NAME [EXTRA-SED]: the demo domain with our ft element.
+domain_xml() {
+	local name=$1 extra=${2:-}
+	sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$IMAGES/vmlinuz|g" \
+		-e "s|@INITRD@|$IMAGES/initrd.img|g" -e "s|@DISK@|$IMAGES/$name.qcow2|g" \
+		-e "s|@PEER@|$HOST_B_IP|g" ${extra:+-e "$extra"} "$ROOT/test/e2e/ftdemo.xml.in"
+}
+
+# define_protected NAME: create the disk on host A and virsh define the
+# domain there; wait until libvirt-ftd has rewritten it for record/replay.
+define_protected() {
+	local name=$1
+	on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$name.qcow2 >/dev/null
+	domain_xml "$name" > "/tmp/$name.xml"
+	on a virsh -q -c qemu:///system define "/tmp/$name.xml"
+	wait_for 20 "libvirt-ftd to prepare $name" sh -c "'$LAB' exec a virsh -c qemu:///system dumpxml --inactive $name | grep -q 'rr=record'"
+}
+
+# tick_lines HOST NAME: the console's tick lines.
+tick_lines() { on "$1" cat "$CONSOLE_DIR/$2-console.log" 2>/dev/null | tr -d '\r' | grep -E '^tick [0-9]+ up ' || true; }
+last_tick() { tick_lines "$1" "$2" | tail -n 1 | awk '{print $2}'; }
+has_tick() { tick_lines "$1" "$2" | grep -q "^tick $3 up "; }
+
+# client CMD...: run in the client namespace.
+client() { "$LAB" exec c "$@"; }
+
+# guest_ctl LINE: send a line to the guest's control port and print the reply.
+guest_ctl() { client socat -T 5 - TCP:$GUEST_IP:7003,connect-timeout=5 <<<"$1"; }
+
+# backup_mode: the backup QEMU's replay mode as query-replay reports it.
+replay_mode() {
+	virsh_on "$1" qemu-monitor-command "$2" '{"execute":"query-replay"}' 2>/dev/null |
+		sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p'
+}

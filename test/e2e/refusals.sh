@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# End-to-end refusals: each domain that cannot be protected is defined with
+# `virsh define`, and `virsh start` is refused with a message that names the
+# field and the fix; nothing is started on either host and the definition is
+# left as the user wrote it.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+trap lab_stop EXIT
+lab_stop
+lab_start
+
+# name | sed expression applied to the demo domain | text the refusal must contain
+cases=(
+	"vcpus|s|<vcpu placement='static'>1</vcpu>|<vcpu placement='static'>2</vcpu>||/domain/vcpu"
+	"kvm|s|<domain type='qemu'|<domain type='kvm'||/domain/@type"
+	"localtime|s|<clock offset='utc'|<clock offset='localtime'||/domain/clock/@offset"
+	"raw|s|type='qcow2'|type='raw'||/domain/devices/disk[1]/driver/@type"
+	"nopeer|/<ft:peer /d|/domain/metadata/ft:ft/ft:peer"
+	"badpeer|s|<ft:peer address='[^']*'|<ft:peer address='not a host!'||/domain/metadata/ft:ft/ft:peer/@address"
+	"badport|s|port='7480'|port='99999'||/domain/metadata/ft:ft/ft:peer/@port"
+	"wrongns|s|https://libvirt-ft.org/xmlns/ft/1.0|https://example.org/not-ft||https://libvirt-ft.org/xmlns/ft/1.0"
+)
+failures=0
+for c in "${cases[@]}"; do
+	name=${c%%|*}; rest=${c#*|}
+	want=${rest##*||}; expr=${rest%||*}
+	dom="ftbad-$name"
+	say "refusal: $name"
+	on a "$ROOT/test/guest/mkdisk.sh" "$IMAGES/$dom.qcow2" >/dev/null
+	domain_xml "$dom" "$expr" > "/tmp/$dom.xml"
+	if ! out=$(on a virsh -q -c qemu:///system define "/tmp/$dom.xml" 2>&1); then
+		# libvirt itself may refuse (for example type='kvm' on a host without
+		# KVM); that also leaves nothing started.
+		log "libvirt refused the definition: $out"
+		continue
+	fi
+	before=$(virsh_on a dumpxml --inactive "$dom")
+	sleep 1 # let libvirt-ftd see the DEFINED event (it must not rewrite a refused domain)
+	if out=$(virsh_on a start "$dom" 2>&1); then
+		log "virsh start succeeded: it must be refused"; failures=$((failures + 1))
+		virsh_on a destroy "$dom" >/dev/null 2>&1 || true
+	elif ! grep -qF -- "$want" <<<"$out"; then
+		log "refusal does not name $want: $out"; failures=$((failures + 1))
+	else
+		log "refused: $(grep -o 'libvirt-ft: .*' <<<"$out" | head -n 1)"
+	fi
+	state=$(virsh_on a domstate "$dom")
+	[ "$state" = "shut off" ] || { log "domain state is '$state'"; failures=$((failures + 1)); }
+	after=$(virsh_on a dumpxml --inactive "$dom")
+	[ "$before" = "$after" ] || { log "the definition was changed"; failures=$((failures + 1)); }
+	if virsh_on b list --all --name | grep -qx "$dom"; then
+		log "a backup exists on host B"; failures=$((failures + 1))
+	fi
+	for h in a b; do
+		left=$(on $h find /var/lib/libvirt-ft -type p 2>/dev/null || true)
+		[ -z "$left" ] || { log "FIFOs on host $h: $left"; failures=$((failures + 1)); }
+	done
+	pids=$(on a pgrep -f "qemu-system.*guest=$dom," || true)
+	[ -z "$pids" ] || { log "QEMU runs for $dom: $pids"; failures=$((failures + 1)); }
+	ft_on a status "$dom" | sed 's/^/     /' || true
+	virsh_on a undefine "$dom" >/dev/null
+done
+[ $failures -eq 0 ] || die "$failures refusal check(s) failed"
+say "all refusals named the field and the fix; nothing was started"
