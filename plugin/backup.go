@@ -31,7 +31,7 @@ func (d *Daemon) qemuVersion() (string, error) {
 // it with the feeder (version dword written). The backup domain itself is
 // started when the first log entries arrive, because QEMU in replay mode
 // reads the first event during its start-up.
-func (d *Daemon) prepareBackup(req controlRequest) error {
+func (d *Daemon) prepareBackup(req controlRequest, primaryHost string) error {
 	ours, err := d.qemuVersion()
 	if err != nil {
 		return err
@@ -63,7 +63,7 @@ func (d *Daemon) prepareBackup(req controlRequest) error {
 			}
 		}
 	}
-	backupXML, err := ftxml.Backup(req.XML)
+	backupXML, err := ftxml.Backup(req.XML, ftxml.HostConfig{PeerAddress: primaryHost})
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,6 @@ func (c *controller) runBackupLog(pc *peerConn) {
 		return
 	}
 	c.setState(StateReplicating, "log channel up")
-	dec := logchan.NewStreamDecoder()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go c.backupHeartbeats(ctx, pc)
@@ -145,21 +144,16 @@ func (c *controller) runBackupLog(pc *peerConn) {
 				pc.Close()
 				return
 			}
-			chunk, derr := dec.Feed(m.data)
-			if derr != nil || len(chunk.Data) != len(m.data) {
-				c.setState(StateUnprotected, fmt.Sprintf("log frame at offset %d is not whole events (%v): dropping the channel", m.offset, derr))
-				pc.Close()
-				return
-			}
+			// Feeder.Write refuses anything but whole events, writing nothing.
 			if err := feeder.Write(m.data); err != nil {
-				c.setState(StateUnprotected, "writing FIFO B: "+err.Error())
+				c.setState(StateUnprotected, fmt.Sprintf("log frame at offset %d: %v: dropping the channel", m.offset, err))
 				pc.Close()
 				return
 			}
 			fed += uint64(len(m.data))
 			c.mu.Lock()
 			c.sentBytes, c.ackedBytes = fed, fed
-			c.logInstr += chunk.Instructions
+			c.logInstr = feeder.Instructions()
 			instr, icount := c.logInstr, c.backupIcnt
 			start := !c.started
 			c.started = true

@@ -54,7 +54,7 @@ type controller struct {
 
 	// primary
 	recordFIFO string
-	rr         *os.File
+	rr         *logchan.RecordReader
 	link       *peerConn
 
 	// backup
@@ -262,7 +262,7 @@ func (c *controller) preparePrimary(xml string, dom *libvirtxml.Domain) (err err
 	if err := logchan.CreateFIFO(fifo, c.d.qemuUID, c.d.qemuGID, 0o600); err != nil {
 		return fail(fmt.Errorf("libvirt-ft: domain %q: %w", c.name, err))
 	}
-	rr, err := logchan.OpenRecordFIFO(fifo)
+	rr, err := logchan.OpenRecordReader(fifo)
 	if err != nil {
 		_ = os.Remove(fifo)
 		return fail(fmt.Errorf("libvirt-ft: domain %q: %w", c.name, err))
@@ -324,9 +324,8 @@ func pct(a, b int64) int64 {
 // log channel, keeping at most WindowBytes unacknowledged. If the channel
 // breaks, it keeps draining FIFO A (the primary must never block on a dead
 // backup) and reports unprotected.
-func (c *controller) pumpPrimary(cfg ftxml.Config, rr *os.File, link *peerConn) {
+func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader, link *peerConn) {
 	defer c.close("primary log ended")
-	reader := logchan.NewRecordReader(rr)
 	dec := logchan.NewStreamDecoder()
 	window := uint64(c.d.cfg.WindowBytes)
 
@@ -361,7 +360,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, rr *os.File, link *peerConn) 
 				}
 				cond.Broadcast()
 				mu.Unlock()
-				c.recordAck(m.ack.Offset, m.ack.Icount)
+				c.recordAck(m.ack.Offset, m.ack.Executed)
 			case msgHeartbeat:
 				c.heartbeat()
 			case msgBye:

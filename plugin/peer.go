@@ -84,8 +84,8 @@ func dialPeer(addr string, timeout time.Duration, role, uuid, qemuVer string, lo
 	}
 	pc := &peerConn{nc: nc, c: logchan.NewConn(nc)}
 	_ = nc.SetDeadline(time.Now().Add(timeout))
-	if _, err := logchan.ClientHandshake(pc.c, logchan.Hello{Proto: logchan.ProtocolVersion, DomainUUID: uuid,
-		QEMUVersion: qemuVer, LogVersion: logVer, Role: role}); err != nil {
+	if _, err := logchan.ClientHandshake(pc.c, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: uuid,
+		QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.Role(role)}); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -114,36 +114,37 @@ func (p *peerConn) Close() error { return p.nc.Close() }
 func (p *peerConn) flush() error { return p.c.Flush() }
 
 func (p *peerConn) sendLog(off uint64, data []byte) error {
-	return p.c.WriteFrame(logchan.FrameLog, logchan.EncodeLog(off, data))
+	return p.c.WriteLog(off, data)
 }
 
 func (p *peerConn) sendAck(off, icount, instr uint64) error {
-	return p.c.WriteFrame(logchan.FrameAck, logchan.EncodeAck(logchan.Ack{Offset: off, Icount: icount, Instructions: instr}))
+	return p.c.WriteAck(logchan.Ack{Offset: off, Executed: icount, Fed: instr})
 }
 
 func (p *peerConn) sendHeartbeat() error {
-	return p.c.WriteFrame(logchan.FrameHeartbeat, logchan.EncodeHeartbeat(logchan.Heartbeat{Seq: p.seq.Add(1), UnixMS: time.Now().UnixMilli()}))
+	return p.c.WriteHeartbeat(logchan.Heartbeat{Seq: p.seq.Add(1), SentUnixMs: time.Now().UnixMilli()})
 }
 
 func (p *peerConn) bye(reason string) {
 	_ = p.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = p.c.WriteFrame(logchan.FrameBye, []byte(reason))
+	_ = p.c.WriteBye(reason)
 }
 
 // recv reads the next log-channel message; unknown or malformed frames are
 // errors (the caller drops the connection).
 func (p *peerConn) recv() (message, error) {
-	t, payload, err := p.c.ReadFrame()
+	f, err := p.c.ReadFrame()
 	if err != nil {
 		return message{}, err
 	}
+	t, payload := f.Type, f.Payload
 	switch t {
 	case logchan.FrameLog:
-		lf, err := logchan.DecodeLog(payload)
+		off, data, err := logchan.DecodeLog(payload)
 		if err != nil {
 			return message{}, err
 		}
-		return message{kind: msgLog, offset: lf.Offset, data: lf.Data}, nil
+		return message{kind: msgLog, offset: off, data: data}, nil
 	case logchan.FrameAck:
 		a, err := logchan.DecodeAck(payload)
 		if err != nil {
@@ -158,7 +159,7 @@ func (p *peerConn) recv() (message, error) {
 	case logchan.FrameBye:
 		return message{kind: msgBye, text: string(payload)}, nil
 	default:
-		return message{}, fmt.Errorf("unexpected frame type %d on the log channel", t)
+		return message{}, fmt.Errorf("unexpected %s frame on the log channel", t)
 	}
 }
 
@@ -172,12 +173,13 @@ func (p *peerConn) request(req controlRequest, out interface{}) error {
 }
 
 func (p *peerConn) readReply(out interface{}) error {
-	t, payload, err := p.c.ReadFrame()
+	f, err := p.c.ReadFrame()
 	if err != nil {
 		return err
 	}
+	t, payload := f.Type, f.Payload
 	if t != logchan.FrameControl {
-		return fmt.Errorf("expected a control reply, got frame type %d", t)
+		return fmt.Errorf("expected a control reply, got a %s frame", t)
 	}
 	var r controlReply
 	if err := json.Unmarshal(payload, &r); err != nil {
@@ -257,7 +259,15 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		return
 	}
 	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
-	hello, err := logchan.ServerHandshake(pc.c, func(h logchan.Hello) error {
+	qemuVer, err := d.qemuVersion()
+	if err != nil {
+		log.WithError(err).Warn("peer connection refused")
+		nc.Close()
+		return
+	}
+	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
+	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup}
+	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
 		if h.Role != helloControl && h.Role != helloPrimary {
 			return fmt.Errorf("unknown role %q", h.Role)
 		}
@@ -269,7 +279,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	switch hello.Role {
+	switch string(hello.Role) {
 	case helloPrimary:
 		if tc, ok := nc.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
@@ -307,10 +317,11 @@ func (d *Daemon) serveControlConn(pc *peerConn) {
 		return pc.c.WriteFrame(logchan.FrameControl, b)
 	}
 	for {
-		t, payload, err := pc.c.ReadFrame()
+		f, err := pc.c.ReadFrame()
 		if err != nil {
 			return
 		}
+		t, payload := f.Type, f.Payload
 		if t == logchan.FrameData {
 			if seed == nil {
 				return
@@ -361,7 +372,8 @@ func (d *Daemon) serveControlConn(pc *peerConn) {
 				return
 			}
 		case opPrepareBackup:
-			if reply(nil, d.prepareBackup(req)) != nil {
+			host, _, _ := net.SplitHostPort(pc.remote())
+			if reply(nil, d.prepareBackup(req, host)) != nil {
 				return
 			}
 		case opCancelBackup:

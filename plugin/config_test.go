@@ -1,0 +1,85 @@
+package plugin
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	c, err := LoadConfig(filepath.Join(t.TempDir(), "missing.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":7480" || c.LibvirtURI != "qemu:///system" || c.WindowBytes != 256<<10 || c.QEMUUser != "libvirt-qemu" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestLoadConfigRefusesUnknownKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("listen: 10.0.0.1:7480\nlisten-adress: x\n"), 0o600)
+	_, err := LoadConfig(p)
+	if err == nil || !strings.Contains(err.Error(), "listen-adress") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestLoadConfigBadListen(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("listen: nowhere\n"), 0o600)
+	if _, err := LoadConfig(p); err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestSeedAllowed(t *testing.T) {
+	c := Config{SeedDirs: []string{"/var/lib/libvirt/images"}}
+	for path, want := range map[string]bool{
+		"/var/lib/libvirt/images/a.qcow2":        true,
+		"/var/lib/libvirt/images/sub/a.qcow2":    true,
+		"/var/lib/libvirt/images/../../../etc/x": false,
+		"/var/lib/libvirt/images-evil/a.qcow2":   false,
+		"/etc/shadow":                            false,
+	} {
+		if got := c.seedAllowed(path); got != want {
+			t.Errorf("seedAllowed(%s) = %v", path, got)
+		}
+	}
+}
+
+func TestSeedWriterVerifies(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.WriteFile(src, []byte("disk contents"), 0o600)
+	h, err := hashFile(src)
+	if err != nil || !h.Exists {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "images", "d.qcow2")
+	w, err := newSeedWriter(dst, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("disk contents"))
+	if err := w.commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := hashFile(dst); got != h {
+		t.Fatalf("copy %+v, want %+v", got, h)
+	}
+	// A corrupted copy is refused and does not replace the destination.
+	w, _ = newSeedWriter(dst, h)
+	w.Write([]byte("disk c0ntents"))
+	if err := w.commit(); err == nil {
+		t.Fatal("corrupt copy accepted")
+	}
+	if got, _ := hashFile(dst); got != h {
+		t.Fatal("corrupt copy replaced the good one")
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dst))
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}
