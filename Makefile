@@ -10,7 +10,7 @@ TRIALS ?= 1
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
-	iproute2 kmod socat tcpdump ca-certificates
+	iproute2 kmod socat tcpdump ca-certificates libxml2-utils
 
 .PHONY: all setup build unit e2e test demo bench fuzz lab-up lab-down guest clean fmt vet
 

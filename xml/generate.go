@@ -1,0 +1,490 @@
+package ftxml
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// HostConfig holds what the generated domain takes from the host that
+// generates it rather than from the user's element. The zero value keeps the
+// element as it is.
+type HostConfig struct {
+	// PeerAddress, if not empty, replaces <ft:peer address>: the daemon on
+	// the backup host passes the primary host's address, since a domain's
+	// peer is the other host as seen from the host that runs it.
+	PeerAddress string
+	// PeerPort, if not zero, replaces <ft:peer port>.
+	PeerPort int
+}
+
+var (
+	// ErrNoUUID: generation needs the domain's UUID (it names the FIFOs and
+	// the backup must have the same one).
+	ErrNoUUID = errors.New("ftxml: domain has no <uuid>: libvirt assigns one at define, so generate from the XML of the defined domain (virsh dumpxml)")
+	// ErrNotGeneratedPrimary: Backup was given something else than the
+	// output of Primary.
+	ErrNotGeneratedPrimary = errors.New("ftxml: not a generated primary")
+)
+
+// Names of what this package generates. Aliases must start with "ua-" to be
+// user aliases that libvirt keeps (and uses as QEMU device ids).
+const (
+	userAliasPrefix = "ua-"
+	ourAliasPrefix  = "ua-ft-"
+	diskAliasPrefix = "ua-ft-disk" // + index among device='disk' disks
+	netAliasPrefix  = "ua-ft-net"  // + index among interfaces
+	rrNodePrefix    = "ft-rr"      // blkreplay node name + disk index
+	filterIDPrefix  = "ft-fr"      // filter-replay object id + NIC index
+)
+
+// Record/replay modes of -icount (the rr= option).
+const (
+	modeRecord = "record"
+	modeReplay = "replay"
+)
+
+// LibvirtFormatNodeName is the name libvirt 9.0 gives the format node
+// (qcow2 layer) of a disk when it starts the domain: "libvirt-<N>-format".
+// diskPos is the 0-based position of the disk among all <disk> elements of
+// the domain (any device, in document order, which is libvirt's order),
+// diskCount the number of <disk> elements.
+//
+// The rule, checked against libvirt 9.0.0 and QEMU 7.2 (virsh start, then
+// "info block"): libvirt numbers storage sources from 1 while it walks the
+// disks from the last to the first, one number per disk, empty cdroms
+// included; a backing chain that libvirt finds in the image at start does
+// not shift these numbers. So the only disk of a domain is libvirt-1-format,
+// and of two disks the first is libvirt-2-format. An explicit <backingStore>
+// chain in the XML takes a number per layer and breaks the rule, which is why
+// Validate refuses it. The numbering is libvirt's internal business: the
+// daemon must check it on the live domain (query-named-block-nodes, or
+// "info block": the disk's device must sit on ft-rr<i>), as DESIGN.md says.
+func LibvirtFormatNodeName(diskPos, diskCount int) string {
+	return fmt.Sprintf("libvirt-%d-format", diskCount-diskPos)
+}
+
+// RecordFIFOPath is the file the primary's QEMU records into:
+// <StateDir>/<uuid>/record.fifo (FIFO A in DESIGN.md). The UUID is written
+// in libvirt's form (lower-case, with dashes) if it parses.
+func RecordFIFOPath(cfg Config, uuid string) string {
+	return fifoPath(cfg, uuid, "record.fifo")
+}
+
+// ReplayFIFOPath is the file the backup's QEMU replays from:
+// <StateDir>/<uuid>/replay.fifo (FIFO B in DESIGN.md).
+func ReplayFIFOPath(cfg Config, uuid string) string {
+	return fifoPath(cfg, uuid, "replay.fifo")
+}
+
+func fifoPath(cfg Config, uuid, name string) string {
+	if u, ok := canonicalUUID(uuid); ok {
+		uuid = u
+	}
+	return path.Join(cfg.StateDir, uuid, name)
+}
+
+// canonicalUUID returns s in libvirt's form, 8-4-4-4-12 lower-case hex.
+func canonicalUUID(s string) (string, bool) {
+	h := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), "-", ""))
+	if len(h) != 32 {
+		return "", false
+	}
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", false
+		}
+	}
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], true
+}
+
+// qemuOptEscape escapes a value for QEMU's key=value,... option syntax.
+func qemuOptEscape(s string) string {
+	return strings.ReplaceAll(s, ",", ",,")
+}
+
+// splitQemuOpts splits QEMU's key=value,... syntax; ",," is a comma.
+func splitQemuOpts(s string) []string {
+	var out []string
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == ',' {
+			if i+1 < len(s) && s[i+1] == ',' {
+				b.WriteByte(',')
+				i++
+				continue
+			}
+			out = append(out, b.String())
+			b.Reset()
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return append(out, b.String())
+}
+
+func icountValue(mode, fifo string) string {
+	return "shift=auto,rr=" + mode + ",rrfile=" + qemuOptEscape(fifo)
+}
+
+// rrMode returns the rr= option of an -icount value, "" if there is none.
+func rrMode(v string) string {
+	for _, o := range splitQemuOpts(v) {
+		if m, ok := strings.CutPrefix(o, "rr="); ok {
+			return m
+		}
+	}
+	return ""
+}
+
+type blockdevJSON struct {
+	Driver   string `json:"driver"`
+	NodeName string `json:"node-name"`
+	Image    string `json:"image"`
+}
+
+// isOurs reports whether the QEMU option opt with value val was generated
+// here: -icount with rr=, -blockdev of a blkreplay node named ft-rr*,
+// -object filter-replay with an id ft-fr*.
+func isOurs(opt, val string) bool {
+	switch opt {
+	case "-icount":
+		return rrMode(val) != ""
+	case "-blockdev":
+		var b blockdevJSON
+		if json.Unmarshal([]byte(val), &b) != nil {
+			return false
+		}
+		return b.Driver == "blkreplay" && strings.HasPrefix(b.NodeName, rrNodePrefix)
+	case "-object":
+		if strings.HasPrefix(strings.TrimSpace(val), "{") {
+			var o struct {
+				Type string `json:"qom-type"`
+				ID   string `json:"id"`
+			}
+			if json.Unmarshal([]byte(val), &o) != nil {
+				return false
+			}
+			return o.Type == "filter-replay" && strings.HasPrefix(o.ID, filterIDPrefix)
+		}
+		opts := splitQemuOpts(val)
+		if opts[0] != "filter-replay" && opts[0] != "qom-type=filter-replay" {
+			return false
+		}
+		for _, o := range opts[1:] {
+			if id, ok := strings.CutPrefix(o, "id="); ok {
+				return strings.HasPrefix(id, filterIDPrefix)
+			}
+		}
+	}
+	return false
+}
+
+func isOurProperty(p libvirtxml.DomainQEMUOverrideProperty) bool {
+	return p.Name == "drive" && strings.HasPrefix(p.Value, rrNodePrefix)
+}
+
+// generatedMode returns the rr= mode of the -icount this package generated
+// in dom, "" if there is none.
+func generatedMode(dom *libvirtxml.Domain) string {
+	cl := dom.QEMUCommandline
+	if cl == nil {
+		return ""
+	}
+	for i := 0; i+1 < len(cl.Args); i++ {
+		if cl.Args[i].Value == "-icount" && isOurs("-icount", cl.Args[i+1].Value) {
+			return rrMode(cl.Args[i+1].Value)
+		}
+	}
+	return ""
+}
+
+// IsGenerated reports whether dom carries the record/replay command line
+// that Primary or Backup generate (an -icount with rr=).
+func IsGenerated(dom *libvirtxml.Domain) bool {
+	return generatedMode(dom) != ""
+}
+
+// DiskPaths returns the image files of the disks libvirt-ft protects
+// (device='disk' with a file source), in document order: the files the
+// backup host must hold identical copies of, at the same paths.
+func DiskPaths(dom *libvirtxml.Domain) []string {
+	if dom.Devices == nil {
+		return nil
+	}
+	var paths []string
+	for i := range dom.Devices.Disks {
+		d := &dom.Devices.Disks[i]
+		if protectedDisk(d) && d.Source != nil && d.Source.File != nil && d.Source.File.File != "" {
+			paths = append(paths, d.Source.File.File)
+		}
+	}
+	return paths
+}
+
+// stripGenerated removes what generate adds, recognised by our names only:
+// our arguments in <qemu:commandline>, our drive properties in
+// <qemu:override>, and aliases starting with "ua-ft-". The ft element stays.
+func stripGenerated(dom *libvirtxml.Domain) {
+	if cl := dom.QEMUCommandline; cl != nil {
+		var args []libvirtxml.DomainQEMUCommandlineArg
+		for i := 0; i < len(cl.Args); i++ {
+			if i+1 < len(cl.Args) && isOurs(cl.Args[i].Value, cl.Args[i+1].Value) {
+				i++
+				continue
+			}
+			args = append(args, cl.Args[i])
+		}
+		cl.Args = args
+		if len(cl.Args) == 0 && len(cl.Envs) == 0 {
+			dom.QEMUCommandline = nil
+		}
+	}
+	if ov := dom.QEMUOverride; ov != nil {
+		var devs []libvirtxml.DomainQEMUOverrideDevice
+		for _, d := range ov.Devices {
+			var props []libvirtxml.DomainQEMUOverrideProperty
+			for _, p := range d.Frontend.Properties {
+				if !isOurProperty(p) {
+					props = append(props, p)
+				}
+			}
+			if len(props) == 0 && len(d.Frontend.Properties) > 0 {
+				continue // held only our property
+			}
+			d.Frontend.Properties = props
+			devs = append(devs, d)
+		}
+		ov.Devices = devs
+		if len(ov.Devices) == 0 {
+			dom.QEMUOverride = nil
+		}
+	}
+	if dom.Devices != nil {
+		for i := range dom.Devices.Disks {
+			if a := dom.Devices.Disks[i].Alias; a != nil && strings.HasPrefix(a.Name, ourAliasPrefix) {
+				dom.Devices.Disks[i].Alias = nil
+			}
+		}
+		for i := range dom.Devices.Interfaces {
+			if a := dom.Devices.Interfaces[i].Alias; a != nil && strings.HasPrefix(a.Name, ourAliasPrefix) {
+				dom.Devices.Interfaces[i].Alias = nil
+			}
+		}
+	}
+}
+
+// alias returns the device's user alias, or gives it ours.
+func alias(a **libvirtxml.DomainAlias, ours string) string {
+	if *a != nil && strings.HasPrefix((*a).Name, userAliasPrefix) && !strings.HasPrefix((*a).Name, ourAliasPrefix) {
+		return (*a).Name
+	}
+	*a = &libvirtxml.DomainAlias{Name: ours}
+	return ours
+}
+
+// generate adds the record/replay wiring to a stripped domain (DESIGN.md,
+// "Wiring it through libvirt 9.0"): arguments go after the user's own.
+func generate(dom *libvirtxml.Domain, mode, fifo string) {
+	args := []string{"-icount", icountValue(mode, fifo)}
+	if d := dom.Devices; d != nil {
+		i := 0
+		for p := range d.Disks {
+			disk := &d.Disks[p]
+			if !protectedDisk(disk) {
+				continue
+			}
+			a := alias(&disk.Alias, fmt.Sprintf("%s%d", diskAliasPrefix, i))
+			node := fmt.Sprintf("%s%d", rrNodePrefix, i)
+			js, err := json.Marshal(blockdevJSON{Driver: "blkreplay", NodeName: node, Image: LibvirtFormatNodeName(p, len(d.Disks))})
+			if err != nil {
+				panic(err) // three strings always marshal
+			}
+			args = append(args, "-blockdev", string(js))
+			addOverride(dom, a, libvirtxml.DomainQEMUOverrideProperty{Name: "drive", Type: "string", Value: node})
+			i++
+		}
+		for j := range d.Interfaces {
+			a := alias(&d.Interfaces[j].Alias, fmt.Sprintf("%s%d", netAliasPrefix, j))
+			// libvirt names the netdev of an interface "host" + its alias.
+			args = append(args, "-object", fmt.Sprintf("filter-replay,id=%s%d,netdev=%s", filterIDPrefix, j, qemuOptEscape("host"+a)))
+		}
+	}
+	if dom.QEMUCommandline == nil {
+		dom.QEMUCommandline = &libvirtxml.DomainQEMUCommandline{}
+	}
+	for _, a := range args {
+		dom.QEMUCommandline.Args = append(dom.QEMUCommandline.Args, libvirtxml.DomainQEMUCommandlineArg{Value: a})
+	}
+}
+
+func addOverride(dom *libvirtxml.Domain, alias string, p libvirtxml.DomainQEMUOverrideProperty) {
+	if dom.QEMUOverride == nil {
+		dom.QEMUOverride = &libvirtxml.DomainQEMUOverride{}
+	}
+	for i := range dom.QEMUOverride.Devices {
+		d := &dom.QEMUOverride.Devices[i]
+		if d.Alias == alias {
+			d.Frontend.Properties = append(d.Frontend.Properties, p)
+			return
+		}
+	}
+	dom.QEMUOverride.Devices = append(dom.QEMUOverride.Devices, libvirtxml.DomainQEMUOverrideDevice{
+		Alias:    alias,
+		Frontend: libvirtxml.DomainQEMUOverrideFrontend{Properties: []libvirtxml.DomainQEMUOverrideProperty{p}},
+	})
+}
+
+// build strips dom, validates it and generates the domain for role.
+func build(dom *libvirtxml.Domain, host HostConfig, role string) (string, error) {
+	stripGenerated(dom)
+	info, ps, _ := check(dom, host, role)
+	if len(ps) > 0 {
+		return "", &ValidationError{Domain: dom.Name, Problems: ps}
+	}
+	if strings.TrimSpace(dom.UUID) == "" {
+		return "", fmt.Errorf("%w (domain %q)", ErrNoUUID, dom.Name)
+	}
+	uuid, ok := canonicalUUID(dom.UUID)
+	if !ok {
+		return "", fmt.Errorf("ftxml: domain %q: <uuid> %q is not a UUID", dom.Name, dom.UUID)
+	}
+	cfg := info.cfg
+	cfg.Role = role
+	if role == RoleBackup {
+		generate(dom, modeReplay, ReplayFIFOPath(cfg, uuid))
+	} else {
+		generate(dom, modeRecord, RecordFIFOPath(cfg, uuid))
+	}
+	if err := SetConfig(dom, cfg); err != nil {
+		return "", err
+	}
+	out, err := dom.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("ftxml: domain %q: marshal: %w", dom.Name, err)
+	}
+	return out, nil
+}
+
+// Primary returns the primary's domain XML for a domain that carries our
+// element: the user's domain with QEMU record/replay wired in (user aliases
+// ua-ft-disk<i> and ua-ft-net<j> where the device has no "ua-" alias, a
+// blkreplay -blockdev and a <qemu:override> per disk, a filter-replay
+// -object per interface, -icount rr=record into RecordFIFOPath) and the
+// element with role="primary" and every default explicit. Applied to its own
+// output it returns the same bytes. It refuses (a *ValidationError) what
+// Validate refuses, and a domain without a UUID (ErrNoUUID).
+func Primary(userXML string, hostCfg HostConfig) (string, error) {
+	dom, err := ParseDomain(userXML)
+	if err != nil {
+		return "", err
+	}
+	return build(dom, hostCfg, RolePrimary)
+}
+
+// Backup returns the backup's domain XML for the primary's (the output of
+// Primary, as libvirt reports it for the defined domain: pass the
+// persistent or migratable XML, not the live one). It is the same machine in
+// every guest-visible way (name, UUID, MACs, devices and their order, ...)
+// but replays: -icount rr=replay from ReplayFIFOPath, and role="backup".
+// hostCfg.PeerAddress should name the primary host. Input that is not a
+// generated primary gives ErrNotGeneratedPrimary; every interface needs its
+// MAC address.
+func Backup(primaryXML string, hostCfg HostConfig) (string, error) {
+	dom, err := ParseDomain(primaryXML)
+	if err != nil {
+		return "", err
+	}
+	if m := generatedMode(dom); m != modeRecord {
+		why := "has no -icount rr=record in <qemu:commandline>"
+		if m != "" {
+			why = fmt.Sprintf("runs with -icount rr=%s", m)
+		}
+		return "", fmt.Errorf("%w: domain %q %s", ErrNotGeneratedPrimary, dom.Name, why)
+	}
+	info := readFT(dom, HostConfig{})
+	if info.ours != 1 || info.cfg.Role != RolePrimary {
+		return "", fmt.Errorf("%w: domain %q has no <ft:ft role=\"primary\"> element", ErrNotGeneratedPrimary, dom.Name)
+	}
+	return build(dom, hostCfg, RoleBackup)
+}
+
+// StripGenerated returns the user's domain from a generated one: it removes
+// our arguments, overrides and "ua-ft-" aliases. The ft element stays as it
+// is (with the defaults Primary made explicit and its role).
+func StripGenerated(domainXML string) (string, error) {
+	dom, err := ParseDomain(domainXML)
+	if err != nil {
+		return "", err
+	}
+	stripGenerated(dom)
+	out, err := dom.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("ftxml: domain %q: marshal: %w", dom.Name, err)
+	}
+	return out, nil
+}
+
+// NeedsRewrite tells the daemon whether a defined domain must be redefined.
+// A domain without our element (and without an element named ft in another
+// namespace) gives (domainXML, false, nil). Otherwise newXML is the domain
+// generated for the role its element names (Primary; or, for role="backup",
+// the backup regenerated from itself) and changed reports whether defining
+// it would change what libvirt runs or the libvirt-ft settings: formatting,
+// attribute order and defaults left implicit do not count, so libvirt's
+// dumpxml of newXML gives changed == false. A domain that cannot be
+// protected gives the *ValidationError.
+func NeedsRewrite(domainXML string) (newXML string, changed bool, err error) {
+	dom, err := ParseDomain(domainXML)
+	if err != nil {
+		return "", false, err
+	}
+	info := readFT(dom, HostConfig{})
+	if !info.present {
+		return domainXML, false, nil
+	}
+	role := RolePrimary
+	if info.ours == 1 && info.cfg.Role == RoleBackup {
+		role = RoleBackup
+	}
+	out, err := build(dom, HostConfig{}, role)
+	if err != nil {
+		return "", false, err
+	}
+	before, err := ParseDomain(domainXML)
+	if err != nil {
+		return "", false, err
+	}
+	after, err := ParseDomain(out)
+	if err != nil {
+		return "", false, err
+	}
+	same, err := sameDefinition(before, after)
+	if err != nil {
+		return "", false, err
+	}
+	return out, !same, nil
+}
+
+// sameDefinition compares two domains outside <metadata>, and their
+// libvirt-ft settings.
+func sameDefinition(a, b *libvirtxml.Domain) (bool, error) {
+	ia, ib := readFT(a, HostConfig{}), readFT(b, HostConfig{})
+	if ia.cfg != ib.cfg || len(ia.problems) > 0 || len(ib.problems) > 0 {
+		return false, nil
+	}
+	a.Metadata, b.Metadata = nil, nil
+	ma, err := a.Marshal()
+	if err != nil {
+		return false, fmt.Errorf("ftxml: domain %q: marshal: %w", a.Name, err)
+	}
+	mb, err := b.Marshal()
+	if err != nil {
+		return false, fmt.Errorf("ftxml: domain %q: marshal: %w", b.Name, err)
+	}
+	return ma == mb, nil
+}
