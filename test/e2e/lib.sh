@@ -44,7 +44,7 @@ lab_start() {
 		listen: $ip:7480
 		libvirt-uri: qemu:///system
 		YAML
-		lab bg $h ftd "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml
+		lab bg $h ftd "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
 	done
 	for h in a b; do
 		wait_for 20 "libvirt-ftd on host $h" on $h "$BIN/virt-ft" status
@@ -58,7 +58,29 @@ lab_start() {
 	done
 }
 
+# lab_stop: keep the daemons' and libvirt's logs (under $E2E_LOGS), tear the
+# lab down. On failure, show the tail of each libvirt-ftd log.
+E2E_LOGS=${E2E_LOGS:-/tmp/libvirt-ft-e2e-logs}
 lab_stop() {
+	local rc=$?
+	if [ -d "$LAB_DIR" ]; then
+		rm -rf "$E2E_LOGS" && mkdir -p "$E2E_LOGS"
+		local h
+		for h in a b; do
+			for f in "$LAB_DIR/$h"/*.log; do [ -f "$f" ] && cp "$f" "$E2E_LOGS/$h-$(basename "$f")"; done
+			cp -r "$LAB_DIR/$h/root/log-libvirt" "$E2E_LOGS/$h-libvirt-logs" 2>/dev/null || true
+		done
+		if [ $rc -ne 0 ]; then
+			for h in a b; do
+				echo "--- libvirt-ftd on host $h (tail; all logs in $E2E_LOGS)"
+				tail -n 25 "$LAB_DIR/$h/ftd.log" 2>/dev/null || true
+			done
+		fi
+	fi
+	if [ $rc -ne 0 ] && [ "${KEEP_LAB:-0}" = 1 ]; then
+		echo "KEEP_LAB=1: the lab is left up for debugging; test/lab/lab.sh down removes it"
+		return
+	fi
 	lab down >/dev/null 2>&1 || true
 }
 

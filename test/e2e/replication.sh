@@ -14,7 +14,7 @@ lab_start
 
 say "virsh define $DOMAIN on host A (a plain domain plus our <ft:ft> element)"
 define_protected "$DOMAIN"
-grep -q "console input is not replicated" "$LAB_DIR/a/ftd.log" ||
+grep -q "input is not replicated" "$LAB_DIR/a/ftd.log" ||
 	die "libvirt-ftd did not warn that console input is not replicated"
 log "libvirt-ftd rewrote the definition for record/replay:"
 virsh_on a dumpxml --inactive "$DOMAIN" | grep -E "qemu:arg value='(shift|filter-replay|\{)" | sed 's/^/     /'
