@@ -9,21 +9,20 @@ trap lab_stop EXIT
 lab_stop
 lab_start
 
-# name | sed expression applied to the demo domain | text the refusal must contain
+# name ; sed expression applied to the demo domain ; text the refusal must contain
 cases=(
-	"vcpus|s|<vcpu placement='static'>1</vcpu>|<vcpu placement='static'>2</vcpu>||/domain/vcpu"
-	"kvm|s|<domain type='qemu'|<domain type='kvm'||/domain/@type"
-	"localtime|s|<clock offset='utc'|<clock offset='localtime'||/domain/clock/@offset"
-	"raw|s|type='qcow2'|type='raw'||/domain/devices/disk[1]/driver/@type"
-	"nopeer|/<ft:peer /d|/domain/metadata/ft:ft/ft:peer"
-	"badpeer|s|<ft:peer address='[^']*'|<ft:peer address='not a host!'||/domain/metadata/ft:ft/ft:peer/@address"
-	"badport|s|port='7480'|port='99999'||/domain/metadata/ft:ft/ft:peer/@port"
-	"wrongns|s|https://libvirt-ft.org/xmlns/ft/1.0|https://example.org/not-ft||https://libvirt-ft.org/xmlns/ft/1.0"
+	"vcpus;s#<vcpu placement='static'>1</vcpu>#<vcpu placement='static'>2</vcpu>#;/domain/vcpu"
+	"kvm;s#<domain type='qemu'#<domain type='kvm'#;/domain/@type"
+	"localtime;s#<clock offset='utc'#<clock offset='localtime'#;/domain/clock/@offset"
+	"raw;s#type='qcow2'#type='raw'#;/domain/devices/disk[1]/driver/@type"
+	"nopeer;/<ft:peer /d;ft:peer"
+	"badpeer;s#<ft:peer address='[^']*'#<ft:peer address='not a host!'#;/domain/metadata/ft:ft/ft:peer/@address"
+	"badport;s#port='7480'#port='99999'#;/domain/metadata/ft:ft/ft:peer/@port"
+	"wrongns;s#https://libvirt-ft.org/xmlns/ft/1.0#https://example.org/not-ft#;https://libvirt-ft.org/xmlns/ft/1.0"
 )
 failures=0
 for c in "${cases[@]}"; do
-	name=${c%%|*}; rest=${c#*|}
-	want=${rest##*||}; expr=${rest%||*}
+	IFS=';' read -r name expr want <<<"$c"
 	dom="ftbad-$name"
 	say "refusal: $name"
 	on a "$ROOT/test/guest/mkdisk.sh" "$IMAGES/$dom.qcow2" >/dev/null
@@ -31,7 +30,21 @@ for c in "${cases[@]}"; do
 	if ! out=$(on a virsh -q -c qemu:///system define "/tmp/$dom.xml" 2>&1); then
 		# libvirt itself may refuse (for example type='kvm' on a host without
 		# KVM); that also leaves nothing started.
-		log "libvirt refused the definition: $out"
+		log "libvirt refused the definition: $(tail -n 1 <<<"$out")"
+		# Where libvirt itself refuses (type='kvm' on a host without KVM),
+		# run our hook as libvirt would at start, against the running
+		# daemon, so that our own refusal is still checked.
+		if out=$(on a /etc/libvirt/hooks/qemu.d/libvirt-ft "$dom" prepare begin - < "/tmp/$dom.xml" 2>&1); then
+			log "the hook accepted $dom: it must refuse"; failures=$((failures + 1))
+		elif ! grep -qF -- "$want" <<<"$out"; then
+			log "the hook's refusal does not name $want: $out"; failures=$((failures + 1))
+		else
+			log "the hook refuses it too: $out"
+		fi
+		for h in a b; do
+			left=$(on $h find /var/lib/libvirt-ft -type p 2>/dev/null || true)
+			[ -z "$left" ] || { log "FIFOs on host $h: $left"; failures=$((failures + 1)); }
+		done
 		continue
 	fi
 	before=$(virsh_on a dumpxml --inactive "$dom")
@@ -55,7 +68,7 @@ for c in "${cases[@]}"; do
 		left=$(on $h find /var/lib/libvirt-ft -type p 2>/dev/null || true)
 		[ -z "$left" ] || { log "FIFOs on host $h: $left"; failures=$((failures + 1)); }
 	done
-	pids=$(on a pgrep -f "qemu-system.*guest=$dom," || true)
+	pids=$(on a pgrep -f "[q]emu-system.*guest=$dom," || true)
 	[ -z "$pids" ] || { log "QEMU runs for $dom: $pids"; failures=$((failures + 1)); }
 	ft_on a status "$dom" | sed 's/^/     /' || true
 	virsh_on a undefine "$dom" >/dev/null
