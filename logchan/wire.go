@@ -105,6 +105,7 @@ var (
 
 // Frame is one message read from the wire.
 type Frame struct {
+	// Type is the frame's type.
 	Type FrameType
 	// Payload is owned by the caller.
 	Payload []byte
@@ -279,6 +280,14 @@ func DecodeHeartbeat(p []byte) (Heartbeat, error) {
 		return Heartbeat{}, fmt.Errorf("%w: Heartbeat payload of %d bytes, want 16", ErrBadFrame, len(p))
 	}
 	return Heartbeat{Seq: binary.BigEndian.Uint64(p), SentUnixMs: int64(binary.BigEndian.Uint64(p[8:]))}, nil
+}
+
+// EncodeLog returns the payload of a Log frame: the stream offset of the
+// first event byte, then data (whole events). WriteLogFrame avoids the copy.
+func EncodeLog(offset uint64, data []byte) []byte {
+	b := make([]byte, 8, 8+len(data))
+	binary.BigEndian.PutUint64(b, offset)
+	return append(b, data...)
 }
 
 // DecodeLog parses the payload of a Log frame into the stream offset of the

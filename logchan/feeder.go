@@ -1,0 +1,170 @@
+//go:build linux
+
+package logchan
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	// ErrFeederEnded is returned by Feeder.Write after WriteEnd or after
+	// an END event was written.
+	ErrFeederEnded = errors.New("logchan: feeder already wrote END")
+	// ErrFeederBroken is returned by a Feeder after a write failed part
+	// way: FIFO B may hold a partial event, so the backup cannot be fed
+	// any more and must be re-seeded.
+	ErrFeederBroken = errors.New("logchan: feeder broken by an earlier write error")
+)
+
+// Feeder writes a replay log into FIFO B, the FIFO a replaying QEMU reads.
+// It opens the FIFO read-write, which never blocks (no reader needed) and
+// keeps a writer on the pipe for as long as the Feeder is open, so that
+// QEMU never reads EOF (in QEMU 7.2 a short read of the log makes replay
+// exit). Its methods are safe for concurrent use; the counters can be
+// read while a Write is blocked.
+type Feeder struct {
+	mu  sync.Mutex // serializes writes
+	f   *os.File
+	rc  syscall.RawConn
+	err error // under mu
+
+	// Counters are atomic so that they can be read while a Write blocks.
+	off    atomic.Uint64
+	instr  atomic.Uint64
+	events atomic.Uint64
+	ended  atomic.Bool
+}
+
+// NewFeeder opens the FIFO at path and writes the 4-byte big-endian version
+// that a replaying QEMU checks first (replay_enable, replay/replay.c). No
+// further header is written: QEMU's seek past the rest of the header fails
+// on a pipe and it simply reads on. The version sits in the pipe until
+// QEMU starts.
+func NewFeeder(path string, version uint32) (*Feeder, error) {
+	fd, err := openFIFO(path, unix.O_RDWR)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), path) // non-blocking: waits in the poller
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("logchan: %s: %w", path, err)
+	}
+	var v [4]byte
+	binary.BigEndian.PutUint32(v[:], version)
+	if _, err := f.Write(v[:]); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("logchan: writing the log version to %s: %w", path, err)
+	}
+	return &Feeder{f: f, rc: rc}, nil
+}
+
+// Write writes data, which must be whole events (a Chunk.Data, or a Log
+// frame's events): it is checked first and refused, with nothing written,
+// if it ends inside an event or is corrupt. Write blocks while FIFO B is
+// full (the backup replays slower than the primary records); if the
+// backup's QEMU has died it blocks for good, since the Feeder itself keeps
+// the pipe open: watch QEMU and Close the Feeder (or set a deadline), which
+// unblocks Write. A write that fails part way breaks the Feeder.
+func (fd *Feeder) Write(data []byte) error {
+	c, err := ScanEvents(data)
+	if err != nil {
+		return err
+	}
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if err := fd.usable(); err != nil {
+		return err
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	if err := fd.write(data); err != nil {
+		return err
+	}
+	fd.off.Add(uint64(len(data)))
+	fd.instr.Add(c.Instructions)
+	fd.events.Add(uint64(c.Events))
+	if c.End {
+		fd.ended.Store(true)
+	}
+	return nil
+}
+
+// WriteEnd writes a lone END event after the last whole event: the clean
+// stop point. The backup executes everything before it and then idles with
+// its monitor responsive, ready to go live. END is not counted in Offset.
+func (fd *Feeder) WriteEnd() error {
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if err := fd.usable(); err != nil {
+		return err
+	}
+	if err := fd.write([]byte{KindEnd}); err != nil {
+		return err
+	}
+	fd.ended.Store(true)
+	return nil
+}
+
+func (fd *Feeder) usable() error {
+	if fd.err != nil {
+		return fd.err
+	}
+	if fd.ended.Load() {
+		return ErrFeederEnded
+	}
+	return nil
+}
+
+func (fd *Feeder) write(p []byte) error {
+	n, err := fd.f.Write(p)
+	if err != nil {
+		if n > 0 {
+			fd.err = fmt.Errorf("%w: %d of %d bytes written: %w", ErrFeederBroken, n, len(p), err)
+			return fd.err
+		}
+		return fmt.Errorf("logchan: writing %s: %w", fd.f.Name(), err)
+	}
+	return nil
+}
+
+// Offset returns the number of event bytes written (the 4-byte version and
+// a final END from WriteEnd excluded): the stream offset, exclusive, that
+// FIFO B holds up to, for Ack.Offset.
+func (fd *Feeder) Offset() uint64 { return fd.off.Load() }
+
+// Instructions returns the sum of the INSTRUCTION counts written: the
+// icount the backup reaches once it has executed everything fed, for
+// Ack.Fed and to know when the backup has drained after END.
+func (fd *Feeder) Instructions() uint64 { return fd.instr.Load() }
+
+// Events returns the number of events written (END from WriteEnd
+// excluded).
+func (fd *Feeder) Events() uint64 { return fd.events.Load() }
+
+// Ended reports whether END has been written.
+func (fd *Feeder) Ended() bool { return fd.ended.Load() }
+
+// SetWriteDeadline sets a deadline for blocked writes. A write that times
+// out after writing part of its data breaks the Feeder.
+func (fd *Feeder) SetWriteDeadline(t time.Time) error { return fd.f.SetWriteDeadline(t) }
+
+// SetPipeSize asks the kernel for a pipe buffer of size bytes and returns
+// the size granted.
+func (fd *Feeder) SetPipeSize(size int) (int, error) { return setPipeSize(fd.rc, size) }
+
+// Close closes the Feeder's end of FIFO B. If no other writer holds the
+// FIFO, a replaying QEMU that reads on hits EOF and exits: close only after
+// the backup has gone live or is being discarded.
+func (fd *Feeder) Close() error { return fd.f.Close() }
