@@ -1,0 +1,111 @@
+package failover
+
+import "strconv"
+
+// Action is an output of Node.Ready: something the daemon must do. The
+// daemon performs the actions of one Ready call in order and reports their
+// outcomes back as Events. Every action is idempotent from the Node's point
+// of view (a CloseChannel on a channel already down is fine).
+type Action interface {
+	isAction()
+	String() string
+}
+
+// SendHeartbeat: send a Heartbeat frame to the peer.
+type SendHeartbeat struct{}
+
+// CloseChannel: close the log channel's connection (without a Bye unless a
+// SendBye precedes it).
+type CloseChannel struct{}
+
+// SendBye: send a Bye frame; the peer's daemon reports it as PeerBye with
+// the same Clean and Reason. Only ByeShutdown and ByeLive are followed by a
+// CloseChannel; after ByeSwitchover the channel stays up.
+type SendBye struct {
+	Clean  bool
+	Reason string
+}
+
+// FeedEnd (backup): stop feeding FIFO B, write a lone END byte after the
+// last whole event, then report EndFed. Frames received later are dropped.
+// FIFO B must stay open (EOF makes the replaying QEMU exit).
+type FeedEnd struct{}
+
+// WaitDrain (backup): report BackupIcount samples (query-replay, or a
+// replay-break at Icount) until the backup QEMU's icount reaches Icount.
+type WaitDrain struct {
+	// Icount is the target: the sum of the INSTRUCTION counts fed.
+	Icount uint64
+}
+
+// AcquireLock: try the split-brain test-and-set (a lock on shared storage,
+// an etcd lease) and report LockResult. It must be idempotent per node: a
+// node that already holds the lock wins again (a retry after a lost reply).
+type AcquireLock struct{}
+
+// GoLive (backup): stop the replaying QEMU, savevm, restart the domain as
+// a recording primary with -loadvm (a fresh log for a future backup), then
+// report GoLiveDone.
+type GoLive struct{}
+
+// Announce (backup that went live): advertise the VM's MAC addresses
+// (QMP announce-self).
+type Announce struct{}
+
+// ReportUnprotected (primary): tell the operator the VM runs without a
+// backup, and release the output held for acks.
+type ReportUnprotected struct {
+	Reason string
+}
+
+// HaltVM: stop this host's QEMU for the domain now, dropping held output;
+// this node lost the split-brain race or cannot go live.
+type HaltVM struct {
+	Reason string
+}
+
+// DrainLocally (primary): stop sending the log; keep reading FIFO A and
+// discard what is read, so the recording QEMU never blocks on a dead or
+// departing backup. Output still held for acks stays held until
+// ReportUnprotected (released) or HaltVM/StopPrimaryVM (dropped).
+type DrainLocally struct{}
+
+// StopPrimaryVM (primary, planned switchover): stop this host's QEMU; the
+// backup is live (or holds the lock). Held output is dropped.
+type StopPrimaryVM struct{}
+
+// Cleanup: remove the FIFOs and snapshots this node no longer needs. May be
+// emitted more than once.
+type Cleanup struct{}
+
+func (SendHeartbeat) isAction()     {}
+func (CloseChannel) isAction()      {}
+func (SendBye) isAction()           {}
+func (FeedEnd) isAction()           {}
+func (WaitDrain) isAction()         {}
+func (AcquireLock) isAction()       {}
+func (GoLive) isAction()            {}
+func (Announce) isAction()          {}
+func (ReportUnprotected) isAction() {}
+func (HaltVM) isAction()            {}
+func (DrainLocally) isAction()      {}
+func (StopPrimaryVM) isAction()     {}
+func (Cleanup) isAction()           {}
+
+func (SendHeartbeat) String() string { return "send-heartbeat" }
+func (CloseChannel) String() string  { return "close-channel" }
+func (a SendBye) String() string {
+	return format("send-bye", "clean", strconv.FormatBool(a.Clean), "reason", a.Reason)
+}
+func (FeedEnd) String() string     { return "feed-end" }
+func (a WaitDrain) String() string { return format("wait-drain", "icount", u(a.Icount)) }
+func (AcquireLock) String() string { return "acquire-lock" }
+func (GoLive) String() string      { return "go-live" }
+func (Announce) String() string    { return "announce" }
+func (a ReportUnprotected) String() string {
+	return format("report-unprotected", "reason", a.Reason)
+}
+func (a HaltVM) String() string      { return format("halt-vm", "reason", a.Reason) }
+func (DrainLocally) String() string  { return "drain-locally" }
+func (StopPrimaryVM) String() string { return "stop-primary-vm" }
+func (Cleanup) String() string       { return "cleanup" }

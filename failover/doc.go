@@ -1,0 +1,156 @@
+// Package failover is the heartbeat and go-live state machine of
+// libvirt-ft: one Node per protected domain per host, primary or backup.
+//
+// It is a pure state machine in the style of etcd's raft (rawnode.go): no
+// clock, socket, goroutine or libvirt call inside. The daemon drives it:
+//
+//	n, err := failover.New(failover.Config{Role: failover.RoleBackup,
+//		HeartbeatInterval: 10, HeartbeatTimeout: 100}) // ticks of 10 ms
+//	for {
+//		select {
+//		case <-ticker.C: // fixed period, e.g. 10 ms
+//			n.Tick()
+//		case ev := <-events: // frames, QEMU and lock outcomes, CLI
+//			n.Step(ev)
+//		}
+//		for _, a := range n.Ready() {
+//			perform(a) // in order; outcomes come back as events
+//		}
+//	}
+//
+// All durations in Config are in ticks; Timings are in ticks too. The daemon
+// creates the Node once the log channel is connected (the silence timer
+// starts at New) and, after the Node has left Replicating, never reconnects
+// that channel: a new backup is a new protection epoch and a new Node.
+//
+// # API
+//
+//	type Config struct{ Role Role; HeartbeatInterval, HeartbeatTimeout, LockRetryInterval int }
+//	func (Config) Validate() error
+//	func New(Config) (*Node, error)
+//	func (*Node) Tick()
+//	func (*Node) Step(Event)
+//	func (*Node) Ready() []Action   // returns and forgets the pending actions
+//	func (*Node) HasReady() bool
+//	func (*Node) Role() Role
+//	func (*Node) State() State
+//	func (*Node) Phase() Phase
+//	func (*Node) Timings() Timings
+//	func (*Node) Status() Status
+//
+// Events (inputs): HeartbeatReceived, LogReceived, AckReceived, ChannelDown,
+// ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
+// QEMUExited, SwitchoverRequested. Actions (outputs): SendHeartbeat,
+// CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
+// ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup. Both are
+// small structs behind sealed interfaces; String gives the form used by
+// the scenario scripts in testdata/.
+//
+// # Rules
+//
+// Silence: a Node in Replicating (or SwitchingOver) that has received no
+// frame (heartbeat, log, ack, channel-up) for HeartbeatTimeout ticks
+// declares the peer lost. Both roles send a heartbeat every
+// HeartbeatInterval ticks while the channel is open, whatever the guest
+// does.
+//
+// Backup, peer lost: ChannelDown, the silence timeout and an unclean PeerBye
+// all start the go-live path; ChannelDown alone does not prove that the
+// primary died, and the lock is what makes this safe. If the primary is
+// alive (a broken connection, a malformed frame), it sees the channel close
+// too, drains FIFO A locally and asks for the lock at once, while the backup
+// first drains its replay; so the primary normally wins, the VM stays where
+// it was, and the backup halts. The path:
+//
+//	close-channel            (not after ChannelDown: it is gone already)
+//	feed-end                 → EndFed{Bytes, Instructions}
+//	wait-drain icount=T      T = max(last LogReceived.Instructions, EndFed.Instructions)
+//	                         → BackupIcount samples until one is ≥ T
+//	acquire-lock             → LockResult
+//	  won:  go-live          → GoLiveDone
+//	                            ok:  announce, cleanup; state Live, role primary
+//	                            err: halt-vm; state Halted
+//	  lost: halt-vm; state Halted
+//	  err:  acquire-lock again after LockRetryInterval ticks
+//
+// A Live node reports RolePrimary and StateLive: it runs the VM alone,
+// unprotected (StateLive rather than StateUnprotected so that the daemon can
+// tell a VM that moved from one that stayed). No ReportUnprotected is
+// emitted for it: StateLive implies it.
+//
+// Primary, backup lost: on silence, ChannelDown or a PeerBye other than a
+// switchover: drain-locally at once (never block on a dead backup), then
+// close-channel (unless already down), then acquire-lock, in StateClaiming.
+// The VM keeps running, its output held. Won → StateUnprotected and
+// report-unprotected (release held output); lost → StateHalted and halt-vm
+// (the backup went live); err → retry as above.
+//
+// Late input: once a Node has left Replicating, frames, heartbeats, acks,
+// byes and stale results change nothing and produce no action; they are
+// counted in Status.Ignored (Status.LastIgnored names the last) for a log
+// note. A frame the feeder wrote while FeedEnd was on its way is still
+// waited for through EndFed.Instructions.
+//
+// Clean end: a primary whose QEMU exits cleanly sends a clean bye
+// (ByeShutdown) after its log's tail, closes and stops. A backup receiving a
+// clean bye (not a switchover) never goes live: it closes the channel, stops
+// watching silence, keeps replaying, and goes to StateStopped when its QEMU
+// exits. A primary whose QEMU crashes sends an unclean bye: the backup goes
+// live without waiting for the timeout. A backup whose QEMU exits while
+// replicating (torn down on purpose, or a crash) tells the primary and
+// stops; the primary runs on unprotected.
+//
+// # Planned switchover
+//
+// SwitchoverRequested may come on either host; the backup carries it out,
+// the lock still decides every race. Over the channel it uses two Bye
+// reasons: ByeSwitchover (either way, the channel stays up) and ByeLive
+// (backup to primary).
+//
+//	primary asked:  drain-locally (stop sending log), send-bye switchover
+//	backup asked:   send-bye switchover
+//	backup:         feed-end, wait-drain, acquire-lock, go-live (as above,
+//	                but the channel stays open and heartbeats go on), then
+//	                announce, send-bye live, close-channel, cleanup
+//	primary (StateSwitchingOver, VM running, output held):
+//	                on bye live: stop-primary-vm, close-channel; StateStopped
+//	                on silence / channel down / another bye: acquire-lock;
+//	                  won: report-unprotected (switchover aborted)
+//	                  lost: stop-primary-vm (the backup holds the lock)
+//
+// Because the primary stops sending before its bye, a switchover asked on the
+// primary loses no log; one asked on the backup cuts the log where the
+// backup's feeder stands, and the primary's later execution is discarded
+// with its held output.
+//
+// # Timings
+//
+// Timings records the tick of each milestone of the last loss or switchover
+// (silence start = the tick the peer was last heard, detected, END fed,
+// drained, lock won, running alone) and gives the parts: Detection, Drain,
+// Lock, Start, Total (silence start to live). Multiply by the tick period.
+//
+// # What the daemon must guarantee
+//
+//   - Perform the actions of one Ready call in order; report each outcome
+//     as its Event (FeedEnd → EndFed, WaitDrain → BackupIcount samples,
+//     AcquireLock → LockResult, GoLive → GoLiveDone, HaltVM/StopPrimaryVM →
+//     QEMUExited).
+//   - AcquireLock is a test-and-set that one node wins for the lifetime of
+//     the protection epoch and that answers "won" again to its holder.
+//   - Frames are reported only once written whole into FIFO B (LogReceived)
+//     and EndFed carries the totals actually fed before END.
+//   - During GoLive, report GoLiveDone, not the exit of the replaying QEMU
+//     it stops.
+//   - Heartbeats must be read even while the feeder is blocked on a full
+//     FIFO B, or a busy guest looks like a dead primary.
+//
+// # Limits
+//
+// There is no drain timeout: a backup whose QEMU stops advancing waits in
+// PhaseDraining (Status shows icount and target) because going live short
+// of the fed log would break the output rule. A GoLive that fails after the
+// lock was won leaves the VM down (the old primary, if alive, has lost the
+// lock). A backup whose QEMU dies while it waits for the lock stops; if it
+// had in fact won, the VM is down too. Both need an operator.
+package failover

@@ -1,0 +1,174 @@
+package failover
+
+import (
+	"strconv"
+	"strings"
+)
+
+// Event is an input to Node.Step: something the daemon observed. The
+// concrete types are the structs below; String gives the form the scenario
+// scripts use ("log offset=0 bytes=4096 instr=1000").
+type Event interface {
+	isEvent()
+	String() string
+}
+
+// HeartbeatReceived: a Heartbeat frame arrived from the peer.
+type HeartbeatReceived struct{}
+
+// LogReceived (backup): a Log frame was written whole into FIFO B.
+type LogReceived struct {
+	// Offset is the stream offset of the frame's first byte.
+	Offset uint64
+	// Bytes is the number of event bytes fed into FIFO B so far (after
+	// this frame), from the start of the stream.
+	Bytes uint64
+	// Instructions is the sum of the INSTRUCTION event counts fed so far:
+	// the icount the backup QEMU reaches once it executed all of it.
+	Instructions uint64
+}
+
+// AckReceived (primary): the backup acked the log up to Offset.
+type AckReceived struct {
+	// Offset is the stream offset (bytes) the backup has in FIFO B.
+	Offset uint64
+	// Icount is the backup QEMU's icount when it acked.
+	Icount uint64
+}
+
+// ChannelDown: the log channel's connection broke, or a malformed frame
+// made the daemon drop it.
+type ChannelDown struct {
+	Reason string
+}
+
+// ChannelUp: the log channel is (still) connected; counts as hearing from
+// the peer. The daemon creates the Node once the channel is up, so this is
+// rarely needed.
+type ChannelUp struct{}
+
+// PeerBye: the peer sent an orderly Bye frame.
+type PeerBye struct {
+	// Clean is set when the peer's side ended or changed on purpose (see
+	// the Bye* reasons); an unclean bye (a peer daemon going away, a peer
+	// QEMU that crashed) is treated like ChannelDown.
+	Clean bool
+	// Reason is one of the Bye* constants or free text.
+	Reason string
+}
+
+// BackupIcount (backup): a sample of the replaying QEMU's icount
+// (query-replay), reported while draining and whenever the daemon samples.
+type BackupIcount struct {
+	Icount uint64
+}
+
+// EndFed (backup): the END byte was written into FIFO B after the last
+// whole event, in answer to FeedEnd.
+type EndFed struct {
+	// Bytes is the number of event bytes fed before END.
+	Bytes uint64
+	// Instructions is the sum of the INSTRUCTION counts fed before END.
+	// The drain target is the larger of this and the last
+	// LogReceived.Instructions the Node saw, so a frame whose LogReceived
+	// raced with FeedEnd is still waited for. 0 if unknown.
+	Instructions uint64
+}
+
+// LockResult: the outcome of AcquireLock, the split-brain test-and-set.
+type LockResult struct {
+	// Won is set when this node holds the lock.
+	Won bool
+	// Err is set when the lock could not be reached: neither a win nor a
+	// loss. The Node asks again after Config.LockRetryInterval ticks.
+	Err error
+}
+
+// GoLiveDone (backup): the daemon finished GoLive (stop, savevm, restart as
+// a recording primary with -loadvm), or failed with Err.
+type GoLiveDone struct {
+	Err error
+}
+
+// QEMUExited: this host's QEMU for the domain ended. During GoLive the
+// daemon reports GoLiveDone, not the exit of the replaying QEMU it stops.
+type QEMUExited struct {
+	// Clean is set for an orderly end (guest shutdown, a replayed
+	// shutdown, an operator's stop); unset for a crash or a kill.
+	Clean bool
+}
+
+// SwitchoverRequested: the operator asked for a planned switchover
+// (`virt-ft failover`) on this host.
+type SwitchoverRequested struct{}
+
+func (HeartbeatReceived) isEvent()   {}
+func (LogReceived) isEvent()         {}
+func (AckReceived) isEvent()         {}
+func (ChannelDown) isEvent()         {}
+func (ChannelUp) isEvent()           {}
+func (PeerBye) isEvent()             {}
+func (BackupIcount) isEvent()        {}
+func (EndFed) isEvent()              {}
+func (LockResult) isEvent()          {}
+func (GoLiveDone) isEvent()          {}
+func (QEMUExited) isEvent()          {}
+func (SwitchoverRequested) isEvent() {}
+
+func (HeartbeatReceived) String() string { return "heartbeat" }
+func (e LogReceived) String() string {
+	return format("log", "offset", u(e.Offset), "bytes", u(e.Bytes), "instr", u(e.Instructions))
+}
+func (e AckReceived) String() string {
+	return format("ack", "offset", u(e.Offset), "icount", u(e.Icount))
+}
+func (e ChannelDown) String() string { return format("channel-down", "reason", e.Reason) }
+func (ChannelUp) String() string     { return "channel-up" }
+func (e PeerBye) String() string {
+	return format("bye", "clean", strconv.FormatBool(e.Clean), "reason", e.Reason)
+}
+func (e BackupIcount) String() string { return format("backup-icount", "icount", u(e.Icount)) }
+func (e EndFed) String() string {
+	return format("end-fed", "bytes", u(e.Bytes), "instr", u(e.Instructions))
+}
+func (e LockResult) String() string {
+	return format("lock-result", "won", strconv.FormatBool(e.Won), "err", errString(e.Err))
+}
+func (e GoLiveDone) String() string { return format("go-live-done", "err", errString(e.Err)) }
+func (e QEMUExited) String() string {
+	return format("qemu-exited", "clean", strconv.FormatBool(e.Clean))
+}
+func (SwitchoverRequested) String() string { return "switchover-requested" }
+
+func u(v uint64) string { return strconv.FormatUint(v, 10) }
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// format renders "name k=v k=v": pairs whose value is empty are left out,
+// values that need it are quoted with strconv.Quote.
+func format(name string, kv ...string) string {
+	var b strings.Builder
+	b.WriteString(name)
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "" {
+			continue
+		}
+		b.WriteByte(' ')
+		b.WriteString(kv[i])
+		b.WriteByte('=')
+		b.WriteString(quoteIfNeeded(kv[i+1]))
+	}
+	return b.String()
+}
+
+func quoteIfNeeded(s string) string {
+	if strings.ContainsAny(s, " \t\n\"=\\;#") {
+		return strconv.Quote(s)
+	}
+	return s
+}

@@ -1,0 +1,619 @@
+package failover
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// NotYet is the tick of a Timings milestone that has not happened.
+const NotYet int64 = -1
+
+// Timings records, in ticks since New, when each milestone of a loss (or a
+// planned switchover) happened, so the daemon can show the go-live time and
+// its parts. Multiply by the tick period for wall time.
+type Timings struct {
+	// Cause is why the peer was declared lost, or "switchover".
+	Cause string
+	// SilenceStart is the tick the peer was last heard before the loss
+	// (for a planned switchover: the tick of the request).
+	SilenceStart int64
+	// Detected is the tick the loss was declared (or the switchover
+	// began).
+	Detected int64
+	// EndFed (backup) is the tick EndFed arrived.
+	EndFed int64
+	// Drained (backup) is the tick the backup QEMU's icount reached the
+	// drain target.
+	Drained int64
+	// Locked is the tick a LockResult with Won arrived.
+	Locked int64
+	// Alone is the tick this node began to run the VM alone: GoLiveDone
+	// for a backup, the won lock for a primary.
+	Alone int64
+}
+
+func newTimings() Timings {
+	return Timings{SilenceStart: NotYet, Detected: NotYet, EndFed: NotYet, Drained: NotYet, Locked: NotYet, Alone: NotYet}
+}
+
+func span(from, to int64) int64 {
+	if from == NotYet || to == NotYet {
+		return NotYet
+	}
+	return to - from
+}
+
+// Detection is the number of ticks from silence start to detection.
+func (t Timings) Detection() int64 { return span(t.SilenceStart, t.Detected) }
+
+// Drain (backup) is the number of ticks from detection to drained.
+func (t Timings) Drain() int64 { return span(t.Detected, t.Drained) }
+
+// Lock is the number of ticks spent winning the lock: from drained
+// (backup) or from detection (primary).
+func (t Timings) Lock() int64 {
+	if t.Drained != NotYet {
+		return span(t.Drained, t.Locked)
+	}
+	return span(t.Detected, t.Locked)
+}
+
+// Start (backup) is the number of ticks GoLive took.
+func (t Timings) Start() int64 { return span(t.Locked, t.Alone) }
+
+// Total is the number of ticks from silence start until the node ran the
+// VM alone: the go-live time of a backup.
+func (t Timings) Total() int64 { return span(t.SilenceStart, t.Alone) }
+
+// String renders the parts as "detect=100 drain=7 lock=1 start=3 total=111"
+// ("-" for a part not reached).
+func (t Timings) String() string {
+	f := func(v int64) string {
+		if v == NotYet {
+			return "-"
+		}
+		return strconv.FormatInt(v, 10)
+	}
+	return fmt.Sprintf("detect=%s drain=%s lock=%s start=%s total=%s",
+		f(t.Detection()), f(t.Drain()), f(t.Lock()), f(t.Start()), f(t.Total()))
+}
+
+// Status is a snapshot of a Node for the daemon's status output.
+type Status struct {
+	// Role, State and Phase are those of Node.Role, Node.State and
+	// Node.Phase.
+	Role  Role
+	State State
+	Phase Phase
+	// Reason explains the current state when it is not Replicating (the
+	// loss cause, the outcome of the lock, why the VM ended).
+	Reason string
+	// Ticks is the number of Tick calls since New.
+	Ticks int64
+	// Silence is the number of ticks since the peer was last heard.
+	Silence int64
+	// ChannelOpen is set while the Node considers the log channel usable
+	// (it sends heartbeats and watches silence only then).
+	ChannelOpen bool
+	// PeerEnded (backup) is set after a clean PeerBye: the primary's VM
+	// ended and its whole log was sent; the backup will not go live.
+	PeerEnded bool
+	// Switchover is set once a planned switchover began.
+	Switchover bool
+	// LogOffset, FedBytes and FedInstructions (backup) come from the last
+	// LogReceived (then EndFed): bytes and INSTRUCTION sum fed.
+	LogOffset, FedBytes, FedInstructions uint64
+	// BackupIcount (backup) is the last BackupIcount sample.
+	BackupIcount uint64
+	// DrainTarget (backup) is the icount WaitDrain waits for.
+	DrainTarget uint64
+	// AckedOffset and AckedIcount (primary) come from the last
+	// AckReceived.
+	AckedOffset, AckedIcount uint64
+	// LockAttempts is the number of AcquireLock actions emitted.
+	LockAttempts int
+	// Ignored counts events that arrived in a state where they mean
+	// nothing (late frames after go-live began, stale results);
+	// LastIgnored is the last of them, for a log note.
+	Ignored     int
+	LastIgnored string
+}
+
+// Node is the failover state machine of one protected domain on one host.
+// It is not safe for concurrent use: one goroutine of the daemon owns it and
+// calls Tick, Step and Ready.
+type Node struct {
+	cfg   Config
+	role  Role
+	state State
+	phase Phase
+
+	reason     string
+	switchover bool
+	peerEnded  bool
+	chanOpen   bool
+	vmStopping bool // HaltVM or StopPrimaryVM emitted; Cleanup on QEMUExited
+
+	now       int64
+	lastHeard int64
+	sinceBeat int
+	lockRetry int // ticks left before AcquireLock is emitted again; 0 = none
+
+	logOffset, fedBytes, fedInstr uint64
+	icount, target                uint64
+	ackedOffset, ackedIcount      uint64
+
+	lockAttempts int
+	ignored      int
+	lastIgnored  string
+	timings      Timings
+	pending      []Action
+}
+
+// New returns a Node in StateReplicating with the log channel open. The
+// daemon creates it once the log channel is connected: the silence timer
+// starts now.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Node{cfg: cfg, role: cfg.Role, state: StateReplicating, chanOpen: true, timings: newTimings()}, nil
+}
+
+// Role returns the node's current role: RoleBackup until a backup went
+// live, RolePrimary from then on (its State is StateLive).
+func (n *Node) Role() Role { return n.role }
+
+// State returns the node's current state.
+func (n *Node) State() State { return n.state }
+
+// Phase returns the step of StateGoingLive or of a lock wait; PhaseNone
+// otherwise.
+func (n *Node) Phase() Phase { return n.phase }
+
+// Timings returns the milestones of the last loss or switchover.
+func (n *Node) Timings() Timings { return n.timings }
+
+// Status returns a snapshot for the daemon's status output.
+func (n *Node) Status() Status {
+	return Status{
+		Role: n.role, State: n.state, Phase: n.phase, Reason: n.reason,
+		Ticks: n.now, Silence: n.now - n.lastHeard, ChannelOpen: n.chanOpen,
+		PeerEnded: n.peerEnded, Switchover: n.switchover,
+		LogOffset: n.logOffset, FedBytes: n.fedBytes, FedInstructions: n.fedInstr,
+		BackupIcount: n.icount, DrainTarget: n.target,
+		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount,
+		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
+	}
+}
+
+// HasReady reports whether Ready would return actions.
+func (n *Node) HasReady() bool { return len(n.pending) > 0 }
+
+// Ready returns the actions to perform, in order, and forgets them.
+func (n *Node) Ready() []Action {
+	a := n.pending
+	n.pending = nil
+	return a
+}
+
+func (n *Node) emit(a ...Action) { n.pending = append(n.pending, a...) }
+
+func (n *Node) peerName() string {
+	if n.cfg.Role == RolePrimary {
+		return "backup"
+	}
+	return "primary"
+}
+
+// Tick advances the node's clock by one tick: silence detection, heartbeats
+// and lock retries.
+func (n *Node) Tick() {
+	n.now++
+	if n.chanOpen && (n.state == StateReplicating || n.state == StateSwitchingOver) &&
+		n.now-n.lastHeard >= int64(n.cfg.HeartbeatTimeout) {
+		n.peerLost(fmt.Sprintf("no frame from the %s for %d ticks", n.peerName(), n.now-n.lastHeard))
+	}
+	if n.chanOpen {
+		n.sinceBeat++
+		if n.sinceBeat >= n.cfg.HeartbeatInterval {
+			n.sinceBeat = 0
+			n.emit(SendHeartbeat{})
+		}
+	}
+	if n.lockRetry > 0 {
+		n.lockRetry--
+		if n.lockRetry == 0 && n.phase == PhaseLocking {
+			n.requestLock()
+		}
+	}
+}
+
+// Step feeds one event to the node. Events that mean nothing in the current
+// state (a late frame after go-live began, a stale result) change nothing
+// and are counted in Status.Ignored.
+func (n *Node) Step(ev Event) {
+	var handled bool
+	switch n.state {
+	case StateReplicating:
+		if n.role == RolePrimary {
+			handled = n.stepPrimary(ev)
+		} else {
+			handled = n.stepBackup(ev)
+		}
+	case StateSwitchingOver:
+		handled = n.stepSwitchingOver(ev)
+	case StateClaiming:
+		handled = n.stepClaiming(ev)
+	case StateGoingLive:
+		handled = n.stepGoingLive(ev)
+	case StateUnprotected, StateLive:
+		handled = n.stepAlone(ev)
+	case StateHalted, StateStopped:
+		handled = n.stepEnded(ev)
+	}
+	if !handled {
+		n.ignored++
+		n.lastIgnored = ev.String()
+	}
+}
+
+func (n *Node) heard() { n.lastHeard = n.now }
+
+func (n *Node) closeChannel() {
+	if n.chanOpen {
+		n.chanOpen = false
+		n.emit(CloseChannel{})
+	}
+}
+
+func (n *Node) requestLock() {
+	n.phase = PhaseLocking
+	n.lockRetry = 0
+	n.lockAttempts++
+	n.emit(AcquireLock{})
+}
+
+func (n *Node) retryInterval() int {
+	if n.cfg.LockRetryInterval > 0 {
+		return n.cfg.LockRetryInterval
+	}
+	return n.cfg.HeartbeatInterval
+}
+
+// lockError keeps the node in PhaseLocking and schedules another attempt.
+func (n *Node) lockError(err error) {
+	n.reason = "lock unreachable: " + err.Error()
+	n.lockRetry = n.retryInterval()
+}
+
+// halt ends the node as the loser: it must stop its VM now.
+func (n *Node) halt(reason string) {
+	n.state, n.phase, n.reason = StateHalted, PhaseNone, reason
+	n.lockRetry = 0
+	n.vmStopping = true
+	n.emit(HaltVM{Reason: reason})
+	n.closeChannel()
+}
+
+// stop ends the node because its VM ended (or is being stopped by the
+// caller, which then sets vmStopping).
+func (n *Node) stop(reason string) {
+	n.state, n.phase, n.reason = StateStopped, PhaseNone, reason
+	n.lockRetry = 0
+	n.closeChannel()
+}
+
+// stopVM (primary, planned switchover) stops this host's VM: the backup is
+// live or holds the lock.
+func (n *Node) stopVM(reason string) {
+	n.vmStopping = true
+	n.emit(StopPrimaryVM{})
+	n.stop(reason)
+}
+
+// peerLost is called on silence, ChannelDown or an unclean bye while the
+// channel is expected to live.
+func (n *Node) peerLost(cause string) {
+	switch {
+	case n.role == RoleBackup:
+		n.startGoLive(cause, false, false)
+	case n.state == StateSwitchingOver:
+		n.claim(cause)
+	default:
+		n.emit(DrainLocally{})
+		n.claim(cause)
+	}
+}
+
+// ---- primary ----
+
+func (n *Node) stepPrimary(ev Event) bool {
+	switch e := ev.(type) {
+	case HeartbeatReceived, ChannelUp:
+		n.heard()
+	case AckReceived:
+		n.ack(e)
+	case ChannelDown:
+		n.chanOpen = false
+		n.peerLost("channel down: " + e.Reason)
+	case PeerBye:
+		if e.Clean && e.Reason == ByeSwitchover {
+			n.startSwitchover(false)
+		} else {
+			n.peerLost("backup said bye: " + e.Reason)
+		}
+	case SwitchoverRequested:
+		n.startSwitchover(true)
+	case QEMUExited:
+		if e.Clean {
+			n.emit(SendBye{Clean: true, Reason: ByeShutdown})
+			n.stop("VM shut down")
+		} else {
+			n.emit(SendBye{Clean: false, Reason: "primary QEMU exited uncleanly"})
+			n.stop("QEMU exited uncleanly")
+		}
+		n.emit(Cleanup{})
+	default:
+		return false
+	}
+	return true
+}
+
+func (n *Node) ack(e AckReceived) {
+	n.heard()
+	n.ackedOffset = max(n.ackedOffset, e.Offset)
+	n.ackedIcount = max(n.ackedIcount, e.Icount)
+}
+
+// startSwitchover (primary): stop sending the log, keep the VM running.
+func (n *Node) startSwitchover(local bool) {
+	n.state, n.switchover = StateSwitchingOver, true
+	n.reason = "switchover: waiting for the backup to go live"
+	n.timings = newTimings()
+	n.timings.Cause, n.timings.SilenceStart, n.timings.Detected = "switchover", n.now, n.now
+	n.emit(DrainLocally{})
+	if local {
+		n.emit(SendBye{Clean: true, Reason: ByeSwitchover})
+	}
+}
+
+func (n *Node) stepSwitchingOver(ev Event) bool {
+	switch e := ev.(type) {
+	case HeartbeatReceived, ChannelUp:
+		n.heard()
+	case AckReceived:
+		n.ack(e)
+	case ChannelDown:
+		n.chanOpen = false
+		n.peerLost("channel down during switchover: " + e.Reason)
+	case PeerBye:
+		switch {
+		case e.Clean && e.Reason == ByeLive:
+			n.stopVM("switched over: the backup is live")
+		case e.Clean && e.Reason == ByeSwitchover:
+			return false // both sides asked; already under way
+		default:
+			n.peerLost("backup said bye during switchover: " + e.Reason)
+		}
+	case QEMUExited:
+		n.stop("QEMU exited during switchover")
+		n.emit(Cleanup{})
+	default:
+		return false
+	}
+	return true
+}
+
+// claim (primary): the backup is lost; ask for the lock. The VM keeps
+// running with its output held until the outcome is known.
+func (n *Node) claim(cause string) {
+	if n.switchover {
+		// Keep the switchover's milestones; note why it turned into a
+		// claim.
+		n.timings.Cause = "switchover, then " + cause
+	} else {
+		n.timings = newTimings()
+		n.timings.Cause, n.timings.SilenceStart, n.timings.Detected = cause, n.lastHeard, n.now
+	}
+	n.state, n.reason = StateClaiming, cause
+	n.closeChannel()
+	n.requestLock()
+}
+
+func (n *Node) stepClaiming(ev Event) bool {
+	switch e := ev.(type) {
+	case LockResult:
+		if n.phase != PhaseLocking || n.lockRetry > 0 {
+			return false
+		}
+		switch {
+		case e.Err != nil:
+			n.lockError(e.Err)
+		case e.Won:
+			n.timings.Locked, n.timings.Alone = n.now, n.now
+			n.state, n.phase = StateUnprotected, PhaseNone
+			if n.switchover {
+				n.reason = "switchover aborted, running alone: " + n.reason
+			} else {
+				n.reason = "backup lost: " + n.reason
+			}
+			n.emit(ReportUnprotected{Reason: n.reason})
+		case n.switchover:
+			n.stopVM("switched over: the backup holds the lock")
+		default:
+			n.halt("lost the lock: the backup went live")
+		}
+	case QEMUExited:
+		n.stop("QEMU exited while claiming the lock")
+		n.emit(Cleanup{})
+	default:
+		return false
+	}
+	return true
+}
+
+// ---- backup ----
+
+func (n *Node) stepBackup(ev Event) bool {
+	switch e := ev.(type) {
+	case HeartbeatReceived, ChannelUp:
+		n.heard()
+	case LogReceived:
+		n.heard()
+		n.logOffset = max(n.logOffset, e.Offset)
+		n.fedBytes = max(n.fedBytes, e.Bytes)
+		n.fedInstr = max(n.fedInstr, e.Instructions)
+	case BackupIcount:
+		n.icount = e.Icount
+	case ChannelDown:
+		n.chanOpen = false
+		if n.peerEnded {
+			return false // expected: the primary closed after its bye
+		}
+		n.peerLost("channel down: " + e.Reason)
+	case PeerBye:
+		switch {
+		case n.peerEnded:
+			return false
+		case e.Clean && e.Reason == ByeSwitchover:
+			n.startGoLive("switchover asked by the primary", true, false)
+		case e.Clean && e.Reason != ByeLive:
+			// The primary's VM ended and the whole log was sent:
+			// replay it to the end, never go live.
+			n.peerEnded = true
+			n.reason = "primary ended cleanly (" + e.Reason + "): replaying to the end"
+			n.closeChannel()
+		default:
+			n.peerLost("primary said bye: " + e.Reason)
+		}
+	case SwitchoverRequested:
+		if n.peerEnded {
+			return false
+		}
+		n.startGoLive("switchover", true, true)
+	case QEMUExited:
+		if n.peerEnded {
+			n.stop("replayed the primary's end")
+		} else {
+			if n.chanOpen {
+				n.emit(SendBye{Clean: e.Clean, Reason: "backup QEMU exited"})
+			}
+			if e.Clean {
+				n.stop("backup QEMU stopped")
+			} else {
+				n.stop("backup QEMU exited uncleanly")
+			}
+		}
+		n.emit(Cleanup{})
+	default:
+		return false
+	}
+	return true
+}
+
+// startGoLive (backup): stop feeding, write END, then drain, lock, go live.
+func (n *Node) startGoLive(cause string, planned, local bool) {
+	n.state, n.phase, n.switchover, n.reason = StateGoingLive, PhaseFeedingEnd, planned, cause
+	n.timings = newTimings()
+	n.timings.Cause, n.timings.Detected = cause, n.now
+	if planned {
+		n.timings.SilenceStart = n.now
+	} else {
+		n.timings.SilenceStart = n.lastHeard
+	}
+	if local {
+		n.emit(SendBye{Clean: true, Reason: ByeSwitchover})
+	}
+	if !planned {
+		// Make a half-alive primary notice, so that it claims the lock
+		// rather than wait with its output held.
+		n.closeChannel()
+	}
+	n.emit(FeedEnd{})
+}
+
+func (n *Node) stepGoingLive(ev Event) bool {
+	switch e := ev.(type) {
+	case EndFed:
+		if n.phase != PhaseFeedingEnd {
+			return false
+		}
+		n.timings.EndFed = n.now
+		n.fedBytes = max(n.fedBytes, e.Bytes)
+		n.fedInstr = max(n.fedInstr, e.Instructions)
+		n.target = n.fedInstr
+		n.phase = PhaseDraining
+		n.emit(WaitDrain{Icount: n.target})
+	case BackupIcount:
+		n.icount = e.Icount
+		if n.phase == PhaseDraining && n.icount >= n.target {
+			n.timings.Drained = n.now
+			n.requestLock()
+		}
+	case LockResult:
+		if n.phase != PhaseLocking || n.lockRetry > 0 {
+			return false
+		}
+		switch {
+		case e.Err != nil:
+			n.lockError(e.Err)
+		case e.Won:
+			n.timings.Locked = n.now
+			n.phase = PhaseStarting
+			n.reason = n.timings.Cause + ": lock won, going live"
+			n.emit(GoLive{})
+		default:
+			n.halt("lost the lock: the primary runs on")
+		}
+	case GoLiveDone:
+		if n.phase != PhaseStarting {
+			return false
+		}
+		if e.Err != nil {
+			n.halt("go-live failed: " + e.Err.Error())
+			return true
+		}
+		n.timings.Alone = n.now
+		n.state, n.phase, n.role = StateLive, PhaseNone, RolePrimary
+		n.reason = "live after " + n.timings.Cause
+		n.emit(Announce{})
+		if n.chanOpen && n.switchover {
+			n.emit(SendBye{Clean: true, Reason: ByeLive})
+		}
+		n.closeChannel()
+		n.emit(Cleanup{})
+	case ChannelDown:
+		n.chanOpen = false
+		return false
+	case QEMUExited:
+		if n.phase == PhaseStarting {
+			return false // the daemon is restarting QEMU itself
+		}
+		n.stop("backup QEMU exited while going live")
+		n.emit(Cleanup{})
+	default:
+		return false
+	}
+	return true
+}
+
+// ---- running alone, ended ----
+
+func (n *Node) stepAlone(ev Event) bool {
+	if _, ok := ev.(QEMUExited); !ok {
+		return false
+	}
+	n.stop("VM ended")
+	n.emit(Cleanup{})
+	return true
+}
+
+func (n *Node) stepEnded(ev Event) bool {
+	if _, ok := ev.(QEMUExited); !ok || !n.vmStopping {
+		return false
+	}
+	n.vmStopping = false
+	n.emit(Cleanup{})
+	return true
+}
