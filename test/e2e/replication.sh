@@ -44,6 +44,14 @@ if ! diff -u /tmp/ft-ticks-a /tmp/ft-ticks-b; then die "consoles differ"; fi
 say "the last 20 tick lines are identical on both hosts (uptime included):"
 paste -d'|' /tmp/ft-ticks-a /tmp/ft-ticks-b | tail -n 5 | awk -F'|' '{printf "     A: %-28s B: %s\n", $1, $2}'
 
+say "libvirtd restart on host A while replicating: libvirt-ftd reconnects and re-registers its events"
+lab restart-libvirtd a >/dev/null
+wait_for 30 "libvirt-ftd on host A to reconnect" sh -c "[ \$(grep -c 'connected to qemu:///system' '$LAB_DIR/a/ftd.log') -ge 2 ]"
+[ "$(virsh_on a domstate "$DOMAIN")" = running ] || die "the primary did not survive the libvirtd restart (reconnect hook?)"
+m=$(last_tick a "$DOMAIN")
+wait_for 60 "tick $((m + 2)) on host B" has_tick b "$DOMAIN" $((m + 2))
+log "reconnected; the primary kept running and host B kept replicating (tick $((m + 2)))"
+
 say "clean guest shutdown (poweroff through the guest's control port)"
 log "disk writer: $(guest_ctl status | tr -d '\r' | head -n 1)"
 guest_ctl poweroff >/dev/null || true
