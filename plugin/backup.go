@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"libvirt.org/go/libvirt"
 
+	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
@@ -84,6 +86,8 @@ func (d *Daemon) prepareBackup(req controlRequest, primaryHost string) error {
 	c.mu.Lock()
 	c.cfg = *cfg
 	c.backupXML, c.replayFIFO, c.feeder = backupXML, fifo, feeder
+	c.epoch, c.primaryHost = req.Epoch, primaryHost
+	c.goingLive, c.live = false, false
 	c.sentBytes, c.ackedBytes, c.logInstr, c.backupIcnt = 0, 0, 0, 0
 	c.started = false
 	c.mu.Unlock()
@@ -104,89 +108,211 @@ func (d *Daemon) cancelBackup(uuid string) {
 	}
 }
 
-// runBackupLog serves one log channel from the primary: every Log frame is
-// checked (contiguous offset, whole events only), written to FIFO B, and
-// acknowledged with the offset now in FIFO B and the backup QEMU's icount.
-// A malformed frame drops the connection, never the VM.
+// runBackupLog serves one log channel from the primary. The receiver keeps
+// reading (heartbeats must be seen even while FIFO B is full); Log frames go
+// to a queue that the feeding goroutine writes into FIFO B (whole events
+// only, contiguous offsets) and acknowledges with the offset now in FIFO B
+// and the backup QEMU's icount. A malformed frame drops the connection,
+// never the VM. The failover core decides when to go live.
 func (c *controller) runBackupLog(pc *peerConn) {
 	c.mu.Lock()
 	feeder := c.feeder
+	cfg := c.cfg
 	c.link = pc
 	c.peerAddr = pc.remote()
 	c.mu.Unlock()
 	if feeder == nil {
-		pc.bye("no backup armed")
+		pc.bye(encodeBye(false, "no backup armed"))
 		pc.Close()
 		return
 	}
 	c.setState(StateReplicating, "log channel up")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go c.backupHeartbeats(ctx, pc)
-	var fed uint64
+
+	q := &frameQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	drv, err := newDriver(failover.RoleBackup, cfg, func(a failover.Action) { c.backupAction(a, pc, q) })
+	if err != nil {
+		c.setState(StateUnprotected, err.Error())
+		pc.Close()
+		return
+	}
+	c.mu.Lock()
+	c.drv = drv
+	c.mu.Unlock()
+	go drv.run()
+	go c.feedLoop(ctx, pc, feeder, q, drv)
+
 	for {
 		m, err := pc.recv()
 		if err != nil {
-			c.setState(StateUnprotected, "log channel from the primary lost: "+err.Error())
+			drv.post(failover.ChannelDown{Reason: err.Error()})
 			pc.Close()
 			return
 		}
 		switch m.kind {
 		case msgHeartbeat:
 			c.heartbeat()
+			drv.post(failover.HeartbeatReceived{})
 		case msgBye:
-			c.setState(StateStopped, "primary said bye: "+m.text)
-			pc.Close()
-			return
+			drv.post(failover.PeerBye{Clean: m.clean, Reason: m.text})
+			if m.clean {
+				c.setState(StateReplicating, "primary said bye: "+m.text+"; replaying to the end of its log")
+			}
 		case msgLog:
-			if m.offset != fed {
-				c.setState(StateUnprotected, fmt.Sprintf("log frame at offset %d, expected %d: dropping the channel", m.offset, fed))
-				pc.Close()
-				return
-			}
-			// Feeder.Write refuses anything but whole events, writing nothing.
-			if err := feeder.Write(m.data); err != nil {
-				c.setState(StateUnprotected, fmt.Sprintf("log frame at offset %d: %v: dropping the channel", m.offset, err))
-				pc.Close()
-				return
-			}
-			fed += uint64(len(m.data))
-			c.mu.Lock()
-			c.sentBytes, c.ackedBytes = fed, fed
-			c.logInstr = feeder.Instructions()
-			instr, icount := c.logInstr, c.backupIcnt
-			start := !c.started
-			c.started = true
-			c.mu.Unlock()
-			if start {
-				go c.startBackupDomain(ctx)
-			}
-			if err := pc.sendAck(fed, icount, instr); err != nil {
-				c.setState(StateUnprotected, "log channel lost: "+err.Error())
-				pc.Close()
-				return
-			}
+			q.push(m)
 		}
 	}
 }
 
-func (c *controller) backupHeartbeats(ctx context.Context, pc *peerConn) {
-	c.mu.Lock()
-	iv := c.cfg.HeartbeatInterval
-	c.mu.Unlock()
-	if iv <= 0 {
-		iv = 100 * time.Millisecond
+// frameQueue holds received Log frames until they are in FIFO B. Its size is
+// bounded by the primary's window (it sends no more unacknowledged bytes).
+type frameQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	frames []message
+	end    bool // FeedEnd: write what is queued, then END; drop later frames
+	closed bool
+}
+
+func (q *frameQueue) push(m message) {
+	q.mu.Lock()
+	if !q.end && !q.closed {
+		q.frames = append(q.frames, m)
 	}
-	t := time.NewTicker(iv)
-	defer t.Stop()
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// pop waits for a frame; ok false means "write END now" (or closed).
+func (q *frameQueue) pop() (m message, ok bool, end bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.frames) == 0 && !q.end && !q.closed {
+		q.cond.Wait()
+	}
+	if len(q.frames) > 0 {
+		m = q.frames[0]
+		q.frames = q.frames[1:]
+		return m, true, false
+	}
+	return message{}, false, q.end
+}
+
+func (q *frameQueue) set(end, closed bool) {
+	q.mu.Lock()
+	q.end = q.end || end
+	q.closed = q.closed || closed
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// feedLoop writes queued frames into FIFO B and acknowledges them.
+func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan.Feeder, q *frameQueue, drv *driver) {
+	var fed uint64
 	for {
-		select {
-		case <-ctx.Done():
+		m, ok, end := q.pop()
+		if !ok {
+			if end {
+				if err := feeder.WriteEnd(); err != nil {
+					c.log.WithError(err).Error("writing END into FIFO B")
+				}
+				drv.post(failover.EndFed{Bytes: feeder.Offset(), Instructions: feeder.Instructions()})
+			}
 			return
-		case <-t.C:
-			if pc.sendHeartbeat() != nil {
+		}
+		if m.offset != fed {
+			drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d, expected %d", m.offset, fed)})
+			pc.Close()
+			q.set(false, true)
+			return
+		}
+		// Feeder.Write refuses anything but whole events, writing nothing.
+		if err := feeder.Write(m.data); err != nil {
+			drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.offset, err)})
+			pc.Close()
+			q.set(false, true)
+			return
+		}
+		fed += uint64(len(m.data))
+		instr := feeder.Instructions()
+		c.mu.Lock()
+		c.sentBytes, c.ackedBytes, c.logInstr = fed, fed, instr
+		icount := c.backupIcnt
+		start := !c.started
+		c.started = true
+		c.mu.Unlock()
+		drv.post(failover.LogReceived{Offset: m.offset, Bytes: fed, Instructions: instr})
+		if start {
+			go c.startBackupDomain(ctx)
+		}
+		go func() { _ = pc.sendAck(fed, icount, instr) }()
+	}
+}
+
+// backupAction carries out one action of the backup's failover core.
+func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue) {
+	switch a := a.(type) {
+	case failover.SendHeartbeat:
+		go func() { _ = pc.sendHeartbeat() }()
+	case failover.SendBye:
+		pc.bye(encodeBye(a.Clean, a.Reason))
+	case failover.CloseChannel:
+		pc.Close()
+	case failover.FeedEnd:
+		c.mu.Lock()
+		c.goingLive = true
+		c.mu.Unlock()
+		c.setState(StateGoingLive, "primary lost: feeding END after the last whole event")
+		q.set(true, false)
+	case failover.WaitDrain:
+		c.setState(StateGoingLive, fmt.Sprintf("draining: waiting for the backup to reach icount %d", a.Icount))
+		go c.waitDrain(a.Icount)
+	case failover.AcquireLock:
+		go func() {
+			won, err := c.d.arbiter().acquire(c.uuid, c.epoch)
+			c.post(failover.LockResult{Won: won, Err: err})
+		}()
+	case failover.GoLive:
+		c.setState(StateGoingLive, "going live: stop, savevm, restart recording")
+		go func() { c.post(failover.GoLiveDone{Err: c.goLive()}) }()
+	case failover.Announce:
+		go c.announce()
+	case failover.Cleanup:
+		go c.cleanupAfterLive()
+	case failover.HaltVM:
+		c.setState(StateStopped, "halting: "+a.Reason)
+		go c.d.destroyDomain(c.uuid, a.Reason)
+	case failover.ReportUnprotected:
+		c.setState(StateUnprotected, a.Reason)
+	}
+}
+
+// waitDrain samples the backup QEMU's icount until it reached target.
+func (c *controller) waitDrain(target uint64) {
+	conn, err := c.d.lv.get()
+	if err != nil {
+		return
+	}
+	dom, err := conn.LookupDomainByUUIDString(c.uuid)
+	if err != nil {
+		return
+	}
+	defer dom.Free()
+	client := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom))
+	for {
+		ri, err := client.QueryReplay()
+		if err == nil {
+			c.post(failover.BackupIcount{Icount: ri.Icount})
+			if ri.Icount >= target {
 				return
 			}
+		}
+		select {
+		case <-c.done:
+			return
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }

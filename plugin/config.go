@@ -55,6 +55,11 @@ type Config struct {
 	// SeedDirs are the directories a peer may write disk copies into when it
 	// seeds a backup (absolute paths). Default [/var/lib/libvirt/images].
 	SeedDirs []string `yaml:"seed-dirs"`
+	// ArbiterDir is a directory on storage shared by both hosts (NFS, a
+	// cluster file system) holding the split-brain lock files. Empty means
+	// no arbiter: a backup goes live and a primary goes on alone without
+	// asking anyone, so a network partition can give split brain.
+	ArbiterDir string `yaml:"arbiter-dir"`
 	// AllowedPeers, when not empty, lists the IP addresses whose daemons may
 	// connect (log channel and control requests). Empty allows any address.
 	AllowedPeers []string `yaml:"allowed-peers"`

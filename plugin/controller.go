@@ -6,12 +6,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
@@ -28,6 +30,8 @@ const (
 	StateUnprotected = "unprotected" // primary running without a backup
 	StateArmed       = "armed"       // backup: FIFO ready, waiting for the log
 	StateStopped     = "stopped"
+	StateGoingLive   = "going-live" // backup: primary lost; draining, then going live
+	StateLive        = "live"       // the former backup runs the VM (unprotected)
 )
 
 // controller drives one protected domain on this host.
@@ -52,18 +56,25 @@ type controller struct {
 	samples               []sample // primary: (instructions, time) to turn icount lag into ms
 	lagMS                 int64
 
+	drv   *driver // the failover core, while the log channel lives
+	epoch string  // pairing epoch: names the split-brain lock
+
 	// primary
 	recordFIFO string
 	rr         *logchan.RecordReader
 	link       *peerConn
 
 	// backup
-	backupXML  string
-	replayFIFO string
-	feeder     *logchan.Feeder
-	started    bool
-	stopOnce   sync.Once
-	done       chan struct{}
+	primaryHost string
+	goingLive   bool   // FeedEnd issued: the replaying QEMU's end is ours
+	live        bool   // went live: this host now runs the VM
+	goLiveInfo  string // the go-live time and its parts
+	backupXML   string
+	replayFIFO  string
+	feeder      *logchan.Feeder
+	started     bool
+	stopOnce    sync.Once
+	done        chan struct{}
 }
 
 type sample struct {
@@ -132,6 +143,23 @@ func (c *controller) status() ctl.DomainStatus {
 	if !c.lastHeartbeat.IsZero() {
 		s.HeartbeatAgeMS = time.Since(c.lastHeartbeat).Milliseconds()
 	}
+	if c.drv != nil {
+		st, tm := c.drv.view()
+		s.Failover = st.State.String()
+		if tm.Detected != failover.NotYet {
+			ms := func(t int64) string {
+				if t == failover.NotYet {
+					return "-"
+				}
+				return fmt.Sprintf("%d ms", t*int64(TickInterval/time.Millisecond))
+			}
+			s.GoLive = fmt.Sprintf("cause: %s; silence to detection %s, to drained %s, lock %s, to running %s; total %s",
+				tm.Cause, ms(tm.Detection()), ms(tm.Drain()), ms(tm.Lock()), ms(tm.Start()), ms(tm.Total()))
+		}
+	}
+	if c.goLiveInfo != "" {
+		s.GoLive += " (" + c.goLiveInfo + ")"
+	}
 	return s
 }
 
@@ -148,12 +176,32 @@ func (c *controller) domainStarted() {
 	c.mu.Unlock()
 }
 
+// restartingLive reports whether this host's domain is being restarted as a
+// primary by go-live (its prepare hook then needs no peer).
+func (c *controller) restartingLive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.goingLive
+}
+
+func (c *controller) currentRole() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.role
+}
+
 // domainStopped is the "stopped"/"release" hook or libvirt's STOPPED event.
 func (c *controller) domainStopped(why string) {
 	c.mu.Lock()
+	if c.goingLive {
+		// The replaying QEMU that go-live stops on purpose.
+		c.mu.Unlock()
+		return
+	}
 	c.running = false
+	role := c.role
 	c.mu.Unlock()
-	if c.role == ftxml.RoleBackup {
+	if role == ftxml.RoleBackup {
 		c.close(why)
 		c.d.forget(c.uuid, c)
 		return
@@ -176,12 +224,18 @@ func (c *controller) domainStopped(why string) {
 // close releases everything this controller holds on this host.
 func (c *controller) close(why string) {
 	c.mu.Lock()
-	link, feeder, rr := c.link, c.feeder, c.rr
-	c.link, c.feeder, c.rr = nil, nil, nil
+	link, feeder, rr, drv := c.link, c.feeder, c.rr, c.drv
+	c.link, c.feeder, c.rr, c.drv = nil, nil, nil, nil
 	fifoA, fifoB := c.recordFIFO, c.replayFIFO
 	c.mu.Unlock()
+	if drv != nil {
+		drv.close()
+	}
 	if link != nil {
-		link.bye(why)
+		if c.currentRole() == ftxml.RoleBackup {
+			// Tell the primary at once that its backup is gone.
+			link.bye(encodeBye(false, why))
+		}
 		link.Close()
 	}
 	if feeder != nil {
@@ -252,8 +306,13 @@ func (c *controller) preparePrimary(xml string, dom *libvirtxml.Domain) (err err
 		}
 	}()
 	c.setState(StatePreparing, "arming the backup on "+peerAddr(cfg))
+	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
+	c.mu.Lock()
+	c.epoch = epoch
+	c.mu.Unlock()
+	c.d.arbiter().forget(c.uuid, epoch)
 	if err := ctrl.request(controlRequest{Op: opPrepareBackup, UUID: c.uuid, Name: c.name, XML: xml,
-		QEMUVersion: qemuVer, LogVersion: logVer}, nil); err != nil {
+		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch}, nil); err != nil {
 		return fail(fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", c.name, peerAddr(cfg), err))
 	}
 	armed = true
@@ -321,35 +380,73 @@ func pct(a, b int64) int64 {
 }
 
 // pumpPrimary reads FIFO A, cuts it into whole events and sends them over the
-// log channel, keeping at most WindowBytes unacknowledged. If the channel
-// breaks, it keeps draining FIFO A (the primary must never block on a dead
-// backup) and reports unprotected.
+// log channel, keeping at most WindowBytes unacknowledged. The failover core
+// (a failover.Node driven by a driver) decides what happens when the backup
+// falls silent or the channel breaks: DrainLocally makes this loop keep
+// reading FIFO A and discard (the primary never blocks on a dead backup),
+// then the split-brain lock decides between going on unprotected and halting.
 func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader, link *peerConn) {
 	defer c.close("primary log ended")
 	dec := logchan.NewStreamDecoder()
 	window := uint64(c.d.cfg.WindowBytes)
 
 	var (
-		mu     sync.Mutex
-		cond   = sync.NewCond(&mu)
-		acked  uint64
-		broken bool
+		mu      sync.Mutex
+		cond    = sync.NewCond(&mu)
+		acked   uint64
+		discard bool // DrainLocally: stop sending, keep reading
 	)
-	markBroken := func(why string) {
+	setDiscard := func() {
 		mu.Lock()
-		if !broken {
-			broken = true
-			c.setState(StateUnprotected, why)
-		}
+		discard = true
 		cond.Broadcast()
 		mu.Unlock()
 	}
+	drv, err := newDriver(failover.RolePrimary, cfg, func(a failover.Action) {
+		switch a := a.(type) {
+		case failover.SendHeartbeat:
+			go func() { _ = link.sendHeartbeat() }()
+		case failover.SendBye:
+			link.bye(encodeBye(a.Clean, a.Reason))
+		case failover.CloseChannel:
+			link.closeWrite()
+		case failover.DrainLocally:
+			setDiscard()
+			c.setState(StateUnprotected, "backup lost: draining the log locally; claiming the split-brain lock")
+		case failover.AcquireLock:
+			go func() {
+				won, err := c.d.arbiter().acquire(c.uuid, c.epoch)
+				c.post(failover.LockResult{Won: won, Err: err})
+			}()
+		case failover.ReportUnprotected:
+			setDiscard()
+			c.setState(StateUnprotected, a.Reason)
+		case failover.HaltVM:
+			setDiscard()
+			c.setState(StateStopped, "halting: "+a.Reason)
+			go c.d.destroyDomain(c.uuid, "split brain: "+a.Reason)
+		case failover.StopPrimaryVM:
+			setDiscard()
+			go c.d.destroyDomain(c.uuid, "planned switchover: the backup is live")
+		}
+	})
+	if err != nil {
+		c.setState(StateUnprotected, err.Error())
+		return
+	}
+	c.mu.Lock()
+	c.drv = drv
+	c.mu.Unlock()
+	go drv.run()
+	defer drv.close()
+
 	// Receiver: acks and heartbeats from the backup.
 	go func() {
 		for {
 			m, err := link.recv()
 			if err != nil {
-				markBroken("log channel lost: " + err.Error())
+				drv.post(failover.ChannelDown{Reason: err.Error()})
+				link.Close()
 				return
 			}
 			switch m.kind {
@@ -361,29 +458,12 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 				cond.Broadcast()
 				mu.Unlock()
 				c.recordAck(m.ack.Offset, m.ack.Executed)
+				drv.post(failover.AckReceived{Offset: m.ack.Offset, Icount: m.ack.Executed})
 			case msgHeartbeat:
 				c.heartbeat()
+				drv.post(failover.HeartbeatReceived{})
 			case msgBye:
-				markBroken("backup said bye: " + m.text)
-				return
-			}
-		}
-	}()
-	// Heartbeats both ways, independent of guest activity.
-	hbDone := make(chan struct{})
-	defer close(hbDone)
-	go func() {
-		t := time.NewTicker(cfg.HeartbeatInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-hbDone:
-				return
-			case <-t.C:
-				if err := link.sendHeartbeat(); err != nil {
-					markBroken("log channel lost: " + err.Error())
-					return
-				}
+				drv.post(failover.PeerBye{Clean: m.clean, Reason: m.text})
 			}
 		}
 	}()
@@ -392,10 +472,10 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 	first := true
 	for {
 		mu.Lock()
-		for !broken && c.sent()-acked >= window {
+		for !discard && c.sent()-acked >= window {
 			cond.Wait()
 		}
-		lost := broken
+		sending := !discard
 		mu.Unlock()
 
 		n, err := reader.Read(buf)
@@ -407,14 +487,16 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			chunk, derr := dec.Feed(buf[:n])
 			if derr != nil {
 				// A log we cannot parse cannot be replayed: the backup is lost.
-				markBroken("log decode error: " + derr.Error())
-				lost = true
+				drv.post(failover.ChannelDown{Reason: "log decode error: " + derr.Error()})
+				setDiscard()
+				sending = false
 			}
 			if len(chunk.Data) > 0 {
 				c.recordSent(len(chunk.Data), chunk.Instructions)
-				if !lost {
+				if sending {
 					if serr := link.sendLog(chunk.Offset, chunk.Data); serr != nil {
-						markBroken("log channel lost: " + serr.Error())
+						drv.post(failover.ChannelDown{Reason: serr.Error()})
+						setDiscard()
 					}
 				}
 			}
@@ -423,24 +505,37 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			if !errors.Is(err, io.EOF) {
 				c.log.WithError(err).Warn("reading the record FIFO")
 			}
-			mu.Lock()
-			lost = broken
-			mu.Unlock()
-			if !lost {
-				_ = link.flush()
-				// Give the backup time to ack the tail, then say goodbye.
-				deadline := time.Now().Add(5 * time.Second)
-				mu.Lock()
-				for !broken && acked < c.sent() && time.Now().Before(deadline) {
-					mu.Unlock()
-					time.Sleep(20 * time.Millisecond)
-					mu.Lock()
+			// QEMU exited: cleanly when its log ended with END (guest
+			// shutdown, virsh shutdown/destroy), else it crashed or was
+			// killed, and the backup must go live.
+			clean := dec.Ended()
+			_ = link.flush()
+			drv.post(failover.QEMUExited{Clean: clean})
+			// Let the driver send the bye and close our direction.
+			deadline := time.Now().Add(2 * time.Second)
+			for time.Now().Before(deadline) {
+				if st, _ := drv.view(); st.State == failover.StateStopped || st.State == failover.StateHalted {
+					break
 				}
-				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
 			}
-			c.setState(StateStopped, "primary QEMU exited; log ended")
+			if clean {
+				c.setState(StateStopped, "primary QEMU exited; log ended")
+			} else {
+				c.setState(StateStopped, "primary QEMU died without ending its log")
+			}
 			return
 		}
+	}
+}
+
+// post hands an event to this controller's failover driver, if any.
+func (c *controller) post(ev failover.Event) {
+	c.mu.Lock()
+	drv := c.drv
+	c.mu.Unlock()
+	if drv != nil {
+		drv.post(ev)
 	}
 }
 

@@ -152,7 +152,20 @@ func (d *Daemon) onLifecycle(dom *libvirt.Domain, ev *libvirt.DomainEventLifecyc
 	case libvirt.DOMAIN_EVENT_STOPPED:
 		uuid, _ := dom.GetUUIDString()
 		if c := d.lookup(uuid); c != nil {
-			go c.domainStopped("libvirt reported the domain stopped")
+			go func() {
+				// Events arrive late: during go-live a new QEMU of the same
+				// domain may already run.
+				if conn, err := d.lv.get(); err == nil {
+					if cur, err := conn.LookupDomainByUUIDString(uuid); err == nil {
+						active, _ := cur.IsActive()
+						cur.Free()
+						if active {
+							return
+						}
+					}
+				}
+				c.domainStopped("libvirt reported the domain stopped")
+			}()
 		}
 	}
 }
@@ -309,6 +322,9 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 	log := d.log.WithFields(logrus.Fields{"domain": h.Domain, "hook": h.Operation})
 	switch h.Operation {
 	case "prepare":
+		if c := d.lookup(uuid); c != nil && cfg.Role == ftxml.RolePrimary && c.restartingLive() {
+			return c.prepareLive(&ld)
+		}
 		if cfg.Role == ftxml.RoleBackup {
 			c := d.lookup(uuid)
 			if c == nil || c.role != ftxml.RoleBackup {
@@ -342,9 +358,34 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 			c.domainStarted()
 		}
 	case "stopped", "release":
-		if c := d.lookup(uuid); c != nil {
+		if c := d.lookup(uuid); c != nil && c.currentRole() == cfg.Role {
 			c.domainStopped("hook " + h.Operation)
 		}
 	}
 	return nil
+}
+
+func (d *Daemon) arbiter() arbiter {
+	return arbiter{dir: d.cfg.ArbiterDir, me: d.cfg.Listen}
+}
+
+// destroyDomain stops this host's QEMU of uuid at once (virDomainDestroy).
+func (d *Daemon) destroyDomain(uuid, why string) {
+	conn, err := d.lv.get()
+	if err != nil {
+		d.log.WithError(err).Errorf("cannot destroy %s (%s)", uuid, why)
+		return
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return
+	}
+	defer dom.Free()
+	if active, _ := dom.IsActive(); !active {
+		return
+	}
+	d.log.Warnf("destroying domain %s: %s", uuid, why)
+	if err := dom.Destroy(); err != nil {
+		d.log.WithError(err).Errorf("destroying %s", uuid)
+	}
 }

@@ -40,6 +40,8 @@ type controlRequest struct {
 	QEMUVersion string    `json:"qemu_version,omitempty"`
 	LogVersion  uint32    `json:"log_version,omitempty"`
 	Seed        hashReply `json:"seed,omitempty"`
+	// Epoch names the pairing: the split-brain lock of this run.
+	Epoch string `json:"epoch,omitempty"`
 }
 
 // controlReply answers a controlRequest.
@@ -75,6 +77,7 @@ type message struct {
 	data   []byte
 	ack    logchan.Ack
 	text   string
+	clean  bool
 }
 
 func dialPeer(addr string, timeout time.Duration, role, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
@@ -113,21 +116,44 @@ func (p *peerConn) Close() error { return p.nc.Close() }
 
 func (p *peerConn) flush() error { return p.c.Flush() }
 
+// writeTimeout bounds every write on a peer connection: a dead peer must
+// never block the primary (DESIGN.md "Backup lost"); a write that times out
+// breaks the channel.
+const writeTimeout = 2 * time.Second
+
+func (p *peerConn) deadline() { _ = p.nc.SetWriteDeadline(time.Now().Add(writeTimeout)) }
+
 func (p *peerConn) sendLog(off uint64, data []byte) error {
+	p.deadline()
 	return p.c.WriteLog(off, data)
 }
 
 func (p *peerConn) sendAck(off, icount, instr uint64) error {
+	p.deadline()
 	return p.c.WriteAck(logchan.Ack{Offset: off, Executed: icount, Fed: instr})
 }
 
 func (p *peerConn) sendHeartbeat() error {
+	p.deadline()
 	return p.c.WriteHeartbeat(logchan.Heartbeat{Seq: p.seq.Add(1), SentUnixMs: time.Now().UnixMilli()})
 }
 
+// bye sends an orderly Bye (see encodeBye).
 func (p *peerConn) bye(reason string) {
-	_ = p.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	p.deadline()
 	_ = p.c.WriteBye(reason)
+}
+
+// closeWrite ends our direction after a Bye, so that everything written
+// before it is delivered (a plain close with unread acks pending may reset
+// the connection and lose the tail); the reader sees EOF when the peer closes.
+func (p *peerConn) closeWrite() {
+	_ = p.c.Flush()
+	if tc, ok := p.nc.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+		return
+	}
+	_ = p.nc.Close()
 }
 
 // recv reads the next log-channel message; unknown or malformed frames are
@@ -157,7 +183,8 @@ func (p *peerConn) recv() (message, error) {
 		}
 		return message{kind: msgHeartbeat}, nil
 	case logchan.FrameBye:
-		return message{kind: msgBye, text: string(payload)}, nil
+		clean, reason := decodeBye(string(payload))
+		return message{kind: msgBye, text: reason, clean: clean}, nil
 	default:
 		return message{}, fmt.Errorf("unexpected %s frame on the log channel", t)
 	}

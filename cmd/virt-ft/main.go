@@ -77,6 +77,12 @@ func printStatus(ds []ctl.DomainStatus) {
 		if d.Detail != "" {
 			fmt.Printf("%s: %s\n", d.Name, d.Detail)
 		}
+		if d.Failover != "" {
+			fmt.Printf("%s: failover state %s\n", d.Name, d.Failover)
+		}
+		if d.GoLive != "" {
+			fmt.Printf("%s: go-live: %s\n", d.Name, d.GoLive)
+		}
 	}
 }
 

@@ -88,6 +88,11 @@ type DomainStatus struct {
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
 	// -1 when none was ever received.
 	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
+	// Failover is the failover core's state (failover.State).
+	Failover string `json:"failover,omitempty"`
+	// GoLive describes the last go-live or backup loss: its cause and the
+	// time of each part (ms).
+	GoLive string `json:"go_live,omitempty"`
 }
 
 // Call sends req to the daemon at socket and waits at most timeout for the

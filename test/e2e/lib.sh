@@ -43,6 +43,7 @@ lab_start() {
 		on $h sh -c "mkdir -p /etc/libvirt-ft && cat > /etc/libvirt-ft/libvirt-ftd.yaml" <<-YAML
 		listen: $ip:7480
 		libvirt-uri: qemu:///system
+		arbiter-dir: /var/lib/libvirt-ft/arbiter
 		YAML
 		lab bg $h ftd "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
 	done

@@ -16,6 +16,9 @@
 # as /etc/libvirt/hooks/qemu.d/libvirt-ft in a and b); LAB_CAPS_CACHE
 # (optional dir keeping libvirt's QEMU capabilities cache between labs).
 #
+# Shared storage: LAB_DIR/shared/arbiter is mounted at
+# /var/lib/libvirt-ft/arbiter in both a and b (libvirt-ftd's arbiter-dir).
+#
 # Layout: network namespaces ftlab-lan (bridge lan0), ftlab-a, ftlab-b,
 # ftlab-c; a veth from each of a/b/c into lan0 (eth0 inside the host,
 # veth-<h> in ftlab-lan). a and b: eth0 in bridge ftbr0 carrying the host
@@ -302,6 +305,10 @@ nsinit() {
 		mount --bind "$r/${m%%:*}" "${m#*:}"
 	done
 	mount --bind "$r/hosts" /etc/hosts
+	# Storage shared by both hosts (as NFS would be): the split-brain
+	# arbiter's lock files (libvirt-ftd's arbiter-dir).
+	mkdir -p "$LAB_DIR/shared/arbiter" /var/lib/libvirt-ft/arbiter
+	mount --bind "$LAB_DIR/shared/arbiter" /var/lib/libvirt-ft/arbiter
 	# TCG only: hide /dev/kvm. (Where root may use it and libvirt-qemu may
 	# not, libvirt finds its capabilities cache stale at every start and
 	# probes QEMU again, which takes seconds.)

@@ -1,0 +1,173 @@
+package plugin
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// snapshotName is the internal snapshot that carries the backup's state
+// across the go-live restart (DESIGN.md "Go-live on stock QEMU").
+const snapshotName = "ft-golive"
+
+// goLive turns the drained backup into a running, recording primary on this
+// host (DESIGN.md, checked on QEMU 7.2): stop; savevm (the snapshot carries
+// the "replay" vmstate section, registered only by a QEMU started with rr=);
+// destroy the replaying QEMU; start the domain again with rr=record into a
+// fresh FIFO (read and discarded locally until a new backup attaches) and
+// -loadvm; define its persistent definition (without -loadvm) on this host.
+func (c *controller) goLive() error {
+	t0 := time.Now()
+	conn, err := c.d.lv.get()
+	if err != nil {
+		return err
+	}
+	dom, err := conn.LookupDomainByUUIDString(c.uuid)
+	if err != nil {
+		return fmt.Errorf("go-live: the backup domain is gone: %w", err)
+	}
+	defer dom.Free()
+	client := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom))
+	if err := client.Stop(); err != nil {
+		return fmt.Errorf("go-live: stop: %w", err)
+	}
+	tStop := time.Now()
+	if err := client.SaveVM(snapshotName); err != nil {
+		return fmt.Errorf("go-live: %w", err)
+	}
+	tSave := time.Now()
+
+	c.mu.Lock()
+	backupXML := c.backupXML
+	c.mu.Unlock()
+	persistent, err := ftxml.Primary(backupXML, ftxml.HostConfig{})
+	if err != nil {
+		return fmt.Errorf("go-live: generating the primary's XML: %w", err)
+	}
+	live, err := withLoadVM(persistent, snapshotName)
+	if err != nil {
+		return err
+	}
+	if err := dom.Destroy(); err != nil {
+		return fmt.Errorf("go-live: stopping the replaying QEMU: %w", err)
+	}
+	c.mu.Lock()
+	feeder, fifoB := c.feeder, c.replayFIFO
+	c.feeder, c.replayFIFO = nil, ""
+	c.mu.Unlock()
+	if feeder != nil {
+		feeder.Close()
+	}
+	if fifoB != "" {
+		_ = os.Remove(fifoB)
+	}
+	tDestroy := time.Now()
+	newDom, err := conn.DomainCreateXML(live, 0)
+	if err != nil {
+		return fmt.Errorf("go-live: starting the new primary: %w", err)
+	}
+	newDom.Free()
+	tStart := time.Now()
+	if _, err := conn.DomainDefineXML(persistent); err != nil {
+		c.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
+	}
+	c.mu.Lock()
+	c.live, c.goingLive, c.role = true, false, ftxml.RolePrimary
+	c.running = true
+	c.goLiveInfo = fmt.Sprintf("stop %d ms, savevm %d ms, destroy %d ms, start with -loadvm %d ms",
+		tStop.Sub(t0).Milliseconds(), tSave.Sub(tStop).Milliseconds(), tDestroy.Sub(tSave).Milliseconds(), tStart.Sub(tDestroy).Milliseconds())
+	c.mu.Unlock()
+	c.log.Infof("went live: %s", c.goLiveInfo)
+	c.setState(StateLive, "running on this host since go-live; no backup")
+	return nil
+}
+
+// withLoadVM adds -loadvm NAME to a domain's qemu:commandline.
+func withLoadVM(domainXML, name string) (string, error) {
+	dom, err := ftxml.ParseDomain(domainXML)
+	if err != nil {
+		return "", err
+	}
+	if dom.QEMUCommandline == nil {
+		dom.QEMUCommandline = &libvirtxml.DomainQEMUCommandline{}
+	}
+	dom.QEMUCommandline.Args = append(dom.QEMUCommandline.Args,
+		libvirtxml.DomainQEMUCommandlineArg{Value: "-loadvm"}, libvirtxml.DomainQEMUCommandlineArg{Value: name})
+	return dom.Marshal()
+}
+
+// prepareLive is the prepare hook of the domain restarting as a primary on
+// this host during go-live: no peer to ask; create the record FIFO and drain
+// it locally so the new primary never blocks (it runs unprotected until a
+// new backup attaches).
+func (c *controller) prepareLive(dom *libvirtxml.Domain) error {
+	c.mu.Lock()
+	cfg := c.cfg
+	c.mu.Unlock()
+	fifo := ftxml.RecordFIFOPath(cfg, c.uuid)
+	if err := logchan.CreateFIFO(fifo, c.d.qemuUID, c.d.qemuGID, 0o600); err != nil {
+		return err
+	}
+	rr, err := logchan.OpenRecordReader(fifo)
+	if err != nil {
+		_ = os.Remove(fifo)
+		return err
+	}
+	c.mu.Lock()
+	c.recordFIFO, c.rr = fifo, rr
+	c.mu.Unlock()
+	go func() {
+		_, _ = io.Copy(io.Discard, rr)
+		rr.Close()
+		_ = os.Remove(fifo)
+	}()
+	return nil
+}
+
+// announce advertises the VM's MAC from its new host (QMP announce-self:
+// RARP frames), so that switches learn where it went.
+func (c *controller) announce() {
+	conn, err := c.d.lv.get()
+	if err != nil {
+		return
+	}
+	dom, err := conn.LookupDomainByUUIDString(c.uuid)
+	if err != nil {
+		return
+	}
+	defer dom.Free()
+	if err := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom)).AnnounceSelf(); err != nil {
+		c.log.WithError(err).Warn("announce-self")
+		return
+	}
+	c.log.Info("announced the VM's MAC (announce-self)")
+}
+
+// cleanupAfterLive deletes the go-live snapshot: the new primary has loaded it.
+func (c *controller) cleanupAfterLive() {
+	c.mu.Lock()
+	live := c.live
+	c.mu.Unlock()
+	if !live {
+		return
+	}
+	conn, err := c.d.lv.get()
+	if err != nil {
+		return
+	}
+	dom, err := conn.LookupDomainByUUIDString(c.uuid)
+	if err != nil {
+		return
+	}
+	defer dom.Free()
+	if _, err := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom)).HumanMonitorCommand("delvm " + snapshotName); err != nil {
+		c.log.WithError(err).Warn("deleting the go-live snapshot")
+	}
+}
