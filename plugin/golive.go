@@ -39,8 +39,21 @@ func (c *controller) goLive() error {
 		return fmt.Errorf("go-live: stop: %w", err)
 	}
 	tStop := time.Now()
-	if err := client.SaveVM(snapshotName); err != nil {
-		return fmt.Errorf("go-live: %w", err)
+	// QEMU refuses a snapshot while replay has async events queued
+	// (replay_can_snapshot, replay/replay-snapshot.c). Let the VM run a
+	// moment and try again.
+	var serr error
+	for try := 0; try < 50; try++ {
+		if serr = client.SaveVM(snapshotName); serr == nil {
+			break
+		}
+		c.log.WithError(serr).Warnf("go-live: savevm refused (try %d)", try+1)
+		_ = client.Cont()
+		time.Sleep(20 * time.Millisecond)
+		_ = client.Stop()
+	}
+	if serr != nil {
+		return fmt.Errorf("go-live: %w", serr)
 	}
 	tSave := time.Now()
 

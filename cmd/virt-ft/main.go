@@ -81,7 +81,7 @@ func printStatus(ds []ctl.DomainStatus) {
 			fmt.Printf("%s: failover state %s\n", d.Name, d.Failover)
 		}
 		if d.GoLive != "" {
-			fmt.Printf("%s: go-live: %s\n", d.Name, d.GoLive)
+			fmt.Printf("%s: last failover event: %s\n", d.Name, d.GoLive)
 		}
 	}
 }

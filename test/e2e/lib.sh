@@ -119,3 +119,24 @@ replay_mode() {
 	virsh_on "$1" qemu-monitor-command "$2" '{"execute":"query-replay"}' 2>/dev/null |
 		sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p'
 }
+
+# qemu_pid HOST NAME: the pid of NAME's QEMU on HOST (libvirt's pid file).
+qemu_pid() { on "$1" cat "/run/libvirt/qemu/$2.pid" 2>/dev/null; }
+
+# start_protected NAME: define on A, start, wait until the backup replays.
+start_protected() {
+	local name=$1
+	define_protected "$name"
+	virsh_on a start "$name" >/dev/null
+	wait_for 90 "the backup to run in replay mode on host B" sh -c "[ \"\$(bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $name')\" = play ]"
+}
+
+# ticks_consecutive HOST NAME: every tick line follows the one before it
+# (N+1, uptime not smaller): the guest never rebooted.
+ticks_consecutive() {
+	tick_lines "$1" "$2" | awk '
+		NR == 1 { n = $2; up = $4; next }
+		{ if ($2 != n + 1 || $4 + 0 < up + 0) { printf "tick %s (up %s) follows tick %s (up %s)\n", $2, $4, n, up; bad = 1 }
+		  n = $2; up = $4 }
+		END { exit bad }'
+}

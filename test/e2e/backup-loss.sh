@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end backup loss: the primary must never block on a lost backup.
+# 1. kill -9 of the backup's QEMU on host B; 2. (with a new pairing) host B
+# torn down entirely. Each time the primary's tick counter keeps going (no
+# gap longer than its usual period plus 1 s), `virt-ft status` on host A
+# says unprotected, and nothing is left behind on host B.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+trap lab_stop EXIT
+lab_stop
+lab_start
+
+# max_gap HOST NAME FROM: the largest host-time gap (ms) between consecutive
+# tick lines seen on HOST's console from tick FROM on, sampled every 100 ms.
+watch_ticks() {
+	local h=$1 name=$2 secs=$3 out=$4 last="" t end
+	end=$((SECONDS + secs))
+	: > "$out"
+	while [ $SECONDS -lt $end ]; do
+		t=$(last_tick "$h" "$name")
+		if [ -n "$t" ] && [ "$t" != "$last" ]; then
+			echo "$t $(date +%s%3N)" >> "$out"
+			last=$t
+		fi
+		sleep 0.1
+	done
+}
+
+for mode in qemu host; do
+	say "backup loss: $([ $mode = qemu ] && echo 'kill -9 of the backup QEMU on host B' || echo 'host B torn down')"
+	if [ $mode = host ]; then
+		# A new pairing: stop the unprotected primary and start it again.
+		virsh_on a destroy "$DOMAIN" >/dev/null
+		wait_for 30 "the old backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+		virsh_on a start "$DOMAIN" >/dev/null
+		wait_for 90 "the backup to run in replay mode on host B" sh -c "[ \"\$(bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN')\" = play ]"
+		base=$(last_tick a "$DOMAIN"); base=${base:-0}
+		wait_for 120 "5 ticks after the restart" sh -c "bash -c 'source $ROOT/test/e2e/lib.sh; [ \$(last_tick a $DOMAIN) -ge $((base + 5)) ]'"
+	else
+		start_protected "$DOMAIN"
+		wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
+	fi
+	watch_ticks a "$DOMAIN" 12 /tmp/ft-ticks-seen &
+	watcher=$!
+	sleep 4
+	if [ $mode = qemu ]; then
+		on b kill -9 "$(qemu_pid b "$DOMAIN")"
+	else
+		lab kill-host b >/dev/null
+	fi
+	log "backup killed at $(date +%T.%3N)"
+	wait "$watcher"
+	gaps=$(awk 'NR > 1 { print $2 - prev } { prev = $2 }' /tmp/ft-ticks-seen | sort -n)
+	median=$(echo "$gaps" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+	worst=$(echo "$gaps" | tail -n 1)
+	log "primary's tick gaps (host ms): median $median, worst $worst"
+	[ "$worst" -le $((median + 1000)) ] || die "the primary stalled: a tick gap of $worst ms (median $median ms)"
+	st=$(ft_on a status "$DOMAIN")
+	echo "$st" | sed 's/^/     /'
+	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
+	[ "$(virsh_on a domstate "$DOMAIN")" = running ] || die "the primary is not running"
+	if [ $mode = qemu ]; then
+		wait_for 20 "host B to clean up" sh -c "[ -z \"\$('$LAB' exec b find /var/lib/libvirt-ft -type p)\" ]"
+		[ -z "$(qemu_pid b "$DOMAIN")" ] || die "a QEMU pid file is left on host B"
+		log "nothing left on host B (no FIFO, no QEMU)"
+	fi
+done
+rm -f /tmp/ft-ticks-seen
+say "the primary carried on alone both times"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# End-to-end failover: host A fails at a random moment while the guest runs
+# its tick counter and disk writer; the backup on host B goes live from
+# exactly where the log ended. Trials alternate between `kill -9` of the
+# primary's QEMU and tearing host A down entirely (every process in its
+# namespaces, then its network).
+#   TRIALS=N test/e2e/failover.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+TRIALS=${TRIALS:-1}
+trap lab_stop EXIT
+report=()
+for trial in $(seq 1 "$TRIALS"); do
+	mode=qemu; [ $((trial % 2)) -eq 0 ] && mode=host
+	say "trial $trial/$TRIALS: failure = $([ $mode = qemu ] && echo 'kill -9 of the primary QEMU' || echo 'host A torn down')"
+	lab_stop
+	lab_start
+	start_protected "$DOMAIN"
+	wait_for 120 "10 ticks on host A" has_tick a "$DOMAIN" 10
+	# A random moment: 0-4 s more.
+	sleep "$((RANDOM % 5)).$((RANDOM % 10))"
+	rarp=/tmp/ft-rarp.$$
+	ip netns exec ftlab-lan tcpdump -i lan0 -n -e -l -U 'ether proto 0x8035 or arp' > "$rarp" 2>/dev/null &
+	tcpdump_pid=$!
+	sleep 0.3
+	before=$(last_tick b "$DOMAIN")
+	t0=$(date +%s%N)
+	if [ $mode = qemu ]; then
+		on a kill -9 "$(qemu_pid a "$DOMAIN")"
+	else
+		lab kill-host a >/dev/null
+	fi
+	log "failed at host B's tick $before"
+	wait_for 60 "the VM to run live on host B" sh -c "[ \"\$(bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN')\" = record ]"
+	t1=$(date +%s%N)
+	total=$(((t1 - t0) / 1000000))
+	log "running on host B $total ms after the failure"
+	ft_on b status "$DOMAIN" | sed 's/^/     /'
+	golive=$(ft_on b status --json "$DOMAIN" | sed -n 's/.*"go_live": "\(.*\)".*/\1/p')
+	n=$(last_tick b "$DOMAIN")
+	wait_for 60 "5 more ticks on host B" has_tick b "$DOMAIN" $((n + 5))
+	ticks_consecutive b "$DOMAIN" || die "the tick counter did not continue (guest rebooted or diverged)"
+	first_live=$(tick_lines b "$DOMAIN" | awk -v b="$before" '$2 > b' | head -n 1)
+	log "tick counter continues without a gap on host B (last before failure: $before, then: $first_live ...)"
+	kill "$tcpdump_pid" 2>/dev/null || true
+	wait "$tcpdump_pid" 2>/dev/null || true
+	grep -qi "52:54:00:fa:00:01.*Reverse" "$rarp" || grep -qi "52:54:00:fa:00:01 .*ethertype Reverse ARP\|52:54:00:fa:00:01 > ff:ff:ff:ff:ff:ff, ethertype Reverse" "$rarp" ||
+		die "no RARP frame with the guest's MAC on the LAN bridge: $(head -n 5 "$rarp")"
+	log "RARP announcing 52:54:00:fa:00:01 seen on the LAN bridge ($(grep -ci 'Reverse' "$rarp") frames)"
+	rm -f "$rarp"
+	say "clean shutdown on host B, then the disk writer's records must all verify"
+	log "disk writer: $(guest_ctl status | tr -d '\r' | head -n 1)"
+	guest_ctl poweroff >/dev/null || true
+	wait_for 120 "$DOMAIN to shut off on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+	on b cp "$IMAGES/$DOMAIN.qcow2" /tmp/ft-disk-b.qcow2
+	"$BIN/diskcheck" /tmp/ft-disk-b.qcow2
+	rm -f /tmp/ft-disk-b.qcow2
+	report+=("trial $trial ($mode): failure to running $total ms; $golive")
+done
+say "failover report"
+printf '   %s\n' "${report[@]}"
