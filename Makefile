@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump ca-certificates libxml2-utils
 
-.PHONY: all setup build unit e2e e2e-failover e2e-backup-loss test demo bench fuzz lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit e2e e2e-failover e2e-backup-loss test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -63,5 +63,13 @@ lab-up: build guest
 lab-down:
 	$(LAB) down
 
+# deb and rpm with nfpm (fetched through the Go module proxy).
+NFPM := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+VERSION ?= 0.1.0
+package: build
+	@mkdir -p build
+	VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p deb -t build/
+	VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p rpm -t build/
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) build
