@@ -291,16 +291,11 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 
 // waitDrain samples the backup QEMU's icount until it reached target.
 func (c *controller) waitDrain(target uint64) {
-	conn, err := c.d.lv.get()
+	client, done, err := c.d.domainQMP(c.uuid)
 	if err != nil {
 		return
 	}
-	dom, err := conn.LookupDomainByUUIDString(c.uuid)
-	if err != nil {
-		return
-	}
-	defer dom.Free()
-	client := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom))
+	defer done()
 	for {
 		ri, err := client.QueryReplay()
 		if err == nil {

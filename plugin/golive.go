@@ -147,16 +147,12 @@ func (c *controller) prepareLive(dom *libvirtxml.Domain) error {
 // announce advertises the VM's MAC from its new host (QMP announce-self:
 // RARP frames), so that switches learn where it went.
 func (c *controller) announce() {
-	conn, err := c.d.lv.get()
+	client, done, err := c.d.domainQMP(c.uuid)
 	if err != nil {
 		return
 	}
-	dom, err := conn.LookupDomainByUUIDString(c.uuid)
-	if err != nil {
-		return
-	}
-	defer dom.Free()
-	if err := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom)).AnnounceSelf(); err != nil {
+	defer done()
+	if err := client.AnnounceSelf(); err != nil {
 		c.log.WithError(err).Warn("announce-self")
 		return
 	}
@@ -171,16 +167,26 @@ func (c *controller) cleanupAfterLive() {
 	if !live {
 		return
 	}
-	conn, err := c.d.lv.get()
+	client, done, err := c.d.domainQMP(c.uuid)
 	if err != nil {
 		return
 	}
-	dom, err := conn.LookupDomainByUUIDString(c.uuid)
-	if err != nil {
-		return
-	}
-	defer dom.Free()
-	if _, err := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom)).HumanMonitorCommand("delvm " + snapshotName); err != nil {
+	defer done()
+	if _, err := client.HumanMonitorCommand("delvm " + snapshotName); err != nil {
 		c.log.WithError(err).Warn("deleting the go-live snapshot")
 	}
+}
+
+// domainQMP returns a QMP client for this host's running domain uuid (over
+// libvirt's monitor pass-through) and a function that releases it.
+func (d *Daemon) domainQMP(uuid string) (*qmp.Client, func(), error) {
+	conn, err := d.lv.get()
+	if err != nil {
+		return nil, nil, err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return nil, nil, err
+	}
+	return qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom)), func() { dom.Free() }, nil
 }
