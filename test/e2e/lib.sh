@@ -61,9 +61,11 @@ lab_start() {
 
 # lab_stop: keep the daemons' and libvirt's logs (under $E2E_LOGS), tear the
 # lab down. On failure, show the tail of each libvirt-ftd log.
-E2E_LOGS=${E2E_LOGS:-/tmp/libvirt-ft-e2e-logs}
+E2E_LOGS=${E2E_LOGS:-/tmp/libvirt-ft-e2e-logs/$(basename "$0" .sh)}
+SCRATCH=()
 lab_stop() {
 	local rc=$?
+	rm -f "${SCRATCH[@]}" 2>/dev/null || true
 	if [ -d "$LAB_DIR" ]; then
 		rm -rf "$E2E_LOGS" && mkdir -p "$E2E_LOGS"
 		local h
@@ -90,7 +92,7 @@ domain_xml() {
 	local name=$1 extra=${2:-}
 	sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$IMAGES/vmlinuz|g" \
 		-e "s|@INITRD@|$IMAGES/initrd.img|g" -e "s|@DISK@|$IMAGES/$name.qcow2|g" \
-		-e "s|@PEER@|$HOST_B_IP|g" ${extra:+-e "$extra"} "$ROOT/test/e2e/ftdemo.xml.in"
+		-e "s|@PEER@|$HOST_B_IP|g" -e "s|@GUEST_ARGS@|${GUEST_ARGS:-}|g" ${extra:+-e "$extra"} "$ROOT/test/e2e/ftdemo.xml.in"
 }
 
 # define_protected NAME: create the disk on host A and virsh define the
@@ -98,8 +100,11 @@ domain_xml() {
 define_protected() {
 	local name=$1
 	on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$name.qcow2 >/dev/null
-	domain_xml "$name" > "/tmp/$name.xml"
-	on a virsh -q -c qemu:///system define "/tmp/$name.xml"
+	local xml
+	xml=$(mktemp --suffix=.xml)
+	SCRATCH+=("$xml")
+	domain_xml "$name" > "$xml"
+	on a virsh -q -c qemu:///system define "$xml"
 	wait_for 20 "libvirt-ftd to prepare $name" sh -c "'$LAB' exec a virsh -c qemu:///system dumpxml --inactive $name | grep -q 'rr=record'"
 }
 

@@ -26,15 +26,16 @@ for c in "${cases[@]}"; do
 	dom="ftbad-$name"
 	say "refusal: $name"
 	on a "$ROOT/test/guest/mkdisk.sh" "$IMAGES/$dom.qcow2" >/dev/null
-	domain_xml "$dom" "$expr" > "/tmp/$dom.xml"
-	if ! out=$(on a virsh -q -c qemu:///system define "/tmp/$dom.xml" 2>&1); then
+	xml=$(mktemp --suffix=.xml); SCRATCH+=("$xml")
+	domain_xml "$dom" "$expr" > "$xml"
+	if ! out=$(on a virsh -q -c qemu:///system define "$xml" 2>&1); then
 		# libvirt itself may refuse (for example type='kvm' on a host without
 		# KVM); that also leaves nothing started.
 		log "libvirt refused the definition: $(tail -n 1 <<<"$out")"
 		# Where libvirt itself refuses (type='kvm' on a host without KVM),
 		# run our hook as libvirt would at start, against the running
 		# daemon, so that our own refusal is still checked.
-		if out=$(on a /etc/libvirt/hooks/qemu.d/libvirt-ft "$dom" prepare begin - < "/tmp/$dom.xml" 2>&1); then
+		if out=$(on a /etc/libvirt/hooks/qemu.d/libvirt-ft "$dom" prepare begin - < "$xml" 2>&1); then
 			log "the hook accepted $dom: it must refuse"; failures=$((failures + 1))
 		elif ! grep -qF -- "$want" <<<"$out"; then
 			log "the hook's refusal does not name $want: $out"; failures=$((failures + 1))

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# libvirtd restart on host A while a protected domain replicates: libvirt-ftd
+# reconnects and re-registers its events, the reconnect hook keeps the VM,
+# and the backup keeps replaying in lockstep.
+#
+# Not in `make test` yet: in 2 of 5 runs on a loaded machine the backup
+# stopped following the primary after the restart (see CHANGELOG).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+trap lab_stop EXIT
+lab_stop
+lab_start
+start_protected "$DOMAIN"
+wait_for 120 "12 ticks on host A" has_tick a "$DOMAIN" 12
+n=$(last_tick a "$DOMAIN")
+wait_for 120 "tick $n on host B" has_tick b "$DOMAIN" "$n"
+
+say "libvirtd restart on host A while replicating: libvirt-ftd reconnects and re-registers its events"
+lab restart-libvirtd a >/dev/null
+wait_for 30 "libvirt-ftd on host A to reconnect" sh -c "[ \$(grep -c 'connected to qemu:///system' '$LAB_DIR/a/ftd.log') -ge 2 ]"
+[ "$(virsh_on a domstate "$DOMAIN")" = running ] || die "the primary did not survive the libvirtd restart (reconnect hook?)"
+m=$(last_tick a "$DOMAIN")
+wait_for 60 "tick $((m + 2)) on host B" has_tick b "$DOMAIN" $((m + 2))
+log "reconnected; the primary kept running and host B kept replicating (tick $((m + 2)))"
+
+ticks_consecutive b "$DOMAIN" || die "the backup's console diverged"
+log "host B's console is still the primary's"
