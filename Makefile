@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump ca-certificates libxml2-utils
 
-.PHONY: all setup build unit e2e e2e-failover e2e-backup-loss test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit e2e e2e-failover e2e-backup-loss e2e-network e2e-libvirtd-restart test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -45,6 +45,13 @@ e2e-failover: build guest
 
 e2e-backup-loss: build guest
 	test/e2e/run.sh backup-loss
+
+# Known to be flaky (see CHANGELOG, "Known problems"): not in `make test` yet.
+e2e-network: build guest
+	test/e2e/run.sh network
+
+e2e-libvirtd-restart: build guest
+	test/e2e/run.sh libvirtd-restart
 
 test: setup vet unit e2e
 
