@@ -3,7 +3,7 @@
 # counter stream and does echo round trips, then powers the guest off
 # through its control port; the backup must follow to the end of the log.
 #
-# Not in `make test` yet: in about one run in three the backup's replay
+# Not in `make test` yet: in 4 of about 15 runs with TCP sessions the backup's replay
 # stalls (icount stops short of the log's end, QEMU idle, no error) shortly
 # after replaying incoming TCP traffic. See CHANGELOG.
 set -euo pipefail
