@@ -53,7 +53,7 @@ e2e-network: build guest
 e2e-libvirtd-restart: build guest
 	test/e2e/run.sh libvirtd-restart
 
-test: setup vet unit e2e
+test: setup build guest vet unit e2e
 
 demo: setup build guest
 	test/demo.sh
