@@ -88,11 +88,14 @@ lab_stop() {
 }
 
 # domain_xml NAME [EXTRA-SED]: the demo domain with our ft element.
+# EMULATOR (optional) replaces the QEMU binary (same path on both hosts).
 domain_xml() {
 	local name=$1 extra=${2:-}
 	sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$IMAGES/vmlinuz|g" \
 		-e "s|@INITRD@|$IMAGES/initrd.img|g" -e "s|@DISK@|$IMAGES/$name.qcow2|g" \
-		-e "s|@PEER@|$HOST_B_IP|g" -e "s|@GUEST_ARGS@|${GUEST_ARGS:-}|g" ${extra:+-e "$extra"} "$ROOT/test/e2e/ftdemo.xml.in"
+		-e "s|@PEER@|$HOST_B_IP|g" -e "s|@GUEST_ARGS@|${GUEST_ARGS:-}|g" \
+		-e "s|<emulator>.*</emulator>|<emulator>${EMULATOR:-/usr/bin/qemu-system-x86_64}</emulator>|" \
+		${extra:+-e "$extra"} "$ROOT/test/e2e/ftdemo.xml.in"
 }
 
 # define_protected NAME: create the disk on host A and virsh define the
