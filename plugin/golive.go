@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -35,6 +36,12 @@ func (c *controller) goLive() error {
 	}
 	defer dom.Free()
 	client := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom))
+	if ri, err := client.QueryReplay(); err == nil && ri.Mode == "none" {
+		// The backup's QEMU (with packaging/qemu's end-of-log patch) left
+		// replay mode at END and runs on as a normal QEMU: it is live
+		// already, with no restart. It does not record a new log.
+		return c.continuedLive(conn, t0)
+	}
 	if err := client.Stop(); err != nil {
 		return fmt.Errorf("go-live: stop: %w", err)
 	}
@@ -99,6 +106,32 @@ func (c *controller) goLive() error {
 	c.mu.Unlock()
 	c.log.Infof("went live: %s", c.goLiveInfo)
 	c.setState(StateLive, "running on this host since go-live; no backup")
+	return nil
+}
+
+// continuedLive records a go-live in which the backup's QEMU simply went on
+// running after the end of the log; the definition is made persistent on
+// this host.
+func (c *controller) continuedLive(conn interface {
+	DomainDefineXML(string) (*libvirt.Domain, error)
+}, t0 time.Time) error {
+	c.mu.Lock()
+	backupXML := c.backupXML
+	c.mu.Unlock()
+	if persistent, err := ftxml.Primary(backupXML, ftxml.HostConfig{}); err == nil {
+		if dom, err := conn.DomainDefineXML(persistent); err == nil {
+			dom.Free()
+		} else {
+			c.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
+		}
+	}
+	c.mu.Lock()
+	c.live, c.goingLive = true, false
+	c.running = true
+	c.goLiveInfo = fmt.Sprintf("the backup's QEMU left replay mode at the end of the log and ran on (%d ms)", time.Since(t0).Milliseconds())
+	c.mu.Unlock()
+	c.log.Infof("went live: %s", c.goLiveInfo)
+	c.setState(StateLive, "running on this host since go-live; no backup; not recording")
 	return nil
 }
 

@@ -11,6 +11,7 @@
 #   lab.sh restart-libvirtd a|b     stop libvirtd by its pid, start it, wait until ready
 #   lab.sh kill-host a|b            SIGKILL everything in the host, cut its network
 #   lab.sh revive-host a|b          reconnect a killed host, start its daemons again
+#   lab.sh cut-host a|b             take a host off the LAN; its processes keep running
 #
 # Environment: LAB_DIR (default /var/tmp/ftlab); HOOK_BIN (installed by `up`
 # as /etc/libvirt/hooks/qemu.d/libvirt-ft in a and b); LAB_CAPS_CACHE
@@ -535,6 +536,13 @@ cmd_kill_host() {
 	log "host $h killed: no processes, network cut"
 }
 
+cmd_cut_host() {
+	local h=$1
+	ns_exists "$h" || die "host $h is not up"
+	ip -n ftlab-lan link del "veth-$h" 2>/dev/null || true
+	log "host $h cut off the LAN (its processes keep running)"
+}
+
 cmd_revive_host() {
 	local h=$1
 	ns_exists "$h" && mnt_ready "$h" || die "host $h is not up"
@@ -583,6 +591,11 @@ kill-host)
 	[ $# -eq 1 ] || usage
 	check_host "$1" a b
 	cmd_kill_host "$1"
+	;;
+cut-host)
+	[ $# -eq 1 ] || usage
+	check_host "$1" a b
+	cmd_cut_host "$1"
 	;;
 revive-host)
 	[ $# -eq 1 ] || usage
