@@ -43,7 +43,7 @@ for trial in $(seq 1 "$TRIALS"); do
 		end=$((SECONDS + 20)); winner=""
 		while [ $SECONDS -lt $end ]; do
 			a_state=$(virsh_on a domstate "$DOMAIN" 2>/dev/null || true)
-			b_mode=$(replay_mode b "$DOMAIN")
+			b_mode=$(replay_mode b "$DOMAIN" || true)
 			if [ "$a_state" = "shut off" ] && { [ "$b_mode" = none ] || [ "$b_mode" = record ]; }; then winner=b; break; fi
 			if [ "$a_state" = running ] && ! virsh_on b list --name | grep -qx "$DOMAIN"; then winner=a; break; fi
 			sleep 0.2
@@ -52,7 +52,7 @@ for trial in $(seq 1 "$TRIALS"); do
 		t1=$(date +%s%N)
 		total=$(((t1 - t0) / 1000000))
 		log "exactly one VM after $total ms: host $winner won the split-brain lock, the other halted"
-		ft_on b status "$DOMAIN" 2>/dev/null | sed 's/^/     /' || true
+		{ ft_on a status "$DOMAIN"; ft_on b status "$DOMAIN"; } 2>/dev/null | sed 's/^/     /' || true
 		kill "$tcpdump_pid" 2>/dev/null || true
 		wait "$tcpdump_pid" 2>/dev/null || true
 		rm -f "$rarp"
