@@ -19,10 +19,7 @@ for trial in $(seq 1 "$TRIALS"); do
 	partition) what='host A cut off the LAN (a partition; its processes keep running)' ;;
 	esac
 	say "trial $trial/$TRIALS: failure = $what"
-	lab_stop
-	lab_start
-	start_protected "$DOMAIN"
-	wait_for 120 "10 ticks on host A" has_tick a "$DOMAIN" 10
+	fresh_protected_lab 10
 	# A random moment: 0-4 s more.
 	sleep "$((RANDOM % 5)).$((RANDOM % 10))"
 	rarp=/tmp/ft-rarp.$$

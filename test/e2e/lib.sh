@@ -148,3 +148,12 @@ ticks_consecutive() {
 		  n = $2; up = $4 }
 		END { exit bad }'
 }
+
+# fresh_protected_lab TICKS: a new lab with the demo domain protected and
+# running, host A's console at tick TICKS or later.
+fresh_protected_lab() {
+	lab_stop
+	lab_start
+	start_protected "$DOMAIN"
+	wait_for 120 "$1 ticks on host A" has_tick a "$DOMAIN" "$1"
+}

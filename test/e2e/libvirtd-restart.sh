@@ -8,10 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 trap lab_stop EXIT
-lab_stop
-lab_start
-start_protected "$DOMAIN"
-wait_for 120 "12 ticks on host A" has_tick a "$DOMAIN" 12
+fresh_protected_lab 12
 n=$(last_tick a "$DOMAIN")
 wait_for 120 "tick $n on host B" has_tick b "$DOMAIN" "$n"
 

@@ -9,10 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 trap lab_stop EXIT
-lab_stop
-lab_start
-start_protected "$DOMAIN"
-wait_for 120 "10 ticks on host A" has_tick a "$DOMAIN" 10
+fresh_protected_lab 10
 for round in 1 2 3; do
 	client sh -c "timeout 5 socat -u TCP:$GUEST_IP:7001,connect-timeout=3 - 2>/dev/null | head -n 3" | tr '\n' ' ' | sed 's/^/   counter stream: /'; echo
 	echo "e2e $$ $round" | client socat -T 3 - TCP:$GUEST_IP:7002,connect-timeout=3 | grep -q "e2e $$ $round" || die "echo service did not echo"
