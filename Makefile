@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump ca-certificates libxml2-utils
 
-.PHONY: all setup build unit qemu-ft e2e e2e-failover e2e-backup-loss e2e-network e2e-libvirtd-restart test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit qemu-ft e2e e2e-failover e2e-switchover e2e-backup-loss e2e-network e2e-libvirtd-restart test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -36,8 +36,10 @@ vet:
 unit:
 	$(GO) test -count=1 ./...
 
-e2e: build guest
+# The failover and switchover trials run on the patched QEMU (qemu-ft).
+e2e: build guest qemu-ft
 	test/e2e/run.sh replication refusals backup-loss
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 test/e2e/run.sh failover switchover
 
 # QEMU 7.2 with packaging/qemu's end-of-log replay patch (stock 7.2 cannot
 # go live reliably: see packaging/qemu/README.md). About 7 min to build.
@@ -48,6 +50,9 @@ qemu-ft:
 # Failover trials (issue 3) on the patched QEMU, on both hosts.
 e2e-failover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh failover
+
+e2e-switchover: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover
 
 e2e-backup-loss: build guest
 	test/e2e/run.sh backup-loss
@@ -61,8 +66,8 @@ e2e-libvirtd-restart: build guest
 
 test: setup build guest vet unit e2e
 
-demo: setup build guest
-	test/demo.sh
+demo: setup build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/demo.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./logchan/

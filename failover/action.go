@@ -68,7 +68,12 @@ type HaltVM struct {
 // discard what is read, so the recording QEMU never blocks on a dead or
 // departing backup. Output still held for acks stays held until
 // ReportUnprotected (released) or HaltVM/StopPrimaryVM (dropped).
-type DrainLocally struct{}
+type DrainLocally struct {
+	// Switchover is true when a planned switchover stops the sending (the
+	// backup is healthy and about to go live), false when the backup was
+	// lost.
+	Switchover bool
+}
 
 // StopPrimaryVM (primary, planned switchover): stop this host's QEMU; the
 // backup is live (or holds the lock). Held output is dropped.
@@ -105,7 +110,12 @@ func (Announce) String() string    { return "announce" }
 func (a ReportUnprotected) String() string {
 	return format("report-unprotected", "reason", a.Reason)
 }
-func (a HaltVM) String() string      { return format("halt-vm", "reason", a.Reason) }
-func (DrainLocally) String() string  { return "drain-locally" }
+func (a HaltVM) String() string { return format("halt-vm", "reason", a.Reason) }
+func (a DrainLocally) String() string {
+	if a.Switchover {
+		return format("drain-locally", "switchover", "true")
+	}
+	return "drain-locally"
+}
 func (StopPrimaryVM) String() string { return "stop-primary-vm" }
 func (Cleanup) String() string       { return "cleanup" }

@@ -372,7 +372,7 @@ func (n *Node) startSwitchover(local bool) {
 	n.reason = "switchover: waiting for the backup to go live"
 	n.timings = newTimings()
 	n.timings.Cause, n.timings.SilenceStart, n.timings.Detected = "switchover", n.now, n.now
-	n.emit(DrainLocally{})
+	n.emit(DrainLocally{Switchover: true})
 	if local {
 		n.emit(SendBye{Clean: true, Reason: ByeSwitchover})
 	}

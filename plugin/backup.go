@@ -257,7 +257,22 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 	case failover.SendHeartbeat:
 		go func() { _ = pc.sendHeartbeat() }()
 	case failover.SendBye:
-		pc.bye(encodeBye(a.Clean, a.Reason))
+		text := encodeBye(a.Clean, a.Reason)
+		if a.Reason == failover.ByeLive {
+			// Tell the old primary how the go-live went (virt-ft status
+			// there shows it after a switchover). Same goroutine as the
+			// driver: the node may be read here.
+			c.mu.Lock()
+			drv, info := c.drv, c.goLiveInfo
+			c.mu.Unlock()
+			if drv != nil {
+				text += byeDetailSep + timingSummary(drv.node.Timings())
+				if info != "" {
+					text += " (" + info + ")"
+				}
+			}
+		}
+		pc.bye(text)
 	case failover.CloseChannel:
 		pc.Close()
 	case failover.FeedEnd:

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +33,9 @@ const (
 	StateStopped     = "stopped"
 	StateGoingLive   = "going-live" // backup: primary lost; draining, then going live
 	StateLive        = "live"       // the former backup runs the VM (unprotected)
+	// StateSwitchingOver: primary, planned switchover under way (virt-ft
+	// failover): the log is cut, the backup is going live.
+	StateSwitchingOver = "switching-over"
 )
 
 // controller drives one protected domain on this host.
@@ -69,12 +73,16 @@ type controller struct {
 	goingLive   bool   // FeedEnd issued: the replaying QEMU's end is ours
 	live        bool   // went live: this host now runs the VM
 	goLiveInfo  string // the go-live time and its parts
-	backupXML   string
-	replayFIFO  string
-	feeder      *logchan.Feeder
-	started     bool
-	stopOnce    sync.Once
-	done        chan struct{}
+	// lastFailover and lastGoLive keep the failover core's final state
+	// and timings after the driver is gone (virt-ft status).
+	lastFailover, lastGoLive string
+	switchedOver             bool
+	backupXML                string
+	replayFIFO               string
+	feeder                   *logchan.Feeder
+	started                  bool
+	stopOnce                 sync.Once
+	done                     chan struct{}
 }
 
 type sample struct {
@@ -132,8 +140,12 @@ func (c *controller) status() ctl.DomainStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := ctl.DomainStatus{Name: c.name, UUID: c.uuid, Role: c.role, Peer: c.peerAddr,
-		State: c.state, Detail: c.detail, SentBytes: c.sentBytes, AckedBytes: c.ackedBytes,
+		State: c.state, Detail: c.detail, SwitchedOver: c.switchedOver, SentBytes: c.sentBytes, AckedBytes: c.ackedBytes,
 		LogInstructions: c.logInstr, BackupIcount: c.backupIcnt, HeartbeatAgeMS: -1, LagMS: c.lagMS}
+	if c.state == StateLive {
+		// The former backup runs the VM: it is the primary now.
+		s.Role = ftxml.RolePrimary
+	}
 	if c.sentBytes > c.ackedBytes {
 		s.LagBytes = c.sentBytes - c.ackedBytes
 	}
@@ -143,24 +155,34 @@ func (c *controller) status() ctl.DomainStatus {
 	if !c.lastHeartbeat.IsZero() {
 		s.HeartbeatAgeMS = time.Since(c.lastHeartbeat).Milliseconds()
 	}
-	if c.drv != nil {
+	switch {
+	case c.drv != nil:
 		st, tm := c.drv.view()
 		s.Failover = st.State.String()
-		if tm.Detected != failover.NotYet {
-			ms := func(t int64) string {
-				if t == failover.NotYet {
-					return "-"
-				}
-				return fmt.Sprintf("%d ms", t*int64(TickInterval/time.Millisecond))
-			}
-			s.GoLive = fmt.Sprintf("cause: %s; silence to detection %s, to drained %s, lock %s, to running %s; total %s",
-				tm.Cause, ms(tm.Detection()), ms(tm.Drain()), ms(tm.Lock()), ms(tm.Start()), ms(tm.Total()))
-		}
+		s.GoLive = timingSummary(tm)
+	default:
+		s.Failover, s.GoLive = c.lastFailover, c.lastGoLive
 	}
 	if c.goLiveInfo != "" {
 		s.GoLive += " (" + c.goLiveInfo + ")"
 	}
 	return s
+}
+
+// timingSummary gives the parts of the last loss, go-live or switchover in
+// ms (failover.Timings), or "" when there was none.
+func timingSummary(tm failover.Timings) string {
+	if tm.Detected == failover.NotYet {
+		return ""
+	}
+	ms := func(t int64) string {
+		if t == failover.NotYet {
+			return "-"
+		}
+		return fmt.Sprintf("%d ms", t*int64(TickInterval/time.Millisecond))
+	}
+	return fmt.Sprintf("cause: %s; silence to detection %s, to drained %s, lock %s, to running %s; total %s",
+		tm.Cause, ms(tm.Detection()), ms(tm.Drain()), ms(tm.Lock()), ms(tm.Start()), ms(tm.Total()))
 }
 
 func (c *controller) heartbeat() {
@@ -230,6 +252,11 @@ func (c *controller) close(why string) {
 	c.mu.Unlock()
 	if drv != nil {
 		drv.close()
+		// Keep the last failover state and timings for virt-ft status.
+		st, tm := drv.view()
+		c.mu.Lock()
+		c.lastFailover, c.lastGoLive = st.State.String(), timingSummary(tm)
+		c.mu.Unlock()
 	}
 	if link != nil {
 		if c.currentRole() == ftxml.RoleBackup {
@@ -412,7 +439,11 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			link.closeWrite()
 		case failover.DrainLocally:
 			setDiscard()
-			c.setState(StateUnprotected, "backup lost: draining the log locally; claiming the split-brain lock")
+			if a.Switchover {
+				c.setState(StateSwitchingOver, "planned switchover: log sending stopped; waiting for the backup to go live")
+			} else {
+				c.setState(StateUnprotected, "backup lost: draining the log locally; claiming the split-brain lock")
+			}
 		case failover.AcquireLock:
 			go func() {
 				won, err := c.d.arbiter().acquire(c.uuid, c.epoch)
@@ -427,6 +458,10 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			go c.d.destroyDomain(c.uuid, "split brain: "+a.Reason)
 		case failover.StopPrimaryVM:
 			setDiscard()
+			c.mu.Lock()
+			c.switchedOver = true
+			c.mu.Unlock()
+			c.setState(StateStopped, "switched over: the backup on "+c.peerAddr+" is live; stopping this host's VM")
 			go c.d.destroyDomain(c.uuid, "planned switchover: the backup is live")
 		}
 	})
@@ -463,7 +498,13 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 				c.heartbeat()
 				drv.post(failover.HeartbeatReceived{})
 			case msgBye:
-				drv.post(failover.PeerBye{Clean: m.clean, Reason: m.text})
+				reason, detail, _ := strings.Cut(m.text, byeDetailSep)
+				if detail != "" {
+					c.mu.Lock()
+					c.goLiveInfo = "backup: " + detail
+					c.mu.Unlock()
+				}
+				drv.post(failover.PeerBye{Clean: m.clean, Reason: reason})
 			}
 		}
 	}()

@@ -16,6 +16,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -272,6 +273,11 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 	switch req.Op {
 	case ctl.OpStatus:
 		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
+	case ctl.OpFailover:
+		if err := d.switchover(req.Domain); err != nil {
+			return ctl.Response{Error: err.Error()}
+		}
+		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
 	case ctl.OpHook:
 		if req.Hook == nil {
 			return ctl.Response{Error: "ctl: hook request without hook"}
@@ -283,6 +289,36 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 	default:
 		return ctl.Response{Error: fmt.Sprintf("ctl: unknown op %q", req.Op)}
 	}
+}
+
+// switchover starts a planned switchover (virt-ft failover) of a domain
+// protected here, on either host: the backup goes live at the end of the
+// log, then the primary is stopped (failover package, "Planned
+// switchover"). It refuses a domain that is not replicating.
+func (d *Daemon) switchover(domain string) error {
+	if domain == "" {
+		return fmt.Errorf("failover: name the domain (virt-ft failover DOMAIN)")
+	}
+	d.mu.Lock()
+	var c *controller
+	for _, x := range d.doms {
+		if x.name == domain || x.uuid == domain {
+			c = x
+		}
+	}
+	d.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("failover: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", domain)
+	}
+	c.mu.Lock()
+	drv, state, role := c.drv, c.state, c.role
+	c.mu.Unlock()
+	if drv == nil || state != StateReplicating {
+		return fmt.Errorf("failover: domain %q is %s here (role %s), not replicating: a switchover needs a running primary and a backup that replays its log; see virt-ft status", domain, state, role)
+	}
+	c.log.Info("planned switchover requested (virt-ft failover)")
+	drv.post(failover.SwitchoverRequested{})
+	return nil
 }
 
 func (d *Daemon) status(domain string) []ctl.DomainStatus {

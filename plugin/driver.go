@@ -89,7 +89,12 @@ func (d *driver) view() (failover.Status, failover.Timings) {
 	return d.status, d.timings
 }
 
-// Bye frames carry "clean:" or "unclean:" and the reason (failover.Bye*).
+// byeDetailSep separates a Bye's reason from an optional detail for the
+// operator (the backup's go-live timings in a ByeLive).
+const byeDetailSep = "|"
+
+// Bye frames carry "clean:" or "unclean:" and the reason (failover.Bye*),
+// optionally followed by byeDetailSep and a detail.
 func encodeBye(clean bool, reason string) string {
 	if clean {
 		return "clean:" + reason

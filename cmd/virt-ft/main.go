@@ -55,10 +55,76 @@ func main() {
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	root.AddCommand(status)
+
+	var wait time.Duration
+	fo := &cobra.Command{
+		Use:   "failover DOMAIN",
+		Short: "planned switchover: the backup goes live, then the primary is stopped (run on either host)",
+		Long: `failover moves a replicating domain to its backup host without losing the
+guest's state: the primary stops sending its log, the backup replays it to
+the end and goes live (same MAC, announced with RARP), and only then is the
+primary's QEMU stopped. It waits until the switchover finished (--wait) and
+prints the result with the go-live time and its parts.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return switchover(socket, args[0], wait)
+		},
+	}
+	fo.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the switchover to finish (0: do not wait)")
+	root.AddCommand(fo)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "virt-ft:", err)
 		os.Exit(1)
 	}
+}
+
+// switchover asks for a planned switchover and follows it in the local
+// status until this host's side finished: a primary stopped after its
+// backup went live, or a backup that is live.
+func switchover(socket, domain string, wait time.Duration) error {
+	resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpFailover, Domain: domain}, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	if !resp.OK {
+		return fmt.Errorf("%s", resp.Error)
+	}
+	role := "primary"
+	if len(resp.Domains) == 1 {
+		role = resp.Domains[0].Role
+	}
+	fmt.Printf("%s: switchover started on the %s's host\n", domain, role)
+	if wait <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(wait)
+	var last ctl.DomainStatus
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		r, err := ctl.Call(socket, ctl.Request{Op: ctl.OpStatus, Domain: domain}, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		if len(r.Domains) != 1 {
+			continue
+		}
+		last = r.Domains[0]
+		switch {
+		case role == "backup" && last.State == "live":
+			printStatus(r.Domains)
+			fmt.Printf("%s: switched over: this host runs the VM\n", domain)
+			return nil
+		case role != "backup" && last.SwitchedOver && last.State == "stopped":
+			printStatus(r.Domains)
+			fmt.Printf("%s: switched over: the VM runs on %s\n", domain, last.Peer)
+			return nil
+		case last.State == "unprotected" || last.State == "stopped" || last.Failover == "halted":
+			printStatus(r.Domains)
+			return fmt.Errorf("switchover of %s did not complete: %s (%s)", domain, last.State, last.Detail)
+		}
+	}
+	printStatus([]ctl.DomainStatus{last})
+	return fmt.Errorf("switchover of %s not finished after %v (state %s: %s)", domain, wait, last.State, last.Detail)
 }
 
 func printStatus(ds []ctl.DomainStatus) {

@@ -22,6 +22,11 @@ const (
 	// OpStatus asks for the status of protected domains (Request.Domain
 	// empty for all).
 	OpStatus = "status"
+	// OpFailover asks for a planned switchover of Request.Domain (name or
+	// UUID): the backup goes live, then the primary is stopped. The
+	// answer comes as soon as the switchover started; follow it with
+	// OpStatus.
+	OpFailover = "failover"
 )
 
 // ErrDaemonUnreachable wraps failures to reach libvirt-ftd.
@@ -93,6 +98,9 @@ type DomainStatus struct {
 	// GoLive describes the last go-live or backup loss: its cause and the
 	// time of each part (ms).
 	GoLive string `json:"go_live,omitempty"`
+	// SwitchedOver is set on the old primary once a planned switchover
+	// completed: the backup went live and this host's VM was stopped.
+	SwitchedOver bool `json:"switched_over,omitempty"`
 }
 
 // Call sends req to the daemon at socket and waits at most timeout for the

@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # End-to-end failover: host A fails at a random moment while the guest runs
 # its tick counter and disk writer; the backup on host B goes live from
-# exactly where the log ended. Trials rotate through `kill -9` of the
-# primary's QEMU, tearing host A down entirely (every process in its
-# namespaces, then its network), and a partition (host A cut off the LAN,
-# its processes alive: the split-brain lock must leave exactly one VM).
-#   TRIALS=N test/e2e/failover.sh
+# exactly where the log ended. Trials rotate through MODES (default
+# "qemu host"):
+#   qemu       kill -9 of the primary's QEMU
+#   host       host A torn down entirely (every process in its namespaces,
+#              QEMU, libvirtd and daemon alike, then its network)
+#   partition  host A cut off the LAN, its processes alive: the
+#              split-brain lock must leave exactly one VM (either host)
+#   switchover a planned switchover: `virt-ft failover` on host A
+#   TRIALS=N [MODES="qemu host partition switchover"] test/e2e/failover.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 TRIALS=${TRIALS:-1}
+read -r -a modes <<<"${MODES:-qemu host}"
 trap lab_stop EXIT
 report=()
 for trial in $(seq 1 "$TRIALS"); do
-	case $((trial % 3)) in 1) mode=qemu ;; 2) mode=host ;; 0) mode=partition ;; esac
+	mode=${modes[$(((trial - 1) % ${#modes[@]}))]}
 	case $mode in
 	qemu) what='kill -9 of the primary QEMU' ;;
 	host) what='host A torn down' ;;
 	partition) what='host A cut off the LAN (a partition; its processes keep running)' ;;
+	switchover) what='planned switchover (virt-ft failover on host A)' ;;
+	*) die "unknown mode $mode (MODES: qemu host partition switchover)" ;;
 	esac
 	say "trial $trial/$TRIALS: failure = $what"
 	fresh_protected_lab 10
@@ -32,6 +39,12 @@ for trial in $(seq 1 "$TRIALS"); do
 	qemu) on a kill -9 "$(qemu_pid a "$DOMAIN")" ;;
 	host) lab kill-host a >/dev/null ;;
 	partition) lab cut-host a >/dev/null ;;
+	switchover)
+		ft_on a failover "$DOMAIN" | sed 's/^/     /' || die "virt-ft failover failed"
+		# The primary is stopped only after the backup went live.
+		[ "$(virsh_on a domstate "$DOMAIN" 2>/dev/null || true)" != running ] ||
+			wait_for 20 "the old primary to be stopped on host A" sh -c "[ \"\$('$LAB' exec a virsh -q -c qemu:///system domstate $DOMAIN 2>/dev/null)\" != running ]"
+		;;
 	esac
 	log "failed at host B's tick $before"
 	if [ $mode = partition ]; then
@@ -69,6 +82,7 @@ for trial in $(seq 1 "$TRIALS"); do
 	ticks_consecutive b "$DOMAIN" || die "the tick counter did not continue (guest rebooted or diverged)"
 	first_live=$(tick_lines b "$DOMAIN" | awk -v b="$before" '$2 > b' | head -n 1)
 	log "tick counter continues without a gap on host B (last before failure: $before, then: $first_live ...)"
+	tick_lines b "$DOMAIN" | awk -v b="$before" '$2 >= b - 2 && $2 <= b + 4' | sed 's/^/     host B console: /' 
 	kill "$tcpdump_pid" 2>/dev/null || true
 	wait "$tcpdump_pid" 2>/dev/null || true
 	grep -qi "52:54:00:fa:00:01.*Reverse" "$rarp" || grep -qi "52:54:00:fa:00:01 .*ethertype Reverse ARP\|52:54:00:fa:00:01 > ff:ff:ff:ff:ff:ff, ethertype Reverse" "$rarp" ||
