@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -141,6 +142,11 @@ type RecordReader struct {
 	rc        syscall.RawConn
 	connected atomic.Bool
 	eof       bool
+
+	// mu makes a read(2) and the count of bytes read one step for
+	// Produced.
+	mu   sync.Mutex
+	read uint64
 }
 
 // OpenRecordReader opens FIFO A for reading (see RecordReader). The file
@@ -176,12 +182,17 @@ func (r *RecordReader) Read(p []byte) (int, error) {
 	var n int
 	var rerr error
 	err := r.rc.Read(func(fd uintptr) bool {
+		r.mu.Lock()
 		for {
 			n, rerr = unix.Read(int(fd), p)
 			if rerr != unix.EINTR {
 				break
 			}
 		}
+		if n > 0 {
+			r.read += uint64(n)
+		}
+		r.mu.Unlock()
 		switch {
 		case rerr == unix.EAGAIN:
 			// Only a FIFO with a writer says "try again".
@@ -213,6 +224,30 @@ func (r *RecordReader) Read(p []byte) (int, error) {
 		return 0, fmt.Errorf("logchan: reading %s: %w", r.f.Name(), rerr)
 	}
 	return n, nil
+}
+
+// Produced returns the number of log bytes QEMU had written into FIFO A
+// when it was called: the bytes read so far plus those still in the pipe
+// (FIONREAD). Anything QEMU wrote before the call is counted; this is the
+// log position an output gate tags a frame with once the frame was received
+// (bytes, in the stream Decoder's offsets: FIFO A has no header). QEMU's
+// own stdio buffer (up to 4 KiB, DESIGN.md) is not counted: a QEMU that
+// does not flush its log before a frame leaves needs that much slack on top.
+func (r *RecordReader) Produced() (uint64, error) {
+	var unread int
+	var ierr error
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.rc.Control(func(fd uintptr) {
+		unread, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
+	})
+	if err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return r.read, fmt.Errorf("logchan: FIONREAD on %s: %w", r.f.Name(), err)
+	}
+	return r.read + uint64(unread), nil
 }
 
 // writerHungUp reports whether a writer has connected to the FIFO and

@@ -309,3 +309,40 @@ func TestRecordReaderToDecoder(t *testing.T) {
 		t.Fatalf("trailer %x", tr)
 	}
 }
+
+// Produced counts what was read plus what waits in the pipe.
+func TestRecordReaderProduced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.fifo")
+	if err := CreateFIFO(path, -1, -1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenRecordReader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if n, err := r.Produced(); err != nil || n != 0 {
+		t.Fatalf("Produced = %d, %v before any write", n, err)
+	}
+	if _, err := w.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Produced(); err != nil || n != 1000 {
+		t.Fatalf("Produced = %d, %v after 1000 bytes written", n, err)
+	}
+	buf := make([]byte, 300)
+	if n, err := r.Read(buf); err != nil || n != 300 {
+		t.Fatalf("Read = %d, %v", n, err)
+	}
+	if _, err := w.Write(make([]byte, 24)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Produced(); err != nil || n != 1024 {
+		t.Fatalf("Produced = %d, %v after a read of 300 and 24 more written", n, err)
+	}
+}

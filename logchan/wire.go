@@ -235,6 +235,14 @@ type Ack struct {
 	// Fed is the sum of the INSTRUCTION counts written into FIFO B: the
 	// icount the backup reaches once it has drained the FIFO.
 	Fed uint64
+	// Received is the stream offset (exclusive end, bytes) of the log the
+	// backup has received, checked (contiguous, whole events) and queued
+	// for FIFO B: it writes all of it before any END, so the primary's
+	// output gate may release output produced up to here (the output
+	// rule, Scales et al. 2010, section 2.2: received, not yet replayed).
+	// Received >= Offset. A 24-byte Ack from an older peer has none: it
+	// decodes as Received = Offset.
+	Received uint64
 }
 
 // Heartbeat is a liveness message.
@@ -249,22 +257,29 @@ type Heartbeat struct {
 
 // EncodeAck returns the payload of an Ack frame.
 func EncodeAck(a Ack) []byte {
-	b := make([]byte, 0, 24)
+	b := make([]byte, 0, 32)
 	b = binary.BigEndian.AppendUint64(b, a.Offset)
 	b = binary.BigEndian.AppendUint64(b, a.Executed)
-	return binary.BigEndian.AppendUint64(b, a.Fed)
+	b = binary.BigEndian.AppendUint64(b, a.Fed)
+	return binary.BigEndian.AppendUint64(b, a.Received)
 }
 
-// DecodeAck parses the payload of an Ack frame.
+// DecodeAck parses the payload of an Ack frame (32 bytes, or 24 without
+// Received). Other sizes give an error wrapping ErrBadFrame.
 func DecodeAck(p []byte) (Ack, error) {
-	if len(p) != 24 {
-		return Ack{}, fmt.Errorf("%w: Ack payload of %d bytes, want 24", ErrBadFrame, len(p))
+	if len(p) != 24 && len(p) != 32 {
+		return Ack{}, fmt.Errorf("%w: Ack payload of %d bytes, want 32 (or 24)", ErrBadFrame, len(p))
 	}
-	return Ack{
+	a := Ack{
 		Offset:   binary.BigEndian.Uint64(p),
 		Executed: binary.BigEndian.Uint64(p[8:]),
 		Fed:      binary.BigEndian.Uint64(p[16:]),
-	}, nil
+	}
+	a.Received = a.Offset
+	if len(p) == 32 {
+		a.Received = binary.BigEndian.Uint64(p[24:])
+	}
+	return a, nil
 }
 
 // EncodeHeartbeat returns the payload of a Heartbeat frame.

@@ -15,7 +15,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	all, _, _ := allEvents()
 	var buf bytes.Buffer
 	hb := Heartbeat{Seq: 7, SentUnixMs: 1_700_000_000_123}
-	ack := Ack{Offset: 1 << 40, Executed: 123456789, Fed: 987654321}
+	ack := Ack{Offset: 1 << 40, Executed: 123456789, Fed: 987654321, Received: 1<<40 + 77}
 	if err := WriteLogFrame(&buf, 4242, all); err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +110,9 @@ func TestFrameMalformed(t *testing.T) {
 	}
 
 	// payload shapes
+	if a, err := DecodeAck(EncodeAck(Ack{Offset: 5, Executed: 6, Fed: 7})[:24]); err != nil || a.Received != 5 {
+		t.Errorf("24-byte Ack: %+v, %v (Received must default to Offset)", a, err)
+	}
 	if _, err := DecodeAck(make([]byte, 23)); !errors.Is(err, ErrBadFrame) {
 		t.Error("short ack")
 	}

@@ -144,6 +144,7 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	go drv.run()
 	go c.feedLoop(ctx, pc, feeder, q, drv)
 
+	var received uint64
 	for {
 		m, err := pc.recv()
 		if err != nil {
@@ -161,7 +162,27 @@ func (c *controller) runBackupLog(pc *peerConn) {
 				c.setState(StateReplicating, "primary said bye: "+m.text+"; replaying to the end of its log")
 			}
 		case msgLog:
-			q.push(m)
+			// Check the frame at once and acknowledge it as received:
+			// everything queued is written into FIFO B before any END,
+			// so the primary's output gate may release what it covers.
+			if m.offset != received {
+				drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d, expected %d", m.offset, received)})
+				pc.Close()
+				return
+			}
+			if _, err := logchan.ScanEvents(m.data); err != nil {
+				drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.offset, err)})
+				pc.Close()
+				return
+			}
+			if q.push(m) {
+				received += uint64(len(m.data))
+				c.mu.Lock()
+				c.receivedBytes = received
+				fed, icount, instr := c.ackedBytes, c.backupIcnt, c.logInstr
+				c.mu.Unlock()
+				go func(r uint64) { _ = pc.sendAck(fed, icount, instr, r) }(received)
+			}
 		}
 	}
 }
@@ -176,13 +197,17 @@ type frameQueue struct {
 	closed bool
 }
 
-func (q *frameQueue) push(m message) {
+// push queues m and reports whether it will be written into FIFO B (false
+// once FeedEnd or a close came: the frame is dropped).
+func (q *frameQueue) push(m message) bool {
 	q.mu.Lock()
-	if !q.end && !q.closed {
+	defer q.mu.Unlock()
+	ok := !q.end && !q.closed
+	if ok {
 		q.frames = append(q.frames, m)
 	}
 	q.cond.Broadcast()
-	q.mu.Unlock()
+	return ok
 }
 
 // pop waits for a frame; ok false means "write END now" (or closed).
@@ -239,7 +264,7 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 		instr := feeder.Instructions()
 		c.mu.Lock()
 		c.sentBytes, c.ackedBytes, c.logInstr = fed, fed, instr
-		icount := c.backupIcnt
+		icount, received := c.backupIcnt, c.receivedBytes
 		start := !c.started
 		c.started = true
 		c.mu.Unlock()
@@ -247,7 +272,7 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 		if start {
 			go c.startBackupDomain(ctx)
 		}
-		go func() { _ = pc.sendAck(fed, icount, instr) }()
+		go func() { _ = pc.sendAck(fed, icount, instr, received) }()
 	}
 }
 

@@ -55,6 +55,7 @@ type controller struct {
 
 	// log channel figures
 	sentBytes, ackedBytes uint64
+	receivedBytes         uint64 // backup: log received and queued for FIFO B
 	logInstr, backupIcnt  uint64
 	lastHeartbeat         time.Time
 	samples               []sample // primary: (instructions, time) to turn icount lag into ms
@@ -67,6 +68,7 @@ type controller struct {
 	recordFIFO string
 	rr         *logchan.RecordReader
 	link       *peerConn
+	gates      *outputGates // the output gates (nil on a backup)
 
 	// backup
 	primaryHost string
@@ -77,6 +79,7 @@ type controller struct {
 	// and timings after the driver is gone (virt-ft status).
 	lastFailover, lastGoLive string
 	switchedOver             bool
+	lastGate                 string // the output gates' last summary
 	backupXML                string
 	replayFIFO               string
 	feeder                   *logchan.Feeder
@@ -142,6 +145,11 @@ func (c *controller) status() ctl.DomainStatus {
 	s := ctl.DomainStatus{Name: c.name, UUID: c.uuid, Role: c.role, Peer: c.peerAddr,
 		State: c.state, Detail: c.detail, SwitchedOver: c.switchedOver, SentBytes: c.sentBytes, AckedBytes: c.ackedBytes,
 		LogInstructions: c.logInstr, BackupIcount: c.backupIcnt, HeartbeatAgeMS: -1, LagMS: c.lagMS}
+	if c.gates != nil {
+		s.OutputGate = c.gates.summary()
+	} else {
+		s.OutputGate = c.lastGate
+	}
 	if c.state == StateLive {
 		// The former backup runs the VM: it is the primary now.
 		s.Role = ftxml.RolePrimary
@@ -247,7 +255,8 @@ func (c *controller) domainStopped(why string) {
 func (c *controller) close(why string) {
 	c.mu.Lock()
 	link, feeder, rr, drv := c.link, c.feeder, c.rr, c.drv
-	c.link, c.feeder, c.rr, c.drv = nil, nil, nil, nil
+	gates := c.gates
+	c.link, c.feeder, c.rr, c.drv, c.gates = nil, nil, nil, nil, nil
 	fifoA, fifoB := c.recordFIFO, c.replayFIFO
 	c.mu.Unlock()
 	if drv != nil {
@@ -264,6 +273,12 @@ func (c *controller) close(why string) {
 			link.bye(encodeBye(false, why))
 		}
 		link.Close()
+	}
+	if gates != nil {
+		c.mu.Lock()
+		c.lastGate = gates.summary()
+		c.mu.Unlock()
+		gates.close()
 	}
 	if feeder != nil {
 		feeder.Close()
@@ -353,14 +368,21 @@ func (c *controller) preparePrimary(xml string, dom *libvirtxml.Domain) (err err
 		_ = os.Remove(fifo)
 		return fail(fmt.Errorf("libvirt-ft: domain %q: %w", c.name, err))
 	}
+	gates, err := c.openGates(cfg, dom, rr)
+	if err != nil {
+		rr.Close()
+		_ = os.Remove(fifo)
+		return fail(fmt.Errorf("libvirt-ft: domain %q: %w", c.name, err))
+	}
 	link, err := dialLog(peerAddr(cfg), c.d.cfg.dialTimeout(), c.uuid, qemuVer, logVer)
 	if err != nil {
+		gates.close()
 		rr.Close()
 		_ = os.Remove(fifo)
 		return fail(fmt.Errorf("libvirt-ft: domain %q: log channel to %s: %w", c.name, peerAddr(cfg), err))
 	}
 	c.mu.Lock()
-	c.recordFIFO, c.rr, c.link = fifo, rr, link
+	c.recordFIFO, c.rr, c.link, c.gates = fifo, rr, link, gates
 	c.mu.Unlock()
 	c.setState(StateWaiting, "waiting for QEMU to record")
 	go c.pumpPrimary(cfg, rr, link)
@@ -429,6 +451,12 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 		cond.Broadcast()
 		mu.Unlock()
 	}
+	c.mu.Lock()
+	gates := c.gates
+	c.mu.Unlock()
+	if gates == nil {
+		gates = &outputGates{}
+	}
 	drv, err := newDriver(failover.RolePrimary, cfg, func(a failover.Action) {
 		switch a := a.(type) {
 		case failover.SendHeartbeat:
@@ -451,13 +479,16 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			}()
 		case failover.ReportUnprotected:
 			setDiscard()
+			gates.unprotect()
 			c.setState(StateUnprotected, a.Reason)
 		case failover.HaltVM:
 			setDiscard()
+			gates.drop()
 			c.setState(StateStopped, "halting: "+a.Reason)
 			go c.d.destroyDomain(c.uuid, "split brain: "+a.Reason)
 		case failover.StopPrimaryVM:
 			setDiscard()
+			gates.drop()
 			c.mu.Lock()
 			c.switchedOver = true
 			c.mu.Unlock()
@@ -492,6 +523,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 				}
 				cond.Broadcast()
 				mu.Unlock()
+				gates.ack(m.ack.Received)
 				c.recordAck(m.ack.Offset, m.ack.Executed)
 				drv.post(failover.AckReceived{Offset: m.ack.Offset, Icount: m.ack.Executed})
 			case msgHeartbeat:

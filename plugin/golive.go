@@ -40,7 +40,7 @@ func (c *controller) goLive() error {
 		// The backup's QEMU (with packaging/qemu's end-of-log patch) left
 		// replay mode at END and runs on as a normal QEMU: it is live
 		// already, with no restart. It does not record a new log.
-		return c.continuedLive(conn, t0)
+		return c.continuedLive(conn, client, t0)
 	}
 	if err := client.Stop(); err != nil {
 		return fmt.Errorf("go-live: stop: %w", err)
@@ -114,10 +114,22 @@ func (c *controller) goLive() error {
 // this host.
 func (c *controller) continuedLive(conn interface {
 	DomainDefineXML(string) (*libvirt.Domain, error)
-}, t0 time.Time) error {
+}, client *qmp.Client, t0 time.Time) error {
 	c.mu.Lock()
 	backupXML := c.backupXML
 	c.mu.Unlock()
+	// The replayed guest's frames were discarded (a filter-redirector into
+	// a null chardev per interface, ftxml.Backup); from now on this host
+	// speaks for the VM. Before announce-self, whose RARP frames pass the
+	// same filters.
+	if dom, err := ftxml.ParseDomain(backupXML); err == nil && dom.Devices != nil {
+		for j := range dom.Devices.Interfaces {
+			if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
+				"property": "status", "value": "off"}, nil); err != nil {
+				c.log.WithError(err).Errorf("go-live: cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
+			}
+		}
+	}
 	if persistent, err := ftxml.Primary(backupXML, ftxml.HostConfig{}); err == nil {
 		if dom, err := conn.DomainDefineXML(persistent); err == nil {
 			dom.Free()

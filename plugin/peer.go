@@ -128,9 +128,9 @@ func (p *peerConn) sendLog(off uint64, data []byte) error {
 	return p.c.WriteLog(off, data)
 }
 
-func (p *peerConn) sendAck(off, icount, instr uint64) error {
+func (p *peerConn) sendAck(off, icount, instr, received uint64) error {
 	p.deadline()
-	return p.c.WriteAck(logchan.Ack{Offset: off, Executed: icount, Fed: instr})
+	return p.c.WriteAck(logchan.Ack{Offset: off, Executed: icount, Fed: instr, Received: received})
 }
 
 func (p *peerConn) sendHeartbeat() error {

@@ -31,6 +31,8 @@ const (
 	DefaultHeartbeatInterval = 100 * time.Millisecond
 	DefaultHeartbeatTimeout  = 1000 * time.Millisecond
 	DefaultStateDir          = "/var/lib/libvirt-ft"
+	// maxSocketPath is the longest unix socket path (sun_path, unix(7)).
+	maxSocketPath = 107
 	// MinHeartbeatInterval is the smallest heartbeat interval accepted.
 	MinHeartbeatInterval = 10 * time.Millisecond
 )
@@ -145,6 +147,10 @@ func (c Config) problems() []Problem {
 	if !path.IsAbs(c.StateDir) {
 		ps = append(ps, Problem{fieldStateDir, fmt.Sprintf("is %q: the replay FIFOs need an absolute directory, the same on both hosts", c.StateDir),
 			fmt.Sprintf(`set dir="%s" (the default) or another absolute path`, DefaultStateDir)})
+	} else if n := len(c.StateDir) + len("/00000000-0000-0000-0000-000000000000/gate00-out.sock"); n > maxSocketPath {
+		// struct sockaddr_un.sun_path holds 108 bytes with the NUL (unix(7)).
+		ps = append(ps, Problem{fieldStateDir, fmt.Sprintf("is %d bytes long: the output gate's unix sockets under it would be %d bytes, over the %d that unix(7) allows", len(c.StateDir), n, maxSocketPath),
+			fmt.Sprintf(`set a shorter dir, such as "%s" (the default)`, DefaultStateDir)})
 	}
 	return ps
 }

@@ -40,6 +40,9 @@ const (
 	netAliasPrefix  = "ua-ft-net"  // + index among interfaces
 	rrNodePrefix    = "ft-rr"      // blkreplay node name + disk index
 	filterIDPrefix  = "ft-fr"      // filter-replay object id + NIC index
+	gateIDPrefix    = "ft-gate"    // filter-redirector object id + NIC index
+	gateOutPrefix   = "ft-gout"    // chardev: guest frames out to the gate
+	gateInPrefix    = "ft-gin"     // chardev: released frames back in
 )
 
 // Record/replay modes of -icount (the rr= option).
@@ -80,6 +83,23 @@ func RecordFIFOPath(cfg Config, uuid string) string {
 func ReplayFIFOPath(cfg Config, uuid string) string {
 	return fifoPath(cfg, uuid, "replay.fifo")
 }
+
+// GateSocketPaths are the unix sockets of the output gate of the primary's
+// interface j (document order), both listened on by libvirt-ftd and
+// connected to by QEMU: out carries every frame the guest transmits to the
+// daemon (<StateDir>/<uuid>/gate<j>-out.sock), in the frames the daemon
+// releases back to QEMU, which sends them to the network
+// (<StateDir>/<uuid>/gate<j>-in.sock). Framing: QEMU's filter-redirector
+// (net/filter-mirror.c): a 4-byte big-endian length, then the frame.
+func GateSocketPaths(cfg Config, uuid string, j int) (out, in string) {
+	return fifoPath(cfg, uuid, fmt.Sprintf("gate%d-out.sock", j)), fifoPath(cfg, uuid, fmt.Sprintf("gate%d-in.sock", j))
+}
+
+// GateFilterID is the QOM id of interface j's filter-redirector: the
+// output gate on the primary; on the backup the filter that discards the
+// frames the replayed guest transmits (go-live turns it off with qom-set
+// <id> status off).
+func GateFilterID(j int) string { return fmt.Sprintf("%s%d", gateIDPrefix, j) }
 
 func fifoPath(cfg Config, uuid, name string) string {
 	if u, ok := canonicalUUID(uuid); ok {
@@ -160,7 +180,23 @@ func isOurs(opt, val string) bool {
 			return false
 		}
 		return b.Driver == "blkreplay" && strings.HasPrefix(b.NodeName, rrNodePrefix)
+	case "-chardev":
+		opts := splitQemuOpts(val)
+		for _, o := range opts[1:] {
+			if id, ok := strings.CutPrefix(o, "id="); ok {
+				return strings.HasPrefix(id, gateOutPrefix) || strings.HasPrefix(id, gateInPrefix)
+			}
+		}
+		return false
 	case "-object":
+		if opts := splitQemuOpts(val); opts[0] == "filter-redirector" {
+			for _, o := range opts[1:] {
+				if id, ok := strings.CutPrefix(o, "id="); ok {
+					return strings.HasPrefix(id, gateIDPrefix)
+				}
+			}
+			return false
+		}
 		if strings.HasPrefix(strings.TrimSpace(val), "{") {
 			var o struct {
 				Type string `json:"qom-type"`
@@ -289,7 +325,14 @@ func alias(a **libvirtxml.DomainAlias, ours string) string {
 
 // generate adds the record/replay wiring to a stripped domain (DESIGN.md,
 // "Wiring it through libvirt 9.0"): arguments go after the user's own.
-func generate(dom *libvirtxml.Domain, mode, fifo string) {
+//
+// Network output (DESIGN.md, "Output rule"): on the primary with the output
+// gate on, a filter-redirector per interface sends every transmitted frame
+// to libvirt-ftd (GateSocketPaths) and takes back the released ones; on the
+// backup a filter-redirector into a null chardev discards what the
+// replayed guest transmits, so that only one host ever speaks for the VM.
+// Either way the filter consumes the frame at once, the same on both hosts.
+func generate(dom *libvirtxml.Domain, mode, fifo string, cfg Config, uuid string) {
 	args := []string{"-icount", icountValue(mode, fifo)}
 	if d := dom.Devices; d != nil {
 		i := 0
@@ -311,7 +354,19 @@ func generate(dom *libvirtxml.Domain, mode, fifo string) {
 		for j := range d.Interfaces {
 			a := alias(&d.Interfaces[j].Alias, fmt.Sprintf("%s%d", netAliasPrefix, j))
 			// libvirt names the netdev of an interface "host" + its alias.
-			args = append(args, "-object", fmt.Sprintf("filter-replay,id=%s%d,netdev=%s", filterIDPrefix, j, qemuOptEscape("host"+a)))
+			netdev := qemuOptEscape("host" + a)
+			args = append(args, "-object", fmt.Sprintf("filter-replay,id=%s%d,netdev=%s", filterIDPrefix, j, netdev))
+			switch {
+			case mode == modeReplay:
+				args = append(args, "-chardev", fmt.Sprintf("null,id=%s%d", gateOutPrefix, j),
+					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=tx,outdev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j))
+			case cfg.OutputGate:
+				out, in := GateSocketPaths(cfg, uuid, j)
+				args = append(args,
+					"-chardev", fmt.Sprintf("socket,id=%s%d,path=%s", gateOutPrefix, j, qemuOptEscape(out)),
+					"-chardev", fmt.Sprintf("socket,id=%s%d,path=%s", gateInPrefix, j, qemuOptEscape(in)),
+					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=tx,outdev=%s%d,indev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j, gateInPrefix, j))
+			}
 		}
 	}
 	if dom.QEMUCommandline == nil {
@@ -356,9 +411,9 @@ func build(dom *libvirtxml.Domain, host HostConfig, role string) (string, error)
 	cfg := info.cfg
 	cfg.Role = role
 	if role == RoleBackup {
-		generate(dom, modeReplay, ReplayFIFOPath(cfg, uuid))
+		generate(dom, modeReplay, ReplayFIFOPath(cfg, uuid), cfg, uuid)
 	} else {
-		generate(dom, modeRecord, RecordFIFOPath(cfg, uuid))
+		generate(dom, modeRecord, RecordFIFOPath(cfg, uuid), cfg, uuid)
 	}
 	if err := SetConfig(dom, cfg); err != nil {
 		return "", err

@@ -65,6 +65,9 @@ func TestPrimaryWiring(t *testing.T) {
 		"-icount", "shift=auto,rr=record,rrfile=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/record.fifo",
 		"-blockdev", `{"driver":"blkreplay","node-name":"ft-rr0","image":"libvirt-1-format"}`,
 		"-object", "filter-replay,id=ft-fr0,netdev=hostua-ft-net0",
+		"-chardev", "socket,id=ft-gout0,path=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/gate0-out.sock",
+		"-chardev", "socket,id=ft-gin0,path=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/gate0-in.sock",
+		"-object", "filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=tx,outdev=ft-gout0,indev=ft-gin0",
 	}
 	if diff := cmp.Diff(want, args(dom)); diff != "" {
 		t.Errorf("args (-want +got):\n%s", diff)
@@ -104,7 +107,13 @@ func TestPrimaryTwoDisksTwoNICs(t *testing.T) {
 		"-blockdev", `{"driver":"blkreplay","node-name":"ft-rr0","image":"libvirt-3-format"}`,
 		"-blockdev", `{"driver":"blkreplay","node-name":"ft-rr1","image":"libvirt-2-format"}`,
 		"-object", "filter-replay,id=ft-fr0,netdev=hostua-ft-net0",
+		"-chardev", "socket,id=ft-gout0,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate0-out.sock",
+		"-chardev", "socket,id=ft-gin0,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate0-in.sock",
+		"-object", "filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=tx,outdev=ft-gout0,indev=ft-gin0",
 		"-object", "filter-replay,id=ft-fr1,netdev=hostua-lan",
+		"-chardev", "socket,id=ft-gout1,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate1-out.sock",
+		"-chardev", "socket,id=ft-gin1,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate1-in.sock",
+		"-object", "filter-redirector,id=ft-gate1,netdev=hostua-lan,queue=tx,outdev=ft-gout1,indev=ft-gin1",
 	}
 	if diff := cmp.Diff(want, args(dom)); diff != "" {
 		t.Errorf("args (-want +got):\n%s", diff)
@@ -234,6 +243,21 @@ func TestBackupDiffersOnlyInMode(t *testing.T) {
 				if n != 1 {
 					t.Errorf("%d -icount arguments", n)
 				}
+				// The network output differs: the primary's frames go
+				// through the output gate, the backup's are discarded.
+				var kept []libvirtxml.DomainQEMUCommandlineArg
+				for i := 0; i < len(c.dom.QEMUCommandline.Args); i++ {
+					a := c.dom.QEMUCommandline.Args[i]
+					if i+1 < len(c.dom.QEMUCommandline.Args) && (a.Value == "-chardev" || a.Value == "-object") {
+						v := c.dom.QEMUCommandline.Args[i+1].Value
+						if strings.Contains(v, "id=ft-g") {
+							i++
+							continue
+						}
+					}
+					kept = append(kept, a)
+				}
+				c.dom.QEMUCommandline.Args = kept
 				c.dom.Metadata = nil
 			}
 			if diff := cmp.Diff(pd, bd); diff != "" {
@@ -445,5 +469,29 @@ func TestVirtXMLValidate(t *testing.T) {
 				t.Errorf("%s %s: %v\n%s", name, kind, err, out)
 			}
 		}
+	}
+}
+
+// With <ft:output-gate enabled="no"> the primary's frames go straight to its
+// tap; the backup still discards what its replayed guest transmits.
+func TestOutputGateOff(t *testing.T) {
+	user := strings.Replace(readTestdata(t, "ftdemo.xml"), `<ft:output-gate enabled="yes"/>`, `<ft:output-gate enabled="no"/>`, 1)
+	primary := mustPrimary(t, user, HostConfig{})
+	for _, a := range args(parse(t, primary)) {
+		if strings.Contains(a, "ft-g") {
+			t.Errorf("primary with the gate off has %q", a)
+		}
+	}
+	backup, err := Backup(primary, HostConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args(parse(t, backup)), " ")
+	if !strings.Contains(got, "-chardev null,id=ft-gout0 -object filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=tx,outdev=ft-gout0") {
+		t.Errorf("backup args %s", got)
+	}
+	stripped, err := StripGenerated(primary)
+	if err != nil || strings.Contains(stripped, "ft-g") {
+		t.Errorf("StripGenerated left gate arguments: %v", err)
 	}
 }

@@ -149,6 +149,9 @@ func printStatus(ds []ctl.DomainStatus) {
 		if d.GoLive != "" {
 			fmt.Printf("%s: last failover event: %s\n", d.Name, d.GoLive)
 		}
+		if d.OutputGate != "" {
+			fmt.Printf("%s: output gate: %s\n", d.Name, d.OutputGate)
+		}
 	}
 }
 

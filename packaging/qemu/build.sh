@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=${1:-/var/tmp/libvirt-ft-qemu}
 work=${QEMU_WORK:-/var/tmp/libvirt-ft-qemu-build}
-stamp=$(cat "$here"/*.patch | sha256sum | cut -c1-16)
+stamp=$(cat "$here"/*.patch "$here/build.sh" | sha256sum | cut -c1-16)
 if [ -x "$prefix/bin/qemu-system-x86_64" ] && [ "$(cat "$prefix/.patches" 2>/dev/null)" = "$stamp" ]; then
 	echo "qemu: $prefix is up to date"
 	exit 0
@@ -37,7 +37,7 @@ done
 mkdir -p "$work/build" && cd "$work/build"
 "$src/configure" --target-list=x86_64-softmmu --prefix=/usr \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
-	--disable-docs --disable-werror --enable-slirp --disable-user --disable-install-blobs >/dev/null
+	--with-pkgversion=libvirt-ft --disable-docs --disable-werror --enable-slirp --disable-user --disable-install-blobs >/dev/null
 ninja -j"$(nproc)" qemu-system-x86_64 >/dev/null
 mkdir -p "$prefix/bin" "$prefix/share" "$prefix/lib/ipxe"
 install -m 0755 qemu-system-x86_64 "$prefix/bin/qemu-system-x86_64"

@@ -101,6 +101,10 @@ type DomainStatus struct {
 	// SwitchedOver is set on the old primary once a planned switchover
 	// completed: the backup went live and this host's VM was stopped.
 	SwitchedOver bool `json:"switched_over,omitempty"`
+	// OutputGate describes the primary's output gates (one per network
+	// interface): mode (gated, passthrough, dropping), frames held,
+	// released and dropped, hold times in ms.
+	OutputGate string `json:"output_gate,omitempty"`
 }
 
 // Call sends req to the daemon at socket and waits at most timeout for the

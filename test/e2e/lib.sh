@@ -88,9 +88,10 @@ lab_stop() {
 }
 
 # domain_xml NAME [EXTRA-SED]: the demo domain with our ft element.
-# EMULATOR (optional) replaces the QEMU binary (same path on both hosts).
+# EMULATOR (optional) replaces the QEMU binary (same path on both hosts);
+# DOMAIN_XML_EDIT (optional) is a sed expression applied to the domain.
 domain_xml() {
-	local name=$1 extra=${2:-}
+	local name=$1 extra=${2:-${DOMAIN_XML_EDIT:-}}
 	sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$IMAGES/vmlinuz|g" \
 		-e "s|@INITRD@|$IMAGES/initrd.img|g" -e "s|@DISK@|$IMAGES/$name.qcow2|g" \
 		-e "s|@PEER@|$HOST_B_IP|g" -e "s|@GUEST_ARGS@|${GUEST_ARGS:-}|g" \

@@ -11,6 +11,7 @@
 # Set KERNEL_PKG to pin another kernel package. Re-running is cheap: nothing
 # is rebuilt when the inputs did not change.
 set -euo pipefail
+umask 022 # the initrd records file modes: keep builds identical
 
 if [ $# -ne 1 ]; then
 	echo "usage: $0 OUTDIR" >&2

@@ -1,0 +1,218 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// stdioSlackBytes is how much log a QEMU that does not flush its log before
+// a gated frame may still hold in its stdio buffer (DESIGN.md: up to 4 KiB;
+// glibc gives a FIFO a buffer of st_blksize = 4096 bytes). The output gate
+// adds it to each frame's position unless the QEMU flushes (see
+// qemuFlushesLog).
+const stdioSlackBytes = 4096
+
+// flushMarker is in `qemu-system-x86_64 --version` of the QEMU that
+// packaging/qemu builds (configure --with-pkgversion=libvirt-ft). Its
+// filter-redirector flushes the record log before a frame leaves
+// (0002-replay-flush-the-log-before-a-redirected-frame.patch), so the
+// position FIFO A shows is exact.
+const flushMarker = "(libvirt-ft"
+
+var (
+	flushCacheMu sync.Mutex
+	flushCache   = map[string]bool{}
+)
+
+// qemuFlushesLog reports whether the QEMU binary at path is the patched one
+// that flushes its record log before each redirected frame.
+func qemuFlushesLog(path string) bool {
+	if path == "" {
+		return false
+	}
+	flushCacheMu.Lock()
+	defer flushCacheMu.Unlock()
+	if v, ok := flushCache[path]; ok {
+		return v
+	}
+	out, err := exec.Command(path, "--version").Output()
+	v := err == nil && strings.Contains(string(out), flushMarker)
+	flushCache[path] = v
+	return v
+}
+
+// outputGates are the output gates of one primary domain, one per network
+// interface (ftxml.GateSocketPaths): they hold every frame the guest
+// transmits until the backup has acknowledged receiving the log up to the
+// point where the frame was produced (the output rule, Scales et al. 2010,
+// section 2.2).
+type outputGates struct {
+	gates []*gate.Gate
+	exact bool // the QEMU flushes its log before each frame: no slack
+
+	mu     sync.Mutex
+	lns    []net.Listener
+	conns  []net.Conn
+	paths  []string
+	closed bool
+}
+
+// openGates listens on the gate sockets of every interface of dom (before
+// QEMU starts: QEMU connects to them and fails to start if they are
+// missing) and serves each gate once QEMU connected to both of its
+// sockets. Frames are tagged with rr.Produced() (+ stdioSlackBytes unless
+// the QEMU flushes its log). On error nothing is left behind.
+func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *logchan.RecordReader) (*outputGates, error) {
+	og := &outputGates{}
+	if !cfg.OutputGate || dom.Devices == nil || len(dom.Devices.Interfaces) == 0 {
+		return og, nil
+	}
+	og.exact = qemuFlushesLog(dom.Devices.Emulator)
+	slack := uint64(stdioSlackBytes)
+	if og.exact {
+		slack = 0
+	}
+	position := func() uint64 {
+		p, err := rr.Produced()
+		if err != nil {
+			c.log.WithError(err).Warn("output gate: reading the log position")
+		}
+		return p + slack
+	}
+	for j := range dom.Devices.Interfaces {
+		g, err := gate.New(gate.Config{Enabled: true, Position: position,
+			Log: c.log.WithField("gate", ftxml.GateFilterID(j))})
+		if err != nil {
+			og.close()
+			return nil, err
+		}
+		outPath, inPath := ftxml.GateSocketPaths(cfg, c.uuid, j)
+		var lns [2]net.Listener
+		for k, p := range []string{outPath, inPath} {
+			ln, err := gate.Listen(p, c.d.qemuUID, c.d.qemuGID)
+			if err != nil {
+				og.close()
+				return nil, fmt.Errorf("output gate of interface %d: %w", j, err)
+			}
+			lns[k] = ln
+			og.mu.Lock()
+			og.lns = append(og.lns, ln)
+			og.paths = append(og.paths, p)
+			og.mu.Unlock()
+		}
+		og.gates = append(og.gates, g)
+		go og.serve(c, j, g, lns[0], lns[1])
+	}
+	return og, nil
+}
+
+// serve accepts QEMU's connection on both sockets of gate j and runs it
+// until QEMU closes OUT (it exited).
+func (og *outputGates) serve(c *controller, j int, g *gate.Gate, lnOut, lnIn net.Listener) {
+	accept := func(ln net.Listener) net.Conn {
+		conn, err := ln.Accept()
+		if err != nil {
+			return nil
+		}
+		og.mu.Lock()
+		defer og.mu.Unlock()
+		if og.closed {
+			conn.Close()
+			return nil
+		}
+		og.conns = append(og.conns, conn)
+		return conn
+	}
+	out := accept(lnOut)
+	if out == nil {
+		return
+	}
+	in := accept(lnIn)
+	if in == nil {
+		return
+	}
+	mode := "exact positions (QEMU flushes its log before each frame)"
+	if !og.exact {
+		mode = fmt.Sprintf("positions + %d bytes for QEMU's stdio buffer", stdioSlackBytes)
+	}
+	c.log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (%s)", ftxml.GateFilterID(j), mode)
+	if err := g.Serve(out, in); err != nil && !errors.Is(err, net.ErrClosed) {
+		c.log.WithError(err).Warnf("output gate %s: connection to QEMU dropped; the guest's frames are discarded from now on", ftxml.GateFilterID(j))
+	}
+	out.Close()
+	in.Close()
+}
+
+// ack releases the frames covered by the backup's acknowledgement of pos
+// (bytes of log received).
+func (og *outputGates) ack(pos uint64) {
+	for _, g := range og.gates {
+		g.Ack(pos)
+	}
+}
+
+// unprotect: the backup is lost and this primary runs alone; release
+// everything held, in order, and let frames through from now on.
+func (og *outputGates) unprotect() {
+	for _, g := range og.gates {
+		g.Unprotect()
+	}
+}
+
+// drop: the backup went live or holds the split-brain lock; nothing held
+// may leave this host.
+func (og *outputGates) drop() {
+	for _, g := range og.gates {
+		g.Drop()
+	}
+}
+
+// close stops serving: listeners and connections are closed, the socket
+// files removed.
+func (og *outputGates) close() {
+	og.mu.Lock()
+	defer og.mu.Unlock()
+	if og.closed {
+		return
+	}
+	og.closed = true
+	for _, ln := range og.lns {
+		ln.Close()
+	}
+	for _, conn := range og.conns {
+		conn.Close()
+	}
+	for _, p := range og.paths {
+		_ = os.Remove(p)
+	}
+}
+
+// summary describes the gates for virt-ft status, "" without any.
+func (og *outputGates) summary() string {
+	if og == nil || len(og.gates) == 0 {
+		return ""
+	}
+	var parts []string
+	for j, g := range og.gates {
+		st := g.Stats()
+		avg := int64(0)
+		if st.HoldCount > 0 {
+			avg = st.HoldTotalMicros / int64(st.HoldCount)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s: held %d frames (%d B), released %d, dropped %d over the cap and %d by go-live; hold time avg %.1f ms, max %.1f ms",
+			ftxml.GateFilterID(j), st.Mode, st.HeldFrames, st.HeldBytes, st.Released, st.DroppedOverCap, st.DroppedByDrop,
+			float64(avg)/1000, float64(st.HoldMaxMicros)/1000))
+	}
+	return strings.Join(parts, "; ")
+}
