@@ -76,8 +76,12 @@ test: setup build guest vet unit e2e
 demo: setup build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/demo.sh
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./logchan/
+# Go benchmarks (codec, output gate), then the output gate's network figures
+# in the lab (test/bench/net.sh: RTT, bulk rx/tx, log bandwidth; gate on,
+# off, unprotected). Results: BENCHMARKS.md.
+bench: build guest qemu-ft
+	$(GO) test -run '^$$' -bench . -benchmem ./logchan/ ./plugin/gate/
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/net.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime 60s ./logchan/

@@ -773,3 +773,29 @@ func SplitChunk(c Chunk, maxLen int) ([]Chunk, error) {
 func (d *Decoder) scanOne(p []byte, base uint64) (int, error) {
 	return d.scanN(p, base, true)
 }
+
+// WalkEvents calls fn for each whole event at the start of data, in order,
+// with its stream offset (base + index), its bytes (sharing data's memory)
+// and its instruction count (the INSTRUCTION event's count, else 0). It
+// stops early when fn returns false. It returns the number of bytes walked
+// and an error for corrupt data; an incomplete event at the end is not
+// walked and is no error. For diagnostics (test/tools/rrdump).
+func WalkEvents(data []byte, base uint64, fn func(off uint64, ev []byte, instr uint64) bool) (int, error) {
+	var d Decoder
+	i := 0
+	for i < len(data) && !d.ended {
+		d.cur = Chunk{}
+		n, err := d.scanOne(data[i:], base+uint64(i))
+		if err != nil {
+			return i, err
+		}
+		if n < 0 {
+			return i, nil
+		}
+		if !fn(base+uint64(i), data[i:i+n], d.cur.Instructions) {
+			return i + n, nil
+		}
+		i += n
+	}
+	return i, nil
+}

@@ -543,6 +543,15 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 
 	buf := make([]byte, 64<<10)
 	first := true
+	// LIBVIRT_FT_TEE_DIR (diagnostics): keep a copy of the record log as
+	// <dir>/<uuid>.rrstream (no header; test/tools/rrdump reads it).
+	var tee *os.File
+	if dir := os.Getenv("LIBVIRT_FT_TEE_DIR"); dir != "" {
+		if f, err := os.Create(filepath.Join(dir, c.uuid+".rrstream")); err == nil {
+			tee = f
+			defer f.Close()
+		}
+	}
 	for {
 		mu.Lock()
 		for !discard && c.sent()-acked >= window {
@@ -552,6 +561,9 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 		mu.Unlock()
 
 		n, err := reader.Read(buf)
+		if n > 0 && tee != nil {
+			_, _ = tee.Write(buf[:n])
+		}
 		if n > 0 {
 			if first {
 				first = false

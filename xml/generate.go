@@ -359,13 +359,13 @@ func generate(dom *libvirtxml.Domain, mode, fifo string, cfg Config, uuid string
 			switch {
 			case mode == modeReplay:
 				args = append(args, "-chardev", fmt.Sprintf("null,id=%s%d", gateOutPrefix, j),
-					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=tx,outdev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j))
+					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=rx,outdev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j))
 			case cfg.OutputGate:
 				out, in := GateSocketPaths(cfg, uuid, j)
 				args = append(args,
 					"-chardev", fmt.Sprintf("socket,id=%s%d,path=%s", gateOutPrefix, j, qemuOptEscape(out)),
 					"-chardev", fmt.Sprintf("socket,id=%s%d,path=%s", gateInPrefix, j, qemuOptEscape(in)),
-					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=tx,outdev=%s%d,indev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j, gateInPrefix, j))
+					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=rx,outdev=%s%d,indev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j, gateInPrefix, j))
 			}
 		}
 	}

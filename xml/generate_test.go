@@ -67,7 +67,7 @@ func TestPrimaryWiring(t *testing.T) {
 		"-object", "filter-replay,id=ft-fr0,netdev=hostua-ft-net0",
 		"-chardev", "socket,id=ft-gout0,path=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/gate0-out.sock",
 		"-chardev", "socket,id=ft-gin0,path=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/gate0-in.sock",
-		"-object", "filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=tx,outdev=ft-gout0,indev=ft-gin0",
+		"-object", "filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=rx,outdev=ft-gout0,indev=ft-gin0",
 	}
 	if diff := cmp.Diff(want, args(dom)); diff != "" {
 		t.Errorf("args (-want +got):\n%s", diff)
@@ -109,11 +109,11 @@ func TestPrimaryTwoDisksTwoNICs(t *testing.T) {
 		"-object", "filter-replay,id=ft-fr0,netdev=hostua-ft-net0",
 		"-chardev", "socket,id=ft-gout0,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate0-out.sock",
 		"-chardev", "socket,id=ft-gin0,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate0-in.sock",
-		"-object", "filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=tx,outdev=ft-gout0,indev=ft-gin0",
+		"-object", "filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=rx,outdev=ft-gout0,indev=ft-gin0",
 		"-object", "filter-replay,id=ft-fr1,netdev=hostua-lan",
 		"-chardev", "socket,id=ft-gout1,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate1-out.sock",
 		"-chardev", "socket,id=ft-gin1,path=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/gate1-in.sock",
-		"-object", "filter-redirector,id=ft-gate1,netdev=hostua-lan,queue=tx,outdev=ft-gout1,indev=ft-gin1",
+		"-object", "filter-redirector,id=ft-gate1,netdev=hostua-lan,queue=rx,outdev=ft-gout1,indev=ft-gin1",
 	}
 	if diff := cmp.Diff(want, args(dom)); diff != "" {
 		t.Errorf("args (-want +got):\n%s", diff)
@@ -487,7 +487,7 @@ func TestOutputGateOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := strings.Join(args(parse(t, backup)), " ")
-	if !strings.Contains(got, "-chardev null,id=ft-gout0 -object filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=tx,outdev=ft-gout0") {
+	if !strings.Contains(got, "-chardev null,id=ft-gout0 -object filter-redirector,id=ft-gate0,netdev=hostua-ft-net0,queue=rx,outdev=ft-gout0") {
 		t.Errorf("backup args %s", got)
 	}
 	stripped, err := StripGenerated(primary)

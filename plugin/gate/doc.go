@@ -77,9 +77,10 @@
 // Frames the gate drops (over the limit, or after Drop) are lost as a full
 // NIC queue loses them: TCP retransmits. A frame cut short on IN (Drop or
 // the end of Serve during a write) leaves IN inside a frame: the
-// connection must not be reused. If OUT's connection is closed while the
-// VM runs, QEMU's filter-redirector stops redirecting and the guest's
-// frames go straight to the network (net/filter-mirror.c
-// filter_redirector_receive_iov checks that outdev is connected): keep
-// OUT open, read by Serve, for as long as the VM runs Gated or Dropping.
+// connection must not be reused. Once OUT's connection is closed, QEMU
+// drops every later guest frame and logs an error for each
+// (net/filter-mirror.c filter_redirector_receive_iov consumes the frame
+// when filter_send fails; chardev/char-socket.c tcp_chr_write fails with
+// EIO while disconnected): safe for the output rule, but the guest loses
+// its network, Passthrough included, until QEMU reconnects.
 package gate

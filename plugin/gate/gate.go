@@ -180,8 +180,9 @@ func (g *Gate) Unprotect() int {
 }
 
 // Drop switches to Dropping for good: the backup went live, or this primary
-// lost the split-brain race, and nothing this primary's guest produced may
-// reach the network any more. Every held frame, and every released frame
+// lost the split-brain race (Scales et al. 2010, section 2.3: only one VM
+// may go live), and nothing this primary's guest produced may reach the
+// network any more. Every held frame, and every released frame
 // not yet written to IN, is discarded; every later frame is read from OUT
 // and discarded. It returns the number of frames so discarded (0 if
 // already Dropping).
@@ -194,7 +195,10 @@ func (g *Gate) Unprotect() int {
 // stay written, so IN may end inside a frame, which QEMU never forwards
 // (net/net.c net_fill_rstate forwards whole frames only). If IN has no
 // SetWriteDeadline, Drop waits for the Write to end by itself: pass a
-// net.Conn as IN so that Drop never waits on a stuck QEMU.
+// net.Conn as IN so that Drop never waits on a stuck QEMU. Frames whose
+// Write completed before Drop may still sit in IN's socket buffer, and QEMU
+// may forward them after Drop returns: each had been released by an
+// acknowledgement covering it, so the output rule held for it.
 func (g *Gate) Drop() int {
 	g.mu.Lock()
 	was := g.q.Mode()
@@ -241,10 +245,9 @@ func (g *Gate) Drop() int {
 // Frames still held, or released but not yet written, stay in the Gate: a
 // later Serve (on new connections) writes them first. When Serve returns,
 // in and out may hold deadlines and a partly written frame: close them.
-// While the VM runs Gated or Dropping, closing OUT is not neutral:
-// QEMU's filter-redirector passes frames straight to the network when its
-// outdev chardev is disconnected (net/filter-mirror.c
-// filter_redirector_receive_iov).
+// With OUT closed, QEMU drops the guest's frames (see the package
+// documentation, Limits); with OUT open and unread, it would block the
+// guest.
 func (g *Gate) Serve(out io.Reader, in io.Writer) error {
 	g.mu.Lock()
 	if g.serving {

@@ -45,7 +45,7 @@ lab_start() {
 		libvirt-uri: qemu:///system
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
 		YAML
-		lab bg $h ftd "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
+		lab bg $h ftd ${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
 	done
 	for h in a b; do
 		wait_for 20 "libvirt-ftd on host $h" on $h "$BIN/virt-ft" status

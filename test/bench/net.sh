@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Network benchmarks of the output gate in the two-host lab (part of
+# `make bench`): TCP round-trip time between the client namespace and the
+# guest (median and p99), bulk receive (client → guest sink) and transmit
+# (guest source → client) throughput, and the log channel's bandwidth during
+# each, for three set-ups of the same guest and QEMU:
+#   gate-on      protected, output gate on (the default)
+#   gate-off     protected, <ft:output-gate enabled="no">
+#   unprotected  the same domain without the ft element (no record/replay)
+# Prints a markdown table (also written to $OUT, default
+# /tmp/libvirt-ft-bench-net.md).
+#   EMULATOR=... [RTT_COUNT=300] [BULK_BYTES=8000000] test/bench/net.sh
+set -euo pipefail
+source "$(dirname "$0")/../e2e/lib.sh"
+RTT_COUNT=${RTT_COUNT:-300}
+BULK_BYTES=${BULK_BYTES:-8000000}
+OUT=${OUT:-/tmp/libvirt-ft-bench-net.md}
+[ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
+trap lab_stop EXIT
+
+# field LINE KEY: the value of KEY=... in a tcpcheck summary line.
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
+# sent_bytes: the primary's log bytes sent so far (0 when unprotected).
+sent_bytes() {
+	ft_on a status --json "$DOMAIN" 2>/dev/null | sed -n 's/.*"sent_bytes": \([0-9]*\).*/\1/p' | head -n 1 || true
+}
+# log_rate CMD...: run CMD; print "MB/s of log sent while it ran".
+log_rate() {
+	local b0 b1 t0 t1
+	b0=$(sent_bytes); t0=$(date +%s%N)
+	"$@" >/tmp/ft-bench-step.out
+	b1=$(sent_bytes); t1=$(date +%s%N)
+	if [ -n "$b0" ] && [ -n "$b1" ]; then
+		awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.2f", b / (t / 1e9) / 1e6 }'
+	else
+		printf -- "-"
+	fi
+}
+
+rows=()
+for setup in gate-on gate-off unprotected; do
+	say "set-up: $setup"
+	unset DOMAIN_XML_EDIT
+	case $setup in
+	gate-off) export DOMAIN_XML_EDIT='s|</ft:ft>|<ft:output-gate enabled="no"/></ft:ft>|' ;;
+	unprotected) export DOMAIN_XML_EDIT='/<metadata>/,/<\/metadata>/d' ;;
+	esac
+	lab_stop
+	lab_start
+	if [ $setup = unprotected ]; then
+		on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
+		xml=$(mktemp --suffix=.xml)
+		domain_xml "$DOMAIN" >"$xml"
+		on a virsh -q -c qemu:///system define "$xml"
+		rm -f "$xml"
+		virsh_on a start "$DOMAIN" >/dev/null
+	else
+		start_protected "$DOMAIN"
+	fi
+	wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
+	idle=$(log_rate sleep 5)
+	rtt_log=$(log_rate client "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count "$RTT_COUNT")
+	rtt=$(tail -n 1 /tmp/ft-bench-step.out)
+	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES")
+	rx=$(tail -n 1 /tmp/ft-bench-step.out)
+	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
+	tx=$(tail -n 1 /tmp/ft-bench-step.out)
+	log "rtt: $rtt"
+	log "rx:  $rx"
+	log "tx:  $tx"
+	gate=$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 's/.*output gate: //p' || true)
+	[ -z "$gate" ] || log "gate: $gate"
+	rows+=("| $setup | $(field "$rtt" median_us) | $(field "$rtt" p99_us) | $(field "$rx" mb_per_s) | $(field "$tx" mb_per_s) | $idle | $rtt_log | $rx_log | $tx_log |")
+done
+{
+	echo "| set-up | RTT median (µs) | RTT p99 (µs) | bulk rx (MB/s) | bulk tx (MB/s) | log MB/s idle | log MB/s during RTT | log MB/s during rx | log MB/s during tx |"
+	echo "|---|---|---|---|---|---|---|---|---|"
+	printf '%s\n' "${rows[@]}"
+} | tee "$OUT"
+rm -f /tmp/ft-bench-step.out

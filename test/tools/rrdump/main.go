@@ -1,0 +1,90 @@
+// Command rrdump lists the events of a QEMU 7.2 record/replay log stream
+// (as read from FIFO A: no header; or a finished log file with -header)
+// with their offsets and the icount reached before each, for diagnosing a
+// replay that stops short of the log's end.
+//
+//	rrdump [-header] [-icount N] [-before K] [-after K] FILE
+//
+// Without -icount it prints every event; with it, the K events before and
+// after the point where the cumulative icount reaches N.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+)
+
+func main() {
+	header := flag.Bool("header", false, "FILE starts with the 12-byte log header")
+	at := flag.Uint64("icount", 0, "show the events around this icount (guest instructions)")
+	before := flag.Int("before", 20, "events to show before -icount")
+	after := flag.Int("after", 20, "events to show after -icount")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: rrdump [-header] [-icount N] [-before K] [-after K] FILE")
+		os.Exit(2)
+	}
+	data, err := os.ReadFile(flag.Arg(0))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rrdump:", err)
+		os.Exit(1)
+	}
+	if *header {
+		if len(data) < logchan.HeaderSize {
+			fmt.Fprintln(os.Stderr, "rrdump: shorter than a header")
+			os.Exit(1)
+		}
+		data = data[logchan.HeaderSize:]
+	}
+	type line struct {
+		off, icount uint64
+		ev          []byte
+	}
+	var (
+		icount uint64
+		ring   []line
+		shown  = -1 // events printed after the point; -1: not reached
+		events uint64
+	)
+	print := func(l line) {
+		n := len(l.ev)
+		if n > 24 {
+			n = 24
+		}
+		fmt.Printf("%10d  icount %12d  %-22s %4d B  % x\n", l.off, l.icount, logchan.KindName(l.ev[0]), len(l.ev), l.ev[1:n])
+	}
+	n, err := logchan.WalkEvents(data, 0, func(off uint64, ev []byte, instr uint64) bool {
+		events++
+		l := line{off, icount, ev}
+		icount += instr
+		switch {
+		case *at == 0:
+			print(l)
+		case shown < 0 && icount >= *at:
+			for _, r := range ring {
+				print(r)
+			}
+			fmt.Printf("---- icount %d reached here ----\n", *at)
+			print(l)
+			shown = 0
+		case shown >= 0:
+			print(l)
+			shown++
+			return shown < *after
+		default:
+			ring = append(ring, l)
+			if len(ring) > *before {
+				ring = ring[1:]
+			}
+		}
+		return true
+	})
+	fmt.Printf("%d events, %d of %d bytes walked, icount %d at the end walked\n", events, n, len(data), icount)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rrdump:", err)
+		os.Exit(1)
+	}
+}
