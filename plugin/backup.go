@@ -82,6 +82,11 @@ func (d *Daemon) prepareBackup(req controlRequest, primaryHost string) error {
 		_ = os.Remove(fifo)
 		return err
 	}
+	// A small FIFO B keeps the backup's lag (and so the drain at go-live)
+	// bounded by the window rather than by the pipe (64 KiB by default).
+	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
+		d.log.WithError(err).Warn("shrinking FIFO B")
+	}
 	c := d.controllerFor(req.UUID, req.Name, ftxml.RoleBackup)
 	c.mu.Lock()
 	c.cfg = *cfg
@@ -140,9 +145,23 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	}
 	c.mu.Lock()
 	c.drv = drv
+	done := c.done
 	c.mu.Unlock()
 	go drv.run()
-	go c.feedLoop(ctx, pc, feeder, q, drv)
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		c.feedLoop(ctx, pc, feeder, q, drv)
+	}()
+	// Without FeedEnd (the primary ended cleanly, the backup is discarded)
+	// nothing else would wake feedLoop once the controller is closed.
+	go func() {
+		select {
+		case <-done:
+			q.set(false, true)
+		case <-fed:
+		}
+	}()
 
 	var received uint64
 	for {
@@ -253,6 +272,15 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 			q.set(false, true)
 			return
 		}
+		// Start the backup QEMU with the first frame, before writing it:
+		// a frame larger than FIFO B's pipe would block until QEMU reads.
+		c.mu.Lock()
+		start := !c.started
+		c.started = true
+		c.mu.Unlock()
+		if start {
+			go c.startBackupDomain(ctx)
+		}
 		// Feeder.Write refuses anything but whole events, writing nothing.
 		if err := feeder.Write(m.data); err != nil {
 			drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.offset, err)})
@@ -265,13 +293,8 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 		c.mu.Lock()
 		c.sentBytes, c.ackedBytes, c.logInstr = fed, fed, instr
 		icount, received := c.backupIcnt, c.receivedBytes
-		start := !c.started
-		c.started = true
 		c.mu.Unlock()
 		drv.post(failover.LogReceived{Offset: m.offset, Bytes: fed, Instructions: instr})
-		if start {
-			go c.startBackupDomain(ctx)
-		}
 		go func() { _ = pc.sendAck(fed, icount, instr, received) }()
 	}
 }

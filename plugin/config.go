@@ -45,7 +45,9 @@ type Config struct {
 	// WindowBytes bounds the log bytes sent to the backup and not yet
 	// acknowledged (bytes). When the window is full the primary's FIFO is not
 	// read, so QEMU's vCPU stalls: this bounds the backup's lag
-	// (DESIGN.md "Lag bound"). Default 262144.
+	// (DESIGN.md "Lag bound"), and with it the drain at go-live and how
+	// long output waits in the gate when the backup replays slower than
+	// the primary records. Default 65536, at least 16384.
 	WindowBytes int `yaml:"window-bytes"`
 	// StatusIntervalMS is how often a backup samples its QEMU's icount for
 	// lag figures (ms). Default 200.
@@ -100,7 +102,7 @@ func (c *Config) applyDefaults() {
 		c.QEMUGroup = "libvirt-qemu"
 	}
 	if c.WindowBytes == 0 {
-		c.WindowBytes = 256 << 10
+		c.WindowBytes = DefaultWindowBytes
 	}
 	if c.StatusIntervalMS == 0 {
 		c.StatusIntervalMS = 200
@@ -113,6 +115,15 @@ func (c *Config) applyDefaults() {
 	}
 }
 
+// DefaultWindowBytes is the default log channel window (bytes). Under TCP
+// load in the lab, 256 KiB let the backup fall ~2-4 s behind (go-live then
+// waits that long to drain); 64 KiB keeps it near 1 s.
+const DefaultWindowBytes = 64 << 10
+
+// replayPipeBytes is the pipe buffer of FIFO B (F_SETPIPE_SZ, bytes): the
+// log the backup's QEMU may have waiting beyond the window.
+const replayPipeBytes = 16 << 10
+
 func (c *Config) validate(path string) error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("plugin: config %s: listen %q: %v; use host:port such as 10.0.0.2:7480", path, c.Listen, err)
@@ -120,8 +131,8 @@ func (c *Config) validate(path string) error {
 	if !filepath.IsAbs(c.ControlSocket) {
 		return fmt.Errorf("plugin: config %s: control-socket %q must be an absolute path", path, c.ControlSocket)
 	}
-	if c.WindowBytes < 64<<10 {
-		return fmt.Errorf("plugin: config %s: window-bytes %d is below 65536; raise it", path, c.WindowBytes)
+	if c.WindowBytes < 16<<10 {
+		return fmt.Errorf("plugin: config %s: window-bytes %d is below 16384; raise it (default %d)", path, c.WindowBytes, DefaultWindowBytes)
 	}
 	return nil
 }

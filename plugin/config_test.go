@@ -12,7 +12,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != ":7480" || c.LibvirtURI != "qemu:///system" || c.WindowBytes != 256<<10 || c.QEMUUser != "libvirt-qemu" {
+	if c.Listen != ":7480" || c.LibvirtURI != "qemu:///system" || c.WindowBytes != DefaultWindowBytes || c.QEMUUser != "libvirt-qemu" {
 		t.Fatalf("defaults: %+v", c)
 	}
 }

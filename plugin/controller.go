@@ -7,8 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -238,7 +238,21 @@ func (c *controller) domainStopped(why string) {
 	}
 	c.mu.Lock()
 	fifo := c.recordFIFO
+	rr, link, cfg := c.rr, c.link, c.cfg
 	c.mu.Unlock()
+	if rr != nil && link != nil && !rr.Connected() {
+		if p, err := rr.Produced(); err == nil && p == 0 {
+			// QEMU stopped without ever opening FIFO A (it failed to
+			// start after the prepare hook): the pump would wait for it
+			// forever, holding the log channel, the output gates and the
+			// armed backup, and the next start would be refused as
+			// "already replicating". There is no log: nothing to fail
+			// over to.
+			c.log.Warn("QEMU stopped before recording anything: releasing the log channel, the output gates and the backup")
+			c.close(why)
+			go c.cancelPeerBackup(cfg)
+		}
+	}
 	// The pump sees EOF on FIFO A and finishes the channel; the FIFO file is
 	// no longer needed once QEMU has exited.
 	if fifo != "" {
@@ -249,6 +263,26 @@ func (c *controller) domainStopped(why string) {
 		c.state, c.detail = StateStopped, why
 	}
 	c.mu.Unlock()
+}
+
+// cancelPeerBackup asks the backup host to discard the backup it armed for
+// this domain (it does so only while the backup domain has not started).
+func (c *controller) cancelPeerBackup(cfg ftxml.Config) {
+	qemuVer, err := c.d.qemuVersion()
+	if err != nil {
+		return
+	}
+	logVer, err := logchan.LogVersionForQEMU(qemuVer)
+	if err != nil {
+		return
+	}
+	ctrl, err := dialControl(peerAddr(cfg), c.d.cfg.dialTimeout(), c.uuid, qemuVer, logVer)
+	if err != nil {
+		c.log.WithError(err).Warn("cannot ask the backup host to discard the armed backup")
+		return
+	}
+	defer ctrl.Close()
+	_ = ctrl.request(controlRequest{Op: opCancelBackup, UUID: c.uuid}, nil)
 }
 
 // close releases everything this controller holds on this host.
@@ -444,6 +478,10 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 		cond    = sync.NewCond(&mu)
 		acked   uint64
 		discard bool // DrainLocally: stop sending, keep reading
+		// sentOnLink is the stream offset (exclusive end) of the log
+		// written to the log channel: the most the backup can have
+		// received.
+		sentOnLink atomic.Uint64
 	)
 	setDiscard := func() {
 		mu.Lock()
@@ -523,14 +561,16 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 				}
 				cond.Broadcast()
 				mu.Unlock()
-				gates.ack(m.ack.Received)
+				// Never more than this channel really carried: a
+				// peer's Received beyond it covers no log it holds.
+				gates.ack(min(m.ack.Received, sentOnLink.Load()))
 				c.recordAck(m.ack.Offset, m.ack.Executed)
 				drv.post(failover.AckReceived{Offset: m.ack.Offset, Icount: m.ack.Executed})
 			case msgHeartbeat:
 				c.heartbeat()
 				drv.post(failover.HeartbeatReceived{})
 			case msgBye:
-				reason, detail, _ := strings.Cut(m.text, byeDetailSep)
+				reason, detail := splitByeDetail(m.clean, m.text)
 				if detail != "" {
 					c.mu.Lock()
 					c.goLiveInfo = "backup: " + detail
@@ -579,6 +619,9 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			if len(chunk.Data) > 0 {
 				c.recordSent(len(chunk.Data), chunk.Instructions)
 				if sending {
+					// Before the write: the backup's ack of it may
+					// arrive before sendLog returns.
+					sentOnLink.Store(chunk.Offset + uint64(len(chunk.Data)))
 					if serr := link.sendLog(chunk.Offset, chunk.Data); serr != nil {
 						drv.post(failover.ChannelDown{Reason: serr.Error()})
 						setDiscard()
@@ -587,6 +630,14 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			}
 		}
 		if err != nil {
+			c.mu.Lock()
+			closed := c.rr != reader
+			c.mu.Unlock()
+			if closed {
+				// c.close closed FIFO A (the daemon is stopping, or QEMU
+				// stopped before it ever recorded): nothing to report.
+				return
+			}
 			if !errors.Is(err, io.EOF) {
 				c.log.WithError(err).Warn("reading the record FIFO")
 			}

@@ -311,10 +311,22 @@ func (d *Daemon) switchover(domain string) error {
 		return fmt.Errorf("failover: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", domain)
 	}
 	c.mu.Lock()
-	drv, state, role := c.drv, c.state, c.role
+	drv, state, role, started := c.drv, c.state, c.role, c.started
 	c.mu.Unlock()
 	if drv == nil || state != StateReplicating {
 		return fmt.Errorf("failover: domain %q is %s here (role %s), not replicating: a switchover needs a running primary and a backup that replays its log; see virt-ft status", domain, state, role)
+	}
+	if st, _ := drv.view(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerEnded {
+		why := st.Reason
+		if st.PeerEnded {
+			why = "the primary's VM ended; the backup replays the rest of its log and stops"
+		}
+		return fmt.Errorf("failover: domain %q cannot switch over (failover state %s: %s); see virt-ft status", domain, st.State, why)
+	}
+	if role == ftxml.RoleBackup && !started {
+		// Going live needs the backup's QEMU, which starts with the
+		// first log received; without it the switchover would hang.
+		return fmt.Errorf("failover: domain %q: the backup has received no log yet (the primary's QEMU is starting); retry once virt-ft status shows log acknowledged", domain)
 	}
 	c.log.Info("planned switchover requested (virt-ft failover)")
 	drv.post(failover.SwitchoverRequested{})

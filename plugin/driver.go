@@ -102,6 +102,16 @@ func encodeBye(clean bool, reason string) string {
 	return "unclean:" + reason
 }
 
+// splitByeDetail splits a received Bye's reason from its detail. Only a
+// clean ByeLive carries one (backupAction); any other reason is taken
+// whole, even if it contains byeDetailSep.
+func splitByeDetail(clean bool, text string) (reason, detail string) {
+	if r, d, ok := strings.Cut(text, byeDetailSep); ok && clean && r == failover.ByeLive {
+		return r, d
+	}
+	return text, ""
+}
+
 func decodeBye(s string) (clean bool, reason string) {
 	if r, ok := strings.CutPrefix(s, "clean:"); ok {
 		return true, r

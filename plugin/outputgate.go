@@ -3,11 +3,13 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -32,8 +34,17 @@ const flushMarker = "(libvirt-ft"
 
 var (
 	flushCacheMu sync.Mutex
-	flushCache   = map[string]bool{}
+	flushCache   = map[flushKey]bool{}
 )
+
+// flushKey identifies one QEMU binary: its path and the file's identity, so
+// that a binary replaced in place (a package upgrade installing a stock QEMU
+// over the patched one) is asked again rather than trusted to flush.
+type flushKey struct {
+	path        string
+	dev, ino    uint64
+	size, mtime int64
+}
 
 // qemuFlushesLog reports whether the QEMU binary at path is the patched one
 // that flushes its record log before each redirected frame.
@@ -41,14 +52,22 @@ func qemuFlushesLog(path string) bool {
 	if path == "" {
 		return false
 	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	key := flushKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key.dev, key.ino = uint64(st.Dev), st.Ino
+	}
 	flushCacheMu.Lock()
 	defer flushCacheMu.Unlock()
-	if v, ok := flushCache[path]; ok {
+	if v, ok := flushCache[key]; ok {
 		return v
 	}
 	out, err := exec.Command(path, "--version").Output()
 	v := err == nil && strings.Contains(string(out), flushMarker)
-	flushCache[path] = v
+	flushCache[key] = v
 	return v
 }
 
@@ -86,7 +105,11 @@ func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *log
 	position := func() uint64 {
 		p, err := rr.Produced()
 		if err != nil {
-			c.log.WithError(err).Warn("output gate: reading the log position")
+			// Produced then undercounts (the pipe's unread bytes are
+			// missing): hold the frame until Unprotect or Drop rather
+			// than release it on an acknowledgement that may not cover it.
+			c.log.WithError(err).Warn("output gate: reading the log position; holding the frame")
+			return math.MaxUint64
 		}
 		return p + slack
 	}
@@ -140,6 +163,9 @@ func (og *outputGates) serve(c *controller, j int, g *gate.Gate, lnOut, lnIn net
 	}
 	in := accept(lnIn)
 	if in == nil {
+		// Never leave OUT open and unread: QEMU would block the guest
+		// once its socket buffer is full. Closed, QEMU drops the frames.
+		out.Close()
 		return
 	}
 	mode := "exact positions (QEMU flushes its log before each frame)"

@@ -147,10 +147,12 @@ func (c Config) problems() []Problem {
 	if !path.IsAbs(c.StateDir) {
 		ps = append(ps, Problem{fieldStateDir, fmt.Sprintf("is %q: the replay FIFOs need an absolute directory, the same on both hosts", c.StateDir),
 			fmt.Sprintf(`set dir="%s" (the default) or another absolute path`, DefaultStateDir)})
-	} else if n := len(c.StateDir) + len("/00000000-0000-0000-0000-000000000000/gate00-out.sock"); n > maxSocketPath {
+	} else if n := len(c.StateDir) + len("/00000000-0000-0000-0000-000000000000/gate00-out.sock"); c.OutputGate && n > maxSocketPath {
 		// struct sockaddr_un.sun_path holds 108 bytes with the NUL (unix(7)).
+		// Only the output gate puts sockets there: the FIFOs have no such
+		// limit.
 		ps = append(ps, Problem{fieldStateDir, fmt.Sprintf("is %d bytes long: the output gate's unix sockets under it would be %d bytes, over the %d that unix(7) allows", len(c.StateDir), n, maxSocketPath),
-			fmt.Sprintf(`set a shorter dir, such as "%s" (the default)`, DefaultStateDir)})
+			fmt.Sprintf(`set a shorter dir (at most %d bytes), such as "%s" (the default)`, maxSocketPath-(n-len(c.StateDir)), DefaultStateDir)})
 	}
 	return ps
 }

@@ -2,6 +2,7 @@ package ftxml
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -293,5 +294,31 @@ func TestParseDomainMalformed(t *testing.T) {
 	_, _, err := ParseConfig("<domain")
 	if err == nil || errors.As(err, new(*ValidationError)) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// The output gate's unix sockets live under the state dir: a dir too long
+// for sun_path is refused naming the field and the longest that fits; with
+// the gate off (no sockets) the same dir is fine.
+func TestConfigStateDirSocketLength(t *testing.T) {
+	c := DefaultConfig()
+	c.PeerAddress = "10.0.0.2"
+	suffix := len("/00000000-0000-0000-0000-000000000000/gate00-out.sock")
+	c.StateDir = "/" + strings.Repeat("d", maxSocketPath-suffix-1)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("dir of %d bytes (sockets of %d): %v", len(c.StateDir), len(c.StateDir)+suffix, err)
+	}
+	c.StateDir += "d"
+	ps := problemsOf(t, c.Validate())
+	p, ok := findProblem(ps, fieldStateDir)
+	if !ok || len(ps) != 1 {
+		t.Fatalf("problems %v: want one on %s", ps, fieldStateDir)
+	}
+	if want := fmt.Sprintf("at most %d bytes", maxSocketPath-suffix); !strings.Contains(p.Fix, want) || !strings.Contains(p.Message, "unix(7)") {
+		t.Errorf("problem %+v: want the sun_path limit explained and %q in the fix", p, want)
+	}
+	c.OutputGate = false
+	if err := c.Validate(); err != nil {
+		t.Errorf("output gate off: no sockets, no limit: %v", err)
 	}
 }

@@ -105,8 +105,17 @@ func switchover(socket, domain string, wait time.Duration) error {
 		if err != nil {
 			return err
 		}
+		if !r.OK {
+			return fmt.Errorf("following the switchover of %s: %s", domain, r.Error)
+		}
 		if len(r.Domains) != 1 {
-			continue
+			// libvirt-ftd forgets a backup whose VM stopped (a halt
+			// after losing the lock, a failed go-live): it will not
+			// come back.
+			if last.Name != "" {
+				printStatus([]ctl.DomainStatus{last})
+			}
+			return fmt.Errorf("switchover of %s did not complete: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
 		}
 		last = r.Domains[0]
 		switch {

@@ -68,6 +68,7 @@ for setup in gate-on gate-off unprotected; do
 	log "rtt: $rtt"
 	log "rx:  $rx"
 	log "tx:  $tx"
+	ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p | sed "s/^/   status: /" || true
 	gate=$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 's/.*output gate: //p' || true)
 	[ -z "$gate" ] || log "gate: $gate"
 	rows+=("| $setup | $(field "$rtt" median_us) | $(field "$rtt" p99_us) | $(field "$rx" mb_per_s) | $(field "$tx" mb_per_s) | $idle | $rtt_log | $rx_log | $tx_log |")

@@ -1,0 +1,253 @@
+package plugin
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/failover"
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+const testUUID = "4c0e0a4e-7a51-4a53-9a5c-2b1f6e2f0a11"
+
+// gateFixture: a primary controller with output gates on n interfaces of a
+// domain, over a record FIFO that no QEMU writes (Produced stays 0).
+func gateFixture(t *testing.T, n int) (*controller, *outputGates, *logchan.RecordReader, ftxml.Config) {
+	t.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d := New(Config{}, log)
+	d.qemuUID, d.qemuGID = -1, -1
+	c := newController(d, testUUID, "web", ftxml.RolePrimary)
+	cfg := ftxml.DefaultConfig()
+	cfg.PeerAddress = "10.0.0.2"
+	cfg.StateDir = shortTempDir(t)
+	fifo := ftxml.RecordFIFOPath(cfg, testUUID)
+	if err := logchan.CreateFIFO(fifo, -1, -1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := logchan.OpenRecordReader(fifo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rr.Close() })
+	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, n)}}
+	og, err := c.openGates(cfg, dom, rr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(og.close)
+	return c, og, rr, cfg
+}
+
+// shortTempDir is a state dir short enough for the gate sockets (t.TempDir
+// embeds the test's name, which can exceed sun_path).
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "og")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// connectQEMU connects to gate j's sockets as QEMU does: OUT, then IN.
+func connectQEMU(t *testing.T, cfg ftxml.Config, j int) (out, in net.Conn) {
+	t.Helper()
+	outPath, inPath := ftxml.GateSocketPaths(cfg, testUUID, j)
+	out, err := net.Dial("unix", outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err = net.Dial("unix", inPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close(); in.Close() })
+	return out, in
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A stock QEMU (no <emulator> carrying the flush marker) gets 4 KiB of
+// slack: a frame produced at log position 0 leaves only once the backup
+// acknowledged 4096 bytes.
+func TestOutputGateSlackAndAck(t *testing.T) {
+	_, og, _, cfg := gateFixture(t, 1)
+	out, in := connectQEMU(t, cfg, 0)
+	if err := gate.WriteFrame(out, []byte("frame-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the frame to be held", func() bool { return og.gates[0].Stats().HeldFrames == 1 })
+	og.ack(stdioSlackBytes - 1)
+	if st := og.gates[0].Stats(); st.HeldFrames != 1 {
+		t.Fatalf("released on an ack below position+slack: %+v", st)
+	}
+	og.ack(stdioSlackBytes)
+	_ = in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := gate.ReadFrame(in)
+	if err != nil || string(got) != "frame-1" {
+		t.Fatalf("released frame: %q, %v", got, err)
+	}
+}
+
+// When the log position cannot be read (FIFO A closed), a frame must not be
+// tagged with an undercount: it stays held whatever the acks, until
+// Unprotect.
+func TestOutputGateHoldsWhenPositionUnknown(t *testing.T) {
+	_, og, rr, cfg := gateFixture(t, 1)
+	out, in := connectQEMU(t, cfg, 0)
+	rr.Close()
+	if err := gate.WriteFrame(out, []byte("frame-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the frame to be held", func() bool { return og.gates[0].Stats().HeldFrames == 1 })
+	og.ack(1 << 40)
+	if st := og.gates[0].Stats(); st.HeldFrames != 1 {
+		t.Fatalf("a frame of unknown position was released by an ack: %+v", st)
+	}
+	og.unprotect()
+	_ = in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := gate.ReadFrame(in); err != nil || string(got) != "frame-1" {
+		t.Fatalf("after unprotect: %q, %v", got, err)
+	}
+}
+
+// close removes every socket file and ends every serving goroutine, whether
+// QEMU connected to both sockets, to one, or to none.
+func TestOutputGatesCloseLeavesNothing(t *testing.T) {
+	_, og, _, cfg := gateFixture(t, 3)
+	connectQEMU(t, cfg, 0)
+	outPath, _ := ftxml.GateSocketPaths(cfg, testUUID, 1)
+	half, err := net.Dial("unix", outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	waitFor(t, "gate 0 serving", func() bool { return og.gates[0].Stats().Serving })
+	og.close()
+	waitFor(t, "gate 0 to stop serving", func() bool { return !og.gates[0].Stats().Serving })
+	// The half-connected gate's OUT is closed by the daemon (EOF, or a
+	// reset if it was still in the listener's backlog): a read ends.
+	_ = half.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := half.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("OUT of a half-connected gate after close: %v, want it closed", err)
+	}
+	m, _ := filepath.Glob(filepath.Join(filepath.Dir(outPath), "*.sock"))
+	if len(m) != 0 {
+		t.Errorf("socket files left behind: %v", m)
+	}
+	og.close() // idempotent
+}
+
+// openGates failing part way (a directory where gate 1's IN socket goes)
+// leaves no listener or socket file behind.
+func TestOpenGatesFailureLeavesNothing(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d := New(Config{}, log)
+	d.qemuUID, d.qemuGID = -1, -1
+	c := newController(d, testUUID, "web", ftxml.RolePrimary)
+	cfg := ftxml.DefaultConfig()
+	cfg.PeerAddress = "10.0.0.2"
+	cfg.StateDir = shortTempDir(t)
+	_, in1 := ftxml.GateSocketPaths(cfg, testUUID, 1)
+	if err := os.MkdirAll(in1, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, 2)}}
+	if _, err := c.openGates(cfg, dom, nil); err == nil {
+		t.Fatal("openGates over a directory: no error")
+	}
+	m, _ := filepath.Glob(filepath.Join(filepath.Dir(in1), "*.sock"))
+	if len(m) != 1 || m[0] != in1 {
+		t.Errorf("left behind: %v (only the pre-existing directory %s may remain)", m, in1)
+	}
+}
+
+// Received is acknowledged on receipt: frames queued before FeedEnd must all
+// be fed before END; frames after it are refused (and so never acked).
+func TestFrameQueueFeedsEverythingQueuedBeforeEnd(t *testing.T) {
+	q := &frameQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	if !q.push(message{offset: 0}) || !q.push(message{offset: 10}) {
+		t.Fatal("push refused before END")
+	}
+	q.set(true, false)
+	if q.push(message{offset: 20}) {
+		t.Fatal("a frame after FeedEnd was accepted: it would be acknowledged and never fed")
+	}
+	for _, want := range []uint64{0, 10} {
+		m, ok, _ := q.pop()
+		if !ok || m.offset != want {
+			t.Fatalf("pop: %v %v, want offset %d", m.offset, ok, want)
+		}
+	}
+	if _, ok, end := q.pop(); ok || !end {
+		t.Fatalf("after the queued frames: ok %v end %v, want END", ok, end)
+	}
+}
+
+// A closed queue wakes a waiting pop (the feeding goroutine must not outlive
+// the controller).
+func TestFrameQueueCloseWakesPop(t *testing.T) {
+	q := &frameQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	done := make(chan bool)
+	go func() {
+		_, ok, end := q.pop()
+		done <- ok || end
+	}()
+	time.Sleep(20 * time.Millisecond)
+	q.set(false, true)
+	select {
+	case bad := <-done:
+		if bad {
+			t.Error("close made pop return a frame or END")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pop still waiting after close")
+	}
+}
+
+func TestSplitByeDetail(t *testing.T) {
+	for _, c := range []struct {
+		clean          bool
+		text           string
+		reason, detail string
+	}{
+		{true, failover.ByeLive + byeDetailSep + "cause: switchover; total 90 ms", failover.ByeLive, "cause: switchover; total 90 ms"},
+		{true, failover.ByeLive + byeDetailSep + "a" + byeDetailSep + "b", failover.ByeLive, "a" + byeDetailSep + "b"},
+		{true, failover.ByeLive, failover.ByeLive, ""},
+		// Not a live bye: the separator is part of the reason.
+		{false, "backup domain failed: a|b", "backup domain failed: a|b", ""},
+		{false, failover.ByeLive + byeDetailSep + "x", failover.ByeLive + byeDetailSep + "x", ""},
+		{true, failover.ByeShutdown + byeDetailSep + "x", failover.ByeShutdown + byeDetailSep + "x", ""},
+	} {
+		r, d := splitByeDetail(c.clean, c.text)
+		if r != c.reason || d != c.detail {
+			t.Errorf("splitByeDetail(%v, %q) = %q, %q; want %q, %q", c.clean, c.text, r, d, c.reason, c.detail)
+		}
+	}
+}
