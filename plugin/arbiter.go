@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -13,32 +14,51 @@ import (
 // on alone, it must create the lock file of the current pairing epoch on
 // storage both hosts share. Creating a file with O_CREAT|O_EXCL is atomic on
 // a local or NFSv3+ file system, so exactly one of the two wins; the loser
-// halts its VM. The winner writes its identity, so asking again is
+// halts its VM. The winner's identity is in the file, so asking again is
 // idempotent.
 type arbiter struct {
 	dir string // empty: no shared storage configured: every claim wins
-	me  string // this daemon's identity (its listen address)
+	me  string // this daemon's identity (arbiterIdentity): unique per process
+}
+
+// arbiterIdentity names this daemon process in lock files: host name,
+// listen address and a random nonce drawn at start. The listen address
+// alone is not enough: ":7480" is the same on every host.
+func arbiterIdentity(listen string) string {
+	host, _ := os.Hostname()
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	return fmt.Sprintf("%s %s %x", host, listen, nonce)
 }
 
 // acquire tries the lock of (uuid, epoch). err means the storage could not
-// be reached (neither won nor lost).
+// be reached (neither won nor lost). The lock file appears with its
+// content in one step: the identity is written to a private temporary file
+// that is then hard-linked to the lock's name (link(2) fails with EEXIST if
+// the name exists, atomically, also on NFS), so a reader never sees an
+// empty lock.
 func (a arbiter) acquire(uuid, epoch string) (won bool, err error) {
 	if a.dir == "" {
 		return true, nil
 	}
 	path := filepath.Join(a.dir, fmt.Sprintf("%s.%s.lock", uuid, epoch))
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err == nil {
-		_, werr := f.WriteString(a.me + "\n")
-		serr := f.Sync()
-		cerr := f.Close()
-		if e := errors.Join(werr, serr, cerr); e != nil {
-			return false, fmt.Errorf("arbiter: writing %s: %w", path, e)
-		}
+	tmp, err := os.CreateTemp(a.dir, ".claim-*")
+	if err != nil {
+		return false, fmt.Errorf("arbiter: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(a.me + "\n")
+	serr := tmp.Sync()
+	cerr := tmp.Close()
+	if e := errors.Join(werr, serr, cerr); e != nil {
+		return false, fmt.Errorf("arbiter: writing %s: %w", tmp.Name(), e)
+	}
+	lerr := os.Link(tmp.Name(), path)
+	if lerr == nil {
 		return true, nil
 	}
-	if !errors.Is(err, os.ErrExist) {
-		return false, fmt.Errorf("arbiter: %w", err)
+	if !errors.Is(lerr, os.ErrExist) {
+		return false, fmt.Errorf("arbiter: %w", lerr)
 	}
 	b, rerr := os.ReadFile(path)
 	if rerr != nil {

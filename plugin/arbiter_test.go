@@ -62,3 +62,22 @@ func TestByeEncoding(t *testing.T) {
 		t.Errorf("unprefixed bye: %v %q", clean, reason)
 	}
 }
+
+// Two daemons with the same listen string (the default ":7480" on both
+// hosts) must not both win.
+func TestArbiterSameListenOneWinner(t *testing.T) {
+	dir := t.TempDir()
+	a := arbiter{dir: dir, me: arbiterIdentity(":7480")}
+	b := arbiter{dir: dir, me: arbiterIdentity(":7480")}
+	wa, errA := a.acquire("u", "e1")
+	wb, errB := b.acquire("u", "e1")
+	if errA != nil || errB != nil || !wa || wb {
+		t.Fatalf("a won %v (%v), b won %v (%v): want exactly a", wa, errA, wb, errB)
+	}
+	if again, err := a.acquire("u", "e1"); !again || err != nil {
+		t.Fatalf("the holder asking again: %v, %v", again, err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".claim-*")); len(m) != 0 {
+		t.Fatalf("temporary claim files left: %v", m)
+	}
+}

@@ -420,7 +420,14 @@ func (c *controller) sampleIcount(ctx context.Context, conn *libvirt.Connect, do
 			if ri.Icount > c.backupIcnt {
 				c.backupIcnt = ri.Icount
 			}
+			link, fed, icount, instr, received := c.link, c.ackedBytes, c.backupIcnt, c.logInstr, c.receivedBytes
 			c.mu.Unlock()
+			// Tell the primary how far this backup has executed even
+			// when no log flows (it may be waiting for the backup to
+			// catch up: Config.MaxLagMS).
+			if link != nil {
+				_ = link.sendAck(fed, icount, instr, received)
+			}
 		}
 	}
 }

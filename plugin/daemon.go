@@ -28,6 +28,7 @@ type Daemon struct {
 	lv  *libvirtConn
 
 	qemuUID, qemuGID int
+	arbiterID        string // this process in split-brain lock files
 
 	mu   sync.Mutex
 	doms map[string]*controller // by domain UUID
@@ -35,7 +36,7 @@ type Daemon struct {
 
 // New returns a daemon for cfg. It does not touch the system until Run.
 func New(cfg Config, log *logrus.Logger) *Daemon {
-	d := &Daemon{cfg: cfg, log: log, doms: map[string]*controller{}}
+	d := &Daemon{cfg: cfg, log: log, doms: map[string]*controller{}, arbiterID: arbiterIdentity(cfg.Listen)}
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	return d
 }
@@ -414,7 +415,7 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 }
 
 func (d *Daemon) arbiter() arbiter {
-	return arbiter{dir: d.cfg.ArbiterDir, me: d.cfg.Listen}
+	return arbiter{dir: d.cfg.ArbiterDir, me: d.arbiterID}
 }
 
 // destroyDomain stops this host's QEMU of uuid at once (virDomainDestroy).
