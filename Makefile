@@ -102,6 +102,10 @@ package: build
 	@mkdir -p build
 	VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p deb -t build/
 	VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p rpm -t build/
+	@if [ -x $(FTQEMU)/bin/qemu-system-x86_64 ]; then \
+		install -D -m 0755 $(FTQEMU)/bin/qemu-system-x86_64 build/qemu/qemu-system-x86_64 && \
+		VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm-qemu.yaml -p deb -t build/; \
+	else echo "package: no $(FTQEMU) (make qemu-ft): libvirt-ft-qemu not built"; fi
 
 clean:
 	rm -rf $(BIN) build

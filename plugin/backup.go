@@ -322,7 +322,12 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		}
 		pc.bye(text)
 	case failover.CloseChannel:
-		pc.Close()
+		// Half-close first: a full close with unread heartbeats in the
+		// receive buffer makes Linux send a reset that can discard a
+		// ByeLive just written. The primary closes its side on the bye;
+		// the full close follows in any case.
+		pc.closeWrite()
+		time.AfterFunc(2*time.Second, func() { pc.Close() })
 	case failover.FeedEnd:
 		c.mu.Lock()
 		c.goingLive = true

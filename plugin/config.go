@@ -49,6 +49,15 @@ type Config struct {
 	// long output waits in the gate when the backup replays slower than
 	// the primary records. Default 65536, at least 16384.
 	WindowBytes int `yaml:"window-bytes"`
+	// MaxLagMS bounds the backup's lag in time (ms of the primary's run
+	// time, the LAG (ms) of virt-ft status): while the backup's executed
+	// icount was reached by the primary more than this long ago, the
+	// primary's log is not read, so its vCPU waits for the backup (as
+	// VMware FT slows a primary whose backup lags, Scales et al. 2010,
+	// section 3.2). It bounds the drain at go-live and how long output
+	// waits in the gate when the backup replays slower than the primary
+	// records. Default 250; -1 turns the bound off.
+	MaxLagMS int `yaml:"max-lag-ms"`
 	// StatusIntervalMS is how often a backup samples its QEMU's icount for
 	// lag figures (ms). Default 200.
 	StatusIntervalMS int `yaml:"status-interval-ms"`
@@ -104,6 +113,12 @@ func (c *Config) applyDefaults() {
 	if c.WindowBytes == 0 {
 		c.WindowBytes = DefaultWindowBytes
 	}
+	switch {
+	case c.MaxLagMS == 0:
+		c.MaxLagMS = DefaultMaxLagMS
+	case c.MaxLagMS < 0:
+		c.MaxLagMS = 0 // off
+	}
 	if c.StatusIntervalMS == 0 {
 		c.StatusIntervalMS = 200
 	}
@@ -119,6 +134,9 @@ func (c *Config) applyDefaults() {
 // load in the lab, 256 KiB let the backup fall ~2-4 s behind (go-live then
 // waits that long to drain); 64 KiB keeps it near 1 s.
 const DefaultWindowBytes = 64 << 10
+
+// DefaultMaxLagMS is the default bound of the backup's lag (ms).
+const DefaultMaxLagMS = 250
 
 // replayPipeBytes is the pipe buffer of FIFO B (F_SETPIPE_SZ, bytes): the
 // log the backup's QEMU may have waiting beyond the window.

@@ -56,6 +56,7 @@ type controller struct {
 	// log channel figures
 	sentBytes, ackedBytes uint64
 	receivedBytes         uint64 // backup: log received and queued for FIFO B
+	icountChangedAt       time.Time // primary: when Ack.Executed last grew
 	logInstr, backupIcnt  uint64
 	lastHeartbeat         time.Time
 	samples               []sample // primary: (instructions, time) to turn icount lag into ms
@@ -472,6 +473,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 	defer c.close("primary log ended")
 	dec := logchan.NewStreamDecoder()
 	window := uint64(c.d.cfg.WindowBytes)
+	maxLag := time.Duration(c.d.cfg.MaxLagMS) * time.Millisecond
 
 	var (
 		mu      sync.Mutex
@@ -599,6 +601,12 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 		}
 		sending := !discard
 		mu.Unlock()
+		if sending && c.lagging(maxLag) {
+			// Time, not an ack, may end the wait (lagging stops holding
+			// a backup that no longer advances): poll.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
 
 		n, err := reader.Read(buf)
 		if n > 0 && tee != nil {
@@ -695,6 +703,39 @@ func (c *controller) recordSent(n int, instr uint64) {
 	}
 }
 
+// lagging reports whether the primary must wait for its backup: the
+// backup's executed icount (sampled by the backup every status interval,
+// Ack.Executed) was reached by the primary more than max ago, and the
+// backup is still advancing (its icount grew within the last three
+// samples). A backup that stopped advancing may be waiting for log the
+// primary has not sent yet (QEMU reads ahead of what it executes), so the
+// primary never waits on it: that could never end. max 0: no bound; before
+// the first sample (icount 0) the lag is unknown and holds nothing.
+func (c *controller) lagging(max time.Duration) bool {
+	if max <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	advancing := now.Sub(c.icountChangedAt) < 3*time.Duration(c.d.cfg.StatusIntervalMS)*time.Millisecond
+	return advancing && lagExceeded(c.samples, c.backupIcnt, c.logInstr, max, now)
+}
+
+// lagExceeded is lagging's age rule on explicit values: the backup's icount
+// is below the log's and the primary reached it more than max before now.
+func lagExceeded(samples []sample, backupIcount, logInstr uint64, max time.Duration, now time.Time) bool {
+	if backupIcount == 0 || backupIcount >= logInstr {
+		return false
+	}
+	for _, s := range samples {
+		if s.instr >= backupIcount {
+			return now.Sub(s.at) > max
+		}
+	}
+	return false
+}
+
 // recordAck notes an acknowledgement; lag in ms is the primary's wall time
 // between reaching the backup's icount and now.
 func (c *controller) recordAck(offset, icount uint64) {
@@ -705,6 +746,7 @@ func (c *controller) recordAck(offset, icount uint64) {
 	}
 	if icount > c.backupIcnt {
 		c.backupIcnt = icount
+		c.icountChangedAt = time.Now()
 	}
 	c.lastHeartbeat = time.Now()
 	c.lagMS = 0

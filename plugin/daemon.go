@@ -225,6 +225,11 @@ func (d *Daemon) handleDefined(name string) {
 		log.Error(verr)
 		return
 	}
+	if ld.Devices != nil && !qemuFlushesLog(ld.Devices.Emulator) {
+		warnings = append(warnings, fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: "+
+			"replication works, but the backup cannot go live reliably (stock QEMU 7.2) and diverges under network traffic; "+
+			"install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", ld.Devices.Emulator, patchedQEMUPath))
+	}
 	for _, w := range warnings {
 		log.Warn(w)
 	}

@@ -32,6 +32,10 @@ const stdioSlackBytes = 4096
 // position FIFO A shows is exact.
 const flushMarker = "(libvirt-ft"
 
+// patchedQEMUPath is where the libvirt-ft-qemu package installs the patched
+// QEMU (packaging/nfpm-qemu.yaml).
+const patchedQEMUPath = "/usr/lib/libvirt-ft/qemu/bin/qemu-system-x86_64"
+
 var (
 	flushCacheMu sync.Mutex
 	flushCache   = map[flushKey]bool{}

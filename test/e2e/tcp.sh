@@ -46,7 +46,9 @@ for trial in $(seq 1 "$TRIALS"); do
 	host) lab kill-host a >/dev/null ;;
 	esac
 	wait_for 60 "the VM to run live on host B" sh -c "bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN' | grep -qx 'record\|none'"
-	log "running on host B $((($(date +%s%N) - t0) / 1000000)) ms after the failure"
+	log "running on host B $((($(date +%s%N) - t0) / 1000000)) ms after the failure (as this test polls)"
+	golive=$(ft_on b status --json "$DOMAIN" | sed -n 's/.*"go_live": "\(.*\)".*/\1/p')
+	log "go-live: $golive"
 	rc_echo=0 rc_stream=0
 	wait "${pids[0]}" || rc_echo=$?
 	wait "${pids[1]}" || rc_stream=$?
@@ -58,9 +60,9 @@ for trial in $(seq 1 "$TRIALS"); do
 		failed=$((failed + 1))
 		sed 's/^/     echo> /' "$out.echo" | tail -n 5
 		sed 's/^/     stream> /' "$out.stream" | tail -n 5
-		report+=("trial $trial ($mode, gate $GATE): FAILED: echo rc=$rc_echo [$echo_line]; stream rc=$rc_stream [$stream_line]")
+		report+=("trial $trial ($mode, gate $GATE): FAILED: echo rc=$rc_echo [$echo_line]; stream rc=$rc_stream [$stream_line]; $golive")
 	else
-		report+=("trial $trial ($mode, gate $GATE): both connections survived: echo [$echo_line]; stream [$stream_line]")
+		report+=("trial $trial ($mode, gate $GATE): both connections survived; max stall echo $(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$echo_line") ms, stream $(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$stream_line") ms; verified $(sed -n 's/.* verified=\([0-9]*\).*/\1/p' <<<"$echo_line") echo requests, $(sed -n 's/.* lines=\([0-9]*\).*/\1/p' <<<"$stream_line") stream lines; $golive")
 	fi
 	ft_on b status "$DOMAIN" | tail -n 1 | sed 's/^/     /' || true
 	rm -f "$out.echo" "$out.stream"
