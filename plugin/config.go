@@ -56,7 +56,7 @@ type Config struct {
 	// VMware FT slows a primary whose backup lags, Scales et al. 2010,
 	// section 3.2). It bounds the drain at go-live and how long output
 	// waits in the gate when the backup replays slower than the primary
-	// records. Default 250; -1 turns the bound off.
+	// records. Default 100; -1 turns the bound off.
 	MaxLagMS int `yaml:"max-lag-ms"`
 	// StatusIntervalMS is how often a backup samples its QEMU's icount for
 	// lag figures (ms). Default 200.
@@ -120,7 +120,7 @@ func (c *Config) applyDefaults() {
 		c.MaxLagMS = 0 // off
 	}
 	if c.StatusIntervalMS == 0 {
-		c.StatusIntervalMS = 200
+		c.StatusIntervalMS = 50
 	}
 	if len(c.SeedDirs) == 0 {
 		c.SeedDirs = []string{"/var/lib/libvirt/images"}
@@ -136,7 +136,7 @@ func (c *Config) applyDefaults() {
 const DefaultWindowBytes = 64 << 10
 
 // DefaultMaxLagMS is the default bound of the backup's lag (ms).
-const DefaultMaxLagMS = 250
+const DefaultMaxLagMS = 100
 
 // replayPipeBytes is the pipe buffer of FIFO B (F_SETPIPE_SZ, bytes): the
 // log the backup's QEMU may have waiting beyond the window.
