@@ -36,7 +36,21 @@ func (c *controller) goLive() error {
 	}
 	defer dom.Free()
 	client := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom))
-	if ri, err := client.QueryReplay(); err == nil && ri.Mode == "none" {
+	// The drain ends when the backup's icount reached the log's; the
+	// patched QEMU leaves replay mode when it reads the END after it,
+	// which may come a moment later. Give it that moment before taking
+	// the stock path.
+	mode := ""
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		if ri, err := client.QueryReplay(); err == nil {
+			mode = ri.Mode
+		}
+		if mode != "play" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if mode == "none" {
 		// The backup's QEMU (with packaging/qemu's end-of-log patch) left
 		// replay mode at END and runs on as a normal QEMU: it is live
 		// already, with no restart. It does not record a new log.
