@@ -266,12 +266,7 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 			}
 			return
 		}
-		if m.offset != fed {
-			drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d, expected %d", m.offset, fed)})
-			pc.Close()
-			q.set(false, true)
-			return
-		}
+		// runBackupLog queued only contiguous frames of whole events.
 		// Start the backup QEMU with the first frame, before writing it:
 		// a frame larger than FIFO B's pipe would block until QEMU reads.
 		c.mu.Lock()

@@ -55,7 +55,7 @@ type controller struct {
 
 	// log channel figures
 	sentBytes, ackedBytes uint64
-	receivedBytes         uint64 // backup: log received and queued for FIFO B
+	receivedBytes         uint64    // backup: log received and queued for FIFO B
 	icountChangedAt       time.Time // primary: when Ack.Executed last grew
 	logInstr, backupIcnt  uint64
 	lastHeartbeat         time.Time

@@ -21,9 +21,9 @@ import (
 
 const testUUID = "4c0e0a4e-7a51-4a53-9a5c-2b1f6e2f0a11"
 
-// gateFixture: a primary controller with output gates on n interfaces of a
-// domain, over a record FIFO that no QEMU writes (Produced stays 0).
-func gateFixture(t *testing.T, n int) (*controller, *outputGates, *logchan.RecordReader, ftxml.Config) {
+// testPrimary: a quiet daemon's primary controller for testUUID and a
+// configuration with a peer and a state directory of its own.
+func testPrimary(t *testing.T) (*controller, ftxml.Config) {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
@@ -33,6 +33,14 @@ func gateFixture(t *testing.T, n int) (*controller, *outputGates, *logchan.Recor
 	cfg := ftxml.DefaultConfig()
 	cfg.PeerAddress = "10.0.0.2"
 	cfg.StateDir = shortTempDir(t)
+	return c, cfg
+}
+
+// gateFixture: a primary controller with output gates on n interfaces of a
+// domain, over a record FIFO that no QEMU writes (Produced stays 0).
+func gateFixture(t *testing.T, n int) (*controller, *outputGates, *logchan.RecordReader, ftxml.Config) {
+	t.Helper()
+	c, cfg := testPrimary(t)
 	fifo := ftxml.RecordFIFOPath(cfg, testUUID)
 	if err := logchan.CreateFIFO(fifo, -1, -1, 0o600); err != nil {
 		t.Fatal(err)
@@ -164,14 +172,7 @@ func TestOutputGatesCloseLeavesNothing(t *testing.T) {
 // openGates failing part way (a directory where gate 1's IN socket goes)
 // leaves no listener or socket file behind.
 func TestOpenGatesFailureLeavesNothing(t *testing.T) {
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	d := New(Config{}, log)
-	d.qemuUID, d.qemuGID = -1, -1
-	c := newController(d, testUUID, "web", ftxml.RolePrimary)
-	cfg := ftxml.DefaultConfig()
-	cfg.PeerAddress = "10.0.0.2"
-	cfg.StateDir = shortTempDir(t)
+	c, cfg := testPrimary(t)
 	_, in1 := ftxml.GateSocketPaths(cfg, testUUID, 1)
 	if err := os.MkdirAll(in1, 0o755); err != nil {
 		t.Fatal(err)

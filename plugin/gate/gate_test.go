@@ -227,22 +227,8 @@ func TestGateDropBeforeServe(t *testing.T) {
 	}
 	g.Drop()
 	g.Unprotect()
-	var out, in net.Conn
-	qOut, out := net.Pipe()
-	in, qIn := net.Pipe()
+	qIn := serveFrames(t, g, 20, 64)
 	defer qIn.Close()
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(out, in) }()
-	for i := range 20 {
-		if err := WriteFrame(qOut, frame(i, 64)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	qOut.Close()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	in.Close()
 	if rest, _ := io.ReadAll(qIn); len(rest) != 0 {
 		t.Fatalf("%d bytes reached IN", len(rest))
 	}
@@ -261,21 +247,7 @@ func TestGateCapAndNextServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	qOut, out := net.Pipe()
-	in, qIn := net.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(out, in) }()
-	for i := range 50 {
-		if err := WriteFrame(qOut, frame(i, 100)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	qOut.Close()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	in.Close()
-	qIn.Close()
+	serveFrames(t, g, 50, 100).Close()
 	st := g.Stats()
 	if st.ReadFrames != 50 || st.HeldFrames != 10 || st.HeldBytes != 1000 || st.DroppedOverCap != 40 || st.DroppedOverCapBytes != 4000 || st.MaxBytes != 1000 {
 		t.Fatalf("stats: %+v", st)
@@ -656,4 +628,27 @@ func BenchmarkQueue(b *testing.B) {
 			q.Written(len(f.Data))
 		}
 	}
+}
+
+// serveFrames runs g.Serve over pipes, writes n frames of size bytes into
+// OUT as QEMU would, closes OUT and waits for Serve to end cleanly. It
+// returns QEMU's end of IN (the gate's end is closed) for the caller to
+// read or close. The gate must not write to IN meanwhile (pipes block).
+func serveFrames(t *testing.T, g *Gate, n, size int) net.Conn {
+	t.Helper()
+	qOut, out := net.Pipe()
+	in, qIn := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(out, in) }()
+	for i := range n {
+		if err := WriteFrame(qOut, frame(i, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qOut.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	return qIn
 }

@@ -111,6 +111,18 @@ func stallCheckPeriod(limit time.Duration) time.Duration {
 	return max(min(50*time.Millisecond, limit/4), time.Millisecond)
 }
 
+// open starts a subcommand: its tracker and its connection. A failed dial
+// is recorded in the tracker and gives a nil connection.
+func open(cmd string, c config, log io.Writer) (*tracker, *net.TCPConn) {
+	t := newTracker(cmd, log, c.StallLimit)
+	conn, err := dial(c)
+	if err != nil {
+		t.fail(time.Now(), err.Error())
+		return t, nil
+	}
+	return t, conn
+}
+
 func dial(c config) (*net.TCPConn, error) {
 	conn, err := net.DialTimeout("tcp", c.Addr, c.ConnectTimeout)
 	if err != nil {
@@ -137,10 +149,8 @@ func connError(op string, err error) string {
 
 // runEcho is `tcpcheck echo`.
 func runEcho(c config, log io.Writer) *summary {
-	t := newTracker("echo", log, c.StallLimit)
-	conn, err := dial(c)
-	if err != nil {
-		t.fail(time.Now(), err.Error())
+	t, conn := open("echo", c, log)
+	if conn == nil {
 		return t.summary()
 	}
 	defer conn.Close()
@@ -288,10 +298,8 @@ draining:
 
 // runStream is `tcpcheck stream`.
 func runStream(c config, log io.Writer) *summary {
-	t := newTracker("stream", log, c.StallLimit)
-	conn, err := dial(c)
-	if err != nil {
-		t.fail(time.Now(), err.Error())
+	t, conn := open("stream", c, log)
+	if conn == nil {
 		return t.summary()
 	}
 	defer conn.Close()
@@ -377,10 +385,8 @@ reading:
 
 // runRTT is `tcpcheck rtt`.
 func runRTT(c config, log io.Writer) *summary {
-	t := newTracker("rtt", log, c.StallLimit)
-	conn, err := dial(c)
-	if err != nil {
-		t.fail(time.Now(), err.Error())
+	t, conn := open("rtt", c, log)
+	if conn == nil {
 		return t.summary()
 	}
 	defer conn.Close()
