@@ -27,6 +27,7 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/diskcheck ./test/tools/diskcheck
 	$(GO) build -o $(BIN)/tcpcheck ./test/tools/tcpcheck
+	$(GO) build -o $(BIN)/rxcheck ./test/tools/rxcheck
 
 guest:
 	test/guest/build.sh $(GUEST)
@@ -42,7 +43,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 test/e2e/run.sh failover switchover tcp
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 test/e2e/run.sh failover switchover tcp network
 
 # QEMU 7.2 with packaging/qemu's end-of-log replay patch (stock 7.2 cannot
 # go live reliably: see packaging/qemu/README.md). About 7 min to build.

@@ -37,7 +37,7 @@ log_rate() {
 	fi
 }
 
-rows=()
+declare -A RTT_MED RTT_P99 RX TX LOGS
 for setup in gate-on gate-off unprotected; do
 	say "set-up: $setup"
 	unset DOMAIN_XML_EDIT
@@ -71,11 +71,17 @@ for setup in gate-on gate-off unprotected; do
 	ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p | sed "s/^/   status: /" || true
 	gate=$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 's/.*output gate: //p' || true)
 	[ -z "$gate" ] || log "gate: $gate"
-	rows+=("| $setup | $(field "$rtt" median_us) | $(field "$rtt" p99_us) | $(field "$rx" mb_per_s) | $(field "$tx" mb_per_s) | $idle | $rtt_log | $rx_log | $tx_log |")
+	RTT_MED[$setup]=$(field "$rtt" median_us) RTT_P99[$setup]=$(field "$rtt" p99_us)
+	RX[$setup]=$(field "$rx" mb_per_s) TX[$setup]=$(field "$tx" mb_per_s)
+	LOGS[$setup]="$idle | $rtt_log | $rx_log | $tx_log"
 done
+# ratio A B: A / B to 3 decimals ("-" when either is missing).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.3f", a / b }'; }
 {
-	echo "| set-up | RTT median (µs) | RTT p99 (µs) | bulk rx (MB/s) | bulk tx (MB/s) | log MB/s idle | log MB/s during RTT | log MB/s during rx | log MB/s during tx |"
-	echo "|---|---|---|---|---|---|---|---|---|"
-	printf '%s\n' "${rows[@]}"
+	echo "| set-up | RTT median (µs) | RTT p99 (µs) | bulk rx (MB/s) | rx ÷ unprotected | bulk tx (MB/s) | tx ÷ unprotected | log MB/s idle | log MB/s during RTT | log MB/s during rx | log MB/s during tx |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|"
+	for setup in gate-on gate-off unprotected; do
+		echo "| $setup | ${RTT_MED[$setup]} | ${RTT_P99[$setup]} | ${RX[$setup]} | $(ratio "${RX[$setup]}" "${RX[unprotected]}") | ${TX[$setup]} | $(ratio "${TX[$setup]}" "${TX[unprotected]}") | ${LOGS[$setup]} |"
+	done
 } | tee "$OUT"
 rm -f /tmp/ft-bench-step.out
