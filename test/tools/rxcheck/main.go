@@ -5,13 +5,14 @@
 //
 //   - CAPTURE: a pcap of the frames the host sent into the guest's tap
 //     (tcpdump -Q out -i vnetN: "out" of the host is into the guest);
+//
 //   - LOG: the record log as libvirt-ftd read it from QEMU (the
 //     LIBVIRT_FT_TEE_DIR copy: no header). Each frame the guest received is
 //     an ASYNC_NET log entry holding the frame (replay_event_net_save,
 //     replay/replay-net.c), written by filter-replay when the netdev hands
 //     it to the guest; the backup replays exactly these entries.
 //
-//	rxcheck [-nic 0] CAPTURE LOG
+//     rxcheck [-nic 0] CAPTURE LOG
 //
 // The capture starts after the guest booted, so the log may hold frames
 // before the first captured one; from there on, each captured frame must
