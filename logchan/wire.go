@@ -253,7 +253,19 @@ type Heartbeat struct {
 	// Unix epoch (for diagnostics only; never compare clocks of two hosts
 	// to decide anything).
 	SentUnixMs int64
+	// Released is sent by the primary: for each network interface (in
+	// domain order), the number of frames its output gate has sent to the
+	// network or discarded over its cap, counted from the guest's first
+	// frame (frames 1..n are done). The backup forgets the replayed
+	// copies of those and, at go-live, sends the rest (plugin/gate,
+	// Queue.Forget). At most MaxHeartbeatNICs entries; empty from the
+	// backup, with the gate off, and from an older peer.
+	Released []uint64
 }
+
+// MaxHeartbeatNICs is the most Heartbeat.Released entries a heartbeat
+// carries (its payload is 16 + 8 × n bytes).
+const MaxHeartbeatNICs = 64
 
 // EncodeAck returns the payload of an Ack frame.
 func EncodeAck(a Ack) []byte {
@@ -282,19 +294,32 @@ func DecodeAck(p []byte) (Ack, error) {
 	return a, nil
 }
 
-// EncodeHeartbeat returns the payload of a Heartbeat frame.
+// EncodeHeartbeat returns the payload of a Heartbeat frame: Seq and
+// SentUnixMs (8 bytes each, big-endian), then each Released count (8
+// bytes). Entries beyond MaxHeartbeatNICs are left out.
 func EncodeHeartbeat(h Heartbeat) []byte {
-	b := make([]byte, 0, 16)
+	rel := h.Released[:min(len(h.Released), MaxHeartbeatNICs)]
+	b := make([]byte, 0, 16+8*len(rel))
 	b = binary.BigEndian.AppendUint64(b, h.Seq)
-	return binary.BigEndian.AppendUint64(b, uint64(h.SentUnixMs))
+	b = binary.BigEndian.AppendUint64(b, uint64(h.SentUnixMs))
+	for _, r := range rel {
+		b = binary.BigEndian.AppendUint64(b, r)
+	}
+	return b
 }
 
-// DecodeHeartbeat parses the payload of a Heartbeat frame.
+// DecodeHeartbeat parses the payload of a Heartbeat frame: 16 bytes plus 8
+// per Released entry, at most MaxHeartbeatNICs of them. Other sizes give an
+// error wrapping ErrBadFrame.
 func DecodeHeartbeat(p []byte) (Heartbeat, error) {
-	if len(p) != 16 {
-		return Heartbeat{}, fmt.Errorf("%w: Heartbeat payload of %d bytes, want 16", ErrBadFrame, len(p))
+	if len(p) < 16 || (len(p)-16)%8 != 0 || (len(p)-16)/8 > MaxHeartbeatNICs {
+		return Heartbeat{}, fmt.Errorf("%w: Heartbeat payload of %d bytes, want 16 + 8 × n (n <= %d)", ErrBadFrame, len(p), MaxHeartbeatNICs)
 	}
-	return Heartbeat{Seq: binary.BigEndian.Uint64(p), SentUnixMs: int64(binary.BigEndian.Uint64(p[8:]))}, nil
+	h := Heartbeat{Seq: binary.BigEndian.Uint64(p), SentUnixMs: int64(binary.BigEndian.Uint64(p[8:]))}
+	for i := 16; i < len(p); i += 8 {
+		h.Released = append(h.Released, binary.BigEndian.Uint64(p[i:]))
+	}
+	return h, nil
 }
 
 // EncodeLog returns the payload of a Log frame: the stream offset of the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +15,7 @@ import (
 func TestFrameRoundTrip(t *testing.T) {
 	all, _, _ := allEvents()
 	var buf bytes.Buffer
-	hb := Heartbeat{Seq: 7, SentUnixMs: 1_700_000_000_123}
+	hb := Heartbeat{Seq: 7, SentUnixMs: 1_700_000_000_123, Released: []uint64{12, 1 << 33}}
 	ack := Ack{Offset: 1 << 40, Executed: 123456789, Fed: 987654321, Received: 1<<40 + 77}
 	if err := WriteLogFrame(&buf, 4242, all); err != nil {
 		t.Fatal(err)
@@ -37,7 +38,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		t.Fatalf("ack: %+v %v", a, err)
 	}
 	f, _ = ReadFrame(&buf)
-	if h, err := DecodeHeartbeat(f.Payload); f.Type != FrameHeartbeat || err != nil || h != hb {
+	if h, err := DecodeHeartbeat(f.Payload); f.Type != FrameHeartbeat || err != nil || !reflect.DeepEqual(h, hb) {
 		t.Fatalf("heartbeat: %+v %v", h, err)
 	}
 	f, _ = ReadFrame(&buf)
@@ -121,6 +122,15 @@ func TestFrameMalformed(t *testing.T) {
 	}
 	if _, err := DecodeHeartbeat(make([]byte, 8)); !errors.Is(err, ErrBadFrame) {
 		t.Error("short heartbeat")
+	}
+	if _, err := DecodeHeartbeat(make([]byte, 20)); !errors.Is(err, ErrBadFrame) {
+		t.Error("heartbeat with a partial Released entry")
+	}
+	if _, err := DecodeHeartbeat(make([]byte, 16+8*(MaxHeartbeatNICs+1))); !errors.Is(err, ErrBadFrame) {
+		t.Error("heartbeat with too many Released entries")
+	}
+	if h, err := DecodeHeartbeat(make([]byte, 16)); err != nil || h.Released != nil {
+		t.Errorf("heartbeat without Released: %+v, %v", h, err)
 	}
 	if _, _, err := DecodeLog(make([]byte, 7)); !errors.Is(err, ErrBadFrame) {
 		t.Error("short log")

@@ -88,9 +88,21 @@ func (d *Daemon) prepareBackup(req controlRequest, primaryHost string) error {
 		d.log.WithError(err).Warn("shrinking FIFO B")
 	}
 	c := d.controllerFor(req.UUID, req.Name, ftxml.RoleBackup)
+	bdom, err := ftxml.ParseDomain(backupXML)
+	if err != nil {
+		feeder.Close()
+		_ = os.Remove(fifo)
+		return err
+	}
+	gates, err := c.openBackupGates(*cfg, bdom)
+	if err != nil {
+		feeder.Close()
+		_ = os.Remove(fifo)
+		return fmt.Errorf("libvirt-ft: domain %q: %w", req.Name, err)
+	}
 	c.mu.Lock()
 	c.cfg = *cfg
-	c.backupXML, c.replayFIFO, c.feeder = backupXML, fifo, feeder
+	c.backupXML, c.replayFIFO, c.feeder, c.gates = backupXML, fifo, feeder, gates
 	c.epoch, c.primaryHost = req.Epoch, primaryHost
 	c.goingLive, c.live = false, false
 	c.sentBytes, c.ackedBytes, c.logInstr, c.backupIcnt = 0, 0, 0, 0
@@ -175,6 +187,14 @@ func (c *controller) runBackupLog(pc *peerConn) {
 		case msgHeartbeat:
 			c.heartbeat()
 			drv.post(failover.HeartbeatReceived{})
+			if len(m.released) > 0 {
+				c.mu.Lock()
+				gates := c.gates
+				c.mu.Unlock()
+				if gates != nil {
+					gates.forget(m.released)
+				}
+			}
 		case msgBye:
 			drv.post(failover.PeerBye{Clean: m.clean, Reason: m.text})
 			if m.clean {

@@ -416,6 +416,9 @@ func (c *controller) preparePrimary(xml string, dom *libvirtxml.Domain) (err err
 		_ = os.Remove(fifo)
 		return fail(fmt.Errorf("libvirt-ft: domain %q: log channel to %s: %w", c.name, peerAddr(cfg), err))
 	}
+	// Heartbeats tell the backup which frames left, so that at go-live it
+	// sends only the rest (openBackupGates).
+	link.released = gates.released
 	c.mu.Lock()
 	c.recordFIFO, c.rr, c.link, c.gates = fifo, rr, link, gates
 	c.mu.Unlock()

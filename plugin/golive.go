@@ -132,11 +132,24 @@ func (c *controller) continuedLive(conn interface {
 	c.mu.Lock()
 	backupXML := c.backupXML
 	c.mu.Unlock()
-	// The replayed guest's frames were discarded (a filter-redirector into
-	// a null chardev per interface, ftxml.Backup); from now on this host
-	// speaks for the VM. Before announce-self, whose RARP frames pass the
-	// same filters.
-	if dom, err := ftxml.ParseDomain(backupXML); err == nil && dom.Devices != nil {
+	// From now on this host speaks for the VM; before announce-self, whose
+	// RARP frames pass the same filters. With the output gate, the
+	// backup's gates hold every frame the guest transmitted and the
+	// primary had not reported sent: replayed ones whose release the
+	// primary may not have made (its last heartbeat's count lags by up to
+	// one interval; duplicates are harmless to TCP) and the ones this
+	// guest produced since it left replay mode at END. They are sent now,
+	// in order, and every later frame passes through: nothing the live
+	// guest sends is lost at the switch. Without the gate the replayed
+	// guest's frames went into a null chardev (ftxml.Backup): turn that
+	// filter off (frames sent between END and here are lost).
+	c.mu.Lock()
+	gates := c.gates
+	c.mu.Unlock()
+	if gates != nil && len(gates.gates) > 0 {
+		n := gates.unprotect()
+		c.log.Infof("go-live: output gates pass through; sent the %d frames held (replayed ones the primary had not reported sent, and the live guest's since END)", n)
+	} else if dom, err := ftxml.ParseDomain(backupXML); err == nil && dom.Devices != nil {
 		for j := range dom.Devices.Interfaces {
 			if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
 				"property": "status", "value": "off"}, nil); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"libvirt.org/go/libvirtxml"
@@ -81,8 +82,9 @@ func qemuFlushesLog(path string) bool {
 // point where the frame was produced (the output rule, Scales et al. 2010,
 // section 2.2).
 type outputGates struct {
-	gates []*gate.Gate
-	exact bool // the QEMU flushes its log before each frame: no slack
+	gates  []*gate.Gate
+	exact  bool // the QEMU flushes its log before each frame: no slack
+	backup bool // the backup's gates (openBackupGates)
 
 	mu     sync.Mutex
 	lns    []net.Listener
@@ -117,12 +119,49 @@ func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *log
 		}
 		return p + slack
 	}
+	if err := c.listenGates(og, cfg, dom, func(int) func() uint64 { return position }); err != nil {
+		return nil, err
+	}
+	return og, nil
+}
+
+// openBackupGates listens on the gate sockets of every interface of the
+// backup's domain (before its QEMU starts). The replayed guest transmits
+// the primary's frames again, in the same order; each gate tags them with
+// their sequence number (1 for the first) and holds them, forgets those the
+// primary reports sent (forget, from its heartbeats) and, at go-live,
+// sends the rest and passes frames through (unprotect). So no frame is
+// lost at the switch: neither a replayed one the primary had not released
+// although the backup held its log, nor one the guest transmits between
+// leaving replay mode at END and go-live's switch (a lost frame costs a TCP
+// connection a retransmission timeout). Without the output gate the backup
+// discards its guest's frames (a null chardev, ftxml.Backup) and this
+// returns empty gates.
+func (c *controller) openBackupGates(cfg ftxml.Config, dom *libvirtxml.Domain) (*outputGates, error) {
+	og := &outputGates{exact: true, backup: true}
+	if !cfg.OutputGate || dom.Devices == nil || len(dom.Devices.Interfaces) == 0 {
+		return og, nil
+	}
+	err := c.listenGates(og, cfg, dom, func(int) func() uint64 {
+		var seq atomic.Uint64
+		return func() uint64 { return seq.Add(1) }
+	})
+	if err != nil {
+		return nil, err
+	}
+	return og, nil
+}
+
+// listenGates creates a Gated gate per interface, tagging frames with
+// position(j)(), listens on its sockets and serves it in the background.
+// On error everything opened so far is closed.
+func (c *controller) listenGates(og *outputGates, cfg ftxml.Config, dom *libvirtxml.Domain, position func(j int) func() uint64) error {
 	for j := range dom.Devices.Interfaces {
-		g, err := gate.New(gate.Config{Enabled: true, Position: position,
+		g, err := gate.New(gate.Config{Enabled: true, Position: position(j),
 			Log: c.log.WithField("gate", ftxml.GateFilterID(j))})
 		if err != nil {
 			og.close()
-			return nil, err
+			return err
 		}
 		outPath, inPath := ftxml.GateSocketPaths(cfg, c.uuid, j)
 		var lns [2]net.Listener
@@ -130,7 +169,7 @@ func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *log
 			ln, err := gate.Listen(p, c.d.qemuUID, c.d.qemuGID)
 			if err != nil {
 				og.close()
-				return nil, fmt.Errorf("output gate of interface %d: %w", j, err)
+				return fmt.Errorf("output gate of interface %d: %w", j, err)
 			}
 			lns[k] = ln
 			og.mu.Lock()
@@ -141,7 +180,7 @@ func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *log
 		og.gates = append(og.gates, g)
 		go og.serve(c, j, g, lns[0], lns[1])
 	}
-	return og, nil
+	return nil
 }
 
 // serve accepts QEMU's connection on both sockets of gate j and runs it
@@ -172,11 +211,14 @@ func (og *outputGates) serve(c *controller, j int, g *gate.Gate, lnOut, lnIn net
 		out.Close()
 		return
 	}
-	mode := "exact positions (QEMU flushes its log before each frame)"
-	if !og.exact {
-		mode = fmt.Sprintf("positions + %d bytes for QEMU's stdio buffer", stdioSlackBytes)
+	switch {
+	case og.backup:
+		c.log.Infof("output gate %s: the backup's QEMU connected; holding the replayed frames the primary has not sent yet, for go-live", ftxml.GateFilterID(j))
+	case og.exact:
+		c.log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (exact positions: QEMU flushes its log before each frame)", ftxml.GateFilterID(j))
+	default:
+		c.log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (positions + %d bytes for QEMU's stdio buffer)", ftxml.GateFilterID(j), stdioSlackBytes)
 	}
-	c.log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (%s)", ftxml.GateFilterID(j), mode)
 	if err := g.Serve(out, in); err != nil && !errors.Is(err, net.ErrClosed) {
 		c.log.WithError(err).Warnf("output gate %s: connection to QEMU dropped; the guest's frames are discarded from now on", ftxml.GateFilterID(j))
 	}
@@ -192,12 +234,40 @@ func (og *outputGates) ack(pos uint64) {
 	}
 }
 
+// released gives, per gate, the frames done on this primary (written to
+// the network, or dropped over the cap) for the heartbeat's Released
+// (logchan.Heartbeat). nil without gates.
+func (og *outputGates) released() []uint64 {
+	if len(og.gates) == 0 {
+		return nil
+	}
+	out := make([]uint64, len(og.gates))
+	for j, g := range og.gates {
+		st := g.Stats()
+		out[j] = st.WrittenFrames + st.DroppedOverCap
+	}
+	return out
+}
+
+// forget, on the backup: the primary reports its frames 1..released[j] of
+// interface j sent; their replayed copies are not needed at go-live.
+func (og *outputGates) forget(released []uint64) {
+	for j, g := range og.gates {
+		if j < len(released) {
+			g.Forget(released[j])
+		}
+	}
+}
+
 // unprotect: the backup is lost and this primary runs alone; release
 // everything held, in order, and let frames through from now on.
-func (og *outputGates) unprotect() {
+// It returns the number of frames so released.
+func (og *outputGates) unprotect() int {
+	n := 0
 	for _, g := range og.gates {
-		g.Unprotect()
+		n += g.Unprotect()
 	}
+	return n
 }
 
 // drop: the backup went live or holds the split-brain lock; nothing held
@@ -239,6 +309,11 @@ func (og *outputGates) summary() string {
 		avg := int64(0)
 		if st.HoldCount > 0 {
 			avg = st.HoldTotalMicros / int64(st.HoldCount)
+		}
+		if og.backup {
+			parts = append(parts, fmt.Sprintf("%s (backup) %s: holding %d replayed frames (%d B) the primary had not reported sent, forgot %d it sent; sent at go-live or after: %d",
+				ftxml.GateFilterID(j), st.Mode, st.HeldFrames, st.HeldBytes, st.ForgotFrames, st.Released))
+			continue
 		}
 		parts = append(parts, fmt.Sprintf("%s %s: held %d frames (%d B), released %d, dropped %d over the cap and %d by go-live; hold time avg %.1f ms, max %.1f ms",
 			ftxml.GateFilterID(j), st.Mode, st.HeldFrames, st.HeldBytes, st.Released, st.DroppedOverCap, st.DroppedByDrop,

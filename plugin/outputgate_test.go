@@ -252,3 +252,62 @@ func TestSplitByeDetail(t *testing.T) {
 		}
 	}
 }
+
+// The backup's gates hold the replayed frames, forget those the primary's
+// heartbeats report sent, and at go-live send the rest, in order, then pass
+// frames through; the primary's released() counts what its gates wrote.
+func TestBackupGatesForgetAndGoLive(t *testing.T) {
+	c, cfg := testPrimary(t)
+	outPath, _ := ftxml.GateSocketPaths(cfg, testUUID, 0)
+	if err := os.MkdirAll(filepath.Dir(outPath), 0o700); err != nil { // prepareBackup's FIFO B makes it
+		t.Fatal(err)
+	}
+	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, 1)}}
+	og, err := c.openBackupGates(cfg, dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(og.close)
+	out, in := connectQEMU(t, cfg, 0)
+	for _, f := range []string{"f1", "f2", "f3", "f4", "f5"} {
+		if err := gate.WriteFrame(out, []byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "5 frames held", func() bool { return og.gates[0].Stats().HeldFrames == 5 })
+	og.forget([]uint64{3})
+	if st := og.gates[0].Stats(); st.HeldFrames != 2 || st.ForgotFrames != 3 || st.Released != 0 {
+		t.Fatalf("after forget(3): %+v", st)
+	}
+	if n := og.unprotect(); n != 2 {
+		t.Fatalf("go-live sent %d frames, want 2", n)
+	}
+	if err := gate.WriteFrame(out, []byte("f6")); err != nil {
+		t.Fatal(err)
+	}
+	_ = in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for _, want := range []string{"f4", "f5", "f6"} {
+		got, err := gate.ReadFrame(in)
+		if err != nil || string(got) != want {
+			t.Fatalf("sent %q (%v), want %q", got, err, want)
+		}
+	}
+	if got := og.released(); len(got) != 1 || got[0] != 3 {
+		t.Fatalf("released() = %v, want [3] (frames written to IN)", got)
+	}
+}
+
+// With the gate off the backup has no gates (its guest's frames go into a
+// null chardev) and its heartbeats carry no counts.
+func TestBackupGatesOff(t *testing.T) {
+	c, cfg := testPrimary(t)
+	cfg.OutputGate = false
+	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, 1)}}
+	og, err := c.openBackupGates(cfg, dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(og.gates) != 0 || og.released() != nil || og.unprotect() != 0 {
+		t.Fatalf("gate off: %d gates", len(og.gates))
+	}
+}

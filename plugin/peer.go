@@ -60,6 +60,9 @@ type peerConn struct {
 	nc  net.Conn
 	c   *logchan.Conn
 	seq atomic.Uint64
+	// released, when set (the primary's log link), gives the heartbeat's
+	// Released counts: the output gates' frames done (outputGates.released).
+	released func() []uint64
 }
 
 type msgKind int
@@ -78,6 +81,8 @@ type message struct {
 	ack    logchan.Ack
 	text   string
 	clean  bool
+	// released: a heartbeat's Released counts (logchan.Heartbeat).
+	released []uint64
 }
 
 func dialPeer(addr string, timeout time.Duration, role, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
@@ -135,7 +140,11 @@ func (p *peerConn) sendAck(off, icount, instr, received uint64) error {
 
 func (p *peerConn) sendHeartbeat() error {
 	p.deadline()
-	return p.c.WriteHeartbeat(logchan.Heartbeat{Seq: p.seq.Add(1), SentUnixMs: time.Now().UnixMilli()})
+	h := logchan.Heartbeat{Seq: p.seq.Add(1), SentUnixMs: time.Now().UnixMilli()}
+	if p.released != nil {
+		h.Released = p.released()
+	}
+	return p.c.WriteHeartbeat(h)
 }
 
 // bye sends an orderly Bye (see encodeBye).
@@ -178,10 +187,11 @@ func (p *peerConn) recv() (message, error) {
 		}
 		return message{kind: msgAck, ack: a}, nil
 	case logchan.FrameHeartbeat:
-		if _, err := logchan.DecodeHeartbeat(payload); err != nil {
+		h, err := logchan.DecodeHeartbeat(payload)
+		if err != nil {
 			return message{}, err
 		}
-		return message{kind: msgHeartbeat}, nil
+		return message{kind: msgHeartbeat, released: h.Released}, nil
 	case logchan.FrameBye:
 		clean, reason := decodeBye(string(payload))
 		return message{kind: msgBye, text: reason, clean: clean}, nil

@@ -84,8 +84,9 @@ func ReplayFIFOPath(cfg Config, uuid string) string {
 	return fifoPath(cfg, uuid, "replay.fifo")
 }
 
-// GateSocketPaths are the unix sockets of the output gate of the primary's
-// interface j (document order), both listened on by libvirt-ftd and
+// GateSocketPaths are the unix sockets of the output gate of interface j
+// (document order; on the primary, and on the backup with the gate on),
+// both listened on by libvirt-ftd and
 // connected to by QEMU: out carries every frame the guest transmits to the
 // daemon (<StateDir>/<uuid>/gate<j>-out.sock), in the frames the daemon
 // releases back to QEMU, which sends them to the network
@@ -96,9 +97,10 @@ func GateSocketPaths(cfg Config, uuid string, j int) (out, in string) {
 }
 
 // GateFilterID is the QOM id of interface j's filter-redirector: the
-// output gate on the primary; on the backup the filter that discards the
-// frames the replayed guest transmits (go-live turns it off with qom-set
-// <id> status off).
+// output gate on the primary, and on the backup with the gate on (its
+// daemon holds the replayed frames until go-live); with the gate off, the
+// backup's filter that discards the frames the replayed guest transmits
+// (go-live turns it off with qom-set <id> status off).
 func GateFilterID(j int) string { return fmt.Sprintf("%s%d", gateIDPrefix, j) }
 
 func fifoPath(cfg Config, uuid, name string) string {
@@ -326,12 +328,16 @@ func alias(a **libvirtxml.DomainAlias, ours string) string {
 // generate adds the record/replay wiring to a stripped domain (DESIGN.md,
 // "Wiring it through libvirt 9.0"): arguments go after the user's own.
 //
-// Network output (DESIGN.md, "Output rule"): on the primary with the output
-// gate on, a filter-redirector per interface sends every transmitted frame
-// to libvirt-ftd (GateSocketPaths) and takes back the released ones; on the
-// backup a filter-redirector into a null chardev discards what the
-// replayed guest transmits, so that only one host ever speaks for the VM.
-// Either way the filter consumes the frame at once, the same on both hosts.
+// Network output (DESIGN.md, "Output rule"): with the output gate on, a
+// filter-redirector per interface sends every transmitted frame to
+// libvirt-ftd (GateSocketPaths) and takes back the ones to send, on both
+// hosts: the primary's daemon releases a frame once the backup holds the
+// log that produced it; the backup's daemon holds the replayed copies and
+// sends only, at go-live, those the primary had not sent. With the gate
+// off, the backup's filter-redirector writes into a null chardev, which
+// discards what the replayed guest transmits. Either way only one host
+// ever speaks for the VM, and the filter consumes the frame at once, the
+// same on both hosts.
 func generate(dom *libvirtxml.Domain, mode, fifo string, cfg Config, uuid string) {
 	args := []string{"-icount", icountValue(mode, fifo)}
 	if d := dom.Devices; d != nil {
@@ -357,7 +363,7 @@ func generate(dom *libvirtxml.Domain, mode, fifo string, cfg Config, uuid string
 			netdev := qemuOptEscape("host" + a)
 			args = append(args, "-object", fmt.Sprintf("filter-replay,id=%s%d,netdev=%s", filterIDPrefix, j, netdev))
 			switch {
-			case mode == modeReplay:
+			case mode == modeReplay && !cfg.OutputGate:
 				args = append(args, "-chardev", fmt.Sprintf("null,id=%s%d", gateOutPrefix, j),
 					"-object", fmt.Sprintf("filter-redirector,id=%s,netdev=%s,queue=rx,outdev=%s%d", GateFilterID(j), netdev, gateOutPrefix, j))
 			case cfg.OutputGate:

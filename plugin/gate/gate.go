@@ -161,6 +161,15 @@ func (g *Gate) Ack(pos uint64) {
 	}
 }
 
+// Forget discards the held frames tagged <= pos, and later ones so tagged,
+// without releasing them (see Queue.Forget: the backup's gate forgets the
+// frames the primary reports sent). No-op in Passthrough and Dropping.
+func (g *Gate) Forget(pos uint64) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.q.Forget(pos)
+}
+
 // Unprotect switches from Gated to Passthrough: the backup is lost and this
 // primary runs alone (Scales et al. 2010, section 2.3). Every held frame is
 // handed to the writer at once, in order, and every later frame passes
@@ -174,7 +183,7 @@ func (g *Gate) Unprotect() int {
 	g.release(rel, g.now(), true)
 	g.mu.Unlock()
 	if was == Gated {
-		g.log.Infof("output gate: backup lost, releasing %d held frames and passing output through", len(rel))
+		g.log.Infof("output gate: unprotected (backup lost, or the backup went live): releasing %d held frames and passing output through", len(rel))
 	}
 	return len(rel)
 }

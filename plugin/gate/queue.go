@@ -77,6 +77,13 @@ type QueueStats struct {
 	// (held or released-but-unwritten at that moment) and every frame
 	// offered to Hold afterwards.
 	DroppedByDrop, DroppedByDropBytes uint64
+	// Forgotten is the highest position passed to Forget (on the backup:
+	// frames the primary has sent, see Forget).
+	Forgotten uint64
+	// ForgotFrames and ForgotBytes: frames discarded because their tag
+	// was at or below Forgotten (held ones, and later ones offered to
+	// Hold).
+	ForgotFrames, ForgotBytes uint64
 }
 
 // Queue is the pure core of the output gate: no goroutine, clock or socket.
@@ -147,6 +154,11 @@ func (q *Queue) Hold(f Frame) []Frame {
 		q.st.DroppedByDropBytes += uint64(n)
 		return nil
 	}
+	if q.st.Mode == Gated && q.st.Forgotten > 0 && f.Pos <= q.st.Forgotten {
+		q.st.ForgotFrames++
+		q.st.ForgotBytes += uint64(n)
+		return nil
+	}
 	if q.st.HeldBytes+q.st.OutBytes+n > q.limit {
 		q.st.DroppedOverCap++
 		q.st.DroppedOverCapBytes += uint64(n)
@@ -178,6 +190,37 @@ func (q *Queue) Ack(pos uint64) []Frame {
 		rel = append(rel, q.pop())
 	}
 	return rel
+}
+
+// Forget discards, without releasing them, the held frames at the head of
+// the queue whose tags are <= pos, and every later frame offered to Hold
+// with a tag <= pos, while Gated. Forgets are cumulative: a pos at or below
+// Forgotten changes nothing. It returns the number of held frames so
+// discarded.
+//
+// The backup uses it: its replayed guest transmits the primary's frames
+// again, in the same order; the backup's gate tags them with their sequence
+// number (1 for the first) and holds them, and Forget(n) drops those the
+// primary reports sent (its frames 1..n). At go-live, Unprotect sends the
+// rest: frames the primary's gate still held when it failed, which
+// otherwise only the guest's TCP retransmission would recover (Scales et
+// al. 2010, section 2.2: the network tolerates a duplicate or lost packet
+// at failover; sending them makes the loss the exception).
+func (q *Queue) Forget(pos uint64) int {
+	if q.st.Mode != Gated || pos <= q.st.Forgotten {
+		return 0
+	}
+	q.st.Forgotten = pos
+	n := 0
+	for q.held.len() > 0 && q.held.front().Pos <= pos {
+		f := q.held.pop()
+		q.st.HeldFrames--
+		q.st.HeldBytes -= len(f.Data)
+		q.st.ForgotFrames++
+		q.st.ForgotBytes += uint64(len(f.Data))
+		n++
+	}
+	return n
 }
 
 // Unprotect switches a Gated queue to Passthrough (the backup is lost and

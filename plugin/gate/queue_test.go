@@ -236,3 +236,50 @@ func TestModeString(t *testing.T) {
 		}
 	}
 }
+
+// The backup's use: frames tagged by sequence number, forgotten as the
+// primary reports them sent, the rest sent at go-live.
+func TestQueueForgetThenGoLive(t *testing.T) {
+	q := NewQueue(0, true)
+	want(t, "hold f1", q.Hold(fr(1, 1)))
+	want(t, "hold f2", q.Hold(fr(2, 2)))
+	want(t, "hold f3", q.Hold(fr(3, 3)))
+	if n := q.Forget(2); n != 2 {
+		t.Fatalf("Forget(2) discarded %d frames, want 2", n)
+	}
+	if n := q.Forget(1); n != 0 {
+		t.Fatalf("Forget(1) after Forget(2) discarded %d, want 0", n)
+	}
+	// The primary may be ahead of the backup's replay: frames arriving
+	// with a tag already forgotten never enter the queue.
+	if n := q.Forget(5); n != 1 {
+		t.Fatalf("Forget(5) discarded %d frames, want 1 (f3)", n)
+	}
+	want(t, "hold f4 (sent by the primary)", q.Hold(fr(4, 4)))
+	want(t, "hold f5 (sent by the primary)", q.Hold(fr(5, 5)))
+	want(t, "hold f6", q.Hold(fr(6, 6)))
+	want(t, "hold f7", q.Hold(fr(7, 7)))
+	st := q.Stats()
+	if st.HeldFrames != 2 || st.ForgotFrames != 5 || st.ForgotBytes != 10 || st.Forgotten != 5 || st.Released != 0 {
+		t.Fatalf("stats %+v: want 2 held, 5 forgotten (10 bytes) up to 5, none released", st)
+	}
+	want(t, "go-live (Unprotect)", q.Unprotect(), "f6", "f7")
+	want(t, "hold f8 after go-live", q.Hold(fr(8, 8)), "f8")
+	if n := q.Forget(100); n != 0 {
+		t.Fatalf("Forget in Passthrough discarded %d", n)
+	}
+}
+
+func TestQueueForgetThenDrop(t *testing.T) {
+	q := NewQueue(0, true)
+	q.Hold(fr(1, 1))
+	q.Hold(fr(2, 2))
+	q.Forget(1)
+	if n := q.Drop(); n != 1 {
+		t.Fatalf("Drop discarded %d, want 1", n)
+	}
+	want(t, "hold after Drop", q.Hold(fr(3, 3)))
+	if n := q.Forget(3); n != 0 {
+		t.Fatalf("Forget after Drop discarded %d", n)
+	}
+}
