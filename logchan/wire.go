@@ -24,8 +24,11 @@ import (
 // VM) and the peers reconnect.
 
 // ProtocolVersion is the version of the log-channel protocol spoken by this
-// package; the handshake refuses a peer speaking another one.
-const ProtocolVersion = 1
+// package; the handshake refuses a peer speaking another one (so a mixed
+// pair is refused at start, never mistaken for a failed peer). Version 2:
+// Heartbeat carries Released (version 1 peers drop such a heartbeat as
+// malformed).
+const ProtocolVersion = 2
 
 // MaxFrameSize is the largest payload of a frame, in bytes.
 const MaxFrameSize = 4 << 20

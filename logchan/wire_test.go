@@ -328,7 +328,7 @@ func TestHandshake(t *testing.T) {
 		accept func(Hello) error
 		want   string
 	}{
-		{"protocol", modify(func(h *Hello) { h.Protocol = 2 }), nil, "client speaks log-channel protocol 2, server speaks 1"},
+		{"protocol", modify(func(h *Hello) { h.Protocol = ProtocolVersion + 1 }), nil, fmt.Sprintf("client speaks log-channel protocol %d, server speaks %d", ProtocolVersion+1, ProtocolVersion)},
 		{"log version", modify(func(h *Hello) { h.LogVersion = 0xe0200d }), nil, "replay log version 0xe0200d"},
 		{"qemu version", modify(func(h *Hello) { h.QEMUVersion = "8.2.2" }), nil, `QEMU "8.2.2"`},
 		{"uuid", modify(func(h *Hello) { h.DomainUUID = "other" }), nil, `client protects domain "other"`},
@@ -359,7 +359,7 @@ func TestHandshake(t *testing.T) {
 		c.WriteHelloReply(HelloReply{Accepted: true, Hello: srv})
 	}()
 	_, err := ClientHandshake(NewConn(a), hello(RolePrimary))
-	if !errors.Is(err, ErrHandshake) || !strings.Contains(err.Error(), "server speaks log-channel protocol 9, client speaks 1") {
+	if !errors.Is(err, ErrHandshake) || !strings.Contains(err.Error(), fmt.Sprintf("server speaks log-channel protocol 9, client speaks %d", ProtocolVersion)) {
 		t.Fatalf("client check: %v", err)
 	}
 }

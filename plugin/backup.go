@@ -87,17 +87,18 @@ func (d *Daemon) prepareBackup(req controlRequest, primaryHost string) error {
 	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
 		d.log.WithError(err).Warn("shrinking FIFO B")
 	}
-	c := d.controllerFor(req.UUID, req.Name, ftxml.RoleBackup)
 	bdom, err := ftxml.ParseDomain(backupXML)
 	if err != nil {
 		feeder.Close()
 		_ = os.Remove(fifo)
 		return err
 	}
+	c := d.controllerFor(req.UUID, req.Name, ftxml.RoleBackup)
 	gates, err := c.openBackupGates(*cfg, bdom)
 	if err != nil {
 		feeder.Close()
 		_ = os.Remove(fifo)
+		d.forget(req.UUID, c)
 		return fmt.Errorf("libvirt-ft: domain %q: %w", req.Name, err)
 	}
 	c.mu.Lock()

@@ -240,7 +240,17 @@ func (c *controller) domainStopped(why string) {
 	c.mu.Lock()
 	fifo := c.recordFIFO
 	rr, link, cfg := c.rr, c.link, c.cfg
+	var liveGates *outputGates
+	if c.live && c.gates != nil {
+		// The former backup's gates (passing frames through since
+		// go-live): their QEMU is gone.
+		liveGates, c.gates = c.gates, nil
+		c.lastGate = liveGates.summary()
+	}
 	c.mu.Unlock()
+	if liveGates != nil {
+		liveGates.close()
+	}
 	if rr != nil && link != nil && !rr.Connected() {
 		if p, err := rr.Produced(); err == nil && p == 0 {
 			// QEMU stopped without ever opening FIFO A (it failed to
@@ -402,6 +412,13 @@ func (c *controller) preparePrimary(xml string, dom *libvirtxml.Domain) (err err
 	if err != nil {
 		_ = os.Remove(fifo)
 		return fail(fmt.Errorf("libvirt-ft: domain %q: %w", c.name, err))
+	}
+	c.mu.Lock()
+	stale := c.gates
+	c.gates = nil
+	c.mu.Unlock()
+	if stale != nil {
+		stale.close() // a former backup's, left by a go-live: before listening on the same paths
 	}
 	gates, err := c.openGates(cfg, dom, rr)
 	if err != nil {

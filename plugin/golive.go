@@ -102,6 +102,27 @@ func (c *controller) goLive() error {
 	if fifoB != "" {
 		_ = os.Remove(fifoB)
 	}
+	// The new QEMU connects to the output gate sockets again (ftxml.Primary
+	// with the gate on): it gets fresh gates that pass frames through, as
+	// this host runs alone. The replayed frames the old gates held are
+	// lost with the replaying QEMU on this path.
+	c.mu.Lock()
+	oldGates, cfg := c.gates, c.cfg
+	c.gates = nil
+	c.mu.Unlock()
+	if oldGates != nil {
+		oldGates.close()
+	}
+	if ldom, err := ftxml.ParseDomain(live); err == nil {
+		og, err := c.openBackupGates(cfg, ldom)
+		if err != nil {
+			return fmt.Errorf("go-live: output gates for the new primary: %w", err)
+		}
+		og.unprotect()
+		c.mu.Lock()
+		c.gates = og
+		c.mu.Unlock()
+	}
 	tDestroy := time.Now()
 	newDom, err := conn.DomainCreateXML(live, 0)
 	if err != nil {
@@ -149,6 +170,17 @@ func (c *controller) continuedLive(conn interface {
 	if gates != nil && len(gates.gates) > 0 {
 		n := gates.unprotect()
 		c.log.Infof("go-live: output gates pass through; sent the %d frames held (replayed ones the primary had not reported sent, and the live guest's since END)", n)
+		for j, g := range gates.gates {
+			if !g.Stats().Serving {
+				// Its connection to QEMU broke: QEMU drops what the
+				// filter sends it. Let frames bypass the filter.
+				c.log.Warnf("go-live: output gate %s is not connected to QEMU; turning the filter off", ftxml.GateFilterID(j))
+				if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
+					"property": "status", "value": "off"}, nil); err != nil {
+					c.log.WithError(err).Errorf("go-live: cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
+				}
+			}
+		}
 	} else if dom, err := ftxml.ParseDomain(backupXML); err == nil && dom.Devices != nil {
 		for j := range dom.Devices.Interfaces {
 			if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),

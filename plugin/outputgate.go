@@ -157,7 +157,7 @@ func (c *controller) openBackupGates(cfg ftxml.Config, dom *libvirtxml.Domain) (
 // On error everything opened so far is closed.
 func (c *controller) listenGates(og *outputGates, cfg ftxml.Config, dom *libvirtxml.Domain, position func(j int) func() uint64) error {
 	for j := range dom.Devices.Interfaces {
-		g, err := gate.New(gate.Config{Enabled: true, Position: position(j),
+		g, err := gate.New(gate.Config{Enabled: true, Position: position(j), EvictOldest: og.backup,
 			Log: c.log.WithField("gate", ftxml.GateFilterID(j))})
 		if err != nil {
 			og.close()
@@ -234,9 +234,9 @@ func (og *outputGates) ack(pos uint64) {
 	}
 }
 
-// released gives, per gate, the frames done on this primary (written to
-// the network, or dropped over the cap) for the heartbeat's Released
-// (logchan.Heartbeat). nil without gates.
+// released gives, per gate, the frames done on this primary (frames 1..n
+// all written to the network or dropped over the cap: gate.Stats.DoneFrames)
+// for the heartbeat's Released (logchan.Heartbeat). nil without gates.
 func (og *outputGates) released() []uint64 {
 	if len(og.gates) == 0 {
 		return nil
@@ -244,7 +244,7 @@ func (og *outputGates) released() []uint64 {
 	out := make([]uint64, len(og.gates))
 	for j, g := range og.gates {
 		st := g.Stats()
-		out[j] = st.WrittenFrames + st.DroppedOverCap
+		out[j] = st.DoneFrames
 	}
 	return out
 }

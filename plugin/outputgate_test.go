@@ -118,6 +118,8 @@ func TestOutputGateSlackAndAck(t *testing.T) {
 	if err != nil || string(got) != "frame-1" {
 		t.Fatalf("released frame: %q, %v", got, err)
 	}
+	// The heartbeat tells the backup that frame 1 is done.
+	waitFor(t, "released() to report frame 1 done", func() bool { r := og.released(); return len(r) == 1 && r[0] == 1 })
 }
 
 // When the log position cannot be read (FIFO A closed), a frame must not be
@@ -255,7 +257,7 @@ func TestSplitByeDetail(t *testing.T) {
 
 // The backup's gates hold the replayed frames, forget those the primary's
 // heartbeats report sent, and at go-live send the rest, in order, then pass
-// frames through; the primary's released() counts what its gates wrote.
+// frames through.
 func TestBackupGatesForgetAndGoLive(t *testing.T) {
 	c, cfg := testPrimary(t)
 	outPath, _ := ftxml.GateSocketPaths(cfg, testUUID, 0)
@@ -291,9 +293,6 @@ func TestBackupGatesForgetAndGoLive(t *testing.T) {
 		if err != nil || string(got) != want {
 			t.Fatalf("sent %q (%v), want %q", got, err, want)
 		}
-	}
-	if got := og.released(); len(got) != 1 || got[0] != 3 {
-		t.Fatalf("released() = %v, want [3] (frames written to IN)", got)
 	}
 }
 

@@ -45,6 +45,9 @@ type Config struct {
 	// Log receives mode changes and the start and end of drops over the
 	// limit. nil logs to logrus's standard logger.
 	Log *logrus.Entry
+	// EvictOldest: over the limit, discard the oldest held frames rather
+	// than the new one (Queue.SetEvictOldest; the backup's gates).
+	EvictOldest bool
 }
 
 // Stats is a snapshot of a Gate. Frame counts are in frames, sizes in bytes
@@ -55,6 +58,11 @@ type Stats struct {
 	ReadFrames, ReadBytes uint64
 	// WrittenFrames and WrittenBytes: frames written whole to IN.
 	WrittenFrames, WrittenBytes uint64
+	// DoneFrames: frames 1..DoneFrames of those read from OUT (numbered
+	// from 1 across all Serve calls) are all done here: written whole to
+	// IN, or dropped over the limit. The primary reports it to the backup
+	// (logchan.Heartbeat.Released).
+	DoneFrames uint64
 	// HoldCount, HoldTotalMicros and HoldMaxMicros: the time frames
 	// spent in the gate, from the end of their read from OUT to their
 	// release (the ack that covered them, Unprotect, or at once), over the
@@ -97,6 +105,7 @@ type Gate struct {
 type ioStats struct {
 	readFrames, readBytes       uint64
 	writtenFrames, writtenBytes uint64
+	doneSeq                     uint64 // see Stats.DoneFrames
 	holdCount                   uint64
 	holdTotal, holdMax          int64 // ns
 }
@@ -120,6 +129,7 @@ func New(cfg Config) (*Gate, error) {
 		t0:       time.Now(),
 		q:        NewQueue(cfg.LimitBytes, cfg.Enabled),
 	}
+	g.q.SetEvictOldest(cfg.EvictOldest)
 	g.cond = sync.NewCond(&g.mu)
 	return g, nil
 }
@@ -141,6 +151,7 @@ func (g *Gate) Stats() Stats {
 		ReadBytes:       g.st.readBytes,
 		WrittenFrames:   g.st.writtenFrames,
 		WrittenBytes:    g.st.writtenBytes,
+		DoneFrames:      g.st.doneSeq,
 		HoldCount:       g.st.holdCount,
 		HoldTotalMicros: g.st.holdTotal / 1e3,
 		HoldMaxMicros:   g.st.holdMax / 1e3,
@@ -325,8 +336,12 @@ func (g *Gate) hold(data []byte, pos uint64) {
 	g.st.readBytes += uint64(len(data))
 	mode := g.q.Mode()
 	over := g.q.st.DroppedOverCap
-	rel := g.q.Hold(Frame{Data: data, Pos: pos, Stamp: now})
+	rel := g.q.Hold(Frame{Data: data, Pos: pos, Stamp: now, Seq: g.st.readFrames})
 	if g.q.st.DroppedOverCap != over {
+		if g.q.st.HeldFrames == 0 && g.pending.len() == 0 && !g.writing {
+			// Nothing before it is outstanding: it is done too.
+			g.st.doneSeq = g.st.readFrames
+		}
 		if g.capDrops == 0 {
 			g.log.Warnf("output gate: full (%d bytes held, %d unwritten, limit %d): dropping guest frames", g.q.st.HeldBytes, g.q.st.OutBytes, g.q.Limit())
 		}
@@ -406,6 +421,7 @@ func (g *Gate) writeLoop(in io.Writer) {
 			}
 			off = end
 			g.q.Written(len(batch[i].Data))
+			g.st.doneSeq = max(g.st.doneSeq, batch[i].Seq)
 			g.st.writtenFrames++
 			g.st.writtenBytes += uint64(len(batch[i].Data))
 		}

@@ -652,3 +652,19 @@ func serveFrames(t *testing.T, g *Gate, n, size int) net.Conn {
 	in.Close()
 	return qIn
 }
+
+// DoneFrames counts the leading frames written (or dropped over the cap
+// with nothing before them outstanding), never a frame still held.
+func TestGateDoneFrames(t *testing.T) {
+	var pos atomic.Uint64
+	g, err := New(Config{Enabled: true, LimitBytes: 4, Position: func() uint64 { return pos.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.hold([]byte("ab"), 10) // 1: held
+	g.hold([]byte("cd"), 20) // 2: held
+	g.hold([]byte("ef"), 30) // 3: over the cap, dropped while 1 and 2 are held
+	if st := g.Stats(); st.DoneFrames != 0 || st.DroppedOverCap != 1 {
+		t.Fatalf("with 1 and 2 held: %+v", st)
+	}
+}

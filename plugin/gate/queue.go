@@ -50,6 +50,9 @@ type Frame struct {
 	// Stamp is the caller's, carried untouched (the Gate puts the read
 	// time there, in ns, to measure hold times).
 	Stamp int64
+	// Seq is the caller's, carried untouched (the Gate numbers the frames
+	// it reads, 1 for the first).
+	Seq uint64
 }
 
 // QueueStats is a snapshot of a Queue's counters. Frames are counted in
@@ -112,10 +115,18 @@ type QueueStats struct {
 //   - Over the limit, a new frame is refused and counted, like a full NIC
 //     queue; the caller must never block the guest instead.
 type Queue struct {
-	limit int
-	st    QueueStats
-	held  fifo
+	limit       int
+	evictOldest bool
+	st          QueueStats
+	held        fifo
 }
+
+// SetEvictOldest chooses what happens over the limit while Gated: with
+// true, the oldest held frames are discarded (counted in DroppedOverCap)
+// to make room for the new one; with false (the default, the primary's
+// rule), the new frame is. The backup's gate evicts the oldest: what it
+// must keep for go-live is the newest output.
+func (q *Queue) SetEvictOldest(v bool) { q.evictOldest = v }
 
 // NewQueue returns an empty queue that holds at most limitBytes bytes of
 // frame data (held plus out); limitBytes <= 0 means DefaultLimitBytes. It
@@ -158,6 +169,13 @@ func (q *Queue) Hold(f Frame) []Frame {
 		q.st.ForgotFrames++
 		q.st.ForgotBytes += uint64(n)
 		return nil
+	}
+	for q.evictOldest && q.st.Mode == Gated && q.held.len() > 0 && q.st.HeldBytes+q.st.OutBytes+n > q.limit {
+		old := q.held.pop()
+		q.st.HeldFrames--
+		q.st.HeldBytes -= len(old.Data)
+		q.st.DroppedOverCap++
+		q.st.DroppedOverCapBytes += uint64(len(old.Data))
 	}
 	if q.st.HeldBytes+q.st.OutBytes+n > q.limit {
 		q.st.DroppedOverCap++

@@ -283,3 +283,16 @@ func TestQueueForgetThenDrop(t *testing.T) {
 		t.Fatalf("Forget after Drop discarded %d", n)
 	}
 }
+
+// The backup's queue keeps the newest frames over the limit.
+func TestQueueEvictOldest(t *testing.T) {
+	q := NewQueue(6, true) // three 2-byte frames
+	q.SetEvictOldest(true)
+	for i := 1; i <= 5; i++ {
+		want(t, fmt.Sprintf("hold f%d", i), q.Hold(fr(i, uint64(i))))
+	}
+	if st := q.Stats(); st.HeldFrames != 3 || st.DroppedOverCap != 2 {
+		t.Fatalf("stats %+v: want 3 held, 2 evicted", st)
+	}
+	want(t, "Unprotect", q.Unprotect(), "f3", "f4", "f5")
+}

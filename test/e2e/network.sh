@@ -64,4 +64,8 @@ log "record log: $(stat -c %s "$rrlog") bytes"
 [ "$drops" -eq 0 ] || die "the tap dropped $drops frames: they were captured but never reached QEMU"
 result=$("$BIN/rxcheck" "$cap" "$rrlog") || die "what the guest received differs from what host A delivered: $result"
 log "$result"
+# The capture must hold the traffic: at least the 2 MB sent to the sink
+# (frames may be GSO super-frames, so count bytes, not frames).
+captured_bytes=$(sed -n 's/.* captured_bytes=\([0-9]*\).*/\1/p' <<<"$result")
+[ "${captured_bytes:-0}" -ge 2000000 ] || die "the capture holds $captured_bytes bytes, less than the 2 MB sent to the guest: wrong tap?"
 log "every frame delivered into the guest's tap is, in order and byte for byte, the next ASYNC_NET log entry the backup replays"

@@ -21,8 +21,8 @@
 // front (0, 10 or 12 bytes, the same for every frame). Log entries after
 // the last captured frame are allowed (the capture stopped first).
 //
-// Output: one line "rxcheck result=pass|fail captured=N logged=N
-// matched=N vnet_hdr=N first_failure=..."; exit status 0 on pass, 1 on a
+// Output: one line "rxcheck result=pass|fail captured=N captured_bytes=N
+// logged=N matched=N vnet_hdr=N first_failure=..."; exit status 0 on pass, 1 on a
 // mismatch, 2 on a usage or read error.
 package main
 
@@ -138,6 +138,7 @@ func readLog(path string, nic byte) ([][]byte, error) {
 
 type result struct {
 	captured, logged, matched, hdr int
+	capturedBytes                  int
 	failure                        string
 }
 
@@ -146,8 +147,8 @@ func (r result) String() string {
 	if r.failure != "" {
 		res = "fail"
 	}
-	return fmt.Sprintf("rxcheck result=%s captured=%d logged=%d matched=%d vnet_hdr=%d first_failure=%q",
-		res, r.captured, r.logged, r.matched, r.hdr, r.failure)
+	return fmt.Sprintf("rxcheck result=%s captured=%d captured_bytes=%d logged=%d matched=%d vnet_hdr=%d first_failure=%q",
+		res, r.captured, r.capturedBytes, r.logged, r.matched, r.hdr, r.failure)
 }
 
 // vnetHeaderLens are the virtio-net header sizes a tap may prepend:
@@ -160,6 +161,9 @@ var vnetHeaderLens = []int{0, 10, 12}
 // request), the alignment that matches the most frames is taken.
 func compare(captured, logged [][]byte) result {
 	r := result{captured: len(captured), logged: len(logged)}
+	for _, f := range captured {
+		r.capturedBytes += len(f)
+	}
 	if len(captured) == 0 {
 		r.failure = "the capture holds no frame"
 		return r
