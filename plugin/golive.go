@@ -128,6 +128,12 @@ func (c *controller) goLive() error {
 	if err != nil {
 		return fmt.Errorf("go-live: starting the new primary: %w", err)
 	}
+	c.mu.Lock()
+	newGates := c.gates
+	c.mu.Unlock()
+	if newGates != nil && len(newGates.gates) > 0 {
+		gateFiltersOff(c, qmp.NewClient(qmp.NewLibvirtMonitor(nil, newDom)), len(newGates.gates))
+	}
 	newDom.Free()
 	tStart := time.Now()
 	if _, err := conn.DomainDefineXML(persistent); err != nil {
@@ -160,8 +166,7 @@ func (c *controller) continuedLive(conn interface {
 	// primary may not have made (its last heartbeat's count lags by up to
 	// one interval; duplicates are harmless to TCP) and the ones this
 	// guest produced since it left replay mode at END. They are sent now,
-	// in order, and every later frame passes through: nothing the live
-	// guest sends is lost at the switch. Without the gate the replayed
+	// in order, before the filters are turned off. Without the gate the replayed
 	// guest's frames went into a null chardev (ftxml.Backup): turn that
 	// filter off (frames sent between END and here are lost).
 	c.mu.Lock()
@@ -169,25 +174,18 @@ func (c *controller) continuedLive(conn interface {
 	c.mu.Unlock()
 	if gates != nil && len(gates.gates) > 0 {
 		n := gates.unprotect()
-		c.log.Infof("go-live: output gates pass through; sent the %d frames held (replayed ones the primary had not reported sent, and the live guest's since END)", n)
-		for j, g := range gates.gates {
-			if !g.Stats().Serving {
-				// Its connection to QEMU broke: QEMU drops what the
-				// filter sends it. Let frames bypass the filter.
-				c.log.Warnf("go-live: output gate %s is not connected to QEMU; turning the filter off", ftxml.GateFilterID(j))
-				if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
-					"property": "status", "value": "off"}, nil); err != nil {
-					c.log.WithError(err).Errorf("go-live: cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
-				}
-			}
-		}
+		// Then let frames bypass the gates: the live VM's network must
+		// not depend on this daemon, and QEMU's own frames (announce-
+		// self's RARP, sent raw) lose their raw flag through a
+		// filter-redirector and reach the tap mangled. With the filter
+		// off QEMU stops reading IN, so first wait until it has read
+		// what was sent; a frame the guest transmits in the moment
+		// between that and qom-set may be lost (TCP resends it).
+		sent := gates.waitSent(500 * time.Millisecond)
+		c.log.Infof("go-live: sent the %d frames the output gates held (replayed ones the primary had not reported sent, and the live guest's since END); all read by QEMU: %v", n, sent)
+		gateFiltersOff(c, client, len(gates.gates))
 	} else if dom, err := ftxml.ParseDomain(backupXML); err == nil && dom.Devices != nil {
-		for j := range dom.Devices.Interfaces {
-			if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
-				"property": "status", "value": "off"}, nil); err != nil {
-				c.log.WithError(err).Errorf("go-live: cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
-			}
-		}
+		gateFiltersOff(c, client, len(dom.Devices.Interfaces))
 	}
 	if persistent, err := ftxml.Primary(backupXML, ftxml.HostConfig{}); err == nil {
 		if dom, err := conn.DomainDefineXML(persistent); err == nil {
@@ -204,6 +202,17 @@ func (c *controller) continuedLive(conn interface {
 	c.log.Infof("went live: %s", c.goLiveInfo)
 	c.setState(StateLive, "running on this host since go-live; no backup; not recording")
 	return nil
+}
+
+// gateFiltersOff turns the filter-redirector of interfaces 0..n-1 off
+// (qom-set <id> status off): frames go straight to the network.
+func gateFiltersOff(c *controller, client *qmp.Client, n int) {
+	for j := 0; j < n; j++ {
+		if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
+			"property": "status", "value": "off"}, nil); err != nil {
+			c.log.WithError(err).Errorf("go-live: cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
+		}
+	}
 }
 
 // withLoadVM adds -loadvm NAME to a domain's qemu:commandline.

@@ -11,6 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -89,6 +92,7 @@ type outputGates struct {
 	mu     sync.Mutex
 	lns    []net.Listener
 	conns  []net.Conn
+	ins    map[int]net.Conn // gate j's IN connection, once QEMU connected
 	paths  []string
 	closed bool
 }
@@ -211,6 +215,12 @@ func (og *outputGates) serve(c *controller, j int, g *gate.Gate, lnOut, lnIn net
 		out.Close()
 		return
 	}
+	og.mu.Lock()
+	if og.ins == nil {
+		og.ins = map[int]net.Conn{}
+	}
+	og.ins[j] = in
+	og.mu.Unlock()
 	switch {
 	case og.backup:
 		c.log.Infof("output gate %s: the backup's QEMU connected; holding the replayed frames the primary has not sent yet, for go-live", ftxml.GateFilterID(j))
@@ -257,6 +267,59 @@ func (og *outputGates) forget(released []uint64) {
 			g.Forget(released[j])
 		}
 	}
+}
+
+// waitSent waits, up to timeout, until every gate has written all it
+// released to QEMU's IN socket and QEMU has read it (the socket's send
+// queue, SIOCOUTQ, is empty), and reports whether that happened. Go-live
+// calls it before turning the filters off: with its filter off, QEMU no
+// longer reads IN.
+func (og *outputGates) waitSent(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		done := true
+		for j, g := range og.gates {
+			st := g.Stats()
+			if st.HeldFrames > 0 || st.OutFrames > 0 {
+				done = false
+				break
+			}
+			og.mu.Lock()
+			in := og.ins[j]
+			og.mu.Unlock()
+			if in != nil && unsentBytes(in) > 0 {
+				done = false
+				break
+			}
+		}
+		if done {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// unsentBytes is the number of bytes written to a unix socket that its
+// peer has not read yet (SIOCOUTQ, unix(7)); 0 if unknown.
+func unsentBytes(conn net.Conn) int {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return 0
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = raw.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }
 
 // unprotect: the backup is lost and this primary runs alone; release

@@ -284,6 +284,10 @@ func TestBackupGatesForgetAndGoLive(t *testing.T) {
 	if n := og.unprotect(); n != 2 {
 		t.Fatalf("go-live sent %d frames, want 2", n)
 	}
+	// QEMU has not read IN yet: go-live must not turn the filter off.
+	if og.waitSent(20 * time.Millisecond) {
+		t.Fatal("waitSent reported the frames read before QEMU read IN")
+	}
 	if err := gate.WriteFrame(out, []byte("f6")); err != nil {
 		t.Fatal(err)
 	}
@@ -293,6 +297,9 @@ func TestBackupGatesForgetAndGoLive(t *testing.T) {
 		if err != nil || string(got) != want {
 			t.Fatalf("sent %q (%v), want %q", got, err, want)
 		}
+	}
+	if !og.waitSent(5 * time.Second) {
+		t.Fatal("waitSent: QEMU read everything, yet it timed out")
 	}
 }
 
