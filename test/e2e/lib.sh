@@ -121,7 +121,9 @@ has_tick() { tick_lines "$1" "$2" | grep -q "^tick $3 up "; }
 client() { "$LAB" exec c "$@"; }
 
 # guest_ctl LINE: send a line to the guest's control port and print the reply.
-guest_ctl() { client socat -T 5 - TCP:$GUEST_IP:7003,connect-timeout=5 <<<"$1"; }
+# socat -t 5: after our line, wait up to 5 s for the reply (the default,
+# 0.5 s, is shorter than a reply held by the output gate may take).
+guest_ctl() { client socat -t 5 -T 5 - TCP:$GUEST_IP:7003,connect-timeout=5 <<<"$1"; }
 
 # backup_mode: the backup QEMU's replay mode as query-replay reports it.
 replay_mode() {

@@ -38,7 +38,7 @@ tcpdump_pid=$!
 wait_for 10 "tcpdump on host A's $tap" grep -q "listening on" "$cap.log"
 for round in 1 2 3; do
 	client sh -c "timeout 5 socat -u TCP:$GUEST_IP:7001,connect-timeout=3 - 2>/dev/null | head -n 3" | tr '\n' ' ' | sed 's/^/   counter stream: /'; echo
-	echo "e2e $$ $round" | client socat -T 3 - TCP:$GUEST_IP:7002,connect-timeout=3 | grep -q "e2e $$ $round" || die "echo service did not echo"
+	echo "e2e $$ $round" | client socat -t 5 -T 5 - TCP:$GUEST_IP:7002,connect-timeout=3 | grep -q "e2e $$ $round" || die "echo service did not echo"
 	log "echo round trip $round answered"
 	sleep 1
 done
