@@ -373,6 +373,11 @@ func (og *outputGates) summary() string {
 		if st.HoldCount > 0 {
 			avg = st.HoldTotalMicros / int64(st.HoldCount)
 		}
+		if og.backup && st.Mode == gate.Passthrough {
+			parts = append(parts, fmt.Sprintf("%s: the filter is off since go-live; the backup's gate sent the %d frames it held then, having forgotten %d the primary sent",
+				ftxml.GateFilterID(j), st.Released, st.ForgotFrames))
+			continue
+		}
 		if og.backup {
 			parts = append(parts, fmt.Sprintf("%s (backup) %s: holding %d replayed frames (%d B) the primary had not reported sent, forgot %d it sent; sent at go-live or after: %d",
 				ftxml.GateFilterID(j), st.Mode, st.HeldFrames, st.HeldBytes, st.ForgotFrames, st.Released))
