@@ -43,7 +43,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 test/e2e/run.sh failover switchover tcp network
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 test/e2e/run.sh failover switchover tcp network libvirtd-restart
 
 # QEMU 7.2 with packaging/qemu's end-of-log replay patch (stock 7.2 cannot
 # go live reliably: see packaging/qemu/README.md). About 7 min to build.
@@ -72,8 +72,8 @@ e2e-backup-loss: build guest
 e2e-network: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh network
 
-e2e-libvirtd-restart: build guest
-	test/e2e/run.sh libvirtd-restart
+e2e-libvirtd-restart: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh libvirtd-restart
 
 test: setup build guest vet unit e2e
 
