@@ -24,7 +24,7 @@ tcpdump_pid=
 cleanup() {
 	local rc=$?
 	[ -z "$tcpdump_pid" ] || kill "$tcpdump_pid" 2>/dev/null || true
-	rm -rf "$LIBVIRT_FT_TEE_DIR"
+	[ "${KEEP_CAPTURE:-0}" = 1 ] && echo "capture and record log kept in $LIBVIRT_FT_TEE_DIR" || rm -rf "$LIBVIRT_FT_TEE_DIR"
 	return $rc
 }
 trap 'cleanup; lab_stop' EXIT
@@ -33,7 +33,10 @@ virsh_on a dumpxml "$DOMAIN" | grep -q "filter-redirector,id=ft-gate0" || die "t
 tap=$(virsh_on a domiflist "$DOMAIN" | awk '$1 ~ /^vnet/ {print $1; exit}')
 [ -n "$tap" ] || die "no tap device for $DOMAIN on host A"
 drops_before=$(on a cat /sys/class/net/$tap/statistics/tx_dropped)
-ip netns exec ftlab-a tcpdump -i "$tap" -Q out -s 0 -U -w "$cap" 2>"$cap.log" &
+# --immediate-mode: without it libpcap hands frames over a block at a
+# time, and the last ones would still be in the kernel's ring when
+# tcpdump is stopped.
+ip netns exec ftlab-a tcpdump -i "$tap" -Q out -s 0 -U --immediate-mode -w "$cap" 2>"$cap.log" &
 tcpdump_pid=$!
 wait_for 10 "tcpdump on host A's $tap" grep -q "listening on" "$cap.log"
 for round in 1 2 3; do
@@ -44,6 +47,7 @@ for round in 1 2 3; do
 done
 log "$(client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration 8s)"
 log "$(client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes 2000000)"
+sleep 1 # the guest's last ACKs and FIN handshake frames
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" || true
 tcpdump_pid=
@@ -68,4 +72,7 @@ log "$result"
 # (frames may be GSO super-frames, so count bytes, not frames).
 captured_bytes=$(sed -n 's/.* captured_bytes=\([0-9]*\).*/\1/p' <<<"$result")
 [ "${captured_bytes:-0}" -ge 2000000 ] || die "the capture holds $captured_bytes bytes, less than the 2 MB sent to the guest: wrong tap?"
+# ... up to its end: the client's FIN to the sink.
+fins=$(tcpdump -r "$cap" -nn 'tcp dst port 7004 and tcp[tcpflags] & tcp-fin != 0' 2>/dev/null | wc -l)
+[ "$fins" -ge 1 ] || die "the capture stops before the end of the bulk transfer (no FIN to port 7004)"
 log "every frame delivered into the guest's tap is, in order and byte for byte, the next ASYNC_NET log entry the backup replays"
