@@ -69,7 +69,7 @@ type controller struct {
 	recordFIFO string
 	rr         *logchan.RecordReader
 	link       *peerConn
-	gates      *outputGates // the output gates (nil on a backup)
+	gates      *outputGates // the output gates (the backup's too, with the gate on; see openBackupGates)
 
 	// backup
 	primaryHost string
@@ -240,16 +240,12 @@ func (c *controller) domainStopped(why string) {
 	c.mu.Lock()
 	fifo := c.recordFIFO
 	rr, link, cfg := c.rr, c.link, c.cfg
-	var liveGates *outputGates
-	if c.live && c.gates != nil {
-		// The former backup's gates (passing frames through since
-		// go-live): their QEMU is gone.
-		liveGates, c.gates = c.gates, nil
-		c.lastGate = liveGates.summary()
-	}
+	live := c.live
 	c.mu.Unlock()
-	if liveGates != nil {
-		liveGates.close()
+	if live {
+		// The former backup's gates (its filters are off since
+		// go-live): their QEMU is gone.
+		c.releaseGates()
 	}
 	if rr != nil && link != nil && !rr.Connected() {
 		if p, err := rr.Produced(); err == nil && p == 0 {
@@ -296,12 +292,26 @@ func (c *controller) cancelPeerBackup(cfg ftxml.Config) {
 	_ = ctrl.request(controlRequest{Op: opCancelBackup, UUID: c.uuid}, nil)
 }
 
+// releaseGates closes the output gates, if any, keeping their last summary
+// for virt-ft status.
+func (c *controller) releaseGates() {
+	c.mu.Lock()
+	gates := c.gates
+	c.gates = nil
+	if gates != nil {
+		c.lastGate = gates.summary()
+	}
+	c.mu.Unlock()
+	if gates != nil {
+		gates.close()
+	}
+}
+
 // close releases everything this controller holds on this host.
 func (c *controller) close(why string) {
 	c.mu.Lock()
 	link, feeder, rr, drv := c.link, c.feeder, c.rr, c.drv
-	gates := c.gates
-	c.link, c.feeder, c.rr, c.drv, c.gates = nil, nil, nil, nil, nil
+	c.link, c.feeder, c.rr, c.drv = nil, nil, nil, nil
 	fifoA, fifoB := c.recordFIFO, c.replayFIFO
 	c.mu.Unlock()
 	if drv != nil {
@@ -319,12 +329,7 @@ func (c *controller) close(why string) {
 		}
 		link.Close()
 	}
-	if gates != nil {
-		c.mu.Lock()
-		c.lastGate = gates.summary()
-		c.mu.Unlock()
-		gates.close()
-	}
+	c.releaseGates()
 	if feeder != nil {
 		feeder.Close()
 	}
@@ -413,13 +418,7 @@ func (c *controller) preparePrimary(xml string, dom *libvirtxml.Domain) (err err
 		_ = os.Remove(fifo)
 		return fail(fmt.Errorf("libvirt-ft: domain %q: %w", c.name, err))
 	}
-	c.mu.Lock()
-	stale := c.gates
-	c.gates = nil
-	c.mu.Unlock()
-	if stale != nil {
-		stale.close() // a former backup's, left by a go-live: before listening on the same paths
-	}
+	c.releaseGates() // a former backup's, left by a go-live: before listening on the same paths
 	gates, err := c.openGates(cfg, dom, rr)
 	if err != nil {
 		rr.Close()

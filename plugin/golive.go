@@ -106,21 +106,18 @@ func (c *controller) goLive() error {
 	// with the gate on): it gets fresh gates that pass frames through, as
 	// this host runs alone. The replayed frames the old gates held are
 	// lost with the replaying QEMU on this path.
+	c.releaseGates()
 	c.mu.Lock()
-	oldGates, cfg := c.gates, c.cfg
-	c.gates = nil
+	cfg := c.cfg
 	c.mu.Unlock()
-	if oldGates != nil {
-		oldGates.close()
-	}
+	var newGates *outputGates
 	if ldom, err := ftxml.ParseDomain(live); err == nil {
-		og, err := c.openBackupGates(cfg, ldom)
-		if err != nil {
+		if newGates, err = c.openBackupGates(cfg, ldom); err != nil {
 			return fmt.Errorf("go-live: output gates for the new primary: %w", err)
 		}
-		og.unprotect()
+		newGates.unprotect()
 		c.mu.Lock()
-		c.gates = og
+		c.gates = newGates
 		c.mu.Unlock()
 	}
 	tDestroy := time.Now()
@@ -128,9 +125,6 @@ func (c *controller) goLive() error {
 	if err != nil {
 		return fmt.Errorf("go-live: starting the new primary: %w", err)
 	}
-	c.mu.Lock()
-	newGates := c.gates
-	c.mu.Unlock()
 	if newGates != nil && len(newGates.gates) > 0 {
 		gateFiltersOff(c, qmp.NewClient(qmp.NewLibvirtMonitor(nil, newDom)), len(newGates.gates))
 	}
