@@ -79,6 +79,22 @@ type DrainLocally struct {
 // backup is live (or holds the lock). Held output is dropped.
 type StopPrimaryVM struct{}
 
+// BackupStalled: the backup's executed icount stayed at Icount for
+// Config.StallTimeout ticks while log up to Fed was queued for it (or, going
+// live, feeding END and draining made no progress). The daemon records the
+// kind of the log's next event after Icount for the status and, when asked
+// to, keeps the stretch of log around it for diagnosis. The actions that
+// follow say what happens to the VM (DrainLocally and AcquireLock on a
+// primary, HaltVM on a backup).
+type BackupStalled struct {
+	// Icount is the backup's last executed icount (guest instructions).
+	Icount uint64
+	// Fed is the INSTRUCTION sum queued for it (guest instructions).
+	Fed uint64
+	// Ticks is how long the icount stood still.
+	Ticks int64
+}
+
 // Cleanup: remove the FIFOs and snapshots this node no longer needs. May be
 // emitted more than once.
 type Cleanup struct{}
@@ -96,6 +112,7 @@ func (HaltVM) isAction()            {}
 func (DrainLocally) isAction()      {}
 func (StopPrimaryVM) isAction()     {}
 func (Cleanup) isAction()           {}
+func (BackupStalled) isAction()     {}
 
 func (SendHeartbeat) String() string { return "send-heartbeat" }
 func (CloseChannel) String() string  { return "close-channel" }
@@ -119,3 +136,6 @@ func (a DrainLocally) String() string {
 }
 func (StopPrimaryVM) String() string { return "stop-primary-vm" }
 func (Cleanup) String() string       { return "cleanup" }
+func (a BackupStalled) String() string {
+	return format("backup-stalled", "icount", u(a.Icount), "fed", u(a.Fed), "ticks", strconv.FormatInt(a.Ticks, 10))
+}

@@ -32,8 +32,13 @@ type LogReceived struct {
 type AckReceived struct {
 	// Offset is the stream offset (bytes) the backup has in FIFO B.
 	Offset uint64
-	// Icount is the backup QEMU's icount when it acked.
+	// Icount is the backup QEMU's executed icount when it acked (guest
+	// instructions, sampled with query-replay).
 	Icount uint64
+	// Fed is the sum of the INSTRUCTION counts the backup has written into
+	// FIFO B (guest instructions): the icount it reaches once it executed
+	// everything queued for it. Fed > Icount means log is queued.
+	Fed uint64
 }
 
 // ChannelDown: the log channel's connection broke, or a malformed frame
@@ -120,7 +125,7 @@ func (e LogReceived) String() string {
 	return format("log", "offset", u(e.Offset), "bytes", u(e.Bytes), "instr", u(e.Instructions))
 }
 func (e AckReceived) String() string {
-	return format("ack", "offset", u(e.Offset), "icount", u(e.Icount))
+	return format("ack", "offset", u(e.Offset), "icount", u(e.Icount), "fed", u(e.Fed))
 }
 func (e ChannelDown) String() string { return format("channel-down", "reason", e.Reason) }
 func (ChannelUp) String() string     { return "channel-up" }

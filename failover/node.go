@@ -107,9 +107,10 @@ type Status struct {
 	BackupIcount uint64
 	// DrainTarget (backup) is the icount WaitDrain waits for.
 	DrainTarget uint64
-	// AckedOffset and AckedIcount (primary) come from the last
-	// AckReceived.
-	AckedOffset, AckedIcount uint64
+	// AckedOffset, AckedIcount and AckedFed (primary) come from the
+	// AckReceived events: bytes in FIFO B, the backup's executed icount
+	// and the INSTRUCTION sum fed to it.
+	AckedOffset, AckedIcount, AckedFed uint64
 	// LockAttempts is the number of AcquireLock actions emitted.
 	LockAttempts int
 	// Ignored counts events that arrived in a state where they mean
@@ -139,9 +140,12 @@ type Node struct {
 	sinceBeat int
 	lockRetry int // ticks left before AcquireLock is emitted again; 0 = none
 
-	logOffset, fedBytes, fedInstr uint64
-	icount, target                uint64
-	ackedOffset, ackedIcount      uint64
+	logOffset, fedBytes, fedInstr      uint64
+	icount, target                     uint64
+	ackedOffset, ackedIcount, ackedFed uint64
+	// moved is the tick the backup's icount last advanced, or was last
+	// seen caught up with the log queued for it (Config.StallTimeout).
+	moved int64
 
 	lockAttempts int
 	ignored      int
@@ -182,7 +186,7 @@ func (n *Node) Status() Status {
 		PeerEnded: n.peerEnded, Switchover: n.switchover,
 		LogOffset: n.logOffset, FedBytes: n.fedBytes, FedInstructions: n.fedInstr,
 		BackupIcount: n.icount, DrainTarget: n.target,
-		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount,
+		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
 	}
 }
@@ -214,6 +218,7 @@ func (n *Node) Tick() {
 		n.now-n.lastHeard >= int64(n.cfg.HeartbeatTimeout) {
 		n.peerLost(fmt.Sprintf("no frame from the %s for %d ticks", n.peerName(), n.now-n.lastHeard))
 	}
+	n.checkStall()
 	if n.chanOpen {
 		n.sinceBeat++
 		if n.sinceBeat >= n.cfg.HeartbeatInterval {
@@ -363,7 +368,79 @@ func (n *Node) stepPrimary(ev Event) bool {
 func (n *Node) ack(e AckReceived) {
 	n.heard()
 	n.ackedOffset = max(n.ackedOffset, e.Offset)
-	n.ackedIcount = max(n.ackedIcount, e.Icount)
+	if e.Icount > n.ackedIcount {
+		n.ackedIcount = e.Icount
+		n.moved = n.now
+	}
+	n.ackedFed = max(n.ackedFed, e.Fed)
+}
+
+// backupIcount (backup) takes a sample of the replaying QEMU's icount;
+// samples may arrive out of order (two samplers), so only a larger one
+// counts, and only a larger one is progress.
+func (n *Node) backupIcount(icount uint64) {
+	if icount > n.icount {
+		n.icount = icount
+		n.moved = n.now
+	}
+}
+
+// checkStall (Tick) applies Config.StallTimeout: a backup whose executed
+// icount stood still for that long while log was queued for it is stalled
+// (replicating), and a go-live whose feeding END or drain made no progress
+// for that long fails.
+func (n *Node) checkStall() {
+	limit := int64(n.cfg.StallTimeout)
+	if limit <= 0 {
+		return
+	}
+	switch {
+	case n.state == StateReplicating && n.role == RolePrimary:
+		if n.ackedFed <= n.ackedIcount {
+			n.moved = n.now
+			return
+		}
+		if n.now-n.moved < limit {
+			return
+		}
+		stuck := n.now - n.moved
+		n.emit(BackupStalled{Icount: n.ackedIcount, Fed: n.ackedFed, Ticks: stuck})
+		n.emit(SendBye{Clean: true, Reason: ByeDiscarded})
+		n.peerLost(fmt.Sprintf("backup stalled: its replay stayed at icount %d for %d ticks with log up to icount %d queued",
+			n.ackedIcount, stuck, n.ackedFed))
+	case n.state == StateReplicating && n.role == RoleBackup && !n.peerEnded:
+		if n.fedInstr <= n.icount {
+			n.moved = n.now
+			return
+		}
+		// The primary, whose log it is, discards a stalled backup at
+		// limit (ByeDiscarded) and can tell where in its log the replay
+		// stopped; the backup's own rule is the fallback, a heartbeat
+		// timeout later.
+		if n.now-n.moved < limit+int64(n.cfg.HeartbeatTimeout) {
+			return
+		}
+		stuck := n.now - n.moved
+		cause := fmt.Sprintf("replay stalled: icount %d for %d ticks with log up to icount %d queued", n.icount, stuck, n.fedInstr)
+		n.emit(BackupStalled{Icount: n.icount, Fed: n.fedInstr, Ticks: stuck})
+		if n.chanOpen {
+			n.emit(SendBye{Clean: false, Reason: "backup " + cause})
+		}
+		n.halt(cause)
+	case n.state == StateGoingLive && (n.phase == PhaseFeedingEnd || n.phase == PhaseDraining):
+		if n.now-n.moved < limit {
+			return
+		}
+		stuck := n.now - n.moved
+		end := max(n.target, n.fedInstr)
+		cause := fmt.Sprintf("go-live failed: the replay stayed at icount %d for %d ticks, short of the log's end at icount %d (%v)",
+			n.icount, stuck, end, n.phase)
+		n.emit(BackupStalled{Icount: n.icount, Fed: end, Ticks: stuck})
+		if n.chanOpen {
+			n.emit(SendBye{Clean: false, Reason: cause})
+		}
+		n.halt(cause)
+	}
 }
 
 // startSwitchover (primary): stop sending the log, keep the VM running.
@@ -465,7 +542,7 @@ func (n *Node) stepBackup(ev Event) bool {
 		n.fedBytes = max(n.fedBytes, e.Bytes)
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case BackupIcount:
-		n.icount = e.Icount
+		n.backupIcount(e.Icount)
 	case ChannelDown:
 		n.chanOpen = false
 		if n.peerEnded {
@@ -478,6 +555,9 @@ func (n *Node) stepBackup(ev Event) bool {
 			return false
 		case e.Clean && e.Reason == ByeSwitchover:
 			n.startGoLive("switchover asked by the primary", true, false)
+		case e.Clean && e.Reason == ByeDiscarded:
+			// The primary runs on without this backup: never go live.
+			n.halt("discarded by the primary: it declared this backup stalled and runs on unprotected")
 		case e.Clean && e.Reason != ByeLive:
 			// The primary's VM ended and the whole log was sent:
 			// replay it to the end, never go live.
@@ -517,6 +597,7 @@ func (n *Node) startGoLive(cause string, planned, local bool) {
 	n.state, n.phase, n.switchover, n.reason = StateGoingLive, PhaseFeedingEnd, planned, cause
 	n.timings = newTimings()
 	n.timings.Cause, n.timings.Detected = cause, n.now
+	n.moved = n.now // the stall bound of feeding END and draining starts now
 	if planned {
 		n.timings.SilenceStart = n.now
 	} else {
@@ -540,13 +621,14 @@ func (n *Node) stepGoingLive(ev Event) bool {
 			return false
 		}
 		n.timings.EndFed = n.now
+		n.moved = n.now
 		n.fedBytes = max(n.fedBytes, e.Bytes)
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 		n.target = n.fedInstr
 		n.phase = PhaseDraining
 		n.emit(WaitDrain{Icount: n.target})
 	case BackupIcount:
-		n.icount = e.Icount
+		n.backupIcount(e.Icount)
 		if n.phase == PhaseDraining && n.icount >= n.target {
 			n.timings.Drained = n.now
 			n.requestLock()

@@ -16,7 +16,7 @@ import (
 //
 // One node:
 //
-//	new primary|backup interval=N timeout=N [retry=N]
+//	new primary|backup interval=N timeout=N [retry=N] [stall=N]
 //	tick [N]                       call Tick N times (default 1)
 //	step EVENT                     Step one event, in Event.String form:
 //	                               heartbeat | log offset=N bytes=N instr=N |
@@ -348,7 +348,7 @@ func parseEvent(toks []string) (Event, error) {
 	case "log":
 		ev = LogReceived{Offset: U("offset"), Bytes: U("bytes"), Instructions: U("instr")}
 	case "ack":
-		ev = AckReceived{Offset: U("offset"), Icount: U("icount")}
+		ev = AckReceived{Offset: U("offset"), Icount: U("icount"), Fed: U("fed")}
 	case "channel-down":
 		ev = ChannelDown{Reason: a["reason"]}
 	case "channel-up":
@@ -393,7 +393,7 @@ func statusFields(s Status) string {
 		"switchover", strconv.FormatBool(s.Switchover),
 		"log-offset", u(s.LogOffset), "fed-bytes", u(s.FedBytes), "fed-instr", u(s.FedInstructions),
 		"icount", u(s.BackupIcount), "target", u(s.DrainTarget),
-		"acked-offset", u(s.AckedOffset), "acked-icount", u(s.AckedIcount),
+		"acked-offset", u(s.AckedOffset), "acked-icount", u(s.AckedIcount), "acked-fed", u(s.AckedFed),
 		"lock-attempts", strconv.Itoa(s.LockAttempts), "ignored", strconv.Itoa(s.Ignored),
 		"last-ignored", s.LastIgnored)[2:]
 }
@@ -421,10 +421,11 @@ func (r *scriptRunner) run(toks []string) error {
 			return fmt.Errorf("unknown role %q", args[0])
 		}
 		cfg := Config{Role: role}
-		var errs [3]error
+		var errs [4]error
 		cfg.HeartbeatInterval, errs[0] = intAttr(kv, "interval", 10)
 		cfg.HeartbeatTimeout, errs[1] = intAttr(kv, "timeout", 100)
 		cfg.LockRetryInterval, errs[2] = intAttr(kv, "retry", 0)
+		cfg.StallTimeout, errs[3] = intAttr(kv, "stall", 0)
 		if err := errors.Join(errs[:]...); err != nil {
 			return err
 		}

@@ -133,6 +133,11 @@ const (
 	// ByeLive (backup → primary, Clean): the backup went live at the end
 	// of a planned switchover; the primary stops its VM.
 	ByeLive = "live"
+	// ByeDiscarded (primary → backup, Clean): the primary declared this
+	// backup lost while the channel was up (its replay stalled:
+	// Config.StallTimeout) and runs on without it. The backup halts its
+	// VM; it never goes live on this bye.
+	ByeDiscarded = "discarded"
 )
 
 // Errors returned by Config.Validate (and New).
@@ -141,6 +146,7 @@ var (
 	ErrBadInterval = errors.New("failover: heartbeat interval must be at least 1 tick")
 	ErrBadTimeout  = errors.New("failover: heartbeat timeout must be longer than the heartbeat interval")
 	ErrBadRetry    = errors.New("failover: lock retry interval must not be negative")
+	ErrBadStall    = errors.New("failover: stall timeout must not be negative")
 )
 
 // Config parameterises a Node. All durations are in ticks: the daemon calls
@@ -163,6 +169,18 @@ type Config struct {
 	// not be reached, so neither a win nor a loss is known). 0 means
 	// HeartbeatInterval.
 	LockRetryInterval int
+	// StallTimeout is the number of ticks the backup's executed icount
+	// may stay the same while log it has not executed is queued for it
+	// (fed instructions above its icount) before the backup is declared
+	// stalled: a replay that stopped for good (a divergence, a stopped
+	// QEMU). The primary then discards the backup and goes on alone; a
+	// backup whose primary did not (an older or hung primary daemon)
+	// declares itself stalled HeartbeatTimeout later and halts; a backup
+	// going live fails
+	// its go-live when feeding END or draining makes no progress for this
+	// long, rather than waiting forever. 0 turns the check off. The
+	// daemon's default is twice the heartbeat timeout.
+	StallTimeout int
 }
 
 // Validate reports whether c can drive a Node.
@@ -178,6 +196,9 @@ func (c Config) Validate() error {
 	}
 	if c.LockRetryInterval < 0 {
 		return fmt.Errorf("%w (got %d)", ErrBadRetry, c.LockRetryInterval)
+	}
+	if c.StallTimeout < 0 {
+		return fmt.Errorf("%w (got %d)", ErrBadStall, c.StallTimeout)
 	}
 	return nil
 }

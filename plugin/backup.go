@@ -150,6 +150,10 @@ func (c *controller) runBackupLog(pc *peerConn) {
 
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
+	ring := newLogRing(logRingBytes)
+	c.mu.Lock()
+	c.ring, c.stall = ring, ""
+	c.mu.Unlock()
 	drv, err := newDriver(failover.RoleBackup, cfg, func(a failover.Action) { c.backupAction(a, pc, q) })
 	if err != nil {
 		c.setState(StateUnprotected, err.Error())
@@ -305,7 +309,9 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 			return
 		}
 		fed += uint64(len(m.data))
+		before := c.fedInstructions()
 		instr := feeder.Instructions()
+		c.ringAdd(m.offset, m.data, instr-before)
 		c.mu.Lock()
 		c.sentBytes, c.ackedBytes, c.logInstr = fed, fed, instr
 		icount, received := c.backupIcnt, c.receivedBytes
@@ -366,10 +372,20 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 	case failover.Cleanup:
 		go c.cleanupAfterLive()
 	case failover.HaltVM:
+		// The replaying QEMU's end is no longer go-live's own: let
+		// domainStopped clean up when it is gone.
+		c.mu.Lock()
+		c.goingLive = false
+		c.mu.Unlock()
 		c.setState(StateStopped, "halting: "+a.Reason)
 		go c.d.destroyDomain(c.uuid, a.Reason)
 	case failover.ReportUnprotected:
 		c.setState(StateUnprotected, a.Reason)
+	case failover.BackupStalled:
+		c.mu.Lock()
+		ring := c.ring
+		c.mu.Unlock()
+		c.noteStall(a, ring)
 	}
 }
 
@@ -437,6 +453,9 @@ func (c *controller) sampleIcount(ctx context.Context, conn *libvirt.Connect, do
 			if err != nil {
 				continue
 			}
+			// The failover core watches this icount for a stalled
+			// replay (Config.StallTimeout).
+			c.post(failover.BackupIcount{Icount: ri.Icount})
 			c.mu.Lock()
 			if ri.Icount > c.backupIcnt {
 				c.backupIcnt = ri.Icount

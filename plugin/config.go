@@ -74,6 +74,11 @@ type Config struct {
 	// AllowedPeers, when not empty, lists the IP addresses whose daemons may
 	// connect (log channel and control requests). Empty allows any address.
 	AllowedPeers []string `yaml:"allowed-peers"`
+	// KeepStallLog (a debug switch): when a backup's replay stalls
+	// (<ft:heartbeat stall-timeout-ms>), write the last MiB of log around
+	// the point where it stopped to <state dir>/<uuid>/stall-<role>-<unix
+	// time>.rrstream, for test/tools/rrdump. Default false.
+	KeepStallLog bool `yaml:"keep-stall-log"`
 }
 
 // LoadConfig reads path; a missing file gives the defaults.

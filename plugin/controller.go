@@ -62,6 +62,11 @@ type controller struct {
 	samples               []sample // primary: (instructions, time) to turn icount lag into ms
 	lagMS                 int64
 
+	// ring keeps the last MiB of the log sent (primary) or fed (backup),
+	// to place a stalled replay in it; stall describes the last stall.
+	ring  *logRing
+	stall string
+
 	drv   *driver // the failover core, while the log channel lives
 	epoch string  // pairing epoch: names the split-brain lock
 
@@ -145,7 +150,7 @@ func (c *controller) status() ctl.DomainStatus {
 	defer c.mu.Unlock()
 	s := ctl.DomainStatus{Name: c.name, UUID: c.uuid, Role: c.role, Peer: c.peerAddr,
 		State: c.state, Detail: c.detail, SwitchedOver: c.switchedOver, SentBytes: c.sentBytes, AckedBytes: c.ackedBytes,
-		LogInstructions: c.logInstr, BackupIcount: c.backupIcnt, HeartbeatAgeMS: -1, LagMS: c.lagMS}
+		LogInstructions: c.logInstr, BackupIcount: c.backupIcnt, HeartbeatAgeMS: -1, LagMS: c.lagMS, Stall: c.stall}
 	if c.gates != nil {
 		s.OutputGate = c.gates.summary()
 	} else {
@@ -510,8 +515,10 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 		cond.Broadcast()
 		mu.Unlock()
 	}
+	ring := newLogRing(logRingBytes)
 	c.mu.Lock()
 	gates := c.gates
+	c.ring, c.stall = ring, ""
 	c.mu.Unlock()
 	if gates == nil {
 		gates = &outputGates{}
@@ -540,6 +547,8 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			setDiscard()
 			gates.unprotect()
 			c.setState(StateUnprotected, a.Reason)
+		case failover.BackupStalled:
+			c.noteStall(a, ring)
 		case failover.HaltVM:
 			setDiscard()
 			gates.drop()
@@ -586,7 +595,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 				// peer's Received beyond it covers no log it holds.
 				gates.ack(min(m.ack.Received, sentOnLink.Load()))
 				c.recordAck(m.ack.Offset, m.ack.Executed)
-				drv.post(failover.AckReceived{Offset: m.ack.Offset, Icount: m.ack.Executed})
+				drv.post(failover.AckReceived{Offset: m.ack.Offset, Icount: m.ack.Executed, Fed: m.ack.Fed})
 			case msgHeartbeat:
 				c.heartbeat()
 				drv.post(failover.HeartbeatReceived{})
@@ -645,6 +654,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			}
 			if len(chunk.Data) > 0 {
 				c.recordSent(len(chunk.Data), chunk.Instructions)
+				ring.add(chunk.Offset, chunk.Data, chunk.Instructions)
 				if sending {
 					// Before the write: the backup's ack of it may
 					// arrive before sendLog returns.

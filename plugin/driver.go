@@ -39,7 +39,8 @@ func ticks(d time.Duration) int {
 
 func newDriver(role failover.Role, cfg ftxml.Config, exec func(failover.Action)) (*driver, error) {
 	n, err := failover.New(failover.Config{Role: role,
-		HeartbeatInterval: ticks(cfg.HeartbeatInterval), HeartbeatTimeout: ticks(cfg.HeartbeatTimeout)})
+		HeartbeatInterval: ticks(cfg.HeartbeatInterval), HeartbeatTimeout: ticks(cfg.HeartbeatTimeout),
+		StallTimeout: ticks(cfg.Stall())})
 	if err != nil {
 		return nil, err
 	}

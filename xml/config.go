@@ -59,6 +59,14 @@ type Config struct {
 	// milliseconds, more than HeartbeatInterval
 	// (<ft:heartbeat timeout-ms>, default 1000 ms).
 	HeartbeatTimeout time.Duration
+	// StallTimeout is how long the backup's executed icount may stand
+	// still while log it has not executed is queued for it before the
+	// backup is declared stalled (the primary then runs on unprotected),
+	// and how long feeding END or draining may make no progress before a
+	// go-live fails. A whole number of milliseconds, more than
+	// HeartbeatInterval (<ft:heartbeat stall-timeout-ms>); 0, the
+	// default, means twice HeartbeatTimeout (Stall).
+	StallTimeout time.Duration
 	// StateDir is the absolute directory on both hosts under which each
 	// protected domain has a directory named by its UUID holding the replay
 	// FIFOs (<ft:state dir>, default /var/lib/libvirt-ft).
@@ -68,6 +76,15 @@ type Config struct {
 	// <ft:output-gate enabled="yes|no">, default yes). Turning it off loses
 	// TCP connections at go-live.
 	OutputGate bool
+}
+
+// Stall is the replay stall bound in force: StallTimeout, or twice
+// HeartbeatTimeout when it is 0.
+func (c Config) Stall() time.Duration {
+	if c.StallTimeout > 0 {
+		return c.StallTimeout
+	}
+	return 2 * c.HeartbeatTimeout
 }
 
 // DefaultConfig returns a Config with every default filled in and no peer.
@@ -93,6 +110,7 @@ const (
 	fieldHeartbeat = fieldFT + "/ft:heartbeat"
 	fieldInterval  = fieldHeartbeat + "/@interval-ms"
 	fieldTimeout   = fieldHeartbeat + "/@timeout-ms"
+	fieldStall     = fieldHeartbeat + "/@stall-timeout-ms"
 	fieldState     = fieldFT + "/ft:state"
 	fieldStateDir  = fieldState + "/@dir"
 	fieldGate      = fieldFT + "/ft:output-gate"
@@ -143,6 +161,15 @@ func (c Config) problems() []Problem {
 		ps = append(ps, Problem{fieldTimeout, fmt.Sprintf("is %d, not more than interval-ms %d: every gap between two heartbeats would declare the peer lost (and make the backup go live)",
 			c.HeartbeatTimeout.Milliseconds(), c.HeartbeatInterval.Milliseconds()),
 			"set timeout-ms to several intervals, e.g. 10 × interval-ms"})
+	}
+	switch {
+	case c.StallTimeout%time.Millisecond != 0:
+		ps = append(ps, Problem{fieldStall, fmt.Sprintf("is %v: the element holds whole milliseconds", c.StallTimeout),
+			"round the stall timeout to whole milliseconds"})
+	case c.StallTimeout < 0 || (c.StallTimeout > 0 && intervalOK && c.StallTimeout <= c.HeartbeatInterval):
+		ps = append(ps, Problem{fieldStall, fmt.Sprintf("is %d: a backup's replay is sampled more slowly than that, so every pause would declare it stalled",
+			c.StallTimeout.Milliseconds()),
+			"leave stall-timeout-ms out (twice timeout-ms) or set it to several heartbeat intervals"})
 	}
 	if !path.IsAbs(c.StateDir) {
 		ps = append(ps, Problem{fieldStateDir, fmt.Sprintf("is %q: the replay FIFOs need an absolute directory, the same on both hosts", c.StateDir),
@@ -337,9 +364,10 @@ func parseFT(n *node, cfg *Config) (ps []Problem, peerMissing bool) {
 				}
 			}
 		case "heartbeat":
-			ps = append(ps, checkNode(c, field, []string{"interval-ms", "timeout-ms"})...)
+			ps = append(ps, checkNode(c, field, []string{"interval-ms", "timeout-ms", "stall-timeout-ms"})...)
 			ps = append(ps, millis(c, "interval-ms", fieldInterval, &cfg.HeartbeatInterval)...)
 			ps = append(ps, millis(c, "timeout-ms", fieldTimeout, &cfg.HeartbeatTimeout)...)
+			ps = append(ps, millis(c, "stall-timeout-ms", fieldStall, &cfg.StallTimeout)...)
 		case "state":
 			ps = append(ps, checkNode(c, field, []string{"dir"})...)
 			if v, ok := attr(c, "dir"); ok {
@@ -514,7 +542,11 @@ func renderFT(cfg Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<%sft xmlns:%s="%s" role="%s">`, p, Prefix, escapeAttr(NamespaceURI), escapeAttr(cfg.Role))
 	fmt.Fprintf(&b, "\n      <%speer address=\"%s\" port=\"%d\"/>", p, escapeAttr(cfg.PeerAddress), cfg.PeerPort)
-	fmt.Fprintf(&b, "\n      <%sheartbeat interval-ms=\"%d\" timeout-ms=\"%d\"/>", p, cfg.HeartbeatInterval.Milliseconds(), cfg.HeartbeatTimeout.Milliseconds())
+	stall := ""
+	if cfg.StallTimeout > 0 {
+		stall = fmt.Sprintf(" stall-timeout-ms=\"%d\"", cfg.StallTimeout.Milliseconds())
+	}
+	fmt.Fprintf(&b, "\n      <%sheartbeat interval-ms=\"%d\" timeout-ms=\"%d\"%s/>", p, cfg.HeartbeatInterval.Milliseconds(), cfg.HeartbeatTimeout.Milliseconds(), stall)
 	fmt.Fprintf(&b, "\n      <%sstate dir=\"%s\"/>", p, escapeAttr(cfg.StateDir))
 	fmt.Fprintf(&b, "\n      <%soutput-gate enabled=\"%s\"/>", p, gate)
 	fmt.Fprintf(&b, "\n    </%sft>", p)

@@ -150,6 +150,10 @@ func TestParseConfigProblems(t *testing.T) {
 			"/domain/metadata/ft:ft/ft:heartbeat/@interval-ms", `interval-ms="100"`},
 		{"interval not a number", `<ft:peer address="10.0.0.2"/><ft:heartbeat interval-ms="0.1s"/>`,
 			"/domain/metadata/ft:ft/ft:heartbeat/@interval-ms", "milliseconds"},
+		{"stall timeout not above the interval", `<ft:peer address="10.0.0.2"/><ft:heartbeat interval-ms="100" stall-timeout-ms="50"/>`,
+			"/domain/metadata/ft:ft/ft:heartbeat/@stall-timeout-ms", "stall-timeout-ms"},
+		{"stall timeout negative", `<ft:peer address="10.0.0.2"/><ft:heartbeat stall-timeout-ms="-1"/>`,
+			"/domain/metadata/ft:ft/ft:heartbeat/@stall-timeout-ms", "stall-timeout-ms"},
 		{"state dir relative", `<ft:peer address="10.0.0.2"/><ft:state dir="var/lib/libvirt-ft"/>`,
 			"/domain/metadata/ft:ft/ft:state/@dir", `dir="/var/lib/libvirt-ft"`},
 		{"role", `<ft:peer address="10.0.0.2"/>`, "/domain/metadata/ft:ft/@role", `role="primary"`},
@@ -320,5 +324,27 @@ func TestConfigStateDirSocketLength(t *testing.T) {
 	c.OutputGate = false
 	if err := c.Validate(); err != nil {
 		t.Errorf("output gate off: no sockets, no limit: %v", err)
+	}
+}
+
+func TestParseConfigStallTimeout(t *testing.T) {
+	const open = `<ft:ft xmlns:ft="https://libvirt-ft.org/xmlns/ft/1.0"><ft:peer address="10.0.0.2"/>`
+	cfg, _, err := ParseConfig(domainWithMetadata(open + `<ft:heartbeat timeout-ms="1500"/></ft:ft>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StallTimeout != 0 || cfg.Stall() != 3*time.Second {
+		t.Fatalf("default: StallTimeout %v, Stall() %v; want 0 and twice the heartbeat timeout (3s)", cfg.StallTimeout, cfg.Stall())
+	}
+	cfg, _, err = ParseConfig(domainWithMetadata(open + `<ft:heartbeat stall-timeout-ms="5000"/></ft:ft>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Stall() != 5*time.Second {
+		t.Fatalf("Stall() = %v, want 5s", cfg.Stall())
+	}
+	// The element written back keeps it.
+	if !strings.Contains(renderFT(*cfg), `stall-timeout-ms="5000"`) {
+		t.Fatalf("renderFT lost stall-timeout-ms: %s", renderFT(*cfg))
 	}
 }

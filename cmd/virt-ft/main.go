@@ -161,6 +161,9 @@ func printStatus(ds []ctl.DomainStatus) {
 		if d.OutputGate != "" {
 			fmt.Printf("%s: output gate: %s\n", d.Name, d.OutputGate)
 		}
+		if d.Stall != "" {
+			fmt.Printf("%s: backup %s\n", d.Name, d.Stall)
+		}
 	}
 }
 

@@ -105,6 +105,11 @@ type DomainStatus struct {
 	// interface): mode (gated, passthrough, dropping), frames held,
 	// released and dropped, hold times in ms.
 	OutputGate string `json:"output_gate,omitempty"`
+	// Stall describes the last replay stall of this domain's backup: the
+	// icount it stopped at, the kind and stream offset of the log's next
+	// event there, how long it made no progress (ms), and where the log
+	// around it was kept (keep-stall-log). Empty when none happened.
+	Stall string `json:"stall,omitempty"`
 }
 
 // Call sends req to the daemon at socket and waits at most timeout for the

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end backup loss: the primary must never block on a lost backup.
-# 1. kill -9 of the backup's QEMU on host B; 2. (with a new pairing) host B
-# torn down entirely. Each time the primary's tick counter keeps going (no
-# gap longer than its usual period plus 1 s), `virt-ft status` on host A
-# says unprotected, and nothing is left behind on host B.
+# 1. kill -9 of the backup's QEMU on host B; 2. (with a new pairing) the
+# backup's QEMU stopped with SIGSTOP, a replay that no longer advances (issue
+# 9): it must be declared stalled within the stall bound (<ft:heartbeat
+# stall-timeout-ms>, default twice the 1 s heartbeat timeout) and its QEMU
+# destroyed; 3. (with a new pairing) host B torn down entirely. Each time the
+# primary's tick counter keeps going (no gap longer than its usual period
+# plus 1 s, plus the stall bound for SIGSTOP, during which the primary waits
+# for its backup), `virt-ft status` on host A says unprotected, and nothing
+# is left behind on host B.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 trap lab_stop EXIT
@@ -26,9 +31,14 @@ watch_ticks() {
 	done
 }
 
-for mode in qemu host; do
-	say "backup loss: $([ $mode = qemu ] && echo 'kill -9 of the backup QEMU on host B' || echo 'host B torn down')"
-	if [ $mode = host ]; then
+STALL_BOUND_MS=2000
+for mode in qemu stop host; do
+	case $mode in
+	qemu) say "backup loss: kill -9 of the backup QEMU on host B" ;;
+	stop) say "backup loss: the backup QEMU on host B stopped (SIGSTOP): a stalled replay" ;;
+	host) say "backup loss: host B torn down" ;;
+	esac
+	if [ $mode != qemu ]; then
 		# A new pairing: stop the unprotected primary and start it again.
 		virsh_on a destroy "$DOMAIN" >/dev/null
 		wait_for 30 "the old backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
@@ -43,23 +53,40 @@ for mode in qemu host; do
 	watch_ticks a "$DOMAIN" 12 /tmp/ft-ticks-seen &
 	watcher=$!
 	sleep 4
-	if [ $mode = qemu ]; then
-		on b kill -9 "$(qemu_pid b "$DOMAIN")"
-	else
-		lab kill-host b >/dev/null
-	fi
-	log "backup killed at $(date +%T.%3N)"
+	allowed=1000
+	case $mode in
+	qemu) on b kill -9 "$(qemu_pid b "$DOMAIN")" ;;
+	stop)
+		bpid=$(qemu_pid b "$DOMAIN")
+		t0=$(date +%s%3N)
+		on b kill -STOP "$bpid"
+		until ft_on a status "$DOMAIN" | head -n 2 | grep -q unprotected; do
+			[ $(($(date +%s%3N) - t0)) -lt $((STALL_BOUND_MS + 5000)) ] || die "no stall detected $((STALL_BOUND_MS + 5000)) ms after SIGSTOP"
+			sleep 0.05
+		done
+		detected=$(($(date +%s%3N) - t0))
+		log "the primary said unprotected $detected ms after SIGSTOP of the backup's QEMU (bound $STALL_BOUND_MS ms)"
+		[ $detected -le $((STALL_BOUND_MS + 1000)) ] || die "the stall was detected after $detected ms, more than the bound $STALL_BOUND_MS ms + 1 s"
+		allowed=$((STALL_BOUND_MS + 1000))
+		;;
+	host) lab kill-host b >/dev/null ;;
+	esac
+	log "backup lost at $(date +%T.%3N)"
 	wait "$watcher"
 	gaps=$(awk 'NR > 1 { print $2 - prev } { prev = $2 }' /tmp/ft-ticks-seen | sort -n)
 	median=$(echo "$gaps" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 	worst=$(echo "$gaps" | tail -n 1)
 	log "primary's tick gaps (host ms): median $median, worst $worst"
-	[ "$worst" -le $((median + 1000)) ] || die "the primary stalled: a tick gap of $worst ms (median $median ms)"
+	[ "$worst" -le $((median + allowed)) ] || die "the primary stalled: a tick gap of $worst ms (median $median ms)"
 	st=$(ft_on a status "$DOMAIN")
 	echo "$st" | sed 's/^/     /'
 	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
+	if [ $mode = stop ]; then
+		grep -q "replay stalled at icount [0-9]*, next event [A-Z_]* at log offset [0-9]*" <<<"$st" ||
+			die "virt-ft status on host A does not give the stalled backup's icount and next event"
+	fi
 	[ "$(virsh_on a domstate "$DOMAIN")" = running ] || die "the primary is not running"
-	if [ $mode = qemu ]; then
+	if [ $mode != host ]; then
 		wait_for 20 "host B to clean up" sh -c "[ -z \"\$('$LAB' exec b find /var/lib/libvirt-ft -type p)\" ]"
 		[ -z "$(qemu_pid b "$DOMAIN")" ] || die "a QEMU pid file is left on host B"
 		log "nothing left on host B (no FIFO, no QEMU)"

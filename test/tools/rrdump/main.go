@@ -3,10 +3,14 @@
 // with their offsets and the icount reached before each, for diagnosing a
 // replay that stops short of the log's end.
 //
-//	rrdump [-header] [-icount N] [-before K] [-after K] FILE
+//	rrdump [-header] [-base-offset B -base-icount I] [-icount N] [-before K] [-after K] FILE
 //
 // Without -icount it prints every event; with it, the K events before and
-// after the point where the cumulative icount reaches N.
+// after the point where the cumulative icount reaches N. A stretch of log
+// that libvirt-ftd kept at a replay stall (keep-stall-log) starts inside
+// the stream: -base-offset and -base-icount give its first byte's stream
+// offset and the icount before it (libvirt-ftd's log and virt-ft status
+// print both).
 package main
 
 import (
@@ -22,9 +26,11 @@ func main() {
 	at := flag.Uint64("icount", 0, "show the events around this icount (guest instructions)")
 	before := flag.Int("before", 20, "events to show before -icount")
 	after := flag.Int("after", 20, "events to show after -icount")
+	baseOff := flag.Uint64("base-offset", 0, "stream offset of FILE's first byte")
+	baseIcount := flag.Uint64("base-icount", 0, "icount before FILE's first event")
 	flag.Parse()
 	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: rrdump [-header] [-icount N] [-before K] [-after K] FILE")
+		fmt.Fprintln(os.Stderr, "usage: rrdump [-header] [-base-offset B -base-icount I] [-icount N] [-before K] [-after K] FILE")
 		os.Exit(2)
 	}
 	data, err := os.ReadFile(flag.Arg(0))
@@ -56,7 +62,8 @@ func main() {
 		}
 		fmt.Printf("%10d  icount %12d  %-22s %4d B  % x\n", l.off, l.icount, logchan.KindName(l.ev[0]), len(l.ev), l.ev[1:n])
 	}
-	n, err := logchan.WalkEvents(data, 0, func(off uint64, ev []byte, instr uint64) bool {
+	icount = *baseIcount
+	n, err := logchan.WalkEvents(data, *baseOff, func(off uint64, ev []byte, instr uint64) bool {
 		events++
 		l := line{off, icount, ev}
 		icount += instr

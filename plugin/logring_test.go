@@ -1,0 +1,94 @@
+package plugin
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+)
+
+// instrEvent is an INSTRUCTION event of n guest instructions.
+func instrEvent(n uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte{logchan.KindInstruction}, n)
+}
+
+func TestLogRingAt(t *testing.T) {
+	r := newLogRing(1 << 10)
+	// INSTR 100, INTERRUPT, INSTR 50, CHECKPOINT, INTERRUPT
+	var log []byte
+	log = append(log, instrEvent(100)...)
+	irq := len(log)
+	log = append(log, logchan.KindInterrupt)
+	mid := len(log)
+	log = append(log, instrEvent(50)...)
+	cp := len(log)
+	log = append(log, logchan.KindCheckpoint)
+	log = append(log, logchan.KindInterrupt)
+	r.add(0, log[:irq+1], 100)
+	r.add(uint64(irq+1), log[irq+1:], 50)
+
+	for _, tc := range []struct {
+		icount uint64
+		off    int
+		kind   string
+	}{
+		{100, irq, logchan.KindName(logchan.KindInterrupt)},
+		{120, mid, "INSTRUCTION"},
+		{150, cp, logchan.KindName(logchan.KindCheckpoint)},
+		{10, 0, "INSTRUCTION"},
+	} {
+		p := r.at(tc.icount)
+		if p.Kind != tc.kind || p.Offset != uint64(tc.off) {
+			t.Errorf("at(%d) = %+v, want %s at offset %d", tc.icount, p, tc.kind, tc.off)
+		}
+	}
+	if p := r.at(500); p.Kind != "" {
+		t.Errorf("at(500) beyond the log = %+v, want no event", p)
+	}
+}
+
+func TestLogRingTrimsWholeEvents(t *testing.T) {
+	r := newLogRing(64)
+	var off uint64
+	for i := 0; i < 100; i++ {
+		ev := append(instrEvent(10), logchan.KindInterrupt)
+		r.add(off, ev, 10)
+		off += uint64(len(ev))
+	}
+	if len(r.buf) > 2*64 {
+		t.Fatalf("ring holds %d bytes, want at most %d", len(r.buf), 2*64)
+	}
+	// Whatever was dropped, the ring still starts at an event boundary with
+	// the right instruction sum: the last INTERRUPT is at icount 1000.
+	if p := r.at(1000); p.Kind != logchan.KindName(logchan.KindInterrupt) || p.Offset != off-1 {
+		t.Fatalf("at(1000) = %+v, want INTERRUPT at %d", p, off-1)
+	}
+	// An icount older than the ring is reported as not kept.
+	if p := r.at(5); p.Kind != "" {
+		t.Fatalf("at(5) = %+v, want not kept", p)
+	}
+	path := filepath.Join(t.TempDir(), "stall.rrstream")
+	start, instr, err := r.save(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if start+uint64(len(data)) != off || instr != r.instr {
+		t.Fatalf("saved %d bytes from %d (instr %d), want up to %d", len(data), start, instr, off)
+	}
+	n, err := logchan.WalkEvents(data, start, func(uint64, []byte, uint64) bool { return true })
+	if err != nil || n != len(data) {
+		t.Fatalf("saved log walks %d of %d bytes: %v", n, len(data), err)
+	}
+}
+
+func TestLogRingGapRestarts(t *testing.T) {
+	r := newLogRing(1 << 10)
+	r.add(0, instrEvent(10), 10)
+	r.add(100, []byte{logchan.KindInterrupt}, 0) // not at 5: a gap
+	if r.start != 100 || r.instr != 10 || len(r.buf) != 1 {
+		t.Fatalf("after a gap: start %d instr %d len %d", r.start, r.instr, len(r.buf))
+	}
+}
