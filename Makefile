@@ -28,6 +28,8 @@ build:
 	$(GO) build -o $(BIN)/diskcheck ./test/tools/diskcheck
 	$(GO) build -o $(BIN)/tcpcheck ./test/tools/tcpcheck
 	$(GO) build -o $(BIN)/rxcheck ./test/tools/rxcheck
+	$(GO) build -o $(BIN)/rrdump ./test/tools/rrdump
+	$(GO) build -o $(BIN)/gaterelay ./test/tools/gaterelay
 
 guest:
 	test/guest/build.sh $(GUEST)

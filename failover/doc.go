@@ -25,7 +25,7 @@
 //
 // # API
 //
-//	type Config struct{ Role Role; HeartbeatInterval, HeartbeatTimeout, LockRetryInterval int }
+//	type Config struct{ Role Role; HeartbeatInterval, HeartbeatTimeout, LockRetryInterval, StallTimeout int }
 //	func (Config) Validate() error
 //	func New(Config) (*Node, error)
 //	func (*Node) Tick()
@@ -42,7 +42,8 @@
 // ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
 // QEMUExited, SwitchoverRequested. Actions (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
-// ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup. Both are
+// ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup,
+// BackupStalled. Both are
 // small structs behind sealed interfaces; String gives the form used by
 // the scenario scripts in testdata/.
 //
@@ -84,6 +85,28 @@
 // The VM keeps running, its output held. Won → StateUnprotected and
 // report-unprotected (release held output); lost → StateHalted and halt-vm
 // (the backup went live); err → retry as above.
+//
+// Replay stall (StallTimeout > 0): a backup replays what it is fed unless
+// its QEMU stopped for good (a divergence between record and replay, a
+// stopped process); a replay merely behind still advances. So a backup
+// whose executed icount stands still for StallTimeout ticks while the
+// instructions fed to it exceed that icount is stalled. The rule is armed
+// once the backup's icount is known (not 0: its QEMU is still starting).
+//
+//	primary (icount and fed from AckReceived):
+//	                backup-stalled, send-bye discarded, drain-locally,
+//	                close-channel, acquire-lock (as for a lost backup)
+//	backup (icount from BackupIcount, fed from LogReceived), a
+//	HeartbeatTimeout later, as a fallback for a primary that did not:
+//	                backup-stalled, send-bye (unclean), halt-vm,
+//	                close-channel
+//	backup on bye discarded: halt-vm, close-channel (never go live)
+//	backup going live, no progress for StallTimeout ticks while feeding END
+//	(no LogReceived, EndFed or larger BackupIcount) or draining:
+//	                backup-stalled, halt-vm; state Halted: the go-live
+//	                fails instead of hanging (a replay that cannot reach
+//	                the end of the log cannot go live without breaking the
+//	                output rule)
 //
 // Late input: once a Node has left Replicating, frames, heartbeats, acks,
 // byes and stale results change nothing and produce no action; they are
@@ -147,9 +170,10 @@
 //
 // # Limits
 //
-// There is no drain timeout: a backup whose QEMU stops advancing waits in
-// PhaseDraining (Status shows icount and target) because going live short
-// of the fed log would break the output rule. A GoLive that fails after the
+// With StallTimeout 0 there is no drain bound: a backup whose QEMU stops
+// advancing waits in PhaseDraining (Status shows icount and target) for
+// ever. With it, the go-live fails and the VM is down: going live short of
+// the fed log would break the output rule. A GoLive that fails after the
 // lock was won leaves the VM down (the old primary, if alive, has lost the
 // lock). A backup whose QEMU dies while it waits for the lock stops; if it
 // had in fact won, the VM is down too. Both need an operator.

@@ -396,7 +396,9 @@ func (n *Node) checkStall() {
 	}
 	switch {
 	case n.state == StateReplicating && n.role == RolePrimary:
-		if n.ackedFed <= n.ackedIcount {
+		// Icount 0: the backup's QEMU has not started replaying (or not
+		// been sampled) yet; its start-up is not a stall.
+		if n.ackedIcount == 0 || n.ackedFed <= n.ackedIcount {
 			n.moved = n.now
 			return
 		}
@@ -409,7 +411,7 @@ func (n *Node) checkStall() {
 		n.peerLost(fmt.Sprintf("backup stalled: its replay stayed at icount %d for %d ticks with log up to icount %d queued",
 			n.ackedIcount, stuck, n.ackedFed))
 	case n.state == StateReplicating && n.role == RoleBackup && !n.peerEnded:
-		if n.fedInstr <= n.icount {
+		if n.icount == 0 || n.fedInstr <= n.icount {
 			n.moved = n.now
 			return
 		}
@@ -616,6 +618,16 @@ func (n *Node) startGoLive(cause string, planned, local bool) {
 
 func (n *Node) stepGoingLive(ev Event) bool {
 	switch e := ev.(type) {
+	case LogReceived:
+		// A queued frame written into FIFO B while feeding END: the
+		// replaying QEMU read log, which is progress.
+		if n.phase != PhaseFeedingEnd {
+			return false
+		}
+		n.moved = n.now
+		n.logOffset = max(n.logOffset, e.Offset)
+		n.fedBytes = max(n.fedBytes, e.Bytes)
+		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case EndFed:
 		if n.phase != PhaseFeedingEnd {
 			return false

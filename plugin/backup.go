@@ -299,7 +299,7 @@ func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan
 		c.started = true
 		c.mu.Unlock()
 		if start {
-			go c.startBackupDomain(ctx)
+			go c.startBackupDomain()
 		}
 		// Feeder.Write refuses anything but whole events, writing nothing.
 		if err := feeder.Write(m.data); err != nil {
@@ -385,7 +385,7 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		c.mu.Lock()
 		ring := c.ring
 		c.mu.Unlock()
-		c.noteStall(a, ring)
+		go c.noteStall(a, ring)
 	}
 }
 
@@ -419,16 +419,18 @@ func (c *controller) waitDrain(target uint64) {
 }
 
 // startBackupDomain creates the transient backup domain (libvirt starts QEMU
-// with rr=replay on FIFO B) and then samples its icount for lag figures.
-func (c *controller) startBackupDomain(ctx context.Context) {
+// with rr=replay on FIFO B) and then samples its icount for lag figures and
+// the stall rule.
+func (c *controller) startBackupDomain() {
 	conn, err := c.d.lv.get()
 	if err == nil {
 		var dom *libvirt.Domain
 		dom, err = conn.DomainCreateXML(c.backupXML, 0)
 		if err == nil {
+			dom.Free()
 			c.domainStarted()
 			c.log.Info("backup domain started in replay mode")
-			go c.sampleIcount(ctx, conn, dom)
+			go c.sampleIcount()
 			return
 		}
 	}
@@ -437,20 +439,42 @@ func (c *controller) startBackupDomain(ctx context.Context) {
 	c.d.forget(c.uuid, c)
 }
 
-func (c *controller) sampleIcount(ctx context.Context, conn *libvirt.Connect, dom *libvirt.Domain) {
-	defer dom.Free()
-	client := qmp.NewClient(qmp.NewLibvirtMonitor(nil, dom))
+// sampleIcount samples the replaying QEMU's executed icount every
+// status-interval-ms (query-replay) until the controller closes or the
+// domain went live: for the lag figures the primary sees in acks, and for
+// the failover core's stall rule (failover.Config.StallTimeout), which must
+// see every sample while it feeds END too. A failed sample (libvirtd
+// restarted, the monitor is busy) looks the domain up again the next time,
+// so that a healthy backup is never taken for a stalled one because of a
+// stale handle.
+func (c *controller) sampleIcount() {
+	var client *qmp.Client
+	release := func() {}
+	defer func() { release() }()
 	t := time.NewTicker(time.Duration(c.d.cfg.StatusIntervalMS) * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
-			return
 		case <-c.done:
 			return
 		case <-t.C:
+			c.mu.Lock()
+			live := c.live
+			c.mu.Unlock()
+			if live {
+				return
+			}
+			if client == nil {
+				cl, done, err := c.d.domainQMP(c.uuid)
+				if err != nil {
+					continue
+				}
+				client, release = cl, done
+			}
 			ri, err := client.QueryReplay()
 			if err != nil {
+				release()
+				client, release = nil, func() {}
 				continue
 			}
 			// The failover core watches this icount for a stalled

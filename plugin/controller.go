@@ -548,7 +548,9 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			gates.unprotect()
 			c.setState(StateUnprotected, a.Reason)
 		case failover.BackupStalled:
-			c.noteStall(a, ring)
+			// Off the driver's goroutine: with keep-stall-log it writes
+			// a file.
+			go c.noteStall(a, ring)
 		case failover.HaltVM:
 			setDiscard()
 			gates.drop()
@@ -654,8 +656,8 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			}
 			if len(chunk.Data) > 0 {
 				c.recordSent(len(chunk.Data), chunk.Instructions)
-				ring.add(chunk.Offset, chunk.Data, chunk.Instructions)
 				if sending {
+					ring.add(chunk.Offset, chunk.Data, chunk.Instructions)
 					// Before the write: the backup's ack of it may
 					// arrive before sendLog returns.
 					sentOnLink.Store(chunk.Offset + uint64(len(chunk.Data)))

@@ -60,7 +60,7 @@ for mode in qemu stop host; do
 		bpid=$(qemu_pid b "$DOMAIN")
 		t0=$(date +%s%3N)
 		on b kill -STOP "$bpid"
-		until ft_on a status "$DOMAIN" | head -n 2 | grep -q unprotected; do
+		until [[ "$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p)" == *unprotected* ]]; do
 			[ $(($(date +%s%3N) - t0)) -lt $((STALL_BOUND_MS + 5000)) ] || die "no stall detected $((STALL_BOUND_MS + 5000)) ms after SIGSTOP"
 			sleep 0.05
 		done

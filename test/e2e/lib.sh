@@ -44,6 +44,7 @@ lab_start() {
 		listen: $ip:7480
 		libvirt-uri: qemu:///system
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
+		keep-stall-log: true
 		YAML
 		lab bg $h ftd ${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
 	done
@@ -72,6 +73,8 @@ lab_stop() {
 		for h in a b; do
 			for f in "$LAB_DIR/$h"/*.log; do [ -f "$f" ] && cp "$f" "$E2E_LOGS/$h-$(basename "$f")"; done
 			cp -r "$LAB_DIR/$h/root/log-libvirt" "$E2E_LOGS/$h-libvirt-logs" 2>/dev/null || true
+			# Log kept around a replay stall (keep-stall-log).
+			for f in "$LAB_DIR/$h"/root/lib-libvirt-ft/*/stall-*.rrstream; do [ -f "$f" ] && cp "$f" "$E2E_LOGS/$h-$(basename "$f")"; done
 		done
 		if [ $rc -ne 0 ]; then
 			for h in a b; do

@@ -72,7 +72,10 @@ while [ $SECONDS -lt $end ]; do
 	icount=$(backup_icount) fed=$(fed_instructions)
 	ta=$(last_tick a "$DOMAIN") tb=$(last_tick b "$DOMAIN")
 	problem=
-	if [ "$mode" != play ]; then
+	sta=$(ft_on a status "$DOMAIN" 2>/dev/null || true)
+	if [[ "$(sed -n 2p <<<"$sta")" != *replicating* ]]; then
+		problem="host A's primary no longer replicates: $(sed -n 2p <<<"$sta" | awk '{print $4}'); $(grep -m1 'stalled' <<<"$sta" || true)"
+	elif [ "$mode" != play ]; then
 		problem="the backup is not replaying (mode '${mode:-none}')"
 	elif [ -z "$icount" ] || [ -z "$fed" ]; then
 		problem="no icount from the backup (icount '${icount}', fed '${fed}')"
@@ -89,6 +92,8 @@ while [ $SECONDS -lt $end ]; do
 			ft_on a status "$DOMAIN" 2>/dev/null | sed 's/^/     A: /' || true
 		fi
 		stalled=1
+		# A backup that is gone does not come back in this soak.
+		[[ "$(sed -n 2p <<<"$sta")" == *replicating* ]] || break
 	else
 		stalled=0
 	fi

@@ -3,7 +3,7 @@
 // with their offsets and the icount reached before each, for diagnosing a
 // replay that stops short of the log's end.
 //
-//	rrdump [-header] [-base-offset B -base-icount I] [-icount N] [-before K] [-after K] FILE
+//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -icount N [-before K] [-after K]] FILE
 //
 // Without -icount it prints every event; with it, the K events before and
 // after the point where the cumulative icount reaches N. A stretch of log
@@ -26,6 +26,7 @@ func main() {
 	at := flag.Uint64("icount", 0, "show the events around this icount (guest instructions)")
 	before := flag.Int("before", 20, "events to show before -icount")
 	after := flag.Int("after", 20, "events to show after -icount")
+	summary := flag.Bool("summary", false, "print only the summary line (events, bytes, the icount at the end)")
 	baseOff := flag.Uint64("base-offset", 0, "stream offset of FILE's first byte")
 	baseIcount := flag.Uint64("base-icount", 0, "icount before FILE's first event")
 	flag.Parse()
@@ -68,6 +69,7 @@ func main() {
 		l := line{off, icount, ev}
 		icount += instr
 		switch {
+		case *summary:
 		case *at == 0:
 			print(l)
 		case shown < 0 && icount >= *at:

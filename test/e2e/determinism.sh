@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Determinism check (issue 9): record the test guest under TCP load into a
+# file, replay the file, and require the replay to reach the log's end with
+# the same icount and the same console output, byte for byte.
+#
+# QEMU runs on its own (no libvirt, no libvirt-ftd) with the devices
+# libvirt-ftd gives a protected domain on the lab's libvirt 9.0: machine
+# pc-i440fx-7.2, qemu64, one vCPU, a virtio-blk disk under blkreplay, a
+# virtio-net NIC on a tap with filter-replay and an output-gate
+# filter-redirector whose two sockets are joined by test/tools/gaterelay
+# (every frame the guest sends comes back at once, as through an output gate
+# that never holds),
+# and the serial console in a file. The tap, the TCP clients and QEMU run in
+# a network namespace of this script's own; nothing leaves it.
+#
+# The load: an echo client and a stream reader for LOAD_S seconds with a
+# bulk receive and a bulk transmit burst meanwhile; the guest then powers
+# itself off (ft.poweroff), which ends the record log. A replay that does
+# not advance for STALL_S seconds is a failure, reported with its icount and
+# the log's next event there (test/tools/rrdump).
+#   EMULATOR=... [LOAD_S=20] [STALL_S=30] [KEEP=1] test/e2e/determinism.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+QEMU=${EMULATOR:-/usr/bin/qemu-system-x86_64}
+LOAD_S=${LOAD_S:-20}
+STALL_S=${STALL_S:-30}
+POWEROFF_TICK=${POWEROFF_TICK:-$((LOAD_S + 14))}
+[ -x "$QEMU" ] || die "no QEMU at $QEMU (make qemu-ft)"
+for b in tcpcheck rrdump gaterelay; do [ -x "$BIN/$b" ] || die "run make build first ($BIN/$b)"; done
+command -v socat >/dev/null || die "socat is missing (make setup)"
+
+ns=ftdet$$
+work=$(mktemp -d /var/tmp/ft-determinism.XXXXXX)
+pids=()
+cleanup() {
+	local rc=$? p
+	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	ip netns del "$ns" 2>/dev/null || true
+	if [ $rc -ne 0 ] || [ "${KEEP:-0}" = 1 ]; then
+		echo "determinism: logs and consoles kept in $work"
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+inns() { ip netns exec "$ns" "$@"; }
+
+ip netns add "$ns"
+inns ip link set lo up
+inns ip tuntap add dev ftdt0 mode tap vnet_hdr
+inns ip addr add $HOST_A_IP/24 dev ftdt0
+inns ip link set ftdt0 up
+"$ROOT/test/guest/mkdisk.sh" "$work/record.qcow2" >/dev/null
+cp "$work/record.qcow2" "$work/replay.qcow2"
+
+# qemu_args MODE: the command line of the record (MODE record) or replay
+# (MODE replay) run; both must describe the same machine.
+qemu_args() {
+	local mode=$1
+	printf '%s\n' -name guest=ftdet -machine pc-i440fx-7.2,usb=off,dump-guest-core=off -accel tcg -cpu qemu64 \
+		-m 256 -smp 1 -uuid 8a0c6a3e-5a34-4a4e-9d1c-6f7e3c2d1b00 -display none -no-user-config -nodefaults \
+		-rtc base=utc -boot strict=on \
+		-kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" \
+		-append "console=ttyS0 quiet loglevel=1 panic=-1 ft.poweroff=$POWEROFF_TICK" \
+		-blockdev "{\"driver\":\"file\",\"filename\":\"$work/$mode.qcow2\",\"node-name\":\"disk-storage\"}" \
+		-blockdev '{"node-name":"disk-format","driver":"qcow2","file":"disk-storage"}' \
+		-blockdev '{"driver":"blkreplay","node-name":"ft-rr0","image":"disk-format"}' \
+		-device '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3","id":"disk0","drive":"ft-rr0"}' \
+		-netdev '{"type":"tap","id":"net0","ifname":"ftdt0","script":"no","downscript":"no"}' \
+		-device '{"driver":"virtio-net-pci","netdev":"net0","id":"nic0","mac":"52:54:00:fa:00:01","bus":"pci.0","addr":"0x2"}' \
+		-chardev "file,id=serial0,path=$work/console-$mode.log" \
+		-device '{"driver":"isa-serial","chardev":"serial0","id":"serial0","index":0}' \
+		-icount "shift=auto,rr=$mode,rrfile=$work/log.bin" \
+		-object filter-replay,id=ft-fr0,netdev=net0 \
+		-chardev "socket,id=ft-gout0,path=$work/gate-out.sock" \
+		-chardev "socket,id=ft-gin0,path=$work/gate-in.sock" \
+		-object filter-redirector,id=ft-gate0,netdev=net0,queue=rx,outdev=ft-gout0,indev=ft-gin0 \
+		-qmp "unix:$work/qmp-$mode.sock,server=on,wait=off"
+}
+
+# start_qemu MODE: gaterelay joins the gate's sockets, then QEMU starts in
+# MODE.
+start_qemu() {
+	local mode=$1 args
+	rm -f "$work"/gate-*.sock
+	"$BIN/gaterelay" "$work/gate-out.sock" "$work/gate-in.sock" &
+	pids+=($!)
+	local i=0
+	until [ -S "$work/gate-in.sock" ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i + 1)); done
+	mapfile -t args < <(qemu_args "$mode")
+	inns "$QEMU" "${args[@]}" >"$work/qemu-$mode.out" 2>&1 &
+	qemu_pid=$!
+	pids+=($qemu_pid)
+}
+
+# qmp MODE COMMAND-JSON: one QMP command, its reply on stdout.
+qmp() {
+	printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" |
+		socat -t 2 - UNIX-CONNECT:"$work/qmp-$1.sock" 2>/dev/null | tail -n 1
+}
+icount_of() { qmp "$1" '{"execute":"query-replay"}' | sed -n 's/.*"icount": *\([0-9]*\).*/\1/p'; }
+
+# wait_exit SECS MODE: wait for QEMU to exit by itself; while replaying, fail
+# when its icount stands still for STALL_S seconds.
+wait_exit() {
+	local secs=$1 mode=$2 end=$((SECONDS + $1)) last=-1 since=$SECONDS ic
+	while kill -0 "$qemu_pid" 2>/dev/null; do
+		[ $SECONDS -lt $end ] || die "$mode: QEMU still running after ${secs}s"
+		if [ "$mode" = replay ]; then
+			ic=$(icount_of replay || true)
+			if [ -n "$ic" ]; then
+				[ "$ic" = "$last" ] || { last=$ic; since=$SECONDS; }
+				if [ $((SECONDS - since)) -ge "$STALL_S" ]; then
+					log "replay stalled at icount $ic; the log around it:"
+					"$BIN/rrdump" -header -icount "$ic" -before 12 -after 8 "$work/log.bin" | sed 's/^/     /'
+					die "the replay stopped at icount $ic (${STALL_S}s without progress): record and replay diverged"
+				fi
+			fi
+		fi
+		sleep 1
+	done
+	wait "$qemu_pid" && rc=0 || rc=$?
+	[ $rc -eq 0 ] || { tail -n 5 "$work/qemu-$mode.out" >&2; die "$mode: QEMU exited with status $rc"; }
+}
+
+say "record: the test guest under TCP load (${LOAD_S}s), then it powers off"
+start_qemu record
+t0=$SECONDS
+wait_for 60 "the guest's network" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
+inns "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${LOAD_S}s -interval 5ms >"$work/echo.out" 2>&1 &
+pe=$!
+inns "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${LOAD_S}s >"$work/stream.out" 2>&1 &
+ps=$!
+inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes 20000000 >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
+inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes 20000000 >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
+wait $pe || die "echo: $(tail -n 1 "$work/echo.out")"
+wait $ps || die "stream: $(tail -n 1 "$work/stream.out")"
+for f in echo stream rx tx; do log "$f: $(tail -n 1 "$work/$f.out")"; done
+wait_exit 180 record
+log "recorded in $((SECONDS - t0))s: $(stat -c %s "$work/log.bin") bytes of log"
+summary=$("$BIN/rrdump" -header -summary "$work/log.bin" | tail -n 1)
+total=$(sed -n 's/.*icount \([0-9]*\) at the end walked.*/\1/p' <<<"$summary")
+log "log: $summary"
+[ -n "$total" ] && [ "$total" -gt 0 ] || die "cannot read the record log's icount"
+grep -q '^tick ' "$work/console-record.log" || die "the record run's console has no tick line"
+
+say "replay: the same machine from the log"
+start_qemu replay
+t1=$SECONDS
+# Stop one instruction before the guest's shutdown to read the icount there
+# (replay-break), then let it replay the rest: the SHUTDOWN is replayed only
+# at the icount the record run had, so a clean exit means the replay ended
+# exactly where the record run did.
+# The guest's own SHUTDOWN event is where the replay ends (QEMU exits on
+# it; the record run executed a few more instructions before its main loop
+# stopped the vCPU).
+end_ic=$("$BIN/rrdump" -header -icount "$total" -before 64 -after 0 "$work/log.bin" |
+	awk '$4 ~ /^SHUTDOWN_/ { print $3; exit }')
+[ -n "$end_ic" ] || die "no SHUTDOWN event near the end of the record log"
+log "the guest shut down at icount $end_ic"
+brk=$((end_ic - 1))
+i=0
+until qmp replay "{\"execute\":\"replay-break\",\"arguments\":{\"icount\":$brk}}" | grep -q return; do
+	[ $i -lt 50 ] || die "replay: no QMP"
+	sleep 0.1; i=$((i + 1))
+done
+end=$((SECONDS + 600)) last=-1 since=$SECONDS
+while :; do
+	[ $SECONDS -lt $end ] || die "replay: not at icount $brk after 600s"
+	kill -0 "$qemu_pid" 2>/dev/null || die "replay: QEMU exited before reaching icount $brk (the guest shut down at $end_ic)"
+	st=$(qmp replay '{"execute":"query-status"}')
+	ic=$(icount_of replay || true)
+	grep -q '"status": *"paused"' <<<"$st" && break
+	if [ -n "$ic" ]; then
+		[ "$ic" = "$last" ] || { last=$ic; since=$SECONDS; }
+		if [ $((SECONDS - since)) -ge "$STALL_S" ]; then
+			log "replay stalled at icount $ic; the log around it:"
+			"$BIN/rrdump" -header -icount "$ic" -before 12 -after 8 "$work/log.bin" | sed 's/^/     /'
+			die "the replay stopped at icount $ic of $total (${STALL_S}s without progress): record and replay diverged"
+		fi
+	fi
+	sleep 1
+done
+ic=$(icount_of replay)
+log "replay paused at icount $ic after $((SECONDS - t1))s (the guest shut down at $end_ic)"
+[ "$ic" = "$brk" ] || die "replay paused at icount $ic, not at $brk"
+qmp replay '{"execute":"cont"}' >/dev/null
+wait_exit 120 replay
+if ! cmp -s "$work/console-record.log" "$work/console-replay.log"; then
+	diff <(tr -d '\r' <"$work/console-record.log") <(tr -d '\r' <"$work/console-replay.log") | head -n 10 | sed 's/^/     /'
+	die "the consoles of the record and replay runs differ"
+fi
+say "determinism: pass: the replay reached icount $brk exactly and replayed the guest's shutdown at $end_ic, as recorded, and printed the same console ($(grep -c '^tick ' "$work/console-record.log") tick lines, $(stat -c %s "$work/console-record.log") bytes); record $((t1 - t0))s, replay $((SECONDS - t1))s"
