@@ -79,13 +79,12 @@ type DrainLocally struct {
 // backup is live (or holds the lock). Held output is dropped.
 type StopPrimaryVM struct{}
 
-// BackupStalled: the backup's executed icount stayed at Icount for
-// Config.StallTimeout ticks while log up to Fed was queued for it (or, going
-// live, feeding END and draining made no progress). The daemon records the
-// kind of the log's next event after Icount for the status and, when asked
-// to, keeps the stretch of log around it for diagnosis. The actions that
-// follow say what happens to the VM (DrainLocally and AcquireLock on a
-// primary, HaltVM on a backup).
+// BackupStalled (backup): the replaying QEMU's executed icount stayed at
+// Icount for Config.StallTimeout ticks while it left log unread in FIFO B
+// (or, going live, feeding END and draining made no progress). The daemon
+// records the kind of the log's next event after Icount, for the status and
+// for the bye that follows, and, when asked to, keeps the stretch of log
+// around it for diagnosis. HaltVM follows.
 type BackupStalled struct {
 	// Icount is the backup's last executed icount (guest instructions).
 	Icount uint64

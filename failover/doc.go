@@ -40,7 +40,7 @@
 //
 // Events (inputs): HeartbeatReceived, LogReceived, AckReceived, ChannelDown,
 // ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
-// QEMUExited, SwitchoverRequested. Actions (outputs): SendHeartbeat,
+// QEMUExited, SwitchoverRequested, FeedUnread. Actions (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
 // ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup,
 // BackupStalled. Both are
@@ -86,23 +86,20 @@
 // report-unprotected (release held output); lost → StateHalted and halt-vm
 // (the backup went live); err → retry as above.
 //
-// Replay stall (StallTimeout > 0): a backup replays what it is fed unless
-// its QEMU stopped for good (a divergence between record and replay, a
-// stopped process); a replay merely behind still advances. So a backup
-// whose executed icount stands still for StallTimeout ticks while the
-// instructions fed to it exceed that icount is stalled. The rule is armed
-// once the backup's icount is known (not 0: its QEMU is still starting).
+// Replay stall (StallTimeout > 0), backup only: a backup replays what it is
+// fed unless its QEMU stopped for good (a divergence between record and
+// replay, a stopped process); a replay merely behind still advances, and
+// one that has executed everything waits for log with FIFO B empty. So a
+// backup whose executed icount (BackupIcount) stands still for StallTimeout
+// ticks while its QEMU leaves log unread in FIFO B (FeedUnread > 0) is
+// stalled. The rule is armed once the icount is known (not 0: QEMU is still
+// starting).
 //
-//	primary (icount and fed from AckReceived):
-//	                backup-stalled, send-bye discarded, drain-locally,
-//	                close-channel, acquire-lock (as for a lost backup)
-//	backup (icount from BackupIcount, fed from LogReceived), a
-//	HeartbeatTimeout later, as a fallback for a primary that did not:
-//	                backup-stalled, send-bye (unclean), halt-vm,
-//	                close-channel
-//	backup on bye discarded: halt-vm, close-channel (never go live)
-//	backup going live, no progress for StallTimeout ticks while feeding END
-//	(no LogReceived, EndFed or larger BackupIcount) or draining:
+//	replicating:    backup-stalled, send-bye (unclean, the reason says
+//	                where), halt-vm, close-channel; the primary takes the
+//	                bye as a lost backup and runs on alone
+//	going live, no progress for StallTimeout ticks while feeding END (no
+//	LogReceived, EndFed or larger BackupIcount) or draining:
 //	                backup-stalled, halt-vm; state Halted: the go-live
 //	                fails instead of hanging (a replay that cannot reach
 //	                the end of the log cannot go live without breaking the

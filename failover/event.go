@@ -68,6 +68,14 @@ type BackupIcount struct {
 	Icount uint64
 }
 
+// FeedUnread (backup): a sample of the log the replaying QEMU has not read
+// yet: bytes in FIFO B (FIONREAD). The daemon samples it every status
+// interval, independently of the QEMU monitor (a replay waiting for log
+// holds the monitor until log arrives; FIFO B is then empty).
+type FeedUnread struct {
+	Bytes uint64
+}
+
 // EndFed (backup): the END byte was written into FIFO B after the last
 // whole event, in answer to FeedEnd.
 type EndFed struct {
@@ -115,6 +123,7 @@ func (ChannelUp) isEvent()           {}
 func (PeerBye) isEvent()             {}
 func (BackupIcount) isEvent()        {}
 func (EndFed) isEvent()              {}
+func (FeedUnread) isEvent()          {}
 func (LockResult) isEvent()          {}
 func (GoLiveDone) isEvent()          {}
 func (QEMUExited) isEvent()          {}
@@ -133,6 +142,7 @@ func (e PeerBye) String() string {
 	return format("bye", "clean", strconv.FormatBool(e.Clean), "reason", e.Reason)
 }
 func (e BackupIcount) String() string { return format("backup-icount", "icount", u(e.Icount)) }
+func (e FeedUnread) String() string   { return format("feed-unread", "bytes", u(e.Bytes)) }
 func (e EndFed) String() string {
 	return format("end-fed", "bytes", u(e.Bytes), "instr", u(e.Instructions))
 }

@@ -103,8 +103,10 @@ type Status struct {
 	// LogOffset, FedBytes and FedInstructions (backup) come from the last
 	// LogReceived (then EndFed): bytes and INSTRUCTION sum fed.
 	LogOffset, FedBytes, FedInstructions uint64
-	// BackupIcount (backup) is the last BackupIcount sample.
+	// BackupIcount (backup) is the largest BackupIcount sample.
 	BackupIcount uint64
+	// Unread (backup) is the last FeedUnread sample (bytes).
+	Unread uint64
 	// DrainTarget (backup) is the icount WaitDrain waits for.
 	DrainTarget uint64
 	// AckedOffset, AckedIcount and AckedFed (primary) come from the
@@ -143,9 +145,12 @@ type Node struct {
 	logOffset, fedBytes, fedInstr      uint64
 	icount, target                     uint64
 	ackedOffset, ackedIcount, ackedFed uint64
-	// moved is the tick the backup's icount last advanced, or was last
-	// seen caught up with the log queued for it (Config.StallTimeout).
-	moved int64
+	// unread (backup) is the last FeedUnread sample: bytes in FIFO B its
+	// QEMU has not read. moved is the tick the backup's icount last
+	// advanced, or its QEMU was last seen with nothing unread
+	// (Config.StallTimeout).
+	unread uint64
+	moved  int64
 
 	lockAttempts int
 	ignored      int
@@ -185,7 +190,7 @@ func (n *Node) Status() Status {
 		Ticks: n.now, Silence: n.now - n.lastHeard, ChannelOpen: n.chanOpen,
 		PeerEnded: n.peerEnded, Switchover: n.switchover,
 		LogOffset: n.logOffset, FedBytes: n.fedBytes, FedInstructions: n.fedInstr,
-		BackupIcount: n.icount, DrainTarget: n.target,
+		BackupIcount: n.icount, Unread: n.unread, DrainTarget: n.target,
 		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
 	}
@@ -368,10 +373,7 @@ func (n *Node) stepPrimary(ev Event) bool {
 func (n *Node) ack(e AckReceived) {
 	n.heard()
 	n.ackedOffset = max(n.ackedOffset, e.Offset)
-	if e.Icount > n.ackedIcount {
-		n.ackedIcount = e.Icount
-		n.moved = n.now
-	}
+	n.ackedIcount = max(n.ackedIcount, e.Icount)
 	n.ackedFed = max(n.ackedFed, e.Fed)
 }
 
@@ -386,19 +388,26 @@ func (n *Node) backupIcount(icount uint64) {
 }
 
 // checkStall (Tick) applies Config.StallTimeout: a backup whose executed
-// icount stood still for that long while log was queued for it is stalled
-// (replicating), and a go-live whose feeding END or drain made no progress
-// for that long fails.
+// icount stood still for that long while its QEMU left log unread in FIFO
+// B is stalled (replicating), and a go-live whose feeding END or drain made
+// no progress for that long fails.
+//
+// Unread log, not "fed instructions above the icount", is the evidence: a
+// replay that has executed everything it was given waits inside QEMU for
+// the next event with the monitor held, so its icount samples stop while
+// FIFO B is empty; that is an idle backup, not a stalled one. A QEMU that
+// stopped replaying stops reading, and the log the primary keeps sending
+// stays in FIFO B.
 func (n *Node) checkStall() {
 	limit := int64(n.cfg.StallTimeout)
 	if limit <= 0 {
 		return
 	}
 	switch {
-	case n.state == StateReplicating && n.role == RolePrimary:
+	case n.state == StateReplicating && n.role == RoleBackup && !n.peerEnded:
 		// Icount 0: the backup's QEMU has not started replaying (or not
 		// been sampled) yet; its start-up is not a stall.
-		if n.ackedIcount == 0 || n.ackedFed <= n.ackedIcount {
+		if n.icount == 0 || n.unread == 0 {
 			n.moved = n.now
 			return
 		}
@@ -406,24 +415,8 @@ func (n *Node) checkStall() {
 			return
 		}
 		stuck := n.now - n.moved
-		n.emit(BackupStalled{Icount: n.ackedIcount, Fed: n.ackedFed, Ticks: stuck})
-		n.emit(SendBye{Clean: true, Reason: ByeDiscarded})
-		n.peerLost(fmt.Sprintf("backup stalled: its replay stayed at icount %d for %d ticks with log up to icount %d queued",
-			n.ackedIcount, stuck, n.ackedFed))
-	case n.state == StateReplicating && n.role == RoleBackup && !n.peerEnded:
-		if n.icount == 0 || n.fedInstr <= n.icount {
-			n.moved = n.now
-			return
-		}
-		// The primary, whose log it is, discards a stalled backup at
-		// limit (ByeDiscarded) and can tell where in its log the replay
-		// stopped; the backup's own rule is the fallback, a heartbeat
-		// timeout later.
-		if n.now-n.moved < limit+int64(n.cfg.HeartbeatTimeout) {
-			return
-		}
-		stuck := n.now - n.moved
-		cause := fmt.Sprintf("replay stalled: icount %d for %d ticks with log up to icount %d queued", n.icount, stuck, n.fedInstr)
+		cause := fmt.Sprintf("replay stalled: icount %d for %d ticks with %d bytes of log unread (log up to icount %d fed)",
+			n.icount, stuck, n.unread, n.fedInstr)
 		n.emit(BackupStalled{Icount: n.icount, Fed: n.fedInstr, Ticks: stuck})
 		if n.chanOpen {
 			n.emit(SendBye{Clean: false, Reason: "backup " + cause})
@@ -545,6 +538,8 @@ func (n *Node) stepBackup(ev Event) bool {
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case BackupIcount:
 		n.backupIcount(e.Icount)
+	case FeedUnread:
+		n.unread = e.Bytes
 	case ChannelDown:
 		n.chanOpen = false
 		if n.peerEnded {
@@ -557,9 +552,6 @@ func (n *Node) stepBackup(ev Event) bool {
 			return false
 		case e.Clean && e.Reason == ByeSwitchover:
 			n.startGoLive("switchover asked by the primary", true, false)
-		case e.Clean && e.Reason == ByeDiscarded:
-			// The primary runs on without this backup: never go live.
-			n.halt("discarded by the primary: it declared this backup stalled and runs on unprotected")
 		case e.Clean && e.Reason != ByeLive:
 			// The primary's VM ended and the whole log was sent:
 			// replay it to the end, never go live.

@@ -357,6 +357,8 @@ func parseEvent(toks []string) (Event, error) {
 		ev = PeerBye{Clean: B("clean"), Reason: a["reason"]}
 	case "backup-icount":
 		ev = BackupIcount{Icount: U("icount")}
+	case "feed-unread":
+		ev = FeedUnread{Bytes: U("bytes")}
 	case "end-fed":
 		ev = EndFed{Bytes: U("bytes"), Instructions: U("instr")}
 	case "lock-result":
@@ -392,7 +394,7 @@ func statusFields(s Status) string {
 		"channel-open", strconv.FormatBool(s.ChannelOpen), "peer-ended", strconv.FormatBool(s.PeerEnded),
 		"switchover", strconv.FormatBool(s.Switchover),
 		"log-offset", u(s.LogOffset), "fed-bytes", u(s.FedBytes), "fed-instr", u(s.FedInstructions),
-		"icount", u(s.BackupIcount), "target", u(s.DrainTarget),
+		"icount", u(s.BackupIcount), "unread", u(s.Unread), "target", u(s.DrainTarget),
 		"acked-offset", u(s.AckedOffset), "acked-icount", u(s.AckedIcount), "acked-fed", u(s.AckedFed),
 		"lock-attempts", strconv.Itoa(s.LockAttempts), "ignored", strconv.Itoa(s.Ignored),
 		"last-ignored", s.LastIgnored)[2:]

@@ -133,11 +133,6 @@ const (
 	// ByeLive (backup → primary, Clean): the backup went live at the end
 	// of a planned switchover; the primary stops its VM.
 	ByeLive = "live"
-	// ByeDiscarded (primary → backup, Clean): the primary declared this
-	// backup lost while the channel was up (its replay stalled:
-	// Config.StallTimeout) and runs on without it. The backup halts its
-	// VM; it never goes live on this bye.
-	ByeDiscarded = "discarded"
 )
 
 // Errors returned by Config.Validate (and New).
@@ -170,13 +165,11 @@ type Config struct {
 	// HeartbeatInterval.
 	LockRetryInterval int
 	// StallTimeout is the number of ticks the backup's executed icount
-	// may stay the same while log it has not executed is queued for it
-	// (fed instructions above its icount) before the backup is declared
-	// stalled: a replay that stopped for good (a divergence, a stopped
-	// QEMU). The primary then discards the backup and goes on alone; a
-	// backup whose primary did not (an older or hung primary daemon)
-	// declares itself stalled HeartbeatTimeout later and halts; a backup
-	// going live fails
+	// may stay the same while its QEMU leaves log unread in FIFO B
+	// (FeedUnread) before the backup is declared stalled: a replay that
+	// stopped for good (a divergence, a stopped QEMU). The backup then
+	// tells the primary (an unclean bye: the primary goes on alone) and
+	// halts its VM; a backup going live fails
 	// its go-live when feeding END or draining makes no progress for this
 	// long, rather than waiting forever. 0 turns the check off. The
 	// daemon's default is twice the heartbeat timeout.

@@ -164,6 +164,25 @@ func (fd *Feeder) SetWriteDeadline(t time.Time) error { return fd.f.SetWriteDead
 // the size granted.
 func (fd *Feeder) SetPipeSize(size int) (int, error) { return setPipeSize(fd.rc, size) }
 
+// Unread returns the number of bytes written into FIFO B that the
+// replaying QEMU has not read yet (FIONREAD on the pipe). 0 means QEMU has
+// taken everything fed (it executes it, or waits for more log); bytes that
+// stay unread while QEMU's icount stands still mean its replay stopped.
+func (fd *Feeder) Unread() (int, error) {
+	var n int
+	var ierr error
+	err := fd.rc.Control(func(f uintptr) {
+		n, ierr = unix.IoctlGetInt(int(f), unix.TIOCINQ) // FIONREAD
+	})
+	if err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("logchan: FIONREAD on %s: %w", fd.f.Name(), err)
+	}
+	return n, nil
+}
+
 // Close closes the Feeder's end of FIFO B. If no other writer holds the
 // FIFO, a replaying QEMU that reads on hits EOF and exits: close only after
 // the backup has gone live or is being discarded.

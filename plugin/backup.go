@@ -165,6 +165,7 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	done := c.done
 	c.mu.Unlock()
 	go drv.run()
+	go c.watchUnread(feeder)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
@@ -328,6 +329,14 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		go func() { _ = pc.sendHeartbeat() }()
 	case failover.SendBye:
 		text := encodeBye(a.Clean, a.Reason)
+		c.mu.Lock()
+		stall := c.stall
+		c.mu.Unlock()
+		if !a.Clean && stall != "" {
+			// The bye after BackupStalled: tell the primary where in
+			// the log the replay stopped (its status shows it).
+			text = encodeBye(false, "backup "+stall)
+		}
 		if a.Reason == failover.ByeLive {
 			// Tell the old primary how the go-live went (virt-ft status
 			// there shows it after a switchover). Same goroutine as the
@@ -385,7 +394,7 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		c.mu.Lock()
 		ring := c.ring
 		c.mu.Unlock()
-		go c.noteStall(a, ring)
+		c.noteStall(a, ring)
 	}
 }
 

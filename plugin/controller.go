@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,8 +63,9 @@ type controller struct {
 	samples               []sample // primary: (instructions, time) to turn icount lag into ms
 	lagMS                 int64
 
-	// ring keeps the last MiB of the log sent (primary) or fed (backup),
-	// to place a stalled replay in it; stall describes the last stall.
+	// ring (backup) keeps the last MiB of the log fed, to place a stalled
+	// replay in it; stall describes the last stall (its backup's, on a
+	// primary: from the backup's bye).
 	ring  *logRing
 	stall string
 
@@ -515,10 +517,9 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 		cond.Broadcast()
 		mu.Unlock()
 	}
-	ring := newLogRing(logRingBytes)
 	c.mu.Lock()
 	gates := c.gates
-	c.ring, c.stall = ring, ""
+	c.stall = "" // a new pairing
 	c.mu.Unlock()
 	if gates == nil {
 		gates = &outputGates{}
@@ -547,10 +548,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			setDiscard()
 			gates.unprotect()
 			c.setState(StateUnprotected, a.Reason)
-		case failover.BackupStalled:
-			// Off the driver's goroutine: with keep-stall-log it writes
-			// a file.
-			go c.noteStall(a, ring)
+
 		case failover.HaltVM:
 			setDiscard()
 			gates.drop()
@@ -608,6 +606,13 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 					c.goLiveInfo = "backup: " + detail
 					c.mu.Unlock()
 				}
+				if stall, ok := strings.CutPrefix(reason, "backup replay stalled"); ok && !m.clean {
+					// The backup's replay stopped (failover.BackupStalled
+					// there): keep where, for virt-ft status.
+					c.mu.Lock()
+					c.stall = "replay stalled" + stall
+					c.mu.Unlock()
+				}
 				drv.post(failover.PeerBye{Clean: m.clean, Reason: reason})
 			}
 		}
@@ -657,7 +662,6 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 			if len(chunk.Data) > 0 {
 				c.recordSent(len(chunk.Data), chunk.Instructions)
 				if sending {
-					ring.add(chunk.Offset, chunk.Data, chunk.Instructions)
 					// Before the write: the backup's ack of it may
 					// arrive before sendLog returns.
 					sentOnLink.Store(chunk.Offset + uint64(len(chunk.Data)))

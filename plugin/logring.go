@@ -113,18 +113,19 @@ func (r *logRing) at(icount uint64) stallPoint {
 	return p
 }
 
-// save writes the kept log (no header: test/tools/rrdump FILE -offset)
-// to path and returns the stream offset of its first byte and the
-// INSTRUCTION sum before it, for `rrdump -base`.
-func (r *logRing) save(path string) (offset, instr uint64, err error) {
+// bounds returns the stream offset of the kept log's first byte and the
+// INSTRUCTION sum before it (rrdump -base-offset, -base-icount).
+func (r *logRing) bounds() (offset, instr uint64) {
 	r.mu.Lock()
-	data := append([]byte(nil), r.buf...)
-	offset, instr = r.start, r.instr
-	r.mu.Unlock()
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return 0, 0, fmt.Errorf("keeping the log around the stall: %w", err)
-	}
-	return offset, instr, nil
+	defer r.mu.Unlock()
+	return r.start, r.instr
+}
+
+// snapshot returns a copy of the kept log: whole events, no header.
+func (r *logRing) snapshot() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]byte(nil), r.buf...)
 }
 
 // fedInstructions (backup) is the INSTRUCTION sum written into FIFO B.
@@ -160,15 +161,40 @@ func (c *controller) noteStall(a failover.BackupStalled, ring *logRing) {
 	if c.d.cfg.KeepStallLog && ring != nil {
 		path := filepath.Join(filepath.Dir(ftxml.RecordFIFOPath(cfg, c.uuid)),
 			fmt.Sprintf("stall-%s-%d.rrstream", c.currentRole(), time.Now().Unix()))
-		if off, instr, err := ring.save(path); err != nil {
-			c.log.WithError(err).Warn("keeping the log around the stall")
-		} else {
-			text += fmt.Sprintf("; the log around it is in %s (rrdump -base-offset %d -base-icount %d -icount %d %s)",
-				path, off, instr, a.Icount, path)
-		}
+		off, instr := ring.bounds()
+		text += fmt.Sprintf("; the log around it is kept in %s (rrdump -base-offset %d -base-icount %d -icount %d %s)",
+			path, off, instr, a.Icount, path)
+		// Off the driver's goroutine: up to 2 MiB to write.
+		data := ring.snapshot()
+		go func() {
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				c.log.WithError(err).Warn("keeping the log around the stall")
+			}
+		}()
 	}
 	c.mu.Lock()
 	c.stall = text
 	c.mu.Unlock()
 	c.log.Error(text)
+}
+
+// watchUnread (backup) samples the log its QEMU has not read from FIFO B
+// every status interval and hands it to the failover core (FeedUnread), for
+// the stall rule. It does not use the QEMU monitor, which a replay waiting
+// for log holds.
+func (c *controller) watchUnread(feeder *logchan.Feeder) {
+	t := time.NewTicker(time.Duration(c.d.cfg.StatusIntervalMS) * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+			n, err := feeder.Unread()
+			if err != nil {
+				return // the feeder was closed
+			}
+			c.post(failover.FeedUnread{Bytes: uint64(n)})
+		}
+	}
 }

@@ -34,6 +34,9 @@ work=$(mktemp -d /var/tmp/ft-determinism.XXXXXX)
 pids=()
 cleanup() {
 	local rc=$? p
+	# QEMU by its own pid file: `ip netns exec` forks, so the pid of the
+	# background job is that of ip, not QEMU's.
+	for p in "$work"/qemu-*.pid; do [ -s "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	ip netns del "$ns" 2>/dev/null || true
@@ -76,7 +79,7 @@ qemu_args() {
 		-chardev "socket,id=ft-gout0,path=$work/gate-out.sock" \
 		-chardev "socket,id=ft-gin0,path=$work/gate-in.sock" \
 		-object filter-redirector,id=ft-gate0,netdev=net0,queue=rx,outdev=ft-gout0,indev=ft-gin0 \
-		-qmp "unix:$work/qmp-$mode.sock,server=on,wait=off"
+		-qmp "unix:$work/qmp-$mode.sock,server=on,wait=off" -pidfile "$work/qemu-$mode.pid"
 }
 
 # start_qemu MODE: gaterelay joins the gate's sockets, then QEMU starts in
@@ -155,9 +158,8 @@ t1=$SECONDS
 # The guest's own SHUTDOWN event is where the replay ends (QEMU exits on
 # it; the record run executed a few more instructions before its main loop
 # stopped the vCPU).
-end_ic=$("$BIN/rrdump" -header -icount "$total" -before 64 -after 0 "$work/log.bin" |
-	awk '$4 ~ /^SHUTDOWN_/ { print $3; exit }')
-[ -n "$end_ic" ] || die "no SHUTDOWN event near the end of the record log"
+end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_ "$work/log.bin" | awk '$4 ~ /^SHUTDOWN_/ { print $3; exit }')
+[ -n "$end_ic" ] || die "no SHUTDOWN event in the record log"
 log "the guest shut down at icount $end_ic"
 brk=$((end_ic - 1))
 i=0

@@ -3,7 +3,7 @@
 // with their offsets and the icount reached before each, for diagnosing a
 // replay that stops short of the log's end.
 //
-//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -icount N [-before K] [-after K]] FILE
+//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -find KIND | -icount N [-before K] [-after K]] FILE
 //
 // Without -icount it prints every event; with it, the K events before and
 // after the point where the cumulative icount reaches N. A stretch of log
@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
@@ -27,6 +28,7 @@ func main() {
 	before := flag.Int("before", 20, "events to show before -icount")
 	after := flag.Int("after", 20, "events to show after -icount")
 	summary := flag.Bool("summary", false, "print only the summary line (events, bytes, the icount at the end)")
+	find := flag.String("find", "", "print only the first event whose kind starts with this (e.g. SHUTDOWN_), then the summary up to it")
 	baseOff := flag.Uint64("base-offset", 0, "stream offset of FILE's first byte")
 	baseIcount := flag.Uint64("base-icount", 0, "icount before FILE's first event")
 	flag.Parse()
@@ -69,6 +71,11 @@ func main() {
 		l := line{off, icount, ev}
 		icount += instr
 		switch {
+		case *find != "":
+			if strings.HasPrefix(logchan.KindName(ev[0]), *find) {
+				print(l)
+				return false
+			}
 		case *summary:
 		case *at == 0:
 			print(l)
