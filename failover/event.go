@@ -68,12 +68,16 @@ type BackupIcount struct {
 	Icount uint64
 }
 
-// FeedUnread (backup): a sample of the log the replaying QEMU has not read
-// yet: bytes in FIFO B (FIONREAD). The daemon samples it every status
-// interval, independently of the QEMU monitor (a replay waiting for log
-// holds the monitor until log arrives; FIFO B is then empty).
+// FeedUnread (backup): a sample of FIFO B, taken every status interval
+// independently of the QEMU monitor (a replay waiting for log holds the
+// monitor until log arrives; a libvirtd restart makes it unreachable for a
+// while).
 type FeedUnread struct {
+	// Bytes is what the replaying QEMU has not read yet (FIONREAD).
 	Bytes uint64
+	// Written is every byte written into FIFO B so far. Written - Bytes,
+	// what QEMU has read, growing is progress that needs no monitor.
+	Written uint64
 }
 
 // EndFed (backup): the END byte was written into FIFO B after the last
@@ -142,7 +146,9 @@ func (e PeerBye) String() string {
 	return format("bye", "clean", strconv.FormatBool(e.Clean), "reason", e.Reason)
 }
 func (e BackupIcount) String() string { return format("backup-icount", "icount", u(e.Icount)) }
-func (e FeedUnread) String() string   { return format("feed-unread", "bytes", u(e.Bytes)) }
+func (e FeedUnread) String() string {
+	return format("feed-unread", "bytes", u(e.Bytes), "written", u(e.Written))
+}
 func (e EndFed) String() string {
 	return format("end-fed", "bytes", u(e.Bytes), "instr", u(e.Instructions))
 }

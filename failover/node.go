@@ -146,11 +146,13 @@ type Node struct {
 	icount, target                     uint64
 	ackedOffset, ackedIcount, ackedFed uint64
 	// unread (backup) is the last FeedUnread sample: bytes in FIFO B its
-	// QEMU has not read. moved is the tick the backup's icount last
-	// advanced, or its QEMU was last seen with nothing unread
+	// QEMU has not read; consumed the most it has read. moved is the tick
+	// the backup last made progress (a larger icount or consumed, a frame
+	// or END written while going live) or was seen with nothing unread;
+	// sampled the tick of the last icount sample, whatever its value
 	// (Config.StallTimeout).
-	unread uint64
-	moved  int64
+	unread, consumed uint64
+	moved, sampled   int64
 
 	lockAttempts int
 	ignored      int
@@ -243,6 +245,15 @@ func (n *Node) Tick() {
 // state (a late frame after go-live began, a stale result) change nothing
 // and are counted in Status.Ignored.
 func (n *Node) Step(ev Event) {
+	if e, ok := ev.(FeedUnread); ok {
+		// A periodic sample, not a frame: taken while it means
+		// something (a backup replicating or going live), never counted
+		// as ignored.
+		if n.role == RoleBackup && (n.state == StateReplicating || n.state == StateGoingLive) {
+			n.feedUnread(e)
+		}
+		return
+	}
 	var handled bool
 	switch n.state {
 	case StateReplicating:
@@ -381,33 +392,53 @@ func (n *Node) ack(e AckReceived) {
 // samples may arrive out of order (two samplers), so only a larger one
 // counts, and only a larger one is progress.
 func (n *Node) backupIcount(icount uint64) {
+	n.sampled = n.now
 	if icount > n.icount {
 		n.icount = icount
 		n.moved = n.now
 	}
 }
 
-// checkStall (Tick) applies Config.StallTimeout: a backup whose executed
-// icount stood still for that long while its QEMU left log unread in FIFO
-// B is stalled (replicating), and a go-live whose feeding END or drain made
-// no progress for that long fails.
+// startupReadBytes: a replaying QEMU reads the log's first events (through
+// its 4 KiB stdio buffer) as it starts, before libvirt lets the guest run;
+// more than this read means the replay runs.
+const startupReadBytes = 64 << 10
+
+// feedUnread (backup) takes a sample of FIFO B: QEMU reading more of it is
+// progress.
+func (n *Node) feedUnread(e FeedUnread) {
+	n.unread = e.Bytes
+	if e.Written >= e.Bytes && e.Written-e.Bytes > n.consumed {
+		n.consumed = e.Written - e.Bytes
+		n.moved = n.now
+	}
+}
+
+// checkStall (Tick) applies Config.StallTimeout: a backup that made no
+// progress for that long while its QEMU left log unread in FIFO B is
+// stalled (replicating, or replaying a cleanly ended primary's last log),
+// and a go-live whose feeding END or drain made no progress for that long
+// fails.
 //
-// Unread log, not "fed instructions above the icount", is the evidence: a
-// replay that has executed everything it was given waits inside QEMU for
-// the next event with the monitor held, so its icount samples stop while
-// FIFO B is empty; that is an idle backup, not a stalled one. A QEMU that
-// stopped replaying stops reading, and the log the primary keeps sending
-// stays in FIFO B.
+// Progress is a larger icount sample or more of FIFO B read: the second
+// needs no QEMU monitor, so a monitor that is slow or unreachable for a
+// while (a libvirtd restart) does not make a healthy backup look stalled.
+// Unread log, not "fed instructions above the icount", is the evidence of
+// a stall: a replay that has executed everything it was given waits inside
+// QEMU for the next event, with the monitor held and FIFO B empty; that is
+// an idle backup. A QEMU that stopped replaying stops reading, and the log
+// the primary keeps sending stays in FIFO B.
 func (n *Node) checkStall() {
 	limit := int64(n.cfg.StallTimeout)
 	if limit <= 0 {
 		return
 	}
 	switch {
-	case n.state == StateReplicating && n.role == RoleBackup && !n.peerEnded:
-		// Icount 0: the backup's QEMU has not started replaying (or not
-		// been sampled) yet; its start-up is not a stall.
-		if n.icount == 0 || n.unread == 0 {
+	case n.state == StateReplicating && n.role == RoleBackup:
+		// No icount yet and no more read than QEMU reads ahead while
+		// libvirt starts it paused: still starting (that can take longer
+		// than the bound); not a stall. Nothing unread: not stuck.
+		if (n.icount == 0 && n.consumed < startupReadBytes) || n.unread == 0 {
 			n.moved = n.now
 			return
 		}
@@ -423,7 +454,13 @@ func (n *Node) checkStall() {
 		}
 		n.halt(cause)
 	case n.state == StateGoingLive && (n.phase == PhaseFeedingEnd || n.phase == PhaseDraining):
-		if n.now-n.moved < limit {
+		// Halting here ends the VM (its primary is gone, unless this is
+		// a switchover), so it takes positive evidence: log left unread,
+		// or a monitor that answers with the same icount. Without either
+		// (the monitor unreachable, FIFO B empty) the go-live waits up
+		// to four times longer before it gives up.
+		evidence := n.unread > 0 || n.now-n.sampled < limit/2
+		if n.now-n.moved < limit || (!evidence && n.now-n.moved < 4*limit) {
 			return
 		}
 		stuck := n.now - n.moved
@@ -538,8 +575,6 @@ func (n *Node) stepBackup(ev Event) bool {
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case BackupIcount:
 		n.backupIcount(e.Icount)
-	case FeedUnread:
-		n.unread = e.Bytes
 	case ChannelDown:
 		n.chanOpen = false
 		if n.peerEnded {

@@ -358,7 +358,7 @@ func parseEvent(toks []string) (Event, error) {
 	case "backup-icount":
 		ev = BackupIcount{Icount: U("icount")}
 	case "feed-unread":
-		ev = FeedUnread{Bytes: U("bytes")}
+		ev = FeedUnread{Bytes: U("bytes"), Written: U("written")}
 	case "end-fed":
 		ev = EndFed{Bytes: U("bytes"), Instructions: U("instr")}
 	case "lock-result":

@@ -209,3 +209,35 @@ func TestFeederPipeSize(t *testing.T) {
 		t.Fatalf("%d %v", n, err)
 	}
 }
+
+// TestFeederUnread: Unread counts what the replaying QEMU has not read yet,
+// the version dword included, and falls as it reads.
+func TestFeederUnread(t *testing.T) {
+	p := mkfifo(t)
+	fd, err := NewFeeder(p, LogVersionQEMU72)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	qemu := openReplayEnd(t, p)
+	if n, err := fd.Unread(); err != nil || n != 4 {
+		t.Fatalf("Unread after the version = %d, %v; want 4", n, err)
+	}
+	all, _, _ := allEvents()
+	if err := fd.Write(all); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := fd.Unread(); n != 4+len(all) {
+		t.Fatalf("Unread = %d, want %d", n, 4+len(all))
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := fd.Unread(); n != 4+len(all)-10 {
+		t.Fatalf("Unread after 10 bytes read = %d, want %d", n, 4+len(all)-10)
+	}
+	fd.Close()
+	if _, err := fd.Unread(); err == nil {
+		t.Fatal("Unread on a closed feeder: no error")
+	}
+}

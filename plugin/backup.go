@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -154,7 +155,7 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	c.mu.Lock()
 	c.ring, c.stall = ring, ""
 	c.mu.Unlock()
-	drv, err := newDriver(failover.RoleBackup, cfg, func(a failover.Action) { c.backupAction(a, pc, q) })
+	drv, err := newDriver(failover.RoleBackup, cfg, c.d.cfg.statusInterval(), func(a failover.Action) { c.backupAction(a, pc, q) })
 	if err != nil {
 		c.setState(StateUnprotected, err.Error())
 		pc.Close()
@@ -165,7 +166,7 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	done := c.done
 	c.mu.Unlock()
 	go drv.run()
-	go c.watchUnread(feeder)
+	go c.watchUnread(feeder, done)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
@@ -332,7 +333,7 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		c.mu.Lock()
 		stall := c.stall
 		c.mu.Unlock()
-		if !a.Clean && stall != "" {
+		if !a.Clean && stall != "" && strings.HasPrefix(a.Reason, "backup replay stalled") {
 			// The bye after BackupStalled: tell the primary where in
 			// the log the replay stopped (its status shows it).
 			text = encodeBye(false, "backup "+stall)
@@ -387,7 +388,7 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		c.goingLive = false
 		c.mu.Unlock()
 		c.setState(StateStopped, "halting: "+a.Reason)
-		go c.d.destroyDomain(c.uuid, a.Reason)
+		go c.destroyUntilGone(a.Reason)
 	case failover.ReportUnprotected:
 		c.setState(StateUnprotected, a.Reason)
 	case failover.BackupStalled:
@@ -457,6 +458,9 @@ func (c *controller) startBackupDomain() {
 // so that a healthy backup is never taken for a stalled one because of a
 // stale handle.
 func (c *controller) sampleIcount() {
+	c.mu.Lock()
+	done := c.done
+	c.mu.Unlock()
 	var client *qmp.Client
 	release := func() {}
 	defer func() { release() }()
@@ -464,7 +468,7 @@ func (c *controller) sampleIcount() {
 	defer t.Stop()
 	for {
 		select {
-		case <-c.done:
+		case <-done:
 			return
 		case <-t.C:
 			c.mu.Lock()
@@ -499,7 +503,9 @@ func (c *controller) sampleIcount() {
 			// when no log flows (it may be waiting for the backup to
 			// catch up: Config.MaxLagMS).
 			if link != nil {
-				_ = link.sendAck(fed, icount, instr, received)
+				// Not on this goroutine: a full socket must not delay
+				// the next sample.
+				go func() { _ = link.sendAck(fed, icount, instr, received) }()
 			}
 		}
 	}

@@ -58,8 +58,9 @@ type Config struct {
 	// waits in the gate when the backup replays slower than the primary
 	// records. Default 100; -1 turns the bound off.
 	MaxLagMS int `yaml:"max-lag-ms"`
-	// StatusIntervalMS is how often a backup samples its QEMU's icount for
-	// lag figures (ms). Default 200.
+	// StatusIntervalMS is how often a backup samples its QEMU's icount and
+	// FIFO B, for lag figures and the replay stall rule (ms); the stall
+	// bound is at least ten of these. Default 50.
 	StatusIntervalMS int `yaml:"status-interval-ms"`
 	// DialTimeoutMS bounds connecting to the peer daemon (ms). Default 3000.
 	DialTimeoutMS int `yaml:"dial-timeout-ms"`
@@ -204,4 +205,9 @@ func (c Config) qemuOwner() (uid, gid int, err error) {
 	uid, _ = strconv.Atoi(u.Uid)
 	gid, _ = strconv.Atoi(g.Gid)
 	return uid, gid, nil
+}
+
+// statusInterval is how often a backup samples its QEMU (status-interval-ms).
+func (c Config) statusInterval() time.Duration {
+	return time.Duration(c.StatusIntervalMS) * time.Millisecond
 }

@@ -524,7 +524,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 	if gates == nil {
 		gates = &outputGates{}
 	}
-	drv, err := newDriver(failover.RolePrimary, cfg, func(a failover.Action) {
+	drv, err := newDriver(failover.RolePrimary, cfg, c.d.cfg.statusInterval(), func(a failover.Action) {
 		switch a := a.(type) {
 		case failover.SendHeartbeat:
 			go func() { _ = link.sendHeartbeat() }()

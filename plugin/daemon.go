@@ -424,22 +424,31 @@ func (d *Daemon) arbiter() arbiter {
 }
 
 // destroyDomain stops this host's QEMU of uuid at once (virDomainDestroy).
-func (d *Daemon) destroyDomain(uuid, why string) {
+func (d *Daemon) destroyDomain(uuid, why string) (gone bool) {
 	conn, err := d.lv.get()
 	if err != nil {
 		d.log.WithError(err).Errorf("cannot destroy %s (%s)", uuid, why)
-		return
+		return false
 	}
 	dom, err := conn.LookupDomainByUUIDString(uuid)
 	if err != nil {
-		return
+		return isNoDomain(err)
 	}
 	defer dom.Free()
-	if active, _ := dom.IsActive(); !active {
-		return
+	if active, err := dom.IsActive(); err == nil && !active {
+		return true
 	}
 	d.log.Warnf("destroying domain %s: %s", uuid, why)
 	if err := dom.Destroy(); err != nil {
 		d.log.WithError(err).Errorf("destroying %s", uuid)
+		return isNoDomain(err)
 	}
+	return true
+}
+
+// isNoDomain reports whether err is libvirt's "no such domain": the domain
+// is gone.
+func isNoDomain(err error) bool {
+	var lerr libvirt.Error
+	return errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN
 }

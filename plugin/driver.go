@@ -37,10 +37,14 @@ func ticks(d time.Duration) int {
 	return t
 }
 
-func newDriver(role failover.Role, cfg ftxml.Config, exec func(failover.Action)) (*driver, error) {
+// newDriver starts the failover core of one domain. sample is the
+// daemon's status interval (how often a backup samples its QEMU): the
+// stall bound is at least ten of them, so that a stall is never a matter
+// of a sample or two.
+func newDriver(role failover.Role, cfg ftxml.Config, sample time.Duration, exec func(failover.Action)) (*driver, error) {
 	n, err := failover.New(failover.Config{Role: role,
 		HeartbeatInterval: ticks(cfg.HeartbeatInterval), HeartbeatTimeout: ticks(cfg.HeartbeatTimeout),
-		StallTimeout: ticks(cfg.Stall())})
+		StallTimeout: max(ticks(cfg.Stall()), 10*ticks(sample))})
 	if err != nil {
 		return nil, err
 	}

@@ -182,19 +182,48 @@ func (c *controller) noteStall(a failover.BackupStalled, ring *logRing) {
 // every status interval and hands it to the failover core (FeedUnread), for
 // the stall rule. It does not use the QEMU monitor, which a replay waiting
 // for log holds.
-func (c *controller) watchUnread(feeder *logchan.Feeder) {
-	t := time.NewTicker(time.Duration(c.d.cfg.StatusIntervalMS) * time.Millisecond)
+func (c *controller) watchUnread(feeder *logchan.Feeder, done <-chan struct{}) {
+	t := time.NewTicker(c.d.cfg.statusInterval())
 	defer t.Stop()
 	for {
 		select {
-		case <-c.done:
+		case <-done:
 			return
 		case <-t.C:
+			c.mu.Lock()
+			live := c.live
+			c.mu.Unlock()
+			if live {
+				return
+			}
 			n, err := feeder.Unread()
 			if err != nil {
 				return // the feeder was closed
 			}
-			c.post(failover.FeedUnread{Bytes: uint64(n)})
+			// Offset counts the events written, not the 4-byte version
+			// QEMU read first: Written - Bytes is what QEMU read of the
+			// events, give or take those 4 bytes.
+			c.post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
+		}
+	}
+}
+
+// destroyUntilGone (backup, HaltVM) destroys this host's domain, again
+// every second while libvirt cannot (it may be restarting: a halt must
+// not leave a replaying QEMU behind), until it is gone or the controller
+// closed.
+func (c *controller) destroyUntilGone(why string) {
+	c.mu.Lock()
+	done := c.done
+	c.mu.Unlock()
+	for {
+		if c.d.destroyDomain(c.uuid, why) {
+			return
+		}
+		select {
+		case <-done:
+			return
+		case <-time.After(time.Second):
 		}
 	}
 }
