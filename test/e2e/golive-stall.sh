@@ -32,9 +32,7 @@ grep -m1 "go-live failed: the replay stayed at icount" "$ftd_b" | sed 's/^/     
 # nothing runs on either host.
 wait_for 20 "the stalled backup's QEMU to be gone on host B" sh -c "! kill -0 $bpid 2>/dev/null"
 for h in a b; do
-	if virsh_on $h list --name 2>/dev/null | grep -qx "$DOMAIN"; then
-		die "$DOMAIN still runs on host $h"
-	fi
+	wait_for 20 "$DOMAIN to run on neither host (host $h)" sh -c "! '$LAB' exec $h virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
 done
 log "the stalled backup was destroyed; $DOMAIN runs on neither host"
 say "the go-live failed in $failed ms with its reason instead of hanging"
