@@ -29,6 +29,19 @@ trap 'kill_clients; lab_stop' EXIT
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 report=() failed=0
+# keep_trial_logs N: a failed trial's daemon and libvirt logs, and any log
+# kept at a replay stall, before the next trial's lab replaces them.
+keep_trial_logs() {
+	local dir=$E2E_LOGS-trial-$1 h f
+	rm -rf "$dir" && mkdir -p "$dir"
+	for h in a b; do
+		for f in "$LAB_DIR/$h"/*.log "$LAB_DIR/$h"/root/lib-libvirt-ft/*/stall-*.rrstream; do
+			[ -f "$f" ] && cp "$f" "$dir/$h-$(basename "$f")"
+		done
+		cp -r "$LAB_DIR/$h/root/log-libvirt" "$dir/$h-libvirt-logs" 2>/dev/null || true
+	done
+	log "trial $1's logs kept in $dir"
+}
 for trial in $(seq 1 "$TRIALS"); do
 	case $((trial % 2)) in 1) mode=qemu ;; 0) mode=host ;; esac
 	say "trial $trial/$TRIALS (gate $GATE): two TCP clients, then host A fails ($mode)"
@@ -61,6 +74,7 @@ for trial in $(seq 1 "$TRIALS"); do
 		sed 's/^/     echo> /' "$out.echo" | tail -n 5
 		sed 's/^/     stream> /' "$out.stream" | tail -n 5
 		report+=("trial $trial ($mode, gate $GATE): FAILED: echo rc=$rc_echo [$echo_line]; stream rc=$rc_stream [$stream_line]; $golive")
+		keep_trial_logs "$trial"
 	else
 		report+=("trial $trial ($mode, gate $GATE): both connections survived; max stall echo $(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$echo_line") ms, stream $(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$stream_line") ms; verified $(sed -n 's/.* verified=\([0-9]*\).*/\1/p' <<<"$echo_line") echo requests, $(sed -n 's/.* lines=\([0-9]*\).*/\1/p' <<<"$stream_line") stream lines; $golive")
 	fi
