@@ -166,7 +166,7 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	done := c.done
 	c.mu.Unlock()
 	go drv.run()
-	go c.watchUnread(feeder, done)
+	go c.watchUnread(feeder)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
@@ -458,55 +458,62 @@ func (c *controller) startBackupDomain() {
 // so that a healthy backup is never taken for a stalled one because of a
 // stale handle.
 func (c *controller) sampleIcount() {
-	c.mu.Lock()
-	done := c.done
-	c.mu.Unlock()
 	var client *qmp.Client
 	release := func() {}
 	defer func() { release() }()
-	t := time.NewTicker(time.Duration(c.d.cfg.StatusIntervalMS) * time.Millisecond)
+	c.whileReplaying(func() bool {
+		if client == nil {
+			cl, done, err := c.d.domainQMP(c.uuid)
+			if err != nil {
+				return true
+			}
+			client, release = cl, done
+		}
+		ri, err := client.QueryReplay()
+		if err != nil {
+			release()
+			client, release = nil, func() {}
+			return true
+		}
+		// The failover core watches this icount for a stalled replay
+		// (Config.StallTimeout).
+		c.post(failover.BackupIcount{Icount: ri.Icount})
+		c.mu.Lock()
+		if ri.Icount > c.backupIcnt {
+			c.backupIcnt = ri.Icount
+		}
+		link, fed, icount, instr, received := c.link, c.ackedBytes, c.backupIcnt, c.logInstr, c.receivedBytes
+		c.mu.Unlock()
+		// Tell the primary how far this backup has executed even when
+		// no log flows (it may be waiting for the backup to catch up:
+		// Config.MaxLagMS). Not on this goroutine: a full socket must not
+		// delay the next sample.
+		if link != nil {
+			go func() { _ = link.sendAck(fed, icount, instr, received) }()
+		}
+		return true
+	})
+}
+
+// whileReplaying (backup) calls sample every status interval until the
+// controller closes, the domain went live, or sample returns false.
+func (c *controller) whileReplaying(sample func() bool) {
+	c.mu.Lock()
+	done := c.done
+	c.mu.Unlock()
+	t := time.NewTicker(c.d.cfg.statusInterval())
 	defer t.Stop()
 	for {
 		select {
 		case <-done:
 			return
 		case <-t.C:
-			c.mu.Lock()
-			live := c.live
-			c.mu.Unlock()
-			if live {
-				return
-			}
-			if client == nil {
-				cl, done, err := c.d.domainQMP(c.uuid)
-				if err != nil {
-					continue
-				}
-				client, release = cl, done
-			}
-			ri, err := client.QueryReplay()
-			if err != nil {
-				release()
-				client, release = nil, func() {}
-				continue
-			}
-			// The failover core watches this icount for a stalled
-			// replay (Config.StallTimeout).
-			c.post(failover.BackupIcount{Icount: ri.Icount})
-			c.mu.Lock()
-			if ri.Icount > c.backupIcnt {
-				c.backupIcnt = ri.Icount
-			}
-			link, fed, icount, instr, received := c.link, c.ackedBytes, c.backupIcnt, c.logInstr, c.receivedBytes
-			c.mu.Unlock()
-			// Tell the primary how far this backup has executed even
-			// when no log flows (it may be waiting for the backup to
-			// catch up: Config.MaxLagMS).
-			if link != nil {
-				// Not on this goroutine: a full socket must not delay
-				// the next sample.
-				go func() { _ = link.sendAck(fed, icount, instr, received) }()
-			}
+		}
+		c.mu.Lock()
+		live := c.live
+		c.mu.Unlock()
+		if live || !sample() {
+			return
 		}
 	}
 }

@@ -182,30 +182,18 @@ func (c *controller) noteStall(a failover.BackupStalled, ring *logRing) {
 // every status interval and hands it to the failover core (FeedUnread), for
 // the stall rule. It does not use the QEMU monitor, which a replay waiting
 // for log holds.
-func (c *controller) watchUnread(feeder *logchan.Feeder, done <-chan struct{}) {
-	t := time.NewTicker(c.d.cfg.statusInterval())
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			c.mu.Lock()
-			live := c.live
-			c.mu.Unlock()
-			if live {
-				return
-			}
-			n, err := feeder.Unread()
-			if err != nil {
-				return // the feeder was closed
-			}
-			// Offset counts the events written, not the 4-byte version
-			// QEMU read first: Written - Bytes is what QEMU read of the
-			// events, give or take those 4 bytes.
-			c.post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
+func (c *controller) watchUnread(feeder *logchan.Feeder) {
+	c.whileReplaying(func() bool {
+		n, err := feeder.Unread()
+		if err != nil {
+			return false // the feeder was closed
 		}
-	}
+		// Offset counts the events written, not the 4-byte version QEMU
+		// read first: Written - Bytes is what QEMU read of the events,
+		// give or take those 4 bytes.
+		c.post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
+		return true
+	})
 }
 
 // destroyUntilGone (backup, HaltVM) destroys this host's domain, again

@@ -104,23 +104,28 @@ qmp() {
 }
 icount_of() { qmp "$1" '{"execute":"query-replay"}' | sed -n 's/.*"icount": *\([0-9]*\).*/\1/p'; }
 
+# check_replay_progress: sample the replay's icount (into $ic); fail when it
+# has stood still for STALL_S seconds, with the log around that icount. The
+# caller initialises last=-1 since=$SECONDS.
+check_replay_progress() {
+	ic=$(icount_of replay || true)
+	[ -n "$ic" ] || return 0
+	[ "$ic" = "$last" ] || { last=$ic; since=$SECONDS; }
+	if [ $((SECONDS - since)) -ge "$STALL_S" ]; then
+		log "replay stalled at icount $ic; the log around it:"
+		"$BIN/rrdump" -header -icount "$ic" -before 12 -after 8 "$work/log.bin" | sed 's/^/     /'
+		die "the replay stopped at icount $ic of ${total:-?} (${STALL_S}s without progress): record and replay diverged"
+	fi
+}
+
 # wait_exit SECS MODE: wait for QEMU to exit by itself; while replaying, fail
 # when its icount stands still for STALL_S seconds.
 wait_exit() {
-	local secs=$1 mode=$2 end=$((SECONDS + $1)) last=-1 since=$SECONDS ic
+	local secs=$1 mode=$2 end=$((SECONDS + $1))
+	last=-1 since=$SECONDS
 	while kill -0 "$qemu_pid" 2>/dev/null; do
 		[ $SECONDS -lt $end ] || die "$mode: QEMU still running after ${secs}s"
-		if [ "$mode" = replay ]; then
-			ic=$(icount_of replay || true)
-			if [ -n "$ic" ]; then
-				[ "$ic" = "$last" ] || { last=$ic; since=$SECONDS; }
-				if [ $((SECONDS - since)) -ge "$STALL_S" ]; then
-					log "replay stalled at icount $ic; the log around it:"
-					"$BIN/rrdump" -header -icount "$ic" -before 12 -after 8 "$work/log.bin" | sed 's/^/     /'
-					die "the replay stopped at icount $ic (${STALL_S}s without progress): record and replay diverged"
-				fi
-			fi
-		fi
+		[ "$mode" != replay ] || check_replay_progress
 		sleep 1
 	done
 	wait "$qemu_pid" && rc=0 || rc=$?
@@ -172,16 +177,8 @@ while :; do
 	[ $SECONDS -lt $end ] || die "replay: not at icount $brk after 600s"
 	kill -0 "$qemu_pid" 2>/dev/null || die "replay: QEMU exited before reaching icount $brk (the guest shut down at $end_ic)"
 	st=$(qmp replay '{"execute":"query-status"}')
-	ic=$(icount_of replay || true)
 	grep -q '"status": *"paused"' <<<"$st" && break
-	if [ -n "$ic" ]; then
-		[ "$ic" = "$last" ] || { last=$ic; since=$SECONDS; }
-		if [ $((SECONDS - since)) -ge "$STALL_S" ]; then
-			log "replay stalled at icount $ic; the log around it:"
-			"$BIN/rrdump" -header -icount "$ic" -before 12 -after 8 "$work/log.bin" | sed 's/^/     /'
-			die "the replay stopped at icount $ic of $total (${STALL_S}s without progress): record and replay diverged"
-		fi
-	fi
+	check_replay_progress
 	sleep 1
 done
 ic=$(icount_of replay)
