@@ -610,7 +610,7 @@ func (c *controller) pumpPrimary(cfg ftxml.Config, reader *logchan.RecordReader,
 					// The backup's replay stopped (failover.BackupStalled
 					// there): keep where, for virt-ft status.
 					c.mu.Lock()
-					c.stall = "replay stalled" + stall
+					c.stall = peerText("replay stalled"+stall, 512)
 					c.mu.Unlock()
 				}
 				drv.post(failover.PeerBye{Clean: m.clean, Reason: reason})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -214,4 +215,20 @@ func (c *controller) destroyUntilGone(why string) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// peerText makes text the peer sent fit for a status line: control
+// characters become spaces (no terminal escapes reach virt-ft's output) and
+// it is cut to at most max bytes.
+func peerText(text string, max int) string {
+	b := []byte(text)
+	if len(b) > max {
+		b = b[:max]
+	}
+	for i, ch := range b {
+		if ch < 0x20 || ch == 0x7f {
+			b[i] = ' '
+		}
+	}
+	return strings.ToValidUTF8(string(b), "?")
 }

@@ -86,3 +86,12 @@ func TestLogRingGapRestarts(t *testing.T) {
 		t.Fatalf("after a gap: start %d instr %d len %d", r.start, r.instr, len(r.buf))
 	}
 }
+
+func TestPeerText(t *testing.T) {
+	if got := peerText("stalled\x1b[31m at\nicount 5", 100); got != "stalled [31m at icount 5" {
+		t.Errorf("peerText = %q", got)
+	}
+	if got := peerText("abcdef", 3); got != "abc" {
+		t.Errorf("peerText cut = %q", got)
+	}
+}
