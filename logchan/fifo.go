@@ -231,8 +231,9 @@ func (r *RecordReader) Read(p []byte) (int, error) {
 // (FIONREAD). Anything QEMU wrote before the call is counted; this is the
 // log position an output gate tags a frame with once the frame was received
 // (bytes, in the stream Decoder's offsets: FIFO A has no header). QEMU's
-// own stdio buffer (up to 4 KiB, DESIGN.md) is not counted: a QEMU that
-// does not flush its log before a frame leaves needs that much slack on top.
+// own stdio buffer (up to 4 KiB, docs/replay.md §4, §7) is not counted: a
+// QEMU that does not flush its log before a frame leaves needs that much
+// slack on top.
 func (r *RecordReader) Produced() (uint64, error) {
 	var unread int
 	var ierr error

@@ -72,7 +72,7 @@ type Config struct {
 	// FIFOs (<ft:state dir>, default /var/lib/libvirt-ft).
 	StateDir string
 	// OutputGate holds the guest's transmitted frames until the backup has
-	// acknowledged the log that covers them (DESIGN.md, "Output rule";
+	// acknowledged the log that covers them (docs/replay.md §10;
 	// <ft:output-gate enabled="yes|no">, default yes). Turning it off loses
 	// TCP connections at go-live.
 	OutputGate bool

@@ -20,8 +20,7 @@
 // defines [Backup] (QEMU rr=replay) on the second host. How the generated
 // pieces are wired through libvirt 9.0 (user aliases, a blkreplay -blockdev
 // per disk pointed to by <qemu:override>, a filter-replay object per NIC,
-// -icount) is described in DESIGN.md, section 1, "Wiring it through libvirt
-// 9.0".
+// -icount) is described in docs/replay.md §9.
 //
 // Functions that take domain XML as a string parse it with [ParseDomain],
 // which keeps namespace declarations that libvirt puts on <metadata> (or a

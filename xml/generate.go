@@ -66,20 +66,20 @@ const (
 // chain in the XML takes a number per layer and breaks the rule, which is why
 // Validate refuses it. The numbering is libvirt's internal business: the
 // daemon must check it on the live domain (query-named-block-nodes, or
-// "info block": the disk's device must sit on ft-rr<i>), as DESIGN.md says.
+// "info block": the disk's device must sit on ft-rr<i>), docs/replay.md §9.
 func LibvirtFormatNodeName(diskPos, diskCount int) string {
 	return fmt.Sprintf("libvirt-%d-format", diskCount-diskPos)
 }
 
 // RecordFIFOPath is the file the primary's QEMU records into:
-// <StateDir>/<uuid>/record.fifo (FIFO A in DESIGN.md). The UUID is written
-// in libvirt's form (lower-case, with dashes) if it parses.
+// <StateDir>/<uuid>/record.fifo (FIFO A, docs/replay.md §4). The UUID is
+// written in libvirt's form (lower-case, with dashes) if it parses.
 func RecordFIFOPath(cfg Config, uuid string) string {
 	return fifoPath(cfg, uuid, "record.fifo")
 }
 
 // ReplayFIFOPath is the file the backup's QEMU replays from:
-// <StateDir>/<uuid>/replay.fifo (FIFO B in DESIGN.md).
+// <StateDir>/<uuid>/replay.fifo (FIFO B, docs/replay.md §5).
 func ReplayFIFOPath(cfg Config, uuid string) string {
 	return fifoPath(cfg, uuid, "replay.fifo")
 }
@@ -325,10 +325,10 @@ func alias(a **libvirtxml.DomainAlias, ours string) string {
 	return ours
 }
 
-// generate adds the record/replay wiring to a stripped domain (DESIGN.md,
-// "Wiring it through libvirt 9.0"): arguments go after the user's own.
+// generate adds the record/replay wiring to a stripped domain
+// (docs/replay.md §9): arguments go after the user's own.
 //
-// Network output (DESIGN.md, "Output rule"): with the output gate on, a
+// Network output (docs/replay.md §10): with the output gate on, a
 // filter-redirector per interface sends every transmitted frame to
 // libvirt-ftd (GateSocketPaths) and takes back the ones to send, on both
 // hosts: the primary's daemon releases a frame once the backup holds the

@@ -57,7 +57,7 @@ func (e *ValidationError) Error() string {
 }
 
 // Validate checks that dom can run under QEMU record/replay as a protected
-// domain (QEMU docs/devel/replay.rst, DESIGN.md section 1) and that its
+// domain (QEMU docs/devel/replay.rst, docs/replay.md §1) and that its
 // libvirt-ft element is well-formed. err is a *ValidationError holding every
 // problem; warnings name what will work but that the user should know.
 // A generated primary or backup validates like the user's domain.
@@ -85,7 +85,7 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 		add("/domain/@type", what+": QEMU record/replay needs -icount, which runs under TCG only (QEMU refuses icount with KVM)",
 			"set <domain type='qemu'>")
 	}
-	// replay.rst and DESIGN.md: more than one vCPU is a replay blocker.
+	// replay.rst and docs/replay.md §1: more than one vCPU is a replay blocker.
 	if dom.VCPU != nil && dom.VCPU.Value > 1 {
 		add("/domain/vcpu", fmt.Sprintf("is %d: QEMU record/replay runs one vCPU only", dom.VCPU.Value), "set <vcpu>1</vcpu>")
 	}
@@ -106,7 +106,7 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 				"set sockets, dies, clusters, cores and threads to 1, or remove <topology>")
 		}
 	}
-	// DESIGN.md: -rtc base=localtime is a replay blocker; libvirt emits it
+	// docs/replay.md §1: -rtc base=localtime is a replay blocker; libvirt emits it
 	// for offset='localtime' and offset='timezone'.
 	if dom.Clock != nil && (dom.Clock.Offset == "localtime" || dom.Clock.Offset == "timezone") {
 		add("/domain/clock/@offset", fmt.Sprintf("is %q: libvirt starts QEMU with -rtc base=localtime, which QEMU refuses under record/replay", dom.Clock.Offset),
@@ -121,12 +121,12 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 		ps = append(ps, interfaceProblems(d.Interfaces, role == RoleBackup)...)
 		if len(d.Serials) > 0 || len(d.Consoles) > 0 {
 			ws = append(ws, "/domain/devices/serial, /domain/devices/console: console/serial input is not replicated: "+
-				"QEMU does not record chardevs made with -chardev (DESIGN.md), so typing into the console of a protected VM makes the backup diverge; "+
+				"QEMU does not record chardevs made with -chardev (docs/replay.md §9), so typing into the console of a protected VM makes the backup diverge; "+
 				"use the console to watch output only")
 		}
 		for i := range d.Channels {
 			ws = append(ws, fmt.Sprintf("/domain/devices/channel[%d]: input on this channel is not replicated: "+
-				"QEMU does not record chardevs made with -chardev (DESIGN.md); commands sent into the guest (e.g. guest-agent) make the backup diverge", i+1))
+				"QEMU does not record chardevs made with -chardev (docs/replay.md §9); commands sent into the guest (e.g. guest-agent) make the backup diverge", i+1))
 		}
 	}
 
@@ -217,8 +217,8 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 			add("/source/@file", "is missing: a protected disk needs an image file (an empty disk cannot be put under blkreplay)",
 				"add <source file='/path/image.qcow2'/>")
 		}
-		// Go-live takes an internal snapshot (savevm, DESIGN.md), which
-		// needs qcow2.
+		// The stock-QEMU go-live fallback takes an internal snapshot
+		// (savevm, docs/replay.md §6), which needs qcow2.
 		if d.Driver == nil || d.Driver.Type != "qcow2" {
 			what := "is missing"
 			if d.Driver != nil && d.Driver.Type != "" {
@@ -264,7 +264,7 @@ func interfaceProblems(ifaces []libvirtxml.DomainInterface, needMAC bool) []Prob
 			}
 		}
 		if needMAC && (n.MAC == nil || n.MAC.Address == "") {
-			ps = append(ps, Problem{f + "/mac", "is missing: libvirt would give the backup a random MAC, and the backup must be the same machine as the primary (DESIGN.md)",
+			ps = append(ps, Problem{f + "/mac", "is missing: libvirt would give the backup a random MAC, and the backup must be the same machine as the primary (docs/replay.md §9)",
 				"generate the backup from the XML of the defined primary, which holds the MAC libvirt assigned"})
 		}
 	}

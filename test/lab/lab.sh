@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The libvirt-ft two-host lab (DESIGN.md section 3). Run as root.
+# The libvirt-ft two-host lab (docs/replay.md §11). Run as root.
 #
 #   lab.sh up                       build the lab, start virtlogd+libvirtd in a and b
 #   lab.sh down                     stop and remove everything (idempotent)
