@@ -475,9 +475,6 @@ func (c *Conn) WriteHeartbeat(h Heartbeat) error {
 	return c.WriteFrame(FrameHeartbeat, EncodeHeartbeat(h))
 }
 
-// WriteBye writes a Bye frame with a reason for humans.
-func (c *Conn) WriteBye(reason string) error { return c.WriteFrame(FrameBye, []byte(reason)) }
-
 // WriteData writes a Data frame.
 func (c *Conn) WriteData(p []byte) error { return c.WriteFrame(FrameData, p) }
 

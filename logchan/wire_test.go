@@ -229,7 +229,7 @@ func TestConnBuffered(t *testing.T) {
 	// net.Pipe is unbuffered: had the writes gone out, they would block
 	// here without a reader.
 	must(t, ca.WriteHeartbeat(Heartbeat{Seq: 1}))
-	must(t, ca.WriteBye("x"))
+	must(t, ca.WriteBye(Bye{Reason: "x"}))
 	done := make(chan error, 1)
 	go func() { done <- ca.Flush() }()
 	for _, want := range []FrameType{FrameHeartbeat, FrameBye} {

@@ -9,14 +9,24 @@ import (
 	"strings"
 )
 
-// arbiter is the split-brain test-and-set (DESIGN.md section 2, "Split
-// brain"; FT paper section 2.3): before a backup goes live, or a primary goes
-// on alone, it must create the lock file of the current pairing epoch on
-// storage both hosts share. Creating a file with O_CREAT|O_EXCL is atomic on
-// a local or NFSv3+ file system, so exactly one of the two wins; the loser
-// halts its VM. The winner's identity is in the file, so asking again is
-// idempotent.
-type arbiter struct {
+// Arbiter is the split-brain test-and-set (FT paper, Scales et al. 2010,
+// section 2.3; docs/architecture.md): before a backup goes live, or a
+// primary goes on alone, it must win the claim of the current pairing
+// epoch. Exactly one of the two daemons of a pairing wins; the loser halts
+// its VM.
+type Arbiter interface {
+	// Acquire claims (uuid, epoch). An error means the arbiter could not
+	// be reached: neither won nor lost. Asking again after a win wins.
+	Acquire(uuid, epoch string) (won bool, err error)
+	// Forget drops the claims of uuid's other epochs (a new pairing).
+	Forget(uuid, keepEpoch string)
+}
+
+// dirArbiter is the shared-directory Arbiter: the claim is a lock file on
+// storage both hosts mount. Creating a name with link(2) is atomic on a
+// local or NFSv3+ file system, so exactly one of the two wins. The
+// winner's identity is in the file, so asking again is idempotent.
+type dirArbiter struct {
 	dir string // empty: no shared storage configured: every claim wins
 	me  string // this daemon's identity (arbiterIdentity): unique per process
 }
@@ -31,13 +41,12 @@ func arbiterIdentity(listen string) string {
 	return fmt.Sprintf("%s %s %x", host, listen, nonce)
 }
 
-// acquire tries the lock of (uuid, epoch). err means the storage could not
-// be reached (neither won nor lost). The lock file appears with its
+// Acquire tries the lock file of (uuid, epoch). The file appears with its
 // content in one step: the identity is written to a private temporary file
 // that is then hard-linked to the lock's name (link(2) fails with EEXIST if
 // the name exists, atomically, also on NFS), so a reader never sees an
 // empty lock.
-func (a arbiter) acquire(uuid, epoch string) (won bool, err error) {
+func (a dirArbiter) Acquire(uuid, epoch string) (won bool, err error) {
 	if a.dir == "" {
 		return true, nil
 	}
@@ -67,8 +76,8 @@ func (a arbiter) acquire(uuid, epoch string) (won bool, err error) {
 	return strings.TrimSpace(string(b)) == a.me, nil
 }
 
-// forget removes the lock files of older epochs of uuid (a new pairing).
-func (a arbiter) forget(uuid, keepEpoch string) {
+// Forget removes the lock files of uuid's other epochs.
+func (a dirArbiter) Forget(uuid, keepEpoch string) {
 	if a.dir == "" {
 		return
 	}

@@ -8,25 +8,25 @@ import (
 
 func TestArbiterExactlyOneWins(t *testing.T) {
 	dir := t.TempDir()
-	a := arbiter{dir: dir, me: "10.0.0.1:7480"}
-	b := arbiter{dir: dir, me: "10.0.0.2:7480"}
-	wonB, err := b.acquire("u", "e1")
+	a := dirArbiter{dir: dir, me: "10.0.0.1:7480"}
+	b := dirArbiter{dir: dir, me: "10.0.0.2:7480"}
+	wonB, err := b.Acquire("u", "e1")
 	if err != nil || !wonB {
 		t.Fatalf("first claim: won %v err %v", wonB, err)
 	}
-	wonA, err := a.acquire("u", "e1")
+	wonA, err := a.Acquire("u", "e1")
 	if err != nil || wonA {
 		t.Fatalf("second claim must lose: won %v err %v", wonA, err)
 	}
 	// Asking again is idempotent for the holder (a retry after a lost reply).
-	if again, err := b.acquire("u", "e1"); err != nil || !again {
+	if again, err := b.Acquire("u", "e1"); err != nil || !again {
 		t.Fatalf("holder asking again: won %v err %v", again, err)
 	}
 	// A new pairing epoch is a new lock.
-	if won, _ := a.acquire("u", "e2"); !won {
+	if won, _ := a.Acquire("u", "e2"); !won {
 		t.Fatal("new epoch: the first claim must win")
 	}
-	a.forget("u", "e2")
+	a.Forget("u", "e2")
 	if _, err := os.Stat(filepath.Join(dir, "u.e1.lock")); !os.IsNotExist(err) {
 		t.Fatal("forget kept an old epoch's lock")
 	}
@@ -36,30 +36,15 @@ func TestArbiterExactlyOneWins(t *testing.T) {
 }
 
 func TestArbiterWithoutSharedStorageWins(t *testing.T) {
-	if won, err := (arbiter{}).acquire("u", "e"); !won || err != nil {
+	if won, err := (dirArbiter{}).Acquire("u", "e"); !won || err != nil {
 		t.Fatalf("won %v err %v", won, err)
 	}
 }
 
 func TestArbiterUnreachableIsAnError(t *testing.T) {
-	a := arbiter{dir: filepath.Join(t.TempDir(), "missing"), me: "x"}
-	if won, err := a.acquire("u", "e"); won || err == nil {
+	a := dirArbiter{dir: filepath.Join(t.TempDir(), "missing"), me: "x"}
+	if won, err := a.Acquire("u", "e"); won || err == nil {
 		t.Fatalf("won %v err %v: an unreachable arbiter is neither a win nor a loss", won, err)
-	}
-}
-
-func TestByeEncoding(t *testing.T) {
-	for _, c := range []struct {
-		clean  bool
-		reason string
-	}{{true, "shutdown"}, {false, "hook stopped"}, {true, ""}} {
-		clean, reason := decodeBye(encodeBye(c.clean, c.reason))
-		if clean != c.clean || reason != c.reason {
-			t.Errorf("%v %q round-tripped to %v %q", c.clean, c.reason, clean, reason)
-		}
-	}
-	if clean, reason := decodeBye("legacy text"); clean || reason != "legacy text" {
-		t.Errorf("unprefixed bye: %v %q", clean, reason)
 	}
 }
 
@@ -67,14 +52,14 @@ func TestByeEncoding(t *testing.T) {
 // hosts) must not both win.
 func TestArbiterSameListenOneWinner(t *testing.T) {
 	dir := t.TempDir()
-	a := arbiter{dir: dir, me: arbiterIdentity(":7480")}
-	b := arbiter{dir: dir, me: arbiterIdentity(":7480")}
-	wa, errA := a.acquire("u", "e1")
-	wb, errB := b.acquire("u", "e1")
+	a := dirArbiter{dir: dir, me: arbiterIdentity(":7480")}
+	b := dirArbiter{dir: dir, me: arbiterIdentity(":7480")}
+	wa, errA := a.Acquire("u", "e1")
+	wb, errB := b.Acquire("u", "e1")
 	if errA != nil || errB != nil || !wa || wb {
 		t.Fatalf("a won %v (%v), b won %v (%v): want exactly a", wa, errA, wb, errB)
 	}
-	if again, err := a.acquire("u", "e1"); !again || err != nil {
+	if again, err := a.Acquire("u", "e1"); !again || err != nil {
 		t.Fatalf("the holder asking again: %v, %v", again, err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, ".claim-*")); len(m) != 0 {

@@ -4,179 +4,307 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/sirupsen/logrus"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
-// qemuVersion is the local QEMU version as libvirt reports it ("7.2.22").
-func (d *Daemon) qemuVersion() (string, error) {
-	conn, err := d.lv.get()
-	if err != nil {
-		return "", err
-	}
-	v, err := conn.GetVersion()
-	if err != nil {
-		return "", fmt.Errorf("asking libvirt for the QEMU version: %w", err)
-	}
-	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000), nil
+// backupRun is one run of a protected domain's backup on this host: armed
+// by the primary's prepare-backup request (FIFO B, the feeder, the backup's
+// output gates), it serves the primary's log channel, starts the replaying
+// QEMU with the first log, feeds FIFO B, samples the replay, and, when its
+// failover core says so, goes live (golive.go) and hands the VM to a new
+// primaryRun (promote).
+//
+// Everything it acquires is pushed on its undo stack and released by close.
+type backupRun struct {
+	env         env
+	uuid        string
+	name        string
+	cfg         ftxml.Config // the backup's (ftxml.Backup's output)
+	backupXML   string
+	primaryHost string
+	epoch       string
+	log         logrus.FieldLogger
+	undo        undoStack
+	// promote makes the live primary the domain's current run (go-live).
+	promote func(*primaryRun)
+
+	stop     chan struct{} // closed by close
+	stopOnce sync.Once
+
+	mu     sync.Mutex
+	state  ctl.State
+	detail string
+	peer   string // the primary daemon's address, once its channel is up
+	// qemuStarted: the replaying QEMU was started (with the first log).
+	qemuStarted bool
+	running     bool
+	// goingLive: FeedEnd issued; the replaying QEMU's end is go-live's.
+	goingLive bool
+	// live: went live; live primary is the run now.
+	live       bool
+	goLiveInfo string
+
+	// log figures: fed = bytes written into FIFO B, received = bytes
+	// received and queued, fedInstr = INSTRUCTION sum fed, icount = the
+	// replay's executed icount (sampled)
+	fed, received    uint64
+	fedInstr, icount uint64
+	lastHeartbeat    time.Time
+
+	replayFIFO string
+	feeder     *logchan.Feeder
+	gates      *outputGates
+	lastGate   string
+	ring       *logRing
+	stall      string
+	link       *peerConn
+	drv        *failover.Driver
+	final      failover.Status
+	finalTm    failover.Timings
+	// drainTo: go-live's drain target icount (WaitDrain), 0 when none;
+	// the sampler samples fast while it is set.
+	drainTo uint64
+	wake    chan struct{}
+	// liveRecord: the stock go-live path's record FIFO and its discarding
+	// reader (prepareLive), handed to the live primary.
+	liveRecord string
 }
 
-// prepareBackup arms a backup of the primary described by req: it generates
-// the backup's domain XML (same machine, rr=replay), creates FIFO B and opens
-// it with the feeder (version dword written). The backup domain itself is
-// started when the first log entries arrive, because QEMU in replay mode
-// reads the first event during its start-up.
-func (d *Daemon) prepareBackup(req controlRequest, primaryHost string) error {
-	ours, err := d.qemuVersion()
+// armBackup arms a backup of the primary described by req on this host: it
+// generates the backup's domain XML (same machine, rr=replay), creates FIFO
+// B and opens it with the feeder (version dword written), and opens the
+// backup's output gates. The backup domain itself is started when the
+// first log entries arrive, because QEMU in replay mode reads the first
+// event during its start-up. On error nothing is left behind.
+func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote func(*primaryRun)) (_ *backupRun, err error) {
+	ours, err := e.hv.QEMUVersion()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ours != req.QEMUVersion {
-		return fmt.Errorf("QEMU differs: primary host runs %s, backup host runs %s; install the same QEMU on both hosts", req.QEMUVersion, ours)
+		return nil, fmt.Errorf("QEMU differs: primary host runs %s, backup host runs %s; install the same QEMU on both hosts", req.QEMUVersion, ours)
 	}
 	logVer, err := logchan.LogVersionForQEMU(ours)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if logVer != req.LogVersion {
-		return fmt.Errorf("replay log version differs: primary %#x, backup %#x", req.LogVersion, logVer)
+		return nil, fmt.Errorf("replay log version differs: primary %#x, backup %#x", req.LogVersion, logVer)
 	}
-	if c := d.lookup(req.UUID); c != nil && !c.idle() {
-		if c.role == ftxml.RolePrimary {
-			return fmt.Errorf("domain %q runs here as a primary", req.Name)
-		}
-		// A stale backup from an earlier run of the primary: replace it.
-		c.close("replaced by a new backup")
-		d.forget(req.UUID, c)
-	}
-	if conn, err := d.lv.get(); err == nil {
-		if dom, err := conn.LookupDomainByUUIDString(req.UUID); err == nil {
-			active, _ := dom.IsActive()
-			dom.Free()
-			if active {
-				return fmt.Errorf("domain %q is already running on the backup host", req.Name)
-			}
-		}
+	if active, err := e.hv.IsActive(req.UUID); err == nil && active {
+		return nil, fmt.Errorf("domain %q is already running on the backup host", req.Name)
 	}
 	backupXML, err := ftxml.Backup(req.XML, ftxml.HostConfig{PeerAddress: primaryHost})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg, _, err := ftxml.ParseConfig(backupXML)
 	if err != nil {
-		return err
-	}
-	fifo := ftxml.ReplayFIFOPath(*cfg, req.UUID)
-	if err := logchan.CreateFIFO(fifo, d.qemuUID, d.qemuGID, 0o600); err != nil {
-		return err
-	}
-	feeder, err := logchan.NewFeeder(fifo, logVer)
-	if err != nil {
-		_ = os.Remove(fifo)
-		return err
-	}
-	// A small FIFO B keeps the backup's lag (and so the drain at go-live)
-	// bounded by the window rather than by the pipe (64 KiB by default).
-	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
-		d.log.WithError(err).Warn("shrinking FIFO B")
+		return nil, err
 	}
 	bdom, err := ftxml.ParseDomain(backupXML)
 	if err != nil {
-		feeder.Close()
-		_ = os.Remove(fifo)
-		return err
+		return nil, err
 	}
-	c := d.controllerFor(req.UUID, req.Name, ftxml.RoleBackup)
-	gates, err := c.openBackupGates(*cfg, bdom)
-	if err != nil {
-		feeder.Close()
-		_ = os.Remove(fifo)
-		d.forget(req.UUID, c)
-		return fmt.Errorf("libvirt-ft: domain %q: %w", req.Name, err)
-	}
-	c.mu.Lock()
-	c.cfg = *cfg
-	c.backupXML, c.replayFIFO, c.feeder, c.gates = backupXML, fifo, feeder, gates
-	c.epoch, c.primaryHost = req.Epoch, primaryHost
-	c.goingLive, c.live = false, false
-	c.sentBytes, c.ackedBytes, c.logInstr, c.backupIcnt = 0, 0, 0, 0
-	c.started = false
-	c.mu.Unlock()
-	c.setState(StateArmed, "waiting for the primary's log")
-	return nil
-}
-
-// cancelBackup undoes prepareBackup when the primary's prepare failed.
-func (d *Daemon) cancelBackup(uuid string) {
-	if c := d.lookup(uuid); c != nil && c.role == ftxml.RoleBackup {
-		c.mu.Lock()
-		started := c.started
-		c.mu.Unlock()
-		if !started {
-			c.close("primary's prepare failed")
-			d.forget(uuid, c)
+	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
+		epoch: req.Epoch, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,
+		detail: "waiting for the primary's log",
+		log:    e.log.WithFields(logrus.Fields{"domain": req.Name, "role": ftxml.RoleBackup})}
+	defer func() {
+		if err != nil {
+			b.close("arming failed")
 		}
+	}()
+	fifo := ftxml.ReplayFIFOPath(*cfg, req.UUID)
+	if err := logchan.CreateFIFO(fifo, e.qemuUID, e.qemuGID, 0o600); err != nil {
+		return nil, err
+	}
+	b.undo.push(func() {
+		_ = os.Remove(fifo)
+		_ = os.Remove(filepath.Dir(fifo)) // only if empty
+	})
+	feeder, err := logchan.NewFeeder(fifo, logVer)
+	if err != nil {
+		return nil, err
+	}
+	b.undo.push(func() { feeder.Close() })
+	// A small FIFO B keeps the backup's lag (and so the drain at go-live)
+	// bounded by the window rather than by the pipe (64 KiB by default).
+	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
+		b.log.WithError(err).Warn("shrinking FIFO B")
+	}
+	gates, err := openBackupGates(e, req.UUID, *cfg, bdom)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt-ft: domain %q: %w", req.Name, err)
+	}
+	b.undo.push(b.releaseGates)
+	b.replayFIFO, b.feeder, b.gates = fifo, feeder, gates
+	b.log.Info("armed: waiting for the primary's log")
+	return b, nil
+}
+
+func (b *backupRun) role() string { return ftxml.RoleBackup }
+
+func (b *backupRun) done() <-chan struct{} { return b.stop }
+
+func (b *backupRun) setState(state ctl.State, detail string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != state || b.detail != detail {
+		b.log.Infof("state %s %s", state, detail)
+	}
+	b.state, b.detail = state, detail
+}
+
+func (b *backupRun) driver() *failover.Driver {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.drv
+}
+
+// active reports whether this run still holds anything on the host.
+func (b *backupRun) active() bool {
+	select {
+	case <-b.stop:
+		return false
+	default:
+		return true
 	}
 }
 
-// runBackupLog serves one log channel from the primary. The receiver keeps
-// reading (heartbeats must be seen even while FIFO B is full); Log frames go
-// to a queue that the feeding goroutine writes into FIFO B (whole events
+// hasStarted reports whether the replaying QEMU was started (the first log
+// arrived).
+func (b *backupRun) hasStarted() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.qemuStarted
+}
+
+func (b *backupRun) started() {
+	b.mu.Lock()
+	b.running = true
+	b.mu.Unlock()
+}
+
+// restartingLive reports whether go-live is restarting this domain as a
+// primary on this host (its prepare hook then needs no peer).
+func (b *backupRun) restartingLive() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.goingLive
+}
+
+func (b *backupRun) failoverView() (failover.Status, failover.Timings) {
+	b.mu.Lock()
+	drv, st, tm := b.drv, b.final, b.finalTm
+	b.mu.Unlock()
+	if drv != nil {
+		return drv.View()
+	}
+	return st, tm
+}
+
+func (b *backupRun) stallText() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stall
+}
+
+func (b *backupRun) goLiveDetail() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.goLiveInfo
+}
+
+func (b *backupRun) status() ctl.DomainStatus {
+	st, tm := b.failoverView()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := ctl.DomainStatus{Name: b.name, UUID: b.uuid, Role: ftxml.RoleBackup, Peer: b.peer,
+		State: b.state, Detail: b.detail, SentBytes: b.fed, AckedBytes: b.fed,
+		LogInstructions: b.fedInstr, BackupIcount: b.icount, HeartbeatAgeMS: -1, Stall: b.stall}
+	s.OutputGate = b.lastGate
+	if b.gates != nil {
+		s.OutputGate = b.gates.summary()
+	}
+	if b.fedInstr > b.icount {
+		s.LagInstructions = b.fedInstr - b.icount
+	}
+	if !b.lastHeartbeat.IsZero() {
+		s.HeartbeatAgeMS = time.Since(b.lastHeartbeat).Milliseconds()
+	}
+	if st.Role != 0 {
+		s.Failover = st.State.String()
+		s.GoLive = tm.Summary()
+	}
+	if b.goLiveInfo != "" {
+		s.GoLive += " (" + b.goLiveInfo + ")"
+	}
+	return s
+}
+
+// serveLog serves one log channel from the primary. The receiver keeps
+// reading (heartbeats must be seen even while FIFO B is full); Log frames
+// go to a queue that the feeding goroutine writes into FIFO B (whole events
 // only, contiguous offsets) and acknowledges with the offset now in FIFO B
 // and the backup QEMU's icount. A malformed frame drops the connection,
 // never the VM. The failover core decides when to go live.
-func (c *controller) runBackupLog(pc *peerConn) {
-	c.mu.Lock()
-	feeder := c.feeder
-	cfg := c.cfg
-	c.link = pc
-	c.peerAddr = pc.remote()
-	c.mu.Unlock()
-	if feeder == nil {
-		pc.bye(encodeBye(false, "no backup armed"))
+func (b *backupRun) serveLog(pc *peerConn) {
+	b.mu.Lock()
+	feeder := b.feeder
+	busy := b.link != nil || b.drv != nil
+	if feeder != nil && !busy {
+		b.link = pc
+		b.peer = pc.remote()
+	}
+	b.mu.Unlock()
+	if feeder == nil || busy {
+		// A second log channel for the same pairing is refused.
+		pc.bye(logchan.Bye{Reason: "no backup armed for " + b.uuid + " that waits for a log channel"})
 		pc.Close()
 		return
 	}
-	c.setState(StateReplicating, "log channel up")
+	pc.startWriter()
+	b.undo.push(func() { pc.Close() })
+	b.setState(ctl.StateReplicating, "log channel up")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
 	ring := newLogRing(logRingBytes)
-	c.mu.Lock()
-	c.ring, c.stall = ring, ""
-	c.mu.Unlock()
-	drv, err := newDriver(failover.RoleBackup, cfg, c.d.cfg.statusInterval(), func(a failover.Action) { c.backupAction(a, pc, q) })
+	drv, err := failover.NewDriver(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg.statusInterval()), func(a failover.Action) { b.act(a, pc, q) })
 	if err != nil {
-		c.setState(StateUnprotected, err.Error())
+		b.setState(ctl.StateUnprotected, err.Error())
 		pc.Close()
 		return
 	}
-	c.mu.Lock()
-	c.drv = drv
-	done := c.done
-	c.mu.Unlock()
-	go drv.run()
-	go c.watchUnread(feeder)
+	b.mu.Lock()
+	b.ring, b.stall, b.drv = ring, "", drv
+	b.mu.Unlock()
+	go drv.Run()
+	go b.watchUnread(feeder, drv)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
-		c.feedLoop(ctx, pc, feeder, q, drv)
+		b.feedLoop(ctx, pc, feeder, q, drv)
 	}()
 	// Without FeedEnd (the primary ended cleanly, the backup is discarded)
-	// nothing else would wake feedLoop once the controller is closed.
+	// nothing else would wake feedLoop once the run is closed.
 	go func() {
 		select {
-		case <-done:
+		case <-b.stop:
 			q.set(false, true)
 		case <-fed:
 		}
@@ -186,66 +314,75 @@ func (c *controller) runBackupLog(pc *peerConn) {
 	for {
 		m, err := pc.recv()
 		if err != nil {
-			drv.post(failover.ChannelDown{Reason: err.Error()})
+			drv.Post(failover.ChannelDown{Reason: err.Error()})
 			pc.Close()
 			return
 		}
-		switch m.kind {
-		case msgHeartbeat:
-			c.heartbeat()
-			drv.post(failover.HeartbeatReceived{})
-			if len(m.released) > 0 {
-				c.mu.Lock()
-				gates := c.gates
-				c.mu.Unlock()
-				if gates != nil {
-					gates.forget(m.released)
-				}
+		switch m.Kind {
+		case logchan.MsgHeartbeat:
+			b.mu.Lock()
+			b.lastHeartbeat = time.Now()
+			gates := b.gates
+			b.mu.Unlock()
+			drv.Post(failover.HeartbeatReceived{})
+			if gates != nil && len(m.Heartbeat.Released) > 0 {
+				gates.forget(m.Heartbeat.Released)
 			}
-		case msgBye:
-			drv.post(failover.PeerBye{Clean: m.clean, Reason: m.text})
-			if m.clean {
-				c.setState(StateReplicating, "primary said bye: "+m.text+"; replaying to the end of its log")
+		case logchan.MsgBye:
+			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
+			if m.Bye.Clean {
+				b.setState(ctl.StateReplicating, "primary said bye: "+peerText(m.Bye.Reason, 512)+"; replaying to the end of its log")
 			}
-		case msgLog:
+		case logchan.MsgLog:
 			// Check the frame at once and acknowledge it as received:
 			// everything queued is written into FIFO B before any END,
 			// so the primary's output gate may release what it covers.
-			if m.offset != received {
-				drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d, expected %d", m.offset, received)})
+			if m.Offset != received {
+				drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d, expected %d", m.Offset, received)})
 				pc.Close()
 				return
 			}
-			if _, err := logchan.ScanEvents(m.data); err != nil {
-				drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.offset, err)})
+			if _, err := logchan.ScanEvents(m.Data); err != nil {
+				drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.Offset, err)})
 				pc.Close()
 				return
 			}
 			if q.push(m) {
-				received += uint64(len(m.data))
-				c.mu.Lock()
-				c.receivedBytes = received
-				fed, icount, instr := c.ackedBytes, c.backupIcnt, c.logInstr
-				c.mu.Unlock()
-				go func(r uint64) { _ = pc.sendAck(fed, icount, instr, r) }(received)
+				received += uint64(len(m.Data))
+				b.mu.Lock()
+				b.received = received
+				b.mu.Unlock()
+				pc.queueAck(b.ack())
 			}
+		case logchan.MsgAck:
+			drv.Post(failover.ChannelDown{Reason: "an ack from the primary"})
+			pc.Close()
+			return
 		}
 	}
 }
 
-// frameQueue holds received Log frames until they are in FIFO B. Its size is
-// bounded by the primary's window (it sends no more unacknowledged bytes).
+// ack is the acknowledgement of this backup's current progress.
+func (b *backupRun) ack() logchan.Ack {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return logchan.Ack{Offset: b.fed, Executed: b.icount, Fed: b.fedInstr, Received: b.received}
+}
+
+// frameQueue holds received Log frames until they are in FIFO B. Its size
+// is bounded by the primary's window (it sends no more unacknowledged
+// bytes).
 type frameQueue struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
-	frames []message
+	frames []logchan.Message
 	end    bool // FeedEnd: write what is queued, then END; drop later frames
 	closed bool
 }
 
 // push queues m and reports whether it will be written into FIFO B (false
 // once FeedEnd or a close came: the frame is dropped).
-func (q *frameQueue) push(m message) bool {
+func (q *frameQueue) push(m logchan.Message) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	ok := !q.end && !q.closed
@@ -257,7 +394,7 @@ func (q *frameQueue) push(m message) bool {
 }
 
 // pop waits for a frame; ok false means "write END now" (or closed).
-func (q *frameQueue) pop() (m message, ok bool, end bool) {
+func (q *frameQueue) pop() (m logchan.Message, ok bool, end bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.frames) == 0 && !q.end && !q.closed {
@@ -268,7 +405,7 @@ func (q *frameQueue) pop() (m message, ok bool, end bool) {
 		q.frames = q.frames[1:]
 		return m, true, false
 	}
-	return message{}, false, q.end
+	return logchan.Message{}, false, q.end
 }
 
 func (q *frameQueue) set(end, closed bool) {
@@ -280,79 +417,77 @@ func (q *frameQueue) set(end, closed bool) {
 }
 
 // feedLoop writes queued frames into FIFO B and acknowledges them.
-func (c *controller) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan.Feeder, q *frameQueue, drv *driver) {
-	var fed uint64
+func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan.Feeder, q *frameQueue, drv *failover.Driver) {
 	for {
 		m, ok, end := q.pop()
 		if !ok {
 			if end {
 				if err := feeder.WriteEnd(); err != nil {
-					c.log.WithError(err).Error("writing END into FIFO B")
+					b.log.WithError(err).Error("writing END into FIFO B")
 				}
-				drv.post(failover.EndFed{Bytes: feeder.Offset(), Instructions: feeder.Instructions()})
+				drv.Post(failover.EndFed{Bytes: feeder.Offset(), Instructions: feeder.Instructions()})
 			}
 			return
 		}
-		// runBackupLog queued only contiguous frames of whole events.
-		// Start the backup QEMU with the first frame, before writing it:
-		// a frame larger than FIFO B's pipe would block until QEMU reads.
-		c.mu.Lock()
-		start := !c.started
-		c.started = true
-		c.mu.Unlock()
+		// serveLog queued only contiguous frames of whole events. Start
+		// the backup QEMU with the first frame, before writing it: a
+		// frame larger than FIFO B's pipe would block until QEMU reads.
+		b.mu.Lock()
+		start := !b.qemuStarted
+		b.qemuStarted = true
+		before := b.fedInstr
+		ring := b.ring
+		b.mu.Unlock()
 		if start {
-			go c.startBackupDomain()
+			go b.startQEMU()
 		}
 		// Feeder.Write refuses anything but whole events, writing nothing.
-		if err := feeder.Write(m.data); err != nil {
-			drv.post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.offset, err)})
+		if err := feeder.Write(m.Data); err != nil {
+			drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.Offset, err)})
 			pc.Close()
 			q.set(false, true)
 			return
 		}
-		fed += uint64(len(m.data))
-		before := c.fedInstructions()
 		instr := feeder.Instructions()
-		c.ringAdd(m.offset, m.data, instr-before)
-		c.mu.Lock()
-		c.sentBytes, c.ackedBytes, c.logInstr = fed, fed, instr
-		icount, received := c.backupIcnt, c.receivedBytes
-		c.mu.Unlock()
-		drv.post(failover.LogReceived{Offset: m.offset, Bytes: fed, Instructions: instr})
-		go func() { _ = pc.sendAck(fed, icount, instr, received) }()
+		if ring != nil {
+			ring.add(m.Offset, m.Data, instr-before)
+		}
+		b.mu.Lock()
+		b.fed += uint64(len(m.Data))
+		b.fedInstr = instr
+		fed := b.fed
+		b.mu.Unlock()
+		drv.Post(failover.LogReceived{Offset: m.Offset, Bytes: fed, Instructions: instr})
+		pc.queueAck(b.ack())
 	}
 }
 
-// backupAction carries out one action of the backup's failover core.
-func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue) {
+// act carries out one action of the backup's failover core. It runs on
+// the driver's goroutine: anything slow runs in its own goroutine.
+func (b *backupRun) act(a failover.Action, pc *peerConn, q *frameQueue) {
 	switch a := a.(type) {
 	case failover.SendHeartbeat:
-		go func() { _ = pc.sendHeartbeat() }()
+		pc.queueHeartbeat()
 	case failover.SendBye:
-		text := encodeBye(a.Clean, a.Reason)
-		c.mu.Lock()
-		stall := c.stall
-		c.mu.Unlock()
+		bye := logchan.Bye{Clean: a.Clean, Reason: a.Reason}
+		b.mu.Lock()
+		stall, info, drv := b.stall, b.goLiveInfo, b.drv
+		b.mu.Unlock()
 		if !a.Clean && stall != "" && strings.HasPrefix(a.Reason, "backup replay stalled") {
 			// The bye after BackupStalled: tell the primary where in
 			// the log the replay stopped (its status shows it).
-			text = encodeBye(false, "backup "+stall)
+			bye.Reason = "backup " + stall
 		}
-		if a.Reason == failover.ByeLive {
+		if a.Reason == failover.ByeLive && drv != nil {
 			// Tell the old primary how the go-live went (virt-ft status
-			// there shows it after a switchover). Same goroutine as the
-			// driver: the node may be read here.
-			c.mu.Lock()
-			drv, info := c.drv, c.goLiveInfo
-			c.mu.Unlock()
-			if drv != nil {
-				text += byeDetailSep + timingSummary(drv.node.Timings())
-				if info != "" {
-					text += " (" + info + ")"
-				}
+			// there shows it after a switchover). On the driver's
+			// goroutine: the node may be read.
+			bye.Detail = drv.Node().Timings().Summary()
+			if info != "" {
+				bye.Detail += " (" + info + ")"
 			}
 		}
-		pc.bye(text)
+		pc.bye(bye)
 	case failover.CloseChannel:
 		// Half-close first: a full close with unread heartbeats in the
 		// receive buffer makes Linux send a reset that can discard a
@@ -361,159 +496,264 @@ func (c *controller) backupAction(a failover.Action, pc *peerConn, q *frameQueue
 		pc.closeWrite()
 		time.AfterFunc(2*time.Second, func() { pc.Close() })
 	case failover.FeedEnd:
-		c.mu.Lock()
-		c.goingLive = true
-		c.mu.Unlock()
-		c.setState(StateGoingLive, "primary lost: feeding END after the last whole event")
+		b.mu.Lock()
+		b.goingLive = true
+		b.mu.Unlock()
+		b.setState(ctl.StateGoingLive, "primary lost: feeding END after the last whole event")
 		q.set(true, false)
 	case failover.WaitDrain:
-		c.setState(StateGoingLive, fmt.Sprintf("draining: waiting for the backup to reach icount %d", a.Icount))
-		go c.waitDrain(a.Icount)
+		b.setState(ctl.StateGoingLive, fmt.Sprintf("draining: waiting for the backup to reach icount %d", a.Icount))
+		b.mu.Lock()
+		b.drainTo = a.Icount
+		b.mu.Unlock()
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
 	case failover.AcquireLock:
+		b.mu.Lock()
+		drv := b.drv
+		b.mu.Unlock()
 		go func() {
-			won, err := c.d.arbiter().acquire(c.uuid, c.epoch)
-			c.post(failover.LockResult{Won: won, Err: err})
+			won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
+			drv.Post(failover.LockResult{Won: won, Err: err})
 		}()
 	case failover.GoLive:
-		c.setState(StateGoingLive, "going live: stop, savevm, restart recording")
-		go func() { c.post(failover.GoLiveDone{Err: c.goLive()}) }()
+		b.setState(ctl.StateGoingLive, "going live: stop, savevm, restart recording")
+		b.mu.Lock()
+		drv := b.drv
+		b.mu.Unlock()
+		go func() { drv.Post(failover.GoLiveDone{Err: b.goLive()}) }()
 	case failover.Announce:
-		go c.announce()
+		go b.announce()
 	case failover.Cleanup:
-		go c.cleanupAfterLive()
+		go b.cleanupAfterLive()
 	case failover.HaltVM:
 		// The replaying QEMU's end is no longer go-live's own: let
-		// domainStopped clean up when it is gone.
-		c.mu.Lock()
-		c.goingLive = false
-		c.mu.Unlock()
-		c.setState(StateStopped, "halting: "+a.Reason)
-		go c.destroyUntilGone(a.Reason)
+		// qemuStopped clean up when it is gone.
+		b.mu.Lock()
+		b.goingLive = false
+		b.mu.Unlock()
+		b.setState(ctl.StateStopped, "halting: "+a.Reason)
+		go b.env.destroyUntilGone(b.uuid, a.Reason, b.stop)
 	case failover.ReportUnprotected:
-		c.setState(StateUnprotected, a.Reason)
+		b.setState(ctl.StateUnprotected, a.Reason)
 	case failover.BackupStalled:
-		c.mu.Lock()
-		ring := c.ring
-		c.mu.Unlock()
-		c.noteStall(a, ring)
+		b.noteStall(a)
 	}
 }
 
-// waitDrain samples the backup QEMU's icount until it reached target.
-func (c *controller) waitDrain(target uint64) {
-	client, done, err := c.d.domainQMP(c.uuid)
-	if err != nil {
+// startQEMU creates the transient backup domain (libvirt starts QEMU with
+// rr=replay on FIFO B) and then samples its icount.
+func (b *backupRun) startQEMU() {
+	if err := b.env.hv.Create(b.backupXML); err != nil {
+		b.setState(ctl.StateUnprotected, "starting the backup domain failed: "+err.Error())
+		b.close("backup domain failed to start")
 		return
 	}
-	defer done()
-	for {
-		ri, err := client.QueryReplay()
-		if err == nil && ri.Mode == "none" {
-			// A QEMU carrying packaging/qemu's end-of-log patch left replay
-			// mode on reading END: it executed the whole log.
-			c.post(failover.BackupIcount{Icount: target})
-			return
-		}
-		if err == nil {
-			c.post(failover.BackupIcount{Icount: ri.Icount})
-			if ri.Icount >= target {
-				return
-			}
-		}
-		select {
-		case <-c.done:
-			return
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	b.started()
+	b.log.Info("backup domain started in replay mode")
+	go b.sampleIcount()
 }
 
-// startBackupDomain creates the transient backup domain (libvirt starts QEMU
-// with rr=replay on FIFO B) and then samples its icount for lag figures and
-// the stall rule.
-func (c *controller) startBackupDomain() {
-	conn, err := c.d.lv.get()
-	if err == nil {
-		var dom *libvirt.Domain
-		dom, err = conn.DomainCreateXML(c.backupXML, 0)
-		if err == nil {
-			dom.Free()
-			c.domainStarted()
-			c.log.Info("backup domain started in replay mode")
-			go c.sampleIcount()
-			return
-		}
-	}
-	c.setState(StateUnprotected, "starting the backup domain failed: "+err.Error())
-	c.close("backup domain failed to start")
-	c.d.forget(c.uuid, c)
-}
-
-// sampleIcount samples the replaying QEMU's executed icount every
-// status-interval-ms (query-replay) until the controller closes or the
-// domain went live: for the lag figures the primary sees in acks, and for
-// the failover core's stall rule (failover.Config.StallTimeout), which must
-// see every sample while it feeds END too. A failed sample (libvirtd
-// restarted, the monitor is busy) looks the domain up again the next time,
-// so that a healthy backup is never taken for a stalled one because of a
-// stale handle.
-func (c *controller) sampleIcount() {
+// sampleIcount samples the replaying QEMU's executed icount
+// (query-replay) every status interval, and every drainPoll while go-live
+// drains (WaitDrain), until the run closes or the domain went live: for the
+// lag figures the primary sees in acks, for the failover core's stall rule
+// (failover.Config.StallTimeout), which must see every sample while it
+// feeds END too, and for the drain. A failed sample (libvirtd restarted,
+// the monitor is busy) looks the domain up again the next time, so that a
+// healthy backup is never taken for a stalled one because of a stale
+// handle.
+func (b *backupRun) sampleIcount() {
 	var client *qmp.Client
 	release := func() {}
 	defer func() { release() }()
-	c.whileReplaying(func() bool {
+	interval := b.env.cfg.statusInterval()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		case <-b.wake:
+		}
+		b.mu.Lock()
+		live, drv, link, target := b.live, b.drv, b.link, b.drainTo
+		b.mu.Unlock()
+		if live {
+			return
+		}
+		next := interval
+		if target > 0 {
+			next = drainPoll
+		}
+		t.Reset(next)
 		if client == nil {
-			cl, done, err := c.d.domainQMP(c.uuid)
+			cl, rel, err := b.env.qmp(b.uuid)
 			if err != nil {
-				return true
+				continue
 			}
-			client, release = cl, done
+			client, release = cl, rel
 		}
 		ri, err := client.QueryReplay()
 		if err != nil {
 			release()
 			client, release = nil, func() {}
-			return true
+			continue
 		}
+		icount := ri.Icount
+		if ri.Mode == "none" && target > 0 {
+			// A QEMU carrying packaging/qemu's end-of-log patch left
+			// replay mode on reading END: it executed the whole log.
+			icount = target
+		}
+		if target > 0 && icount >= target {
+			b.mu.Lock()
+			b.drainTo = 0
+			b.mu.Unlock()
+		}
+		b.mu.Lock()
+		b.icount = max(b.icount, ri.Icount)
+		b.mu.Unlock()
 		// The failover core watches this icount for a stalled replay
-		// (Config.StallTimeout).
-		c.post(failover.BackupIcount{Icount: ri.Icount})
-		c.mu.Lock()
-		if ri.Icount > c.backupIcnt {
-			c.backupIcnt = ri.Icount
+		// (Config.StallTimeout) and the drain.
+		if drv != nil {
+			drv.Post(failover.BackupIcount{Icount: icount})
 		}
-		link, fed, icount, instr, received := c.link, c.ackedBytes, c.backupIcnt, c.logInstr, c.receivedBytes
-		c.mu.Unlock()
 		// Tell the primary how far this backup has executed even when
 		// no log flows (it may be waiting for the backup to catch up:
-		// Config.MaxLagMS). Not on this goroutine: a full socket must not
-		// delay the next sample.
+		// Config.MaxLagMS).
 		if link != nil {
-			go func() { _ = link.sendAck(fed, icount, instr, received) }()
+			link.queueAck(b.ack())
 		}
-		return true
-	})
+	}
 }
 
-// whileReplaying (backup) calls sample every status interval until the
-// controller closes, the domain went live, or sample returns false.
-func (c *controller) whileReplaying(sample func() bool) {
-	c.mu.Lock()
-	done := c.done
-	c.mu.Unlock()
-	t := time.NewTicker(c.d.cfg.statusInterval())
+// drainPoll is how often go-live's drain samples the replay's icount.
+const drainPoll = 5 * time.Millisecond
+
+// watchUnread samples the log its QEMU has not read from FIFO B every
+// status interval and hands it to the failover core (FeedUnread), for the
+// stall rule. It does not use the QEMU monitor, which a replay waiting for
+// log holds.
+func (b *backupRun) watchUnread(feeder *logchan.Feeder, drv *failover.Driver) {
+	t := time.NewTicker(b.env.cfg.statusInterval())
 	defer t.Stop()
 	for {
 		select {
-		case <-done:
+		case <-b.stop:
 			return
 		case <-t.C:
 		}
-		c.mu.Lock()
-		live := c.live
-		c.mu.Unlock()
-		if live || !sample() {
+		b.mu.Lock()
+		live := b.live
+		b.mu.Unlock()
+		if live {
 			return
 		}
+		n, err := feeder.Unread()
+		if err != nil {
+			return // the feeder was closed
+		}
+		// Offset counts the events written, not the 4-byte version QEMU
+		// read first: Written - Bytes is what QEMU read of the events,
+		// give or take those 4 bytes.
+		drv.Post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
 	}
+}
+
+// noteStall records a stalled replay (failover.BackupStalled) for the
+// status and the log: where in the log the backup stopped and, with
+// keep-stall-log, the stretch of log around that point.
+func (b *backupRun) noteStall(a failover.BackupStalled) {
+	b.mu.Lock()
+	ring := b.ring
+	b.mu.Unlock()
+	p := stallPoint{Icount: a.Icount}
+	if ring != nil {
+		p = ring.at(a.Icount)
+	}
+	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued",
+		p, a.Ticks*int64(failover.TickInterval/time.Millisecond), a.Fed)
+	if b.env.cfg.KeepStallLog && ring != nil {
+		path := filepath.Join(filepath.Dir(ftxml.RecordFIFOPath(b.cfg, b.uuid)),
+			fmt.Sprintf("stall-%s-%d.rrstream", ftxml.RoleBackup, time.Now().Unix()))
+		off, instr := ring.bounds()
+		text += fmt.Sprintf("; the log around it is kept in %s (rrdump -base-offset %d -base-icount %d -icount %d %s)",
+			path, off, instr, a.Icount, path)
+		// Off the driver's goroutine: up to 2 MiB to write.
+		data := ring.snapshot()
+		go func() {
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				b.log.WithError(err).Warn("keeping the log around the stall")
+			}
+		}()
+	}
+	b.mu.Lock()
+	b.stall = text
+	b.mu.Unlock()
+	b.log.Error(text)
+}
+
+// qemuStopped is the stopped/release hook or libvirt's STOPPED event for
+// the replaying QEMU. Go-live stops it on purpose; any other stop ends the
+// backup, and the primary hears of it (an unclean bye).
+func (b *backupRun) qemuStopped(why string) {
+	b.mu.Lock()
+	if b.goingLive {
+		b.mu.Unlock()
+		return
+	}
+	b.running = false
+	b.mu.Unlock()
+	b.close(why)
+}
+
+// releaseGates closes the backup's output gates, keeping their summary.
+func (b *backupRun) releaseGates() {
+	b.mu.Lock()
+	gates := b.gates
+	b.gates = nil
+	if gates != nil {
+		b.lastGate = gates.summary()
+	}
+	b.mu.Unlock()
+	if gates != nil {
+		gates.close()
+	}
+}
+
+// takeGates hands the backup's output gates to the live primary.
+func (b *backupRun) takeGates() *outputGates {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g := b.gates
+	b.gates = nil
+	return g
+}
+
+// close releases everything this run holds on this host (its undo stack)
+// and stops its failover core; before going live it tells the primary at
+// once that its backup is gone (an unclean bye). Safe to call more than
+// once.
+func (b *backupRun) close(why string) {
+	first := false
+	b.stopOnce.Do(func() { first = true; close(b.stop) })
+	b.mu.Lock()
+	drv, link, live := b.drv, b.link, b.live
+	b.drv = nil
+	b.mu.Unlock()
+	if first && link != nil && !live {
+		link.bye(logchan.Bye{Reason: why})
+	}
+	if drv != nil {
+		drv.Stop()
+		st, tm := drv.View()
+		b.mu.Lock()
+		b.final, b.finalTm = st, tm
+		b.mu.Unlock()
+	}
+	b.undo.run()
 }

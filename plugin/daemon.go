@@ -13,32 +13,110 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
+	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
-// Daemon is one libvirt-ftd: one per host.
+// Daemon is one libvirt-ftd: one per host. It owns the registry of
+// protected domains, the control socket (hook, virt-ft), the peer listener
+// and the libvirt connection, and creates the runs (primaryRun, backupRun)
+// that do the work; runs reach the host through env only.
 type Daemon struct {
 	cfg Config
 	log *logrus.Logger
-	lv  *libvirtConn
+	lv  *libvirtConn // nil when a Hypervisor was given (tests)
+	hv  Hypervisor
+	arb Arbiter
 
 	qemuUID, qemuGID int
-	arbiterID        string // this process in split-brain lock files
 
 	mu   sync.Mutex
-	doms map[string]*controller // by domain UUID
+	doms map[string]*domain // by domain UUID
 }
 
-// New returns a daemon for cfg. It does not touch the system until Run.
+// run is one role of a domain on this host (primaryRun, backupRun).
+type run interface {
+	role() string
+	status() ctl.DomainStatus
+	// active: the run still holds something on this host (a QEMU, a
+	// channel, an armed FIFO).
+	active() bool
+	// started: the started hook for its QEMU.
+	started()
+	// qemuStopped: the stopped/release hook or libvirt's STOPPED event.
+	qemuStopped(why string)
+	close(why string)
+	done() <-chan struct{}
+	driver() *failover.Driver
+}
+
+// domain is the daemon's record of one protected domain on this host.
+type domain struct {
+	uuid string
+
+	mu     sync.Mutex
+	name   string
+	state  ctl.State // defined or refused, shown while no run is
+	detail string
+	run    run
+}
+
+func (dm *domain) current() run {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	return dm.run
+}
+
+// setRun makes r the domain's run.
+func (dm *domain) setRun(r run) {
+	dm.mu.Lock()
+	dm.run = r
+	dm.mu.Unlock()
+}
+
+// note sets the state shown while no run is active (defined, refused); an
+// active run keeps its own.
+func (dm *domain) note(state ctl.State, detail string) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	if dm.run != nil && dm.run.active() {
+		return
+	}
+	dm.run = nil
+	dm.state, dm.detail = state, detail
+}
+
+func (dm *domain) status() ctl.DomainStatus {
+	dm.mu.Lock()
+	r, name, state, detail := dm.run, dm.name, dm.state, dm.detail
+	dm.mu.Unlock()
+	if r != nil {
+		return r.status()
+	}
+	return ctl.DomainStatus{Name: name, UUID: dm.uuid, Role: ftxml.RolePrimary, State: state, Detail: detail, HeartbeatAgeMS: -1}
+}
+
+// New returns a daemon for cfg on the local libvirtd (cfg.LibvirtURI). It
+// does not touch the system until Run.
 func New(cfg Config, log *logrus.Logger) *Daemon {
-	d := &Daemon{cfg: cfg, log: log, doms: map[string]*controller{}, arbiterID: arbiterIdentity(cfg.Listen)}
+	d := newDaemon(cfg, log, nil, dirArbiter{dir: cfg.ArbiterDir, me: arbiterIdentity(cfg.Listen)})
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
+	d.hv = libvirtHV{lv: d.lv}
 	return d
+}
+
+// newDaemon returns a daemon on hv and arb (tests give fakes).
+func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
+	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1}
+}
+
+// env is what the daemon hands its runs.
+func (d *Daemon) env() env {
+	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control
@@ -83,92 +161,103 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 func (d *Daemon) shutdown() {
-	d.mu.Lock()
-	cs := make([]*controller, 0, len(d.doms))
-	for _, c := range d.doms {
-		cs = append(cs, c)
-	}
-	d.mu.Unlock()
-	for _, c := range cs {
-		c.close("daemon stopping")
+	for _, dm := range d.domains() {
+		if r := dm.current(); r != nil {
+			r.close("daemon stopping")
+		}
 	}
 }
 
-// controllerFor returns the controller of uuid, creating it with role.
-func (d *Daemon) controllerFor(uuid, name, role string) *controller {
+func (d *Daemon) domains() []*domain {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c := d.doms[uuid]
-	if c == nil || (c.role != role && c.idle()) {
-		c = newController(d, uuid, name, role)
-		d.doms[uuid] = c
+	out := make([]*domain, 0, len(d.doms))
+	for _, dm := range d.doms {
+		out = append(out, dm)
 	}
-	return c
+	return out
 }
 
-func (d *Daemon) lookup(uuid string) *controller {
+// entry returns the record of uuid, creating it.
+func (d *Daemon) entry(uuid, name string) *domain {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dm := d.doms[uuid]
+	if dm == nil {
+		dm = &domain{uuid: uuid, name: name, state: ctl.StateDefined}
+		d.doms[uuid] = dm
+	}
+	dm.mu.Lock()
+	if name != "" {
+		dm.name = name
+	}
+	dm.mu.Unlock()
+	return dm
+}
+
+func (d *Daemon) lookup(uuid string) *domain {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.doms[uuid]
 }
 
-func (d *Daemon) forget(uuid string, c *controller) {
+// forgetRun drops uuid's record if r is still its run.
+func (d *Daemon) forgetRun(uuid string, r run) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.doms[uuid] == c {
+	if dm := d.doms[uuid]; dm != nil && dm.current() == r {
 		delete(d.doms, uuid)
+	}
+}
+
+// forgetIdle drops uuid's record unless a run is active.
+func (d *Daemon) forgetIdle(uuid string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dm := d.doms[uuid]; dm != nil {
+		if r := dm.current(); r == nil || !r.active() {
+			delete(d.doms, uuid)
+		}
 	}
 }
 
 // rescan looks at every domain after (re)connecting to libvirtd.
 func (d *Daemon) rescan() {
-	conn, err := d.lv.get()
-	if err != nil {
-		return
-	}
-	doms, err := conn.ListAllDomains(0)
+	names, err := d.hv.DomainNames()
 	if err != nil {
 		d.log.WithError(err).Warn("listing domains")
 		return
 	}
-	for i := range doms {
-		name, _ := doms[i].GetName()
+	for _, name := range names {
 		d.handleDefined(name)
-		doms[i].Free()
 	}
 }
 
-func (d *Daemon) onLifecycle(dom *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-	name, err := dom.GetName()
-	if err != nil {
-		return
-	}
-	switch ev.Event {
-	case libvirt.DOMAIN_EVENT_DEFINED:
-		go d.handleDefined(name)
-	case libvirt.DOMAIN_EVENT_UNDEFINED:
-		uuid, _ := dom.GetUUIDString()
-		if c := d.lookup(uuid); c != nil && c.role == ftxml.RolePrimary && c.idle() {
-			d.forget(uuid, c)
+func (d *Daemon) onLifecycle(ev LifecycleEvent) {
+	switch ev.Kind {
+	case EventDefined:
+		go d.handleDefined(ev.Name)
+	case EventUndefined:
+		if dm := d.lookup(ev.UUID); dm != nil {
+			if r := dm.current(); r == nil || r.role() == ftxml.RolePrimary {
+				d.forgetIdle(ev.UUID)
+			}
 		}
-	case libvirt.DOMAIN_EVENT_STOPPED:
-		uuid, _ := dom.GetUUIDString()
-		if c := d.lookup(uuid); c != nil {
-			go func() {
-				// Events arrive late: during go-live a new QEMU of the same
-				// domain may already run.
-				if conn, err := d.lv.get(); err == nil {
-					if cur, err := conn.LookupDomainByUUIDString(uuid); err == nil {
-						active, _ := cur.IsActive()
-						cur.Free()
-						if active {
-							return
-						}
-					}
-				}
-				c.domainStopped("libvirt reported the domain stopped")
-			}()
+	case EventStopped:
+		dm := d.lookup(ev.UUID)
+		if dm == nil {
+			return
 		}
+		go func() {
+			// Events arrive late: during go-live a new QEMU of the same
+			// domain may already run.
+			if active, err := d.hv.IsActive(ev.UUID); err == nil && active {
+				return
+			}
+			if r := dm.current(); r != nil {
+				r.qemuStopped("libvirt reported the domain stopped")
+			}
+		}()
 	}
 }
 
@@ -178,51 +267,39 @@ func (d *Daemon) onLifecycle(dom *libvirt.Domain, ev *libvirt.DomainEventLifecyc
 // and marked refused: its start will be refused by the hook.
 func (d *Daemon) handleDefined(name string) {
 	log := d.log.WithField("domain", name)
-	conn, err := d.lv.get()
-	if err != nil {
-		return
-	}
-	dom, err := conn.LookupDomainByName(name)
-	if err != nil {
-		return
-	}
-	defer dom.Free()
-	persistent, err := dom.IsPersistent()
-	if err != nil || !persistent {
-		return
-	}
-	xml, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	def, ok, err := d.hv.Definition(name)
 	if err != nil {
 		log.WithError(err).Warn("reading definition")
 		return
 	}
-	uuid, _ := dom.GetUUIDString()
-	cfg, present, perr := ftxml.ParseConfig(xml)
+	if !ok {
+		return
+	}
+	cfg, present, perr := ftxml.ParseConfig(def.XML)
 	if !present && perr == nil {
-		if c := d.lookup(uuid); c != nil && c.idle() {
-			d.forget(uuid, c)
-		}
+		d.forgetIdle(def.UUID)
 		return
 	}
 	if perr == nil && cfg.Role == ftxml.RoleBackup {
 		return
 	}
-	c := d.controllerFor(uuid, name, ftxml.RolePrimary)
+	dm := d.entry(def.UUID, name)
+	refuse := func(err error) {
+		dm.note(ctl.StateRefused, err.Error())
+		log.Error(err)
+	}
 	if perr != nil {
-		c.refuse(perr)
-		log.Error(perr)
+		refuse(perr)
 		return
 	}
-	c.setConfig(*cfg)
 	var ld libvirtxml.Domain
-	if err := ld.Unmarshal(xml); err != nil {
-		c.refuse(err)
+	if err := ld.Unmarshal(def.XML); err != nil {
+		refuse(err)
 		return
 	}
 	warnings, verr := ftxml.Validate(&ld)
 	if verr != nil {
-		c.refuse(verr)
-		log.Error(verr)
+		refuse(verr)
 		return
 	}
 	if ld.Devices != nil && !qemuFlushesLog(ld.Devices.Emulator) {
@@ -233,22 +310,23 @@ func (d *Daemon) handleDefined(name string) {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	newXML, changed, err := ftxml.NeedsRewrite(xml)
+	newXML, changed, err := ftxml.NeedsRewrite(def.XML)
 	if err != nil {
-		c.refuse(err)
-		log.Error(err)
+		refuse(err)
 		return
 	}
 	if changed {
-		if _, err := conn.DomainDefineXML(newXML); err != nil {
-			err = fmt.Errorf("libvirt-ft: domain %q: rewriting the definition for record/replay: %w", name, err)
-			c.refuse(err)
-			log.Error(err)
+		if err := d.hv.Define(newXML); err != nil {
+			refuse(fmt.Errorf("libvirt-ft: domain %q: rewriting the definition for record/replay: %w", name, err))
 			return
 		}
 		log.Info("rewrote the definition for record/replay (primary)")
 	}
-	c.defined(warnings)
+	detail := ""
+	if len(warnings) > 0 {
+		detail = fmt.Sprintf("%d warning(s): %s", len(warnings), warnings[0])
+	}
+	dm.note(ctl.StateDefined, detail)
 }
 
 // serveControl answers the hook and virt-ft.
@@ -301,55 +379,46 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 // protected here, on either host: the backup goes live at the end of the
 // log, then the primary is stopped (failover package, "Planned
 // switchover"). It refuses a domain that is not replicating.
-func (d *Daemon) switchover(domain string) error {
-	if domain == "" {
+func (d *Daemon) switchover(name string) error {
+	if name == "" {
 		return fmt.Errorf("failover: name the domain (virt-ft failover DOMAIN)")
 	}
-	d.mu.Lock()
-	var c *controller
-	for _, x := range d.doms {
-		if x.name == domain || x.uuid == domain {
-			c = x
+	var r run
+	for _, dm := range d.domains() {
+		if s := dm.status(); s.Name == name || s.UUID == name {
+			r = dm.current()
 		}
 	}
-	d.mu.Unlock()
-	if c == nil {
-		return fmt.Errorf("failover: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", domain)
+	if r == nil {
+		return fmt.Errorf("failover: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", name)
 	}
-	c.mu.Lock()
-	drv, state, role, started := c.drv, c.state, c.role, c.started
-	c.mu.Unlock()
-	if drv == nil || state != StateReplicating {
-		return fmt.Errorf("failover: domain %q is %s here (role %s), not replicating: a switchover needs a running primary and a backup that replays its log; see virt-ft status", domain, state, role)
+	s := r.status()
+	drv := r.driver()
+	if drv == nil || s.State != ctl.StateReplicating {
+		return fmt.Errorf("failover: domain %q is %s here (role %s), not replicating: a switchover needs a running primary and a backup that replays its log; see virt-ft status", name, s.State, s.Role)
 	}
-	if st, _ := drv.view(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerEnded {
+	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerEnded {
 		why := st.Reason
 		if st.PeerEnded {
 			why = "the primary's VM ended; the backup replays the rest of its log and stops"
 		}
-		return fmt.Errorf("failover: domain %q cannot switch over (failover state %s: %s); see virt-ft status", domain, st.State, why)
+		return fmt.Errorf("failover: domain %q cannot switch over (failover state %s: %s); see virt-ft status", name, st.State, why)
 	}
-	if role == ftxml.RoleBackup && !started {
+	if b, ok := r.(*backupRun); ok && !b.hasStarted() {
 		// Going live needs the backup's QEMU, which starts with the
 		// first log received; without it the switchover would hang.
-		return fmt.Errorf("failover: domain %q: the backup has received no log yet (the primary's QEMU is starting); retry once virt-ft status shows log acknowledged", domain)
+		return fmt.Errorf("failover: domain %q: the backup has received no log yet (the primary's QEMU is starting); retry once virt-ft status shows log acknowledged", name)
 	}
-	c.log.Info("planned switchover requested (virt-ft failover)")
-	drv.post(failover.SwitchoverRequested{})
+	d.log.WithField("domain", s.Name).Info("planned switchover requested (virt-ft failover)")
+	drv.Post(failover.SwitchoverRequested{})
 	return nil
 }
 
-func (d *Daemon) status(domain string) []ctl.DomainStatus {
-	d.mu.Lock()
-	cs := make([]*controller, 0, len(d.doms))
-	for _, c := range d.doms {
-		cs = append(cs, c)
-	}
-	d.mu.Unlock()
+func (d *Daemon) status(name string) []ctl.DomainStatus {
 	var out []ctl.DomainStatus
-	for _, c := range cs {
-		s := c.status()
-		if domain != "" && s.Name != domain && s.UUID != domain {
+	for _, dm := range d.domains() {
+		s := dm.status()
+		if name != "" && s.Name != name && s.UUID != name {
 			continue
 		}
 		out = append(out, s)
@@ -374,81 +443,108 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 	}
 	uuid := ld.UUID
 	log := d.log.WithFields(logrus.Fields{"domain": h.Domain, "hook": h.Operation})
+	dm := d.lookup(uuid)
+	var cur run
+	if dm != nil {
+		cur = dm.current()
+	}
 	switch h.Operation {
 	case "prepare":
-		if c := d.lookup(uuid); c != nil && cfg.Role == ftxml.RolePrimary && c.restartingLive() {
-			return c.prepareLive(&ld)
+		if b, ok := cur.(*backupRun); ok && cfg.Role == ftxml.RolePrimary && b.restartingLive() {
+			return b.prepareLive(&ld)
 		}
 		if cfg.Role == ftxml.RoleBackup {
-			c := d.lookup(uuid)
-			if c == nil || c.role != ftxml.RoleBackup {
+			if _, ok := cur.(*backupRun); !ok {
 				return fmt.Errorf("libvirt-ft: domain %q is a backup (ft role=\"backup\"); only libvirt-ftd starts backups, when the primary starts", h.Domain)
 			}
 			return nil
 		}
-		c := d.controllerFor(uuid, h.Domain, ftxml.RolePrimary)
-		c.setConfig(*cfg)
-		warnings, verr := ftxml.Validate(&ld)
-		if verr != nil {
-			c.refuse(verr)
-			log.Error(verr)
-			return verr
-		}
-		for _, w := range warnings {
-			log.Warn(w)
-		}
-		if !ftxml.IsGenerated(&ld) {
-			err := fmt.Errorf("libvirt-ft: domain %q: the definition has not been prepared for record/replay yet (libvirt-ftd rewrites it right after `virsh define`); check `virt-ft status %s` and start it again", h.Domain, h.Domain)
-			log.Error(err)
-			return err
-		}
-		if err := c.preparePrimary(h.XML, &ld); err != nil {
-			log.Error(err)
-			return err
-		}
-		return nil
+		return d.startPrimary(h, *cfg, &ld, log)
 	case "started":
-		if c := d.lookup(uuid); c != nil {
-			c.domainStarted()
+		if cur != nil {
+			cur.started()
 		}
 	case "stopped", "release":
-		if c := d.lookup(uuid); c != nil && c.currentRole() == cfg.Role {
-			c.domainStopped("hook " + h.Operation)
+		if cur != nil && cur.role() == cfg.Role {
+			cur.qemuStopped("hook " + h.Operation)
 		}
 	}
 	return nil
 }
 
-func (d *Daemon) arbiter() arbiter {
-	return arbiter{dir: d.cfg.ArbiterDir, me: d.arbiterID}
+// startPrimary is the prepare hook of a protected domain's primary: a new
+// primaryRun arms the backup and opens the log channel before QEMU starts.
+func (d *Daemon) startPrimary(h ctl.Hook, cfg ftxml.Config, ld *libvirtxml.Domain, log logrus.FieldLogger) error {
+	dm := d.entry(ld.UUID, h.Domain)
+	warnings, verr := ftxml.Validate(ld)
+	if verr != nil {
+		dm.note(ctl.StateRefused, verr.Error())
+		log.Error(verr)
+		return verr
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	if !ftxml.IsGenerated(ld) {
+		err := fmt.Errorf("libvirt-ft: domain %q: the definition has not been prepared for record/replay yet (libvirt-ftd rewrites it right after `virsh define`); check `virt-ft status %s` and start it again", h.Domain, h.Domain)
+		log.Error(err)
+		return err
+	}
+	if prev := dm.current(); prev != nil {
+		if _, ok := prev.(*primaryRun); ok && prev.active() {
+			return fmt.Errorf("libvirt-ft: domain %q: already replicating", h.Domain)
+		}
+		if _, ok := prev.(*backupRun); ok && prev.active() {
+			return fmt.Errorf("libvirt-ft: domain %q runs here as a backup", h.Domain)
+		}
+		// A former run (a live former backup's gates listen on the
+		// same paths): release it first.
+		prev.close("a new primary run starts")
+	}
+	p := newPrimaryRun(d.env(), ld.UUID, h.Domain, cfg)
+	dm.setRun(p)
+	if err := p.prepare(h.XML, ld); err != nil {
+		log.Error(err)
+		return err
+	}
+	return nil
 }
 
-// destroyDomain stops this host's QEMU of uuid at once (virDomainDestroy).
-func (d *Daemon) destroyDomain(uuid, why string) (gone bool) {
-	conn, err := d.lv.get()
+// prepareBackup answers the primary daemon's prepare-backup request: a new
+// backupRun replaces a stale backup of an earlier run of the primary.
+func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) error {
+	dm := d.entry(req.UUID, req.Name)
+	if prev := dm.current(); prev != nil {
+		if _, ok := prev.(*primaryRun); ok && prev.active() {
+			return fmt.Errorf("domain %q runs here as a primary", req.Name)
+		}
+		prev.close("replaced by a new backup")
+	}
+	b, err := armBackup(d.env(), req, primaryHost, func(p *primaryRun) { dm.setRun(p) })
 	if err != nil {
-		d.log.WithError(err).Errorf("cannot destroy %s (%s)", uuid, why)
-		return false
+		return err
 	}
-	dom, err := conn.LookupDomainByUUIDString(uuid)
-	if err != nil {
-		return isNoDomain(err)
-	}
-	defer dom.Free()
-	if active, err := dom.IsActive(); err == nil && !active {
-		return true
-	}
-	d.log.Warnf("destroying domain %s: %s", uuid, why)
-	if err := dom.Destroy(); err != nil {
-		d.log.WithError(err).Errorf("destroying %s", uuid)
-		return isNoDomain(err)
-	}
-	return true
+	dm.setRun(b)
+	go func() {
+		<-b.done()
+		b.mu.Lock()
+		live := b.live
+		b.mu.Unlock()
+		if !live {
+			d.forgetRun(req.UUID, b)
+		}
+	}()
+	return nil
 }
 
-// isNoDomain reports whether err is libvirt's "no such domain": the domain
-// is gone.
-func isNoDomain(err error) bool {
-	var lerr libvirt.Error
-	return errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN
+// cancelBackup undoes prepareBackup when the primary's prepare failed, while
+// the backup's QEMU has not started.
+func (d *Daemon) cancelBackup(uuid string) {
+	dm := d.lookup(uuid)
+	if dm == nil {
+		return
+	}
+	if b, ok := dm.current().(*backupRun); ok && !b.hasStarted() {
+		b.close("primary's prepare failed")
+	}
 }

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -30,8 +29,9 @@ func startEventLoop(log logrus.FieldLogger) {
 	})
 }
 
-// lifecycleFunc receives domain lifecycle events.
-type lifecycleFunc func(dom *libvirt.Domain, ev *libvirt.DomainEventLifecycle)
+// lifecycleFunc receives domain lifecycle events. It runs on libvirt's
+// event loop and must not block.
+type lifecycleFunc func(LifecycleEvent)
 
 // libvirtConn keeps one connection to the local libvirtd. When libvirtd
 // restarts (close callback or a failed keepalive) it reconnects with backoff
@@ -49,9 +49,6 @@ type libvirtConn struct {
 	lost   chan struct{}
 	closed bool
 }
-
-// ErrNotConnected is returned while libvirtd is unreachable.
-var ErrNotConnected = errors.New("plugin: not connected to libvirtd")
 
 func newLibvirtConn(uri string, log logrus.FieldLogger, onEvent lifecycleFunc, onConnect func()) *libvirtConn {
 	return &libvirtConn{uri: uri, log: log, onEvent: onEvent, onConnect: onConnect, lost: make(chan struct{}, 1)}
@@ -126,7 +123,23 @@ func (l *libvirtConn) connect() error {
 		return fmt.Errorf("register close callback: %w", err)
 	}
 	if _, err := c.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-		l.onEvent(d, ev)
+		var kind LifecycleKind
+		switch ev.Event {
+		case libvirt.DOMAIN_EVENT_DEFINED:
+			kind = EventDefined
+		case libvirt.DOMAIN_EVENT_UNDEFINED:
+			kind = EventUndefined
+		case libvirt.DOMAIN_EVENT_STOPPED:
+			kind = EventStopped
+		default:
+			return
+		}
+		name, err := d.GetName()
+		if err != nil {
+			return
+		}
+		uuid, _ := d.GetUUIDString()
+		l.onEvent(LifecycleEvent{Kind: kind, Name: name, UUID: uuid})
 	}); err != nil {
 		c.Close()
 		return fmt.Errorf("register lifecycle events: %w", err)

@@ -2,15 +2,10 @@ package plugin
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
-	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
 // logRingBytes is how much of the recent log a controller keeps (bytes) to
@@ -127,94 +122,6 @@ func (r *logRing) snapshot() []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]byte(nil), r.buf...)
-}
-
-// fedInstructions (backup) is the INSTRUCTION sum written into FIFO B.
-func (c *controller) fedInstructions() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.logInstr
-}
-
-// ringAdd (backup) keeps a frame just written into FIFO B in the ring.
-func (c *controller) ringAdd(off uint64, data []byte, instr uint64) {
-	c.mu.Lock()
-	ring := c.ring
-	c.mu.Unlock()
-	if ring != nil {
-		ring.add(off, data, instr)
-	}
-}
-
-// noteStall records a stalled replay (failover.BackupStalled) for the
-// status and the log: where in the log the backup stopped and, with
-// keep-stall-log, the stretch of log around that point.
-func (c *controller) noteStall(a failover.BackupStalled, ring *logRing) {
-	p := stallPoint{Icount: a.Icount}
-	if ring != nil {
-		p = ring.at(a.Icount)
-	}
-	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued",
-		p, a.Ticks*int64(TickInterval/time.Millisecond), a.Fed)
-	c.mu.Lock()
-	cfg := c.cfg
-	c.mu.Unlock()
-	if c.d.cfg.KeepStallLog && ring != nil {
-		path := filepath.Join(filepath.Dir(ftxml.RecordFIFOPath(cfg, c.uuid)),
-			fmt.Sprintf("stall-%s-%d.rrstream", c.currentRole(), time.Now().Unix()))
-		off, instr := ring.bounds()
-		text += fmt.Sprintf("; the log around it is kept in %s (rrdump -base-offset %d -base-icount %d -icount %d %s)",
-			path, off, instr, a.Icount, path)
-		// Off the driver's goroutine: up to 2 MiB to write.
-		data := ring.snapshot()
-		go func() {
-			if err := os.WriteFile(path, data, 0o600); err != nil {
-				c.log.WithError(err).Warn("keeping the log around the stall")
-			}
-		}()
-	}
-	c.mu.Lock()
-	c.stall = text
-	c.mu.Unlock()
-	c.log.Error(text)
-}
-
-// watchUnread (backup) samples the log its QEMU has not read from FIFO B
-// every status interval and hands it to the failover core (FeedUnread), for
-// the stall rule. It does not use the QEMU monitor, which a replay waiting
-// for log holds.
-func (c *controller) watchUnread(feeder *logchan.Feeder) {
-	c.whileReplaying(func() bool {
-		n, err := feeder.Unread()
-		if err != nil {
-			return false // the feeder was closed
-		}
-		// Offset counts the events written, not the 4-byte version QEMU
-		// read first: Written - Bytes is what QEMU read of the events,
-		// give or take those 4 bytes.
-		c.post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
-		return true
-	})
-}
-
-// destroyUntilGone (backup, HaltVM) destroys this host's domain, again
-// every second while libvirt cannot (it may be restarting: a halt must
-// not leave a replaying QEMU behind), until it is gone or the controller
-// closed.
-func (c *controller) destroyUntilGone(why string) {
-	c.mu.Lock()
-	done := c.done
-	c.mu.Unlock()
-	for {
-		if c.d.destroyDomain(c.uuid, why) {
-			return
-		}
-		select {
-		case <-done:
-			return
-		case <-time.After(time.Second):
-		}
-	}
 }
 
 // peerText makes text the peer sent fit for a status line: control

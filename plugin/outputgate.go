@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"libvirt.org/go/libvirtxml"
@@ -23,7 +24,7 @@ import (
 )
 
 // stdioSlackBytes is how much log a QEMU that does not flush its log before
-// a gated frame may still hold in its stdio buffer (DESIGN.md: up to 4 KiB;
+// a gated frame may still hold in its stdio buffer (docs/replay.md: up to 4 KiB;
 // glibc gives a FIFO a buffer of st_blksize = 4096 bytes). The output gate
 // adds it to each frame's position unless the QEMU flushes (see
 // qemuFlushesLog).
@@ -102,7 +103,7 @@ type outputGates struct {
 // missing) and serves each gate once QEMU connected to both of its
 // sockets. Frames are tagged with rr.Produced() (+ stdioSlackBytes unless
 // the QEMU flushes its log). On error nothing is left behind.
-func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *logchan.RecordReader) (*outputGates, error) {
+func openGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain, rr *logchan.RecordReader) (*outputGates, error) {
 	og := &outputGates{}
 	if !cfg.OutputGate || dom.Devices == nil || len(dom.Devices.Interfaces) == 0 {
 		return og, nil
@@ -118,12 +119,12 @@ func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *log
 			// Produced then undercounts (the pipe's unread bytes are
 			// missing): hold the frame until Unprotect or Drop rather
 			// than release it on an acknowledgement that may not cover it.
-			c.log.WithError(err).Warn("output gate: reading the log position; holding the frame")
+			e.log.WithError(err).Warn("output gate: reading the log position; holding the frame")
 			return math.MaxUint64
 		}
 		return p + slack
 	}
-	if err := c.listenGates(og, cfg, dom, func(int) func() uint64 { return position }); err != nil {
+	if err := listenGates(e, uuid, og, cfg, dom, func(int) func() uint64 { return position }); err != nil {
 		return nil, err
 	}
 	return og, nil
@@ -141,12 +142,12 @@ func (c *controller) openGates(cfg ftxml.Config, dom *libvirtxml.Domain, rr *log
 // connection a retransmission timeout). Without the output gate the backup
 // discards its guest's frames (a null chardev, ftxml.Backup) and this
 // returns empty gates.
-func (c *controller) openBackupGates(cfg ftxml.Config, dom *libvirtxml.Domain) (*outputGates, error) {
+func openBackupGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain) (*outputGates, error) {
 	og := &outputGates{exact: true, backup: true}
 	if !cfg.OutputGate || dom.Devices == nil || len(dom.Devices.Interfaces) == 0 {
 		return og, nil
 	}
-	err := c.listenGates(og, cfg, dom, func(int) func() uint64 {
+	err := listenGates(e, uuid, og, cfg, dom, func(int) func() uint64 {
 		var seq atomic.Uint64
 		return func() uint64 { return seq.Add(1) }
 	})
@@ -159,18 +160,18 @@ func (c *controller) openBackupGates(cfg ftxml.Config, dom *libvirtxml.Domain) (
 // listenGates creates a Gated gate per interface, tagging frames with
 // position(j)(), listens on its sockets and serves it in the background.
 // On error everything opened so far is closed.
-func (c *controller) listenGates(og *outputGates, cfg ftxml.Config, dom *libvirtxml.Domain, position func(j int) func() uint64) error {
+func listenGates(e env, uuid string, og *outputGates, cfg ftxml.Config, dom *libvirtxml.Domain, position func(j int) func() uint64) error {
 	for j := range dom.Devices.Interfaces {
 		g, err := gate.New(gate.Config{Enabled: true, Position: position(j), EvictOldest: og.backup,
-			Log: c.log.WithField("gate", ftxml.GateFilterID(j))})
+			Log: e.log.WithField("gate", ftxml.GateFilterID(j))})
 		if err != nil {
 			og.close()
 			return err
 		}
-		outPath, inPath := ftxml.GateSocketPaths(cfg, c.uuid, j)
+		outPath, inPath := ftxml.GateSocketPaths(cfg, uuid, j)
 		var lns [2]net.Listener
 		for k, p := range []string{outPath, inPath} {
-			ln, err := gate.Listen(p, c.d.qemuUID, c.d.qemuGID)
+			ln, err := gate.Listen(p, e.qemuUID, e.qemuGID)
 			if err != nil {
 				og.close()
 				return fmt.Errorf("output gate of interface %d: %w", j, err)
@@ -182,14 +183,14 @@ func (c *controller) listenGates(og *outputGates, cfg ftxml.Config, dom *libvirt
 			og.mu.Unlock()
 		}
 		og.gates = append(og.gates, g)
-		go og.serve(c, j, g, lns[0], lns[1])
+		go og.serve(e.log, j, g, lns[0], lns[1])
 	}
 	return nil
 }
 
 // serve accepts QEMU's connection on both sockets of gate j and runs it
 // until QEMU closes OUT (it exited).
-func (og *outputGates) serve(c *controller, j int, g *gate.Gate, lnOut, lnIn net.Listener) {
+func (og *outputGates) serve(log logrus.FieldLogger, j int, g *gate.Gate, lnOut, lnIn net.Listener) {
 	accept := func(ln net.Listener) net.Conn {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -223,14 +224,14 @@ func (og *outputGates) serve(c *controller, j int, g *gate.Gate, lnOut, lnIn net
 	og.mu.Unlock()
 	switch {
 	case og.backup:
-		c.log.Infof("output gate %s: the backup's QEMU connected; holding the replayed frames the primary has not sent yet, for go-live", ftxml.GateFilterID(j))
+		log.Infof("output gate %s: the backup's QEMU connected; holding the replayed frames the primary has not sent yet, for go-live", ftxml.GateFilterID(j))
 	case og.exact:
-		c.log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (exact positions: QEMU flushes its log before each frame)", ftxml.GateFilterID(j))
+		log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (exact positions: QEMU flushes its log before each frame)", ftxml.GateFilterID(j))
 	default:
-		c.log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (positions + %d bytes for QEMU's stdio buffer)", ftxml.GateFilterID(j), stdioSlackBytes)
+		log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (positions + %d bytes for QEMU's stdio buffer)", ftxml.GateFilterID(j), stdioSlackBytes)
 	}
 	if err := g.Serve(out, in); err != nil && !errors.Is(err, net.ErrClosed) {
-		c.log.WithError(err).Warnf("output gate %s: connection to QEMU dropped; the guest's frames are discarded from now on", ftxml.GateFilterID(j))
+		log.WithError(err).Warnf("output gate %s: connection to QEMU dropped; the guest's frames are discarded from now on", ftxml.GateFilterID(j))
 	}
 	out.Close()
 	in.Close()

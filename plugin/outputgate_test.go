@@ -13,7 +13,6 @@ import (
 	"github.com/sirupsen/logrus"
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
@@ -21,26 +20,24 @@ import (
 
 const testUUID = "4c0e0a4e-7a51-4a53-9a5c-2b1f6e2f0a11"
 
-// testPrimary: a quiet daemon's primary controller for testUUID and a
-// configuration with a peer and a state directory of its own.
-func testPrimary(t *testing.T) (*controller, ftxml.Config) {
+// testEnv: a quiet host environment and a domain configuration with a
+// peer and a state directory of its own.
+func testEnv(t *testing.T) (env, ftxml.Config) {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	d := New(Config{}, log)
-	d.qemuUID, d.qemuGID = -1, -1
-	c := newController(d, testUUID, "web", ftxml.RolePrimary)
+	e := env{cfg: Config{}, qemuUID: -1, qemuGID: -1, log: log}
 	cfg := ftxml.DefaultConfig()
 	cfg.PeerAddress = "10.0.0.2"
 	cfg.StateDir = shortTempDir(t)
-	return c, cfg
+	return e, cfg
 }
 
-// gateFixture: a primary controller with output gates on n interfaces of a
-// domain, over a record FIFO that no QEMU writes (Produced stays 0).
-func gateFixture(t *testing.T, n int) (*controller, *outputGates, *logchan.RecordReader, ftxml.Config) {
+// gateFixture: a primary's output gates on n interfaces of a domain, over
+// a record FIFO that no QEMU writes (Produced stays 0).
+func gateFixture(t *testing.T, n int) (env, *outputGates, *logchan.RecordReader, ftxml.Config) {
 	t.Helper()
-	c, cfg := testPrimary(t)
+	e, cfg := testEnv(t)
 	fifo := ftxml.RecordFIFOPath(cfg, testUUID)
 	if err := logchan.CreateFIFO(fifo, -1, -1, 0o600); err != nil {
 		t.Fatal(err)
@@ -51,12 +48,12 @@ func gateFixture(t *testing.T, n int) (*controller, *outputGates, *logchan.Recor
 	}
 	t.Cleanup(func() { rr.Close() })
 	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, n)}}
-	og, err := c.openGates(cfg, dom, rr)
+	og, err := openGates(e, testUUID, cfg, dom, rr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(og.close)
-	return c, og, rr, cfg
+	return e, og, rr, cfg
 }
 
 // shortTempDir is a state dir short enough for the gate sockets (t.TempDir
@@ -174,13 +171,13 @@ func TestOutputGatesCloseLeavesNothing(t *testing.T) {
 // openGates failing part way (a directory where gate 1's IN socket goes)
 // leaves no listener or socket file behind.
 func TestOpenGatesFailureLeavesNothing(t *testing.T) {
-	c, cfg := testPrimary(t)
+	e, cfg := testEnv(t)
 	_, in1 := ftxml.GateSocketPaths(cfg, testUUID, 1)
 	if err := os.MkdirAll(in1, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, 2)}}
-	if _, err := c.openGates(cfg, dom, nil); err == nil {
+	if _, err := openGates(e, testUUID, cfg, dom, nil); err == nil {
 		t.Fatal("openGates over a directory: no error")
 	}
 	m, _ := filepath.Glob(filepath.Join(filepath.Dir(in1), "*.sock"))
@@ -194,17 +191,17 @@ func TestOpenGatesFailureLeavesNothing(t *testing.T) {
 func TestFrameQueueFeedsEverythingQueuedBeforeEnd(t *testing.T) {
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
-	if !q.push(message{offset: 0}) || !q.push(message{offset: 10}) {
+	if !q.push(logchan.Message{Offset: 0}) || !q.push(logchan.Message{Offset: 10}) {
 		t.Fatal("push refused before END")
 	}
 	q.set(true, false)
-	if q.push(message{offset: 20}) {
+	if q.push(logchan.Message{Offset: 20}) {
 		t.Fatal("a frame after FeedEnd was accepted: it would be acknowledged and never fed")
 	}
 	for _, want := range []uint64{0, 10} {
 		m, ok, _ := q.pop()
-		if !ok || m.offset != want {
-			t.Fatalf("pop: %v %v, want offset %d", m.offset, ok, want)
+		if !ok || m.Offset != want {
+			t.Fatalf("pop: %v %v, want offset %d", m.Offset, ok, want)
 		}
 	}
 	if _, ok, end := q.pop(); ok || !end {
@@ -234,38 +231,17 @@ func TestFrameQueueCloseWakesPop(t *testing.T) {
 	}
 }
 
-func TestSplitByeDetail(t *testing.T) {
-	for _, c := range []struct {
-		clean          bool
-		text           string
-		reason, detail string
-	}{
-		{true, failover.ByeLive + byeDetailSep + "cause: switchover; total 90 ms", failover.ByeLive, "cause: switchover; total 90 ms"},
-		{true, failover.ByeLive + byeDetailSep + "a" + byeDetailSep + "b", failover.ByeLive, "a" + byeDetailSep + "b"},
-		{true, failover.ByeLive, failover.ByeLive, ""},
-		// Not a live bye: the separator is part of the reason.
-		{false, "backup domain failed: a|b", "backup domain failed: a|b", ""},
-		{false, failover.ByeLive + byeDetailSep + "x", failover.ByeLive + byeDetailSep + "x", ""},
-		{true, failover.ByeShutdown + byeDetailSep + "x", failover.ByeShutdown + byeDetailSep + "x", ""},
-	} {
-		r, d := splitByeDetail(c.clean, c.text)
-		if r != c.reason || d != c.detail {
-			t.Errorf("splitByeDetail(%v, %q) = %q, %q; want %q, %q", c.clean, c.text, r, d, c.reason, c.detail)
-		}
-	}
-}
-
 // The backup's gates hold the replayed frames, forget those the primary's
 // heartbeats report sent, and at go-live send the rest, in order, then pass
 // frames through.
 func TestBackupGatesForgetAndGoLive(t *testing.T) {
-	c, cfg := testPrimary(t)
+	e, cfg := testEnv(t)
 	outPath, _ := ftxml.GateSocketPaths(cfg, testUUID, 0)
 	if err := os.MkdirAll(filepath.Dir(outPath), 0o700); err != nil { // prepareBackup's FIFO B makes it
 		t.Fatal(err)
 	}
 	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, 1)}}
-	og, err := c.openBackupGates(cfg, dom)
+	og, err := openBackupGates(e, testUUID, cfg, dom)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,10 +282,10 @@ func TestBackupGatesForgetAndGoLive(t *testing.T) {
 // With the gate off the backup has no gates (its guest's frames go into a
 // null chardev) and its heartbeats carry no counts.
 func TestBackupGatesOff(t *testing.T) {
-	c, cfg := testPrimary(t)
+	e, cfg := testEnv(t)
 	cfg.OutputGate = false
 	dom := &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{Interfaces: make([]libvirtxml.DomainInterface, 1)}}
-	og, err := c.openBackupGates(cfg, dom)
+	og, err := openBackupGates(e, testUUID, cfg, dom)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,33 +8,27 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-)
 
-// hashReply describes a file for seeding: whether it exists, its size
-// (bytes) and SHA-256 (hex).
-type hashReply struct {
-	Exists bool   `json:"exists"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
-}
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+)
 
 // hashFile returns path's size and SHA-256. A missing file is not an error
 // (Exists false).
-func hashFile(path string) (hashReply, error) {
+func hashFile(path string) (logchan.FileDigest, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return hashReply{}, nil
+		return logchan.FileDigest{}, nil
 	}
 	if err != nil {
-		return hashReply{}, err
+		return logchan.FileDigest{}, err
 	}
 	defer f.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	if err != nil {
-		return hashReply{}, fmt.Errorf("hashing %s: %w", path, err)
+		return logchan.FileDigest{}, fmt.Errorf("hashing %s: %w", path, err)
 	}
-	return hashReply{Exists: true, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	return logchan.FileDigest{Exists: true, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // seedWriter receives a disk copy on the backup host: it writes to a
@@ -42,7 +36,7 @@ func hashFile(path string) (hashReply, error) {
 // replaces path (so a failed copy never leaves a half-written disk).
 type seedWriter struct {
 	path string
-	want hashReply
+	want logchan.FileDigest
 	tmp  *os.File
 	h    interface {
 		io.Writer
@@ -51,7 +45,7 @@ type seedWriter struct {
 	n int64
 }
 
-func newSeedWriter(path string, want hashReply) (*seedWriter, error) {
+func newSeedWriter(path string, want logchan.FileDigest) (*seedWriter, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("seed: path %q is not absolute", path)
 	}

@@ -61,6 +61,33 @@ type Response struct {
 	Domains []DomainStatus `json:"domains,omitempty"`
 }
 
+// State is where a protected domain stands on this host: its run's
+// lifecycle. The failover core's own state is DomainStatus.Failover.
+type State string
+
+// States (DomainStatus.State).
+const (
+	StateDefined   State = "defined"   // valid, rewritten for record/replay, not running
+	StateRefused   State = "refused"   // cannot be protected; Detail says why
+	StatePreparing State = "preparing" // prepare hook running (arming the backup)
+	StateSeeding   State = "seeding"   // copying disks to the backup host
+	StateWaiting   State = "waiting"   // primary: QEMU not yet recording
+	// StateReplicating: the log flows and the backup acknowledges it.
+	StateReplicating State = "replicating"
+	// StateUnprotected: the primary runs without a backup.
+	StateUnprotected State = "unprotected"
+	StateArmed       State = "armed" // backup: FIFO ready, waiting for the log
+	StateStopped     State = "stopped"
+	// StateGoingLive: backup: the primary is lost; draining, then going
+	// live.
+	StateGoingLive State = "going-live"
+	// StateLive: the former backup runs the VM (unprotected).
+	StateLive State = "live"
+	// StateSwitchingOver: primary, planned switchover under way (virt-ft
+	// failover): the log is cut, the backup is going live.
+	StateSwitchingOver State = "switching-over"
+)
+
 // DomainStatus is one protected domain as virt-ft status shows it.
 type DomainStatus struct {
 	Name string `json:"name"`
@@ -69,9 +96,8 @@ type DomainStatus struct {
 	Role string `json:"role"`
 	// Peer is the other daemon's address (host:port).
 	Peer string `json:"peer"`
-	// State is a short word: defined, refused, preparing, seeding,
-	// replicating, unprotected, stopped, ...
-	State string `json:"state"`
+	// State is the domain's lifecycle here (the State constants).
+	State State `json:"state"`
 	// Detail explains State (the refusal, the seeding progress, ...).
 	Detail string `json:"detail,omitempty"`
 	// SentBytes is the log bytes sent to (primary) or received from (backup)

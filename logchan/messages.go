@@ -1,0 +1,313 @@
+package logchan
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/libvirt-ft/libvirt-ft/failover"
+)
+
+// This file holds the daemon-to-daemon protocol above the framing of
+// wire.go: the typed messages of a log channel (Message, Bye), and the
+// control exchange of a control connection (ControlRequest, ControlReply,
+// seeding). docs/protocol.md describes the same bytes.
+//
+// A connection opens with the handshake (Hello, HelloReply). Its Hello.Role
+// says what follows:
+//   - RolePrimary: a log channel. The primary sends Log, Heartbeat and Bye
+//     frames; the backup Ack, Heartbeat and Bye frames (Conn.Recv).
+//   - RoleControl: control requests from the primary's daemon, each
+//     answered by one ControlReply (Conn.Request, Conn.RecvControl,
+//     Conn.Reply). Seeding streams a disk as Data frames between an OpSeed
+//     and an OpSeedEnd request (Conn.Seed).
+
+// RoleControl opens a control connection (Hello.Role).
+const RoleControl Role = "control"
+
+// Bye is the payload of a Bye frame: why the sender closes, for the
+// receiver's failover core (failover.PeerBye) and its operator.
+//
+// On the wire it is UTF-8 text: "clean:" or "unclean:", the Reason, and,
+// only in a clean bye whose Reason is failover.ByeLive, ByeDetailSep and the
+// Detail. A payload without either prefix (an older peer) decodes as an
+// unclean bye with the whole text as Reason.
+type Bye struct {
+	// Clean: an orderly end the receiver must not take for a failure
+	// (failover.ByeShutdown, ByeSwitchover, ByeLive).
+	Clean bool
+	// Reason is one of failover's Bye* constants or free text.
+	Reason string
+	// Detail is for the operator: the backup's go-live timings in a
+	// ByeLive. Dropped on encoding in any other bye.
+	Detail string
+}
+
+// ByeDetailSep separates a ByeLive's Reason from its Detail on the wire.
+const ByeDetailSep = "|"
+
+// MaxByeBytes bounds the Bye text the receiver keeps, in bytes.
+const MaxByeBytes = 4096
+
+// Encode returns the Bye frame payload.
+func (b Bye) Encode() []byte {
+	s := "unclean:" + b.Reason
+	if b.Clean {
+		s = "clean:" + b.Reason
+		if b.Reason == failover.ByeLive && b.Detail != "" {
+			s += ByeDetailSep + b.Detail
+		}
+	}
+	return []byte(s)
+}
+
+// DecodeBye parses a Bye payload (see Bye). It never fails: a bye is the
+// peer's last word and is taken as text.
+func DecodeBye(p []byte) Bye {
+	s := string(p)
+	if r, ok := strings.CutPrefix(s, "clean:"); ok {
+		b := Bye{Clean: true, Reason: r}
+		if reason, detail, ok := strings.Cut(r, ByeDetailSep); ok && reason == failover.ByeLive {
+			b.Reason, b.Detail = reason, detail
+		}
+		return b
+	}
+	if r, ok := strings.CutPrefix(s, "unclean:"); ok {
+		return Bye{Reason: r}
+	}
+	return Bye{Reason: s}
+}
+
+// WriteBye writes b as a Bye frame.
+func (c *Conn) WriteBye(b Bye) error { return c.WriteFrame(FrameBye, b.Encode()) }
+
+// MessageKind says which field of a Message is set.
+type MessageKind int
+
+// Log-channel message kinds.
+const (
+	MsgLog MessageKind = iota + 1
+	MsgAck
+	MsgHeartbeat
+	MsgBye
+)
+
+// Message is one frame of a log channel after the handshake.
+type Message struct {
+	Kind MessageKind
+	// Offset and Data: a Log frame (stream offset of Data's first byte;
+	// whole replay events).
+	Offset uint64
+	Data   []byte
+	// Ack: an Ack frame (backup to primary).
+	Ack Ack
+	// Heartbeat: a Heartbeat frame.
+	Heartbeat Heartbeat
+	// Bye: a Bye frame.
+	Bye Bye
+}
+
+// ErrUnexpectedFrame is wrapped when a well-formed frame of a type that
+// does not belong on the connection arrives (a Control frame on a log
+// channel).
+var ErrUnexpectedFrame = errors.New("logchan: unexpected frame")
+
+// Recv reads the next log-channel message. A malformed payload (wrapping
+// ErrBadFrame), a frame type that has no place on a log channel (wrapping
+// ErrUnexpectedFrame) and any read error are returned: the caller drops
+// the connection, never the VM.
+func (c *Conn) Recv() (Message, error) {
+	f, err := c.ReadFrame()
+	if err != nil {
+		return Message{}, err
+	}
+	switch f.Type {
+	case FrameLog:
+		off, data, err := DecodeLog(f.Payload)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Kind: MsgLog, Offset: off, Data: data}, nil
+	case FrameAck:
+		a, err := DecodeAck(f.Payload)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Kind: MsgAck, Ack: a}, nil
+	case FrameHeartbeat:
+		h, err := DecodeHeartbeat(f.Payload)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Kind: MsgHeartbeat, Heartbeat: h}, nil
+	case FrameBye:
+		p := f.Payload
+		if len(p) > MaxByeBytes {
+			p = p[:MaxByeBytes]
+		}
+		return Message{Kind: MsgBye, Bye: DecodeBye(p)}, nil
+	default:
+		return Message{}, fmt.Errorf("%w: %s frame on a log channel", ErrUnexpectedFrame, f.Type)
+	}
+}
+
+// ControlOp names a control request.
+type ControlOp string
+
+// Control operations (primary's daemon to backup's daemon).
+const (
+	// OpHash asks for Path's FileDigest (ControlReply.Data).
+	OpHash ControlOp = "hash"
+	// OpSeed starts a disk copy of Path: Data frames with its bytes
+	// follow, then OpSeedEnd. Seed is the digest the copy must have. No
+	// reply until OpSeedEnd, unless refused.
+	OpSeed ControlOp = "seed"
+	// OpSeedEnd ends the copy: the backup host checks its digest and
+	// moves it into place, then replies.
+	OpSeedEnd ControlOp = "seed-end"
+	// OpPrepareBackup arms a backup of UUID from the primary's domain XML
+	// (XML; QEMUVersion and LogVersion must match the backup host's) for
+	// the pairing Epoch.
+	OpPrepareBackup ControlOp = "prepare-backup"
+	// OpCancelBackup discards the backup armed for UUID while it has not
+	// started.
+	OpCancelBackup ControlOp = "cancel-backup"
+)
+
+// FileDigest describes a file for seeding: whether it exists, its size in
+// bytes and its SHA-256 (lower-case hex).
+type FileDigest struct {
+	Exists bool   `json:"exists"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// ControlRequest is the JSON payload of a Control frame from the primary's
+// daemon. Which fields are set depends on Op (see the ControlOp constants).
+type ControlRequest struct {
+	Op          ControlOp  `json:"op"`
+	UUID        string     `json:"uuid,omitempty"`
+	Name        string     `json:"name,omitempty"`
+	Path        string     `json:"path,omitempty"`
+	XML         string     `json:"xml,omitempty"`
+	QEMUVersion string     `json:"qemu_version,omitempty"`
+	LogVersion  uint32     `json:"log_version,omitempty"`
+	Seed        FileDigest `json:"seed,omitempty"`
+	// Epoch names the pairing: the split-brain lock of this run.
+	Epoch string `json:"epoch,omitempty"`
+}
+
+// ControlReply is the JSON payload of the Control frame that answers a
+// ControlRequest. Error, when OK is false, is a complete message for the
+// primary's operator.
+type ControlReply struct {
+	OK    bool            `json:"ok"`
+	Error string          `json:"error,omitempty"`
+	Data  json.RawMessage `json:"data,omitempty"`
+}
+
+// Request sends req and waits for its reply, decoding the reply's Data into
+// out (if not nil). A refusal is returned as an error carrying the peer's
+// message.
+func (c *Conn) Request(req ControlRequest, out any) error {
+	if err := c.WriteControl(req); err != nil {
+		return err
+	}
+	return c.readReply(out)
+}
+
+func (c *Conn) readReply(out any) error {
+	f, err := c.ReadFrame()
+	if err != nil {
+		return err
+	}
+	if f.Type != FrameControl {
+		return fmt.Errorf("%w: expected a control reply, got a %s frame", ErrUnexpectedFrame, f.Type)
+	}
+	var r ControlReply
+	if err := DecodeControl(f.Payload, &r); err != nil {
+		return err
+	}
+	if !r.OK {
+		return errors.New(r.Error)
+	}
+	if out != nil && len(r.Data) > 0 {
+		return json.Unmarshal(r.Data, out)
+	}
+	return nil
+}
+
+// SeedChunk is the most file bytes one Data frame of a seed carries.
+const SeedChunk = 1 << 20
+
+// Seed copies r (the file at path, whose digest is want) to the peer:
+// OpSeed, Data frames of at most SeedChunk bytes, OpSeedEnd, and waits for
+// the reply to OpSeedEnd. progress (may be nil) is called with the bytes
+// sent so far.
+func (c *Conn) Seed(path string, want FileDigest, r io.Reader, progress func(done int64)) error {
+	if err := c.WriteControl(ControlRequest{Op: OpSeed, Path: path, Seed: want}); err != nil {
+		return err
+	}
+	buf := make([]byte, SeedChunk)
+	var done int64
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if err := c.WriteData(buf[:n]); err != nil {
+				return err
+			}
+			done += int64(n)
+			if progress != nil {
+				progress(done)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if err := c.WriteControl(ControlRequest{Op: OpSeedEnd, Path: path}); err != nil {
+		return err
+	}
+	return c.readReply(nil)
+}
+
+// RecvControl reads the next frame of a control connection: a request
+// (data nil) or, during a seed, a Data frame's bytes (req zero). Other
+// frame types wrap ErrUnexpectedFrame; a malformed request wraps
+// ErrBadFrame.
+func (c *Conn) RecvControl() (req ControlRequest, data []byte, err error) {
+	f, err := c.ReadFrame()
+	if err != nil {
+		return ControlRequest{}, nil, err
+	}
+	switch f.Type {
+	case FrameData:
+		return ControlRequest{}, f.Payload, nil
+	case FrameControl:
+		err := DecodeControl(f.Payload, &req)
+		return req, nil, err
+	default:
+		return ControlRequest{}, nil, fmt.Errorf("%w: %s frame on a control connection", ErrUnexpectedFrame, f.Type)
+	}
+}
+
+// Reply answers the current request: data (may be nil) as the reply's
+// Data when err is nil, else err's text.
+func (c *Conn) Reply(data any, err error) error {
+	r := ControlReply{OK: err == nil}
+	if err != nil {
+		r.Error = err.Error()
+	} else if data != nil {
+		b, merr := json.Marshal(data)
+		if merr != nil {
+			return fmt.Errorf("logchan: encoding a control reply: %w", merr)
+		}
+		r.Data = b
+	}
+	return c.WriteControl(r)
+}

@@ -1,0 +1,222 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+
+	"libvirt.org/go/libvirt"
+
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+)
+
+// Hypervisor is what libvirt-ftd needs of the local libvirtd, declared
+// here where it is used, as kubevirt's virtwrap/cli does: the daemon and
+// its runs never hold a *libvirt.Connect or *libvirt.Domain. libvirtHV
+// (libvirt.go) implements it over a reconnecting connection; the unit
+// tests use an in-memory fake.
+//
+// Domains are named by UUID (canonical text form) except where libvirt's
+// events and the hook give a name. Every method fails with ErrNotConnected
+// while libvirtd is unreachable.
+type Hypervisor interface {
+	// QEMUVersion is the local QEMU's version as libvirt reports it
+	// ("7.2.22").
+	QEMUVersion() (string, error)
+	// DomainNames lists every domain libvirt knows (for a rescan).
+	DomainNames() ([]string, error)
+	// Definition returns a domain's persistent definition (inactive XML)
+	// and UUID. ok is false for a transient domain or no such domain.
+	Definition(name string) (def DomainDef, ok bool, err error)
+	// IsActive reports whether the domain runs; false without error when
+	// there is no such domain.
+	IsActive(uuid string) (bool, error)
+	// Define defines (or redefines) a persistent domain
+	// (virDomainDefineXML).
+	Define(xml string) error
+	// Create starts a transient domain from xml (virDomainCreateXML);
+	// libvirt runs the hooks on the way.
+	Create(xml string) error
+	// Destroy stops the domain's QEMU at once (virDomainDestroy). gone
+	// reports that no QEMU of it runs any more (also when there was none).
+	Destroy(uuid string) (gone bool, err error)
+	// Monitor opens a QMP monitor on the running domain (libvirt's
+	// monitor pass-through); Disconnect releases it.
+	Monitor(uuid string) (qmp.Monitor, error)
+}
+
+// DomainDef is a persistent domain definition.
+type DomainDef struct {
+	UUID string
+	// XML is the inactive definition (VIR_DOMAIN_XML_INACTIVE).
+	XML string
+}
+
+// ErrNotConnected is returned while libvirtd is unreachable.
+var ErrNotConnected = errors.New("plugin: not connected to libvirtd")
+
+// LifecycleKind is the part of libvirt's lifecycle events the daemon acts
+// on (libvirt.DomainEventType).
+type LifecycleKind int
+
+// Lifecycle events.
+const (
+	EventDefined LifecycleKind = iota + 1
+	EventUndefined
+	EventStopped
+)
+
+// LifecycleEvent is one domain lifecycle event from libvirt.
+type LifecycleEvent struct {
+	Kind       LifecycleKind
+	Name, UUID string
+}
+
+// libvirtHV implements Hypervisor on the daemon's libvirt connection.
+type libvirtHV struct{ lv *libvirtConn }
+
+func (h libvirtHV) QEMUVersion() (string, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return "", err
+	}
+	v, err := conn.GetVersion()
+	if err != nil {
+		return "", fmt.Errorf("asking libvirt for the QEMU version: %w", err)
+	}
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000), nil
+}
+
+func (h libvirtHV) DomainNames() ([]string, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return nil, err
+	}
+	doms, err := conn.ListAllDomains(0)
+	if err != nil {
+		return nil, fmt.Errorf("listing domains: %w", err)
+	}
+	var names []string
+	for i := range doms {
+		if name, err := doms[i].GetName(); err == nil {
+			names = append(names, name)
+		}
+		doms[i].Free()
+	}
+	return names, nil
+}
+
+func (h libvirtHV) Definition(name string) (DomainDef, bool, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return DomainDef{}, false, err
+	}
+	dom, err := conn.LookupDomainByName(name)
+	if err != nil {
+		if isNoDomain(err) {
+			return DomainDef{}, false, nil
+		}
+		return DomainDef{}, false, err
+	}
+	defer dom.Free()
+	persistent, err := dom.IsPersistent()
+	if err != nil || !persistent {
+		return DomainDef{}, false, err
+	}
+	xml, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil {
+		return DomainDef{}, false, fmt.Errorf("reading the definition of %q: %w", name, err)
+	}
+	uuid, err := dom.GetUUIDString()
+	if err != nil {
+		return DomainDef{}, false, err
+	}
+	return DomainDef{UUID: uuid, XML: xml}, true, nil
+}
+
+func (h libvirtHV) IsActive(uuid string) (bool, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return false, err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		if isNoDomain(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	defer dom.Free()
+	return dom.IsActive()
+}
+
+func (h libvirtHV) Define(xml string) error {
+	conn, err := h.lv.get()
+	if err != nil {
+		return err
+	}
+	dom, err := conn.DomainDefineXML(xml)
+	if err != nil {
+		return err
+	}
+	return dom.Free()
+}
+
+func (h libvirtHV) Create(xml string) error {
+	conn, err := h.lv.get()
+	if err != nil {
+		return err
+	}
+	dom, err := conn.DomainCreateXML(xml, 0)
+	if err != nil {
+		return err
+	}
+	return dom.Free()
+}
+
+func (h libvirtHV) Destroy(uuid string) (bool, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return false, err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return isNoDomain(err), err
+	}
+	defer dom.Free()
+	if active, err := dom.IsActive(); err == nil && !active {
+		return true, nil
+	}
+	if err := dom.Destroy(); err != nil {
+		return isNoDomain(err), err
+	}
+	return true, nil
+}
+
+func (h libvirtHV) Monitor(uuid string) (qmp.Monitor, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return nil, err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return nil, err
+	}
+	return &ownedMonitor{LibvirtMonitor: qmp.NewLibvirtMonitor(conn, dom), dom: dom}, nil
+}
+
+// ownedMonitor frees its domain handle on Disconnect.
+type ownedMonitor struct {
+	*qmp.LibvirtMonitor
+	dom *libvirt.Domain
+}
+
+func (m *ownedMonitor) Disconnect() error {
+	err := m.LibvirtMonitor.Disconnect()
+	return errors.Join(err, m.dom.Free())
+}
+
+// isNoDomain reports whether err is libvirt's "no such domain".
+func isNoDomain(err error) bool {
+	var lerr libvirt.Error
+	return errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN
+}

@@ -1,0 +1,159 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+)
+
+// handshakeTimeout bounds a peer's handshake.
+const handshakeTimeout = 10 * time.Second
+
+// servePeers accepts connections from peer daemons.
+func (d *Daemon) servePeers(l net.Listener) {
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		go d.servePeer(nc)
+	}
+}
+
+// servePeer runs the handshake and then serves the connection by its
+// role: a log channel goes to the domain's armed backupRun, a control
+// connection to serveControlConn.
+func (d *Daemon) servePeer(nc net.Conn) {
+	pc := newPeerConn(nc)
+	log := d.log.WithField("peer", nc.RemoteAddr().String())
+	if !d.cfg.peerAllowed(nc.RemoteAddr().String()) {
+		log.Warn("connection refused: address not in allowed-peers")
+		nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	qemuVer, err := d.hv.QEMUVersion()
+	if err != nil {
+		log.WithError(err).Warn("peer connection refused")
+		nc.Close()
+		return
+	}
+	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
+	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup}
+	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
+		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
+			return fmt.Errorf("unknown role %q", h.Role)
+		}
+		return nil
+	})
+	_ = nc.SetDeadline(time.Time{})
+	if err != nil {
+		log.WithError(err).Warn("peer handshake refused")
+		nc.Close()
+		return
+	}
+	switch hello.Role {
+	case logchan.RolePrimary:
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		var b *backupRun
+		if dm := d.lookup(hello.DomainUUID); dm != nil {
+			b, _ = dm.current().(*backupRun)
+		}
+		if b == nil {
+			log.Warnf("log channel for %s, which has no armed backup here", hello.DomainUUID)
+			pc.bye(logchan.Bye{Reason: "no backup armed for " + hello.DomainUUID})
+			nc.Close()
+			return
+		}
+		b.serveLog(pc)
+	case logchan.RoleControl:
+		d.serveControlConn(pc)
+	}
+}
+
+// serveControlConn answers control requests until the peer closes. A
+// malformed or unknown request ends the connection.
+func (d *Daemon) serveControlConn(pc *peerConn) {
+	defer pc.Close()
+	var seed *seedWriter
+	defer func() {
+		if seed != nil {
+			seed.abort()
+		}
+	}()
+	reply := func(data any, err error) error {
+		pc.deadline()
+		return pc.c.Reply(data, err)
+	}
+	for {
+		req, data, err := pc.c.RecvControl()
+		if err != nil {
+			if errors.Is(err, logchan.ErrBadFrame) {
+				_ = reply(nil, fmt.Errorf("malformed control request: %w", err))
+			}
+			return
+		}
+		if data != nil {
+			if seed == nil {
+				return
+			}
+			if _, err := seed.Write(data); err != nil {
+				_ = reply(nil, err)
+				return
+			}
+			continue
+		}
+		switch req.Op {
+		case logchan.OpHash:
+			h, err := hashFile(req.Path)
+			if reply(h, err) != nil || err != nil {
+				return
+			}
+		case logchan.OpSeed:
+			if !d.cfg.seedAllowed(req.Path) {
+				_ = reply(nil, fmt.Errorf("the backup host does not accept disk copies at %s: put the disk under one of %v, or add its directory to seed-dirs in %s", req.Path, d.cfg.SeedDirs, DefaultConfigPath))
+				return
+			}
+			if seed != nil {
+				seed.abort()
+			}
+			seed, err = newSeedWriter(req.Path, req.Seed)
+			if err != nil {
+				_ = reply(nil, err)
+				return
+			}
+			d.log.Infof("receiving a seed copy of %s (%d bytes)", req.Path, req.Seed.Size)
+		case logchan.OpSeedEnd:
+			if seed == nil {
+				_ = reply(nil, errors.New("seed-end without seed"))
+				return
+			}
+			err := seed.commit()
+			seed = nil
+			if reply(nil, err) != nil {
+				return
+			}
+		case logchan.OpPrepareBackup:
+			host, _, _ := net.SplitHostPort(pc.remote())
+			if reply(nil, d.prepareBackup(req, host)) != nil {
+				return
+			}
+		case logchan.OpCancelBackup:
+			d.cancelBackup(req.UUID)
+			if reply(nil, nil) != nil {
+				return
+			}
+		default:
+			_ = reply(nil, fmt.Errorf("unknown control op %q", req.Op))
+			return
+		}
+	}
+}

@@ -1,0 +1,690 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/failover"
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// primaryRun is one run of a protected domain's primary on this host: from
+// the prepare hook (seed, arm the backup, open FIFO A and the output gates,
+// dial the log channel) through the log pump to the end of its QEMU. A
+// go-live on this host also ends in a primaryRun: newLivePrimary adopts
+// what the backup run hands over (the VM then runs alone, unprotected).
+//
+// Everything it acquires is pushed on its undo stack and released by close.
+type primaryRun struct {
+	env  env
+	uuid string
+	name string
+	cfg  ftxml.Config
+	log  logrus.FieldLogger
+	undo undoStack
+
+	stop     chan struct{} // closed by close
+	stopOnce sync.Once
+
+	mu     sync.Mutex
+	state  ctl.State
+	detail string
+	// running: QEMU runs (the started hook, or adopted by go-live).
+	running bool
+	epoch   string
+	peer    string // the backup daemon's address
+
+	// log channel figures: bytes sent and acknowledged, INSTRUCTION sum
+	// of the log sent, the backup's executed icount
+	sentBytes, ackedBytes uint64
+	logInstr, backupIcnt  uint64
+	icountChangedAt       time.Time
+	lastHeartbeat         time.Time
+	samples               []sample // (instructions, time) to turn icount lag into ms
+	lagMS                 int64
+	stall                 string // the backup's last stall (from its bye)
+	peerDetail            string // the backup's go-live detail (from its ByeLive)
+	switchedOver          bool
+
+	recordFIFO string
+	rr         *logchan.RecordReader
+	link       *peerConn
+	gates      *outputGates
+	lastGate   string
+	drv        *failover.Driver
+	final      failover.Status // the driver's last view, once closed
+	finalTm    failover.Timings
+
+	// from: the backup run this live primary came from (go-live); its
+	// failover core's timings stay in the status.
+	from *backupRun
+}
+
+type sample struct {
+	instr uint64
+	at    time.Time
+}
+
+func newPrimaryRun(e env, uuid, name string, cfg ftxml.Config) *primaryRun {
+	return &primaryRun{env: e, uuid: uuid, name: name, cfg: cfg, peer: peerAddr(cfg), state: ctl.StatePreparing,
+		log: e.log.WithFields(logrus.Fields{"domain": name, "role": ftxml.RolePrimary}), stop: make(chan struct{})}
+}
+
+func (p *primaryRun) role() string { return ftxml.RolePrimary }
+
+func (p *primaryRun) done() <-chan struct{} { return p.stop }
+
+func (p *primaryRun) setState(state ctl.State, detail string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != state || p.detail != detail {
+		p.log.Infof("state %s %s", state, detail)
+	}
+	p.state, p.detail = state, detail
+}
+
+// active reports whether this run still holds anything on the host: its
+// QEMU runs or its log channel is up.
+func (p *primaryRun) active() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.running || p.link != nil
+}
+
+func (p *primaryRun) started() {
+	p.mu.Lock()
+	p.running = true
+	p.mu.Unlock()
+}
+
+func (p *primaryRun) driver() *failover.Driver {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.drv
+}
+
+func (p *primaryRun) status() ctl.DomainStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ftxml.RolePrimary, Peer: p.peer,
+		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
+		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagMS, Stall: p.stall}
+	s.OutputGate = p.lastGate
+	if p.gates != nil {
+		s.OutputGate = p.gates.summary()
+	}
+	if p.sentBytes > p.ackedBytes {
+		s.LagBytes = p.sentBytes - p.ackedBytes
+	}
+	if p.logInstr > p.backupIcnt {
+		s.LagInstructions = p.logInstr - p.backupIcnt
+	}
+	if !p.lastHeartbeat.IsZero() {
+		s.HeartbeatAgeMS = time.Since(p.lastHeartbeat).Milliseconds()
+	}
+	st, tm := p.final, p.finalTm
+	if p.drv != nil {
+		st, tm = p.drv.View()
+	}
+	if p.from != nil {
+		// A live former backup: its failover core did the go-live.
+		st, tm = p.from.failoverView()
+		s.Stall = p.from.stallText()
+	}
+	if p.drv != nil || p.from != nil || p.final.Role != 0 {
+		s.Failover = st.State.String()
+		s.GoLive = tm.Summary()
+	}
+	if p.peerDetail != "" {
+		s.GoLive += " (backup: " + p.peerDetail + ")"
+	}
+	if p.from != nil {
+		if info := p.from.goLiveDetail(); info != "" {
+			s.GoLive += " (" + info + ")"
+		}
+	}
+	return s
+}
+
+// prepare runs in the prepare hook, before libvirt starts QEMU: it
+// verifies (seeding if needed) the backup's disk copies, arms the backup on
+// the peer host, creates FIFO A and opens it for reading, opens the output
+// gates, dials the log channel and starts the log pump. On error nothing is
+// left behind on either host: the undo stack releases what was acquired
+// and the armed backup is cancelled.
+func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
+	defer func() {
+		if err != nil {
+			p.setState(ctl.StateRefused, err.Error())
+			p.close("prepare failed")
+		}
+	}()
+	p.setState(ctl.StatePreparing, "contacting peer "+p.peer)
+	qemuVer, err := p.env.hv.QEMUVersion()
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
+	}
+	logVer, err := logchan.LogVersionForQEMU(qemuVer)
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
+	}
+	ctrl, err := dialControl(p.peer, p.env.cfg.dialTimeout(), p.uuid, qemuVer, logVer)
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: backup host %s: %w; is libvirt-ftd running there and is <ft:peer> right?", p.name, p.peer, err)
+	}
+	defer ctrl.Close()
+
+	// Disks: the backup replays block I/O against byte-identical copies.
+	for _, path := range ftxml.DiskPaths(dom) {
+		if err := p.ensureSeeded(ctrl, path); err != nil {
+			return fmt.Errorf("libvirt-ft: domain %q: disk %s: %w", p.name, path, err)
+		}
+	}
+
+	p.setState(ctl.StatePreparing, "arming the backup on "+p.peer)
+	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
+	p.mu.Lock()
+	p.epoch = epoch
+	p.mu.Unlock()
+	p.env.arbiter.Forget(p.uuid, epoch)
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: p.uuid, Name: p.name, XML: xml,
+		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch}, nil); err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", p.name, p.peer, err)
+	}
+	armed := true
+	defer func() {
+		if err != nil && armed {
+			_ = ctrl.request(logchan.ControlRequest{Op: logchan.OpCancelBackup, UUID: p.uuid}, nil)
+		}
+	}()
+
+	fifo := ftxml.RecordFIFOPath(p.cfg, p.uuid)
+	if err := logchan.CreateFIFO(fifo, p.env.qemuUID, p.env.qemuGID, 0o600); err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
+	}
+	p.undo.push(func() {
+		_ = os.Remove(fifo)
+		_ = os.Remove(filepath.Dir(fifo)) // only if empty
+	})
+	rr, err := logchan.OpenRecordReader(fifo)
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
+	}
+	p.undo.push(func() { rr.Close() })
+	gates, err := openGates(p.env, p.uuid, p.cfg, dom, rr)
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
+	}
+	p.undo.push(func() { p.releaseGates() })
+	link, err := dialLog(p.peer, p.env.cfg.dialTimeout(), p.uuid, qemuVer, logVer)
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: log channel to %s: %w", p.name, p.peer, err)
+	}
+	p.undo.push(func() { link.Close() })
+	// Heartbeats tell the backup which frames left, so that at go-live it
+	// sends only the rest (openBackupGates).
+	link.released = gates.released
+	p.mu.Lock()
+	p.recordFIFO, p.rr, p.link, p.gates = fifo, rr, link, gates
+	p.mu.Unlock()
+	p.setState(ctl.StateWaiting, "waiting for QEMU to record")
+	go p.pump(rr, link, gates)
+	return nil
+}
+
+// ensureSeeded makes the backup's copy of path byte-identical to ours:
+// compare SHA-256 digests; copy when they differ; verify after copying.
+func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
+	local, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	var remote logchan.FileDigest
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &remote); err != nil {
+		return err
+	}
+	if remote.Exists && remote.SHA256 == local.SHA256 && remote.Size == local.Size {
+		p.log.Infof("disk %s: backup copy identical (sha256 %s, %d bytes)", path, local.SHA256[:12], local.Size)
+		return nil
+	}
+	p.log.Infof("disk %s: seeding %d bytes to the backup host", path, local.Size)
+	progress := func(done, total int64) {
+		p.setState(ctl.StateSeeding, fmt.Sprintf("%s: %d/%d MiB (%d%%)", path, done>>20, total>>20, pct(done, total)))
+	}
+	if err := ctrl.seed(path, local, progress); err != nil {
+		return fmt.Errorf("seeding the backup's copy: %w", err)
+	}
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &remote); err != nil {
+		return err
+	}
+	if !remote.Exists || remote.SHA256 != local.SHA256 {
+		return fmt.Errorf("backup's copy differs after seeding (sha256 %s here, %s there): refusing to replicate", local.SHA256, remote.SHA256)
+	}
+	p.log.Infof("disk %s: seeded and verified (sha256 %s)", path, local.SHA256[:12])
+	return nil
+}
+
+func pct(a, b int64) int64 {
+	if b == 0 {
+		return 100
+	}
+	return a * 100 / b
+}
+
+// pump reads FIFO A, cuts it into whole events and sends them over the
+// log channel, keeping at most WindowBytes unacknowledged. The failover
+// core (a failover.Driver) decides what happens when the backup falls
+// silent or the channel breaks: DrainLocally makes this loop keep reading
+// FIFO A and discard (the primary never blocks on a dead backup), then the
+// split-brain claim decides between going on unprotected and halting.
+func (p *primaryRun) pump(reader *logchan.RecordReader, link *peerConn, gates *outputGates) {
+	defer p.close("primary log ended")
+	dec := logchan.NewStreamDecoder()
+	window := uint64(p.env.cfg.WindowBytes)
+	maxLag := time.Duration(p.env.cfg.MaxLagMS) * time.Millisecond
+
+	var (
+		mu      sync.Mutex
+		cond    = sync.NewCond(&mu)
+		acked   uint64
+		discard bool // DrainLocally: stop sending, keep reading
+		// sentOnLink is the stream offset (exclusive end) of the log
+		// written to the log channel: the most the backup can have
+		// received.
+		sentOnLink atomic.Uint64
+	)
+	setDiscard := func() {
+		mu.Lock()
+		discard = true
+		cond.Broadcast()
+		mu.Unlock()
+	}
+	drv, err := failover.NewDriver(nodeConfig(failover.RolePrimary, p.cfg, p.env.cfg.statusInterval()), func(a failover.Action) {
+		p.act(a, link, gates, setDiscard)
+	})
+	if err != nil {
+		p.setState(ctl.StateUnprotected, err.Error())
+		return
+	}
+	p.mu.Lock()
+	p.drv = drv
+	p.mu.Unlock()
+	go drv.Run()
+
+	// Receiver: acks, heartbeats and byes from the backup.
+	go func() {
+		for {
+			m, err := link.recv()
+			if err != nil {
+				drv.Post(failover.ChannelDown{Reason: err.Error()})
+				link.Close()
+				return
+			}
+			switch m.Kind {
+			case logchan.MsgAck:
+				if sent := sentOnLink.Load(); m.Ack.Offset > sent || m.Ack.Received > sent {
+					// The backup cannot hold more than was sent: a
+					// protocol error, not progress.
+					drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("ack of offset %d (received %d) beyond the %d bytes sent", m.Ack.Offset, m.Ack.Received, sent)})
+					link.Close()
+					return
+				}
+				mu.Lock()
+				acked = max(acked, m.Ack.Offset)
+				cond.Broadcast()
+				mu.Unlock()
+				gates.ack(m.Ack.Received)
+				p.recordAck(m.Ack.Offset, m.Ack.Executed)
+				drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: m.Ack.Executed, Fed: m.Ack.Fed})
+			case logchan.MsgHeartbeat:
+				p.heard()
+				drv.Post(failover.HeartbeatReceived{})
+			case logchan.MsgBye:
+				p.peerBye(m.Bye)
+				drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
+			}
+		}
+	}()
+
+	buf := make([]byte, 64<<10)
+	first := true
+	// LIBVIRT_FT_TEE_DIR (diagnostics): keep a copy of the record log as
+	// <dir>/<uuid>.rrstream (no header; test/tools/rrdump reads it).
+	var tee *os.File
+	if dir := os.Getenv("LIBVIRT_FT_TEE_DIR"); dir != "" {
+		if f, err := os.Create(filepath.Join(dir, p.uuid+".rrstream")); err == nil {
+			tee = f
+			defer f.Close()
+		}
+	}
+	for {
+		mu.Lock()
+		for !discard && p.sent()-acked >= window {
+			cond.Wait()
+		}
+		sending := !discard
+		mu.Unlock()
+		if sending && p.lagging(maxLag) {
+			// Time, not an ack, may end the wait (lagging stops holding
+			// a backup that no longer advances): poll.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+
+		n, err := reader.Read(buf)
+		if n > 0 && tee != nil {
+			_, _ = tee.Write(buf[:n])
+		}
+		if n > 0 {
+			if first {
+				first = false
+				p.setState(ctl.StateReplicating, "")
+			}
+			chunk, derr := dec.Feed(buf[:n])
+			if derr != nil {
+				// A log we cannot parse cannot be replayed: the backup is lost.
+				drv.Post(failover.ChannelDown{Reason: "log decode error: " + derr.Error()})
+				setDiscard()
+				sending = false
+			}
+			if len(chunk.Data) > 0 {
+				p.recordSent(len(chunk.Data), chunk.Instructions)
+				if sending {
+					// Before the write: the backup's ack of it may
+					// arrive before sendLog returns.
+					sentOnLink.Store(chunk.Offset + uint64(len(chunk.Data)))
+					if serr := link.sendLog(chunk.Offset, chunk.Data); serr != nil {
+						drv.Post(failover.ChannelDown{Reason: serr.Error()})
+						setDiscard()
+					}
+				}
+			}
+		}
+		if err != nil {
+			select {
+			case <-p.stop:
+				// close closed FIFO A (the daemon is stopping, or QEMU
+				// stopped before it ever recorded): nothing to report.
+				return
+			default:
+			}
+			if !errors.Is(err, io.EOF) {
+				p.log.WithError(err).Warn("reading the record FIFO")
+			}
+			// QEMU exited: cleanly when its log ended with END (guest
+			// shutdown, virsh shutdown/destroy), else it crashed or was
+			// killed, and the backup must go live.
+			clean := dec.Ended()
+			_ = link.flush()
+			drv.Post(failover.QEMUExited{Clean: clean})
+			// Let the driver send the bye and close our direction.
+			deadline := time.Now().Add(2 * time.Second)
+			for time.Now().Before(deadline) {
+				if st, _ := drv.View(); st.State == failover.StateStopped || st.State == failover.StateHalted {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if clean {
+				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
+			} else {
+				p.setState(ctl.StateStopped, "primary QEMU died without ending its log")
+			}
+			return
+		}
+	}
+}
+
+// act carries out one action of the primary's failover core. It runs on
+// the driver's goroutine: anything slow runs in its own goroutine.
+func (p *primaryRun) act(a failover.Action, link *peerConn, gates *outputGates, setDiscard func()) {
+	switch a := a.(type) {
+	case failover.SendHeartbeat:
+		link.queueHeartbeat()
+	case failover.SendBye:
+		link.bye(logchan.Bye{Clean: a.Clean, Reason: a.Reason})
+	case failover.CloseChannel:
+		link.closeWrite()
+	case failover.DrainLocally:
+		setDiscard()
+		if a.Switchover {
+			p.setState(ctl.StateSwitchingOver, "planned switchover: log sending stopped; waiting for the backup to go live")
+		} else {
+			p.setState(ctl.StateUnprotected, "backup lost: draining the log locally; claiming the split-brain lock")
+		}
+	case failover.AcquireLock:
+		p.mu.Lock()
+		epoch, drv := p.epoch, p.drv
+		p.mu.Unlock()
+		go func() {
+			won, err := p.env.arbiter.Acquire(p.uuid, epoch)
+			drv.Post(failover.LockResult{Won: won, Err: err})
+		}()
+	case failover.ReportUnprotected:
+		setDiscard()
+		gates.unprotect()
+		p.setState(ctl.StateUnprotected, a.Reason)
+	case failover.HaltVM:
+		setDiscard()
+		gates.drop()
+		p.setState(ctl.StateStopped, "halting: "+a.Reason)
+		go p.env.destroy(p.uuid, "split brain: "+a.Reason)
+	case failover.StopPrimaryVM:
+		setDiscard()
+		gates.drop()
+		p.mu.Lock()
+		p.switchedOver = true
+		p.mu.Unlock()
+		p.setState(ctl.StateStopped, "switched over: the backup on "+p.peer+" is live; stopping this host's VM")
+		go p.env.destroy(p.uuid, "planned switchover: the backup is live")
+	}
+}
+
+// peerBye notes what the backup's bye says for the status: the go-live
+// detail of a ByeLive, or where its replay stalled.
+func (p *primaryRun) peerBye(b logchan.Bye) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b.Detail != "" {
+		p.peerDetail = peerText(b.Detail, 512)
+	}
+	if stall, ok := strings.CutPrefix(b.Reason, "backup replay stalled"); ok && !b.Clean {
+		// The backup's replay stopped (failover.BackupStalled there).
+		p.stall = peerText("replay stalled"+stall, 512)
+	}
+}
+
+func (p *primaryRun) heard() {
+	p.mu.Lock()
+	p.lastHeartbeat = time.Now()
+	p.mu.Unlock()
+}
+
+func (p *primaryRun) sent() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sentBytes
+}
+
+func (p *primaryRun) recordSent(n int, instr uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sentBytes += uint64(n)
+	p.logInstr += instr
+	now := time.Now()
+	if len(p.samples) == 0 || now.Sub(p.samples[len(p.samples)-1].at) > 10*time.Millisecond {
+		p.samples = append(p.samples, sample{instr: p.logInstr, at: now})
+		if len(p.samples) > 4096 {
+			p.samples = append(p.samples[:0], p.samples[2048:]...)
+		}
+	}
+}
+
+// lagging reports whether the primary must wait for its backup: the
+// backup's executed icount (sampled by the backup every status interval,
+// Ack.Executed) was reached by the primary more than max ago, and the
+// backup is still advancing (its icount grew within the last three
+// samples). A backup that stopped advancing may be waiting for log the
+// primary has not sent yet (QEMU reads ahead of what it executes), so the
+// primary never waits on it: that could never end. max 0: no bound; before
+// the first sample (icount 0) the lag is unknown and holds nothing.
+func (p *primaryRun) lagging(max time.Duration) bool {
+	if max <= 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	advancing := now.Sub(p.icountChangedAt) < 3*p.env.cfg.statusInterval()
+	return advancing && lagExceeded(p.samples, p.backupIcnt, p.logInstr, max, now)
+}
+
+// lagExceeded is lagging's age rule on explicit values: the backup's icount
+// is below the log's and the primary reached it more than max before now.
+func lagExceeded(samples []sample, backupIcount, logInstr uint64, max time.Duration, now time.Time) bool {
+	if backupIcount == 0 || backupIcount >= logInstr {
+		return false
+	}
+	for _, s := range samples {
+		if s.instr >= backupIcount {
+			return now.Sub(s.at) > max
+		}
+	}
+	return false
+}
+
+// recordAck notes an acknowledgement; lag in ms is the primary's wall time
+// between reaching the backup's icount and now.
+func (p *primaryRun) recordAck(offset, icount uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ackedBytes = max(p.ackedBytes, offset)
+	if icount > p.backupIcnt {
+		p.backupIcnt = icount
+		p.icountChangedAt = time.Now()
+	}
+	p.lastHeartbeat = time.Now()
+	p.lagMS = 0
+	for _, s := range p.samples {
+		if s.instr >= p.backupIcnt {
+			p.lagMS = time.Since(s.at).Milliseconds()
+			break
+		}
+	}
+}
+
+// qemuStopped is the stopped/release hook or libvirt's STOPPED event for
+// this run's QEMU.
+func (p *primaryRun) qemuStopped(why string) {
+	p.mu.Lock()
+	p.running = false
+	rr, link, live := p.rr, p.link, p.from != nil
+	p.mu.Unlock()
+	if live {
+		// The VM that went live here is gone: release the former
+		// backup's gates (their filters are off since go-live) and the
+		// backup run that went live.
+		defer p.close(why)
+	}
+	if rr != nil && link != nil && !rr.Connected() {
+		if n, err := rr.Produced(); err == nil && n == 0 {
+			// QEMU stopped without ever opening FIFO A (it failed to
+			// start after the prepare hook): the pump would wait for it
+			// forever, holding the log channel, the output gates and the
+			// armed backup, and the next start would be refused as
+			// "already replicating". There is no log: nothing to fail
+			// over to.
+			p.log.Warn("QEMU stopped before recording anything: releasing the log channel, the output gates and the backup")
+			p.close(why)
+			go p.cancelPeerBackup()
+		}
+	}
+	// The pump sees EOF on FIFO A and finishes the channel; the FIFO
+	// file is no longer needed once QEMU has exited.
+	p.mu.Lock()
+	fifo := p.recordFIFO
+	if p.state != ctl.StateRefused {
+		p.state, p.detail = ctl.StateStopped, why
+	}
+	p.mu.Unlock()
+	if fifo != "" {
+		_ = os.Remove(fifo)
+	}
+}
+
+// cancelPeerBackup asks the backup host to discard the backup it armed for
+// this domain (it does so only while the backup domain has not started).
+func (p *primaryRun) cancelPeerBackup() {
+	qemuVer, err := p.env.hv.QEMUVersion()
+	if err != nil {
+		return
+	}
+	logVer, err := logchan.LogVersionForQEMU(qemuVer)
+	if err != nil {
+		return
+	}
+	ctrl, err := dialControl(p.peer, p.env.cfg.dialTimeout(), p.uuid, qemuVer, logVer)
+	if err != nil {
+		p.log.WithError(err).Warn("cannot ask the backup host to discard the armed backup")
+		return
+	}
+	defer ctrl.Close()
+	_ = ctrl.request(logchan.ControlRequest{Op: logchan.OpCancelBackup, UUID: p.uuid}, nil)
+}
+
+// releaseGates closes the output gates, if any, keeping their last
+// summary for virt-ft status.
+func (p *primaryRun) releaseGates() {
+	p.mu.Lock()
+	gates := p.gates
+	p.gates = nil
+	if gates != nil {
+		p.lastGate = gates.summary()
+	}
+	p.mu.Unlock()
+	if gates != nil {
+		gates.close()
+	}
+}
+
+// close releases everything this run holds on this host (its undo stack)
+// and stops its failover core, keeping the core's last view for the
+// status. Safe to call more than once and from any goroutine.
+func (p *primaryRun) close(why string) {
+	p.stopOnce.Do(func() { close(p.stop) })
+	p.mu.Lock()
+	drv := p.drv
+	p.drv, p.link, p.rr = nil, nil, nil
+	p.mu.Unlock()
+	if drv != nil {
+		drv.Stop()
+		st, tm := drv.View()
+		p.mu.Lock()
+		p.final, p.finalTm = st, tm
+		p.mu.Unlock()
+	}
+	p.undo.run()
+}
+
+// nodeConfig converts a domain's heartbeat settings into the failover
+// core's ticks. sample is the daemon's status interval (how often a backup
+// samples its QEMU): the stall bound is at least ten of them, so that a
+// stall is never a matter of a sample or two.
+func nodeConfig(role failover.Role, cfg ftxml.Config, sample time.Duration) failover.Config {
+	return failover.Config{Role: role,
+		HeartbeatInterval: failover.Ticks(cfg.HeartbeatInterval), HeartbeatTimeout: failover.Ticks(cfg.HeartbeatTimeout),
+		StallTimeout: max(failover.Ticks(cfg.Stall()), 10*failover.Ticks(sample))}
+}
