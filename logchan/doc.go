@@ -8,8 +8,11 @@
 //     and only whole events may be written into the backup's replay FIFO: a
 //     replaying QEMU 7.2 that reads a partial event or hits EOF exits
 //     (replay/replay-internal.c, "error reading the replay data").
-//   - The wire protocol (wire.go) frames messages between the two daemons:
-//     handshake, log data with byte offsets, acks, heartbeats.
+//   - The daemon-to-daemon protocol: the framing and handshake (wire.go)
+//     and the messages above it (messages.go): on a log channel, log data
+//     with byte offsets, acks, heartbeats and byes; on a control
+//     connection, requests and replies and disk seeding. docs/protocol.md
+//     gives every byte.
 //   - FIFO helpers (fifo.go, feeder.go): creating the named pipes QEMU
 //     records into (FIFO A) and replays from (FIFO B), reading FIFO A
 //     without being fooled by the EOF a FIFO reports before its writer has

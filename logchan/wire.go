@@ -20,8 +20,10 @@ import (
 //	bytes  payload
 //
 // A frame of unknown type, a length above MaxFrameSize or a malformed
-// payload is a protocol error: the receiver drops the connection (never the
-// VM) and the peers reconnect.
+// payload is a protocol error: the receiver drops the connection, never the
+// VM. Nothing reconnects a log channel: its loss is the peer's loss to the
+// failover core. The messages above the framing are in messages.go;
+// docs/protocol.md gives every layout.
 
 // ProtocolVersion is the version of the log-channel protocol spoken by this
 // package; the handshake refuses a peer speaking another one (so a mixed
@@ -54,12 +56,15 @@ const (
 	// qword stream offset of the first byte, then the event bytes.
 	FrameLog FrameType = 3
 	// FrameAck reports the backup's progress (backup to primary); payload:
-	// three qwords, see Ack.
+	// four qwords (32 bytes), see Ack; 24 bytes (no Received) are still
+	// decoded.
 	FrameAck FrameType = 4
 	// FrameHeartbeat flows both ways, also when the guest is idle;
-	// payload: two qwords, see Heartbeat.
+	// payload: two qwords, then up to MaxHeartbeatNICs qwords (16 + 8×n
+	// bytes), see Heartbeat and EncodeHeartbeat.
 	FrameHeartbeat FrameType = 5
-	// FrameBye announces an orderly close; payload: the reason as UTF-8.
+	// FrameBye announces an orderly close; payload: Bye's text encoding
+	// ("clean:"/"unclean:", the reason, and a ByeLive's detail).
 	FrameBye FrameType = 6
 	// FrameControl carries a JSON request or answer between the daemons.
 	FrameControl FrameType = 7
@@ -214,7 +219,9 @@ type Hello struct {
 	// LogVersion is the replay log version the sender's QEMU writes or
 	// reads (LogVersionQEMU72).
 	LogVersion uint32 `json:"log_version"`
-	// Role is the sender's role.
+	// Role is the sender's role: the client says RolePrimary (a log
+	// channel) or RoleControl (control requests); the server answers
+	// RoleBackup.
 	Role Role `json:"role"`
 }
 
@@ -243,7 +250,8 @@ type Ack struct {
 	// for FIFO B: it writes all of it before any END, so the primary's
 	// output gate may release output produced up to here (the output
 	// rule, Scales et al. 2010, section 2.2: received, not yet replayed).
-	// Received >= Offset. A 24-byte Ack from an older peer has none: it
+	// Received >= Offset in the sender's state (the writer sends the
+	// field-wise maximum of what was queued). A 24-byte Ack from an older peer has none: it
 	// decodes as Received = Offset.
 	Received uint64
 }
