@@ -63,7 +63,7 @@ type backupRun struct {
 	lastHeartbeat    time.Time
 
 	replayFIFO string
-	feeder     *logchan.Feeder
+	feeder     replayLog
 	gates      *outputGates
 	lastGate   string
 	ring       *logRing
@@ -127,23 +127,15 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 		}
 	}()
 	fifo := ftxml.ReplayFIFOPath(*cfg, req.UUID)
-	if err := logchan.CreateFIFO(fifo, e.qemuUID, e.qemuGID, 0o600); err != nil {
+	feeder, err := e.pipes.Replay(fifo, e.qemuUID, e.qemuGID, logVer)
+	if err != nil {
 		return nil, err
 	}
 	b.undo.push(func() {
 		_ = os.Remove(fifo)
 		_ = os.Remove(filepath.Dir(fifo)) // only if empty
 	})
-	feeder, err := logchan.NewFeeder(fifo, logVer)
-	if err != nil {
-		return nil, err
-	}
 	b.undo.push(func() { feeder.Close() })
-	// A small FIFO B keeps the backup's lag (and so the drain at go-live)
-	// bounded by the window rather than by the pipe (64 KiB by default).
-	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
-		b.log.WithError(err).Warn("shrinking FIFO B")
-	}
 	gates, err := openBackupGates(e, req.UUID, *cfg, bdom)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt-ft: domain %q: %w", req.Name, err)
@@ -417,7 +409,7 @@ func (q *frameQueue) set(end, closed bool) {
 }
 
 // feedLoop writes queued frames into FIFO B and acknowledges them.
-func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder *logchan.Feeder, q *frameQueue, drv *failover.Driver) {
+func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder replayLog, q *frameQueue, drv *failover.Driver) {
 	for {
 		m, ok, end := q.pop()
 		if !ok {
@@ -638,7 +630,7 @@ const drainPoll = 5 * time.Millisecond
 // status interval and hands it to the failover core (FeedUnread), for the
 // stall rule. It does not use the QEMU monitor, which a replay waiting for
 // log holds.
-func (b *backupRun) watchUnread(feeder *logchan.Feeder, drv *failover.Driver) {
+func (b *backupRun) watchUnread(feeder replayLog, drv *failover.Driver) {
 	t := time.NewTicker(b.env.cfg.statusInterval())
 	defer t.Stop()
 	for {

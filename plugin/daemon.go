@@ -33,6 +33,8 @@ type Daemon struct {
 	arb Arbiter
 
 	qemuUID, qemuGID int
+	pipes            logPipes
+	dial             func(addr string, timeout time.Duration) (net.Conn, error)
 
 	mu   sync.Mutex
 	doms map[string]*domain // by domain UUID
@@ -111,12 +113,14 @@ func New(cfg Config, log *logrus.Logger) *Daemon {
 
 // newDaemon returns a daemon on hv and arb (tests give fakes).
 func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
-	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1}
+	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1,
+		pipes: fifoPipes{log: log}, dial: tcpDial}
 }
 
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
-	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log}
+	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log,
+		pipes: d.pipes, dial: d.dial}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control

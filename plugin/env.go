@@ -1,11 +1,15 @@
 package plugin
 
 import (
+	"io"
+	"net"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 )
 
@@ -21,6 +25,9 @@ type env struct {
 	// the owner as is, in tests).
 	qemuUID, qemuGID int
 	log              logrus.FieldLogger
+	// pipes creates FIFO A and FIFO B; dial reaches the peer daemon.
+	pipes logPipes
+	dial  func(addr string, timeout time.Duration) (net.Conn, error)
 }
 
 // qmp opens a QMP client on this host's running domain uuid; release ends
@@ -88,4 +95,81 @@ func (u *undoStack) run() {
 		u.mu.Unlock()
 		step()
 	}
+}
+
+// recordLog is the primary's reading end of FIFO A
+// (*logchan.RecordReader): the log its recording QEMU writes.
+type recordLog interface {
+	io.Reader
+	// Produced is the number of log bytes QEMU has written so far
+	// (read here or still in the pipe).
+	Produced() (uint64, error)
+	// Connected reports whether QEMU has opened FIFO A.
+	Connected() bool
+	Close() error
+}
+
+// replayLog is the backup's writing end of FIFO B (*logchan.Feeder): the
+// log its replaying QEMU reads.
+type replayLog interface {
+	// Write writes whole events (logchan.Feeder.Write); it blocks while
+	// FIFO B is full.
+	Write(events []byte) error
+	// WriteEnd writes the END event.
+	WriteEnd() error
+	// Offset is the number of event bytes written (stream offset).
+	Offset() uint64
+	// Instructions is the INSTRUCTION sum written.
+	Instructions() uint64
+	// Unread is the number of bytes QEMU has not read yet.
+	Unread() (int, error)
+	Close() error
+}
+
+// logPipes creates and opens FIFO A and FIFO B (fifoPipes); the unit
+// tests use in-memory pipes.
+type logPipes interface {
+	// Record creates FIFO A at path, owned by uid:gid, and opens it for
+	// reading.
+	Record(path string, uid, gid int) (recordLog, error)
+	// Replay creates FIFO B at path, owned by uid:gid, opens it for
+	// writing and writes the log version (logVer) QEMU reads first.
+	Replay(path string, uid, gid int, logVer uint32) (replayLog, error)
+}
+
+// fifoPipes is logPipes on named pipes (logchan).
+type fifoPipes struct{ log logrus.FieldLogger }
+
+func (fp fifoPipes) Record(path string, uid, gid int) (recordLog, error) {
+	if err := logchan.CreateFIFO(path, uid, gid, 0o600); err != nil {
+		return nil, err
+	}
+	rr, err := logchan.OpenRecordReader(path)
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, err
+	}
+	return rr, nil
+}
+
+func (fp fifoPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog, error) {
+	if err := logchan.CreateFIFO(path, uid, gid, 0o600); err != nil {
+		return nil, err
+	}
+	feeder, err := logchan.NewFeeder(path, logVer)
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, err
+	}
+	// A small FIFO B keeps the backup's lag (and so the drain at go-live)
+	// bounded by the window rather than by the pipe (64 KiB by default).
+	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
+		fp.log.WithError(err).Warn("shrinking FIFO B")
+	}
+	return feeder, nil
+}
+
+// tcpDial dials a peer daemon over TCP.
+func tcpDial(addr string, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, timeout)
 }

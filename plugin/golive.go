@@ -8,7 +8,6 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
@@ -239,12 +238,8 @@ func withLoadVM(domainXML, name string) (string, error) {
 // unprotected).
 func (b *backupRun) prepareLive(*libvirtxml.Domain) error {
 	fifo := ftxml.RecordFIFOPath(b.cfg, b.uuid)
-	if err := logchan.CreateFIFO(fifo, b.env.qemuUID, b.env.qemuGID, 0o600); err != nil {
-		return err
-	}
-	rr, err := logchan.OpenRecordReader(fifo)
+	rr, err := b.env.pipes.Record(fifo, b.env.qemuUID, b.env.qemuGID)
 	if err != nil {
-		_ = os.Remove(fifo)
 		return err
 	}
 	b.mu.Lock()

@@ -18,7 +18,6 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -103,7 +102,7 @@ type outputGates struct {
 // missing) and serves each gate once QEMU connected to both of its
 // sockets. Frames are tagged with rr.Produced() (+ stdioSlackBytes unless
 // the QEMU flushes its log). On error nothing is left behind.
-func openGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain, rr *logchan.RecordReader) (*outputGates, error) {
+func openGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain, rr interface{ Produced() (uint64, error) }) (*outputGates, error) {
 	og := &outputGates{}
 	if !cfg.OutputGate || dom.Devices == nil || len(dom.Devices.Interfaces) == 0 {
 		return og, nil

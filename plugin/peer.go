@@ -55,8 +55,9 @@ func newPeerConn(nc net.Conn) *peerConn {
 	return p
 }
 
-func dialPeer(addr string, timeout time.Duration, role logchan.Role, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
-	nc, err := net.DialTimeout("tcp", addr, timeout)
+func dialPeer(e env, addr string, role logchan.Role, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
+	timeout := e.cfg.dialTimeout()
+	nc, err := e.dial(addr, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -72,14 +73,14 @@ func dialPeer(addr string, timeout time.Duration, role logchan.Role, uuid, qemuV
 }
 
 // dialControl opens a control connection (logchan.RoleControl).
-func dialControl(addr string, timeout time.Duration, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
-	return dialPeer(addr, timeout, logchan.RoleControl, uuid, qemuVer, logVer)
+func dialControl(e env, addr, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
+	return dialPeer(e, addr, logchan.RoleControl, uuid, qemuVer, logVer)
 }
 
 // dialLog opens the primary's log channel (logchan.RolePrimary) and starts
 // its writer.
-func dialLog(addr string, timeout time.Duration, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
-	pc, err := dialPeer(addr, timeout, logchan.RolePrimary, uuid, qemuVer, logVer)
+func dialLog(e env, addr, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
+	pc, err := dialPeer(e, addr, logchan.RolePrimary, uuid, qemuVer, logVer)
 	if err != nil {
 		return nil, err
 	}

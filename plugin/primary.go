@@ -60,7 +60,7 @@ type primaryRun struct {
 	switchedOver          bool
 
 	recordFIFO string
-	rr         *logchan.RecordReader
+	rr         recordLog
 	link       *peerConn
 	gates      *outputGates
 	lastGate   string
@@ -181,7 +181,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
-	ctrl, err := dialControl(p.peer, p.env.cfg.dialTimeout(), p.uuid, qemuVer, logVer)
+	ctrl, err := dialControl(p.env, p.peer, p.uuid, qemuVer, logVer)
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s: %w; is libvirt-ftd running there and is <ft:peer> right?", p.name, p.peer, err)
 	}
@@ -212,24 +212,21 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	}()
 
 	fifo := ftxml.RecordFIFOPath(p.cfg, p.uuid)
-	if err := logchan.CreateFIFO(fifo, p.env.qemuUID, p.env.qemuGID, 0o600); err != nil {
+	rr, err := p.env.pipes.Record(fifo, p.env.qemuUID, p.env.qemuGID)
+	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
 	p.undo.push(func() {
 		_ = os.Remove(fifo)
 		_ = os.Remove(filepath.Dir(fifo)) // only if empty
 	})
-	rr, err := logchan.OpenRecordReader(fifo)
-	if err != nil {
-		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
-	}
 	p.undo.push(func() { rr.Close() })
 	gates, err := openGates(p.env, p.uuid, p.cfg, dom, rr)
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
 	p.undo.push(func() { p.releaseGates() })
-	link, err := dialLog(p.peer, p.env.cfg.dialTimeout(), p.uuid, qemuVer, logVer)
+	link, err := dialLog(p.env, p.peer, p.uuid, qemuVer, logVer)
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: log channel to %s: %w", p.name, p.peer, err)
 	}
@@ -290,7 +287,7 @@ func pct(a, b int64) int64 {
 // silent or the channel breaks: DrainLocally makes this loop keep reading
 // FIFO A and discard (the primary never blocks on a dead backup), then the
 // split-brain claim decides between going on unprotected and halting.
-func (p *primaryRun) pump(reader *logchan.RecordReader, link *peerConn, gates *outputGates) {
+func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) {
 	defer p.close("primary log ended")
 	dec := logchan.NewStreamDecoder()
 	window := uint64(p.env.cfg.WindowBytes)
@@ -636,7 +633,7 @@ func (p *primaryRun) cancelPeerBackup() {
 	if err != nil {
 		return
 	}
-	ctrl, err := dialControl(p.peer, p.env.cfg.dialTimeout(), p.uuid, qemuVer, logVer)
+	ctrl, err := dialControl(p.env, p.peer, p.uuid, qemuVer, logVer)
 	if err != nil {
 		p.log.WithError(err).Warn("cannot ask the backup host to discard the armed backup")
 		return

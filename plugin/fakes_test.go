@@ -1,0 +1,688 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goqmp "github.com/digitalocean/go-qemu/qmp"
+	"github.com/digitalocean/go-qemu/qmp/qmptest"
+	"github.com/sirupsen/logrus"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// The fakes in this file stand in for everything a run touches outside
+// the process, so that primaryRun and backupRun can be tested together, two
+// daemons in one testing/synctest bubble: libvirtd and QEMU (fakeHV,
+// fakeQEMU), FIFO A and FIFO B (memPipes), the network between the hosts
+// (fakeNet, over net.Pipe) and the arbiter (fakeArbiter). Everything blocks
+// on channels or sync.Cond, so synctest's clock runs the failover timers.
+
+// ---------------------------------------------------------------- pipes
+
+// memPipe is one in-memory FIFO: the daemon's end is a recordLog (FIFO A)
+// or a replayLog (FIFO B); the fake QEMU holds the other.
+type memPipe struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	buf  []byte
+	// written: bytes the writer put in; cap (FIFO B): Write waits while
+	// this much is unread.
+	written uint64
+	cap     int
+	// wclosed: the writer closed (reader sees EOF); rclosed: the reader
+	// closed (reads fail, writes fail).
+	wclosed, rclosed bool
+	connected        bool // FIFO A: QEMU opened it
+	instr            uint64
+}
+
+func newMemPipe(capBytes int) *memPipe {
+	p := &memPipe{cap: capBytes}
+	p.cond = sync.NewCond(&p.mu)
+	return p
+}
+
+// write appends data (the writer side); it waits while cap bytes are
+// unread.
+func (p *memPipe) write(data []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.cap > 0 && len(p.buf) >= p.cap && !p.rclosed && !p.wclosed {
+		p.cond.Wait()
+	}
+	if p.rclosed || p.wclosed {
+		return os.ErrClosed
+	}
+	p.buf = append(p.buf, data...)
+	p.written += uint64(len(data))
+	p.cond.Broadcast()
+	return nil
+}
+
+// read waits for data (the reader side): io.EOF once the writer closed and
+// everything was read.
+func (p *memPipe) read(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.buf) == 0 && !p.wclosed && !p.rclosed {
+		p.cond.Wait()
+	}
+	if p.rclosed {
+		return 0, os.ErrClosed
+	}
+	if len(p.buf) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b, p.buf)
+	p.buf = p.buf[n:]
+	p.cond.Broadcast()
+	return n, nil
+}
+
+func (p *memPipe) closeWriter() {
+	p.mu.Lock()
+	p.wclosed = true
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+func (p *memPipe) closeReader() {
+	p.mu.Lock()
+	p.rclosed = true
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// recordEnd is the daemon's end of a memPipe used as FIFO A.
+type recordEnd struct{ p *memPipe }
+
+func (r recordEnd) Read(b []byte) (int, error) { return r.p.read(b) }
+func (r recordEnd) Produced() (uint64, error) {
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	return r.p.written, nil
+}
+func (r recordEnd) Connected() bool {
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	return r.p.connected
+}
+func (r recordEnd) Close() error { r.p.closeReader(); return nil }
+
+// replayEnd is the daemon's end of a memPipe used as FIFO B.
+type replayEnd struct{ p *memPipe }
+
+func (w replayEnd) Write(events []byte) error {
+	c, err := logchan.ScanEvents(events)
+	if err != nil {
+		return err
+	}
+	if err := w.p.write(events); err != nil {
+		return err
+	}
+	w.p.mu.Lock()
+	w.p.instr += c.Instructions
+	w.p.mu.Unlock()
+	return nil
+}
+func (w replayEnd) WriteEnd() error { return w.p.write([]byte{logchan.KindEnd}) }
+func (w replayEnd) Offset() uint64 {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.written
+}
+func (w replayEnd) Instructions() uint64 {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.instr
+}
+func (w replayEnd) Unread() (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	if w.p.wclosed {
+		return 0, os.ErrClosed
+	}
+	return len(w.p.buf), nil
+}
+func (w replayEnd) Close() error { w.p.closeWriter(); return nil }
+
+// memPipes is one host's FIFOs, by path.
+type memPipes struct {
+	mu    sync.Mutex
+	pipes map[string]*memPipe
+}
+
+func (m *memPipes) put(path string, p *memPipe) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pipes == nil {
+		m.pipes = map[string]*memPipe{}
+	}
+	m.pipes[path] = p
+}
+
+func (m *memPipes) get(path string) *memPipe {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pipes[path]
+}
+
+func (m *memPipes) Record(path string, uid, gid int) (recordLog, error) {
+	p := newMemPipe(0)
+	m.put(path, p)
+	return recordEnd{p}, nil
+}
+
+func (m *memPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog, error) {
+	p := newMemPipe(replayPipeBytes)
+	m.put(path, p)
+	return replayEnd{p}, nil
+}
+
+// ---------------------------------------------------------------- QEMU
+
+// fakeQEMU is a running domain: in record mode the test makes it write
+// log (emit, exit); in replay mode it reads FIFO B, counting INSTRUCTION
+// events into its icount, and leaves replay mode at END as the patched
+// QEMU does (packaging/qemu 0001).
+type fakeQEMU struct {
+	uuid, name, xml string
+	role            string
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	mode    string // "record", "play", "none"
+	icount  uint64
+	paused  bool
+	stalled bool
+	gone    bool
+	record  *memPipe
+	replay  *memPipe
+	// announced counts announce-self; savevm names taken.
+	announced int
+	qmpLog    []string
+}
+
+// emit writes events into FIFO A as a recording QEMU does.
+func (q *fakeQEMU) emit(t testing.TB, events []byte) {
+	t.Helper()
+	c, err := logchan.ScanEvents(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.record.write(events); err != nil {
+		t.Fatalf("recording QEMU: %v", err)
+	}
+	q.mu.Lock()
+	q.icount += c.Instructions
+	q.mu.Unlock()
+}
+
+// stall makes a replaying QEMU stop reading FIFO B (SIGSTOP).
+func (q *fakeQEMU) stall() {
+	q.mu.Lock()
+	q.stalled = true
+	q.mu.Unlock()
+}
+
+func (q *fakeQEMU) state() (mode string, icount uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.mode, q.icount
+}
+
+// replayLoop reads FIFO B until END, the pipe's end or a kill.
+func (q *fakeQEMU) replayLoop() {
+	dec := logchan.NewStreamDecoder()
+	buf := make([]byte, 4096)
+	for {
+		q.mu.Lock()
+		for q.stalled && !q.gone {
+			q.cond.Wait()
+		}
+		gone := q.gone
+		q.mu.Unlock()
+		if gone {
+			return
+		}
+		n, err := q.replay.read(buf)
+		if err != nil {
+			return
+		}
+		c, derr := dec.Feed(buf[:n])
+		q.mu.Lock()
+		q.icount += c.Instructions
+		if dec.Ended() {
+			q.mode = "none"
+		}
+		q.mu.Unlock()
+		if derr != nil || dec.Ended() {
+			return
+		}
+	}
+}
+
+func (q *fakeQEMU) kill() {
+	q.mu.Lock()
+	q.gone = true
+	q.cond.Broadcast()
+	q.mu.Unlock()
+	if q.record != nil {
+		q.record.closeWriter()
+	}
+	if q.replay != nil {
+		q.replay.closeReader()
+	}
+}
+
+// monitor answers QMP as QEMU 7.2 does for the commands the daemon sends.
+func (q *fakeQEMU) monitor() qmp.Monitor {
+	return qmptest.NewMonitor(func(cmd goqmp.Command) (any, error) {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		q.qmpLog = append(q.qmpLog, cmd.Execute)
+		if q.gone {
+			return nil, errors.New("libvirt monitor pass-through: domain is not running")
+		}
+		ok := map[string]any{"return": map[string]any{}}
+		switch cmd.Execute {
+		case "query-replay":
+			return map[string]any{"return": map[string]any{"mode": q.mode, "icount": q.icount}}, nil
+		case "stop":
+			q.paused = true
+		case "cont":
+			q.paused = false
+		case "announce-self":
+			q.announced++
+		case "human-monitor-command", "qom-set":
+			return map[string]any{"return": ""}, nil
+		default:
+			return map[string]any{"error": map[string]string{"class": "CommandNotFound", "desc": "The command " + cmd.Execute + " has not been found"}}, nil
+		}
+		return ok, nil
+	})
+}
+
+// ---------------------------------------------------------------- libvirt
+
+// fakeHV is one host's libvirtd: persistent definitions, running fake
+// QEMUs, the hooks (the daemon's handleHook, called as libvirt calls the
+// hook script) and lifecycle events.
+type fakeHV struct {
+	pipes *memPipes
+	// hook and event are the daemon's handleHook and onLifecycle.
+	hook  func(ctl.Hook) error
+	event func(LifecycleEvent)
+
+	mu   sync.Mutex
+	down bool // libvirtd unreachable
+	defs map[string]DomainDef
+	doms map[string]*fakeQEMU // by UUID
+}
+
+func (h *fakeHV) check() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down {
+		return ErrNotConnected
+	}
+	return nil
+}
+
+func (h *fakeHV) setDown(down bool) {
+	h.mu.Lock()
+	h.down = down
+	h.mu.Unlock()
+}
+
+func (h *fakeHV) QEMUVersion() (string, error) { return "7.2.22", h.check() }
+
+func (h *fakeHV) DomainNames() ([]string, error) {
+	if err := h.check(); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var names []string
+	for n := range h.defs {
+		names = append(names, n)
+	}
+	return names, nil
+}
+
+func (h *fakeHV) Definition(name string) (DomainDef, bool, error) {
+	if err := h.check(); err != nil {
+		return DomainDef{}, false, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.defs[name]
+	return d, ok, nil
+}
+
+func (h *fakeHV) IsActive(uuid string) (bool, error) {
+	if err := h.check(); err != nil {
+		return false, err
+	}
+	return h.running(uuid) != nil, nil
+}
+
+func (h *fakeHV) running(uuid string) *fakeQEMU {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.doms[uuid]
+}
+
+func (h *fakeHV) Define(xml string) error {
+	if err := h.check(); err != nil {
+		return err
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(xml); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if h.defs == nil {
+		h.defs = map[string]DomainDef{}
+	}
+	h.defs[d.Name] = DomainDef{UUID: d.UUID, XML: xml}
+	h.mu.Unlock()
+	go h.event(LifecycleEvent{Kind: EventDefined, Name: d.Name, UUID: d.UUID})
+	return nil
+}
+
+// start is `virsh start NAME`.
+func (h *fakeHV) start(name string) error {
+	h.mu.Lock()
+	d, ok := h.defs[name]
+	h.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no domain %q", name)
+	}
+	return h.Create(d.XML)
+}
+
+func (h *fakeHV) Create(xml string) error {
+	if err := h.check(); err != nil {
+		return err
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(xml); err != nil {
+		return err
+	}
+	if h.running(d.UUID) != nil {
+		return fmt.Errorf("domain %q is already active", d.Name)
+	}
+	if err := h.hook(ctl.Hook{Domain: d.Name, Operation: "prepare", SubOperation: "begin", XML: xml}); err != nil {
+		return fmt.Errorf("hook script execution failed: %w", err)
+	}
+	cfg, present, err := ftxml.ParseConfig(xml)
+	if err != nil || !present {
+		return fmt.Errorf("fake libvirtd runs only protected domains: %v", err)
+	}
+	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role}
+	q.cond = sync.NewCond(&q.mu)
+	if strings.Contains(xml, "rr=replay") {
+		q.mode = "play"
+		q.replay = h.pipes.get(ftxml.ReplayFIFOPath(*cfg, d.UUID))
+		if q.replay == nil {
+			return errors.New("rr=replay: FIFO B is missing")
+		}
+		go q.replayLoop()
+	} else {
+		q.mode = "record"
+		q.record = h.pipes.get(ftxml.RecordFIFOPath(*cfg, d.UUID))
+		if q.record == nil {
+			return errors.New("rr=record: FIFO A is missing")
+		}
+		q.record.mu.Lock()
+		q.record.connected = true
+		q.record.mu.Unlock()
+	}
+	h.mu.Lock()
+	if h.doms == nil {
+		h.doms = map[string]*fakeQEMU{}
+	}
+	h.doms[d.UUID] = q
+	h.mu.Unlock()
+	_ = h.hook(ctl.Hook{Domain: d.Name, Operation: "started", SubOperation: "begin", XML: xml})
+	return nil
+}
+
+func (h *fakeHV) Destroy(uuid string) (bool, error) {
+	if err := h.check(); err != nil {
+		return false, err
+	}
+	h.stopped(uuid)
+	return true, nil
+}
+
+// stopped ends uuid's QEMU as libvirt does when it exits or is destroyed:
+// the stopped and release hooks, then the STOPPED event.
+func (h *fakeHV) stopped(uuid string) {
+	h.mu.Lock()
+	q := h.doms[uuid]
+	delete(h.doms, uuid)
+	h.mu.Unlock()
+	if q == nil {
+		return
+	}
+	q.kill()
+	for _, op := range []string{"stopped", "release"} {
+		_ = h.hook(ctl.Hook{Domain: q.name, Operation: op, SubOperation: "end", XML: q.xml})
+	}
+	go h.event(LifecycleEvent{Kind: EventStopped, Name: q.name, UUID: uuid})
+}
+
+func (h *fakeHV) Monitor(uuid string) (qmp.Monitor, error) {
+	if err := h.check(); err != nil {
+		return nil, err
+	}
+	q := h.running(uuid)
+	if q == nil {
+		return nil, fmt.Errorf("domain %s is not running", uuid)
+	}
+	return q.monitor(), nil
+}
+
+// ---------------------------------------------------------------- arbiter
+
+// fakeArbiter is an arbiter both daemons share; me names the claimer.
+type fakeArbiter struct {
+	me string
+	s  *arbiterState
+}
+
+type arbiterState struct {
+	mu          sync.Mutex
+	claims      map[string]string // uuid/epoch -> winner
+	unreachable map[string]bool   // claimer -> arbiter unreachable
+	winner      string            // if set, the claimer that wins every claim
+}
+
+func (a fakeArbiter) Acquire(uuid, epoch string) (bool, error) {
+	a.s.mu.Lock()
+	defer a.s.mu.Unlock()
+	if a.s.unreachable[a.me] {
+		return false, errors.New("arbiter: unreachable")
+	}
+	if a.s.winner != "" {
+		return a.s.winner == a.me, nil
+	}
+	key := uuid + "/" + epoch
+	if w, ok := a.s.claims[key]; ok {
+		return w == a.me, nil
+	}
+	a.s.claims[key] = a.me
+	return true, nil
+}
+
+func (a fakeArbiter) Forget(string, string) {}
+
+// ---------------------------------------------------------------- network
+
+// fakeNet connects the hosts' daemons with net.Pipe: a dial runs the
+// target daemon's servePeer on the other end. cut severs every
+// connection to or from a host and refuses new ones.
+type fakeNet struct {
+	mu    sync.Mutex
+	hosts map[string]*fakeHost // by IP
+	conns []fakeLink
+	cut   map[string]bool
+}
+
+type fakeLink struct {
+	a, b   string
+	ca, cb net.Conn
+}
+
+type pipeAddr string
+
+func (a pipeAddr) Network() string { return "tcp" }
+func (a pipeAddr) String() string  { return string(a) }
+
+// addrConn gives a net.Pipe end the peers' TCP addresses.
+type addrConn struct {
+	net.Conn
+	local, remote net.Addr
+}
+
+func (c addrConn) LocalAddr() net.Addr  { return c.local }
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
+
+func (n *fakeNet) dialer(from string) func(addr string, timeout time.Duration) (net.Conn, error) {
+	return func(addr string, timeout time.Duration) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		n.mu.Lock()
+		to := n.hosts[host]
+		blocked := n.cut[from] || n.cut[host]
+		n.mu.Unlock()
+		if to == nil || blocked {
+			return nil, fmt.Errorf("dial tcp %s: connect: no route to host", addr)
+		}
+		a, b := net.Pipe()
+		ca := addrConn{a, pipeAddr(from + ":40000"), pipeAddr(addr)}
+		cb := addrConn{b, pipeAddr(addr), pipeAddr(from + ":40000")}
+		n.mu.Lock()
+		n.conns = append(n.conns, fakeLink{from, host, ca, cb})
+		n.mu.Unlock()
+		go to.d.servePeer(cb)
+		return ca, nil
+	}
+}
+
+// sever closes every connection of host and refuses new ones (host torn
+// off the network).
+func (n *fakeNet) sever(host string) {
+	n.mu.Lock()
+	if n.cut == nil {
+		n.cut = map[string]bool{}
+	}
+	n.cut[host] = true
+	var links []fakeLink
+	for _, l := range n.conns {
+		if l.a == host || l.b == host {
+			links = append(links, l)
+		}
+	}
+	n.mu.Unlock()
+	for _, l := range links {
+		l.ca.Close()
+		l.cb.Close()
+	}
+}
+
+// ---------------------------------------------------------------- hosts
+
+// fakeHost is one simulated host: a Daemon on a fakeHV.
+type fakeHost struct {
+	ip    string
+	d     *Daemon
+	hv    *fakeHV
+	pipes *memPipes
+}
+
+// fakePair is two hosts, a (10.0.0.1) and b (10.0.0.2), and their shared
+// arbiter and network.
+type fakePair struct {
+	a, b *fakeHost
+	net  *fakeNet
+	arb  *arbiterState
+}
+
+func newFakePair(t *testing.T) *fakePair {
+	t.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	if testing.Verbose() {
+		log.SetOutput(os.Stderr)
+	}
+	fp := &fakePair{net: &fakeNet{hosts: map[string]*fakeHost{}},
+		arb: &arbiterState{claims: map[string]string{}, unreachable: map[string]bool{}}}
+	mk := func(ip string) *fakeHost {
+		cfg := Config{}
+		cfg.applyDefaults()
+		cfg.Listen = ip + ":7480"
+		pipes := &memPipes{}
+		hv := &fakeHV{pipes: pipes}
+		d := newDaemon(cfg, log, hv, fakeArbiter{me: ip, s: fp.arb})
+		d.pipes = pipes
+		d.dial = fp.net.dialer(ip)
+		hv.hook = d.handleHook
+		hv.event = d.onLifecycle
+		h := &fakeHost{ip: ip, d: d, hv: hv, pipes: pipes}
+		fp.net.hosts[ip] = h
+		return h
+	}
+	fp.a, fp.b = mk("10.0.0.1"), mk("10.0.0.2")
+	return fp
+}
+
+// shutdown stops both daemons and every fake QEMU, so that the bubble's
+// goroutines end.
+func (fp *fakePair) shutdown() {
+	for _, h := range []*fakeHost{fp.a, fp.b} {
+		h.d.shutdown()
+		h.hv.mu.Lock()
+		var qs []*fakeQEMU
+		for _, q := range h.hv.doms {
+			qs = append(qs, q)
+		}
+		h.hv.doms = nil
+		h.hv.mu.Unlock()
+		for _, q := range qs {
+			q.kill()
+		}
+	}
+	fp.net.mu.Lock()
+	links := fp.net.conns
+	fp.net.mu.Unlock()
+	for _, l := range links {
+		l.ca.Close()
+		l.cb.Close()
+	}
+}
+
+func (h *fakeHost) status(t testing.TB, name string) ctl.DomainStatus {
+	t.Helper()
+	s := h.d.status(name)
+	if len(s) != 1 {
+		t.Fatalf("host %s: %d statuses for %q: %+v", h.ip, len(s), name, s)
+	}
+	return s[0]
+}

@@ -1,0 +1,298 @@
+package plugin
+
+import (
+	"encoding/binary"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// The primary and backup runs together, two daemons (hosts a and b) on the
+// fakes of fakes_test.go, in a synctest bubble: time is synctest's fake
+// clock, so the heartbeat timeout (1000 ms) and the stall bound (2000 ms)
+// pass in no real time, and every scenario ends the same way every run.
+
+const runUUID = "5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6"
+
+// runDomainXML is a protected domain with host b (10.0.0.2) as its peer,
+// no disk to seed, and the output gate off (the gates' unix sockets are
+// tested in outputgate_test.go).
+func runDomainXML(stateDir string) string {
+	return `<domain type='qemu'>
+  <name>web</name>
+  <uuid>` + runUUID + `</uuid>
+  <metadata>
+    <ft:ft xmlns:ft="https://libvirt-ft.org/xmlns/ft/1.0" role="primary">
+      <ft:peer address="10.0.0.2" port="7480"/>
+      <ft:heartbeat interval-ms="100" timeout-ms="1000"/>
+      <ft:state dir="` + stateDir + `"/>
+      <ft:output-gate enabled="no"/>
+    </ft:ft>
+  </metadata>
+  <memory unit='KiB'>262144</memory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>
+    <kernel>/var/lib/libvirt/boot/web-vmlinuz</kernel>
+    <cmdline>console=ttyS0 panic=-1</cmdline>
+  </os>
+  <cpu mode='custom' match='exact' check='none'>
+    <model fallback='forbid'>qemu64</model>
+  </cpu>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/nonexistent/qemu-system-x86_64</emulator>
+    <controller type='pci' index='0' model='pci-root'/>
+    <serial type='file'>
+      <source path='/var/log/libvirt/qemu/web-serial.log'/>
+      <target type='isa-serial' port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>`
+}
+
+// instructions returns n INSTRUCTION events of k instructions each.
+func instructions(n int, k uint32) []byte {
+	var b []byte
+	for range n {
+		b = append(b, logchan.KindInstruction)
+		b = binary.BigEndian.AppendUint32(b, k)
+	}
+	return b
+}
+
+// replicating defines and starts the domain on host a and records 1000
+// instructions; it returns when host b replays them.
+func replicating(t *testing.T) (*fakePair, *fakeQEMU) {
+	t.Helper()
+	fp := newFakePair(t)
+	t.Cleanup(func() {
+		fp.shutdown()
+		synctest.Wait()
+	})
+	if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
+		t.Fatal(err)
+	}
+	synctest.Wait() // the DEFINED event: the daemon rewrites the definition
+	if s := fp.a.status(t, "web"); s.State != ctl.StateDefined {
+		t.Fatalf("after define: %s %s", s.State, s.Detail)
+	}
+	if err := fp.a.hv.start("web"); err != nil {
+		t.Fatalf("virsh start: %v", err)
+	}
+	primary := fp.a.hv.running(runUUID)
+	primary.emit(t, instructions(100, 10))
+	time.Sleep(500 * time.Millisecond)
+	synctest.Wait()
+	backup := fp.b.hv.running(runUUID)
+	if backup == nil {
+		t.Fatal("no backup QEMU runs on host b")
+	}
+	if mode, icount := backup.state(); mode != "play" || icount != 1000 {
+		t.Fatalf("backup: mode %s icount %d, want play 1000", mode, icount)
+	}
+	sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
+	if sa.State != ctl.StateReplicating || sa.Role != ftxml.RolePrimary || sa.AckedBytes != 500 || sa.BackupIcount != 1000 {
+		t.Fatalf("host a: %+v", sa)
+	}
+	if sb.State != ctl.StateReplicating || sb.Role != ftxml.RoleBackup {
+		t.Fatalf("host b: %+v", sb)
+	}
+	return fp, primary
+}
+
+func TestRunsReplicate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		// Idle for a while: heartbeats keep both sides replicating.
+		time.Sleep(10 * time.Second)
+		primary.emit(t, instructions(10, 10))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if s := fp.a.status(t, "web"); s.State != ctl.StateReplicating || s.BackupIcount != 1100 || s.Failover != "replicating" {
+			t.Fatalf("host a after 10 s idle: %+v", s)
+		}
+	})
+}
+
+// Peer lost: the primary's QEMU dies without ending its log; the backup
+// replays to the end of the log and goes live.
+func TestRunsPrimaryKilledBackupGoesLive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		live := fp.b.hv.running(runUUID)
+		if live == nil {
+			t.Fatal("nothing runs on host b after the primary died")
+		}
+		if mode, icount := live.state(); mode != "none" || icount != 1000 {
+			t.Fatalf("host b: mode %s icount %d, want none (left replay at END) 1000", mode, icount)
+		}
+		s := fp.b.status(t, "web")
+		if s.Role != ftxml.RolePrimary || s.State != ctl.StateLive || !strings.Contains(s.GoLive, "cause: primary said bye: primary QEMU exited uncleanly") {
+			t.Fatalf("host b: %+v", s)
+		}
+		if live.announced != 1 {
+			t.Fatalf("announce-self sent %d times, want 1", live.announced)
+		}
+		def, ok, _ := fp.b.hv.Definition("web")
+		if !ok || !strings.Contains(def.XML, `role="primary"`) {
+			t.Fatalf("host b has no persistent primary definition after go-live: %v", ok)
+		}
+		if fp.a.hv.running(runUUID) != nil {
+			t.Fatal("the VM still runs on host a")
+		}
+		if s := fp.a.status(t, "web"); s.State != ctl.StateStopped {
+			t.Fatalf("host a: %+v", s)
+		}
+	})
+}
+
+// Backup lost: the backup's QEMU is killed; the backup's daemon says so
+// (an unclean bye) and the primary goes on unprotected.
+func TestRunsBackupLostPrimaryGoesOn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		if _, err := fp.b.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		primary.emit(t, instructions(100, 10)) // the primary is never held
+		time.Sleep(time.Second)
+		synctest.Wait()
+		s := fp.a.status(t, "web")
+		if s.State != ctl.StateUnprotected || s.Failover != "unprotected" || !strings.Contains(s.Detail, "backup said bye: hook stopped") {
+			t.Fatalf("host a: %+v", s)
+		}
+		if fp.a.hv.running(runUUID) == nil {
+			t.Fatal("the primary's VM was stopped")
+		}
+		if st := fp.b.d.status("web"); len(st) != 0 {
+			t.Fatalf("host b still lists the lost backup: %+v", st)
+		}
+	})
+}
+
+// Lost lock: a partition; both daemons claim the split-brain lock and the
+// primary loses it: its VM halts and the backup goes live. Then the other
+// way round: the backup loses and halts, the primary goes on.
+func TestRunsPartitionLoserHalts(t *testing.T) {
+	for _, winner := range []string{"10.0.0.2", "10.0.0.1"} {
+		t.Run("winner "+winner, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fp, _ := replicating(t)
+				fp.arb.mu.Lock()
+				fp.arb.winner = winner
+				fp.arb.mu.Unlock()
+				fp.net.sever("10.0.0.2")
+				time.Sleep(5 * time.Second)
+				synctest.Wait()
+				onA, onB := fp.a.hv.running(runUUID) != nil, fp.b.hv.running(runUUID) != nil
+				if onA == onB {
+					t.Fatalf("VM runs on a: %v, on b: %v; want exactly one", onA, onB)
+				}
+				if wantA := winner == "10.0.0.1"; onA != wantA {
+					t.Fatalf("VM runs on a: %v, want %v (the lock's winner)", onA, wantA)
+				}
+				if winner == "10.0.0.1" {
+					if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected {
+						t.Fatalf("host a: %+v", s)
+					}
+				} else if s := fp.b.status(t, "web"); s.State != ctl.StateLive {
+					t.Fatalf("host b: %+v", s)
+				}
+			})
+		})
+	}
+}
+
+
+// Switchover: virt-ft failover on the primary's host; the backup goes live
+// at the end of the log, then the primary's VM is stopped.
+func TestRunsSwitchover(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		if err := fp.a.d.switchover("web"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if fp.a.hv.running(runUUID) != nil || fp.b.hv.running(runUUID) == nil {
+			t.Fatalf("after the switchover: runs on a %v, on b %v", fp.a.hv.running(runUUID) != nil, fp.b.hv.running(runUUID) != nil)
+		}
+		sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
+		if !sa.SwitchedOver || sa.State != ctl.StateStopped || !strings.Contains(sa.GoLive, "backup: cause: switchover") {
+			t.Fatalf("host a: %+v", sa)
+		}
+		if sb.State != ctl.StateLive || !strings.Contains(sb.GoLive, "cause: switchover") {
+			t.Fatalf("host b: %+v", sb)
+		}
+		// A second switchover of a domain that is no longer replicated is
+		// refused with the reason.
+		if err := fp.b.d.switchover("web"); err == nil || !strings.Contains(err.Error(), "not replicating") {
+			t.Fatalf("switchover of the live VM: %v", err)
+		}
+	})
+}
+
+// libvirtd restarts on the backup's host: for 5 s its monitor cannot be
+// reached while the primary records on. The backup keeps reading its log,
+// so it is neither taken for stalled nor lost, and it catches up.
+func TestRunsBackupLibvirtdRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		fp.b.hv.setDown(true)
+		for range 50 {
+			primary.emit(t, instructions(10, 10))
+			time.Sleep(100 * time.Millisecond)
+		}
+		fp.b.hv.setDown(false)
+		fp.b.d.rescan()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
+		if sa.State != ctl.StateReplicating || sa.BackupIcount != 1000+50*100 || sa.Stall != "" {
+			t.Fatalf("host a: %+v", sa)
+		}
+		if sb.State != ctl.StateReplicating || sb.Failover != "replicating" {
+			t.Fatalf("host b: %+v", sb)
+		}
+	})
+}
+
+// A stalled backup (its QEMU stops reading FIFO B) is declared lost within
+// the stall bound: it tells the primary where it stopped and halts; the
+// primary goes on unprotected and shows why.
+func TestRunsBackupStall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		backup := fp.b.hv.running(runUUID)
+		backup.stall()
+		primary.emit(t, instructions(8000, 10)) // 40 KB: more than FIFO B holds
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		sa := fp.a.status(t, "web")
+		if sa.State != ctl.StateUnprotected || !strings.HasPrefix(sa.Stall, "replay stalled at icount ") || !strings.Contains(sa.Stall, "no progress for 2000 ms") {
+			t.Fatalf("host a: %+v", sa)
+		}
+		if fp.b.hv.running(runUUID) != nil {
+			t.Fatal("the stalled backup still runs on host b")
+		}
+		if fp.a.hv.running(runUUID) == nil {
+			t.Fatal("the primary's VM stopped")
+		}
+	})
+}
