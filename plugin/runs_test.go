@@ -219,7 +219,6 @@ func TestRunsPartitionLoserHalts(t *testing.T) {
 	}
 }
 
-
 // Switchover: virt-ft failover on the primary's host; the backup goes live
 // at the end of the log, then the primary's VM is stopped.
 func TestRunsSwitchover(t *testing.T) {
