@@ -10,7 +10,7 @@ TRIALS ?= 1
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
-	iproute2 kmod socat tcpdump ca-certificates libxml2-utils
+	iproute2 kmod socat tcpdump ca-certificates libxml2-utils jq
 
 .PHONY: all setup build unit qemu-ft e2e e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
@@ -38,7 +38,7 @@ vet:
 	$(GO) vet ./...
 
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 ./...
 
 # The failover, switchover and TCP (output rule) trials run on the patched
 # QEMU (qemu-ft): stock 7.2 cannot go live reliably and its virtio-net is

@@ -14,9 +14,11 @@ source "$(dirname "$0")/lib.sh"
 trap lab_stop EXIT
 lab_stop
 lab_start
+ticks_seen=$(mktemp)
+SCRATCH+=("$ticks_seen")
 
-# max_gap HOST NAME FROM: the largest host-time gap (ms) between consecutive
-# tick lines seen on HOST's console from tick FROM on, sampled every 100 ms.
+# watch_ticks HOST NAME SECS OUT: for SECS seconds, sample HOST's console
+# every 100 ms and write each new last tick with the host time (ms) to OUT.
 watch_ticks() {
 	local h=$1 name=$2 secs=$3 out=$4 last="" t end
 	end=$((SECONDS + secs))
@@ -43,14 +45,14 @@ for mode in qemu stop host; do
 		virsh_on a destroy "$DOMAIN" >/dev/null
 		wait_for 30 "the old backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
 		virsh_on a start "$DOMAIN" >/dev/null
-		wait_for 90 "the backup to run in replay mode on host B" sh -c "[ \"\$(bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN')\" = play ]"
+		wait_replay_mode 90 "the backup to run in replay mode on host B" b "$DOMAIN" play
 		base=$(last_tick a "$DOMAIN"); base=${base:-0}
 		wait_for 120 "5 ticks after the restart" sh -c "bash -c 'source $ROOT/test/e2e/lib.sh; [ \$(last_tick a $DOMAIN) -ge $((base + 5)) ]'"
 	else
 		start_protected "$DOMAIN"
 		wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
 	fi
-	watch_ticks a "$DOMAIN" 12 /tmp/ft-ticks-seen &
+	watch_ticks a "$DOMAIN" 12 "$ticks_seen" &
 	watcher=$!
 	sleep 4
 	allowed=1000
@@ -77,7 +79,7 @@ for mode in qemu stop host; do
 	esac
 	log "backup lost at $(date +%T.%3N)"
 	wait "$watcher"
-	gaps=$(awk 'NR > 1 { print $2 - prev } { prev = $2 }' /tmp/ft-ticks-seen | sort -n)
+	gaps=$(awk 'NR > 1 { print $2 - prev } { prev = $2 }' "$ticks_seen" | sort -n)
 	median=$(echo "$gaps" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 	worst=$(echo "$gaps" | tail -n 1)
 	log "primary's tick gaps (host ms): median $median, worst $worst"
@@ -96,5 +98,4 @@ for mode in qemu stop host; do
 		log "nothing left on host B (no FIFO, no QEMU)"
 	fi
 done
-rm -f /tmp/ft-ticks-seen
 say "the primary carried on alone both times"

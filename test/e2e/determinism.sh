@@ -28,6 +28,7 @@ POWEROFF_TICK=${POWEROFF_TICK:-$((LOAD_S + 14))}
 [ -x "$QEMU" ] || die "no QEMU at $QEMU (make qemu-ft)"
 for b in tcpcheck rrdump gaterelay; do [ -x "$BIN/$b" ] || die "run make build first ($BIN/$b)"; done
 command -v socat >/dev/null || die "socat is missing (make setup)"
+command -v jq >/dev/null || die "jq is missing (make setup)"
 
 ns=ftdet$$
 work=$(mktemp -d /var/tmp/ft-determinism.XXXXXX)
@@ -102,7 +103,7 @@ qmp() {
 	printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" |
 		socat -t 2 - UNIX-CONNECT:"$work/qmp-$1.sock" 2>/dev/null | tail -n 1
 }
-icount_of() { qmp "$1" '{"execute":"query-replay"}' | sed -n 's/.*"icount": *\([0-9]*\).*/\1/p'; }
+icount_of() { qmp "$1" '{"execute":"query-replay"}' | jq -r '.return.icount // empty' 2>/dev/null; }
 
 # check_replay_progress: sample the replay's icount (into $ic); fail when it
 # has stood still for STALL_S seconds, with the log around that icount. The
@@ -168,7 +169,8 @@ end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_ "$work/log.bin" | awk '$4 ~ /^SHU
 log "the guest shut down at icount $end_ic"
 brk=$((end_ic - 1))
 i=0
-until qmp replay "{\"execute\":\"replay-break\",\"arguments\":{\"icount\":$brk}}" | grep -q return; do
+# (jq -e is not used: jq 1.6 exits 0 on empty input.)
+until [ "$(qmp replay "{\"execute\":\"replay-break\",\"arguments\":{\"icount\":$brk}}" | jq -r '.return != null' 2>/dev/null)" = true ]; do
 	[ $i -lt 50 ] || die "replay: no QMP"
 	sleep 0.1; i=$((i + 1))
 done
@@ -177,7 +179,7 @@ while :; do
 	[ $SECONDS -lt $end ] || die "replay: not at icount $brk after 600s"
 	kill -0 "$qemu_pid" 2>/dev/null || die "replay: QEMU exited before reaching icount $brk (the guest shut down at $end_ic)"
 	st=$(qmp replay '{"execute":"query-status"}')
-	grep -q '"status": *"paused"' <<<"$st" && break
+	[ "$(jq -r '.return.status // empty' <<<"$st" 2>/dev/null)" = paused ] && break
 	check_replay_progress
 	sleep 1
 done

@@ -29,7 +29,9 @@ for trial in $(seq 1 "$TRIALS"); do
 	fresh_protected_lab 10
 	# A random moment: 0-4 s more.
 	sleep "$((RANDOM % 5)).$((RANDOM % 10))"
-	rarp=/tmp/ft-rarp.$$
+	# This trial's scratch files (the next trial's lab_stop removes them).
+	rarp=$(mktemp) disk_b=$(mktemp --suffix=.qcow2)
+	SCRATCH+=("$rarp" "$disk_b")
 	ip netns exec ftlab-lan tcpdump -i lan0 -n -e -l -U 'ether proto 0x8035 or arp' > "$rarp" 2>/dev/null &
 	tcpdump_pid=$!
 	sleep 0.3
@@ -65,18 +67,17 @@ for trial in $(seq 1 "$TRIALS"); do
 		{ ft_on a status "$DOMAIN"; ft_on b status "$DOMAIN"; } 2>/dev/null | sed 's/^/     /' || true
 		kill "$tcpdump_pid" 2>/dev/null || true
 		wait "$tcpdump_pid" 2>/dev/null || true
-		rm -f "$rarp"
 		report+=("trial $trial (partition): host $winner won; one VM after $total ms")
 		continue
 	fi
 	# Live: restarted recording (stock QEMU path) or, with packaging/qemu's
 	# end-of-log patch, the backup's QEMU left replay mode (none).
-	wait_for 60 "the VM to run live on host B" sh -c "bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN' | grep -qx 'record\|none'"
+	wait_replay_mode 60 "the VM to run live on host B" b "$DOMAIN" record none
 	t1=$(date +%s%N)
 	total=$(((t1 - t0) / 1000000))
 	log "running on host B $total ms after the failure"
 	ft_on b status "$DOMAIN" | sed 's/^/     /'
-	golive=$(ft_on b status --json "$DOMAIN" | sed -n 's/.*"go_live": "\(.*\)".*/\1/p')
+	golive=$(ft_on b status --json "$DOMAIN" | jq -r '.[0].go_live // empty')
 	n=$(last_tick b "$DOMAIN")
 	wait_for 60 "5 more ticks on host B" has_tick b "$DOMAIN" $((n + 5))
 	ticks_consecutive b "$DOMAIN" || die "the tick counter did not continue (guest rebooted or diverged)"
@@ -88,14 +89,12 @@ for trial in $(seq 1 "$TRIALS"); do
 	grep -qi "52:54:00:fa:00:01.*Reverse" "$rarp" || grep -qi "52:54:00:fa:00:01 .*ethertype Reverse ARP\|52:54:00:fa:00:01 > ff:ff:ff:ff:ff:ff, ethertype Reverse" "$rarp" ||
 		die "no RARP frame with the guest's MAC on the LAN bridge: $(head -n 5 "$rarp")"
 	log "RARP announcing 52:54:00:fa:00:01 seen on the LAN bridge ($(grep -ci 'Reverse' "$rarp") frames)"
-	rm -f "$rarp"
 	say "clean shutdown on host B, then the disk writer's records must all verify"
 	log "disk writer: $(guest_ctl status | tr -d '\r' | head -n 1)"
 	guest_ctl poweroff >/dev/null || true
 	wait_for 120 "$DOMAIN to shut off on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
-	on b cp "$IMAGES/$DOMAIN.qcow2" /tmp/ft-disk-b.qcow2
-	"$BIN/diskcheck" /tmp/ft-disk-b.qcow2
-	rm -f /tmp/ft-disk-b.qcow2
+	on b cat "$IMAGES/$DOMAIN.qcow2" >"$disk_b"
+	"$BIN/diskcheck" "$disk_b"
 	report+=("trial $trial ($mode): failure to running $total ms; $golive")
 done
 say "failover report"

@@ -36,6 +36,7 @@ wait_for() {
 # libvirt-ftd on both hosts.
 lab_start() {
 	[ -x "$BIN/libvirt-ftd" ] || die "run make build first"
+	command -v jq >/dev/null || die "jq is missing (make setup)"
 	HOOK_BIN="$BIN/libvirt-ft-hook" lab up
 	local h ip
 	for h in a b; do
@@ -63,6 +64,9 @@ lab_start() {
 # lab_stop: keep the daemons' and libvirt's logs (under $E2E_LOGS), tear the
 # lab down. On failure, show the tail of each libvirt-ftd log.
 E2E_LOGS=${E2E_LOGS:-/tmp/libvirt-ft-e2e-logs/$(basename "$0" .sh)}
+# SCRATCH: scratch files (mktemp) that the next lab_stop removes: the one at
+# the scenario's exit, or the one with which fresh_protected_lab starts the
+# next trial (so a trial's files are made after its lab is up).
 SCRATCH=()
 lab_stop() {
 	local rc=$?
@@ -128,10 +132,30 @@ client() { "$LAB" exec c "$@"; }
 # 0.5 s, is shorter than a reply held by the output gate may take).
 guest_ctl() { client socat -t 5 -T 5 - TCP:$GUEST_IP:7003,connect-timeout=5 <<<"$1"; }
 
-# backup_mode: the backup QEMU's replay mode as query-replay reports it.
+# replay_mode HOST NAME: the replay mode of NAME's QEMU on HOST as
+# query-replay reports it (play, record or none); nothing when QEMU does not
+# answer.
 replay_mode() {
 	virsh_on "$1" qemu-monitor-command "$2" '{"execute":"query-replay"}' 2>/dev/null |
-		sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p'
+		jq -r '.return.mode // empty'
+}
+
+# replay_mode_is HOST NAME MODE...: NAME's QEMU on HOST is in one of MODEs.
+replay_mode_is() {
+	local h=$1 name=$2 m want
+	shift 2
+	m=$(replay_mode "$h" "$name" || true)
+	for want in "$@"; do [ "$m" = "$want" ] && return 0; done
+	return 1
+}
+
+# wait_replay_mode SECONDS DESCRIPTION HOST NAME MODE...: wait until NAME's
+# QEMU on HOST is in one of MODEs (play: the backup replays; record or none:
+# it went live).
+wait_replay_mode() {
+	local secs=$1 what=$2
+	shift 2
+	wait_for "$secs" "$what" replay_mode_is "$@"
 }
 
 # qemu_pid HOST NAME: the pid of NAME's QEMU on HOST (libvirt's pid file).
@@ -142,7 +166,7 @@ start_protected() {
 	local name=$1
 	define_protected "$name"
 	virsh_on a start "$name" >/dev/null
-	wait_for 90 "the backup to run in replay mode on host B" sh -c "[ \"\$(bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $name')\" = play ]"
+	wait_replay_mode 90 "the backup to run in replay mode on host B" b "$name" play
 }
 
 # ticks_consecutive HOST NAME: every tick line follows the one before it

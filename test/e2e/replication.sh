@@ -24,7 +24,7 @@ virsh_on a dumpxml --inactive "$DOMAIN" | grep -E "qemu:arg value='(shift|filter
 
 say "virsh start $DOMAIN on host A"
 virsh_on a start "$DOMAIN"
-wait_for 60 "the backup to run in replay mode on host B" sh -c "[ \"\$(bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN')\" = play ]"
+wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
 [ "$(replay_mode a "$DOMAIN")" = record ] || die "primary is not recording"
 log "host A: $(virsh_on a domstate "$DOMAIN") (query-replay mode: record)"
 log "host B: $(virsh_on b domstate "$DOMAIN") (query-replay mode: play)"
@@ -48,10 +48,11 @@ paste -d'|' "$ticks_a" "$ticks_b" | awk -F'|' '{printf "     A: %-28s B: %s\n", 
 say "clean guest shutdown: the guest powers itself off after tick $POWEROFF_TICK (ft.poweroff)"
 wait_for 180 "$DOMAIN to shut off on host A" sh -c "'$LAB' exec a virsh -c qemu:///system domstate $DOMAIN | grep -q 'shut off'"
 wait_for 120 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
-on a cp "$IMAGES/$DOMAIN.qcow2" /tmp/ft-disk-a.qcow2
-on b cp "$IMAGES/$DOMAIN.qcow2" /tmp/ft-disk-b.qcow2
-"$BIN/diskcheck" /tmp/ft-disk-a.qcow2 /tmp/ft-disk-b.qcow2
-rm -f /tmp/ft-disk-a.qcow2 /tmp/ft-disk-b.qcow2
+disk_a=$(mktemp --suffix=.qcow2) disk_b=$(mktemp --suffix=.qcow2)
+SCRATCH+=("$disk_a" "$disk_b")
+on a cat "$IMAGES/$DOMAIN.qcow2" >"$disk_a"
+on b cat "$IMAGES/$DOMAIN.qcow2" >"$disk_b"
+"$BIN/diskcheck" "$disk_a" "$disk_b"
 
 say "nothing left behind"
 for h in a b; do

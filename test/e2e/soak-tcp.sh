@@ -24,8 +24,8 @@ case $DURATION in
 esac
 [[ $secs =~ ^[0-9]+$ ]] && [ "$secs" -gt 0 ] || die "DURATION is a number of seconds, or Ns, Nm, Nh (got '$DURATION')"
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
-work=$(mktemp -d /tmp/ft-soak.XXXXXX)
-SCRATCH+=("$work")
+# The clients' outputs: a directory of its own, removed by stop_load.
+work=$(mktemp -d -t ft-soak.XXXXXX)
 loadpid=
 stop_load() { [ -z "$loadpid" ] || kill "$loadpid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap 'stop_load; lab_stop' EXIT
@@ -33,11 +33,11 @@ trap 'stop_load; lab_stop' EXIT
 # backup_icount: the backup QEMU's executed icount (query-replay).
 backup_icount() {
 	virsh_on b qemu-monitor-command "$DOMAIN" '{"execute":"query-replay"}' 2>/dev/null |
-		sed -n 's/.*"icount":\([0-9]*\).*/\1/p'
+		jq -r '.return.icount // empty'
 }
 # fed_instructions: the INSTRUCTION sum libvirt-ftd on host B fed to its QEMU.
 fed_instructions() {
-	ft_on b status --json "$DOMAIN" 2>/dev/null | sed -n 's/.*"log_instructions": \([0-9]*\).*/\1/p' | head -n 1
+	ft_on b status --json "$DOMAIN" 2>/dev/null | jq -r '.[0].log_instructions // empty'
 }
 
 # load ROUND_S: rounds of TCP load until $work/stop appears; every client's

@@ -46,10 +46,12 @@ for trial in $(seq 1 "$TRIALS"); do
 	case $((trial % 2)) in 1) mode=qemu ;; 0) mode=host ;; esac
 	say "trial $trial/$TRIALS (gate $GATE): two TCP clients, then host A fails ($mode)"
 	fresh_protected_lab 8
-	out=/tmp/ft-tcp.$$
-	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out.echo" 2>&1 &
+	# This trial's client outputs (the next trial's lab_stop removes them).
+	out_echo=$(mktemp) out_stream=$(mktemp)
+	SCRATCH+=("$out_echo" "$out_stream")
+	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
 	pids=($!)
-	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out.stream" 2>&1 &
+	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_stream" 2>&1 &
 	pids+=($!)
 	# A random moment 4-8 s into the exchanges.
 	sleep "$((4 + RANDOM % 4)).$((RANDOM % 10))"
@@ -58,28 +60,27 @@ for trial in $(seq 1 "$TRIALS"); do
 	qemu) on a kill -9 "$(qemu_pid a "$DOMAIN")" ;;
 	host) lab kill-host a >/dev/null ;;
 	esac
-	wait_for 60 "the VM to run live on host B" sh -c "bash -c 'source $ROOT/test/e2e/lib.sh; replay_mode b $DOMAIN' | grep -qx 'record\|none'"
+	wait_replay_mode 60 "the VM to run live on host B" b "$DOMAIN" record none
 	log "running on host B $((($(date +%s%N) - t0) / 1000000)) ms after the failure (as this test polls)"
-	golive=$(ft_on b status --json "$DOMAIN" | sed -n 's/.*"go_live": "\(.*\)".*/\1/p')
+	golive=$(ft_on b status --json "$DOMAIN" | jq -r '.[0].go_live // empty')
 	log "go-live: $golive"
 	rc_echo=0 rc_stream=0
 	wait "${pids[0]}" || rc_echo=$?
 	wait "${pids[1]}" || rc_stream=$?
 	pids=()
-	echo_line=$(tail -n 1 "$out.echo") stream_line=$(tail -n 1 "$out.stream")
+	echo_line=$(tail -n 1 "$out_echo") stream_line=$(tail -n 1 "$out_stream")
 	log "echo:   $echo_line"
 	log "stream: $stream_line"
 	if [ $rc_echo -ne 0 ] || [ $rc_stream -ne 0 ]; then
 		failed=$((failed + 1))
-		sed 's/^/     echo> /' "$out.echo" | tail -n 5
-		sed 's/^/     stream> /' "$out.stream" | tail -n 5
+		sed 's/^/     echo> /' "$out_echo" | tail -n 5
+		sed 's/^/     stream> /' "$out_stream" | tail -n 5
 		report+=("trial $trial ($mode, gate $GATE): FAILED: echo rc=$rc_echo [$echo_line]; stream rc=$rc_stream [$stream_line]; $golive")
 		keep_trial_logs "$trial"
 	else
 		report+=("trial $trial ($mode, gate $GATE): both connections survived; max stall echo $(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$echo_line") ms, stream $(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$stream_line") ms; verified $(sed -n 's/.* verified=\([0-9]*\).*/\1/p' <<<"$echo_line") echo requests, $(sed -n 's/.* lines=\([0-9]*\).*/\1/p' <<<"$stream_line") stream lines; $golive")
 	fi
 	ft_on b status "$DOMAIN" | tail -n 1 | sed 's/^/     /' || true
-	rm -f "$out.echo" "$out.stream"
 done
 say "TCP failover report (gate $GATE): $((TRIALS - failed)) of $TRIALS trials passed"
 printf '   %s\n' "${report[@]}"
