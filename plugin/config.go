@@ -1,11 +1,12 @@
 // Package plugin is the core of libvirt-ftd, the per-host libvirt-ft daemon:
-// it keeps a connection to the local libvirtd, runs one controller per
-// protected domain (primary on the recording host, backup on the replaying
-// host), serves the control socket used by the libvirt hook and virt-ft, and
-// serves the log channel and control requests of the peer daemon over TCP.
+// it keeps a connection to the local libvirtd, runs one run per protected
+// domain and role (primaryRun on the recording host, backupRun on the
+// replaying host), serves the control socket used by the libvirt hook and
+// virt-ft, and serves the log channel and control requests of the peer
+// daemon over TCP.
 //
-// Each daemon talks only to its own libvirtd (DESIGN.md section 2); anything
-// that must happen on the other host is asked of the peer daemon.
+// Each daemon talks only to its own libvirtd (docs/architecture.md);
+// anything that must happen on the other host is asked of the peer daemon.
 package plugin
 
 import (
@@ -45,7 +46,7 @@ type Config struct {
 	// WindowBytes bounds the log bytes sent to the backup and not yet
 	// acknowledged (bytes). When the window is full the primary's FIFO is not
 	// read, so QEMU's vCPU stalls: this bounds the backup's lag
-	// (DESIGN.md "Lag bound"), and with it the drain at go-live and how
+	// (docs/protocol.md §7), and with it the drain at go-live and how
 	// long output waits in the gate when the backup replays slower than
 	// the primary records. Default 65536, at least 16384.
 	WindowBytes int `yaml:"window-bytes"`

@@ -1,0 +1,102 @@
+// Package arch checks the rules of docs/architecture.md ("Arrows") that the
+// compiler does not: which packages may import which, and that no type of
+// the daemon holds the Daemon.
+package arch
+
+import (
+	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/libvirt-ft/libvirt-ft/"
+
+// allowed lists, for each package of the module, the packages of the
+// module it may import (docs/architecture.md, "Arrows"). A package missing
+// here fails the test: add it, with its arrows, to the page and here.
+var allowed = map[string][]string{
+	"failover":             {},
+	"logchan":              {"failover"},
+	"qmp":                  {},
+	"xml":                  {},
+	"plugin/ctl":           {},
+	"plugin/gate":          {},
+	"hooks":                {"plugin/ctl", "xml"},
+	"plugin":               {"failover", "logchan", "plugin/ctl", "plugin/gate", "qmp", "xml"},
+	"cmd/libvirt-ftd":      {"plugin"},
+	"cmd/virt-ft":          {"plugin/ctl"},
+	"cmd/libvirt-ft-hook":  {"hooks", "plugin/ctl"},
+	"test/arch":            {},
+	"test/tools/diskcheck": {},
+	"test/tools/gaterelay": {},
+	"test/tools/rrdump":    {"logchan"},
+	"test/tools/rxcheck":   {"logchan"},
+	"test/tools/tcpcheck":  {},
+}
+
+func TestArrows(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json", module+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p struct {
+			ImportPath string
+			Imports    []string
+		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		name := strings.TrimPrefix(p.ImportPath, module)
+		ok, known := allowed[name]
+		if !known {
+			t.Errorf("package %s is not in docs/architecture.md's arrows (test/arch)", name)
+			continue
+		}
+		for _, imp := range p.Imports {
+			dep, ours := strings.CutPrefix(imp, module)
+			if ours && !slices.Contains(ok, dep) {
+				t.Errorf("%s imports %s: an arrow docs/architecture.md does not allow", name, dep)
+			}
+		}
+	}
+}
+
+// No type of package plugin other than Daemon holds a *Daemon: runs reach
+// their host through env (docs/architecture.md, "Runs").
+func TestNothingPointsBackToTheDaemon(t *testing.T) {
+	files, err := filepath.Glob("../../plugin/*.go")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("plugin sources: %v", err)
+	}
+	fset := token.NewFileSet()
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(file, func(n ast.Node) bool {
+			ts, ok := n.(*ast.TypeSpec)
+			if !ok || ts.Name.Name == "Daemon" {
+				return true
+			}
+			ast.Inspect(ts.Type, func(m ast.Node) bool {
+				if id, ok := m.(*ast.Ident); ok && id.Name == "Daemon" {
+					t.Errorf("%s: type %s refers to the Daemon", fset.Position(id.Pos()), ts.Name.Name)
+				}
+				return true
+			})
+			return true
+		})
+	}
+}
