@@ -34,6 +34,7 @@ type Driver struct {
 	mu      sync.Mutex
 	status  Status
 	timings Timings
+	changed chan struct{} // closed and replaced at each snapshot
 }
 
 // driverQueue is the number of events Post can queue before it blocks.
@@ -47,7 +48,7 @@ func NewDriver(cfg Config, exec func(Action)) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{node: n, events: make(chan Event, driverQueue), exec: exec,
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
 	d.snapshot()
 	return d, nil
 }
@@ -90,9 +91,40 @@ func (d *Driver) Run() {
 }
 
 func (d *Driver) snapshot() {
+	st, tm := d.node.Status(), d.node.Timings()
 	d.mu.Lock()
-	d.status, d.timings = d.node.Status(), d.node.Timings()
-	d.mu.Unlock()
+	defer d.mu.Unlock()
+	if st == d.status && tm == d.timings {
+		return
+	}
+	d.status, d.timings = st, tm
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// WaitFor waits until cond holds for the Node's status, the Driver stops,
+// or timeout passes, and reports whether cond held.
+func (d *Driver) WaitFor(cond func(Status) bool, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		d.mu.Lock()
+		st, changed := d.status, d.changed
+		d.mu.Unlock()
+		if cond(st) {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-d.done:
+			d.mu.Lock()
+			st = d.status
+			d.mu.Unlock()
+			return cond(st)
+		case <-t.C:
+			return false
+		}
+	}
 }
 
 // Node is the driven Node. Only exec may use it (it runs on Run's

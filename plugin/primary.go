@@ -428,13 +428,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 			_ = link.flush()
 			drv.Post(failover.QEMUExited{Clean: clean})
 			// Let the driver send the bye and close our direction.
-			deadline := time.Now().Add(2 * time.Second)
-			for time.Now().Before(deadline) {
-				if st, _ := drv.View(); st.State == failover.StateStopped || st.State == failover.StateHalted {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			drv.WaitFor(func(st failover.Status) bool {
+				return st.State == failover.StateStopped || st.State == failover.StateHalted
+			}, 2*time.Second)
 			if clean {
 				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
 			} else {
