@@ -52,8 +52,8 @@ type backupRun struct {
 	// goingLive: FeedEnd issued; the replaying QEMU's end is go-live's.
 	goingLive bool
 	// live: went live; live primary is the run now.
-	live       bool
-	goLiveInfo string
+	live        bool
+	wentLiveHow *ctl.GoLive
 
 	// log figures: fed = bytes written into FIFO B, received = bytes
 	// received and queued, fedInstr = INSTRUCTION sum fed, icount = the
@@ -65,9 +65,10 @@ type backupRun struct {
 	replayFIFO string
 	feeder     replayLog
 	gates      *outputGates
-	lastGate   string
+	lastGates  []ctl.Gate
 	ring       *logRing
-	stall      string
+	stall      *ctl.Stall
+	stallText  string // the stall as told to the primary and the log
 	link       *peerConn
 	drv        *failover.Driver
 	final      failover.Status
@@ -146,7 +147,7 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	return b, nil
 }
 
-func (b *backupRun) role() string { return ftxml.RoleBackup }
+func (b *backupRun) role() ctl.Role { return ctl.RoleBackup }
 
 func (b *backupRun) done() <-chan struct{} { return b.stop }
 
@@ -207,28 +208,43 @@ func (b *backupRun) failoverView() (failover.Status, failover.Timings) {
 	return st, tm
 }
 
-func (b *backupRun) stallText() string {
+func (b *backupRun) stallInfo() *ctl.Stall {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.stall
+	if b.stall == nil {
+		return nil
+	}
+	s := *b.stall
+	return &s
 }
 
-func (b *backupRun) goLiveDetail() string {
+func (b *backupRun) goLiveInfo() *ctl.GoLive {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.goLiveInfo
+	if b.wentLiveHow == nil {
+		return nil
+	}
+	g := *b.wentLiveHow
+	return &g
 }
 
 func (b *backupRun) status() ctl.DomainStatus {
 	st, tm := b.failoverView()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := ctl.DomainStatus{Name: b.name, UUID: b.uuid, Role: ftxml.RoleBackup, Peer: b.peer,
+	s := ctl.DomainStatus{Name: b.name, UUID: b.uuid, Role: ctl.RoleBackup, Peer: b.peer,
 		State: b.state, Detail: b.detail, SentBytes: b.fed, AckedBytes: b.fed,
-		LogInstructions: b.fedInstr, BackupIcount: b.icount, HeartbeatAgeMS: -1, Stall: b.stall}
-	s.OutputGate = b.lastGate
+		LogInstructions: b.fedInstr, BackupIcount: b.icount, HeartbeatAgeMS: -1, Gates: b.lastGates}
+	if b.stall != nil {
+		st := *b.stall
+		s.Stall = &st
+	}
+	if b.wentLiveHow != nil {
+		g := *b.wentLiveHow
+		s.GoLive = &g
+	}
 	if b.gates != nil {
-		s.OutputGate = b.gates.summary()
+		s.Gates = b.gates.stats()
 	}
 	if b.fedInstr > b.icount {
 		s.LagInstructions = b.fedInstr - b.icount
@@ -238,10 +254,7 @@ func (b *backupRun) status() ctl.DomainStatus {
 	}
 	if st.Role != 0 {
 		s.Failover = st.State.String()
-		s.GoLive = tm.Summary()
-	}
-	if b.goLiveInfo != "" {
-		s.GoLive += " (" + b.goLiveInfo + ")"
+		s.Loss = lossOf(tm)
 	}
 	return s
 }
@@ -283,7 +296,7 @@ func (b *backupRun) serveLog(pc *peerConn) {
 		return
 	}
 	b.mu.Lock()
-	b.ring, b.stall, b.drv = ring, "", drv
+	b.ring, b.stall, b.stallText, b.drv = ring, nil, "", drv
 	b.mu.Unlock()
 	go drv.Run()
 	go b.watchUnread(feeder, drv)
@@ -463,7 +476,7 @@ func (b *backupRun) act(a failover.Action, pc *peerConn, q *frameQueue) {
 	case failover.SendBye:
 		bye := logchan.Bye{Clean: a.Clean, Reason: a.Reason}
 		b.mu.Lock()
-		stall, info, drv := b.stall, b.goLiveInfo, b.drv
+		stall, info, drv := b.stallText, goLiveText(b.wentLiveHow), b.drv
 		b.mu.Unlock()
 		if !a.Clean && stall != "" && strings.HasPrefix(a.Reason, "backup replay stalled") {
 			// The bye after BackupStalled: tell the primary where in
@@ -667,12 +680,14 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 	if ring != nil {
 		p = ring.at(a.Icount)
 	}
-	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued",
-		p, a.Ticks*int64(failover.TickInterval/time.Millisecond), a.Fed)
+	noProgress := a.Ticks * int64(failover.TickInterval/time.Millisecond)
+	info := &ctl.Stall{Icount: a.Icount, NextEvent: p.Kind, Offset: p.Offset, NoProgressMS: noProgress, QueuedIcount: a.Fed}
+	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued", p, noProgress, a.Fed)
 	if b.env.cfg.KeepStallLog && ring != nil {
 		path := filepath.Join(filepath.Dir(ftxml.RecordFIFOPath(b.cfg, b.uuid)),
 			fmt.Sprintf("stall-%s-%d.rrstream", ftxml.RoleBackup, time.Now().Unix()))
 		off, instr := ring.bounds()
+		info.KeptLog, info.BaseOffset, info.BaseIcount = path, off, instr
 		text += fmt.Sprintf("; the log around it is kept in %s (rrdump -base-offset %d -base-icount %d -icount %d %s)",
 			path, off, instr, a.Icount, path)
 		// Off the driver's goroutine: up to 2 MiB to write.
@@ -684,7 +699,7 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 		}()
 	}
 	b.mu.Lock()
-	b.stall = text
+	b.stall, b.stallText = info, text
 	b.mu.Unlock()
 	b.log.Error(text)
 }
@@ -709,7 +724,7 @@ func (b *backupRun) releaseGates() {
 	gates := b.gates
 	b.gates = nil
 	if gates != nil {
-		b.lastGate = gates.summary()
+		b.lastGates = gates.stats()
 	}
 	b.mu.Unlock()
 	if gates != nil {

@@ -42,7 +42,7 @@ type Daemon struct {
 
 // run is one role of a domain on this host (primaryRun, backupRun).
 type run interface {
-	role() string
+	role() ctl.Role
 	status() ctl.DomainStatus
 	// active: the run still holds something on this host (a QEMU, a
 	// channel, an armed FIFO).
@@ -99,7 +99,7 @@ func (dm *domain) status() ctl.DomainStatus {
 	if r != nil {
 		return r.status()
 	}
-	return ctl.DomainStatus{Name: name, UUID: dm.uuid, Role: ftxml.RolePrimary, State: state, Detail: detail, HeartbeatAgeMS: -1}
+	return ctl.DomainStatus{Name: name, UUID: dm.uuid, Role: ctl.RolePrimary, State: state, Detail: detail, HeartbeatAgeMS: -1}
 }
 
 // New returns a daemon for cfg on the local libvirtd (cfg.LibvirtURI). It
@@ -243,7 +243,7 @@ func (d *Daemon) onLifecycle(ev LifecycleEvent) {
 		go d.handleDefined(ev.Name)
 	case EventUndefined:
 		if dm := d.lookup(ev.UUID); dm != nil {
-			if r := dm.current(); r == nil || r.role() == ftxml.RolePrimary {
+			if r := dm.current(); r == nil || r.role() == ctl.RolePrimary {
 				d.forgetIdle(ev.UUID)
 			}
 		}
@@ -469,7 +469,7 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 			cur.started()
 		}
 	case "stopped", "release":
-		if cur != nil && cur.role() == cfg.Role {
+		if cur != nil && string(cur.role()) == cfg.Role {
 			cur.qemuStopped("hook " + h.Operation)
 		}
 	}

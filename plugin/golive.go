@@ -89,7 +89,7 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 			b.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
 		}
 	}
-	b.wentLive(gates, "", fmt.Sprintf("the backup's QEMU left replay mode at the end of the log and ran on (%d ms)", time.Since(t0).Milliseconds()),
+	b.wentLive(gates, "", &ctl.GoLive{Path: ctl.GoLiveContinued, TotalMS: time.Since(t0).Milliseconds()},
 		"running on this host since go-live; no backup; not recording")
 	return nil
 }
@@ -172,19 +172,20 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 	b.mu.Lock()
 	record := b.liveRecord
 	b.mu.Unlock()
-	b.wentLive(newGates, record, fmt.Sprintf("stop %d ms, savevm %d ms, destroy %d ms, start with -loadvm %d ms",
-		tStop.Sub(t0).Milliseconds(), tSave.Sub(tStop).Milliseconds(), tDestroy.Sub(tSave).Milliseconds(), tStart.Sub(tDestroy).Milliseconds()),
+	b.wentLive(newGates, record, &ctl.GoLive{Path: ctl.GoLiveRestarted, TotalMS: tStart.Sub(t0).Milliseconds(), Recording: true,
+		StopMS: tStop.Sub(t0).Milliseconds(), SaveVMMS: tSave.Sub(tStop).Milliseconds(),
+		DestroyMS: tDestroy.Sub(tSave).Milliseconds(), StartMS: tStart.Sub(tDestroy).Milliseconds()},
 		"running on this host since go-live; no backup")
 	return nil
 }
 
 // wentLive makes the live VM the domain's run: a primaryRun that adopts
 // gates and the record FIFO (stock path) and reports this run's go-live.
-func (b *backupRun) wentLive(gates *outputGates, recordFIFO, info, detail string) {
+func (b *backupRun) wentLive(gates *outputGates, recordFIFO string, how *ctl.GoLive, detail string) {
 	b.mu.Lock()
-	b.live, b.goingLive, b.goLiveInfo = true, false, info
+	b.live, b.goingLive, b.wentLiveHow = true, false, how
 	b.mu.Unlock()
-	b.log.Infof("went live: %s", info)
+	b.log.Infof("went live: %s", goLiveText(how))
 	b.setState(ctl.StateLive, detail)
 	p := newLivePrimary(b, gates, recordFIFO, detail)
 	if b.promote != nil {
@@ -284,5 +285,18 @@ func (b *backupRun) cleanupAfterLive() {
 	defer release()
 	if _, err := client.HumanMonitorCommand("delvm " + snapshotName); err != nil {
 		b.log.WithError(err).Warn("deleting the go-live snapshot")
+	}
+}
+
+// goLiveText words a go-live for the log and for the old primary (the
+// detail of the ByeLive: the peer's operator reads it in virt-ft status).
+func goLiveText(g *ctl.GoLive) string {
+	switch {
+	case g == nil:
+		return ""
+	case g.Path == ctl.GoLiveContinued:
+		return fmt.Sprintf("the backup's QEMU left replay mode at the end of the log and ran on (%d ms)", g.TotalMS)
+	default:
+		return fmt.Sprintf("stop %d ms, savevm %d ms, destroy %d ms, start with -loadvm %d ms", g.StopMS, g.SaveVMMS, g.DestroyMS, g.StartMS)
 	}
 }

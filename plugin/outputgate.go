@@ -18,6 +18,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -361,31 +362,22 @@ func (og *outputGates) close() {
 	}
 }
 
-// summary describes the gates for virt-ft status, "" without any.
-func (og *outputGates) summary() string {
+// stats describes the gates for virt-ft status (nil without any).
+func (og *outputGates) stats() []ctl.Gate {
 	if og == nil || len(og.gates) == 0 {
-		return ""
+		return nil
 	}
-	var parts []string
+	out := make([]ctl.Gate, 0, len(og.gates))
 	for j, g := range og.gates {
 		st := g.Stats()
 		avg := int64(0)
 		if st.HoldCount > 0 {
 			avg = st.HoldTotalMicros / int64(st.HoldCount)
 		}
-		if og.backup && st.Mode == gate.Passthrough {
-			parts = append(parts, fmt.Sprintf("%s: the filter is off since go-live; the backup's gate sent the %d frames it held then, having forgotten %d the primary sent",
-				ftxml.GateFilterID(j), st.Released, st.ForgotFrames))
-			continue
-		}
-		if og.backup {
-			parts = append(parts, fmt.Sprintf("%s (backup) %s: holding %d replayed frames (%d B) the primary had not reported sent, forgot %d it sent; sent at go-live or after: %d",
-				ftxml.GateFilterID(j), st.Mode, st.HeldFrames, st.HeldBytes, st.ForgotFrames, st.Released))
-			continue
-		}
-		parts = append(parts, fmt.Sprintf("%s %s: held %d frames (%d B), released %d, dropped %d over the cap and %d by go-live; hold time avg %.1f ms, max %.1f ms",
-			ftxml.GateFilterID(j), st.Mode, st.HeldFrames, st.HeldBytes, st.Released, st.DroppedOverCap, st.DroppedByDrop,
-			float64(avg)/1000, float64(st.HoldMaxMicros)/1000))
+		out = append(out, ctl.Gate{Filter: ftxml.GateFilterID(j), Mode: st.Mode.String(), Backup: og.backup,
+			HeldFrames: uint64(st.HeldFrames), HeldBytes: uint64(st.HeldBytes), Released: st.Released,
+			DroppedOverCap: st.DroppedOverCap, DroppedByGoLive: st.DroppedByDrop, Forgot: st.ForgotFrames,
+			HoldAvgMS: float64(avg) / 1000, HoldMaxMS: float64(st.HoldMaxMicros) / 1000})
 	}
-	return strings.Join(parts, "; ")
+	return out
 }

@@ -55,15 +55,16 @@ type primaryRun struct {
 	lastHeartbeat         time.Time
 	samples               []sample // (instructions, time) to turn icount lag into ms
 	lagMS                 int64
-	stall                 string // the backup's last stall (from its bye)
-	peerDetail            string // the backup's go-live detail (from its ByeLive)
+	stall                 string // the backup's last stall (its words, from its bye)
+	peerReport            string // the backup's go-live detail (its words, from its ByeLive)
+	seeding               *ctl.Seeding
 	switchedOver          bool
 
 	recordFIFO string
 	rr         recordLog
 	link       *peerConn
 	gates      *outputGates
-	lastGate   string
+	lastGates  []ctl.Gate
 	drv        *failover.Driver
 	final      failover.Status // the driver's last view, once closed
 	finalTm    failover.Timings
@@ -83,7 +84,7 @@ func newPrimaryRun(e env, uuid, name string, cfg ftxml.Config) *primaryRun {
 		log: e.log.WithFields(logrus.Fields{"domain": name, "role": ftxml.RolePrimary}), stop: make(chan struct{})}
 }
 
-func (p *primaryRun) role() string { return ftxml.RolePrimary }
+func (p *primaryRun) role() ctl.Role { return ctl.RolePrimary }
 
 func (p *primaryRun) done() <-chan struct{} { return p.stop }
 
@@ -119,12 +120,19 @@ func (p *primaryRun) driver() *failover.Driver {
 func (p *primaryRun) status() ctl.DomainStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ftxml.RolePrimary, Peer: p.peer,
+	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ctl.RolePrimary, Peer: p.peer,
 		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
-		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagMS, Stall: p.stall}
-	s.OutputGate = p.lastGate
+		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagMS,
+		PeerReport: p.peerReport, Gates: p.lastGates}
+	if p.state == ctl.StateSeeding && p.seeding != nil {
+		sd := *p.seeding
+		s.Seeding = &sd
+	}
+	if p.stall != "" {
+		s.Stall = &ctl.Stall{Report: p.stall}
+	}
 	if p.gates != nil {
-		s.OutputGate = p.gates.summary()
+		s.Gates = p.gates.stats()
 	}
 	if p.sentBytes > p.ackedBytes {
 		s.LagBytes = p.sentBytes - p.ackedBytes
@@ -142,19 +150,11 @@ func (p *primaryRun) status() ctl.DomainStatus {
 	if p.from != nil {
 		// A live former backup: its failover core did the go-live.
 		st, tm = p.from.failoverView()
-		s.Stall = p.from.stallText()
+		s.Stall, s.GoLive = p.from.stallInfo(), p.from.goLiveInfo()
 	}
 	if p.drv != nil || p.from != nil || p.final.Role != 0 {
 		s.Failover = st.State.String()
-		s.GoLive = tm.Summary()
-	}
-	if p.peerDetail != "" {
-		s.GoLive += " (backup: " + p.peerDetail + ")"
-	}
-	if p.from != nil {
-		if info := p.from.goLiveDetail(); info != "" {
-			s.GoLive += " (" + info + ")"
-		}
+		s.Loss = lossOf(tm)
 	}
 	return s
 }
@@ -259,6 +259,9 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 	}
 	p.log.Infof("disk %s: seeding %d bytes to the backup host", path, local.Size)
 	progress := func(done, total int64) {
+		p.mu.Lock()
+		p.seeding = &ctl.Seeding{Path: path, DoneBytes: done, TotalBytes: total}
+		p.mu.Unlock()
 		p.setState(ctl.StateSeeding, fmt.Sprintf("%s: %d/%d MiB (%d%%)", path, done>>20, total>>20, pct(done, total)))
 	}
 	if err := ctrl.seed(path, local, progress); err != nil {
@@ -492,7 +495,7 @@ func (p *primaryRun) peerBye(b logchan.Bye) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if b.Detail != "" {
-		p.peerDetail = peerText(b.Detail, 512)
+		p.peerReport = peerText(b.Detail, 512)
 	}
 	if stall, ok := strings.CutPrefix(b.Reason, "backup replay stalled"); ok && !b.Clean {
 		// The backup's replay stopped (failover.BackupStalled there).
@@ -645,7 +648,7 @@ func (p *primaryRun) releaseGates() {
 	gates := p.gates
 	p.gates = nil
 	if gates != nil {
-		p.lastGate = gates.summary()
+		p.lastGates = gates.stats()
 	}
 	p.mu.Unlock()
 	if gates != nil {
@@ -680,4 +683,20 @@ func nodeConfig(role failover.Role, cfg ftxml.Config, sample time.Duration) fail
 	return failover.Config{Role: role,
 		HeartbeatInterval: failover.Ticks(cfg.HeartbeatInterval), HeartbeatTimeout: failover.Ticks(cfg.HeartbeatTimeout),
 		StallTimeout: max(failover.Ticks(cfg.Stall()), 10*failover.Ticks(sample))}
+}
+
+// lossOf gives the failover core's timings in ms for the status; nil
+// before any loss.
+func lossOf(tm failover.Timings) *ctl.Loss {
+	if tm.Detected == failover.NotYet {
+		return nil
+	}
+	ms := func(t int64) int64 {
+		if t == failover.NotYet {
+			return -1
+		}
+		return t * int64(failover.TickInterval/time.Millisecond)
+	}
+	return &ctl.Loss{Cause: tm.Cause, DetectionMS: ms(tm.Detection()), DrainMS: ms(tm.Drain()), LockMS: ms(tm.Lock()),
+		StartMS: ms(tm.Start()), TotalMS: ms(tm.Total())}
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
-	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
 // The primary and backup runs together, two daemons (hosts a and b) on the
@@ -101,10 +100,10 @@ func replicating(t *testing.T) (*fakePair, *fakeQEMU) {
 		t.Fatalf("backup: mode %s icount %d, want play 1000", mode, icount)
 	}
 	sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
-	if sa.State != ctl.StateReplicating || sa.Role != ftxml.RolePrimary || sa.AckedBytes != 500 || sa.BackupIcount != 1000 {
+	if sa.State != ctl.StateReplicating || sa.Role != ctl.RolePrimary || sa.AckedBytes != 500 || sa.BackupIcount != 1000 {
 		t.Fatalf("host a: %+v", sa)
 	}
-	if sb.State != ctl.StateReplicating || sb.Role != ftxml.RoleBackup {
+	if sb.State != ctl.StateReplicating || sb.Role != ctl.RoleBackup {
 		t.Fatalf("host b: %+v", sb)
 	}
 	return fp, primary
@@ -142,7 +141,8 @@ func TestRunsPrimaryKilledBackupGoesLive(t *testing.T) {
 			t.Fatalf("host b: mode %s icount %d, want none (left replay at END) 1000", mode, icount)
 		}
 		s := fp.b.status(t, "web")
-		if s.Role != ftxml.RolePrimary || s.State != ctl.StateLive || !strings.Contains(s.GoLive, "cause: primary said bye: primary QEMU exited uncleanly") {
+		if s.Role != ctl.RolePrimary || s.State != ctl.StateLive || s.Loss == nil || s.Loss.Cause != "primary said bye: primary QEMU exited uncleanly" ||
+			s.GoLive == nil || s.GoLive.Path != ctl.GoLiveContinued {
 			t.Fatalf("host b: %+v", s)
 		}
 		if live.announced != 1 {
@@ -233,11 +233,11 @@ func TestRunsSwitchover(t *testing.T) {
 			t.Fatalf("after the switchover: runs on a %v, on b %v", fp.a.hv.running(runUUID) != nil, fp.b.hv.running(runUUID) != nil)
 		}
 		sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
-		if !sa.SwitchedOver || sa.State != ctl.StateStopped || !strings.Contains(sa.GoLive, "backup: cause: switchover") {
+		if !sa.SwitchedOver || sa.State != ctl.StateStopped || !strings.HasPrefix(sa.PeerReport, "cause: switchover") {
 			t.Fatalf("host a: %+v", sa)
 		}
-		if sb.State != ctl.StateLive || !strings.Contains(sb.GoLive, "cause: switchover") {
-			t.Fatalf("host b: %+v", sb)
+		if sb.State != ctl.StateLive || sb.Loss == nil || sb.Loss.Cause != "switchover asked by the primary" || sb.Loss.TotalMS < 0 {
+			t.Fatalf("host b: %+v loss %+v", sb, sb.Loss)
 		}
 		// A second switchover of a domain that is no longer replicated is
 		// refused with the reason.
@@ -263,11 +263,11 @@ func TestRunsBackupLibvirtdRestart(t *testing.T) {
 		time.Sleep(time.Second)
 		synctest.Wait()
 		sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
-		if sa.State != ctl.StateReplicating || sa.BackupIcount != 1000+50*100 || sa.Stall != "" {
+		if sa.State != ctl.StateReplicating || sa.BackupIcount != 1000+50*100 || sa.Stall != nil {
 			t.Fatalf("host a: %+v", sa)
 		}
 		if sb.State != ctl.StateReplicating || sb.Failover != "replicating" {
-			t.Fatalf("host b: %+v", sb)
+			t.Fatalf("host b: %+v loss %+v", sb, sb.Loss)
 		}
 	})
 }
@@ -284,7 +284,8 @@ func TestRunsBackupStall(t *testing.T) {
 		time.Sleep(4 * time.Second)
 		synctest.Wait()
 		sa := fp.a.status(t, "web")
-		if sa.State != ctl.StateUnprotected || !strings.HasPrefix(sa.Stall, "replay stalled at icount ") || !strings.Contains(sa.Stall, "no progress for 2000 ms") {
+		if sa.State != ctl.StateUnprotected || sa.Stall == nil || !strings.HasPrefix(sa.Stall.Report, "replay stalled at icount ") ||
+			!strings.Contains(sa.Stall.Report, "no progress for 2000 ms") {
 			t.Fatalf("host a: %+v", sa)
 		}
 		if fp.b.hv.running(runUUID) != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -89,7 +90,7 @@ func switchover(socket, domain string, wait time.Duration) error {
 	if !resp.OK {
 		return fmt.Errorf("%s", resp.Error)
 	}
-	role := "primary"
+	role := ctl.RolePrimary
 	if len(resp.Domains) == 1 {
 		role = resp.Domains[0].Role
 	}
@@ -119,15 +120,15 @@ func switchover(socket, domain string, wait time.Duration) error {
 		}
 		last = r.Domains[0]
 		switch {
-		case role == "backup" && last.State == "live":
+		case role == ctl.RoleBackup && last.State == ctl.StateLive:
 			printStatus(r.Domains)
 			fmt.Printf("%s: switched over: this host runs the VM\n", domain)
 			return nil
-		case role != "backup" && last.SwitchedOver && last.State == "stopped":
+		case role != ctl.RoleBackup && last.SwitchedOver && last.State == ctl.StateStopped:
 			printStatus(r.Domains)
 			fmt.Printf("%s: switched over: the VM runs on %s\n", domain, last.Peer)
 			return nil
-		case last.State == "unprotected" || last.State == "stopped" || last.Failover == "halted":
+		case last.State == ctl.StateUnprotected || last.State == ctl.StateStopped || last.Failover == "halted":
 			printStatus(r.Domains)
 			return fmt.Errorf("switchover of %s did not complete: %s (%s)", domain, last.State, last.Detail)
 		}
@@ -149,22 +150,96 @@ func printStatus(ds []ctl.DomainStatus) {
 	}
 	w.Flush()
 	for _, d := range ds {
-		if d.Detail != "" {
+		if d.Seeding != nil {
+			fmt.Printf("%s: seeding %s: %d/%d MiB (%d%%)\n", d.Name, d.Seeding.Path, d.Seeding.DoneBytes>>20, d.Seeding.TotalBytes>>20,
+				pct(d.Seeding.DoneBytes, d.Seeding.TotalBytes))
+		} else if d.Detail != "" {
 			fmt.Printf("%s: %s\n", d.Name, d.Detail)
 		}
 		if d.Failover != "" {
 			fmt.Printf("%s: failover state %s\n", d.Name, d.Failover)
 		}
-		if d.GoLive != "" {
-			fmt.Printf("%s: last failover event: %s\n", d.Name, d.GoLive)
+		if ev := lastEvent(d); ev != "" {
+			fmt.Printf("%s: last failover event: %s\n", d.Name, ev)
 		}
-		if d.OutputGate != "" {
-			fmt.Printf("%s: output gate: %s\n", d.Name, d.OutputGate)
+		for _, g := range d.Gates {
+			fmt.Printf("%s: output gate: %s\n", d.Name, gateLine(g))
 		}
-		if d.Stall != "" {
-			fmt.Printf("%s: backup %s\n", d.Name, d.Stall)
+		if d.Stall != nil {
+			fmt.Printf("%s: backup %s\n", d.Name, stallLine(*d.Stall))
 		}
 	}
+}
+
+// ms words a step's duration; -1 is a step not reached.
+func ms(v int64) string {
+	if v < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d ms", v)
+}
+
+// lastEvent words the last loss, go-live or switchover: its cause, the
+// time of each step, how the VM went live, and the backup's own account.
+func lastEvent(d ctl.DomainStatus) string {
+	var parts []string
+	if l := d.Loss; l != nil {
+		parts = append(parts, fmt.Sprintf("cause: %s; silence to detection %s, to drained %s, lock %s, to running %s; total %s",
+			l.Cause, ms(l.DetectionMS), ms(l.DrainMS), ms(l.LockMS), ms(l.StartMS), ms(l.TotalMS)))
+	}
+	if g := d.GoLive; g != nil {
+		switch g.Path {
+		case ctl.GoLiveContinued:
+			parts = append(parts, fmt.Sprintf("(the backup's QEMU left replay mode at the end of the log and ran on (%d ms))", g.TotalMS))
+		default:
+			parts = append(parts, fmt.Sprintf("(stop %d ms, savevm %d ms, destroy %d ms, start with -loadvm %d ms)",
+				g.StopMS, g.SaveVMMS, g.DestroyMS, g.StartMS))
+		}
+	}
+	if d.PeerReport != "" {
+		parts = append(parts, "(backup: "+d.PeerReport+")")
+	}
+	return strings.Join(parts, " ")
+}
+
+// gateLine words one output gate.
+func gateLine(g ctl.Gate) string {
+	switch {
+	case g.Backup && g.Mode == ctl.GatePassthrough:
+		return fmt.Sprintf("%s: the filter is off since go-live; the backup's gate sent the %d frames it held then, having forgotten %d the primary sent",
+			g.Filter, g.Released, g.Forgot)
+	case g.Backup:
+		return fmt.Sprintf("%s (backup) %s: holding %d replayed frames (%d B) the primary had not reported sent, forgot %d it sent; sent at go-live or after: %d",
+			g.Filter, g.Mode, g.HeldFrames, g.HeldBytes, g.Forgot, g.Released)
+	default:
+		return fmt.Sprintf("%s %s: held %d frames (%d B), released %d, dropped %d over the cap and %d by go-live; hold time avg %.1f ms, max %.1f ms",
+			g.Filter, g.Mode, g.HeldFrames, g.HeldBytes, g.Released, g.DroppedOverCap, g.DroppedByGoLive, g.HoldAvgMS, g.HoldMaxMS)
+	}
+}
+
+// stallLine words a replay stall: the backup's own figures, or on the
+// primary the backup's report.
+func stallLine(st ctl.Stall) string {
+	if st.Report != "" {
+		return st.Report
+	}
+	where := fmt.Sprintf("icount %d (not in the log kept)", st.Icount)
+	if st.NextEvent != "" {
+		where = fmt.Sprintf("icount %d, next event %s at log offset %d", st.Icount, st.NextEvent, st.Offset)
+	}
+	line := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued", where, st.NoProgressMS, st.QueuedIcount)
+	if st.KeptLog != "" {
+		line += fmt.Sprintf("; the log around it is kept in %s (rrdump -base-offset %d -base-icount %d -icount %d %s)",
+			st.KeptLog, st.BaseOffset, st.BaseIcount, st.Icount, st.KeptLog)
+	}
+	return line
+}
+
+func pct(a, b int64) int64 {
+	if b == 0 {
+		return 100
+	}
+	return a * 100 / b
 }
 
 func bytes(n uint64) string {

@@ -88,24 +88,36 @@ const (
 	StateSwitchingOver State = "switching-over"
 )
 
-// DomainStatus is one protected domain as virt-ft status shows it.
+// Role is a daemon's part for a domain.
+type Role string
+
+// Roles (DomainStatus.Role).
+const (
+	RolePrimary Role = "primary" // runs the VM (recording, or live after a go-live)
+	RoleBackup  Role = "backup"  // replays the primary's log
+)
+
+// DomainStatus is one protected domain on this host. Its fields are
+// values; virt-ft does the wording. Durations are in ms; -1 where noted
+// means "not reached".
 type DomainStatus struct {
 	Name string `json:"name"`
 	UUID string `json:"uuid"`
-	// Role is "primary" or "backup".
-	Role string `json:"role"`
+	Role Role   `json:"role"`
 	// Peer is the other daemon's address (host:port).
 	Peer string `json:"peer"`
 	// State is the domain's lifecycle here (the State constants).
 	State State `json:"state"`
-	// Detail explains State (the refusal, the seeding progress, ...).
+	// Detail says why the domain is in State, in the daemon's words: a
+	// refusal's error, the cause of a loss, what go-live is doing.
 	Detail string `json:"detail,omitempty"`
+	// Seeding is the disk copy under way (State seeding).
+	Seeding *Seeding `json:"seeding,omitempty"`
 	// SentBytes is the log bytes sent to (primary) or received from (backup)
 	// the peer; AckedBytes the bytes the backup acknowledged as in its FIFO.
 	SentBytes  uint64 `json:"sent_bytes"`
 	AckedBytes uint64 `json:"acked_bytes"`
-	// LagBytes = SentBytes - AckedBytes, plus what the backup's QEMU has not
-	// consumed when known.
+	// LagBytes = SentBytes - AckedBytes.
 	LagBytes uint64 `json:"lag_bytes"`
 	// LogInstructions is the sum of INSTRUCTION counts in the log so far
 	// (guest instructions); BackupIcount the backup QEMU's icount.
@@ -119,23 +131,132 @@ type DomainStatus struct {
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
 	// -1 when none was ever received.
 	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
-	// Failover is the failover core's state (failover.State).
+	// Failover is the failover core's state (failover.State's names:
+	// replicating, draining, claiming, going-live, live, unprotected,
+	// halted, stopped, ...); empty before the log channel came up.
 	Failover string `json:"failover,omitempty"`
-	// GoLive describes the last go-live or backup loss: its cause and the
-	// time of each part (ms).
-	GoLive string `json:"go_live,omitempty"`
+	// Loss is the last peer loss, go-live or switchover: its cause and the
+	// time of each step (failover.Timings).
+	Loss *Loss `json:"loss,omitempty"`
+	// GoLive is how this host's VM went live, when it did.
+	GoLive *GoLive `json:"go_live,omitempty"`
+	// PeerReport is the backup's own account of its go-live (its timings),
+	// in its words, on the old primary after a switchover.
+	PeerReport string `json:"peer_report,omitempty"`
 	// SwitchedOver is set on the old primary once a planned switchover
 	// completed: the backup went live and this host's VM was stopped.
 	SwitchedOver bool `json:"switched_over,omitempty"`
-	// OutputGate describes the primary's output gates (one per network
-	// interface): mode (gated, passthrough, dropping), frames held,
-	// released and dropped, hold times in ms.
-	OutputGate string `json:"output_gate,omitempty"`
-	// Stall describes the last replay stall of this domain's backup: the
-	// icount it stopped at, the kind and stream offset of the log's next
-	// event there, how long it made no progress (ms), and where the log
-	// around it was kept (keep-stall-log). Empty when none happened.
-	Stall string `json:"stall,omitempty"`
+	// Gates are the output gates, one per network interface.
+	Gates []Gate `json:"output_gates,omitempty"`
+	// Stall is the last replay stall of this domain's backup.
+	Stall *Stall `json:"stall,omitempty"`
+}
+
+// Seeding is a disk copy to the backup host.
+type Seeding struct {
+	Path       string `json:"path"`
+	DoneBytes  int64  `json:"done_bytes"`
+	TotalBytes int64  `json:"total_bytes"`
+}
+
+// Loss gives the steps of the last loss of the peer, go-live or
+// switchover, in ms (failover.Timings; failover/doc.go). A step not
+// reached is -1.
+type Loss struct {
+	// Cause is what started it ("primary said bye: ...", "switchover",
+	// "silence", ...).
+	Cause string `json:"cause"`
+	// DetectionMS: from the last frame heard to the loss declared.
+	DetectionMS int64 `json:"detection_ms"`
+	// DrainMS: from detection to the backup's replay at the end of the
+	// log (backup).
+	DrainMS int64 `json:"drain_ms"`
+	// LockMS: the split-brain claim.
+	LockMS int64 `json:"lock_ms"`
+	// StartMS: from the claim won to running alone.
+	StartMS int64 `json:"start_ms"`
+	// TotalMS: from the last frame heard to running alone.
+	TotalMS int64 `json:"total_ms"`
+}
+
+// GoLive paths (GoLive.Path).
+const (
+	// GoLiveContinued: the backup's QEMU (packaging/qemu 0001) left replay
+	// mode at the end of the log and ran on.
+	GoLiveContinued = "continued"
+	// GoLiveRestarted: stock QEMU: stop, savevm, restart recording with
+	// -loadvm.
+	GoLiveRestarted = "restarted"
+)
+
+// GoLive is how a backup went live, in ms per step.
+type GoLive struct {
+	Path string `json:"path"`
+	// TotalMS: go-live's own time (from the GoLive action to running).
+	TotalMS int64 `json:"total_ms"`
+	// StopMS, SaveVMMS, DestroyMS and StartMS: the restarted path's
+	// steps.
+	StopMS    int64 `json:"stop_ms,omitempty"`
+	SaveVMMS  int64 `json:"savevm_ms,omitempty"`
+	DestroyMS int64 `json:"destroy_ms,omitempty"`
+	StartMS   int64 `json:"start_ms,omitempty"`
+	// Recording: the live VM records a log (the restarted path).
+	Recording bool `json:"recording"`
+}
+
+// Gate modes (Gate.Mode; plugin/gate).
+const (
+	GateGated       = "gated"       // frames wait for the backup's ack
+	GatePassthrough = "passthrough" // frames pass at once (no backup)
+	GateDropping    = "dropping"    // frames are discarded (go-live or split brain)
+)
+
+// Gate is one network interface's output gate. On a backup it holds the
+// replayed frames the primary has not reported sent, for go-live.
+type Gate struct {
+	// Filter is the QEMU filter-redirector's id (ft-gate-N).
+	Filter string `json:"filter"`
+	Mode   string `json:"mode"`
+	// Backup: the backup's gate.
+	Backup bool `json:"backup,omitempty"`
+	// HeldFrames and HeldBytes are held now.
+	HeldFrames uint64 `json:"held_frames"`
+	HeldBytes  uint64 `json:"held_bytes"`
+	// Released: frames let out; DroppedOverCap: discarded over the
+	// memory cap; DroppedByGoLive: discarded when the backup went live;
+	// Forgot (backup): replayed frames the primary reported sent.
+	Released        uint64 `json:"released"`
+	DroppedOverCap  uint64 `json:"dropped_over_cap"`
+	DroppedByGoLive uint64 `json:"dropped_by_go_live"`
+	Forgot          uint64 `json:"forgot,omitempty"`
+	// HoldAvgMS and HoldMaxMS: time frames spent held, in ms.
+	HoldAvgMS float64 `json:"hold_avg_ms"`
+	HoldMaxMS float64 `json:"hold_max_ms"`
+}
+
+// Stall is a replay stall of the backup (failover.BackupStalled): where
+// its replay stopped. On the backup every field is set; on the primary
+// only Report, the backup's words from its bye.
+type Stall struct {
+	// Icount is where the replay stopped (guest instructions).
+	Icount uint64 `json:"icount,omitempty"`
+	// NextEvent is the kind of the log's next event there
+	// (logchan.KindName) and Offset its stream offset (bytes); empty when
+	// the kept log does not reach it.
+	NextEvent string `json:"next_event,omitempty"`
+	Offset    uint64 `json:"offset,omitempty"`
+	// NoProgressMS: how long it made no progress with log queued;
+	// QueuedIcount: the icount the log fed reaches.
+	NoProgressMS int64  `json:"no_progress_ms,omitempty"`
+	QueuedIcount uint64 `json:"queued_icount,omitempty"`
+	// KeptLog is where the log around it was kept (keep-stall-log), with
+	// its base offset and INSTRUCTION sum (rrdump -base-offset,
+	// -base-icount).
+	KeptLog    string `json:"kept_log,omitempty"`
+	BaseOffset uint64 `json:"base_offset,omitempty"`
+	BaseIcount uint64 `json:"base_icount,omitempty"`
+	// Report is the stall as the backup described it (on the primary).
+	Report string `json:"report,omitempty"`
 }
 
 // Call sends req to the daemon at socket and waits at most timeout for the
