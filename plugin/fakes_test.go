@@ -201,6 +201,10 @@ type fakeQEMU struct {
 	uuid, name, xml string
 	role            string
 
+	// stock: QEMU 7.2 without packaging/qemu 0001: at END its replay
+	// stays in play mode (go-live then restarts it with -loadvm).
+	stock bool
+
 	mu      sync.Mutex
 	cond    *sync.Cond
 	mode    string // "record", "play", "none"
@@ -264,7 +268,7 @@ func (q *fakeQEMU) replayLoop() {
 		c, derr := dec.Feed(buf[:n])
 		q.mu.Lock()
 		q.icount += c.Instructions
-		if dec.Ended() {
+		if dec.Ended() && !q.stock {
 			q.mode = "none"
 		}
 		q.mu.Unlock()
@@ -306,7 +310,13 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 			q.paused = false
 		case "announce-self":
 			q.announced++
-		case "human-monitor-command", "qom-set":
+		case "human-monitor-command":
+			args, _ := cmd.Args.(map[string]any)
+			if line, _ := args["command-line"].(string); strings.HasPrefix(line, "savevm ") && !q.paused {
+				return map[string]any{"return": "Error: the VM must be stopped"}, nil
+			}
+			return map[string]any{"return": ""}, nil
+		case "qom-set":
 			return map[string]any{"return": ""}, nil
 		default:
 			return map[string]any{"error": map[string]string{"class": "CommandNotFound", "desc": "The command " + cmd.Execute + " has not been found"}}, nil
@@ -325,6 +335,9 @@ type fakeHV struct {
 	// hook and event are the daemon's handleHook and onLifecycle.
 	hook  func(ctl.Hook) error
 	event func(LifecycleEvent)
+
+	// stock: the QEMUs it starts lack packaging/qemu 0001.
+	stock bool
 
 	mu   sync.Mutex
 	down bool // libvirtd unreachable
@@ -432,7 +445,10 @@ func (h *fakeHV) Create(xml string) error {
 	if err != nil || !present {
 		return fmt.Errorf("fake libvirtd runs only protected domains: %v", err)
 	}
-	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role}
+	h.mu.Lock()
+	stock := h.stock
+	h.mu.Unlock()
+	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role, stock: stock}
 	q.cond = sync.NewCond(&q.mu)
 	if strings.Contains(xml, "rr=replay") {
 		q.mode = "play"

@@ -71,9 +71,12 @@ func instructions(n int, k uint32) []byte {
 
 // replicating defines and starts the domain on host a and records 1000
 // instructions; it returns when host b replays them.
-func replicating(t *testing.T) (*fakePair, *fakeQEMU) {
+func replicating(t *testing.T, setup ...func(*fakePair)) (*fakePair, *fakeQEMU) {
 	t.Helper()
 	fp := newFakePair(t)
+	for _, f := range setup {
+		f(fp)
+	}
 	t.Cleanup(func() {
 		fp.shutdown()
 		synctest.Wait()
@@ -157,6 +160,42 @@ func TestRunsPrimaryKilledBackupGoesLive(t *testing.T) {
 		}
 		if s := fp.a.status(t, "web"); s.State != ctl.StateStopped {
 			t.Fatalf("host a: %+v", s)
+		}
+	})
+}
+
+// Peer lost on stock QEMU 7.2: its replay stays in play mode at the end
+// of the log, so go-live stops it, takes a snapshot, destroys it and starts
+// the domain again recording (-loadvm), its record log drained locally.
+func TestRunsGoLiveStockQEMU(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t, func(fp *fakePair) { fp.b.hv.stock = true })
+		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		live := fp.b.hv.running(runUUID)
+		if live == nil {
+			t.Fatal("nothing runs on host b after the primary died")
+		}
+		if mode, _ := live.state(); mode != "record" || !strings.Contains(live.xml, "-loadvm") {
+			t.Fatalf("host b runs mode %s; want the domain restarted recording with -loadvm", mode)
+		}
+		s := fp.b.status(t, "web")
+		if s.Role != ctl.RolePrimary || s.State != ctl.StateLive || s.GoLive == nil || s.GoLive.Path != ctl.GoLiveRestarted || !s.GoLive.Recording {
+			t.Fatalf("host b: %+v go-live %+v", s, s.GoLive)
+		}
+		// The live VM's record log is read and discarded: it never blocks.
+		live.emit(t, instructions(20000, 1))
+		synctest.Wait()
+		// It stops: the run ends and a new start would be a fresh primary.
+		if _, err := fp.b.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State != ctl.StateStopped {
+			t.Fatalf("host b after the live VM stopped: %+v", s)
 		}
 	})
 }
@@ -293,6 +332,43 @@ func TestRunsBackupStall(t *testing.T) {
 		}
 		if fp.a.hv.running(runUUID) == nil {
 			t.Fatal("the primary's VM stopped")
+		}
+	})
+}
+
+// After a failover the VM runs on host b; stopped and started again there,
+// it is protected again with host a as its backup (roles swapped).
+func TestRunsRestartAfterFailover(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State != ctl.StateLive {
+			t.Fatalf("host b: %+v", s)
+		}
+		if _, err := fp.b.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if err := fp.b.hv.start("web"); err != nil {
+			t.Fatalf("virsh start on host b: %v", err)
+		}
+		primary := fp.b.hv.running(runUUID)
+		primary.emit(t, instructions(100, 10))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
+		if sb.Role != ctl.RolePrimary || sb.State != ctl.StateReplicating || sb.BackupIcount != 1000 {
+			t.Fatalf("host b: %+v", sb)
+		}
+		if sa.Role != ctl.RoleBackup || sa.State != ctl.StateReplicating {
+			t.Fatalf("host a: %+v", sa)
+		}
+		if q := fp.a.hv.running(runUUID); q == nil || func() bool { m, _ := q.state(); return m != "play" }() {
+			t.Fatal("no backup replays on host a")
 		}
 	})
 }
