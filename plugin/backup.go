@@ -289,7 +289,8 @@ func (b *backupRun) serveLog(pc *peerConn) {
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
 	ring := newLogRing(logRingBytes)
-	drv, err := failover.NewDriver(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg.statusInterval()), func(a failover.Action) { b.act(a, pc, q) })
+	var drv *failover.Driver
+	drv, err := failover.NewDriver(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg.statusInterval()), func(a failover.Action) { b.act(a, drv, pc, q) })
 	if err != nil {
 		b.setState(ctl.StateUnprotected, err.Error())
 		pc.Close()
@@ -469,21 +470,21 @@ func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder replayLog
 
 // act carries out one action of the backup's failover core. It runs on
 // the driver's goroutine: anything slow runs in its own goroutine.
-func (b *backupRun) act(a failover.Action, pc *peerConn, q *frameQueue) {
+func (b *backupRun) act(a failover.Action, drv *failover.Driver, pc *peerConn, q *frameQueue) {
 	switch a := a.(type) {
 	case failover.SendHeartbeat:
 		pc.queueHeartbeat()
 	case failover.SendBye:
 		bye := logchan.Bye{Clean: a.Clean, Reason: a.Reason}
 		b.mu.Lock()
-		stall, info, drv := b.stallText, goLiveText(b.wentLiveHow), b.drv
+		stall, info := b.stallText, goLiveText(b.wentLiveHow)
 		b.mu.Unlock()
 		if !a.Clean && stall != "" && strings.HasPrefix(a.Reason, "backup replay stalled") {
 			// The bye after BackupStalled: tell the primary where in
 			// the log the replay stopped (its status shows it).
 			bye.Reason = "backup " + stall
 		}
-		if a.Reason == failover.ByeLive && drv != nil {
+		if a.Reason == failover.ByeLive {
 			// Tell the old primary how the go-live went (virt-ft status
 			// there shows it after a switchover). On the driver's
 			// goroutine: the node may be read.
@@ -516,18 +517,12 @@ func (b *backupRun) act(a failover.Action, pc *peerConn, q *frameQueue) {
 		default:
 		}
 	case failover.AcquireLock:
-		b.mu.Lock()
-		drv := b.drv
-		b.mu.Unlock()
 		go func() {
 			won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
 			drv.Post(failover.LockResult{Won: won, Err: err})
 		}()
 	case failover.GoLive:
 		b.setState(ctl.StateGoingLive, "going live: stop, savevm, restart recording")
-		b.mu.Lock()
-		drv := b.drv
-		b.mu.Unlock()
 		go func() { drv.Post(failover.GoLiveDone{Err: b.goLive()}) }()
 	case failover.Announce:
 		go b.announce()

@@ -312,8 +312,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 		cond.Broadcast()
 		mu.Unlock()
 	}
+	var drv *failover.Driver
 	drv, err := failover.NewDriver(nodeConfig(failover.RolePrimary, p.cfg, p.env.cfg.statusInterval()), func(a failover.Action) {
-		p.act(a, link, gates, setDiscard)
+		p.act(a, drv, link, gates, setDiscard)
 	})
 	if err != nil {
 		p.setState(ctl.StateUnprotected, err.Error())
@@ -446,7 +447,7 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 
 // act carries out one action of the primary's failover core. It runs on
 // the driver's goroutine: anything slow runs in its own goroutine.
-func (p *primaryRun) act(a failover.Action, link *peerConn, gates *outputGates, setDiscard func()) {
+func (p *primaryRun) act(a failover.Action, drv *failover.Driver, link *peerConn, gates *outputGates, setDiscard func()) {
 	switch a := a.(type) {
 	case failover.SendHeartbeat:
 		link.queueHeartbeat()
@@ -463,7 +464,7 @@ func (p *primaryRun) act(a failover.Action, link *peerConn, gates *outputGates, 
 		}
 	case failover.AcquireLock:
 		p.mu.Lock()
-		epoch, drv := p.epoch, p.drv
+		epoch := p.epoch
 		p.mu.Unlock()
 		go func() {
 			won, err := p.env.arbiter.Acquire(p.uuid, epoch)
