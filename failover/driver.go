@@ -83,6 +83,12 @@ func (d *Driver) Run() {
 		case ev := <-d.events:
 			d.node.Step(ev)
 		}
+		select {
+		case <-d.stop:
+			// Stopped while stepping: its owner is closing; no action.
+			return
+		default:
+		}
 		for _, a := range d.node.Ready() {
 			d.exec(a)
 		}

@@ -268,7 +268,7 @@ func (b *backupRun) status() ctl.DomainStatus {
 func (b *backupRun) serveLog(pc *peerConn) {
 	b.mu.Lock()
 	feeder := b.feeder
-	busy := b.link != nil || b.drv != nil
+	busy := b.link != nil || b.drv != nil || !b.active()
 	if feeder != nil && !busy {
 		b.link = pc
 		b.peer = pc.remote()
@@ -535,7 +535,12 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, pc *peerConn, q
 		b.goingLive = false
 		b.mu.Unlock()
 		b.setState(ctl.StateStopped, "halting: "+a.Reason)
-		go b.env.destroyUntilGone(b.uuid, a.Reason, b.stop)
+		go func() {
+			// Its QEMU may already be gone (a go-live that failed after
+			// destroying it): then no stop hook closes the run.
+			b.env.destroyUntilGone(b.uuid, a.Reason, b.stop)
+			b.close("halted: " + a.Reason)
+		}()
 	case failover.ReportUnprotected:
 		b.setState(ctl.StateUnprotected, a.Reason)
 	case failover.BackupStalled:

@@ -469,7 +469,11 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 			cur.started()
 		}
 	case "stopped", "release":
-		if cur != nil && string(cur.role()) == cfg.Role {
+		mine := cur != nil && string(cur.role()) == cfg.Role
+		if p, ok := cur.(*primaryRun); ok {
+			mine = p.acceptsHook(cfg.Role)
+		}
+		if mine {
 			cur.qemuStopped("hook " + h.Operation)
 		}
 	}
@@ -522,10 +526,18 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 		if _, ok := prev.(*primaryRun); ok && prev.active() {
 			return fmt.Errorf("domain %q runs here as a primary", req.Name)
 		}
+		// A QEMU of this domain still runs here (a backup replaying the
+		// tail of its log, or going live): leave it alone.
+		if active, err := d.hv.IsActive(req.UUID); err != nil || active {
+			return fmt.Errorf("domain %q is already running on the backup host (%v)", req.Name, err)
+		}
+		// Out of the record first: its end must not forget the new run.
+		dm.setRun(nil)
 		prev.close("replaced by a new backup")
 	}
 	b, err := armBackup(d.env(), req, primaryHost, func(p *primaryRun) { dm.setRun(p) })
 	if err != nil {
+		d.forgetIdle(req.UUID)
 		return err
 	}
 	dm.setRun(b)

@@ -222,6 +222,7 @@ func (p *peerConn) seed(path string, want logchan.FileDigest, progress func(done
 	}
 	defer f.Close()
 	var last time.Time
+	p.deadline() // the hash before this may have taken longer than a write's deadline
 	err = p.c.Seed(path, want, f, func(done int64) {
 		p.deadline()
 		if time.Since(last) > seedProgressEvery {

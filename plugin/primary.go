@@ -97,12 +97,25 @@ func (p *primaryRun) setState(state ctl.State, detail string) {
 	p.state, p.detail = state, detail
 }
 
-// active reports whether this run still holds anything on the host: its
-// QEMU runs or its log channel is up.
+// active reports whether this run is still under way: from its creation
+// (the prepare hook, which may seed for minutes) until close.
 func (p *primaryRun) active() bool {
+	select {
+	case <-p.stop:
+		return false
+	default:
+		return true
+	}
+}
+
+// acceptsHook reports whether a hook for a QEMU whose XML gives role is
+// this run's: a primary's, or, for a VM that went live here without a
+// restart (packaging/qemu 0001), the former backup's XML it still runs
+// with.
+func (p *primaryRun) acceptsHook(role string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.running || p.link != nil
+	return role == ftxml.RolePrimary || (p.from != nil && role == ftxml.RoleBackup)
 }
 
 func (p *primaryRun) started() {
@@ -392,7 +405,14 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 		if n > 0 {
 			if first {
 				first = false
-				p.setState(ctl.StateReplicating, "")
+				// Only from waiting: a backup lost before QEMU's first
+				// log leaves the run unprotected, and it says so.
+				p.mu.Lock()
+				if p.state == ctl.StateWaiting {
+					p.state, p.detail = ctl.StateReplicating, ""
+					p.log.Info("state replicating")
+				}
+				p.mu.Unlock()
 			}
 			chunk, derr := dec.Feed(buf[:n])
 			if derr != nil {

@@ -2,13 +2,20 @@ package plugin
 
 import (
 	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
 // The primary and backup runs together, two daemons (hosts a and b) on the
@@ -369,6 +376,149 @@ func TestRunsRestartAfterFailover(t *testing.T) {
 		}
 		if q := fp.a.hv.running(runUUID); q == nil || func() bool { m, _ := q.state(); return m != "play" }() {
 			t.Fatal("no backup replays on host a")
+		}
+	})
+}
+
+// A stale armed backup on host b (its primary never connected) is replaced
+// by the next prepare-backup, and the domain's record then holds the new
+// backup (the replaced run's end must not forget it).
+func TestRunsReplaceStaleBackup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		def, _, _ := fp.a.hv.Definition("web")
+		req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", XML: def.XML,
+			QEMUVersion: "7.2.22", LogVersion: logchan.LogVersionQEMU72, Epoch: "stale"}
+		if err := fp.b.d.prepareBackup(req, "10.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if err := fp.a.hv.start("web"); err != nil {
+			t.Fatalf("virsh start: %v", err)
+		}
+		fp.a.hv.running(runUUID).emit(t, instructions(100, 10))
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.BackupIcount != 1000 {
+			t.Fatalf("host a: %+v", sa)
+		}
+		if sb := fp.b.status(t, "web"); sb.State != ctl.StateReplicating {
+			t.Fatalf("host b: %+v", sb)
+		}
+	})
+}
+
+// After a go-live without a restart the live VM still runs with the
+// backup's XML: its stop hooks (role backup) end the live run even when
+// libvirt's STOPPED event is lost, and it can be started again at once.
+func TestRunsLiveVMStopHook(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		fp.b.hv.mu.Lock()
+		fp.b.hv.event = func(LifecycleEvent) {} // lost events
+		fp.b.hv.mu.Unlock()
+		if _, err := fp.b.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		if s := fp.b.status(t, "web"); s.State != ctl.StateStopped {
+			t.Fatalf("host b after the live VM's stop hooks: %+v", s)
+		}
+		if err := fp.b.hv.start("web"); err != nil {
+			t.Fatalf("virsh start on host b right after: %v", err)
+		}
+	})
+}
+
+// A rescan (libvirtd reconnected) while the prepare hook runs must not drop
+// the run being prepared.
+func TestRunsRescanDuringPrepare(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		dial := fp.a.d.dial
+		rescanned := false
+		fp.a.d.dial = func(addr string, timeout time.Duration) (net.Conn, error) {
+			if !rescanned {
+				rescanned = true
+				fp.a.d.rescan()
+			}
+			return dial(addr, timeout)
+		}
+		if err := fp.a.hv.start("web"); err != nil {
+			t.Fatalf("virsh start: %v", err)
+		}
+		fp.a.hv.running(runUUID).emit(t, instructions(100, 10))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if s := fp.a.status(t, "web"); s.State != ctl.StateReplicating || !rescanned {
+			t.Fatalf("host a after a rescan during prepare: %+v", s)
+		}
+		if err := fp.a.d.switchover("web"); err != nil {
+			t.Fatalf("switchover: %v", err)
+		}
+	})
+}
+
+// The backup host may take longer than a write's deadline to hash its
+// stale copy of a disk; the seed that follows must still go out.
+func TestSeedAfterSlowRemoteHash(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		path := filepath.Join(t.TempDir(), "disk.qcow2")
+		if err := os.WriteFile(path, []byte("hello disk"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan []byte, 1)
+		go func() { // the backup's daemon
+			sc := logchan.NewConn(b)
+			var copy []byte
+			for {
+				req, data, err := sc.RecvControl()
+				if err != nil {
+					return
+				}
+				if data != nil {
+					copy = append(copy, data...)
+					continue
+				}
+				switch req.Op {
+				case logchan.OpHash:
+					time.Sleep(2*writeTimeout + time.Second) // the sha256 of a stale multi-GiB copy
+					digest := logchan.FileDigest{Exists: true, Size: 5, SHA256: "00"}
+					if copy != nil {
+						digest, _ = hashFile(path)
+					}
+					_ = sc.Reply(digest, nil)
+				case logchan.OpSeedEnd:
+					got <- copy
+					_ = sc.Reply(nil, nil)
+				}
+			}
+		}()
+		log := logrus.New()
+		log.SetOutput(io.Discard)
+		p := newPrimaryRun(env{log: log}, runUUID, "web", ftxml.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
+		if err := p.ensureSeeded(newPeerConn(a), path); err != nil {
+			t.Fatalf("seeding after a slow hash: %v", err)
+		}
+		if c := <-got; string(c) != "hello disk" {
+			t.Fatalf("the backup received %q", c)
 		}
 	})
 }
