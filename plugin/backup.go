@@ -297,6 +297,12 @@ func (b *backupRun) serveLog(pc *peerConn) {
 		return
 	}
 	b.mu.Lock()
+	if !b.active() {
+		// Closed meanwhile: close saw no driver to stop.
+		b.mu.Unlock()
+		pc.Close()
+		return
+	}
 	b.ring, b.stall, b.stallText, b.drv = ring, nil, "", drv
 	b.mu.Unlock()
 	go drv.Run()

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -46,7 +47,9 @@ func (b *backupRun) goLive() error {
 		if mode != "play" || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(drainPoll)
+		if !b.pause(drainPoll) {
+			return errRunClosed
+		}
 	}
 	if mode == "none" {
 		return b.continuedLive(client, t0)
@@ -111,7 +114,9 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 		}
 		b.log.WithError(serr).Warnf("go-live: savevm refused (try %d)", try+1)
 		_ = client.Cont()
-		time.Sleep(20 * time.Millisecond)
+		if !b.pause(20 * time.Millisecond) {
+			return errRunClosed
+		}
 		_ = client.Stop()
 	}
 	if serr != nil {
@@ -298,5 +303,21 @@ func goLiveText(g *ctl.GoLive) string {
 		return fmt.Sprintf("the backup's QEMU left replay mode at the end of the log and ran on (%d ms)", g.TotalMS)
 	default:
 		return fmt.Sprintf("stop %d ms, savevm %d ms, destroy %d ms, start with -loadvm %d ms", g.StopMS, g.SaveVMMS, g.DestroyMS, g.StartMS)
+	}
+}
+
+// errRunClosed ends a go-live whose run was closed (the daemon stops).
+var errRunClosed = errors.New("go-live: the backup run was closed")
+
+// pause waits d, or less if the run is closed meanwhile; it reports
+// whether the run is still open.
+func (b *backupRun) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-b.stop:
+		return false
+	case <-t.C:
+		return true
 	}
 }

@@ -334,6 +334,11 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 		return
 	}
 	p.mu.Lock()
+	if !p.active() {
+		// Closed while the pump started: close saw no driver to stop.
+		p.mu.Unlock()
+		return
+	}
 	p.drv = drv
 	p.mu.Unlock()
 	go drv.Run()
