@@ -48,7 +48,8 @@ type Bye struct {
 // ByeDetailSep separates a ByeLive's Reason from its Detail on the wire.
 const ByeDetailSep = "|"
 
-// MaxByeBytes bounds the Bye text the receiver keeps, in bytes.
+// MaxByeBytes bounds a Bye's text, in bytes (a longer one is a protocol
+// error).
 const MaxByeBytes = 4096
 
 // Encode returns the Bye frame payload.
@@ -143,11 +144,7 @@ func (c *Conn) Recv() (Message, error) {
 		}
 		return Message{Kind: MsgHeartbeat, Heartbeat: h}, nil
 	case FrameBye:
-		p := f.Payload
-		if len(p) > MaxByeBytes {
-			p = p[:MaxByeBytes]
-		}
-		return Message{Kind: MsgBye, Bye: DecodeBye(p)}, nil
+		return Message{Kind: MsgBye, Bye: DecodeBye(f.Payload)}, nil
 	default:
 		return Message{}, fmt.Errorf("%w: %s frame on a log channel", ErrUnexpectedFrame, f.Type)
 	}
@@ -310,4 +307,28 @@ func (c *Conn) Reply(data any, err error) error {
 		r.Data = b
 	}
 	return c.WriteControl(r)
+}
+
+// ValidUUID reports whether s is a domain UUID in libvirt's canonical
+// form: 36 characters, lower-case hex in groups of 8-4-4-4-12. A peer's
+// UUID names FIFOs and sockets on the receiving host, so nothing else is
+// accepted (no "../", no upper case, no braces).
+func ValidUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
 }

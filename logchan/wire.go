@@ -32,7 +32,8 @@ import (
 // malformed).
 const ProtocolVersion = 2
 
-// MaxFrameSize is the largest payload of a frame, in bytes.
+// MaxFrameSize is the largest payload of any frame, in bytes (a Log
+// frame's); each type has its own bound, MaxPayload.
 const MaxFrameSize = 4 << 20
 
 // MaxLogData is the most event bytes one Log frame carries (MaxFrameSize
@@ -126,15 +127,53 @@ func AppendFrameHeader(dst []byte, t FrameType, n int) []byte {
 	return binary.BigEndian.AppendUint32(dst, uint32(n))
 }
 
+// MaxPayload is the largest payload a frame of type t may carry, in bytes:
+// what its content needs, so that a peer cannot make the receiver hold more
+// than that (docs/protocol.md §2). 0 for an unknown type.
+func MaxPayload(t FrameType) int {
+	switch t {
+	case FrameHello, FrameHelloReply:
+		return maxHelloBytes
+	case FrameLog:
+		return MaxFrameSize
+	case FrameAck:
+		return ackBytes
+	case FrameHeartbeat:
+		return 16 + 8*MaxHeartbeatNICs
+	case FrameBye:
+		return MaxByeBytes
+	case FrameControl:
+		return MaxControlBytes
+	case FrameData:
+		return SeedChunk
+	}
+	return 0
+}
+
+const (
+	// maxHelloBytes bounds a Hello or HelloReply (JSON, bytes).
+	maxHelloBytes = 4 << 10
+	// ackBytes is the size of an Ack payload.
+	ackBytes = 32
+	// MaxControlBytes bounds a control request or reply (JSON, bytes): a
+	// domain's XML in a prepare-backup.
+	MaxControlBytes = 1 << 20
+)
+
 func checkFrame(t FrameType, n int) error {
 	if t == 0 || t > maxFrameType {
 		return fmt.Errorf("%w %d", ErrUnknownFrame, uint8(t))
 	}
-	if n < 0 || n > MaxFrameSize {
-		return fmt.Errorf("%w: %s frame of %d bytes exceeds %d", ErrFrameTooLarge, t, n, MaxFrameSize)
+	if max := MaxPayload(t); n < 0 || n > max {
+		return fmt.Errorf("%w: %s frame of %d bytes exceeds %d", ErrFrameTooLarge, t, n, max)
 	}
 	return nil
 }
+
+// readChunk is how much of a payload ReadFrame reads before it grows its
+// buffer again: a peer that announces a large frame and stalls holds no
+// more memory than it has sent, plus this.
+const readChunk = 64 << 10
 
 // WriteFrame writes one frame to w. It refuses (before writing anything) an
 // unknown type or a payload over MaxFrameSize.
@@ -188,12 +227,16 @@ func ReadFrame(r io.Reader) (Frame, error) {
 	if err := checkFrame(t, int(n)); err != nil {
 		return Frame{}, err
 	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	p := make([]byte, 0, min(int(n), readChunk))
+	for len(p) < int(n) {
+		k := min(int(n)-len(p), readChunk)
+		p = append(p, make([]byte, k)...)
+		if _, err := io.ReadFull(r, p[len(p)-k:]); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, fmt.Errorf("logchan: reading %s frame payload: %w", t, err)
 		}
-		return Frame{}, fmt.Errorf("logchan: reading %s frame payload: %w", t, err)
 	}
 	return Frame{Type: t, Payload: p}, nil
 }

@@ -91,16 +91,22 @@ func TestFrameMalformed(t *testing.T) {
 			t.Errorf("%s: err %v, want %v", tc.name, err, tc.want)
 		}
 	}
-	// exactly MaxFrameSize is fine
+	// exactly MaxFrameSize is fine for a Log frame
 	big := make([]byte, MaxFrameSize)
 	var buf bytes.Buffer
-	must(t, WriteFrame(&buf, FrameData, big))
+	must(t, WriteFrame(&buf, FrameLog, big))
 	if f, err := ReadFrame(&buf); err != nil || len(f.Payload) != MaxFrameSize {
 		t.Fatalf("max frame: %v", err)
 	}
+	// each type has its own bound
+	for _, ft := range []FrameType{FrameHello, FrameHelloReply, FrameAck, FrameHeartbeat, FrameBye, FrameControl, FrameData} {
+		if _, err := ReadFrame(bytes.NewReader(hdr(byte(ft), uint32(MaxPayload(ft)+1)))); !errors.Is(err, ErrFrameTooLarge) {
+			t.Errorf("%s frame of %d bytes: %v, want ErrFrameTooLarge", ft, MaxPayload(ft)+1, err)
+		}
+	}
 	// the writer refuses what the reader would refuse, writing nothing
 	buf.Reset()
-	if err := WriteFrame(&buf, FrameData, make([]byte, MaxFrameSize+1)); !errors.Is(err, ErrFrameTooLarge) || buf.Len() != 0 {
+	if err := WriteFrame(&buf, FrameData, make([]byte, SeedChunk+1)); !errors.Is(err, ErrFrameTooLarge) || buf.Len() != 0 {
 		t.Fatalf("oversize write: %v, wrote %d", err, buf.Len())
 	}
 	if err := WriteLogFrame(&buf, 0, make([]byte, MaxLogData+1)); !errors.Is(err, ErrFrameTooLarge) || buf.Len() != 0 {

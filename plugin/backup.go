@@ -118,6 +118,9 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	if err != nil {
 		return nil, err
 	}
+	if bdom.UUID != req.UUID {
+		return nil, fmt.Errorf("prepare-backup for %q carries the XML of domain %q", req.UUID, bdom.UUID)
+	}
 	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
 		epoch: req.Epoch, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,
 		detail: "waiting for the primary's log",

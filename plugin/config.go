@@ -39,6 +39,11 @@ type Config struct {
 	LibvirtURI string `yaml:"libvirt-uri"`
 	// ControlSocket is the unix socket path for the hook and virt-ft.
 	ControlSocket string `yaml:"control-socket"`
+	// ControlGroup may read status on the control socket (virt-ft status);
+	// failover and the hook need root. Default "libvirt" (libvirt's own
+	// group for its socket); a group that does not exist leaves the
+	// socket to root.
+	ControlGroup string `yaml:"control-group"`
 	// QEMUUser and QEMUGroup own the FIFOs QEMU opens; they must match
 	// libvirt's qemu.conf user/group (Debian: libvirt-qemu / libvirt-qemu).
 	QEMUUser  string `yaml:"qemu-user"`
@@ -110,6 +115,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.ControlSocket == "" {
 		c.ControlSocket = DefaultControlSocket
+	}
+	if c.ControlGroup == "" {
+		c.ControlGroup = "libvirt"
 	}
 	if c.QEMUUser == "" {
 		c.QEMUUser = "libvirt-qemu"

@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
@@ -140,7 +144,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("plugin: control socket %s: %w", d.cfg.ControlSocket, err)
 	}
-	_ = os.Chmod(d.cfg.ControlSocket, 0o600)
+	d.socketAccess()
 	pl, err := net.Listen("tcp", d.cfg.Listen)
 	if err != nil {
 		cl.Close()
@@ -345,10 +349,15 @@ func (d *Daemon) serveControl(l net.Listener) {
 		}
 		go func(c net.Conn) {
 			defer c.Close()
+			uid := peerUID(c)
 			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			req, err := ctl.ReadRequest(bufio.NewReaderSize(c, 1<<20))
 			_ = c.SetReadDeadline(time.Time{})
 			if err != nil {
+				_ = ctl.WriteResponse(c, ctl.Response{Error: err.Error()})
+				return
+			}
+			if err := d.authorize(req, uid); err != nil {
 				_ = ctl.WriteResponse(c, ctl.Response{Error: err.Error()})
 				return
 			}
@@ -563,4 +572,51 @@ func (d *Daemon) cancelBackup(uuid string) {
 	if b, ok := dm.current().(*backupRun); ok && !b.hasStarted() {
 		b.close("primary's prepare failed")
 	}
+}
+
+// socketAccess lets the control group (control-group) connect to the
+// control socket, to read status; without that group the socket stays
+// root's.
+func (d *Daemon) socketAccess() {
+	_ = os.Chmod(d.cfg.ControlSocket, 0o600)
+	g, err := user.LookupGroup(d.cfg.ControlGroup)
+	if err != nil {
+		d.log.Warnf("control-group %q: %v; only root can use virt-ft", d.cfg.ControlGroup, err)
+		return
+	}
+	gid, _ := strconv.Atoi(g.Gid)
+	if err := os.Chown(d.cfg.ControlSocket, 0, gid); err != nil {
+		d.log.WithError(err).Warn("control socket: giving it to control-group")
+		return
+	}
+	_ = os.Chmod(d.cfg.ControlSocket, 0o660)
+}
+
+// peerUID is the uid of the process at the other end of a unix socket
+// (SO_PEERCRED, unix(7)); -1 if unknown.
+func peerUID(c net.Conn) int {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	uid := -1
+	_ = raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			uid = int(cred.Uid)
+		}
+	})
+	return uid
+}
+
+// authorize: anyone who may connect (root, control-group) reads status;
+// a failover or a hook call needs root.
+func (d *Daemon) authorize(req ctl.Request, uid int) error {
+	if req.Op == ctl.OpStatus || uid == 0 {
+		return nil
+	}
+	return fmt.Errorf("permission denied: %q on the control socket needs root (members of control-group %q may only read status)", req.Op, d.cfg.ControlGroup)
 }

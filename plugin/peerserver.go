@@ -12,8 +12,17 @@ import (
 // handshakeTimeout bounds a peer's handshake.
 const handshakeTimeout = 10 * time.Second
 
+// controlIdle bounds the wait for a control connection's next frame: a
+// peer that stops mid-request is dropped.
+const controlIdle = 60 * time.Second
+
+// maxPeerConns bounds the peer connections served at once; more are
+// closed at once (each costs a goroutine and up to a frame's buffer).
+const maxPeerConns = 64
+
 // servePeers accepts connections from peer daemons.
 func (d *Daemon) servePeers(l net.Listener) {
+	slots := make(chan struct{}, maxPeerConns)
 	for {
 		nc, err := l.Accept()
 		if err != nil {
@@ -22,7 +31,17 @@ func (d *Daemon) servePeers(l net.Listener) {
 			}
 			continue
 		}
-		go d.servePeer(nc)
+		select {
+		case slots <- struct{}{}:
+		default:
+			d.log.WithField("peer", nc.RemoteAddr().String()).Warnf("connection refused: %d peer connections already served", maxPeerConns)
+			nc.Close()
+			continue
+		}
+		go func() {
+			defer func() { <-slots }()
+			d.servePeer(nc)
+		}()
 	}
 }
 
@@ -50,6 +69,9 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
 			return fmt.Errorf("unknown role %q", h.Role)
 		}
+		if !logchan.ValidUUID(h.DomainUUID) {
+			return fmt.Errorf("domain_uuid %q is not a UUID in canonical form (8-4-4-4-12 lower-case hex)", h.DomainUUID)
+		}
 		return nil
 	})
 	_ = nc.SetDeadline(time.Time{})
@@ -75,13 +97,14 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		}
 		b.serveLog(pc)
 	case logchan.RoleControl:
-		d.serveControlConn(pc)
+		d.serveControlConn(pc, hello.DomainUUID)
 	}
 }
 
-// serveControlConn answers control requests until the peer closes. A
-// malformed or unknown request ends the connection.
-func (d *Daemon) serveControlConn(pc *peerConn) {
+// serveControlConn answers control requests about the domain uuid (the
+// handshake's) until the peer closes or idles for controlIdle. A malformed
+// or unknown request, or one about another domain, ends the connection.
+func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 	defer pc.Close()
 	var seed *seedWriter
 	defer func() {
@@ -94,6 +117,7 @@ func (d *Daemon) serveControlConn(pc *peerConn) {
 		return pc.c.Reply(data, err)
 	}
 	for {
+		_ = pc.nc.SetReadDeadline(time.Now().Add(controlIdle))
 		req, data, err := pc.c.RecvControl()
 		if err != nil {
 			if errors.Is(err, logchan.ErrBadFrame) {
@@ -110,6 +134,10 @@ func (d *Daemon) serveControlConn(pc *peerConn) {
 				return
 			}
 			continue
+		}
+		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup) && req.UUID != uuid {
+			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
+			return
 		}
 		switch req.Op {
 		case logchan.OpHash:

@@ -3,7 +3,9 @@
 //
 // One request per connection: the client writes one JSON Request and a
 // newline, the daemon answers one JSON Response and closes. The socket is a
-// unix socket (default /run/libvirt-ft/ctl.sock, mode 0600, root only).
+// unix socket (default /run/libvirt-ft/ctl.sock, mode 0660, group
+// control-group: its members may read status; failover and the hook need
+// root).
 package ctl
 
 import (
@@ -12,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 )
 
@@ -265,7 +268,7 @@ func Call(socket string, req Request, timeout time.Duration) (Response, error) {
 	var resp Response
 	c, err := net.DialTimeout("unix", socket, timeout)
 	if err != nil {
-		return resp, fmt.Errorf("%w (%v); start it (systemctl start libvirt-ftd) and retry", ErrDaemonUnreachable, err)
+		return resp, dialError(socket, err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(timeout))
@@ -311,3 +314,15 @@ func WriteResponse(c net.Conn, resp Response) error {
 
 // DefaultSocket is the daemon's default control socket.
 const DefaultSocket = "/run/libvirt-ft/ctl.sock"
+
+// ErrPermission wraps a refusal to connect to the control socket.
+var ErrPermission = errors.New("permission denied on libvirt-ftd's control socket")
+
+// dialError explains a failure to connect to socket: no permission (the
+// caller is neither root nor in the daemon's control-group), or no daemon.
+func dialError(socket string, err error) error {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w %s: run virt-ft as root, or as a member of the group set by control-group in /etc/libvirt-ft/libvirt-ftd.yaml (default libvirt) to read status", ErrPermission, socket)
+	}
+	return fmt.Errorf("%w (%v); start it (systemctl start libvirt-ftd) and retry", ErrDaemonUnreachable, err)
+}
