@@ -103,6 +103,7 @@ bench: build guest qemu-ft
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime 60s ./logchan/
+	$(GO) test -run '^$$' -fuzz FuzzRecv -fuzztime 60s ./logchan/
 
 lab-up: build guest
 	HOOK_BIN=$(BIN)/libvirt-ft-hook $(LAB) up

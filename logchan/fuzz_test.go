@@ -1,6 +1,7 @@
 package logchan
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
@@ -113,6 +114,45 @@ func FuzzDecoder(f *testing.F) {
 		c2, err2 := again.Feed(got)
 		if err2 != nil || !bytes.Equal(c2.Data, got) || c2.Events != events || again.Pending() != 0 {
 			t.Fatalf("re-decode: %v, %d of %d bytes, %d of %d events", err2, len(c2.Data), len(got), c2.Events, events)
+		}
+	})
+}
+
+// FuzzRecv feeds any bytes to a log channel's reader and a control
+// connection's reader: they never panic, never return a payload over its
+// type's bound, and stop at the first malformed frame.
+func FuzzRecv(f *testing.F) {
+	var ok bytes.Buffer
+	_ = WriteLogFrame(&ok, 0, []byte(evInstruction(5)))
+	_ = WriteFrame(&ok, FrameAck, EncodeAck(Ack{1, 2, 3, 4}))
+	_ = WriteFrame(&ok, FrameHeartbeat, EncodeHeartbeat(Heartbeat{Seq: 1, Released: []uint64{3}}))
+	_ = WriteFrame(&ok, FrameBye, Bye{Clean: true, Reason: "live", Detail: "x"}.Encode())
+	f.Add(ok.Bytes())
+	f.Add(AppendFrameHeader(nil, FrameLog, MaxFrameSize))
+	f.Add(AppendFrameHeader(nil, FrameAck, 31))
+	f.Add(append(AppendFrameHeader(nil, FrameControl, 2), '{', '}'))
+	f.Add(append(AppendFrameHeader(nil, FrameData, 3), 1, 2, 3))
+	f.Add([]byte{0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &Conn{r: bufio.NewReader(bytes.NewReader(data))}
+		for range 64 {
+			m, err := c.Recv()
+			if err != nil {
+				break
+			}
+			if len(m.Data) > MaxLogData || len(m.Heartbeat.Released) > MaxHeartbeatNICs || len(m.Bye.Reason)+len(m.Bye.Detail) > MaxByeBytes {
+				t.Fatalf("a message over its bound: %+v", m)
+			}
+		}
+		cc := &Conn{r: bufio.NewReader(bytes.NewReader(data))}
+		for range 64 {
+			_, d, err := cc.RecvControl()
+			if err != nil {
+				break
+			}
+			if len(d) > SeedChunk {
+				t.Fatalf("a Data frame of %d bytes", len(d))
+			}
 		}
 	})
 }
