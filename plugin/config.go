@@ -73,11 +73,21 @@ type Config struct {
 	// SeedDirs are the directories a peer may write disk copies into when it
 	// seeds a backup (absolute paths). Default [/var/lib/libvirt/images].
 	SeedDirs []string `yaml:"seed-dirs"`
+	// Arbiter names the split-brain arbiter (docs/architecture.md §1):
+	// "etcd" (a witness etcd cluster, ArbiterEtcd), "dir" (a directory on
+	// storage both hosts mount, ArbiterDir) or "none" (a network
+	// partition can run the VM on both hosts; every start and virt-ft
+	// status warn). Empty: "etcd" if arbiter-etcd lists endpoints, "dir"
+	// if arbiter-dir is set; with neither, protection is refused.
+	Arbiter string `yaml:"arbiter"`
 	// ArbiterDir is a directory on storage shared by both hosts (NFS, a
-	// cluster file system) holding the split-brain lock files. Empty means
-	// no arbiter: a backup goes live and a primary goes on alone without
-	// asking anyone, so a network partition can give split brain.
+	// cluster file system) holding the split-brain lock files.
 	ArbiterDir string `yaml:"arbiter-dir"`
+	// ArbiterEtcd is the etcd witness.
+	ArbiterEtcd EtcdConfig `yaml:"arbiter-etcd"`
+	// ArbiterTimeoutMS bounds one claim (ms): an unreachable etcd or a
+	// hung mount is an error after this long, never a wait. Default 2000.
+	ArbiterTimeoutMS int `yaml:"arbiter-timeout-ms"`
 	// AllowedPeers, when not empty, lists the IP addresses whose daemons may
 	// connect (log channel and control requests). Empty allows any address.
 	AllowedPeers []string `yaml:"allowed-peers"`
@@ -143,6 +153,23 @@ func (c *Config) applyDefaults() {
 	if c.DialTimeoutMS == 0 {
 		c.DialTimeoutMS = 3000
 	}
+	if c.Arbiter == "" {
+		switch {
+		case len(c.ArbiterEtcd.Endpoints) > 0:
+			c.Arbiter = ArbiterEtcd
+		case c.ArbiterDir != "":
+			c.Arbiter = ArbiterDir
+		}
+	}
+	if c.ArbiterEtcd.Prefix == "" {
+		c.ArbiterEtcd.Prefix = "/libvirt-ft"
+	}
+	if c.ArbiterEtcd.LeaseSeconds == 0 {
+		c.ArbiterEtcd.LeaseSeconds = 60
+	}
+	if c.ArbiterTimeoutMS == 0 {
+		c.ArbiterTimeoutMS = 2000
+	}
 }
 
 // DefaultWindowBytes is the default log channel window (bytes). Under TCP
@@ -166,6 +193,19 @@ func (c *Config) validate(path string) error {
 	}
 	if c.WindowBytes < 16<<10 {
 		return fmt.Errorf("plugin: config %s: window-bytes %d is below 16384; raise it (default %d)", path, c.WindowBytes, DefaultWindowBytes)
+	}
+	switch c.Arbiter {
+	case "", ArbiterNone:
+	case ArbiterDir:
+		if !filepath.IsAbs(c.ArbiterDir) {
+			return fmt.Errorf("plugin: config %s: arbiter: dir needs arbiter-dir, an absolute path on storage both hosts mount", path)
+		}
+	case ArbiterEtcd:
+		if len(c.ArbiterEtcd.Endpoints) == 0 {
+			return fmt.Errorf("plugin: config %s: arbiter: etcd needs arbiter-etcd: endpoints: [http://WITNESS:2379]", path)
+		}
+	default:
+		return fmt.Errorf("plugin: config %s: arbiter %q: use etcd, dir or none", path, c.Arbiter)
 	}
 	return nil
 }
@@ -220,3 +260,38 @@ func (c Config) qemuOwner() (uid, gid int, err error) {
 func (c Config) statusInterval() time.Duration {
 	return time.Duration(c.StatusIntervalMS) * time.Millisecond
 }
+
+// Arbiter kinds (Config.Arbiter).
+const (
+	ArbiterEtcd = "etcd"
+	ArbiterDir  = "dir"
+	ArbiterNone = "none"
+)
+
+// EtcdConfig is the etcd witness of the split-brain arbiter.
+type EtcdConfig struct {
+	// Endpoints are the etcd client URLs (http://HOST:2379).
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is the key prefix of the claims. Default /libvirt-ft.
+	Prefix string `yaml:"prefix"`
+	// LeaseSeconds is the lease of this daemon's claims: a claim outlives
+	// a daemon that stopped renewing it by at most this long. Default 60.
+	LeaseSeconds int64 `yaml:"lease-seconds"`
+}
+
+// ErrNoArbiter is wrapped when protection is refused for want of an
+// arbiter.
+var ErrNoArbiter = errors.New("no split-brain arbiter configured")
+
+// arbiterMissing is the refusal of a protected domain when no arbiter is
+// configured: it names the keys to set.
+func (c Config) arbiterMissing() error {
+	if c.Arbiter != "" {
+		return nil
+	}
+	return fmt.Errorf("libvirt-ft: %w: set arbiter-etcd: endpoints: [http://WITNESS:2379] (an etcd witness) or arbiter-dir (storage both hosts mount) in %s, or arbiter: none to accept that a network partition can run the VM on both hosts", ErrNoArbiter, DefaultConfigPath)
+}
+
+// arbiterWarning is what every start and virt-ft status say with arbiter:
+// none.
+const arbiterWarning = "arbiter: none: a network partition can run this VM on both hosts (split brain); configure arbiter-etcd or arbiter-dir in " + DefaultConfigPath

@@ -107,12 +107,39 @@ func (dm *domain) status() ctl.DomainStatus {
 }
 
 // New returns a daemon for cfg on the local libvirtd (cfg.LibvirtURI). It
-// does not touch the system until Run.
-func New(cfg Config, log *logrus.Logger) *Daemon {
-	d := newDaemon(cfg, log, nil, dirArbiter{dir: cfg.ArbiterDir, me: arbiterIdentity(cfg.Listen)})
+// does not touch the system until Run. Errors: an arbiter that cannot be
+// set up (arbiter-etcd).
+func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
+	arb, err := newArbiter(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	d := newDaemon(cfg, log, nil, arb)
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
-	return d
+	return d, nil
+}
+
+// newArbiter sets up the arbiter cfg names (Config.Arbiter); nil when none
+// is configured (protection is then refused).
+func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
+	me := arbiterIdentity(cfg.Listen)
+	timeout := time.Duration(cfg.ArbiterTimeoutMS) * time.Millisecond
+	switch cfg.Arbiter {
+	case ArbiterEtcd:
+		a, err := newEtcdArbiter(cfg.ArbiterEtcd, me, timeout, log.WithField("part", "arbiter"))
+		if err != nil {
+			return nil, err
+		}
+		return newBoundedArbiter(a, timeout+time.Second), nil
+	case ArbiterDir:
+		return newBoundedArbiter(dirArbiter{dir: cfg.ArbiterDir, me: me}, timeout), nil
+	case ArbiterNone:
+		log.Warn(arbiterWarning)
+		return dirArbiter{}, nil // every claim wins
+	}
+	log.Warn(cfg.arbiterMissing())
+	return nil, nil
 }
 
 // newDaemon returns a daemon on hv and arb (tests give fakes).
@@ -300,6 +327,10 @@ func (d *Daemon) handleDefined(name string) {
 		refuse(perr)
 		return
 	}
+	if err := d.cfg.arbiterMissing(); err != nil {
+		refuse(err)
+		return
+	}
 	var ld libvirtxml.Domain
 	if err := ld.Unmarshal(def.XML); err != nil {
 		refuse(err)
@@ -434,6 +465,9 @@ func (d *Daemon) status(name string) []ctl.DomainStatus {
 		if name != "" && s.Name != name && s.UUID != name {
 			continue
 		}
+		if d.cfg.Arbiter == ArbiterNone {
+			s.Warnings = append(s.Warnings, arbiterWarning)
+		}
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -493,6 +527,14 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 // primaryRun arms the backup and opens the log channel before QEMU starts.
 func (d *Daemon) startPrimary(h ctl.Hook, cfg ftxml.Config, ld *libvirtxml.Domain, log logrus.FieldLogger) error {
 	dm := d.entry(ld.UUID, h.Domain)
+	if err := d.cfg.arbiterMissing(); err != nil {
+		dm.note(ctl.StateRefused, err.Error())
+		log.Error(err)
+		return err
+	}
+	if d.cfg.Arbiter == ArbiterNone {
+		log.Warn(arbiterWarning)
+	}
 	warnings, verr := ftxml.Validate(ld)
 	if verr != nil {
 		dm.note(ctl.StateRefused, verr.Error())
@@ -530,6 +572,9 @@ func (d *Daemon) startPrimary(h ctl.Hook, cfg ftxml.Config, ld *libvirtxml.Domai
 // prepareBackup answers the primary daemon's prepare-backup request: a new
 // backupRun replaces a stale backup of an earlier run of the primary.
 func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) error {
+	if err := d.cfg.arbiterMissing(); err != nil {
+		return fmt.Errorf("the backup host refuses: %w", err)
+	}
 	dm := d.entry(req.UUID, req.Name)
 	if prev := dm.current(); prev != nil {
 		if _, ok := prev.(*primaryRun); ok && prev.active() {

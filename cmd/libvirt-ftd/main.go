@@ -36,7 +36,11 @@ func main() {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return plugin.New(cfg, log).Run(ctx)
+			d, err := plugin.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			return d.Run(ctx)
 		},
 	}
 	cmd.Flags().StringVarP(&configPath, "config", "c", plugin.DefaultConfigPath, "configuration file (YAML)")

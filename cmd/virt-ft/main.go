@@ -168,6 +168,9 @@ func printStatus(ds []ctl.DomainStatus) {
 		if d.Stall != nil {
 			fmt.Printf("%s: backup %s\n", d.Name, stallLine(*d.Stall))
 		}
+		for _, w := range d.Warnings {
+			fmt.Printf("%s: WARNING: %s\n", d.Name, w)
+		}
 	}
 }
 

@@ -153,6 +153,8 @@ type DomainStatus struct {
 	Gates []Gate `json:"output_gates,omitempty"`
 	// Stall is the last replay stall of this domain's backup.
 	Stall *Stall `json:"stall,omitempty"`
+	// Warnings are standing risks of this host's setup (arbiter: none).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Seeding is a disk copy to the backup host.

@@ -1,0 +1,181 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// etcdArbiter is the Arbiter on an etcd witness (go.etcd.io/etcd/client/v3):
+// the claim of (uuid, epoch) is the key <prefix>/claims/<uuid>/<epoch>,
+// created in one transaction if it does not exist (CreateRevision = 0), with
+// this daemon's identity as its value, under this daemon's lease. Exactly
+// one of the two daemons creates it; asking again is idempotent for the
+// holder. Claims of a pairing whose daemons are gone expire with their
+// lease. Every call is bounded by timeout: an unreachable etcd is an error,
+// never a wait.
+type etcdArbiter struct {
+	cli     *clientv3.Client
+	prefix  string
+	me      string
+	ttl     int64
+	timeout time.Duration
+	log     logrus.FieldLogger
+
+	mu    sync.Mutex
+	lease clientv3.LeaseID
+	alive <-chan *clientv3.LeaseKeepAliveResponse
+	stop  context.CancelFunc
+}
+
+// newEtcdArbiter connects lazily: creating it never blocks.
+func newEtcdArbiter(cfg EtcdConfig, me string, timeout time.Duration, log logrus.FieldLogger) (*etcdArbiter, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: timeout, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("arbiter-etcd %v: %w", cfg.Endpoints, err)
+	}
+	return &etcdArbiter{cli: cli, prefix: strings.TrimSuffix(cfg.Prefix, "/"), me: me, ttl: cfg.LeaseSeconds,
+		timeout: timeout, log: log}, nil
+}
+
+func (a *etcdArbiter) key(uuid, epoch string) string {
+	return path.Join(a.prefix, "claims", uuid, epoch)
+}
+
+// leaseID returns this daemon's lease, granting a new one (kept alive in
+// the background) when there is none or it expired.
+func (a *etcdArbiter) leaseID(ctx context.Context) (clientv3.LeaseID, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.lease != 0 {
+		select {
+		case _, ok := <-a.alive:
+			if ok {
+				return a.lease, nil
+			}
+			// The keep-alive ended: the lease is gone or going.
+			a.stop()
+			a.lease = 0
+		default:
+			return a.lease, nil
+		}
+	}
+	g, err := a.cli.Grant(ctx, a.ttl)
+	if err != nil {
+		return 0, err
+	}
+	kctx, stop := context.WithCancel(context.Background())
+	alive, err := a.cli.KeepAlive(kctx, g.ID)
+	if err != nil {
+		stop()
+		return 0, err
+	}
+	a.lease, a.alive, a.stop = g.ID, alive, stop
+	return g.ID, nil
+}
+
+func (a *etcdArbiter) Acquire(uuid, epoch string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+	defer cancel()
+	lease, err := a.leaseID(ctx)
+	if err != nil {
+		return false, fmt.Errorf("arbiter: etcd: lease: %w", err)
+	}
+	k := a.key(uuid, epoch)
+	resp, err := a.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, a.me, clientv3.WithLease(lease))).
+		Else(clientv3.OpGet(k)).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("arbiter: etcd: claiming %s: %w", k, err)
+	}
+	if resp.Succeeded {
+		return true, nil
+	}
+	if len(resp.Responses) == 0 || len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
+		// The holder's lease expired between the compare and the get:
+		// neither won nor lost; the core asks again.
+		return false, errors.New("arbiter: etcd: the claim vanished while read; retrying")
+	}
+	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value) == a.me, nil
+}
+
+func (a *etcdArbiter) Forget(uuid, keepEpoch string) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+	defer cancel()
+	dir := path.Join(a.prefix, "claims", uuid) + "/"
+	resp, err := a.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		a.log.WithError(err).Warn("arbiter: etcd: listing old claims")
+		return
+	}
+	for _, kv := range resp.Kvs {
+		if string(kv.Key) != dir+keepEpoch {
+			_, _ = a.cli.Delete(ctx, string(kv.Key))
+		}
+	}
+}
+
+// Close releases the lease (its claims go at once) and the connection.
+func (a *etcdArbiter) Close() error {
+	a.mu.Lock()
+	lease, stop := a.lease, a.stop
+	a.lease = 0
+	a.mu.Unlock()
+	if lease != 0 {
+		stop()
+		ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+		_, _ = a.cli.Revoke(ctx, lease)
+		cancel()
+	}
+	return a.cli.Close()
+}
+
+// boundedArbiter bounds every claim of an Arbiter that can hang (a file
+// system claim on a hung NFS mount): after timeout the claim is an error
+// (neither won nor lost) and the daemon goes on; while one claim hangs,
+// later ones fail at once instead of piling up.
+type boundedArbiter struct {
+	Arbiter
+	timeout time.Duration
+	busy    chan struct{} // one claim in flight
+}
+
+func newBoundedArbiter(a Arbiter, timeout time.Duration) *boundedArbiter {
+	return &boundedArbiter{Arbiter: a, timeout: timeout, busy: make(chan struct{}, 1)}
+}
+
+func (b *boundedArbiter) Acquire(uuid, epoch string) (bool, error) {
+	select {
+	case b.busy <- struct{}{}:
+	default:
+		return false, errors.New("arbiter: an earlier claim has not returned yet (hung storage?)")
+	}
+	type result struct {
+		won bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() { <-b.busy }()
+		won, err := b.Arbiter.Acquire(uuid, epoch)
+		done <- result{won, err}
+	}()
+	t := time.NewTimer(b.timeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		return r.won, r.err
+	case <-t.C:
+		return false, fmt.Errorf("arbiter: no answer within %v", b.timeout)
+	}
+}

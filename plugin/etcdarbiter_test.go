@@ -1,0 +1,160 @@
+package plugin
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// freePort returns a TCP port on 127.0.0.1 nobody listens on.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startEtcd runs a one-member etcd (Debian's etcd-server, installed by make
+// setup) in a temporary directory and returns its client URL. It is ended
+// by its pid when the test ends.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Fatalf("etcd is not installed: apt-get install etcd-server (make setup): %v", err)
+	}
+	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	cmd := exec.Command(bin, "--name", "witness", "--data-dir", t.TempDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "witness="+peer)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get(client + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return client
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd at %s not healthy after 20 s: %v", client, err)
+		}
+	}
+}
+
+func testEtcdArbiter(t *testing.T, endpoint, me string) *etcdArbiter {
+	t.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	a, err := newEtcdArbiter(EtcdConfig{Endpoints: []string{endpoint}, Prefix: "/libvirt-ft", LeaseSeconds: 60}, me, 2*time.Second, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// Against a real etcd: exactly one of two daemons wins a pairing's claim;
+// the holder asking again wins again; a new epoch is a new claim; Forget
+// drops the old ones; a daemon that closes (stops) releases its claims.
+func TestEtcdArbiter(t *testing.T) {
+	ep := startEtcd(t)
+	a, b := testEtcdArbiter(t, ep, "host-a"), testEtcdArbiter(t, ep, "host-b")
+	const uuid = "5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6"
+	wonB, err := b.Acquire(uuid, "e1")
+	if err != nil || !wonB {
+		t.Fatalf("first claim: %v %v", wonB, err)
+	}
+	if wonA, err := a.Acquire(uuid, "e1"); err != nil || wonA {
+		t.Fatalf("second claim must lose: %v %v", wonA, err)
+	}
+	if again, err := b.Acquire(uuid, "e1"); err != nil || !again {
+		t.Fatalf("the holder asking again: %v %v", again, err)
+	}
+	if won, err := a.Acquire(uuid, "e2"); err != nil || !won {
+		t.Fatalf("a new epoch: %v %v", won, err)
+	}
+	a.Forget(uuid, "e2")
+	if won, err := a.Acquire(uuid, "e1"); err != nil || !won {
+		t.Fatalf("after Forget the old epoch's claim is gone: %v %v", won, err)
+	}
+	// b stops: its lease is revoked and its claims go with it.
+	if won, err := b.Acquire(uuid, "e3"); err != nil || !won {
+		t.Fatal(won, err)
+	}
+	b.Close()
+	if won, err := a.Acquire(uuid, "e3"); err != nil || !won {
+		t.Fatalf("a claim of a stopped daemon must expire with its lease: %v %v", won, err)
+	}
+}
+
+// An unreachable etcd is an error within the timeout, never a wait, and
+// neither a win nor a loss.
+func TestEtcdArbiterUnreachable(t *testing.T) {
+	a := testEtcdArbiter(t, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), "host-a")
+	t0 := time.Now()
+	won, err := a.Acquire("5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6", "e1")
+	if err == nil || won {
+		t.Fatalf("unreachable etcd: won %v err %v", won, err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Fatalf("the claim took %v with a 2 s timeout", d)
+	}
+}
+
+type hangingArbiter struct {
+	calls  atomic.Int32
+	unhang chan struct{}
+}
+
+func (h *hangingArbiter) Acquire(string, string) (bool, error) {
+	h.calls.Add(1)
+	<-h.unhang // a hung NFS mount
+	return true, nil
+}
+func (h *hangingArbiter) Forget(string, string) {}
+
+// A claim that hangs (a hung mount) is an error after the bound, and later
+// claims fail at once rather than pile up behind it.
+func TestBoundedArbiter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := &hangingArbiter{unhang: make(chan struct{})}
+		defer func() { close(h.unhang); synctest.Wait() }()
+		b := newBoundedArbiter(h, 2*time.Second)
+		t0 := time.Now()
+		if won, err := b.Acquire("u", "e"); won || err == nil || !strings.Contains(err.Error(), "no answer within 2s") {
+			t.Fatalf("hung claim: %v %v", won, err)
+		}
+		if d := time.Since(t0); d != 2*time.Second {
+			t.Fatalf("returned after %v, want 2s", d)
+		}
+		if won, err := b.Acquire("u", "e"); won || err == nil || !strings.Contains(err.Error(), "has not returned") {
+			t.Fatalf("claim behind a hung one: %v %v", won, err)
+		}
+		if h.calls.Load() != 1 {
+			t.Fatalf("%d claims reached the hung arbiter, want 1", h.calls.Load())
+		}
+	})
+}
