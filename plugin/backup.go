@@ -106,6 +106,9 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	if active, err := e.hv.IsActive(req.UUID); err == nil && active {
 		return nil, fmt.Errorf("domain %q is already running on the backup host", req.Name)
 	}
+	if err := e.cfg.checkPeerDomain(req.XML); err != nil {
+		return nil, err
+	}
 	backupXML, err := ftxml.Backup(req.XML, ftxml.HostConfig{PeerAddress: primaryHost})
 	if err != nil {
 		return nil, err

@@ -88,6 +88,15 @@ type Config struct {
 	// ArbiterTimeoutMS bounds one claim (ms): an unreachable etcd or a
 	// hung mount is an error after this long, never a wait. Default 2000.
 	ArbiterTimeoutMS int `yaml:"arbiter-timeout-ms"`
+	// AllowedEmulators are the QEMU binaries a peer's domain may name
+	// (<emulator>). Default: /usr/bin/qemu-system-x86_64 and libvirt-ft's
+	// patched QEMU.
+	AllowedEmulators []string `yaml:"allowed-emulators"`
+	// AllowPeerQEMUArgs lets a peer's domain carry QEMU arguments and
+	// overrides of its own (<qemu:commandline>, <qemu:override>), passed to
+	// the backup's QEMU as they are. Off by default: they give the peer
+	// the backup host's QEMU command line.
+	AllowPeerQEMUArgs bool `yaml:"allow-peer-qemu-args"`
 	// AllowedPeers, when not empty, lists the IP addresses whose daemons may
 	// connect (log channel and control requests). Empty allows any address.
 	AllowedPeers []string `yaml:"allowed-peers"`
@@ -166,6 +175,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.ArbiterEtcd.LeaseSeconds == 0 {
 		c.ArbiterEtcd.LeaseSeconds = 60
+	}
+	if len(c.AllowedEmulators) == 0 {
+		c.AllowedEmulators = []string{"/usr/bin/qemu-system-x86_64", patchedQEMUPath}
 	}
 	if c.ArbiterTimeoutMS == 0 {
 		c.ArbiterTimeoutMS = 2000

@@ -651,7 +651,7 @@ func newFakePair(t *testing.T) *fakePair {
 	fp := &fakePair{net: &fakeNet{hosts: map[string]*fakeHost{}},
 		arb: &arbiterState{claims: map[string]string{}, unreachable: map[string]bool{}}}
 	mk := func(ip string) *fakeHost {
-		cfg := Config{Arbiter: ArbiterEtcd}
+		cfg := Config{Arbiter: ArbiterEtcd, AllowedEmulators: []string{"/nonexistent/qemu-system-x86_64"}}
 		cfg.applyDefaults()
 		cfg.Listen = ip + ":7480"
 		pipes := &memPipes{}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -141,6 +142,16 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 		}
 		switch req.Op {
 		case logchan.OpHash:
+			// Only a disk this host would accept a copy of, and only a
+			// regular file: never /dev/zero, /etc/shadow or a link.
+			if !d.cfg.seedAllowed(req.Path) {
+				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: put the disk under one of %v, or add its directory to seed-dirs in %s", req.Path, d.cfg.SeedDirs, DefaultConfigPath))
+				return
+			}
+			if fi, err := os.Lstat(req.Path); err == nil && !fi.Mode().IsRegular() {
+				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: not a regular file", req.Path))
+				return
+			}
 			h, err := hashFile(req.Path)
 			if reply(h, err) != nil || err != nil {
 				return

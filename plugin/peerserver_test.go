@@ -67,3 +67,28 @@ func TestControlAuthorization(t *testing.T) {
 		}
 	}
 }
+
+// The backup host hashes only regular files under seed-dirs.
+func TestHashOnlySeedableFiles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		pc, err := dialControl(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		var d logchan.FileDigest
+		for _, path := range []string{"/dev/zero", "/etc/shadow"} {
+			err := pc.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &d)
+			if err == nil || !strings.Contains(err.Error(), "does not hash") {
+				t.Fatalf("hash of %s: %v", path, err)
+			}
+			// The connection is dropped after a refusal; open another.
+			pc.Close()
+			if pc, err = dialControl(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

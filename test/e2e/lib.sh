@@ -45,6 +45,7 @@ lab_start() {
 		listen: $ip:7480
 		libvirt-uri: qemu:///system
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
+		allowed-emulators: [/usr/bin/qemu-system-x86_64, ${EMULATOR:-/usr/bin/qemu-system-x86_64}]
 		keep-stall-log: true
 		YAML
 		lab bg $h ftd ${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
