@@ -88,6 +88,12 @@ type Config struct {
 	// ArbiterTimeoutMS bounds one claim (ms): an unreachable etcd or a
 	// hung mount is an error after this long, never a wait. Default 2000.
 	ArbiterTimeoutMS int `yaml:"arbiter-timeout-ms"`
+	// TLS names the PKI files of the peer port (mutual TLS, tls.go);
+	// libvirt's layout by default.
+	TLS TLSConfig `yaml:"tls"`
+	// PlainTCP turns TLS off on the peer port: anyone who reaches it is
+	// believed. Only for a network nobody else can reach; warned at start.
+	PlainTCP bool `yaml:"plain-tcp"`
 	// AllowedEmulators are the QEMU binaries a peer's domain may name
 	// (<emulator>). Default: /usr/bin/qemu-system-x86_64 and libvirt-ft's
 	// patched QEMU.
@@ -176,6 +182,7 @@ func (c *Config) applyDefaults() {
 	if c.ArbiterEtcd.LeaseSeconds == 0 {
 		c.ArbiterEtcd.LeaseSeconds = 60
 	}
+	c.TLS.applyDefaults()
 	if len(c.AllowedEmulators) == 0 {
 		c.AllowedEmulators = []string{"/usr/bin/qemu-system-x86_64", patchedQEMUPath}
 	}

@@ -39,6 +39,7 @@ type Daemon struct {
 	qemuUID, qemuGID int
 	pipes            logPipes
 	dial             func(addr string, timeout time.Duration) (net.Conn, error)
+	tls              *peerTLS // nil with plain-tcp
 
 	mu   sync.Mutex
 	doms map[string]*domain // by domain UUID
@@ -117,6 +118,15 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	d := newDaemon(cfg, log, nil, arb)
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
+	if cfg.PlainTCP {
+		log.Warn("plain-tcp: true: the peer port has no TLS; anyone who reaches it can arm backups, seed disks and feed logs here")
+	} else {
+		t, err := loadPeerTLS(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		d.tls, d.dial = t, t.dial
+	}
 	return d, nil
 }
 

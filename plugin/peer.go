@@ -84,10 +84,7 @@ func dialLog(e env, addr, uuid, qemuVer string, logVer uint32) (*peerConn, error
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := pc.nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	pc.startWriter()
+	pc.startWriter() // Go's TCP connections have TCP_NODELAY on
 	return pc, nil
 }
 
@@ -193,8 +190,9 @@ func (p *peerConn) closeWrite() {
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	_ = p.c.Flush()
-	if tc, ok := p.nc.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
+	// *net.TCPConn, and *tls.Conn (close_notify, then the TCP half-close).
+	if hc, ok := p.nc.(interface{ CloseWrite() error }); ok {
+		_ = hc.CloseWrite()
 		return
 	}
 	_ = p.nc.Close()

@@ -41,6 +41,15 @@ func (d *Daemon) servePeers(l net.Listener) {
 		}
 		go func() {
 			defer func() { <-slots }()
+			if d.tls != nil {
+				tc, err := d.tls.accept(nc, handshakeTimeout)
+				if err != nil {
+					d.log.WithField("peer", nc.RemoteAddr().String()).WithError(err).Warn("connection refused at the TLS handshake")
+					nc.Close()
+					return
+				}
+				nc = tc
+			}
 			d.servePeer(nc)
 		}()
 	}
@@ -83,9 +92,6 @@ func (d *Daemon) servePeer(nc net.Conn) {
 	}
 	switch hello.Role {
 	case logchan.RolePrimary:
-		if tc, ok := nc.(*net.TCPConn); ok {
-			_ = tc.SetNoDelay(true)
-		}
 		var b *backupRun
 		if dm := d.lookup(hello.DomainUUID); dm != nil {
 			b, _ = dm.current().(*backupRun)

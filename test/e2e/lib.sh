@@ -32,18 +32,50 @@ wait_for() {
 	done
 }
 
+# lab_pki: a CA and a certificate per host (server and client use, an IP
+# address SAN with the host's address) for the peer port's mutual TLS, made
+# with openssl in a fresh directory whose path it prints. The lab's
+# libvirt-ftd.yaml points tls: at copies in each host's /etc/libvirt-ft/pki.
+lab_pki() {
+	local dir h ip
+	dir=$(mktemp -d /tmp/ft-pki.XXXXXX)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=libvirt-ft lab CA" \
+		-keyout "$dir/cakey.pem" -out "$dir/cacert.pem" 2>/dev/null
+	for h in a b; do
+		ip=$HOST_A_IP; [ $h = b ] && ip=$HOST_B_IP
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=ftlab-$h" \
+			-keyout "$dir/$h-key.pem" -out "$dir/$h.csr" 2>/dev/null
+		openssl x509 -req -in "$dir/$h.csr" -CA "$dir/cacert.pem" -CAkey "$dir/cakey.pem" -CAcreateserial -days 2 \
+			-extfile <(printf 'subjectAltName=IP:%s,DNS:ftlab-%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$ip" "$h") \
+			-out "$dir/$h-cert.pem" 2>/dev/null
+	done
+	echo "$dir"
+}
+
 # lab_start: bring the lab up with our hook installed, configure and start
 # libvirt-ftd on both hosts.
 lab_start() {
 	[ -x "$BIN/libvirt-ftd" ] || die "run make build first"
 	command -v jq >/dev/null || die "jq is missing (make setup)"
 	HOOK_BIN="$BIN/libvirt-ft-hook" lab up
-	local h ip
+	local h ip pki
+	pki=$(lab_pki)
 	for h in a b; do
 		ip=$HOST_A_IP; [ $h = b ] && ip=$HOST_B_IP
+		on $h mkdir -p /etc/libvirt-ft/pki
+		for f in cacert.pem $h-cert.pem $h-key.pem; do
+			on $h sh -c "cat > /etc/libvirt-ft/pki/$f && chmod 600 /etc/libvirt-ft/pki/$f" <"$pki/$f"
+		done
+		[ $h = b ] && rm -rf "$pki"
 		on $h sh -c "mkdir -p /etc/libvirt-ft && cat > /etc/libvirt-ft/libvirt-ftd.yaml" <<-YAML
 		listen: $ip:7480
 		libvirt-uri: qemu:///system
+		tls:
+		  ca-cert: /etc/libvirt-ft/pki/cacert.pem
+		  server-cert: /etc/libvirt-ft/pki/$h-cert.pem
+		  server-key: /etc/libvirt-ft/pki/$h-key.pem
+		  client-cert: /etc/libvirt-ft/pki/$h-cert.pem
+		  client-key: /etc/libvirt-ft/pki/$h-key.pem
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
 		allowed-emulators: [/usr/bin/qemu-system-x86_64, ${EMULATOR:-/usr/bin/qemu-system-x86_64}]
 		keep-stall-log: true
