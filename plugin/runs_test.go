@@ -66,6 +66,17 @@ func runDomainXML(stateDir string) string {
 </domain>`
 }
 
+// killPrimary kills host a's QEMU (no END in its log) and lets 5 s of
+// failover pass.
+func killPrimary(t *testing.T, fp *fakePair) {
+	t.Helper()
+	if _, err := fp.a.hv.Destroy(runUUID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Second)
+	synctest.Wait()
+}
+
 // instructions returns n INSTRUCTION events of k instructions each.
 func instructions(n int, k uint32) []byte {
 	var b []byte
@@ -138,11 +149,7 @@ func TestRunsReplicate(t *testing.T) {
 func TestRunsPrimaryKilledBackupGoesLive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
-		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Second)
-		synctest.Wait()
+		killPrimary(t, fp)
 		live := fp.b.hv.running(runUUID)
 		if live == nil {
 			t.Fatal("nothing runs on host b after the primary died")
@@ -177,11 +184,7 @@ func TestRunsPrimaryKilledBackupGoesLive(t *testing.T) {
 func TestRunsGoLiveStockQEMU(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t, func(fp *fakePair) { fp.b.hv.stock = true })
-		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Second)
-		synctest.Wait()
+		killPrimary(t, fp)
 		live := fp.b.hv.running(runUUID)
 		if live == nil {
 			t.Fatal("nothing runs on host b after the primary died")
@@ -348,11 +351,7 @@ func TestRunsBackupStall(t *testing.T) {
 func TestRunsRestartAfterFailover(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
-		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Second)
-		synctest.Wait()
+		killPrimary(t, fp)
 		if s := fp.b.status(t, "web"); s.State != ctl.StateLive {
 			t.Fatalf("host b: %+v", s)
 		}
@@ -419,11 +418,7 @@ func TestRunsReplaceStaleBackup(t *testing.T) {
 func TestRunsLiveVMStopHook(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
-		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Second)
-		synctest.Wait()
+		killPrimary(t, fp)
 		fp.b.hv.mu.Lock()
 		fp.b.hv.event = func(LifecycleEvent) {} // lost events
 		fp.b.hv.mu.Unlock()
