@@ -17,11 +17,11 @@ import (
 // etcdArbiter is the Arbiter on an etcd witness (go.etcd.io/etcd/client/v3):
 // the claim of (uuid, epoch) is the key <prefix>/claims/<uuid>/<epoch>,
 // created in one transaction if it does not exist (CreateRevision = 0), with
-// this daemon's identity as its value, under this daemon's lease. Exactly
-// one of the two daemons creates it; asking again is idempotent for the
-// holder. Claims of a pairing whose daemons are gone expire with their
-// lease. Every call is bounded by timeout: an unreachable etcd is an error,
-// never a wait.
+// this daemon's identity as its value. Exactly one of the two daemons
+// creates it; asking again is idempotent for the holder. A claim has no
+// lease: it stays until a later pairing of the domain Forgets it, so a
+// winner that crashes never lets the loser win the same epoch. Every call
+// is bounded by timeout: an unreachable etcd is an error, never a wait.
 type etcdArbiter struct {
 	cli     *clientv3.Client
 	prefix  string
@@ -85,14 +85,14 @@ func (a *etcdArbiter) leaseID(ctx context.Context) (clientv3.LeaseID, error) {
 func (a *etcdArbiter) Acquire(uuid, epoch string) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
-	lease, err := a.leaseID(ctx)
-	if err != nil {
-		return false, fmt.Errorf("arbiter: etcd: lease: %w", err)
-	}
 	k := a.key(uuid, epoch)
+	// A won claim must outlive its winner's daemon (a crash, a restart,
+	// losing etcd): it carries no lease, and only Forget of a later
+	// pairing removes it. Otherwise the loser's next retry could win the
+	// same epoch while the winner's VM runs.
 	resp, err := a.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, a.me, clientv3.WithLease(lease))).
+		Then(clientv3.OpPut(k, a.me)).
 		Else(clientv3.OpGet(k)).
 		Commit()
 	if err != nil {
