@@ -10,9 +10,9 @@ TRIALS ?= 1
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
-	iproute2 kmod socat tcpdump ca-certificates libxml2-utils etcd-server jq openssl
+	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl
 
-.PHONY: all setup build unit qemu-ft e2e e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -56,6 +56,11 @@ qemu-ft:
 # Failover trials (issue 3) on the patched QEMU, on both hosts.
 e2e-failover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh failover
+
+# Faults of libvirt-ft's own parts and what it depends on (issue 11): a
+# row per fault. FAULTS="ftd-kill-a ..." picks some (test/e2e/faults.sh).
+e2e-faults: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 FAULTS="$(FAULTS)" test/e2e/run.sh faults
 
 e2e-switchover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover

@@ -38,8 +38,8 @@ type WaitDrain struct {
 	Icount uint64
 }
 
-// AcquireLock: try the split-brain test-and-set (a lock on shared storage,
-// an etcd lease) and report LockResult. It must be idempotent per node: a
+// AcquireLock: try the split-brain test-and-set (a claim key on an etcd
+// witness, a lock file on shared storage) and report LockResult. It must be idempotent per node: a
 // node that already holds the lock wins again (a retry after a lost reply).
 type AcquireLock struct{}
 

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -28,17 +27,7 @@ type Arbiter interface {
 // winner's identity is in the file, so asking again is idempotent.
 type dirArbiter struct {
 	dir string // empty: no shared storage configured: every claim wins
-	me  string // this daemon's identity (arbiterIdentity): unique per process
-}
-
-// arbiterIdentity names this daemon process in lock files: host name,
-// listen address and a random nonce drawn at start. The listen address
-// alone is not enough: ":7480" is the same on every host.
-func arbiterIdentity(listen string) string {
-	host, _ := os.Hostname()
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	return fmt.Sprintf("%s %s %x", host, listen, nonce)
+	me  string // this host's identity (hostIdentity): kept across daemon restarts
 }
 
 // Acquire tries the lock file of (uuid, epoch). The file appears with its

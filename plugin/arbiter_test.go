@@ -52,8 +52,8 @@ func TestArbiterUnreachableIsAnError(t *testing.T) {
 // hosts) must not both win.
 func TestArbiterSameListenOneWinner(t *testing.T) {
 	dir := t.TempDir()
-	a := dirArbiter{dir: dir, me: arbiterIdentity(":7480")}
-	b := dirArbiter{dir: dir, me: arbiterIdentity(":7480")}
+	a := dirArbiter{dir: dir, me: hostIdentity(":7480", "")}
+	b := dirArbiter{dir: dir, me: hostIdentity(":7480", "")}
 	wa, errA := a.Acquire("u", "e1")
 	wb, errB := b.Acquire("u", "e1")
 	if errA != nil || errB != nil || !wa || wb {

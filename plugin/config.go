@@ -179,9 +179,6 @@ func (c *Config) applyDefaults() {
 	if c.ArbiterEtcd.Prefix == "" {
 		c.ArbiterEtcd.Prefix = "/libvirt-ft"
 	}
-	if c.ArbiterEtcd.LeaseSeconds == 0 {
-		c.ArbiterEtcd.LeaseSeconds = 60
-	}
 	c.TLS.applyDefaults()
 	if len(c.AllowedEmulators) == 0 {
 		c.AllowedEmulators = []string{"/usr/bin/qemu-system-x86_64", patchedQEMUPath}
@@ -258,6 +255,10 @@ func (c Config) peerAllowed(addr string) bool {
 	return false
 }
 
+// runDir is the daemon's run directory, the control socket's: the
+// arbiter identity and the pairing records (restart.go) live there.
+func (c Config) runDir() string { return filepath.Dir(c.ControlSocket) }
+
 func (c Config) dialTimeout() time.Duration { return time.Duration(c.DialTimeoutMS) * time.Millisecond }
 
 // qemuOwner resolves QEMUUser/QEMUGroup to numeric ids.
@@ -293,9 +294,6 @@ type EtcdConfig struct {
 	Endpoints []string `yaml:"endpoints"`
 	// Prefix is the key prefix of the claims. Default /libvirt-ft.
 	Prefix string `yaml:"prefix"`
-	// LeaseSeconds is the lease of this daemon's claims: a claim outlives
-	// a daemon that stopped renewing it by at most this long. Default 60.
-	LeaseSeconds int64 `yaml:"lease-seconds"`
 }
 
 // ErrNoArbiter is wrapped when protection is refused for want of an

@@ -41,8 +41,16 @@ type Daemon struct {
 	dial             func(addr string, timeout time.Duration) (net.Conn, error)
 	tls              *peerTLS // nil with plain-tcp
 
-	mu   sync.Mutex
-	doms map[string]*domain // by domain UUID
+	// pairings keeps each running protected domain's pairing epoch for
+	// a restarted daemon (restart.go).
+	pairings pairingStore
+	// quit is closed when the daemon stops.
+	quit     chan struct{}
+	quitOnce sync.Once
+
+	mu        sync.Mutex
+	doms      map[string]*domain // by domain UUID
+	resolving map[string]bool    // UUIDs resolve is deciding (restart.go)
 }
 
 // run is one role of a domain on this host (primaryRun, backupRun).
@@ -116,6 +124,7 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := newDaemon(cfg, log, nil, arb)
+	d.pairings = pairingStore{dir: filepath.Join(cfg.runDir(), "pairings")}
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
 	if cfg.PlainTCP {
@@ -133,7 +142,7 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 // newArbiter sets up the arbiter cfg names (Config.Arbiter); nil when none
 // is configured (protection is then refused).
 func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
-	me := arbiterIdentity(cfg.Listen)
+	me := hostIdentity(cfg.Listen, cfg.runDir())
 	timeout := time.Duration(cfg.ArbiterTimeoutMS) * time.Millisecond
 	switch cfg.Arbiter {
 	case ArbiterEtcd:
@@ -155,13 +164,13 @@ func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
 // newDaemon returns a daemon on hv and arb (tests give fakes).
 func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
 	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1,
-		pipes: fifoPipes{log: log}, dial: tcpDial}
+		pipes: fifoPipes{log: log}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{}}
 }
 
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
 	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log,
-		pipes: d.pipes, dial: d.dial}
+		pipes: d.pipes, dial: d.dial, pairings: d.pairings}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control
@@ -206,6 +215,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 func (d *Daemon) shutdown() {
+	d.quitOnce.Do(func() { close(d.quit) })
 	for _, dm := range d.domains() {
 		if r := dm.current(); r != nil {
 			r.close("daemon stopping")
@@ -276,6 +286,7 @@ func (d *Daemon) rescan() {
 	for _, name := range names {
 		d.handleDefined(name)
 	}
+	d.resolveOrphans()
 }
 
 func (d *Daemon) onLifecycle(ev LifecycleEvent) {
@@ -528,6 +539,10 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 		}
 		if mine {
 			cur.qemuStopped("hook " + h.Operation)
+		}
+		if cur == nil || !cur.active() {
+			// A VM a restarted daemon resolved (restart.go) has no run.
+			d.pairings.remove(uuid)
 		}
 	}
 	return nil

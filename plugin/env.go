@@ -28,6 +28,9 @@ type env struct {
 	// pipes creates FIFO A and FIFO B; dial reaches the peer daemon.
 	pipes logPipes
 	dial  func(addr string, timeout time.Duration) (net.Conn, error)
+	// pairings keeps the pairing epoch of each VM running here
+	// (restart.go).
+	pairings pairingStore
 }
 
 // qmp opens a QMP client on this host's running domain uuid; release ends

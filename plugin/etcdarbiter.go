@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -26,14 +25,8 @@ type etcdArbiter struct {
 	cli     *clientv3.Client
 	prefix  string
 	me      string
-	ttl     int64
 	timeout time.Duration
 	log     logrus.FieldLogger
-
-	mu    sync.Mutex
-	lease clientv3.LeaseID
-	alive <-chan *clientv3.LeaseKeepAliveResponse
-	stop  context.CancelFunc
 }
 
 // newEtcdArbiter connects lazily: creating it never blocks.
@@ -42,44 +35,12 @@ func newEtcdArbiter(cfg EtcdConfig, me string, timeout time.Duration, log logrus
 	if err != nil {
 		return nil, fmt.Errorf("arbiter-etcd %v: %w", cfg.Endpoints, err)
 	}
-	return &etcdArbiter{cli: cli, prefix: strings.TrimSuffix(cfg.Prefix, "/"), me: me, ttl: cfg.LeaseSeconds,
+	return &etcdArbiter{cli: cli, prefix: strings.TrimSuffix(cfg.Prefix, "/"), me: me,
 		timeout: timeout, log: log}, nil
 }
 
 func (a *etcdArbiter) key(uuid, epoch string) string {
 	return path.Join(a.prefix, "claims", uuid, epoch)
-}
-
-// leaseID returns this daemon's lease, granting a new one (kept alive in
-// the background) when there is none or it expired.
-func (a *etcdArbiter) leaseID(ctx context.Context) (clientv3.LeaseID, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.lease != 0 {
-		select {
-		case _, ok := <-a.alive:
-			if ok {
-				return a.lease, nil
-			}
-			// The keep-alive ended: the lease is gone or going.
-			a.stop()
-			a.lease = 0
-		default:
-			return a.lease, nil
-		}
-	}
-	g, err := a.cli.Grant(ctx, a.ttl)
-	if err != nil {
-		return 0, err
-	}
-	kctx, stop := context.WithCancel(context.Background())
-	alive, err := a.cli.KeepAlive(kctx, g.ID)
-	if err != nil {
-		stop()
-		return 0, err
-	}
-	a.lease, a.alive, a.stop = g.ID, alive, stop
-	return g.ID, nil
 }
 
 func (a *etcdArbiter) Acquire(uuid, epoch string) (bool, error) {
@@ -102,8 +63,8 @@ func (a *etcdArbiter) Acquire(uuid, epoch string) (bool, error) {
 		return true, nil
 	}
 	if len(resp.Responses) == 0 || len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
-		// The holder's lease expired between the compare and the get:
-		// neither won nor lost; the core asks again.
+		// Forgotten (a new pairing of the domain) between the compare
+		// and the get: neither won nor lost; the core asks again.
 		return false, errors.New("arbiter: etcd: the claim vanished while read; retrying")
 	}
 	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value) == a.me, nil
@@ -125,20 +86,8 @@ func (a *etcdArbiter) Forget(uuid, keepEpoch string) {
 	}
 }
 
-// Close releases the lease (its claims go at once) and the connection.
-func (a *etcdArbiter) Close() error {
-	a.mu.Lock()
-	lease, stop := a.lease, a.stop
-	a.lease = 0
-	a.mu.Unlock()
-	if lease != 0 {
-		stop()
-		ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
-		_, _ = a.cli.Revoke(ctx, lease)
-		cancel()
-	}
-	return a.cli.Close()
-}
+// Close ends the connection to etcd. Claims stay (they have no lease).
+func (a *etcdArbiter) Close() error { return a.cli.Close() }
 
 // boundedArbiter bounds every claim of an Arbiter that can hang (a file
 // system claim on a hung NFS mount): after timeout the claim is an error

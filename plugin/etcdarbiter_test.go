@@ -68,7 +68,7 @@ func testEtcdArbiter(t *testing.T, endpoint, me string) *etcdArbiter {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	a, err := newEtcdArbiter(EtcdConfig{Endpoints: []string{endpoint}, Prefix: "/libvirt-ft", LeaseSeconds: 60}, me, 2*time.Second, log)
+	a, err := newEtcdArbiter(EtcdConfig{Endpoints: []string{endpoint}, Prefix: "/libvirt-ft"}, me, 2*time.Second, log)
 	if err != nil {
 		t.Fatal(err)
 	}

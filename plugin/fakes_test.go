@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -205,11 +206,14 @@ type fakeQEMU struct {
 	// stays in play mode (go-live then restarts it with -loadvm).
 	stock bool
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	mode    string // "record", "play", "none"
-	icount  uint64
-	paused  bool
+	mu     sync.Mutex
+	cond   *sync.Cond
+	mode   string // "record", "play", "none"
+	icount uint64
+	paused bool
+	// ioError: stopped by a record log write error (packaging/qemu
+	// 0006); cont then ends recording (mode "none").
+	ioError bool
 	stalled bool
 	gone    bool
 	record  *memPipe
@@ -304,10 +308,22 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 		switch cmd.Execute {
 		case "query-replay":
 			return map[string]any{"return": map[string]any{"mode": q.mode, "icount": q.icount}}, nil
+		case "query-status":
+			st := "running"
+			switch {
+			case q.ioError:
+				st = "io-error"
+			case q.paused:
+				st = "paused"
+			}
+			return map[string]any{"return": map[string]any{"running": st == "running", "status": st}}, nil
 		case "stop":
 			q.paused = true
 		case "cont":
-			q.paused = false
+			if q.ioError && q.mode == "record" {
+				q.mode = "none"
+			}
+			q.paused, q.ioError = false, false
 		case "announce-self":
 			q.announced++
 		case "human-monitor-command":
@@ -343,6 +359,20 @@ type fakeHV struct {
 	down bool // libvirtd unreachable
 	defs map[string]DomainDef
 	doms map[string]*fakeQEMU // by UUID
+}
+
+func (h *fakeHV) callHook(hk ctl.Hook) error {
+	h.mu.Lock()
+	f := h.hook
+	h.mu.Unlock()
+	return f(hk)
+}
+
+func (h *fakeHV) callEvent(ev LifecycleEvent) {
+	h.mu.Lock()
+	f := h.event
+	h.mu.Unlock()
+	f(ev)
 }
 
 func (h *fakeHV) check() error {
@@ -385,6 +415,19 @@ func (h *fakeHV) Definition(name string) (DomainDef, bool, error) {
 	return d, ok, nil
 }
 
+func (h *fakeHV) Running() ([]DomainDef, error) {
+	if err := h.check(); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []DomainDef
+	for _, q := range h.doms {
+		out = append(out, DomainDef{UUID: q.uuid, Name: q.name, XML: q.xml})
+	}
+	return out, nil
+}
+
 func (h *fakeHV) IsActive(uuid string) (bool, error) {
 	if err := h.check(); err != nil {
 		return false, err
@@ -410,9 +453,9 @@ func (h *fakeHV) Define(xml string) error {
 	if h.defs == nil {
 		h.defs = map[string]DomainDef{}
 	}
-	h.defs[d.Name] = DomainDef{UUID: d.UUID, XML: xml}
+	h.defs[d.Name] = DomainDef{UUID: d.UUID, Name: d.Name, XML: xml}
 	h.mu.Unlock()
-	go h.event(LifecycleEvent{Kind: EventDefined, Name: d.Name, UUID: d.UUID})
+	go h.callEvent(LifecycleEvent{Kind: EventDefined, Name: d.Name, UUID: d.UUID})
 	return nil
 }
 
@@ -438,7 +481,7 @@ func (h *fakeHV) Create(xml string) error {
 	if h.running(d.UUID) != nil {
 		return fmt.Errorf("domain %q is already active", d.Name)
 	}
-	if err := h.hook(ctl.Hook{Domain: d.Name, Operation: "prepare", SubOperation: "begin", XML: xml}); err != nil {
+	if err := h.callHook(ctl.Hook{Domain: d.Name, Operation: "prepare", SubOperation: "begin", XML: xml}); err != nil {
 		return fmt.Errorf("hook script execution failed: %w", err)
 	}
 	cfg, present, err := ftxml.ParseConfig(xml)
@@ -473,7 +516,7 @@ func (h *fakeHV) Create(xml string) error {
 	}
 	h.doms[d.UUID] = q
 	h.mu.Unlock()
-	_ = h.hook(ctl.Hook{Domain: d.Name, Operation: "started", SubOperation: "begin", XML: xml})
+	_ = h.callHook(ctl.Hook{Domain: d.Name, Operation: "started", SubOperation: "begin", XML: xml})
 	return nil
 }
 
@@ -497,9 +540,9 @@ func (h *fakeHV) stopped(uuid string) {
 	}
 	q.kill()
 	for _, op := range []string{"stopped", "release"} {
-		_ = h.hook(ctl.Hook{Domain: q.name, Operation: op, SubOperation: "end", XML: q.xml})
+		_ = h.callHook(ctl.Hook{Domain: q.name, Operation: op, SubOperation: "end", XML: q.xml})
 	}
-	go h.event(LifecycleEvent{Kind: EventStopped, Name: q.name, UUID: uuid})
+	go h.callEvent(LifecycleEvent{Kind: EventStopped, Name: q.name, UUID: uuid})
 }
 
 func (h *fakeHV) Monitor(uuid string) (qmp.Monitor, error) {
@@ -587,6 +630,10 @@ func (n *fakeNet) dialer(from string) func(addr string, timeout time.Duration) (
 		n.mu.Lock()
 		to := n.hosts[host]
 		blocked := n.cut[from] || n.cut[host]
+		var d *Daemon
+		if to != nil {
+			d = to.d
+		}
 		n.mu.Unlock()
 		if to == nil || blocked {
 			return nil, fmt.Errorf("dial tcp %s: connect: no route to host", addr)
@@ -597,7 +644,7 @@ func (n *fakeNet) dialer(from string) func(addr string, timeout time.Duration) (
 		n.mu.Lock()
 		n.conns = append(n.conns, fakeLink{from, host, ca, cb})
 		n.mu.Unlock()
-		go to.d.servePeer(cb)
+		go d.servePeer(cb)
 		return ca, nil
 	}
 }
@@ -658,6 +705,7 @@ func newFakePair(t *testing.T) *fakePair {
 		hv := &fakeHV{pipes: pipes}
 		d := newDaemon(cfg, log, hv, fakeArbiter{me: ip, s: fp.arb})
 		d.pipes = pipes
+		d.pairings = pairingStore{dir: filepath.Join(t.TempDir(), "pairings")}
 		d.dial = fp.net.dialer(ip)
 		hv.hook = d.handleHook
 		hv.event = d.onLifecycle
@@ -667,6 +715,39 @@ func newFakePair(t *testing.T) *fakePair {
 	}
 	fp.a, fp.b = mk("10.0.0.1"), mk("10.0.0.2")
 	return fp
+}
+
+// crash ends host h's daemon as kill -9 does: its connections, FIFO ends
+// and sockets close (its runs' undo stacks) and nothing else of it is
+// left; its QEMUs run on. A recording QEMU then stops with an I/O error
+// when it next writes its log (packaging/qemu 0006); a replaying one reads
+// the end of FIFO B.
+func (fp *fakePair) crash(h *fakeHost) {
+	h.d.shutdown()
+	if q := h.hv.running(runUUID); q != nil {
+		q.mu.Lock()
+		if q.mode == "record" {
+			q.ioError = true
+		}
+		q.mu.Unlock()
+	}
+}
+
+// restart starts a new daemon on host h after crash, on the same
+// libvirtd, arbiter identity and run directory, as systemd restarts it;
+// it connects to libvirtd (rescan).
+func (fp *fakePair) restart(h *fakeHost) {
+	old := h.d
+	d := newDaemon(old.cfg, old.log, h.hv, old.arb)
+	d.pipes, d.pairings = old.pipes, old.pairings
+	d.dial = fp.net.dialer(h.ip)
+	h.hv.mu.Lock()
+	h.hv.hook, h.hv.event = d.handleHook, d.onLifecycle
+	h.hv.mu.Unlock()
+	fp.net.mu.Lock()
+	h.d = d
+	fp.net.mu.Unlock()
+	d.rescan()
 }
 
 // shutdown stops both daemons and every fake QEMU, so that the bubble's

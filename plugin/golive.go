@@ -208,6 +208,10 @@ func newLivePrimary(b *backupRun, gates *outputGates, recordFIFO, detail string)
 	b.mu.Unlock()
 	p.from, p.gates, p.recordFIFO, p.running = b, gates, recordFIFO, true
 	p.state, p.detail = ctl.StateLive, detail
+	p.epoch = b.epoch
+	if err := b.env.pairings.save(pairingRecord{UUID: b.uuid, Name: b.name, Role: "live", Epoch: b.epoch, Peer: p.peer}); err != nil {
+		b.log.WithError(err).Warn("went live: keeping the pairing record")
+	}
 	p.undo.push(func() { b.close("the live VM stopped") })
 	p.undo.push(p.releaseGates)
 	return p
@@ -216,12 +220,7 @@ func newLivePrimary(b *backupRun, gates *outputGates, recordFIFO, detail string)
 // gateFiltersOff turns the filter-redirector of interfaces 0..n-1 off
 // (qom-set <id> status off): frames go straight to the network.
 func gateFiltersOff(b *backupRun, client *qmp.Client, n int) {
-	for j := 0; j < n; j++ {
-		if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
-			"property": "status", "value": "off"}, nil); err != nil {
-			b.log.WithError(err).Errorf("go-live: cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
-		}
-	}
+	filtersOff(client, n, b.log.WithField("step", "go-live"))
 }
 
 // withLoadVM adds -loadvm NAME to a domain's qemu:commandline.

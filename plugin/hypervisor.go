@@ -27,6 +27,9 @@ type Hypervisor interface {
 	// Definition returns a domain's persistent definition (inactive XML)
 	// and UUID. ok is false for a transient domain or no such domain.
 	Definition(name string) (def DomainDef, ok bool, err error)
+	// Running lists the running domains with their live XML (a
+	// restarted daemon resolves the protected ones, restart.go).
+	Running() ([]DomainDef, error)
 	// IsActive reports whether the domain runs; false without error when
 	// there is no such domain.
 	IsActive(uuid string) (bool, error)
@@ -47,7 +50,9 @@ type Hypervisor interface {
 // DomainDef is a persistent domain definition.
 type DomainDef struct {
 	UUID string
-	// XML is the inactive definition (VIR_DOMAIN_XML_INACTIVE).
+	Name string
+	// XML is the inactive definition (VIR_DOMAIN_XML_INACTIVE), or the
+	// live XML from Running.
 	XML string
 }
 
@@ -130,7 +135,29 @@ func (h libvirtHV) Definition(name string) (DomainDef, bool, error) {
 	if err != nil {
 		return DomainDef{}, false, err
 	}
-	return DomainDef{UUID: uuid, XML: xml}, true, nil
+	return DomainDef{UUID: uuid, Name: name, XML: xml}, true, nil
+}
+
+func (h libvirtHV) Running() ([]DomainDef, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return nil, err
+	}
+	doms, err := conn.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_ACTIVE)
+	if err != nil {
+		return nil, fmt.Errorf("listing running domains: %w", err)
+	}
+	var out []DomainDef
+	for i := range doms {
+		name, nerr := doms[i].GetName()
+		uuid, uerr := doms[i].GetUUIDString()
+		xml, xerr := doms[i].GetXMLDesc(0)
+		if nerr == nil && uerr == nil && xerr == nil {
+			out = append(out, DomainDef{UUID: uuid, Name: name, XML: xml})
+		}
+		doms[i].Free()
+	}
+	return out, nil
 }
 
 func (h libvirtHV) IsActive(uuid string) (bool, error) {

@@ -213,6 +213,11 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	p.epoch = epoch
 	p.mu.Unlock()
 	p.env.arbiter.Forget(p.uuid, epoch)
+	// Before QEMU starts: a daemon restarted while it runs must know the
+	// epoch to claim (restart.go).
+	if err := p.env.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: "primary", Epoch: epoch, Peer: p.peer}); err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
+	}
 	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: p.uuid, Name: p.name, XML: xml,
 		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch}, nil); err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", p.name, p.peer, err)
@@ -645,6 +650,7 @@ func (p *primaryRun) qemuStopped(why string) {
 	if fifo != "" {
 		_ = os.Remove(fifo)
 	}
+	p.env.pairings.remove(p.uuid)
 }
 
 // cancelPeerBackup asks the backup host to discard the backup it armed for

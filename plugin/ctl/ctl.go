@@ -89,6 +89,10 @@ const (
 	// StateSwitchingOver: primary, planned switchover under way (virt-ft
 	// failover): the log is cut, the backup is going live.
 	StateSwitchingOver State = "switching-over"
+	// StateResolving: libvirt-ftd restarted while the VM ran here: the
+	// VM is paused until the split-brain claim decides whether this copy
+	// runs on or is destroyed (plugin/restart.go).
+	StateResolving State = "resolving"
 )
 
 // Role is a daemon's part for a domain.

@@ -10,6 +10,7 @@ DOMAIN=${DOMAIN:-ftdemo}
 GUEST_IP=10.250.0.100
 HOST_A_IP=10.250.0.1
 HOST_B_IP=10.250.0.2
+WITNESS_IP=10.250.0.50 # host c: the TCP clients and the etcd witness
 IMAGES=/var/lib/libvirt/images
 CONSOLE_DIR=/var/log/libvirt/qemu
 
@@ -76,6 +77,9 @@ lab_start() {
 		  server-key: /etc/libvirt-ft/pki/$h-key.pem
 		  client-cert: /etc/libvirt-ft/pki/$h-cert.pem
 		  client-key: /etc/libvirt-ft/pki/$h-key.pem
+		arbiter: ${LAB_ARBITER:-etcd}
+		arbiter-etcd:
+		  endpoints: [http://$WITNESS_IP:2379]
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
 		allowed-emulators: [/usr/bin/qemu-system-x86_64, ${EMULATOR:-/usr/bin/qemu-system-x86_64}]
 		keep-stall-log: true
@@ -113,6 +117,7 @@ lab_stop() {
 			# Log kept around a replay stall (keep-stall-log).
 			for f in "$LAB_DIR/$h"/root/lib-libvirt-ft/*/stall-*.rrstream; do [ -f "$f" ] && cp "$f" "$E2E_LOGS/$h-$(basename "$f")"; done
 		done
+		cp "$LAB_DIR/c/etcd.log" "$E2E_LOGS/c-etcd.log" 2>/dev/null || true
 		if [ $rc -ne 0 ]; then
 			for h in a b; do
 				echo "--- libvirt-ftd on host $h (tail; all logs in $E2E_LOGS)"

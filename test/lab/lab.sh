@@ -19,6 +19,9 @@
 #
 # Shared storage: LAB_DIR/shared/arbiter is mounted at
 # /var/lib/libvirt-ft/arbiter in both a and b (libvirt-ftd's arbiter-dir).
+# Witness: an etcd (Debian's etcd-server) runs in c, the third host, at
+# http://10.250.0.50:2379 (libvirt-ftd's arbiter-etcd); its pid is in
+# LAB_DIR/c/etcd.pid, its log in LAB_DIR/c/etcd.log.
 #
 # Layout: network namespaces ftlab-lan (bridge lan0), ftlab-a, ftlab-b,
 # ftlab-c; a veth from each of a/b/c into lan0 (eth0 inside the host,
@@ -326,6 +329,25 @@ launch_daemons() {
 	launch_libvirtd "$h"
 }
 
+# launch_witness: the etcd witness in c (a single member, data in
+# LAB_DIR/c/etcd); waits until it answers.
+launch_witness() {
+	local ip=${HOST_IP[c]} i
+	command -v etcd >/dev/null || die "etcd is missing (Debian package etcd-server; make setup)"
+	mkdir -p "$LAB_DIR/c"
+	rm -rf "$LAB_DIR/c/etcd"
+	ip netns exec ftlab-c env -i PATH=$DAEMON_PATH etcd --name witness --data-dir "$LAB_DIR/c/etcd" \
+		--listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
+		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+		--initial-cluster witness=http://127.0.0.1:2380 </dev/null >"$LAB_DIR/c/etcd.log" 2>&1 &
+	echo $! >"$LAB_DIR/c/etcd.pid"
+	for ((i = 0; i < 100; i++)); do
+		if ip netns exec ftlab-c bash -c "exec 3<>/dev/tcp/$ip/2379" 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	die "the etcd witness in c did not start (LAB_DIR/c/etcd.log)"
+}
+
 launch_libvirtd() {
 	local h=$1
 	hexec "$h" env -i PATH=$DAEMON_PATH LC_ALL=C HOME=/root \
@@ -400,6 +422,7 @@ cmd_up() {
 		pids+=($!)
 	done
 	for h in "${pids[@]}"; do wait "$h"; done
+	launch_witness
 	for h in a b; do
 		wait_libvirtd "$h"
 	done

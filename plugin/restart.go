@@ -1,0 +1,321 @@
+package plugin
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// A daemon that starts while protected domains run on its host (it
+// crashed, was killed, or was restarted) resolves each of them before
+// anything else can happen to it (docs/architecture.md §6):
+//
+//   - a backup still replaying (query-replay mode "play") is destroyed:
+//     its log feed ended with the old daemon, so it can only stop at the
+//     end of what it read; its primary has declared it lost and runs on;
+//   - a primary (mode "record") stops by itself: packaging/qemu 0006
+//     pauses a recording QEMU when its log cannot be written (the old
+//     daemon held FIFO A's reading end), and its frames were dropped since
+//     the old daemon's gate sockets closed. The new daemon claims the
+//     pairing epoch's split-brain lock: if the peer already won it (its
+//     backup went live), this copy is destroyed; if this host wins, the VM
+//     is started again unprotected (QEMU stops recording at `cont`, 0006)
+//     with its output filters off;
+//   - a VM that went live here (mode "none") keeps running: this host won
+//     its epoch's claim before it went live, and asking again after a win
+//     wins (the arbiter identity is kept across restarts, hostIdentity).
+//
+// If the arbiter cannot be reached the primary stays paused and the claim
+// is tried again: never a second running copy, never output its backup
+// could not reproduce.
+
+// pairingRecord is what this host keeps about a protected domain's
+// pairing while its QEMU runs here, so that a restarted daemon can claim
+// the right epoch. It lives in the run directory (pairingStore), which a
+// reboot clears along with every QEMU.
+type pairingRecord struct {
+	UUID string `json:"uuid"`
+	Name string `json:"name"`
+	// Role is "primary" (recording here) or "live" (a former backup that
+	// went live here).
+	Role  string `json:"role"`
+	Epoch string `json:"epoch"`
+	Peer  string `json:"peer"`
+}
+
+// pairingStore keeps pairingRecords as <dir>/<uuid>.json. The zero value
+// keeps nothing (tests that do not restart daemons).
+type pairingStore struct{ dir string }
+
+func (s pairingStore) path(uuid string) (string, bool) {
+	if s.dir == "" || !logchan.ValidUUID(uuid) {
+		return "", false
+	}
+	return filepath.Join(s.dir, strings.ToLower(uuid)+".json"), true
+}
+
+// save writes r atomically (a temporary file renamed over the record).
+func (s pairingStore) save(r pairingRecord) error {
+	p, ok := s.path(r.UUID)
+	if !ok {
+		return nil
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("pairing record: %w", err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("pairing record: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("pairing record: %w", err)
+	}
+	return nil
+}
+
+func (s pairingStore) load(uuid string) (pairingRecord, bool) {
+	p, ok := s.path(uuid)
+	if !ok {
+		return pairingRecord{}, false
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return pairingRecord{}, false
+	}
+	var r pairingRecord
+	if json.Unmarshal(b, &r) != nil || !strings.EqualFold(r.UUID, uuid) || r.Epoch == "" {
+		return pairingRecord{}, false
+	}
+	return r, true
+}
+
+func (s pairingStore) remove(uuid string) {
+	if p, ok := s.path(uuid); ok {
+		_ = os.Remove(p)
+	}
+}
+
+// hostIdentity names this host's daemon in arbiter claims (dirArbiter's
+// lock files, etcd's claim values): host name, listen address and a
+// random nonce kept in <runDir>/arbiter-id, so that a restarted daemon is
+// the same claimer (asking again after a win wins) while two daemons on
+// hosts of the same name (network namespaces) differ. Without a writable
+// run directory the nonce is new in every process.
+func hostIdentity(listen, runDir string) string {
+	host, _ := os.Hostname()
+	p := filepath.Join(runDir, "arbiter-id")
+	if b, err := os.ReadFile(p); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id
+		}
+	}
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	id := fmt.Sprintf("%s %s %x", host, listen, nonce)
+	if runDir != "" && os.MkdirAll(runDir, 0o755) == nil {
+		tmp := p + ".tmp"
+		if os.WriteFile(tmp, []byte(id+"\n"), 0o600) == nil {
+			_ = os.Rename(tmp, p)
+		}
+	}
+	return id
+}
+
+// resolveRetry is how long a restarted daemon waits between claims while
+// the arbiter cannot be reached; ioErrorWait bounds the wait for a
+// recording QEMU to stop on its own (packaging/qemu 0006).
+const (
+	resolveRetry = 2 * time.Second
+	ioErrorWait  = 10 * time.Second
+)
+
+// resolveOrphans looks for protected domains that run here without a run
+// of this daemon (it was restarted) and resolves each one (resolve). It
+// runs after every (re)connection to libvirtd; a domain being resolved is
+// not started twice.
+func (d *Daemon) resolveOrphans() {
+	running, err := d.hv.Running()
+	if err != nil {
+		d.log.WithError(err).Warn("listing running domains")
+		return
+	}
+	for _, def := range running {
+		cfg, present, err := ftxml.ParseConfig(def.XML)
+		if err != nil || !present {
+			continue
+		}
+		if dm := d.lookup(def.UUID); dm != nil {
+			if r := dm.current(); r != nil && r.active() {
+				continue
+			}
+		}
+		d.mu.Lock()
+		busy := d.resolving[def.UUID]
+		if !busy {
+			d.resolving[def.UUID] = true
+		}
+		d.mu.Unlock()
+		if busy {
+			continue
+		}
+		go func(def DomainDef, cfg ftxml.Config) {
+			defer func() {
+				d.mu.Lock()
+				delete(d.resolving, def.UUID)
+				d.mu.Unlock()
+			}()
+			d.resolve(def, cfg)
+		}(def, *cfg)
+	}
+}
+
+// resolve decides the fate of one protected domain found running after a
+// restart (see the top of this file). The decision is shown in virt-ft
+// status and the log.
+func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
+	name := def.Name
+	log := d.log.WithFields(logrus.Fields{"domain": name, "part": "restart"})
+	dm := d.entry(def.UUID, name)
+	e := d.env()
+	client, release, err := e.qmp(def.UUID)
+	if err != nil {
+		log.WithError(err).Warn("cannot reach the QEMU left running; trying again at the next rescan")
+		return
+	}
+	defer release()
+	ri, err := client.QueryReplay()
+	if err != nil {
+		log.WithError(err).Warn("query-replay")
+		return
+	}
+	rec, haveRec := d.pairings.load(def.UUID)
+	switch ri.Mode {
+	case "play":
+		why := "libvirt-ftd restarted while this host replayed the backup: its log feed ended, so the backup was destroyed; the primary runs on, unprotected, on its host"
+		log.Warn(why)
+		dm.note(ctl.StateStopped, why)
+		e.destroyUntilGone(def.UUID, why, d.quit)
+		return
+	case "none":
+		detail := "running here, alone and unprotected (not recording); libvirt-ftd restarted"
+		if haveRec {
+			detail = fmt.Sprintf("running here since it went live (epoch %s), alone and unprotected; libvirt-ftd restarted", rec.Epoch)
+		}
+		log.Info(detail)
+		dm.note(ctl.StateUnprotected, detail)
+		return
+	case "record":
+	default:
+		log.Warnf("query-replay mode %q: leaving the domain alone", ri.Mode)
+		return
+	}
+	if !haveRec {
+		// Without the epoch there is nothing to claim: fail closed.
+		_ = client.Stop()
+		why := "paused: libvirt-ftd restarted and has no record of this VM's pairing (" + d.pairings.dir +
+			"); check where the VM runs with virt-ft status on the peer host, then virsh destroy it here or virsh resume it"
+		log.Error(why)
+		dm.note(ctl.StateRefused, why)
+		return
+	}
+	dm.note(ctl.StateResolving, "libvirt-ftd restarted: waiting for the recording QEMU to stop (its log has no reader)")
+	ioErr := d.waitIOError(client, log)
+	if !ioErr {
+		_ = client.Stop()
+	}
+	var won bool
+	for {
+		dm.note(ctl.StateResolving, fmt.Sprintf("libvirt-ftd restarted: the VM is paused; claiming the split-brain lock of epoch %s", rec.Epoch))
+		won, err = d.arb.Acquire(def.UUID, rec.Epoch)
+		if err == nil {
+			break
+		}
+		log.WithError(err).Warnf("the arbiter cannot be reached; the VM stays paused; trying again in %s", resolveRetry)
+		dm.note(ctl.StateResolving, fmt.Sprintf("the VM is paused: the arbiter cannot be reached (%v); trying again", err))
+		select {
+		case <-d.quit:
+			return
+		case <-time.After(resolveRetry):
+		}
+	}
+	if !won {
+		why := fmt.Sprintf("libvirt-ftd restarted; the backup on %s went live for this pairing (it won the split-brain claim of epoch %s): this host's copy was destroyed", rec.Peer, rec.Epoch)
+		log.Warn(why)
+		e.destroyUntilGone(def.UUID, why, d.quit)
+		d.pairings.remove(def.UUID)
+		dm.note(ctl.StateStopped, why)
+		return
+	}
+	// This host won: the peer can no longer go live for this epoch. The
+	// VM runs on alone; its frames go straight to the network.
+	if cfg.OutputGate {
+		if dom, err := ftxml.ParseDomain(def.XML); err == nil && dom.Devices != nil {
+			filtersOff(client, len(dom.Devices.Interfaces), log)
+		}
+	}
+	if err := client.Cont(); err != nil {
+		log.WithError(err).Error("cont")
+		dm.note(ctl.StateRefused, "won the split-brain claim but cannot resume the VM: "+err.Error()+"; virsh resume it")
+		return
+	}
+	if !ioErr && d.waitIOError(client, log) {
+		// It was paused, not stopped by its log: it recorded again into
+		// the dead log and stopped now; this cont ends its recording.
+		_ = client.Cont()
+	}
+	rec.Role = "live"
+	_ = d.pairings.save(rec)
+	detail := fmt.Sprintf("libvirt-ftd restarted: the backup on %s was lost with it; this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected and not recording; restart the domain to protect it again", rec.Peer, rec.Epoch)
+	log.Warn(detail)
+	dm.note(ctl.StateUnprotected, detail)
+}
+
+// waitIOError waits (at most ioErrorWait) for a recording QEMU whose log
+// has no reader to stop on its own with an I/O error (packaging/qemu
+// 0006). Only then does `cont` make it stop recording; a QEMU that was
+// merely paused would record again into the dead log.
+func (d *Daemon) waitIOError(client *qmp.Client, log logrus.FieldLogger) bool {
+	deadline := time.Now().Add(ioErrorWait)
+	for {
+		st, err := client.QueryStatus()
+		if err == nil && st.Status == "io-error" {
+			return true
+		}
+		if time.Now().After(deadline) {
+			log.Warnf("the recording QEMU did not stop on its own within %s (status %q; is it libvirt-ft's patched QEMU?): pausing it", ioErrorWait, st.Status)
+			return false
+		}
+		select {
+		case <-d.quit:
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// filtersOff turns the output gate's filter-redirector of interfaces
+// 0..n-1 off (qom-set <id> status off): frames go straight to the network.
+func filtersOff(client *qmp.Client, n int, log logrus.FieldLogger) {
+	for j := 0; j < n; j++ {
+		if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
+			"property": "status", "value": "off"}, nil); err != nil {
+			log.WithError(err).Errorf("cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
+		}
+	}
+}

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# End-to-end faults of libvirt-ft's own parts and of what it depends on
+# (issue 11). Each fault runs in a fresh lab while the guest runs its tick
+# counter and disk writer and two TCP clients (e2e-tcp's echo and stream)
+# talk to it. After each fault:
+#   - exactly one copy of the VM runs (virsh domstate running and not a
+#     replaying backup), on the host the fault allows;
+#   - the guest's frames enter the LAN bridge from that host only, from 2 s
+#     after the fault settled to the end of the clients' run (tcpdump on
+#     the bridge ports, source MAC the guest's);
+#   - both TCP connections survived (no reset, no lost, duplicated or
+#     reordered byte, no stall above STALL_LIMIT);
+#   - after a clean shutdown, every disk-writer record on the running
+#     host's disk verifies.
+# It prints a row per fault: fault, where the VM runs after, longest client
+# stall, the protection state, result.
+#
+#   FAULTS="ftd-kill-a ..." test/e2e/faults.sh
+#
+# Faults (FAULTS, default all):
+#   ftd-kill-a       kill -9 of libvirt-ftd on host A, started again 2 s later
+#                    (as systemd's Restart= does)
+#   ftd-kill-b       the same on host B
+#   libvirtd-kill-a  kill -9 of libvirtd on host A, started again 2 s later:
+#                    nothing happens to the VM, protection goes on
+#   backup-stop      the backup's QEMU stopped (SIGSTOP) for 10 s: the
+#                    primary declares its backup lost and goes on
+#   blackhole        the log channel (port 7480) dropped both ways on host A
+#                    (iptables DROP): a partition; the witness decides
+#   cut-a            host A cut off the LAN: host B wins (A cannot reach the
+#                    witness either)
+#   arbiter-b        the witness unreachable from host B while host A is
+#                    healthy: nothing happens; B does not go live
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b libvirtd-kill-a backup-stop blackhole cut-a arbiter-b}"
+DURATION=${DURATION:-40}
+STALL_LIMIT=${STALL_LIMIT:-6s}
+GUEST_MAC=52:54:00:fa:00:01
+[ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
+command -v iptables >/dev/null || die "iptables is missing (make setup)"
+pids=()
+kill_bg() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
+trap 'kill_bg; lab_stop' EXIT
+rows=() failed=0
+
+# copies: the hosts on which a copy of the VM runs live (domstate running
+# and not a replaying backup), space-separated.
+copies() {
+	local h out=""
+	for h in a b; do
+		[ "$(virsh_on $h domstate "$DOMAIN" 2>/dev/null || true)" = running ] || continue
+		[ "$(replay_mode $h "$DOMAIN" || true)" = play ] && continue
+		out+="$h "
+	done
+	echo "${out% }"
+}
+one_copy() { local c; c=$(copies); [ -n "$c" ] && [ "${c// /}" = "$c" ]; }
+
+# restart_ftd H: start libvirt-ftd on H again, as systemd would.
+restart_ftd() {
+	lab bg "$1" "ftd-restarted-$((++restarts))" "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
+	wait_for 20 "libvirt-ftd on host $1 to answer again" on "$1" "$BIN/virt-ft" status
+}
+restarts=0
+
+# state H: the domain's state in virt-ft status on H.
+state() { ft_on "$1" status --json 2>/dev/null | jq -r --arg d "$DOMAIN" '.[]? | select(.name == $d) | .state' 2>/dev/null || true; }
+
+for fault in "${faults[@]}"; do
+	case $fault in
+	ftd-kill-a) what="kill -9 of libvirt-ftd on host A (restarted 2 s later)"; want=any ;;
+	ftd-kill-b) what="kill -9 of libvirt-ftd on host B (restarted 2 s later)"; want=a ;;
+	libvirtd-kill-a) what="kill -9 of libvirtd on host A (restarted 2 s later)"; want=a ;;
+	backup-stop) what="the backup's QEMU stopped (SIGSTOP) for 10 s"; want=a ;;
+	blackhole) what="the log channel dropped both ways on host A (iptables)"; want=any ;;
+	cut-a) what="host A cut off the LAN"; want=b ;;
+	arbiter-b) what="the witness unreachable from host B, host A healthy"; want=a ;;
+	*) die "unknown fault $fault" ;;
+	esac
+	say "fault $fault: $what"
+	fresh_protected_lab 8
+	out_echo=$(mktemp) out_stream=$(mktemp) frames_a=$(mktemp) frames_b=$(mktemp)
+	SCRATCH+=("$out_echo" "$out_stream" "$frames_a" "$frames_b")
+	for h in a b; do
+		f=$frames_a; [ $h = b ] && f=$frames_b
+		ip netns exec ftlab-lan tcpdump -i "veth-$h" -n -e -l -tt "ether src $GUEST_MAC" >"$f" 2>/dev/null &
+		pids+=($!)
+	done
+	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
+	echo_pid=$!
+	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_stream" 2>&1 &
+	stream_pid=$!
+	sleep 5
+	t0=$(date +%s%N)
+	case $fault in
+	ftd-kill-a | ftd-kill-b)
+		h=${fault#ftd-kill-}
+		on $h kill -9 "$(cat "$LAB_DIR/$h/ftd.pid")"
+		sleep 2
+		restart_ftd $h
+		;;
+	libvirtd-kill-a)
+		on a kill -9 "$(cat "$LAB_DIR/a/root/run-libvirt/libvirtd.pid")"
+		sleep 2
+		lab restart-libvirtd a >/dev/null 2>&1
+		;;
+	backup-stop)
+		bpid=$(qemu_pid b "$DOMAIN")
+		on b kill -STOP "$bpid"
+		sleep 10
+		on b kill -CONT "$bpid" 2>/dev/null || true
+		;;
+	blackhole)
+		for chain in INPUT OUTPUT; do
+			on a iptables -I $chain -p tcp --dport 7480 -j DROP
+			on a iptables -I $chain -p tcp --sport 7480 -j DROP
+		done
+		;;
+	cut-a) lab cut-host a >/dev/null ;;
+	arbiter-b) on b iptables -I OUTPUT -p tcp -d "$WITNESS_IP" --dport 2379 -j DROP ;;
+	esac
+	# Settled: exactly one copy, and it stays so for 3 s.
+	wait_for 60 "exactly one running copy of the VM (now: '$(copies)')" one_copy
+	sleep 3
+	one_copy || die "$fault: more or fewer than one running copy 3 s after settling: '$(copies)'"
+	where=$(copies)
+	settled_ms=$((($(date +%s%N) - t0) / 1000000))
+	t_settled=$(date +%s.%N)
+	log "one copy, on host $where, $settled_ms ms after the fault (+3 s check)"
+	if [ $want != any ] && [ "$where" != $want ]; then die "$fault: the VM runs on host $where, want host $want"; fi
+	rc_echo=0 rc_stream=0
+	wait $echo_pid || rc_echo=$?
+	wait $stream_pid || rc_stream=$?
+	sleep 1
+	kill_bg
+	other=a; [ "$where" = a ] && other=b
+	fa=$frames_a fo=$frames_b; [ "$where" = b ] && { fa=$frames_b; fo=$frames_a; }
+	n_here=$(awk -v t="$t_settled" '$1 + 0 > t + 0' "$fa" | wc -l)
+	n_other=$(awk -v t="$t_settled" '$1 + 0 > t + 0' "$fo" | wc -l)
+	log "guest frames into the LAN after settling: $n_here from host $where, $n_other from host $other"
+	echo_line=$(tail -n 1 "$out_echo") stream_line=$(tail -n 1 "$out_stream")
+	log "echo:   $echo_line"
+	log "stream: $stream_line"
+	st_here=$(state "$where")
+	log "virt-ft status on host $where: $st_here"
+	ft_on "$where" status "$DOMAIN" 2>/dev/null | sed 's/^/     /' || true
+	ft_on "$other" status "$DOMAIN" 2>/dev/null | sed 's/^/     /' || true
+	result=pass why=""
+	[ "$n_other" -eq 0 ] || { result=FAIL; why+=" frames from host $other after settling;"; }
+	[ "$n_here" -gt 0 ] || { result=FAIL; why+=" no frames from host $where;"; }
+	[ $rc_echo -eq 0 ] || { result=FAIL; why+=" echo client failed;"; }
+	[ $rc_stream -eq 0 ] || { result=FAIL; why+=" stream client failed;"; }
+	case $fault in
+	libvirtd-kill-a | arbiter-b) [ "$st_here" = replicating ] || { result=FAIL; why+=" protection did not go on (state $st_here);"; } ;;
+	esac
+	# The disk writer's records on the running host's disk.
+	if [ $fault = cut-a ]; then lab kill-host a >/dev/null; fi
+	guest_ctl poweroff >/dev/null || true
+	wait_for 120 "$DOMAIN to shut off on host $where" sh -c "! '$LAB' exec $where virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+	disk=$(mktemp --suffix=.qcow2)
+	SCRATCH+=("$disk")
+	on "$where" cat "$IMAGES/$DOMAIN.qcow2" >"$disk"
+	if ! "$BIN/diskcheck" "$disk" | sed 's/^/     /'; then result=FAIL; why+=" disk records do not verify;"; fi
+	stall_e=$(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$echo_line")
+	stall_s=$(sed -n 's/.*max_stall_ms=\([0-9]*\).*/\1/p' <<<"$stream_line")
+	row=$(printf '%-16s %-6s %8s %8s  %-12s %s' "$fault" "$where" "${stall_e:-?}" "${stall_s:-?}" "${st_here:-?}" "$result${why:+:$why}")
+	rows+=("$row")
+	log "$row"
+	[ $result = pass ] || failed=$((failed + 1))
+done
+say "fault report ($((${#faults[@]} - failed)) of ${#faults[@]} passed)"
+printf '   %-16s %-6s %8s %8s  %-12s %s\n' fault runs-on "echo-ms" "strm-ms" state result
+printf '   %s\n' "${rows[@]}"
+[ $failed -eq 0 ]
