@@ -1,7 +1,9 @@
 package plugin
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -60,11 +62,172 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 				add(fmt.Sprintf("/domain/devices/disk[%d]", i+1), p)
 			}
 		}
+		devicePolicy(c, dom.Devices, add)
+	}
+	if o := dom.OS; o != nil {
+		for field, p := range map[string]string{"kernel": o.Kernel, "initrd": o.Initrd, "dtb": o.DTB} {
+			if p != "" && !c.bootFileAllowed(p) {
+				add("/domain/os/"+field, fmt.Sprintf("%s is outside the directories a peer may boot from (seed-dirs %v, %v); move it there", p, c.SeedDirs, bootDirs))
+			}
+		}
+		if o.Loader != nil && o.Loader.Path != "" && !under(o.Loader.Path, "/usr/share") {
+			add("/domain/os/loader", fmt.Sprintf("%s is not under /usr/share (firmware installed by packages)", o.Loader.Path))
+		}
+		if o.NVRam != nil && o.NVRam.NVRam != "" && !under(o.NVRam.NVRam, nvramDir) {
+			add("/domain/os/nvram", fmt.Sprintf("%s is not under %s", o.NVRam.NVRam, nvramDir))
+		}
+	}
+	if mb := dom.MemoryBacking; mb != nil && mb.MemorySource != nil && mb.MemorySource.Type == "file" {
+		add("/domain/memoryBacking/source", "file-backed guest memory is not accepted from the peer; use memfd or anonymous memory")
 	}
 	if len(ps) > 0 {
 		return fmt.Errorf("the backup host refuses domain %q from the peer: %s", dom.Name, strings.Join(ps, "; "))
 	}
 	return nil
+}
+
+// Paths a peer's domain may name outside seed-dirs: boot files installed
+// by packages, libvirt's own directories for NVRAM, chardev logs and
+// sockets.
+var (
+	bootDirs    = []string{"/usr/share", "/usr/lib", "/boot", "/var/lib/libvirt/boot"}
+	nvramDir    = "/var/lib/libvirt/qemu/nvram"
+	chardevLogs = "/var/log/libvirt"
+	socketDirs  = []string{"/var/lib/libvirt/qemu", "/run/libvirt/qemu"}
+)
+
+// under reports whether path, cleaned, lies inside dir.
+func under(path, dir string) bool {
+	p := filepath.Clean(path)
+	return filepath.IsAbs(p) && strings.HasPrefix(p, filepath.Clean(dir)+"/")
+}
+
+// bootFileAllowed: a kernel, initrd or DTB a peer's domain may boot from.
+func (c Config) bootFileAllowed(path string) bool {
+	if c.seedAllowed(path) {
+		return true
+	}
+	for _, d := range bootDirs {
+		if under(path, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// devicePolicy refuses the devices through which a peer's domain would
+// reach the backup host beyond a replaying VM: character devices on host
+// devices, pipes, the network or files outside libvirt's log directory;
+// host entropy other than /dev/urandom and /dev/random; TPMs, shared
+// memory, smartcards, USB redirection, host input devices, audio into
+// files; network interfaces other than a bridge, a libvirt network or user
+// networking, or with scripts or tap devices of their own; graphics that
+// listen beyond the loopback.
+func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why string)) {
+	chardev := func(field string, src *libvirtxml.DomainChardevSource) {
+		if src == nil {
+			return
+		}
+		switch {
+		case src.Null != nil, src.VC != nil, src.Pty != nil, src.SpiceVMC != nil, src.SpicePort != nil, src.QEMUVDAgent != nil:
+		case src.File != nil:
+			if src.File.Path != "" && !under(src.File.Path, chardevLogs) {
+				add(field, fmt.Sprintf("file %s is outside %s; log character devices there", src.File.Path, chardevLogs))
+			}
+		case src.UNIX != nil:
+			ok := src.UNIX.Path == ""
+			for _, dir := range socketDirs {
+				ok = ok || under(src.UNIX.Path, dir)
+			}
+			if !ok {
+				add(field, fmt.Sprintf("socket %s is outside %v; let libvirt choose the path", src.UNIX.Path, socketDirs))
+			}
+		default:
+			add(field, "character devices on host devices, pipes, stdio or the network are not accepted from the peer; use pty, null, a file under "+chardevLogs+" or a unix socket libvirt places")
+		}
+	}
+	for i := range d.Serials {
+		chardev(fmt.Sprintf("/domain/devices/serial[%d]", i+1), d.Serials[i].Source)
+	}
+	for i := range d.Consoles {
+		chardev(fmt.Sprintf("/domain/devices/console[%d]", i+1), d.Consoles[i].Source)
+	}
+	for i := range d.Parallels {
+		chardev(fmt.Sprintf("/domain/devices/parallel[%d]", i+1), d.Parallels[i].Source)
+	}
+	for i := range d.Channels {
+		chardev(fmt.Sprintf("/domain/devices/channel[%d]", i+1), d.Channels[i].Source)
+	}
+	for i, r := range d.RNGs {
+		if b := r.Backend; b != nil && (b.EGD != nil || (b.Random != nil && b.Random.Device != "" && b.Random.Device != "/dev/urandom" && b.Random.Device != "/dev/random")) {
+			add(fmt.Sprintf("/domain/devices/rng[%d]/backend", i+1), "only /dev/urandom, /dev/random or the builtin backend are accepted from the peer")
+		}
+	}
+	if len(d.TPMs) > 0 {
+		add("/domain/devices/tpm", "a TPM is not replayed and is not accepted from the peer; remove it")
+	}
+	if len(d.Shmems) > 0 {
+		add("/domain/devices/shmem", "shared memory with the host is not accepted from the peer; remove it")
+	}
+	if len(d.Smartcards) > 0 {
+		add("/domain/devices/smartcard", "smartcards are not accepted from the peer; remove them")
+	}
+	if len(d.RedirDevs) > 0 {
+		add("/domain/devices/redirdev", "USB redirection is not accepted from the peer; remove it")
+	}
+	for i, in := range d.Inputs {
+		if in.Source != nil && (in.Source.Passthrough != nil || in.Source.EVDev != nil) {
+			add(fmt.Sprintf("/domain/devices/input[%d]", i+1), "host input devices are not accepted from the peer; remove it")
+		}
+	}
+	for i, a := range d.Audios {
+		if a.File != nil {
+			add(fmt.Sprintf("/domain/devices/audio[%d]", i+1), "audio into a host file is not accepted from the peer; use type none")
+		}
+	}
+	for i, n := range d.Interfaces {
+		field := fmt.Sprintf("/domain/devices/interface[%d]", i+1)
+		if src := n.Source; src == nil || (src.Bridge == nil && src.Network == nil && src.User == nil) {
+			add(field, "only bridge, network and user interfaces are accepted from the peer")
+		}
+		if n.Script != nil || n.DownScript != nil {
+			add(field+"/script", "interface scripts run on the host and are not accepted from the peer; remove them")
+		}
+		if n.Backend != nil && (n.Backend.Tap != "" || n.Backend.VHost != "") {
+			add(field+"/backend", "tap and vhost device paths are not accepted from the peer; remove <backend>")
+		}
+	}
+	for i, g := range d.Graphics {
+		var listen []string
+		if g.VNC != nil {
+			listen = append(listen, g.VNC.Listen)
+			for _, l := range g.VNC.Listeners {
+				if l.Address != nil {
+					listen = append(listen, l.Address.Address)
+				}
+				if l.Network != nil {
+					listen = append(listen, "network "+l.Network.Network)
+				}
+			}
+		}
+		if g.Spice != nil {
+			listen = append(listen, g.Spice.Listen)
+			for _, l := range g.Spice.Listeners {
+				if l.Address != nil {
+					listen = append(listen, l.Address.Address)
+				}
+				if l.Network != nil {
+					listen = append(listen, "network "+l.Network.Network)
+				}
+			}
+		}
+		for _, a := range listen {
+			if a != "" && a != "127.0.0.1" && a != "::1" && a != "localhost" {
+				add(fmt.Sprintf("/domain/devices/graphics[%d]", i+1), fmt.Sprintf("listens on %s: the backup host accepts only loopback or socket graphics from the peer", a))
+				break
+			}
+		}
+	}
 }
 
 // diskProblem says why the backup host will not give disk d to a replaying
@@ -88,9 +251,44 @@ func diskProblem(c Config, d libvirtxml.DomainDisk) string {
 		if real, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil && real != filepath.Clean(filepath.Dir(p)) {
 			return fmt.Sprintf("image %s lies under a symbolic link here: refused", p)
 		}
+		if d.BackingStore != nil && d.BackingStore.Source != nil {
+			return "backing stores are not accepted from the peer; flatten the image (qemu-img convert)"
+		}
+		if d.Source.DataStore != nil {
+			return "external data files are not accepted from the peer"
+		}
+		if d.Driver != nil && d.Driver.Type == "qcow2" {
+			if why := qcow2Problem(p); why != "" {
+				return why
+			}
+		}
 		return ""
 	case d.Source.Block != nil, d.Source.Dir != nil, d.Source.Network != nil, d.Source.Volume != nil, d.Source.NVME != nil, d.Source.VHostUser != nil:
 		return "only file-backed disk images are accepted from the peer"
+	}
+	return ""
+}
+
+// qcow2Problem reads a qcow2 image's header (QEMU docs/interop/qcow2.txt)
+// and refuses one that names another file: a backing file (offset 8) or an
+// external data file (incompatible feature bit 2, offset 72, version 3).
+// An image that is missing or unreadable is the seeding's business.
+func qcow2Problem(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var h [80]byte
+	n, _ := io.ReadFull(f, h[:])
+	if n < 20 || string(h[:4]) != "QFI\xfb" {
+		return ""
+	}
+	if binary.BigEndian.Uint64(h[8:16]) != 0 && binary.BigEndian.Uint32(h[16:20]) != 0 {
+		return fmt.Sprintf("image %s names a backing file in its qcow2 header: refused; flatten it (qemu-img convert)", path)
+	}
+	if n >= 80 && binary.BigEndian.Uint32(h[4:8]) >= 3 && binary.BigEndian.Uint64(h[72:80])&(1<<2) != 0 {
+		return fmt.Sprintf("image %s uses an external data file (qcow2 header): refused", path)
 	}
 	return ""
 }

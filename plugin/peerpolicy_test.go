@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,17 @@ func TestPeerDomainPolicy(t *testing.T) {
 	if err := os.Symlink("/etc/shadow", link); err != nil {
 		t.Fatal(err)
 	}
+	// A qcow2 header (version 3) whose backing file is /etc/shadow.
+	backed := filepath.Join(images, "backed.qcow2")
+	hdr := make([]byte, 512)
+	copy(hdr, "QFI\xfb")
+	binary.BigEndian.PutUint32(hdr[4:], 3)
+	binary.BigEndian.PutUint64(hdr[8:], 256)
+	binary.BigEndian.PutUint32(hdr[16:], uint32(len("/etc/shadow")))
+	copy(hdr[256:], "/etc/shadow")
+	if err := os.WriteFile(backed, hdr, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{SeedDirs: []string{images}, AllowedEmulators: []string{"/nonexistent/qemu-system-x86_64"}}
 	base := runDomainXML(t.TempDir())
 	withDisk := func(path string) string {
@@ -37,6 +49,17 @@ func TestPeerDomainPolicy(t *testing.T) {
 	if err := cfg.checkPeerDomain(primary(t, withDisk(disk))); err != nil {
 		t.Fatalf("a plain domain: %v", err)
 	}
+	// What virt-install and virt-manager add to a plain VM passes.
+	common := strings.Replace(withDisk(disk), "</devices>", `<interface type='network'><source network='default'/><model type='virtio'/></interface>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <graphics type='vnc' port='-1' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <input type='tablet' bus='usb'/>
+  </devices>`, 1)
+	if err := cfg.checkPeerDomain(primary(t, common)); err != nil {
+		t.Fatalf("a domain with the usual devices: %v", err)
+	}
 	for name, c := range map[string]struct{ xml, want string }{
 		"qemu arg": {strings.Replace(base, "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-chardev'/><qemu:arg value='file,id=x,path=/etc/shadow'/></qemu:commandline></domain>", 1),
 			"/domain/qemu:commandline"},
@@ -46,11 +69,30 @@ func TestPeerDomainPolicy(t *testing.T) {
 		"emulator":               {strings.Replace(base, "/nonexistent/qemu-system-x86_64", "/bin/sh", 1), "allowed-emulators"},
 		"disk outside seed-dirs": {withDisk("/etc/shadow"), "outside the backup host's seed-dirs"},
 		"disk through a symlink": {withDisk(link), "not a regular file"},
+		"qcow2 backing file":     {withDisk(backed), "names a backing file"},
+		"kernel":                 {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", "/etc/shadow", 1), "/domain/os/kernel"},
+		"nvram":                  {strings.Replace(base, "</os>", "<nvram>/root/x.fd</nvram></os>", 1), "/domain/os/nvram"},
+		"serial file":            {strings.Replace(base, "/var/log/libvirt/qemu/web-serial.log", "/etc/cron.d/x", 1), "/domain/devices/serial[1]"},
+		"channel tcp":            {strings.Replace(base, "</devices>", "<channel type='tcp'><source mode='connect' host='10.0.0.9' service='22'/><target type='virtio' name='x'/></channel></devices>", 1), "/domain/devices/channel[1]"},
+		"rng egd":                {strings.Replace(base, "</devices>", "<rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='10.0.0.9' service='1'/></backend></rng></devices>", 1), "/domain/devices/rng[1]"},
+		"rng device":             {strings.Replace(base, "</devices>", "<rng model='virtio'><backend model='random'>/dev/sda</backend></rng></devices>", 1), "/domain/devices/rng[1]"},
+		"tpm":                    {strings.Replace(base, "</devices>", "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm></devices>", 1), "/domain/devices/tpm"},
+		"shmem":                  {strings.Replace(base, "</devices>", "<shmem name='x'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem></devices>", 1), "/domain/devices/shmem"},
+		"ethernet":               {strings.Replace(base, "</devices>", "<interface type='ethernet'><script path='/tmp/x'/><model type='virtio'/></interface></devices>", 1), "only bridge, network and user"},
+		"interface script":       {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><script path='/tmp/x'/></interface></devices>", 1), "/domain/devices/interface[1]/script"},
+		"vnc on all addresses":   {strings.Replace(base, "</devices>", "<graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'/></devices>", 1), "/domain/devices/graphics[1]"},
+		"memory file":            {strings.Replace(base, "<vcpu", "<memoryBacking><source type='file'/></memoryBacking><vcpu", 1), "/domain/memoryBacking/source"},
 	} {
 		err := cfg.checkPeerDomain(primary(t, c.xml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want a refusal naming %q", name, err, c.want)
 		}
+	}
+	// The primary's own validation refuses a backing store; a hostile
+	// peer sends one anyway.
+	bs := strings.Replace(withDisk(disk), "<target dev='vda'", "<backingStore type='file'><format type='raw'/><source file='/etc/shadow'/></backingStore><target dev='vda'", 1)
+	if err := cfg.checkPeerDomain(bs); err == nil || !strings.Contains(err.Error(), "backing stores") {
+		t.Errorf("backingStore: %v, want a refusal", err)
 	}
 	// The backup host's admin may allow QEMU arguments.
 	cfg.AllowPeerQEMUArgs = true

@@ -38,7 +38,12 @@ mkdir -p "$work/build" && cd "$work/build"
 "$src/configure" --target-list=x86_64-softmmu --prefix=/usr \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
 	--with-pkgversion=libvirt-ft --disable-docs --disable-werror --enable-slirp --disable-user --disable-install-blobs >/dev/null
-ninja -j"$(nproc)" qemu-system-x86_64 >/dev/null
+# ninja prints compiler errors on stdout: keep them, show them on failure.
+if ! ninja -j"$(nproc)" qemu-system-x86_64 >"$work/ninja.log" 2>&1; then
+	grep -E -B2 -A8 'error|FAILED' "$work/ninja.log" | head -n 60 >&2
+	echo "qemu: the build failed (whole log: $work/ninja.log)" >&2
+	exit 1
+fi
 mkdir -p "$prefix/bin" "$prefix/share" "$prefix/lib/ipxe"
 install -m 0755 qemu-system-x86_64 "$prefix/bin/qemu-system-x86_64"
 ln -sfn /usr/share/qemu "$prefix/share/qemu"
