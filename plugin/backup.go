@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -272,6 +273,14 @@ func (b *backupRun) status() ctl.DomainStatus {
 // and the backup QEMU's icount. A malformed frame drops the connection,
 // never the VM. The failover core decides when to go live.
 func (b *backupRun) serveLog(pc *peerConn) {
+	host, _, _ := net.SplitHostPort(pc.remote())
+	if !b.armedBy(host) {
+		// The log channel belongs to the host that armed this backup.
+		b.log.Warnf("log channel from %s refused: the backup was armed by %s", host, b.primaryHost)
+		pc.bye(logchan.Bye{Reason: "the backup of " + b.uuid + " was armed by another host"})
+		pc.Close()
+		return
+	}
 	b.mu.Lock()
 	feeder := b.feeder
 	busy := b.link != nil || b.drv != nil || !b.active()
@@ -775,4 +784,10 @@ func (b *backupRun) close(why string) {
 		b.mu.Unlock()
 	}
 	b.undo.run()
+}
+
+// armedBy reports whether host (an IP address, as the peer connection
+// shows it) armed this backup.
+func (b *backupRun) armedBy(host string) bool {
+	return host != "" && host == b.primaryHost
 }

@@ -633,13 +633,14 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 }
 
 // cancelBackup undoes prepareBackup when the primary's prepare failed, while
-// the backup's QEMU has not started.
-func (d *Daemon) cancelBackup(uuid string) {
+// the backup's QEMU has not started. Only the host that armed the backup
+// (from) may cancel it.
+func (d *Daemon) cancelBackup(uuid, from string) {
 	dm := d.lookup(uuid)
 	if dm == nil {
 		return
 	}
-	if b, ok := dm.current().(*backupRun); ok && !b.hasStarted() {
+	if b, ok := dm.current().(*backupRun); ok && !b.hasStarted() && b.armedBy(from) {
 		b.close("primary's prepare failed")
 	}
 }

@@ -192,7 +192,8 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				return
 			}
 		case logchan.OpCancelBackup:
-			d.cancelBackup(req.UUID)
+			host, _, _ := net.SplitHostPort(pc.remote())
+			d.cancelBackup(req.UUID, host)
 			if reply(nil, nil) != nil {
 				return
 			}

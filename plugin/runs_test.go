@@ -517,3 +517,30 @@ func TestSeedAfterSlowRemoteHash(t *testing.T) {
 		}
 	})
 }
+
+// A log channel for the protected domain from a host other than the one
+// that armed its backup (here 10.0.0.3, with a valid certificate in real
+// life) is refused with a bye; replication goes on.
+func TestLogChannelFromAnotherHostRefused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		e := fp.a.d.env()
+		e.dial = fp.net.dialer("10.0.0.3")
+		logVer, _ := logchan.LogVersionForQEMU("7.2.22")
+		pc, err := dialLog(e, "10.0.0.2:7480", runUUID, "7.2.22", logVer)
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		defer pc.Close()
+		m, err := pc.c.Recv()
+		if err != nil || m.Kind != logchan.MsgBye || !strings.Contains(m.Bye.Reason, "armed by another host") {
+			t.Fatalf("got %+v, %v; want a bye saying the backup was armed by another host", m, err)
+		}
+		primary.emit(t, instructions(10, 10))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if s := fp.a.status(t, "web"); s.State != ctl.StateReplicating || s.BackupIcount != 1100 {
+			t.Fatalf("host a: %+v", s)
+		}
+	})
+}
