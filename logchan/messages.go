@@ -194,6 +194,11 @@ type ControlRequest struct {
 	Seed        FileDigest `json:"seed,omitempty"`
 	// Epoch names the pairing: the split-brain lock of this run.
 	Epoch string `json:"epoch,omitempty"`
+	// Arbiter names the split-brain arbiter the primary's daemon claims
+	// on (prepare-backup): "etcd <endpoints> <prefix>", "dir <path>" or
+	// "none". The backup host must claim on the same one, or both could
+	// win.
+	Arbiter string `json:"arbiter,omitempty"`
 }
 
 // ControlReply is the JSON payload of the Control frame that answers a

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -253,6 +254,21 @@ func (c Config) peerAllowed(addr string) bool {
 		}
 	}
 	return false
+}
+
+// arbiterName names the configured arbiter as prepare-backup carries it
+// (logchan.ControlRequest.Arbiter): both daemons of a pairing must claim
+// on the same one.
+func (c Config) arbiterName() string {
+	switch c.Arbiter {
+	case ArbiterEtcd:
+		eps := slices.Clone(c.ArbiterEtcd.Endpoints)
+		slices.Sort(eps)
+		return fmt.Sprintf("etcd %s %s", strings.Join(eps, ","), c.ArbiterEtcd.Prefix)
+	case ArbiterDir:
+		return "dir " + filepath.Clean(c.ArbiterDir)
+	}
+	return c.Arbiter
 }
 
 // runDir is the daemon's run directory, the control socket's: the

@@ -600,6 +600,9 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 	if err := d.cfg.arbiterMissing(); err != nil {
 		return fmt.Errorf("the backup host refuses: %w", err)
 	}
+	if mine := d.cfg.arbiterName(); req.Arbiter != mine {
+		return fmt.Errorf("the backup host refuses: its split-brain arbiter is %q, the primary's is %q: both hosts must claim on the same arbiter, or a partition could run the VM on both; make arbiter and arbiter-etcd (or arbiter-dir) the same in %s on both hosts", mine, req.Arbiter, DefaultConfigPath)
+	}
 	dm := d.entry(req.UUID, req.Name)
 	if prev := dm.current(); prev != nil {
 		if _, ok := prev.(*primaryRun); ok && prev.active() {

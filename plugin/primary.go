@@ -212,16 +212,18 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	p.mu.Lock()
 	p.epoch = epoch
 	p.mu.Unlock()
-	p.env.arbiter.Forget(p.uuid, epoch)
 	// Before QEMU starts: a daemon restarted while it runs must know the
 	// epoch to claim (restart.go).
 	if err := p.env.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: "primary", Epoch: epoch, Peer: p.peer}); err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
 	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: p.uuid, Name: p.name, XML: xml,
-		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch}, nil); err != nil {
+		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch, Arbiter: p.env.cfg.arbiterName()}, nil); err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", p.name, p.peer, err)
 	}
+	// The new pairing is armed: the claims of the domain's earlier
+	// epochs are of no use any more.
+	p.env.arbiter.Forget(p.uuid, epoch)
 	armed := true
 	defer func() {
 		if err != nil && armed {

@@ -392,7 +392,13 @@ func TestRunsReplaceStaleBackup(t *testing.T) {
 		synctest.Wait()
 		def, _, _ := fp.a.hv.Definition("web")
 		req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", XML: def.XML,
-			QEMUVersion: "7.2.22", LogVersion: logchan.LogVersionQEMU72, Epoch: "stale"}
+			QEMUVersion: "7.2.22", LogVersion: logchan.LogVersionQEMU72, Epoch: "stale", Arbiter: fp.a.d.cfg.arbiterName()}
+		// Claims on different arbiters could both win: refused.
+		other := req
+		other.Arbiter = "dir /srv/elsewhere"
+		if err := fp.b.d.prepareBackup(other, "10.0.0.1"); err == nil || !strings.Contains(err.Error(), "same arbiter") {
+			t.Fatalf("prepare-backup naming another arbiter: %v, want a refusal", err)
+		}
 		if err := fp.b.d.prepareBackup(req, "10.0.0.1"); err != nil {
 			t.Fatal(err)
 		}
