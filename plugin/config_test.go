@@ -58,6 +58,7 @@ func TestSeedWriterVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := filepath.Join(dir, "images", "d.qcow2")
+	os.Mkdir(filepath.Dir(dst), 0o755)
 	w, err := newSeedWriter(dst, h)
 	if err != nil {
 		t.Fatal(err)

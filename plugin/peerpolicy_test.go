@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
@@ -99,5 +101,47 @@ func TestPeerDomainPolicy(t *testing.T) {
 	arg := strings.Replace(base, "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-fw_cfg'/><qemu:arg value='name=opt/x,string=y'/></qemu:commandline></domain>", 1)
 	if err := cfg.checkPeerDomain(primary(t, arg)); err != nil {
 		t.Fatalf("allow-peer-qemu-args: %v", err)
+	}
+}
+
+// Seeding and hashing: only real files under seed-dirs that no other
+// domain on the backup host uses, never under a running domain, never
+// beyond the free space.
+func TestSeedProblem(t *testing.T) {
+	images := t.TempDir()
+	if err := os.Symlink("/etc", filepath.Join(images, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/shadow", filepath.Join(images, "shadow.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(images, "victim.qcow2")
+	hv := &fakeHV{pipes: &memPipes{}}
+	hv.event = func(LifecycleEvent) {}
+	other := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-1111-4222-8333-944455556666", 1), "<name>web</name>", "<name>victim</name>", 1)
+	other = strings.Replace(other, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+victim+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	if err := hv.Define(other); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{SeedDirs: []string{images}}
+	d := newDaemon(cfg, logrus.New(), hv, nil)
+	for _, c := range []struct {
+		path string
+		size int64
+		want string
+	}{
+		{filepath.Join(images, "web.qcow2"), 1 << 20, ""},
+		{filepath.Join(images, "web.qcow2"), 0, ""},
+		{"/etc/shadow", 0, "outside seed-dirs"},
+		{filepath.Join(images, "etc", "shadow"), 0, "symbolic link"},
+		{filepath.Join(images, "shadow.qcow2"), 0, "not a regular file"},
+		{victim, 1 << 20, `domain "victim"`},
+		{victim, 0, `domain "victim"`},
+		{filepath.Join(images, "huge.qcow2"), 1 << 62, "does not fit"},
+	} {
+		got := d.seedProblem(runUUID, c.path, c.size)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("seedProblem(%s, %d) = %q, want %q", c.path, c.size, got, c.want)
+		}
 	}
 }

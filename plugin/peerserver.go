@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -150,12 +149,9 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 		case logchan.OpHash:
 			// Only a disk this host would accept a copy of, and only a
 			// regular file: never /dev/zero, /etc/shadow or a link.
-			if !d.cfg.seedAllowed(req.Path) {
-				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: put the disk under one of %v, or add its directory to seed-dirs in %s", req.Path, d.cfg.SeedDirs, DefaultConfigPath))
-				return
-			}
-			if fi, err := os.Lstat(req.Path); err == nil && !fi.Mode().IsRegular() {
-				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: not a regular file", req.Path))
+			if why := d.seedProblem(uuid, req.Path, 0); why != "" {
+				d.log.Warnf("peer %s: hash refused: %s", pc.remote(), why)
+				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: %s", req.Path, why))
 				return
 			}
 			h, err := hashFile(req.Path)
@@ -163,8 +159,9 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				return
 			}
 		case logchan.OpSeed:
-			if !d.cfg.seedAllowed(req.Path) {
-				_ = reply(nil, fmt.Errorf("the backup host does not accept disk copies at %s: put the disk under one of %v, or add its directory to seed-dirs in %s", req.Path, d.cfg.SeedDirs, DefaultConfigPath))
+			if why := d.seedProblem(uuid, req.Path, max(req.Seed.Size, 1)); why != "" {
+				d.log.Warnf("peer %s: seed refused: %s", pc.remote(), why)
+				_ = reply(nil, fmt.Errorf("the backup host does not accept a disk copy at %s: %s", req.Path, why))
 				return
 			}
 			if seed != nil {

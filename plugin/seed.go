@@ -9,13 +9,85 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
+
+// seedProblem says why the backup host will not hash or take a copy of
+// path on a control connection for domain uuid (size: the copy's bytes,
+// 0 for a hash), or "": the path must lie under seed-dirs in a real
+// directory (no symbolic link on the way), be a regular file if it exists,
+// not be a disk of another domain libvirt knows here, not be in use by a
+// running QEMU of the domain itself, and fit in the free space.
+func (d *Daemon) seedProblem(uuid, path string, size int64) string {
+	if !d.cfg.seedAllowed(path) {
+		return fmt.Sprintf("%s is outside seed-dirs %v: put the disk under one of them, or add its directory to seed-dirs in %s", path, d.cfg.SeedDirs, DefaultConfigPath)
+	}
+	dir := filepath.Dir(filepath.Clean(path))
+	if real, err := filepath.EvalSymlinks(dir); err != nil || real != dir {
+		if err != nil {
+			return fmt.Sprintf("directory %s: %v; create it on the backup host", dir, err)
+		}
+		return fmt.Sprintf("%s lies under a symbolic link (%s is %s): refused", path, dir, real)
+	}
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Sprintf("%s is not a regular file here (a link or a device): refused", path)
+	}
+	if other := d.diskOwner(uuid, path); other != "" {
+		return fmt.Sprintf("%s is a disk of domain %q on the backup host: a peer may only write the disks of the domain it protects", path, other)
+	}
+	if size > 0 {
+		if active, err := d.hv.IsActive(uuid); err != nil || active {
+			return fmt.Sprintf("the domain runs on the backup host (%v): its disks are not replaced under it", err)
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err == nil {
+			if free := int64(st.Bavail) * int64(st.Bsize); size > free {
+				return fmt.Sprintf("a copy of %d bytes does not fit in the %d bytes free in %s", size, free, dir)
+			}
+		}
+	}
+	return ""
+}
+
+// diskOwner returns the name of a domain other than uuid, defined or
+// running on this host, that has path as a disk image; "" if none.
+func (d *Daemon) diskOwner(uuid, path string) string {
+	var defs []DomainDef
+	if names, err := d.hv.DomainNames(); err == nil {
+		for _, n := range names {
+			if def, ok, err := d.hv.Definition(n); err == nil && ok {
+				defs = append(defs, def)
+			}
+		}
+	}
+	if running, err := d.hv.Running(); err == nil {
+		defs = append(defs, running...)
+	}
+	want := filepath.Clean(path)
+	for _, def := range defs {
+		if def.UUID == uuid {
+			continue
+		}
+		var dom libvirtxml.Domain
+		if dom.Unmarshal(def.XML) != nil || dom.Devices == nil {
+			continue
+		}
+		for _, disk := range dom.Devices.Disks {
+			if disk.Source != nil && disk.Source.File != nil && filepath.Clean(disk.Source.File.File) == want {
+				return dom.Name
+			}
+		}
+	}
+	return ""
+}
 
 // hashFile returns path's size and SHA-256. A missing file is not an error
 // (Exists false).
 func hashFile(path string) (logchan.FileDigest, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return logchan.FileDigest{}, nil
 	}
@@ -48,9 +120,6 @@ type seedWriter struct {
 func newSeedWriter(path string, want logchan.FileDigest) (*seedWriter, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("seed: path %q is not absolute", path)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".seed-*")
 	if err != nil {
