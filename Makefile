@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl
 
-.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -30,6 +30,7 @@ build:
 	$(GO) build -o $(BIN)/rxcheck ./test/tools/rxcheck
 	$(GO) build -o $(BIN)/rrdump ./test/tools/rrdump
 	$(GO) build -o $(BIN)/gaterelay ./test/tools/gaterelay
+	$(GO) build -o $(BIN)/hostile ./test/tools/hostile
 
 guest:
 	test/guest/build.sh $(GUEST)
@@ -61,6 +62,11 @@ e2e-failover: build guest qemu-ft
 # row per fault. FAULTS="ftd-kill-a ..." picks some (test/e2e/faults.sh).
 e2e-faults: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 FAULTS="$(FAULTS)" test/e2e/run.sh faults
+
+# A hostile peer with and without a valid certificate against the backup
+# host (issue 11; test/e2e/hostile.sh).
+e2e-hostile: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh hostile
 
 e2e-switchover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover

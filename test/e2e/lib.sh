@@ -33,8 +33,8 @@ wait_for() {
 	done
 }
 
-# lab_pki: a CA and a certificate per host (server and client use, an IP
-# address SAN with the host's address) for the peer port's mutual TLS, made
+# lab_pki: a CA and a certificate per host, a, b and c (server and client
+# use, an IP address SAN with the host's address) for the peer port's mutual TLS, made
 # with openssl in a fresh directory whose path it prints. The lab's
 # libvirt-ftd.yaml points tls: at copies in each host's /etc/libvirt-ft/pki.
 lab_pki() {
@@ -42,8 +42,8 @@ lab_pki() {
 	dir=$(mktemp -d /tmp/ft-pki.XXXXXX)
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=libvirt-ft lab CA" \
 		-keyout "$dir/cakey.pem" -out "$dir/cacert.pem" 2>/dev/null
-	for h in a b; do
-		ip=$HOST_A_IP; [ $h = b ] && ip=$HOST_B_IP
+	for h in a b c; do
+		ip=$HOST_A_IP; [ $h = b ] && ip=$HOST_B_IP; [ $h = c ] && ip=$WITNESS_IP
 		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=ftlab-$h" \
 			-keyout "$dir/$h-key.pem" -out "$dir/$h.csr" 2>/dev/null
 		openssl x509 -req -in "$dir/$h.csr" -CA "$dir/cacert.pem" -CAkey "$dir/cakey.pem" -CAcreateserial -days 2 \
@@ -67,7 +67,12 @@ lab_start() {
 		for f in cacert.pem $h-cert.pem $h-key.pem; do
 			on $h sh -c "cat > /etc/libvirt-ft/pki/$f && chmod 600 /etc/libvirt-ft/pki/$f" <"$pki/$f"
 		done
-		[ $h = b ] && rm -rf "$pki"
+		if [ $h = b ]; then
+			# Host c's certificate (a valid one, for e2e-hostile's client).
+			mkdir -p "$LAB_DIR/c/pki"
+			cp "$pki/cacert.pem" "$pki/c-cert.pem" "$pki/c-key.pem" "$LAB_DIR/c/pki/"
+			rm -rf "$pki"
+		fi
 		on $h sh -c "mkdir -p /etc/libvirt-ft && cat > /etc/libvirt-ft/libvirt-ftd.yaml" <<-YAML
 		listen: $ip:7480
 		libvirt-uri: qemu:///system

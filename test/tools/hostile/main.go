@@ -1,0 +1,317 @@
+// Command hostile plays a hostile peer against a backup host's libvirt-ftd
+// (make e2e-hostile, issue 11). From a third host it tries what the peer
+// port must refuse and prints one line per attempt:
+//
+//	attack=NAME result=refused|dropped|accepted detail="..."
+//
+// refused: the daemon answered with an error (or a bye); dropped: it closed
+// the connection; accepted: it did what was asked (a failure of the
+// daemon's checks). The exit code is 1 if any attempt was accepted.
+//
+//	hostile -addr 10.250.0.2:7480 -ca ca.pem -cert c.pem -key c-key.pem \
+//	  -uuid PROTECTED-UUID -xml domain.xml -victim /var/lib/libvirt/images/victim.qcow2 \
+//	  -link /var/lib/libvirt/images/lnk -arbiter "etcd http://10.250.0.50:2379 /libvirt-ft"
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+)
+
+var (
+	addr    = flag.String("addr", "", "the backup host's peer port (host:port)")
+	caFile  = flag.String("ca", "", "the CA certificate (PEM)")
+	cert    = flag.String("cert", "", "a certificate the CA signed for this host (PEM)")
+	key     = flag.String("key", "", "its key (PEM)")
+	uuid    = flag.String("uuid", "", "the protected domain's UUID")
+	xmlFile = flag.String("xml", "", "a domain XML (the protected domain's user definition) to mutate into backups to arm")
+	victim  = flag.String("victim", "", "a disk image of another domain on the backup host")
+	link    = flag.String("link", "", "a symbolic link to /etc under seed-dirs on the backup host")
+	arbiter = flag.String("arbiter", "", "the arbiter name both daemons use (prepare-backup's arbiter)")
+	flood   = flag.Int("flood", 200, "connections that announce a large frame and stall")
+	hold    = flag.Duration("hold", 20*time.Second, "how long the flood's connections stall")
+)
+
+var accepted bool
+
+func report(name, result, detail string) {
+	if result == "accepted" {
+		accepted = true
+	}
+	fmt.Printf("attack=%s result=%s detail=%q\n", name, result, oneLine(detail))
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
+
+func main() {
+	flag.Parse()
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(*caFile)
+	if err != nil || !pool.AppendCertsFromPEM(pem) {
+		fmt.Fprintln(os.Stderr, "hostile: -ca:", err)
+		os.Exit(2)
+	}
+	pair, err := tls.LoadX509KeyPair(*cert, *key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile: -cert/-key:", err)
+		os.Exit(2)
+	}
+	host, _, _ := net.SplitHostPort(*addr)
+	withCert := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: host, MinVersion: tls.VersionTLS13}
+	noCert := &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS13}
+
+	// 1. No client certificate: refused at the TLS handshake (TLS 1.3
+	// reports the server's refusal at the first read).
+	if c, err := dialTLS(noCert); err != nil {
+		report("no-certificate", "refused", err.Error())
+	} else {
+		lc := logchan.NewConn(c)
+		_, err := logchan.ClientHandshake(lc, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: *uuid, Role: logchan.RoleControl})
+		result := "accepted"
+		if err != nil {
+			result = "refused"
+		}
+		report("no-certificate", result, fmt.Sprint(err))
+		c.Close()
+	}
+
+	// The server's QEMU and log versions, from its answer to a probe.
+	qemuVer, logVer := probe(withCert)
+
+	hello := func(u string, role logchan.Role) logchan.Hello {
+		return logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: u, QEMUVersion: qemuVer, LogVersion: logVer, Role: role}
+	}
+	control := func(name string, u string, req logchan.ControlRequest) {
+		c, lc, err := open(withCert, hello(u, logchan.RoleControl))
+		if err != nil {
+			report(name, "refused", err.Error())
+			return
+		}
+		defer c.Close()
+		var out any
+		if err := lc.Request(req, &out); err != nil {
+			result := "refused"
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				result = "dropped"
+			}
+			report(name, result, err.Error())
+			return
+		}
+		report(name, "accepted", fmt.Sprint(out))
+	}
+	seed := func(name, path string) {
+		c, lc, err := open(withCert, hello(*uuid, logchan.RoleControl))
+		if err != nil {
+			report(name, "refused", err.Error())
+			return
+		}
+		defer c.Close()
+		data := []byte("hostile bytes\n")
+		err = lc.Seed(path, digest(data), strings.NewReader(string(data)), nil)
+		if err != nil {
+			report(name, "refused", err.Error())
+			return
+		}
+		report(name, "accepted", "wrote "+path)
+	}
+
+	// 2. Hashing what is not a disk of the domain.
+	control("hash-dev-zero", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/dev/zero"})
+	control("hash-etc-shadow", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"})
+	if *link != "" {
+		control("hash-through-symlink", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: *link + "/shadow"})
+	}
+	// 3. Seeding over another domain's image, or through a link.
+	if *victim != "" {
+		seed("seed-other-domains-image", *victim)
+	}
+	if *link != "" {
+		seed("seed-through-symlink", *link+"/cron.d/hostile")
+	}
+	// 4. Arming backups that would run what the peer says.
+	if *xmlFile != "" {
+		base, err := os.ReadFile(*xmlFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hostile: -xml:", err)
+			os.Exit(2)
+		}
+		const u2 = "6b0e2f6a-7c1d-4e3f-9a8b-1c2d3e4f5a6b"
+		arm := func(name, edit string) {
+			x := strings.Replace(string(base), "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
+			x = strings.Replace(x, "</domain>", edit+"</domain>", 1)
+			control(name, u2, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: u2, Name: "hostile", XML: x,
+				QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "hostile", Arbiter: *arbiter})
+		}
+		arm("arm-qemu-commandline", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-chardev"/><qemu:arg value="file,id=x,path=/etc/shadow"/></qemu:commandline>`)
+		arm("arm-root-seclabel", `<seclabel type="static" model="dac" relabel="no"><label>0:0</label></seclabel>`)
+	}
+	// 5. A UUID that is a path.
+	control("uuid-dotdot", "../../../root/.ssh", logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"})
+	// 6. A second log channel for the protected domain.
+	if c, lc, err := open(withCert, hello(*uuid, logchan.RolePrimary)); err != nil {
+		report("second-log-channel", "refused", err.Error())
+	} else {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := lc.Recv()
+		switch {
+		case err == nil && m.Kind == logchan.MsgBye:
+			report("second-log-channel", "refused", "bye: "+m.Bye.Reason)
+		case err != nil:
+			report("second-log-channel", "dropped", err.Error())
+		default:
+			report("second-log-channel", "accepted", fmt.Sprintf("got a %v frame", m.Kind))
+		}
+		c.Close()
+	}
+	// 7. Malformed frames: each must drop its connection only.
+	raw := func(name string, hdr []byte) {
+		c, err := dialTLS(withCert)
+		if err != nil {
+			report(name, "refused", err.Error())
+			return
+		}
+		defer c.Close()
+		_, _ = c.Write(hdr)
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		_, err = io.ReadAll(c)
+		if err == nil || errors.Is(err, io.EOF) {
+			report(name, "dropped", "the daemon closed the connection")
+			return
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			report(name, "accepted", "the connection stayed open 15 s")
+			return
+		}
+		report(name, "dropped", err.Error())
+	}
+	raw("frame-huge-length", binary.BigEndian.AppendUint32([]byte{byte(logchan.FrameHello)}, 0xfffffff0))
+	raw("frame-unknown-type", binary.BigEndian.AppendUint32([]byte{0x7f}, 16))
+	bad := hello(*uuid, logchan.RoleControl)
+	bad.Protocol = 99
+	if c, _, err := open(withCert, bad); err != nil {
+		report("wrong-protocol-version", "refused", err.Error())
+	} else {
+		report("wrong-protocol-version", "accepted", "handshake completed")
+		c.Close()
+	}
+	// 8. Many connections that announce a large frame and stall.
+	floodConns(withCert)
+	if accepted {
+		os.Exit(1)
+	}
+}
+
+func dialTLS(cfg *tls.Config) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	raw, err := d.Dial("tcp", *addr)
+	if err != nil {
+		return nil, err
+	}
+	c := tls.Client(raw, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// open dials and runs the handshake with h.
+func open(cfg *tls.Config, h logchan.Hello) (net.Conn, *logchan.Conn, error) {
+	c, err := dialTLS(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	lc := logchan.NewConn(c)
+	if _, err := logchan.ClientHandshake(lc, h); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, lc, nil
+}
+
+// probe learns the server's QEMU and log versions from its HelloReply.
+func probe(cfg *tls.Config) (string, uint32) {
+	c, err := dialTLS(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile: probe:", err)
+		os.Exit(2)
+	}
+	defer c.Close()
+	lc := logchan.NewConn(c)
+	rep, _ := logchan.ClientHandshake(lc, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: *uuid, QEMUVersion: "7.2.0", Role: logchan.RoleControl})
+	return rep.Hello.QEMUVersion, rep.Hello.LogVersion
+}
+
+func digest(b []byte) logchan.FileDigest {
+	sum := sha256.Sum256(b)
+	return logchan.FileDigest{Exists: true, Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:])}
+}
+
+// floodConns opens -flood connections at once, each announcing a 4 MiB Log
+// frame after its handshake and sending nothing more, holds them for
+// -hold, and reports how many the daemon let in and how many it closed.
+func floodConns(cfg *tls.Config) {
+	var mu sync.Mutex
+	var opened, refused, closedEarly int
+	var wg sync.WaitGroup
+	for i := 0; i < *flood; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dialTLS(cfg)
+			if err != nil {
+				mu.Lock()
+				refused++
+				mu.Unlock()
+				return
+			}
+			defer c.Close()
+			_, _ = c.Write(binary.BigEndian.AppendUint32([]byte{byte(logchan.FrameLog)}, logchan.MaxFrameSize))
+			mu.Lock()
+			opened++
+			mu.Unlock()
+			_ = c.SetReadDeadline(time.Now().Add(*hold))
+			if _, err := io.ReadAll(c); err == nil || errors.Is(err, io.EOF) {
+				mu.Lock()
+				closedEarly++
+				mu.Unlock()
+			} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+				mu.Lock()
+				closedEarly++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	result := "dropped"
+	if opened-closedEarly > 64 {
+		result = "accepted"
+	}
+	report("flood-stalled-frames", result, fmt.Sprintf("%d connections: %d refused at connect or TLS, %d opened, %d of them closed by the daemon within %s", *flood, refused, opened, closedEarly, *hold))
+}
