@@ -74,5 +74,30 @@ for c in "${cases[@]}"; do
 	ft_on a status "$dom" | sed 's/^/     /' || true
 	virsh_on a undefine "$dom" >/dev/null
 done
+
+# A daemon with no arbiter configured refuses to protect, naming the keys.
+say "refusal: no split-brain arbiter configured on host A"
+lab stop a ftd
+on a sed -i -e '/^arbiter/d' -e '/^  endpoints:/d' /etc/libvirt-ft/libvirt-ftd.yaml
+lab bg a ftd-noarbiter "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
+wait_for 20 "libvirt-ftd on host A" on a "$BIN/virt-ft" status
+dom=ftbad-noarbiter
+on a "$ROOT/test/guest/mkdisk.sh" "$IMAGES/$dom.qcow2" >/dev/null
+xml=$(mktemp --suffix=.xml); SCRATCH+=("$xml")
+domain_xml "$dom" > "$xml"
+virsh_on a define "$xml" >/dev/null
+sleep 1
+if out=$(virsh_on a start "$dom" 2>&1); then
+	log "virsh start succeeded without an arbiter: it must be refused"; failures=$((failures + 1))
+	virsh_on a destroy "$dom" >/dev/null 2>&1 || true
+elif ! grep -qF -- "arbiter-etcd" <<<"$out"; then
+	log "refusal does not name arbiter-etcd: $out"; failures=$((failures + 1))
+else
+	log "refused: $(grep -o 'libvirt-ft: .*' <<<"$out" | head -n 1)"
+fi
+[ "$(virsh_on a domstate "$dom")" = "shut off" ] || { log "$dom is not shut off"; failures=$((failures + 1)); }
+if virsh_on b list --all --name | grep -qx "$dom"; then log "a backup exists on host B"; failures=$((failures + 1)); fi
+ft_on a status "$dom" | sed 's/^/     /' || true
+
 [ $failures -eq 0 ] || die "$failures refusal check(s) failed"
 say "all refusals named the field and the fix; nothing was started"
