@@ -52,6 +52,9 @@ type backupRun struct {
 	running     bool
 	// goingLive: FeedEnd issued; the replaying QEMU's end is go-live's.
 	goingLive bool
+	// claimPaused: its QEMU (out of replay at END, its output held) was
+	// paused because the arbiter could not be reached; go-live resumes it.
+	claimPaused bool
 	// live: went live; live primary is the run now.
 	live        bool
 	wentLiveHow *ctl.GoLive
@@ -540,6 +543,17 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, pc *peerConn, q
 	case failover.AcquireLock:
 		go func() {
 			won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
+			if err != nil {
+				b.mu.Lock()
+				already := b.claimPaused
+				b.claimPaused = true
+				b.mu.Unlock()
+				if !already && !b.env.pauseVM(b.uuid, "the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided") {
+					b.mu.Lock()
+					b.claimPaused = false
+					b.mu.Unlock()
+				}
+			}
 			drv.Post(failover.LockResult{Won: won, Err: err})
 		}()
 	case failover.GoLive:

@@ -43,6 +43,37 @@ func (e env) qmp(uuid string) (client *qmp.Client, release func(), err error) {
 	return qmp.NewClient(mon), func() { _ = mon.Disconnect() }, nil
 }
 
+// pauseVM stops uuid's vCPUs (QMP stop) while a split-brain claim is
+// undecided: a copy that may lose must not run on (fail closed). It
+// reports whether the VM was paused.
+func (e env) pauseVM(uuid, why string) bool {
+	client, release, err := e.qmp(uuid)
+	if err != nil {
+		e.log.WithError(err).Errorf("cannot pause domain %s (%s)", uuid, why)
+		return false
+	}
+	defer release()
+	if err := client.Stop(); err != nil {
+		e.log.WithError(err).Errorf("cannot pause domain %s (%s)", uuid, why)
+		return false
+	}
+	e.log.Warnf("paused domain %s: %s", uuid, why)
+	return true
+}
+
+// resumeVM undoes pauseVM (QMP cont).
+func (e env) resumeVM(uuid string) {
+	client, release, err := e.qmp(uuid)
+	if err != nil {
+		e.log.WithError(err).Errorf("cannot resume domain %s", uuid)
+		return
+	}
+	defer release()
+	if err := client.Cont(); err != nil {
+		e.log.WithError(err).Errorf("cannot resume domain %s", uuid)
+	}
+}
+
 // destroy stops this host's QEMU of uuid at once and reports whether none
 // runs any more.
 func (e env) destroy(uuid, why string) bool {

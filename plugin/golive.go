@@ -35,6 +35,17 @@ func (b *backupRun) goLive() error {
 		return fmt.Errorf("go-live: the backup domain is gone: %w", err)
 	}
 	defer release()
+	b.mu.Lock()
+	paused := b.claimPaused
+	b.claimPaused = false
+	b.mu.Unlock()
+	if paused {
+		// Paused while the arbiter could not be reached; the claim is
+		// won now.
+		if err := client.Cont(); err != nil {
+			b.log.WithError(err).Warn("go-live: cont after the claim")
+		}
+	}
 	// The drain ends when the backup's icount reached the log's; the
 	// patched QEMU leaves replay mode when it reads the END after it,
 	// which may come a moment later. Give it that moment before taking

@@ -59,6 +59,9 @@ type primaryRun struct {
 	peerReport            string // the backup's go-live detail (its words, from its ByeLive)
 	seeding               *ctl.Seeding
 	switchedOver          bool
+	// claimPaused: the VM was paused because the arbiter could not be
+	// reached while the backup was lost (act, AcquireLock).
+	claimPaused bool
 
 	recordFIFO string
 	rr         recordLog
@@ -500,12 +503,22 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, link *peerConn
 		p.mu.Unlock()
 		go func() {
 			won, err := p.env.arbiter.Acquire(p.uuid, epoch)
+			if err != nil {
+				p.pauseForClaim(err)
+			}
 			drv.Post(failover.LockResult{Won: won, Err: err})
 		}()
 	case failover.ReportUnprotected:
 		setDiscard()
 		gates.unprotect()
 		p.setState(ctl.StateUnprotected, a.Reason)
+		p.mu.Lock()
+		resume := p.claimPaused
+		p.claimPaused = false
+		p.mu.Unlock()
+		if resume {
+			go p.env.resumeVM(p.uuid)
+		}
 	case failover.HaltVM:
 		setDiscard()
 		gates.drop()
@@ -520,6 +533,27 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, link *peerConn
 		p.setState(ctl.StateStopped, "switched over: the backup on "+p.peer+" is live; stopping this host's VM")
 		go p.env.destroy(p.uuid, "planned switchover: the backup is live")
 	}
+}
+
+// pauseForClaim pauses the VM (once) while the split-brain claim cannot
+// be decided: the backup may be going live, so this copy must not run on
+// (the output is held anyway). The claim is retried; winning resumes it
+// (ReportUnprotected), losing destroys it (HaltVM).
+func (p *primaryRun) pauseForClaim(err error) {
+	p.mu.Lock()
+	already := p.claimPaused
+	p.claimPaused = true
+	p.mu.Unlock()
+	if already {
+		return
+	}
+	if !p.env.pauseVM(p.uuid, "the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided") {
+		p.mu.Lock()
+		p.claimPaused = false
+		p.mu.Unlock()
+		return
+	}
+	p.setState(ctl.StateUnprotected, "backup lost; the arbiter cannot be reached ("+err.Error()+"): the VM is paused until the split-brain claim is decided")
 }
 
 // peerBye notes what the backup's bye says for the status: the go-live

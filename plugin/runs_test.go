@@ -550,3 +550,73 @@ func TestLogChannelFromAnotherHostRefused(t *testing.T) {
 		}
 	})
 }
+
+// Partition with the arbiter unreachable from the primary's host (host a
+// cut off the LAN): the primary cannot claim, so it pauses its VM instead
+// of running on while the backup goes live; when the arbiter answers again
+// it has lost and its VM is destroyed.
+func TestRunsPartitionArbiterUnreachablePrimaryPauses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.1"] = true
+		fp.arb.mu.Unlock()
+		fp.net.sever("10.0.0.1")
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		primary.mu.Lock()
+		paused := primary.paused
+		primary.mu.Unlock()
+		if !paused {
+			t.Fatal("host a: the primary runs on while its claim cannot be decided")
+		}
+		if s := fp.b.status(t, "web"); s.State != ctl.StateLive {
+			t.Fatalf("host b: %+v", s)
+		}
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.1"] = false
+		fp.arb.mu.Unlock()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if fp.a.hv.running(runUUID) != nil {
+			t.Fatal("host a: the primary still runs after losing the claim")
+		}
+	})
+}
+
+// The same with the arbiter unreachable from the backup's host only: the
+// backup pauses its VM (out of replay, output held) while it cannot claim;
+// the primary wins and goes on; the backup, losing, is destroyed.
+func TestRunsPartitionArbiterUnreachableBackupPauses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.2"] = true
+		fp.arb.mu.Unlock()
+		fp.net.sever("10.0.0.2")
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if q := fp.b.hv.running(runUUID); q != nil {
+			q.mu.Lock()
+			paused := q.paused
+			q.mu.Unlock()
+			if !paused {
+				t.Fatal("host b: the backup's VM runs while its claim cannot be decided")
+			}
+		}
+		primary.mu.Lock()
+		paused := primary.paused
+		primary.mu.Unlock()
+		if paused || fp.a.status(t, "web").State != ctl.StateUnprotected {
+			t.Fatalf("host a: paused %v, %+v", paused, fp.a.status(t, "web"))
+		}
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.2"] = false
+		fp.arb.mu.Unlock()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if fp.b.hv.running(runUUID) != nil {
+			t.Fatal("host b: the backup still runs after losing the claim")
+		}
+	})
+}
