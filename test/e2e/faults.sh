@@ -31,9 +31,12 @@
 #                    witness either)
 #   arbiter-b        the witness unreachable from host B while host A is
 #                    healthy: nothing happens; B does not go live
+#   both-revive      both hosts torn down and revived (no TCP clients: the
+#                    VM cannot survive that): `virsh start` on host A
+#                    protects it again with no manual cleanup
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b libvirtd-kill-a backup-stop blackhole cut-a arbiter-b}"
+read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b libvirtd-kill-a backup-stop blackhole cut-a arbiter-b both-revive}"
 DURATION=${DURATION:-40}
 STALL_LIMIT=${STALL_LIMIT:-6s}
 GUEST_MAC=52:54:00:fa:00:01
@@ -66,6 +69,7 @@ restarts=0
 
 # state H: the domain's state in virt-ft status on H.
 state() { ft_on "$1" status --json 2>/dev/null | jq -r --arg d "$DOMAIN" '.[]? | select(.name == $d) | .state' 2>/dev/null || true; }
+replicating_on() { [ "$(state "$1")" = replicating ]; }
 
 for fault in "${faults[@]}"; do
 	case $fault in
@@ -76,10 +80,28 @@ for fault in "${faults[@]}"; do
 	blackhole) what="the log channel dropped both ways on host A (iptables)"; want=any ;;
 	cut-a) what="host A cut off the LAN"; want=b ;;
 	arbiter-b) what="the witness unreachable from host B, host A healthy"; want=a ;;
+	both-revive) what="both hosts torn down and revived, then virsh start on host A"; want=a ;;
 	*) die "unknown fault $fault" ;;
 	esac
 	say "fault $fault: $what"
 	fresh_protected_lab 8
+	if [ $fault = both-revive ]; then
+		lab kill-host a >/dev/null
+		lab kill-host b >/dev/null
+		lab revive-host a >/dev/null 2>&1
+		lab revive-host b >/dev/null 2>&1
+		restart_ftd a
+		restart_ftd b
+		t0=$(date +%s%N)
+		virsh_on a start "$DOMAIN" >/dev/null
+		wait_replay_mode 90 "the backup to replay on host B again" b "$DOMAIN" play
+		wait_for 60 "virt-ft status on host A to say replicating" replicating_on a
+		ms=$((($(date +%s%N) - t0) / 1000000))
+		log "protected again $ms ms after virsh start"
+		ft_on a status "$DOMAIN" | sed 's/^/     /' || true
+		rows+=("$(printf '%-16s %-6s %8s %8s  %-12s %s' "$fault" a - - replicating "pass: protected again $ms ms after virsh start, nothing cleaned by hand")")
+		continue
+	fi
 	out_echo=$(mktemp) out_stream=$(mktemp) frames_a=$(mktemp) frames_b=$(mktemp)
 	SCRATCH+=("$out_echo" "$out_stream" "$frames_a" "$frames_b")
 	for h in a b; do
