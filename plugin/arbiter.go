@@ -15,10 +15,31 @@ import (
 // its VM.
 type Arbiter interface {
 	// Acquire claims (uuid, epoch). An error means the arbiter could not
-	// be reached: neither won nor lost. Asking again after a win wins.
+	// be reached: neither won nor lost. Asking again after a win wins. A
+	// claim of an epoch that is no longer the domain's current one (a
+	// later pairing Forgot it) loses, so that a daemon that comes back
+	// late can never win a forgotten epoch.
 	Acquire(uuid, epoch string) (won bool, err error)
-	// Forget drops the claims of uuid's other epochs (a new pairing).
-	Forget(uuid, keepEpoch string)
+	// Forget makes epoch uuid's current pairing and drops the claims of
+	// its other epochs. Called once the new pairing is armed; an error
+	// (the arbiter cannot be reached) refuses the start, since claims of
+	// the new epoch would then lose on both hosts.
+	Forget(uuid, epoch string) error
+}
+
+// validEpoch: an epoch is base-36 nanoseconds (primaryRun.prepare), at most
+// 16 characters of [0-9a-z]; anything else from a peer is refused (it names
+// lock files and keys).
+func validEpoch(e string) bool {
+	if e == "" || len(e) > 16 {
+		return false
+	}
+	for _, c := range e {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z') {
+			return false
+		}
+	}
+	return true
 }
 
 // dirArbiter is the shared-directory Arbiter: the claim is a lock file on
@@ -34,10 +55,15 @@ type dirArbiter struct {
 // content in one step: the identity is written to a private temporary file
 // that is then hard-linked to the lock's name (link(2) fails with EEXIST if
 // the name exists, atomically, also on NFS), so a reader never sees an
-// empty lock.
+// empty lock. Then the domain's current epoch (<uuid>.current, written by
+// Forget before it removes old locks) must be this one: a lock taken of a
+// forgotten epoch loses.
 func (a dirArbiter) Acquire(uuid, epoch string) (won bool, err error) {
 	if a.dir == "" {
 		return true, nil
+	}
+	if !validEpoch(epoch) || !validName(uuid) {
+		return false, fmt.Errorf("arbiter: bad claim %q/%q", uuid, epoch)
 	}
 	path := filepath.Join(a.dir, fmt.Sprintf("%s.%s.lock", uuid, epoch))
 	tmp, err := os.CreateTemp(a.dir, ".claim-*")
@@ -52,28 +78,62 @@ func (a dirArbiter) Acquire(uuid, epoch string) (won bool, err error) {
 		return false, fmt.Errorf("arbiter: writing %s: %w", tmp.Name(), e)
 	}
 	lerr := os.Link(tmp.Name(), path)
-	if lerr == nil {
-		return true, nil
-	}
-	if !errors.Is(lerr, os.ErrExist) {
+	if lerr != nil && !errors.Is(lerr, os.ErrExist) {
 		return false, fmt.Errorf("arbiter: %w", lerr)
 	}
-	b, rerr := os.ReadFile(path)
-	if rerr != nil {
-		return false, fmt.Errorf("arbiter: %w", rerr)
+	if lerr != nil {
+		b, rerr := os.ReadFile(path)
+		if rerr != nil {
+			return false, fmt.Errorf("arbiter: %w", rerr)
+		}
+		if strings.TrimSpace(string(b)) != a.me {
+			return false, nil
+		}
 	}
-	return strings.TrimSpace(string(b)) == a.me, nil
+	cur, err := os.ReadFile(filepath.Join(a.dir, uuid+".current"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("arbiter: %w", err)
+	}
+	if err == nil && strings.TrimSpace(string(cur)) != epoch {
+		return false, nil
+	}
+	return true, nil
 }
 
-// Forget removes the lock files of uuid's other epochs.
-func (a dirArbiter) Forget(uuid, keepEpoch string) {
+// Forget writes uuid's current epoch, then removes the lock files of its
+// other epochs.
+func (a dirArbiter) Forget(uuid, epoch string) error {
 	if a.dir == "" {
-		return
+		return nil
+	}
+	if !validEpoch(epoch) || !validName(uuid) {
+		return fmt.Errorf("arbiter: bad epoch %q/%q", uuid, epoch)
+	}
+	cur := filepath.Join(a.dir, uuid+".current")
+	tmp, err := os.CreateTemp(a.dir, ".current-*")
+	if err != nil {
+		return fmt.Errorf("arbiter: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(epoch + "\n")
+	serr := tmp.Sync()
+	cerr := tmp.Close()
+	if e := errors.Join(werr, serr, cerr); e != nil {
+		return fmt.Errorf("arbiter: writing %s: %w", tmp.Name(), e)
+	}
+	if err := os.Rename(tmp.Name(), cur); err != nil {
+		return fmt.Errorf("arbiter: %w", err)
 	}
 	m, _ := filepath.Glob(filepath.Join(a.dir, uuid+".*.lock"))
 	for _, p := range m {
-		if !strings.HasSuffix(p, "."+keepEpoch+".lock") {
+		if !strings.HasSuffix(p, "."+epoch+".lock") {
 			_ = os.Remove(p)
 		}
 	}
+	return nil
+}
+
+// validName: a domain UUID as it names arbiter files (no separators).
+func validName(uuid string) bool {
+	return uuid != "" && !strings.ContainsAny(uuid, "/\\.") && len(uuid) <= 64
 }

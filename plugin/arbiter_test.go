@@ -26,12 +26,27 @@ func TestArbiterExactlyOneWins(t *testing.T) {
 	if won, _ := a.Acquire("u", "e2"); !won {
 		t.Fatal("new epoch: the first claim must win")
 	}
-	a.Forget("u", "e2")
+	if err := a.Forget("u", "e2"); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(dir, "u.e1.lock")); !os.IsNotExist(err) {
 		t.Fatal("forget kept an old epoch's lock")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "u.e2.lock")); err != nil {
 		t.Fatal("forget removed the current epoch's lock")
+	}
+	// A forgotten epoch loses for everyone, its former holder included.
+	for _, x := range []dirArbiter{a, b} {
+		if won, err := x.Acquire("u", "e1"); err != nil || won {
+			t.Fatalf("%s claiming a forgotten epoch: won %v err %v", x.me, won, err)
+		}
+	}
+	if won, err := a.Acquire("u", "e2"); err != nil || !won {
+		t.Fatalf("the current epoch's holder: won %v err %v", won, err)
+	}
+	// Names that are paths are refused.
+	if _, err := a.Acquire("u", "../../etc/x"); err == nil {
+		t.Fatal("an epoch with a path was accepted")
 	}
 }
 

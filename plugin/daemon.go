@@ -386,6 +386,11 @@ func (d *Daemon) handleDefined(name string) {
 	if len(warnings) > 0 {
 		detail = fmt.Sprintf("%d warning(s): %s", len(warnings), warnings[0])
 	}
+	if active, err := d.hv.IsActive(def.UUID); err == nil && active {
+		// Running (a VM resolved after a restart, or one that went live
+		// here): its state stays what its run or resolve said.
+		return
+	}
 	dm.note(ctl.StateDefined, detail)
 }
 
@@ -574,6 +579,12 @@ func (d *Daemon) startPrimary(h ctl.Hook, cfg ftxml.Config, ld *libvirtxml.Domai
 		log.Error(err)
 		return err
 	}
+	d.mu.Lock()
+	resolving := d.resolving[ld.UUID]
+	d.mu.Unlock()
+	if resolving {
+		return fmt.Errorf("libvirt-ft: domain %q: libvirt-ftd is still deciding what its copy left running here is (it restarted); see virt-ft status %s", h.Domain, h.Domain)
+	}
 	if prev := dm.current(); prev != nil {
 		if _, ok := prev.(*primaryRun); ok && prev.active() {
 			return fmt.Errorf("libvirt-ft: domain %q: already replicating", h.Domain)
@@ -600,6 +611,9 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 	if err := d.cfg.arbiterMissing(); err != nil {
 		return fmt.Errorf("the backup host refuses: %w", err)
 	}
+	if !validEpoch(req.Epoch) {
+		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-16 characters of 0-9a-z)", req.Epoch)
+	}
 	if mine := d.cfg.arbiterName(); req.Arbiter != mine {
 		return fmt.Errorf("the backup host refuses: its split-brain arbiter is %q, the primary's is %q: both hosts must claim on the same arbiter, or a partition could run the VM on both; make arbiter and arbiter-etcd (or arbiter-dir) the same in %s on both hosts", mine, req.Arbiter, DefaultConfigPath)
 	}
@@ -607,6 +621,10 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 	if prev := dm.current(); prev != nil {
 		if _, ok := prev.(*primaryRun); ok && prev.active() {
 			return fmt.Errorf("domain %q runs here as a primary", req.Name)
+		}
+		// Only the host that armed a backup may replace it.
+		if b, ok := prev.(*backupRun); ok && prev.active() && !b.armedBy(primaryHost) {
+			return fmt.Errorf("domain %q has a backup here armed by %s", req.Name, b.primaryHost)
 		}
 		// A QEMU of this domain still runs here (a backup replaying the
 		// tail of its log, or going live): leave it alone.
@@ -622,13 +640,29 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 		d.forgetIdle(req.UUID)
 		return err
 	}
+	// A restarted daemon must know the epoch a backup that left replay
+	// mode would claim (restart.go).
+	if err := d.pairings.save(pairingRecord{UUID: req.UUID, Name: req.Name, Role: "backup", Epoch: req.Epoch, Peer: primaryHost}); err != nil {
+		b.close("cannot keep the pairing record")
+		d.forgetIdle(req.UUID)
+		return err
+	}
 	dm.setRun(b)
 	go func() {
 		<-b.done()
 		b.mu.Lock()
 		live := b.live
 		b.mu.Unlock()
+		select {
+		case <-d.quit:
+			// The daemon stops: the record is for the next one.
+			return
+		default:
+		}
 		if !live {
+			if r, ok := d.pairings.load(req.UUID); ok && r.Role == "backup" && r.Epoch == req.Epoch {
+				d.pairings.remove(req.UUID)
+			}
 			d.forgetRun(req.UUID, b)
 		}
 	}()

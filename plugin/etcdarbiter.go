@@ -11,6 +11,8 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
 
 // etcdArbiter is the Arbiter on an etcd witness (go.etcd.io/etcd/client/v3):
@@ -43,18 +45,39 @@ func (a *etcdArbiter) key(uuid, epoch string) string {
 	return path.Join(a.prefix, "claims", uuid, epoch)
 }
 
+func (a *etcdArbiter) current(uuid string) string {
+	return path.Join(a.prefix, "current", uuid)
+}
+
 func (a *etcdArbiter) Acquire(uuid, epoch string) (bool, error) {
+	if !validEpoch(epoch) || !logchan.ValidUUID(uuid) {
+		return false, fmt.Errorf("arbiter: bad claim %q/%q", uuid, epoch)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
-	k := a.key(uuid, epoch)
+	k, cur := a.key(uuid, epoch), a.current(uuid)
+	// The domain's current epoch (Forget): a claim of another one loses.
+	// Its revision goes into the transaction, so a Forget in between
+	// makes the claim fail and be asked again.
+	g, err := a.cli.Get(ctx, cur)
+	if err != nil {
+		return false, fmt.Errorf("arbiter: etcd: reading %s: %w", cur, err)
+	}
+	var curRev int64
+	if len(g.Kvs) > 0 {
+		if string(g.Kvs[0].Value) != epoch {
+			return false, nil
+		}
+		curRev = g.Kvs[0].ModRevision
+	}
 	// A won claim must outlive its winner's daemon (a crash, a restart,
 	// losing etcd): it carries no lease, and only Forget of a later
 	// pairing removes it. Otherwise the loser's next retry could win the
 	// same epoch while the winner's VM runs.
 	resp, err := a.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0), clientv3.Compare(clientv3.ModRevision(cur), "=", curRev)).
 		Then(clientv3.OpPut(k, a.me)).
-		Else(clientv3.OpGet(k)).
+		Else(clientv3.OpGet(k), clientv3.OpGet(cur)).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("arbiter: etcd: claiming %s: %w", k, err)
@@ -62,28 +85,44 @@ func (a *etcdArbiter) Acquire(uuid, epoch string) (bool, error) {
 	if resp.Succeeded {
 		return true, nil
 	}
-	if len(resp.Responses) == 0 || len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
-		// Forgotten (a new pairing of the domain) between the compare
-		// and the get: neither won nor lost; the core asks again.
-		return false, errors.New("arbiter: etcd: the claim vanished while read; retrying")
+	if len(resp.Responses) < 2 {
+		return false, errors.New("arbiter: etcd: short transaction reply; retrying")
 	}
-	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value) == a.me, nil
+	if c := resp.Responses[1].GetResponseRange().Kvs; (len(c) > 0 && string(c[0].Value) != epoch) || (len(c) == 0 && curRev != 0) {
+		return false, nil // forgotten meanwhile
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		// The current epoch was written between the two reads:
+		// neither won nor lost; the core asks again.
+		return false, errors.New("arbiter: etcd: the domain's current epoch changed while claiming; retrying")
+	}
+	return string(kvs[0].Value) == a.me, nil
 }
 
-func (a *etcdArbiter) Forget(uuid, keepEpoch string) {
+// Forget writes uuid's current epoch, then deletes the claims of its other
+// epochs.
+func (a *etcdArbiter) Forget(uuid, epoch string) error {
+	if !validEpoch(epoch) || !logchan.ValidUUID(uuid) {
+		return fmt.Errorf("arbiter: bad epoch %q/%q", uuid, epoch)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
+	if _, err := a.cli.Put(ctx, a.current(uuid), epoch); err != nil {
+		return fmt.Errorf("arbiter: etcd: setting the current epoch of %s: %w", uuid, err)
+	}
 	dir := path.Join(a.prefix, "claims", uuid) + "/"
 	resp, err := a.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		a.log.WithError(err).Warn("arbiter: etcd: listing old claims")
-		return
+		return nil
 	}
 	for _, kv := range resp.Kvs {
-		if string(kv.Key) != dir+keepEpoch {
+		if string(kv.Key) != dir+epoch {
 			_, _ = a.cli.Delete(ctx, string(kv.Key))
 		}
 	}
+	return nil
 }
 
 // Close ends the connection to etcd. Claims stay (they have no lease).
@@ -101,6 +140,20 @@ type boundedArbiter struct {
 
 func newBoundedArbiter(a Arbiter, timeout time.Duration) *boundedArbiter {
 	return &boundedArbiter{Arbiter: a, timeout: timeout, busy: make(chan struct{}, 1)}
+}
+
+// Forget is bounded like Acquire.
+func (b *boundedArbiter) Forget(uuid, epoch string) error {
+	done := make(chan error, 1)
+	go func() { done <- b.Arbiter.Forget(uuid, epoch) }()
+	t := time.NewTimer(b.timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("arbiter: no answer within %v", b.timeout)
+	}
 }
 
 func (b *boundedArbiter) Acquire(uuid, epoch string) (bool, error) {

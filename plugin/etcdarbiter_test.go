@@ -96,12 +96,25 @@ func TestEtcdArbiter(t *testing.T) {
 	if won, err := a.Acquire(uuid, "e2"); err != nil || !won {
 		t.Fatalf("a new epoch: %v %v", won, err)
 	}
-	a.Forget(uuid, "e2")
-	if won, err := a.Acquire(uuid, "e1"); err != nil || !won {
-		t.Fatalf("after Forget the old epoch's claim is gone: %v %v", won, err)
+	if err := a.Forget(uuid, "e2"); err != nil {
+		t.Fatal(err)
+	}
+	// A forgotten epoch loses for everyone, its former holder included: a
+	// daemon that comes back late never wins it.
+	if won, err := a.Acquire(uuid, "e1"); err != nil || won {
+		t.Fatalf("a forgotten epoch: %v %v, want lost", won, err)
+	}
+	if won, err := b.Acquire(uuid, "e1"); err != nil || won {
+		t.Fatalf("a forgotten epoch, its former holder: %v %v, want lost", won, err)
+	}
+	if won, err := a.Acquire(uuid, "e2"); err != nil || !won {
+		t.Fatalf("the current epoch's holder: %v %v", won, err)
 	}
 	// b wins e3 and stops (a crash, a restart): its claim stays, so a's
 	// retry still loses and the VM never runs twice.
+	if err := b.Forget(uuid, "e3"); err != nil {
+		t.Fatal(err)
+	}
 	if won, err := b.Acquire(uuid, "e3"); err != nil || !won {
 		t.Fatal(won, err)
 	}
@@ -135,7 +148,7 @@ func (h *hangingArbiter) Acquire(string, string) (bool, error) {
 	<-h.unhang // a hung NFS mount
 	return true, nil
 }
-func (h *hangingArbiter) Forget(string, string) {}
+func (h *hangingArbiter) Forget(string, string) error { return nil }
 
 // A claim that hangs (a hung mount) is an error after the bound, and later
 // claims fail at once rather than pile up behind it.

@@ -201,6 +201,7 @@ func (m *memPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog, 
 type fakeQEMU struct {
 	uuid, name, xml string
 	role            string
+	id              uint // libvirt's domain ID
 
 	// stock: QEMU 7.2 without packaging/qemu 0001: at END its replay
 	// stays in play mode (go-live then restarts it with -loadvm).
@@ -355,10 +356,11 @@ type fakeHV struct {
 	// stock: the QEMUs it starts lack packaging/qemu 0001.
 	stock bool
 
-	mu   sync.Mutex
-	down bool // libvirtd unreachable
-	defs map[string]DomainDef
-	doms map[string]*fakeQEMU // by UUID
+	mu     sync.Mutex
+	down   bool // libvirtd unreachable
+	nextID uint
+	defs   map[string]DomainDef
+	doms   map[string]*fakeQEMU // by UUID
 }
 
 func (h *fakeHV) callHook(hk ctl.Hook) error {
@@ -423,7 +425,7 @@ func (h *fakeHV) Running() ([]DomainDef, error) {
 	defer h.mu.Unlock()
 	var out []DomainDef
 	for _, q := range h.doms {
-		out = append(out, DomainDef{UUID: q.uuid, Name: q.name, XML: q.xml})
+		out = append(out, DomainDef{UUID: q.uuid, Name: q.name, XML: q.xml, ID: q.id})
 	}
 	return out, nil
 }
@@ -491,7 +493,11 @@ func (h *fakeHV) Create(xml string) error {
 	h.mu.Lock()
 	stock := h.stock
 	h.mu.Unlock()
-	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role, stock: stock}
+	h.mu.Lock()
+	h.nextID++
+	id := h.nextID
+	h.mu.Unlock()
+	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role, stock: stock, id: id}
 	q.cond = sync.NewCond(&q.mu)
 	if strings.Contains(xml, "rr=replay") {
 		q.mode = "play"
@@ -569,6 +575,7 @@ type arbiterState struct {
 	claims      map[string]string // uuid/epoch -> winner
 	unreachable map[string]bool   // claimer -> arbiter unreachable
 	winner      string            // if set, the claimer that wins every claim
+	current     map[string]string // uuid -> current epoch (Forget)
 }
 
 func (a fakeArbiter) Acquire(uuid, epoch string) (bool, error) {
@@ -580,6 +587,9 @@ func (a fakeArbiter) Acquire(uuid, epoch string) (bool, error) {
 	if a.s.winner != "" {
 		return a.s.winner == a.me, nil
 	}
+	if cur, ok := a.s.current[uuid]; ok && cur != epoch {
+		return false, nil
+	}
 	key := uuid + "/" + epoch
 	if w, ok := a.s.claims[key]; ok {
 		return w == a.me, nil
@@ -588,7 +598,18 @@ func (a fakeArbiter) Acquire(uuid, epoch string) (bool, error) {
 	return true, nil
 }
 
-func (a fakeArbiter) Forget(string, string) {}
+func (a fakeArbiter) Forget(uuid, epoch string) error {
+	a.s.mu.Lock()
+	defer a.s.mu.Unlock()
+	if a.s.unreachable[a.me] {
+		return errors.New("arbiter: unreachable")
+	}
+	if a.s.current == nil {
+		a.s.current = map[string]string{}
+	}
+	a.s.current[uuid] = epoch
+	return nil
+}
 
 // ---------------------------------------------------------------- network
 

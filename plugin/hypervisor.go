@@ -51,6 +51,8 @@ type Hypervisor interface {
 type DomainDef struct {
 	UUID string
 	Name string
+	// ID is libvirt's domain ID (Running only): a new one at every start.
+	ID uint
 	// XML is the inactive definition (VIR_DOMAIN_XML_INACTIVE), or the
 	// live XML from Running.
 	XML string
@@ -152,8 +154,9 @@ func (h libvirtHV) Running() ([]DomainDef, error) {
 		name, nerr := doms[i].GetName()
 		uuid, uerr := doms[i].GetUUIDString()
 		xml, xerr := doms[i].GetXMLDesc(0)
-		if nerr == nil && uerr == nil && xerr == nil {
-			out = append(out, DomainDef{UUID: uuid, Name: name, XML: xml})
+		id, ierr := doms[i].GetID()
+		if nerr == nil && uerr == nil && xerr == nil && ierr == nil {
+			out = append(out, DomainDef{UUID: uuid, Name: name, XML: xml, ID: id})
 		}
 		doms[i].Free()
 	}

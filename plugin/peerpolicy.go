@@ -73,8 +73,19 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 		if o.Loader != nil && o.Loader.Path != "" && !under(o.Loader.Path, "/usr/share") {
 			add("/domain/os/loader", fmt.Sprintf("%s is not under /usr/share (firmware installed by packages)", o.Loader.Path))
 		}
-		if o.NVRam != nil && o.NVRam.NVRam != "" && !under(o.NVRam.NVRam, nvramDir) {
-			add("/domain/os/nvram", fmt.Sprintf("%s is not under %s", o.NVRam.NVRam, nvramDir))
+		if n := o.NVRam; n != nil {
+			if n.NVRam != "" && !under(n.NVRam, nvramDir) {
+				add("/domain/os/nvram", fmt.Sprintf("%s is not under %s", n.NVRam, nvramDir))
+			}
+			if n.Template != "" && !under(n.Template, "/usr/share") {
+				add("/domain/os/nvram/@template", fmt.Sprintf("%s is not under /usr/share (firmware installed by packages)", n.Template))
+			}
+			if n.Source != nil {
+				add("/domain/os/nvram/source", "NVRAM sources are not accepted from the peer; name the file in <nvram> under "+nvramDir)
+			}
+		}
+		if o.ACPI != nil && len(o.ACPI.Tables) > 0 {
+			add("/domain/os/acpi/table", "ACPI tables from host files are not accepted from the peer; remove them")
 		}
 	}
 	if mb := dom.MemoryBacking; mb != nil && mb.MemorySource != nil && mb.MemorySource.Type == "file" {
@@ -146,17 +157,33 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 			add(field, "character devices on host devices, pipes, stdio or the network are not accepted from the peer; use pty, null, a file under "+chardevLogs+" or a unix socket libvirt places")
 		}
 	}
+	logFile := func(field string, l *libvirtxml.DomainChardevLog) {
+		if l != nil && l.File != "" && !under(l.File, chardevLogs) {
+			add(field+"/log", fmt.Sprintf("log file %s is outside %s", l.File, chardevLogs))
+		}
+	}
 	for i := range d.Serials {
-		chardev(fmt.Sprintf("/domain/devices/serial[%d]", i+1), d.Serials[i].Source)
+		f := fmt.Sprintf("/domain/devices/serial[%d]", i+1)
+		chardev(f, d.Serials[i].Source)
+		logFile(f, d.Serials[i].Log)
 	}
 	for i := range d.Consoles {
-		chardev(fmt.Sprintf("/domain/devices/console[%d]", i+1), d.Consoles[i].Source)
+		f := fmt.Sprintf("/domain/devices/console[%d]", i+1)
+		chardev(f, d.Consoles[i].Source)
+		logFile(f, d.Consoles[i].Log)
 	}
 	for i := range d.Parallels {
-		chardev(fmt.Sprintf("/domain/devices/parallel[%d]", i+1), d.Parallels[i].Source)
+		f := fmt.Sprintf("/domain/devices/parallel[%d]", i+1)
+		chardev(f, d.Parallels[i].Source)
+		logFile(f, d.Parallels[i].Log)
 	}
 	for i := range d.Channels {
-		chardev(fmt.Sprintf("/domain/devices/channel[%d]", i+1), d.Channels[i].Source)
+		f := fmt.Sprintf("/domain/devices/channel[%d]", i+1)
+		chardev(f, d.Channels[i].Source)
+		logFile(f, d.Channels[i].Log)
+	}
+	if len(d.Memorydevs) > 0 {
+		add("/domain/devices/memory", "memory devices (NVDIMM, virtio-pmem) map host files and are not accepted from the peer; remove them")
 	}
 	for i, r := range d.RNGs {
 		if b := r.Backend; b != nil && (b.EGD != nil || (b.Random != nil && b.Random.Device != "" && b.Random.Device != "/dev/urandom" && b.Random.Device != "/dev/random")) {
@@ -195,6 +222,9 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 		}
 		if n.Backend != nil && (n.Backend.Tap != "" || n.Backend.VHost != "") {
 			add(field+"/backend", "tap and vhost device paths are not accepted from the peer; remove <backend>")
+		}
+		if n.ROM != nil && n.ROM.File != nil && *n.ROM.File != "" && !under(*n.ROM.File, "/usr/share") && !under(*n.ROM.File, "/usr/lib") {
+			add(field+"/rom", fmt.Sprintf("ROM file %s is not under /usr/share or /usr/lib", *n.ROM.File))
 		}
 	}
 	for i, g := range d.Graphics {
@@ -257,7 +287,10 @@ func diskProblem(c Config, d libvirtxml.DomainDisk) string {
 		if d.Source.DataStore != nil {
 			return "external data files are not accepted from the peer"
 		}
-		if d.Driver != nil && d.Driver.Type == "qcow2" {
+		if d.Driver != nil && d.Driver.Type != "" && d.Driver.Type != "raw" && d.Driver.Type != "qcow2" {
+			return fmt.Sprintf("image format %q is not accepted from the peer (formats that name other files); use qcow2 or raw", d.Driver.Type)
+		}
+		if d.Driver == nil || d.Driver.Type == "" || d.Driver.Type == "qcow2" {
 			if why := qcow2Problem(p); why != "" {
 				return why
 			}

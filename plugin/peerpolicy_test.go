@@ -84,6 +84,11 @@ func TestPeerDomainPolicy(t *testing.T) {
 		"interface script":       {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><script path='/tmp/x'/></interface></devices>", 1), "/domain/devices/interface[1]/script"},
 		"vnc on all addresses":   {strings.Replace(base, "</devices>", "<graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'/></devices>", 1), "/domain/devices/graphics[1]"},
 		"memory file":            {strings.Replace(base, "<vcpu", "<memoryBacking><source type='file'/></memoryBacking><vcpu", 1), "/domain/memoryBacking/source"},
+		"nvram template":         {strings.Replace(base, "</os>", "<nvram template='/etc/shadow'>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os>", 1), "/domain/os/nvram/@template"},
+		"acpi table":             {strings.Replace(base, "</os>", "<acpi><table type='slic'>/etc/shadow</table></acpi></os>", 1), "/domain/os/acpi/table"},
+		"nvdimm":                 {strings.Replace(base, "</devices>", "<memory model='nvdimm'><source><path>/etc/shadow</path></source><target><size unit='KiB'>524288</size></target></memory></devices>", 1), "/domain/devices/memory"},
+		"serial log":             {strings.Replace(base, "<target type='isa-serial' port='0'/>", "<log file='/etc/cron.d/x'/><target type='isa-serial' port='0'/>", 1), "/domain/devices/serial[1]/log"},
+		"interface rom":          {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><rom file='/etc/shadow'/></interface></devices>", 1), "/domain/devices/interface[1]/rom"},
 	} {
 		err := cfg.checkPeerDomain(primary(t, c.xml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -95,6 +100,9 @@ func TestPeerDomainPolicy(t *testing.T) {
 	bs := strings.Replace(withDisk(disk), "<target dev='vda'", "<backingStore type='file'><format type='raw'/><source file='/etc/shadow'/></backingStore><target dev='vda'", 1)
 	if err := cfg.checkPeerDomain(bs); err == nil || !strings.Contains(err.Error(), "backing stores") {
 		t.Errorf("backingStore: %v, want a refusal", err)
+	}
+	if err := cfg.checkPeerDomain(strings.Replace(withDisk(disk), "type='qcow2'", "type='vmdk'", 1)); err == nil || !strings.Contains(err.Error(), "image format") {
+		t.Errorf("vmdk: %v, want a refusal", err)
 	}
 	// The backup host's admin may allow QEMU arguments.
 	cfg.AllowPeerQEMUArgs = true
@@ -125,6 +133,10 @@ func TestSeedProblem(t *testing.T) {
 	}
 	cfg := Config{SeedDirs: []string{images}}
 	d := newDaemon(cfg, logrus.New(), hv, nil)
+	// A peer naming the victim's own UUID gains nothing.
+	if got := d.seedProblem("0e2b6d1c-1111-4222-8333-944455556666", "10.0.0.1", victim, 1<<20); !strings.Contains(got, `domain "victim"`) {
+		t.Errorf("seeding the victim's image under its own UUID: %q, want a refusal", got)
+	}
 	for _, c := range []struct {
 		path string
 		size int64
@@ -139,7 +151,8 @@ func TestSeedProblem(t *testing.T) {
 		{victim, 0, `domain "victim"`},
 		{filepath.Join(images, "huge.qcow2"), 1 << 62, "does not fit"},
 	} {
-		got := d.seedProblem(runUUID, c.path, c.size)
+		c := c
+		got := d.seedProblem(runUUID, "10.0.0.1", c.path, c.size)
 		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
 			t.Errorf("seedProblem(%s, %d) = %q, want %q", c.path, c.size, got, c.want)
 		}

@@ -149,7 +149,8 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 		case logchan.OpHash:
 			// Only a disk this host would accept a copy of, and only a
 			// regular file: never /dev/zero, /etc/shadow or a link.
-			if why := d.seedProblem(uuid, req.Path, 0); why != "" {
+			from, _, _ := net.SplitHostPort(pc.remote())
+			if why := d.seedProblem(uuid, from, req.Path, 0); why != "" {
 				d.log.Warnf("peer %s: hash refused: %s", pc.remote(), why)
 				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: %s", req.Path, why))
 				return
@@ -159,7 +160,8 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				return
 			}
 		case logchan.OpSeed:
-			if why := d.seedProblem(uuid, req.Path, max(req.Seed.Size, 1)); why != "" {
+			from, _, _ := net.SplitHostPort(pc.remote())
+			if why := d.seedProblem(uuid, from, req.Path, max(req.Seed.Size, 1)); why != "" {
 				d.log.Warnf("peer %s: seed refused: %s", pc.remote(), why)
 				_ = reply(nil, fmt.Errorf("the backup host does not accept a disk copy at %s: %s", req.Path, why))
 				return

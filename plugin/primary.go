@@ -224,9 +224,12 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch, Arbiter: p.env.cfg.arbiterName()}, nil); err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", p.name, p.peer, err)
 	}
-	// The new pairing is armed: the claims of the domain's earlier
-	// epochs are of no use any more.
-	p.env.arbiter.Forget(p.uuid, epoch)
+	// The new pairing is armed: it becomes the domain's current epoch,
+	// and the claims of earlier ones go (a claim of a forgotten epoch
+	// loses). Without that both hosts' claims of this epoch would lose.
+	if err := p.env.arbiter.Forget(p.uuid, epoch); err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: the split-brain arbiter cannot record the new pairing: %w; check arbiter-etcd / arbiter-dir in %s", p.name, err, DefaultConfigPath)
+	}
 	armed := true
 	defer func() {
 		if err != nil && armed {

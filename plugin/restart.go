@@ -32,9 +32,16 @@ import (
 //     backup went live), this copy is destroyed; if this host wins, the VM
 //     is started again unprotected (QEMU stops recording at `cont`, 0006)
 //     with its output filters off;
-//   - a VM that went live here (mode "none") keeps running: this host won
-//     its epoch's claim before it went live, and asking again after a win
-//     wins (the arbiter identity is kept across restarts, hostIdentity).
+//   - a VM that went live here (mode "none", a "live" record) keeps
+//     running: this host won its epoch's claim before it went live;
+//   - a backup that left replay mode at the END its daemon fed before
+//     claiming (mode "none", a "backup" record) claims like a primary:
+//     losing destroys it, winning makes it the VM (filters off,
+//     announce-self).
+//
+// Asking again after a win wins: the arbiter identity is kept across
+// restarts (hostIdentity). With arbiter: none nothing can tell, so a
+// primary stays paused for the operator.
 //
 // If the arbiter cannot be reached the primary stays paused and the claim
 // is tried again: never a second running copy, never output its backup
@@ -143,6 +150,7 @@ func hostIdentity(listen, runDir string) string {
 const (
 	resolveRetry = 2 * time.Second
 	ioErrorWait  = 10 * time.Second
+	ioErrorWatch = 2 * time.Minute
 )
 
 // resolveOrphans looks for protected domains that run here without a run
@@ -187,7 +195,9 @@ func (d *Daemon) resolveOrphans() {
 
 // resolve decides the fate of one protected domain found running after a
 // restart (see the top of this file). The decision is shown in virt-ft
-// status and the log.
+// status and the log. Every step that changes the VM first checks that the
+// QEMU is still the one examined (def.ID): an operator may destroy and
+// start the domain meanwhile, and the new QEMU is not this one's business.
 func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 	name := def.Name
 	log := d.log.WithFields(logrus.Fields{"domain": name, "part": "restart"})
@@ -199,32 +209,34 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		return
 	}
 	defer release()
+	same := func() bool { return d.sameQEMU(def) }
 	ri, err := client.QueryReplay()
-	if err != nil {
+	if err != nil || !same() {
 		log.WithError(err).Warn("query-replay")
 		return
 	}
 	rec, haveRec := d.pairings.load(def.UUID)
-	switch ri.Mode {
-	case "play":
+	switch {
+	case ri.Mode == "play":
 		why := "libvirt-ftd restarted while this host replayed the backup: its log feed ended, so the backup was destroyed; the primary runs on, unprotected, on its host"
 		log.Warn(why)
 		dm.note(ctl.StateStopped, why)
+		d.pairings.remove(def.UUID)
 		e.destroyUntilGone(def.UUID, why, d.quit)
 		return
-	case "none":
-		detail := "running here, alone and unprotected (not recording); libvirt-ftd restarted"
-		if haveRec {
-			detail = fmt.Sprintf("running here since it went live (epoch %s), alone and unprotected; libvirt-ftd restarted", rec.Epoch)
-		}
+	case ri.Mode == "none" && haveRec && rec.Role != "backup":
+		// It went live here (or a restarted daemon resumed it here): this
+		// host won its epoch's claim before; nothing can win it any more.
+		detail := fmt.Sprintf("running here since it went live (epoch %s), alone and unprotected; libvirt-ftd restarted", rec.Epoch)
 		log.Info(detail)
 		dm.note(ctl.StateUnprotected, detail)
 		return
-	case "record":
-	default:
+	case ri.Mode != "record" && ri.Mode != "none":
 		log.Warnf("query-replay mode %q: leaving the domain alone", ri.Mode)
 		return
 	}
+	// A primary (recording), or a backup that left replay mode at the END
+	// its daemon fed before claiming: both must claim the epoch.
 	if !haveRec {
 		// Without the epoch there is nothing to claim: fail closed.
 		_ = client.Stop()
@@ -234,13 +246,26 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		dm.note(ctl.StateRefused, why)
 		return
 	}
-	dm.note(ctl.StateResolving, "libvirt-ftd restarted: waiting for the recording QEMU to stop (its log has no reader)")
-	ioErr := d.waitIOError(client, log)
+	ioErr := false
+	if ri.Mode == "record" {
+		dm.note(ctl.StateResolving, "libvirt-ftd restarted: waiting for the recording QEMU to stop (its log has no reader)")
+		ioErr = d.waitIOError(client, log)
+	}
 	if !ioErr {
 		_ = client.Stop()
 	}
+	if d.cfg.Arbiter == ArbiterNone {
+		why := fmt.Sprintf("paused: libvirt-ftd restarted and arbiter is none, so nothing tells whether the peer %s runs the VM now; check virt-ft status there, then virsh destroy it here or virsh resume it", rec.Peer)
+		log.Error(why)
+		dm.note(ctl.StateRefused, why)
+		return
+	}
 	var won bool
 	for {
+		if !same() {
+			log.Info("the QEMU being resolved is gone; leaving the domain to its new run")
+			return
+		}
 		dm.note(ctl.StateResolving, fmt.Sprintf("libvirt-ftd restarted: the VM is paused; claiming the split-brain lock of epoch %s", rec.Epoch))
 		won, err = d.arb.Acquire(def.UUID, rec.Epoch)
 		if err == nil {
@@ -254,17 +279,20 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		case <-time.After(resolveRetry):
 		}
 	}
+	if !same() {
+		return
+	}
 	if !won {
-		why := fmt.Sprintf("libvirt-ftd restarted; the backup on %s went live for this pairing (it won the split-brain claim of epoch %s): this host's copy was destroyed", rec.Peer, rec.Epoch)
+		why := fmt.Sprintf("libvirt-ftd restarted; the other host (%s) won the split-brain claim of epoch %s, so it runs the VM: this host's copy was destroyed", rec.Peer, rec.Epoch)
 		log.Warn(why)
 		e.destroyUntilGone(def.UUID, why, d.quit)
 		d.pairings.remove(def.UUID)
 		dm.note(ctl.StateStopped, why)
 		return
 	}
-	// This host won: the peer can no longer go live for this epoch. The
-	// VM runs on alone; its frames go straight to the network.
-	if cfg.OutputGate {
+	// This host won: the peer can no longer run the VM for this epoch.
+	// The VM runs on alone; its frames go straight to the network.
+	if cfg.OutputGate || ri.Mode == "none" {
 		if dom, err := ftxml.ParseDomain(def.XML); err == nil && dom.Devices != nil {
 			filtersOff(client, len(dom.Devices.Interfaces), log)
 		}
@@ -274,16 +302,63 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		dm.note(ctl.StateRefused, "won the split-brain claim but cannot resume the VM: "+err.Error()+"; virsh resume it")
 		return
 	}
-	if !ioErr && d.waitIOError(client, log) {
-		// It was paused, not stopped by its log: it recorded again into
-		// the dead log and stopped now; this cont ends its recording.
-		_ = client.Cont()
-	}
+	wasBackup := rec.Role == "backup"
 	rec.Role = "live"
 	_ = d.pairings.save(rec)
 	detail := fmt.Sprintf("libvirt-ftd restarted: the backup on %s was lost with it; this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected and not recording; restart the domain to protect it again", rec.Peer, rec.Epoch)
+	if wasBackup {
+		// The former backup is the VM now: advertise its MAC and keep a
+		// persistent definition here, as a go-live does.
+		if err := client.AnnounceSelf(); err != nil {
+			log.WithError(err).Warn("announce-self")
+		}
+		if persistent, err := ftxml.Primary(def.XML, ftxml.HostConfig{}); err == nil {
+			if err := e.hv.Define(persistent); err != nil {
+				log.WithError(err).Warn("defining the persistent definition here")
+			}
+		}
+		detail = fmt.Sprintf("libvirt-ftd restarted while its backup went live: this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected; the primary on %s halts", rec.Epoch, rec.Peer)
+	}
 	log.Warn(detail)
 	dm.note(ctl.StateUnprotected, detail)
+	if ri.Mode == "record" && !ioErr {
+		// It was paused before its log failed: it may record into the
+		// dead log, fail and stop once more; resume it then (cont ends
+		// its recording, packaging/qemu 0006).
+		d.watchIOError(def, client, log)
+	}
+}
+
+// sameQEMU reports whether def's QEMU (its libvirt domain ID) still runs.
+func (d *Daemon) sameQEMU(def DomainDef) bool {
+	running, err := d.hv.Running()
+	if err != nil {
+		return false
+	}
+	for _, r := range running {
+		if r.UUID == def.UUID {
+			return r.ID == def.ID
+		}
+	}
+	return false
+}
+
+// watchIOError resumes def's VM if it stops with an I/O error within
+// ioErrorWatch (see resolve).
+func (d *Daemon) watchIOError(def DomainDef, client *qmp.Client, log logrus.FieldLogger) {
+	deadline := time.Now().Add(ioErrorWatch)
+	for time.Now().Before(deadline) && d.sameQEMU(def) {
+		if st, err := client.QueryStatus(); err == nil && st.Status == "io-error" {
+			log.Info("the VM stopped on its dead record log after all; resuming it without recording")
+			_ = client.Cont()
+			return
+		}
+		select {
+		case <-d.quit:
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // waitIOError waits (at most ioErrorWait) for a recording QEMU whose log

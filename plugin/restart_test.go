@@ -34,7 +34,7 @@ func TestRestartPrimaryDaemonBackupWentLive(t *testing.T) {
 		if fp.a.hv.running(runUUID) != nil {
 			t.Fatal("host a: the old primary still runs beside the live backup")
 		}
-		if s := fp.a.status(t, "web"); s.State != ctl.StateStopped || !strings.Contains(s.Detail, "went live") {
+		if s := fp.a.status(t, "web"); s.State != ctl.StateStopped || !strings.Contains(s.Detail, "won the split-brain claim") {
 			t.Fatalf("host a: %+v", s)
 		}
 		if _, ok := fp.a.d.pairings.load(runUUID); ok {
@@ -146,6 +146,73 @@ func TestRestartBackupDaemon(t *testing.T) {
 		primary.emit(t, instructions(100, 10)) // never held
 		if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected || fp.a.hv.running(runUUID) != primary {
 			t.Fatalf("host a: %+v", s)
+		}
+	})
+}
+
+// The backup's daemon dies after it fed END (its QEMU left replay mode)
+// and before it could claim (the arbiter was unreachable); the primary is
+// gone. The restarted daemon claims the epoch kept at arming, wins, and
+// makes its copy the VM: resumed, announced, defined here.
+func TestRestartBackupDaemonAfterEndWins(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.2"] = true
+		fp.arb.mu.Unlock()
+		killPrimary(t, fp)
+		q := fp.b.hv.running(runUUID)
+		if q == nil {
+			t.Fatal("host b: no QEMU")
+		}
+		if mode, _ := q.state(); mode != "none" {
+			t.Fatalf("host b: mode %s, want none (END fed)", mode)
+		}
+		fp.crash(fp.b)
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.2"] = false
+		fp.arb.mu.Unlock()
+		fp.restart(fp.b)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		q.mu.Lock()
+		paused, announced := q.paused, q.announced
+		q.mu.Unlock()
+		if fp.b.hv.running(runUUID) != q || paused || announced != 1 {
+			t.Fatalf("host b: running %v paused %v announced %d", fp.b.hv.running(runUUID) == q, paused, announced)
+		}
+		if s := fp.b.status(t, "web"); s.State != ctl.StateUnprotected || !strings.Contains(s.Detail, "won the split-brain claim") {
+			t.Fatalf("host b: %+v", s)
+		}
+	})
+}
+
+// The same while the primary lives on the other side of a partition and
+// won the claim: the restarted backup daemon loses and destroys its copy.
+func TestRestartBackupDaemonAfterEndLoses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.2"] = true
+		fp.arb.mu.Unlock()
+		fp.net.sever("10.0.0.2")
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected {
+			t.Fatalf("host a: %+v", s)
+		}
+		fp.crash(fp.b)
+		fp.arb.mu.Lock()
+		fp.arb.unreachable["10.0.0.2"] = false
+		fp.arb.mu.Unlock()
+		fp.restart(fp.b)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if fp.b.hv.running(runUUID) != nil {
+			t.Fatal("host b: the former backup still runs beside the primary")
+		}
+		if fp.a.hv.running(runUUID) != primary {
+			t.Fatal("host a: the primary is gone")
 		}
 	})
 }

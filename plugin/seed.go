@@ -13,6 +13,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
 // seedProblem says why the backup host will not hash or take a copy of
@@ -21,7 +22,7 @@ import (
 // directory (no symbolic link on the way), be a regular file if it exists,
 // not be a disk of another domain libvirt knows here, not be in use by a
 // running QEMU of the domain itself, and fit in the free space.
-func (d *Daemon) seedProblem(uuid, path string, size int64) string {
+func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 	if !d.cfg.seedAllowed(path) {
 		return fmt.Sprintf("%s is outside seed-dirs %v: put the disk under one of them, or add its directory to seed-dirs in %s", path, d.cfg.SeedDirs, DefaultConfigPath)
 	}
@@ -35,7 +36,14 @@ func (d *Daemon) seedProblem(uuid, path string, size int64) string {
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
 		return fmt.Sprintf("%s is not a regular file here (a link or a device): refused", path)
 	}
-	if other := d.diskOwner(uuid, path); other != "" {
+	if size > 0 {
+		if dm := d.lookup(uuid); dm != nil {
+			if r := dm.current(); r != nil && r.active() {
+				return fmt.Sprintf("the domain has a %s run on this host: its disks are not replaced under it", r.role())
+			}
+		}
+	}
+	if other := d.diskOwner(uuid, path, from); other != "" {
 		return fmt.Sprintf("%s is a disk of domain %q on the backup host: a peer may only write the disks of the domain it protects", path, other)
 	}
 	if size > 0 {
@@ -52,9 +60,13 @@ func (d *Daemon) seedProblem(uuid, path string, size int64) string {
 	return ""
 }
 
-// diskOwner returns the name of a domain other than uuid, defined or
-// running on this host, that has path as a disk image; "" if none.
-func (d *Daemon) diskOwner(uuid, path string) string {
+// diskOwner returns the name of a domain, defined or running on this host,
+// that has path as a disk image; "" if none. The domain uuid itself counts
+// too unless its ft element names the requesting host (from) as its peer:
+// a domain that went live here after a failover from that host, whose
+// disks that host may seed again. (A UUID alone proves nothing: a peer may
+// name any domain's.)
+func (d *Daemon) diskOwner(uuid, path, from string) string {
 	var defs []DomainDef
 	if names, err := d.hv.DomainNames(); err == nil {
 		for _, n := range names {
@@ -69,7 +81,9 @@ func (d *Daemon) diskOwner(uuid, path string) string {
 	want := filepath.Clean(path)
 	for _, def := range defs {
 		if def.UUID == uuid {
-			continue
+			if cfg, present, err := ftxml.ParseConfig(def.XML); err == nil && present && cfg.PeerAddress == from {
+				continue
+			}
 		}
 		var dom libvirtxml.Domain
 		if dom.Unmarshal(def.XML) != nil || dom.Devices == nil {
