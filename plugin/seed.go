@@ -36,15 +36,15 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
 		return fmt.Sprintf("%s is not a regular file here (a link or a device): refused", path)
 	}
+	if other := d.diskOwner(uuid, path, from); other != "" {
+		return fmt.Sprintf("%s is a disk of domain %q on the backup host: a peer may only write the disks of the domain it protects", path, other)
+	}
 	if size > 0 {
 		if dm := d.lookup(uuid); dm != nil {
 			if r := dm.current(); r != nil && r.active() {
 				return fmt.Sprintf("the domain has a %s run on this host: its disks are not replaced under it", r.role())
 			}
 		}
-	}
-	if other := d.diskOwner(uuid, path, from); other != "" {
-		return fmt.Sprintf("%s is a disk of domain %q on the backup host: a peer may only write the disks of the domain it protects", path, other)
 	}
 	if size > 0 {
 		if active, err := d.hv.IsActive(uuid); err != nil || active {

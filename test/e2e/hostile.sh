@@ -39,13 +39,14 @@ out=$(mktemp)
 SCRATCH+=("$out")
 rc=0
 client "$BIN/hostile" -addr $HOST_B_IP:7480 -ca "$LAB_DIR/c/pki/cacert.pem" -cert "$LAB_DIR/c/pki/c-cert.pem" \
-	-key "$LAB_DIR/c/pki/c-key.pem" -uuid "$uuid" -xml "$xml" -victim "$victim" -link "$IMAGES/lnk" \
+	-key "$LAB_DIR/c/pki/c-key.pem" -uuid "$uuid" -xml "$xml" -victim "$victim" -victim-uuid "$(virsh_on b domuuid victim)" \
+	-disk "$IMAGES/$DOMAIN.qcow2" -link "$IMAGES/lnk" \
 	-arbiter "etcd http://$WITNESS_IP:2379 /libvirt-ft" -flood 200 -hold 20s >"$out" 2>&1 || rc=$?
 sed 's/^/   /' "$out"
 fail=0
 grep -q 'result=accepted' "$out" && { log "FAIL: an attack was accepted"; fail=1; }
 [ $rc -eq 0 ] || { log "FAIL: hostile exited $rc"; fail=1; }
-[ "$(grep -c '^attack=' "$out")" -ge 14 ] || { log "FAIL: not every attack ran"; fail=1; }
+[ "$(grep -c '^attack=' "$out")" -ge 19 ] || { log "FAIL: not every attack ran"; fail=1; }
 
 say "afterwards"
 [ -d /proc/$ftd_b ] || die "host B's libvirt-ftd died"

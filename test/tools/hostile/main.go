@@ -4,9 +4,11 @@
 //
 //	attack=NAME result=refused|dropped|accepted detail="..."
 //
-// refused: the daemon answered with an error (or a bye); dropped: it closed
-// the connection; accepted: it did what was asked (a failure of the
-// daemon's checks). The exit code is 1 if any attempt was accepted.
+// refused: the daemon answered with an error (or a bye) that gives the
+// expected reason; dropped: it closed the connection; accepted: it did
+// what was asked, did not answer within 10 s, or refused for another
+// reason than the check under test (a failure either way). The exit code
+// is 1 if any attempt was accepted.
 //
 //	hostile -addr 10.250.0.2:7480 -ca ca.pem -cert c.pem -key c-key.pem \
 //	  -uuid PROTECTED-UUID -xml domain.xml -victim /var/lib/libvirt/images/victim.qcow2 \
@@ -26,6 +28,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,17 +37,19 @@ import (
 )
 
 var (
-	addr    = flag.String("addr", "", "the backup host's peer port (host:port)")
-	caFile  = flag.String("ca", "", "the CA certificate (PEM)")
-	cert    = flag.String("cert", "", "a certificate the CA signed for this host (PEM)")
-	key     = flag.String("key", "", "its key (PEM)")
-	uuid    = flag.String("uuid", "", "the protected domain's UUID")
-	xmlFile = flag.String("xml", "", "a domain XML (the protected domain's user definition) to mutate into backups to arm")
-	victim  = flag.String("victim", "", "a disk image of another domain on the backup host")
-	link    = flag.String("link", "", "a symbolic link to /etc under seed-dirs on the backup host")
-	arbiter = flag.String("arbiter", "", "the arbiter name both daemons use (prepare-backup's arbiter)")
-	flood   = flag.Int("flood", 200, "connections that announce a large frame and stall")
-	hold    = flag.Duration("hold", 20*time.Second, "how long the flood's connections stall")
+	addr       = flag.String("addr", "", "the backup host's peer port (host:port)")
+	caFile     = flag.String("ca", "", "the CA certificate (PEM)")
+	cert       = flag.String("cert", "", "a certificate the CA signed for this host (PEM)")
+	key        = flag.String("key", "", "its key (PEM)")
+	uuid       = flag.String("uuid", "", "the protected domain's UUID")
+	xmlFile    = flag.String("xml", "", "a domain XML (the protected domain's user definition) to mutate into backups to arm")
+	victim     = flag.String("victim", "", "a disk image of another domain on the backup host")
+	link       = flag.String("link", "", "a symbolic link to /etc under seed-dirs on the backup host")
+	victimUUID = flag.String("victim-uuid", "", "the UUID of the domain that owns -victim")
+	disk       = flag.String("disk", "", "the protected domain's disk image on the backup host")
+	arbiter    = flag.String("arbiter", "", "the arbiter name both daemons use (prepare-backup's arbiter)")
+	flood      = flag.Int("flood", 200, "connections that announce a large frame and stall")
+	hold       = flag.Duration("hold", 20*time.Second, "how long the flood's connections stall")
 )
 
 var accepted bool
@@ -102,52 +107,72 @@ func main() {
 	hello := func(u string, role logchan.Role) logchan.Hello {
 		return logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: u, QEMUVersion: qemuVer, LogVersion: logVer, Role: role}
 	}
-	control := func(name string, u string, req logchan.ControlRequest) {
+	// refusal reports err as refused if it carries want, else accepted (a
+	// refusal for another reason does not show the check works).
+	refusal := func(name string, err error, want string) {
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			report(name, "accepted", "no answer within 10 s: "+err.Error())
+		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+			report(name, "dropped", err.Error())
+		case strings.Contains(err.Error(), want):
+			report(name, "refused", err.Error())
+		default:
+			report(name, "accepted", "refused for another reason than "+strconv.Quote(want)+": "+err.Error())
+		}
+	}
+	control := func(name string, u string, req logchan.ControlRequest, want string) {
 		c, lc, err := open(withCert, hello(u, logchan.RoleControl))
 		if err != nil {
-			report(name, "refused", err.Error())
+			refusal(name, err, want)
 			return
 		}
 		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		var out any
 		if err := lc.Request(req, &out); err != nil {
-			result := "refused"
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				result = "dropped"
-			}
-			report(name, result, err.Error())
+			refusal(name, err, want)
 			return
 		}
 		report(name, "accepted", fmt.Sprint(out))
 	}
-	seed := func(name, path string) {
-		c, lc, err := open(withCert, hello(*uuid, logchan.RoleControl))
+	seed := func(name, u, path, want string) {
+		c, lc, err := open(withCert, hello(u, logchan.RoleControl))
 		if err != nil {
-			report(name, "refused", err.Error())
+			refusal(name, err, want)
 			return
 		}
 		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		data := []byte("hostile bytes\n")
 		err = lc.Seed(path, digest(data), strings.NewReader(string(data)), nil)
 		if err != nil {
-			report(name, "refused", err.Error())
+			refusal(name, err, want)
 			return
 		}
 		report(name, "accepted", "wrote "+path)
 	}
 
 	// 2. Hashing what is not a disk of the domain.
-	control("hash-dev-zero", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/dev/zero"})
-	control("hash-etc-shadow", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"})
+	control("hash-dev-zero", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/dev/zero"}, "outside seed-dirs")
+	control("hash-etc-shadow", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"}, "outside seed-dirs")
 	if *link != "" {
-		control("hash-through-symlink", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: *link + "/shadow"})
+		control("hash-through-symlink", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: *link + "/shadow"}, "symbolic link")
 	}
-	// 3. Seeding over another domain's image, or through a link.
+	// 3. Seeding over another domain's image (also under that domain's
+	// own UUID), over the running backup's disk, or through a link.
 	if *victim != "" {
-		seed("seed-other-domains-image", *victim)
+		seed("seed-other-domains-image", *uuid, *victim, "is a disk of domain")
+		if *victimUUID != "" {
+			seed("seed-victim-under-its-uuid", *victimUUID, *victim, "is a disk of domain")
+		}
+	}
+	if *disk != "" {
+		seed("seed-running-backups-disk", *uuid, *disk, "run on this host")
 	}
 	if *link != "" {
-		seed("seed-through-symlink", *link+"/cron.d/hostile")
+		seed("seed-through-symlink", *uuid, *link+"/cron.d/hostile", "symbolic link")
 	}
 	// 4. Arming backups that would run what the peer says.
 	if *xmlFile != "" {
@@ -157,26 +182,44 @@ func main() {
 			os.Exit(2)
 		}
 		const u2 = "6b0e2f6a-7c1d-4e3f-9a8b-1c2d3e4f5a6b"
-		arm := func(name, edit string) {
+		arm := func(name, edit, want string) {
 			x := strings.Replace(string(base), "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
 			x = strings.Replace(x, "</domain>", edit+"</domain>", 1)
 			control(name, u2, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: u2, Name: "hostile", XML: x,
-				QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "hostile", Arbiter: *arbiter})
+				QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "hostile", Arbiter: *arbiter}, want)
 		}
-		arm("arm-qemu-commandline", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-chardev"/><qemu:arg value="file,id=x,path=/etc/shadow"/></qemu:commandline>`)
-		arm("arm-root-seclabel", `<seclabel type="static" model="dac" relabel="no"><label>0:0</label></seclabel>`)
+		arm("arm-qemu-commandline", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-chardev"/><qemu:arg value="file,id=x,path=/etc/shadow"/></qemu:commandline>`, "/domain/qemu:commandline")
+		arm("arm-root-seclabel", `<seclabel type="static" model="dac" relabel="no"><label>0:0</label></seclabel>`, "/domain/seclabel")
+		// Arming over the protected domain's running backup.
+		x := strings.Replace(string(base), "</name>", "</name>\n  <uuid>"+*uuid+"</uuid>", 1)
+		control("arm-over-the-running-backup", *uuid, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: *uuid, Name: "ftdemo", XML: x,
+			QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "hostile", Arbiter: *arbiter}, "armed by")
 	}
-	// 5. A UUID that is a path.
-	control("uuid-dotdot", "../../../root/.ssh", logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"})
+	// 5. A UUID that is a path; an epoch that is a path.
+	control("uuid-dotdot", "../../../root/.ssh", logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"}, "canonical form")
+	control("epoch-dotdot", *uuid, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: *uuid, Name: "x", XML: "<domain/>",
+		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "../../x", Arbiter: *arbiter}, "epoch")
+	// A cancel of the protected domain's backup from a host that did not
+	// arm it: answered ok and ignored (the e2e checks that replication
+	// goes on).
+	if c, lc, err := open(withCert, hello(*uuid, logchan.RoleControl)); err == nil {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		err := lc.Request(logchan.ControlRequest{Op: logchan.OpCancelBackup, UUID: *uuid}, nil)
+		report("cancel-the-running-backup", "sent", fmt.Sprint("answer: ", err))
+		c.Close()
+	}
 	// 6. A second log channel for the protected domain.
 	if c, lc, err := open(withCert, hello(*uuid, logchan.RolePrimary)); err != nil {
 		report("second-log-channel", "refused", err.Error())
 	} else {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		m, err := lc.Recv()
+		var ne net.Error
 		switch {
-		case err == nil && m.Kind == logchan.MsgBye:
+		case err == nil && m.Kind == logchan.MsgBye && strings.Contains(m.Bye.Reason, "armed by another host"):
 			report("second-log-channel", "refused", "bye: "+m.Bye.Reason)
+		case errors.As(err, &ne) && ne.Timeout():
+			report("second-log-channel", "accepted", "the channel was accepted and stays open")
 		case err != nil:
 			report("second-log-channel", "dropped", err.Error())
 		default:
@@ -211,7 +254,7 @@ func main() {
 	bad := hello(*uuid, logchan.RoleControl)
 	bad.Protocol = 99
 	if c, _, err := open(withCert, bad); err != nil {
-		report("wrong-protocol-version", "refused", err.Error())
+		refusal("wrong-protocol-version", err, "protocol")
 	} else {
 		report("wrong-protocol-version", "accepted", "handshake completed")
 		c.Close()
