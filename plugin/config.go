@@ -310,6 +310,18 @@ type EtcdConfig struct {
 	Endpoints []string `yaml:"endpoints"`
 	// Prefix is the key prefix of the claims. Default /libvirt-ft.
 	Prefix string `yaml:"prefix"`
+	// CACert, ClientCert and ClientKey (PEM files) turn on TLS to etcd:
+	// the server's certificate is checked against CACert, and the client
+	// certificate authenticates this daemon (etcd --client-cert-auth).
+	// Without them the endpoints must be http:// on a network only the
+	// hosts reach: anyone who can write the claims decides split brain.
+	CACert     string `yaml:"ca-cert"`
+	ClientCert string `yaml:"client-cert"`
+	ClientKey  string `yaml:"client-key"`
+	// Username and PasswordFile: etcd's own authentication (etcdctl user
+	// add), the password read from the file.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password-file"`
 }
 
 // ErrNoArbiter is wrapped when protection is refused for want of an

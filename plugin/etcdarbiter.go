@@ -2,8 +2,11 @@ package plugin
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -33,12 +36,52 @@ type etcdArbiter struct {
 
 // newEtcdArbiter connects lazily: creating it never blocks.
 func newEtcdArbiter(cfg EtcdConfig, me string, timeout time.Duration, log logrus.FieldLogger) (*etcdArbiter, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: timeout, Logger: zap.NewNop()})
+	cc := clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: timeout, Logger: zap.NewNop()}
+	if cfg.CACert != "" || cfg.ClientCert != "" {
+		t, err := etcdTLS(cfg)
+		if err != nil {
+			return nil, err
+		}
+		cc.TLS = t
+	}
+	if cfg.Username != "" {
+		pw, err := os.ReadFile(cfg.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("arbiter-etcd: password-file: %w", err)
+		}
+		cc.Username, cc.Password = cfg.Username, strings.TrimSpace(string(pw))
+	}
+	cli, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("arbiter-etcd %v: %w", cfg.Endpoints, err)
 	}
 	return &etcdArbiter{cli: cli, prefix: strings.TrimSuffix(cfg.Prefix, "/"), me: me,
 		timeout: timeout, log: log}, nil
+}
+
+// etcdTLS is the TLS configuration for arbiter-etcd's ca-cert,
+// client-cert and client-key. Errors name the key.
+func etcdTLS(cfg EtcdConfig) (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CACert != "" {
+		pem, err := os.ReadFile(cfg.CACert)
+		if err != nil {
+			return nil, fmt.Errorf("arbiter-etcd: ca-cert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("arbiter-etcd: ca-cert %s holds no PEM certificate", cfg.CACert)
+		}
+		t.RootCAs = pool
+	}
+	if cfg.ClientCert != "" || cfg.ClientKey != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.ClientCert, cfg.ClientKey)
+		if err != nil {
+			return nil, fmt.Errorf("arbiter-etcd: client-cert %s / client-key %s: %w", cfg.ClientCert, cfg.ClientKey, err)
+		}
+		t.Certificates = []tls.Certificate{pair}
+	}
+	return t, nil
 }
 
 func (a *etcdArbiter) key(uuid, epoch string) string {

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -171,4 +173,71 @@ func TestBoundedArbiter(t *testing.T) {
 			t.Fatalf("%d claims reached the hung arbiter, want 1", h.calls.Load())
 		}
 	})
+}
+
+// An etcd that requires client certificates: the arbiter with arbiter-etcd's
+// ca-cert, client-cert and client-key claims; one without a client
+// certificate cannot (an error, never a win).
+func TestEtcdArbiterTLS(t *testing.T) {
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Fatalf("etcd is not installed: apt-get install etcd-server (make setup): %v", err)
+	}
+	ca := newTestCA(t)
+	dir := ca.dir
+	if err := os.Rename(filepath.Join(dir, "cacert.pem"), filepath.Join(dir, "ca.pem")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"server", "client"} {
+		cert, key := ca.host(t, n, "127.0.0.1")
+		_ = os.Rename(cert, filepath.Join(dir, n+".pem"))
+		_ = os.Rename(key, filepath.Join(dir, n+"-key.pem"))
+	}
+	client := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	cmd := exec.Command(bin, "--name", "witness", "--data-dir", t.TempDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "witness="+peer,
+		"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
+		"--trusted-ca-file", filepath.Join(dir, "ca.pem"), "--client-cert-auth")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	good := EtcdConfig{Endpoints: []string{client}, Prefix: "/libvirt-ft", CACert: filepath.Join(dir, "ca.pem"),
+		ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client-key.pem")}
+	a, err := newEtcdArbiter(good, "host-a", 2*time.Second, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	const uuid = "5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6"
+	var won bool
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if won, err = a.Acquire(uuid, "e1"); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || !won {
+		t.Fatalf("with a client certificate: won %v err %v", won, err)
+	}
+	bad := good
+	bad.ClientCert, bad.ClientKey = "", ""
+	b, err := newEtcdArbiter(bad, "host-b", 2*time.Second, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if won, err := b.Acquire(uuid, "e1"); err == nil {
+		t.Fatalf("without a client certificate: won %v, want an error", won)
+	}
+	if _, err := newEtcdArbiter(EtcdConfig{Endpoints: []string{client}, CACert: filepath.Join(dir, "nope.pem")}, "x", time.Second, log); err == nil || !strings.Contains(err.Error(), "ca-cert") {
+		t.Fatalf("a missing ca-cert: %v, want an error naming ca-cert", err)
+	}
 }
