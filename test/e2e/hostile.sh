@@ -46,7 +46,7 @@ sed 's/^/   /' "$out"
 fail=0
 grep -q 'result=accepted' "$out" && { log "FAIL: an attack was accepted"; fail=1; }
 [ $rc -eq 0 ] || { log "FAIL: hostile exited $rc"; fail=1; }
-[ "$(grep -c '^attack=' "$out")" -ge 19 ] || { log "FAIL: not every attack ran"; fail=1; }
+[ "$(grep -c '^attack=' "$out")" -ge 20 ] || { log "FAIL: not every attack ran"; fail=1; }
 
 say "afterwards"
 [ -d /proc/$ftd_b ] || die "host B's libvirt-ftd died"

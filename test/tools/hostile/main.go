@@ -190,6 +190,13 @@ func main() {
 		}
 		arm("arm-qemu-commandline", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-chardev"/><qemu:arg value="file,id=x,path=/etc/shadow"/></qemu:commandline>`, "/domain/qemu:commandline")
 		arm("arm-root-seclabel", `<seclabel type="static" model="dac" relabel="no"><label>0:0</label></seclabel>`, "/domain/seclabel")
+		// Arming a backup that would replay into another domain's image.
+		if *victim != "" && *disk != "" {
+			x := strings.Replace(string(base), "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
+			x = strings.Replace(x, *disk, *victim, 1)
+			control("arm-on-other-domains-image", u2, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: u2, Name: "hostile", XML: x,
+				QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "hostile", Arbiter: *arbiter}, "is a disk of domain")
+		}
 		// Arming over the protected domain's running backup.
 		x := strings.Replace(string(base), "</name>", "</name>\n  <uuid>"+*uuid+"</uuid>", 1)
 		control("arm-over-the-running-backup", *uuid, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: *uuid, Name: "ftdemo", XML: x,
