@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -28,10 +29,10 @@ type Arbiter interface {
 }
 
 // validEpoch: an epoch is base-36 nanoseconds (primaryRun.prepare), at most
-// 16 characters of [0-9a-z]; anything else from a peer is refused (it names
-// lock files and keys).
+// 12 characters of [0-9a-z] (base-36 of any int64 below 36^12 fits); anything
+// else from a peer is refused (it names lock files and keys).
 func validEpoch(e string) bool {
-	if e == "" || len(e) > 16 {
+	if e == "" || len(e) > 12 {
 		return false
 	}
 	for _, c := range e {
@@ -40,6 +41,14 @@ func validEpoch(e string) bool {
 		}
 	}
 	return true
+}
+
+// epochBefore reports whether epoch a was born before b (both valid:
+// base-36 nanoseconds, so their values order them).
+func epochBefore(a, b string) bool {
+	x, _ := strconv.ParseInt(a, 36, 64)
+	y, _ := strconv.ParseInt(b, 36, 64)
+	return x < y
 }
 
 // dirArbiter is the shared-directory Arbiter: the claim is a lock file on
@@ -110,6 +119,16 @@ func (a dirArbiter) Forget(uuid, epoch string) error {
 		return fmt.Errorf("arbiter: bad epoch %q/%q", uuid, epoch)
 	}
 	cur := filepath.Join(a.dir, uuid+".current")
+	// Never go back: a Forget that finishes late (its caller gave up on
+	// a hung mount) must not undo a newer pairing's.
+	if b, err := os.ReadFile(cur); err == nil {
+		if old := strings.TrimSpace(string(b)); validEpoch(old) && !epochBefore(old, epoch) {
+			if old == epoch {
+				return nil
+			}
+			return fmt.Errorf("arbiter: %s already has a newer pairing (epoch %s)", uuid, old)
+		}
+	}
 	tmp, err := os.CreateTemp(a.dir, ".current-*")
 	if err != nil {
 		return fmt.Errorf("arbiter: %w", err)
@@ -126,7 +145,8 @@ func (a dirArbiter) Forget(uuid, epoch string) error {
 	}
 	m, _ := filepath.Glob(filepath.Join(a.dir, uuid+".*.lock"))
 	for _, p := range m {
-		if !strings.HasSuffix(p, "."+epoch+".lock") {
+		e := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), uuid+"."), ".lock")
+		if validEpoch(e) && epochBefore(e, epoch) {
 			_ = os.Remove(p)
 		}
 	}

@@ -107,8 +107,8 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	if logVer != req.LogVersion {
 		return nil, fmt.Errorf("replay log version differs: primary %#x, backup %#x", req.LogVersion, logVer)
 	}
-	if active, err := e.hv.IsActive(req.UUID); err == nil && active {
-		return nil, fmt.Errorf("domain %q is already running on the backup host", req.Name)
+	if active, err := e.hv.IsActive(req.UUID); err != nil || active {
+		return nil, fmt.Errorf("domain %q is already running on the backup host (or libvirt cannot tell: %v)", req.Name, err)
 	}
 	if err := e.cfg.checkPeerDomain(req.XML); err != nil {
 		return nil, err

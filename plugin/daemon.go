@@ -617,17 +617,6 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 	if mine := d.cfg.arbiterName(); req.Arbiter != mine {
 		return fmt.Errorf("the backup host refuses: its split-brain arbiter is %q, the primary's is %q: both hosts must claim on the same arbiter, or a partition could run the VM on both; make arbiter and arbiter-etcd (or arbiter-dir) the same in %s on both hosts", mine, req.Arbiter, DefaultConfigPath)
 	}
-	// The backup's disks: none may be another domain's here.
-	if pd, err := ftxml.ParseDomain(req.XML); err == nil && pd.Devices != nil {
-		for _, disk := range pd.Devices.Disks {
-			if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" {
-				continue
-			}
-			if other := d.diskOwner(req.UUID, disk.Source.File.File, primaryHost); other != "" {
-				return fmt.Errorf("the backup host refuses: disk %s is a disk of domain %q here; a peer's domain may only use images of its own", disk.Source.File.File, other)
-			}
-		}
-	}
 	dm := d.entry(req.UUID, req.Name)
 	if prev := dm.current(); prev != nil {
 		if _, ok := prev.(*primaryRun); ok && prev.active() {
@@ -642,6 +631,20 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 		if active, err := d.hv.IsActive(req.UUID); err != nil || active {
 			return fmt.Errorf("domain %q is already running on the backup host (%v)", req.Name, err)
 		}
+	}
+	// The backup's disks: none may be another domain's here.
+	if pd, err := ftxml.ParseDomain(req.XML); err == nil && pd.Devices != nil {
+		for _, disk := range pd.Devices.Disks {
+			if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" {
+				continue
+			}
+			if other := d.diskOwner(req.UUID, disk.Source.File.File, primaryHost); other != "" {
+				d.forgetIdle(req.UUID)
+				return fmt.Errorf("the backup host refuses: disk %s is a disk of domain %q here; a peer's domain may only use images of its own", disk.Source.File.File, other)
+			}
+		}
+	}
+	if prev := dm.current(); prev != nil {
 		// Out of the record first: its end must not forget the new run.
 		dm.setRun(nil)
 		prev.close("replaced by a new backup")

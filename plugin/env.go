@@ -61,16 +61,29 @@ func (e env) pauseVM(uuid, why string) bool {
 	return true
 }
 
-// resumeVM undoes pauseVM (QMP cont).
-func (e env) resumeVM(uuid string) {
-	client, release, err := e.qmp(uuid)
-	if err != nil {
-		e.log.WithError(err).Errorf("cannot resume domain %s", uuid)
-		return
-	}
-	defer release()
-	if err := client.Cont(); err != nil {
-		e.log.WithError(err).Errorf("cannot resume domain %s", uuid)
+// resumeVM undoes pauseVM: QMP cont, again every second until QEMU says
+// it runs, the domain is gone, or stop is closed (libvirtd may be
+// restarting: a winner must not stay paused).
+func (e env) resumeVM(uuid string, stop <-chan struct{}) {
+	for {
+		if client, release, err := e.qmp(uuid); err == nil {
+			st, serr := client.QueryStatus()
+			if serr == nil && st.Running {
+				release()
+				return
+			}
+			if err := client.Cont(); err != nil {
+				e.log.WithError(err).Errorf("cannot resume domain %s yet", uuid)
+			}
+			release()
+		} else if active, aerr := e.hv.IsActive(uuid); aerr == nil && !active {
+			return
+		}
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
 	}
 }
 

@@ -151,17 +151,40 @@ func (a *etcdArbiter) Forget(uuid, epoch string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
-	if _, err := a.cli.Put(ctx, a.current(uuid), epoch); err != nil {
+	cur := a.current(uuid)
+	// Never go back: compare-and-set on the current key's revision, so a
+	// Forget that commits late (its caller gave up) cannot undo a newer
+	// pairing's.
+	g, err := a.cli.Get(ctx, cur)
+	if err != nil {
+		return fmt.Errorf("arbiter: etcd: reading %s: %w", cur, err)
+	}
+	var rev int64
+	if len(g.Kvs) > 0 {
+		old := string(g.Kvs[0].Value)
+		if old == epoch {
+			return nil
+		}
+		if validEpoch(old) && !epochBefore(old, epoch) {
+			return fmt.Errorf("arbiter: %s already has a newer pairing (epoch %s)", uuid, old)
+		}
+		rev = g.Kvs[0].ModRevision
+	}
+	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(cur), "=", rev)).Then(clientv3.OpPut(cur, epoch)).Commit()
+	if err != nil {
 		return fmt.Errorf("arbiter: etcd: setting the current epoch of %s: %w", uuid, err)
 	}
+	if !resp.Succeeded {
+		return fmt.Errorf("arbiter: etcd: the current epoch of %s changed meanwhile; start the domain again", uuid)
+	}
 	dir := path.Join(a.prefix, "claims", uuid) + "/"
-	resp, err := a.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	list, err := a.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		a.log.WithError(err).Warn("arbiter: etcd: listing old claims")
 		return nil
 	}
-	for _, kv := range resp.Kvs {
-		if string(kv.Key) != dir+epoch {
+	for _, kv := range list.Kvs {
+		if e := strings.TrimPrefix(string(kv.Key), dir); validEpoch(e) && epochBefore(e, epoch) {
 			_, _ = a.cli.Delete(ctx, string(kv.Key))
 		}
 	}

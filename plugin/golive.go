@@ -41,9 +41,10 @@ func (b *backupRun) goLive() error {
 	b.mu.Unlock()
 	if paused {
 		// Paused while the arbiter could not be reached; the claim is
-		// won now.
+		// won now: resume it, retrying while libvirt cannot.
 		if err := client.Cont(); err != nil {
-			b.log.WithError(err).Warn("go-live: cont after the claim")
+			b.log.WithError(err).Warn("go-live: cont after the claim; retrying")
+			go b.env.resumeVM(b.uuid, b.stop)
 		}
 	}
 	// The drain ends when the backup's icount reached the log's; the

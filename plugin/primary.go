@@ -224,18 +224,18 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch, Arbiter: p.env.cfg.arbiterName()}, nil); err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", p.name, p.peer, err)
 	}
-	// The new pairing is armed: it becomes the domain's current epoch,
-	// and the claims of earlier ones go (a claim of a forgotten epoch
-	// loses). Without that both hosts' claims of this epoch would lose.
-	if err := p.env.arbiter.Forget(p.uuid, epoch); err != nil {
-		return fmt.Errorf("libvirt-ft: domain %q: the split-brain arbiter cannot record the new pairing: %w; check arbiter-etcd / arbiter-dir in %s", p.name, err, DefaultConfigPath)
-	}
 	armed := true
 	defer func() {
 		if err != nil && armed {
 			_ = ctrl.request(logchan.ControlRequest{Op: logchan.OpCancelBackup, UUID: p.uuid}, nil)
 		}
 	}()
+	// The new pairing is armed: it becomes the domain's current epoch,
+	// and the claims of earlier ones go (a claim of a forgotten epoch
+	// loses). Without that both hosts' claims of this epoch would lose.
+	if err := p.env.arbiter.Forget(p.uuid, epoch); err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: the split-brain arbiter cannot record the new pairing: %w; check arbiter-etcd / arbiter-dir in %s", p.name, err, DefaultConfigPath)
+	}
 
 	fifo := ftxml.RecordFIFOPath(p.cfg, p.uuid)
 	rr, err := p.env.pipes.Record(fifo, p.env.qemuUID, p.env.qemuGID)
@@ -520,7 +520,7 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, link *peerConn
 		p.claimPaused = false
 		p.mu.Unlock()
 		if resume {
-			go p.env.resumeVM(p.uuid)
+			go p.env.resumeVM(p.uuid, p.stop)
 		}
 	case failover.HaltVM:
 		setDiscard()

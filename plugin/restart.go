@@ -224,12 +224,15 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		d.pairings.remove(def.UUID)
 		e.destroyUntilGone(def.UUID, why, d.quit)
 		return
-	case ri.Mode == "none" && haveRec && rec.Role != "backup":
+	case haveRec && rec.Role == "live":
 		// It went live here (or a restarted daemon resumed it here): this
 		// host won its epoch's claim before; nothing can win it any more.
 		detail := fmt.Sprintf("running here since it went live (epoch %s), alone and unprotected; libvirt-ftd restarted", rec.Epoch)
 		log.Info(detail)
 		dm.note(ctl.StateUnprotected, detail)
+		return
+	case haveRec && rec.Role == "operator":
+		dm.note(ctl.StateRefused, "left to the operator after a restart (arbiter: none): check where the VM runs, then virsh destroy or virsh resume it")
 		return
 	case ri.Mode != "record" && ri.Mode != "none":
 		log.Warnf("query-replay mode %q: leaving the domain alone", ri.Mode)
@@ -258,6 +261,10 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		why := fmt.Sprintf("paused: libvirt-ftd restarted and arbiter is none, so nothing tells whether the peer %s runs the VM now; check virt-ft status there, then virsh destroy it here or virsh resume it", rec.Peer)
 		log.Error(why)
 		dm.note(ctl.StateRefused, why)
+		// Once: a later rescan (libvirtd reconnecting) must not pause
+		// it again after the operator resumed it.
+		rec.Role = "operator"
+		_ = d.pairings.save(rec)
 		return
 	}
 	var won bool

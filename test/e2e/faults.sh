@@ -179,10 +179,9 @@ for fault in "${faults[@]}"; do
 	other=a; [ "$where" = a ] && other=b
 	fa=$frames_a fo=$frames_b; [ "$where" = b ] && { fa=$frames_b; fo=$frames_a; }
 	t_from=$(awk -v t="$t0" 'BEGIN { printf "%.3f", t / 1e9 + 0.5 }')
-	t_end=$(date +%s.%N)
-	n_here=$(awk -v t="$(awk -v t="$t_end" 'BEGIN { printf "%.3f", t - 10 }')" '$1 + 0 > t + 0' "$fa" | wc -l)
+	n_here=$(awk -v t="$t_from" '$1 + 0 > t + 0' "$fa" | wc -l)
 	n_other=$(awk -v t="$t_from" '$1 + 0 > t + 0' "$fo" | wc -l)
-	log "guest frames into the LAN: $n_other from host $other since 0.5 s after the fault; $n_here from host $where in the clients' last 10 s"
+	log "guest frames into the LAN since 0.5 s after the fault: $n_other from host $other, $n_here from host $where"
 	echo_line=$(tail -n 1 "$out_echo") stream_line=$(tail -n 1 "$out_stream")
 	log "echo:   $echo_line"
 	log "stream: $stream_line"

@@ -169,10 +169,11 @@ func main() {
 		}
 	}
 	if *disk != "" {
-		seed("seed-running-backups-disk", *uuid, *disk, "run on this host")
+		// (The running backup is a domain whose peer is not this host.)
+		seed("seed-running-backups-disk", *uuid, *disk, "is a disk of domain")
 	}
 	if *link != "" {
-		seed("seed-through-symlink", *uuid, *link+"/cron.d/hostile", "symbolic link")
+		seed("seed-through-symlink", *uuid, *link+"/libvirt-ft-hostile", "symbolic link")
 	}
 	// 4. Arming backups that would run what the peer says.
 	if *xmlFile != "" {
@@ -182,8 +183,14 @@ func main() {
 			os.Exit(2)
 		}
 		const u2 = "6b0e2f6a-7c1d-4e3f-9a8b-1c2d3e4f5a6b"
+		// The backups armed below name a disk of their own (no file yet),
+		// so that the check under test is the one that refuses.
+		own := string(base)
+		if *disk != "" {
+			own = strings.Replace(own, *disk, strings.TrimSuffix(*disk, ".qcow2")+"-hostile.qcow2", 1)
+		}
 		arm := func(name, edit, want string) {
-			x := strings.Replace(string(base), "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
+			x := strings.Replace(own, "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
 			x = strings.Replace(x, "</domain>", edit+"</domain>", 1)
 			control(name, u2, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: u2, Name: "hostile", XML: x,
 				QEMUVersion: qemuVer, LogVersion: logVer, Epoch: "hostile", Arbiter: *arbiter}, want)
