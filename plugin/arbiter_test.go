@@ -81,3 +81,22 @@ func TestArbiterSameListenOneWinner(t *testing.T) {
 		t.Fatalf("temporary claim files left: %v", m)
 	}
 }
+
+// A Forget that comes late (its caller gave up on a hung mount) never
+// takes the current epoch back to an older pairing.
+func TestArbiterForgetNeverGoesBack(t *testing.T) {
+	dir := t.TempDir()
+	a := dirArbiter{dir: dir, me: "10.0.0.1:7480"}
+	if err := a.Forget("u", "e3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Forget("u", "e2"); err == nil {
+		t.Fatal("an older epoch replaced the current one")
+	}
+	if won, err := a.Acquire("u", "e3"); err != nil || !won {
+		t.Fatalf("the current epoch: won %v err %v", won, err)
+	}
+	if err := a.Forget("u", "e3"); err != nil {
+		t.Fatalf("forgetting again for the same epoch: %v", err)
+	}
+}

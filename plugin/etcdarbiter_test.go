@@ -112,6 +112,10 @@ func TestEtcdArbiter(t *testing.T) {
 	if won, err := a.Acquire(uuid, "e2"); err != nil || !won {
 		t.Fatalf("the current epoch's holder: %v %v", won, err)
 	}
+	// A late Forget of an older epoch never goes back.
+	if err := a.Forget(uuid, "e1"); err == nil {
+		t.Fatal("an older epoch replaced the current one")
+	}
 	// b wins e3 and stops (a crash, a restart): its claim stays, so a's
 	// retry still loses and the VM never runs twice.
 	if err := b.Forget(uuid, "e3"); err != nil {
