@@ -257,7 +257,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 	if !ioErr {
 		_ = client.Stop()
 	}
-	if d.cfg.Arbiter == ArbiterNone {
+	if d.cfg.Arbiter == ArbiterNone || d.arb == nil {
 		why := fmt.Sprintf("paused: libvirt-ftd restarted and arbiter is none, so nothing tells whether the peer %s runs the VM now; check virt-ft status there, then virsh destroy it here or virsh resume it", rec.Peer)
 		log.Error(why)
 		dm.note(ctl.StateRefused, why)
