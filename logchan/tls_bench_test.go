@@ -79,25 +79,7 @@ func benchFramingConn(b *testing.B, useTLS bool) {
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for b.Loop() {
-		d := NewStreamDecoder()
-		for i := 0; i < len(stream); i += 64 << 10 {
-			c, err := d.Feed(stream[i:min(i+64<<10, len(stream))])
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(c.Data) == 0 {
-				continue
-			}
-			parts, err := SplitChunk(c, MaxLogData)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for _, p := range parts {
-				if err := WriteLogFrame(bw, p.Offset, p.Data); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
+		frameStream(b, stream, bw)
 		if err := bw.Flush(); err != nil {
 			b.Fatal(err)
 		}

@@ -18,6 +18,32 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// runEtcd starts a one-member etcd whose client URL has scheme (http, or
+// https with the TLS flags in extra), ended by its pid when the test ends;
+// it returns the client URL at once.
+func runEtcd(t *testing.T, scheme string, extra ...string) string {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Fatalf("etcd is not installed: apt-get install etcd-server (make setup): %v", err)
+	}
+	client := fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	cmd := exec.Command(bin, append([]string{"--name", "witness", "--data-dir", t.TempDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "witness=" + peer}, extra...)...)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	return client
+}
+
 // freePort returns a TCP port on 127.0.0.1 nobody listens on.
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -34,24 +60,7 @@ func freePort(t *testing.T) int {
 // by its pid when the test ends.
 func startEtcd(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("etcd")
-	if err != nil {
-		t.Fatalf("etcd is not installed: apt-get install etcd-server (make setup): %v", err)
-	}
-	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(bin, "--name", "witness", "--data-dir", t.TempDir(),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "witness="+peer)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
-	})
+	client := runEtcd(t, "http")
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		resp, err := http.Get(client + "/health")
 		if err == nil {
@@ -183,10 +192,6 @@ func TestBoundedArbiter(t *testing.T) {
 // ca-cert, client-cert and client-key claims; one without a client
 // certificate cannot (an error, never a win).
 func TestEtcdArbiterTLS(t *testing.T) {
-	bin, err := exec.LookPath("etcd")
-	if err != nil {
-		t.Fatalf("etcd is not installed: apt-get install etcd-server (make setup): %v", err)
-	}
 	ca := newTestCA(t)
 	dir := ca.dir
 	if err := os.Rename(filepath.Join(dir, "cacert.pem"), filepath.Join(dir, "ca.pem")); err != nil {
@@ -197,21 +202,8 @@ func TestEtcdArbiterTLS(t *testing.T) {
 		_ = os.Rename(cert, filepath.Join(dir, n+".pem"))
 		_ = os.Rename(key, filepath.Join(dir, n+"-key.pem"))
 	}
-	client := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(bin, "--name", "witness", "--data-dir", t.TempDir(),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "witness="+peer,
-		"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
+	client := runEtcd(t, "https", "--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
 		"--trusted-ca-file", filepath.Join(dir, "ca.pem"), "--client-cert-auth")
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
-	})
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	good := EtcdConfig{Endpoints: []string{client}, Prefix: "/libvirt-ft", CACert: filepath.Join(dir, "ca.pem"),

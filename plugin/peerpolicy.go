@@ -229,9 +229,9 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 	}
 	for i, g := range d.Graphics {
 		var listen []string
-		if g.VNC != nil {
-			listen = append(listen, g.VNC.Listen)
-			for _, l := range g.VNC.Listeners {
+		addrs := func(first string, ls []libvirtxml.DomainGraphicListener) {
+			listen = append(listen, first)
+			for _, l := range ls {
 				if l.Address != nil {
 					listen = append(listen, l.Address.Address)
 				}
@@ -240,16 +240,11 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 				}
 			}
 		}
+		if g.VNC != nil {
+			addrs(g.VNC.Listen, g.VNC.Listeners)
+		}
 		if g.Spice != nil {
-			listen = append(listen, g.Spice.Listen)
-			for _, l := range g.Spice.Listeners {
-				if l.Address != nil {
-					listen = append(listen, l.Address.Address)
-				}
-				if l.Network != nil {
-					listen = append(listen, "network "+l.Network.Network)
-				}
-			}
+			addrs(g.Spice.Listen, g.Spice.Listeners)
 		}
 		for _, a := range listen {
 			if a != "" && a != "127.0.0.1" && a != "::1" && a != "localhost" {
