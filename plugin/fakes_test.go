@@ -738,6 +738,13 @@ func newFakePair(t *testing.T) *fakePair {
 	return fp
 }
 
+// unreachable makes the arbiter unreachable (or reachable again) from host.
+func (fp *fakePair) unreachable(host string, down bool) {
+	fp.arb.mu.Lock()
+	fp.arb.unreachable[host] = down
+	fp.arb.mu.Unlock()
+}
+
 // crash ends host h's daemon as kill -9 does: its connections, FIFO ends
 // and sockets close (its runs' undo stacks) and nothing else of it is
 // left; its QEMUs run on. A recording QEMU then stops with an I/O error

@@ -50,9 +50,7 @@ func TestRestartPrimaryDaemonBackupWentLive(t *testing.T) {
 func TestRestartPrimaryDaemonWinsClaim(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = true
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", true)
 		fp.crash(fp.a)
 		time.Sleep(3 * time.Second)
 		synctest.Wait()
@@ -80,9 +78,7 @@ func TestRestartPrimaryDaemonWinsClaim(t *testing.T) {
 			t.Fatalf("host a: pairing record %+v %v, want role live", r, ok)
 		}
 
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = false
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", false)
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		if q := fp.b.hv.running(runUUID); q != nil {
@@ -97,10 +93,8 @@ func TestRestartPrimaryDaemonWinsClaim(t *testing.T) {
 func TestRestartPrimaryDaemonArbiterDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.1"] = true
-		fp.arb.unreachable["10.0.0.2"] = true
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.1", true)
+		fp.unreachable("10.0.0.2", true)
 		fp.crash(fp.a)
 		fp.restart(fp.a)
 		time.Sleep(10 * time.Second)
@@ -114,9 +108,7 @@ func TestRestartPrimaryDaemonArbiterDown(t *testing.T) {
 		if s := fp.a.status(t, "web"); s.State != ctl.StateResolving || !strings.Contains(s.Detail, "arbiter cannot be reached") {
 			t.Fatalf("host a: %+v", s)
 		}
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.1"] = false
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.1", false)
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected {
@@ -157,9 +149,7 @@ func TestRestartBackupDaemon(t *testing.T) {
 func TestRestartBackupDaemonAfterEndWins(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = true
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", true)
 		killPrimary(t, fp)
 		q := fp.b.hv.running(runUUID)
 		if q == nil {
@@ -169,9 +159,7 @@ func TestRestartBackupDaemonAfterEndWins(t *testing.T) {
 			t.Fatalf("host b: mode %s, want none (END fed)", mode)
 		}
 		fp.crash(fp.b)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = false
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", false)
 		fp.restart(fp.b)
 		time.Sleep(time.Second)
 		synctest.Wait()
@@ -192,9 +180,7 @@ func TestRestartBackupDaemonAfterEndWins(t *testing.T) {
 func TestRestartBackupDaemonAfterEndLoses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = true
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", true)
 		fp.net.sever("10.0.0.2")
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
@@ -202,9 +188,7 @@ func TestRestartBackupDaemonAfterEndLoses(t *testing.T) {
 			t.Fatalf("host a: %+v", s)
 		}
 		fp.crash(fp.b)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = false
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", false)
 		fp.restart(fp.b)
 		time.Sleep(time.Second)
 		synctest.Wait()

@@ -558,9 +558,7 @@ func TestLogChannelFromAnotherHostRefused(t *testing.T) {
 func TestRunsPartitionArbiterUnreachablePrimaryPauses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.1"] = true
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.1", true)
 		fp.net.sever("10.0.0.1")
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
@@ -573,9 +571,7 @@ func TestRunsPartitionArbiterUnreachablePrimaryPauses(t *testing.T) {
 		if s := fp.b.status(t, "web"); s.State != ctl.StateLive {
 			t.Fatalf("host b: %+v", s)
 		}
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.1"] = false
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.1", false)
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		if fp.a.hv.running(runUUID) != nil {
@@ -590,9 +586,7 @@ func TestRunsPartitionArbiterUnreachablePrimaryPauses(t *testing.T) {
 func TestRunsPartitionArbiterUnreachableBackupPauses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = true
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", true)
 		fp.net.sever("10.0.0.2")
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
@@ -610,9 +604,7 @@ func TestRunsPartitionArbiterUnreachableBackupPauses(t *testing.T) {
 		if paused || fp.a.status(t, "web").State != ctl.StateUnprotected {
 			t.Fatalf("host a: paused %v, %+v", paused, fp.a.status(t, "web"))
 		}
-		fp.arb.mu.Lock()
-		fp.arb.unreachable["10.0.0.2"] = false
-		fp.arb.mu.Unlock()
+		fp.unreachable("10.0.0.2", false)
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		if fp.b.hv.running(runUUID) != nil {
