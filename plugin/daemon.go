@@ -612,7 +612,7 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 		return fmt.Errorf("the backup host refuses: %w", err)
 	}
 	if !validEpoch(req.Epoch) {
-		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-16 characters of 0-9a-z)", req.Epoch)
+		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-12 characters of 0-9a-z)", req.Epoch)
 	}
 	if mine := d.cfg.arbiterName(); req.Arbiter != mine {
 		return fmt.Errorf("the backup host refuses: its split-brain arbiter is %q, the primary's is %q: both hosts must claim on the same arbiter, or a partition could run the VM on both; make arbiter and arbiter-etcd (or arbiter-dir) the same in %s on both hosts", mine, req.Arbiter, DefaultConfigPath)
