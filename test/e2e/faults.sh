@@ -125,7 +125,9 @@ for fault in "${faults[@]}"; do
 	SCRATCH+=("$out_echo" "$out_stream" "$frames_a" "$frames_b")
 	for h in a b; do
 		f=$frames_a; [ $h = b ] && f=$frames_b
-		ip netns exec ftlab-lan tcpdump -i "veth-$h" -n -e -l -tt "ether src $GUEST_MAC" >"$f" 2>/dev/null &
+		# -Q in: frames host h sends into the LAN (the bridge also floods
+		# the other host's broadcasts out of this port).
+		ip netns exec ftlab-lan tcpdump -Q in -i "veth-$h" -n -e -l -tt "ether src $GUEST_MAC" >"$f" 2>/dev/null &
 		pids+=($!)
 	done
 	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
@@ -190,7 +192,10 @@ for fault in "${faults[@]}"; do
 	ft_on "$where" status "$DOMAIN" 2>/dev/null | sed 's/^/     /' || true
 	ft_on "$other" status "$DOMAIN" 2>/dev/null | sed 's/^/     /' || true
 	result=pass why=""
-	[ "$n_other" -eq 0 ] || { result=FAIL; why+=" $n_other frames from host $other after the fault;"; }
+	if [ "$n_other" -ne 0 ]; then
+		result=FAIL; why+=" $n_other frames from host $other after the fault;"
+		awk -v t="$t_from" '$1 + 0 > t + 0' "$fo" | head -n 5 | sed "s/^/     from host $other: /"
+	fi
 	[ "$n_here" -gt 0 ] || { result=FAIL; why+=" no frames from host $where;"; }
 	[ $rc_echo -eq 0 ] || { result=FAIL; why+=" echo client failed;"; }
 	[ $rc_stream -eq 0 ] || { result=FAIL; why+=" stream client failed;"; }
