@@ -35,6 +35,7 @@ var allowed = map[string][]string{
 	"test/arch":            {},
 	"test/tools/diskcheck": {},
 	"test/tools/gaterelay": {},
+	"test/tools/hostile":   {"logchan"},
 	"test/tools/rrdump":    {"logchan"},
 	"test/tools/rxcheck":   {"logchan"},
 	"test/tools/tcpcheck":  {},
