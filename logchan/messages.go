@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"syscall"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
 )
@@ -258,7 +260,7 @@ func (c *Conn) Seed(path string, want FileDigest, r io.Reader, progress func(don
 		n, rerr := r.Read(buf)
 		if n > 0 {
 			if err := c.WriteData(buf[:n]); err != nil {
-				return err
+				return c.refusalOr(err)
 			}
 			done += int64(n)
 			if progress != nil {
@@ -273,9 +275,27 @@ func (c *Conn) Seed(path string, want FileDigest, r io.Reader, progress func(don
 		}
 	}
 	if err := c.WriteControl(ControlRequest{Op: OpSeedEnd, Path: path}); err != nil {
-		return err
+		return c.refusalOr(err)
 	}
 	return c.readReply(nil)
+}
+
+// refusalOr is the error of a write that failed because the peer refused
+// the request and closed the connection: its reply, already sent, says
+// why; writeErr if there is none.
+func (c *Conn) refusalOr(writeErr error) error {
+	if !isConnReset(writeErr) {
+		return writeErr // not closed by the peer: a read could wait
+	}
+	if err := c.readReply(nil); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
+		return err
+	}
+	return writeErr
+}
+
+// isConnReset: the peer reset the connection (ECONNRESET, EPIPE).
+func isConnReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // RecvControl reads the next frame of a control connection: a request

@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -114,7 +115,7 @@ func main() {
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
 			report(name, "accepted", "no answer within 10 s: "+err.Error())
-		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET):
 			report(name, "dropped", err.Error())
 		case strings.Contains(err.Error(), want):
 			report(name, "refused", err.Error())
