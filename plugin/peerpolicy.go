@@ -157,30 +157,33 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 			add(field, "character devices on host devices, pipes, stdio or the network are not accepted from the peer; use pty, null, a file under "+chardevLogs+" or a unix socket libvirt places")
 		}
 	}
-	logFile := func(field string, l *libvirtxml.DomainChardevLog) {
-		if l != nil && l.File != "" && !under(l.File, chardevLogs) {
-			add(field+"/log", fmt.Sprintf("log file %s is outside %s", l.File, chardevLogs))
+	// Every character device: its source and its log file.
+	type cdev struct {
+		src *libvirtxml.DomainChardevSource
+		log *libvirtxml.DomainChardevLog
+	}
+	var cdevs []cdev
+	var kinds []string
+	for _, s := range d.Serials {
+		cdevs, kinds = append(cdevs, cdev{s.Source, s.Log}), append(kinds, "serial")
+	}
+	for _, c := range d.Consoles {
+		cdevs, kinds = append(cdevs, cdev{c.Source, c.Log}), append(kinds, "console")
+	}
+	for _, p := range d.Parallels {
+		cdevs, kinds = append(cdevs, cdev{p.Source, p.Log}), append(kinds, "parallel")
+	}
+	for _, c := range d.Channels {
+		cdevs, kinds = append(cdevs, cdev{c.Source, c.Log}), append(kinds, "channel")
+	}
+	nth := map[string]int{}
+	for i, c := range cdevs {
+		nth[kinds[i]]++
+		f := fmt.Sprintf("/domain/devices/%s[%d]", kinds[i], nth[kinds[i]])
+		chardev(f, c.src)
+		if l := c.log; l != nil && l.File != "" && !under(l.File, chardevLogs) {
+			add(f+"/log", fmt.Sprintf("log file %s is outside %s", l.File, chardevLogs))
 		}
-	}
-	for i := range d.Serials {
-		f := fmt.Sprintf("/domain/devices/serial[%d]", i+1)
-		chardev(f, d.Serials[i].Source)
-		logFile(f, d.Serials[i].Log)
-	}
-	for i := range d.Consoles {
-		f := fmt.Sprintf("/domain/devices/console[%d]", i+1)
-		chardev(f, d.Consoles[i].Source)
-		logFile(f, d.Consoles[i].Log)
-	}
-	for i := range d.Parallels {
-		f := fmt.Sprintf("/domain/devices/parallel[%d]", i+1)
-		chardev(f, d.Parallels[i].Source)
-		logFile(f, d.Parallels[i].Log)
-	}
-	for i := range d.Channels {
-		f := fmt.Sprintf("/domain/devices/channel[%d]", i+1)
-		chardev(f, d.Channels[i].Source)
-		logFile(f, d.Channels[i].Log)
 	}
 	if len(d.Memorydevs) > 0 {
 		add("/domain/devices/memory", "memory devices (NVDIMM, virtio-pmem) map host files and are not accepted from the peer; remove them")

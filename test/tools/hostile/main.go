@@ -123,7 +123,9 @@ func main() {
 			report(name, "accepted", "refused for another reason than "+strconv.Quote(want)+": "+err.Error())
 		}
 	}
-	control := func(name string, u string, req logchan.ControlRequest, want string) {
+	// attempt opens a control connection for domain u and runs try on it
+	// within 10 s; an error is judged by refusal, success is accepted.
+	attempt := func(name, u, want string, try func(*logchan.Conn) (string, error)) {
 		c, lc, err := open(withCert, hello(u, logchan.RoleControl))
 		if err != nil {
 			refusal(name, err, want)
@@ -131,28 +133,25 @@ func main() {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		var out any
-		if err := lc.Request(req, &out); err != nil {
+		done, err := try(lc)
+		if err != nil {
 			refusal(name, err, want)
 			return
 		}
-		report(name, "accepted", fmt.Sprint(out))
+		report(name, "accepted", done)
+	}
+	control := func(name string, u string, req logchan.ControlRequest, want string) {
+		attempt(name, u, want, func(lc *logchan.Conn) (string, error) {
+			var out any
+			err := lc.Request(req, &out)
+			return fmt.Sprint(out), err
+		})
 	}
 	seed := func(name, u, path, want string) {
-		c, lc, err := open(withCert, hello(u, logchan.RoleControl))
-		if err != nil {
-			refusal(name, err, want)
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		data := []byte("hostile bytes\n")
-		err = lc.Seed(path, digest(data), strings.NewReader(string(data)), nil)
-		if err != nil {
-			refusal(name, err, want)
-			return
-		}
-		report(name, "accepted", "wrote "+path)
+		attempt(name, u, want, func(lc *logchan.Conn) (string, error) {
+			data := []byte("hostile bytes\n")
+			return "wrote " + path, lc.Seed(path, digest(data), strings.NewReader(string(data)), nil)
+		})
 	}
 
 	// 2. Hashing what is not a disk of the domain.
