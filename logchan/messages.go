@@ -287,10 +287,13 @@ func (c *Conn) refusalOr(writeErr error) error {
 	if !isConnReset(writeErr) {
 		return writeErr // not closed by the peer: a read could wait
 	}
-	if err := c.readReply(nil); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
-		return err
+	err := c.readReply(nil)
+	var ne net.Error
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		isConnReset(err) || (errors.As(err, &ne) && ne.Timeout()) {
+		return writeErr // no whole reply: the write's error says it
 	}
-	return writeErr
+	return err
 }
 
 // isConnReset: the peer reset the connection (ECONNRESET, EPIPE).
