@@ -31,6 +31,7 @@ build:
 	$(GO) build -o $(BIN)/rrdump ./test/tools/rrdump
 	$(GO) build -o $(BIN)/gaterelay ./test/tools/gaterelay
 	$(GO) build -o $(BIN)/hostile ./test/tools/hostile
+	$(GO) build -o $(BIN)/fdstore ./test/tools/fdstore
 
 guest:
 	test/guest/build.sh $(GUEST)

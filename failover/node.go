@@ -120,6 +120,9 @@ type Status struct {
 	// LastIgnored is the last of them, for a log note.
 	Ignored     int
 	LastIgnored string
+	// PeerRestarting is set while the peer's daemon restarts (it said
+	// ByeRestarting) and its channel is not back yet.
+	PeerRestarting bool
 }
 
 // Node is the failover state machine of one protected domain on one host.
@@ -136,6 +139,10 @@ type Node struct {
 	peerEnded  bool
 	chanOpen   bool
 	vmStopping bool // HaltVM or StopPrimaryVM emitted; Cleanup on QEMUExited
+	// peerRestarting: the peer said ByeRestarting; it is lost unless
+	// ChannelUp comes by restartBy (a tick).
+	peerRestarting bool
+	restartBy      int64
 
 	now       int64
 	lastHeard int64
@@ -195,6 +202,7 @@ func (n *Node) Status() Status {
 		BackupIcount: n.icount, Unread: n.unread, DrainTarget: n.target,
 		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
+		PeerRestarting: n.peerRestarting,
 	}
 }
 
@@ -221,6 +229,10 @@ func (n *Node) peerName() string {
 // and lock retries.
 func (n *Node) Tick() {
 	n.now++
+	if n.peerRestarting && n.now >= n.restartBy {
+		n.peerRestarting = false
+		n.peerLost(fmt.Sprintf("the %s's daemon did not bring the log channel back within %d ticks of its restart", n.peerName(), n.restartGrace()))
+	}
 	if n.chanOpen && (n.state == StateReplicating || n.state == StateSwitchingOver) &&
 		n.now-n.lastHeard >= int64(n.cfg.HeartbeatTimeout) {
 		n.peerLost(fmt.Sprintf("no frame from the %s for %d ticks", n.peerName(), n.now-n.lastHeard))
@@ -280,6 +292,35 @@ func (n *Node) Step(ev Event) {
 }
 
 func (n *Node) heard() { n.lastHeard = n.now }
+
+func (n *Node) restartGrace() int {
+	if n.cfg.RestartGrace > 0 {
+		return n.cfg.RestartGrace
+	}
+	return n.cfg.HeartbeatTimeout
+}
+
+// peerRestarts: the peer's daemon said ByeRestarting. Its channel is
+// closed (no heartbeats go out) and silence is not counted; the peer is
+// lost if the channel is not back (ChannelUp) within the restart grace.
+func (n *Node) peerRestarts() {
+	n.chanOpen = false
+	n.peerRestarting = true
+	n.restartBy = n.now + int64(n.restartGrace())
+	n.reason = "the " + n.peerName() + "'s daemon is restarting"
+}
+
+// channelUp: a (new) log channel of this pairing is up; after a restart
+// it ends the grace.
+func (n *Node) channelUp() {
+	if n.peerRestarting {
+		n.peerRestarting = false
+		n.chanOpen = true
+		n.sinceBeat = 0
+		n.reason = ""
+	}
+	n.heard()
+}
 
 func (n *Node) closeChannel() {
 	if n.chanOpen {
@@ -351,20 +392,33 @@ func (n *Node) peerLost(cause string) {
 
 func (n *Node) stepPrimary(ev Event) bool {
 	switch e := ev.(type) {
-	case HeartbeatReceived, ChannelUp:
+	case HeartbeatReceived:
 		n.heard()
+	case ChannelUp:
+		n.channelUp()
 	case AckReceived:
 		n.ack(e)
 	case ChannelDown:
 		n.chanOpen = false
+		if n.peerRestarting {
+			return true // the restarting backup's old channel
+		}
 		n.peerLost("channel down: " + e.Reason)
 	case PeerBye:
-		if e.Clean && e.Reason == ByeSwitchover {
+		switch {
+		case n.peerRestarting:
+			return false
+		case e.Clean && e.Reason == ByeRestarting:
+			n.peerRestarts()
+		case e.Clean && e.Reason == ByeSwitchover:
 			n.startSwitchover(false)
-		} else {
+		default:
 			n.peerLost("backup said bye: " + e.Reason)
 		}
 	case SwitchoverRequested:
+		if n.peerRestarting {
+			return false
+		}
 		n.startSwitchover(true)
 	case QEMUExited:
 		if e.Clean {
@@ -566,8 +620,10 @@ func (n *Node) stepClaiming(ev Event) bool {
 
 func (n *Node) stepBackup(ev Event) bool {
 	switch e := ev.(type) {
-	case HeartbeatReceived, ChannelUp:
+	case HeartbeatReceived:
 		n.heard()
+	case ChannelUp:
+		n.channelUp()
 	case LogReceived:
 		n.heard()
 		n.logOffset = max(n.logOffset, e.Offset)
@@ -580,11 +636,16 @@ func (n *Node) stepBackup(ev Event) bool {
 		if n.peerEnded {
 			return false // expected: the primary closed after its bye
 		}
+		if n.peerRestarting {
+			return true // the restarting primary's old channel
+		}
 		n.peerLost("channel down: " + e.Reason)
 	case PeerBye:
 		switch {
-		case n.peerEnded:
+		case n.peerEnded || n.peerRestarting:
 			return false
+		case e.Clean && e.Reason == ByeRestarting:
+			n.peerRestarts()
 		case e.Clean && e.Reason == ByeSwitchover:
 			n.startGoLive("switchover asked by the primary", true, false)
 		case e.Clean && e.Reason != ByeLive:
@@ -597,7 +658,7 @@ func (n *Node) stepBackup(ev Event) bool {
 			n.peerLost("primary said bye: " + e.Reason)
 		}
 	case SwitchoverRequested:
-		if n.peerEnded {
+		if n.peerEnded || n.peerRestarting {
 			return false
 		}
 		n.startGoLive("switchover", true, true)

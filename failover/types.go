@@ -133,6 +133,12 @@ const (
 	// ByeLive (backup → primary, Clean): the backup went live at the end
 	// of a planned switchover; the primary stops its VM.
 	ByeLive = "live"
+	// ByeRestarting (either way, Clean): the peer's daemon stops for a
+	// planned restart and hands its QEMU's descriptors to the next
+	// process (systemd's file descriptor store). The channel closes; the
+	// peer is lost only if a new channel of the same pairing is not up
+	// (ChannelUp) within Config.RestartGrace ticks.
+	ByeRestarting = "restarting"
 )
 
 // Errors returned by Config.Validate (and New).
@@ -174,6 +180,10 @@ type Config struct {
 	// long, rather than waiting forever. 0 turns the check off. The
 	// daemon's default is twice the heartbeat timeout.
 	StallTimeout int
+	// RestartGrace is the number of ticks a peer that said ByeRestarting
+	// has to bring the log channel back before it is declared lost. 0
+	// means HeartbeatTimeout.
+	RestartGrace int
 }
 
 // Validate reports whether c can drive a Node.
@@ -192,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if c.StallTimeout < 0 {
 		return fmt.Errorf("%w (got %d)", ErrBadStall, c.StallTimeout)
+	}
+	if c.RestartGrace < 0 {
+		return fmt.Errorf("failover: RestartGrace must be >= 0 ticks (got %d)", c.RestartGrace)
 	}
 	return nil
 }

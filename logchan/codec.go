@@ -331,6 +331,29 @@ const (
 // past the header fails on a pipe, replay_enable in replay/replay.c).
 func NewStreamDecoder() *Decoder { return &Decoder{} }
 
+// ResumeStreamDecoder returns a stream decoder that goes on where another
+// one (in a process before a planned restart) stopped: off, events and
+// instr are its Offset, Events and Instructions, pending the bytes of its
+// incomplete event (PendingBytes). Every count goes on from there; Feed
+// returns pending's bytes with the rest of their event.
+func ResumeStreamDecoder(off, events, instr uint64, pending []byte) (*Decoder, error) {
+	d := &Decoder{off: off, events: events, instr: instr}
+	if len(pending) > 0 {
+		c, err := d.Feed(pending)
+		if err != nil {
+			return nil, err
+		}
+		if len(c.Data) > 0 {
+			return nil, fmt.Errorf("logchan: resuming a decoder: its %d pending bytes hold a whole event", len(pending))
+		}
+	}
+	return d, nil
+}
+
+// PendingBytes returns a copy of the bytes of the incomplete event (see
+// ResumeStreamDecoder).
+func (d *Decoder) PendingBytes() []byte { return append([]byte(nil), d.pend...) }
+
 // NewFileDecoder returns a decoder for a log file: a 12-byte header (the
 // big-endian version dword and 8 unused bytes), then events. A finished
 // log carries LogVersionQEMU72; a log still being written carries 0 and is

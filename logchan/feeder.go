@@ -69,6 +69,29 @@ func NewFeeder(path string, version uint32) (*Feeder, error) {
 	return &Feeder{f: f, rc: rc}, nil
 }
 
+// AdoptFeeder makes a Feeder of f, FIFO B's write end handed over by a
+// process before a planned restart, whose Feeder had written off bytes of
+// instr instructions in events events (its version dword already
+// written). f is put in non-blocking mode.
+func AdoptFeeder(f *os.File, off, instr, events uint64) (*Feeder, error) {
+	nf, err := pollable(f)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := nf.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("logchan: %s: %w", f.Name(), err)
+	}
+	fd := &Feeder{f: nf, rc: rc}
+	fd.off.Store(off)
+	fd.instr.Store(instr)
+	fd.events.Store(events)
+	return fd, nil
+}
+
+// File returns FIFO B's file (for a handover).
+func (fd *Feeder) File() *os.File { return fd.f }
+
 // Write writes data, which must be whole events (a Chunk.Data, or a Log
 // frame's events): it is checked first and refused, with nothing written,
 // if it ends inside an event or is corrupt. Write blocks while FIFO B is

@@ -166,6 +166,35 @@ func OpenRecordReader(path string) (*RecordReader, error) {
 	return &RecordReader{f: f, rc: rc}, nil
 }
 
+// AdoptRecordReader makes a RecordReader of f, FIFO A's read end handed
+// over by a process before a planned restart (systemd's file descriptor
+// store) whose reader had read read bytes; QEMU is connected. f is put in
+// non-blocking mode.
+func AdoptRecordReader(f *os.File, read uint64) (*RecordReader, error) {
+	nf, err := pollable(f)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := nf.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("logchan: %s: %w", f.Name(), err)
+	}
+	r := &RecordReader{f: nf, rc: rc, read: read}
+	r.connected.Store(true)
+	return r, nil
+}
+
+// File returns the FIFO's file (for a handover: systemd's file
+// descriptor store).
+func (r *RecordReader) File() *os.File { return r.f }
+
+// Read returns the number of bytes read so far.
+func (r *RecordReader) ReadBytes() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.read
+}
+
 // Connected reports whether a writer (QEMU) has been seen on the FIFO.
 func (r *RecordReader) Connected() bool { return r.connected.Load() }
 
@@ -289,4 +318,27 @@ func setPipeSize(rc syscall.RawConn, size int) (int, error) {
 		return 0, fmt.Errorf("logchan: F_SETPIPE_SZ %d: %w", size, err)
 	}
 	return got, nil
+}
+
+// pollable returns a non-blocking *os.File (one that waits in Go's poller,
+// so deadlines work) for the descriptor of f, which it closes: f may be
+// blocking, as the files of a systemd descriptor handover are.
+func pollable(f *os.File) (*os.File, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("logchan: %s: %w", f.Name(), err)
+	}
+	nfd := -1
+	var derr error
+	_ = raw.Control(func(fd uintptr) { nfd, derr = unix.Dup(int(fd)) })
+	if derr != nil {
+		return nil, fmt.Errorf("logchan: %s: dup: %w", f.Name(), derr)
+	}
+	f.Close()
+	unix.CloseOnExec(nfd)
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, fmt.Errorf("logchan: %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(nfd), f.Name()), nil
 }

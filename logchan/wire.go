@@ -266,6 +266,16 @@ type Hello struct {
 	// channel) or RoleControl (control requests); the server answers
 	// RoleBackup.
 	Role Role `json:"role"`
+	// Epoch (a log channel) is the pairing epoch of the prepare-backup
+	// that armed the backup: a channel of any other pairing is refused.
+	Epoch string `json:"epoch,omitempty"`
+	// Resume (a log channel) asks for the channel of a pairing whose
+	// previous channel ended with a ByeRestarting (a planned restart of
+	// either daemon) to go on at Offset, the stream offset (bytes) of the
+	// next log byte the primary sends; the backup refuses unless it has
+	// received exactly Offset bytes.
+	Resume bool   `json:"resume,omitempty"`
+	Offset uint64 `json:"offset,omitempty"`
 }
 
 // HelloReply answers a Hello with the server's own identity.

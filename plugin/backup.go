@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -84,6 +83,16 @@ type backupRun struct {
 	// liveRecord: the stock go-live path's record FIFO and its discarding
 	// reader (prepareLive), handed to the live primary.
 	liveRecord string
+	// q holds received log frames until they are in FIFO B (startCore).
+	q *frameQueue
+	// awaitingResume: the primary's daemon said ByeRestarting (or this
+	// run was adopted after this daemon's own restart): a resumed log
+	// channel of the same epoch at the received offset may attach.
+	awaitingResume bool
+	// handingOver: this daemon stops for a planned restart (handOver);
+	// linkEOF is closed when the primary closed its direction.
+	handingOver bool
+	linkEOF     chan struct{}
 }
 
 // armBackup arms a backup of the primary described by req on this host: it
@@ -275,60 +284,94 @@ func (b *backupRun) status() ctl.DomainStatus {
 // only, contiguous offsets) and acknowledges with the offset now in FIFO B
 // and the backup QEMU's icount. A malformed frame drops the connection,
 // never the VM. The failover core decides when to go live.
-func (b *backupRun) serveLog(pc *peerConn) {
+func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 	host, _, _ := net.SplitHostPort(pc.remote())
+	refuse := func(why string) {
+		b.log.Warnf("log channel from %s refused: %s", pc.remote(), why)
+		pc.bye(logchan.Bye{Reason: why})
+		pc.Close()
+	}
 	if !b.armedBy(host) {
 		// The log channel belongs to the host that armed this backup.
-		b.log.Warnf("log channel from %s refused: the backup was armed by %s", host, b.primaryHost)
-		pc.bye(logchan.Bye{Reason: "the backup of " + b.uuid + " was armed by another host"})
-		pc.Close()
+		refuse("the backup of " + b.uuid + " was armed by another host")
+		return
+	}
+	if hello.Epoch != b.epoch {
+		// ... and to the pairing (the prepare-backup) that armed it.
+		refuse(fmt.Sprintf("the backup of %s was armed for pairing epoch %q, not %q", b.uuid, b.epoch, hello.Epoch))
 		return
 	}
 	b.mu.Lock()
-	feeder := b.feeder
-	busy := b.link != nil || b.drv != nil || !b.active()
-	if feeder != nil && !busy {
-		b.link = pc
-		b.peer = pc.remote()
+	var why string
+	switch {
+	case b.feeder == nil || !b.active() || b.goingLive || b.live:
+		why = "no backup armed for " + b.uuid + " that waits for a log channel"
+	case b.link != nil || (b.drv != nil && !hello.Resume):
+		// A second log channel for the same pairing is refused.
+		why = "no backup armed for " + b.uuid + " that waits for a log channel"
+	case hello.Resume && !b.awaitingResume:
+		why = "no planned restart of the pairing of " + b.uuid + " to resume from"
+	case hello.Resume && hello.Offset != b.received:
+		why = fmt.Sprintf("cannot resume the log at offset %d: the backup received %d bytes", hello.Offset, b.received)
+	}
+	first := b.drv == nil
+	if why == "" {
+		b.link, b.peer, b.awaitingResume = pc, pc.remote(), false
 	}
 	b.mu.Unlock()
-	if feeder == nil || busy {
-		// A second log channel for the same pairing is refused.
-		pc.bye(logchan.Bye{Reason: "no backup armed for " + b.uuid + " that waits for a log channel"})
-		pc.Close()
+	if why != "" {
+		refuse(why)
 		return
 	}
 	pc.startWriter()
 	b.undo.push(func() { pc.Close() })
-	b.setState(ctl.StateReplicating, "log channel up")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	if first {
+		b.setState(ctl.StateReplicating, "log channel up")
+		if !b.startCore() {
+			pc.Close()
+			return
+		}
+	} else {
+		b.setState(ctl.StateReplicating, "log channel resumed after a planned restart")
+		b.log.Info("log channel resumed after a planned restart")
+		pc.queueAck(b.ack())
+		if drv := b.driver(); drv != nil {
+			drv.Post(failover.ChannelUp{})
+		}
+	}
+	b.receive(pc)
+}
 
+// startCore starts this backup's failover core, the feed loop and the
+// FIFO B sampler: with the first log channel, or at once for a run
+// adopted after a planned restart (its primary must resume the channel
+// within the heartbeat timeout, or the backup goes live). It reports false
+// if the run closed meanwhile.
+func (b *backupRun) startCore() bool {
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
 	ring := newLogRing(logRingBytes)
 	var drv *failover.Driver
-	drv, err := failover.NewDriver(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg.statusInterval()), func(a failover.Action) { b.act(a, drv, pc, q) })
+	drv, err := failover.NewDriver(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg), func(a failover.Action) { b.act(a, drv, q) })
 	if err != nil {
 		b.setState(ctl.StateUnprotected, err.Error())
-		pc.Close()
-		return
+		return false
 	}
 	b.mu.Lock()
 	if !b.active() {
 		// Closed meanwhile: close saw no driver to stop.
 		b.mu.Unlock()
-		pc.Close()
-		return
+		return false
 	}
-	b.ring, b.stall, b.stallText, b.drv = ring, nil, "", drv
+	b.ring, b.stall, b.stallText, b.drv, b.q = ring, nil, "", drv, q
+	feeder := b.feeder
 	b.mu.Unlock()
 	go drv.Run()
 	go b.watchUnread(feeder, drv)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
-		b.feedLoop(ctx, pc, feeder, q, drv)
+		b.feedLoop(feeder, q, drv)
 	}()
 	// Without FeedEnd (the primary ended cleanly, the backup is discarded)
 	// nothing else would wake feedLoop once the run is closed.
@@ -339,13 +382,49 @@ func (b *backupRun) serveLog(pc *peerConn) {
 		case <-fed:
 		}
 	}()
+	return true
+}
 
-	var received uint64
+func (b *backupRun) currentLink() *peerConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.link
+}
+
+// receive reads the primary's log channel pc until it breaks or ends: log
+// frames are checked and queued for FIFO B, heartbeats tell which frames
+// the primary's gates sent. The end of a channel after the primary's
+// ByeRestarting, or during this daemon's own handover, is expected.
+func (b *backupRun) receive(pc *peerConn) {
+	drv := b.driver()
+	q := b.queue()
+	if drv == nil || q == nil {
+		pc.Close()
+		return
+	}
+	b.mu.Lock()
+	received := b.received
+	b.mu.Unlock()
 	for {
 		m, err := pc.recv()
 		if err != nil {
-			drv.Post(failover.ChannelDown{Reason: err.Error()})
+			b.mu.Lock()
+			handing, restarting := b.handingOver, b.awaitingResume
+			if b.link == pc && (handing || restarting) {
+				b.link = nil
+			}
+			eof := b.linkEOF
+			b.mu.Unlock()
+			if handing {
+				if eof != nil {
+					close(eof)
+				}
+				return
+			}
 			pc.Close()
+			if !restarting {
+				drv.Post(failover.ChannelDown{Reason: err.Error()})
+			}
 			return
 		}
 		switch m.Kind {
@@ -359,8 +438,14 @@ func (b *backupRun) serveLog(pc *peerConn) {
 				gates.forget(m.Heartbeat.Released)
 			}
 		case logchan.MsgBye:
+			if m.Bye.Clean && m.Bye.Reason == failover.ByeRestarting {
+				b.mu.Lock()
+				b.awaitingResume = !b.handingOver
+				b.mu.Unlock()
+				b.setState(ctl.StateReplicating, "the primary host's libvirt-ftd restarts (planned): waiting for its log channel")
+			}
 			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
-			if m.Bye.Clean {
+			if m.Bye.Clean && m.Bye.Reason != failover.ByeRestarting {
 				b.setState(ctl.StateReplicating, "primary said bye: "+peerText(m.Bye.Reason, 512)+"; replaying to the end of its log")
 			}
 		case logchan.MsgLog:
@@ -390,6 +475,12 @@ func (b *backupRun) serveLog(pc *peerConn) {
 			return
 		}
 	}
+}
+
+func (b *backupRun) queue() *frameQueue {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.q
 }
 
 // ack is the acknowledgement of this backup's current progress.
@@ -447,7 +538,7 @@ func (q *frameQueue) set(end, closed bool) {
 }
 
 // feedLoop writes queued frames into FIFO B and acknowledges them.
-func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder replayLog, q *frameQueue, drv *failover.Driver) {
+func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driver) {
 	for {
 		m, ok, end := q.pop()
 		if !ok {
@@ -474,7 +565,9 @@ func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder replayLog
 		// Feeder.Write refuses anything but whole events, writing nothing.
 		if err := feeder.Write(m.Data); err != nil {
 			drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("log frame at offset %d: %v", m.Offset, err)})
-			pc.Close()
+			if pc := b.currentLink(); pc != nil {
+				pc.Close()
+			}
 			q.set(false, true)
 			return
 		}
@@ -488,13 +581,16 @@ func (b *backupRun) feedLoop(ctx context.Context, pc *peerConn, feeder replayLog
 		fed := b.fed
 		b.mu.Unlock()
 		drv.Post(failover.LogReceived{Offset: m.Offset, Bytes: fed, Instructions: instr})
-		pc.queueAck(b.ack())
+		if pc := b.currentLink(); pc != nil {
+			pc.queueAck(b.ack())
+		}
 	}
 }
 
 // act carries out one action of the backup's failover core. It runs on
 // the driver's goroutine: anything slow runs in its own goroutine.
-func (b *backupRun) act(a failover.Action, drv *failover.Driver, pc *peerConn, q *frameQueue) {
+func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) {
+	pc := b.currentLink() // nil while the primary's daemon restarts: its methods do nothing
 	switch a := a.(type) {
 	case failover.SendHeartbeat:
 		pc.queueHeartbeat()

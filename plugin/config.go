@@ -71,6 +71,12 @@ type Config struct {
 	StatusIntervalMS int `yaml:"status-interval-ms"`
 	// DialTimeoutMS bounds connecting to the peer daemon (ms). Default 3000.
 	DialTimeoutMS int `yaml:"dial-timeout-ms"`
+	// RestartGraceMS is how long a daemon waits for its peer's daemon,
+	// stopping for a planned restart (systemctl restart; ByeRestarting),
+	// to bring the log channel back before it takes the peer for lost
+	// (ms). The primary's VM is paused meanwhile. Default 0: the domain's
+	// heartbeat timeout.
+	RestartGraceMS int `yaml:"restart-grace-ms"`
 	// SeedDirs are the directories a peer may write disk copies into when it
 	// seeds a backup (absolute paths). Default [/var/lib/libvirt/images].
 	SeedDirs []string `yaml:"seed-dirs"`
@@ -168,6 +174,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.DialTimeoutMS == 0 {
 		c.DialTimeoutMS = 3000
+	}
+	if c.RestartGraceMS < 0 {
+		c.RestartGraceMS = 0
 	}
 	if c.Arbiter == "" {
 		switch {

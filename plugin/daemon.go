@@ -44,6 +44,12 @@ type Daemon struct {
 	// pairings keeps each running protected domain's pairing epoch for
 	// a restarted daemon (restart.go).
 	pairings pairingStore
+	// handovers and inherited: the run state and the descriptors a daemon
+	// stopping for a planned restart handed to this one (handover.go),
+	// until adoptHandovers takes them.
+	handovers handoverStore
+	inherited map[string]*os.File
+	adoptOnce sync.Once
 	// quit is closed when the daemon stops.
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -125,6 +131,7 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	}
 	d := newDaemon(cfg, log, nil, arb)
 	d.pairings = pairingStore{dir: filepath.Join(cfg.runDir(), "pairings")}
+	d.handovers = handoverStore{dir: filepath.Join(cfg.runDir(), "handover")}
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
 	if cfg.PlainTCP {
@@ -176,6 +183,9 @@ func (d *Daemon) env() env {
 // Run serves until ctx is cancelled: the libvirt connection, the control
 // socket and the peer listener.
 func (d *Daemon) Run(ctx context.Context) error {
+	// Before anything else may open a descriptor: fds 3.. are the ones
+	// a stopping daemon handed over (LISTEN_FDS).
+	d.inherited = inheritedFiles()
 	uid, gid, err := d.cfg.qemuOwner()
 	if err != nil {
 		return err
@@ -197,6 +207,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("plugin: listen %s: %w; set listen in %s", d.cfg.Listen, err, DefaultConfigPath)
 	}
 	d.log.Infof("libvirt-ftd listening on %s (peers) and %s (control)", pl.Addr(), d.cfg.ControlSocket)
+	if len(d.inherited) > 0 {
+		d.log.Infof("planned restart: %d descriptors handed over by the previous libvirt-ftd", len(d.inherited))
+	}
+	_ = sdNotify("READY=1")
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -205,6 +219,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.serveControl(cl) }()
 	go func() { defer wg.Done(); d.servePeers(pl) }()
 	<-ctx.Done()
+	// A planned restart (systemd keeps descriptors): replicating domains
+	// go on under the next daemon (handover.go).
+	if handed := d.handOverAll(); len(handed) > 0 {
+		d.log.Infof("planned restart: %d domains handed over", len(handed))
+	}
 	close(stop)
 	cl.Close()
 	pl.Close()

@@ -1,8 +1,10 @@
 package plugin
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -94,6 +96,7 @@ type outputGates struct {
 	lns    []net.Listener
 	conns  []net.Conn
 	ins    map[int]net.Conn // gate j's IN connection, once QEMU connected
+	outs   map[int]net.Conn // gate j's OUT connection, once QEMU connected
 	paths  []string
 	closed bool
 }
@@ -218,9 +221,9 @@ func (og *outputGates) serve(log logrus.FieldLogger, j int, g *gate.Gate, lnOut,
 	}
 	og.mu.Lock()
 	if og.ins == nil {
-		og.ins = map[int]net.Conn{}
+		og.ins, og.outs = map[int]net.Conn{}, map[int]net.Conn{}
 	}
-	og.ins[j] = in
+	og.ins[j], og.outs[j] = in, out
 	og.mu.Unlock()
 	switch {
 	case og.backup:
@@ -230,11 +233,90 @@ func (og *outputGates) serve(log logrus.FieldLogger, j int, g *gate.Gate, lnOut,
 	default:
 		log.Infof("output gate %s: QEMU connected; holding frames until the backup acknowledges their log (positions + %d bytes for QEMU's stdio buffer)", ftxml.GateFilterID(j), stdioSlackBytes)
 	}
-	if err := g.Serve(out, in); err != nil && !errors.Is(err, net.ErrClosed) {
+	og.run(log, j, g, out, out, in)
+}
+
+// run serves gate j on QEMU's connections until QEMU closes OUT, or until
+// Detach (a planned restart hands the connections to the next process:
+// they stay open). r reads OUT (out, or what an earlier process read
+// beyond its last whole frame, then out).
+func (og *outputGates) run(log logrus.FieldLogger, j int, g *gate.Gate, r io.Reader, out, in net.Conn) {
+	err := g.Serve(r, in)
+	if errors.Is(err, gate.ErrDetached) {
+		return
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
 		log.WithError(err).Warnf("output gate %s: connection to QEMU dropped; the guest's frames are discarded from now on", ftxml.GateFilterID(j))
 	}
 	out.Close()
 	in.Close()
+}
+
+// readerWithDeadline reads prefix, then conn; SetReadDeadline reaches conn
+// (gate.Detach needs it).
+type readerWithDeadline struct {
+	io.Reader
+	conn net.Conn
+}
+
+func (r readerWithDeadline) SetReadDeadline(t time.Time) error { return r.conn.SetReadDeadline(t) }
+
+// adoptGates serves the gates of a domain whose QEMU connections were
+// handed over by a daemon stopping for a planned restart: conns[j] is
+// gate j's OUT and IN, hs[j] what that daemon's gate had counted and read.
+// Frames are tagged by position(j) as openGates and openBackupGates do.
+func adoptGates(e env, og *outputGates, conns [][2]net.Conn, hs []gateHandover, position func(j int) func() uint64) error {
+	for j := range conns {
+		g, err := gate.New(gate.Config{Enabled: true, Position: position(j), EvictOldest: og.backup,
+			FramesBefore: hs[j].Frames, Log: e.log.WithField("gate", ftxml.GateFilterID(j))})
+		if err != nil {
+			og.close()
+			return err
+		}
+		out, in := conns[j][0], conns[j][1]
+		og.mu.Lock()
+		og.conns = append(og.conns, out, in)
+		if og.ins == nil {
+			og.ins, og.outs = map[int]net.Conn{}, map[int]net.Conn{}
+		}
+		og.ins[j], og.outs[j] = in, out
+		og.mu.Unlock()
+		og.gates = append(og.gates, g)
+		var r io.Reader = out
+		if len(hs[j].Leftover) > 0 {
+			r = readerWithDeadline{Reader: io.MultiReader(bytes.NewReader(hs[j].Leftover), out), conn: out}
+		}
+		go og.run(e.log, j, g, r, out, in)
+	}
+	return nil
+}
+
+// detach ends every gate's Serve at a frame boundary for a handover and
+// returns, per gate, its OUT and IN connections and what the next
+// process's gate needs. Every gate must have nothing held or unwritten
+// (the caller quiesced the pair); otherwise an error, and the gates
+// already detached stay so (the caller abandons the handover).
+func (og *outputGates) detach(timeout time.Duration) ([][2]net.Conn, []gateHandover, error) {
+	var conns [][2]net.Conn
+	var hs []gateHandover
+	for j, g := range og.gates {
+		og.mu.Lock()
+		out, in := og.outs[j], og.ins[j]
+		og.mu.Unlock()
+		if out == nil || in == nil {
+			return nil, nil, fmt.Errorf("output gate %s: QEMU is not connected", ftxml.GateFilterID(j))
+		}
+		left, unwritten, err := g.Detach(timeout)
+		if err != nil {
+			return nil, nil, fmt.Errorf("output gate %s: %w", ftxml.GateFilterID(j), err)
+		}
+		if unwritten > 0 {
+			return nil, nil, fmt.Errorf("output gate %s: %d frames held or unwritten", ftxml.GateFilterID(j), unwritten)
+		}
+		conns = append(conns, [2]net.Conn{out, in})
+		hs = append(hs, gateHandover{Frames: g.Stats().ReadFrames, Leftover: left})
+	}
+	return conns, hs, nil
 }
 
 // ack releases the frames covered by the backup's acknowledgement of pos

@@ -56,6 +56,13 @@ func newPeerConn(nc net.Conn) *peerConn {
 }
 
 func dialPeer(e env, addr string, role logchan.Role, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
+	return dialHello(e, addr, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: uuid,
+		QEMUVersion: qemuVer, LogVersion: logVer, Role: role})
+}
+
+// dialHello connects to the peer daemon at addr and runs the handshake
+// with hello; bounded by the dial timeout.
+func dialHello(e env, addr string, hello logchan.Hello) (*peerConn, error) {
 	timeout := e.cfg.dialTimeout()
 	nc, err := e.dial(addr, timeout)
 	if err != nil {
@@ -63,8 +70,7 @@ func dialPeer(e env, addr string, role logchan.Role, uuid, qemuVer string, logVe
 	}
 	pc := newPeerConn(nc)
 	_ = nc.SetDeadline(time.Now().Add(timeout))
-	if _, err := logchan.ClientHandshake(pc.c, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: uuid,
-		QEMUVersion: qemuVer, LogVersion: logVer, Role: role}); err != nil {
+	if _, err := logchan.ClientHandshake(pc.c, hello); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -77,10 +83,13 @@ func dialControl(e env, addr, uuid, qemuVer string, logVer uint32) (*peerConn, e
 	return dialPeer(e, addr, logchan.RoleControl, uuid, qemuVer, logVer)
 }
 
-// dialLog opens the primary's log channel (logchan.RolePrimary) and starts
-// its writer.
-func dialLog(e env, addr, uuid, qemuVer string, logVer uint32) (*peerConn, error) {
-	pc, err := dialPeer(e, addr, logchan.RolePrimary, uuid, qemuVer, logVer)
+// dialLog opens the primary's log channel (logchan.RolePrimary) of the
+// pairing epoch and starts its writer. resume, with offset: the channel
+// of a pairing whose previous one ended for a planned restart
+// (logchan.Hello.Resume).
+func dialLog(e env, addr, uuid, qemuVer string, logVer uint32, epoch string, resume bool, offset uint64) (*peerConn, error) {
+	pc, err := dialHello(e, addr, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: uuid,
+		QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RolePrimary, Epoch: epoch, Resume: resume, Offset: offset})
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +101,9 @@ func (p *peerConn) remote() string { return p.nc.RemoteAddr().String() }
 
 // Close closes the connection and ends the writer.
 func (p *peerConn) Close() error {
+	if p == nil { // no channel: nothing to say
+		return nil
+	}
 	p.mu.Lock()
 	p.stopped = true
 	p.cond.Broadcast()
@@ -150,6 +162,9 @@ func (p *peerConn) startWriter() {
 // writer sends the field-wise maximum of those queued since its last
 // write, so the latest progress is never lost behind an older value.
 func (p *peerConn) queueAck(a logchan.Ack) {
+	if p == nil { // no channel: nothing to say
+		return
+	}
 	p.mu.Lock()
 	p.ack = logchan.Ack{Offset: max(p.ack.Offset, a.Offset), Executed: max(p.ack.Executed, a.Executed),
 		Fed: max(p.ack.Fed, a.Fed), Received: max(p.ack.Received, a.Received)}
@@ -160,6 +175,9 @@ func (p *peerConn) queueAck(a logchan.Ack) {
 
 // queueHeartbeat asks the writer for a heartbeat (at most one pending).
 func (p *peerConn) queueHeartbeat() {
+	if p == nil { // no channel: nothing to say
+		return
+	}
 	p.mu.Lock()
 	p.beat = true
 	p.cond.Broadcast()
@@ -177,6 +195,9 @@ func (p *peerConn) writeHeartbeat() error {
 
 // bye sends an orderly Bye.
 func (p *peerConn) bye(b logchan.Bye) {
+	if p == nil { // no channel: nothing to say
+		return
+	}
 	p.deadline()
 	_ = p.c.WriteBye(b)
 }
@@ -185,6 +206,9 @@ func (p *peerConn) bye(b logchan.Bye) {
 // before it is delivered (a plain close with unread acks pending may reset
 // the connection and lose the tail); the reader sees EOF when the peer closes.
 func (p *peerConn) closeWrite() {
+	if p == nil { // no channel: nothing to say
+		return
+	}
 	p.mu.Lock()
 	p.stopped = true
 	p.cond.Broadcast()

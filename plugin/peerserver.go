@@ -101,7 +101,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 			nc.Close()
 			return
 		}
-		b.serveLog(pc)
+		b.serveLog(pc, hello)
 	case logchan.RoleControl:
 		d.serveControlConn(pc, hello.DomainUUID)
 	}

@@ -69,8 +69,14 @@ type primaryRun struct {
 	gates      *outputGates
 	lastGates  []ctl.Gate
 	drv        *failover.Driver
-	final      failover.Status // the driver's last view, once closed
-	finalTm    failover.Timings
+	ps         *pumpState // the log pump's, once it runs
+	// restartPaused: the VM was paused while the backup's daemon
+	// restarts (quiesceForPeer); a resumed link or ReportUnprotected
+	// resumes it.
+	restartPaused   bool
+	restartPausedAt time.Time
+	final           failover.Status // the driver's last view, once closed
+	finalTm         failover.Timings
 
 	// from: the backup run this live primary came from (go-live); its
 	// failover core's timings stay in the status.
@@ -252,7 +258,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
 	p.undo.push(func() { p.releaseGates() })
-	link, err := dialLog(p.env, p.peer, p.uuid, qemuVer, logVer)
+	link, err := dialLog(p.env, p.peer, p.uuid, qemuVer, logVer, epoch, false, 0)
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: log channel to %s: %w", p.name, p.peer, err)
 	}
@@ -264,7 +270,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	p.recordFIFO, p.rr, p.link, p.gates = fifo, rr, link, gates
 	p.mu.Unlock()
 	p.setState(ctl.StateWaiting, "waiting for QEMU to record")
-	go p.pump(rr, link, gates)
+	go p.pump(rr, link, gates, logchan.NewStreamDecoder())
 	return nil
 }
 
@@ -310,37 +316,70 @@ func pct(a, b int64) int64 {
 	return a * 100 / b
 }
 
+// pumpState is what the log pump shares with the log channel's receiver
+// (one per link: a planned restart of either daemon replaces the link) and
+// with a handover.
+type pumpState struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	// acked: the backup's acknowledged offset (bytes in FIFO B).
+	acked uint64
+	// discard (DrainLocally): stop sending, keep reading.
+	discard bool
+	// held: the link is held for a planned restart of the backup's
+	// daemon (it said ByeRestarting): nothing is sent until a resumed
+	// link is attached (or discard).
+	held bool
+	// handover: this daemon stops for a planned restart; the pump ends
+	// at its next read, leaving FIFO A and its decoder to handOver.
+	handover bool
+	dec      *logchan.Decoder
+	ended    chan struct{} // closed when the pump returned
+	// sentOnLink is the stream offset (exclusive end) of the log written
+	// to the log channel: the most the backup can have received.
+	sentOnLink atomic.Uint64
+}
+
+func (ps *pumpState) setDiscard() {
+	ps.mu.Lock()
+	ps.discard = true
+	ps.cond.Broadcast()
+	ps.mu.Unlock()
+}
+
+func (ps *pumpState) setHeld(held bool) {
+	ps.mu.Lock()
+	ps.held = held
+	ps.cond.Broadcast()
+	ps.mu.Unlock()
+}
+
 // pump reads FIFO A, cuts it into whole events and sends them over the
 // log channel, keeping at most WindowBytes unacknowledged. The failover
 // core (a failover.Driver) decides what happens when the backup falls
 // silent or the channel breaks: DrainLocally makes this loop keep reading
 // FIFO A and discard (the primary never blocks on a dead backup), then the
 // split-brain claim decides between going on unprotected and halting.
-func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) {
-	defer p.close("primary log ended")
-	dec := logchan.NewStreamDecoder()
+// dec is the stream decoder: a new one, or the one a daemon stopping for
+// a planned restart left (ResumeStreamDecoder).
+func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, dec *logchan.Decoder) {
+	ps := &pumpState{dec: dec, ended: make(chan struct{})}
+	ps.cond = sync.NewCond(&ps.mu)
+	handedOver := false
+	defer func() {
+		close(ps.ended)
+		if !handedOver {
+			p.close("primary log ended")
+		}
+	}()
 	window := uint64(p.env.cfg.WindowBytes)
 	maxLag := time.Duration(p.env.cfg.MaxLagMS) * time.Millisecond
+	ps.sentOnLink.Store(dec.Offset())
+	ps.acked = dec.Offset()
 
-	var (
-		mu      sync.Mutex
-		cond    = sync.NewCond(&mu)
-		acked   uint64
-		discard bool // DrainLocally: stop sending, keep reading
-		// sentOnLink is the stream offset (exclusive end) of the log
-		// written to the log channel: the most the backup can have
-		// received.
-		sentOnLink atomic.Uint64
-	)
-	setDiscard := func() {
-		mu.Lock()
-		discard = true
-		cond.Broadcast()
-		mu.Unlock()
-	}
 	var drv *failover.Driver
-	drv, err := failover.NewDriver(nodeConfig(failover.RolePrimary, p.cfg, p.env.cfg.statusInterval()), func(a failover.Action) {
-		p.act(a, drv, link, gates, setDiscard)
+	drv, err := failover.NewDriver(nodeConfig(failover.RolePrimary, p.cfg, p.env.cfg), func(a failover.Action) {
+		p.act(a, drv, gates, ps.setDiscard)
 	})
 	if err != nil {
 		p.setState(ctl.StateUnprotected, err.Error())
@@ -352,63 +391,33 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 		p.mu.Unlock()
 		return
 	}
-	p.drv = drv
+	p.drv, p.ps = drv, ps
 	p.mu.Unlock()
 	go drv.Run()
-
-	// Receiver: acks, heartbeats and byes from the backup.
-	go func() {
-		for {
-			m, err := link.recv()
-			if err != nil {
-				drv.Post(failover.ChannelDown{Reason: err.Error()})
-				link.Close()
-				return
-			}
-			switch m.Kind {
-			case logchan.MsgAck:
-				if sent := sentOnLink.Load(); m.Ack.Offset > sent || m.Ack.Received > sent {
-					// The backup cannot hold more than was sent: a
-					// protocol error, not progress.
-					drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("ack of offset %d (received %d) beyond the %d bytes sent", m.Ack.Offset, m.Ack.Received, sent)})
-					link.Close()
-					return
-				}
-				mu.Lock()
-				acked = max(acked, m.Ack.Offset)
-				cond.Broadcast()
-				mu.Unlock()
-				gates.ack(m.Ack.Received)
-				p.recordAck(m.Ack.Offset, m.Ack.Executed)
-				drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: m.Ack.Executed, Fed: m.Ack.Fed})
-			case logchan.MsgHeartbeat:
-				p.heard()
-				drv.Post(failover.HeartbeatReceived{})
-			case logchan.MsgBye:
-				p.peerBye(m.Bye)
-				drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
-			}
-		}
-	}()
+	go p.receive(link, drv, ps, gates)
 
 	buf := make([]byte, 64<<10)
-	first := true
+	first := dec.Offset() == 0
 	// LIBVIRT_FT_TEE_DIR (diagnostics): keep a copy of the record log as
 	// <dir>/<uuid>.rrstream (no header; test/tools/rrdump reads it).
 	var tee *os.File
 	if dir := os.Getenv("LIBVIRT_FT_TEE_DIR"); dir != "" {
-		if f, err := os.Create(filepath.Join(dir, p.uuid+".rrstream")); err == nil {
+		if f, err := os.OpenFile(filepath.Join(dir, p.uuid+".rrstream"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err == nil {
 			tee = f
 			defer f.Close()
 		}
 	}
 	for {
-		mu.Lock()
-		for !discard && p.sent()-acked >= window {
-			cond.Wait()
+		ps.mu.Lock()
+		for !ps.discard && !ps.handover && p.sent()-ps.acked >= window {
+			ps.cond.Wait()
 		}
-		sending := !discard
-		mu.Unlock()
+		sending, stopping := !ps.discard, ps.handover
+		ps.mu.Unlock()
+		if stopping {
+			handedOver = true
+			return
+		}
 		if sending && p.lagging(maxLag) {
 			// Time, not an ack, may end the wait (lagging stops holding
 			// a backup that no longer advances): poll.
@@ -436,23 +445,30 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 			if derr != nil {
 				// A log we cannot parse cannot be replayed: the backup is lost.
 				drv.Post(failover.ChannelDown{Reason: "log decode error: " + derr.Error()})
-				setDiscard()
-				sending = false
+				ps.setDiscard()
 			}
 			if len(chunk.Data) > 0 {
 				p.recordSent(len(chunk.Data), chunk.Instructions)
-				if sending {
+				if l := p.sendLink(ps); l != nil {
 					// Before the write: the backup's ack of it may
 					// arrive before sendLog returns.
-					sentOnLink.Store(chunk.Offset + uint64(len(chunk.Data)))
-					if serr := link.sendLog(chunk.Offset, chunk.Data); serr != nil {
+					ps.sentOnLink.Store(chunk.Offset + uint64(len(chunk.Data)))
+					if serr := l.sendLog(chunk.Offset, chunk.Data); serr != nil && p.currentLink() == l {
 						drv.Post(failover.ChannelDown{Reason: serr.Error()})
-						setDiscard()
+						ps.setDiscard()
 					}
 				}
 			}
 		}
 		if err != nil {
+			ps.mu.Lock()
+			stopping := ps.handover
+			ps.mu.Unlock()
+			if stopping && n == 0 {
+				// handOver's read deadline: nothing was consumed.
+				handedOver = true
+				return
+			}
 			select {
 			case <-p.stop:
 				// close closed FIFO A (the daemon is stopping, or QEMU
@@ -467,7 +483,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 			// shutdown, virsh shutdown/destroy), else it crashed or was
 			// killed, and the backup must go live.
 			clean := dec.Ended()
-			_ = link.flush()
+			if l := p.currentLink(); l != nil {
+				_ = l.flush()
+			}
 			drv.Post(failover.QEMUExited{Clean: clean})
 			// Let the driver send the bye and close our direction.
 			drv.WaitFor(func(st failover.Status) bool {
@@ -483,16 +501,108 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates) 
 	}
 }
 
+// sendLink returns the link to send the next log on: it waits while the
+// link is held for the backup daemon's planned restart; nil once the log
+// is discarded (DrainLocally) or the run ends.
+func (p *primaryRun) sendLink(ps *pumpState) *peerConn {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for ps.held && !ps.discard && !ps.handover && p.active() {
+		ps.cond.Wait()
+	}
+	if ps.discard || !p.active() {
+		return nil
+	}
+	return p.currentLink()
+}
+
+func (p *primaryRun) currentLink() *peerConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.link
+}
+
+// receive reads acks, heartbeats and byes from the backup on link until it
+// breaks. A link that is no longer the run's (replaced after a planned
+// restart, or held for one) ends quietly.
+func (p *primaryRun) receive(link *peerConn, drv *failover.Driver, ps *pumpState, gates *outputGates) {
+	for {
+		m, err := link.recv()
+		if err != nil {
+			link.Close()
+			ps.mu.Lock()
+			held := ps.held
+			ps.mu.Unlock()
+			p.mu.Lock()
+			stale := p.link != link
+			if held && !stale {
+				p.link = nil
+			}
+			p.mu.Unlock()
+			if held || stale {
+				if held && !stale {
+					go p.reconnect(drv, ps, gates)
+				}
+				return
+			}
+			drv.Post(failover.ChannelDown{Reason: err.Error()})
+			return
+		}
+		switch m.Kind {
+		case logchan.MsgAck:
+			if sent := ps.sentOnLink.Load(); m.Ack.Offset > sent || m.Ack.Received > sent {
+				// The backup cannot hold more than was sent: a
+				// protocol error, not progress.
+				drv.Post(failover.ChannelDown{Reason: fmt.Sprintf("ack of offset %d (received %d) beyond the %d bytes sent", m.Ack.Offset, m.Ack.Received, sent)})
+				ps.setDiscard()
+				link.Close()
+				return
+			}
+			ps.mu.Lock()
+			ps.acked = max(ps.acked, m.Ack.Offset)
+			ps.cond.Broadcast()
+			ps.mu.Unlock()
+			gates.ack(m.Ack.Received)
+			p.recordAck(m.Ack.Offset, m.Ack.Executed)
+			drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: m.Ack.Executed, Fed: m.Ack.Fed})
+		case logchan.MsgHeartbeat:
+			p.heard()
+			drv.Post(failover.HeartbeatReceived{})
+		case logchan.MsgBye:
+			p.peerBye(m.Bye)
+			if m.Bye.Clean && m.Bye.Reason == failover.ByeRestarting {
+				// The backup's daemon restarts on purpose: quiesce,
+				// hand it everything, and wait for it (reconnect).
+				ps.mu.Lock()
+				already := ps.held || ps.discard
+				ps.mu.Unlock()
+				if !already {
+					drv.Post(failover.PeerBye{Clean: true, Reason: m.Bye.Reason})
+					go p.quiesceForPeer(link, ps, gates)
+				}
+				continue
+			}
+			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
+		}
+	}
+}
+
 // act carries out one action of the primary's failover core. It runs on
 // the driver's goroutine: anything slow runs in its own goroutine.
-func (p *primaryRun) act(a failover.Action, drv *failover.Driver, link *peerConn, gates *outputGates, setDiscard func()) {
+func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputGates, setDiscard func()) {
 	switch a := a.(type) {
 	case failover.SendHeartbeat:
-		link.queueHeartbeat()
+		if link := p.currentLink(); link != nil {
+			link.queueHeartbeat()
+		}
 	case failover.SendBye:
-		link.bye(logchan.Bye{Clean: a.Clean, Reason: a.Reason})
+		if link := p.currentLink(); link != nil {
+			link.bye(logchan.Bye{Clean: a.Clean, Reason: a.Reason})
+		}
 	case failover.CloseChannel:
-		link.closeWrite()
+		if link := p.currentLink(); link != nil {
+			link.closeWrite()
+		}
 	case failover.DrainLocally:
 		setDiscard()
 		if a.Switchover {
@@ -750,10 +860,24 @@ func (p *primaryRun) close(why string) {
 // core's ticks. sample is the daemon's status interval (how often a backup
 // samples its QEMU): the stall bound is at least ten of them, so that a
 // stall is never a matter of a sample or two.
-func nodeConfig(role failover.Role, cfg ftxml.Config, sample time.Duration) failover.Config {
-	return failover.Config{Role: role,
+func nodeConfig(role failover.Role, cfg ftxml.Config, hc Config) failover.Config {
+	sample := hc.statusInterval()
+	fc := failover.Config{Role: role,
 		HeartbeatInterval: failover.Ticks(cfg.HeartbeatInterval), HeartbeatTimeout: failover.Ticks(cfg.HeartbeatTimeout),
 		StallTimeout: max(failover.Ticks(cfg.Stall()), 10*failover.Ticks(sample))}
+	if hc.RestartGraceMS > 0 {
+		fc.RestartGrace = failover.Ticks(time.Duration(hc.RestartGraceMS) * time.Millisecond)
+	}
+	return fc
+}
+
+// restartGrace is how long a peer restarting on purpose has to bring the
+// log channel back (Config.RestartGraceMS, else the heartbeat timeout).
+func restartGrace(cfg ftxml.Config, hc Config) time.Duration {
+	if hc.RestartGraceMS > 0 {
+		return time.Duration(hc.RestartGraceMS) * time.Millisecond
+	}
+	return cfg.HeartbeatTimeout
 }
 
 // lossOf gives the failover core's timings in ms for the status; nil

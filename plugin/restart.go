@@ -158,6 +158,8 @@ const (
 // runs after every (re)connection to libvirtd; a domain being resolved is
 // not started twice.
 func (d *Daemon) resolveOrphans() {
+	// First what a daemon stopping for a planned restart handed over.
+	d.adoptOnce.Do(d.adoptHandovers)
 	running, err := d.hv.Running()
 	if err != nil {
 		d.log.WithError(err).Warn("listing running domains")

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,9 @@ var (
 	// ErrServing is returned by Serve while another Serve of the same
 	// Gate is running.
 	ErrServing = errors.New("gate: already serving")
+	// ErrDetached is Serve's result when Detach ended it: the connections
+	// are whole (no partial frame read or written) and stay open.
+	ErrDetached = errors.New("gate: detached for a handover")
 )
 
 // Config configures a Gate.
@@ -48,6 +52,11 @@ type Config struct {
 	// EvictOldest: over the limit, discard the oldest held frames rather
 	// than the new one (Queue.SetEvictOldest; the backup's gates).
 	EvictOldest bool
+	// FramesBefore is the number of frames an earlier process's gate on
+	// the same connections already read and finished (a planned restart,
+	// Detach): frame numbers (Stats.DoneFrames, the backup's forget
+	// positions) go on from it. 0 for a new connection.
+	FramesBefore uint64
 }
 
 // Stats is a snapshot of a Gate. Frame counts are in frames, sizes in bytes
@@ -98,6 +107,11 @@ type Gate struct {
 	abortRead  func() // makes Serve's blocked Read of OUT return; nil if out cannot
 	err        error  // first error of the current Serve
 	capDrops   uint64 // frames dropped over the cap in the current burst
+	// detach: Detach asked the current Serve to end at a frame boundary,
+	// leaving the connections open; leftover is what it had read of OUT
+	// beyond the last whole frame.
+	detach   bool
+	leftover []byte
 
 	afterHold func() // tests: called by Serve after each frame went through the queue
 }
@@ -130,6 +144,7 @@ func New(cfg Config) (*Gate, error) {
 		q:        NewQueue(cfg.LimitBytes, cfg.Enabled),
 	}
 	g.q.SetEvictOldest(cfg.EvictOldest)
+	g.st.readFrames, g.st.doneSeq = cfg.FramesBefore, cfg.FramesBefore
 	g.cond = sync.NewCond(&g.mu)
 	return g, nil
 }
@@ -285,10 +300,9 @@ func (g *Gate) Serve(out io.Reader, in io.Writer) error {
 	}()
 
 	br := bufio.NewReaderSize(out, 256<<10)
-	var hdr [FrameHeaderLen]byte
 	var rerr error
 	for {
-		data, err := readFrame(br, hdr[:])
+		data, err := peekFrame(br)
 		if err != nil {
 			rerr = err
 			break
@@ -304,11 +318,17 @@ func (g *Gate) Serve(out io.Reader, in io.Writer) error {
 	}
 
 	g.mu.Lock()
-	if g.err == nil && rerr != io.EOF {
+	detach := g.detach
+	if detach {
+		// Ended by Detach: nothing of a frame was consumed; what is
+		// buffered goes to the next process with the connections.
+		b, _ := br.Peek(br.Buffered())
+		g.leftover = append([]byte(nil), b...)
+	} else if g.err == nil && rerr != io.EOF {
 		g.err = rerr
 	}
 	g.stop = true
-	if g.writing && g.abortWrite != nil {
+	if g.writing && g.abortWrite != nil && !detach {
 		g.abortWrite()
 	}
 	g.cond.Broadcast()
@@ -318,8 +338,12 @@ func (g *Gate) Serve(out io.Reader, in io.Writer) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	err := g.err
+	if detach {
+		err = ErrDetached
+	}
 	g.serving, g.err = false, nil
 	g.abortWrite, g.abortRead = nil, nil
+	g.cond.Broadcast() // Detach waits for serving to end
 	if g.capDrops > 0 {
 		g.log.Warnf("output gate: %d frames dropped over the %d-byte limit", g.capDrops, g.q.Limit())
 		g.capDrops = 0
@@ -469,4 +493,75 @@ func readAborter(r io.Reader) func() {
 			_ = c.Close()
 		}
 	}
+}
+
+// peekFrame reads one frame from br without consuming any of it until it
+// is whole: a read error (a deadline set by Detach) leaves every byte of an
+// incomplete frame buffered in br. br's size must exceed
+// FrameHeaderLen+MaxFrameLen.
+func peekFrame(br *bufio.Reader) ([]byte, error) {
+	h, err := br.Peek(FrameHeaderLen)
+	if err != nil {
+		if err == io.EOF && len(h) > 0 {
+			return nil, fmt.Errorf("gate: truncated frame: stream ended after %d of the %d bytes of a length prefix: %w", len(h), FrameHeaderLen, io.ErrUnexpectedEOF)
+		}
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		return nil, fmt.Errorf("gate: reading frame: %w", err)
+	}
+	n := int(binary.BigEndian.Uint32(h))
+	if err := checkLen(uint64(n)); err != nil {
+		return nil, err
+	}
+	f, err := br.Peek(FrameHeaderLen + n)
+	if err != nil {
+		if err == io.EOF {
+			return nil, fmt.Errorf("gate: truncated frame: stream ended after %d of its %d bytes: %w", len(f)-FrameHeaderLen, n, io.ErrUnexpectedEOF)
+		}
+		return nil, fmt.Errorf("gate: reading frame: %w", err)
+	}
+	data := append([]byte(nil), f[FrameHeaderLen:]...)
+	_, _ = br.Discard(FrameHeaderLen + n)
+	return data, nil
+}
+
+// Detach ends the current Serve at a frame boundary and leaves its
+// connections open, for a planned restart that hands them to the next
+// process (docs/architecture.md §6). A write to IN in progress is let
+// finish (up to timeout, then aborted, which may cut a frame: an error).
+// It returns the bytes read from OUT beyond the last whole frame (the next
+// process reads them first) and the frames not yet written: the held ones
+// and the released ones, in order (the caller decides whether a handover
+// may carry them). Errors: not serving; the write did not finish in time.
+func (g *Gate) Detach(timeout time.Duration) (leftover []byte, unwritten int, err error) {
+	g.mu.Lock()
+	if !g.serving || g.abortRead == nil {
+		g.mu.Unlock()
+		return nil, 0, errors.New("gate: detach: not serving a connection with read deadlines")
+	}
+	g.detach = true
+	g.abortRead()
+	// Serve's end waits for the writer; the writer's Write to IN may be
+	// slow: bound it.
+	aborted := false
+	t := time.AfterFunc(timeout, func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.serving && g.writing && g.abortWrite != nil {
+			aborted = true
+			g.abortWrite()
+		}
+	})
+	defer t.Stop()
+	for g.serving {
+		g.cond.Wait()
+	}
+	leftover, g.leftover, g.detach = g.leftover, nil, false
+	unwritten = g.q.Stats().HeldFrames + g.pending.len()
+	g.mu.Unlock()
+	if aborted {
+		return nil, unwritten, errors.New("gate: detach: a write to IN did not finish in time; IN may end inside a frame")
+	}
+	return leftover, unwritten, nil
 }

@@ -41,6 +41,7 @@ type rig struct {
 	g         *Gate
 	qOut, gIn net.Conn // QEMU's end of OUT; the Gate's end of IN
 	qIn       net.Conn // QEMU's end of IN
+	gOut      net.Conn // the Gate's end of OUT
 	held      chan struct{}
 	served    chan error
 }
@@ -56,7 +57,7 @@ func newRig(t *testing.T, cfg Config) *rig {
 	g.afterHold = func() { r.held <- struct{}{} }
 	qOut, gOut := net.Pipe()
 	gIn, qIn := net.Pipe()
-	r.qOut, r.gIn, r.qIn = qOut, gIn, qIn
+	r.qOut, r.gIn, r.qIn, r.gOut = qOut, gIn, qIn, gOut
 	go func() { r.served <- g.Serve(gOut, gIn) }()
 	t.Cleanup(func() { qOut.Close(); gOut.Close(); gIn.Close(); qIn.Close() })
 	return r

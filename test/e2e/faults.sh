@@ -22,6 +22,11 @@
 #   ftd-kill-a       kill -9 of libvirt-ftd on host A, started again 2 s later
 #                    (as systemd's Restart= does)
 #   ftd-kill-b       the same on host B
+#   restart-a        a planned restart of libvirt-ftd on host A (SIGTERM,
+#                    then the next daemon gets the descriptors the first
+#                    handed over, as systemctl restart with the unit's
+#                    file descriptor store): no failover, protection goes on
+#   restart-b        the same on host B
 #   libvirtd-kill-a  kill -9 of libvirtd on host A, started again 2 s later:
 #                    nothing happens to the VM, protection goes on
 #   backup-stop      the backup's QEMU stopped (SIGSTOP) for 10 s: the
@@ -37,7 +42,7 @@
 #                    protects it again with no manual cleanup
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b libvirtd-kill-a backup-stop blackhole cut-a arbiter-b both-revive}"
+read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b restart-a restart-b libvirtd-kill-a backup-stop blackhole cut-a arbiter-b both-revive}"
 DURATION=${DURATION:-40}
 STALL_LIMIT=${STALL_LIMIT:-6s}
 GUEST_MAC=52:54:00:fa:00:01
@@ -72,7 +77,7 @@ settled() {
 	c=$(copies)
 	other=a; [ "$c" = a ] && other=b
 	case $fault in
-	libvirtd-kill-a | arbiter-b) [ "$c" = a ] && replay_mode_is b "$DOMAIN" play && replicating_on a ;;
+	libvirtd-kill-a | arbiter-b | restart-a | restart-b) [ "$c" = a ] && replay_mode_is b "$DOMAIN" play && replicating_on a && replicating_on b ;;
 	ftd-kill-b | backup-stop) [ "$c" = a ] && ! active_on b && [ "$(state a)" = unprotected ] ;;
 	cut-a) [ "$c" = b ] && [ "$(state b)" = live ] ;;
 	*) ! active_on $other ;;
@@ -81,7 +86,7 @@ settled() {
 
 # restart_ftd H: start libvirt-ftd on H again, as systemd would.
 restart_ftd() {
-	lab bg "$1" "ftd-restarted-$((++restarts))" "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
+	start_ftd "$1" "ftd-restarted-$((++restarts))"
 	wait_for 20 "libvirt-ftd on host $1 to answer again" on "$1" "$BIN/virt-ft" status
 }
 restarts=0
@@ -94,6 +99,8 @@ for fault in "${faults[@]}"; do
 	case $fault in
 	ftd-kill-a) what="kill -9 of libvirt-ftd on host A (restarted 2 s later)"; want=any ;;
 	ftd-kill-b) what="kill -9 of libvirt-ftd on host B (restarted 2 s later)"; want=a ;;
+	restart-a) what="planned restart of libvirt-ftd on host A (SIGTERM, then the next daemon, as systemctl restart)"; want=a ;;
+	restart-b) what="planned restart of libvirt-ftd on host B"; want=a ;;
 	libvirtd-kill-a) what="kill -9 of libvirtd on host A (restarted 2 s later)"; want=a ;;
 	backup-stop) what="the backup's QEMU stopped (SIGSTOP) for 10 s"; want=a ;;
 	blackhole) what="the log channel dropped both ways on host A (iptables)"; want=any ;;
@@ -139,9 +146,18 @@ for fault in "${faults[@]}"; do
 	case $fault in
 	ftd-kill-a | ftd-kill-b)
 		h=${fault#ftd-kill-}
-		on $h kill -9 "$(cat "$LAB_DIR/$h/ftd.pid")"
+		on $h kill -9 "$(ftd_pid $h)"
 		sleep 2
 		restart_ftd $h
+		;;
+	restart-a | restart-b)
+		# systemctl restart: SIGTERM, then the next daemon with the
+		# descriptors the first handed over.
+		h=${fault#restart-}
+		old_pid=$(ftd_pid $h)
+		kill -HUP "$(cat "$LAB_DIR/$h/ftd-supervisor.pid")"
+		wait_for 20 "libvirt-ftd on host $h to be restarted" sh -c "[ -s '$LAB_DIR/$h/ftd-daemon.pid' ] && [ \"\$(cat '$LAB_DIR/$h/ftd-daemon.pid')\" != $old_pid ]"
+		wait_for 20 "libvirt-ftd on host $h to answer again" on $h "$BIN/virt-ft" status
 		;;
 	libvirtd-kill-a)
 		on a kill -9 "$(cat "$LAB_DIR/a/root/run-libvirt/libvirtd.pid")"
@@ -200,7 +216,7 @@ for fault in "${faults[@]}"; do
 	[ $rc_echo -eq 0 ] || { result=FAIL; why+=" echo client failed;"; }
 	[ $rc_stream -eq 0 ] || { result=FAIL; why+=" stream client failed;"; }
 	case $fault in
-	libvirtd-kill-a | arbiter-b) [ "$st_here" = replicating ] || { result=FAIL; why+=" protection did not go on (state $st_here);"; } ;;
+	libvirtd-kill-a | arbiter-b | restart-a | restart-b) [ "$st_here" = replicating ] || { result=FAIL; why+=" protection did not go on (state $st_here);"; } ;;
 	esac
 	# The disk writer's records on the running host's disk.
 	if [ $fault = cut-a ]; then lab kill-host a >/dev/null; fi

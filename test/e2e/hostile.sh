@@ -30,7 +30,7 @@ xml=$(mktemp)
 SCRATCH+=("$xml")
 domain_xml "$DOMAIN" >"$xml"
 uuid=$(virsh_on a domuuid "$DOMAIN")
-ftd_b=$(cat "$LAB_DIR/b/ftd.pid")
+ftd_b=$(ftd_pid b)
 tick_before=$(last_tick a "$DOMAIN")
 log "protected domain $uuid; host B's libvirt-ftd pid $ftd_b, RSS $(awk '/VmRSS/ {print $2}' /proc/$ftd_b/status) kB"
 

@@ -53,6 +53,22 @@ lab_pki() {
 	echo "$dir"
 }
 
+# start_ftd H NAME: start libvirt-ftd on host H as systemd runs the unit
+# (Type=notify, FileDescriptorStoreMax=): under test/tools/fdstore, which
+# keeps the descriptors a daemon stopping for a planned restart hands over
+# and passes them to the next one (SIGHUP to it = systemctl restart). Its
+# output goes to NAME.log; the supervisor's pid to ftd-supervisor.pid, the
+# daemon's to ftd-daemon.pid.
+start_ftd() {
+	local h=$1 name=$2 pid
+	rm -f "$LAB_DIR/$h/ftd-daemon.pid"
+	pid=$(lab bg "$h" "$name" "$BIN/fdstore" -pidfile "$LAB_DIR/$h/ftd-daemon.pid" -- \
+		${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml)
+	echo "$pid" >"$LAB_DIR/$h/ftd-supervisor.pid"
+	wait_for 10 "libvirt-ftd on host $h to start" test -s "$LAB_DIR/$h/ftd-daemon.pid"
+}
+ftd_pid() { cat "$LAB_DIR/$1/ftd-daemon.pid"; }
+
 # lab_start: bring the lab up with our hook installed, configure and start
 # libvirt-ftd on both hosts.
 lab_start() {
@@ -89,7 +105,7 @@ lab_start() {
 		allowed-emulators: [/usr/bin/qemu-system-x86_64, ${EMULATOR:-/usr/bin/qemu-system-x86_64}]
 		keep-stall-log: true
 		YAML
-		lab bg $h ftd ${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
+		start_ftd $h ftd
 	done
 	for h in a b; do
 		wait_for 20 "libvirt-ftd on host $h" on $h "$BIN/virt-ft" status
