@@ -399,3 +399,36 @@ func TestDecoderRandomPieces(t *testing.T) {
 		t.Fatal("mismatch")
 	}
 }
+
+// A decoder stopped at any byte (a planned restart of the daemon) and
+// resumed from its counts and pending bytes gives the same events and
+// totals as one that never stopped.
+func TestResumeStreamDecoderAtEveryCut(t *testing.T) {
+	all, n, instr := allEvents()
+	for cut := 0; cut <= len(all); cut++ {
+		d := NewStreamDecoder()
+		c1, err := d.Feed(all[:cut])
+		if err != nil {
+			t.Fatalf("cut %d: %v", cut, err)
+		}
+		r, err := ResumeStreamDecoder(d.Offset(), d.Events(), d.Instructions(), d.PendingBytes())
+		if err != nil {
+			t.Fatalf("cut %d: resume: %v", cut, err)
+		}
+		c2, err := r.Feed(all[cut:])
+		if err != nil {
+			t.Fatalf("cut %d: after the resume: %v", cut, err)
+		}
+		got := append(append([]byte(nil), c1.Data...), c2.Data...)
+		if !bytes.Equal(got, all) || c2.Offset != uint64(len(c1.Data)) {
+			t.Fatalf("cut %d: %d bytes back (second chunk at %d), want %d", cut, len(got), c2.Offset, len(all))
+		}
+		if r.Events() != uint64(n) || r.Instructions() != instr || r.Offset() != uint64(len(all)) || r.Pending() != 0 {
+			t.Fatalf("cut %d: events %d instr %d offset %d pending %d", cut, r.Events(), r.Instructions(), r.Offset(), r.Pending())
+		}
+	}
+	// Pending bytes that hold a whole event are not a decoder's state.
+	if _, err := ResumeStreamDecoder(0, 0, 0, all); err == nil {
+		t.Fatal("resuming with whole events pending succeeded")
+	}
+}

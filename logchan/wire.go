@@ -29,8 +29,10 @@ import (
 // package; the handshake refuses a peer speaking another one (so a mixed
 // pair is refused at start, never mistaken for a failed peer). Version 2:
 // Heartbeat carries Released (version 1 peers drop such a heartbeat as
-// malformed).
-const ProtocolVersion = 2
+// malformed). Version 3: a log channel's Hello names its pairing epoch (a
+// channel of another epoch is refused) and may resume a pairing after a
+// planned restart (Hello.Resume, Bye "clean:restarting").
+const ProtocolVersion = 3
 
 // MaxFrameSize is the largest payload of any frame, in bytes (a Log
 // frame's); each type has its own bound, MaxPayload.

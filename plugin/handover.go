@@ -438,6 +438,11 @@ func (p *primaryRun) resumeLink(qemuVer string, logVer uint32, epoch string, off
 // attach makes link (a resumed log channel) the run's, tells the failover
 // core, and resumes the VM if a restart paused it.
 func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState, gates *outputGates) {
+	if st, _ := drv.View(); !st.PeerRestarting {
+		// The grace ended meanwhile: the failover core decided.
+		link.Close()
+		return
+	}
 	link.released = gates.released
 	link.startWriter()
 	p.mu.Lock()
@@ -969,6 +974,9 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 	if !b.startCore() {
 		return errors.New("the run closed while it started")
 	}
+	// The primary's channel is expected back within the restart grace,
+	// as if its daemon had said ByeRestarting to this one.
+	b.driver().Post(failover.PeerBye{Clean: true, Reason: failover.ByeRestarting})
 	go b.sampleIcount()
 	return nil
 }

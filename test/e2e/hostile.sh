@@ -7,7 +7,9 @@
 # stays bounded, another domain's image on B is unchanged, nothing was
 # written through a link and no domain was defined or started, and the
 # protected VM is untouched: its tick counter goes on and status still
-# says replicating.
+# says replicating. Last, host B's daemon is killed and a peer holding host
+# B's certificate plays it (hostile -fake-backup): it acks more log than the
+# primary sent, and the primary must drop it and run on alone.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 RSS_LIMIT_KB=${RSS_LIMIT_KB:-262144}
@@ -63,4 +65,29 @@ log "host A: tick $(last_tick a "$DOMAIN") (was $tick_before), status $state; ho
 [ "$state" = replicating ] || { log "FAIL: the protected domain is $state, not replicating"; fail=1; }
 replay_mode_is b "$DOMAIN" play || { log "FAIL: the backup no longer replays"; fail=1; }
 grep -E 'refused|TLS|tls' "$LAB_DIR/b/ftd.log" | tail -n 5 | sed 's/^/     host B log: /' || true
+
+say "a lying backup: host B's daemon gone, a peer with host B's certificate plays it and acks more log than the primary sent"
+state_a() { ft_on a status --json 2>/dev/null | jq -r --arg d "$DOMAIN" '.[]? | select(.name == $d) | .state' 2>/dev/null || true; }
+on b kill -9 "$(ftd_pid b)"
+a_alone() { [ "$(state_a)" = unprotected ]; }
+wait_for 60 "host A to run on alone" a_alone
+virsh_on a destroy "$DOMAIN" >/dev/null
+wait_for 30 "$DOMAIN to stop on host A" sh -c "! '$LAB' exec a virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+qv=$(virsh_on a version | awk '/Running hypervisor/ {print $NF}')
+fake_out=$(mktemp)
+SCRATCH+=("$fake_out")
+on b "$BIN/hostile" -fake-backup $HOST_B_IP:7480 -ca /etc/libvirt-ft/pki/cacert.pem -cert /etc/libvirt-ft/pki/b-cert.pem \
+	-key /etc/libvirt-ft/pki/b-key.pem -qemu-version "$qv" -timeout 180s >"$fake_out" 2>&1 &
+fake_pid=$!
+wait_for 10 "the lying backup to listen" grep -q listening "$fake_out"
+virsh_on a start "$DOMAIN" >/dev/null
+rc=0
+wait $fake_pid || rc=$?
+sed 's/^/   /' "$fake_out"
+grep -q 'attack=ack-beyond-sent result=dropped' "$fake_out" || { log "FAIL: the primary did not drop the channel after an ack beyond what it sent (hostile exited $rc)"; fail=1; }
+wait_for 30 "host A to run on alone after the lie" a_alone
+why=$(ft_on a status --json | jq -r --arg d "$DOMAIN" '.[] | select(.name == $d) | [.detail, (.loss.cause // "")] | join(" / ")')
+log "host A: $(state_a): $why"
+grep -q 'beyond' <<<"$why" || { log "FAIL: host A's status does not say why its backup was dropped"; fail=1; }
+wait_for 60 "the guest to tick on host A" has_tick a "$DOMAIN" 3
 [ $fail -eq 0 ]

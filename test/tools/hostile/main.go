@@ -13,6 +13,10 @@
 //	hostile -addr 10.250.0.2:7480 -ca ca.pem -cert c.pem -key c-key.pem \
 //	  -uuid PROTECTED-UUID -xml domain.xml -victim /var/lib/libvirt/images/victim.qcow2 \
 //	  -link /var/lib/libvirt/images/lnk -arbiter "etcd http://10.250.0.50:2379 /libvirt-ft"
+//
+// With -fake-backup it plays a lying backup host instead (fakebackup.go):
+//
+//	hostile -fake-backup 10.250.0.2:7480 -ca ca.pem -cert b.pem -key b-key.pem -qemu-version 7.2.18
 package main
 
 import (
@@ -51,6 +55,9 @@ var (
 	arbiter    = flag.String("arbiter", "", "the arbiter name both daemons use (prepare-backup's arbiter)")
 	flood      = flag.Int("flood", 200, "connections that announce a large frame and stall")
 	hold       = flag.Duration("hold", 20*time.Second, "how long the flood's connections stall")
+	fakeListen = flag.String("fake-backup", "", "play a lying backup host on this address (host:port) instead: -cert/-key are the backup host's")
+	fakeQEMU   = flag.String("qemu-version", "", "-fake-backup: the QEMU version to claim (the primary's)")
+	fakeWait   = flag.Duration("timeout", 5*time.Minute, "-fake-backup: how long to wait for the primary")
 )
 
 var accepted bool
@@ -72,6 +79,13 @@ func oneLine(s string) string {
 
 func main() {
 	flag.Parse()
+	if *fakeListen != "" {
+		fakeBackup(*fakeListen, *fakeQEMU, *fakeWait)
+		if accepted {
+			os.Exit(1)
+		}
+		return
+	}
 	pool := x509.NewCertPool()
 	pem, err := os.ReadFile(*caFile)
 	if err != nil || !pool.AppendCertsFromPEM(pem) {

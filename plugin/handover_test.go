@@ -1,0 +1,198 @@
+package plugin
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/libvirt-ft/libvirt-ft/failover"
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	xmlpkg "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// primaryRestarts makes host a's primary behave as its daemon does when it
+// stops for a planned restart (handOver): its failover core stops and it
+// says ByeRestarting on the log channel, then closes it. It returns the
+// pairing epoch and the log bytes sent.
+func primaryRestarts(t *testing.T, fp *fakePair) (epoch string, sent uint64) {
+	t.Helper()
+	p, ok := fp.a.d.lookup(runUUID).current().(*primaryRun)
+	if !ok {
+		t.Fatal("no primary run on host a")
+	}
+	p.mu.Lock()
+	drv, link := p.drv, p.link
+	epoch, sent = p.epoch, p.sentBytes
+	p.link = nil
+	p.mu.Unlock()
+	drv.Stop()
+	link.bye(logchan.Bye{Clean: true, Reason: failover.ByeRestarting})
+	link.closeWrite()
+	return epoch, sent
+}
+
+// dialResume dials host b's log channel from host a as a restarted
+// primary daemon does, and returns the backup's first answer.
+func dialResume(t *testing.T, fp *fakePair, epoch string, resume bool, offset uint64) (*peerConn, logchan.Message) {
+	t.Helper()
+	logVer, _ := logchan.LogVersionForQEMU("7.2.22")
+	pc, err := dialLog(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logVer, epoch, resume, offset)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	m, err := pc.c.Recv()
+	if err != nil {
+		t.Fatalf("the backup's answer: %v", err)
+	}
+	return pc, m
+}
+
+// A planned restart of the primary's daemon: the backup neither goes live
+// nor gives up while the restart grace (here the heartbeat timeout, 1 s)
+// lasts; it refuses a channel of another pairing epoch, a resume at an
+// offset it did not reach and a plain second channel, and accepts the
+// resumed channel at the offset it received; replication goes on.
+func TestBackupResumesAfterPrimaryRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		epoch, sent := primaryRestarts(t, fp)
+		time.Sleep(500 * time.Millisecond)
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State != ctl.StateReplicating || !strings.Contains(s.Detail, "restarts") {
+			t.Fatalf("host b while the primary restarts: %s %q", s.State, s.Detail)
+		}
+		for _, c := range []struct {
+			epoch  string
+			resume bool
+			offset uint64
+			want   string
+		}{
+			{"other", true, sent, "armed for pairing epoch"},
+			{epoch, true, sent + 1, "cannot resume the log at offset"},
+			{epoch, false, 0, "waits for a log channel"},
+		} {
+			pc, m := dialResume(t, fp, c.epoch, c.resume, c.offset)
+			if m.Kind != logchan.MsgBye || !strings.Contains(m.Bye.Reason, c.want) {
+				t.Fatalf("resume %+v: got %+v, want a bye saying %q", c, m, c.want)
+			}
+			pc.Close()
+		}
+		pc, m := dialResume(t, fp, epoch, true, sent)
+		if m.Kind != logchan.MsgAck || m.Ack.Received != sent {
+			t.Fatalf("resume at %d: got %+v, want an ack of it", sent, m)
+		}
+		pc.startWriter()
+		defer pc.Close()
+		// Heartbeats on the resumed channel keep the backup replicating
+		// well past the grace.
+		for range 30 {
+			pc.queueHeartbeat()
+			time.Sleep(100 * time.Millisecond)
+		}
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State != ctl.StateReplicating || s.Failover != "replicating" {
+			t.Fatalf("host b after the resume: %s %q (failover %s)", s.State, s.Detail, s.Failover)
+		}
+		// A second resume while this one is up is refused.
+		pc2, m := dialResume(t, fp, epoch, true, sent)
+		defer pc2.Close()
+		if m.Kind != logchan.MsgBye {
+			t.Fatalf("a second resume: got %+v, want a bye", m)
+		}
+	})
+}
+
+// A primary daemon that says ByeRestarting and never comes back is lost
+// once the restart grace ends: the backup goes live.
+func TestBackupGoesLiveWhenRestartDoesNotComeBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		primaryRestarts(t, fp)
+		time.Sleep(900 * time.Millisecond)
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State != ctl.StateReplicating {
+			t.Fatalf("host b within the grace: %s %q", s.State, s.Detail)
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State == ctl.StateReplicating {
+			t.Fatalf("host b 3 s after the grace: still %s %q", s.State, s.Detail)
+		}
+	})
+}
+
+// The restart grace: the heartbeat timeout unless restart-grace-ms says
+// otherwise (0 must not become the 1-tick minimum of failover.Ticks).
+func TestRestartGrace(t *testing.T) {
+	cfg := xmlpkg.DefaultConfig()
+	cfg.HeartbeatTimeout = 1500 * time.Millisecond
+	if fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50}); fc.RestartGrace != 0 {
+		t.Fatalf("RestartGrace %d ticks without restart-grace-ms, want 0 (the heartbeat timeout)", fc.RestartGrace)
+	}
+	if g := restartGrace(cfg, Config{}); g != 1500*time.Millisecond {
+		t.Fatalf("restartGrace %v, want the heartbeat timeout", g)
+	}
+	fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50, RestartGraceMS: 3000})
+	if fc.RestartGrace != 300 {
+		t.Fatalf("RestartGrace %d ticks for 3000 ms, want 300", fc.RestartGrace)
+	}
+}
+
+// storeFile speaks sd_notify(3): FDSTORE=1 with the name and the
+// descriptor attached (SCM_RIGHTS), to NOTIFY_SOCKET.
+func TestStoreFileNotifies(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NOTIFY_SOCKET", sock)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if err := storeFile("u.fifo", r); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 256), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(buf[:n]); got != "FDSTORE=1\nFDPOLL=0\nFDNAME=u.fifo" {
+		t.Fatalf("message %q", got)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("control messages %v, %v", msgs, err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("rights %v, %v", fds, err)
+	}
+	got := os.NewFile(uintptr(fds[0]), "stored")
+	defer got.Close()
+	if _, err := w.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := got.Read(b); err != nil || b[0] != 'x' {
+		t.Fatalf("the stored descriptor is not the pipe: %q, %v", b, err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if fdStoreAvailable() || storeFile("u.fifo", r) == nil {
+		t.Fatal("without NOTIFY_SOCKET a descriptor was stored")
+	}
+}
