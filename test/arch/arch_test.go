@@ -34,6 +34,7 @@ var allowed = map[string][]string{
 	"cmd/libvirt-ft-hook":  {"hooks", "plugin/ctl"},
 	"test/arch":            {},
 	"test/tools/diskcheck": {},
+	"test/tools/fdstore":   {},
 	"test/tools/gaterelay": {},
 	"test/tools/hostile":   {"logchan"},
 	"test/tools/rrdump":    {"logchan"},
