@@ -26,6 +26,7 @@ func Ticks(d time.Duration) int {
 type Driver struct {
 	node   *Node
 	events chan Event
+	calls  chan stepIf
 	exec   func(Action)
 	stop   chan struct{}
 	done   chan struct{}
@@ -47,7 +48,7 @@ func NewDriver(cfg Config, exec func(Action)) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{node: n, events: make(chan Event, driverQueue), exec: exec,
+	d := &Driver{node: n, events: make(chan Event, driverQueue), calls: make(chan stepIf), exec: exec,
 		stop: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
 	d.snapshot()
 	return d, nil
@@ -59,6 +60,29 @@ func (d *Driver) Post(ev Event) {
 	select {
 	case d.events <- ev:
 	case <-d.stop:
+	}
+}
+
+// stepIf is a StepIf call on its way to Run.
+type stepIf struct {
+	cond  func(Status) bool
+	ev    Event
+	reply chan bool
+}
+
+// StepIf steps ev into the Node only if cond holds for the Node's status
+// at that moment, and reports whether it did. Both happen on Run's
+// goroutine, after the events posted before it: nothing comes between the
+// check and the step. It returns false once the Driver is stopped. (A
+// resumed log channel is taken only while the core still waits for the
+// peer's restart: ChannelUp if PeerRestarting.)
+func (d *Driver) StepIf(cond func(Status) bool, ev Event) bool {
+	c := stepIf{cond: cond, ev: ev, reply: make(chan bool, 1)}
+	select {
+	case d.calls <- c:
+		return <-c.reply
+	case <-d.stop:
+		return false
 	}
 }
 
@@ -82,6 +106,21 @@ func (d *Driver) Run() {
 			d.node.Tick()
 		case ev := <-d.events:
 			d.node.Step(ev)
+		case c := <-d.calls:
+			// Events posted before the call come first.
+			for drained := false; !drained; {
+				select {
+				case ev := <-d.events:
+					d.node.Step(ev)
+				default:
+					drained = true
+				}
+			}
+			ok := c.cond(d.node.Status())
+			if ok {
+				d.node.Step(c.ev)
+			}
+			c.reply <- ok
 		}
 		select {
 		case <-d.stop:

@@ -37,3 +37,35 @@ func TestDriverRunsTheNode(t *testing.T) {
 		}
 	})
 }
+
+// StepIf takes a resumed channel only while the core waits for the
+// restarting peer: after the grace it is refused, and nothing else moves.
+func TestDriverStepIf(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d, err := NewDriver(Config{Role: RolePrimary, HeartbeatInterval: 10, HeartbeatTimeout: 100}, func(Action) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go d.Run()
+		restarting := func(s Status) bool { return s.PeerRestarting }
+		d.Post(PeerBye{Clean: true, Reason: ByeRestarting})
+		if !d.StepIf(restarting, ChannelUp{}) {
+			t.Fatal("a channel back within the grace was refused")
+		}
+		if st, _ := d.View(); st.PeerRestarting || !st.ChannelOpen || st.State != StateReplicating {
+			t.Fatalf("after the resume: %+v", st)
+		}
+		d.Post(PeerBye{Clean: true, Reason: ByeRestarting})
+		time.Sleep(1100 * time.Millisecond) // the grace (the timeout) ends
+		if d.StepIf(restarting, ChannelUp{}) {
+			t.Fatal("a channel back after the grace was taken")
+		}
+		if st, _ := d.View(); st.State != StateClaiming {
+			t.Fatalf("after the grace: %v, want claiming", st.State)
+		}
+		d.Stop()
+		if d.StepIf(func(Status) bool { return true }, ChannelUp{}) {
+			t.Fatal("StepIf on a stopped driver")
+		}
+	})
+}

@@ -182,7 +182,8 @@ type Config struct {
 	StallTimeout int
 	// RestartGrace is the number of ticks a peer that said ByeRestarting
 	// has to bring the log channel back before it is declared lost. 0
-	// means HeartbeatTimeout.
+	// means HeartbeatTimeout. (The daemon's default is the larger of the
+	// heartbeat timeout and 3 s: plugin restartGrace.)
 	RestartGrace int
 }
 

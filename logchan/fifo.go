@@ -330,12 +330,11 @@ func pollable(f *os.File) (*os.File, error) {
 	}
 	nfd := -1
 	var derr error
-	_ = raw.Control(func(fd uintptr) { nfd, derr = unix.Dup(int(fd)) })
+	_ = raw.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
 	if derr != nil {
 		return nil, fmt.Errorf("logchan: %s: dup: %w", f.Name(), derr)
 	}
 	f.Close()
-	unix.CloseOnExec(nfd)
 	if err := unix.SetNonblock(nfd, true); err != nil {
 		unix.Close(nfd)
 		return nil, fmt.Errorf("logchan: %s: %w", f.Name(), err)

@@ -93,6 +93,8 @@ type backupRun struct {
 	// linkEOF is closed when the primary closed its direction.
 	handingOver bool
 	linkEOF     chan struct{}
+	// resuming: serveLog is deciding a resumed channel.
+	resuming bool
 }
 
 // armBackup arms a backup of the primary described by req on this host: it
@@ -306,17 +308,22 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 	switch {
 	case b.feeder == nil || !b.active() || b.goingLive || b.live:
 		why = "no backup armed for " + b.uuid + " that waits for a log channel"
-	case b.link != nil || (b.drv != nil && !hello.Resume):
+	case b.link != nil || (b.drv != nil && !hello.Resume) || b.resuming:
 		// A second log channel for the same pairing is refused.
 		why = "no backup armed for " + b.uuid + " that waits for a log channel"
-	case hello.Resume && !b.awaitingResume:
+	case hello.Resume && (!b.awaitingResume || b.drv == nil):
 		why = "no planned restart of the pairing of " + b.uuid + " to resume from"
 	case hello.Resume && hello.Offset != b.received:
 		why = fmt.Sprintf("cannot resume the log at offset %d: the backup received %d bytes", hello.Offset, b.received)
 	}
-	first := b.drv == nil
-	if why == "" {
-		b.link, b.peer, b.awaitingResume = pc, pc.remote(), false
+	drv := b.drv
+	first := drv == nil
+	switch {
+	case why != "":
+	case first:
+		b.link, b.peer = pc, pc.remote()
+	default:
+		b.resuming = true // one resume at a time
 	}
 	b.mu.Unlock()
 	if why != "" {
@@ -331,14 +338,33 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 			pc.Close()
 			return
 		}
-	} else {
-		b.setState(ctl.StateReplicating, "log channel resumed after a planned restart")
-		b.log.Info("log channel resumed after a planned restart")
-		pc.queueAck(b.ack())
-		if drv := b.driver(); drv != nil {
-			drv.Post(failover.ChannelUp{})
-		}
+		b.receive(pc)
+		return
 	}
+	// A resume: taken only while the core still waits for the primary's
+	// restart, decided on its goroutine (a grace that ended meanwhile
+	// started the go-live). The ack goes out before the link is the
+	// run's, so that it is the first frame the primary reads.
+	ok := drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting }, failover.ChannelUp{})
+	b.mu.Lock()
+	b.resuming = false
+	if ok && b.active() && !b.goingLive && !b.live {
+		b.awaitingResume = false
+		b.peer = pc.remote()
+		b.mu.Unlock()
+		pc.queueAck(b.ack())
+		b.mu.Lock()
+		b.link = pc
+	} else {
+		ok = false
+	}
+	b.mu.Unlock()
+	if !ok {
+		refuse("the backup of " + b.uuid + " no longer waits for its primary's restart")
+		return
+	}
+	b.setState(ctl.StateReplicating, "log channel resumed after a planned restart")
+	b.log.Info("log channel resumed after a planned restart")
 	b.receive(pc)
 }
 
@@ -358,8 +384,9 @@ func (b *backupRun) startCore() bool {
 		return false
 	}
 	b.mu.Lock()
-	if !b.active() {
-		// Closed meanwhile: close saw no driver to stop.
+	if !b.active() || b.drv != nil {
+		// Closed meanwhile (close saw no driver to stop), or started
+		// already.
 		b.mu.Unlock()
 		return false
 	}
@@ -409,23 +436,23 @@ func (b *backupRun) receive(pc *peerConn) {
 		m, err := pc.recv()
 		if err != nil {
 			b.mu.Lock()
-			handing, restarting := b.handingOver, b.awaitingResume
-			if b.link == pc && (handing || restarting) {
+			handing, restarting, current := b.handingOver, b.awaitingResume, b.link == pc
+			if current && (handing || restarting) {
 				b.link = nil
 			}
 			eof := b.linkEOF
 			b.mu.Unlock()
-			if handing {
+			if handing && current {
 				if eof != nil {
 					close(eof)
 				}
 				return
 			}
 			pc.Close()
-			if !restarting {
+			if current && !restarting {
 				drv.Post(failover.ChannelDown{Reason: err.Error()})
 			}
-			return
+			return // an old channel (a resumed one replaced it), or the primary's restart
 		}
 		switch m.Kind {
 		case logchan.MsgHeartbeat:

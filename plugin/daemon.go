@@ -219,14 +219,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.serveControl(cl) }()
 	go func() { defer wg.Done(); d.servePeers(pl) }()
 	<-ctx.Done()
+	// No new hook, switchover or peer connection from here on.
+	cl.Close()
+	pl.Close()
 	// A planned restart (systemd keeps descriptors): replicating domains
 	// go on under the next daemon (handover.go).
 	if handed := d.handOverAll(); len(handed) > 0 {
 		d.log.Infof("planned restart: %d domains handed over", len(handed))
 	}
 	close(stop)
-	cl.Close()
-	pl.Close()
 	d.shutdown()
 	wg.Wait()
 	_ = os.Remove(d.cfg.ControlSocket)

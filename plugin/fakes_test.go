@@ -47,6 +47,7 @@ type memPipe struct {
 	wclosed, rclosed bool
 	connected        bool // FIFO A: QEMU opened it
 	instr            uint64
+	dl               bool
 }
 
 func newMemPipe(capBytes int) *memPipe {
@@ -77,11 +78,14 @@ func (p *memPipe) write(data []byte) error {
 func (p *memPipe) read(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for len(p.buf) == 0 && !p.wclosed && !p.rclosed {
+	for len(p.buf) == 0 && !p.wclosed && !p.rclosed && !p.dl {
 		p.cond.Wait()
 	}
 	if p.rclosed {
 		return 0, os.ErrClosed
+	}
+	if p.dl && len(p.buf) == 0 {
+		return 0, os.ErrDeadlineExceeded
 	}
 	if len(p.buf) == 0 {
 		return 0, io.EOF
@@ -121,6 +125,21 @@ func (r recordEnd) Connected() bool {
 	return r.p.connected
 }
 func (r recordEnd) Close() error { r.p.closeReader(); return nil }
+func (r recordEnd) ReadBytes() uint64 {
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	return r.p.written - uint64(len(r.p.buf))
+}
+func (r recordEnd) SetReadDeadline(time.Time) error {
+	r.p.mu.Lock()
+	r.p.dl = true
+	r.p.cond.Broadcast()
+	r.p.mu.Unlock()
+	return nil
+}
+func (r recordEnd) File() *os.File { return nil }
+func (w replayEnd) Events() uint64 { return 0 }
+func (w replayEnd) File() *os.File { return nil }
 
 // replayEnd is the daemon's end of a memPipe used as FIFO B.
 type replayEnd struct{ p *memPipe }

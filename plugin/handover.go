@@ -60,6 +60,9 @@ type gateHandover struct {
 	// Frames is the number of frames the gate had read (its numbering
 	// goes on from there: gate.Config.FramesBefore).
 	Frames uint64 `json:"frames"`
+	// Forgotten (the backup's gates) is the last frame number the
+	// primary reported sent (gate.Gate.Forget).
+	Forgotten uint64 `json:"forgotten,omitempty"`
 	// Leftover is what it had read of OUT beyond the last whole frame.
 	Leftover []byte `json:"leftover,omitempty"`
 }
@@ -98,6 +101,11 @@ type handoverRecord struct {
 	// PausedAt (primary) is when the stopping daemon paused the VM (Unix
 	// ns), for the log line that says how long it stayed paused.
 	PausedAt int64 `json:"paused_at,omitempty"`
+	// Exact (primary): the running QEMU flushes its log before each
+	// frame (qemuFlushesLog, checked when it started): gate positions
+	// need no slack. Carried, not asked again: an upgrade may have put
+	// another binary at the emulator's path since.
+	Exact bool `json:"exact,omitempty"`
 }
 
 // handedFile is a descriptor for the store and its name there.
@@ -117,9 +125,17 @@ func gateFDNames(uuid string, j int) (out, in string) {
 // ---- systemd's file descriptor store (sd_notify(3), sd_listen_fds(3)) ----
 
 // fdStoreAvailable reports whether a service manager listens for
-// notifications (NOTIFY_SOCKET): only then can descriptors outlive the
-// process.
-func fdStoreAvailable() bool { return os.Getenv("NOTIFY_SOCKET") != "" }
+// notifications (NOTIFY_SOCKET) and keeps descriptors: only then can they
+// outlive the process. systemd 254 and later say how many in $FDSTORE
+// (FileDescriptorStoreMax=; 0 or unset there: none); older ones do not
+// say, and a store they do not keep ends as a crash does.
+func fdStoreAvailable() bool {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return false
+	}
+	v, set := os.LookupEnv("FDSTORE")
+	return !set || (v != "" && v != "0")
+}
 
 // sdNotify sends state to NOTIFY_SOCKET with files attached (SCM_RIGHTS).
 func sdNotify(state string, files ...*os.File) error {
@@ -405,7 +421,11 @@ func (p *primaryRun) reconnect(drv *failover.Driver, ps *pumpState, gates *outpu
 			return
 		}
 		p.log.WithError(err).Debug("resuming the log channel")
-		time.Sleep(resumeRetry)
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(resumeRetry):
+		}
 	}
 }
 
@@ -420,6 +440,9 @@ func (p *primaryRun) resumeLink(qemuVer string, logVer uint32, epoch string, off
 	}
 	_ = link.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
 	m, err := link.recv()
+	for err == nil && m.Kind == logchan.MsgHeartbeat {
+		m, err = link.recv()
+	}
 	_ = link.nc.SetReadDeadline(time.Time{})
 	switch {
 	case err != nil:
@@ -438,8 +461,16 @@ func (p *primaryRun) resumeLink(qemuVer string, logVer uint32, epoch string, off
 // attach makes link (a resumed log channel) the run's, tells the failover
 // core, and resumes the VM if a restart paused it.
 func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState, gates *outputGates) {
-	if st, _ := drv.View(); !st.PeerRestarting {
-		// The grace ended meanwhile: the failover core decided.
+	ps.mu.Lock()
+	gone := ps.discard || ps.handover
+	ps.mu.Unlock()
+	p.mu.Lock()
+	gone = gone || !p.active() || p.link != nil
+	p.mu.Unlock()
+	// Taken only while the core still waits for the backup's restart,
+	// decided on its goroutine (no lock held: its actions take p.mu): a
+	// grace that ended meanwhile (drain, claim) keeps the channel out.
+	if gone || !drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting }, failover.ChannelUp{}) {
 		link.Close()
 		return
 	}
@@ -456,7 +487,6 @@ func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState,
 	resume, pausedAt := p.restartPaused, p.restartPausedAt
 	p.restartPaused, p.claimPaused = false, false
 	p.mu.Unlock()
-	drv.Post(failover.ChannelUp{})
 	ps.setHeld(false)
 	go p.receive(link, drv, ps, gates)
 	p.setState(ctl.StateReplicating, "")
@@ -483,6 +513,17 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	hl, ok := rr.(handoverLog)
 	if !ok {
 		return rec, nil, fmt.Errorf("FIFO A's reader (%T) cannot be handed over", rr)
+	}
+	ps.mu.Lock()
+	held, discard := ps.held, ps.discard
+	ps.mu.Unlock()
+	if held || discard {
+		return rec, nil, errors.New("the backup's daemon is restarting too, or the backup is lost")
+	}
+	if gates != nil && len(gates.gates) > 0 && !gates.exact {
+		// Its gate positions carry the stdio slack: with the VM paused
+		// the last frames would wait for log that never comes.
+		return rec, nil, errors.New("the QEMU does not flush its log before each frame (not libvirt-ft's patched QEMU): a planned restart needs it")
 	}
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting {
 		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v)", st.State, st.ChannelOpen, st.PeerRestarting)
@@ -515,13 +556,16 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	// paused for the next daemon (or, failing that, for restart.go).
 	resume = false
 	drv.Stop()
+	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting {
+		return rec, nil, fmt.Errorf("the failover core left replicating during the quiesce (%s: %s)", st.State, st.Reason)
+	}
 	_ = link.writeHeartbeat() // the frames that left, for the backup's gates
 	link.bye(logchan.Bye{Clean: true, Reason: failover.ByeRestarting})
 	link.closeWrite()
 	dec := ps.dec
 	rec = handoverRecord{UUID: p.uuid, Name: p.name, Role: ftxml.RolePrimary, Epoch: p.epoch, Peer: p.peer,
 		Offset: dec.Offset(), Events: dec.Events(), Instructions: dec.Instructions(), Pending: dec.PendingBytes(),
-		FIFORead: hl.ReadBytes(), PausedAt: pausedAt.UnixNano()}
+		FIFORead: hl.ReadBytes(), PausedAt: pausedAt.UnixNano(), Exact: gates != nil && gates.exact}
 	if rec.FIFORead != rec.Offset+uint64(len(rec.Pending)) {
 		return rec, nil, fmt.Errorf("FIFO A: %d bytes read, but the decoder holds %d+%d", rec.FIFORead, rec.Offset, len(rec.Pending))
 	}
@@ -575,8 +619,19 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	if !ok {
 		return rec, nil, fmt.Errorf("FIFO B's feeder (%T) cannot be handed over", feeder)
 	}
+	// Its failover core stops first: the primary sends no heartbeat while
+	// it quiesces, and this backup must not take that for a loss and go
+	// live while it hands over (this daemon ends either way).
+	drv.Stop()
+	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting {
+		return rec, nil, fmt.Errorf("the failover core is %s (%s)", st.State, st.Reason)
+	}
 	eof := make(chan struct{})
 	b.mu.Lock()
+	if b.goingLive || b.live {
+		b.mu.Unlock()
+		return rec, nil, errors.New("going live")
+	}
 	b.handingOver, b.linkEOF = true, eof
 	b.mu.Unlock()
 	link.bye(logchan.Bye{Clean: true, Reason: failover.ByeRestarting})
@@ -623,7 +678,6 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	if !pollUntil(timeout, forgotten) {
 		return rec, nil, errors.New("the backup's gates still hold frames the primary did not report sent")
 	}
-	drv.Stop()
 	b.mu.Lock()
 	rec = handoverRecord{UUID: b.uuid, Name: b.name, Role: ftxml.RoleBackup, Epoch: b.epoch, PrimaryHost: b.primaryHost,
 		Fed: b.fed, FedInstr: b.fedInstr, FedEvents: hf.Events(), Icount: b.icount, BackupXML: b.backupXML}
@@ -824,13 +878,12 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	if err != nil {
 		return err
 	}
+	if err := d.replayModeIs(rec.UUID, "record"); err != nil {
+		return err
+	}
 	cfg, present, err := ftxml.ParseConfig(def.XML)
 	if err != nil || !present {
 		return fmt.Errorf("its definition has no ft element (%v)", err)
-	}
-	dom, err := ftxml.ParseDomain(def.XML)
-	if err != nil {
-		return err
 	}
 	e := d.env()
 	ff, err := takeFile(files, fdName(rec.UUID, "fifo"))
@@ -859,7 +912,7 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 			p.close("adoption failed")
 			return err
 		}
-		gates.exact = qemuFlushesLog(dom.Devices.Emulator)
+		gates.exact = rec.Exact
 		slack := uint64(stdioSlackBytes)
 		if gates.exact {
 			slack = 0
@@ -877,6 +930,9 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 			return err
 		}
 	}
+	p.mu.Lock()
+	p.gates = gates // released by close from here on
+	p.mu.Unlock()
 	p.undo.push(func() { p.releaseGates() })
 	qemuVer, err := e.hv.QEMUVersion()
 	if err != nil {
@@ -925,6 +981,9 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 	if _, err := d.adoptedQEMU(rec); err != nil {
 		return err
 	}
+	if err := d.replayModeIs(rec.UUID, "play"); err != nil {
+		return err
+	}
 	cfg, present, err := ftxml.ParseConfig(rec.BackupXML)
 	if err != nil || !present {
 		return fmt.Errorf("the backup's XML has no ft element (%v)", err)
@@ -970,13 +1029,38 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 	}
 	b.gates = gates
 	b.undo.push(b.releaseGates)
-	dm.setRun(b)
+	// The core first, then the run is published (a resume may come at
+	// once): the primary's channel is expected back within the restart
+	// grace, as if its daemon had said ByeRestarting to this one.
 	if !b.startCore() {
+		b.close("adoption failed")
 		return errors.New("the run closed while it started")
 	}
-	// The primary's channel is expected back within the restart grace,
-	// as if its daemon had said ByeRestarting to this one.
 	b.driver().Post(failover.PeerBye{Clean: true, Reason: failover.ByeRestarting})
+	if _, err := d.adoptedQEMU(rec); err != nil {
+		b.close("adoption failed")
+		return err
+	}
+	dm.setRun(b)
 	go b.sampleIcount()
+	return nil
+}
+
+// replayModeIs checks that uuid's QEMU is in the replay mode want
+// (query-replay): a primary handed over still records, a backup still
+// replays (not one that left replay mode at an END).
+func (d *Daemon) replayModeIs(uuid, want string) error {
+	client, release, err := d.env().qmp(uuid)
+	if err != nil {
+		return err
+	}
+	defer release()
+	ri, err := client.QueryReplay()
+	if err != nil {
+		return err
+	}
+	if ri.Mode != want {
+		return fmt.Errorf("its QEMU is in replay mode %q, not %q", ri.Mode, want)
+	}
 	return nil
 }

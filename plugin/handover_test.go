@@ -54,8 +54,7 @@ func dialResume(t *testing.T, fp *fakePair, epoch string, resume bool, offset ui
 }
 
 // A planned restart of the primary's daemon: the backup neither goes live
-// nor gives up while the restart grace (here the heartbeat timeout, 1 s)
-// lasts; it refuses a channel of another pairing epoch, a resume at an
+// nor gives up while the restart grace (3 s by default) lasts; it refuses a channel of another pairing epoch, a resume at an
 // offset it did not reach and a plain second channel, and accepts the
 // resumed channel at the offset it received; replication goes on.
 func TestBackupResumesAfterPrimaryRestart(t *testing.T) {
@@ -114,7 +113,7 @@ func TestBackupGoesLiveWhenRestartDoesNotComeBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
 		primaryRestarts(t, fp)
-		time.Sleep(900 * time.Millisecond)
+		time.Sleep(2900 * time.Millisecond)
 		synctest.Wait()
 		if s := fp.b.status(t, "web"); s.State != ctl.StateReplicating {
 			t.Fatalf("host b within the grace: %s %q", s.State, s.Detail)
@@ -127,17 +126,20 @@ func TestBackupGoesLiveWhenRestartDoesNotComeBack(t *testing.T) {
 	})
 }
 
-// The restart grace: the heartbeat timeout unless restart-grace-ms says
-// otherwise (0 must not become the 1-tick minimum of failover.Ticks).
+// The restart grace: the larger of the heartbeat timeout and 3 s unless
+// restart-grace-ms says otherwise (0 must not become the 1-tick minimum of
+// failover.Ticks).
 func TestRestartGrace(t *testing.T) {
 	cfg := xmlpkg.DefaultConfig()
 	cfg.HeartbeatTimeout = 1500 * time.Millisecond
-	if fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50}); fc.RestartGrace != 0 {
-		t.Fatalf("RestartGrace %d ticks without restart-grace-ms, want 0 (the heartbeat timeout)", fc.RestartGrace)
+	if fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50}); fc.RestartGrace != 300 {
+		t.Fatalf("RestartGrace %d ticks without restart-grace-ms, want 300 (3 s)", fc.RestartGrace)
 	}
-	if g := restartGrace(cfg, Config{}); g != 1500*time.Millisecond {
-		t.Fatalf("restartGrace %v, want the heartbeat timeout", g)
+	cfg.HeartbeatTimeout = 5 * time.Second
+	if g := restartGrace(cfg, Config{}); g != 5*time.Second {
+		t.Fatalf("restartGrace %v, want the heartbeat timeout (5 s)", g)
 	}
+	cfg.HeartbeatTimeout = 1500 * time.Millisecond
 	fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50, RestartGraceMS: 3000})
 	if fc.RestartGrace != 300 {
 		t.Fatalf("RestartGrace %d ticks for 3000 ms, want 300", fc.RestartGrace)
@@ -195,4 +197,52 @@ func TestStoreFileNotifies(t *testing.T) {
 	if fdStoreAvailable() || storeFile("u.fifo", r) == nil {
 		t.Fatal("without NOTIFY_SOCKET a descriptor was stored")
 	}
+}
+
+// The backup's own planned restart while its replay lags: the primary
+// sends no heartbeat while it quiesces, and the backup's failover core must
+// not take that for a loss: it never goes live, and its QEMU still replays.
+// (The fakes' FIFO B has no descriptor, so handOver ends in an error when
+// it comes to store it.)
+func TestBackupOwnHandoverNeverGoesLive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t, func(fp *fakePair) { fp.a.d.cfg.RestartGraceMS = 5000 })
+		backupQEMU := fp.b.hv.running(runUUID)
+		b := fp.b.d.lookup(runUUID).current().(*backupRun)
+		backupQEMU.stall() // the replay lags
+		for range 2 {
+			primary.emit(t, instructions(100, 10))
+			time.Sleep(200 * time.Millisecond)
+			synctest.Wait()
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := b.handOver(handoverTimeout)
+			done <- err
+		}()
+		go func() {
+			time.Sleep(1500 * time.Millisecond)
+			backupQEMU.mu.Lock()
+			backupQEMU.stalled = false
+			backupQEMU.cond.Broadcast()
+			backupQEMU.mu.Unlock()
+		}()
+		for range 20 {
+			time.Sleep(100 * time.Millisecond)
+			synctest.Wait()
+			b.mu.Lock()
+			gl := b.goingLive
+			b.mu.Unlock()
+			if gl {
+				t.Fatal("the backup started going live during its own handover")
+			}
+		}
+		err := <-done
+		if err == nil || !strings.Contains(err.Error(), "invalid") {
+			t.Logf("handOver: %v", err)
+		}
+		if mode, _ := backupQEMU.state(); mode != "play" {
+			t.Fatalf("the backup's QEMU is in mode %q, want play", mode)
+		}
+	})
 }

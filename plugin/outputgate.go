@@ -281,6 +281,11 @@ func adoptGates(e env, og *outputGates, conns [][2]net.Conn, hs []gateHandover, 
 		}
 		og.ins[j], og.outs[j] = in, out
 		og.mu.Unlock()
+		if hs[j].Forgotten > 0 {
+			// The backup's: frames the primary reported sent stay
+			// forgotten when their replayed copies arrive.
+			g.Forget(hs[j].Forgotten)
+		}
 		og.gates = append(og.gates, g)
 		var r io.Reader = out
 		if len(hs[j].Leftover) > 0 {
@@ -314,7 +319,8 @@ func (og *outputGates) detach(timeout time.Duration) ([][2]net.Conn, []gateHando
 			return nil, nil, fmt.Errorf("output gate %s: %d frames held or unwritten", ftxml.GateFilterID(j), unwritten)
 		}
 		conns = append(conns, [2]net.Conn{out, in})
-		hs = append(hs, gateHandover{Frames: g.Stats().ReadFrames, Leftover: left})
+		st := g.Stats()
+		hs = append(hs, gateHandover{Frames: st.ReadFrames, Forgotten: st.Forgotten, Leftover: left})
 	}
 	return conns, hs, nil
 }

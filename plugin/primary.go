@@ -464,8 +464,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			ps.mu.Lock()
 			stopping := ps.handover
 			ps.mu.Unlock()
-			if stopping && n == 0 {
-				// handOver's read deadline: nothing was consumed.
+			if stopping && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				// handOver's read deadline: nothing was consumed. (An
+				// EOF, QEMU exiting meanwhile, is its end as always.)
 				handedOver = true
 				return
 			}
@@ -843,9 +844,15 @@ func (p *primaryRun) releaseGates() {
 func (p *primaryRun) close(why string) {
 	p.stopOnce.Do(func() { close(p.stop) })
 	p.mu.Lock()
-	drv := p.drv
+	drv, ps := p.drv, p.ps
 	p.drv, p.link, p.rr = nil, nil, nil
 	p.mu.Unlock()
+	if ps != nil {
+		// A pump waiting for the window or a held link sees the end.
+		ps.mu.Lock()
+		ps.cond.Broadcast()
+		ps.mu.Unlock()
+	}
 	if drv != nil {
 		drv.Stop()
 		st, tm := drv.View()
@@ -865,19 +872,23 @@ func nodeConfig(role failover.Role, cfg ftxml.Config, hc Config) failover.Config
 	fc := failover.Config{Role: role,
 		HeartbeatInterval: failover.Ticks(cfg.HeartbeatInterval), HeartbeatTimeout: failover.Ticks(cfg.HeartbeatTimeout),
 		StallTimeout: max(failover.Ticks(cfg.Stall()), 10*failover.Ticks(sample))}
-	if hc.RestartGraceMS > 0 {
-		fc.RestartGrace = failover.Ticks(time.Duration(hc.RestartGraceMS) * time.Millisecond)
-	}
+	fc.RestartGrace = failover.Ticks(restartGrace(cfg, hc))
 	return fc
 }
 
+// defaultRestartGrace is the least restart grace by default: it covers the
+// restarting side's quiesce (its replay catching up, bounded by
+// handoverTimeout) and the next process's start.
+const defaultRestartGrace = 3 * time.Second
+
 // restartGrace is how long a peer restarting on purpose has to bring the
-// log channel back (Config.RestartGraceMS, else the heartbeat timeout).
+// log channel back: Config.RestartGraceMS, else the larger of the heartbeat
+// timeout and defaultRestartGrace.
 func restartGrace(cfg ftxml.Config, hc Config) time.Duration {
 	if hc.RestartGraceMS > 0 {
 		return time.Duration(hc.RestartGraceMS) * time.Millisecond
 	}
-	return cfg.HeartbeatTimeout
+	return max(cfg.HeartbeatTimeout, defaultRestartGrace)
 }
 
 // lossOf gives the failover core's timings in ms for the status; nil
