@@ -117,6 +117,11 @@ func (d *Driver) Run() {
 				}
 			}
 			ok := c.cond(d.node.Status())
+			select {
+			case <-d.stop:
+				ok = false // stopped meanwhile: nothing steps
+			default:
+			}
 			if ok {
 				d.node.Step(c.ev)
 			}

@@ -183,7 +183,7 @@ type Config struct {
 	// RestartGrace is the number of ticks a peer that said ByeRestarting
 	// has to bring the log channel back before it is declared lost. 0
 	// means HeartbeatTimeout. (The daemon's default is the larger of the
-	// heartbeat timeout and 3 s: plugin restartGrace.)
+	// heartbeat timeout and 5 s: plugin restartGrace.)
 	RestartGrace int
 }
 

@@ -343,8 +343,9 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 	}
 	// A resume: taken only while the core still waits for the primary's
 	// restart, decided on its goroutine (a grace that ended meanwhile
-	// started the go-live). The ack goes out before the link is the
-	// run's, so that it is the first frame the primary reads.
+	// started the go-live). The ack is queued before the link is the
+	// run's; a heartbeat may still go first (the writer sends a pending
+	// heartbeat before a pending ack), and the primary skips it.
 	ok := drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting }, failover.ChannelUp{})
 	b.mu.Lock()
 	b.resuming = false
@@ -373,7 +374,7 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 // adopted after a planned restart (its primary must resume the channel
 // within the heartbeat timeout, or the backup goes live). It reports false
 // if the run closed meanwhile.
-func (b *backupRun) startCore() bool {
+func (b *backupRun) startCore(first ...failover.Event) bool {
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
 	ring := newLogRing(logRingBytes)
@@ -393,6 +394,9 @@ func (b *backupRun) startCore() bool {
 	b.ring, b.stall, b.stallText, b.drv, b.q = ring, nil, "", drv, q
 	feeder := b.feeder
 	b.mu.Unlock()
+	for _, ev := range first {
+		drv.Post(ev) // before any tick
+	}
 	go drv.Run()
 	go b.watchUnread(feeder, drv)
 	fed := make(chan struct{})

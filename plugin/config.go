@@ -75,7 +75,7 @@ type Config struct {
 	// stopping for a planned restart (systemctl restart; ByeRestarting),
 	// to bring the log channel back before it takes the peer for lost
 	// (ms). The primary's VM is paused meanwhile. Default 0: the larger
-	// of the domain's heartbeat timeout and 3000 (it covers the restarting
+	// of the domain's heartbeat timeout and 5000 (it covers the restarting
 	// side's quiesce and its next process's start).
 	RestartGraceMS int `yaml:"restart-grace-ms"`
 	// SeedDirs are the directories a peer may write disk copies into when it

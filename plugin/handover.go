@@ -49,7 +49,7 @@ import (
 
 // handoverTimeout bounds a domain's quiesce and handover when the daemon
 // stops; past it the domain falls back to the crash path.
-const handoverTimeout = 3 * time.Second
+const handoverTimeout = 3 * time.Second // the whole of one domain's handOver
 
 // resumeRetry is how often a primary dials its backup's restarting
 // daemon again while the restart grace lasts.
@@ -538,7 +538,8 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 			go p.env.resumeVM(p.uuid, p.stop)
 		}
 	}()
-	if !pollUntil(timeout, p.quiet) {
+	deadline := time.Now().Add(timeout) // for the whole handover
+	if !pollUntil(time.Until(deadline), p.quiet) {
 		return rec, nil, errors.New("the pair did not quiesce in time (log unread, unacknowledged, or frames held)")
 	}
 	// Stop the pump at its next read: nothing is in FIFO A.
@@ -549,13 +550,14 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	_ = hl.SetReadDeadline(time.Unix(1, 0))
 	select {
 	case <-ps.ended:
-	case <-time.After(timeout):
+	case <-time.After(time.Until(deadline)):
 		return rec, nil, errors.New("the log pump did not stop")
 	}
 	// From here on the run is given up, whatever happens: the VM stays
 	// paused for the next daemon (or, failing that, for restart.go).
 	resume = false
 	drv.Stop()
+	<-drv.Done() // the actions of its last step have run
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting {
 		return rec, nil, fmt.Errorf("the failover core left replicating during the quiesce (%s: %s)", st.State, st.Reason)
 	}
@@ -623,9 +625,11 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	// it quiesces, and this backup must not take that for a loss and go
 	// live while it hands over (this daemon ends either way).
 	drv.Stop()
+	<-drv.Done() // the actions of its last step (a FeedEnd) have run
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting {
 		return rec, nil, fmt.Errorf("the failover core is %s (%s)", st.State, st.Reason)
 	}
+	deadline := time.Now().Add(timeout) // for the whole handover
 	eof := make(chan struct{})
 	b.mu.Lock()
 	if b.goingLive || b.live {
@@ -637,7 +641,7 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	link.bye(logchan.Bye{Clean: true, Reason: failover.ByeRestarting})
 	select {
 	case <-eof:
-	case <-time.After(timeout):
+	case <-time.After(time.Until(deadline)):
 		return rec, nil, errors.New("the primary did not close its log channel in time")
 	}
 	fedAll := func() bool {
@@ -645,7 +649,7 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 		defer b.mu.Unlock()
 		return b.fed == b.received
 	}
-	if !pollUntil(timeout, fedAll) {
+	if !pollUntil(time.Until(deadline), fedAll) {
 		return rec, nil, errors.New("the log received was not all fed into FIFO B in time")
 	}
 	b.mu.Lock()
@@ -661,7 +665,7 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 		defer b.mu.Unlock()
 		return b.icount >= target
 	}
-	if !pollUntil(timeout, caughtUp) {
+	if !pollUntil(time.Until(deadline), caughtUp) {
 		return rec, nil, fmt.Errorf("the replay did not reach the end of its log (icount %d) in time", target)
 	}
 	forgotten := func() bool {
@@ -675,7 +679,7 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 		}
 		return true
 	}
-	if !pollUntil(timeout, forgotten) {
+	if !pollUntil(time.Until(deadline), forgotten) {
 		return rec, nil, errors.New("the backup's gates still hold frames the primary did not report sent")
 	}
 	b.mu.Lock()
@@ -1032,11 +1036,10 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 	// The core first, then the run is published (a resume may come at
 	// once): the primary's channel is expected back within the restart
 	// grace, as if its daemon had said ByeRestarting to this one.
-	if !b.startCore() {
+	if !b.startCore(failover.PeerBye{Clean: true, Reason: failover.ByeRestarting}) {
 		b.close("adoption failed")
 		return errors.New("the run closed while it started")
 	}
-	b.driver().Post(failover.PeerBye{Clean: true, Reason: failover.ByeRestarting})
 	if _, err := d.adoptedQEMU(rec); err != nil {
 		b.close("adoption failed")
 		return err

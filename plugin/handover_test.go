@@ -54,7 +54,7 @@ func dialResume(t *testing.T, fp *fakePair, epoch string, resume bool, offset ui
 }
 
 // A planned restart of the primary's daemon: the backup neither goes live
-// nor gives up while the restart grace (3 s by default) lasts; it refuses a channel of another pairing epoch, a resume at an
+// nor gives up while the restart grace (5 s by default) lasts; it refuses a channel of another pairing epoch, a resume at an
 // offset it did not reach and a plain second channel, and accepts the
 // resumed channel at the offset it received; replication goes on.
 func TestBackupResumesAfterPrimaryRestart(t *testing.T) {
@@ -113,7 +113,7 @@ func TestBackupGoesLiveWhenRestartDoesNotComeBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
 		primaryRestarts(t, fp)
-		time.Sleep(2900 * time.Millisecond)
+		time.Sleep(4900 * time.Millisecond)
 		synctest.Wait()
 		if s := fp.b.status(t, "web"); s.State != ctl.StateReplicating {
 			t.Fatalf("host b within the grace: %s %q", s.State, s.Detail)
@@ -126,18 +126,18 @@ func TestBackupGoesLiveWhenRestartDoesNotComeBack(t *testing.T) {
 	})
 }
 
-// The restart grace: the larger of the heartbeat timeout and 3 s unless
+// The restart grace: the larger of the heartbeat timeout and 5 s unless
 // restart-grace-ms says otherwise (0 must not become the 1-tick minimum of
 // failover.Ticks).
 func TestRestartGrace(t *testing.T) {
 	cfg := xmlpkg.DefaultConfig()
 	cfg.HeartbeatTimeout = 1500 * time.Millisecond
-	if fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50}); fc.RestartGrace != 300 {
-		t.Fatalf("RestartGrace %d ticks without restart-grace-ms, want 300 (3 s)", fc.RestartGrace)
+	if fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50}); fc.RestartGrace != 500 {
+		t.Fatalf("RestartGrace %d ticks without restart-grace-ms, want 500 (5 s)", fc.RestartGrace)
 	}
-	cfg.HeartbeatTimeout = 5 * time.Second
-	if g := restartGrace(cfg, Config{}); g != 5*time.Second {
-		t.Fatalf("restartGrace %v, want the heartbeat timeout (5 s)", g)
+	cfg.HeartbeatTimeout = 8 * time.Second
+	if g := restartGrace(cfg, Config{}); g != 8*time.Second {
+		t.Fatalf("restartGrace %v, want the heartbeat timeout (8 s)", g)
 	}
 	cfg.HeartbeatTimeout = 1500 * time.Millisecond
 	fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50, RestartGraceMS: 3000})
@@ -237,9 +237,8 @@ func TestBackupOwnHandoverNeverGoesLive(t *testing.T) {
 				t.Fatal("the backup started going live during its own handover")
 			}
 		}
-		err := <-done
-		if err == nil || !strings.Contains(err.Error(), "invalid") {
-			t.Logf("handOver: %v", err)
+		if err := <-done; err == nil {
+			t.Fatal("handOver succeeded with a FIFO B that has no descriptor")
 		}
 		if mode, _ := backupQEMU.state(); mode != "play" {
 			t.Fatalf("the backup's QEMU is in mode %q, want play", mode)

@@ -409,11 +409,14 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 	}
 	for {
 		ps.mu.Lock()
-		for !ps.discard && !ps.handover && p.sent()-ps.acked >= window {
+		for !ps.discard && !ps.handover && p.active() && p.sent()-ps.acked >= window {
 			ps.cond.Wait()
 		}
 		sending, stopping := !ps.discard, ps.handover
 		ps.mu.Unlock()
+		if !p.active() {
+			return // closed (close broadcasts)
+		}
 		if stopping {
 			handedOver = true
 			return
@@ -877,13 +880,13 @@ func nodeConfig(role failover.Role, cfg ftxml.Config, hc Config) failover.Config
 }
 
 // defaultRestartGrace is the least restart grace by default: it covers the
-// restarting side's quiesce (its replay catching up, bounded by
-// handoverTimeout) and the next process's start.
-const defaultRestartGrace = 3 * time.Second
+// restarting side's quiesce (its replay catching up: handOver is bounded
+// by handoverTimeout, 3 s) and the next process's start.
+const defaultRestartGrace = 5 * time.Second
 
 // restartGrace is how long a peer restarting on purpose has to bring the
 // log channel back: Config.RestartGraceMS, else the larger of the heartbeat
-// timeout and defaultRestartGrace.
+// timeout and defaultRestartGrace (5 s).
 func restartGrace(cfg ftxml.Config, hc Config) time.Duration {
 	if hc.RestartGraceMS > 0 {
 		return time.Duration(hc.RestartGraceMS) * time.Millisecond
