@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl
 
-.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile bench-cpu e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -106,12 +106,19 @@ test: setup build guest vet unit e2e
 demo: setup build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/demo.sh
 
-# Go benchmarks (codec, output gate), then the output gate's network figures
+# Go benchmarks (codec, output gate), the CPU figures of record/replay
+# (test/bench/cpu.sh: boot to ready, QEMU alone and in the lab, pinned and
+# unpinned; the log by kind; perf), then the output gate's network figures
 # in the lab (test/bench/net.sh: RTT, bulk rx/tx, log bandwidth; gate on,
 # off, unprotected). Results: BENCHMARKS.md.
 bench: build guest qemu-ft
 	$(GO) test -run '^$$' -bench . -benchmem ./logchan/ ./plugin/gate/
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/cpu.sh
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/net.sh
+
+# The CPU figures alone (issue 12): RUNS=N, LAB=0 (QEMU alone), PERF=0.
+bench-cpu: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/cpu.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime 60s ./logchan/

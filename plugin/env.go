@@ -74,6 +74,9 @@ func (e env) resumeVM(uuid string, stop <-chan struct{}) {
 			}
 			if err := client.Cont(); err != nil {
 				e.log.WithError(err).Errorf("cannot resume domain %s yet", uuid)
+			} else if st, serr := client.QueryStatus(); serr == nil && st.Running {
+				release()
+				return
 			}
 			release()
 		} else if active, aerr := e.hv.IsActive(uuid); aerr == nil && !active {

@@ -602,8 +602,8 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 
 // handOver, on the backup, quiesces the pair for a planned restart of
 // this daemon: it says ByeRestarting, the primary pauses its VM, sends
-// and closes; this backup feeds everything into FIFO B, lets its replay
-// reach the end of it and its gates forget the frames the primary sent.
+// and closes; this backup feeds everything into FIFO B and lets its gates
+// forget the frames the primary sent.
 // Errors leave the run to end with the daemon, as in a crash (its primary
 // then goes on alone when the restart grace ends).
 func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files []handedFile, err error) {
@@ -652,22 +652,11 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	if !pollUntil(time.Until(deadline), fedAll) {
 		return rec, nil, errors.New("the log received was not all fed into FIFO B in time")
 	}
-	b.mu.Lock()
-	target := b.fedInstr
-	b.drainTo = target
-	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
-	caughtUp := func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.icount >= target
-	}
-	if !pollUntil(time.Until(deadline), caughtUp) {
-		return rec, nil, fmt.Errorf("the replay did not reach the end of its log (icount %d) in time", target)
-	}
+	// The replay is not waited for: it goes on reading FIFO B, whose
+	// descriptor the next daemon keeps open, and its monitor cannot be
+	// asked (a replay waiting for log holds it). The frames it still
+	// sends wait in the gate sockets; the next daemon's gates read them
+	// and forget them by the mark carried over (gateHandover.Forgotten).
 	forgotten := func() bool {
 		if gates == nil {
 			return true
@@ -982,10 +971,11 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 // the heartbeat timeout is lost: the backup goes live), and the primary's
 // daemon dials it again (serveLog with Resume).
 func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) error {
+	// Its QEMU is not asked for its replay mode: a replay waiting for
+	// log holds its monitor until log comes, and the log comes only once
+	// this run is adopted. The stopping daemon handed it over only after
+	// its failover core had stopped short of any go-live (handOver).
 	if _, err := d.adoptedQEMU(rec); err != nil {
-		return err
-	}
-	if err := d.replayModeIs(rec.UUID, "play"); err != nil {
 		return err
 	}
 	cfg, present, err := ftxml.ParseConfig(rec.BackupXML)
@@ -1050,8 +1040,8 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 }
 
 // replayModeIs checks that uuid's QEMU is in the replay mode want
-// (query-replay): a primary handed over still records, a backup still
-// replays (not one that left replay mode at an END).
+// (query-replay): a primary handed over still records. (Never asked of a
+// replaying backup: see adoptBackup.)
 func (d *Daemon) replayModeIs(uuid, want string) error {
 	client, release, err := d.env().qmp(uuid)
 	if err != nil {

@@ -3,7 +3,7 @@
 // with their offsets and the icount reached before each, for diagnosing a
 // replay that stops short of the log's end.
 //
-//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -find KIND | -icount N [-before K] [-after K]] FILE
+//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -kinds | -find KIND | -icount N [-before K] [-after K]] FILE
 //
 // Without -icount it prints every event; with it, the K events before and
 // after the point where the cumulative icount reaches N. A stretch of log
@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -28,6 +29,7 @@ func main() {
 	before := flag.Int("before", 20, "events to show before -icount")
 	after := flag.Int("after", 20, "events to show after -icount")
 	summary := flag.Bool("summary", false, "print only the summary line (events, bytes, the icount at the end)")
+	kinds := flag.Bool("kinds", false, "print only a table of events and bytes by kind, then the summary line")
 	find := flag.String("find", "", "print only the first event whose kind starts with this (e.g. SHUTDOWN_), then the summary up to it")
 	baseOff := flag.Uint64("base-offset", 0, "stream offset of FILE's first byte")
 	baseIcount := flag.Uint64("base-icount", 0, "icount before FILE's first event")
@@ -57,6 +59,7 @@ func main() {
 		ring   []line
 		shown  = -1 // events printed after the point; -1: not reached
 		events uint64
+		byKind = map[string][2]uint64{} // events, bytes
 	)
 	print := func(l line) {
 		n := len(l.ev)
@@ -68,6 +71,10 @@ func main() {
 	icount = *baseIcount
 	n, err := logchan.WalkEvents(data, *baseOff, func(off uint64, ev []byte, instr uint64) bool {
 		events++
+		if *kinds {
+			k := byKind[logchan.KindName(ev[0])]
+			byKind[logchan.KindName(ev[0])] = [2]uint64{k[0] + 1, k[1] + uint64(len(ev))}
+		}
 		l := line{off, icount, ev}
 		icount += instr
 		switch {
@@ -76,7 +83,7 @@ func main() {
 				print(l)
 				return false
 			}
-		case *summary:
+		case *summary, *kinds:
 		case *at == 0:
 			print(l)
 		case shown < 0 && icount >= *at:
@@ -98,6 +105,16 @@ func main() {
 		}
 		return true
 	})
+	if *kinds {
+		names := make([]string, 0, len(byKind))
+		for k := range byKind {
+			names = append(names, k)
+		}
+		sort.Slice(names, func(i, j int) bool { return byKind[names[i]][0] > byKind[names[j]][0] })
+		for _, k := range names {
+			fmt.Printf("kind %-26s events %10d bytes %12d\n", k, byKind[k][0], byKind[k][1])
+		}
+	}
 	fmt.Printf("%d events, %d of %d bytes walked, icount %d at the end walked\n", events, n, len(data), icount)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rrdump:", err)

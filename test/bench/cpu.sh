@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# CPU benchmarks of record/replay (issue 12; part of `make bench`): how fast
+# the test guest boots, from QEMU's start to "ft-guest: up" on its console
+# (BIOS, kernel, modules, init under TCG), in each set-up:
+#
+#   QEMU alone (no libvirt, no libvirt-ftd; the devices a protected domain
+#   gets: virtio-blk under blkreplay, virtio-net with filter-replay on a
+#   user netdev, the serial console in a file):
+#     plain     TCG, no icount: the unprotected speed
+#     icount    -icount shift=auto, no record/replay
+#     record    rr=record into a file (a primary with no backup)
+#     replay    rr=replay of that file (the backup alone, never waiting for log)
+#   In the lab (libvirt, both daemons):
+#     lab-unprotected  the demo domain without the ft element
+#     lab-protected    the demo domain protected (primary on host a, backup on b)
+#
+# Each runs unpinned and pinned: QEMU alone on CPU 0; in the lab host a's
+# QEMU on CPU 0 and host b's on CPU 1 (the two-host estimate: the lab shares
+# its 2 CPUs between both hosts). The recorded log's events and bytes per
+# second by kind (test/tools/rrdump -kinds), and perf figures of the record
+# and the replay (context switches, futex calls, CPU time, the top symbols)
+# follow. Prints markdown (also written to $OUT).
+#   EMULATOR=... [RUNS=2] [LAB=1] [PERF=1] test/bench/cpu.sh
+set -euo pipefail
+source "$(dirname "$0")/../e2e/lib.sh"
+QEMU=${EMULATOR:-/usr/bin/qemu-system-x86_64}
+RUNS=${RUNS:-2}
+OUT=${OUT:-/tmp/libvirt-ft-bench-cpu.md}
+[ -x "$QEMU" ] || die "no QEMU at $QEMU (make qemu-ft)"
+[ -x "$BIN/rrdump" ] || die "run make build first ($BIN/rrdump)"
+command -v taskset >/dev/null || die "taskset is missing (util-linux)"
+if [ "${PERF:-1}" = 1 ] && ! command -v perf >/dev/null; then
+	echo "cpu.sh: perf is missing (apt-get install linux-perf): the perf figures are left out" >&2
+	PERF=0
+fi
+
+work=$(mktemp -d /var/tmp/ft-bench-cpu.XXXXXX)
+qpids=()
+cleanup() {
+	local p
+	for p in "$work"/qemu-*.pid; do [ -s "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
+	[ "${LAB:-1}" = 1 ] && lab_stop
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# qemu_args MODE NAME: the command line of a run (MODE plain, icount,
+# record or replay); NAME names its files in $work.
+qemu_args() {
+	local mode=$1 name=$2 icount=()
+	case $mode in
+	icount) icount=(-icount shift=auto) ;;
+	record | replay) icount=(-icount "shift=auto,rr=$mode,rrfile=$work/log.bin" -object filter-replay,id=ft-fr0,netdev=net0) ;;
+	esac
+	local blk='{"driver":"blkreplay","node-name":"ft-rr0","image":"disk-format"}' drive=ft-rr0
+	if [ $mode = plain ] || [ $mode = icount ]; then blk='' drive=disk-format; fi
+	printf '%s\n' -name guest=ftbench -machine pc-i440fx-7.2,usb=off,dump-guest-core=off -accel tcg -cpu qemu64 \
+		-m 256 -smp 1 -display none -no-user-config -nodefaults -rtc base=utc -boot strict=on \
+		-kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" -append "console=ttyS0 quiet loglevel=1 panic=-1" \
+		-blockdev "{\"driver\":\"file\",\"filename\":\"$work/$name.qcow2\",\"node-name\":\"disk-storage\"}" \
+		-blockdev '{"node-name":"disk-format","driver":"qcow2","file":"disk-storage"}'
+	[ -n "$blk" ] && printf '%s\n' -blockdev "$blk"
+	printf '%s\n' -device "{\"driver\":\"virtio-blk-pci\",\"bus\":\"pci.0\",\"addr\":\"0x3\",\"id\":\"disk0\",\"drive\":\"$drive\"}" \
+		-netdev '{"type":"user","id":"net0"}' \
+		-device '{"driver":"virtio-net-pci","netdev":"net0","id":"nic0","mac":"52:54:00:fa:00:01","bus":"pci.0","addr":"0x2"}' \
+		-chardev "file,id=serial0,path=$work/console-$name.log" \
+		-device '{"driver":"isa-serial","chardev":"serial0","id":"serial0","index":0}' \
+		-monitor "unix:$work/mon-$name.sock,server=on,wait=off" -pidfile "$work/qemu-$name.pid" \
+		"${icount[@]}"
+}
+
+# boot MODE NAME PIN [PERF]: run QEMU until "ft-guest: up"; print the seconds
+# it took. PIN is a CPU list for taskset, or "". A record run goes on 1 s
+# before it quits (its log ends with END). PERF stat: count CPU time,
+# context switches and futex calls (perf stat); record: sample (perf record).
+boot() {
+	local mode=$1 name=$2 pin=$3 perf=${4:-} t0 t1 pre=()
+	[ -n "$pin" ] && pre=(taskset -c "$pin")
+	case $perf in
+	stat) pre+=(perf stat -x, -o "$work/perfstat-$name.csv" -e task-clock,context-switches,cpu-migrations,syscalls:sys_enter_futex --) ;;
+	record) pre+=(perf record -q -g -o "$work/perf-$name.data" --) ;;
+	esac
+	[ $mode = replay ] || "$ROOT/test/guest/mkdisk.sh" "$work/$name.qcow2" >/dev/null
+	[ $mode = replay ] && cp "$work/record-disk.qcow2" "$work/$name.qcow2"
+	[ $mode = record ] && cp "$work/$name.qcow2" "$work/record-disk.qcow2"
+	rm -f "$work/console-$name.log" "$work/qemu-$name.pid"
+	mapfile -t args < <(qemu_args "$mode" "$name")
+	t0=$(date +%s%N)
+	"${pre[@]}" "$QEMU" "${args[@]}" >"$work/qemu-$name.out" 2>&1 &
+	local job=$!
+	local end=$((SECONDS + 240))
+	until grep -q "ft-guest: up" "$work/console-$name.log" 2>/dev/null; do
+		[ $SECONDS -lt $end ] || { cat "$work/qemu-$name.out" >&2; die "$name: no 'ft-guest: up' within 240 s"; }
+		kill -0 $job 2>/dev/null || { cat "$work/qemu-$name.out" >&2; die "$name: QEMU exited before 'ft-guest: up'"; }
+		sleep 0.02
+	done
+	t1=$(date +%s%N)
+	[ $mode = record ] && sleep 1
+	socat - "UNIX-CONNECT:$work/mon-$name.sock" <<<"quit" >/dev/null 2>&1 || true
+	local w=$((SECONDS + 20))
+	while kill -0 $job 2>/dev/null && [ $SECONDS -lt $w ]; do sleep 0.1; done
+	kill -9 $job 2>/dev/null || true
+	wait $job 2>/dev/null || true
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'
+}
+
+# best LIST: the smallest of the numbers in LIST.
+best() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | head -n 1; }
+
+declare -A T
+say "QEMU alone: boot to 'ft-guest: up' ($RUNS runs each, best kept)"
+for pin in "" 0; do
+	tag=unpinned; [ -n "$pin" ] && tag=pinned
+	for mode in plain icount record replay; do
+		runs=""
+		for i in $(seq "$RUNS"); do
+			s=$(boot $mode "$mode-$tag-$i" "$pin")
+			runs+="$s "
+			[ $mode = record ] && cp "$work/log.bin" "$work/log-$tag.bin"
+			[ $mode = record ] && cp "$work/record-disk.qcow2" "$work/record-disk-$tag.qcow2"
+			[ $mode = record ] && cp "$work/console-$mode-$tag-$i.log" "$work/console-record-$tag.log"
+		done
+		T[$mode,$tag]=$(best "$runs")
+		log "$mode $tag: $runs s"
+	done
+done
+
+say "the recorded log (pinned record run): events and bytes by kind"
+rec_s=${T[record,pinned]}
+"$BIN/rrdump" -header -kinds "$work/log-pinned.bin" >"$work/kinds.txt" || true
+log_bytes=$(stat -c %s "$work/log-pinned.bin")
+
+if [ "${PERF:-1}" = 1 ]; then
+	say "perf: record and replay, pinned"
+	boot record record-perf 0 stat >/dev/null
+	boot replay replay-perf 0 stat >/dev/null
+	boot record record-prof 0 record >/dev/null
+	boot replay replay-prof 0 record >/dev/null
+fi
+
+if [ "${LAB:-1}" = 1 ]; then
+	say "the lab: virsh start to 'ft-guest: up'"
+	# lab_boot SETUP PIN: SETUP unprotected or protected; PIN 1 pins host
+	# a's QEMU to CPU 0 (cputune) and host b's to CPU 1 (taskset as soon as
+	# it starts: the backup starts with the first log).
+	lab_boot() {
+		local setup=$1 pin=$2 t0 t1 bpinned=0
+		unset DOMAIN_XML_EDIT
+		local edit=""
+		[ $setup = unprotected ] && edit='/<metadata>/,/<\/metadata>/d;'
+		[ "$pin" = 1 ] && edit+="s|</devices>|</devices><cputune><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>|;"
+		[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
+		lab_stop >/dev/null 2>&1
+		lab_start >/dev/null
+		if [ $setup = unprotected ]; then
+			on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
+			domain_xml "$DOMAIN" >"$work/lab.xml"
+			on a virsh -q -c qemu:///system define "$work/lab.xml" >/dev/null
+		else
+			define_protected "$DOMAIN" >/dev/null
+		fi
+		t0=$(date +%s%N)
+		virsh_on a start "$DOMAIN" >/dev/null
+		local end=$((SECONDS + 240))
+		until on a cat "$CONSOLE_DIR/$DOMAIN-console.log" 2>/dev/null | grep -q "ft-guest: up"; do
+			[ $SECONDS -lt $end ] || die "lab $setup: no 'ft-guest: up' within 240 s"
+			if [ "$pin" = 1 ] && [ $setup = protected ] && [ $bpinned = 0 ]; then
+				local bp
+				bp=$(qemu_pid b "$DOMAIN" 2>/dev/null || true)
+				if [ -n "$bp" ]; then taskset -a -p -c 1 "$bp" >/dev/null && bpinned=1; fi
+			fi
+			sleep 0.02
+		done
+		t1=$(date +%s%N)
+		awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'
+	}
+	for pin in 0 1; do
+		tag=unpinned; [ $pin = 1 ] && tag=pinned
+		for setup in unprotected protected; do
+			runs=""
+			for i in $(seq "$RUNS"); do runs+="$(lab_boot $setup $pin) "; done
+			T[lab-$setup,$tag]=$(best "$runs")
+			log "lab $setup $tag: $runs s"
+		done
+	done
+	lab_stop
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+{
+	echo "### CPU: boot to \"ft-guest: up\" (s, best of $RUNS; lower is better)"
+	echo
+	echo "| set-up | unpinned | pinned | work rate vs plain/unprotected (pinned) |"
+	echo "|---|---|---|---|"
+	for m in plain icount record replay; do
+		echo "| QEMU alone: $m | ${T[$m,unpinned]} | ${T[$m,pinned]} | $(ratio "${T[plain,pinned]}" "${T[$m,pinned]}") |"
+	done
+	if [ "${LAB:-1}" = 1 ]; then
+		for s in unprotected protected; do
+			echo "| lab: $s | ${T[lab-$s,unpinned]} | ${T[lab-$s,pinned]} | $(ratio "${T[lab-unprotected,pinned]}" "${T[lab-$s,pinned]}") |"
+		done
+	fi
+	echo
+	echo "Replay speed / record speed (pinned): $(ratio "${T[record,pinned]}" "${T[replay,pinned]}") (target ≥ 1)."
+	echo
+	echo "### The recorded log (pinned record run: ${rec_s} s to ready, then 1 s)"
+	echo
+	echo "$log_bytes bytes: $(awk -v b="$log_bytes" -v s="$rec_s" 'BEGIN { printf "%.2f MB/s, %.2f Mbit/s", b / (s + 1) / 1e6, b * 8 / (s + 1) / 1e6 }') over the run."
+	echo
+	echo "| kind | events | events/s | bytes |"
+	echo "|---|---|---|---|"
+	awk -v s="$rec_s" '/^kind / { printf "| %s | %s | %.0f | %s |\n", $2, $4, $4 / (s + 1), $6 }' "$work/kinds.txt"
+	if [ "${PERF:-1}" = 1 ]; then
+		echo
+		echo "### perf (pinned): record and replay of the boot"
+		echo
+		echo "| run | task-clock ms | context switches | cpu migrations | futex calls |"
+		echo "|---|---|---|---|---|"
+		for r in record replay; do
+			awk -F, -v r="$r" '
+				$3 == "task-clock" { tc = $1 } $3 == "context-switches" { cs = $1 }
+				$3 == "cpu-migrations" { cm = $1 } $3 == "syscalls:sys_enter_futex" { fx = $1 }
+				END { printf "| %s | %.0f | %s | %s | %s |\n", r, tc, cs, cm, fx }' "$work/perfstat-$r-perf.csv"
+		done
+		for r in record replay; do
+			echo
+			echo "Top symbols, $r (perf report --no-children, self %):"
+			echo
+			echo '```'
+			perf report -i "$work/perf-$r-prof.data" --no-children --stdio --sort comm,dso,symbol 2>/dev/null |
+				grep -E '^ +[0-9]+\.[0-9]+%' | head -n 15
+			echo '```'
+		done
+	fi
+} | tee "$OUT"
