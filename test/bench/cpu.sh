@@ -227,8 +227,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 			echo "Top symbols, $r (perf report --no-children, self %):"
 			echo
 			echo '```'
-			perf report -i "$work/perf-$r-prof.data" --no-children --stdio --sort comm,dso,symbol 2>/dev/null |
-				grep -E '^ +[0-9]+\.[0-9]+%' | head -n 15
+			{ perf report -i "$work/perf-$r-prof.data" --no-children --stdio --sort comm,dso,symbol 2>/dev/null || true; } |
+				grep -E '^ +[0-9]+\.[0-9]+%' | sed -n 1,15p || true
 			echo '```'
 		done
 	fi
