@@ -855,7 +855,13 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 		// Off the driver's goroutine: up to 2 MiB to write.
 		data := ring.snapshot()
 		go func() {
-			if err := os.WriteFile(path, data, 0o600); err != nil {
+			// The directory may be gone: a daemon stopping for a planned
+			// restart removes FIFO B's path, and with it the directory.
+			err := os.MkdirAll(filepath.Dir(path), 0o700)
+			if err == nil {
+				err = os.WriteFile(path, data, 0o600)
+			}
+			if err != nil {
 				b.log.WithError(err).Warn("keeping the log around the stall")
 			}
 		}()
