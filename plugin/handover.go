@@ -571,27 +571,8 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	if rec.FIFORead != rec.Offset+uint64(len(rec.Pending)) {
 		return rec, nil, fmt.Errorf("FIFO A: %d bytes read, but the decoder holds %d+%d", rec.FIFORead, rec.Offset, len(rec.Pending))
 	}
-	var conns [][2]net.Conn
-	if gates != nil {
-		if conns, rec.Gates, err = gates.detach(time.Second); err != nil {
-			return rec, nil, err
-		}
-	}
-	f, err := dupFile(hl.File())
-	if err != nil {
+	if rec.Gates, files, err = detachFiles(p.uuid, hl.File(), gates); err != nil {
 		return rec, nil, err
-	}
-	files = append(files, handedFile{fdName(p.uuid, "fifo"), f})
-	for j, c := range conns {
-		on, in := gateFDNames(p.uuid, j)
-		for k, name := range []string{on, in} {
-			f, err := connFile(c[k])
-			if err != nil {
-				closeHanded(files)
-				return rec, nil, err
-			}
-			files = append(files, handedFile{name, f})
-		}
 	}
 	p.mu.Lock()
 	p.link = nil
@@ -675,27 +656,8 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	rec = handoverRecord{UUID: b.uuid, Name: b.name, Role: ftxml.RoleBackup, Epoch: b.epoch, PrimaryHost: b.primaryHost,
 		Fed: b.fed, FedInstr: b.fedInstr, FedEvents: hf.Events(), Icount: b.icount, BackupXML: b.backupXML}
 	b.mu.Unlock()
-	var conns [][2]net.Conn
-	if gates != nil {
-		if conns, rec.Gates, err = gates.detach(time.Second); err != nil {
-			return rec, nil, err
-		}
-	}
-	f, err := dupFile(hf.File())
-	if err != nil {
+	if rec.Gates, files, err = detachFiles(b.uuid, hf.File(), gates); err != nil {
 		return rec, nil, err
-	}
-	files = append(files, handedFile{fdName(b.uuid, "fifo"), f})
-	for j, c := range conns {
-		on, in := gateFDNames(b.uuid, j)
-		for k, name := range []string{on, in} {
-			f, err := connFile(c[k])
-			if err != nil {
-				closeHanded(files)
-				return rec, nil, err
-			}
-			files = append(files, handedFile{name, f})
-		}
 	}
 	b.mu.Lock()
 	b.link = nil
@@ -703,6 +665,35 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	b.mu.Unlock()
 	link.Close()
 	return rec, files, nil
+}
+
+// detachFiles detaches gates (nil: none) at a frame boundary and returns
+// what the next process needs of them, with the descriptors to store:
+// FIFO A or B (fifo, duplicated) and each gate's OUT and IN sockets.
+func detachFiles(uuid string, fifo *os.File, gates *outputGates) (gs []gateHandover, files []handedFile, err error) {
+	var conns [][2]net.Conn
+	if gates != nil {
+		if conns, gs, err = gates.detach(time.Second); err != nil {
+			return nil, nil, err
+		}
+	}
+	f, err := dupFile(fifo)
+	if err != nil {
+		return nil, nil, err
+	}
+	files = append(files, handedFile{fdName(uuid, "fifo"), f})
+	for j, c := range conns {
+		on, in := gateFDNames(uuid, j)
+		for k, name := range []string{on, in} {
+			f, err := connFile(c[k])
+			if err != nil {
+				closeHanded(files)
+				return nil, nil, err
+			}
+			files = append(files, handedFile{name, f})
+		}
+	}
+	return gs, files, nil
 }
 
 // dupFile duplicates f's descriptor (f stays open and its own).

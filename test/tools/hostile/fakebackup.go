@@ -10,7 +10,6 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -27,17 +26,7 @@ import (
 // log, an offset 1 GiB beyond it. It reports the primary's reaction and
 // returns; the process exits 1 if the primary carried on with the channel.
 func fakeBackup(listen, qemuVer string, timeout time.Duration) {
-	pool := x509.NewCertPool()
-	pem, err := os.ReadFile(*caFile)
-	if err != nil || !pool.AppendCertsFromPEM(pem) {
-		fmt.Fprintln(os.Stderr, "hostile: -ca:", err)
-		os.Exit(2)
-	}
-	pair, err := tls.LoadX509KeyPair(*cert, *key)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "hostile: -cert/-key:", err)
-		os.Exit(2)
-	}
+	pool, pair := loadPKI()
 	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
 	ln, err := tls.Listen("tcp", listen, cfg)
 	if err != nil {

@@ -86,17 +86,7 @@ func main() {
 		}
 		return
 	}
-	pool := x509.NewCertPool()
-	pem, err := os.ReadFile(*caFile)
-	if err != nil || !pool.AppendCertsFromPEM(pem) {
-		fmt.Fprintln(os.Stderr, "hostile: -ca:", err)
-		os.Exit(2)
-	}
-	pair, err := tls.LoadX509KeyPair(*cert, *key)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "hostile: -cert/-key:", err)
-		os.Exit(2)
-	}
+	pool, pair := loadPKI()
 	host, _, _ := net.SplitHostPort(*addr)
 	withCert := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: host, MinVersion: tls.VersionTLS13}
 	noCert := &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS13}
@@ -385,4 +375,20 @@ func floodConns(cfg *tls.Config) {
 		result = "accepted"
 	}
 	report("flood-stalled-frames", result, fmt.Sprintf("%d connections: %d refused at connect or TLS, %d opened, %d of them closed by the daemon within %s", *flood, refused, opened, closedEarly, *hold))
+}
+
+// loadPKI loads -ca and the -cert/-key pair; it exits 2 if it cannot.
+func loadPKI() (*x509.CertPool, tls.Certificate) {
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(*caFile)
+	if err != nil || !pool.AppendCertsFromPEM(pem) {
+		fmt.Fprintln(os.Stderr, "hostile: -ca:", err)
+		os.Exit(2)
+	}
+	pair, err := tls.LoadX509KeyPair(*cert, *key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile: -cert/-key:", err)
+		os.Exit(2)
+	}
+	return pool, pair
 }
