@@ -391,6 +391,12 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 		b.mu.Unlock()
 		return false
 	}
+	if b.feeder != nil {
+		// An adopted run's log starts where the previous daemon's feeding
+		// ended: the ring counts icounts from there, so that a stall is
+		// placed in it.
+		ring.total = b.feeder.Instructions()
+	}
 	b.ring, b.stall, b.stallText, b.drv, b.q = ring, nil, "", drv, q
 	feeder := b.feeder
 	b.mu.Unlock()

@@ -87,6 +87,21 @@ func TestLogRingGapRestarts(t *testing.T) {
 	}
 }
 
+// An adopted backup's ring starts mid-stream, at the icount its feeder
+// carried over (startCore): a stall after the adoption is placed there.
+func TestLogRingStartsAtAdoptedIcount(t *testing.T) {
+	r := newLogRing(1 << 10)
+	r.total = 2232473580
+	r.add(4206841, instrEvent(747974), 747974)
+	r.add(4206846, []byte{logchan.KindInterrupt}, 0)
+	if off, instr := r.bounds(); off != 4206841 || instr != 2232473580 {
+		t.Fatalf("bounds = %d, %d; want 4206841, 2232473580", off, instr)
+	}
+	if p := r.at(2232473580 + 747974); p.Kind == "" || p.Offset != 4206846 {
+		t.Fatalf("at the adopted icount + 747974: %+v; want the INTERRUPT at 4206846", p)
+	}
+}
+
 func TestPeerText(t *testing.T) {
 	if got := peerText("stalled\x1b[31m at\nicount 5", 100); got != "stalled [31m at icount 5" {
 		t.Errorf("peerText = %q", got)

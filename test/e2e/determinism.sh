@@ -15,15 +15,19 @@
 #
 # The load: an echo client and a stream reader for LOAD_S seconds with a
 # bulk receive and a bulk transmit burst meanwhile; the guest then powers
-# itself off (ft.poweroff), which ends the record log. A replay that does
+# itself off (ft.poweroff), which ends the record log. Meanwhile the record
+# run is paused PAUSES times for PAUSE_MS (QMP stop, cont). A replay that does
 # not advance for STALL_S seconds is a failure, reported with its icount and
 # the log's next event there (test/tools/rrdump).
-#   EMULATOR=... [LOAD_S=20] [STALL_S=30] [KEEP=1] test/e2e/determinism.sh
+#   EMULATOR=... [LOAD_S=20] [STALL_S=30] [PAUSES=20] [PAUSE_MS=200] [KEEP=1]
+#   test/e2e/determinism.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 QEMU=${EMULATOR:-/usr/bin/qemu-system-x86_64}
 LOAD_S=${LOAD_S:-20}
 STALL_S=${STALL_S:-30}
+PAUSES=${PAUSES:-20}
+PAUSE_MS=${PAUSE_MS:-200}
 POWEROFF_TICK=${POWEROFF_TICK:-$((LOAD_S + 14))}
 [ -x "$QEMU" ] || die "no QEMU at $QEMU (make qemu-ft)"
 for b in tcpcheck rrdump gaterelay; do [ -x "$BIN/$b" ] || die "run make build first ($BIN/$b)"; done
@@ -103,6 +107,12 @@ qmp() {
 	printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" |
 		socat -t 2 - UNIX-CONNECT:"$work/qmp-$1.sock" 2>/dev/null | tail -n 1
 }
+# qmp_lines MODE COMMAND-JSON: every line QEMU wrote back: the greeting,
+# the two replies (qmp_capabilities, COMMAND) and any events.
+qmp_lines() {
+	printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" |
+		socat -t 2 - UNIX-CONNECT:"$work/qmp-$1.sock" 2>/dev/null
+}
 icount_of() { qmp "$1" '{"execute":"query-replay"}' | jq -r '.return.icount // empty' 2>/dev/null; }
 
 # check_replay_progress: sample the replay's icount (into $ic); fail when it
@@ -141,11 +151,30 @@ inns "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${LOAD_S}s -interval 5m
 pe=$!
 inns "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${LOAD_S}s >"$work/stream.out" 2>&1 &
 ps=$!
+# Meanwhile the record run is paused and resumed PAUSES times (QMP stop,
+# PAUSE_MS, cont), as libvirt-ftd pauses a primary for a planned restart or
+# for a lagging backup: the replay, which never stops, must still reach
+# the end (patch 0007: a paused primary logged its tx bottom half twice).
+pause_record() {
+	local i r
+	for i in $(seq "$PAUSES"); do
+		sleep 0.$((3 + RANDOM % 5))
+		r=$(qmp_lines record '{"execute":"stop"}')
+		[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || { echo "pause $i: stop answered '$r'"; return 1; }
+		sleep "$(awk -v ms="$PAUSE_MS" 'BEGIN { print ms / 1000 }')"
+		r=$(qmp_lines record '{"execute":"cont"}')
+		[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || { echo "pause $i: cont answered '$r'"; return 1; }
+	done
+	echo "$PAUSES pauses of $PAUSE_MS ms"
+}
+pause_record >"$work/pauses.out" 2>&1 &
+pp=$!
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes 20000000 >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes 20000000 >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
+wait $pp || die "pausing the record run: $(tail -n 1 "$work/pauses.out")"
 wait $pe || die "echo: $(tail -n 1 "$work/echo.out")"
 wait $ps || die "stream: $(tail -n 1 "$work/stream.out")"
-for f in echo stream rx tx; do log "$f: $(tail -n 1 "$work/$f.out")"; done
+for f in pauses echo stream rx tx; do log "$f: $(tail -n 1 "$work/$f.out")"; done
 wait_exit 180 record
 log "recorded in $((SECONDS - t0))s: $(stat -c %s "$work/log.bin") bytes of log"
 summary=$("$BIN/rrdump" -header -summary "$work/log.bin" | tail -n 1)
