@@ -22,6 +22,8 @@
 # follow. Prints markdown (also written to $OUT).
 #   EMULATOR=... [RUNS=2] [LAB=1] [PERF=1] test/bench/cpu.sh
 set -euo pipefail
+# LAB is read before lib.sh, which uses the name for test/lab/lab.sh.
+BENCH_LAB=${LAB:-1}
 source "$(dirname "$0")/../e2e/lib.sh"
 QEMU=${EMULATOR:-/usr/bin/qemu-system-x86_64}
 RUNS=${RUNS:-2}
@@ -39,13 +41,14 @@ qpids=()
 cleanup() {
 	local p
 	for p in "$work"/qemu-*.pid; do [ -s "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
-	[ "${LAB:-1}" = 1 ] && lab_stop
+	[ "$BENCH_LAB" = 1 ] && lab_stop
 	rm -rf "$work"
 }
 trap cleanup EXIT
 
 # qemu_args MODE NAME: the command line of a run (MODE plain, icount,
 # record or replay); NAME names its files in $work.
+NETDEV_DEFAULT='{"type":"user","id":"net0"}'
 qemu_args() {
 	local mode=$1 name=$2 icount=()
 	case $mode in
@@ -61,7 +64,7 @@ qemu_args() {
 		-blockdev '{"node-name":"disk-format","driver":"qcow2","file":"disk-storage"}'
 	[ -n "$blk" ] && printf '%s\n' -blockdev "$blk"
 	printf '%s\n' -device "{\"driver\":\"virtio-blk-pci\",\"bus\":\"pci.0\",\"addr\":\"0x3\",\"id\":\"disk0\",\"drive\":\"$drive\"}" \
-		-netdev '{"type":"user","id":"net0"}' \
+		-netdev "${NETDEV:-$NETDEV_DEFAULT}" \
 		-device '{"driver":"virtio-net-pci","netdev":"net0","id":"nic0","mac":"52:54:00:fa:00:01","bus":"pci.0","addr":"0x2"}' \
 		-chardev "file,id=serial0,path=$work/console-$name.log" \
 		-device '{"driver":"isa-serial","chardev":"serial0","id":"serial0","index":0}' \
@@ -125,6 +128,51 @@ for pin in "" 0; do
 	done
 done
 
+# After the boot: network load, then idle (QEMU alone, pinned). The record
+# run boots, then the host moves BULK_MB each way through a user netdev's
+# forwarded ports, runs an echo client for ECHO_S, lets the guest idle for
+# IDLE_S and quits; the replay of that file runs to the recorded quit.
+# Replay faster than record here is possible: a replay need not wait out
+# the real time the recording spent waiting for packets or timers.
+phases() {
+	local t0 t1 p=$((17000 + RANDOM % 20000)) args
+	export NETDEV="{\"type\":\"user\",\"id\":\"net0\",\"net\":\"10.250.0.0/24\",\"host\":\"10.250.0.2\",\"hostfwd\":[{\"str\":\"tcp:127.0.0.1:$p-10.250.0.100:7004\"},{\"str\":\"tcp:127.0.0.1:$((p + 1))-10.250.0.100:7005\"},{\"str\":\"tcp:127.0.0.1:$((p + 2))-10.250.0.100:7002\"}]}"
+	"$ROOT/test/guest/mkdisk.sh" "$work/phases.qcow2" >/dev/null
+	cp "$work/phases.qcow2" "$work/phases-orig.qcow2"
+	rm -f "$work/console-phases.log" "$work/log.bin"
+	mapfile -t args < <(qemu_args record phases)
+	t0=$(date +%s%N)
+	taskset -c 0 "$QEMU" "${args[@]}" >"$work/qemu-phases.out" 2>&1 &
+	local job=$! end=$((SECONDS + 240))
+	until grep -q "ft-guest: up" "$work/console-phases.log" 2>/dev/null; do
+		[ $SECONDS -lt $end ] && kill -0 $job 2>/dev/null || die "phases: the record run did not come up"
+		sleep 0.05
+	done
+	"$BIN/tcpcheck" bulk -addr 127.0.0.1:$p -mode rx -bytes $((BULK_MB * 1000000)) >"$work/phases-rx.out" 2>&1 || die "phases: bulk rx: $(tail -n 1 "$work/phases-rx.out")"
+	"$BIN/tcpcheck" bulk -addr 127.0.0.1:$((p + 1)) -mode tx -bytes $((BULK_MB * 1000000)) >"$work/phases-tx.out" 2>&1 || die "phases: bulk tx: $(tail -n 1 "$work/phases-tx.out")"
+	"$BIN/tcpcheck" echo -addr 127.0.0.1:$((p + 2)) -duration "${ECHO_S}s" -interval 5ms >"$work/phases-echo.out" 2>&1 || die "phases: echo: $(tail -n 1 "$work/phases-echo.out")"
+	sleep "$IDLE_S"
+	socat - "UNIX-CONNECT:$work/mon-phases.sock" <<<"quit" >/dev/null 2>&1 || true
+	wait $job 2>/dev/null || true
+	t1=$(date +%s%N)
+	P[record]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+	cp "$work/phases-orig.qcow2" "$work/phases.qcow2"
+	mv "$work/console-phases.log" "$work/console-phases-record.log"
+	mapfile -t args < <(qemu_args replay phases)
+	t0=$(date +%s%N)
+	timeout 600 taskset -c 0 "$QEMU" "${args[@]}" >"$work/qemu-phases-replay.out" 2>&1 || true
+	t1=$(date +%s%N)
+	P[replay]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+	if cmp -s <(tr -d '\r' <"$work/console-phases-record.log") <(tr -d '\r' <"$work/console-phases.log"); then P[console]=same; else P[console]=DIFFERENT; fi
+	P[log]=$("$BIN/rrdump" -header -summary "$work/log.bin" | tail -n 1)
+	unset NETDEV
+}
+BULK_MB=${BULK_MB:-20} ECHO_S=${ECHO_S:-10} IDLE_S=${IDLE_S:-10}
+declare -A P
+say "QEMU alone, pinned: boot, ${BULK_MB} MB each way, ${ECHO_S} s of echo, ${IDLE_S} s idle; then its replay"
+phases
+log "record ${P[record]} s, replay ${P[replay]} s, console ${P[console]}; ${P[log]}"
+
 say "the recorded log (pinned record run): events and bytes by kind"
 rec_s=${T[record,pinned]}
 "$BIN/rrdump" -header -kinds "$work/log-pinned.bin" >"$work/kinds.txt" || true
@@ -138,7 +186,7 @@ if [ "${PERF:-1}" = 1 ]; then
 	boot replay replay-prof 0 record >/dev/null
 fi
 
-if [ "${LAB:-1}" = 1 ]; then
+if [ "$BENCH_LAB" = 1 ]; then
 	say "the lab: virsh start to 'ft-guest: up'"
 	# lab_boot SETUP PIN: SETUP unprotected or protected; PIN 1 pins host
 	# a's QEMU to CPU 0 (cputune) and host b's to CPU 1 (taskset as soon as
@@ -195,13 +243,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 	for m in plain icount record replay; do
 		echo "| QEMU alone: $m | ${T[$m,unpinned]} | ${T[$m,pinned]} | $(ratio "${T[plain,pinned]}" "${T[$m,pinned]}") |"
 	done
-	if [ "${LAB:-1}" = 1 ]; then
+	if [ "$BENCH_LAB" = 1 ]; then
 		for s in unprotected protected; do
 			echo "| lab: $s | ${T[lab-$s,unpinned]} | ${T[lab-$s,pinned]} | $(ratio "${T[lab-unprotected,pinned]}" "${T[lab-$s,pinned]}") |"
 		done
 	fi
 	echo
 	echo "Replay speed / record speed (pinned): $(ratio "${T[record,pinned]}" "${T[replay,pinned]}") (target ≥ 1)."
+	echo
+	echo "After the boot, QEMU alone, pinned (boot, ${BULK_MB} MB each way through forwarded ports, ${ECHO_S} s of echo, ${IDLE_S} s idle, quit): record ${P[record]} s, its replay ${P[replay]} s, replay speed / record speed $(ratio "${P[record]}" "${P[replay]}"), replay's console ${P[console]} as the record's."
 	echo
 	echo "### The recorded log (pinned record run: ${rec_s} s to ready, then 1 s)"
 	echo

@@ -70,7 +70,9 @@ start_ftd() {
 ftd_pid() { cat "$LAB_DIR/$1/ftd-daemon.pid"; }
 
 # lab_start: bring the lab up with our hook installed, configure and start
-# libvirt-ftd on both hosts.
+# libvirt-ftd on both hosts. LAB_ARBITER replaces the arbiter (default etcd);
+# LAB_YAML_EXTRA adds top-level lines to both daemons' configuration (for
+# benchmarks, e.g. $'window-bytes: 1048576\nmax-lag-ms: 500').
 lab_start() {
 	[ -x "$BIN/libvirt-ftd" ] || die "run make build first"
 	command -v jq >/dev/null || die "jq is missing (make setup)"
@@ -104,6 +106,7 @@ lab_start() {
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
 		allowed-emulators: [/usr/bin/qemu-system-x86_64, ${EMULATOR:-/usr/bin/qemu-system-x86_64}]
 		keep-stall-log: true
+		${LAB_YAML_EXTRA:-}
 		YAML
 		start_ftd $h ftd
 	done
