@@ -102,17 +102,14 @@ start_qemu() {
 	pids+=($qemu_pid)
 }
 
-# qmp MODE COMMAND-JSON: one QMP command, its reply on stdout.
-qmp() {
-	printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" |
-		socat -t 2 - UNIX-CONNECT:"$work/qmp-$1.sock" 2>/dev/null | tail -n 1
-}
 # qmp_lines MODE COMMAND-JSON: every line QEMU wrote back: the greeting,
 # the two replies (qmp_capabilities, COMMAND) and any events.
 qmp_lines() {
 	printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" |
 		socat -t 2 - UNIX-CONNECT:"$work/qmp-$1.sock" 2>/dev/null
 }
+# qmp MODE COMMAND-JSON: one QMP command, its reply on stdout.
+qmp() { qmp_lines "$@" | tail -n 1; }
 icount_of() { qmp "$1" '{"execute":"query-replay"}' | jq -r '.return.icount // empty' 2>/dev/null; }
 
 # check_replay_progress: sample the replay's icount (into $ic); fail when it
