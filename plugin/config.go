@@ -58,8 +58,9 @@ type Config struct {
 	WindowBytes int `yaml:"window-bytes"`
 	// MaxLagMS bounds the backup's lag in time (ms of the primary's run
 	// time, the LAG (ms) of virt-ft status): while the backup's executed
-	// icount was reached by the primary more than this long ago, the
-	// primary's log is not read, so its vCPU waits for the backup (as
+	// icount is more than this much of the primary's run time behind the
+	// latest log sent, the primary's log is not read, so its vCPU waits
+	// for the backup (as
 	// VMware FT slows a primary whose backup lags, Scales et al. 2010,
 	// section 3.2). It bounds the drain at go-live and how long output
 	// waits in the gate when the backup replays slower than the primary

@@ -53,7 +53,8 @@ type primaryRun struct {
 	logInstr, backupIcnt  uint64
 	icountChangedAt       time.Time
 	lastHeartbeat         time.Time
-	samples               []sample // (instructions, time) to turn icount lag into ms
+	samples               []sample  // (instructions, time) to turn icount lag into ms
+	lastSentAt            time.Time // when the latest log was sent: the log's head in time
 	lagMS                 int64
 	stall                 string // the backup's last stall (its words, from its bye)
 	peerReport            string // the backup's go-live detail (its words, from its ByeLive)
@@ -705,6 +706,7 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 	p.sentBytes += uint64(n)
 	p.logInstr += instr
 	now := time.Now()
+	p.lastSentAt = now
 	if len(p.samples) == 0 || now.Sub(p.samples[len(p.samples)-1].at) > 10*time.Millisecond {
 		p.samples = append(p.samples, sample{instr: p.logInstr, at: now})
 		if len(p.samples) > 4096 {
@@ -715,39 +717,50 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 
 // lagging reports whether the primary must wait for its backup: the
 // backup's executed icount (sampled by the backup every status interval,
-// Ack.Executed) was reached by the primary more than max ago, and the
-// backup is still advancing (its icount grew within the last three
-// samples). A backup that stopped advancing may be waiting for log the
-// primary has not sent yet (QEMU reads ahead of what it executes), so the
-// primary never waits on it: that could never end. max 0: no bound; before
-// the first sample (icount 0) the lag is unknown and holds nothing.
+// Ack.Executed) is more than max of the primary's run time behind the
+// head of the log sent, and the backup is still advancing (its icount grew
+// within the last three samples). The lag is run time, not time since: a
+// primary held here sends nothing, so its head stands still while its
+// backup catches up, and the hold ends as soon as the backup is within
+// max (time since reaching the backup's icount would grow during the hold
+// itself, and the hold could then only end by the advancing rule, a
+// primary idle for three samples each time). A backup that stopped
+// advancing may be waiting for log the primary has not sent yet (QEMU
+// reads ahead of what it executes), so the primary never waits on it: that
+// could never end. max 0: no bound; before the first sample (icount 0) the
+// lag is unknown and holds nothing.
 func (p *primaryRun) lagging(max time.Duration) bool {
 	if max <= 0 {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := time.Now()
-	advancing := now.Sub(p.icountChangedAt) < 3*p.env.cfg.statusInterval()
-	return advancing && lagExceeded(p.samples, p.backupIcnt, p.logInstr, max, now)
+	advancing := time.Since(p.icountChangedAt) < 3*p.env.cfg.statusInterval()
+	return advancing && lagExceeded(p.samples, p.backupIcnt, p.logInstr, max, p.lastSentAt)
 }
 
-// lagExceeded is lagging's age rule on explicit values: the backup's icount
-// is below the log's and the primary reached it more than max before now.
-func lagExceeded(samples []sample, backupIcount, logInstr uint64, max time.Duration, now time.Time) bool {
-	if backupIcount == 0 || backupIcount >= logInstr {
-		return false
-	}
+// lagExceeded is lagging's rule on explicit values: the backup's icount is
+// below the log's, and the primary reached it more than max before head,
+// the time it sent its latest log. samples are (instructions sent, time)
+// in order.
+func lagExceeded(samples []sample, backupIcount, logInstr uint64, max time.Duration, head time.Time) bool {
+	return backupIcount > 0 && backupIcount < logInstr && runLag(samples, backupIcount, head) > max
+}
+
+// runLag is the primary's run time between reaching icount (the first
+// sample at or past it) and head; 0 when no sample reaches icount.
+func runLag(samples []sample, icount uint64, head time.Time) time.Duration {
 	for _, s := range samples {
-		if s.instr >= backupIcount {
-			return now.Sub(s.at) > max
+		if s.instr >= icount {
+			return max(head.Sub(s.at), 0)
 		}
 	}
-	return false
+	return 0
 }
 
-// recordAck notes an acknowledgement; lag in ms is the primary's wall time
-// between reaching the backup's icount and now.
+// recordAck notes an acknowledgement; the lag in ms (virt-ft status) is the
+// primary's run time between reaching the backup's icount and its latest
+// log (runLag).
 func (p *primaryRun) recordAck(offset, icount uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -758,11 +771,8 @@ func (p *primaryRun) recordAck(offset, icount uint64) {
 	}
 	p.lastHeartbeat = time.Now()
 	p.lagMS = 0
-	for _, s := range p.samples {
-		if s.instr >= p.backupIcnt {
-			p.lagMS = time.Since(s.at).Milliseconds()
-			break
-		}
+	if p.backupIcnt < p.logInstr {
+		p.lagMS = runLag(p.samples, p.backupIcnt, p.lastSentAt).Milliseconds()
 	}
 }
 

@@ -13,7 +13,7 @@ func TestLagExceeded(t *testing.T) {
 		name        string
 		icount      uint64
 		logInstr    uint64
-		now         time.Time
+		head        time.Time // the latest log sent
 		wantLagging bool
 	}{
 		{"no sample from the backup yet", 0, 200, t0.Add(10 * time.Second), false},
@@ -21,8 +21,12 @@ func TestLagExceeded(t *testing.T) {
 		{"behind, recent", 150, 200, t0.Add(400 * time.Millisecond), false},
 		{"behind, old", 150, 200, t0.Add(700 * time.Millisecond), true},
 		{"behind the first sample, old", 50, 200, t0.Add(600 * time.Millisecond), true},
+		// A held primary sends nothing: its head stays at the last send
+		// however long the hold, and the backup catching up ends it.
+		{"held: head at the last send, backup within max of it", 250, 300, t0.Add(200 * time.Millisecond), false},
+		{"held: backup far behind the last send", 50, 300, t0.Add(600 * time.Millisecond), true},
 	} {
-		if got := lagExceeded(samples, c.icount, c.logInstr, max, c.now); got != c.wantLagging {
+		if got := lagExceeded(samples, c.icount, c.logInstr, max, c.head); got != c.wantLagging {
 			t.Errorf("%s: lagging %v, want %v", c.name, got, c.wantLagging)
 		}
 	}
