@@ -112,6 +112,7 @@ best() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | head -n 1; }
 
 declare -A T P
 rec_s=- log_bytes=0
+BULK_MB=${BULK_MB:-20} ECHO_S=${ECHO_S:-10} IDLE_S=${IDLE_S:-10}
 # ALONE=0 skips the QEMU-alone rows (the lab rows only).
 if [ "${ALONE:-1}" = 1 ]; then
 	say "QEMU alone: boot to 'ft-guest: up' ($RUNS runs each, best kept)"
@@ -170,7 +171,6 @@ if [ "${ALONE:-1}" = 1 ]; then
 		P[log]=$("$BIN/rrdump" -header -summary "$work/log.bin" | tail -n 1)
 		unset NETDEV
 	}
-	BULK_MB=${BULK_MB:-20} ECHO_S=${ECHO_S:-10} IDLE_S=${IDLE_S:-10}
 	say "QEMU alone, pinned: boot, ${BULK_MB} MB each way, ${ECHO_S} s of echo, ${IDLE_S} s idle; then its replay"
 	phases
 	log "record ${P[record]} s, replay ${P[replay]} s, console ${P[console]}; ${P[log]}"
