@@ -56,11 +56,11 @@ type Config struct {
 	// long output waits in the gate when the backup replays slower than
 	// the primary records. Default 65536, at least 16384.
 	WindowBytes int `yaml:"window-bytes"`
-	// MaxLagMS bounds the backup's lag in time (ms of the primary's run
-	// time, the LAG (ms) of virt-ft status): while the backup's executed
-	// icount is more than this much of the primary's run time behind the
-	// latest log sent, the primary's log is not read, so its vCPU waits
-	// for the backup (as
+	// MaxLagMS bounds the backup's lag in time (ms, the LAG (ms) of
+	// virt-ft status): while the backup's executed icount is more than
+	// this much behind the latest log sent, measured between the
+	// primary's sends of the two, the primary's log is not read, so its
+	// vCPU waits for the backup (as
 	// VMware FT slows a primary whose backup lags, Scales et al. 2010,
 	// section 3.2). It bounds the drain at go-live and how long output
 	// waits in the gate when the backup replays slower than the primary

@@ -707,24 +707,33 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 	p.logInstr += instr
 	now := time.Now()
 	p.lastSentAt = now
-	if len(p.samples) == 0 || now.Sub(p.samples[len(p.samples)-1].at) > 10*time.Millisecond {
-		p.samples = append(p.samples, sample{instr: p.logInstr, at: now})
-		if len(p.samples) > 4096 {
-			p.samples = append(p.samples[:0], p.samples[2048:]...)
-		}
+	if n := len(p.samples); n > 0 && now.Sub(p.samples[n-1].at) <= 10*time.Millisecond {
+		// Within 10 ms of the last sample: it covers this log too, at
+		// its earlier time (a lag up to 10 ms too long, never too
+		// short; without this, an icount in log sent since the last
+		// sample had no sample and read as no lag).
+		p.samples[n-1].instr = p.logInstr
+		return
+	}
+	p.samples = append(p.samples, sample{instr: p.logInstr, at: now})
+	if len(p.samples) > 4096 {
+		p.samples = append(p.samples[:0], p.samples[2048:]...)
 	}
 }
 
 // lagging reports whether the primary must wait for its backup: the
 // backup's executed icount (sampled by the backup every status interval,
-// Ack.Executed) is more than max of the primary's run time behind the
-// head of the log sent, and the backup is still advancing (its icount grew
-// within the last three samples). The lag is run time, not time since: a
-// primary held here sends nothing, so its head stands still while its
-// backup catches up, and the hold ends as soon as the backup is within
-// max (time since reaching the backup's icount would grow during the hold
-// itself, and the hold could then only end by the advancing rule, a
-// primary idle for three samples each time). A backup that stopped
+// Ack.Executed) is more than max behind the head of the log sent, in the
+// time between the primary's sends (runLag), and the backup is still
+// advancing (its icount grew within the last three samples). Measured to
+// the latest send, not to now: a primary held here sends nothing, so its
+// head stands still while its backup catches up, and the hold ends once
+// the backup is within max of it (measured to now, the lag grew during the
+// hold itself, and a hold could only end by the advancing rule, a primary
+// idle for three samples each time). The first send after a hold is
+// stamped with its own time, so the hold's length counts in the lag again
+// until the backup passes the log sent before it: holds still come in
+// runs, shorter ones. A backup that stopped
 // advancing may be waiting for log the primary has not sent yet (QEMU
 // reads ahead of what it executes), so the primary never waits on it: that
 // could never end. max 0: no bound; before the first sample (icount 0) the
@@ -771,7 +780,7 @@ func (p *primaryRun) recordAck(offset, icount uint64) {
 	}
 	p.lastHeartbeat = time.Now()
 	p.lagMS = 0
-	if p.backupIcnt < p.logInstr {
+	if p.backupIcnt > 0 && p.backupIcnt < p.logInstr {
 		p.lagMS = runLag(p.samples, p.backupIcnt, p.lastSentAt).Milliseconds()
 	}
 }

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -30,4 +31,31 @@ func TestLagExceeded(t *testing.T) {
 			t.Errorf("%s: lagging %v, want %v", c.name, got, c.wantLagging)
 		}
 	}
+}
+
+// TestRecordSentCoalesces: log sent within 10 ms of the last sample is
+// covered by that sample (at its time), so a backup anywhere in it has a
+// lag, never none.
+func TestRecordSentCoalesces(t *testing.T) {
+	// synctest: the bubble's clock stands still between the two sends.
+	synctest.Test(t, func(t *testing.T) {
+		p := &primaryRun{}
+		p.recordSent(100, 1000)
+		p.recordSent(100, 500) // within 10 ms: the same sample
+		if len(p.samples) != 1 || p.samples[0].instr != 1500 {
+			t.Fatalf("samples %+v, want one covering instruction 1500", p.samples)
+		}
+		time.Sleep(20 * time.Millisecond)
+		p.recordSent(100, 500) // 20 ms later: a new sample
+		if len(p.samples) != 2 || p.samples[1].instr != 2000 {
+			t.Fatalf("samples %+v, want a second one at instruction 2000", p.samples)
+		}
+		head := p.samples[0].at.Add(300 * time.Millisecond)
+		if got := runLag(p.samples, 1200, head); got != 300*time.Millisecond {
+			t.Errorf("runLag(1200) = %v, want 300ms", got)
+		}
+		if !lagExceeded(p.samples, 1200, p.logInstr, 100*time.Millisecond, head) {
+			t.Error("a backup at 1200 of 2000, 300 ms behind, is not lagging")
+		}
+	})
 }

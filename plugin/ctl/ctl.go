@@ -132,8 +132,9 @@ type DomainStatus struct {
 	BackupIcount    uint64 `json:"backup_icount"`
 	// LagInstructions = LogInstructions - BackupIcount (guest instructions).
 	LagInstructions uint64 `json:"lag_instructions"`
-	// LagMS is how far the backup is behind, in ms of the primary's run time
-	// (the primary's wall time between reaching BackupIcount and now).
+	// LagMS is how far the backup is behind (ms): the primary's wall time
+	// between sending the log that reaches BackupIcount and sending its
+	// latest log; 0 before the backup's first icount sample.
 	LagMS int64 `json:"lag_ms"`
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
 	// -1 when none was ever received.

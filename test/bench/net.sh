@@ -7,15 +7,25 @@
 #   gate-on      protected, output gate on (the default)
 #   gate-off     protected, <ft:output-gate enabled="no">
 #   unprotected  the same domain without the ft element (no record/replay)
-# Prints a markdown table (also written to $OUT, default
+# Then an application benchmark with a client nobody here wrote: wrk
+# (Debian's package, installed on demand) against the guest's busybox httpd
+# (a 960-byte page on port 8080), HTTP_CONN connections for HTTP_S seconds:
+# requests per second and latency percentiles.
+# Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
-#   EMULATOR=... [RTT_COUNT=300] [BULK_BYTES=8000000] test/bench/net.sh
+#   EMULATOR=... [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
 set -euo pipefail
 source "$(dirname "$0")/../e2e/lib.sh"
 RTT_COUNT=${RTT_COUNT:-300}
 BULK_BYTES=${BULK_BYTES:-8000000}
 OUT=${OUT:-/tmp/libvirt-ft-bench-net.md}
+HTTP_CONN=${HTTP_CONN:-8}
+HTTP_S=${HTTP_S:-10}
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
+if ! command -v wrk >/dev/null; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null 2>&1 || true
+fi
+command -v wrk >/dev/null || echo "net.sh: wrk is missing (apt-get install wrk): the HTTP rows are left out" >&2
 trap lab_stop EXIT
 
 # field LINE KEY: the value of KEY=... in a tcpcheck summary line.
@@ -37,7 +47,16 @@ log_rate() {
 	fi
 }
 
-declare -A RTT_MED RTT_P99 RX TX LOGS
+# wrk_us OUTPUT PCT: wrk's latency percentile PCT ("50%") in µs.
+wrk_us() {
+	awk -v p="$2" '$1 == p { v = $2
+		if (v ~ /us$/) { sub(/us$/, "", v); printf "%.0f\n", v }
+		else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.0f\n", v * 1000 }
+		else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.0f\n", v * 1e6 }
+		else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.0f\n", v * 6e7 } }' <<<"$1" | head -n 1
+}
+
+declare -A RTT_MED RTT_P99 RX TX LOGS HTTP_RPS HTTP_P50 HTTP_P99 HTTP_ERR HTTP_LOG
 for setup in gate-on gate-off unprotected; do
 	say "set-up: $setup"
 	unset DOMAIN_XML_EDIT
@@ -65,6 +84,14 @@ for setup in gate-on gate-off unprotected; do
 	rx=$(tail -n 1 /tmp/ft-bench-step.out)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
 	tx=$(tail -n 1 /tmp/ft-bench-step.out)
+	if command -v wrk >/dev/null; then
+		HTTP_LOG[$setup]=$(log_rate client wrk -t1 -c"$HTTP_CONN" -d"${HTTP_S}s" --latency "http://$GUEST_IP:8080/")
+		http=$(cat /tmp/ft-bench-step.out)
+		HTTP_RPS[$setup]=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$http")
+		HTTP_P50[$setup]=$(wrk_us "$http" 50%) HTTP_P99[$setup]=$(wrk_us "$http" 99%)
+		HTTP_ERR[$setup]=$(awk '/Socket errors|Non-2xx/ { $1 = $1; printf "%s; ", $0 }' <<<"$http")
+		log "http: ${HTTP_RPS[$setup]} requests/s, p50 ${HTTP_P50[$setup]} µs, p99 ${HTTP_P99[$setup]} µs ${HTTP_ERR[$setup]}"
+	fi
 	log "rtt: $rtt"
 	log "rx:  $rx"
 	log "tx:  $tx"
@@ -83,5 +110,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 	for setup in gate-on gate-off unprotected; do
 		echo "| $setup | ${RTT_MED[$setup]} | ${RTT_P99[$setup]} | ${RX[$setup]} | $(ratio "${RX[$setup]}" "${RX[unprotected]}") | ${TX[$setup]} | $(ratio "${TX[$setup]}" "${TX[unprotected]}") | ${LOGS[$setup]} |"
 	done
+	if command -v wrk >/dev/null; then
+		echo
+		echo "HTTP: wrk -t1 -c$HTTP_CONN -d${HTTP_S}s --latency against busybox httpd in the guest (a 960-byte page)"
+		echo
+		echo "| set-up | requests/s | ÷ unprotected | latency p50 (µs) | latency p99 (µs) | log MB/s | errors |"
+		echo "|---|---|---|---|---|---|---|"
+		for setup in gate-on gate-off unprotected; do
+			echo "| $setup | ${HTTP_RPS[$setup]:-} | $(ratio "${HTTP_RPS[$setup]:-}" "${HTTP_RPS[unprotected]:-}") | ${HTTP_P50[$setup]:-} | ${HTTP_P99[$setup]:-} | ${HTTP_LOG[$setup]:-} | ${HTTP_ERR[$setup]:-none} |"
+		done
+	fi
 } | tee "$OUT"
 rm -f /tmp/ft-bench-step.out
