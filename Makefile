@@ -116,7 +116,7 @@ bench: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/cpu.sh
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/net.sh
 
-# The CPU figures alone (issue 12): RUNS=N, LAB=0 (QEMU alone), PERF=0.
+# The CPU figures alone (issue 12): RUNS=N, LAB=0 (QEMU alone), ALONE=0 (the lab rows only), PERF=0.
 bench-cpu: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/cpu.sh
 
