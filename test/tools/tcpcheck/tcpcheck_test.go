@@ -392,6 +392,11 @@ func echoServer(t *testing.T, fault string, k int) string {
 					c.SetLinger(0)
 					return
 				case "eof":
+					// A FIN, then read until the client goes: closing
+					// with its next requests unread would make Linux
+					// send a reset instead (seen as a flake).
+					c.CloseWrite()
+					io.Copy(io.Discard, c)
 					return
 				}
 			}
