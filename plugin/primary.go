@@ -733,11 +733,10 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 // idle for three samples each time). The first send after a hold is
 // stamped with its own time, so the hold's length counts in the lag again
 // until the backup passes the log sent before it: holds still come in
-// runs, shorter ones. A backup that stopped
-// advancing may be waiting for log the primary has not sent yet (QEMU
-// reads ahead of what it executes), so the primary never waits on it: that
-// could never end. max 0: no bound; before the first sample (icount 0) the
-// lag is unknown and holds nothing.
+// runs, shorter ones. A backup that stopped advancing may be waiting for
+// log the primary has not sent yet (QEMU reads ahead of what it executes),
+// so the primary never waits on it: that could never end. max 0: no bound;
+// before the first sample (icount 0) the lag is unknown and holds nothing.
 func (p *primaryRun) lagging(max time.Duration) bool {
 	if max <= 0 {
 		return false
@@ -756,8 +755,9 @@ func lagExceeded(samples []sample, backupIcount, logInstr uint64, max time.Durat
 	return backupIcount > 0 && backupIcount < logInstr && runLag(samples, backupIcount, head) > max
 }
 
-// runLag is the primary's run time between reaching icount (the first
-// sample at or past it) and head; 0 when no sample reaches icount.
+// runLag is the primary's wall time between sending the log that reaches
+// icount (the first sample at or past it) and head; 0 when no sample
+// reaches icount.
 func runLag(samples []sample, icount uint64, head time.Time) time.Duration {
 	for _, s := range samples {
 		if s.instr >= icount {
@@ -768,8 +768,8 @@ func runLag(samples []sample, icount uint64, head time.Time) time.Duration {
 }
 
 // recordAck notes an acknowledgement; the lag in ms (virt-ft status) is the
-// primary's run time between reaching the backup's icount and its latest
-// log (runLag).
+// time between the primary sending the log that reaches the backup's
+// icount and sending its latest log (runLag).
 func (p *primaryRun) recordAck(offset, icount uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
