@@ -55,9 +55,8 @@ type primaryRun struct {
 	lastHeartbeat         time.Time
 	samples               []sample  // (instructions, time) to turn icount lag into ms
 	lastSentAt            time.Time // when the latest log was sent: the log's head in time
-	lagMS                 int64
-	stall                 string // the backup's last stall (its words, from its bye)
-	peerReport            string // the backup's go-live detail (its words, from its ByeLive)
+	stall                 string    // the backup's last stall (its words, from its bye)
+	peerReport            string    // the backup's go-live detail (its words, from its ByeLive)
 	seeding               *ctl.Seeding
 	switchedOver          bool
 	// claimPaused: the VM was paused because the arbiter could not be
@@ -145,7 +144,7 @@ func (p *primaryRun) status() ctl.DomainStatus {
 	defer p.mu.Unlock()
 	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ctl.RolePrimary, Peer: p.peer,
 		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
-		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagMS,
+		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagLocked().Milliseconds(),
 		PeerReport: p.peerReport, Gates: p.lastGates}
 	if p.state == ctl.StateSeeding && p.seeding != nil {
 		sd := *p.seeding
@@ -707,12 +706,12 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 	p.logInstr += instr
 	now := time.Now()
 	p.lastSentAt = now
-	if n := len(p.samples); n > 0 && now.Sub(p.samples[n-1].at) <= 10*time.Millisecond {
+	if last := len(p.samples) - 1; last >= 0 && now.Sub(p.samples[last].at) <= 10*time.Millisecond {
 		// Within 10 ms of the last sample: it covers this log too, at
 		// its earlier time (a lag up to 10 ms too long, never too
 		// short; without this, an icount in log sent since the last
 		// sample had no sample and read as no lag).
-		p.samples[n-1].instr = p.logInstr
+		p.samples[last].instr = p.logInstr
 		return
 	}
 	p.samples = append(p.samples, sample{instr: p.logInstr, at: now})
@@ -744,15 +743,30 @@ func (p *primaryRun) lagging(max time.Duration) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	advancing := time.Since(p.icountChangedAt) < 3*p.env.cfg.statusInterval()
-	return advancing && lagExceeded(p.samples, p.backupIcnt, p.logInstr, max, p.lastSentAt)
+	return advancing && p.lagLocked() > max
 }
 
-// lagExceeded is lagging's rule on explicit values: the backup's icount is
-// below the log's, and the primary reached it more than max before head,
-// the time it sent its latest log. samples are (instructions sent, time)
-// in order.
+// lagLocked is the backup's lag (lagExceeded's measure, also virt-ft
+// status's LAG (ms)); called with p.mu held.
+func (p *primaryRun) lagLocked() time.Duration {
+	return backupLag(p.samples, p.backupIcnt, p.logInstr, p.lastSentAt)
+}
+
+// lagExceeded is lagging's rule on explicit values: the backup's lag
+// (backupLag) is more than max.
 func lagExceeded(samples []sample, backupIcount, logInstr uint64, max time.Duration, head time.Time) bool {
-	return backupIcount > 0 && backupIcount < logInstr && runLag(samples, backupIcount, head) > max
+	return backupLag(samples, backupIcount, logInstr, head) > max
+}
+
+// backupLag is the time between the primary sending the log that reaches
+// backupIcount and head (the time it sent its latest log), when the
+// backup's icount is known (above 0) and below the log's; else 0. samples
+// are (instructions sent, time) in order.
+func backupLag(samples []sample, backupIcount, logInstr uint64, head time.Time) time.Duration {
+	if backupIcount == 0 || backupIcount >= logInstr {
+		return 0
+	}
+	return runLag(samples, backupIcount, head)
 }
 
 // runLag is the primary's wall time between sending the log that reaches
@@ -767,9 +781,7 @@ func runLag(samples []sample, icount uint64, head time.Time) time.Duration {
 	return 0
 }
 
-// recordAck notes an acknowledgement; the lag in ms (virt-ft status) is the
-// time between the primary sending the log that reaches the backup's
-// icount and sending its latest log (runLag).
+// recordAck notes an acknowledgement (the lag it implies: lagLocked).
 func (p *primaryRun) recordAck(offset, icount uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -779,10 +791,6 @@ func (p *primaryRun) recordAck(offset, icount uint64) {
 		p.icountChangedAt = time.Now()
 	}
 	p.lastHeartbeat = time.Now()
-	p.lagMS = 0
-	if p.backupIcnt > 0 && p.backupIcnt < p.logInstr {
-		p.lagMS = runLag(p.samples, p.backupIcnt, p.lastSentAt).Milliseconds()
-	}
 }
 
 // qemuStopped is the stopped/release hook or libvirt's STOPPED event for

@@ -72,6 +72,16 @@ qemu_args() {
 		"${icount[@]}"
 }
 
+# stop_qemu NAME JOB: quit QEMU run NAME (background job JOB) through its
+# monitor; kill it after 20 s.
+stop_qemu() {
+	local name=$1 job=$2 w=$((SECONDS + 20))
+	socat - "UNIX-CONNECT:$work/mon-$name.sock" <<<"quit" >/dev/null 2>&1 || true
+	while kill -0 "$job" 2>/dev/null && [ $SECONDS -lt $w ]; do sleep 0.1; done
+	kill -9 "$job" 2>/dev/null || true
+	wait "$job" 2>/dev/null || true
+}
+
 # boot MODE NAME PIN [PERF]: run QEMU until "ft-guest: up"; print the seconds
 # it took. PIN is a CPU list for taskset, or "". A record run goes on 1 s
 # before it quits (its log ends with END). PERF stat: count CPU time,
@@ -99,11 +109,7 @@ boot() {
 	done
 	t1=$(date +%s%N)
 	[ $mode = record ] && sleep 1
-	socat - "UNIX-CONNECT:$work/mon-$name.sock" <<<"quit" >/dev/null 2>&1 || true
-	local w=$((SECONDS + 20))
-	while kill -0 $job 2>/dev/null && [ $SECONDS -lt $w ]; do sleep 0.1; done
-	kill -9 $job 2>/dev/null || true
-	wait $job 2>/dev/null || true
+	stop_qemu "$name" $job
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'
 }
 
@@ -156,8 +162,7 @@ if [ "${ALONE:-1}" = 1 ]; then
 		"$BIN/tcpcheck" bulk -addr 127.0.0.1:$((p + 1)) -mode tx -bytes $((BULK_MB * 1000000)) >"$work/phases-tx.out" 2>&1 || die "phases: bulk tx: $(tail -n 1 "$work/phases-tx.out")"
 		"$BIN/tcpcheck" echo -addr 127.0.0.1:$((p + 2)) -duration "${ECHO_S}s" -interval 5ms >"$work/phases-echo.out" 2>&1 || die "phases: echo: $(tail -n 1 "$work/phases-echo.out")"
 		sleep "$IDLE_S"
-		socat - "UNIX-CONNECT:$work/mon-phases.sock" <<<"quit" >/dev/null 2>&1 || true
-		wait $job 2>/dev/null || true
+		stop_qemu phases $job
 		t1=$(date +%s%N)
 		P[record]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
 		cp "$work/phases-orig.qcow2" "$work/phases.qcow2"
@@ -205,7 +210,7 @@ if [ "$BENCH_LAB" = 1 ]; then
 	# Prints the seconds to "ft-guest: up", and for protected, a second
 	# figure: the seconds until the backup domain ran.
 	lab_boot() {
-		local setup=$1 pin=$2 t0 t1 tb=""
+		local setup=$1 pin=$2 t0 t1 tb="" h bg=""
 		unset DOMAIN_XML_EDIT
 		local edit=""
 		[ $setup = unprotected ] && edit='/<metadata>/,/<\/metadata>/d;'
@@ -226,18 +231,24 @@ if [ "$BENCH_LAB" = 1 ]; then
 		virsh_on a start "$DOMAIN" >/dev/null
 		if [ $setup = protected ]; then
 			(
-				on b sh -c "until virsh -q -c qemu:///system domstate $DOMAIN 2>/dev/null | grep -q running; do sleep 0.01; done" 2>/dev/null
+				# Bounded like the console loop: it must not outlive a
+				# failed run (it would poll a torn-down host for ever).
+				on b timeout 240 sh -c "until virsh -q -c qemu:///system domstate $DOMAIN 2>/dev/null | grep -q running; do sleep 0.01; done" 2>/dev/null ||
+					exit 1
 				date +%s%N >"$work/backup-running"
 				if [ "$pin" = 1 ]; then
 					virsh_on b emulatorpin "$DOMAIN" 1 --live >/dev/null
 					virsh_on b vcpupin "$DOMAIN" 0 1 --live >/dev/null
 				fi
-			) &
+			) >/dev/null &
+			bg=$!
 		fi
-		on a timeout 240 sh -c "until grep -q 'ft-guest: up' $CONSOLE_DIR/$DOMAIN-console.log 2>/dev/null; do sleep 0.02; done" ||
+		if ! on a timeout 240 sh -c "until grep -q 'ft-guest: up' $CONSOLE_DIR/$DOMAIN-console.log 2>/dev/null; do sleep 0.02; done"; then
+			[ -z "$bg" ] || { kill "$bg" 2>/dev/null; wait "$bg" 2>/dev/null; }
 			die "lab $setup: no 'ft-guest: up' within 240 s"
+		fi
 		t1=$(date +%s%N)
-		wait
+		[ -z "$bg" ] || wait "$bg" || die "lab $setup: the backup domain did not run on host b, or could not be pinned to CPU 1"
 		[ -s "$work/backup-running" ] && tb=$(awk -v a="$t0" -v b="$(cat "$work/backup-running")" 'BEGIN { printf " %.2f", (b - a) / 1e9 }')
 		awk -v a="$t0" -v b="$t1" -v tb="$tb" 'BEGIN { printf "%.2f%s\n", (b - a) / 1e9, tb }'
 	}
