@@ -782,10 +782,17 @@ func runLag(samples []sample, icount uint64, head time.Time) time.Duration {
 }
 
 // recordAck notes an acknowledgement (the lag it implies: lagLocked).
+// icount (Ack.Executed) counts at most up to the instructions in the log
+// sent so far (logInstr, counted before each send): an honest backup
+// cannot have executed more of the log than it was sent, but a backup that
+// went on as a normal QEMU after END (a switchover) does, and a hostile
+// one could claim any figure. Kept as it came, one huge value would read
+// as "caught up" for the rest of the run and turn the lag bound off.
 func (p *primaryRun) recordAck(offset, icount uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.ackedBytes = max(p.ackedBytes, offset)
+	icount = min(icount, p.logInstr)
 	if icount > p.backupIcnt {
 		p.backupIcnt = icount
 		p.icountChangedAt = time.Now()

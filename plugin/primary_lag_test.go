@@ -59,3 +59,22 @@ func TestRecordSentCoalesces(t *testing.T) {
 		}
 	})
 }
+
+// TestRecordAckClampsIcount: an acknowledged icount beyond the log sent
+// (a backup past END, or a hostile one) counts only up to the log sent,
+// so the lag bound holds again once more log is sent.
+func TestRecordAckClampsIcount(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &primaryRun{}
+		p.recordSent(100, 1000)
+		p.recordAck(100, 1<<62)
+		if p.backupIcnt != 1000 {
+			t.Fatalf("backup icount %d after an ack of 2^62, want 1000 (the log sent)", p.backupIcnt)
+		}
+		time.Sleep(500 * time.Millisecond)
+		p.recordSent(100, 1000)
+		if lag := p.lagLocked(); lag != 500*time.Millisecond {
+			t.Errorf("lag %v with the backup at 1000 of 2000 sent 500 ms apart, want 500ms", lag)
+		}
+	})
+}
