@@ -194,6 +194,12 @@ type ControlRequest struct {
 	QEMUVersion string     `json:"qemu_version,omitempty"`
 	LogVersion  uint32     `json:"log_version,omitempty"`
 	Seed        FileDigest `json:"seed,omitempty"`
+	// EmulatorBuild (prepare-backup) identifies the primary's QEMU
+	// binary: its --version line and SHA-256 (plugin's
+	// Hypervisor.EmulatorBuild). The backup host refuses a different
+	// build, or none: the packaging/qemu patches change what the log
+	// holds and how a replay reads it, and --version does not name them.
+	EmulatorBuild string `json:"emulator_build,omitempty"`
 	// Epoch names the pairing: the split-brain lock of this run.
 	Epoch string `json:"epoch,omitempty"`
 	// Arbiter names the split-brain arbiter the primary's daemon claims

@@ -139,6 +139,23 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	if bdom.UUID != req.UUID {
 		return nil, fmt.Errorf("prepare-backup for %q carries the XML of domain %q", req.UUID, bdom.UUID)
 	}
+	// The same QEMU build on both hosts (checkPeerDomain has made sure
+	// the path is one of allowed-emulators before it is run here).
+	var emulator string
+	if bdom.Devices != nil {
+		emulator = bdom.Devices.Emulator
+	}
+	build, err := e.hv.EmulatorBuild(emulator)
+	if err != nil {
+		return nil, fmt.Errorf("the backup host cannot use the domain's emulator: %w; install the same libvirt-ft-qemu package on both hosts", err)
+	}
+	switch req.EmulatorBuild {
+	case build:
+	case "":
+		return nil, fmt.Errorf("the primary host's libvirt-ftd does not say which QEMU build it records with (an older libvirt-ft); upgrade libvirt-ft on both hosts")
+	default:
+		return nil, fmt.Errorf("QEMU builds differ: %s is %q on the primary host and %q here; a backup replays only the log of the same build (the packaging/qemu patches change the log); install the same libvirt-ft-qemu package on both hosts", emulator, req.EmulatorBuild, build)
+	}
 	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
 		epoch: req.Epoch, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,
 		detail: "waiting for the primary's log",

@@ -374,6 +374,8 @@ type fakeHV struct {
 
 	// stock: the QEMUs it starts lack packaging/qemu 0001.
 	stock bool
+	// build: EmulatorBuild's answer ("": a fixed patched build).
+	build string
 
 	mu     sync.Mutex
 	down   bool // libvirtd unreachable
@@ -412,6 +414,17 @@ func (h *fakeHV) setDown(down bool) {
 }
 
 func (h *fakeHV) QEMUVersion() (string, error) { return "7.2.22", h.check() }
+
+// EmulatorBuild: build, or a fixed patched-QEMU line when it is empty.
+func (h *fakeHV) EmulatorBuild(path string) (string, error) {
+	h.mu.Lock()
+	build := h.build
+	h.mu.Unlock()
+	if build == "" {
+		build = "QEMU emulator version 7.2.22 (libvirt-ft), sha256 0123456789abcdef"
+	}
+	return build, nil
+}
 
 func (h *fakeHV) DomainNames() ([]string, error) {
 	if err := h.check(); err != nil {

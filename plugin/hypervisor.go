@@ -22,6 +22,14 @@ type Hypervisor interface {
 	// QEMUVersion is the local QEMU's version as libvirt reports it
 	// ("7.2.22").
 	QEMUVersion() (string, error)
+	// EmulatorBuild identifies the QEMU binary at path on this host: the
+	// first line of its --version and the SHA-256 of the file, e.g.
+	// "QEMU emulator version 7.2.22 (libvirt-ft), sha256 3f0c…" (first 16
+	// hex digits). A primary and its backup must run the same build: the
+	// patches in packaging/qemu change what the log holds and how a replay
+	// reads it, and --version does not name them. Errors: the file cannot
+	// be read or run.
+	EmulatorBuild(path string) (string, error)
 	// DomainNames lists every domain libvirt knows (for a rescan).
 	DomainNames() ([]string, error)
 	// Definition returns a domain's persistent definition (inactive XML)
@@ -92,6 +100,8 @@ func (h libvirtHV) QEMUVersion() (string, error) {
 	}
 	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000), nil
 }
+
+func (h libvirtHV) EmulatorBuild(path string) (string, error) { return emulatorBuild(path) }
 
 func (h libvirtHV) DomainNames() ([]string, error) {
 	conn, err := h.lv.get()

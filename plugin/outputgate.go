@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,7 @@ const patchedQEMUPath = "/usr/lib/libvirt-ft/qemu/bin/qemu-system-x86_64"
 var (
 	flushCacheMu sync.Mutex
 	flushCache   = map[flushKey]bool{}
+	buildCache   = map[flushKey]string{}
 )
 
 // flushKey identifies one QEMU binary: its path and the file's identity, so
@@ -57,19 +59,68 @@ type flushKey struct {
 	size, mtime int64
 }
 
+// binaryKey is path's flushKey (its identity as a file), or an error
+// naming the path.
+func binaryKey(path string) (flushKey, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return flushKey{}, err
+	}
+	key := flushKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key.dev, key.ino = uint64(st.Dev), st.Ino
+	}
+	return key, nil
+}
+
+// emulatorBuild is Hypervisor.EmulatorBuild for this host's files: the
+// first line of `path --version` and the first 16 hex digits of the
+// file's SHA-256, cached per file identity (a package upgrade that
+// replaces the binary is read again).
+func emulatorBuild(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("the domain names no <emulator>")
+	}
+	key, err := binaryKey(path)
+	if err != nil {
+		return "", fmt.Errorf("emulator %s: %w", path, err)
+	}
+	flushCacheMu.Lock()
+	v, ok := buildCache[key]
+	flushCacheMu.Unlock()
+	if ok {
+		return v, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("emulator %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("emulator %s: %w", path, err)
+	}
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("emulator %s --version: %w", path, err)
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	v = fmt.Sprintf("%s, sha256 %x", line, h.Sum(nil)[:8])
+	flushCacheMu.Lock()
+	buildCache[key] = v
+	flushCacheMu.Unlock()
+	return v, nil
+}
+
 // qemuFlushesLog reports whether the QEMU binary at path is the patched one
 // that flushes its record log before each redirected frame.
 func qemuFlushesLog(path string) bool {
 	if path == "" {
 		return false
 	}
-	fi, err := os.Stat(path)
+	key, err := binaryKey(path)
 	if err != nil {
 		return false
-	}
-	key := flushKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		key.dev, key.ino = uint64(st.Dev), st.Ino
 	}
 	flushCacheMu.Lock()
 	defer flushCacheMu.Unlock()

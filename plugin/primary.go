@@ -203,6 +203,14 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
+	var emulator string
+	if dom.Devices != nil {
+		emulator = dom.Devices.Emulator
+	}
+	build, err := p.env.hv.EmulatorBuild(emulator)
+	if err != nil {
+		return fmt.Errorf("libvirt-ft: domain %q: /domain/devices/emulator: %w", p.name, err)
+	}
 	ctrl, err := dialControl(p.env, p.peer, p.uuid, qemuVer, logVer)
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s: %w; is libvirt-ftd running there and is <ft:peer> right?", p.name, p.peer, err)
@@ -227,7 +235,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
 	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: p.uuid, Name: p.name, XML: xml,
-		QEMUVersion: qemuVer, LogVersion: logVer, Epoch: epoch, Arbiter: p.env.cfg.arbiterName()}, nil); err != nil {
+		QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: build, Epoch: epoch, Arbiter: p.env.cfg.arbiterName()}, nil); err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: backup host %s refused the backup: %w", p.name, p.peer, err)
 	}
 	armed := true

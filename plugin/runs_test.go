@@ -393,6 +393,18 @@ func TestRunsReplaceStaleBackup(t *testing.T) {
 		def, _, _ := fp.a.hv.Definition("web")
 		req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", XML: def.XML,
 			QEMUVersion: "7.2.22", LogVersion: logchan.LogVersionQEMU72, Epoch: "stale", Arbiter: fp.a.d.cfg.arbiterName()}
+		req.EmulatorBuild, _ = fp.b.hv.EmulatorBuild("")
+		// Another QEMU build (another patch level), or none said: refused.
+		for _, c := range []struct{ build, want string }{
+			{"QEMU emulator version 7.2.22 (libvirt-ft), sha256 fedcba9876543210", "QEMU builds differ"},
+			{"", "does not say which QEMU build"},
+		} {
+			other := req
+			other.EmulatorBuild = c.build
+			if err := fp.b.d.prepareBackup(other, "10.0.0.1"); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("prepare-backup with emulator build %q: %v, want a refusal saying %q", c.build, err, c.want)
+			}
+		}
 		// Claims on different arbiters could both win: refused.
 		other := req
 		other.Arbiter = "dir /srv/elsewhere"

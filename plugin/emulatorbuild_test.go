@@ -1,0 +1,44 @@
+package plugin
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestEmulatorBuild: the --version line and the file's SHA-256; a binary
+// replaced in place (another build at the same path) is read again.
+func TestEmulatorBuild(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "qemu-system-x86_64")
+	write := func(version string) string {
+		script := fmt.Sprintf("#!/bin/sh\necho '%s'\necho 'Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers'\n", version)
+		// A new file, as a package upgrade writes one: a new inode.
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256([]byte(script))
+		return fmt.Sprintf("%s, sha256 %x", version, sum[:8])
+	}
+	want := write("QEMU emulator version 7.2.22 (libvirt-ft)")
+	got, err := emulatorBuild(path)
+	if err != nil || got != want {
+		t.Fatalf("emulatorBuild = %q, %v; want %q", got, err, want)
+	}
+	want = write("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)")
+	if got, err := emulatorBuild(path); err != nil || got != want {
+		t.Fatalf("after replacing the binary: emulatorBuild = %q, %v; want %q", got, err, want)
+	}
+	if _, err := emulatorBuild(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing emulator gave no error")
+	}
+	if _, err := emulatorBuild(""); err == nil {
+		t.Error("no emulator gave no error")
+	}
+}
