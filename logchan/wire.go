@@ -32,7 +32,7 @@ import (
 // malformed). Version 3: a log channel's Hello names its pairing epoch (a
 // channel of another epoch is refused) and may resume a pairing after a
 // planned restart (Hello.Resume, Bye "clean:restarting").
-const ProtocolVersion = 4
+const ProtocolVersion = 3
 
 // MaxFrameSize is the largest payload of any frame, in bytes (a Log
 // frame's); each type has its own bound, MaxPayload.

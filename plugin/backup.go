@@ -145,16 +145,19 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	if bdom.Devices != nil {
 		emulator = bdom.Devices.Emulator
 	}
+	if emulator == "" {
+		return nil, fmt.Errorf("/domain/devices/emulator: the domain names no emulator; name the same QEMU binary on both hosts (%s from libvirt-ft-qemu)", patchedQEMUPath)
+	}
 	build, err := e.hv.EmulatorBuild(emulator)
 	if err != nil {
-		return nil, fmt.Errorf("the backup host cannot use the domain's emulator: %w; install the same libvirt-ft-qemu package on both hosts", err)
+		return nil, fmt.Errorf("/domain/devices/emulator: the backup host cannot run it: %w; install the same libvirt-ft-qemu package on both hosts", err)
 	}
 	switch req.EmulatorBuild {
 	case build:
 	case "":
-		return nil, fmt.Errorf("the primary host's libvirt-ftd does not say which QEMU build it records with (an older libvirt-ft); upgrade libvirt-ft on both hosts")
+		return nil, fmt.Errorf("prepare-backup sent no emulator_build (the primary's QEMU build): the primary host's libvirt-ftd is older than this one; upgrade libvirt-ft on both hosts")
 	default:
-		return nil, fmt.Errorf("QEMU builds differ: %s is %q on the primary host and %q here; a backup replays only the log of the same build (the packaging/qemu patches change the log); install the same libvirt-ft-qemu package on both hosts", emulator, req.EmulatorBuild, build)
+		return nil, fmt.Errorf("emulator_build: QEMU builds differ: %s is %q on the primary host and %q here; a backup replays only the log of the same build (the packaging/qemu patches change the log); install the same libvirt-ft-qemu package on both hosts", emulator, req.EmulatorBuild, build)
 	}
 	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
 		epoch: req.Epoch, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,

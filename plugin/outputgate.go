@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -81,9 +82,20 @@ func emulatorBuild(path string) (string, error) {
 	if path == "" {
 		return "", errors.New("the domain names no <emulator>")
 	}
-	key, err := binaryKey(path)
+	// Keyed by the opened file's identity: a binary replaced between a
+	// stat and the open would otherwise be cached under the old one's.
+	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("emulator %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("emulator %s: %w", path, err)
+	}
+	key := flushKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key.dev, key.ino = uint64(st.Dev), st.Ino
 	}
 	flushCacheMu.Lock()
 	v, ok := buildCache[key]
@@ -91,16 +103,13 @@ func emulatorBuild(path string) (string, error) {
 	if ok {
 		return v, nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("emulator %s: %w", path, err)
-	}
-	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("emulator %s: %w", path, err)
 	}
-	out, err := exec.Command(path, "--version").Output()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
 	if err != nil {
 		return "", fmt.Errorf("emulator %s --version: %w", path, err)
 	}

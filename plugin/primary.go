@@ -575,8 +575,8 @@ func (p *primaryRun) receive(link *peerConn, drv *failover.Driver, ps *pumpState
 			ps.cond.Broadcast()
 			ps.mu.Unlock()
 			gates.ack(m.Ack.Received)
-			p.recordAck(m.Ack.Offset, m.Ack.Executed)
-			drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: m.Ack.Executed, Fed: m.Ack.Fed})
+			icount := p.recordAck(m.Ack.Offset, m.Ack.Executed)
+			drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: icount, Fed: m.Ack.Fed})
 		case logchan.MsgHeartbeat:
 			p.heard()
 			drv.Post(failover.HeartbeatReceived{})
@@ -796,7 +796,8 @@ func runLag(samples []sample, icount uint64, head time.Time) time.Duration {
 // went on as a normal QEMU after END (a switchover) does, and a hostile
 // one could claim any figure. Kept as it came, one huge value would read
 // as "caught up" for the rest of the run and turn the lag bound off.
-func (p *primaryRun) recordAck(offset, icount uint64) {
+// It returns the icount as counted.
+func (p *primaryRun) recordAck(offset, icount uint64) uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.ackedBytes = max(p.ackedBytes, offset)
@@ -806,6 +807,7 @@ func (p *primaryRun) recordAck(offset, icount uint64) {
 		p.icountChangedAt = time.Now()
 	}
 	p.lastHeartbeat = time.Now()
+	return icount
 }
 
 // qemuStopped is the stopped/release hook or libvirt's STOPPED event for

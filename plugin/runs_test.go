@@ -397,7 +397,7 @@ func TestRunsReplaceStaleBackup(t *testing.T) {
 		// Another QEMU build (another patch level), or none said: refused.
 		for _, c := range []struct{ build, want string }{
 			{"QEMU emulator version 7.2.22 (libvirt-ft), sha256 fedcba9876543210", "QEMU builds differ"},
-			{"", "does not say which QEMU build"},
+			{"", "sent no emulator_build"},
 		} {
 			other := req
 			other.EmulatorBuild = c.build

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
 var (
@@ -201,6 +202,20 @@ func main() {
 		}
 		arm("arm-qemu-commandline", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-chardev"/><qemu:arg value="file,id=x,path=/etc/shadow"/></qemu:commandline>`, "/domain/qemu:commandline")
 		arm("arm-root-seclabel", `<seclabel type="static" model="dac" relabel="no"><label>0:0</label></seclabel>`, "/domain/seclabel")
+		// A backup of another QEMU build, or of one not named: its
+		// replay would diverge or crawl.
+		for _, c := range []struct{ name, build, want string }{
+			{"arm-other-qemu-build", "QEMU emulator version 7.2.0 (hostile), sha256 0000000000000000", "QEMU builds differ"},
+			{"arm-no-qemu-build", "", "sent no emulator_build"},
+		} {
+			x := strings.Replace(own, "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
+			// As a primary's daemon sends it: generated for record.
+			if gx, _, err := ftxml.NeedsRewrite(x); err == nil {
+				x = gx
+			}
+			control(c.name, u2, logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: u2, Name: "hostile", XML: x,
+				QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: c.build, Epoch: "hostile", Arbiter: *arbiter}, c.want)
+		}
 		// Arming a backup that would replay into another domain's image.
 		if *victim != "" && *disk != "" {
 			x := strings.Replace(string(base), "</name>", "-hostile</name>\n  <uuid>"+u2+"</uuid>", 1)
