@@ -354,6 +354,22 @@ func (d *Daemon) handleDefined(name string) {
 	cfg, present, perr := ftxml.ParseConfig(def.XML)
 	if !present && perr == nil {
 		d.forgetIdle(def.UUID)
+		// The ft element removed: the record/replay wiring generated for
+		// it goes too, or the domain would not start as a plain VM (a
+		// running protected copy runs on as it started; the next start is
+		// plain).
+		plain, changed, err := ftxml.Unprotected(def.XML)
+		if err != nil {
+			log.WithError(err).Warn("checking an unprotected definition for generated record/replay wiring")
+			return
+		}
+		if changed {
+			if err := d.hv.Define(plain); err != nil {
+				log.WithError(err).Error("removing the generated record/replay wiring from a definition without the ft element; remove its -icount, ft-rr blockdevs and ft-gate chardevs by hand (virsh edit)")
+				return
+			}
+			log.Info("the ft element is gone: removed the generated record/replay wiring from the definition (it starts as a plain VM)")
+		}
 		return
 	}
 	if perr == nil && cfg.Role == ftxml.RoleBackup {

@@ -624,3 +624,34 @@ func TestRunsPartitionArbiterUnreachableBackupPauses(t *testing.T) {
 		}
 	})
 }
+
+// TestRunsUnprotectByRemovingTheElement: the ft element removed from a
+// protected definition takes the generated record/replay wiring with it,
+// so the domain starts as a plain VM (issue 13, item 5).
+func TestRunsUnprotectByRemovingTheElement(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		def, _, _ := fp.a.hv.Definition("web")
+		dom, err := ftxml.ParseDomain(def.XML)
+		if err != nil || !ftxml.IsGenerated(dom) {
+			t.Fatalf("the protected definition was not generated for record (%v):\n%s", err, def.XML)
+		}
+		i, j := strings.Index(def.XML, "<ft:ft"), strings.Index(def.XML, "</ft:ft>")
+		if i < 0 || j < 0 {
+			t.Fatalf("no ft element in the generated definition:\n%s", def.XML)
+		}
+		if err := fp.a.hv.Define(def.XML[:i] + def.XML[j+len("</ft:ft>"):]); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		def, _, _ = fp.a.hv.Definition("web")
+		if dom, err := ftxml.ParseDomain(def.XML); err != nil || ftxml.IsGenerated(dom) || strings.Contains(def.XML, "rr=record") {
+			t.Fatalf("the definition without the ft element keeps the record/replay wiring (%v):\n%s", err, def.XML)
+		}
+	})
+}

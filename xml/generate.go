@@ -490,6 +490,95 @@ func StripGenerated(domainXML string) (string, error) {
 	return out, nil
 }
 
+// Unprotected tells the daemon whether a domain defined without the ft
+// element still carries the record/replay wiring this package generated
+// (the user removed the element from a protected definition, or `virsh
+// define`d an old dumpxml): newXML is then the domain with it removed
+// (StripGenerated) and changed is true, because with a record FIFO no
+// daemon opens, it would not start as a plain VM. Only wiring that is
+// unmistakably ours counts: a blkreplay node, an output gate or
+// filter-replay of our names, a "ua-ft-" alias, or an -icount on our FIFO
+// of this domain (<state dir>/<uuid>/record.fifo); an -icount rr=... a
+// user wrote by hand on a file of their own is left as it is. A domain with the ft
+// element gives (domainXML, false, nil): NeedsRewrite handles it.
+func Unprotected(domainXML string) (newXML string, changed bool, err error) {
+	dom, err := ParseDomain(domainXML)
+	if err != nil {
+		return "", false, err
+	}
+	if readFT(dom, HostConfig{}).present || !hasOurWiring(dom) {
+		return domainXML, false, nil
+	}
+	before, err := ParseDomain(domainXML)
+	if err != nil {
+		return "", false, err
+	}
+	stripGenerated(dom)
+	out, err := dom.Marshal()
+	if err != nil {
+		return "", false, fmt.Errorf("ftxml: domain %q: marshal: %w", dom.Name, err)
+	}
+	after, err := ParseDomain(out)
+	if err != nil {
+		return "", false, err
+	}
+	same, err := sameDefinition(before, after)
+	if err != nil {
+		return "", false, err
+	}
+	if same {
+		return domainXML, false, nil
+	}
+	return out, true, nil
+}
+
+// hasOurWiring reports whether dom carries generated wiring other than an
+// -icount argument (see Unprotected).
+func hasOurWiring(dom *libvirtxml.Domain) bool {
+	if cl := dom.QEMUCommandline; cl != nil {
+		uuid, _ := canonicalUUID(dom.UUID)
+		for i := 0; i+1 < len(cl.Args); i++ {
+			opt, val := cl.Args[i].Value, cl.Args[i+1].Value
+			if opt != "-icount" && isOurs(opt, val) {
+				return true
+			}
+			// An -icount counts when its file is one of our FIFOs of
+			// this domain (<state dir>/<uuid>/record.fifo or
+			// replay.fifo).
+			if opt == "-icount" && rrMode(val) != "" && uuid != "" {
+				for _, o := range splitQemuOpts(val) {
+					if f, ok := strings.CutPrefix(o, "rrfile="); ok &&
+						(strings.HasSuffix(f, "/"+uuid+"/record.fifo") || strings.HasSuffix(f, "/"+uuid+"/replay.fifo")) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	if ov := dom.QEMUOverride; ov != nil {
+		for _, d := range ov.Devices {
+			for _, p := range d.Frontend.Properties {
+				if isOurProperty(p) {
+					return true
+				}
+			}
+		}
+	}
+	if dom.Devices != nil {
+		for _, d := range dom.Devices.Disks {
+			if d.Alias != nil && strings.HasPrefix(d.Alias.Name, ourAliasPrefix) {
+				return true
+			}
+		}
+		for _, n := range dom.Devices.Interfaces {
+			if n.Alias != nil && strings.HasPrefix(n.Alias.Name, ourAliasPrefix) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // NeedsRewrite tells the daemon whether a defined domain must be redefined.
 // A domain without our element (and without an element named ft in another
 // namespace) gives (domainXML, false, nil). Otherwise newXML is the domain

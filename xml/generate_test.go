@@ -495,3 +495,47 @@ func TestOutputGateOff(t *testing.T) {
 		t.Errorf("StripGenerated left gate arguments: %v", err)
 	}
 }
+
+// TestUnprotected: the ft element removed from a generated definition
+// leaves the user's domain (its other metadata kept); a plain domain, a
+// protected one, and a hand-written -icount alone are left as they are.
+func TestUnprotected(t *testing.T) {
+	user := readTestdata(t, "two-disks-two-nics.xml")
+	dropFT := func(s string) string {
+		t.Helper()
+		i, j := strings.Index(s, "<ft:ft"), strings.Index(s, "</ft:ft>")
+		if i < 0 || j < 0 {
+			t.Fatalf("no ft element in:\n%s", s)
+		}
+		return s[:i] + s[j+len("</ft:ft>"):]
+	}
+	generated := mustPrimary(t, user, HostConfig{})
+	out, changed, err := Unprotected(dropFT(generated))
+	if err != nil || !changed {
+		t.Fatalf("Unprotected(generated without ft) = changed %v, %v; want the wiring removed", changed, err)
+	}
+	got, want := parse(t, out), parse(t, dropFT(user))
+	if IsGenerated(got) {
+		t.Error("still generated")
+	}
+	if !strings.Contains(got.Metadata.XML, "keep &amp; preserve") {
+		t.Errorf("the user's other metadata is gone:\n%s", got.Metadata.XML)
+	}
+	got.Metadata, want.Metadata = nil, nil
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Unprotected(Primary(x) without ft) differs from x (-want +got):\n%s", diff)
+	}
+	if _, changed, err := Unprotected(out); err != nil || changed {
+		t.Errorf("Unprotected twice: changed %v, %v; want nothing to do", changed, err)
+	}
+	for name, x := range map[string]string{
+		"plain":     dropFT(user),
+		"protected": generated,
+		"hand-written -icount only": strings.Replace(dropFT(user), "</domain>",
+			`<qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto,rr=record,rrfile=/srv/my.rr"/></qemu:commandline></domain>`, 1),
+	} {
+		if got, changed, err := Unprotected(x); err != nil || changed || got != x {
+			t.Errorf("%s: changed %v, %v; want the domain left as it is", name, changed, err)
+		}
+	}
+}
