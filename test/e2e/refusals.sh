@@ -75,6 +75,37 @@ for c in "${cases[@]}"; do
 	virsh_on a undefine "$dom" >/dev/null
 done
 
+# Unprotecting by removing the ft element: libvirt-ftd takes the
+# record/replay wiring it generated out of the definition, and the domain
+# starts as a plain VM (no FIFO, no backup, no -icount).
+say "unprotect: the ft element removed from a protected definition"
+dom=ftplain
+define_protected $dom
+xml=$(mktemp --suffix=.xml); SCRATCH+=("$xml")
+virsh_on a dumpxml --inactive $dom | sed '/<ft:ft[ >]/,/<\/ft:ft>/d' > "$xml"
+if grep -q '<ft:ft' "$xml"; then
+	log "could not remove the ft element from the definition"; failures=$((failures + 1))
+else
+	on a virsh -q -c qemu:///system define "$xml" >/dev/null
+	wait_for 20 "libvirt-ftd to remove the record/replay wiring from $dom" sh -c "! '$LAB' exec a virsh -c qemu:///system dumpxml --inactive $dom | grep -qE 'rr=record|ft-rr|ft-gate'"
+	log "the definition without the ft element has no record/replay wiring left"
+	if out=$(virsh_on a start $dom 2>&1); then
+		pid=$(qemu_pid a $dom || true)
+		if [ -z "$pid" ] || on a grep -q 'rr=' /proc/$pid/cmdline; then
+			log "$dom did not start as a plain VM (QEMU pid '${pid:-none}')"; failures=$((failures + 1))
+		else
+			log "$dom started as a plain VM (QEMU pid $pid, no -icount rr)"
+		fi
+		virsh_on b list --all --name | grep -qx $dom && { log "a backup exists on host B"; failures=$((failures + 1)); }
+		left=$(on a find /var/lib/libvirt-ft -type p 2>/dev/null || true)
+		[ -z "$left" ] || { log "FIFOs on host a: $left"; failures=$((failures + 1)); }
+		virsh_on a destroy $dom >/dev/null 2>&1 || true
+	else
+		log "the unprotected $dom did not start: $out"; failures=$((failures + 1))
+	fi
+fi
+virsh_on a undefine $dom >/dev/null 2>&1 || true
+
 # A daemon with no arbiter configured refuses to protect, naming the keys.
 say "refusal: no split-brain arbiter configured on host A"
 lab stop a ftd
