@@ -40,7 +40,8 @@
 //
 // Events (inputs): HeartbeatReceived, LogReceived, AckReceived, ChannelDown,
 // ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
-// QEMUExited, SwitchoverRequested, FeedUnread. Actions (outputs): SendHeartbeat,
+// QEMUExited, SwitchoverRequested, UnprotectRequested, FeedUnread. Actions
+// (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
 // ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup,
 // BackupStalled. Both are
@@ -119,6 +120,23 @@
 // live without waiting for the timeout. A backup whose QEMU exits while
 // replicating (torn down on purpose, or a crash) tells the primary and
 // stops; the primary runs on unprotected.
+//
+// # Ending protection
+//
+// UnprotectRequested (`virt-ft unprotect`) may come on either host; the
+// peer learns it from a clean bye, ByeUnprotect. The primary's VM runs on
+// alone and the backup's stops; the backup never goes live:
+//
+//	primary asked:  send-bye unprotect, drain-locally, then claims the lock
+//	                as for a lost backup (close-channel, acquire-lock); won:
+//	                report-unprotected, its reason the operator's
+//	backup asked:   send-bye unprotect, halt-vm, close-channel
+//	backup told:    halt-vm, close-channel
+//	primary told:   as for a lost backup (drain-locally, claim)
+//
+// The primary claims the lock even though its backup was told: a bye lost
+// with the link leaves a backup that goes live on silence, and the claim
+// the primary made first makes it lose.
 //
 // # Planned switchover
 //

@@ -119,6 +119,11 @@ type QEMUExited struct {
 // (`virt-ft failover`) on this host.
 type SwitchoverRequested struct{}
 
+// UnprotectRequested: the operator asked to end protection (`virt-ft
+// unprotect`) on this host: the primary's VM runs on alone, the backup's
+// stops (ByeUnprotect).
+type UnprotectRequested struct{}
+
 func (HeartbeatReceived) isEvent()   {}
 func (LogReceived) isEvent()         {}
 func (AckReceived) isEvent()         {}
@@ -132,6 +137,7 @@ func (LockResult) isEvent()          {}
 func (GoLiveDone) isEvent()          {}
 func (QEMUExited) isEvent()          {}
 func (SwitchoverRequested) isEvent() {}
+func (UnprotectRequested) isEvent()  {}
 
 func (HeartbeatReceived) String() string { return "heartbeat" }
 func (e LogReceived) String() string {
@@ -160,6 +166,7 @@ func (e QEMUExited) String() string {
 	return format("qemu-exited", "clean", strconv.FormatBool(e.Clean))
 }
 func (SwitchoverRequested) String() string { return "switchover-requested" }
+func (UnprotectRequested) String() string  { return "unprotect-requested" }
 
 func u(v uint64) string { return strconv.FormatUint(v, 10) }
 

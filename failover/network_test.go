@@ -404,6 +404,11 @@ func (nw *network) switchover(h *host) {
 	nw.tracef("%s operator asks for a switchover", h.name)
 }
 
+func (nw *network) unprotect(h *host) {
+	h.inbox = append(h.inbox, UnprotectRequested{})
+	nw.tracef("%s operator asks to end protection", h.name)
+}
+
 func (nw *network) setCut(dir string, on bool) {
 	if dir == "" {
 		nw.cut["primary->backup"], nw.cut["backup->primary"] = on, on

@@ -3,6 +3,7 @@ package failover
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // NotYet is the tick of a Timings milestone that has not happened.
@@ -388,6 +389,9 @@ func (n *Node) peerLost(cause string) {
 	}
 }
 
+// unprotectCause is the reason a run ends by `virt-ft unprotect`.
+const unprotectCause = "protection ended by the operator (virt-ft unprotect)"
+
 // ---- primary ----
 
 func (n *Node) stepPrimary(ev Event) bool {
@@ -412,6 +416,8 @@ func (n *Node) stepPrimary(ev Event) bool {
 			n.peerRestarts()
 		case e.Clean && e.Reason == ByeSwitchover:
 			n.startSwitchover(false)
+		case e.Clean && e.Reason == ByeUnprotect:
+			n.peerLost(unprotectCause + " on the backup host")
 		default:
 			n.peerLost("backup said bye: " + e.Reason)
 		}
@@ -420,6 +426,12 @@ func (n *Node) stepPrimary(ev Event) bool {
 			return false
 		}
 		n.startSwitchover(true)
+	case UnprotectRequested:
+		// The bye goes first (claim closes the channel); the lock still
+		// decides, as for a lost backup.
+		n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
+		n.emit(DrainLocally{})
+		n.claim(unprotectCause)
 	case QEMUExited:
 		if e.Clean {
 			n.emit(SendBye{Clean: true, Reason: ByeShutdown})
@@ -596,9 +608,12 @@ func (n *Node) stepClaiming(ev Event) bool {
 		case e.Won:
 			n.timings.Locked, n.timings.Alone = n.now, n.now
 			n.state, n.phase = StateUnprotected, PhaseNone
-			if n.switchover {
+			switch {
+			case n.switchover:
 				n.reason = "switchover aborted, running alone: " + n.reason
-			} else {
+			case strings.HasPrefix(n.reason, unprotectCause):
+				// Not lost: ended on purpose; the reason says so.
+			default:
 				n.reason = "backup lost: " + n.reason
 			}
 			n.emit(ReportUnprotected{Reason: n.reason})
@@ -648,6 +663,8 @@ func (n *Node) stepBackup(ev Event) bool {
 			n.peerRestarts()
 		case e.Clean && e.Reason == ByeSwitchover:
 			n.startGoLive("switchover asked by the primary", true, false)
+		case e.Clean && e.Reason == ByeUnprotect:
+			n.halt(unprotectCause + " on the primary host")
 		case e.Clean && e.Reason != ByeLive:
 			// The primary's VM ended and the whole log was sent:
 			// replay it to the end, never go live.
@@ -662,6 +679,11 @@ func (n *Node) stepBackup(ev Event) bool {
 			return false
 		}
 		n.startGoLive("switchover", true, true)
+	case UnprotectRequested:
+		if n.chanOpen {
+			n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
+		}
+		n.halt(unprotectCause)
 	case QEMUExited:
 		if n.peerEnded {
 			n.stop("replayed the primary's end")

@@ -24,7 +24,8 @@ import (
 //	                               channel-down reason=S | bye clean=B reason=S |
 //	                               backup-icount icount=N | end-fed bytes=N instr=N |
 //	                               lock-result won=B [err=S] | go-live-done [err=S] |
-//	                               qemu-exited clean=B | switchover-requested
+//	                               qemu-exited clean=B | switchover-requested |
+//	                               unprotect-requested
 //	ready                          take and drop the pending actions
 //	repeat N                       run the lines up to the matching "end"
 //	...                            N times (both modes)
@@ -50,7 +51,8 @@ import (
 //	                               checked at every tick
 //	cut [primary->backup|backup->primary]   (both ways without argument)
 //	heal
-//	kill NODE | crash NODE | shutdown primary | switchover NODE
+//	kill NODE | crash NODE | shutdown primary | switchover NODE |
+//	unprotect NODE
 //	lock-errors N                  the next N lock attempts fail with an error
 //	step NODE EVENT                Step an event into one node directly
 //	expect NODE state|phase|role|timings|status ...   as above
@@ -369,6 +371,8 @@ func parseEvent(toks []string) (Event, error) {
 		ev = QEMUExited{Clean: B("clean")}
 	case "switchover-requested":
 		ev = SwitchoverRequested{}
+	case "unprotect-requested":
+		ev = UnprotectRequested{}
 	default:
 		return nil, fmt.Errorf("unknown event %q", it.name)
 	}
@@ -533,11 +537,11 @@ func (r *scriptRunner) netCommand(cmd string, args []string) error {
 		nw.setCut(arg, true)
 	case "heal":
 		nw.setCut("", false)
-	case "kill", "crash", "shutdown", "switchover":
+	case "kill", "crash", "shutdown", "switchover", "unprotect":
 		if err := needHost(); err != nil {
 			return err
 		}
-		map[string]func(*host){"kill": nw.kill, "crash": nw.crash, "shutdown": nw.shutdown, "switchover": nw.switchover}[cmd](h)
+		map[string]func(*host){"kill": nw.kill, "crash": nw.crash, "shutdown": nw.shutdown, "switchover": nw.switchover, "unprotect": nw.unprotect}[cmd](h)
 	case "lock-errors":
 		n, err := strconv.Atoi(arg)
 		if err != nil {

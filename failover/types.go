@@ -139,6 +139,13 @@ const (
 	// peer is lost only if a new channel of the same pairing is not up
 	// (ChannelUp) within Config.RestartGrace ticks.
 	ByeRestarting = "restarting"
+	// ByeUnprotect (either way, Clean): the operator ended protection
+	// (`virt-ft unprotect`). From the primary: its VM runs on alone, and
+	// the backup stops its replaying VM (never goes live). From the
+	// backup: it stops its VM, and the primary runs on alone. Either way
+	// the primary still claims the pairing's lock before it runs
+	// unprotected, so a backup that never got the bye cannot go live too.
+	ByeUnprotect = "unprotect"
 )
 
 // Errors returned by Config.Validate (and New).

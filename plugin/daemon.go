@@ -468,6 +468,11 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 			return ctl.Response{Error: err.Error()}
 		}
 		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
+	case ctl.OpUnprotect:
+		if err := d.unprotect(req.Domain); err != nil {
+			return ctl.Response{Error: err.Error()}
+		}
+		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
 	case ctl.OpHook:
 		if req.Hook == nil {
 			return ctl.Response{Error: "ctl: hook request without hook"}
@@ -517,6 +522,38 @@ func (d *Daemon) switchover(name string) error {
 	}
 	d.log.WithField("domain", s.Name).Info("planned switchover requested (virt-ft failover)")
 	drv.Post(failover.SwitchoverRequested{})
+	return nil
+}
+
+// unprotect ends the protection of a domain replicating here (virt-ft
+// unprotect), on either host: the failover core says ByeUnprotect to the
+// peer; the backup stops its replaying VM, the primary claims the
+// pairing's lock and runs on alone (failover.ByeUnprotect). It refuses a
+// domain that is not replicating (a switchover or go-live under way, a
+// peer restarting): unprotect would race it.
+func (d *Daemon) unprotect(name string) error {
+	if name == "" {
+		return fmt.Errorf("unprotect: name the domain (virt-ft unprotect DOMAIN)")
+	}
+	var r run
+	for _, dm := range d.domains() {
+		if s := dm.status(); s.Name == name || s.UUID == name {
+			r = dm.current()
+		}
+	}
+	if r == nil {
+		return fmt.Errorf("unprotect: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", name)
+	}
+	s := r.status()
+	drv := r.driver()
+	if drv == nil || s.State != ctl.StateReplicating {
+		return fmt.Errorf("unprotect: domain %q is %s here (role %s), not replicating: nothing to end; see virt-ft status", name, s.State, s.Role)
+	}
+	if st, _ := drv.View(); st.State != failover.StateReplicating || st.PeerRestarting || st.PeerEnded {
+		return fmt.Errorf("unprotect: domain %q cannot end its protection now (failover state %s: %s); retry, see virt-ft status", name, st.State, st.Reason)
+	}
+	d.log.WithField("domain", s.Name).Info("ending protection (virt-ft unprotect)")
+	drv.Post(failover.UnprotectRequested{})
 	return nil
 }
 

@@ -655,3 +655,43 @@ func TestRunsUnprotectByRemovingTheElement(t *testing.T) {
 		}
 	})
 }
+
+// TestRunsUnprotect: virt-ft unprotect, on the primary's host and on the
+// backup's: the backup's VM stops (never goes live), the primary's runs on
+// alone, and nothing of the backup is left on host b.
+func TestRunsUnprotect(t *testing.T) {
+	for _, on := range []string{"primary", "backup"} {
+		t.Run(on, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fp, primary := replicating(t)
+				h := fp.a
+				if on == "backup" {
+					h = fp.b
+				}
+				if resp := h.d.handleControl(ctl.Request{Op: ctl.OpUnprotect, Domain: "web"}); !resp.OK {
+					t.Fatalf("unprotect on the %s's host: %s", on, resp.Error)
+				}
+				time.Sleep(3 * time.Second)
+				primary.emit(t, instructions(100, 10)) // never held
+				time.Sleep(time.Second)
+				synctest.Wait()
+				s := fp.a.status(t, "web")
+				if s.State != ctl.StateUnprotected || s.Failover != "unprotected" || !strings.Contains(s.Detail, "virt-ft unprotect") {
+					t.Fatalf("host a: %+v", s)
+				}
+				if fp.a.hv.running(runUUID) == nil {
+					t.Fatal("the primary's VM was stopped")
+				}
+				if fp.b.hv.running(runUUID) != nil {
+					t.Fatal("the backup's VM still runs")
+				}
+				if st := fp.b.d.status("web"); len(st) != 0 {
+					t.Fatalf("host b still lists the backup: %+v", st)
+				}
+				if resp := fp.a.d.handleControl(ctl.Request{Op: ctl.OpUnprotect, Domain: "web"}); resp.OK || !strings.Contains(resp.Error, "not replicating") {
+					t.Fatalf("a second unprotect: %+v, want a refusal saying it is not replicating", resp)
+				}
+			})
+		})
+	}
+}

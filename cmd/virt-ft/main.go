@@ -73,6 +73,24 @@ prints the result with the go-live time and its parts.`,
 	}
 	fo.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the switchover to finish (0: do not wait)")
 	root.AddCommand(fo)
+
+	var unWait time.Duration
+	un := &cobra.Command{
+		Use:   "unprotect DOMAIN",
+		Short: "end a running domain's protection: its backup stops, the VM runs on alone (run on either host)",
+		Long: `unprotect ends the protection of a replicating domain without stopping it:
+the backup host stops its replaying VM (it never goes live), and the
+primary, once it holds the pairing's split-brain lock, runs on alone: its
+output is no longer held for a backup. The VM keeps recording until it
+shuts down. Its next start is protected again while its definition has the
+ft element; remove the element (virsh edit) to start it as a plain VM.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return unprotect(socket, args[0], unWait)
+		},
+	}
+	un.Flags().DurationVar(&unWait, "wait", 30*time.Second, "how long to wait until this host's side has ended (0: do not wait)")
+	root.AddCommand(un)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "virt-ft:", err)
 		os.Exit(1)
@@ -135,6 +153,63 @@ func switchover(socket, domain string, wait time.Duration) error {
 	}
 	printStatus([]ctl.DomainStatus{last})
 	return fmt.Errorf("switchover of %s not finished after %v (state %s: %s)", domain, wait, last.State, last.Detail)
+}
+
+// unprotect asks libvirt-ftd to end a domain's protection and follows this
+// host's side until it ended: a primary running alone, or a backup whose
+// replaying VM stopped (libvirt-ftd then forgets it).
+func unprotect(socket, domain string, wait time.Duration) error {
+	resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpUnprotect, Domain: domain}, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	if !resp.OK {
+		return fmt.Errorf("%s", resp.Error)
+	}
+	role := ctl.RolePrimary
+	if len(resp.Domains) == 1 {
+		role = resp.Domains[0].Role
+	}
+	fmt.Printf("%s: ending protection on the %s's host\n", domain, role)
+	if wait <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(wait)
+	var last ctl.DomainStatus
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		r, err := ctl.Call(socket, ctl.Request{Op: ctl.OpStatus, Domain: domain}, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		if !r.OK {
+			return fmt.Errorf("following %s: %s", domain, r.Error)
+		}
+		if len(r.Domains) != 1 {
+			if role == ctl.RoleBackup {
+				fmt.Printf("%s: the backup stopped; the VM runs on the primary's host, unprotected\n", domain)
+				return nil
+			}
+			return fmt.Errorf("%s: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
+		}
+		last = r.Domains[0]
+		switch {
+		case role == ctl.RolePrimary && last.State == ctl.StateUnprotected && last.Failover == "unprotected":
+			printStatus(r.Domains)
+			fmt.Printf("%s: unprotected: the VM runs alone on this host; its backup stopped\n", domain)
+			return nil
+		case role == ctl.RoleBackup && (last.State == ctl.StateStopped || last.Failover == "halted"):
+			fmt.Printf("%s: the backup stopped; the VM runs on %s, unprotected\n", domain, last.Peer)
+			return nil
+		case role == ctl.RolePrimary && (last.State == ctl.StateStopped || last.Failover == "halted"):
+			printStatus(r.Domains)
+			return fmt.Errorf("%s: the VM stopped: %s (the split-brain lock went to the backup)", domain, last.Detail)
+		}
+	}
+	if last.Name != "" {
+		printStatus([]ctl.DomainStatus{last})
+	}
+	return fmt.Errorf("%s: protection not ended after %v (state %s: %s)", domain, wait, last.State, last.Detail)
 }
 
 func printStatus(ds []ctl.DomainStatus) {

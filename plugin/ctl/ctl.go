@@ -30,6 +30,12 @@ const (
 	// answer comes as soon as the switchover started; follow it with
 	// OpStatus.
 	OpFailover = "failover"
+	// OpUnprotect ends the protection of Request.Domain (name or UUID)
+	// on either host: the backup's replaying VM stops and the primary's
+	// VM runs on alone, unprotected, until it shuts down (its next start
+	// is protected again while the definition has the ft element). The
+	// answer comes as soon as it started; follow it with OpStatus.
+	OpUnprotect = "unprotect"
 )
 
 // ErrDaemonUnreachable wraps failures to reach libvirt-ftd.

@@ -36,7 +36,7 @@ var allowed = map[string][]string{
 	"test/tools/diskcheck": {},
 	"test/tools/fdstore":   {},
 	"test/tools/gaterelay": {},
-	"test/tools/hostile":   {"logchan"},
+	"test/tools/hostile":   {"logchan", "xml"},
 	"test/tools/rrdump":    {"logchan"},
 	"test/tools/rxcheck":   {"logchan"},
 	"test/tools/tcpcheck":  {},

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end backup loss: the primary must never block on a lost backup.
-# 1. kill -9 of the backup's QEMU on host B; 2. (with a new pairing) the
+# 0. `virt-ft unprotect` on host A (issue 13: the backup stops on purpose,
+# never goes live); 1. (with a new pairing) kill -9 of the backup's QEMU on
+# host B; 2. (with a new pairing) the
 # backup's QEMU stopped with SIGSTOP, a replay that no longer advances (issue
 # 9): it must be declared stalled within the stall bound (<ft:heartbeat
 # stall-timeout-ms>, default twice the 1 s heartbeat timeout) and its QEMU
@@ -34,13 +36,14 @@ watch_ticks() {
 }
 
 STALL_BOUND_MS=2000
-for mode in qemu stop host; do
+for mode in unprotect qemu stop host; do
 	case $mode in
+	unprotect) say "backup loss on purpose: virt-ft unprotect on host A" ;;
 	qemu) say "backup loss: kill -9 of the backup QEMU on host B" ;;
 	stop) say "backup loss: the backup QEMU on host B stopped (SIGSTOP): a stalled replay" ;;
 	host) say "backup loss: host B torn down" ;;
 	esac
-	if [ $mode != qemu ]; then
+	if [ $mode != unprotect ]; then
 		# A new pairing: stop the unprotected primary and start it again.
 		virsh_on a destroy "$DOMAIN" >/dev/null
 		wait_for 30 "the old backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
@@ -57,6 +60,11 @@ for mode in qemu stop host; do
 	sleep 4
 	allowed=1000
 	case $mode in
+	unprotect)
+		out=$(ft_on a unprotect "$DOMAIN" 2>&1) || die "virt-ft unprotect failed: $out"
+		echo "$out" | sed 's/^/     /'
+		grep -q "unprotected: the VM runs alone" <<<"$out" || die "virt-ft unprotect did not report the VM running alone"
+		;;
 	qemu) on b kill -9 "$(qemu_pid b "$DOMAIN")" ;;
 	stop)
 		bpid=$(qemu_pid b "$DOMAIN")
@@ -87,6 +95,10 @@ for mode in qemu stop host; do
 	st=$(ft_on a status "$DOMAIN")
 	echo "$st" | sed 's/^/     /'
 	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
+	if [ $mode = unprotect ]; then
+		grep -q "virt-ft unprotect" <<<"$st" || die "virt-ft status on host A does not say the protection was ended on purpose"
+		if virsh_on b list --name | grep -qx "$DOMAIN"; then die "the backup still runs on host B"; fi
+	fi
 	if [ $mode = stop ]; then
 		grep -q "replay stalled at icount [0-9]*, next event [A-Z_]* at log offset [0-9]*" <<<"$st" ||
 			die "virt-ft status on host A does not give the stalled backup's icount and next event"
@@ -98,4 +110,4 @@ for mode in qemu stop host; do
 		log "nothing left on host B (no FIFO, no QEMU)"
 	fi
 done
-say "the primary carried on alone both times"
+say "the primary carried on alone every time"
