@@ -486,13 +486,13 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 	}
 }
 
-// switchover starts a planned switchover (virt-ft failover) of a domain
-// protected here, on either host: the backup goes live at the end of the
-// log, then the primary is stopped (failover package, "Planned
-// switchover"). It refuses a domain that is not replicating.
-func (d *Daemon) switchover(name string) error {
+// replicating finds the run of domain name (name or UUID) for the virt-ft
+// command op, with its status and failover driver; it refuses a name not
+// given, a domain not protected here, and one not replicating (why: what
+// the command needs).
+func (d *Daemon) replicating(op, name, why string) (run, ctl.DomainStatus, *failover.Driver, error) {
 	if name == "" {
-		return fmt.Errorf("failover: name the domain (virt-ft failover DOMAIN)")
+		return nil, ctl.DomainStatus{}, nil, fmt.Errorf("%s: name the domain (virt-ft %s DOMAIN)", op, op)
 	}
 	var r run
 	for _, dm := range d.domains() {
@@ -501,12 +501,24 @@ func (d *Daemon) switchover(name string) error {
 		}
 	}
 	if r == nil {
-		return fmt.Errorf("failover: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", name)
+		return nil, ctl.DomainStatus{}, nil, fmt.Errorf("%s: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", op, name)
 	}
 	s := r.status()
 	drv := r.driver()
 	if drv == nil || s.State != ctl.StateReplicating {
-		return fmt.Errorf("failover: domain %q is %s here (role %s), not replicating: a switchover needs a running primary and a backup that replays its log; see virt-ft status", name, s.State, s.Role)
+		return nil, s, nil, fmt.Errorf("%s: domain %q is %s here (role %s), not replicating: %s; see virt-ft status", op, name, s.State, s.Role, why)
+	}
+	return r, s, drv, nil
+}
+
+// switchover starts a planned switchover (virt-ft failover) of a domain
+// protected here, on either host: the backup goes live at the end of the
+// log, then the primary is stopped (failover package, "Planned
+// switchover"). It refuses a domain that is not replicating.
+func (d *Daemon) switchover(name string) error {
+	r, s, drv, err := d.replicating("failover", name, "a switchover needs a running primary and a backup that replays its log")
+	if err != nil {
+		return err
 	}
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerEnded {
 		why := st.Reason
@@ -532,22 +544,9 @@ func (d *Daemon) switchover(name string) error {
 // domain that is not replicating (a switchover or go-live under way, a
 // peer restarting): unprotect would race it.
 func (d *Daemon) unprotect(name string) error {
-	if name == "" {
-		return fmt.Errorf("unprotect: name the domain (virt-ft unprotect DOMAIN)")
-	}
-	var r run
-	for _, dm := range d.domains() {
-		if s := dm.status(); s.Name == name || s.UUID == name {
-			r = dm.current()
-		}
-	}
-	if r == nil {
-		return fmt.Errorf("unprotect: domain %q is not protected on this host (no ft element, or libvirt-ftd has not seen it)", name)
-	}
-	s := r.status()
-	drv := r.driver()
-	if drv == nil || s.State != ctl.StateReplicating {
-		return fmt.Errorf("unprotect: domain %q is %s here (role %s), not replicating: nothing to end; see virt-ft status", name, s.State, s.Role)
+	_, s, drv, err := d.replicating("unprotect", name, "nothing to end")
+	if err != nil {
+		return err
 	}
 	if st, _ := drv.View(); st.State != failover.StateReplicating || st.PeerRestarting || st.PeerEnded {
 		return fmt.Errorf("unprotect: domain %q cannot end its protection now (failover state %s: %s); retry, see virt-ft status", name, st.State, st.Reason)

@@ -509,27 +509,31 @@ func Unprotected(domainXML string) (newXML string, changed bool, err error) {
 	if readFT(dom, HostConfig{}).present || !hasOurWiring(dom) {
 		return domainXML, false, nil
 	}
-	before, err := ParseDomain(domainXML)
-	if err != nil {
-		return "", false, err
-	}
 	stripGenerated(dom)
 	out, err := dom.Marshal()
 	if err != nil {
 		return "", false, fmt.Errorf("ftxml: domain %q: marshal: %w", dom.Name, err)
 	}
-	after, err := ParseDomain(out)
-	if err != nil {
-		return "", false, err
-	}
-	same, err := sameDefinition(before, after)
-	if err != nil {
-		return "", false, err
-	}
-	if same {
-		return domainXML, false, nil
+	changed, err = definitionChanged(domainXML, out)
+	if err != nil || !changed {
+		return domainXML, false, err
 	}
 	return out, true, nil
+}
+
+// definitionChanged reports whether defining out in place of orig changes
+// what libvirt runs or the libvirt-ft settings (sameDefinition).
+func definitionChanged(orig, out string) (bool, error) {
+	before, err := ParseDomain(orig)
+	if err != nil {
+		return false, err
+	}
+	after, err := ParseDomain(out)
+	if err != nil {
+		return false, err
+	}
+	same, err := sameDefinition(before, after)
+	return !same, err
 }
 
 // hasOurWiring reports whether dom carries generated wiring other than an
@@ -605,19 +609,11 @@ func NeedsRewrite(domainXML string) (newXML string, changed bool, err error) {
 	if err != nil {
 		return "", false, err
 	}
-	before, err := ParseDomain(domainXML)
+	changed, err = definitionChanged(domainXML, out)
 	if err != nil {
 		return "", false, err
 	}
-	after, err := ParseDomain(out)
-	if err != nil {
-		return "", false, err
-	}
-	same, err := sameDefinition(before, after)
-	if err != nil {
-		return "", false, err
-	}
-	return out, !same, nil
+	return out, changed, nil
 }
 
 // sameDefinition compares two domains outside <metadata>, and their

@@ -97,25 +97,30 @@ ft element; remove the element (virsh edit) to start it as a plain VM.`,
 	}
 }
 
-// switchover asks for a planned switchover and follows it in the local
-// status until this host's side finished: a primary stopped after its
-// backup went live, or a backup that is live.
-func switchover(socket, domain string, wait time.Duration) error {
-	resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpFailover, Domain: domain}, 5*time.Second)
+// command sends op for domain and returns this host's role in it (the
+// primary's when libvirt-ftd does not say).
+func command(socket, op, domain string) (ctl.Role, error) {
+	resp, err := ctl.Call(socket, ctl.Request{Op: op, Domain: domain}, 5*time.Second)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if !resp.OK {
-		return fmt.Errorf("%s", resp.Error)
+		return "", fmt.Errorf("%s", resp.Error)
 	}
-	role := ctl.RolePrimary
 	if len(resp.Domains) == 1 {
-		role = resp.Domains[0].Role
+		return resp.Domains[0].Role, nil
 	}
-	fmt.Printf("%s: switchover started on the %s's host\n", domain, role)
-	if wait <= 0 {
-		return nil
-	}
+	return ctl.RolePrimary, nil
+}
+
+// follow polls this host's status of domain every 100 ms for up to wait
+// and hands each to step until it says done: the command's outcome (err
+// nil: it succeeded). gone is called when libvirt-ftd no longer lists the
+// domain (it forgets a backup whose VM stopped), with the last status
+// seen. what names the command in errors.
+func follow(socket, domain, what string, wait time.Duration,
+	step func(st ctl.DomainStatus) (done bool, err error),
+	gone func(last ctl.DomainStatus) error) error {
 	deadline := time.Now().Add(wait)
 	var last ctl.DomainStatus
 	for time.Now().Before(deadline) {
@@ -125,91 +130,92 @@ func switchover(socket, domain string, wait time.Duration) error {
 			return err
 		}
 		if !r.OK {
-			return fmt.Errorf("following the switchover of %s: %s", domain, r.Error)
+			return fmt.Errorf("following the %s of %s: %s", what, domain, r.Error)
 		}
 		if len(r.Domains) != 1 {
-			// libvirt-ftd forgets a backup whose VM stopped (a halt
-			// after losing the lock, a failed go-live): it will not
-			// come back.
-			if last.Name != "" {
-				printStatus([]ctl.DomainStatus{last})
-			}
-			return fmt.Errorf("switchover of %s did not complete: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
+			return gone(last)
 		}
 		last = r.Domains[0]
-		switch {
-		case role == ctl.RoleBackup && last.State == ctl.StateLive:
-			printStatus(r.Domains)
-			fmt.Printf("%s: switched over: this host runs the VM\n", domain)
-			return nil
-		case role != ctl.RoleBackup && last.SwitchedOver && last.State == ctl.StateStopped:
-			printStatus(r.Domains)
-			fmt.Printf("%s: switched over: the VM runs on %s\n", domain, last.Peer)
-			return nil
-		case last.State == ctl.StateUnprotected || last.State == ctl.StateStopped || last.Failover == "halted":
-			printStatus(r.Domains)
-			return fmt.Errorf("switchover of %s did not complete: %s (%s)", domain, last.State, last.Detail)
+		if done, err := step(last); done {
+			return err
 		}
 	}
-	printStatus([]ctl.DomainStatus{last})
-	return fmt.Errorf("switchover of %s not finished after %v (state %s: %s)", domain, wait, last.State, last.Detail)
+	if last.Name != "" {
+		printStatus([]ctl.DomainStatus{last})
+	}
+	return fmt.Errorf("%s of %s not finished after %v (state %s: %s)", what, domain, wait, last.State, last.Detail)
+}
+
+// switchover asks for a planned switchover and follows it in the local
+// status until this host's side finished: a primary stopped after its
+// backup went live, or a backup that is live.
+func switchover(socket, domain string, wait time.Duration) error {
+	role, err := command(socket, ctl.OpFailover, domain)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: switchover started on the %s's host\n", domain, role)
+	if wait <= 0 {
+		return nil
+	}
+	return follow(socket, domain, "switchover", wait, func(last ctl.DomainStatus) (bool, error) {
+		switch {
+		case role == ctl.RoleBackup && last.State == ctl.StateLive:
+			printStatus([]ctl.DomainStatus{last})
+			fmt.Printf("%s: switched over: this host runs the VM\n", domain)
+			return true, nil
+		case role != ctl.RoleBackup && last.SwitchedOver && last.State == ctl.StateStopped:
+			printStatus([]ctl.DomainStatus{last})
+			fmt.Printf("%s: switched over: the VM runs on %s\n", domain, last.Peer)
+			return true, nil
+		case last.State == ctl.StateUnprotected || last.State == ctl.StateStopped || last.Failover == "halted":
+			printStatus([]ctl.DomainStatus{last})
+			return true, fmt.Errorf("switchover of %s did not complete: %s (%s)", domain, last.State, last.Detail)
+		}
+		return false, nil
+	}, func(last ctl.DomainStatus) error {
+		// A halt after losing the lock, a failed go-live: it will not
+		// come back.
+		if last.Name != "" {
+			printStatus([]ctl.DomainStatus{last})
+		}
+		return fmt.Errorf("switchover of %s did not complete: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
+	})
 }
 
 // unprotect asks libvirt-ftd to end a domain's protection and follows this
 // host's side until it ended: a primary running alone, or a backup whose
 // replaying VM stopped (libvirt-ftd then forgets it).
 func unprotect(socket, domain string, wait time.Duration) error {
-	resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpUnprotect, Domain: domain}, 5*time.Second)
+	role, err := command(socket, ctl.OpUnprotect, domain)
 	if err != nil {
 		return err
-	}
-	if !resp.OK {
-		return fmt.Errorf("%s", resp.Error)
-	}
-	role := ctl.RolePrimary
-	if len(resp.Domains) == 1 {
-		role = resp.Domains[0].Role
 	}
 	fmt.Printf("%s: ending protection on the %s's host\n", domain, role)
 	if wait <= 0 {
 		return nil
 	}
-	deadline := time.Now().Add(wait)
-	var last ctl.DomainStatus
-	for time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-		r, err := ctl.Call(socket, ctl.Request{Op: ctl.OpStatus, Domain: domain}, 5*time.Second)
-		if err != nil {
-			return err
-		}
-		if !r.OK {
-			return fmt.Errorf("following %s: %s", domain, r.Error)
-		}
-		if len(r.Domains) != 1 {
-			if role == ctl.RoleBackup {
-				fmt.Printf("%s: the backup stopped; the VM runs on the primary's host, unprotected\n", domain)
-				return nil
-			}
-			return fmt.Errorf("%s: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
-		}
-		last = r.Domains[0]
+	return follow(socket, domain, "unprotect", wait, func(last ctl.DomainStatus) (bool, error) {
 		switch {
 		case role == ctl.RolePrimary && last.State == ctl.StateUnprotected && last.Failover == "unprotected":
-			printStatus(r.Domains)
+			printStatus([]ctl.DomainStatus{last})
 			fmt.Printf("%s: unprotected: the VM runs alone on this host; its backup stopped\n", domain)
-			return nil
+			return true, nil
 		case role == ctl.RoleBackup && (last.State == ctl.StateStopped || last.Failover == "halted"):
 			fmt.Printf("%s: the backup stopped; the VM runs on %s, unprotected\n", domain, last.Peer)
-			return nil
+			return true, nil
 		case role == ctl.RolePrimary && (last.State == ctl.StateStopped || last.Failover == "halted"):
-			printStatus(r.Domains)
-			return fmt.Errorf("%s: the VM stopped: %s (the split-brain lock went to the backup)", domain, last.Detail)
+			printStatus([]ctl.DomainStatus{last})
+			return true, fmt.Errorf("%s: the VM stopped: %s (the split-brain lock went to the backup)", domain, last.Detail)
 		}
-	}
-	if last.Name != "" {
-		printStatus([]ctl.DomainStatus{last})
-	}
-	return fmt.Errorf("%s: protection not ended after %v (state %s: %s)", domain, wait, last.State, last.Detail)
+		return false, nil
+	}, func(ctl.DomainStatus) error {
+		if role == ctl.RoleBackup {
+			fmt.Printf("%s: the backup stopped; the VM runs on the primary's host, unprotected\n", domain)
+			return nil
+		}
+		return fmt.Errorf("%s: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
+	})
 }
 
 func printStatus(ds []ctl.DomainStatus) {
