@@ -127,12 +127,14 @@
 // peer learns it from a clean bye, ByeUnprotect. The primary's VM runs on
 // alone and the backup's stops; the backup never goes live:
 //
-//	primary asked:  send-bye unprotect, drain-locally, then claims the lock
+//	primary asked:  drain-locally, send-bye unprotect, then claims the lock
 //	                as for a lost backup (close-channel, acquire-lock); won:
 //	                report-unprotected, its reason the operator's
 //	backup asked:   send-bye unprotect, halt-vm, close-channel
 //	backup told:    halt-vm, close-channel
-//	primary told:   as for a lost backup (drain-locally, claim)
+//	primary told:   as for a lost backup (drain-locally, claim): it runs
+//	                alone only holding the lock, so an unreachable arbiter
+//	                pauses its VM until it answers
 //
 // The primary claims the lock even though its backup was told: a bye lost
 // with the link leaves a backup that goes live on silence, and the claim

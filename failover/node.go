@@ -3,7 +3,6 @@ package failover
 import (
 	"fmt"
 	"strconv"
-	"strings"
 )
 
 // NotYet is the tick of a Timings milestone that has not happened.
@@ -140,6 +139,9 @@ type Node struct {
 	peerEnded  bool
 	chanOpen   bool
 	vmStopping bool // HaltVM or StopPrimaryVM emitted; Cleanup on QEMUExited
+	// unprotected: why the operator ended protection (UnprotectRequested
+	// here, or ByeUnprotect from the backup); "" otherwise.
+	unprotected string
 	// peerRestarting: the peer said ByeRestarting; it is lost unless
 	// ChannelUp comes by restartBy (a tick).
 	peerRestarting bool
@@ -230,6 +232,12 @@ func (n *Node) peerName() string {
 // and lock retries.
 func (n *Node) Tick() {
 	n.now++
+	if n.peerRestarting && n.now >= n.restartBy && n.state != StateReplicating && n.state != StateSwitchingOver {
+		// The node ended meanwhile (halted, stopped, claiming, alone):
+		// the grace is moot, and a halted backup must never start a
+		// go-live from here.
+		n.peerRestarting = false
+	}
 	if n.peerRestarting && n.now >= n.restartBy {
 		n.peerRestarting = false
 		n.peerLost(fmt.Sprintf("the %s's daemon did not bring the log channel back within %d ticks of its restart", n.peerName(), n.restartGrace()))
@@ -417,7 +425,12 @@ func (n *Node) stepPrimary(ev Event) bool {
 		case e.Clean && e.Reason == ByeSwitchover:
 			n.startSwitchover(false)
 		case e.Clean && e.Reason == ByeUnprotect:
-			n.peerLost(unprotectCause + " on the backup host")
+			// The backup halted as it sent this; the primary still runs
+			// alone only holding the lock (the invariant every other
+			// path keeps), so an unreachable arbiter pauses the VM until
+			// it answers, as for a lost backup.
+			n.unprotected = unprotectCause + " on the backup host"
+			n.peerLost(n.unprotected)
 		default:
 			n.peerLost("backup said bye: " + e.Reason)
 		}
@@ -427,11 +440,16 @@ func (n *Node) stepPrimary(ev Event) bool {
 		}
 		n.startSwitchover(true)
 	case UnprotectRequested:
-		// The bye goes first (claim closes the channel); the lock still
-		// decides, as for a lost backup.
-		n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
+		if n.peerRestarting {
+			return false
+		}
+		// Stop sending log, then the bye (no Log frame follows it), then
+		// the lock decides, as for a lost backup: a backup that missed
+		// the bye goes live on silence, after this claim.
+		n.unprotected = unprotectCause
 		n.emit(DrainLocally{})
-		n.claim(unprotectCause)
+		n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
+		n.claim(n.unprotected)
 	case QEMUExited:
 		if e.Clean {
 			n.emit(SendBye{Clean: true, Reason: ByeShutdown})
@@ -611,8 +629,10 @@ func (n *Node) stepClaiming(ev Event) bool {
 			switch {
 			case n.switchover:
 				n.reason = "switchover aborted, running alone: " + n.reason
-			case strings.HasPrefix(n.reason, unprotectCause):
-				// Not lost: ended on purpose; the reason says so.
+			case n.unprotected != "":
+				// Not lost: ended on purpose (a lock error may have
+				// replaced the reason meanwhile).
+				n.reason = n.unprotected
 			default:
 				n.reason = "backup lost: " + n.reason
 			}
@@ -680,6 +700,9 @@ func (n *Node) stepBackup(ev Event) bool {
 		}
 		n.startGoLive("switchover", true, true)
 	case UnprotectRequested:
+		if n.peerEnded || n.peerRestarting {
+			return false
+		}
 		if n.chanOpen {
 			n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
 		}

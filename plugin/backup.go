@@ -744,6 +744,13 @@ func (b *backupRun) startQEMU() {
 		b.close("backup domain failed to start")
 		return
 	}
+	if !b.active() {
+		// The run ended while libvirt started its domain (the primary
+		// cancelled, or unprotected, before the backup's QEMU ran): its
+		// HaltVM found nothing to destroy, so nothing else will.
+		b.env.destroy(b.uuid, "the backup run ended while its domain started")
+		return
+	}
 	b.started()
 	b.log.Info("backup domain started in replay mode")
 	go b.sampleIcount()

@@ -365,7 +365,7 @@ func (d *Daemon) handleDefined(name string) {
 		}
 		if changed {
 			if err := d.hv.Define(plain); err != nil {
-				log.WithError(err).Error("removing the generated record/replay wiring from a definition without the ft element; remove its -icount, ft-rr blockdevs and ft-gate chardevs by hand (virsh edit)")
+				log.WithError(err).Error("removing the generated record/replay wiring from a definition without the ft element; remove by hand (virsh edit) its -icount rr=, the ft-rr blkreplay blockdevs and their qemu:override drive properties, the ft-gout/ft-gin chardevs, the ft-gate filter-redirectors, the ft-fr filter-replay objects and the ua-ft- aliases")
 				return
 			}
 			log.Info("the ft element is gone: removed the generated record/replay wiring from the definition (it starts as a plain VM)")
@@ -469,10 +469,11 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 		}
 		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
 	case ctl.OpUnprotect:
-		if err := d.unprotect(req.Domain); err != nil {
+		s, err := d.unprotect(req.Domain)
+		if err != nil {
 			return ctl.Response{Error: err.Error()}
 		}
-		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
+		return ctl.Response{OK: true, Domains: []ctl.DomainStatus{s}}
 	case ctl.OpHook:
 		if req.Hook == nil {
 			return ctl.Response{Error: "ctl: hook request without hook"}
@@ -543,17 +544,24 @@ func (d *Daemon) switchover(name string) error {
 // pairing's lock and runs on alone (failover.ByeUnprotect). It refuses a
 // domain that is not replicating (a switchover or go-live under way, a
 // peer restarting): unprotect would race it.
-func (d *Daemon) unprotect(name string) error {
+//
+// It returns this host's status of the domain as it was asked (the backup's
+// run may be gone by the time the caller looks).
+func (d *Daemon) unprotect(name string) (ctl.DomainStatus, error) {
 	_, s, drv, err := d.replicating("unprotect", name, "nothing to end")
 	if err != nil {
-		return err
+		return s, err
 	}
-	if st, _ := drv.View(); st.State != failover.StateReplicating || st.PeerRestarting || st.PeerEnded {
-		return fmt.Errorf("unprotect: domain %q cannot end its protection now (failover state %s: %s); retry, see virt-ft status", name, st.State, st.Reason)
+	// Checked and stepped on the core's goroutine: nothing (a peer's
+	// restart bye) comes between.
+	if !drv.StepIf(func(st failover.Status) bool {
+		return st.State == failover.StateReplicating && !st.PeerRestarting && !st.PeerEnded
+	}, failover.UnprotectRequested{}) {
+		st, _ := drv.View()
+		return s, fmt.Errorf("unprotect: domain %q cannot end its protection now (failover state %s: %s); retry, see virt-ft status", name, st.State, st.Reason)
 	}
 	d.log.WithField("domain", s.Name).Info("ending protection (virt-ft unprotect)")
-	drv.Post(failover.UnprotectRequested{})
-	return nil
+	return s, nil
 }
 
 func (d *Daemon) status(name string) []ctl.DomainStatus {
@@ -580,6 +588,14 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 		return err
 	}
 	if !present {
+		// The ft element removed, the wiring not yet (handleDefined runs
+		// on libvirt's DEFINED event): QEMU would record into a FIFO no
+		// daemon reads.
+		if h.Operation == "prepare" {
+			if _, wired, err := ftxml.Unprotected(h.XML); err == nil && wired {
+				return fmt.Errorf("libvirt-ft: domain %q has no ft element but still has the record/replay wiring libvirt-ftd generated for it; libvirt-ftd removes it when it sees the new definition: retry virsh start in a moment, or remove the wiring by hand (virsh edit)", h.Domain)
+			}
+		}
 		return nil
 	}
 	var ld libvirtxml.Domain

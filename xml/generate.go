@@ -495,11 +495,11 @@ func StripGenerated(domainXML string) (string, error) {
 // (the user removed the element from a protected definition, or `virsh
 // define`d an old dumpxml): newXML is then the domain with it removed
 // (StripGenerated) and changed is true, because with a record FIFO no
-// daemon opens, it would not start as a plain VM. Only wiring that is
-// unmistakably ours counts: a blkreplay node, an output gate or
-// filter-replay of our names, a "ua-ft-" alias, or an -icount on our FIFO
-// of this domain (<state dir>/<uuid>/record.fifo); an -icount rr=... a
-// user wrote by hand on a file of their own is left as it is. A domain with the ft
+// daemon opens, it would not start as a plain VM. It acts only on a
+// domain with the -icount we generate for it, on its own FIFO
+// (<state dir>/<uuid>/record.fifo): a domain without it, an -icount rr=...
+// a user wrote on a file of their own, or a "ua-ft-" alias of the user's,
+// is left as it is. A domain with the ft
 // element gives (domainXML, false, nil): NeedsRewrite handles it.
 func Unprotected(domainXML string) (newXML string, changed bool, err error) {
 	dom, err := ParseDomain(domainXML)
@@ -536,46 +536,24 @@ func definitionChanged(orig, out string) (bool, error) {
 	return !same, err
 }
 
-// hasOurWiring reports whether dom carries generated wiring other than an
-// -icount argument (see Unprotected).
+// hasOurWiring reports whether dom has the -icount this package generates
+// for it: rr= on its own FIFO, <state dir>/<uuid>/record.fifo (or
+// replay.fifo). Every generated primary and backup has it; the rest of
+// the wiring (blkreplay nodes, gates, filters, "ua-ft-" aliases) goes with
+// it, but never counts alone: a user's alias may begin with "ua-ft-".
 func hasOurWiring(dom *libvirtxml.Domain) bool {
-	if cl := dom.QEMUCommandline; cl != nil {
-		uuid, _ := canonicalUUID(dom.UUID)
-		for i := 0; i+1 < len(cl.Args); i++ {
-			opt, val := cl.Args[i].Value, cl.Args[i+1].Value
-			if opt != "-icount" && isOurs(opt, val) {
-				return true
-			}
-			// An -icount counts when its file is one of our FIFOs of
-			// this domain (<state dir>/<uuid>/record.fifo or
-			// replay.fifo).
-			if opt == "-icount" && rrMode(val) != "" && uuid != "" {
-				for _, o := range splitQemuOpts(val) {
-					if f, ok := strings.CutPrefix(o, "rrfile="); ok &&
-						(strings.HasSuffix(f, "/"+uuid+"/record.fifo") || strings.HasSuffix(f, "/"+uuid+"/replay.fifo")) {
-						return true
-					}
-				}
-			}
-		}
+	cl := dom.QEMUCommandline
+	uuid, ok := canonicalUUID(dom.UUID)
+	if cl == nil || !ok {
+		return false
 	}
-	if ov := dom.QEMUOverride; ov != nil {
-		for _, d := range ov.Devices {
-			for _, p := range d.Frontend.Properties {
-				if isOurProperty(p) {
-					return true
-				}
-			}
+	for i := 0; i+1 < len(cl.Args); i++ {
+		if cl.Args[i].Value != "-icount" || rrMode(cl.Args[i+1].Value) == "" {
+			continue
 		}
-	}
-	if dom.Devices != nil {
-		for _, d := range dom.Devices.Disks {
-			if d.Alias != nil && strings.HasPrefix(d.Alias.Name, ourAliasPrefix) {
-				return true
-			}
-		}
-		for _, n := range dom.Devices.Interfaces {
-			if n.Alias != nil && strings.HasPrefix(n.Alias.Name, ourAliasPrefix) {
+		for _, o := range splitQemuOpts(cl.Args[i+1].Value) {
+			if f, ok := strings.CutPrefix(o, "rrfile="); ok &&
+				(strings.HasSuffix(f, "/"+uuid+"/record.fifo") || strings.HasSuffix(f, "/"+uuid+"/replay.fifo")) {
 				return true
 			}
 		}

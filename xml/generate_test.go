@@ -539,3 +539,18 @@ func TestUnprotected(t *testing.T) {
 		}
 	}
 }
+
+// TestUnprotectedLeavesUserAliases: a never-protected domain whose alias
+// happens to begin with "ua-ft-" is not ours to strip.
+func TestUnprotectedLeavesUserAliases(t *testing.T) {
+	user := readTestdata(t, "two-disks-two-nics.xml")
+	i, j := strings.Index(user, "<ft:ft"), strings.Index(user, "</ft:ft>")
+	plain := user[:i] + user[j+len("</ft:ft>"):]
+	x := strings.Replace(plain, "</disk>", "<alias name='ua-ft-data'/></disk>", 1)
+	if !strings.Contains(x, "ua-ft-data") {
+		t.Fatal("the test domain has no disk")
+	}
+	if got, changed, err := Unprotected(x); err != nil || changed || got != x {
+		t.Errorf("changed %v, %v; want the domain left as it is", changed, err)
+	}
+}

@@ -81,8 +81,9 @@ prints the result with the go-live time and its parts.`,
 		Long: `unprotect ends the protection of a replicating domain without stopping it:
 the backup host stops its replaying VM (it never goes live), and the
 primary, once it holds the pairing's split-brain lock, runs on alone: its
-output is no longer held for a backup. The VM keeps recording until it
-shuts down. Its next start is protected again while its definition has the
+output is no longer held for a backup. If the arbiter cannot be reached,
+the primary's VM is paused until it answers, as when a backup is lost. The
+VM keeps recording until it shuts down. Its next start is protected again while its definition has the
 ft element; remove the element (virsh edit) to start it as a plain VM.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -202,16 +203,16 @@ func unprotect(socket, domain string, wait time.Duration) error {
 			fmt.Printf("%s: unprotected: the VM runs alone on this host; its backup stopped\n", domain)
 			return true, nil
 		case role == ctl.RoleBackup && (last.State == ctl.StateStopped || last.Failover == "halted"):
-			fmt.Printf("%s: the backup stopped; the VM runs on %s, unprotected\n", domain, last.Peer)
+			fmt.Printf("%s: the backup stopped; the primary on %s runs on alone once it holds the split-brain lock (virt-ft status there)\n", domain, last.Peer)
 			return true, nil
 		case role == ctl.RolePrimary && (last.State == ctl.StateStopped || last.Failover == "halted"):
 			printStatus([]ctl.DomainStatus{last})
-			return true, fmt.Errorf("%s: the VM stopped: %s (the split-brain lock went to the backup)", domain, last.Detail)
+			return true, fmt.Errorf("%s: the VM stopped: %s", domain, last.Detail)
 		}
 		return false, nil
 	}, func(ctl.DomainStatus) error {
 		if role == ctl.RoleBackup {
-			fmt.Printf("%s: the backup stopped; the VM runs on the primary's host, unprotected\n", domain)
+			fmt.Printf("%s: the backup stopped; the primary runs on alone once it holds the split-brain lock (virt-ft status on its host)\n", domain)
 			return nil
 		}
 		return fmt.Errorf("%s: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)

@@ -97,7 +97,7 @@ for mode in unprotect qemu stop host; do
 	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
 	if [ $mode = unprotect ]; then
 		grep -q "virt-ft unprotect" <<<"$st" || die "virt-ft status on host A does not say the protection was ended on purpose"
-		if virsh_on b list --name | grep -qx "$DOMAIN"; then die "the backup still runs on host B"; fi
+		wait_for 20 "the backup to stop on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
 	fi
 	if [ $mode = stop ]; then
 		grep -q "replay stalled at icount [0-9]*, next event [A-Z_]* at log offset [0-9]*" <<<"$st" ||
