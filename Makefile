@@ -135,11 +135,15 @@ NFPM := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 VERSION ?= 0.1.0
 package: build
 	@mkdir -p build
+	$(BIN)/virt-ft completion bash > build/virt-ft.bash
 	VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p deb -t build/
 	VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p rpm -t build/
 	@if [ -x $(FTQEMU)/bin/qemu-system-x86_64 ]; then \
-		install -D -m 0755 $(FTQEMU)/bin/qemu-system-x86_64 build/qemu/qemu-system-x86_64 && \
-		VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm-qemu.yaml -p deb -t build/; \
+		mkdir -p build/qemu && \
+		strip --strip-unneeded -o build/qemu/qemu-system-x86_64 $(FTQEMU)/bin/qemu-system-x86_64 && \
+		VERSION=$(VERSION) $(GO) run $(NFPM) package -f packaging/nfpm-qemu.yaml -p deb -t build/ && \
+		test "$$(dpkg-deb -c build/libvirt-ft-qemu_$(VERSION)_amd64.deb | grep -c '^l.* -> \.\./')" = 3 || \
+		{ echo "package: libvirt-ft-qemu's three firmware links are not symbolic links"; exit 1; }; \
 	else echo "package: no $(FTQEMU) (make qemu-ft): libvirt-ft-qemu not built"; fi
 
 clean:

@@ -1,0 +1,37 @@
+#!/bin/sh
+# libvirt-ft package: after install or upgrade.
+# deb: "configure" [old-version]; rpm: $1 = 1 (install) or 2 (upgrade).
+set -e
+
+first=no
+case "$1" in
+configure) [ -n "$2" ] || first=yes ;;
+1) first=yes ;;
+esac
+
+if [ -d /run/systemd/system ]; then
+	systemctl daemon-reload || true
+	if [ $first = yes ]; then
+		systemctl enable libvirt-ftd.service || true
+		if ! systemctl start libvirt-ftd.service; then
+			echo "libvirt-ft: libvirt-ftd did not start: set its peer TLS certificates and split-brain arbiter in /etc/libvirt-ft/libvirt-ftd.yaml, then: systemctl start libvirt-ftd (journalctl -u libvirt-ftd says what it misses)" >&2
+		fi
+	else
+		# A planned restart: the old daemon hands each replicating
+		# domain's descriptors to the new one (systemd's descriptor
+		# store), so protection goes on across the upgrade.
+		systemctl try-restart libvirt-ftd.service || true
+	fi
+fi
+
+if [ $first = yes ]; then
+	cat >&2 <<'MSG'
+libvirt-ft: libvirt reads its hook scripts only when it starts. Restart it once so
+that it runs /etc/libvirt/hooks/qemu.d/libvirt-ft before each domain start
+(running VMs keep running):
+    systemctl restart libvirtd        # monolithic libvirt
+    systemctl restart virtqemud       # modular libvirt
+Until then a domain with the ft element starts unprotected.
+MSG
+fi
+exit 0
