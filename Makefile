@@ -24,7 +24,7 @@ setup:
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/diskcheck ./test/tools/diskcheck
 	$(GO) build -o $(BIN)/tcpcheck ./test/tools/tcpcheck
 	$(GO) build -o $(BIN)/rxcheck ./test/tools/rxcheck

@@ -15,11 +15,16 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/plugin"
 )
 
+// version is the package version, set at build time (Makefile: -ldflags
+// "-X main.version=$(VERSION)"); "dev" in a plain go build.
+var version = "dev"
+
 func main() {
 	var configPath, level string
 	cmd := &cobra.Command{
 		Use:           "libvirt-ftd",
 		Short:         "libvirt-ft daemon: record/replay fault tolerance for libvirt/QEMU domains",
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -15,11 +15,16 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 )
 
+// version is the package version, set at build time (Makefile: -ldflags
+// "-X main.version=$(VERSION)"); "dev" in a plain go build.
+var version = "dev"
+
 func main() {
 	var socket string
 	root := &cobra.Command{
 		Use:           "virt-ft",
 		Short:         "inspect and drive libvirt-ft fault tolerance",
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -48,7 +53,8 @@ func main() {
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(resp.Domains)
+				// Always a list: [] when nothing is protected here.
+				return enc.Encode(append([]ctl.DomainStatus{}, resp.Domains...))
 			}
 			printStatus(resp.Domains)
 			return nil
