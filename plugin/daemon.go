@@ -468,6 +468,12 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 			return ctl.Response{Error: err.Error()}
 		}
 		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
+	case ctl.OpCheck:
+		c, err := d.check(req.Domain)
+		if err != nil {
+			return ctl.Response{Error: err.Error()}
+		}
+		return ctl.Response{OK: true, Check: c}
 	case ctl.OpUnprotect:
 		s, err := d.unprotect(req.Domain)
 		if err != nil {
@@ -485,6 +491,79 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 	default:
 		return ctl.Response{Error: fmt.Sprintf("ctl: unknown op %q", req.Op)}
 	}
+}
+
+// check answers virt-ft check: what the domain's start would be refused
+// for, and what to know, without starting it. It runs the checks of the
+// define event and the prepare hook that need no start: the definition
+// (ftxml.Validate: every problem, not the first), the arbiter, the
+// emulator, and the backup host (a control connection: TLS, protocol and
+// QEMU version).
+func (d *Daemon) check(name string) (*ctl.Check, error) {
+	if name == "" {
+		return nil, fmt.Errorf("check: name the domain (virt-ft check DOMAIN)")
+	}
+	def, ok, err := d.hv.Definition(name)
+	if err == nil && !ok {
+		// A UUID: find its name.
+		for _, dm := range d.domains() {
+			if s := dm.status(); s.UUID == name {
+				def, ok, err = d.hv.Definition(s.Name)
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("check: libvirt has no persistent domain %q here (virsh list --all)", name)
+	}
+	c := &ctl.Check{Domain: name, Problems: []string{}, Warnings: []string{}}
+	cfg, present, perr := ftxml.ParseConfig(def.XML)
+	switch {
+	case perr != nil:
+		c.Problems = append(c.Problems, perr.Error())
+		return c, nil
+	case !present:
+		c.Problems = append(c.Problems, fmt.Sprintf("/domain/metadata: domain %q has no ft element: it is not protected; add <ft:ft xmlns:ft=%q> with <ft:peer address=\"...\"/> (README, \"Protecting a domain\")", name, ftxml.NamespaceURI))
+		return c, nil
+	case cfg.Role == ftxml.RoleBackup:
+		c.Warnings = append(c.Warnings, "this is a backup's definition (role=\"backup\"): libvirt-ftd on the primary's host starts it")
+		return c, nil
+	}
+	var ld libvirtxml.Domain
+	if err := ld.Unmarshal(def.XML); err != nil {
+		c.Problems = append(c.Problems, err.Error())
+		return c, nil
+	}
+	warnings, verr := ftxml.Validate(&ld)
+	c.Warnings = append(c.Warnings, warnings...)
+	var ve *ftxml.ValidationError
+	switch {
+	case errors.As(verr, &ve):
+		for _, p := range ve.Problems {
+			c.Problems = append(c.Problems, p.String())
+		}
+	case verr != nil:
+		c.Problems = append(c.Problems, verr.Error())
+	}
+	if err := d.cfg.arbiterMissing(); err != nil {
+		c.Problems = append(c.Problems, err.Error())
+	}
+	if ld.Devices != nil && !qemuFlushesLog(ld.Devices.Emulator) {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: the backup cannot go live reliably; install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", ld.Devices.Emulator, patchedQEMUPath))
+	}
+	// The backup host: the start dials it first.
+	if qemuVer, err := d.hv.QEMUVersion(); err != nil {
+		c.Problems = append(c.Problems, fmt.Sprintf("libvirt on this host: %v", err))
+	} else if logVer, err := logchan.LogVersionForQEMU(qemuVer); err != nil {
+		c.Problems = append(c.Problems, err.Error())
+	} else if pc, err := dialControl(d.env(), peerAddr(*cfg), ld.UUID, qemuVer, logVer); err != nil {
+		c.Problems = append(c.Problems, fmt.Sprintf("/domain/metadata/ft:ft/ft:peer: backup host %s: %v; is libvirt-ftd running there, the port open, and TLS set up on both hosts?", peerAddr(*cfg), err))
+	} else {
+		pc.Close()
+	}
+	return c, nil
 }
 
 // replicating finds the run of domain name (name or UUID) for the virt-ft
@@ -825,7 +904,7 @@ func peerUID(c net.Conn) int {
 // authorize: anyone who may connect (root, control-group) reads status;
 // a failover or a hook call needs root.
 func (d *Daemon) authorize(req ctl.Request, uid int) error {
-	if req.Op == ctl.OpStatus || uid == 0 {
+	if req.Op == ctl.OpStatus || req.Op == ctl.OpCheck || uid == 0 {
 		return nil
 	}
 	return fmt.Errorf("permission denied: %q on the control socket needs root (members of control-group %q may only read status)", req.Op, d.cfg.ControlGroup)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -694,4 +695,50 @@ func TestRunsUnprotect(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestCheck: virt-ft check lists every refusal (not the first) and the
+// warnings, and reaches the backup host, without starting anything.
+func TestCheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		good := runDomainXML(t.TempDir())
+		if err := fp.a.hv.Define(good); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		resp := fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "web"})
+		if !resp.OK || resp.Check == nil || len(resp.Check.Problems) != 0 {
+			t.Fatalf("check of a protectable domain: %+v %+v", resp, resp.Check)
+		}
+		if !slices.ContainsFunc(resp.Check.Warnings, func(w string) bool { return strings.Contains(w, "/domain/devices/emulator") }) {
+			t.Errorf("no warning about the stock emulator: %q", resp.Check.Warnings)
+		}
+		if fp.a.hv.running(runUUID) != nil || fp.b.hv.running(runUUID) != nil {
+			t.Fatal("check started a domain")
+		}
+		bad := strings.Replace(strings.Replace(good, "<vcpu placement='static'>1</vcpu>", "<vcpu placement='static'>2</vcpu>", 1),
+			"<clock offset='utc'/>", "<clock offset='localtime'/>", 1)
+		bad = strings.Replace(strings.Replace(bad, "<name>web</name>", "<name>bad</name>", 1), runUUID, "6b0e2f6a-7c1d-4e3f-9a8b-1c2d3e4f5a6b", 1)
+		if err := fp.a.hv.Define(bad); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		resp = fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "bad"})
+		if !resp.OK || resp.Check == nil || len(resp.Check.Problems) != 2 ||
+			!strings.Contains(strings.Join(resp.Check.Problems, "\n"), "/domain/vcpu") ||
+			!strings.Contains(strings.Join(resp.Check.Problems, "\n"), "/domain/clock/@offset") {
+			t.Fatalf("check of a domain with two problems: %+v %+v", resp, resp.Check)
+		}
+		if resp := fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "nosuch"}); resp.OK || !strings.Contains(resp.Error, "no persistent domain") {
+			t.Fatalf("check of an unknown domain: %+v", resp)
+		}
+		// The backup host down: a problem naming the peer.
+		fp.net.sever(fp.b.ip)
+		resp = fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "web"})
+		if !resp.OK || resp.Check == nil || !strings.Contains(strings.Join(resp.Check.Problems, "\n"), "ft:peer") {
+			t.Fatalf("check with the backup host unreachable: %+v %+v", resp, resp.Check)
+		}
+	})
 }

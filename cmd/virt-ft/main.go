@@ -80,6 +80,56 @@ prints the result with the go-live time and its parts.`,
 	fo.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the switchover to finish (0: do not wait)")
 	root.AddCommand(fo)
 
+	var checkJSON bool
+	check := &cobra.Command{
+		Use:   "check DOMAIN",
+		Short: "report every refusal and warning a domain's protected start would meet, without starting it",
+		Long: `check asks libvirt-ftd whether DOMAIN (its persistent definition, by name or
+UUID) can be protected: the definition (every problem, each naming the field
+and the fix), the split-brain arbiter, the emulator, and whether the backup
+host answers on the peer port (TLS, protocol, QEMU version). Exit status: 0
+when it can be protected (warnings may be printed), 1 when its start would
+be refused, 2 when the check could not be made.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpCheck, Domain: args[0]}, 15*time.Second)
+			if err == nil && !resp.OK {
+				err = fmt.Errorf("%s", resp.Error)
+			}
+			if err == nil && resp.Check == nil {
+				err = fmt.Errorf("libvirt-ftd gave no check result (an older daemon?)")
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "virt-ft:", err)
+				os.Exit(2)
+			}
+			c := resp.Check
+			if checkJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(c); err != nil {
+					return err
+				}
+			} else {
+				for _, p := range c.Problems {
+					fmt.Printf("%s: refused: %s\n", c.Domain, p)
+				}
+				for _, w := range c.Warnings {
+					fmt.Printf("%s: warning: %s\n", c.Domain, w)
+				}
+				if len(c.Problems) == 0 {
+					fmt.Printf("%s: can be protected (%d warning(s))\n", c.Domain, len(c.Warnings))
+				}
+			}
+			if len(c.Problems) > 0 {
+				os.Exit(1)
+			}
+			return nil
+		},
+	}
+	check.Flags().BoolVar(&checkJSON, "json", false, "print JSON")
+	root.AddCommand(check)
+
 	var unWait time.Duration
 	un := &cobra.Command{
 		Use:   "unprotect DOMAIN",

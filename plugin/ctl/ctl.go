@@ -36,6 +36,12 @@ const (
 	// is protected again while the definition has the ft element). The
 	// answer comes as soon as it started; follow it with OpStatus.
 	OpUnprotect = "unprotect"
+	// OpCheck reports whether Request.Domain (name or UUID; its
+	// persistent definition) can be protected, without starting it:
+	// every refusal its start would meet (Response.Check.Problems) and
+	// every warning, including whether the backup host answers. Read-only:
+	// members of the control group may ask.
+	OpCheck = "check"
 )
 
 // ErrDaemonUnreachable wraps failures to reach libvirt-ftd.
@@ -68,6 +74,16 @@ type Response struct {
 	OK      bool           `json:"ok"`
 	Error   string         `json:"error,omitempty"`
 	Domains []DomainStatus `json:"domains,omitempty"`
+	Check   *Check         `json:"check,omitempty"`
+}
+
+// Check is the answer to OpCheck. Problems are what refuses the domain's
+// protection, each naming the field and the fix; Warnings what will work
+// but an admin should know. No problem: its start will be protected.
+type Check struct {
+	Domain   string   `json:"domain"`
+	Problems []string `json:"problems"`
+	Warnings []string `json:"warnings"`
 }
 
 // State is where a protected domain stands on this host: its run's

@@ -50,6 +50,11 @@ for c in "${cases[@]}"; do
 	fi
 	before=$(virsh_on a dumpxml --inactive "$dom")
 	sleep 1 # let libvirt-ftd see the DEFINED event (it must not rewrite a refused domain)
+	# virt-ft check names the same refusal, without starting anything.
+	rc=0; out=$(ft_on a check "$dom" 2>&1) || rc=$?
+	if [ $rc -ne 1 ] || ! grep -qF -- "$want" <<<"$out"; then
+		log "virt-ft check $dom: exit $rc, want 1 and $want: $out"; failures=$((failures + 1))
+	fi
 	if out=$(virsh_on a start "$dom" 2>&1); then
 		log "virsh start succeeded: it must be refused"; failures=$((failures + 1))
 		virsh_on a destroy "$dom" >/dev/null 2>&1 || true
@@ -81,6 +86,9 @@ done
 say "unprotect: the ft element removed from a protected definition"
 dom=ftplain
 define_protected $dom
+# virt-ft check: it can be protected (exit 0), and the backup host answers.
+out=$(ft_on a check $dom 2>&1) || { log "virt-ft check $dom failed: $out"; failures=$((failures + 1)); }
+log "virt-ft check: $(tail -n 1 <<<"$out")"
 xml=$(mktemp --suffix=.xml); SCRATCH+=("$xml")
 virsh_on a dumpxml --inactive $dom | sed '/<ft:ft[ >]/,/<\/ft:ft>/d' > "$xml"
 if grep -q '<ft:ft' "$xml"; then
