@@ -173,6 +173,11 @@ const (
 	// OpCancelBackup discards the backup armed for UUID while it has not
 	// started.
 	OpCancelBackup ControlOp = "cancel-backup"
+	// OpCheckBackup runs prepare-backup's checks for UUID with the same
+	// fields and arms nothing: the answer is ok or prepare-backup's
+	// refusal (a primary's virt-ft check). A backup host of an older
+	// libvirt-ft answers "unknown control op".
+	OpCheckBackup ControlOp = "check-backup"
 )
 
 // FileDigest describes a file for seeding: whether it exists, its size in

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -97,47 +98,47 @@ type backupRun struct {
 	resuming bool
 }
 
-// armBackup arms a backup of the primary described by req on this host: it
-// generates the backup's domain XML (same machine, rr=replay), creates FIFO
-// B and opens it with the feeder (version dword written), and opens the
-// backup's output gates. The backup domain itself is started when the
-// first log entries arrive, because QEMU in replay mode reads the first
-// event during its start-up. On error nothing is left behind.
-func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote func(*primaryRun)) (_ *backupRun, err error) {
+// backupChecks runs every check of arming a backup of req on this host
+// that has no side effect: the QEMU and log versions, the domain not
+// running here, the peer policy (checkPeerDomain), the backup's XML, the
+// emulator build. It returns the backup's XML, its libvirt-ft settings, its
+// parsed domain and the log version (armBackup), or the refusal (also check-backup, a
+// primary's virt-ft check).
+func backupChecks(e env, req logchan.ControlRequest, primaryHost string) (backupXML string, cfg *ftxml.Config, bdom *libvirtxml.Domain, logVer uint32, err error) {
 	ours, err := e.hv.QEMUVersion()
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
 	if ours != req.QEMUVersion {
-		return nil, fmt.Errorf("QEMU differs: primary host runs %s, backup host runs %s; install the same QEMU on both hosts", req.QEMUVersion, ours)
+		return "", nil, nil, 0, fmt.Errorf("QEMU differs: primary host runs %s, backup host runs %s; install the same QEMU on both hosts", req.QEMUVersion, ours)
 	}
-	logVer, err := logchan.LogVersionForQEMU(ours)
+	logVer, err = logchan.LogVersionForQEMU(ours)
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
 	if logVer != req.LogVersion {
-		return nil, fmt.Errorf("replay log version differs: primary %#x, backup %#x", req.LogVersion, logVer)
+		return "", nil, nil, 0, fmt.Errorf("replay log version differs: primary %#x, backup %#x", req.LogVersion, logVer)
 	}
 	if active, err := e.hv.IsActive(req.UUID); err != nil || active {
-		return nil, fmt.Errorf("domain %q is already running on the backup host (or libvirt cannot tell: %v)", req.Name, err)
+		return "", nil, nil, 0, fmt.Errorf("domain %q is already running on the backup host (or libvirt cannot tell: %v)", req.Name, err)
 	}
 	if err := e.cfg.checkPeerDomain(req.XML); err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
-	backupXML, err := ftxml.Backup(req.XML, ftxml.HostConfig{PeerAddress: primaryHost})
+	backupXML, err = ftxml.Backup(req.XML, ftxml.HostConfig{PeerAddress: primaryHost})
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
-	cfg, _, err := ftxml.ParseConfig(backupXML)
+	cfg, _, err = ftxml.ParseConfig(backupXML)
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
-	bdom, err := ftxml.ParseDomain(backupXML)
+	bdom, err = ftxml.ParseDomain(backupXML)
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
 	if bdom.UUID != req.UUID {
-		return nil, fmt.Errorf("prepare-backup for %q carries the XML of domain %q", req.UUID, bdom.UUID)
+		return "", nil, nil, 0, fmt.Errorf("prepare-backup for %q carries the XML of domain %q", req.UUID, bdom.UUID)
 	}
 	// The same QEMU build on both hosts (checkPeerDomain has made sure
 	// the path is one of allowed-emulators before it is run here).
@@ -146,18 +147,32 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 		emulator = bdom.Devices.Emulator
 	}
 	if emulator == "" {
-		return nil, fmt.Errorf("/domain/devices/emulator: the domain names no emulator; name the same QEMU binary on both hosts (%s from libvirt-ft-qemu)", patchedQEMUPath)
+		return "", nil, nil, 0, fmt.Errorf("/domain/devices/emulator: the domain names no emulator; name the same QEMU binary on both hosts (%s from libvirt-ft-qemu)", patchedQEMUPath)
 	}
 	build, err := e.hv.EmulatorBuild(emulator)
 	if err != nil {
-		return nil, fmt.Errorf("/domain/devices/emulator: the backup host cannot run it: %w; install the same libvirt-ft-qemu package on both hosts", err)
+		return "", nil, nil, 0, fmt.Errorf("/domain/devices/emulator: the backup host cannot run it: %w; install the same libvirt-ft-qemu package on both hosts", err)
 	}
 	switch req.EmulatorBuild {
 	case build:
 	case "":
-		return nil, fmt.Errorf("prepare-backup sent no emulator_build (the primary's QEMU build): the primary host's libvirt-ftd is older than this one; upgrade libvirt-ft on both hosts")
+		return "", nil, nil, 0, fmt.Errorf("prepare-backup sent no emulator_build (the primary's QEMU build): the primary host's libvirt-ftd is older than this one; upgrade libvirt-ft on both hosts")
 	default:
-		return nil, fmt.Errorf("emulator_build: QEMU builds differ: %s is %q on the primary host and %q here; a backup replays only the log of the same build (the packaging/qemu patches change the log); install the same libvirt-ft-qemu package on both hosts", emulator, req.EmulatorBuild, build)
+		return "", nil, nil, 0, fmt.Errorf("emulator_build: QEMU builds differ: %s is %q on the primary host and %q here; a backup replays only the log of the same build (the packaging/qemu patches change the log); install the same libvirt-ft-qemu package on both hosts", emulator, req.EmulatorBuild, build)
+	}
+	return backupXML, cfg, bdom, logVer, nil
+}
+
+// armBackup arms a backup of the primary described by req on this host: it
+// generates the backup's domain XML (same machine, rr=replay), creates FIFO
+// B and opens it with the feeder (version dword written), and opens the
+// backup's output gates. The backup domain itself is started when the
+// first log entries arrive, because QEMU in replay mode reads the first
+// event during its start-up. On error nothing is left behind.
+func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote func(*primaryRun)) (_ *backupRun, err error) {
+	backupXML, cfg, bdom, logVer, err := backupChecks(e, req, primaryHost)
+	if err != nil {
+		return nil, err
 	}
 	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
 		epoch: req.Epoch, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,

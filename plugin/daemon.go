@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,10 +32,12 @@ import (
 // that do the work; runs reach the host through env only.
 type Daemon struct {
 	cfg Config
-	log *logrus.Logger
-	lv  *libvirtConn // nil when a Hypervisor was given (tests)
-	hv  Hypervisor
-	arb Arbiter
+	// checking is held while virt-ft check runs (one at a time).
+	checking sync.Mutex
+	log      *logrus.Logger
+	lv       *libvirtConn // nil when a Hypervisor was given (tests)
+	hv       Hypervisor
+	arb      Arbiter
 
 	qemuUID, qemuGID int
 	pipes            logPipes
@@ -469,7 +472,12 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 		}
 		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
 	case ctl.OpCheck:
+		// One at a time: each dials the backup host.
+		if !d.checking.TryLock() {
+			return ctl.Response{Error: "check: another check is running; retry"}
+		}
 		c, err := d.check(req.Domain)
+		d.checking.Unlock()
 		if err != nil {
 			return ctl.Response{Error: err.Error()}
 		}
@@ -528,7 +536,7 @@ func (d *Daemon) check(name string) (*ctl.Check, error) {
 		c.Problems = append(c.Problems, fmt.Sprintf("/domain/metadata: domain %q has no ft element: it is not protected; add <ft:ft xmlns:ft=%q> with <ft:peer address=\"...\"/> (README, \"Protecting a domain\")", name, ftxml.NamespaceURI))
 		return c, nil
 	case cfg.Role == ftxml.RoleBackup:
-		c.Warnings = append(c.Warnings, "this is a backup's definition (role=\"backup\"): libvirt-ftd on the primary's host starts it")
+		c.Problems = append(c.Problems, "/domain/metadata/ft:ft/@role is \"backup\": a backup's definition is started by libvirt-ftd on its primary's host, never by virsh start; define the domain on the primary's host without role")
 		return c, nil
 	}
 	var ld libvirtxml.Domain
@@ -547,21 +555,54 @@ func (d *Daemon) check(name string) (*ctl.Check, error) {
 	case verr != nil:
 		c.Problems = append(c.Problems, verr.Error())
 	}
+	valid := len(c.Problems) == 0
+	if valid && !ftxml.IsGenerated(&ld) {
+		why := "libvirt-ftd has not rewritten it for record/replay"
+		if dm := d.lookup(ld.UUID); dm != nil {
+			if s := dm.status(); s.State == ctl.StateRefused && s.Detail != "" {
+				why += ": " + s.Detail
+			}
+		}
+		c.Problems = append(c.Problems, "/domain/qemu:commandline: "+why+"; define it again (virsh define) and see journalctl -u libvirt-ftd")
+	}
 	if err := d.cfg.arbiterMissing(); err != nil {
 		c.Problems = append(c.Problems, err.Error())
+	} else if d.cfg.Arbiter == ArbiterNone {
+		c.Warnings = append(c.Warnings, arbiterWarning)
 	}
-	if ld.Devices != nil && !qemuFlushesLog(ld.Devices.Emulator) {
-		c.Warnings = append(c.Warnings, fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: the backup cannot go live reliably; install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", ld.Devices.Emulator, patchedQEMUPath))
+	var emulator string
+	if ld.Devices != nil {
+		emulator = ld.Devices.Emulator
 	}
-	// The backup host: the start dials it first.
+	build, err := d.hv.EmulatorBuild(emulator)
+	if err != nil {
+		c.Problems = append(c.Problems, fmt.Sprintf("/domain/devices/emulator: %v; install libvirt-ft-qemu and set <emulator>%s</emulator>", err, patchedQEMUPath))
+	} else if !qemuFlushesLog(emulator) {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: the backup cannot go live reliably; install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", emulator, patchedQEMUPath))
+	}
+	// The backup host: what its prepare-backup would answer (its first
+	// refusal), armed with nothing; for a definition that is valid and
+	// rewritten (the backup's XML is generated from it).
+	peer := peerAddr(*cfg)
+	if !valid || !ftxml.IsGenerated(&ld) {
+		return c, nil
+	}
 	if qemuVer, err := d.hv.QEMUVersion(); err != nil {
 		c.Problems = append(c.Problems, fmt.Sprintf("libvirt on this host: %v", err))
 	} else if logVer, err := logchan.LogVersionForQEMU(qemuVer); err != nil {
 		c.Problems = append(c.Problems, err.Error())
-	} else if pc, err := dialControl(d.env(), peerAddr(*cfg), ld.UUID, qemuVer, logVer); err != nil {
-		c.Problems = append(c.Problems, fmt.Sprintf("/domain/metadata/ft:ft/ft:peer: backup host %s: %v; is libvirt-ftd running there, the port open, and TLS set up on both hosts?", peerAddr(*cfg), err))
+	} else if pc, err := dialControl(d.env(), peer, ld.UUID, qemuVer, logVer); err != nil {
+		c.Problems = append(c.Problems, fmt.Sprintf("/domain/metadata/ft:ft/ft:peer: backup host %s: %v; is libvirt-ftd running there, the port open, and TLS set up on both hosts?", peer, err))
 	} else {
+		err := pc.request(logchan.ControlRequest{Op: logchan.OpCheckBackup, UUID: ld.UUID, Name: ld.Name, XML: def.XML,
+			QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: build, Epoch: "check", Arbiter: d.cfg.arbiterName()}, nil)
 		pc.Close()
+		switch {
+		case err != nil && strings.Contains(err.Error(), "unknown control op"):
+			c.Warnings = append(c.Warnings, fmt.Sprintf("backup host %s answers, but its libvirt-ftd is older and cannot check the backup: a start may still be refused there", peer))
+		case err != nil:
+			c.Problems = append(c.Problems, fmt.Sprintf("backup host %s: %v", peer, err))
+		}
 	}
 	return c, nil
 }
@@ -772,20 +813,19 @@ func (d *Daemon) startPrimary(h ctl.Hook, cfg ftxml.Config, ld *libvirtxml.Domai
 	return nil
 }
 
-// prepareBackup answers the primary daemon's prepare-backup request: a new
-// backupRun replaces a stale backup of an earlier run of the primary.
-func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) error {
+// backupHostChecks are prepare-backup's checks of this host's own state,
+// with no side effect: an arbiter, the same one as the primary's; the
+// domain not running here (as a primary, a backup armed by another host,
+// or any QEMU); its disks no other domain's. prev is the domain's current
+// run here (nil: none).
+func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string, prev run) error {
 	if err := d.cfg.arbiterMissing(); err != nil {
 		return fmt.Errorf("the backup host refuses: %w", err)
-	}
-	if !validEpoch(req.Epoch) {
-		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-12 characters of 0-9a-z)", req.Epoch)
 	}
 	if mine := d.cfg.arbiterName(); req.Arbiter != mine {
 		return fmt.Errorf("the backup host refuses: its split-brain arbiter is %q, the primary's is %q: both hosts must claim on the same arbiter, or a partition could run the VM on both; make arbiter and arbiter-etcd (or arbiter-dir) the same in %s on both hosts", mine, req.Arbiter, DefaultConfigPath)
 	}
-	dm := d.entry(req.UUID, req.Name)
-	if prev := dm.current(); prev != nil {
+	if prev != nil {
 		if _, ok := prev.(*primaryRun); ok && prev.active() {
 			return fmt.Errorf("domain %q runs here as a primary", req.Name)
 		}
@@ -806,10 +846,37 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 				continue
 			}
 			if other := d.diskOwner(req.UUID, disk.Source.File.File, primaryHost); other != "" {
-				d.forgetIdle(req.UUID)
 				return fmt.Errorf("the backup host refuses: disk %s is a disk of domain %q here; a peer's domain may only use images of its own", disk.Source.File.File, other)
 			}
 		}
+	}
+	return nil
+}
+
+// checkBackup answers check-backup: prepare-backup's refusal, if any,
+// without arming anything (a primary's virt-ft check).
+func (d *Daemon) checkBackup(req logchan.ControlRequest, primaryHost string) error {
+	var prev run
+	if dm := d.lookup(req.UUID); dm != nil {
+		prev = dm.current()
+	}
+	if err := d.backupHostChecks(req, primaryHost, prev); err != nil {
+		return err
+	}
+	_, _, _, _, err := backupChecks(d.env(), req, primaryHost)
+	return err
+}
+
+// prepareBackup answers the primary daemon's prepare-backup request: a new
+// backupRun replaces a stale backup of an earlier run of the primary.
+func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) error {
+	if !validEpoch(req.Epoch) {
+		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-12 characters of 0-9a-z)", req.Epoch)
+	}
+	dm := d.entry(req.UUID, req.Name)
+	if err := d.backupHostChecks(req, primaryHost, dm.current()); err != nil {
+		d.forgetIdle(req.UUID)
+		return err
 	}
 	if prev := dm.current(); prev != nil {
 		// Out of the record first: its end must not forget the new run.
@@ -904,7 +971,7 @@ func peerUID(c net.Conn) int {
 // authorize: anyone who may connect (root, control-group) reads status;
 // a failover or a hook call needs root.
 func (d *Daemon) authorize(req ctl.Request, uid int) error {
-	if req.Op == ctl.OpStatus || req.Op == ctl.OpCheck || uid == 0 {
+	if req.Op == ctl.OpStatus || uid == 0 {
 		return nil
 	}
 	return fmt.Errorf("permission denied: %q on the control socket needs root (members of control-group %q may only read status)", req.Op, d.cfg.ControlGroup)

@@ -141,7 +141,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			continue
 		}
-		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup) && req.UUID != uuid {
+		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup) && req.UUID != uuid {
 			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
 			return
 		}
@@ -188,6 +188,11 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 		case logchan.OpPrepareBackup:
 			host, _, _ := net.SplitHostPort(pc.remote())
 			if reply(nil, d.prepareBackup(req, host)) != nil {
+				return
+			}
+		case logchan.OpCheckBackup:
+			host, _, _ := net.SplitHostPort(pc.remote())
+			if reply(nil, d.checkBackup(req, host)) != nil {
 				return
 			}
 		case logchan.OpCancelBackup:

@@ -734,6 +734,17 @@ func TestCheck(t *testing.T) {
 		if resp := fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "nosuch"}); resp.OK || !strings.Contains(resp.Error, "no persistent domain") {
 			t.Fatalf("check of an unknown domain: %+v", resp)
 		}
+		// The backup host's own refusal (another QEMU build there).
+		fp.b.hv.mu.Lock()
+		fp.b.hv.build = "QEMU emulator version 7.2.22 (libvirt-ft), sha256 fedcba9876543210"
+		fp.b.hv.mu.Unlock()
+		resp = fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "web"})
+		if !resp.OK || resp.Check == nil || !strings.Contains(strings.Join(resp.Check.Problems, "\n"), "QEMU builds differ") {
+			t.Fatalf("check with another QEMU build on the backup host: %+v %+v", resp, resp.Check)
+		}
+		if st := fp.b.d.status("web"); len(st) != 0 {
+			t.Fatalf("check armed a backup on host b: %+v", st)
+		}
 		// The backup host down: a problem naming the peer.
 		fp.net.sever(fp.b.ip)
 		resp = fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "web"})

@@ -85,9 +85,10 @@ prints the result with the go-live time and its parts.`,
 		Use:   "check DOMAIN",
 		Short: "report every refusal and warning a domain's protected start would meet, without starting it",
 		Long: `check asks libvirt-ftd whether DOMAIN (its persistent definition, by name or
-UUID) can be protected: the definition (every problem, each naming the field
-and the fix), the split-brain arbiter, the emulator, and whether the backup
-host answers on the peer port (TLS, protocol, QEMU version). Exit status: 0
+UUID) can be protected, without starting or arming anything: every problem
+of the definition (each naming the field and the fix), the split-brain
+arbiter and the emulator on this host, then the backup host's own answer
+(its first refusal). Root only (it dials the backup host). Exit status: 0
 when it can be protected (warnings may be printed), 1 when its start would
 be refused, 2 when the check could not be made.`,
 		Args: cobra.ExactArgs(1),

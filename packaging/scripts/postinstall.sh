@@ -8,11 +8,21 @@ case "$1" in
 configure) [ -n "$2" ] || first=yes ;;
 1) first=yes ;;
 esac
+# Removed (not purged) and installed again: dpkg passes the old version,
+# but prerm disabled the unit on removal and left this marker.
+marker=/var/lib/libvirt-ft/.disabled-by-removal
+if [ -e $marker ]; then
+	first=yes
+	rm -f $marker
+fi
 
+if [ $first = yes ]; then
+	# Works without a running systemd too (an image build).
+	systemctl enable libvirt-ftd.service || true
+fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload || true
 	if [ $first = yes ]; then
-		systemctl enable libvirt-ftd.service || true
 		if ! systemctl start libvirt-ftd.service; then
 			echo "libvirt-ft: libvirt-ftd did not start: set its peer TLS certificates and split-brain arbiter in /etc/libvirt-ft/libvirt-ftd.yaml, then: systemctl start libvirt-ftd (journalctl -u libvirt-ftd says what it misses)" >&2
 		fi

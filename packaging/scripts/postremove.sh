@@ -13,9 +13,10 @@ esac
 case "$1" in
 purge | 0)
 	# The daemon's state: pairing records and FIFO directories (none
-	# while no domain is protected). Certificates and other files an
-	# admin put in /etc/libvirt-ft stay.
-	rm -rf /var/lib/libvirt-ft /run/libvirt-ft
+	# while no domain is protected). Never across a mount: an arbiter-dir
+	# that storage both hosts share may be mounted under it. Certificates
+	# and other files an admin put in /etc/libvirt-ft stay.
+	rm -rf --one-file-system /var/lib/libvirt-ft /run/libvirt-ft 2>/dev/null || true
 	rmdir /etc/libvirt-ft 2>/dev/null || true
 	;;
 esac

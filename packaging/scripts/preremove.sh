@@ -11,6 +11,12 @@ remove | 0)
 	fi
 	if [ -d /run/systemd/system ]; then
 		systemctl disable --now libvirt-ftd.service || true
+	else
+		systemctl disable libvirt-ftd.service || true
+	fi
+	# For postinst, should the package be installed again without a purge.
+	if mkdir -p /var/lib/libvirt-ft; then
+		: > /var/lib/libvirt-ft/.disabled-by-removal 2>/dev/null || true
 	fi
 	;;
 esac

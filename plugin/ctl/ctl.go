@@ -39,8 +39,8 @@ const (
 	// OpCheck reports whether Request.Domain (name or UUID; its
 	// persistent definition) can be protected, without starting it:
 	// every refusal its start would meet (Response.Check.Problems) and
-	// every warning, including whether the backup host answers. Read-only:
-	// members of the control group may ask.
+	// every warning, and the backup host's own answer (check-backup). It
+	// arms nothing, but dials the backup host: root only, one at a time.
 	OpCheck = "check"
 )
 
