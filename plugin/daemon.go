@@ -402,9 +402,7 @@ func (d *Daemon) handleDefined(name string) {
 		return
 	}
 	if ld.Devices != nil && !qemuFlushesLog(ld.Devices.Emulator) {
-		warnings = append(warnings, fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: "+
-			"replication works, but the backup cannot go live reliably (stock QEMU 7.2) and diverges under network traffic; "+
-			"install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", ld.Devices.Emulator, patchedQEMUPath))
+		warnings = append(warnings, stockEmulatorWarning(ld.Devices.Emulator))
 	}
 	for _, w := range warnings {
 		log.Warn(w)
@@ -502,11 +500,12 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 }
 
 // check answers virt-ft check: what the domain's start would be refused
-// for, and what to know, without starting it. It runs the checks of the
-// define event and the prepare hook that need no start: the definition
-// (ftxml.Validate: every problem, not the first), the arbiter, the
-// emulator, and the backup host (a control connection: TLS, protocol and
-// QEMU version).
+// for, and what to know, without starting or arming anything. It runs the
+// checks of the define event and the prepare hook that need no start: the
+// definition (ftxml.Validate: every problem, not the first), its rewrite,
+// the arbiter, the emulator; then, for a valid rewritten definition, the
+// backup host's own (check-backup: prepare-backup's checks, its first
+// refusal).
 func (d *Daemon) check(name string) (*ctl.Check, error) {
 	if name == "" {
 		return nil, fmt.Errorf("check: name the domain (virt-ft check DOMAIN)")
@@ -578,7 +577,7 @@ func (d *Daemon) check(name string) (*ctl.Check, error) {
 	if err != nil {
 		c.Problems = append(c.Problems, fmt.Sprintf("/domain/devices/emulator: %v; install libvirt-ft-qemu and set <emulator>%s</emulator>", err, patchedQEMUPath))
 	} else if !qemuFlushesLog(emulator) {
-		c.Warnings = append(c.Warnings, fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: the backup cannot go live reliably; install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", emulator, patchedQEMUPath))
+		c.Warnings = append(c.Warnings, stockEmulatorWarning(emulator))
 	}
 	// The backup host: what its prepare-backup would answer (its first
 	// refusal), armed with nothing; for a definition that is valid and
@@ -605,6 +604,14 @@ func (d *Daemon) check(name string) (*ctl.Check, error) {
 		}
 	}
 	return c, nil
+}
+
+// stockEmulatorWarning is the warning for a protected domain whose
+// emulator is not libvirt-ft's patched QEMU (qemuFlushesLog false).
+func stockEmulatorWarning(emulator string) string {
+	return fmt.Sprintf("/domain/devices/emulator: %q is not libvirt-ft's patched QEMU: "+
+		"replication works, but the backup cannot go live reliably (stock QEMU 7.2) and diverges under network traffic; "+
+		"install libvirt-ft-qemu on both hosts and set <emulator>%s</emulator>", emulator, patchedQEMUPath)
 }
 
 // replicating finds the run of domain name (name or UUID) for the virt-ft
