@@ -142,10 +142,7 @@ func backupChecks(e env, req logchan.ControlRequest, primaryHost string) (backup
 	}
 	// The same QEMU build on both hosts (checkPeerDomain has made sure
 	// the path is one of allowed-emulators before it is run here).
-	var emulator string
-	if bdom.Devices != nil {
-		emulator = bdom.Devices.Emulator
-	}
+	emulator := domainEmulator(bdom)
 	if emulator == "" {
 		return "", nil, nil, 0, fmt.Errorf("/domain/devices/emulator: the domain names no emulator; name the same QEMU binary on both hosts (%s from libvirt-ft-qemu)", patchedQEMUPath)
 	}

@@ -569,10 +569,7 @@ func (d *Daemon) check(name string) (*ctl.Check, error) {
 	} else if d.cfg.Arbiter == ArbiterNone {
 		c.Warnings = append(c.Warnings, arbiterWarning)
 	}
-	var emulator string
-	if ld.Devices != nil {
-		emulator = ld.Devices.Emulator
-	}
+	emulator := domainEmulator(&ld)
 	build, err := d.hv.EmulatorBuild(emulator)
 	if err != nil {
 		c.Problems = append(c.Problems, fmt.Sprintf("/domain/devices/emulator: %v; install libvirt-ft-qemu and set <emulator>%s</emulator>", err, patchedQEMUPath))

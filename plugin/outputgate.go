@@ -67,11 +67,24 @@ func binaryKey(path string) (flushKey, error) {
 	if err != nil {
 		return flushKey{}, err
 	}
+	return fileKey(path, fi), nil
+}
+
+// fileKey is the flushKey of path as fi describes it.
+func fileKey(path string, fi os.FileInfo) flushKey {
 	key := flushKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		key.dev, key.ino = uint64(st.Dev), st.Ino
 	}
-	return key, nil
+	return key
+}
+
+// domainEmulator is dom's <emulator> path, "" when it names none.
+func domainEmulator(dom *libvirtxml.Domain) string {
+	if dom == nil || dom.Devices == nil {
+		return ""
+	}
+	return dom.Devices.Emulator
 }
 
 // emulatorBuild is Hypervisor.EmulatorBuild for this host's files: the
@@ -93,10 +106,7 @@ func emulatorBuild(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("emulator %s: %w", path, err)
 	}
-	key := flushKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		key.dev, key.ino = uint64(st.Dev), st.Ino
-	}
+	key := fileKey(path, fi)
 	flushCacheMu.Lock()
 	v, ok := buildCache[key]
 	flushCacheMu.Unlock()

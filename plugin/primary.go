@@ -203,11 +203,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
-	var emulator string
-	if dom.Devices != nil {
-		emulator = dom.Devices.Emulator
-	}
-	build, err := p.env.hv.EmulatorBuild(emulator)
+	build, err := p.env.hv.EmulatorBuild(domainEmulator(dom))
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: /domain/devices/emulator: %w", p.name, err)
 	}
