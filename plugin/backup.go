@@ -102,8 +102,8 @@ type backupRun struct {
 // that has no side effect: the QEMU and log versions, the domain not
 // running here, the peer policy (checkPeerDomain), the backup's XML, the
 // emulator build. It returns the backup's XML, its libvirt-ft settings, its
-// parsed domain and the log version (armBackup), or the refusal (also check-backup, a
-// primary's virt-ft check).
+// parsed domain and the log version (armBackup), or the refusal (also
+// check-backup, for a primary's virt-ft check).
 func backupChecks(e env, req logchan.ControlRequest, primaryHost string) (backupXML string, cfg *ftxml.Config, bdom *libvirtxml.Domain, logVer uint32, err error) {
 	ours, err := e.hv.QEMUVersion()
 	if err != nil {
