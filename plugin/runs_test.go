@@ -67,6 +67,19 @@ func runDomainXML(stateDir string) string {
 </domain>`
 }
 
+// defineWeb defines the test domain "web" on host a, lets the daemon see
+// the DEFINED event (it rewrites the definition), and returns what libvirt
+// then holds. Inside a synctest bubble.
+func defineWeb(t *testing.T, fp *fakePair) DomainDef {
+	t.Helper()
+	if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
+		t.Fatal(err)
+	}
+	synctest.Wait()
+	def, _, _ := fp.a.hv.Definition("web")
+	return def
+}
+
 // killPrimary kills host a's QEMU (no END in its log) and lets 5 s of
 // failover pass.
 func killPrimary(t *testing.T, fp *fakePair) {
@@ -387,11 +400,7 @@ func TestRunsReplaceStaleBackup(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp := newFakePair(t)
 		defer func() { fp.shutdown(); synctest.Wait() }()
-		if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
-		def, _, _ := fp.a.hv.Definition("web")
+		def := defineWeb(t, fp)
 		req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", XML: def.XML,
 			QEMUVersion: "7.2.22", LogVersion: logchan.LogVersionQEMU72, Epoch: "stale", Arbiter: fp.a.d.cfg.arbiterName()}
 		req.EmulatorBuild, _ = fp.b.hv.EmulatorBuild("")
@@ -459,10 +468,7 @@ func TestRunsRescanDuringPrepare(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp := newFakePair(t)
 		defer func() { fp.shutdown(); synctest.Wait() }()
-		if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
+		defineWeb(t, fp)
 		dial := fp.a.d.dial
 		rescanned := false
 		fp.a.d.dial = func(addr string, timeout time.Duration) (net.Conn, error) {
@@ -633,11 +639,7 @@ func TestRunsUnprotectByRemovingTheElement(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp := newFakePair(t)
 		defer func() { fp.shutdown(); synctest.Wait() }()
-		if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
-		def, _, _ := fp.a.hv.Definition("web")
+		def := defineWeb(t, fp)
 		dom, err := ftxml.ParseDomain(def.XML)
 		if err != nil || !ftxml.IsGenerated(dom) {
 			t.Fatalf("the protected definition was not generated for record (%v):\n%s", err, def.XML)

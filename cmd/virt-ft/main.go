@@ -51,10 +51,8 @@ func main() {
 				return fmt.Errorf("domain %q is not protected here (no ft element, or libvirt-ftd has not seen it)", args[0])
 			}
 			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
 				// Always a list: [] when nothing is protected here.
-				return enc.Encode(append([]ctl.DomainStatus{}, resp.Domains...))
+				return printJSON(append([]ctl.DomainStatus{}, resp.Domains...))
 			}
 			printStatus(resp.Domains)
 			return nil
@@ -106,9 +104,7 @@ be refused, 2 when the check could not be made.`,
 			}
 			c := resp.Check
 			if checkJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(c); err != nil {
+				if err := printJSON(c); err != nil {
 					return err
 				}
 			} else {
@@ -274,6 +270,13 @@ func unprotect(socket, domain string, wait time.Duration) error {
 		}
 		return fmt.Errorf("%s: libvirt-ftd no longer protects it on this host (its VM stopped; see its log)", domain)
 	})
+}
+
+// printJSON prints v as indented JSON on stdout.
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func printStatus(ds []ctl.DomainStatus) {
