@@ -59,6 +59,16 @@ func Run(args []string, stdin io.Reader, stderr io.Writer, socket string) int {
 		fmt.Fprintf(stderr, "%v\n", perr)
 		return 1
 	}
+	if !present && op == "prepare" {
+		// The ft element removed, the generated wiring not yet (the
+		// daemon strips it on libvirt's DEFINED event, and may be down):
+		// QEMU would record into a FIFO no daemon reads. Checked here, so
+		// that it holds without the daemon.
+		if _, wired, err := ftxml.Unprotected(string(data)); err == nil && wired {
+			fmt.Fprintf(stderr, "libvirt-ft: domain %q has no ft element but still has the record/replay wiring libvirt-ftd generated for it; libvirt-ftd removes it when it sees the new definition: retry virsh start in a moment, or remove the wiring by hand (virsh edit)\n", domain)
+			return 1
+		}
+	}
 	if !present || perr != nil {
 		return 0
 	}

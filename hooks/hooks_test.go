@@ -126,3 +126,20 @@ func TestMigrateRefused(t *testing.T) {
 		t.Fatalf("exit %d output %q", code, out)
 	}
 }
+
+// A domain whose ft element is gone but whose generated record/replay
+// wiring is not (the daemon has not stripped it, or is down) is refused
+// at prepare by the hook itself: QEMU would record into a FIFO no daemon
+// reads.
+func TestPrepareRefusesLeftoverWiring(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "absent.sock") // no daemon at all
+	wired := strings.Replace(plainXML, "</domain>", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">`+
+		`<qemu:arg value="-icount"/><qemu:arg value="shift=auto,rr=record,rrfile=/var/lib/libvirt-ft/4f1e3d2c-1b2a-4c3d-9e8f-0a1b2c3d4e5f/record.fifo"/>`+
+		`</qemu:commandline></domain>`, 1)
+	if code, out := run([]string{"plain", "prepare", "begin", "-"}, wired, sock); code != 1 || !strings.Contains(out, "record/replay wiring") {
+		t.Errorf("prepare with leftover wiring: exit %d output %q, want 1 and a refusal", code, out)
+	}
+	if code, out := run([]string{"plain", "started", "begin", "-"}, wired, sock); code != 0 || out != "" {
+		t.Errorf("started with leftover wiring: exit %d output %q, want 0 and nothing", code, out)
+	}
+}

@@ -760,7 +760,7 @@ func (b *backupRun) startQEMU() {
 		// The run ended while libvirt started its domain (the primary
 		// cancelled, or unprotected, before the backup's QEMU ran): its
 		// HaltVM found nothing to destroy, so nothing else will.
-		b.env.destroy(b.uuid, "the backup run ended while its domain started")
+		b.env.destroyUntilGone(b.uuid, "the backup run ended while its domain started", nil)
 		return
 	}
 	b.started()

@@ -712,14 +712,8 @@ func (d *Daemon) handleHook(h ctl.Hook) error {
 		return err
 	}
 	if !present {
-		// The ft element removed, the wiring not yet (handleDefined runs
-		// on libvirt's DEFINED event): QEMU would record into a FIFO no
-		// daemon reads.
-		if h.Operation == "prepare" {
-			if _, wired, err := ftxml.Unprotected(h.XML); err == nil && wired {
-				return fmt.Errorf("libvirt-ft: domain %q has no ft element but still has the record/replay wiring libvirt-ftd generated for it; libvirt-ftd removes it when it sees the new definition: retry virsh start in a moment, or remove the wiring by hand (virsh edit)", h.Domain)
-			}
-		}
+		// (A domain whose ft element is gone but whose generated wiring
+		// is not is refused by the hook program itself, hooks.Run.)
 		return nil
 	}
 	var ld libvirtxml.Domain
