@@ -47,7 +47,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b" test/e2e/run.sh determinism failover switchover golive-stall tcp network libvirtd-restart hostile faults
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b" test/e2e/run.sh determinism failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults
 
 # QEMU 7.2 with packaging/qemu's end-of-log replay patch (stock 7.2 cannot
 # go live reliably: see packaging/qemu/README.md). About 7 min to build.

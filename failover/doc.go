@@ -40,7 +40,8 @@
 //
 // Events (inputs): HeartbeatReceived, LogReceived, AckReceived, ChannelDown,
 // ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
-// QEMUExited, SwitchoverRequested, UnprotectRequested, FeedUnread. Actions
+// QEMUExited, SwitchoverRequested, UnprotectRequested, FeedUnread,
+// Diverged. Actions
 // (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
 // ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup,

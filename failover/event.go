@@ -124,6 +124,14 @@ type SwitchoverRequested struct{}
 // stops (ByeUnprotect).
 type UnprotectRequested struct{}
 
+// Diverged (backup): the replayed guest no longer does what the primary's
+// did: its output frames' digests differ from the ones the primary's
+// heartbeats carry (plugin/gate, Mismatch). Reason says where. While
+// replicating, the backup stops its VM and tells the primary, which runs on
+// alone: a diverged backup must never go live. Ignored in any other state
+// (during a go-live the primary is gone, and a diverged VM beats none).
+type Diverged struct{ Reason string }
+
 func (HeartbeatReceived) isEvent()   {}
 func (LogReceived) isEvent()         {}
 func (AckReceived) isEvent()         {}
@@ -138,6 +146,7 @@ func (GoLiveDone) isEvent()          {}
 func (QEMUExited) isEvent()          {}
 func (SwitchoverRequested) isEvent() {}
 func (UnprotectRequested) isEvent()  {}
+func (Diverged) isEvent()            {}
 
 func (HeartbeatReceived) String() string { return "heartbeat" }
 func (e LogReceived) String() string {
@@ -167,6 +176,7 @@ func (e QEMUExited) String() string {
 }
 func (SwitchoverRequested) String() string { return "switchover-requested" }
 func (UnprotectRequested) String() string  { return "unprotect-requested" }
+func (e Diverged) String() string          { return format("diverged", "reason", e.Reason) }
 
 func u(v uint64) string { return strconv.FormatUint(v, 10) }
 

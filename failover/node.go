@@ -707,6 +707,19 @@ func (n *Node) stepBackup(ev Event) bool {
 			n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
 		}
 		n.halt(unprotectCause)
+	case Diverged:
+		if n.peerEnded {
+			return false // replaying a cleanly ended primary's last log: it never goes live
+		}
+		// Never go live as another machine: stop, and the primary, told,
+		// runs on alone (as for a stalled replay, checkStall). During a
+		// peer's restart grace the channel is down; the primary learns it
+		// when its resume is refused.
+		cause := "diverged from the primary: " + e.Reason
+		if n.chanOpen {
+			n.emit(SendBye{Clean: false, Reason: "backup " + cause})
+		}
+		n.halt(cause)
 	case QEMUExited:
 		if n.peerEnded {
 			n.stop("replayed the primary's end")

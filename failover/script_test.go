@@ -373,6 +373,8 @@ func parseEvent(toks []string) (Event, error) {
 		ev = SwitchoverRequested{}
 	case "unprotect-requested":
 		ev = UnprotectRequested{}
+	case "diverged":
+		ev = Diverged{Reason: a["reason"]}
 	default:
 		return nil, fmt.Errorf("unknown event %q", it.name)
 	}

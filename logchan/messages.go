@@ -19,8 +19,9 @@ import (
 //
 // A connection opens with the handshake (Hello, HelloReply). Its Hello.Role
 // says what follows:
-//   - RolePrimary: a log channel. The primary sends Log, Heartbeat and Bye
-//     frames; the backup Ack, Heartbeat and Bye frames (Conn.Recv).
+//   - RolePrimary: a log channel. The primary sends Log, Heartbeat, Bye
+//     and (if the backup listed FeatureFrameDigests) Digests frames; the
+//     backup Ack, Heartbeat and Bye frames (Conn.Recv).
 //   - RoleControl: control requests from the primary's daemon, each
 //     answered by one ControlReply (Conn.Request, Conn.RecvControl,
 //     Conn.Reply). Seeding streams a disk as Data frames between an OpSeed
@@ -95,6 +96,7 @@ const (
 	MsgAck
 	MsgHeartbeat
 	MsgBye
+	MsgDigests
 )
 
 // Message is one frame of a log channel after the handshake.
@@ -110,6 +112,8 @@ type Message struct {
 	Heartbeat Heartbeat
 	// Bye: a Bye frame.
 	Bye Bye
+	// Digests: a Digests frame (primary to backup).
+	Digests []FrameDigest
 }
 
 // ErrUnexpectedFrame is wrapped when a well-formed frame of a type that
@@ -147,6 +151,12 @@ func (c *Conn) Recv() (Message, error) {
 		return Message{Kind: MsgHeartbeat, Heartbeat: h}, nil
 	case FrameBye:
 		return Message{Kind: MsgBye, Bye: DecodeBye(f.Payload)}, nil
+	case FrameDigests:
+		d, err := DecodeDigests(f.Payload)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Kind: MsgDigests, Digests: d}, nil
 	default:
 		return Message{}, fmt.Errorf("%w: %s frame on a log channel", ErrUnexpectedFrame, f.Type)
 	}

@@ -73,9 +73,30 @@ const (
 	FrameControl FrameType = 7
 	// FrameData carries raw bytes (disk seeding).
 	FrameData FrameType = 8
+	// FrameDigests (primary to backup, right after each Heartbeat, only
+	// to a backup whose HelloReply lists FeatureFrameDigests) carries the
+	// output gates' running frame digests; payload: two qwords per
+	// network interface (16 × n bytes, n <= MaxHeartbeatNICs), see
+	// FrameDigest.
+	FrameDigests FrameType = 9
 
-	maxFrameType = FrameData
+	maxFrameType = FrameDigests
 )
+
+// FeatureFrameDigests (Hello.Features): the sender's backups compare the
+// primary's frame digests (FrameDigests) with their replayed guest's, to
+// detect a backup that diverged (docs/replay.md §10).
+const FeatureFrameDigests = "frame-digests"
+
+// HasFeature reports whether h lists feature f.
+func (h Hello) HasFeature(f string) bool {
+	for _, x := range h.Features {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
 
 // String returns the frame type's name.
 func (t FrameType) String() string {
@@ -96,6 +117,8 @@ func (t FrameType) String() string {
 		return "Control"
 	case FrameData:
 		return "Data"
+	case FrameDigests:
+		return "Digests"
 	}
 	return fmt.Sprintf("FrameType(%d)", uint8(t))
 }
@@ -148,6 +171,8 @@ func MaxPayload(t FrameType) int {
 		return MaxControlBytes
 	case FrameData:
 		return SeedChunk
+	case FrameDigests:
+		return 16 * MaxHeartbeatNICs
 	}
 	return 0
 }
@@ -278,6 +303,11 @@ type Hello struct {
 	// received exactly Offset bytes.
 	Resume bool   `json:"resume,omitempty"`
 	Offset uint64 `json:"offset,omitempty"`
+	// Features lists the optional messages the sender understands
+	// (FeatureFrameDigests). A peer sends such a message only if the
+	// other side listed it; a peer that lists none (an older one) is
+	// still spoken to, without them. Unknown names are ignored.
+	Features []string `json:"features,omitempty"`
 }
 
 // HelloReply answers a Hello with the server's own identity.
@@ -386,6 +416,40 @@ func DecodeHeartbeat(p []byte) (Heartbeat, error) {
 		h.Released = append(h.Released, binary.BigEndian.Uint64(p[i:]))
 	}
 	return h, nil
+}
+
+// FrameDigest is one output gate's running digest (plugin/gate
+// NextDigest): Digest covers the frames 1..Frames the guest transmitted on
+// that interface, numbered from its first.
+type FrameDigest struct {
+	Frames, Digest uint64
+}
+
+// EncodeDigests returns the payload of a Digests frame: Frames and Digest
+// (8 bytes each, big-endian) per interface, in domain order. Entries
+// beyond MaxHeartbeatNICs are left out.
+func EncodeDigests(d []FrameDigest) []byte {
+	d = d[:min(len(d), MaxHeartbeatNICs)]
+	b := make([]byte, 0, 16*len(d))
+	for _, x := range d {
+		b = binary.BigEndian.AppendUint64(b, x.Frames)
+		b = binary.BigEndian.AppendUint64(b, x.Digest)
+	}
+	return b
+}
+
+// DecodeDigests parses the payload of a Digests frame: 16 bytes per
+// interface, at most MaxHeartbeatNICs of them. Other sizes give an error
+// wrapping ErrBadFrame.
+func DecodeDigests(p []byte) ([]FrameDigest, error) {
+	if len(p)%16 != 0 || len(p)/16 > MaxHeartbeatNICs {
+		return nil, fmt.Errorf("%w: Digests payload of %d bytes, want 16 × n (n <= %d)", ErrBadFrame, len(p), MaxHeartbeatNICs)
+	}
+	out := make([]FrameDigest, 0, len(p)/16)
+	for i := 0; i < len(p); i += 16 {
+		out = append(out, FrameDigest{Frames: binary.BigEndian.Uint64(p[i:]), Digest: binary.BigEndian.Uint64(p[i+8:])})
+	}
+	return out, nil
 }
 
 // EncodeLog returns the payload of a Log frame: the stream offset of the
@@ -536,6 +600,12 @@ func (c *Conn) WriteAck(a Ack) error { return c.WriteFrame(FrameAck, EncodeAck(a
 // WriteHeartbeat writes a Heartbeat frame.
 func (c *Conn) WriteHeartbeat(h Heartbeat) error {
 	return c.WriteFrame(FrameHeartbeat, EncodeHeartbeat(h))
+}
+
+// WriteDigests writes a Digests frame (only to a peer that listed
+// FeatureFrameDigests).
+func (c *Conn) WriteDigests(d []FrameDigest) error {
+	return c.WriteFrame(FrameDigests, EncodeDigests(d))
 }
 
 // WriteData writes a Data frame.

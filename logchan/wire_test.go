@@ -2,6 +2,7 @@ package logchan
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +80,7 @@ func TestFrameMalformed(t *testing.T) {
 		{"oversize", hdr(byte(FrameLog), MaxFrameSize+1), ErrFrameTooLarge},
 		{"huge", hdr(byte(FrameData), 0xffffffff), ErrFrameTooLarge},
 		{"type 0", hdr(0, 0), ErrUnknownFrame},
-		{"type 9", hdr(9, 4), ErrUnknownFrame},
+		{"type 10", hdr(10, 4), ErrUnknownFrame},
 		{"type 255", hdr(255, 0), ErrUnknownFrame},
 		{"truncated header", []byte{byte(FrameAck), 0, 0}, io.ErrUnexpectedEOF},
 		{"truncated payload", append(hdr(byte(FrameAck), 24), 1, 2, 3), io.ErrUnexpectedEOF},
@@ -99,7 +100,7 @@ func TestFrameMalformed(t *testing.T) {
 		t.Fatalf("max frame: %v", err)
 	}
 	// each type has its own bound
-	for _, ft := range []FrameType{FrameHello, FrameHelloReply, FrameAck, FrameHeartbeat, FrameBye, FrameControl, FrameData} {
+	for _, ft := range []FrameType{FrameHello, FrameHelloReply, FrameAck, FrameHeartbeat, FrameBye, FrameControl, FrameData, FrameDigests} {
 		if _, err := ReadFrame(bytes.NewReader(hdr(byte(ft), uint32(MaxPayload(ft)+1)))); !errors.Is(err, ErrFrameTooLarge) {
 			t.Errorf("%s frame of %d bytes: %v, want ErrFrameTooLarge", ft, MaxPayload(ft)+1, err)
 		}
@@ -125,6 +126,11 @@ func TestFrameMalformed(t *testing.T) {
 	}
 	if _, err := DecodeAck(make([]byte, 25)); !errors.Is(err, ErrBadFrame) {
 		t.Error("long ack")
+	}
+	for _, n := range []int{8, 17, 16 * (MaxHeartbeatNICs + 1)} {
+		if _, err := DecodeDigests(make([]byte, n)); !errors.Is(err, ErrBadFrame) {
+			t.Errorf("Digests payload of %d bytes: %v, want ErrBadFrame", n, err)
+		}
 	}
 	if _, err := DecodeHeartbeat(make([]byte, 8)); !errors.Is(err, ErrBadFrame) {
 		t.Error("short heartbeat")
@@ -323,7 +329,7 @@ func TestHandshake(t *testing.T) {
 		}
 		return nil
 	})
-	if cerr != nil || serr != nil || !rep.Accepted || rep.Role != RoleBackup || peer != hello(RolePrimary) {
+	if cerr != nil || serr != nil || !rep.Accepted || rep.Role != RoleBackup || !reflect.DeepEqual(peer, hello(RolePrimary)) {
 		t.Fatalf("accept: %+v %v %+v %v", rep, cerr, peer, serr)
 	}
 
@@ -391,5 +397,30 @@ func TestHandshakeWrongFrame(t *testing.T) {
 	_, err = ClientHandshake(NewConn(c), hello(RolePrimary))
 	if !errors.Is(err, ErrBadFrame) {
 		t.Fatalf("client: %v", err)
+	}
+}
+
+// A Digests frame round-trips through Recv; a Hello's features survive
+// JSON, and a Hello without any (an older peer) has none.
+func TestDigestsAndFeatures(t *testing.T) {
+	want := []FrameDigest{{Frames: 3, Digest: 0xfeedface12345678}, {Frames: 0, Digest: 0}}
+	a, b := net.Pipe()
+	ca, cb := NewConn(a), NewConn(b)
+	defer ca.Close()
+	defer cb.Close()
+	go func() { _ = ca.WriteDigests(want) }()
+	m, err := cb.Recv()
+	if err != nil || m.Kind != MsgDigests || !reflect.DeepEqual(m.Digests, want) {
+		t.Fatalf("Recv: %+v, %v", m, err)
+	}
+	var h Hello
+	if err := json.Unmarshal([]byte(`{"protocol":3,"role":"backup","features":["x","frame-digests"]}`), &h); err != nil || !h.HasFeature(FeatureFrameDigests) || h.HasFeature("y") {
+		t.Fatalf("features %v, %v", h.Features, err)
+	}
+	if err := json.Unmarshal([]byte(`{"protocol":3,"role":"backup"}`), &h); err != nil {
+		t.Fatal(err)
+	}
+	if h = (Hello{}); h.HasFeature(FeatureFrameDigests) {
+		t.Fatal("an empty Hello lists frame-digests")
 	}
 }

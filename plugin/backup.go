@@ -15,6 +15,7 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -436,6 +437,15 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 		drv.Post(ev) // before any tick
 	}
 	go drv.Run()
+	b.mu.Lock()
+	gates := b.gates
+	b.mu.Unlock()
+	if gates != nil {
+		// A diverged replay must never go live (failover.Diverged).
+		gates.setOnMismatch(func(j int, m gate.Mismatch) {
+			drv.Post(failover.Diverged{Reason: fmt.Sprintf("interface %d (%s): %v", j, ftxml.GateFilterID(j), m)})
+		})
+	}
 	go b.watchUnread(feeder, drv)
 	fed := make(chan struct{})
 	go func() {
@@ -505,6 +515,13 @@ func (b *backupRun) receive(pc *peerConn) {
 			drv.Post(failover.HeartbeatReceived{})
 			if gates != nil && len(m.Heartbeat.Released) > 0 {
 				gates.forget(m.Heartbeat.Released)
+			}
+		case logchan.MsgDigests:
+			b.mu.Lock()
+			gates := b.gates
+			b.mu.Unlock()
+			if gates != nil {
+				gates.verify(m.Digests)
 			}
 		case logchan.MsgBye:
 			if m.Bye.Clean && m.Bye.Reason == failover.ByeRestarting {

@@ -60,6 +60,11 @@ type gateHandover struct {
 	// Frames is the number of frames the gate had read (its numbering
 	// goes on from there: gate.Config.FramesBefore).
 	Frames uint64 `json:"frames"`
+	// Digest is the running digest of those frames (gate.Stats.Digest):
+	// the next gate's digests go on from it. nil from a daemon older than
+	// frame digests: the next gate's digests cannot match the peer's, so
+	// a primary sends none and a backup compares none (adoptGates).
+	Digest *uint64 `json:"digest,omitempty"`
 	// Forgotten (the backup's gates) is the last frame number the
 	// primary reported sent (gate.Gate.Forget).
 	Forgotten uint64 `json:"forgotten,omitempty"`
@@ -475,6 +480,7 @@ func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState,
 		return
 	}
 	link.released = gates.released
+	link.digests = gates.digests
 	link.startWriter()
 	p.mu.Lock()
 	if !p.active() {
@@ -938,6 +944,7 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 		return fmt.Errorf("the backup on %s did not resume the log channel: %w", rec.Peer, err)
 	}
 	link.released = gates.released
+	link.digests = gates.digests
 	link.startWriter()
 	p.undo.push(func() { link.Close() })
 	p.mu.Lock()

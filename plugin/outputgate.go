@@ -22,6 +22,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/plugin/gate"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
@@ -169,6 +170,13 @@ type outputGates struct {
 	outs   map[int]net.Conn // gate j's OUT connection, once QEMU connected
 	paths  []string
 	closed bool
+	// onMismatch (the backup's gates) is told the first divergence of
+	// gate j's replayed frames from the primary's (setOnMismatch).
+	onMismatch func(j int, m gate.Mismatch)
+	// noDigests: adopted from a daemon that kept no frame digests
+	// (gateHandover.Digest nil): this side's digests cannot match the
+	// peer's, so none are sent or compared.
+	noDigests bool
 }
 
 // openGates listens on the gate sockets of every interface of dom (before
@@ -236,7 +244,7 @@ func openBackupGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domai
 func listenGates(e env, uuid string, og *outputGates, cfg ftxml.Config, dom *libvirtxml.Domain, position func(j int) func() uint64) error {
 	for j := range dom.Devices.Interfaces {
 		g, err := gate.New(gate.Config{Enabled: true, Position: position(j), EvictOldest: og.backup,
-			Log: e.log.WithField("gate", ftxml.GateFilterID(j))})
+			Verify: og.backup, OnMismatch: og.mismatch(j), Log: e.log.WithField("gate", ftxml.GateFilterID(j))})
 		if err != nil {
 			og.close()
 			return err
@@ -336,9 +344,19 @@ func (r readerWithDeadline) SetReadDeadline(t time.Time) error { return r.conn.S
 // gate j's OUT and IN, hs[j] what that daemon's gate had counted and read.
 // Frames are tagged by position(j) as openGates and openBackupGates do.
 func adoptGates(e env, og *outputGates, conns [][2]net.Conn, hs []gateHandover, position func(j int) func() uint64) error {
+	for j := range hs {
+		if hs[j].Digest == nil {
+			og.noDigests = true
+		}
+	}
 	for j := range conns {
+		var before uint64
+		if hs[j].Digest != nil {
+			before = *hs[j].Digest
+		}
 		g, err := gate.New(gate.Config{Enabled: true, Position: position(j), EvictOldest: og.backup,
-			FramesBefore: hs[j].Frames, Log: e.log.WithField("gate", ftxml.GateFilterID(j))})
+			FramesBefore: hs[j].Frames, DigestBefore: before, Verify: og.backup && !og.noDigests, OnMismatch: og.mismatch(j),
+			Log: e.log.WithField("gate", ftxml.GateFilterID(j))})
 		if err != nil {
 			og.close()
 			return err
@@ -390,7 +408,12 @@ func (og *outputGates) detach(timeout time.Duration) ([][2]net.Conn, []gateHando
 		}
 		conns = append(conns, [2]net.Conn{out, in})
 		st := g.Stats()
-		hs = append(hs, gateHandover{Frames: st.ReadFrames, Forgotten: st.Forgotten, Leftover: left})
+		digest := st.Digest
+		if og.noDigests {
+			hs = append(hs, gateHandover{Frames: st.ReadFrames, Forgotten: st.Forgotten, Leftover: left})
+			continue
+		}
+		hs = append(hs, gateHandover{Frames: st.ReadFrames, Digest: &digest, Forgotten: st.Forgotten, Leftover: left})
 	}
 	return conns, hs, nil
 }
@@ -416,6 +439,57 @@ func (og *outputGates) released() []uint64 {
 		out[j] = st.DoneFrames
 	}
 	return out
+}
+
+// digests gives, per gate, the running digest of the frames read (the
+// primary's Digests frame after each heartbeat, logchan.FrameDigests). nil
+// without gates.
+func (og *outputGates) digests() []logchan.FrameDigest {
+	if len(og.gates) == 0 || og.noDigests {
+		return nil
+	}
+	out := make([]logchan.FrameDigest, len(og.gates))
+	for j, g := range og.gates {
+		c := g.Checkpoint()
+		out[j] = logchan.FrameDigest{Frames: c.Frames, Digest: c.Digest}
+	}
+	return out
+}
+
+// verify, on the backup: compare the primary's frame digests with the
+// replayed frames' (gate.Gate.Verify); a mismatch goes to onMismatch.
+func (og *outputGates) verify(d []logchan.FrameDigest) {
+	for j, g := range og.gates {
+		if j < len(d) {
+			g.Verify(gate.Checkpoint{Frames: d[j].Frames, Digest: d[j].Digest})
+		}
+	}
+}
+
+// setOnMismatch sets what the backup's gates tell of a divergence (the
+// backup run posts failover.Diverged). A mismatch found before is told at
+// once.
+func (og *outputGates) setOnMismatch(f func(j int, m gate.Mismatch)) {
+	og.mu.Lock()
+	og.onMismatch = f
+	og.mu.Unlock()
+	for j, g := range og.gates {
+		if m := g.Stats().Mismatch; m != nil && f != nil {
+			f(j, *m)
+		}
+	}
+}
+
+// mismatch is gate j's Config.OnMismatch.
+func (og *outputGates) mismatch(j int) func(gate.Mismatch) {
+	return func(m gate.Mismatch) {
+		og.mu.Lock()
+		f := og.onMismatch
+		og.mu.Unlock()
+		if f != nil {
+			f(j, m)
+		}
+	}
 }
 
 // forget, on the backup: the primary reports its frames 1..released[j] of
@@ -535,7 +609,10 @@ func (og *outputGates) stats() []ctl.Gate {
 		out = append(out, ctl.Gate{Filter: ftxml.GateFilterID(j), Mode: st.Mode.String(), Backup: og.backup,
 			HeldFrames: uint64(st.HeldFrames), HeldBytes: uint64(st.HeldBytes), Released: st.Released,
 			DroppedOverCap: st.DroppedOverCap, DroppedByGoLive: st.DroppedByDrop, Forgot: st.ForgotFrames,
-			HoldAvgMS: float64(avg) / 1000, HoldMaxMS: float64(st.HoldMaxMicros) / 1000})
+			HoldAvgMS: float64(avg) / 1000, HoldMaxMS: float64(st.HoldMaxMicros) / 1000, Verified: st.VerifyChecked})
+		if st.Mismatch != nil {
+			out[len(out)-1].Diverged = st.Mismatch.String()
+		}
 	}
 	return out
 }

@@ -1,11 +1,14 @@
 package plugin
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -231,10 +234,9 @@ func TestFrameQueueCloseWakesPop(t *testing.T) {
 	}
 }
 
-// The backup's gates hold the replayed frames, forget those the primary's
-// heartbeats report sent, and at go-live send the rest, in order, then pass
-// frames through.
-func TestBackupGatesForgetAndGoLive(t *testing.T) {
+// oneBackupGate opens the backup's gates of a domain with one interface.
+func oneBackupGate(t *testing.T) (*outputGates, ftxml.Config) {
+	t.Helper()
 	e, cfg := testEnv(t)
 	outPath, _ := ftxml.GateSocketPaths(cfg, testUUID, 0)
 	if err := os.MkdirAll(filepath.Dir(outPath), 0o700); err != nil { // prepareBackup's FIFO B makes it
@@ -246,6 +248,14 @@ func TestBackupGatesForgetAndGoLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(og.close)
+	return og, cfg
+}
+
+// The backup's gates hold the replayed frames, forget those the primary's
+// heartbeats report sent, and at go-live send the rest, in order, then pass
+// frames through.
+func TestBackupGatesForgetAndGoLive(t *testing.T) {
+	og, cfg := oneBackupGate(t)
 	out, in := connectQEMU(t, cfg, 0)
 	for _, f := range []string{"f1", "f2", "f3", "f4", "f5"} {
 		if err := gate.WriteFrame(out, []byte(f)); err != nil {
@@ -291,5 +301,124 @@ func TestBackupGatesOff(t *testing.T) {
 	}
 	if len(og.gates) != 0 || og.released() != nil || og.unprotect() != 0 {
 		t.Fatalf("gate off: %d gates", len(og.gates))
+	}
+}
+
+// The backup's gates compare the replayed frames with the primary's
+// digests (issue 13, divergence) and report the first mismatch, with its
+// interface, once; the digests a primary's gates send match a backup whose
+// guest sent the same frames.
+func TestBackupGatesVerify(t *testing.T) {
+	og, cfg := oneBackupGate(t)
+	var mu sync.Mutex
+	var got []string
+	og.setOnMismatch(func(j int, m gate.Mismatch) {
+		mu.Lock()
+		got = append(got, fmt.Sprintf("%d:%d:%d", j, m.Frame, m.After))
+		mu.Unlock()
+	})
+	var d uint64
+	primary := func(frames ...string) []logchan.FrameDigest {
+		for _, f := range frames {
+			d = gate.NextDigest(d, []byte(f))
+		}
+		return []logchan.FrameDigest{{Frames: uint64(len(frames)), Digest: d}}
+	}
+	out, _ := connectQEMU(t, cfg, 0)
+	for _, f := range []string{"f1", "f2", "f3", "X4"} {
+		if err := gate.WriteFrame(out, []byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "4 frames read", func() bool { return og.gates[0].Stats().ReadFrames == 4 })
+	og.verify(primary("f1", "f2", "f3"))
+	p4 := primary("f4")
+	p4[0].Frames = 4
+	og.verify(p4)
+	og.verify(p4)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] != "0:4:3" {
+		t.Fatalf("mismatches %v, want [0:4:3]", got)
+	}
+	if st := og.stats(); len(st) != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A gate adopted from a daemon that kept no digests neither sends nor
+// compares any: its chain cannot match the peer's.
+func TestAdoptedGatesWithoutDigest(t *testing.T) {
+	var og outputGates
+	og.gates = []*gate.Gate{mustGate(t, gate.Config{FramesBefore: 7})}
+	if og.digests() == nil {
+		t.Fatal("no digests from a fresh gate")
+	}
+	og.noDigests = true
+	if og.digests() != nil {
+		t.Fatal("digests sent from a gate whose chain is unknown")
+	}
+	h := gateHandover{Frames: 7}
+	b, err := json.Marshal(h)
+	if err != nil || strings.Contains(string(b), "digest") {
+		t.Fatalf("handover %s, %v", b, err)
+	}
+}
+
+func mustGate(t *testing.T, cfg gate.Config) *gate.Gate {
+	t.Helper()
+	g, err := gate.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// The primary's heartbeat is followed by a Digests frame only for a backup
+// that listed logchan.FeatureFrameDigests (an older one would drop the
+// channel on the unknown frame).
+func TestHeartbeatDigests(t *testing.T) {
+	for _, listed := range []bool{true, false} {
+		a, b := net.Pipe()
+		pc := newPeerConn(a)
+		pc.digests = func() []logchan.FrameDigest { return []logchan.FrameDigest{{Frames: 9, Digest: 42}} }
+		if listed {
+			pc.peer.Features = []string{"other", logchan.FeatureFrameDigests}
+		}
+		done := make(chan error, 1)
+		go func() {
+			err := pc.writeHeartbeat()
+			if err == nil {
+				err = pc.c.WriteHeartbeat(logchan.Heartbeat{Seq: 99}) // a marker
+			}
+			done <- err
+		}()
+		rc := logchan.NewConn(b)
+		var kinds []logchan.MessageKind
+		for {
+			m, err := rc.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			kinds = append(kinds, m.Kind)
+			if m.Kind == logchan.MsgDigests && (len(m.Digests) != 1 || m.Digests[0] != (logchan.FrameDigest{Frames: 9, Digest: 42})) {
+				t.Fatalf("digests %+v", m.Digests)
+			}
+			if m.Kind == logchan.MsgHeartbeat && m.Heartbeat.Seq == 99 {
+				break
+			}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		want := 2
+		if listed {
+			want = 3
+		}
+		if len(kinds) != want || (listed && kinds[1] != logchan.MsgDigests) {
+			t.Fatalf("listed=%v: messages %v", listed, kinds)
+		}
+		a.Close()
+		b.Close()
 	}
 }

@@ -40,6 +40,14 @@ type peerConn struct {
 	// heartbeat's Released counts: the output gates' frames done
 	// (outputGates.released).
 	released func() []uint64
+	// digests, when set (the primary's log channel), gives the output
+	// gates' running frame digests (outputGates.digests), sent after each
+	// heartbeat to a backup that listed logchan.FeatureFrameDigests
+	// (peer).
+	digests func() []logchan.FrameDigest
+	// peer is the other side's handshake (the server's HelloReply for a
+	// dialled connection; empty for an accepted one).
+	peer logchan.Hello
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -70,10 +78,12 @@ func dialHello(e env, addr string, hello logchan.Hello) (*peerConn, error) {
 	}
 	pc := newPeerConn(nc)
 	_ = nc.SetDeadline(time.Now().Add(timeout))
-	if _, err := logchan.ClientHandshake(pc.c, hello); err != nil {
+	reply, err := logchan.ClientHandshake(pc.c, hello)
+	if err != nil {
 		nc.Close()
 		return nil, err
 	}
+	pc.peer = reply.Hello
 	_ = nc.SetDeadline(time.Time{})
 	return pc, nil
 }
@@ -190,7 +200,16 @@ func (p *peerConn) writeHeartbeat() error {
 	if p.released != nil {
 		h.Released = p.released()
 	}
-	return p.c.WriteHeartbeat(h)
+	if err := p.c.WriteHeartbeat(h); err != nil {
+		return err
+	}
+	if p.digests == nil || !p.peer.HasFeature(logchan.FeatureFrameDigests) {
+		return nil
+	}
+	if d := p.digests(); len(d) > 0 {
+		return p.c.WriteDigests(d)
+	}
+	return nil
 }
 
 // bye sends an orderly Bye.

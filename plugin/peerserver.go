@@ -73,7 +73,8 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		return
 	}
 	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
-	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup}
+	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup,
+		Features: []string{logchan.FeatureFrameDigests}}
 	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
 		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
 			return fmt.Errorf("unknown role %q", h.Role)

@@ -270,6 +270,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	// Heartbeats tell the backup which frames left, so that at go-live it
 	// sends only the rest (openBackupGates).
 	link.released = gates.released
+	link.digests = gates.digests
 	p.mu.Lock()
 	p.recordFIFO, p.rr, p.link, p.gates = fifo, rr, link, gates
 	p.mu.Unlock()
@@ -573,6 +574,11 @@ func (p *primaryRun) receive(link *peerConn, drv *failover.Driver, ps *pumpState
 			gates.ack(m.Ack.Received)
 			icount := p.recordAck(m.Ack.Offset, m.Ack.Executed)
 			drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: icount, Fed: m.Ack.Fed})
+		case logchan.MsgDigests:
+			drv.Post(failover.ChannelDown{Reason: "a Digests frame from the backup"})
+			ps.setDiscard()
+			link.Close()
+			return
 		case logchan.MsgHeartbeat:
 			p.heard()
 			drv.Post(failover.HeartbeatReceived{})

@@ -354,8 +354,12 @@ func gateLine(g ctl.Gate) string {
 		return fmt.Sprintf("%s: the filter is off since go-live; the backup's gate sent the %d frames it held then, having forgotten %d the primary sent",
 			g.Filter, g.Released, g.Forgot)
 	case g.Backup:
-		return fmt.Sprintf("%s (backup) %s: holding %d replayed frames (%d B) the primary had not reported sent, forgot %d it sent; sent at go-live or after: %d",
-			g.Filter, g.Mode, g.HeldFrames, g.HeldBytes, g.Forgot, g.Released)
+		s := fmt.Sprintf("%s (backup) %s: holding %d replayed frames (%d B) the primary had not reported sent, forgot %d it sent; sent at go-live or after: %d; %d of the primary's frame digests compared",
+			g.Filter, g.Mode, g.HeldFrames, g.HeldBytes, g.Forgot, g.Released, g.Verified)
+		if g.Diverged != "" {
+			s += "; DIVERGED: " + g.Diverged
+		}
+		return s
 	default:
 		return fmt.Sprintf("%s %s: held %d frames (%d B), released %d, dropped %d over the cap and %d by go-live; hold time avg %.1f ms, max %.1f ms",
 			g.Filter, g.Mode, g.HeldFrames, g.HeldBytes, g.Released, g.DroppedOverCap, g.DroppedByGoLive, g.HoldAvgMS, g.HoldMaxMS)

@@ -264,6 +264,11 @@ type Gate struct {
 	// HoldAvgMS and HoldMaxMS: time frames spent held, in ms.
 	HoldAvgMS float64 `json:"hold_avg_ms"`
 	HoldMaxMS float64 `json:"hold_max_ms"`
+	// Verified (backup): the primary's frame digests compared with the
+	// replayed frames' and found equal or not (docs/replay.md §10,
+	// divergence); Diverged, when set, says where they first differed.
+	Verified uint64 `json:"verified,omitempty"`
+	Diverged string `json:"diverged,omitempty"`
 }
 
 // Stall is a replay stall of the backup (failover.BackupStalled): where

@@ -57,6 +57,15 @@ type Config struct {
 	// Detach): frame numbers (Stats.DoneFrames, the backup's forget
 	// positions) go on from it. 0 for a new connection.
 	FramesBefore uint64
+	// DigestBefore is the running digest of those FramesBefore frames
+	// (Stats.Digest; NextDigest), handed over with them.
+	DigestBefore uint64
+	// Verify (the backup's gates) compares the replayed frames' digests
+	// with the primary's checkpoints given to Verify; OnMismatch is called
+	// once, at the first disagreement, from the goroutine that found it
+	// (Serve's or Verify's caller), with no lock of the Gate held.
+	Verify     bool
+	OnMismatch func(Mismatch)
 }
 
 // Stats is a snapshot of a Gate. Frame counts are in frames, sizes in bytes
@@ -72,6 +81,14 @@ type Stats struct {
 	// IN, or dropped over the limit. The primary reports it to the backup
 	// (logchan.Heartbeat.Released).
 	DoneFrames uint64
+	// Digest is the running digest of frames 1..ReadFrames (NextDigest).
+	Digest uint64
+	// VerifyChecked and VerifySkipped (Config.Verify): the primary's
+	// checkpoints compared, and those skipped (older than VerifyHistory
+	// frames, or read before this process). Mismatch is the first
+	// disagreement, nil while there is none.
+	VerifyChecked, VerifySkipped uint64
+	Mismatch                     *Mismatch
 	// HoldCount, HoldTotalMicros and HoldMaxMicros: the time frames
 	// spent in the gate, from the end of their read from OUT to their
 	// release (the ack that covered them, Unprotect, or at once), over the
@@ -113,6 +130,9 @@ type Gate struct {
 	detach   bool
 	leftover []byte
 
+	verify     *verifier // nil unless Config.Verify
+	onMismatch func(Mismatch)
+
 	afterHold func() // tests: called by Serve after each frame went through the queue
 }
 
@@ -120,6 +140,7 @@ type ioStats struct {
 	readFrames, readBytes       uint64
 	writtenFrames, writtenBytes uint64
 	doneSeq                     uint64 // see Stats.DoneFrames
+	digest                      uint64 // see Stats.Digest
 	holdCount                   uint64
 	holdTotal, holdMax          int64 // ns
 }
@@ -145,6 +166,11 @@ func New(cfg Config) (*Gate, error) {
 	}
 	g.q.SetEvictOldest(cfg.EvictOldest)
 	g.st.readFrames, g.st.doneSeq = cfg.FramesBefore, cfg.FramesBefore
+	g.st.digest = cfg.DigestBefore
+	if cfg.Verify {
+		g.verify = &verifier{base: cfg.FramesBefore}
+		g.onMismatch = cfg.OnMismatch
+	}
 	g.cond = sync.NewCond(&g.mu)
 	return g, nil
 }
@@ -160,17 +186,60 @@ func (g *Gate) Mode() Mode {
 func (g *Gate) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return Stats{
+	st := Stats{
 		QueueStats:      g.q.Stats(),
 		ReadFrames:      g.st.readFrames,
 		ReadBytes:       g.st.readBytes,
 		WrittenFrames:   g.st.writtenFrames,
 		WrittenBytes:    g.st.writtenBytes,
 		DoneFrames:      g.st.doneSeq,
+		Digest:          g.st.digest,
 		HoldCount:       g.st.holdCount,
 		HoldTotalMicros: g.st.holdTotal / 1e3,
 		HoldMaxMicros:   g.st.holdMax / 1e3,
 		Serving:         g.serving,
+	}
+	if v := g.verify; v != nil {
+		st.VerifyChecked, st.VerifySkipped = v.checked, v.skipped
+		if v.mismatch != nil {
+			m := *v.mismatch
+			st.Mismatch = &m
+		}
+	}
+	return st
+}
+
+// Checkpoint is the running digest of the frames read so far, for the
+// primary's heartbeats (logchan.FrameDigests).
+func (g *Gate) Checkpoint() Checkpoint {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return Checkpoint{Frames: g.st.readFrames, Digest: g.st.digest}
+}
+
+// Verify compares the primary's checkpoint c with this gate's frames: now
+// if the replay has passed c.Frames, else when it gets there (Serve). A
+// disagreement is reported once, to Config.OnMismatch. No-op without
+// Config.Verify, and after the first mismatch.
+func (g *Gate) Verify(c Checkpoint) {
+	g.mu.Lock()
+	if g.verify == nil {
+		g.mu.Unlock()
+		return
+	}
+	m := g.verify.peer(c, g.st.readFrames)
+	g.mu.Unlock()
+	g.mismatched(m)
+}
+
+// mismatched reports a new mismatch m (nil: none). Called without mu.
+func (g *Gate) mismatched(m *Mismatch) {
+	if m == nil {
+		return
+	}
+	g.log.Errorf("output gate: %v", m)
+	if g.onMismatch != nil {
+		g.onMismatch(*m)
 	}
 }
 
@@ -311,7 +380,7 @@ func (g *Gate) Serve(out io.Reader, in io.Writer) error {
 		if g.position != nil {
 			pos = g.position()
 		}
-		g.hold(data, pos)
+		g.mismatched(g.hold(data, pos))
 		if g.afterHold != nil {
 			g.afterHold()
 		}
@@ -351,13 +420,18 @@ func (g *Gate) Serve(out io.Reader, in io.Writer) error {
 	return err
 }
 
-// hold passes one frame read from OUT through the queue.
-func (g *Gate) hold(data []byte, pos uint64) {
+// hold passes one frame read from OUT through the queue; with
+// Config.Verify it returns a new mismatch of the frames' digests.
+func (g *Gate) hold(data []byte, pos uint64) (m *Mismatch) {
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.st.readFrames++
 	g.st.readBytes += uint64(len(data))
+	g.st.digest = NextDigest(g.st.digest, data)
+	if g.verify != nil {
+		m = g.verify.local(g.st.readFrames, g.st.digest)
+	}
 	mode := g.q.Mode()
 	over := g.q.st.DroppedOverCap
 	rel := g.q.Hold(Frame{Data: data, Pos: pos, Stamp: now, Seq: g.st.readFrames})
@@ -370,13 +444,14 @@ func (g *Gate) hold(data []byte, pos uint64) {
 			g.log.Warnf("output gate: full (%d bytes held, %d unwritten, limit %d): dropping guest frames", g.q.st.HeldBytes, g.q.st.OutBytes, g.q.Limit())
 		}
 		g.capDrops++
-		return
+		return m
 	}
 	if g.capDrops > 0 && mode != Dropping {
 		g.log.Warnf("output gate: accepting frames again after dropping %d over the %d-byte limit", g.capDrops, g.q.Limit())
 		g.capDrops = 0
 	}
 	g.release(rel, now, mode == Gated)
+	return m
 }
 
 // release hands rel to the writer; timed frames count in the hold time.

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# End-to-end divergence detection (issue 13, item 3): typing into the
+# primary's serial console makes its backup diverge, because console input
+# is not in the replay log (docs/replay.md §9). The guest answers each line
+# typed there ("console: ..."), as a distribution's getty would.
+#
+# The domain's serial console is a pty here (logged to the usual console
+# file), so that the test can type into it. With an echo client and a
+# stream client connected, the test checks that the backup compares the
+# primary's frame digests while the two agree, then types a line into the
+# primary's console. Within DETECT_S seconds the backup must be declared
+# lost for divergence: either its replayed frames' digests differ from the
+# primary's (docs/replay.md §10, "Divergence") or its replay stops with log
+# unread (a stall). Then: host A's status says unprotected and why, the
+# backup's VM is gone from host B (it never goes live), the primary's guest
+# printed the answer, its ticks go on, and both TCP clients pass.
+#   test/e2e/divergence.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+DETECT_S=${DETECT_S:-10}
+DURATION=${DURATION:-30}
+export DOMAIN_XML_EDIT="/<serial type='file'>/,/<\/console>/c\\    <serial type='pty'><log file='$CONSOLE_DIR/$DOMAIN-console.log' append='off'/><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"
+[ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
+pids=()
+kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap 'kill_clients; lab_stop' EXIT
+fresh_protected_lab 8
+
+# gate_json HOST KEY: KEY of the domain's first output gate on HOST.
+gate_json() {
+	ft_on "$1" status --json "$DOMAIN" 2>/dev/null | jq -r ".[0].output_gates[0].$2 // empty" 2>/dev/null || true
+}
+state_a() { ft_on a status --json "$DOMAIN" 2>/dev/null | jq -r '.[0].state // empty' 2>/dev/null || true; }
+compared_at_least() { local n; n=$(gate_json b verified); [ "${n:-0}" -ge "$1" ]; }
+a_unprotected() { [ "$(state_a)" = unprotected ]; }
+ticks_past() { local t; t=$(last_tick a "$DOMAIN"); [ "${t:-0}" -ge "$1" ]; }
+
+out_echo=$(mktemp) out_stream=$(mktemp)
+SCRATCH+=("$out_echo" "$out_stream")
+client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit 4s >"$out_echo" 2>&1 &
+pids=($!)
+client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit 4s >"$out_stream" 2>&1 &
+pids+=($!)
+
+say "while the two agree, the backup compares the primary's frame digests"
+wait_for 20 "the backup to compare 5 frame digests" compared_at_least 5
+log "compared so far: $(gate_json b verified), no divergence: '$(gate_json b diverged)'"
+[ -z "$(gate_json b diverged)" ] || die "a divergence before anything was typed: $(gate_json b diverged)"
+
+say "typing into the primary's serial console"
+pty=$(virsh_on a dumpxml "$DOMAIN" | sed -n "s|.*<source path='\(/dev/pts/[0-9]*\)'.*|\1|p" | head -n 1)
+[ -n "$pty" ] || die "no pty in the primary's live definition"
+log "the primary's console: $pty (host A)"
+# Keep the pty open a while: QEMU's pty chardev reads only while the other
+# side is connected.
+on a sh -c "(sleep 1; printf 'hello from the console\n'; sleep 4) > $pty" &
+typer=$!
+t0=$(date +%s%N)
+wait_for $((DETECT_S + 2)) "host A to see its backup lost" a_unprotected
+detect_ms=$((($(date +%s%N) - t0) / 1000000 - 1000))
+wait "$typer" || true
+why=$(ft_on a status --json "$DOMAIN" | jq -r '.[0] | [.detail, (.stall.report // "")] | join(" / ")')
+log "backup lost $detect_ms ms after the line was typed (as this test polls): $why"
+[ $detect_ms -le $((DETECT_S * 1000)) ] || die "divergence detected after $detect_ms ms (bound ${DETECT_S} s)"
+case $why in
+*"diverged from the primary"*) log "detected by the frame digests" ;;
+*"replay stalled"*) log "detected as a stalled replay" ;;
+*) die "host A lost its backup, but not for divergence: $why" ;;
+esac
+
+say "the backup never goes live; the primary's guest runs on"
+wait_for 20 "the backup's VM to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+replay_mode_is a "$DOMAIN" record none || die "the primary's QEMU does not run on host A"
+on a grep -q "console: hello from the console" "$CONSOLE_DIR/$DOMAIN-console.log" ||
+	die "the primary's guest did not answer the line typed into its console"
+base=$(last_tick a "$DOMAIN")
+wait_for 20 "3 more ticks on host A" ticks_past $((base + 3))
+ticks_consecutive a "$DOMAIN" || die "the primary's guest rebooted or skipped ticks"
+
+rc_echo=0 rc_stream=0
+wait "${pids[0]}" || rc_echo=$?
+wait "${pids[1]}" || rc_stream=$?
+pids=()
+log "echo:   $(tail -n 1 "$out_echo")"
+log "stream: $(tail -n 1 "$out_stream")"
+[ $rc_echo -eq 0 ] && [ $rc_stream -eq 0 ] || die "a TCP client failed"
+say "divergence: detected in $detect_ms ms; backup stopped, never live; the primary and its TCP clients went on"
