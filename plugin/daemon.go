@@ -619,6 +619,7 @@ func (d *Daemon) replicating(op, name, why string) (run, ctl.DomainStatus, *fail
 	if name == "" {
 		return nil, ctl.DomainStatus{}, nil, fmt.Errorf("%s: name the domain (virt-ft %s DOMAIN)", op, op)
 	}
+	name = d.resolveName(name)
 	var r run
 	for _, dm := range d.domains() {
 		if s := dm.status(); s.Name == name || s.UUID == name {
@@ -689,6 +690,7 @@ func (d *Daemon) unprotect(name string) (ctl.DomainStatus, error) {
 }
 
 func (d *Daemon) status(name string) []ctl.DomainStatus {
+	name = d.resolveName(name)
 	var out []ctl.DomainStatus
 	for _, dm := range d.domains() {
 		s := dm.status()
@@ -702,6 +704,36 @@ func (d *Daemon) status(name string) []ctl.DomainStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// resolveName maps a domain named on the command line (virt-ft) to the
+// name libvirt-ftd knows it by: a name or UUID of a protected domain is
+// kept; otherwise a number is taken as the libvirt ID of a running domain
+// (virsh list) and replaced by its name. Anything else is kept as given
+// (the caller reports it unknown).
+func (d *Daemon) resolveName(arg string) string {
+	if arg == "" {
+		return arg
+	}
+	for _, dm := range d.domains() {
+		if s := dm.status(); s.Name == arg || s.UUID == arg {
+			return arg
+		}
+	}
+	id, err := strconv.ParseUint(arg, 10, 32)
+	if err != nil || id == 0 {
+		return arg
+	}
+	running, err := d.hv.Running()
+	if err != nil {
+		return arg
+	}
+	for _, def := range running {
+		if def.ID == uint(id) {
+			return def.Name
+		}
+	}
+	return arg
 }
 
 // handleHook runs what a libvirt hook invocation asks. Only "prepare" can

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -752,6 +753,24 @@ func TestCheck(t *testing.T) {
 		resp = fp.a.d.handleControl(ctl.Request{Op: ctl.OpCheck, Domain: "web"})
 		if !resp.OK || resp.Check == nil || !strings.Contains(strings.Join(resp.Check.Problems, "\n"), "ft:peer") {
 			t.Fatalf("check with the backup host unreachable: %+v %+v", resp, resp.Check)
+		}
+	})
+}
+
+// virt-ft names a domain by name, UUID or libvirt ID (issue 14).
+func TestStatusByNameUUIDOrID(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		id := strconv.FormatUint(uint64(primary.id), 10)
+		for _, arg := range []string{"web", runUUID, id} {
+			if st := fp.a.d.status(arg); len(st) != 1 || st[0].Name != "web" {
+				t.Errorf("status %q: %+v", arg, st)
+			}
+		}
+		for _, arg := range []string{"web2", "0", "99999", "-1"} {
+			if st := fp.a.d.status(arg); len(st) != 0 {
+				t.Errorf("status %q: %+v, want none", arg, st)
+			}
 		}
 	})
 }

@@ -34,32 +34,78 @@ func main() {
 	status := &cobra.Command{
 		Use:   "status [DOMAIN]",
 		Short: "show protected domains: role, peer, state, log sent/acked, backup lag, heartbeat age",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `status shows this host's side of each domain protected here (or of DOMAIN, by
+name, UUID or libvirt ID): its role, peer, state, the log sent and
+acknowledged, the backup's lag and the heartbeat's age, then details.
+
+Exit status, for monitoring checks: 0 when every domain shown is
+replicating (protected) or not running (defined), and when none is shown;
+1 when any is degraded or unprotected (starting, seeding, waiting for its
+backup, unprotected, live after a failover, stopped, refused); 2 when
+status could not be read (libvirt-ftd unreachable, no permission, no such
+domain).`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := ctl.Request{Op: ctl.OpStatus}
-			if len(args) == 1 {
-				req.Domain = args[0]
-			}
-			resp, err := ctl.Call(socket, req, 5*time.Second)
+			ds, err := statusOf(socket, args)
 			if err != nil {
-				return err
-			}
-			if !resp.OK {
-				return fmt.Errorf("%s", resp.Error)
-			}
-			if len(args) == 1 && len(resp.Domains) == 0 {
-				return fmt.Errorf("domain %q is not protected here (no ft element, or libvirt-ftd has not seen it)", args[0])
+				exitError(err)
 			}
 			if asJSON {
-				// Always a list: [] when nothing is protected here.
-				return printJSON(append([]ctl.DomainStatus{}, resp.Domains...))
+				err = printJSON(ds)
+			} else {
+				printStatus(ds)
 			}
-			printStatus(resp.Domains)
+			if err != nil {
+				exitError(err)
+			}
+			os.Exit(healthCode(ds))
 			return nil
 		},
 	}
-	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON (always a list: [] when nothing is protected here)")
 	root.AddCommand(status)
+
+	var listJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "list the domains protected on this host, one line each: name, role, state, peer",
+		Long: `list prints one line per domain protected on this host: its name, role
+(primary or backup), state and peer host, for scripts (--json: a list of
+{name, uuid, role, state, peer}). Exit status as for status.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ds, err := statusOf(socket, nil)
+			if err != nil {
+				exitError(err)
+			}
+			if listJSON {
+				type entry struct {
+					Name  string    `json:"name"`
+					UUID  string    `json:"uuid"`
+					Role  ctl.Role  `json:"role"`
+					State ctl.State `json:"state"`
+					Peer  string    `json:"peer"`
+				}
+				out := []entry{}
+				for _, d := range ds {
+					out = append(out, entry{d.Name, d.UUID, d.Role, d.State, d.Peer})
+				}
+				if err := printJSON(out); err != nil {
+					exitError(err)
+				}
+			} else {
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				for _, d := range ds {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", d.Name, d.Role, d.State, d.Peer)
+				}
+				w.Flush()
+			}
+			os.Exit(healthCode(ds))
+			return nil
+		},
+	}
+	list.Flags().BoolVar(&listJSON, "json", false, "print JSON")
+	root.AddCommand(list)
 
 	var wait time.Duration
 	fo := &cobra.Command{
@@ -149,6 +195,51 @@ ft element; remove the element (virsh edit) to start it as a plain VM.`,
 		fmt.Fprintln(os.Stderr, "virt-ft:", err)
 		os.Exit(1)
 	}
+}
+
+// statusOf asks libvirt-ftd for the status of every domain protected here,
+// or of args[0] (a name, UUID or libvirt ID). Always a list, never nil.
+// Errors: the daemon cannot be asked, or refuses, or has no such domain.
+func statusOf(socket string, args []string) ([]ctl.DomainStatus, error) {
+	req := ctl.Request{Op: ctl.OpStatus}
+	if len(args) == 1 {
+		req.Domain = args[0]
+	}
+	resp, err := ctl.Call(socket, req, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if !resp.OK {
+		return nil, fmt.Errorf("%s", resp.Error)
+	}
+	if len(args) == 1 && len(resp.Domains) == 0 {
+		return nil, fmt.Errorf("domain %q is not protected here (no ft element, or libvirt-ftd has not seen it)", args[0])
+	}
+	return append([]ctl.DomainStatus{}, resp.Domains...), nil
+}
+
+// Exit codes of status and list, for monitoring checks.
+const (
+	exitProtected = 0 // every domain replicating or not running (or none)
+	exitDegraded  = 1 // any domain degraded or unprotected
+	exitFailed    = 2 // status could not be read
+)
+
+// healthCode is status's exit code for ds: exitProtected when each is
+// replicating or merely defined (not running), else exitDegraded.
+func healthCode(ds []ctl.DomainStatus) int {
+	for _, d := range ds {
+		if d.State != ctl.StateReplicating && d.State != ctl.StateDefined {
+			return exitDegraded
+		}
+	}
+	return exitProtected
+}
+
+// exitError prints err and exits with exitFailed (2).
+func exitError(err error) {
+	fmt.Fprintln(os.Stderr, "virt-ft:", err)
+	os.Exit(exitFailed)
 }
 
 // command sends op for domain and returns this host's role in it (the

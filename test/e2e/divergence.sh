@@ -59,7 +59,7 @@ t0=$(date +%s%N)
 wait_for $((DETECT_S + 2)) "host A to see its backup lost" a_unprotected
 detect_ms=$((($(date +%s%N) - t0) / 1000000 - 1000))
 wait "$typer" || true
-why=$(ft_on a status --json "$DOMAIN" | jq -r '.[0] | [.detail, (.stall.report // "")] | join(" / ")')
+why=$({ ft_on a status --json "$DOMAIN" || true; } | jq -r '.[0] | [.detail, (.stall.report // "")] | join(" / ")')
 log "backup lost $detect_ms ms after the line was typed (as this test polls): $why"
 [ $detect_ms -le $((DETECT_S * 1000)) ] || die "divergence detected after $detect_ms ms (bound ${DETECT_S} s)"
 case $why in

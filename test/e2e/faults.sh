@@ -87,7 +87,7 @@ settled() {
 # restart_ftd H: start libvirt-ftd on H again, as systemd would.
 restart_ftd() {
 	start_ftd "$1" "ftd-restarted-$((++restarts))"
-	wait_for 20 "libvirt-ftd on host $1 to answer again" on "$1" "$BIN/virt-ft" status
+	wait_for 20 "libvirt-ftd on host $1 to answer again" ftd_answers "$1"
 }
 restarts=0
 
@@ -157,7 +157,7 @@ for fault in "${faults[@]}"; do
 		old_pid=$(ftd_pid $h)
 		kill -HUP "$(cat "$LAB_DIR/$h/ftd-supervisor.pid")"
 		wait_for 20 "libvirt-ftd on host $h to be restarted" sh -c "[ -s '$LAB_DIR/$h/ftd-daemon.pid' ] && [ \"\$(cat '$LAB_DIR/$h/ftd-daemon.pid')\" != $old_pid ]"
-		wait_for 20 "libvirt-ftd on host $h to answer again" on $h "$BIN/virt-ft" status
+		wait_for 20 "libvirt-ftd on host $h to answer again" ftd_answers $h
 		;;
 	libvirtd-kill-a)
 		on a kill -9 "$(cat "$LAB_DIR/a/root/run-libvirt/libvirtd.pid")"

@@ -37,7 +37,7 @@ backup_icount() {
 }
 # fed_instructions: the INSTRUCTION sum libvirt-ftd on host B fed to its QEMU.
 fed_instructions() {
-	ft_on b status --json "$DOMAIN" 2>/dev/null | jq -r '.[0].log_instructions // empty'
+	{ ft_on b status --json "$DOMAIN" 2>/dev/null || true; } | jq -r '.[0].log_instructions // empty'
 }
 
 # load ROUND_S: rounds of TCP load until $work/stop appears; every client's
