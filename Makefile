@@ -10,7 +10,7 @@ TRIALS ?= 1
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
-	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl
+	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
 .PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile bench-cpu e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 

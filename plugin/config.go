@@ -120,6 +120,13 @@ type Config struct {
 	// the point where it stopped to <state dir>/<uuid>/stall-<role>-<unix
 	// time>.rrstream, for test/tools/rrdump. Default false.
 	KeepStallLog bool `yaml:"keep-stall-log"`
+	// MetricsAddress, when set, is the TCP address (host:port) where
+	// libvirt-ftd serves Prometheus metrics at /metrics (plugin/metrics.go,
+	// docs/architecture.md): "127.0.0.1:9477" for a local agent,
+	// ":9477" for a Prometheus server elsewhere (firewall it). Default
+	// "": no metrics. They show domain names, states and lag to whoever
+	// reaches the address.
+	MetricsAddress string `yaml:"metrics-address"`
 }
 
 // LoadConfig reads path; a missing file gives the defaults.

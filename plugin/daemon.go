@@ -31,7 +31,10 @@ import (
 // and the libvirt connection, and creates the runs (primaryRun, backupRun)
 // that do the work; runs reach the host through env only.
 type Daemon struct {
-	cfg Config
+	// metrics is set by Run when Config.MetricsAddress is (before any
+	// run exists); nil otherwise.
+	metrics *metrics
+	cfg     Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
 	log      *logrus.Logger
@@ -180,7 +183,7 @@ func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daem
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
 	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log,
-		pipes: d.pipes, dial: d.dial, pairings: d.pairings}
+		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control
@@ -212,6 +215,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Infof("libvirt-ftd listening on %s (peers) and %s (control)", pl.Addr(), d.cfg.ControlSocket)
 	if len(d.inherited) > 0 {
 		d.log.Infof("planned restart: %d descriptors handed over by the previous libvirt-ftd", len(d.inherited))
+	}
+	if d.cfg.MetricsAddress != "" {
+		m := newMetrics(d)
+		if err := m.serve(ctx, d.cfg.MetricsAddress, d.log); err != nil {
+			d.log.WithError(err).Errorf("metrics: cannot listen on %s (metrics-address in %s); running without metrics", d.cfg.MetricsAddress, DefaultConfigPath)
+		} else {
+			d.metrics = m
+			d.log.Infof("metrics: serving Prometheus metrics on http://%s/metrics", d.cfg.MetricsAddress)
+		}
 	}
 	_ = sdNotify("READY=1")
 

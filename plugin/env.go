@@ -31,6 +31,8 @@ type env struct {
 	// pairings keeps the pairing epoch of each VM running here
 	// (restart.go).
 	pairings pairingStore
+	// metrics counts go-lives (nil: no metrics address, tests).
+	metrics *metrics
 }
 
 // qmp opens a QMP client on this host's running domain uuid; release ends

@@ -203,6 +203,7 @@ func (b *backupRun) wentLive(gates *outputGates, recordFIFO string, how *ctl.GoL
 	b.live, b.goingLive, b.wentLiveHow = true, false, how
 	b.mu.Unlock()
 	b.log.Infof("went live: %s", goLiveText(how))
+	b.env.metrics.wentLive(b.name, how)
 	b.setState(ctl.StateLive, detail)
 	p := newLivePrimary(b, gates, recordFIFO, detail)
 	if b.promote != nil {

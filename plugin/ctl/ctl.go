@@ -269,6 +269,13 @@ type Gate struct {
 	// divergence); Diverged, when set, says where they first differed.
 	Verified uint64 `json:"verified,omitempty"`
 	Diverged string `json:"diverged,omitempty"`
+	// HoldCount, HoldSumMS and HoldBuckets (primary): the frames timed in
+	// the gate, their total hold time (ms), and how many were held at
+	// most each of plugin/gate's HoldBounds (cumulative; the metrics'
+	// histogram).
+	HoldCount   uint64   `json:"hold_count,omitempty"`
+	HoldSumMS   float64  `json:"hold_sum_ms,omitempty"`
+	HoldBuckets []uint64 `json:"hold_buckets,omitempty"`
 }
 
 // Stall is a replay stall of the backup (failover.BackupStalled): where

@@ -96,8 +96,20 @@ type Stats struct {
 	// Passthrough are not counted.
 	HoldCount                      uint64
 	HoldTotalMicros, HoldMaxMicros int64
+	// HoldBuckets[i] counts the frames of HoldCount held at most
+	// HoldBounds[i] (cumulative, a Prometheus histogram's buckets).
+	HoldBuckets []uint64
 	// Serving is set while Serve runs.
 	Serving bool
+}
+
+// HoldBounds are the upper bounds of Stats.HoldBuckets: how long frames
+// wait for the backup's acknowledgement, from 100 µs to 5 s.
+var HoldBounds = [...]time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 5 * time.Second,
 }
 
 // Gate is the output gate of one protected domain's network interface on
@@ -142,7 +154,8 @@ type ioStats struct {
 	doneSeq                     uint64 // see Stats.DoneFrames
 	digest                      uint64 // see Stats.Digest
 	holdCount                   uint64
-	holdTotal, holdMax          int64 // ns
+	holdBuckets                 [len(HoldBounds)]uint64 // not cumulative
+	holdTotal, holdMax          int64                   // ns
 }
 
 // New returns a Gate in Gated mode (Passthrough if !cfg.Enabled). Errors:
@@ -198,6 +211,12 @@ func (g *Gate) Stats() Stats {
 		HoldTotalMicros: g.st.holdTotal / 1e3,
 		HoldMaxMicros:   g.st.holdMax / 1e3,
 		Serving:         g.serving,
+	}
+	st.HoldBuckets = make([]uint64, len(HoldBounds))
+	var cum uint64
+	for i, n := range g.st.holdBuckets {
+		cum += n
+		st.HoldBuckets[i] = cum
 	}
 	if v := g.verify; v != nil {
 		st.VerifyChecked, st.VerifySkipped = v.checked, v.skipped
@@ -465,6 +484,12 @@ func (g *Gate) release(rel []Frame, now int64, timed bool) {
 		if timed {
 			d := max(now-f.Stamp, 0)
 			g.st.holdCount++
+			for i, b := range HoldBounds {
+				if time.Duration(d) <= b {
+					g.st.holdBuckets[i]++
+					break
+				}
+			}
 			g.st.holdTotal += d
 			g.st.holdMax = max(g.st.holdMax, d)
 		}

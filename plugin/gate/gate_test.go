@@ -669,3 +669,24 @@ func TestGateDoneFrames(t *testing.T) {
 		t.Fatalf("with 1 and 2 held: %+v", st)
 	}
 }
+
+// The hold-time buckets are cumulative and count every timed frame within
+// the largest bound (a frame acknowledged at once).
+func TestGateHoldBuckets(t *testing.T) {
+	g, err := New(Config{Enabled: true, Position: func() uint64 { return 0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.hold([]byte("a"), 1)
+	g.hold([]byte("b"), 2)
+	g.Ack(2)
+	st := g.Stats()
+	if len(st.HoldBuckets) != len(HoldBounds) || st.HoldCount != 2 || st.HoldBuckets[len(HoldBounds)-1] != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	for i := 1; i < len(st.HoldBuckets); i++ {
+		if st.HoldBuckets[i] < st.HoldBuckets[i-1] {
+			t.Fatalf("not cumulative: %v", st.HoldBuckets)
+		}
+	}
+}

@@ -78,6 +78,9 @@ for trial in $(seq 1 "$TRIALS"); do
 	log "running on host B $total ms after the failure"
 	{ ft_on b status "$DOMAIN" || true; } | sed 's/^/     /' # exit 1: live, unprotected
 	golive=$({ ft_on b status "$DOMAIN" || true; } | sed -n 's/^[^:]*: last failover event: //p')
+	n_live=$(metrics b | awk -v d="$DOMAIN" 'index($1, "libvirt_ft_go_lives_total{domain=\"" d "\"") == 1 { n += $2 } END { print n + 0 }')
+	[ "$n_live" -ge 1 ] || die "host B's metrics count no go-live (libvirt_ft_go_lives_total)"
+	log "metrics on host B: go-lives $n_live, go-live histogram count $(metric b "libvirt_ft_go_live_duration_seconds_count{domain=\"$DOMAIN\"}")"
 	n=$(last_tick b "$DOMAIN")
 	wait_for 60 "5 more ticks on host B" has_tick b "$DOMAIN" $((n + 5))
 	ticks_consecutive b "$DOMAIN" || die "the tick counter did not continue (guest rebooted or diverged)"

@@ -106,6 +106,7 @@ lab_start() {
 		arbiter-dir: /var/lib/libvirt-ft/arbiter
 		allowed-emulators: [/usr/bin/qemu-system-x86_64, ${EMULATOR:-/usr/bin/qemu-system-x86_64}]
 		keep-stall-log: true
+		metrics-address: 127.0.0.1:9477
 		${LAB_YAML_EXTRA:-}
 		YAML
 		start_ftd $h ftd
@@ -189,6 +190,13 @@ has_tick() { tick_lines "$1" "$2" | grep -q "^tick $3 up "; }
 # ftd_answers HOST: libvirt-ftd on HOST answers virt-ft status (exit 0 or
 # 1: protected, or degraded or unprotected; 2: could not ask).
 ftd_answers() { local rc=0; "$LAB" exec "$1" "$BIN/virt-ft" status >/dev/null 2>&1 || rc=$?; [ $rc -ne 2 ]; }
+
+# metrics HOST: libvirt-ftd's Prometheus metrics on HOST (plugin/metrics.go).
+metrics() { on "$1" curl -sf --max-time 5 http://127.0.0.1:9477/metrics; }
+
+# metric HOST SERIES: the value of one series (its name and labels exactly
+# as exposed), nothing when absent.
+metric() { metrics "$1" | awk -v s="$2" '$1 == s { print $2; exit }'; }
 
 # client CMD...: run in the client namespace.
 client() { "$LAB" exec c "$@"; }

@@ -36,6 +36,16 @@ say "host A printed tick $n; waiting for host B's backup to replay up to it"
 wait_for 120 "tick $n on host B" has_tick b "$DOMAIN" "$n"
 ft_on a status
 ft_on b status
+say "Prometheus metrics on both hosts"
+v=$(metric a "libvirt_ft_domain_state{domain=\"$DOMAIN\",role=\"primary\",state=\"replicating\",uuid=\"$(virsh_on a domuuid "$DOMAIN")\"}")
+[ "$v" = 1 ] || die "host A's metrics do not show $DOMAIN replicating as primary (got '$v')"
+[ "$(metric a "libvirt_ft_replay_mode{domain=\"$DOMAIN\",mode=\"record\"}")" = 1 ] || die "host A's metrics: replay mode is not record"
+[ "$(metric b "libvirt_ft_replay_mode{domain=\"$DOMAIN\",mode=\"play\"}")" = 1 ] || die "host B's metrics: replay mode is not play"
+sent=$(metric a "libvirt_ft_log_sent_bytes_total{domain=\"$DOMAIN\",role=\"primary\"}")
+acked=$(metric a "libvirt_ft_log_acked_bytes_total{domain=\"$DOMAIN\"}")
+awk -v s="$sent" -v a="$acked" 'BEGIN { exit !(s > 0 && a > 0) }' || die "host A's metrics: log sent '$sent', acked '$acked'"
+metrics a | grep -q '^libvirt_ft_output_gate_hold_seconds_count{domain="'"$DOMAIN"'"' || die "host A's metrics have no output gate hold histogram"
+log "host A: log sent $sent B, acked $acked B; $(metrics a | grep -c '^libvirt_ft_') libvirt_ft_ series on A, $(metrics b | grep -c '^libvirt_ft_') on B"
 ticks_a=$(mktemp) ticks_b=$(mktemp)
 SCRATCH+=("$ticks_a" "$ticks_b")
 tick_lines a "$DOMAIN" | awk -v lo=$((n - 19)) -v hi=$n '$2 >= lo && $2 <= hi' > "$ticks_a"
@@ -53,6 +63,11 @@ SCRATCH+=("$disk_a" "$disk_b")
 on a cat "$IMAGES/$DOMAIN.qcow2" >"$disk_a"
 on b cat "$IMAGES/$DOMAIN.qcow2" >"$disk_b"
 "$BIN/diskcheck" "$disk_a" "$disk_b"
+if cmp -s "$disk_a" "$disk_b"; then
+	log "the two disk images are byte-identical after the replayed shutdown"
+else
+	log "the two disk images differ as files ($(cmp "$disk_a" "$disk_b" 2>&1 | head -n 1)); their guest records verify"
+fi
 
 say "nothing left behind"
 for h in a b; do
