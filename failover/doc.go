@@ -141,6 +141,16 @@
 // with the link leaves a backup that goes live on silence, and the claim
 // the primary made first makes it lose.
 //
+// # Divergence
+//
+// Diverged (the backup's gates found its replayed frames differ from the
+// primary's, plugin/gate) halts a backup that is replicating, or going live
+// in a planned switchover (the primary still runs): it says an unclean bye
+// if the channel is up, and the primary takes that as a lost backup
+// (claim, then run alone). A backup going live after its primary's loss
+// ignores it: a diverged VM is better than none. A stalled replay
+// (checkStall) is the other face of divergence and is halted the same way.
+//
 // # Planned switchover
 //
 // SwitchoverRequested may come on either host; the backup carries it out,

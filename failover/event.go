@@ -127,9 +127,11 @@ type UnprotectRequested struct{}
 // Diverged (backup): the replayed guest no longer does what the primary's
 // did: its output frames' digests differ from the ones the primary's
 // heartbeats carry (plugin/gate, Mismatch). Reason says where. While
-// replicating, the backup stops its VM and tells the primary, which runs on
-// alone: a diverged backup must never go live. Ignored in any other state
-// (during a go-live the primary is gone, and a diverged VM beats none).
+// replicating, or going live in a planned switchover (the primary still
+// runs), the backup stops its VM and tells the primary, which runs on
+// alone: a diverged backup must never go live in place of a running
+// primary. Ignored in any other state (going live after the primary's
+// loss, a diverged VM beats none).
 type Diverged struct{ Reason string }
 
 func (HeartbeatReceived) isEvent()   {}

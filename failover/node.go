@@ -764,6 +764,20 @@ func (n *Node) startGoLive(cause string, planned, local bool) {
 
 func (n *Node) stepGoingLive(ev Event) bool {
 	switch e := ev.(type) {
+	case Diverged:
+		// In a planned switchover the primary still runs: a backup found
+		// diverged before it is live stops, and the primary, told, runs
+		// on alone. After a primary's loss it goes live anyway (a
+		// diverged VM is better than none); its gates compare nothing
+		// after END.
+		if !n.switchover || (n.phase != PhaseFeedingEnd && n.phase != PhaseDraining) {
+			return false
+		}
+		cause := "diverged from the primary during the switchover: " + e.Reason
+		if n.chanOpen {
+			n.emit(SendBye{Clean: false, Reason: "backup " + cause})
+		}
+		n.halt(cause)
 	case LogReceived:
 		// A queued frame written into FIFO B while feeding END: the
 		// replaying QEMU read log, which is progress.

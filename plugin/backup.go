@@ -379,7 +379,7 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 	// started the go-live). The ack is queued before the link is the
 	// run's; a heartbeat may still go first (the writer sends a pending
 	// heartbeat before a pending ack), and the primary skips it.
-	ok := drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting }, failover.ChannelUp{})
+	ok := drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting && st.State == failover.StateReplicating }, failover.ChannelUp{})
 	b.mu.Lock()
 	b.resuming = false
 	if ok && b.active() && !b.goingLive && !b.live {
@@ -629,6 +629,13 @@ func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driv
 		m, ok, end := q.pop()
 		if !ok {
 			if end {
+				// Frames after END are the live guest's: compare no more.
+				b.mu.Lock()
+				gates := b.gates
+				b.mu.Unlock()
+				if gates != nil {
+					gates.stopVerify()
+				}
 				if err := feeder.WriteEnd(); err != nil {
 					b.log.WithError(err).Error("writing END into FIFO B")
 				}

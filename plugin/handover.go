@@ -475,7 +475,7 @@ func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState,
 	// Taken only while the core still waits for the backup's restart,
 	// decided on its goroutine (no lock held: its actions take p.mu): a
 	// grace that ended meanwhile (drain, claim) keeps the channel out.
-	if gone || !drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting }, failover.ChannelUp{}) {
+	if gone || !drv.StepIf(func(st failover.Status) bool { return st.PeerRestarting && st.State == failover.StateReplicating }, failover.ChannelUp{}) {
 		link.Close()
 		return
 	}

@@ -42,7 +42,7 @@ func primaryRestarts(t *testing.T, fp *fakePair) (epoch string, sent uint64) {
 func dialResume(t *testing.T, fp *fakePair, epoch string, resume bool, offset uint64) (*peerConn, logchan.Message) {
 	t.Helper()
 	logVer, _ := logchan.LogVersionForQEMU("7.2.22")
-	pc, err := dialLog(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logVer, epoch, resume, offset)
+	pc, err := dialLog(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logVer, epoch, resume, offset, nil)
 	if err != nil {
 		t.Fatalf("handshake: %v", err)
 	}

@@ -466,6 +466,14 @@ func (og *outputGates) verify(d []logchan.FrameDigest) {
 	}
 }
 
+// stopVerify ends the backup's comparisons (gate.Gate.StopVerify): the
+// replay reaches END, and later frames are the live guest's.
+func (og *outputGates) stopVerify() {
+	for _, g := range og.gates {
+		g.StopVerify()
+	}
+}
+
 // setOnMismatch sets what the backup's gates tell of a divergence (the
 // backup run posts failover.Diverged). A mismatch found before is told at
 // once.

@@ -96,12 +96,16 @@ func dialControl(e env, addr, uuid, qemuVer string, logVer uint32) (*peerConn, e
 // dialLog opens the primary's log channel (logchan.RolePrimary) of the
 // pairing epoch and starts its writer. resume, with offset: the channel
 // of a pairing whose previous one ended for a planned restart
-// (logchan.Hello.Resume).
-func dialLog(e env, addr, uuid, qemuVer string, logVer uint32, epoch string, resume bool, offset uint64) (*peerConn, error) {
+// (logchan.Hello.Resume). gates (nil: none) give the heartbeats' Released
+// counts and the Digests frame, set before the writer starts.
+func dialLog(e env, addr, uuid, qemuVer string, logVer uint32, epoch string, resume bool, offset uint64, gates *outputGates) (*peerConn, error) {
 	pc, err := dialHello(e, addr, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: uuid,
 		QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RolePrimary, Epoch: epoch, Resume: resume, Offset: offset})
 	if err != nil {
 		return nil, err
+	}
+	if gates != nil {
+		pc.released, pc.digests = gates.released, gates.digests
 	}
 	pc.startWriter() // Go's TCP connections have TCP_NODELAY on
 	return pc, nil

@@ -262,15 +262,13 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)
 	}
 	p.undo.push(func() { p.releaseGates() })
-	link, err := dialLog(p.env, p.peer, p.uuid, qemuVer, logVer, epoch, false, 0)
+	// Heartbeats tell the backup which frames left, so that at go-live it
+	// sends only the rest (openBackupGates), and carry the frame digests.
+	link, err := dialLog(p.env, p.peer, p.uuid, qemuVer, logVer, epoch, false, 0, gates)
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: log channel to %s: %w", p.name, p.peer, err)
 	}
 	p.undo.push(func() { link.Close() })
-	// Heartbeats tell the backup which frames left, so that at go-live it
-	// sends only the rest (openBackupGates).
-	link.released = gates.released
-	link.digests = gates.digests
 	p.mu.Lock()
 	p.recordFIFO, p.rr, p.link, p.gates = fifo, rr, link, gates
 	p.mu.Unlock()

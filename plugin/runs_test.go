@@ -553,7 +553,7 @@ func TestLogChannelFromAnotherHostRefused(t *testing.T) {
 		e := fp.a.d.env()
 		e.dial = fp.net.dialer("10.0.0.3")
 		logVer, _ := logchan.LogVersionForQEMU("7.2.22")
-		pc, err := dialLog(e, "10.0.0.2:7480", runUUID, "7.2.22", logVer, "", false, 0)
+		pc, err := dialLog(e, "10.0.0.2:7480", runUUID, "7.2.22", logVer, "", false, 0, nil)
 		if err != nil {
 			t.Fatalf("handshake: %v", err)
 		}

@@ -46,7 +46,8 @@ type Checkpoint struct {
 // Mismatch is a disagreement between the primary's frames and the backup's
 // replayed ones: the digests at Frame differ. The first differing frame is
 // in After+1..Frame: After is the last frame at which a digest was compared
-// and matched (0: none yet).
+// and matched, or the frames an earlier process of the daemon read (a
+// planned restart), whichever is later; 0: none.
 type Mismatch struct {
 	Frame, After uint64
 	// Primary and Backup are the two digests at Frame.
@@ -57,7 +58,7 @@ type Mismatch struct {
 func (m Mismatch) String() string {
 	from := "the guest's first frame"
 	if m.After > 0 {
-		from = fmt.Sprintf("frame %d (the last that matched was %d)", m.After+1, m.After)
+		from = fmt.Sprintf("frame %d (frames up to %d matched)", m.After+1, m.After)
 	}
 	return fmt.Sprintf("the replayed guest's frames differ from the primary's: digest at frame %d is %016x on the backup, %016x on the primary; the first differing frame is between %s and frame %d",
 		m.Frame, m.Backup, m.Primary, from, m.Frame)
@@ -83,11 +84,26 @@ type verifier struct {
 	checked  uint64                // checkpoints compared
 	skipped  uint64                // checkpoints too old (or too many) to compare
 	mismatch *Mismatch             // the first disagreement; nothing is compared after it
+	stopped  bool                  // stop: nothing is compared any more
+}
+
+// maxAhead bounds how far beyond the local frames a checkpoint may be to
+// be kept (frames): a backup lags its primary by far less (the lag bound),
+// and one absurd checkpoint kept pending would block every later one.
+const maxAhead = 1 << 24
+
+// stop ends the comparisons for good (the replay reached END: later frames
+// are the live guest's, not replayed ones).
+func (v *verifier) stop() {
+	v.stopped, v.pending = true, nil
 }
 
 // local records the local digest d at frame n (frames arrive in order) and
 // compares the pending checkpoint at n, if any. It returns a new mismatch.
 func (v *verifier) local(n, d uint64) *Mismatch {
+	if v.stopped {
+		return nil
+	}
 	v.ring[n%VerifyHistory] = d
 	for len(v.pending) > 0 && v.pending[0].Frames <= n {
 		c := v.pending[0]
@@ -107,12 +123,15 @@ func (v *verifier) local(n, d uint64) *Mismatch {
 // compared at once if n has reached it (and it is still in the ring),
 // else kept until it does. It returns a new mismatch.
 func (v *verifier) peer(c Checkpoint, n uint64) *Mismatch {
-	if v.mismatch != nil || c.Frames == 0 {
-		return nil
+	if v.mismatch != nil || v.stopped || c.Frames == 0 || c.Frames <= v.matched {
+		return nil // nothing to compare, or compared equal already
 	}
 	switch {
 	case c.Frames <= v.base:
 		v.skipped++ // read by an earlier process: not in the ring
+		return nil
+	case c.Frames > n && c.Frames-n > maxAhead:
+		v.skipped++
 		return nil
 	case c.Frames > n:
 		if len(v.pending) > 0 && c.Frames <= v.pending[len(v.pending)-1].Frames {
@@ -141,7 +160,8 @@ func (v *verifier) compare(c Checkpoint, d uint64) *Mismatch {
 		v.matched = max(v.matched, c.Frames)
 		return nil
 	}
-	v.mismatch = &Mismatch{Frame: c.Frames, After: v.matched, Primary: c.Digest, Backup: d}
+	// Frames up to base were compared (or not) by an earlier process.
+	v.mismatch = &Mismatch{Frame: c.Frames, After: max(v.matched, v.base), Primary: c.Digest, Backup: d}
 	v.pending = nil
 	return v.mismatch
 }

@@ -101,7 +101,7 @@ func TestVerifyMismatch(t *testing.T) {
 			if st := g.Stats(); st.Mismatch == nil || *st.Mismatch != m || st.VerifyChecked != 2 {
 				t.Fatalf("stats %+v", st)
 			}
-			if s := m.String(); !strings.Contains(s, "between frame 3 (the last that matched was 2) and frame 5") {
+			if s := m.String(); !strings.Contains(s, "between frame 3 (frames up to 2 matched) and frame 5") {
 				t.Fatalf("String() = %q", s)
 			}
 		})
@@ -149,6 +149,28 @@ func TestVerifySkips(t *testing.T) {
 	p.Verify(Checkpoint{Frames: 1, Digest: 1})
 	if st := p.Stats(); st.Mismatch != nil || st.VerifyChecked != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A checkpoint compared equal is not compared again; one absurdly far
+// ahead is skipped, not kept; after StopVerify (END) nothing is compared,
+// not even what was pending.
+func TestVerifyRepeatsAndStop(t *testing.T) {
+	d := digests("f1", "f2", "f3")
+	g, got := newVerifying(t, 0)
+	feed(g, "f1", "f2")
+	g.Verify(Checkpoint{Frames: 2, Digest: d[1]})
+	g.Verify(Checkpoint{Frames: 2, Digest: d[1]}) // an idle NIC's next heartbeat
+	g.Verify(Checkpoint{Frames: 1 << 40, Digest: 1})
+	g.Verify(Checkpoint{Frames: 3, Digest: 7}) // wrong, pending
+	if st := g.Stats(); st.VerifyChecked != 1 || st.VerifySkipped != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	g.StopVerify()
+	feed(g, "live frame")
+	g.Verify(Checkpoint{Frames: 3, Digest: 7})
+	if st := g.Stats(); len(*got) != 0 || st.Mismatch != nil || st.VerifyChecked != 1 {
+		t.Fatalf("after StopVerify: mismatches %v, stats %+v", *got, st)
 	}
 }
 

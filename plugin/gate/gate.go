@@ -251,6 +251,17 @@ func (g *Gate) Verify(c Checkpoint) {
 	g.mismatched(m)
 }
 
+// StopVerify ends the comparisons of Config.Verify for good: the replay
+// reached the end of the log, and later frames are the live guest's. A
+// mismatch found before stays in Stats.
+func (g *Gate) StopVerify() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.verify != nil {
+		g.verify.stop()
+	}
+}
+
 // mismatched reports a new mismatch m (nil: none). Called without mu.
 func (g *Gate) mismatched(m *Mismatch) {
 	if m == nil {
