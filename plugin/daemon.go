@@ -217,7 +217,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Infof("planned restart: %d descriptors handed over by the previous libvirt-ftd", len(d.inherited))
 	}
 	if d.cfg.MetricsAddress != "" {
-		m := newMetrics(d)
+		m := newMetrics(func() []ctl.DomainStatus { return d.status("") })
 		if err := m.serve(ctx, d.cfg.MetricsAddress, d.log); err != nil {
 			d.log.WithError(err).Errorf("metrics: cannot listen on %s (metrics-address in %s); running without metrics", d.cfg.MetricsAddress, DefaultConfigPath)
 		} else {

@@ -34,7 +34,9 @@ type metrics struct {
 	goLiveSec *prometheus.HistogramVec
 }
 
-func newMetrics(d *Daemon) *metrics {
+// newMetrics registers the metrics; status gives the status of every
+// protected domain (Daemon.status("")), read at each scrape.
+func newMetrics(status func() []ctl.DomainStatus) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		goLives: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -47,7 +49,7 @@ func newMetrics(d *Daemon) *metrics {
 			Buckets: goLiveBuckets,
 		}, []string{"domain"}),
 	}
-	m.reg.MustRegister(m.goLives, m.goLiveSec, statusCollector{d: d},
+	m.reg.MustRegister(m.goLives, m.goLiveSec, statusCollector{status: status},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -86,7 +88,7 @@ func (m *metrics) serve(ctx context.Context, addr string, log logrus.FieldLogger
 
 // statusCollector turns the daemon's status of each protected domain
 // (what virt-ft status shows) into metrics at every scrape.
-type statusCollector struct{ d *Daemon }
+type statusCollector struct{ status func() []ctl.DomainStatus }
 
 var (
 	descState = prometheus.NewDesc("libvirt_ft_domain_state",
@@ -148,7 +150,7 @@ func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.d.status("") {
+	for _, s := range c.status() {
 		collectDomain(ch, s)
 	}
 }

@@ -16,7 +16,8 @@ import (
 func TestMetrics(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
-		ma, mb := newMetrics(fp.a.d), newMetrics(fp.b.d)
+		ma := newMetrics(func() []ctl.DomainStatus { return fp.a.d.status("") })
+		mb := newMetrics(func() []ctl.DomainStatus { return fp.b.d.status("") })
 		want := `
 # HELP libvirt_ft_domain_state 1 for the state each protected domain is in on this host (defined, preparing, seeding, waiting, armed, replicating, unprotected, live, stopped, refused, resolving), with its role.
 # TYPE libvirt_ft_domain_state gauge
