@@ -169,6 +169,12 @@ type ControlOp string
 const (
 	// OpHash asks for Path's FileDigest (ControlReply.Data).
 	OpHash ControlOp = "hash"
+	// OpInStep asks whether the backup host's copy of Path, a disk of
+	// UUID, ended pairing Epoch in step with the primary's and is
+	// unchanged since (ControlReply.Data: InStepReply). Only to a backup
+	// host that listed FeatureDisksInStep (an older one closes the
+	// connection on an unknown op).
+	OpInStep ControlOp = "in-step"
 	// OpSeed starts a disk copy of Path: Data frames with its bytes
 	// follow, then OpSeedEnd. Seed is the digest the copy must have. No
 	// reply until OpSeedEnd, unless refused.
@@ -222,6 +228,14 @@ type ControlRequest struct {
 	// "none". The backup host must claim on the same one, or both could
 	// win.
 	Arbiter string `json:"arbiter,omitempty"`
+}
+
+// FeatureDisksInStep (Hello.Features): the server answers OpInStep.
+const FeatureDisksInStep = "disks-in-step"
+
+// InStepReply answers OpInStep.
+type InStepReply struct {
+	InStep bool `json:"in_step"`
 }
 
 // ControlReply is the JSON payload of the Control frame that answers a

@@ -34,6 +34,7 @@ type backupRun struct {
 	name        string
 	cfg         ftxml.Config // the backup's (ftxml.Backup's output)
 	backupXML   string
+	disks       []string // the domain's disk images (in-step records)
 	primaryHost string
 	epoch       string
 	log         logrus.FieldLogger
@@ -197,6 +198,8 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	}
 	b.undo.push(b.releaseGates)
 	b.replayFIFO, b.feeder, b.gates = fifo, feeder, gates
+	b.disks = ftxml.DiskPaths(bdom)
+	e.inStep.drop(req.UUID)
 	b.log.Info("armed: waiting for the primary's log")
 	return b, nil
 }
@@ -997,7 +1000,15 @@ func (b *backupRun) close(why string) {
 		st, tm := drv.View()
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
+		c := inStepCandidate{uuid: b.uuid, epoch: b.epoch, role: "backup", disks: b.disks}
+		allFed := b.fed == b.received
 		b.mu.Unlock()
+		if st.State == failover.StateReplicating && st.PeerEnded && allFed && !live {
+			// The primary's VM ended cleanly and sent its whole log, all
+			// of it is in FIFO B: in step once libvirt says the replay
+			// shut down by itself (instep.go).
+			b.env.inStep.offer(c)
+		}
 	}
 	b.undo.run()
 }

@@ -28,6 +28,11 @@ import (
 // DefaultConfigPath is where libvirt-ftd reads its configuration.
 const DefaultConfigPath = "/etc/libvirt-ft/libvirt-ftd.yaml"
 
+// DefaultInStepDir keeps the records of disks that ended a pairing in step
+// with the peer's copies (instep.go): they survive a reboot, as the disks
+// do.
+const DefaultInStepDir = "/var/lib/libvirt-ft/in-step"
+
 // DefaultControlSocket is the unix socket of the hook and virt-ft.
 const DefaultControlSocket = "/run/libvirt-ft/ctl.sock"
 

@@ -34,6 +34,10 @@ type Daemon struct {
 	// metrics is set by Run when Config.MetricsAddress is (before any
 	// run exists); nil otherwise.
 	metrics *metrics
+	// inStep pairs runs that ended in step with libvirt's shutdown
+	// events and records their disks (instep.go); nil in tests that do
+	// not set it.
+	inStep *inStepMatcher
 	cfg     Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
@@ -138,6 +142,7 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	d := newDaemon(cfg, log, nil, arb)
 	d.pairings = pairingStore{dir: filepath.Join(cfg.runDir(), "pairings")}
 	d.handovers = handoverStore{dir: filepath.Join(cfg.runDir(), "handover")}
+	d.inStep = newInStepMatcher(inStepStore{dir: DefaultInStepDir}, log.WithField("part", "in-step"))
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
 	if cfg.PlainTCP {
@@ -183,7 +188,7 @@ func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daem
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
 	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log,
-		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics}
+		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics, inStep: d.inStep}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control
@@ -335,6 +340,9 @@ func (d *Daemon) onLifecycle(ev LifecycleEvent) {
 			}
 		}
 	case EventStopped:
+		if ev.Shutdown {
+			d.inStep.shutdown(ev.UUID)
+		}
 		dm := d.lookup(ev.UUID)
 		if dm == nil {
 			return

@@ -33,6 +33,17 @@ type env struct {
 	pairings pairingStore
 	// metrics counts go-lives (nil: no metrics address, tests).
 	metrics *metrics
+	// inStep records disks that ended a pairing in step (instep.go;
+	// nil: nothing is recorded, and every start hashes).
+	inStep *inStepMatcher
+}
+
+// inStepStore is where this host's in-step records are (zero: none).
+func (e env) inStepStore() inStepStore {
+	if e.inStep == nil {
+		return inStepStore{}
+	}
+	return e.inStep.store
 }
 
 // qmp opens a QMP client on this host's running domain uuid; release ends

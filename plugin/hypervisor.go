@@ -84,6 +84,10 @@ const (
 type LifecycleEvent struct {
 	Kind       LifecycleKind
 	Name, UUID string
+	// Shutdown (EventStopped): QEMU ended because its guest shut down
+	// (libvirt's VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN), not a destroy, a
+	// crash or a failed start.
+	Shutdown bool
 }
 
 // libvirtHV implements Hypervisor on the daemon's libvirt connection.

@@ -139,7 +139,8 @@ func (l *libvirtConn) connect() error {
 			return
 		}
 		uuid, _ := d.GetUUIDString()
-		l.onEvent(LifecycleEvent{Kind: kind, Name: name, UUID: uuid})
+		shutdown := kind == EventStopped && ev.Detail == int(libvirt.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+		l.onEvent(LifecycleEvent{Kind: kind, Name: name, UUID: uuid, Shutdown: shutdown})
 	}); err != nil {
 		c.Close()
 		return fmt.Errorf("register lifecycle events: %w", err)

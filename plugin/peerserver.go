@@ -74,7 +74,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 	}
 	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
 	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup,
-		Features: []string{logchan.FeatureFrameDigests}}
+		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep}}
 	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
 		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
 			return fmt.Errorf("unknown role %q", h.Role)
@@ -142,7 +142,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			continue
 		}
-		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup) && req.UUID != uuid {
+		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep) && req.UUID != uuid {
 			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
 			return
 		}
@@ -158,6 +158,18 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			h, err := hashFile(req.Path)
 			if reply(h, err) != nil || err != nil {
+				return
+			}
+		case logchan.OpInStep:
+			// Only for a disk this host would hash: the same checks.
+			from, _, _ := net.SplitHostPort(pc.remote())
+			if why := d.seedProblem(uuid, from, req.Path, 0); why != "" {
+				d.log.Warnf("peer %s: in-step refused: %s", pc.remote(), why)
+				_ = reply(nil, fmt.Errorf("the backup host does not check %s: %s", req.Path, why))
+				return
+			}
+			epoch, ok := d.env().inStepStore().inStep(uuid, "backup", req.Path)
+			if reply(logchan.InStepReply{InStep: ok && req.Epoch != "" && epoch == req.Epoch}, nil) != nil {
 				return
 			}
 		case logchan.OpSeed:

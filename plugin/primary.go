@@ -45,7 +45,8 @@ type primaryRun struct {
 	// running: QEMU runs (the started hook, or adopted by go-live).
 	running bool
 	epoch   string
-	peer    string // the backup daemon's address
+	disks   []string // the domain's disk images (in-step records)
+	peer    string   // the backup daemon's address
 
 	// log channel figures: bytes sent and acknowledged, INSTRUCTION sum
 	// of the log sent, the backup's executed icount
@@ -214,7 +215,12 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	defer ctrl.Close()
 
 	// Disks: the backup replays block I/O against byte-identical copies.
-	for _, path := range ftxml.DiskPaths(dom) {
+	p.env.inStep.drop(p.uuid)
+	disks := ftxml.DiskPaths(dom)
+	p.mu.Lock()
+	p.disks = disks
+	p.mu.Unlock()
+	for _, path := range disks {
 		if err := p.ensureSeeded(ctrl, path); err != nil {
 			return fmt.Errorf("libvirt-ft: domain %q: disk %s: %w", p.name, path, err)
 		}
@@ -280,6 +286,17 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 // ensureSeeded makes the backup's copy of path byte-identical to ours:
 // compare SHA-256 digests; copy when they differ; verify after copying.
 func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
+	if epoch, ok := p.env.inStepStore().inStep(p.uuid, "primary", path); ok && ctrl.peer.HasFeature(logchan.FeatureDisksInStep) {
+		var ans logchan.InStepReply
+		err := ctrl.request(logchan.ControlRequest{Op: logchan.OpInStep, UUID: p.uuid, Path: path, Epoch: epoch}, &ans)
+		if err == nil && ans.InStep {
+			p.log.Infof("disk %s: both copies unchanged since pairing %s ended in step (the guest shut down, the backup replayed it to the end): not read", path, epoch)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 	local, err := hashFile(path)
 	if err != nil {
 		return err
@@ -493,11 +510,22 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			if l := p.currentLink(); l != nil {
 				_ = l.flush()
 			}
+			st, _ := drv.View()
+			inStep := clean && st.State == failover.StateReplicating && st.ChannelOpen
 			drv.Post(failover.QEMUExited{Clean: clean})
 			// Let the driver send the bye and close our direction.
 			drv.WaitFor(func(st failover.Status) bool {
 				return st.State == failover.StateStopped || st.State == failover.StateHalted
 			}, 2*time.Second)
+			if inStep {
+				// The backup got the whole log: in step once libvirt says
+				// the guest shut down and the backup's replay of it ended
+				// too (instep.go).
+				p.mu.Lock()
+				c := inStepCandidate{uuid: p.uuid, epoch: p.epoch, role: "primary", disks: p.disks}
+				p.mu.Unlock()
+				p.env.inStep.offer(c)
+			}
 			if clean {
 				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
 			} else {
