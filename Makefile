@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
-.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile bench-cpu e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -119,6 +119,11 @@ bench: build guest qemu-ft
 # The CPU figures alone (issue 12): RUNS=N, LAB=0 (QEMU alone), ALONE=0 (the lab rows only), PERF=0.
 bench-cpu: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/cpu.sh
+
+# Disk work at a protected start (issue 13): writes a 10 GiB qcow2 with
+# DATA_GIB (default 4) GiB of data on each lab host; drops the page cache.
+bench-disk: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/bench/disk.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime 60s ./logchan/

@@ -297,12 +297,16 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 			return err
 		}
 	}
-	local, err := hashFile(path)
-	if err != nil {
-		return err
-	}
+	// Both hosts hash at once: the backup host's answer comes while this
+	// one reads its own copy.
 	var remote logchan.FileDigest
-	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &remote); err != nil {
+	remoteErr := make(chan error, 1)
+	go func() { remoteErr <- ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &remote) }()
+	local, err := hashFile(path)
+	if rerr := <-remoteErr; err == nil {
+		err = rerr
+	}
+	if err != nil {
 		return err
 	}
 	if remote.Exists && remote.SHA256 == local.SHA256 && remote.Size == local.Size {
