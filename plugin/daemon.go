@@ -500,6 +500,18 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 			return ctl.Response{Error: err.Error()}
 		}
 		return ctl.Response{OK: true, Check: c}
+	case ctl.OpEnable:
+		msg, err := d.enable(req.Domain, req.Peer)
+		if err != nil {
+			return ctl.Response{Error: err.Error()}
+		}
+		return ctl.Response{OK: true, Message: msg}
+	case ctl.OpDisable:
+		msg, err := d.disable(req.Domain)
+		if err != nil {
+			return ctl.Response{Error: err.Error()}
+		}
+		return ctl.Response{OK: true, Message: msg}
 	case ctl.OpUnprotect:
 		s, err := d.unprotect(req.Domain)
 		if err != nil {

@@ -774,3 +774,57 @@ func TestStatusByNameUUIDOrID(t *testing.T) {
 		}
 	})
 }
+
+// virt-ft enable and disable (issue 14): a plain domain gains the ft
+// element and is rewritten for record/replay; disable takes both away.
+// Refusals change nothing.
+func TestEnableDisable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		xml := runDomainXML(t.TempDir())
+		i, j := strings.Index(xml, "<metadata>"), strings.Index(xml, "</metadata>")
+		plain := xml[:i] + xml[j+len("</metadata>"):]
+		if err := fp.a.hv.Define(plain); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		call := func(op, dom, peer string) ctl.Response {
+			return fp.a.d.handleControl(ctl.Request{Op: op, Domain: dom, Peer: peer})
+		}
+		for _, c := range []struct{ dom, peer, want string }{
+			{"web", "", "--peer"},
+			{"web", "10.0.0.2:99999", "port"},
+			{"nosuch", "10.0.0.2", "no persistent domain"},
+		} {
+			if r := call(ctl.OpEnable, c.dom, c.peer); r.OK || !strings.Contains(r.Error, c.want) {
+				t.Errorf("enable %q --peer %q: %+v, want an error with %q", c.dom, c.peer, r, c.want)
+			}
+		}
+		if def, _, _ := fp.a.hv.Definition("web"); def.XML != plain && strings.Contains(def.XML, "ft:ft") {
+			t.Fatal("a refused enable changed the definition")
+		}
+		if r := call(ctl.OpEnable, runUUID, "10.0.0.2"); !r.OK || !strings.Contains(r.Message, "10.0.0.2:7480") {
+			t.Fatalf("enable: %+v", r)
+		}
+		synctest.Wait() // the DEFINED event: rewritten for record/replay
+		def, _, _ := fp.a.hv.Definition("web")
+		if cfg, present, err := ftxml.ParseConfig(def.XML); !present || err != nil || cfg.PeerAddress != "10.0.0.2" || !strings.Contains(def.XML, "rr=record") {
+			t.Fatalf("after enable (%v):\n%s", err, def.XML)
+		}
+		if r := call(ctl.OpEnable, "web", "10.0.0.3"); r.OK || !strings.Contains(r.Error, "already has the ft element") {
+			t.Fatalf("second enable: %+v", r)
+		}
+		if r := call(ctl.OpDisable, "web", ""); !r.OK || !strings.Contains(r.Message, "plain VM") {
+			t.Fatalf("disable: %+v", r)
+		}
+		synctest.Wait()
+		def, _, _ = fp.a.hv.Definition("web")
+		if _, present, _ := ftxml.ParseConfig(def.XML); present || strings.Contains(def.XML, "rr=record") {
+			t.Fatalf("after disable:\n%s", def.XML)
+		}
+		if r := call(ctl.OpDisable, "web", ""); r.OK || !strings.Contains(r.Error, "not protected") {
+			t.Fatalf("second disable: %+v", r)
+		}
+	})
+}

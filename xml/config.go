@@ -532,6 +532,45 @@ func SetConfig(dom *libvirtxml.Domain, cfg Config) error {
 	return nil
 }
 
+// RemoveConfig removes dom's libvirt-ft elements (in our namespace, named
+// ft) from <metadata>, keeping the rest byte for byte; <metadata> goes when
+// nothing else is left in it. It reports whether there was one. The
+// generated record/replay wiring is not touched: Unprotected removes it.
+func RemoveConfig(dom *libvirtxml.Domain) (bool, error) {
+	if dom.Metadata == nil {
+		return false, nil
+	}
+	inner := dom.Metadata.XML
+	elems, err := scanMetadata(inner, nil)
+	if err != nil {
+		return false, fmt.Errorf("ftxml: domain %q: metadata is not well-formed XML: %w", dom.Name, err)
+	}
+	var b strings.Builder
+	pos, found := 0, false
+	for _, e := range elems {
+		if e.node.name.Space != NamespaceURI || e.node.name.Local != "ft" {
+			continue
+		}
+		s := e.start
+		for s > pos && isSpace(inner[s-1]) {
+			s--
+		}
+		b.WriteString(inner[pos:s])
+		pos, found = e.end, true
+	}
+	if !found {
+		return false, nil
+	}
+	b.WriteString(inner[pos:])
+	out := b.String()
+	if strings.TrimSpace(out) == "" {
+		dom.Metadata = nil
+	} else {
+		dom.Metadata = &libvirtxml.DomainMetadata{XML: out}
+	}
+	return true, nil
+}
+
 // renderFT writes the element in libvirt's layout (children at depth 3).
 func renderFT(cfg Config) string {
 	gate := "no"

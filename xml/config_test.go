@@ -348,3 +348,36 @@ func TestParseConfigStallTimeout(t *testing.T) {
 		t.Fatalf("renderFT lost stall-timeout-ms: %s", renderFT(*cfg))
 	}
 }
+
+// RemoveConfig takes the ft element out and keeps the rest byte for
+// byte; metadata with nothing else goes.
+func TestRemoveConfig(t *testing.T) {
+	const foreign = `<app:owner xmlns:app="urn:example:app" team="infra"/>`
+	dom := &libvirtxml.Domain{Name: "web", Metadata: &libvirtxml.DomainMetadata{XML: "\n    " + foreign + "\n    " +
+		`<x:ft xmlns:x="` + NamespaceURI + `"><x:peer address="10.0.0.1"/></x:ft>` + "\n  "}}
+	if found, err := RemoveConfig(dom); err != nil || !found {
+		t.Fatalf("RemoveConfig: %v %v", found, err)
+	}
+	if want := "\n    " + foreign + "\n  "; dom.Metadata == nil || dom.Metadata.XML != want {
+		t.Fatalf("metadata %+v, want %q", dom.Metadata, want)
+	}
+	if found, err := RemoveConfig(dom); err != nil || found {
+		t.Fatalf("second RemoveConfig: %v %v", found, err)
+	}
+	cfg := DefaultConfig()
+	cfg.PeerAddress = "10.0.0.2"
+	only := &libvirtxml.Domain{Name: "web"}
+	if err := SetConfig(only, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := RemoveConfig(only); err != nil || !found || only.Metadata != nil {
+		t.Fatalf("only the ft element: %v %v, metadata %+v", found, err, only.Metadata)
+	}
+	out, err := only.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, present, err := ParseConfig(out); present || err != nil {
+		t.Fatalf("still protected after RemoveConfig: %v %v", present, err)
+	}
+}

@@ -191,6 +191,38 @@ ft element; remove the element (virsh edit) to start it as a plain VM.`,
 	}
 	un.Flags().DurationVar(&unWait, "wait", 30*time.Second, "how long to wait until this host's side has ended (0: do not wait)")
 	root.AddCommand(un)
+
+	var peer string
+	en := &cobra.Command{
+		Use:   "enable DOMAIN --peer HOST[:PORT]",
+		Short: "protect a domain: add the ft element to its definition (the next start is protected)",
+		Long: `enable adds libvirt-ft's ft element to DOMAIN's persistent definition (name,
+UUID or ID), with HOST (port 7480 unless given) as its backup host and every
+other setting the default, as virsh edit would; libvirt-ftd then rewrites
+the definition for record/replay. It refuses, changing nothing, a domain
+that has the element already or that a protected start would refuse. A
+running domain is protected from its next start. virt-ft check DOMAIN then
+asks the backup host too. Root only.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return edit(socket, ctl.Request{Op: ctl.OpEnable, Domain: args[0], Peer: peer})
+		},
+	}
+	en.Flags().StringVar(&peer, "peer", "", "the backup host: HOST or HOST:PORT (libvirt-ftd's peer port, default 7480)")
+	root.AddCommand(en)
+	dis := &cobra.Command{
+		Use:   "disable DOMAIN",
+		Short: "stop protecting a domain: remove the ft element (the next start is a plain VM's)",
+		Long: `disable removes the ft element from DOMAIN's persistent definition; libvirt-ftd
+then removes the record/replay wiring it generated, and the next start is a
+plain VM's. A running protected domain stays protected until it stops:
+virt-ft unprotect ends that at once. Root only.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return edit(socket, ctl.Request{Op: ctl.OpDisable, Domain: args[0]})
+		},
+	}
+	root.AddCommand(dis)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "virt-ft:", err)
 		os.Exit(1)
@@ -240,6 +272,19 @@ func healthCode(ds []ctl.DomainStatus) int {
 func exitError(err error) {
 	fmt.Fprintln(os.Stderr, "virt-ft:", err)
 	os.Exit(exitFailed)
+}
+
+// edit sends an OpEnable or OpDisable request and prints what was done.
+func edit(socket string, req ctl.Request) error {
+	resp, err := ctl.Call(socket, req, 15*time.Second)
+	if err != nil {
+		return err
+	}
+	if !resp.OK {
+		return fmt.Errorf("%s", resp.Error)
+	}
+	fmt.Println(resp.Message)
+	return nil
 }
 
 // command sends op for domain and returns this host's role in it (the

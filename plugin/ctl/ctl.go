@@ -42,6 +42,19 @@ const (
 	// every warning, and the backup host's own answer (check-backup). It
 	// arms nothing, but dials the backup host: root only, one at a time.
 	OpCheck = "check"
+	// OpEnable adds the ft element to Request.Domain's persistent
+	// definition (name, UUID or ID), its peer Request.Peer ("host" or
+	// "host:port"), every other value the default; libvirt-ftd then
+	// rewrites it for record/replay. Refused (nothing changed) when the
+	// domain already has one or the result would be refused at start.
+	// Root only. A running domain is protected from its next start.
+	OpEnable = "enable"
+	// OpDisable removes the ft element from Request.Domain's persistent
+	// definition; libvirt-ftd then removes the record/replay wiring it
+	// generated, and the next start is a plain VM's. A running protected
+	// domain stays protected until it stops (or virt-ft unprotect). Root
+	// only.
+	OpDisable = "disable"
 )
 
 // ErrDaemonUnreachable wraps failures to reach libvirt-ftd.
@@ -66,6 +79,8 @@ type Request struct {
 	Op     string `json:"op"`
 	Domain string `json:"domain,omitempty"`
 	Hook   *Hook  `json:"hook,omitempty"`
+	// Peer (OpEnable) is the backup host: "host" or "host:port".
+	Peer string `json:"peer,omitempty"`
 }
 
 // Response is what the daemon answers. Error, when set, is a complete
@@ -75,6 +90,8 @@ type Response struct {
 	Error   string         `json:"error,omitempty"`
 	Domains []DomainStatus `json:"domains,omitempty"`
 	Check   *Check         `json:"check,omitempty"`
+	// Message says what OpEnable or OpDisable did, for the operator.
+	Message string `json:"message,omitempty"`
 }
 
 // Check is the answer to OpCheck. Problems are what refuses the domain's

@@ -112,6 +112,22 @@ else
 		log "the unprotected $dom did not start: $out"; failures=$((failures + 1))
 	fi
 fi
+# virt-ft enable and disable make the same edits for the operator.
+say "virt-ft enable $dom --peer $HOST_B_IP, then virt-ft disable $dom"
+if out=$(ft_on a enable $dom --peer $HOST_B_IP 2>&1); then
+	log "$out"
+	wait_for 20 "libvirt-ftd to rewrite $dom for record/replay" sh -c "'$LAB' exec a virsh -c qemu:///system dumpxml --inactive $dom | grep -q 'rr=record'"
+	out=$(ft_on a check $dom 2>&1) || { log "virt-ft check after enable failed: $out"; failures=$((failures + 1)); }
+	if out=$(ft_on a disable $dom 2>&1); then
+		log "$out"
+		wait_for 20 "libvirt-ftd to remove the wiring from $dom" sh -c "! '$LAB' exec a virsh -c qemu:///system dumpxml --inactive $dom | grep -qE 'ft:ft|rr=record|ft-rr|ft-gate'"
+		log "enabled (rewritten for record/replay, check passed), then disabled (plain definition again)"
+	else
+		log "virt-ft disable failed: $out"; failures=$((failures + 1))
+	fi
+else
+	log "virt-ft enable failed: $out"; failures=$((failures + 1))
+fi
 virsh_on a undefine $dom >/dev/null 2>&1 || true
 
 # A daemon with no arbiter configured refuses to protect, naming the keys.
