@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
-.PHONY: all setup build unit qemu-ft e2e e2e-faults e2e-hostile bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit apparmor-check qemu-ft e2e e2e-faults e2e-hostile bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -101,7 +101,12 @@ e2e-network: build guest qemu-ft
 e2e-libvirtd-restart: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh libvirtd-restart
 
-test: setup build guest vet unit e2e
+test: setup build guest vet unit apparmor-check e2e
+
+# The AppArmor rules the packages ship, parsed with libvirtd's, virtqemud's
+# and a domain's profile (nothing is loaded into the kernel).
+apparmor-check:
+	packaging/apparmor/check.sh build/apparmor
 
 demo: setup build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/demo.sh

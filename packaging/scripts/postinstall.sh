@@ -16,6 +16,26 @@ if [ -e $marker ]; then
 	rm -f $marker
 fi
 
+# AppArmor (on by default on Debian and Ubuntu): include our rules from the
+# local files of libvirt's profiles, and reload libvirtd's and virtqemud's
+# profiles if AppArmor is on. A domain's own profile includes the
+# libvirt-qemu abstraction when libvirt generates it at the domain's start.
+aa_include() { # FILE LINE: add LINE to FILE once (only where libvirt has profiles)
+	[ -d "$(dirname "$1")" ] || return 0
+	grep -qxF "$2" "$1" 2>/dev/null || printf '%s\n' "$2" >>"$1"
+}
+if [ -d /etc/apparmor.d/abstractions ] && [ -e /etc/apparmor.d/abstractions/libvirt-qemu ]; then
+	aa_include /etc/apparmor.d/local/abstractions/libvirt-qemu '#include <abstractions/libvirt-ft-qemu>'
+	for p in usr.sbin.libvirtd usr.sbin.virtqemud; do
+		[ -e /etc/apparmor.d/$p ] || continue
+		aa_include /etc/apparmor.d/local/$p '#include <abstractions/libvirt-ft-libvirtd>'
+		if command -v apparmor_parser >/dev/null 2>&1 && [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
+			apparmor_parser -r -T -W /etc/apparmor.d/$p ||
+				echo "libvirt-ft: reloading the AppArmor profile $p failed (see /etc/apparmor.d/abstractions/libvirt-ft-libvirtd)" >&2
+		fi
+	done
+fi
+
 if [ $first = yes ]; then
 	# Works without a running systemd too (an image build).
 	systemctl enable libvirt-ftd.service || true
