@@ -12,7 +12,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
-.PHONY: all setup build unit apparmor-check qemu-ft e2e e2e-faults e2e-hostile bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit apparmor-check e2e-install qemu-ft e2e e2e-faults e2e-hostile bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -45,9 +45,15 @@ unit:
 # The failover, switchover and TCP (output rule) trials run on the patched
 # QEMU (qemu-ft): stock 7.2 cannot go live reliably and its virtio-net is
 # not deterministic under record/replay (packaging/qemu/README.md).
-e2e: build guest qemu-ft
+e2e: build guest qemu-ft package
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b" test/e2e/run.sh determinism failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b" test/e2e/run.sh determinism failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
+
+# The packages installed on this machine, the lab running the installed
+# files (replication, one failover), then purged: nothing left
+# (test/e2e/install.sh). Refuses when libvirt-ft is installed already.
+e2e-install: build guest qemu-ft package
+	test/e2e/run.sh install
 
 # QEMU 7.2 with packaging/qemu's end-of-log replay patch (stock 7.2 cannot
 # go live reliably: see packaging/qemu/README.md). About 7 min to build.

@@ -38,7 +38,7 @@ type Daemon struct {
 	// events and records their disks (instep.go); nil in tests that do
 	// not set it.
 	inStep *inStepMatcher
-	cfg     Config
+	cfg    Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
 	log      *logrus.Logger

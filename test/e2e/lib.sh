@@ -5,6 +5,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LAB="$ROOT/test/lab/lab.sh"
 export LAB_DIR=${LAB_DIR:-/var/tmp/ftlab}
 BIN="$ROOT/bin"
+# libvirt-ft's own programs: the tree's build, or (make e2e-install) the
+# installed package's.
+FTD=${FTD:-$BIN/libvirt-ftd}
+VIRT_FT=${VIRT_FT:-$BIN/virt-ft}
+FT_HOOK=${FT_HOOK:-$BIN/libvirt-ft-hook}
 GUEST="$ROOT/test/guest/out"
 DOMAIN=${DOMAIN:-ftdemo}
 GUEST_IP=10.250.0.100
@@ -21,7 +26,7 @@ die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 lab() { "$LAB" "$@"; }
 on() { local h=$1; shift; "$LAB" exec "$h" "$@"; }
 virsh_on() { local h=$1; shift; "$LAB" exec "$h" virsh -q -c qemu:///system "$@"; }
-ft_on() { local h=$1; shift; "$LAB" exec "$h" "$BIN/virt-ft" "$@"; }
+ft_on() { local h=$1; shift; "$LAB" exec "$h" "$VIRT_FT" "$@"; }
 
 # wait_for SECONDS DESCRIPTION CMD...: poll CMD every 0.2 s.
 wait_for() {
@@ -63,7 +68,7 @@ start_ftd() {
 	local h=$1 name=$2 pid
 	rm -f "$LAB_DIR/$h/ftd-daemon.pid"
 	pid=$(lab bg "$h" "$name" "$BIN/fdstore" -pidfile "$LAB_DIR/$h/ftd-daemon.pid" -- \
-		${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml)
+		${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$FTD" --config /etc/libvirt-ft/libvirt-ftd.yaml)
 	echo "$pid" >"$LAB_DIR/$h/ftd-supervisor.pid"
 	wait_for 10 "libvirt-ftd on host $h to start" test -s "$LAB_DIR/$h/ftd-daemon.pid"
 }
@@ -76,7 +81,7 @@ ftd_pid() { cat "$LAB_DIR/$1/ftd-daemon.pid"; }
 lab_start() {
 	[ -x "$BIN/libvirt-ftd" ] || die "run make build first"
 	command -v jq >/dev/null || die "jq is missing (make setup)"
-	HOOK_BIN="$BIN/libvirt-ft-hook" lab up
+	HOOK_BIN="$FT_HOOK" lab up
 	local h ip pki
 	pki=$(lab_pki)
 	for h in a b; do
@@ -189,7 +194,7 @@ has_tick() { tick_lines "$1" "$2" | grep -q "^tick $3 up "; }
 
 # ftd_answers HOST: libvirt-ftd on HOST answers virt-ft status (exit 0 or
 # 1: protected, or degraded or unprotected; 2: could not ask).
-ftd_answers() { local rc=0; "$LAB" exec "$1" "$BIN/virt-ft" status >/dev/null 2>&1 || rc=$?; [ $rc -ne 2 ]; }
+ftd_answers() { local rc=0; "$LAB" exec "$1" "$VIRT_FT" status >/dev/null 2>&1 || rc=$?; [ $rc -ne 2 ]; }
 
 # metrics HOST: libvirt-ftd's Prometheus metrics on HOST (plugin/metrics.go).
 metrics() { on "$1" curl -sf --max-time 5 http://127.0.0.1:9477/metrics; }

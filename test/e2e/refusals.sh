@@ -134,7 +134,7 @@ virsh_on a undefine $dom >/dev/null 2>&1 || true
 say "refusal: no split-brain arbiter configured on host A"
 lab stop a ftd
 on a sed -i -e '/^arbiter/d' -e '/^  endpoints:/d' /etc/libvirt-ft/libvirt-ftd.yaml
-lab bg a ftd-noarbiter "$BIN/libvirt-ftd" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
+lab bg a ftd-noarbiter "$FTD" --config /etc/libvirt-ft/libvirt-ftd.yaml >/dev/null
 wait_for 20 "libvirt-ftd on host A" ftd_answers a
 dom=ftbad-noarbiter
 on a "$ROOT/test/guest/mkdisk.sh" "$IMAGES/$dom.qcow2" >/dev/null
