@@ -220,7 +220,8 @@ func (m *memPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog, 
 type fakeQEMU struct {
 	uuid, name, xml string
 	role            string
-	id              uint // libvirt's domain ID
+	id              uint   // libvirt's domain ID
+	title           string // SetLiveNote
 
 	// stock: QEMU 7.2 without packaging/qemu 0001: at END its replay
 	// stays in play mode (go-live then restarts it with -loadvm).
@@ -460,6 +461,19 @@ func (h *fakeHV) Running() ([]DomainDef, error) {
 		out = append(out, DomainDef{UUID: q.uuid, Name: q.name, XML: q.xml, ID: q.id})
 	}
 	return out, nil
+}
+
+func (h *fakeHV) SetLiveNote(uuid, title, description string) error {
+	if err := h.check(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if q := h.doms[uuid]; q != nil {
+		q.title = title
+		return nil
+	}
+	return errors.New("fakeHV: no running domain " + uuid)
 }
 
 func (h *fakeHV) IsActive(uuid string) (bool, error) {

@@ -204,6 +204,14 @@ func (b *backupRun) wentLive(gates *outputGates, recordFIFO string, how *ctl.GoL
 	b.mu.Unlock()
 	b.log.Infof("went live: %s", goLiveText(how))
 	b.env.metrics.wentLive(b.name, how)
+	b.mu.Lock()
+	backupXML, from := b.backupXML, b.primaryHost
+	b.mu.Unlock()
+	if title, desc, err := ftxml.LiveNote(backupXML, from); err == nil {
+		if err := b.env.hv.SetLiveNote(b.uuid, title, desc); err != nil {
+			b.log.WithError(err).Warn("went live: setting the domain's title (virsh list --title) failed")
+		}
+	}
 	b.setState(ctl.StateLive, detail)
 	p := newLivePrimary(b, gates, recordFIFO, detail)
 	if b.promote != nil {

@@ -53,6 +53,11 @@ type Hypervisor interface {
 	// Monitor opens a QMP monitor on the running domain (libvirt's
 	// monitor pass-through); Disconnect releases it.
 	Monitor(uuid string) (qmp.Monitor, error)
+	// SetLiveNote sets the running domain's title and description
+	// (libvirt metadata, VIR_DOMAIN_AFFECT_LIVE: never the persistent
+	// definition, never guest-visible); what virsh list --title and
+	// virt-manager show.
+	SetLiveNote(uuid, title, description string) error
 }
 
 // DomainDef is a persistent domain definition.
@@ -191,6 +196,22 @@ func (h libvirtHV) IsActive(uuid string) (bool, error) {
 	}
 	defer dom.Free()
 	return dom.IsActive()
+}
+
+func (h libvirtHV) SetLiveNote(uuid, title, description string) error {
+	conn, err := h.lv.get()
+	if err != nil {
+		return err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	if err := dom.SetMetadata(libvirt.DOMAIN_METADATA_TITLE, title, "", "", libvirt.DOMAIN_AFFECT_LIVE); err != nil {
+		return err
+	}
+	return dom.SetMetadata(libvirt.DOMAIN_METADATA_DESCRIPTION, description, "", "", libvirt.DOMAIN_AFFECT_LIVE)
 }
 
 func (h libvirtHV) Define(xml string) error {

@@ -164,10 +164,19 @@ func TestRunsReplicate(t *testing.T) {
 func TestRunsPrimaryKilledBackupGoesLive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, _ := replicating(t)
+		if q := fp.b.hv.running(runUUID); q == nil || !strings.Contains(q.xml, "<title>libvirt-ft backup of web (primary on ") {
+			t.Fatal("the backup domain's title does not say what it is")
+		}
 		killPrimary(t, fp)
 		live := fp.b.hv.running(runUUID)
 		if live == nil {
 			t.Fatal("nothing runs on host b after the primary died")
+		}
+		if !strings.HasPrefix(live.title, "libvirt-ft: web runs here since it went live") {
+			t.Fatalf("live title %q", live.title)
+		}
+		if def, _, _ := fp.b.hv.Definition("web"); strings.Contains(def.XML, "libvirt-ft backup") {
+			t.Fatalf("the persistent definition made at go-live keeps the backup's note:\n%s", def.XML)
 		}
 		if mode, icount := live.state(); mode != "none" || icount != 1000 {
 			t.Fatalf("host b: mode %s icount %d, want none (left replay at END) 1000", mode, icount)

@@ -268,6 +268,8 @@ func DiskPaths(dom *libvirtxml.Domain) []string {
 // our arguments in <qemu:commandline>, our drive properties in
 // <qemu:override>, and aliases starting with "ua-ft-". The ft element stays.
 func stripGenerated(dom *libvirtxml.Domain) {
+	dom.Title = stripNote(dom.Title, backupTitleEnd, ": ")
+	dom.Description = stripNote(dom.Description, backupDescriptionEnd, "\n\n")
 	if cl := dom.QEMUCommandline; cl != nil {
 		var args []libvirtxml.DomainQEMUCommandlineArg
 		for i := 0; i < len(cl.Args); i++ {
@@ -418,6 +420,12 @@ func build(dom *libvirtxml.Domain, host HostConfig, role string) (string, error)
 	cfg.Role = role
 	if role == RoleBackup {
 		generate(dom, modeReplay, ReplayFIFOPath(cfg, uuid), cfg, uuid)
+		// What virsh list --title and virt-manager show of the transient
+		// backup domain on its host (libvirt metadata: never guest-visible).
+		// The user's own title and description follow ours, and
+		// stripGenerated takes ours off again (Primary of a backup).
+		dom.Title = joinNote(BackupTitle(dom.Name, cfg.PeerAddress), ": ", dom.Title)
+		dom.Description = joinNote(BackupDescription(dom.Name, cfg.PeerAddress), "\n\n", dom.Description)
 	} else {
 		generate(dom, modeRecord, RecordFIFOPath(cfg, uuid), cfg, uuid)
 	}
@@ -429,6 +437,67 @@ func build(dom *libvirtxml.Domain, host HostConfig, role string) (string, error)
 		return "", fmt.Errorf("ftxml: domain %q: marshal: %w", dom.Name, err)
 	}
 	return out, nil
+}
+
+// BackupTitle is the <title> of the backup domain of name, whose primary
+// runs on primaryHost.
+func BackupTitle(name, primaryHost string) string {
+	return backupNotePrefix + " of " + name + " (primary on " + primaryHost + backupTitleEnd
+}
+
+// backupNotePrefix starts the title and the description of every backup
+// domain (BackupTitle, BackupDescription).
+const backupNotePrefix = "libvirt-ft backup"
+
+// joinNote is note, then sep and the user's text if there is one.
+func joinNote(note, sep, user string) string {
+	if user == "" {
+		return note
+	}
+	return note + sep + user
+}
+
+// stripNote removes a backup note (up to its end marker end) and its
+// separator sep from s, leaving the user's text.
+func stripNote(s, end, sep string) string {
+	if !strings.HasPrefix(s, backupNotePrefix) {
+		return s
+	}
+	i := strings.Index(s, end)
+	if i < 0 {
+		return s
+	}
+	return strings.TrimPrefix(s[i+len(end):], sep)
+}
+
+// backupTitleEnd and backupDescriptionEnd close the notes.
+const (
+	backupTitleEnd       = ")"
+	backupDescriptionEnd = "would diverge and be stopped."
+)
+
+// LiveNote is the title and description for a backup domain that went
+// live (the live domain keeps the backup's, which no longer fit): the
+// user's own, with a note that the VM runs here since a failover from
+// primaryHost. backupXML is the backup's domain XML.
+func LiveNote(backupXML, primaryHost string) (title, description string, err error) {
+	dom, err := ParseDomain(backupXML)
+	if err != nil {
+		return "", "", err
+	}
+	note := "libvirt-ft: " + dom.Name + " runs here since it went live (failover or switchover from " + primaryHost + "); unprotected"
+	title = joinNote(note, ": ", stripNote(dom.Title, backupTitleEnd, ": "))
+	description = stripNote(dom.Description, backupDescriptionEnd, "\n\n")
+	return title, description, nil
+}
+
+// BackupDescription is the <description> of the backup domain of name,
+// whose primary runs on primaryHost: what it is, and not to type into its
+// console.
+func BackupDescription(name, primaryHost string) string {
+	return backupNotePrefix + ": this VM replays the log of the protected VM " + name + " running on " + primaryHost +
+		", and runs here only if that host fails (virt-ft status). Do not type into its console: console input is not" +
+		" replicated, and the backup " + backupDescriptionEnd
 }
 
 // Primary returns the primary's domain XML for a domain that carries our

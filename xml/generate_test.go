@@ -260,6 +260,12 @@ func TestBackupDiffersOnlyInMode(t *testing.T) {
 				c.dom.QEMUCommandline.Args = kept
 				c.dom.Metadata = nil
 			}
+			// The backup's title and description say what it is (libvirt
+			// metadata, not guest-visible).
+			if !strings.HasPrefix(bd.Title, "libvirt-ft backup of ") || !strings.HasPrefix(bd.Description, "libvirt-ft backup: ") {
+				t.Errorf("backup title %q, description %q", bd.Title, bd.Description)
+			}
+			bd.Title, bd.Description = pd.Title, pd.Description
 			if diff := cmp.Diff(pd, bd); diff != "" {
 				t.Errorf("primary and backup differ (-primary +backup):\n%s", diff)
 			}
