@@ -35,6 +35,7 @@ type backupRun struct {
 	cfg         ftxml.Config // the backup's (ftxml.Backup's output)
 	backupXML   string
 	disks       []string // the domain's disk images (in-step records)
+	diverged    bool     // the gates found the replayed frames differ
 	primaryHost string
 	epoch       string
 	log         logrus.FieldLogger
@@ -446,6 +447,9 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 	if gates != nil {
 		// A diverged replay must never go live (failover.Diverged).
 		gates.setOnMismatch(func(j int, m gate.Mismatch) {
+			b.mu.Lock()
+			b.diverged = true // never recorded in step (instep.go), whatever the core does
+			b.mu.Unlock()
 			drv.Post(failover.Diverged{Reason: fmt.Sprintf("interface %d (%s): %v", j, ftxml.GateFilterID(j), m)})
 		})
 	}
@@ -1001,7 +1005,7 @@ func (b *backupRun) close(why string) {
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
 		c := inStepCandidate{uuid: b.uuid, epoch: b.epoch, role: "backup", disks: b.disks}
-		allFed := b.fed == b.received
+		allFed := b.fed == b.received && !b.diverged
 		b.mu.Unlock()
 		if st.State == failover.StateReplicating && st.PeerEnded && allFed && !live {
 			// The primary's VM ended cleanly and sent its whole log, all

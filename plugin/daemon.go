@@ -339,9 +339,15 @@ func (d *Daemon) onLifecycle(ev LifecycleEvent) {
 				d.forgetIdle(ev.UUID)
 			}
 		}
+	case EventGuestShutdown:
+		// Evidence that a run ended in step (instep.go): the guest shut
+		// down by itself, not a kill.
+		d.inStep.shutdown(ev.UUID)
 	case EventStopped:
-		if ev.Shutdown {
-			d.inStep.shutdown(ev.UUID)
+		if !ev.Shutdown {
+			// Destroyed, crashed or failed: whatever waits for uuid
+			// was not a guest's own shutdown.
+			d.inStep.drop(ev.UUID)
 		}
 		dm := d.lookup(ev.UUID)
 		if dm == nil {
@@ -546,7 +552,7 @@ func (d *Daemon) check(name string) (*ctl.Check, error) {
 	if err == nil && !ok {
 		// A UUID: find its name.
 		for _, dm := range d.domains() {
-			if s := dm.status(); s.UUID == name {
+			if s := dm.status(); strings.EqualFold(s.UUID, name) {
 				def, ok, err = d.hv.Definition(s.Name)
 			}
 		}
@@ -748,8 +754,8 @@ func (d *Daemon) resolveName(arg string) string {
 		return arg
 	}
 	for _, dm := range d.domains() {
-		if s := dm.status(); s.Name == arg || s.UUID == arg {
-			return arg
+		if s := dm.status(); s.Name == arg || strings.EqualFold(s.UUID, arg) {
+			return s.Name
 		}
 	}
 	id, err := strconv.ParseUint(arg, 10, 32)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -26,7 +27,7 @@ func (d *Daemon) definitionOf(op, arg string) (DomainDef, error) {
 	if err == nil && !ok {
 		if names, lerr := d.hv.DomainNames(); lerr == nil {
 			for _, n := range names {
-				if cand, found, cerr := d.hv.Definition(n); cerr == nil && found && cand.UUID == arg {
+				if cand, found, cerr := d.hv.Definition(n); cerr == nil && found && strings.EqualFold(cand.UUID, arg) {
 					def, ok = cand, true
 					break
 				}

@@ -83,15 +83,21 @@ const (
 	EventDefined LifecycleKind = iota + 1
 	EventUndefined
 	EventStopped
+	// EventGuestShutdown: the guest itself shut the VM down (libvirt's
+	// VIR_DOMAIN_EVENT_SHUTDOWN_GUEST, QEMU's SHUTDOWN with guest=true),
+	// not a signal or a quit from the host; a replaying QEMU reports the
+	// recorded guest's. EventStopped follows.
+	EventGuestShutdown
 )
 
 // LifecycleEvent is one domain lifecycle event from libvirt.
 type LifecycleEvent struct {
 	Kind       LifecycleKind
 	Name, UUID string
-	// Shutdown (EventStopped): QEMU ended because its guest shut down
-	// (libvirt's VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN), not a destroy, a
-	// crash or a failed start.
+	// Shutdown (EventStopped): QEMU ended after a SHUTDOWN (libvirt's
+	// VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: the guest's, or a signal or quit
+	// from the host; EventGuestShutdown tells them apart), not a
+	// destroy, a crash or a failed start.
 	Shutdown bool
 }
 

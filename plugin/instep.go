@@ -25,11 +25,13 @@ import (
 //
 // A record is written only with positive evidence: on the primary, its QEMU
 // ended the run with a clean log end while replicating and libvirt reported
-// a guest shutdown; on the backup, the primary said its VM ended and sent
-// the whole log, the backup fed all of it, and libvirt reported the
-// replaying QEMU's own shutdown (it replayed the guest's). Anything else
-// (a failover, a lost or halted backup, a kill, a seed) leaves no record,
-// or a stale one that no longer matches, and the next start hashes.
+// the guest's own shutdown (EventGuestShutdown); on the backup, the primary
+// said its VM ended and sent the whole log, the backup fed all of it, its
+// gates found no differing frame, and libvirt reported the guest's shutdown
+// of the replaying QEMU (it replayed the guest's; a kill from the host is
+// not one). Anything else (a failover, a lost or halted backup, a kill, a
+// seed) leaves no record, or a stale one that no longer matches, and the
+// next start hashes.
 
 // inStepDisk is one disk copy's identity as a file.
 type inStepDisk struct {
@@ -91,19 +93,34 @@ func (s inStepStore) save(uuid, epoch, role string, paths []string) error {
 		return nil
 	}
 	s.forget(uuid)
+	// On stable storage first: a crash must not leave an identity that
+	// matches older blocks (QEMU flushed at exit, unless cache=unsafe).
+	for _, path := range paths {
+		if err := syncFile(path); err != nil {
+			return err
+		}
+	}
 	rec := inStepRecord{UUID: uuid, Epoch: epoch, Role: role}
+	var first []inStepDisk
 	for attempt := 0; ; attempt++ {
-		rec.Disks, rec.At = rec.Disks[:0], time.Now()
-		racy := false
+		rec.Disks, rec.At = nil, time.Now()
+		racy, wait := false, racyWindow
 		for _, path := range paths {
 			d, err := statDisk(path)
 			if err != nil {
 				return err
 			}
-			if rec.At.Sub(time.Unix(0, max(d.CtimeNs, d.MtimeNs))) < racyWindow {
-				racy = true
+			window := racyWindow
+			if d.CtimeNs%1e9 == 0 && d.MtimeNs%1e9 == 0 {
+				window = 2 * time.Second // a file system with whole-second times
+			}
+			if rec.At.Sub(time.Unix(0, max(d.CtimeNs, d.MtimeNs))) < window {
+				racy, wait = true, max(wait, window)
 			}
 			rec.Disks = append(rec.Disks, d)
+		}
+		if attempt > 0 && !equalDisks(first, rec.Disks) {
+			return errors.New("a disk was written while its identity was taken: not recorded")
 		}
 		if !racy {
 			break
@@ -111,7 +128,8 @@ func (s inStepStore) save(uuid, epoch, role string, paths []string) error {
 		if attempt > 0 {
 			return errors.New("a disk was written while its identity was taken: not recorded")
 		}
-		time.Sleep(2 * racyWindow)
+		first = rec.Disks
+		time.Sleep(2 * wait)
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -125,6 +143,28 @@ func (s inStepStore) save(uuid, epoch, role string, paths []string) error {
 		return err
 	}
 	return os.Rename(tmp, p)
+}
+
+// syncFile flushes path's data to stable storage (fsync).
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func equalDisks(a, b []inStepDisk) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // inStep returns the epoch in which path, a disk of uuid, ended in step in
@@ -222,6 +262,11 @@ func (m *inStepMatcher) shutdown(uuid string) {
 		m.mu.Unlock()
 		m.record(c)
 		return
+	}
+	for u, at := range m.shutdowns { // every domain's shutdowns come here
+		if now.Sub(at) >= inStepMatchWindow {
+			delete(m.shutdowns, u)
+		}
 	}
 	m.shutdowns[uuid] = now
 	m.mu.Unlock()

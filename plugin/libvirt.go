@@ -131,6 +131,11 @@ func (l *libvirtConn) connect() error {
 			kind = EventUndefined
 		case libvirt.DOMAIN_EVENT_STOPPED:
 			kind = EventStopped
+		case libvirt.DOMAIN_EVENT_SHUTDOWN:
+			if ev.Detail != int(libvirt.DOMAIN_EVENT_SHUTDOWN_GUEST) {
+				return
+			}
+			kind = EventGuestShutdown
 		default:
 			return
 		}

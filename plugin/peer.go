@@ -222,6 +222,14 @@ func (p *peerConn) bye(b logchan.Bye) {
 		return
 	}
 	p.deadline()
+	if p.digests != nil && p.peer.HasFeature(logchan.FeatureFrameDigests) {
+		// The frames since the last heartbeat are compared too: a
+		// backup replaying a shut-down primary's last log records its
+		// disks in step only if nothing differed (instep.go).
+		if d := p.digests(); len(d) > 0 {
+			_ = p.c.WriteDigests(d)
+		}
+	}
 	_ = p.c.WriteBye(b)
 }
 

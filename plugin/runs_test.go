@@ -771,7 +771,7 @@ func TestStatusByNameUUIDOrID(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
 		id := strconv.FormatUint(uint64(primary.id), 10)
-		for _, arg := range []string{"web", runUUID, id} {
+		for _, arg := range []string{"web", runUUID, strings.ToUpper(runUUID), id} {
 			if st := fp.a.d.status(arg); len(st) != 1 || st[0].Name != "web" {
 				t.Errorf("status %q: %+v", arg, st)
 			}

@@ -39,9 +39,9 @@ name, UUID or libvirt ID): its role, peer, state, the log sent and
 acknowledged, the backup's lag and the heartbeat's age, then details.
 
 Exit status, for monitoring checks: 0 when every domain shown is
-replicating (protected) or not running (defined), and when none is shown;
-1 when any is degraded or unprotected (starting, seeding, waiting for its
-backup, unprotected, live after a failover, stopped, refused); 2 when
+replicating (protected) or not running here (defined, stopped), and when
+none is shown; 1 when any is degraded or unprotected (starting, seeding,
+waiting for its backup, unprotected, live after a failover, refused); 2 when
 status could not be read (libvirt-ftd unreachable, no permission, no such
 domain).`,
 		Args: cobra.MaximumNArgs(1),
@@ -258,10 +258,11 @@ const (
 )
 
 // healthCode is status's exit code for ds: exitProtected when each is
-// replicating or merely defined (not running), else exitDegraded.
+// replicating, or not running here (defined, or stopped: shut down, or
+// moved to the peer host, whose status tells), else exitDegraded.
 func healthCode(ds []ctl.DomainStatus) int {
 	for _, d := range ds {
-		if d.State != ctl.StateReplicating && d.State != ctl.StateDefined {
+		if d.State != ctl.StateReplicating && d.State != ctl.StateDefined && d.State != ctl.StateStopped {
 			return exitDegraded
 		}
 	}

@@ -34,8 +34,8 @@ wait_for 120 "25 ticks on host A" has_tick a "$DOMAIN" 25
 n=$(last_tick a "$DOMAIN")
 say "host A printed tick $n; waiting for host B's backup to replay up to it"
 wait_for 120 "tick $n on host B" has_tick b "$DOMAIN" "$n"
-ft_on a status
-ft_on b status
+ft_on a status || die "virt-ft status on host A: not every domain is replicating"
+ft_on b status || die "virt-ft status on host B: not every domain is replicating"
 say "Prometheus metrics on both hosts"
 v=$(metric a "libvirt_ft_domain_state{domain=\"$DOMAIN\",role=\"primary\",state=\"replicating\",uuid=\"$(virsh_on a domuuid "$DOMAIN")\"}")
 [ "$v" = 1 ] || die "host A's metrics do not show $DOMAIN replicating as primary (got '$v')"
