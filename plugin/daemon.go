@@ -342,13 +342,12 @@ func (d *Daemon) onLifecycle(ev LifecycleEvent) {
 	case EventGuestShutdown:
 		// Evidence that a run ended in step (instep.go): the guest shut
 		// down by itself, not a kill.
-		d.inStep.shutdown(ev.UUID)
+		d.inStep.guestShutdown(ev.UUID)
 	case EventStopped:
-		if !ev.Shutdown {
-			// Destroyed, crashed or failed: whatever waits for uuid
-			// was not a guest's own shutdown.
-			d.inStep.drop(ev.UUID)
-		}
+		// The QEMU is gone: after the guest's own shutdown its disks are
+		// final and a run that ended in step is recorded; any other end
+		// (destroyed, crashed, a host signal) drops what waits.
+		d.inStep.stopped(ev.UUID, ev.Shutdown)
 		dm := d.lookup(ev.UUID)
 		if dm == nil {
 			return

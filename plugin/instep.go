@@ -224,12 +224,14 @@ type inStepMatcher struct {
 	mu        sync.Mutex
 	cands     map[string]inStepCandidate
 	candAt    map[string]time.Time
-	shutdowns map[string]time.Time
+	guest     map[string]time.Time // the guest shut down; its QEMU may still be flushing
+	shutdowns map[string]time.Time // then its QEMU ended: the disks are final
 }
 
 func newInStepMatcher(store inStepStore, log interface{ Warnf(string, ...any) }) *inStepMatcher {
 	return &inStepMatcher{store: store, log: log, save: func(f func()) { go f() },
-		cands: map[string]inStepCandidate{}, candAt: map[string]time.Time{}, shutdowns: map[string]time.Time{}}
+		cands: map[string]inStepCandidate{}, candAt: map[string]time.Time{}, guest: map[string]time.Time{},
+		shutdowns: map[string]time.Time{}}
 }
 
 // offer: a run of c.uuid ended in step by its own account.
@@ -249,7 +251,42 @@ func (m *inStepMatcher) offer(c inStepCandidate) {
 	m.mu.Unlock()
 }
 
-// shutdown: libvirt reported uuid's QEMU stopped by its guest's shutdown.
+// guestShutdown: libvirt reported that uuid's guest shut down by itself
+// (EventGuestShutdown); its QEMU has not necessarily ended yet.
+func (m *inStepMatcher) guestShutdown(uuid string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	now := time.Now()
+	for u, at := range m.guest {
+		if now.Sub(at) >= inStepMatchWindow {
+			delete(m.guest, u)
+		}
+	}
+	m.guest[uuid] = now
+	m.mu.Unlock()
+}
+
+// stopped: libvirt reported uuid's QEMU ended (EventStopped); shutdown
+// tells whether after a SHUTDOWN. After the guest's own shutdown the
+// disks are final; any other end drops what waits.
+func (m *inStepMatcher) stopped(uuid string, shutdown bool) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	at, ok := m.guest[uuid]
+	delete(m.guest, uuid)
+	m.mu.Unlock()
+	if shutdown && ok && time.Since(at) < inStepMatchWindow {
+		m.shutdown(uuid)
+		return
+	}
+	m.drop(uuid)
+}
+
+// shutdown: uuid's QEMU ended after its guest's own shutdown.
 func (m *inStepMatcher) shutdown(uuid string) {
 	if m == nil {
 		return
@@ -280,6 +317,7 @@ func (m *inStepMatcher) drop(uuid string) {
 	m.mu.Lock()
 	delete(m.cands, uuid)
 	delete(m.candAt, uuid)
+	delete(m.guest, uuid)
 	delete(m.shutdowns, uuid)
 	m.mu.Unlock()
 }

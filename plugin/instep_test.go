@@ -80,21 +80,32 @@ func TestInStepMatcher(t *testing.T) {
 	c := inStepCandidate{uuid: runUUID, epoch: "e1", role: "backup", disks: []string{disk}}
 	recorded := func() bool { _, ok := m.store.inStep(runUUID, "backup", disk); return ok }
 
-	m.offer(c) // the stopped hook first (a destroy: no event follows)
+	m.offer(c) // the stopped hook first
 	if recorded() {
 		t.Fatal("recorded without a shutdown event")
 	}
-	m.shutdown("11111111-2222-3333-4444-555555555555") // another domain's
+	m.guestShutdown("11111111-2222-3333-4444-555555555555") // another domain's
+	m.stopped("11111111-2222-3333-4444-555555555555", true)
+	m.guestShutdown(runUUID)
 	if recorded() {
-		t.Fatal("recorded on another domain's shutdown")
+		t.Fatal("recorded before the QEMU ended")
 	}
-	m.shutdown(runUUID)
+	m.stopped(runUUID, true)
 	if !recorded() {
-		t.Fatal("not recorded: candidate, then its shutdown")
+		t.Fatal("not recorded: candidate, guest shutdown, QEMU ended")
 	}
 	m.store.forget(runUUID)
 
-	m.shutdown(runUUID) // the event first
+	m.offer(c) // a host signal: SHUTDOWN but not the guest's
+	m.stopped(runUUID, true)
+	m.guestShutdown(runUUID)
+	if recorded() {
+		t.Fatal("recorded after a stop without the guest's shutdown")
+	}
+	m.drop(runUUID)
+
+	m.guestShutdown(runUUID) // the events first
+	m.stopped(runUUID, true)
 	m.offer(c)
 	if !recorded() {
 		t.Fatal("not recorded: shutdown, then its candidate")
@@ -103,7 +114,8 @@ func TestInStepMatcher(t *testing.T) {
 
 	m.offer(c)
 	m.drop(runUUID) // a new run starts
-	m.shutdown(runUUID)
+	m.guestShutdown(runUUID)
+	m.stopped(runUUID, true)
 	if recorded() || w.n != 0 {
 		t.Fatalf("recorded after drop (warnings %d)", w.n)
 	}

@@ -200,8 +200,9 @@ ftd_answers() { local rc=0; "$LAB" exec "$1" "$VIRT_FT" status >/dev/null 2>&1 |
 metrics() { on "$1" curl -sf --max-time 5 http://127.0.0.1:9477/metrics; }
 
 # metric HOST SERIES: the value of one series (its name and labels exactly
-# as exposed), nothing when absent.
-metric() { metrics "$1" | awk -v s="$2" '$1 == s { print $2; exit }'; }
+# as exposed), nothing when absent. (awk reads everything: a reader that
+# stops early would fail curl with SIGPIPE under pipefail.)
+metric() { metrics "$1" | awk -v s="$2" '$1 == s { v = $2 } END { if (v != "") print v }'; }
 
 # client CMD...: run in the client namespace.
 client() { "$LAB" exec c "$@"; }

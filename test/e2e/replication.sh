@@ -44,8 +44,9 @@ v=$(metric a "libvirt_ft_domain_state{domain=\"$DOMAIN\",role=\"primary\",state=
 sent=$(metric a "libvirt_ft_log_sent_bytes_total{domain=\"$DOMAIN\",role=\"primary\"}")
 acked=$(metric a "libvirt_ft_log_acked_bytes_total{domain=\"$DOMAIN\"}")
 awk -v s="$sent" -v a="$acked" 'BEGIN { exit !(s > 0 && a > 0) }' || die "host A's metrics: log sent '$sent', acked '$acked'"
-metrics a | grep -q '^libvirt_ft_output_gate_hold_seconds_count{domain="'"$DOMAIN"'"' || die "host A's metrics have no output gate hold histogram"
-log "host A: log sent $sent B, acked $acked B; $(metrics a | grep -c '^libvirt_ft_') libvirt_ft_ series on A, $(metrics b | grep -c '^libvirt_ft_') on B"
+m_a=$(metrics a) m_b=$(metrics b)
+grep -q '^libvirt_ft_output_gate_hold_seconds_count{domain="'"$DOMAIN"'"' <<<"$m_a" || die "host A's metrics have no output gate hold histogram"
+log "host A: log sent $sent B, acked $acked B; $(grep -c '^libvirt_ft_' <<<"$m_a") libvirt_ft_ series on A, $(grep -c '^libvirt_ft_' <<<"$m_b") on B"
 ticks_a=$(mktemp) ticks_b=$(mktemp)
 SCRATCH+=("$ticks_a" "$ticks_b")
 tick_lines a "$DOMAIN" | awk -v lo=$((n - 19)) -v hi=$n '$2 >= lo && $2 <= hi' > "$ticks_a"
