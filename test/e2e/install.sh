@@ -38,7 +38,7 @@ installed=yes
 out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb" "$qdeb" 2>&1) || { echo "$out" | tail -n 20; die "apt-get install failed"; }
 grep -q "libvirt reads its hook scripts only when it starts" <<<"$out" || die "the package did not say that libvirt must be restarted"
 for f in /usr/sbin/libvirt-ftd /usr/bin/virt-ft /etc/libvirt/hooks/qemu.d/libvirt-ft /etc/libvirt-ft/libvirt-ftd.yaml \
-	/lib/systemd/system/libvirt-ftd.service /usr/share/man/man1/virt-ft.1.gz /usr/share/bash-completion/completions/virt-ft \
+	/lib/systemd/system/libvirt-ftd.service /usr/share/man/man1/virt-ft.1 /usr/share/bash-completion/completions/virt-ft \
 	/usr/lib/libvirt-ft/qemu/bin/qemu-system-x86_64; do
 	[ -e "$f" ] || die "the package did not install $f"
 done
@@ -68,7 +68,7 @@ purge
 left=()
 for f in /usr/sbin/libvirt-ftd /usr/bin/virt-ft /etc/libvirt/hooks/qemu.d/libvirt-ft /etc/libvirt-ft \
 	/lib/systemd/system/libvirt-ftd.service /etc/systemd/system/multi-user.target.wants/libvirt-ftd.service \
-	/usr/lib/libvirt-ft /usr/share/doc/libvirt-ft /usr/share/doc/libvirt-ft-qemu /usr/share/man/man1/virt-ft.1.gz \
+	/usr/lib/libvirt-ft /usr/share/doc/libvirt-ft /usr/share/doc/libvirt-ft-qemu /usr/share/man/man1/virt-ft.1 \
 	/usr/share/bash-completion/completions/virt-ft /etc/apparmor.d/abstractions/libvirt-ft-qemu \
 	/etc/apparmor.d/abstractions/libvirt-ft-libvirtd /var/lib/libvirt-ft /run/libvirt-ft; do
 	[ -e "$f" ] || [ -L "$f" ] && left+=("$f")
