@@ -146,14 +146,22 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
 			return
 		}
-		switch req.Op {
-		case logchan.OpHash:
-			// Only a disk this host would accept a copy of, and only a
-			// regular file: never /dev/zero, /etc/shadow or a link.
+		// readable: a hash (or an in-step answer) only about a disk this
+		// host would accept a copy of, and only a regular file: never
+		// /dev/zero, /etc/shadow or a link. Refused, it replies and the
+		// connection ends.
+		readable := func(what string) bool {
 			from, _, _ := net.SplitHostPort(pc.remote())
 			if why := d.seedProblem(uuid, from, req.Path, 0); why != "" {
-				d.log.Warnf("peer %s: hash refused: %s", pc.remote(), why)
-				_ = reply(nil, fmt.Errorf("the backup host does not hash %s: %s", req.Path, why))
+				d.log.Warnf("peer %s: %s refused: %s", pc.remote(), req.Op, why)
+				_ = reply(nil, fmt.Errorf("the backup host does not %s %s: %s", what, req.Path, why))
+				return false
+			}
+			return true
+		}
+		switch req.Op {
+		case logchan.OpHash:
+			if !readable("hash") {
 				return
 			}
 			h, err := hashFile(req.Path)
@@ -161,11 +169,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				return
 			}
 		case logchan.OpInStep:
-			// Only for a disk this host would hash: the same checks.
-			from, _, _ := net.SplitHostPort(pc.remote())
-			if why := d.seedProblem(uuid, from, req.Path, 0); why != "" {
-				d.log.Warnf("peer %s: in-step refused: %s", pc.remote(), why)
-				_ = reply(nil, fmt.Errorf("the backup host does not check %s: %s", req.Path, why))
+			if !readable("check") {
 				return
 			}
 			epoch, ok := d.env().inStepStore().inStep(uuid, "backup", req.Path)

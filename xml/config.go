@@ -495,31 +495,12 @@ func SetConfig(dom *libvirtxml.Domain, cfg Config) error {
 	if dom.Metadata != nil {
 		inner = dom.Metadata.XML
 	}
-	elems, err := scanMetadata(inner, nil)
+	const indent = "\n    " // <metadata> is at depth 1 in libvirt's layout
+	elem := renderFT(cfg)
+	out, done, err := spliceFT(inner, indent+elem)
 	if err != nil {
 		return fmt.Errorf("ftxml: domain %q: metadata is not well-formed XML: %w", dom.Name, err)
 	}
-	const indent = "\n    " // <metadata> is at depth 1 in libvirt's layout
-	elem := renderFT(cfg)
-	var b strings.Builder
-	pos, done := 0, false
-	for _, e := range elems {
-		if e.node.name.Space != NamespaceURI || e.node.name.Local != "ft" {
-			continue
-		}
-		s := e.start
-		for s > pos && isSpace(inner[s-1]) {
-			s--
-		}
-		b.WriteString(inner[pos:s])
-		if !done {
-			b.WriteString(indent + elem)
-			done = true
-		}
-		pos = e.end
-	}
-	b.WriteString(inner[pos:])
-	out := b.String()
 	if !done {
 		k := len(strings.TrimRight(out, " \t\r\n"))
 		tail := out[k:]
@@ -540,13 +521,32 @@ func RemoveConfig(dom *libvirtxml.Domain) (bool, error) {
 	if dom.Metadata == nil {
 		return false, nil
 	}
-	inner := dom.Metadata.XML
-	elems, err := scanMetadata(inner, nil)
+	out, found, err := spliceFT(dom.Metadata.XML, "")
 	if err != nil {
 		return false, fmt.Errorf("ftxml: domain %q: metadata is not well-formed XML: %w", dom.Name, err)
 	}
+	if !found {
+		return false, nil
+	}
+	if strings.TrimSpace(out) == "" {
+		dom.Metadata = nil
+	} else {
+		dom.Metadata = &libvirtxml.DomainMetadata{XML: out}
+	}
+	return true, nil
+}
+
+// spliceFT replaces the elements of inner (<metadata>'s content) in our
+// namespace named ft, with the white space before each, by with (at the
+// place of the first; "" removes them), keeping the rest byte for byte.
+// found reports whether there was one. Errors: inner is not well-formed.
+func spliceFT(inner, with string) (out string, found bool, err error) {
+	elems, err := scanMetadata(inner, nil)
+	if err != nil {
+		return "", false, err
+	}
 	var b strings.Builder
-	pos, found := 0, false
+	pos := 0
 	for _, e := range elems {
 		if e.node.name.Space != NamespaceURI || e.node.name.Local != "ft" {
 			continue
@@ -556,19 +556,14 @@ func RemoveConfig(dom *libvirtxml.Domain) (bool, error) {
 			s--
 		}
 		b.WriteString(inner[pos:s])
-		pos, found = e.end, true
-	}
-	if !found {
-		return false, nil
+		if !found {
+			b.WriteString(with)
+			found = true
+		}
+		pos = e.end
 	}
 	b.WriteString(inner[pos:])
-	out := b.String()
-	if strings.TrimSpace(out) == "" {
-		dom.Metadata = nil
-	} else {
-		dom.Metadata = &libvirtxml.DomainMetadata{XML: out}
-	}
-	return true, nil
+	return b.String(), found, nil
 }
 
 // renderFT writes the element in libvirt's layout (children at depth 3).
