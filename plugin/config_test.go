@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 )
 
@@ -83,48 +82,5 @@ func TestSeedWriterVerifies(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Dir(dst))
 	if len(entries) != 1 {
 		t.Fatalf("temporary files left: %v", entries)
-	}
-}
-
-// A seed copy skips aligned blocks of zeros: the copy is byte-identical
-// (its digest) and sparse, holes at the end included.
-func TestSeedWriterSparse(t *testing.T) {
-	dir := t.TempDir()
-	img := make([]byte, 16*sparseBlock)
-	copy(img[3*sparseBlock+5:], "data")             // one block with data
-	copy(img[9*sparseBlock-2:], "straddles blocks") // across a boundary
-	src := filepath.Join(dir, "src")
-	if err := os.WriteFile(src, img, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h, err := hashFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := filepath.Join(dir, "d.img")
-	w, err := newSeedWriter(dst, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Odd chunk sizes, as Data frames may come.
-	for off := 0; off < len(img); {
-		n := min(len(img)-off, 100_000)
-		if _, err := w.Write(img[off : off+n]); err != nil {
-			t.Fatal(err)
-		}
-		off += n
-	}
-	if err := w.commit(); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := hashFile(dst); got != h {
-		t.Fatalf("copy %+v, want %+v", got, h)
-	}
-	var st syscall.Stat_t
-	if err := syscall.Stat(dst, &st); err != nil {
-		t.Fatal(err)
-	}
-	if used := st.Blocks * 512; used > 4*sparseBlock {
-		t.Fatalf("the copy uses %d bytes on disk for 3 blocks of data: not sparse", used)
 	}
 }

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -120,9 +119,7 @@ func hashFile(path string) (logchan.FileDigest, error) {
 
 // seedWriter receives a disk copy on the backup host: it writes to a
 // temporary file beside path, and only a complete copy whose SHA-256 matches
-// replaces path (so a failed copy never leaves a half-written disk). Blocks
-// of zeros (sparseBlock bytes, aligned) are skipped, not written: a sparse
-// image stays sparse on the backup host.
+// replaces path (so a failed copy never leaves a half-written disk).
 type seedWriter struct {
 	path string
 	want logchan.FileDigest
@@ -131,8 +128,7 @@ type seedWriter struct {
 		io.Writer
 		Sum([]byte) []byte
 	}
-	n     int64
-	block []byte // the current sparseBlock-aligned block, not yet written
+	n int64
 }
 
 func newSeedWriter(path string, want logchan.FileDigest) (*seedWriter, error) {
@@ -146,72 +142,19 @@ func newSeedWriter(path string, want logchan.FileDigest) (*seedWriter, error) {
 	return &seedWriter{path: path, want: want, tmp: tmp, h: sha256.New()}, nil
 }
 
-// sparseBlock is the granularity of the holes a seed copy leaves (bytes).
-const sparseBlock = 64 << 10
-
 func (s *seedWriter) Write(p []byte) (int, error) {
 	if s.n+int64(len(p)) > s.want.Size {
 		return 0, fmt.Errorf("seed: more data than announced (%d bytes)", s.want.Size)
 	}
-	done := 0
-	for done < len(p) {
-		// Fill the current block; a full one is written, or skipped.
-		k := min(len(p)-done, sparseBlock-len(s.block))
-		s.block = append(s.block, p[done:done+k]...)
-		s.h.Write(p[done : done+k])
-		s.n += int64(k)
-		done += k
-		if len(s.block) == sparseBlock {
-			if err := s.flushBlock(); err != nil {
-				return done, err
-			}
-		}
-	}
-	return done, nil
-}
-
-// flushBlock writes the block gathered so far, or, a whole block of zeros,
-// leaves a hole (commit sets the file's size).
-func (s *seedWriter) flushBlock() error {
-	var err error
-	if len(s.block) == sparseBlock && allZero(s.block) {
-		_, err = s.tmp.Seek(sparseBlock, io.SeekCurrent)
-	} else {
-		_, err = s.tmp.Write(s.block)
-	}
-	s.block = s.block[:0]
-	return err
-}
-
-// allZero reports whether b holds only zero bytes.
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
+	n, err := s.tmp.Write(p)
+	s.h.Write(p[:n])
+	s.n += int64(n)
+	return n, err
 }
 
 // commit verifies and renames the copy into place.
 func (s *seedWriter) commit() error {
 	defer os.Remove(s.tmp.Name())
-	// The last partial block, then trailing holes: the file is as long
-	// as what was received.
-	err := s.flushBlock()
-	if err == nil {
-		err = s.tmp.Truncate(s.n)
-	}
-	if err != nil {
-		s.tmp.Close()
-		return err
-	}
 	if err := s.tmp.Sync(); err != nil {
 		s.tmp.Close()
 		return err
