@@ -268,8 +268,7 @@ func DiskPaths(dom *libvirtxml.Domain) []string {
 // our arguments in <qemu:commandline>, our drive properties in
 // <qemu:override>, and aliases starting with "ua-ft-". The ft element stays.
 func stripGenerated(dom *libvirtxml.Domain) {
-	dom.Title = stripNote(dom.Title, backupTitleEnd, ": ")
-	dom.Description = stripNote(dom.Description, backupDescriptionEnd, "\n\n")
+	stripNotes(dom)
 	if cl := dom.QEMUCommandline; cl != nil {
 		var args []libvirtxml.DomainQEMUCommandlineArg
 		for i := 0; i < len(cl.Args); i++ {
@@ -442,7 +441,7 @@ func build(dom *libvirtxml.Domain, host HostConfig, role string) (string, error)
 // BackupTitle is the <title> of the backup domain of name, whose primary
 // runs on primaryHost.
 func BackupTitle(name, primaryHost string) string {
-	return backupNotePrefix + " of " + name + " (primary on " + primaryHost + backupTitleEnd
+	return backupNotePrefix + " of " + name + " (primary on " + primaryHost + ")"
 }
 
 // backupNotePrefix starts the title and the description of every backup
@@ -457,24 +456,30 @@ func joinNote(note, sep, user string) string {
 	return note + sep + user
 }
 
-// stripNote removes a backup note (up to its end marker end) and its
-// separator sep from s, leaving the user's text.
-func stripNote(s, end, sep string) string {
-	if !strings.HasPrefix(s, backupNotePrefix) {
-		return s
+// stripNote removes note, exactly, from the start of s, with the
+// separator sep that joinNote put after it; anything else (a user's own
+// title that merely looks alike) is left as it is.
+func stripNote(s, note, sep string) string {
+	switch {
+	case s == note:
+		return ""
+	case strings.HasPrefix(s, note+sep):
+		return s[len(note)+len(sep):]
 	}
-	i := strings.Index(s, end)
-	if i < 0 {
-		return s
-	}
-	return strings.TrimPrefix(s[i+len(end):], sep)
+	return s
 }
 
-// backupTitleEnd and backupDescriptionEnd close the notes.
-const (
-	backupTitleEnd       = ")"
-	backupDescriptionEnd = "would diverge and be stopped."
-)
+// stripNotes takes the backup notes (BackupTitle, BackupDescription) off
+// dom's title and description; the primary host is the peer its ft element
+// names on a backup.
+func stripNotes(dom *libvirtxml.Domain) {
+	host := readFT(dom, HostConfig{}).cfg.PeerAddress
+	dom.Title = stripNote(dom.Title, BackupTitle(dom.Name, host), ": ")
+	dom.Description = stripNote(dom.Description, BackupDescription(dom.Name, host), "\n\n")
+}
+
+// backupDescriptionEnd closes the description's note.
+const backupDescriptionEnd = "would diverge and be stopped."
 
 // LiveNote is the title and description for a backup domain that went
 // live (the live domain keeps the backup's, which no longer fit): the
@@ -485,10 +490,9 @@ func LiveNote(backupXML, primaryHost string) (title, description string, err err
 	if err != nil {
 		return "", "", err
 	}
+	stripNotes(dom)
 	note := "libvirt-ft: " + dom.Name + " runs here since it went live (failover or switchover from " + primaryHost + "); unprotected"
-	title = joinNote(note, ": ", stripNote(dom.Title, backupTitleEnd, ": "))
-	description = stripNote(dom.Description, backupDescriptionEnd, "\n\n")
-	return title, description, nil
+	return joinNote(note, ": ", dom.Title), dom.Description, nil
 }
 
 // BackupDescription is the <description> of the backup domain of name,

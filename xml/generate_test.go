@@ -560,3 +560,28 @@ func TestUnprotectedLeavesUserAliases(t *testing.T) {
 		t.Errorf("changed %v, %v; want the domain left as it is", changed, err)
 	}
 }
+
+// The backup's notes come off exactly: a user's title that merely looks
+// like one stays, and names with brackets work.
+func TestBackupNotes(t *testing.T) {
+	for _, c := range []struct{ name, title string }{
+		{"web", ""}, {"web", "prod"}, {"web(1)", "a (b)"}, {"web", "libvirt-ft backup server (prod)"},
+	} {
+		dom := &libvirtxml.Domain{Name: c.name, Title: joinNote(BackupTitle(c.name, "10.0.0.1"), ": ", c.title),
+			Description: joinNote(BackupDescription(c.name, "10.0.0.1"), "\n\n", "mine")}
+		cfg := DefaultConfig()
+		cfg.PeerAddress, cfg.Role = "10.0.0.1", RoleBackup
+		if err := SetConfig(dom, cfg); err != nil {
+			t.Fatal(err)
+		}
+		stripNotes(dom)
+		if dom.Title != c.title || dom.Description != "mine" {
+			t.Errorf("%q/%q: stripped to %q, %q", c.name, c.title, dom.Title, dom.Description)
+		}
+		user := &libvirtxml.Domain{Name: c.name, Title: c.title}
+		stripNotes(user)
+		if user.Title != c.title {
+			t.Errorf("a user's title %q became %q", c.title, user.Title)
+		}
+	}
+}
