@@ -1005,16 +1005,45 @@ func (b *backupRun) close(why string) {
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
 		c := inStepCandidate{uuid: b.uuid, epoch: b.epoch, role: "backup", disks: b.disks}
-		allFed := b.fed == b.received && !b.diverged
+		allFed := b.fed == b.received
+		gates := b.gates
 		b.mu.Unlock()
-		if st.State == failover.StateReplicating && st.PeerEnded && allFed && !live {
+		if st.State == failover.StateReplicating && st.PeerEnded && allFed && !live && b.framesAgreed(gates) {
 			// The primary's VM ended cleanly and sent its whole log, all
-			// of it is in FIFO B: in step once libvirt says the replay
-			// shut down by itself (instep.go).
+			// of it is in FIFO B, and the replayed frames matched every
+			// digest: in step once libvirt says the replay shut down by
+			// itself (instep.go).
 			b.env.inStep.offer(c)
 		}
 	}
 	b.undo.run()
+}
+
+// framesAgreed waits, up to a second, until the backup's gates have
+// compared every frame digest the primary sent (the last came with its
+// bye; the gates may still be reading the replay's last frames), and
+// reports whether they all matched. No gates (output gate off): true.
+func (b *backupRun) framesAgreed(gates *outputGates) bool {
+	if gates == nil {
+		return true
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		b.mu.Lock()
+		diverged := b.diverged
+		b.mu.Unlock()
+		if diverged {
+			return false
+		}
+		if gates.settled() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			b.log.Warn("the replayed frames were not all compared with the primary's digests: its disks are not recorded in step (the next start hashes them)")
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // armedBy reports whether host (an IP address, as the peer connection

@@ -92,6 +92,11 @@ func (s inStepStore) save(uuid, epoch, role string, paths []string) error {
 	if !ok {
 		return nil
 	}
+	if len(paths) == 0 {
+		// A run adopted after a planned restart does not know its disks:
+		// it records nothing (an older record no longer matches anyway).
+		return nil
+	}
 	s.forget(uuid)
 	// On stable storage first: a crash must not leave an identity that
 	// matches older blocks (QEMU flushed at exit, unless cache=unsafe).
@@ -278,20 +283,19 @@ func (m *inStepMatcher) stopped(uuid string, shutdown bool) {
 	m.mu.Lock()
 	at, ok := m.guest[uuid]
 	delete(m.guest, uuid)
-	m.mu.Unlock()
-	if shutdown && ok && time.Since(at) < inStepMatchWindow {
-		m.shutdown(uuid)
+	if !shutdown || !ok || time.Since(at) >= inStepMatchWindow {
+		delete(m.cands, uuid)
+		delete(m.candAt, uuid)
+		delete(m.shutdowns, uuid)
+		m.mu.Unlock()
 		return
 	}
-	m.drop(uuid)
+	m.shutdownLocked(uuid) // unlocks
 }
 
-// shutdown: uuid's QEMU ended after its guest's own shutdown.
-func (m *inStepMatcher) shutdown(uuid string) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
+// shutdownLocked: uuid's QEMU ended after its guest's own shutdown. Called
+// with mu held; it unlocks it (the save runs without it).
+func (m *inStepMatcher) shutdownLocked(uuid string) {
 	now := time.Now()
 	if c, ok := m.cands[uuid]; ok && now.Sub(m.candAt[uuid]) < inStepMatchWindow {
 		delete(m.cands, uuid)

@@ -121,6 +121,7 @@ func TestInStepMatcher(t *testing.T) {
 	}
 	var none *inStepMatcher // tests without a matcher
 	none.offer(c)
-	none.shutdown(runUUID)
+	none.guestShutdown(runUUID)
+	none.stopped(runUUID, true)
 	none.drop(runUUID)
 }

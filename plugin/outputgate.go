@@ -466,6 +466,17 @@ func (og *outputGates) verify(d []logchan.FrameDigest) {
 	}
 }
 
+// settled: every backup gate compared the primary's every digest, equal
+// (gate.Gate.Settled).
+func (og *outputGates) settled() bool {
+	for _, g := range og.gates {
+		if !g.Settled() {
+			return false
+		}
+	}
+	return true
+}
+
 // stopVerify ends the backup's comparisons (gate.Gate.StopVerify): the
 // replay reaches END, and later frames are the live guest's.
 func (og *outputGates) stopVerify() {

@@ -85,6 +85,14 @@ type verifier struct {
 	skipped  uint64                // checkpoints too old (or too many) to compare
 	mismatch *Mismatch             // the first disagreement; nothing is compared after it
 	stopped  bool                  // stop: nothing is compared any more
+	lastPeer uint64                // the primary's latest checkpoint (frames)
+}
+
+// settled: every checkpoint of the primary was compared, equal (none
+// pending, the latest matched or within the frames read by an earlier
+// process), and nothing differed.
+func (v *verifier) settled() bool {
+	return v.mismatch == nil && !v.stopped && len(v.pending) == 0 && (v.lastPeer <= v.matched || v.lastPeer <= v.base)
 }
 
 // maxAhead bounds how far beyond the local frames a checkpoint may be to
@@ -123,6 +131,7 @@ func (v *verifier) local(n, d uint64) *Mismatch {
 // compared at once if n has reached it (and it is still in the ring),
 // else kept until it does. It returns a new mismatch.
 func (v *verifier) peer(c Checkpoint, n uint64) *Mismatch {
+	v.lastPeer = max(v.lastPeer, c.Frames)
 	if v.mismatch != nil || v.stopped || c.Frames == 0 || c.Frames <= v.matched {
 		return nil // nothing to compare, or compared equal already
 	}

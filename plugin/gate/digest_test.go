@@ -196,3 +196,33 @@ func BenchmarkNextDigest(b *testing.B) {
 	}
 	_ = d
 }
+
+// Settled: every checkpoint compared and equal, none waiting for the
+// replay; a mismatch or StopVerify is never settled.
+func TestVerifySettled(t *testing.T) {
+	d := digests("f1", "f2", "f3")
+	g, _ := newVerifying(t, 0)
+	if !g.Settled() {
+		t.Fatal("not settled with nothing to compare")
+	}
+	g.Verify(Checkpoint{Frames: 2, Digest: d[1]})
+	if g.Settled() {
+		t.Fatal("settled with a checkpoint the replay has not reached")
+	}
+	feed(g, "f1", "f2")
+	if !g.Settled() {
+		t.Fatal("not settled after the checkpoint matched")
+	}
+	g.Verify(Checkpoint{Frames: 2, Digest: d[1]}) // again: nothing new
+	if !g.Settled() {
+		t.Fatal("a repeated checkpoint unsettled it")
+	}
+	feed(g, "X3")
+	g.Verify(Checkpoint{Frames: 3, Digest: d[2]})
+	if g.Settled() {
+		t.Fatal("settled after a mismatch")
+	}
+	if p, _ := New(Config{Enabled: true, Position: func() uint64 { return 0 }}); !p.Settled() {
+		t.Fatal("a gate that does not verify is not settled")
+	}
+}

@@ -251,6 +251,15 @@ func (g *Gate) Verify(c Checkpoint) {
 	g.mismatched(m)
 }
 
+// Settled reports, with Config.Verify, whether every frame digest of the
+// primary given to Verify was compared and found equal (none waits for the
+// replay; the latest matched). Without Config.Verify: true.
+func (g *Gate) Settled() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.verify == nil || g.verify.settled()
+}
+
 // StopVerify ends the comparisons of Config.Verify for good: the replay
 // reached the end of the log, and later frames are the live guest's. A
 // mismatch found before stays in Stats.
