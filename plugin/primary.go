@@ -45,8 +45,10 @@ type primaryRun struct {
 	// running: QEMU runs (the started hook, or adopted by go-live).
 	running bool
 	epoch   string
-	disks   []string // the domain's disk images (in-step records)
-	peer    string   // the backup daemon's address
+	disks   []string
+	// cleanStop: the VM ended with its log ended (ctl.DomainStatus.CleanStop).
+	cleanStop bool   // the domain's disk images (in-step records)
+	peer      string // the backup daemon's address
 
 	// log channel figures: bytes sent and acknowledged, INSTRUCTION sum
 	// of the log sent, the backup's executed icount
@@ -144,7 +146,7 @@ func (p *primaryRun) status() ctl.DomainStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ctl.RolePrimary, Peer: p.peer,
-		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
+		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, CleanStop: p.cleanStop || p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
 		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagLocked().Milliseconds(),
 		PeerReport: p.peerReport, Gates: p.lastGates}
 	if p.state == ctl.StateSeeding && p.seeding != nil {
@@ -531,6 +533,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 				p.env.inStep.offer(c)
 			}
 			if clean {
+				p.mu.Lock()
+				p.cleanStop = true
+				p.mu.Unlock()
 				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
 			} else {
 				p.setState(ctl.StateStopped, "primary QEMU died without ending its log")

@@ -39,9 +39,11 @@ name, UUID or libvirt ID): its role, peer, state, the log sent and
 acknowledged, the backup's lag and the heartbeat's age, then details.
 
 Exit status, for monitoring checks: 0 when every domain shown is
-replicating (protected) or not running here (defined, stopped), and when
-none is shown; 1 when any is degraded or unprotected (starting, seeding,
-waiting for its backup, unprotected, live after a failover, refused); 2 when
+replicating (protected) or not running here on purpose (defined, or
+stopped cleanly: shut down or switched over), and when none is shown; 1
+when any is degraded or unprotected (starting, seeding, waiting for its
+backup, unprotected, live after a failover, refused, stopped by a crash or
+a halt); 2 when
 status could not be read (libvirt-ftd unreachable, no permission, no such
 domain).`,
 		Args: cobra.MaximumNArgs(1),
@@ -258,11 +260,15 @@ const (
 )
 
 // healthCode is status's exit code for ds: exitProtected when each is
-// replicating, or not running here (defined, or stopped: shut down, or
-// moved to the peer host, whose status tells), else exitDegraded.
+// replicating, or not running here on purpose (defined; stopped cleanly:
+// shut down, or switched over to the peer host), else exitDegraded (a
+// crash or a halt is a stop that needs a look).
 func healthCode(ds []ctl.DomainStatus) int {
 	for _, d := range ds {
-		if d.State != ctl.StateReplicating && d.State != ctl.StateDefined && d.State != ctl.StateStopped {
+		switch {
+		case d.State == ctl.StateReplicating, d.State == ctl.StateDefined:
+		case d.State == ctl.StateStopped && d.CleanStop:
+		default:
 			return exitDegraded
 		}
 	}

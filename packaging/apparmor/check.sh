@@ -32,11 +32,11 @@ cp -a /etc/apparmor.d/. "$base/"
 [ -e "$base/usr.sbin.libvirtd" ] || { echo "check.sh: no /etc/apparmor.d/usr.sbin.libvirtd: install libvirt-daemon-system" >&2; exit 1; }
 cp "$here/libvirt-ft-qemu" "$here/libvirt-ft-libvirtd" "$base/abstractions/"
 mkdir -p "$base/local/abstractions"
-echo '#include <abstractions/libvirt-ft-qemu>' >>"$base/local/abstractions/libvirt-qemu"
+echo 'include if exists <abstractions/libvirt-ft-qemu>' >>"$base/local/abstractions/libvirt-qemu"
 checked=()
 for p in usr.sbin.libvirtd usr.sbin.virtqemud; do
 	[ -e "$base/$p" ] || continue
-	echo '#include <abstractions/libvirt-ft-libvirtd>' >>"$base/local/$p"
+	echo 'include if exists <abstractions/libvirt-ft-libvirtd>' >>"$base/local/$p"
 	"$parser" -QT --base "$base" -I "$base" "$base/$p" 2>&1 | grep -v '^Cache read/write disabled' || true
 	"$parser" -QT --base "$base" -I "$base" "$base/$p" >/dev/null 2>&1 || { echo "check.sh: $p does not parse with libvirt-ft's rules" >&2; exit 1; }
 	checked+=("$p")
@@ -44,8 +44,11 @@ done
 sed 's/LIBVIRT_TEMPLATE/libvirt-00000000-0000-0000-0000-000000000000/' "$base/libvirt/TEMPLATE.qemu" >"$base/libvirt-vm"
 "$parser" -QT --base "$base" -I "$base" "$base/libvirt-vm" >/dev/null 2>&1 || { echo "check.sh: a domain's profile does not parse with libvirt-ft's rules" >&2; exit 1; }
 checked+=("a domain's profile (TEMPLATE.qemu)")
-# The rules must be in the parsed result, not skipped: -N lists nothing
-# useful, so grep the preprocessed profile (-p) for them.
-"$parser" -p --base "$base" -I "$base" "$base/libvirt-vm" 2>/dev/null | grep -q 'record.fifo rw' || { echo "check.sh: the domain's profile lacks libvirt-ft's rules" >&2; exit 1; }
-"$parser" -p --base "$base" -I "$base" "$base/usr.sbin.libvirtd" 2>/dev/null | grep -q 'libvirt-ft/qemu/bin/qemu-system-x86_64 PUxr' || { echo "check.sh: libvirtd's profile lacks libvirt-ft's rules" >&2; exit 1; }
+# The rules must be in the parsed result, not skipped ("if exists"): grep
+# the preprocessed profiles (-p), read whole (grep -q would stop the
+# parser's output early: SIGPIPE under pipefail).
+vm=$("$parser" -p --base "$base" -I "$base" "$base/libvirt-vm" 2>/dev/null)
+grep -q 'record.fifo rw' <<<"$vm" || { echo "check.sh: the domain's profile lacks libvirt-ft's rules" >&2; exit 1; }
+ld=$("$parser" -p --base "$base" -I "$base" "$base/usr.sbin.libvirtd" 2>/dev/null)
+grep -q 'libvirt-ft/qemu/bin/qemu-system-x86_64 PUxr' <<<"$ld" || { echo "check.sh: libvirtd's profile lacks libvirt-ft's rules" >&2; exit 1; }
 echo "apparmor: ${checked[*]} parse with libvirt-ft's rules ($("$parser" --version | head -n 1))"

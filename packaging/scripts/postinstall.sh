@@ -22,17 +22,28 @@ fi
 # libvirt-qemu abstraction when libvirt generates it at the domain's start.
 aa_include() { # FILE LINE: add LINE to FILE once (only where libvirt has profiles)
 	[ -d "$(dirname "$1")" ] || return 0
-	grep -qxF "$2" "$1" 2>/dev/null || printf '%s\n' "$2" >>"$1"
+	grep -qxF "$2" "$1" 2>/dev/null && return 0
+	# Never join the admin's last line.
+	if [ -s "$1" ] && [ -n "$(tail -c 1 "$1")" ]; then echo >>"$1"; fi
+	printf '%s\n' "$2" >>"$1"
+}
+# aa_reload PROFILE: reload a profile the kernel has loaded, as
+# dh_apparmor does: never one the admin disabled, keeping complain mode.
+aa_reload() {
+	[ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ] || return 0
+	command -v apparmor_parser >/dev/null 2>&1 || return 0
+	[ -e /etc/apparmor.d/disable/$1 ] && return 0
+	mode=
+	[ -e /etc/apparmor.d/force-complain/$1 ] && mode=-C
+	apparmor_parser -r -T -W $mode /etc/apparmor.d/$1 ||
+		echo "libvirt-ft: reloading the AppArmor profile $1 failed (see /etc/apparmor.d/abstractions/libvirt-ft-libvirtd)" >&2
 }
 if [ -d /etc/apparmor.d/abstractions ] && [ -e /etc/apparmor.d/abstractions/libvirt-qemu ]; then
-	aa_include /etc/apparmor.d/local/abstractions/libvirt-qemu '#include <abstractions/libvirt-ft-qemu>'
+	aa_include /etc/apparmor.d/local/abstractions/libvirt-qemu 'include if exists <abstractions/libvirt-ft-qemu>'
 	for p in usr.sbin.libvirtd usr.sbin.virtqemud; do
 		[ -e /etc/apparmor.d/$p ] || continue
-		aa_include /etc/apparmor.d/local/$p '#include <abstractions/libvirt-ft-libvirtd>'
-		if command -v apparmor_parser >/dev/null 2>&1 && [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
-			apparmor_parser -r -T -W /etc/apparmor.d/$p ||
-				echo "libvirt-ft: reloading the AppArmor profile $p failed (see /etc/apparmor.d/abstractions/libvirt-ft-libvirtd)" >&2
-		fi
+		aa_include /etc/apparmor.d/local/$p 'include if exists <abstractions/libvirt-ft-libvirtd>'
+		aa_reload $p
 	done
 fi
 

@@ -11,11 +11,14 @@ remove | purge | 0)
 	# AppArmor: take our include lines out of libvirt's local files (the
 	# rules files are conffiles: they go on purge) and reload.
 	for f in /etc/apparmor.d/local/abstractions/libvirt-qemu /etc/apparmor.d/local/usr.sbin.libvirtd /etc/apparmor.d/local/usr.sbin.virtqemud; do
-		[ -f "$f" ] && sed -i -e '/^#include <abstractions\/libvirt-ft-\(qemu\|libvirtd\)>$/d' "$f" || true
+		[ -f "$f" ] && sed -i -e '/^include if exists <abstractions\/libvirt-ft-\(qemu\|libvirtd\)>$/d' "$f" || true
 	done
 	if command -v apparmor_parser >/dev/null 2>&1 && [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
 		for p in usr.sbin.libvirtd usr.sbin.virtqemud; do
-			[ -e /etc/apparmor.d/$p ] && { apparmor_parser -r -T -W /etc/apparmor.d/$p || true; }
+			[ -e /etc/apparmor.d/$p ] && [ ! -e /etc/apparmor.d/disable/$p ] || continue
+			mode=
+			[ -e /etc/apparmor.d/force-complain/$p ] && mode=-C
+			apparmor_parser -r -T -W $mode /etc/apparmor.d/$p || true
 		done
 	fi
 	;;

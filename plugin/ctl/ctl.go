@@ -193,6 +193,11 @@ type DomainStatus struct {
 	// SwitchedOver is set on the old primary once a planned switchover
 	// completed: the backup went live and this host's VM was stopped.
 	SwitchedOver bool `json:"switched_over,omitempty"`
+	// CleanStop is set on a stopped primary whose VM ended on purpose:
+	// the guest shut down (or was shut down) with its log ended and sent,
+	// or a switchover completed. A stop that is not clean (a crash, a
+	// halt after a lost split-brain race) leaves it unset.
+	CleanStop bool `json:"clean_stop,omitempty"`
 	// Gates are the output gates, one per network interface.
 	Gates []Gate `json:"output_gates,omitempty"`
 	// Stall is the last replay stall of this domain's backup.

@@ -13,29 +13,39 @@
 #  3. replication, then one failover (kill -9 of the primary's QEMU);
 #  4. apt-get purge: no file, unit link, AppArmor include line or state
 #     directory of the packages is left.
-# Refuses to run when libvirt-ft is installed already (it would purge it).
+# Skipped (it says so, exit 0) on a machine where it would undo an admin's
+# work: libvirt-ft or libvirt-ft-qemu installed (or their config files
+# left), /etc/libvirt-ft present, or apt-get would install anything else.
 #   test/e2e/install.sh      (make e2e-install builds the packages first)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 deb=$(ls "$ROOT"/build/libvirt-ft_*_amd64.deb 2>/dev/null | tail -n 1)
 qdeb=$(ls "$ROOT"/build/libvirt-ft-qemu_*_amd64.deb 2>/dev/null | tail -n 1)
 [ -n "$deb" ] && [ -n "$qdeb" ] || die "no packages in build/: run make package (with make qemu-ft first)"
+skip() {
+	say "e2e-install SKIPPED: $*"
+	exit 0
+}
 for p in libvirt-ft libvirt-ft-qemu; do
-	if dpkg-query -W -f '${Status}' $p 2>/dev/null | grep -q installed; then
-		die "$p is installed on this machine: e2e-install installs and purges it; remove it first"
-	fi
+	st=$(dpkg-query -W -f '${db:Status-Status}' $p 2>/dev/null || true)
+	[ -z "$st" ] || [ "$st" = not-installed ] || skip "$p is $st on this machine (e2e-install installs and purges it)"
 done
+[ ! -e /etc/libvirt-ft ] || skip "/etc/libvirt-ft exists on this machine (a purge would delete it)"
+others=$(apt-get -s install --no-install-recommends "$deb" "$qdeb" 2>/dev/null | awk '$1 == "Inst" && $2 != "libvirt-ft" && $2 != "libvirt-ft-qemu" { print $2 }')
+[ -z "$others" ] || skip "apt-get would also install: $(echo $others) (make setup first)"
 installed=no
 purge() {
 	[ $installed = yes ] || return 0
 	installed=no
-	DEBIAN_FRONTEND=noninteractive apt-get purge -y -q libvirt-ft libvirt-ft-qemu >/dev/null 2>&1 || true
+	local out
+	out=$(DEBIAN_FRONTEND=noninteractive apt-get purge -y -q libvirt-ft libvirt-ft-qemu 2>&1) ||
+		{ echo "$out" | tail -n 20; echo "install.sh: apt-get purge failed: libvirt-ft may still be installed" >&2; }
 }
-trap 'lab_stop; purge' EXIT
+trap '(lab_stop) || true; purge' EXIT
 
 say "apt-get install $(basename "$deb") $(basename "$qdeb")"
 installed=yes
-out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb" "$qdeb" 2>&1) || { echo "$out" | tail -n 20; die "apt-get install failed"; }
+out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" "$qdeb" 2>&1) || { echo "$out" | tail -n 20; die "apt-get install failed"; }
 grep -q "libvirt reads its hook scripts only when it starts" <<<"$out" || die "the package did not say that libvirt must be restarted"
 for f in /usr/sbin/libvirt-ftd /usr/bin/virt-ft /etc/libvirt/hooks/qemu.d/libvirt-ft /etc/libvirt-ft/libvirt-ftd.yaml \
 	/lib/systemd/system/libvirt-ftd.service /usr/share/man/man1/virt-ft.1 /usr/share/bash-completion/completions/virt-ft \
@@ -47,7 +57,7 @@ for l in share/qemu share/seabios lib/ipxe/qemu; do
 		die "/usr/lib/libvirt-ft/qemu/$l is not a working symbolic link"
 done
 if [ -e /etc/apparmor.d/usr.sbin.libvirtd ]; then
-	grep -qx '#include <abstractions/libvirt-ft-libvirtd>' /etc/apparmor.d/local/usr.sbin.libvirtd ||
+	grep -qx 'include if exists <abstractions/libvirt-ft-libvirtd>' /etc/apparmor.d/local/usr.sbin.libvirtd ||
 		die "the package did not include its AppArmor rules in libvirtd's profile"
 fi
 log "installed: $(/usr/bin/virt-ft --version), $(/usr/lib/libvirt-ft/qemu/bin/qemu-system-x86_64 --version | head -n 1)"
