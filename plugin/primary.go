@@ -45,9 +45,10 @@ type primaryRun struct {
 	// running: QEMU runs (the started hook, or adopted by go-live).
 	running bool
 	epoch   string
-	disks   []string
-	// cleanStop: the VM ended with its log ended (ctl.DomainStatus.CleanStop).
-	cleanStop bool   // the domain's disk images (in-step records)
+	disks   []string // the domain's disk images (in-step records)
+	// cleanStop: the VM ended on purpose with its log ended
+	// (ctl.DomainStatus.CleanStop).
+	cleanStop bool
 	peer      string // the backup daemon's address
 
 	// log channel figures: bytes sent and acknowledged, INSTRUCTION sum
@@ -532,12 +533,18 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 				p.mu.Unlock()
 				p.env.inStep.offer(c)
 			}
-			if clean {
+			end, _ := drv.View()
+			switch {
+			case end.State == failover.StateHalted:
+				// Stopped by the core (a lost split-brain race): a destroy
+				// ends the log cleanly too, but this is no clean stop.
+				p.setState(ctl.StateStopped, "halted: "+end.Reason)
+			case clean:
 				p.mu.Lock()
 				p.cleanStop = true
 				p.mu.Unlock()
 				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
-			} else {
+			default:
 				p.setState(ctl.StateStopped, "primary QEMU died without ending its log")
 			}
 			return

@@ -11,7 +11,8 @@ remove | purge | 0)
 	# AppArmor: take our include lines out of libvirt's local files (the
 	# rules files are conffiles: they go on purge) and reload.
 	for f in /etc/apparmor.d/local/abstractions/libvirt-qemu /etc/apparmor.d/local/usr.sbin.libvirtd /etc/apparmor.d/local/usr.sbin.virtqemud; do
-		[ -f "$f" ] && sed -i -e '/^include if exists <abstractions\/libvirt-ft-\(qemu\|libvirtd\)>$/d' "$f" || true
+		# (and the plain #include of builds before "include if exists")
+		[ -f "$f" ] && sed -i -e '/^\(include if exists\|#include\) <abstractions\/libvirt-ft-\(qemu\|libvirtd\)>$/d' "$f" || true
 	done
 	if command -v apparmor_parser >/dev/null 2>&1 && [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
 		for p in usr.sbin.libvirtd usr.sbin.virtqemud; do

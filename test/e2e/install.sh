@@ -30,8 +30,10 @@ for p in libvirt-ft libvirt-ft-qemu; do
 	st=$(dpkg-query -W -f '${db:Status-Status}' $p 2>/dev/null || true)
 	[ -z "$st" ] || [ "$st" = not-installed ] || skip "$p is $st on this machine (e2e-install installs and purges it)"
 done
-[ ! -e /etc/libvirt-ft ] || skip "/etc/libvirt-ft exists on this machine (a purge would delete it)"
-others=$(apt-get -s install --no-install-recommends "$deb" "$qdeb" 2>/dev/null | awk '$1 == "Inst" && $2 != "libvirt-ft" && $2 != "libvirt-ft-qemu" { print $2 }')
+# (The lab leaves an empty /etc/libvirt-ft as a mount target.)
+[ -z "$(ls -A /etc/libvirt-ft 2>/dev/null)" ] || skip "/etc/libvirt-ft holds files on this machine (a purge would delete them)"
+sim=$(apt-get -s install --no-install-recommends "$deb" "$qdeb" 2>&1) || { echo "$sim" | tail -n 20; die "apt-get -s install failed"; }
+others=$(awk '$1 == "Inst" && $2 != "libvirt-ft" && $2 != "libvirt-ft-qemu" { print $2 }' <<<"$sim")
 [ -z "$others" ] || skip "apt-get would also install: $(echo $others) (make setup first)"
 installed=no
 purge() {
