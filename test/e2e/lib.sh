@@ -28,6 +28,16 @@ on() { local h=$1; shift; "$LAB" exec "$h" "$@"; }
 virsh_on() { local h=$1; shift; "$LAB" exec "$h" virsh -q -c qemu:///system "$@"; }
 ft_on() { local h=$1; shift; "$LAB" exec "$h" "$VIRT_FT" "$@"; }
 
+# wait_for_quiet SECONDS CMD...: poll CMD every 0.2 s; false when it never
+# succeeded (the caller decides).
+wait_for_quiet() {
+	local end=$((SECONDS + $1)); shift
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $end ] || return 1
+		sleep 0.2
+	done
+}
+
 # wait_for SECONDS DESCRIPTION CMD...: poll CMD every 0.2 s.
 wait_for() {
 	local secs=$1 what=$2; shift 2

@@ -69,14 +69,30 @@ log "the two disk images are byte-identical after the replayed shutdown"
 
 say "restart: both copies ended the pairing in step, so no disk is read (issue 13)"
 uuid=$(virsh_on a domuuid "$DOMAIN")
-for h in a b; do
-	wait_for 10 "host $h to record its disk as in step" on $h test -s "/var/lib/libvirt-ft/in-step/$uuid.json"
-done
-log "in-step records on both hosts: $(on a jq -c '{epoch, role, disks: [.disks[].path]}' "/var/lib/libvirt-ft/in-step/$uuid.json"), $(on b jq -c '{epoch, role}' "/var/lib/libvirt-ft/in-step/$uuid.json")"
+in_step=yes
+wait_for 10 "host A to record its disk as in step" on a test -s "/var/lib/libvirt-ft/in-step/$uuid.json"
+if ! wait_for_quiet 10 on b test -s "/var/lib/libvirt-ft/in-step/$uuid.json"; then
+	# A backup whose replay of the shutdown stalled (halted: it never
+	# reached the end) must record nothing, and the restart then hashes.
+	# Seen once in about ten runs: the replay stopping before an INTERRUPT
+	# in the guest's last second (a known replay limit, see the closing
+	# notes); the disks' records still matched.
+	stall=$(grep -o 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
+	[ -n "$stall" ] || die "host B recorded nothing in step, and its replay did not stall"
+	log "KNOWN: host B's replay of the shutdown stalled ($stall): it recorded nothing in step, so the restart must hash both copies"
+	in_step=no
+else
+	log "in-step records on both hosts: $(on a jq -c '{epoch, role, disks: [.disks[].path]}' "/var/lib/libvirt-ft/in-step/$uuid.json"), $(on b jq -c '{epoch, role}' "/var/lib/libvirt-ft/in-step/$uuid.json")"
+fi
 virsh_on a start "$DOMAIN" >/dev/null
 wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
-grep "not read" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /'
-grep -q "both copies unchanged since pairing .* ended in step" "$LAB_DIR/a/ftd.log" || die "host A read (hashed or seeded) the disk on a restart with both copies in step"
+if [ $in_step = yes ]; then
+	grep "not read" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /'
+	grep -q "both copies unchanged since pairing .* ended in step" "$LAB_DIR/a/ftd.log" || die "host A read (hashed or seeded) the disk on a restart with both copies in step"
+else
+	grep -qE "disk [^:]*: (backup copy identical|seeded and verified)" "$LAB_DIR/a/ftd.log" || die "host A did not hash the disks on a restart without in-step records"
+	grep -E "disk [^:]*: (backup copy identical|seeded and verified)" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /'
+fi
 # (QEMU truncates a file console at start: these are the second boot's.)
 wait_for 120 "10 ticks of the second boot on host B" has_tick b "$DOMAIN" 10
 virsh_on a destroy "$DOMAIN" >/dev/null
