@@ -194,7 +194,37 @@ const (
 	// refusal (a primary's virt-ft check). A backup host of an older
 	// libvirt-ft answers "unknown control op".
 	OpCheckBackup ControlOp = "check-backup"
+	// OpStatus asks for the server's view of UUID (ControlReply.Data:
+	// PeerStatus), for virt-ft status on the other host. Either daemon
+	// of a pairing may ask the other; the server answers only a peer
+	// whose address is the one its run of UUID is paired with, and only
+	// with what virt-ft status shows there. Only to a server that listed
+	// FeatureStatus.
+	OpStatus ControlOp = "status"
 )
+
+// FeatureStatus (Hello.Features): the server answers OpStatus.
+const FeatureStatus = "status"
+
+// PeerStatus answers OpStatus: one domain as its run on the server stands
+// (plugin/ctl.DomainStatus's fields of the same names).
+type PeerStatus struct {
+	// Role is "primary" or "backup"; State the run's lifecycle
+	// (replicating, live, unprotected, ...); Failover the failover core's
+	// state; Detail why, in the daemon's words.
+	Role     string `json:"role"`
+	State    string `json:"state"`
+	Failover string `json:"failover,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	// HeartbeatAgeMS: ms since the server last heard this host; -1 never.
+	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
+	// LagMS, LagBytes: the backup's lag as the primary measures it.
+	LagMS    int64  `json:"lag_ms"`
+	LagBytes uint64 `json:"lag_bytes"`
+	// BackupIcount: the backup QEMU's executed icount (guest
+	// instructions) as the server last saw it.
+	BackupIcount uint64 `json:"backup_icount"`
+}
 
 // FileDigest describes a file for seeding: whether it exists, its size in
 // bytes and its SHA-256 (lower-case hex).

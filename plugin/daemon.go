@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -488,7 +489,11 @@ func (d *Daemon) serveControl(l net.Listener) {
 func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 	switch req.Op {
 	case ctl.OpStatus:
-		return ctl.Response{OK: true, Domains: d.status(req.Domain)}
+		st := d.status(req.Domain)
+		if req.WithPeer {
+			d.addPeerViews(st)
+		}
+		return ctl.Response{OK: true, Domains: st}
 	case ctl.OpFailover:
 		if err := d.switchover(req.Domain); err != nil {
 			return ctl.Response{Error: err.Error()}
@@ -741,6 +746,83 @@ func (d *Daemon) status(name string) []ctl.DomainStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// addPeerViews fills each running domain's PeerView (virt-ft status
+// showing both sides, issue 14): the peer daemon's answer to OpStatus,
+// fetched in parallel, each bounded by ctl.PeerViewTimeout. The peer
+// daemon is the primary's backup host (ft element), or for a backup the
+// primary's host at this daemon's own listen port (both daemons of a
+// pairing listen on the same port, docs/install.md), as for a VM that went
+// live here (its former primary's host).
+func (d *Daemon) addPeerViews(st []ctl.DomainStatus) {
+	var wg sync.WaitGroup
+	for i := range st {
+		s := &st[i]
+		switch s.State {
+		case ctl.StateDefined, ctl.StateRefused, ctl.StateStopped:
+			continue
+		}
+		addr := s.Peer
+		if s.Role == ctl.RoleBackup || s.State == ctl.StateLive {
+			// Peer is the primary's end of the log channel (its
+			// ephemeral port): ask its daemon's port.
+			host, _, err := net.SplitHostPort(s.Peer)
+			_, port, perr := net.SplitHostPort(d.cfg.Listen)
+			if err != nil || perr != nil {
+				continue
+			}
+			addr = net.JoinHostPort(host, port)
+		}
+		if addr == "" {
+			continue
+		}
+		s.PeerView = &ctl.PeerView{Host: addr, HeartbeatAgeMS: -1}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := make(chan ctl.PeerView, 1)
+			go func() { done <- d.fetchPeerView(addr, s.UUID) }()
+			select {
+			case v := <-done:
+				*s.PeerView = v
+			case <-time.After(ctl.PeerViewTimeout):
+				s.PeerView.Error = fmt.Sprintf("no answer within %v", ctl.PeerViewTimeout)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// fetchPeerView asks the peer daemon at addr for its view of uuid
+// (logchan.OpStatus). Errors are in the result's Error.
+func (d *Daemon) fetchPeerView(addr, uuid string) ctl.PeerView {
+	v := ctl.PeerView{Host: addr, HeartbeatAgeMS: -1}
+	qemuVer, err := d.hv.QEMUVersion()
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
+	pc, err := dialControl(d.env(), addr, uuid, qemuVer, logVer)
+	if err != nil {
+		v.Error = "not reachable: " + err.Error()
+		return v
+	}
+	defer pc.Close()
+	if !slices.Contains(pc.peer.Features, logchan.FeatureStatus) {
+		v.Error = "its libvirt-ftd is older and does not give its status"
+		return v
+	}
+	_ = pc.nc.SetDeadline(time.Now().Add(ctl.PeerViewTimeout))
+	var ps logchan.PeerStatus
+	if err := pc.request(logchan.ControlRequest{Op: logchan.OpStatus, UUID: uuid}, &ps); err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	v.Role, v.State, v.Failover, v.Detail = ctl.Role(ps.Role), ctl.State(ps.State), ps.Failover, ps.Detail
+	v.HeartbeatAgeMS, v.LagMS, v.BackupIcount = ps.HeartbeatAgeMS, ps.LagMS, ps.BackupIcount
+	return v
 }
 
 // resolveName maps a domain named on the command line (virt-ft) to the

@@ -955,6 +955,7 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	dm := d.entry(rec.UUID, rec.Name)
 	dm.setRun(p)
 	go p.pump(rr, link, gates, dec)
+	p.startNotes()
 	go func() {
 		e.resumeVM(rec.UUID, p.stop)
 		if rec.PausedAt > 0 {

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -74,7 +75,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 	}
 	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
 	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup,
-		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep}}
+		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep, logchan.FeatureStatus}}
 	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
 		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
 			return fmt.Errorf("unknown role %q", h.Role)
@@ -142,7 +143,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			continue
 		}
-		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep) && req.UUID != uuid {
+		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep || req.Op == logchan.OpStatus) && req.UUID != uuid {
 			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
 			return
 		}
@@ -202,6 +203,15 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			if reply(nil, err) != nil {
 				return
 			}
+		case logchan.OpStatus:
+			host, _, _ := net.SplitHostPort(pc.remote())
+			st, err := d.peerStatus(uuid, host)
+			if err != nil {
+				d.log.Warnf("peer %s: status of %s refused: %v", pc.remote(), uuid, err)
+			}
+			if reply(st, err) != nil || err != nil {
+				return
+			}
 		case logchan.OpPrepareBackup:
 			host, _, _ := net.SplitHostPort(pc.remote())
 			if reply(nil, d.prepareBackup(req, host)) != nil {
@@ -223,4 +233,54 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			return
 		}
 	}
+}
+
+// peerStatus answers OpStatus for uuid to the peer daemon at host (an IP
+// address): this host's run of the domain, if it is paired with host (its
+// status's Peer names host, or a name that resolves to it within a
+// second). Errors: no run of the domain here, or one paired with another
+// host (the answer says no more than that).
+func (d *Daemon) peerStatus(uuid, host string) (logchan.PeerStatus, error) {
+	var r run
+	if dm := d.lookup(uuid); dm != nil {
+		r = dm.current()
+	}
+	if r == nil {
+		return logchan.PeerStatus{}, fmt.Errorf("its libvirt-ftd runs no protection of domain %s", uuid)
+	}
+	s := r.status()
+	if !pairedWith(s.Peer, host) {
+		return logchan.PeerStatus{}, fmt.Errorf("its libvirt-ftd runs no protection of domain %s paired with %s", uuid, host)
+	}
+	return logchan.PeerStatus{Role: string(s.Role), State: string(s.State), Failover: s.Failover, Detail: s.Detail,
+		HeartbeatAgeMS: s.HeartbeatAgeMS, LagMS: s.LagMS, LagBytes: s.LagBytes, BackupIcount: s.BackupIcount}, nil
+}
+
+// pairedWith reports whether peer (a run's peer address, host:port or
+// host) names the IP address ip: the same address, or a name that
+// resolves to it within a second.
+func pairedWith(peer, ip string) bool {
+	h := peer
+	if host, _, err := net.SplitHostPort(peer); err == nil {
+		h = host
+	}
+	if h == "" || ip == "" {
+		return false
+	}
+	want := net.ParseIP(ip)
+	if a := net.ParseIP(h); a != nil {
+		return want != nil && a.Equal(want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, h)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if ip := net.ParseIP(a); ip != nil && want != nil && ip.Equal(want) {
+			return true
+		}
+	}
+	return false
 }

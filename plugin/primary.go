@@ -85,6 +85,13 @@ type primaryRun struct {
 	// from: the backup run this live primary came from (go-live); its
 	// failover core's timings stay in the status.
 	from *backupRun
+
+	// The running VM's title note (noteLoop): the user's own title and
+	// description (userKnown: from the prepare hook's XML; else read from
+	// the live XML once), and whether the loop runs.
+	userTitle, userDesc string
+	userKnown           bool
+	notes               bool
 }
 
 type sample struct {
@@ -135,6 +142,86 @@ func (p *primaryRun) started() {
 	p.mu.Lock()
 	p.running = true
 	p.mu.Unlock()
+	p.startNotes()
+}
+
+// noteEvery is how often the running primary's title note is brought up to
+// date with its state (noteLoop).
+const noteEvery = time.Second
+
+// startNotes starts noteLoop once, for a primary that records (not one
+// that went live here: its title is go-live's LiveNote).
+func (p *primaryRun) startNotes() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.notes || p.from != nil {
+		return
+	}
+	p.notes = true
+	go p.noteLoop()
+}
+
+// noteLoop keeps the running VM's title (libvirt metadata, live only:
+// what virt-manager's list and virsh list --title show) saying its
+// protection state (ftxml.PrimaryTitle): starting, protected, UNPROTECTED,
+// switching over. Checked every noteEvery; libvirt is called only on a
+// change. Ends with the run; the title ends with the VM. Failures are
+// logged once per change and retried (the title is a convenience: status
+// and metrics are the record).
+func (p *primaryRun) noteLoop() {
+	t := time.NewTicker(noteEvery)
+	defer t.Stop()
+	var last, failed string
+	for {
+		p.mu.Lock()
+		state, known := p.state, p.userKnown
+		p.mu.Unlock()
+		if !known {
+			p.readUserNotes()
+		}
+		p.mu.Lock()
+		title := ftxml.PrimaryTitle(p.name, p.cfg.PeerAddress, string(state), p.userTitle)
+		desc, known := p.userDesc, p.userKnown
+		p.mu.Unlock()
+		if known && title != "" && title != last {
+			if err := p.env.hv.SetLiveNote(p.uuid, title, desc); err != nil {
+				if failed != title {
+					p.log.WithError(err).Warn("setting the VM's title to its protection state (virsh list --title) failed; retrying")
+					failed = title
+				}
+			} else {
+				last = title
+			}
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// readUserNotes reads the user's own title and description from the
+// running VM's live XML (a primary adopted after a daemon restart), with
+// the note of an earlier run taken off.
+func (p *primaryRun) readUserNotes() {
+	defs, err := p.env.hv.Running()
+	if err != nil {
+		return
+	}
+	for _, d := range defs {
+		if d.UUID != p.uuid {
+			continue
+		}
+		dom, err := ftxml.ParseDomain(d.XML)
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.userTitle, p.userDesc, p.userKnown = ftxml.UserTitle(dom.Title, p.name, p.cfg.PeerAddress), dom.Description, true
+		p.mu.Unlock()
+		return
+	}
 }
 
 func (p *primaryRun) driver() *failover.Driver {
@@ -199,6 +286,9 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 		}
 	}()
 	p.setState(ctl.StatePreparing, "contacting peer "+p.peer)
+	p.mu.Lock()
+	p.userTitle, p.userDesc, p.userKnown = dom.Title, dom.Description, true
+	p.mu.Unlock()
 	qemuVer, err := p.env.hv.QEMUVersion()
 	if err != nil {
 		return fmt.Errorf("libvirt-ft: domain %q: %w", p.name, err)

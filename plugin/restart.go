@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -263,6 +264,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		why := fmt.Sprintf("paused: libvirt-ftd restarted and arbiter is none, so nothing tells whether the peer %s runs the VM now; check virt-ft status there, then virsh destroy it here or virsh resume it", rec.Peer)
 		log.Error(why)
 		dm.note(ctl.StateRefused, why)
+		d.noteUnprotected(def, cfg, rec.Role == "backup", rec.Peer)
 		// Once: a later rescan (libvirtd reconnecting) must not pause
 		// it again after the operator resumed it.
 		rec.Role = "operator"
@@ -328,6 +330,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		}
 		detail = fmt.Sprintf("libvirt-ftd restarted while its backup went live: this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected; the primary on %s halts", rec.Epoch, rec.Peer)
 	}
+	d.noteUnprotected(def, cfg, wasBackup, rec.Peer)
 	log.Warn(detail)
 	dm.note(ctl.StateUnprotected, detail)
 	if ri.Mode == "record" && !ioErr {
@@ -401,5 +404,33 @@ func filtersOff(client *qmp.Client, n int, log logrus.FieldLogger) {
 			"property": "status", "value": "off"}, nil); err != nil {
 			log.WithError(err).Errorf("cannot open interface %d to the network (qom-set %s status off); the VM runs without it", j, ftxml.GateFilterID(j))
 		}
+	}
+}
+
+// noteUnprotected sets the title of a VM that a restarted daemon leaves
+// running unprotected (or paused for the operator) to say so, in place of
+// its earlier run's note (ftxml.PrimaryTitle, or ftxml.LiveNote for a
+// former backup, whose title was the backup's). Best effort: logged.
+func (d *Daemon) noteUnprotected(def DomainDef, cfg ftxml.Config, wasBackup bool, peer string) {
+	var title, desc string
+	if wasBackup {
+		host, _, err := net.SplitHostPort(peer)
+		if err != nil {
+			host = peer
+		}
+		t, ds, err := ftxml.LiveNote(def.XML, host)
+		if err != nil {
+			return
+		}
+		title, desc = t, ds
+	} else {
+		dom, err := ftxml.ParseDomain(def.XML)
+		if err != nil {
+			return
+		}
+		title, desc = ftxml.PrimaryTitle(def.Name, cfg.PeerAddress, string(ctl.StateUnprotected), ftxml.UserTitle(dom.Title, def.Name, cfg.PeerAddress)), dom.Description
+	}
+	if err := d.hv.SetLiveNote(def.UUID, title, desc); err != nil {
+		d.log.WithField("domain", def.Name).WithError(err).Warn("setting the VM's title to unprotected failed")
 	}
 }

@@ -837,3 +837,78 @@ func TestEnableDisable(t *testing.T) {
 		}
 	})
 }
+
+// virt-ft status shows both sides (issue 14): each daemon asks the other
+// for its view of the pairing (logchan.OpStatus). A peer that is not the
+// pairing's gets a refusal, and the connection ends.
+func TestStatusPeerView(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		for _, c := range []struct {
+			h    *fakeHost
+			host string
+			role ctl.Role
+		}{{fp.a, "10.0.0.2:7480", ctl.RoleBackup}, {fp.b, "10.0.0.1:7480", ctl.RolePrimary}} {
+			resp := c.h.d.handleControl(ctl.Request{Op: ctl.OpStatus, Domain: "web", WithPeer: true})
+			if !resp.OK || len(resp.Domains) != 1 || resp.Domains[0].PeerView == nil {
+				t.Fatalf("status with peer: %+v", resp)
+			}
+			v := *resp.Domains[0].PeerView
+			if v.Error != "" || v.Host != c.host || v.Role != c.role || v.State != ctl.StateReplicating || v.Failover != "replicating" {
+				t.Errorf("peer view: %+v, want %s replicating at %s", v, c.role, c.host)
+			}
+			if resp := c.h.d.handleControl(ctl.Request{Op: ctl.OpStatus, Domain: "web"}); resp.Domains[0].PeerView != nil {
+				t.Errorf("status without peer has a peer view: %+v", resp.Domains[0].PeerView)
+			}
+		}
+		// A third host, or a domain the connection is not for.
+		for _, c := range []struct{ from, uuid, want string }{
+			{"10.0.0.9:40000", runUUID, "paired with 10.0.0.9"},
+			{"10.0.0.1:40000", "11111111-2222-4333-8444-555555555555", "on a connection for"},
+		} {
+			a, b := net.Pipe()
+			go fp.b.d.servePeer(addrConn{b, pipeAddr("10.0.0.2:7480"), pipeAddr(c.from)})
+			conn := logchan.NewConn(a)
+			if _, err := logchan.ClientHandshake(conn, logchan.Hello{Protocol: logchan.ProtocolVersion, DomainUUID: runUUID,
+				QEMUVersion: "7.2.22", LogVersion: logchan.LogVersionQEMU72, Role: logchan.RoleControl}); err != nil {
+				t.Fatal(err)
+			}
+			var ps logchan.PeerStatus
+			err := conn.Request(logchan.ControlRequest{Op: logchan.OpStatus, UUID: c.uuid}, &ps)
+			if err == nil || !strings.Contains(err.Error(), c.want) || ps.State != "" {
+				t.Errorf("status from %s of %s: %v %+v, want a refusal (%s)", c.from, c.uuid, err, ps, c.want)
+			}
+			a.Close()
+		}
+	})
+}
+
+// The running primary's title says its protection state (issue 14: what
+// virt-manager's list shows), live only: the persistent definition keeps
+// the user's.
+func TestRunsPrimaryTitle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		title := func() string {
+			fp.a.hv.mu.Lock()
+			defer fp.a.hv.mu.Unlock()
+			return fp.a.hv.doms[runUUID].title
+		}
+		time.Sleep(2 * noteEvery)
+		synctest.Wait()
+		if got, want := title(), "libvirt-ft: web protected (backup on 10.0.0.2)"; got != want {
+			t.Fatalf("title while replicating: %q, want %q", got, want)
+		}
+		if resp := fp.a.d.handleControl(ctl.Request{Op: ctl.OpUnprotect, Domain: "web"}); !resp.OK {
+			t.Fatal(resp.Error)
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if got := title(); !strings.HasPrefix(got, "libvirt-ft: web UNPROTECTED") {
+			t.Fatalf("title once unprotected: %q", got)
+		}
+		if def, _, _ := fp.a.hv.Definition("web"); strings.Contains(def.XML, "<title>") {
+			t.Fatalf("the persistent definition got a title:\n%s", def.XML)
+		}
+	})
+}

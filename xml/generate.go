@@ -495,6 +495,49 @@ func LiveNote(backupXML, primaryHost string) (title, description string, err err
 	return joinNote(note, ": ", dom.Title), dom.Description, nil
 }
 
+// PrimaryTitle is the running primary's title (libvirt metadata, set live
+// only: never in the persistent definition, never guest-visible; what
+// virt-manager's list and virsh list --title show): a note of its
+// protection state, then ": " and the user's own title if there is one.
+// name is the domain, backupHost its ft element's peer, state libvirt-ftd's
+// state of the run (plugin/ctl State names). "" for a state that needs no
+// note (stopped, refused, resolving, live: LiveNote's).
+func PrimaryTitle(name, backupHost, state, userTitle string) string {
+	note := primaryNote(name, backupHost, state)
+	if note == "" {
+		return ""
+	}
+	return joinNote(note, ": ", userTitle)
+}
+
+// primaryNotes are the states PrimaryTitle words.
+var primaryNotes = []string{"preparing", "replicating", "unprotected", "switching-over"}
+
+func primaryNote(name, host, state string) string {
+	switch state {
+	case "preparing", "seeding", "waiting":
+		return "libvirt-ft: " + name + " starting protection (backup on " + host + ")"
+	case "replicating":
+		return "libvirt-ft: " + name + " protected (backup on " + host + ")"
+	case "unprotected":
+		return "libvirt-ft: " + name + " UNPROTECTED (no backup; virt-ft status)"
+	case "switching-over":
+		return "libvirt-ft: " + name + " switching over to " + host
+	}
+	return ""
+}
+
+// UserTitle is the user's own title in a running primary's title
+// (PrimaryTitle's note taken off, exactly; anything else is kept).
+func UserTitle(title, name, backupHost string) string {
+	for _, st := range primaryNotes {
+		if t := stripNote(title, primaryNote(name, backupHost, st), ": "); t != title {
+			return t
+		}
+	}
+	return title
+}
+
 // BackupDescription is the <description> of the backup domain of name,
 // whose primary runs on primaryHost: what it is, and not to type into its
 // console.

@@ -585,3 +585,26 @@ func TestBackupNotes(t *testing.T) {
 		}
 	}
 }
+
+// The primary's title note comes off exactly, leaving the user's title.
+func TestPrimaryTitle(t *testing.T) {
+	for _, user := range []string{"", "web server", "libvirt-ft: web protected (backup on b)"} {
+		for _, st := range []string{"preparing", "seeding", "waiting", "replicating", "unprotected", "switching-over"} {
+			title := PrimaryTitle("web", "b", st, user)
+			if title == "" || !strings.HasPrefix(title, "libvirt-ft: web ") {
+				t.Fatalf("%s: title %q", st, title)
+			}
+			if got := UserTitle(title, "web", "b"); got != user {
+				t.Errorf("%s, user %q: UserTitle(%q) = %q", st, user, title, got)
+			}
+		}
+	}
+	for _, st := range []string{"stopped", "refused", "live", "resolving"} {
+		if title := PrimaryTitle("web", "b", st, "x"); title != "" {
+			t.Errorf("%s: title %q, want none", st, title)
+		}
+	}
+	if got := UserTitle("my own: title", "web", "b"); got != "my own: title" {
+		t.Errorf("a user's title was changed: %q", got)
+	}
+}

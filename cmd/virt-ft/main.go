@@ -30,13 +30,16 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&socket, "socket", ctl.DefaultSocket, "libvirt-ftd control socket")
 
-	var asJSON bool
+	var asJSON, local bool
 	status := &cobra.Command{
 		Use:   "status [DOMAIN]",
 		Short: "show protected domains: role, peer, state, log sent/acked, backup lag, heartbeat age",
 		Long: `status shows this host's side of each domain protected here (or of DOMAIN, by
 name, UUID or libvirt ID): its role, peer, state, the log sent and
-acknowledged, the backup's lag and the heartbeat's age, then details.
+acknowledged, the backup's lag and the heartbeat's age, then details, and
+the peer host's side of each running pairing as its libvirt-ftd tells it
+(its role, state and failover state; fetched through the daemons over the
+log channel's TLS port, at most 2 s; --local leaves it out).
 
 Exit status, for monitoring checks: 0 when every domain shown is
 replicating (protected) or not running here on purpose (defined, or
@@ -48,7 +51,7 @@ status could not be read (libvirt-ftd unreachable, no permission, no such
 domain).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ds, err := statusOf(socket, args)
+			ds, err := statusOf(socket, args, !local)
 			if err != nil {
 				exitError(err)
 			}
@@ -65,6 +68,7 @@ domain).`,
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON (always a list: [] when nothing is protected here)")
+	status.Flags().BoolVar(&local, "local", false, "show this host's side only (do not ask the peer host)")
 	root.AddCommand(status)
 
 	var listJSON bool
@@ -76,7 +80,7 @@ domain).`,
 {name, uuid, role, state, peer}). Exit status as for status.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ds, err := statusOf(socket, nil)
+			ds, err := statusOf(socket, nil, false)
 			if err != nil {
 				exitError(err)
 			}
@@ -232,10 +236,11 @@ virt-ft unprotect ends that at once. Root only.`,
 }
 
 // statusOf asks libvirt-ftd for the status of every domain protected here,
-// or of args[0] (a name, UUID or libvirt ID). Always a list, never nil.
+// or of args[0] (a name, UUID or libvirt ID); withPeer: with each running
+// pairing's peer view (ctl.Request.WithPeer). Always a list, never nil.
 // Errors: the daemon cannot be asked, or refuses, or has no such domain.
-func statusOf(socket string, args []string) ([]ctl.DomainStatus, error) {
-	req := ctl.Request{Op: ctl.OpStatus}
+func statusOf(socket string, args []string, withPeer bool) ([]ctl.DomainStatus, error) {
+	req := ctl.Request{Op: ctl.OpStatus, WithPeer: withPeer}
 	if len(args) == 1 {
 		req.Domain = args[0]
 	}
@@ -456,7 +461,28 @@ func printStatus(ds []ctl.DomainStatus) {
 		for _, w := range d.Warnings {
 			fmt.Printf("%s: WARNING: %s\n", d.Name, w)
 		}
+		if v := d.PeerView; v != nil {
+			fmt.Printf("%s: peer %s: %s\n", d.Name, v.Host, peerLine(*v))
+		}
 	}
+}
+
+// peerLine words the peer host's view of a pairing.
+func peerLine(v ctl.PeerView) string {
+	if v.Error != "" {
+		return "no view: " + v.Error
+	}
+	s := fmt.Sprintf("%s, %s", v.Role, v.State)
+	if v.Failover != "" {
+		s += " (failover state " + v.Failover + ")"
+	}
+	if v.HeartbeatAgeMS >= 0 {
+		s += fmt.Sprintf(", heard this host %d ms ago", v.HeartbeatAgeMS)
+	}
+	if v.Detail != "" {
+		s += ": " + v.Detail
+	}
+	return s
 }
 
 // ms words a step's duration; -1 is a step not reached.

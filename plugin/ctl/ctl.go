@@ -81,7 +81,14 @@ type Request struct {
 	Hook   *Hook  `json:"hook,omitempty"`
 	// Peer (OpEnable) is the backup host: "host" or "host:port".
 	Peer string `json:"peer,omitempty"`
+	// WithPeer (OpStatus): also ask the peer daemon of each running
+	// pairing for its view (DomainStatus.PeerView); each asked at most
+	// PeerViewTimeout, in parallel.
+	WithPeer bool `json:"with_peer,omitempty"`
 }
+
+// PeerViewTimeout bounds the fetch of one peer view (OpStatus WithPeer).
+const PeerViewTimeout = 2 * time.Second
 
 // Response is what the daemon answers. Error, when set, is a complete
 // user-facing message (the hook prints it; libvirt shows it).
@@ -204,6 +211,32 @@ type DomainStatus struct {
 	Stall *Stall `json:"stall,omitempty"`
 	// Warnings are standing risks of this host's setup (arbiter: none).
 	Warnings []string `json:"warnings,omitempty"`
+	// PeerView is the other host's side of this pairing, fetched through
+	// the daemons (OpStatus with WithPeer); nil when not asked or when
+	// the domain runs nowhere to ask about (defined, refused, stopped).
+	PeerView *PeerView `json:"peer_view,omitempty"`
+}
+
+// PeerView is the peer daemon's view of a domain: its run's role, state
+// and failover state there, or why it could not be had.
+type PeerView struct {
+	// Host is the peer host asked (its address, host:port).
+	Host string `json:"host"`
+	// Error is set when the peer could not answer: unreachable, no run
+	// of the domain paired with this host there, or an older daemon.
+	Error    string `json:"error,omitempty"`
+	Role     Role   `json:"role,omitempty"`
+	State    State  `json:"state,omitempty"`
+	Failover string `json:"failover,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	// HeartbeatAgeMS: ms since the peer last heard this host; -1 never.
+	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
+	// LagMS: the backup's lag as the peer sees it (ms; the primary's
+	// figure when the peer is the primary).
+	LagMS int64 `json:"lag_ms"`
+	// BackupIcount: the backup QEMU's executed icount as the peer saw it
+	// (guest instructions).
+	BackupIcount uint64 `json:"backup_icount"`
 }
 
 // Seeding is a disk copy to the backup host.

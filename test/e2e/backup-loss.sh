@@ -70,7 +70,7 @@ for mode in unprotect qemu stop host; do
 		bpid=$(qemu_pid b "$DOMAIN")
 		t0=$(date +%s%3N)
 		on b kill -STOP "$bpid"
-		until [[ "$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p)" == *unprotected* ]]; do
+		until [[ "$(ft_on a status --local "$DOMAIN" 2>/dev/null | sed -n 2p)" == *unprotected* ]]; do
 			[ $(($(date +%s%3N) - t0)) -lt $((STALL_BOUND_MS + 5000)) ] || die "no stall detected $((STALL_BOUND_MS + 5000)) ms after SIGSTOP"
 			sleep 0.05
 		done
@@ -95,6 +95,8 @@ for mode in unprotect qemu stop host; do
 	st=$(ft_on a status "$DOMAIN" || true) # exit 1: unprotected
 	echo "$st" | sed 's/^/     /'
 	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
+	# What virt-manager's list shows (the live title, issue 14).
+	wait_for 5 "host A's title to say UNPROTECTED" sh -c "'$LAB' exec a virsh -q -c qemu:///system list --title | grep -q '$DOMAIN  *running  *libvirt-ft: $DOMAIN UNPROTECTED'"
 	if [ $mode = unprotect ]; then
 		grep -q "virt-ft unprotect" <<<"$st" || die "virt-ft status on host A does not say the protection was ended on purpose"
 		wait_for 20 "the backup to stop on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"

@@ -34,8 +34,24 @@ wait_for 120 "25 ticks on host A" has_tick a "$DOMAIN" 25
 n=$(last_tick a "$DOMAIN")
 say "host A printed tick $n; waiting for host B's backup to replay up to it"
 wait_for 120 "tick $n on host B" has_tick b "$DOMAIN" "$n"
-ft_on a status || die "virt-ft status on host A: not every domain is replicating"
-ft_on b status || die "virt-ft status on host B: not every domain is replicating"
+st_a=$(ft_on a status) || die "virt-ft status on host A: not every domain is replicating"
+st_b=$(ft_on b status) || die "virt-ft status on host B: not every domain is replicating"
+printf '%s\n%s\n' "$st_a" "$st_b"
+say "virt-ft status shows both sides (the peer's view through the daemons)"
+grep -q "^$DOMAIN: peer $HOST_B_IP:7480: backup, replicating (failover state replicating)" <<<"$st_a" ||
+	die "virt-ft status on host A does not show host B's side as a replicating backup"
+grep -q "^$DOMAIN: peer $HOST_A_IP:7480: primary, replicating (failover state replicating)" <<<"$st_b" ||
+	die "virt-ft status on host B does not show host A's side as a replicating primary"
+jq -e --arg d "$DOMAIN" '.[] | select(.name == $d) | .peer_view.role == "backup" and .peer_view.state == "replicating"' \
+	<<<"$(ft_on a status --json)" >/dev/null || die "virt-ft status --json on host A has no peer_view of host B's backup"
+[ "$(ft_on a status --local | grep -c ": peer ")" = 0 ] || die "virt-ft status --local asked the peer"
+titles=$(virsh_on a list --title; virsh_on b list --title)
+echo "$titles" | sed 's/^/     /'
+grep -q "$DOMAIN  *running  *libvirt-ft: $DOMAIN protected (backup on $HOST_B_IP)" <<<"$titles" ||
+	die "virsh list --title on host A does not show $DOMAIN protected (what virt-manager's list shows)"
+grep -q "$DOMAIN  *running  *libvirt-ft backup of $DOMAIN (primary on $HOST_A_IP)" <<<"$titles" ||
+	die "virsh list --title on host B does not show the backup domain as a backup"
+virsh_on a dumpxml --inactive "$DOMAIN" | grep -q "<title>" && die "the persistent definition on host A got a title"
 say "Prometheus metrics on both hosts"
 v=$(metric a "libvirt_ft_domain_state{domain=\"$DOMAIN\",role=\"primary\",state=\"replicating\",uuid=\"$(virsh_on a domuuid "$DOMAIN")\"}")
 [ "$v" = 1 ] || die "host A's metrics do not show $DOMAIN replicating as primary (got '$v')"
