@@ -104,6 +104,14 @@ e2e-backup-loss: build guest
 e2e-network: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh network
 
+# A real distribution guest (Debian 12 with systemd, built by
+# test/guest/distro/build.sh with debootstrap: about 3 min the first time)
+# through an admin's everyday operations: start, virsh shutdown, an in-step
+# restart, virsh reset, a failover with a TCP client. About 5 min; not in
+# make test (its time budget).
+e2e-distro: build guest qemu-ft
+	EMULATOR=$${EMULATOR:-$(FTQEMU)/bin/qemu-system-x86_64} test/e2e/run.sh distro
+
 e2e-libvirtd-restart: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh libvirtd-restart
 

@@ -518,6 +518,22 @@ func (n *Node) checkStall() {
 		return
 	}
 	switch {
+	case n.state == StateReplicating && n.role == RoleBackup && n.peerEnded && n.unread == 0:
+		// The primary ended cleanly and its whole log was fed: a healthy
+		// replay runs to the end and its QEMU stops with the replayed
+		// shutdown. The log's tail may sit whole in QEMU's read buffer
+		// (nothing unread, so the rule below never fires) and the monitor
+		// may be held: no progress for four bounds ends it, without
+		// evidence. It can never go live, so a wrong call costs only the
+		// in-step record (the next start hashes the disks).
+		if n.now-n.moved < 4*limit {
+			return
+		}
+		stuck := n.now - n.moved
+		cause := fmt.Sprintf("the replay of the primary's clean end stalled: icount %d for %d ticks, %d bytes of log unread (log up to icount %d fed)",
+			n.icount, stuck, n.unread, n.fedInstr)
+		n.emit(BackupStalled{Icount: n.icount, Fed: n.fedInstr, Ticks: stuck})
+		n.halt(cause)
 	case n.state == StateReplicating && n.role == RoleBackup:
 		// No icount yet and no more read than QEMU reads ahead while
 		// libvirt starts it paused: still starting (that can take longer
@@ -689,6 +705,7 @@ func (n *Node) stepBackup(ev Event) bool {
 			// The primary's VM ended and the whole log was sent:
 			// replay it to the end, never go live.
 			n.peerEnded = true
+			n.moved = n.now // the bound of replaying the end starts now
 			n.reason = "primary ended cleanly (" + e.Reason + "): replaying to the end"
 			n.closeChannel()
 		default:

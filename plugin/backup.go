@@ -1008,12 +1008,20 @@ func (b *backupRun) close(why string) {
 		allFed := b.fed == b.received
 		gates := b.gates
 		b.mu.Unlock()
-		if st.State == failover.StateReplicating && st.PeerEnded && allFed && !live && b.framesAgreed(gates) {
-			// The primary's VM ended cleanly and sent its whole log, all
-			// of it is in FIFO B, and the replayed frames matched every
-			// digest: in step once libvirt says the replay shut down by
-			// itself (instep.go).
-			b.env.inStep.offer(c)
+		if st.State == failover.StateReplicating && st.PeerEnded && !live {
+			switch {
+			case !allFed:
+				b.log.Infof("not in step (the next start hashes the disks): %d of the %d log bytes received were fed", b.fed, b.received)
+			case !b.framesAgreed(gates):
+			default:
+				// The primary's VM ended cleanly and sent its whole log,
+				// all of it is in FIFO B, and the replayed frames matched
+				// every digest: in step once libvirt says the replay shut
+				// down by itself (instep.go).
+				b.env.inStep.offer(c)
+			}
+		} else if st.PeerEnded && !live {
+			b.log.Infof("not in step (the next start hashes the disks): the run ended in failover state %s (%s)", st.State, st.Reason)
 		}
 	}
 	b.undo.run()

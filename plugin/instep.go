@@ -223,7 +223,7 @@ const inStepMatchWindow = 10 * time.Second
 // the same domain, in either order, and then saves the record.
 type inStepMatcher struct {
 	store inStepStore
-	log   interface{ Warnf(string, ...any) }
+	log   inStepLog
 	save  func(func()) // runs the save (go in the daemon; inline in tests)
 
 	mu        sync.Mutex
@@ -233,7 +233,13 @@ type inStepMatcher struct {
 	shutdowns map[string]time.Time // then its QEMU ended: the disks are final
 }
 
-func newInStepMatcher(store inStepStore, log interface{ Warnf(string, ...any) }) *inStepMatcher {
+// inStepLog is what inStepMatcher logs to (a logrus entry).
+type inStepLog interface {
+	Infof(string, ...any)
+	Warnf(string, ...any)
+}
+
+func newInStepMatcher(store inStepStore, log inStepLog) *inStepMatcher {
 	return &inStepMatcher{store: store, log: log, save: func(f func()) { go f() },
 		cands: map[string]inStepCandidate{}, candAt: map[string]time.Time{}, guest: map[string]time.Time{},
 		shutdowns: map[string]time.Time{}}
@@ -328,7 +334,9 @@ func (m *inStepMatcher) drop(uuid string) {
 
 func (m *inStepMatcher) record(c inStepCandidate) {
 	m.save(func() {
-		if err := m.store.save(c.uuid, c.epoch, c.role, c.disks); err != nil {
+		if err := m.store.save(c.uuid, c.epoch, c.role, c.disks); err == nil {
+			m.log.Infof("domain %s: its disks ended pairing %s in step (%s); the next start reads them only if they changed", c.uuid, c.epoch, c.role)
+		} else {
 			m.log.Warnf("domain %s: its disks ended pairing %s in step, but could not be recorded (the next start hashes them): %v", c.uuid, c.epoch, err)
 		}
 	})

@@ -64,6 +64,7 @@ func TestInStepStore(t *testing.T) {
 type warnLog struct{ n int }
 
 func (w *warnLog) Warnf(string, ...any) { w.n++ }
+func (w *warnLog) Infof(string, ...any) {}
 
 // A candidate is recorded only with libvirt's shutdown event for the same
 // domain, in either order; drop (a new run) forgets what waits.

@@ -15,7 +15,9 @@
 #
 # The load: an echo client and a stream reader for LOAD_S seconds with a
 # bulk receive and a bulk transmit burst meanwhile; the guest then powers
-# itself off (ft.poweroff), which ends the record log. Meanwhile the record
+# itself off (ft.poweroff), which ends the record log. Before the load the
+# host presses the power button and resets the guest (QMP system_powerdown,
+# system_reset: patch 0011). Meanwhile the record
 # run is paused PAUSES times for PAUSE_MS (QMP stop, cont). A replay that does
 # not advance for STALL_S seconds is a failure, reported with its icount and
 # the log's next event there (test/tools/rrdump).
@@ -144,6 +146,17 @@ say "record: the test guest under TCP load (${LOAD_S}s), then it powers off"
 start_qemu record
 t0=$SECONDS
 wait_for 60 "the guest's network" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
+# The host's power button and reset (virsh shutdown, virsh reset): patch
+# 0011 records them (the power button as the keyboard's Power key, which
+# this guest ignores; the reset as a host reset event), so the replay must
+# press the same key and reboot at the same point.
+for c in system_powerdown system_reset; do
+	r=$(qmp_lines record "{\"execute\":\"$c\"}")
+	[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || die "record: $c answered '$r'"
+	sleep 1
+done
+wait_for 60 "the guest's network after the reset" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
+[ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = 2 ] || die "record: the guest did not boot again after system_reset"
 inns "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${LOAD_S}s -interval 5ms >"$work/echo.out" 2>&1 &
 pe=$!
 inns "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${LOAD_S}s >"$work/stream.out" 2>&1 &
@@ -190,7 +203,10 @@ t1=$SECONDS
 # The guest's own SHUTDOWN event is where the replay ends (QEMU exits on
 # it; the record run executed a few more instructions before its main loop
 # stopped the vCPU).
-end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_ "$work/log.bin" | awk '$4 ~ /^SHUTDOWN_/ { print $3; exit }')
+end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_GUEST_SHUTDOWN "$work/log.bin" | awk '$4 == "SHUTDOWN_GUEST_SHUTDOWN" { print $3; exit }')
+reset_at=$("$BIN/rrdump" -header -find SHUTDOWN_HOST_QMP_SYSTEM_RESET "$work/log.bin" | awk '$4 == "SHUTDOWN_HOST_QMP_SYSTEM_RESET" { print $3; exit }')
+[ -n "$reset_at" ] || die "the record log has no host reset event (packaging/qemu 0011)"
+log "the host reset the guest at icount $reset_at (logged)"
 [ -n "$end_ic" ] || die "no SHUTDOWN event in the record log"
 log "the guest shut down at icount $end_ic"
 brk=$((end_ic - 1))
