@@ -1005,13 +1005,14 @@ func (b *backupRun) close(why string) {
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
 		c := inStepCandidate{uuid: b.uuid, epoch: b.epoch, role: "backup", disks: b.disks}
-		allFed := b.fed == b.received
+		fed, received := b.fed, b.received
+		allFed := fed == received
 		gates := b.gates
 		b.mu.Unlock()
 		if st.State == failover.StateReplicating && st.PeerEnded && !live {
 			switch {
 			case !allFed:
-				b.log.Infof("not in step (the next start hashes the disks): %d of the %d log bytes received were fed", b.fed, b.received)
+				b.log.Infof("not in step (the next start hashes the disks): %d of the %d log bytes received were fed", fed, received)
 			case !b.framesAgreed(gates):
 			default:
 				// The primary's VM ended cleanly and sent its whole log,

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -42,10 +43,13 @@ type Daemon struct {
 	cfg    Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
-	log      *logrus.Logger
-	lv       *libvirtConn // nil when a Hypervisor was given (tests)
-	hv       Hypervisor
-	arb      Arbiter
+	// peerViews holds a slot per peer view being fetched (virt-ft
+	// status): at most peerViewFetches at once.
+	peerViews chan struct{}
+	log       *logrus.Logger
+	lv        *libvirtConn // nil when a Hypervisor was given (tests)
+	hv        Hypervisor
+	arb       Arbiter
 
 	qemuUID, qemuGID int
 	pipes            logPipes
@@ -183,8 +187,12 @@ func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
 // newDaemon returns a daemon on hv and arb (tests give fakes).
 func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
 	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1,
-		pipes: fifoPipes{log: log}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{}}
+		pipes: fifoPipes{log: log}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{},
+		peerViews: make(chan struct{}, peerViewFetches)}
 }
+
+// peerViewFetches bounds the peer views fetched at once (addPeerViews).
+const peerViewFetches = 4
 
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
@@ -781,12 +789,26 @@ func (d *Daemon) addPeerViews(st []ctl.DomainStatus) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			timeout := time.After(ctl.PeerViewTimeout)
+			// At most peerViewFetches at once, this daemon over: a loop
+			// of virt-ft status (any control-group member may run it)
+			// must not crowd the peer's connection slots, which log
+			// channels and prepare-backup share.
+			select {
+			case d.peerViews <- struct{}{}:
+			case <-timeout:
+				s.PeerView.Error = "not asked: too many status requests at once; retry"
+				return
+			}
 			done := make(chan ctl.PeerView, 1)
-			go func() { done <- d.fetchPeerView(addr, s.UUID) }()
+			go func() {
+				defer func() { <-d.peerViews }()
+				done <- d.fetchPeerView(addr, s.UUID)
+			}()
 			select {
 			case v := <-done:
 				*s.PeerView = v
-			case <-time.After(ctl.PeerViewTimeout):
+			case <-timeout:
 				s.PeerView.Error = fmt.Sprintf("no answer within %v", ctl.PeerViewTimeout)
 			}
 		}()
@@ -820,9 +842,34 @@ func (d *Daemon) fetchPeerView(addr, uuid string) ctl.PeerView {
 		v.Error = err.Error()
 		return v
 	}
-	v.Role, v.State, v.Failover, v.Detail = ctl.Role(ps.Role), ctl.State(ps.State), ps.Failover, ps.Detail
+	// The peer's words are shown on this host's terminal: known roles
+	// only, printable text, bounded.
+	if ps.Role != string(ctl.RolePrimary) && ps.Role != string(ctl.RoleBackup) {
+		v.Error = fmt.Sprintf("its answer names an unknown role %q", clip(ps.Role, 32))
+		return v
+	}
+	v.Role, v.State, v.Failover, v.Detail = ctl.Role(ps.Role), ctl.State(clip(ps.State, 32)), clip(ps.Failover, 32), clip(ps.Detail, 512)
 	v.HeartbeatAgeMS, v.LagMS, v.BackupIcount = ps.HeartbeatAgeMS, ps.LagMS, ps.BackupIcount
 	return v
+}
+
+// clip is s with control characters replaced by spaces, at most n bytes
+// (cut at a rune boundary, "…" added).
+func clip(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // resolveName maps a domain named on the command line (virt-ft) to the

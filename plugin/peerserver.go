@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 )
 
 // handshakeTimeout bounds a peer's handshake.
@@ -207,7 +208,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			host, _, _ := net.SplitHostPort(pc.remote())
 			st, err := d.peerStatus(uuid, host)
 			if err != nil {
-				d.log.Warnf("peer %s: status of %s refused: %v", pc.remote(), uuid, err)
+				d.log.Infof("peer %s: status of %s refused: %v", pc.remote(), uuid, err)
 			}
 			if reply(st, err) != nil || err != nil {
 				return
@@ -236,20 +237,27 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 }
 
 // peerStatus answers OpStatus for uuid to the peer daemon at host (an IP
-// address): this host's run of the domain, if it is paired with host (its
-// status's Peer names host, or a name that resolves to it within a
-// second). Errors: no run of the domain here, or one paired with another
-// host (the answer says no more than that).
+// address): this host's run of the domain, if it is paired with host (a
+// backup armed by host; a primary whose backup address names host, or a
+// name that resolves to it within a second). Errors: the same one for no
+// run and for a run paired with another host (the asker learns nothing
+// about domains that are not its pairing's).
 func (d *Daemon) peerStatus(uuid, host string) (logchan.PeerStatus, error) {
 	var r run
 	if dm := d.lookup(uuid); dm != nil {
 		r = dm.current()
 	}
-	if r == nil {
-		return logchan.PeerStatus{}, fmt.Errorf("its libvirt-ftd runs no protection of domain %s", uuid)
+	paired := false
+	var s ctl.DomainStatus
+	if r != nil {
+		s = r.status()
+		if b, ok := r.(*backupRun); ok {
+			paired = b.armedBy(host)
+		} else {
+			paired = pairedWith(s.Peer, host)
+		}
 	}
-	s := r.status()
-	if !pairedWith(s.Peer, host) {
+	if !paired {
 		return logchan.PeerStatus{}, fmt.Errorf("its libvirt-ftd runs no protection of domain %s paired with %s", uuid, host)
 	}
 	return logchan.PeerStatus{Role: string(s.Role), State: string(s.State), Failover: s.Failover, Detail: s.Detail,

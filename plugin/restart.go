@@ -264,7 +264,9 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		why := fmt.Sprintf("paused: libvirt-ftd restarted and arbiter is none, so nothing tells whether the peer %s runs the VM now; check virt-ft status there, then virsh destroy it here or virsh resume it", rec.Peer)
 		log.Error(why)
 		dm.note(ctl.StateRefused, why)
-		d.noteUnprotected(def, cfg, rec.Role == "backup", rec.Peer)
+		if same() {
+			d.notePaused(def)
+		}
 		// Once: a later rescan (libvirtd reconnecting) must not pause
 		// it again after the operator resumed it.
 		rec.Role = "operator"
@@ -330,7 +332,9 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		}
 		detail = fmt.Sprintf("libvirt-ftd restarted while its backup went live: this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected; the primary on %s halts", rec.Epoch, rec.Peer)
 	}
-	d.noteUnprotected(def, cfg, wasBackup, rec.Peer)
+	if same() {
+		d.noteUnprotected(def, cfg, wasBackup, rec.Peer)
+	}
 	log.Warn(detail)
 	dm.note(ctl.StateUnprotected, detail)
 	if ri.Mode == "record" && !ioErr {
@@ -432,5 +436,17 @@ func (d *Daemon) noteUnprotected(def DomainDef, cfg ftxml.Config, wasBackup bool
 	}
 	if err := d.hv.SetLiveNote(def.UUID, title, desc); err != nil {
 		d.log.WithField("domain", def.Name).WithError(err).Warn("setting the VM's title to unprotected failed")
+	}
+}
+
+// notePaused sets the title of a VM a restarted daemon paused for the
+// operator (ftxml.PausedNote). Best effort: logged.
+func (d *Daemon) notePaused(def DomainDef) {
+	title, desc, err := ftxml.PausedNote(def.XML)
+	if err != nil {
+		return
+	}
+	if err := d.hv.SetLiveNote(def.UUID, title, desc); err != nil {
+		d.log.WithField("domain", def.Name).WithError(err).Warn("setting the VM's title to paused failed")
 	}
 }

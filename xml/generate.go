@@ -538,6 +538,22 @@ func UserTitle(title, name, backupHost string) string {
 	return title
 }
 
+// PausedNote is the title and description for a VM that a restarted
+// libvirt-ftd left paused for the operator (arbiter none: nothing tells
+// whether the peer runs it now): the user's own title, any libvirt-ft
+// note taken off, after a note saying to check the peer before resuming.
+// domXML is the VM's live XML (a primary's or a backup's).
+func PausedNote(domXML string) (title, description string, err error) {
+	dom, err := ParseDomain(domXML)
+	if err != nil {
+		return "", "", err
+	}
+	stripNotes(dom)
+	user := UserTitle(dom.Title, dom.Name, readFT(dom, HostConfig{}).cfg.PeerAddress)
+	note := "libvirt-ft: " + dom.Name + " PAUSED after a libvirt-ftd restart: check where it runs (virt-ft status on the peer host) before resuming it"
+	return joinNote(note, ": ", user), dom.Description, nil
+}
+
 // BackupDescription is the <description> of the backup domain of name,
 // whose primary runs on primaryHost: what it is, and not to type into its
 // console.

@@ -608,3 +608,14 @@ func TestPrimaryTitle(t *testing.T) {
 		t.Errorf("a user's title was changed: %q", got)
 	}
 }
+
+// A VM paused after a daemon restart says so, with the user's own title,
+// whether it was the primary or the backup.
+func TestPausedNote(t *testing.T) {
+	primary := `<domain type="qemu"><name>web</name><title>` + PrimaryTitle("web", "b", "replicating", "mine") + `</title>` +
+		`<metadata><ft:ft xmlns:ft="https://libvirt-ft.org/xmlns/ft/1.0"><ft:peer address="b" port="7480"/></ft:ft></metadata></domain>`
+	title, _, err := PausedNote(primary)
+	if err != nil || title != "libvirt-ft: web PAUSED after a libvirt-ftd restart: check where it runs (virt-ft status on the peer host) before resuming it: mine" {
+		t.Fatalf("%q %v", title, err)
+	}
+}

@@ -212,8 +212,9 @@ type DomainStatus struct {
 	// Warnings are standing risks of this host's setup (arbiter: none).
 	Warnings []string `json:"warnings,omitempty"`
 	// PeerView is the other host's side of this pairing, fetched through
-	// the daemons (OpStatus with WithPeer); nil when not asked or when
-	// the domain runs nowhere to ask about (defined, refused, stopped).
+	// the daemons (OpStatus with WithPeer); nil when not asked, when the
+	// domain runs nowhere to ask about (defined, refused, stopped), or
+	// when no peer address is known (a backup before its log channel).
 	PeerView *PeerView `json:"peer_view,omitempty"`
 }
 

@@ -17,7 +17,7 @@
 # bulk receive and a bulk transmit burst meanwhile; the guest then powers
 # itself off (ft.poweroff), which ends the record log. Before the load the
 # host presses the power button and resets the guest (QMP system_powerdown,
-# system_reset: patch 0011). Meanwhile the record
+# system_reset: patches 0011, 0012). Meanwhile the record
 # run is paused PAUSES times for PAUSE_MS (QMP stop, cont). A replay that does
 # not advance for STALL_S seconds is a failure, reported with its icount and
 # the log's next event there (test/tools/rrdump).
@@ -147,7 +147,7 @@ start_qemu record
 t0=$SECONDS
 wait_for 60 "the guest's network" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
 # The host's power button and reset (virsh shutdown, virsh reset): patch
-# 0011 records them (the power button as the keyboard's Power key, which
+# 0012 records them (the power button as the keyboard's Power key, which
 # this guest ignores; the reset as a host reset event), so the replay must
 # press the same key and reboot at the same point.
 for c in system_powerdown system_reset; do
@@ -203,9 +203,10 @@ t1=$SECONDS
 # The guest's own SHUTDOWN event is where the replay ends (QEMU exits on
 # it; the record run executed a few more instructions before its main loop
 # stopped the vCPU).
-end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_GUEST_SHUTDOWN "$work/log.bin" | awk '$4 == "SHUTDOWN_GUEST_SHUTDOWN" { print $3; exit }')
-reset_at=$("$BIN/rrdump" -header -find SHUTDOWN_HOST_QMP_SYSTEM_RESET "$work/log.bin" | awk '$4 == "SHUTDOWN_HOST_QMP_SYSTEM_RESET" { print $3; exit }')
-[ -n "$reset_at" ] || die "the record log has no host reset event (packaging/qemu 0011)"
+# (awk reads all: an early exit would end rrdump with SIGPIPE.)
+end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_GUEST_SHUTDOWN "$work/log.bin" | awk '$4 == "SHUTDOWN_GUEST_SHUTDOWN" && !n { print $3; n = 1 }')
+reset_at=$("$BIN/rrdump" -header -find SHUTDOWN_HOST_QMP_SYSTEM_RESET "$work/log.bin" | awk '$4 == "SHUTDOWN_HOST_QMP_SYSTEM_RESET" && !n { print $3; n = 1 }')
+[ -n "$reset_at" ] || die "the record log has no host reset event (packaging/qemu 0012)"
 log "the host reset the guest at icount $reset_at (logged)"
 [ -n "$end_ic" ] || die "no SHUTDOWN event in the record log"
 log "the guest shut down at icount $end_ic"

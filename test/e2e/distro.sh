@@ -5,12 +5,12 @@
 # everyday operations:
 #   1. virsh start: the backup replays systemd's boot; the consoles agree.
 #   2. virsh shutdown (libvirt's default: the ACPI power button, which
-#      patch 0011 turns into the keyboard's Power key under record):
+#      patch 0012 turns into the keyboard's Power key under record):
 #      systemd powers off; the backup replays the shutdown to the end and
 #      stops; both disks end byte-identical; nothing is left on host B.
 #   3. virsh start again: protected without reading the disks (in step).
 #   4. virsh reset (QMP system_reset): the guest reboots and stays
-#      protected (patch 0011 records the host's reset).
+#      protected (patches 0011 and 0012: the host's reset, logged).
 #   5. kill -9 of the primary's QEMU with a TCP echo client connected: the
 #      backup goes live and the client carries on.
 # Prints the time of each step.
@@ -30,7 +30,11 @@ export DOMAIN_XML_EDIT="s|<memory unit='MiB'>256</memory>|<memory unit='MiB'>512
 up_on() { on "$1" cat "$CONSOLE_DIR/$DOMAIN-console.log" 2>/dev/null | tr -d '\r' | grep -c '^ft-guest: up' || true; }
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
 shut_off() { [ "$(virsh_on a domstate "$DOMAIN" 2>/dev/null)" = "shut off" ]; }
-backup_gone() { ! "$LAB" exec b virsh -q -c qemu:///system list --name | grep -qx "$DOMAIN"; }
+backup_gone() {
+	local names
+	names=$("$LAB" exec b virsh -q -c qemu:///system list --name) || return 1
+	! grep -qx "$DOMAIN" <<<"$names"
+}
 
 lab_start
 for h in a b; do

@@ -51,7 +51,8 @@ grep -q "$DOMAIN  *running  *libvirt-ft: $DOMAIN protected (backup on $HOST_B_IP
 	die "virsh list --title on host A does not show $DOMAIN protected (what virt-manager's list shows)"
 grep -q "$DOMAIN  *running  *libvirt-ft backup of $DOMAIN (primary on $HOST_A_IP)" <<<"$titles" ||
 	die "virsh list --title on host B does not show the backup domain as a backup"
-virsh_on a dumpxml --inactive "$DOMAIN" | grep -q "<title>" && die "the persistent definition on host A got a title"
+def=$(virsh_on a dumpxml --inactive "$DOMAIN")
+if grep -q "<title>" <<<"$def"; then die "the persistent definition on host A got a title"; fi
 say "Prometheus metrics on both hosts"
 v=$(metric a "libvirt_ft_domain_state{domain=\"$DOMAIN\",role=\"primary\",state=\"replicating\",uuid=\"$(virsh_on a domuuid "$DOMAIN")\"}")
 [ "$v" = 1 ] || die "host A's metrics do not show $DOMAIN replicating as primary (got '$v')"
