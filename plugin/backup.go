@@ -891,10 +891,18 @@ func (b *backupRun) watchUnread(feeder replayLog, drv *failover.Driver) {
 		case <-t.C:
 		}
 		b.mu.Lock()
-		live := b.live
+		live, running := b.live, b.running
 		b.mu.Unlock()
 		if live {
 			return
+		}
+		if !running {
+			// libvirt has not resumed the QEMU yet (it starts paused):
+			// its main loop may have read log it cannot replay before
+			// the vCPU runs, and a slow start is no stall. The first
+			// sample once it runs is progress (FeedUnread), so the bound
+			// starts then.
+			continue
 		}
 		n, err := feeder.Unread()
 		if err != nil {
