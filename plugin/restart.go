@@ -412,7 +412,7 @@ func filtersOff(client *qmp.Client, n int, log logrus.FieldLogger) {
 }
 
 // noteUnprotected sets the title of a VM that a restarted daemon leaves
-// running unprotected (or paused for the operator) to say so, in place of
+// running unprotected to say so (notePaused: one it paused), in place of
 // its earlier run's note (ftxml.PrimaryTitle, or ftxml.LiveNote for a
 // former backup, whose title was the backup's). Best effort: logged.
 func (d *Daemon) noteUnprotected(def DomainDef, cfg ftxml.Config, wasBackup bool, peer string) {
