@@ -69,6 +69,10 @@ func Validate(dom *libvirtxml.Domain) (warnings []string, err error) {
 	return ws, nil
 }
 
+// guestAgentChannel is the virtio-serial port name of the QEMU guest agent
+// (libvirt's formatdomain "Channel": org.qemu.guest_agent.0).
+const guestAgentChannel = "org.qemu.guest_agent.0"
+
 // check validates dom. role is the role being generated ("" for plain
 // validation); a backup also needs every MAC address fixed.
 func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Problem, []string) {
@@ -124,7 +128,17 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 				"QEMU does not record chardevs made with -chardev (docs/replay.md §9), so typing into the console of a protected VM makes the backup diverge; "+
 				"use the console to watch output only")
 		}
-		for i := range d.Channels {
+		for i, ch := range d.Channels {
+			// libvirt talks to a guest agent by itself (virsh reboot and
+			// shutdown use it when it answers, virsh domfsfreeze, domtime):
+			// its commands reach the primary's guest only, which then acts
+			// on them alone, and its backup diverges.
+			if ch.Target != nil && ch.Target.VirtIO != nil && ch.Target.VirtIO.Name == guestAgentChannel {
+				add(fmt.Sprintf("/domain/devices/channel[%d]", i+1),
+					"is the QEMU guest agent's channel ("+guestAgentChannel+"): libvirt sends it commands (virsh reboot and shutdown use it when it answers) that reach the primary's guest only, so its backup diverges",
+					"remove this <channel> (virsh edit); virsh shutdown and reboot work through the ACPI power button without it")
+				continue
+			}
 			ws = append(ws, fmt.Sprintf("/domain/devices/channel[%d]: input on this channel is not replicated: "+
 				"QEMU does not record chardevs made with -chardev (docs/replay.md §9); commands sent into the guest (e.g. guest-agent) make the backup diverge", i+1))
 		}

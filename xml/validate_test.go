@@ -1,6 +1,7 @@
 package ftxml
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -238,12 +239,29 @@ func TestValidateWarnings(t *testing.T) {
 
 func TestValidateChannelWarning(t *testing.T) {
 	doc := mutate(t, readTestdata(t, "ftdemo.xml"), `<input type='mouse' bus='ps2'/>`,
-		`<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel><input type='mouse' bus='ps2'/>`)
+		`<channel type='unix'><target type='virtio' name='org.example.sensor'/></channel><input type='mouse' bus='ps2'/>`)
 	ws, err := Validate(parse(t, doc))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ws) != 2 || !strings.HasPrefix(ws[1], "/domain/devices/channel[1]: ") {
 		t.Errorf("warnings %q", ws)
+	}
+}
+
+// The guest agent's channel is refused: libvirt's own commands on it
+// (virsh reboot uses it when it answers) reach the primary's guest only.
+func TestValidateGuestAgentRefused(t *testing.T) {
+	doc := mutate(t, readTestdata(t, "ftdemo.xml"), `<input type='mouse' bus='ps2'/>`,
+		`<channel type='unix'><target type='virtio' name='org.example.sensor'/></channel>`+
+			`<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel><input type='mouse' bus='ps2'/>`)
+	_, err := Validate(parse(t, doc))
+	var verr *ValidationError
+	if !errors.As(err, &verr) || len(verr.Problems) != 1 {
+		t.Fatalf("Validate = %v, want one problem", err)
+	}
+	p := verr.Problems[0]
+	if p.Field != "/domain/devices/channel[2]" || !strings.Contains(p.Message, "guest agent") || !strings.Contains(p.Fix, "remove this <channel>") {
+		t.Errorf("problem %+v", p)
 	}
 }

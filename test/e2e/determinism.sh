@@ -15,9 +15,12 @@
 #
 # The load: an echo client and a stream reader for LOAD_S seconds with a
 # bulk receive and a bulk transmit burst meanwhile; the guest then powers
-# itself off (ft.poweroff), which ends the record log. Before the load the
-# host presses the power button and resets the guest (QMP system_powerdown,
-# system_reset: patches 0011, 0012). Meanwhile the record
+# itself off (ft.poweroff); QEMU runs with -no-shutdown, as under libvirt,
+# and is ended by SIGTERM at that shutdown, as libvirt ends it, which ends
+# the record log. Before the load the host presses the power button and
+# resets the guest (QMP system_powerdown, system_reset: patches 0011, 0012),
+# then the guest powers off and the host resets and continues it, as
+# libvirt's reboot does (virsh reboot: patch 0013). Meanwhile the record
 # run is paused PAUSES times for PAUSE_MS (QMP stop, cont). A replay that does
 # not advance for STALL_S seconds is a failure, reported with its icount and
 # the log's next event there (test/tools/rrdump).
@@ -70,7 +73,7 @@ qemu_args() {
 	local mode=$1
 	printf '%s\n' -name guest=ftdet -machine pc-i440fx-7.2,usb=off,dump-guest-core=off -accel tcg -cpu qemu64 \
 		-m 256 -smp 1 -uuid 8a0c6a3e-5a34-4a4e-9d1c-6f7e3c2d1b00 -display none -no-user-config -nodefaults \
-		-rtc base=utc -boot strict=on \
+		-rtc base=utc -boot strict=on -no-shutdown \
 		-kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" \
 		-append "console=ttyS0 quiet loglevel=1 panic=-1 ft.poweroff=$POWEROFF_TICK" \
 		-blockdev "{\"driver\":\"file\",\"filename\":\"$work/$mode.qcow2\",\"node-name\":\"disk-storage\"}" \
@@ -86,7 +89,8 @@ qemu_args() {
 		-chardev "socket,id=ft-gout0,path=$work/gate-out.sock" \
 		-chardev "socket,id=ft-gin0,path=$work/gate-in.sock" \
 		-object filter-redirector,id=ft-gate0,netdev=net0,queue=rx,outdev=ft-gout0,indev=ft-gin0 \
-		-qmp "unix:$work/qmp-$mode.sock,server=on,wait=off" -pidfile "$work/qemu-$mode.pid"
+		-qmp "unix:$work/qmp-$mode.sock,server=on,wait=off" -pidfile "$work/qemu-$mode.pid" \
+		-chardev "socket,id=ftev0,path=$work/events-$mode.sock,server=on,wait=off" -mon chardev=ftev0,mode=control
 }
 
 # start_qemu MODE: gaterelay joins the gate's sockets, then QEMU starts in
@@ -102,7 +106,20 @@ start_qemu() {
 	inns "$QEMU" "${args[@]}" >"$work/qemu-$mode.out" 2>&1 &
 	qemu_pid=$!
 	pids+=($qemu_pid)
+	# A second monitor that stays connected: QEMU's events (SHUTDOWN and
+	# its cause, which libvirt passes on to libvirt-ftd) in events-MODE.log.
+	i=0
+	until [ -S "$work/events-$mode.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
+	# (socat reads a FIFO this script holds open: no helper process to
+	# outlive the test.)
+	mkfifo "$work/events-$mode.in"
+	socat - UNIX-CONNECT:"$work/events-$mode.sock" <"$work/events-$mode.in" >"$work/events-$mode.log" 2>&1 &
+	pids+=($!)
+	exec {evfd}>"$work/events-$mode.in"
+	echo '{"execute":"qmp_capabilities"}' >&$evfd
 }
+# shutdown_events MODE: the SHUTDOWN events QEMU sent, one per line.
+shutdown_events() { grep -o '"event": "SHUTDOWN"[^}]*}' "$work/events-$1.log" || true; }
 
 # qmp_lines MODE COMMAND-JSON: every line QEMU wrote back: the greeting,
 # the two replies (qmp_capabilities, COMMAND) and any events.
@@ -113,6 +130,18 @@ qmp_lines() {
 # qmp MODE COMMAND-JSON: one QMP command, its reply on stdout.
 qmp() { qmp_lines "$@" | tail -n 1; }
 icount_of() { qmp "$1" '{"execute":"query-replay"}' | jq -r '.return.icount // empty' 2>/dev/null; }
+# wait_status MODE STATUS SECS: wait until QEMU's run state is STATUS
+# (query-status).
+wait_status() {
+	local mode=$1 want=$2 end=$((SECONDS + $3)) st
+	while :; do
+		st=$(qmp "$mode" '{"execute":"query-status"}' | jq -r '.return.status // empty' 2>/dev/null || true)
+		[ "$st" = "$want" ] && return 0
+		kill -0 "$qemu_pid" 2>/dev/null || die "$mode: QEMU exited while waiting for status $want"
+		[ $SECONDS -lt $end ] || die "$mode: status '$st', not $want, after $3s"
+		sleep 0.5
+	done
+}
 
 # check_replay_progress: sample the replay's icount (into $ic); fail when it
 # has stood still for STALL_S seconds, with the log around that icount. The
@@ -157,6 +186,18 @@ for c in system_powerdown system_reset; do
 done
 wait_for 60 "the guest's network after the reset" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
 [ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = 2 ] || die "record: the guest did not boot again after system_reset"
+# libvirt's reboot (virsh reboot, libvirt's "fake reboot"): the guest shuts
+# down, QEMU pauses (-no-shutdown), the host resets it and continues it. The
+# replay must not stop there (patch 0013) and must reboot where the log
+# says.
+echo poweroff | inns socat -t 5 - TCP:$GUEST_IP:7003 >/dev/null 2>&1 || true
+wait_status record shutdown 60
+for c in system_reset cont; do
+	r=$(qmp_lines record "{\"execute\":\"$c\"}")
+	[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || die "record: $c after the guest's shutdown answered '$r'"
+done
+wait_for 60 "the guest's network after libvirt's reboot" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
+[ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = 3 ] || die "record: the guest did not boot again after its shutdown, system_reset and cont"
 inns "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${LOAD_S}s -interval 5ms >"$work/echo.out" 2>&1 &
 pe=$!
 inns "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${LOAD_S}s >"$work/stream.out" 2>&1 &
@@ -185,7 +226,11 @@ wait $pp || die "pausing the record run: $(tail -n 1 "$work/pauses.out")"
 wait $pe || die "echo: $(tail -n 1 "$work/echo.out")"
 wait $ps || die "stream: $(tail -n 1 "$work/stream.out")"
 for f in pauses echo stream rx tx; do log "$f: $(tail -n 1 "$work/$f.out")"; done
-wait_exit 180 record
+# The guest powers itself off at tick POWEROFF_TICK; QEMU pauses there
+# (-no-shutdown) and is ended by SIGTERM, as libvirt ends it.
+wait_status record shutdown 180
+kill -TERM "$(cat "$work/qemu-record.pid")"
+wait_exit 30 record
 log "recorded in $((SECONDS - t0))s: $(stat -c %s "$work/log.bin") bytes of log"
 summary=$("$BIN/rrdump" -header -summary "$work/log.bin" | tail -n 1)
 total=$(sed -n 's/.*icount \([0-9]*\) at the end walked.*/\1/p' <<<"$summary")
@@ -196,15 +241,16 @@ grep -q '^tick ' "$work/console-record.log" || die "the record run's console has
 say "replay: the same machine from the log"
 start_qemu replay
 t1=$SECONDS
-# Stop one instruction before the guest's shutdown to read the icount there
-# (replay-break), then let it replay the rest: the SHUTDOWN is replayed only
-# at the icount the record run had, so a clean exit means the replay ended
-# exactly where the record run did.
-# The guest's own SHUTDOWN event is where the replay ends (QEMU exits on
-# it; the record run executed a few more instructions before its main loop
-# stopped the vCPU).
+# Stop one instruction before the guest's final shutdown to read the icount
+# there (replay-break), then let it replay the rest: the SHUTDOWN is
+# replayed only at the icount the record run had. Under -no-shutdown the
+# replay then runs the instructions the record ran until its main loop
+# stopped the vCPU, and pauses at the log's HOST_SIGNAL (patch 0013).
 # (awk reads all: an early exit would end rrdump with SIGPIPE.)
-end_ic=$("$BIN/rrdump" -header -find SHUTDOWN_GUEST_SHUTDOWN "$work/log.bin" | awk '$4 == "SHUTDOWN_GUEST_SHUTDOWN" && !n { print $3; n = 1 }')
+# The last guest shutdown ends the run; the first was libvirt's reboot.
+end_ic=$("$BIN/rrdump" -header -find-all SHUTDOWN_GUEST_SHUTDOWN "$work/log.bin" | awk '$4 == "SHUTDOWN_GUEST_SHUTDOWN" { v = $3 } END { print v }')
+shutdowns=$("$BIN/rrdump" -header -find-all SHUTDOWN_GUEST_SHUTDOWN "$work/log.bin" | awk '$4 == "SHUTDOWN_GUEST_SHUTDOWN" { n++ } END { print n + 0 }')
+[ "$shutdowns" = 2 ] || die "the record log has $shutdowns guest shutdowns, not 2 (libvirt's reboot, then the end)"
 reset_at=$("$BIN/rrdump" -header -find SHUTDOWN_HOST_QMP_SYSTEM_RESET "$work/log.bin" | awk '$4 == "SHUTDOWN_HOST_QMP_SYSTEM_RESET" && !n { print $3; n = 1 }')
 [ -n "$reset_at" ] || die "the record log has no host reset event (packaging/qemu 0012)"
 log "the host reset the guest at icount $reset_at (logged)"
@@ -230,20 +276,24 @@ ic=$(icount_of replay)
 log "replay paused at icount $ic after $((SECONDS - t1))s (the guest shut down at $end_ic)"
 [ "$ic" = "$brk" ] || die "replay paused at icount $ic, not at $brk"
 qmp replay '{"execute":"cont"}' >/dev/null
-wait_exit 120 replay
-# The replay ends at the guest's SHUTDOWN event; the record run went on
-# for the few instructions its main loop took to stop the vCPU, and the
-# kernel's last line ("reboot: Power down") may come out in them or not,
-# as the host's timing falls. So the replay's console must be the record's
-# byte for byte, except that the record's may go on with that line alone.
-rec_console=$(tr -d '\r' <"$work/console-record.log")
-rep_console=$(tr -d '\r' <"$work/console-replay.log")
-if [ "$rec_console" != "$rep_console" ]; then
-	extra=${rec_console#"$rep_console"}
-	if [ "$extra" = "$rec_console" ] || grep -qv -E '^(\[ *[0-9]+\.[0-9]+\] )?reboot: Power down$|^$' <<<"$extra"; then
-		diff <(printf '%s\n' "$rec_console") <(printf '%s\n' "$rep_console") | head -n 10 | sed 's/^/     /'
-		die "the consoles of the record and replay runs differ"
-	fi
-	log "the record run's console goes on after the SHUTDOWN with: $(tr '\n' ' ' <<<"$extra")(printed in the instructions the record ran after it)"
+# The replay runs the instructions the record ran after the guest's
+# shutdown, then the log's HOST_SIGNAL (the record QEMU's end) pauses it
+# as a guest shutdown (patch 0013); it is then ended as libvirt would.
+wait_status replay shutdown 120
+# One SHUTDOWN event, the guest's (libvirt-ftd's in-step record needs
+# libvirt's SHUTDOWN_GUEST on the backup), and none for the first shutdown
+# (libvirt would have ended a backup that reported it).
+ev=$(shutdown_events replay)
+[ "$(grep -c . <<<"$ev")" = 1 ] && grep -q '"guest": true' <<<"$ev" ||
+	die "the replay's SHUTDOWN events: '$ev' (want one, from the guest)"
+log "the replay reported one SHUTDOWN, the guest's: $ev"
+kill -TERM "$(cat "$work/qemu-replay.pid")"
+wait_exit 30 replay
+# The replay ran every instruction the record ran (patch 0013: it does not
+# stop at the guest's shutdown), so the consoles must be equal byte for
+# byte.
+if ! cmp -s "$work/console-record.log" "$work/console-replay.log"; then
+	diff <(tr -d '\r' <"$work/console-record.log") <(tr -d '\r' <"$work/console-replay.log") | head -n 10 | sed 's/^/     /'
+	die "the consoles of the record and replay runs differ"
 fi
 say "determinism: pass: the replay reached icount $brk exactly and replayed the guest's shutdown at $end_ic, as recorded, and printed the same console ($(grep -c '^tick ' "$work/console-record.log") tick lines, $(stat -c %s "$work/console-record.log") bytes); record $((t1 - t0))s, replay $((SECONDS - t1))s"

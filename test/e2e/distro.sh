@@ -11,8 +11,19 @@
 #   3. virsh start again: protected without reading the disks (in step).
 #   4. virsh reset (QMP system_reset): the guest reboots and stays
 #      protected (patches 0011 and 0012: the host's reset, logged).
-#   5. kill -9 of the primary's QEMU with a TCP echo client connected: the
+#   5. virsh reboot (libvirt's reboot: the power button, then a reset and
+#      cont once the guest has shut down): both sides reboot, still
+#      protected (patch 0013: the backup does not stop at the shutdown).
+#   6. virsh suspend and resume: the guest stops and goes on, still
+#      protected.
+#   7. virsh snapshot-create-as (internal and disk-only): refused with a
+#      message naming protection (patch 0014); nothing changes.
+#   8. virsh destroy of the primary: the pair stops, with no failover; the
+#      next start protects it again.
+#   9. kill -9 of the primary's QEMU with a TCP echo client connected: the
 #      backup goes live and the client carries on.
+# Before the first start, a copy of the domain with a guest agent channel
+# is refused (virt-ft check).
 # Prints the time of each step.
 #   EMULATOR=... test/e2e/distro.sh
 set -euo pipefail
@@ -47,6 +58,18 @@ SCRATCH+=("$xml")
 domain_xml "$DOMAIN" >"$xml"
 virsh_on a define "$xml" >/dev/null
 wait_for 20 "libvirt-ftd to prepare $DOMAIN" sh -c "'$LAB' exec a virsh -c qemu:///system dumpxml --inactive $DOMAIN | grep -q 'rr=record'"
+
+say "0. a guest agent channel is refused (libvirt's commands on it reach the primary only)"
+xml_agent=$(mktemp --suffix=.xml)
+SCRATCH+=("$xml_agent")
+domain_xml ftagent "$DOMAIN_XML_EDIT;s#</devices>#<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>#" >"$xml_agent"
+virsh_on a define "$xml_agent" >/dev/null
+rc=0; out=$(ft_on a check ftagent 2>&1) || rc=$?
+virsh_on a undefine ftagent >/dev/null
+[ $rc -eq 1 ] && grep -qF "/domain/devices/channel[1]" <<<"$out" && grep -q "guest agent" <<<"$out" ||
+	die "virt-ft check of a domain with a guest agent channel: exit $rc, want 1 and the channel named: $out"
+grep -F "/domain/devices/channel[1]" <<<"$out" | head -n 1 | cut -c1-160 | sed 's/^/   /'
+log "refused: the guest agent channel"
 
 say "1. virsh start: Debian boots protected (the first start seeds its disk to host B)"
 t0=$(date +%s%N)
@@ -106,7 +129,90 @@ wait_for 120 "host B to replay the reset (its second ft-guest: up)" eval '[ "$(u
 ft_on a status "$DOMAIN" >/dev/null || die "not replicating after the reset"
 log "still replicating after the reset; host B replayed it"
 
-say "5. kill -9 of the primary's QEMU, a TCP echo client connected"
+# mark_logs: remember where the daemons' logs end; new_lines HOST: what
+# HOST's daemon logged since.
+mark_logs() { a_mark=$(wc -l <"$LAB_DIR/a/ftd.log"); b_mark=$(wc -l <"$LAB_DIR/b/ftd.log"); }
+new_lines() { local m=$a_mark; [ "$1" = a ] || m=$b_mark; tail -n +$((m + 1)) "$LAB_DIR/$1/ftd.log"; }
+# no_backup_trouble STEP: since mark_logs, the backup neither halted nor
+# stalled nor went live, and the primary did not lose it.
+no_backup_trouble() {
+	local bad
+	bad=$(new_lines b | grep -E "halt|stall|state going-live|went live" || true)
+	[ -z "$bad" ] || { tail -n 3 <<<"$bad" | sed 's/^/     /'; die "$1: the backup halted, stalled or went live"; }
+	bad=$(new_lines a | grep -E "state unprotected|backup lost" || true)
+	[ -z "$bad" ] || { tail -n 3 <<<"$bad" | sed 's/^/     /'; die "$1: the primary lost its backup"; }
+}
+
+# both_go_on_to N STEP: after STEP, both hosts' consoles reach tick N and
+# the pair still replicates, with no trouble logged since mark_logs.
+both_go_on_to() {
+	wait_for 60 "tick $1 on host A" has_tick a "$DOMAIN" "$1"
+	wait_for 120 "tick $1 on host B" has_tick b "$DOMAIN" "$1"
+	ft_on a status "$DOMAIN" >/dev/null || die "not replicating after $2"
+	no_backup_trouble "$2"
+}
+
+say "5. virsh reboot (the power button; once the guest is down, libvirt resets and continues it)"
+mark_logs
+t0=$(date +%s%N)
+virsh_on a reboot "$DOMAIN" >/dev/null
+wait_for 300 "Debian to come up again after virsh reboot" eval '[ "$(up_on a)" -ge 3 ]'
+log "virsh reboot to multi-user in $(ms_since "$t0") ms"
+on a cat "$CONSOLE_DIR/$DOMAIN-console.log" | tr -d '\r' | grep -E 'reboot: (Restarting|Power down)' | tail -n 1 | sed 's/^/   A: /' || true
+wait_for 120 "host B to replay the reboot (its third ft-guest: up)" eval '[ "$(up_on b)" -ge 3 ]'
+ft_on a status "$DOMAIN" >/dev/null || die "not replicating after virsh reboot"
+no_backup_trouble "virsh reboot"
+n=$(last_tick a "$DOMAIN")
+wait_for 120 "tick $n on host B" has_tick b "$DOMAIN" "$n"
+log "still replicating after virsh reboot; host B replayed it (tick $n on both)"
+
+say "6. virsh suspend, then resume"
+mark_logs
+virsh_on a suspend "$DOMAIN" >/dev/null
+[ "$(virsh_on a domstate "$DOMAIN")" = paused ] || die "not paused after virsh suspend"
+n1=$(last_tick a "$DOMAIN")
+sleep 4
+n2=$(last_tick a "$DOMAIN")
+[ "$n1" = "$n2" ] || die "ticks went on while suspended ($n1 then $n2)"
+replay_mode_is b "$DOMAIN" play || die "the backup is not replaying while the primary is suspended"
+virsh_on a resume "$DOMAIN" >/dev/null
+both_go_on_to $((n2 + 2)) "virsh suspend and resume"
+log "suspended at tick $n1 for 4 s, resumed: both hosts went on to tick $((n2 + 2)), still replicating"
+
+say "7. virsh snapshot-create-as: refused while protected"
+mark_logs
+for kind in internal disk-only; do
+	args=("$DOMAIN" "ft-snap-$kind")
+	[ $kind = internal ] || args+=(--disk-only --no-metadata)
+	if out=$(virsh_on a snapshot-create-as "${args[@]}" 2>&1); then
+		die "virsh snapshot-create-as ($kind) of a protected domain succeeded: $out"
+	fi
+	grep -q "libvirt-ft: this VM is protected" <<<"$out" || die "the $kind snapshot was refused, but not by libvirt-ft: $out"
+	log "$kind snapshot refused: $(grep -o 'libvirt-ft: [^;]*' <<<"$out" | head -n 1)"
+done
+[ -z "$(virsh_on a snapshot-list --name "$DOMAIN")" ] || die "a snapshot was left: $(virsh_on a snapshot-list --name "$DOMAIN")"
+left=$(on a find "$IMAGES" -name "*ft-snap*" 2>/dev/null || true)
+[ -z "$left" ] || die "the refused disk-only snapshot left an overlay: $left"
+[ "$(virsh_on a domstate "$DOMAIN")" = running ] || die "the domain is $(virsh_on a domstate "$DOMAIN") after the refused snapshots"
+both_go_on_to $(($(last_tick a "$DOMAIN") + 2)) "the refused snapshots"
+log "no snapshot taken, still replicating"
+
+say "8. virsh destroy of the primary: the pair stops, no failover"
+mark_logs
+t0=$(date +%s%N)
+virsh_on a destroy "$DOMAIN" >/dev/null
+wait_for 60 "the backup to stop on host B" backup_gone
+log "host B: the backup stopped $(ms_since "$t0") ms after virsh destroy"
+bad=$(new_lines b | grep -E "state going-live|went live" || true)
+[ -z "$bad" ] || { sed 's/^/     /' <<<"$bad"; die "host B went live after virsh destroy of the primary"; }
+virsh_on b list --all --name | grep -qx "$DOMAIN" && die "host B kept a definition of $DOMAIN after the destroy"
+t0=$(date +%s%N)
+virsh_on a start "$DOMAIN" >/dev/null
+wait_replay_mode 120 "the backup to replay on host B again" b "$DOMAIN" play
+wait_for 300 "Debian to reach multi-user after the start" eval '[ "$(up_on a)" -ge 1 ]'
+log "started again, protected: multi-user $(ms_since "$t0") ms after virsh start"
+
+say "9. kill -9 of the primary's QEMU, a TCP echo client connected"
 out=$(mktemp)
 SCRATCH+=("$out")
 client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration 20s -stall-limit 4s >"$out" 2>&1 &
@@ -119,4 +225,4 @@ log "host B live $(ms_since "$t0") ms after the kill"
 wait "${pids[0]}" || { cat "$out"; die "the TCP echo client failed across the failover"; }
 pids=()
 tail -n 1 "$out" | sed 's/^/   echo: /'
-say "Debian guest: start, shutdown, in-step restart, reset and failover passed"
+say "Debian guest: start, shutdown, in-step restart, reset, reboot, suspend and resume, snapshot refusal, destroy and failover passed"

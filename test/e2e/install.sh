@@ -47,6 +47,7 @@ trap '(lab_stop) || true; purge' EXIT
 
 say "apt-get install $(basename "$deb") $(basename "$qdeb")"
 installed=yes
+t0=$SECONDS
 out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" "$qdeb" 2>&1) || { echo "$out" | tail -n 20; die "apt-get install failed"; }
 grep -q "libvirt reads its hook scripts only when it starts" <<<"$out" || die "the package did not say that libvirt must be restarted"
 for f in /usr/sbin/libvirt-ftd /usr/bin/virt-ft /etc/libvirt/hooks/qemu.d/libvirt-ft /etc/libvirt-ft/libvirt-ftd.yaml \
@@ -62,6 +63,7 @@ if [ -e /etc/apparmor.d/usr.sbin.libvirtd ]; then
 	grep -qx 'include if exists <abstractions/libvirt-ft-libvirtd>' /etc/apparmor.d/local/usr.sbin.libvirtd ||
 		die "the package did not include its AppArmor rules in libvirtd's profile"
 fi
+log "apt-get install took $((SECONDS - t0)) s"
 log "installed: $(/usr/bin/virt-ft --version), $(/usr/lib/libvirt-ft/qemu/bin/qemu-system-x86_64 --version | head -n 1)"
 exec_start=$(sed -n 's/^ExecStart=//p' /lib/systemd/system/libvirt-ftd.service)
 [ "$exec_start" = "/usr/sbin/libvirt-ftd --config /etc/libvirt-ft/libvirt-ftd.yaml" ] ||
@@ -76,7 +78,9 @@ TRIALS=1 MODES=qemu bash "$ROOT/test/e2e/failover.sh"
 lab_stop
 
 say "apt-get purge libvirt-ft libvirt-ft-qemu"
+t0=$SECONDS
 purge
+log "apt-get purge took $((SECONDS - t0)) s"
 left=()
 for f in /usr/sbin/libvirt-ftd /usr/bin/virt-ft /etc/libvirt/hooks/qemu.d/libvirt-ft /etc/libvirt-ft \
 	/lib/systemd/system/libvirt-ftd.service /etc/systemd/system/multi-user.target.wants/libvirt-ftd.service \

@@ -19,6 +19,7 @@ cases=(
 	"badpeer;s#<ft:peer address='[^']*'#<ft:peer address='not a host!'#;/domain/metadata/ft:ft/ft:peer/@address"
 	"badport;s#port='7480'#port='99999'#;/domain/metadata/ft:ft/ft:peer/@port"
 	"wrongns;s#https://libvirt-ft.org/xmlns/ft/1.0#https://example.org/not-ft#;https://libvirt-ft.org/xmlns/ft/1.0"
+	"agent;s#</devices>#<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>#;/domain/devices/channel[1]"
 )
 failures=0
 for c in "${cases[@]}"; do

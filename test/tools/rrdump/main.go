@@ -3,7 +3,7 @@
 // with their offsets and the icount reached before each, for diagnosing a
 // replay that stops short of the log's end.
 //
-//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -kinds | -find KIND | -icount N [-before K] [-after K]] FILE
+//	rrdump [-header] [-base-offset B -base-icount I] [-summary | -kinds | -find KIND | -find-all KIND | -icount N [-before K] [-after K]] FILE
 //
 // Without -icount it prints every event; with it, the K events before and
 // after the point where the cumulative icount reaches N. A stretch of log
@@ -31,6 +31,7 @@ func main() {
 	summary := flag.Bool("summary", false, "print only the summary line (events, bytes, the icount at the end)")
 	kinds := flag.Bool("kinds", false, "print only a table of events and bytes by kind, then the summary line")
 	find := flag.String("find", "", "print only the first event whose kind starts with this (e.g. SHUTDOWN_), then the summary up to it")
+	findAll := flag.String("find-all", "", "print every event whose kind starts with this, then the summary")
 	baseOff := flag.Uint64("base-offset", 0, "stream offset of FILE's first byte")
 	baseIcount := flag.Uint64("base-icount", 0, "icount before FILE's first event")
 	flag.Parse()
@@ -78,6 +79,10 @@ func main() {
 		l := line{off, icount, ev}
 		icount += instr
 		switch {
+		case *findAll != "":
+			if strings.HasPrefix(logchan.KindName(ev[0]), *findAll) {
+				print(l)
+			}
 		case *find != "":
 			if strings.HasPrefix(logchan.KindName(ev[0]), *find) {
 				print(l)
