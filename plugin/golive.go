@@ -51,8 +51,15 @@ func (b *backupRun) goLive() error {
 	// patched QEMU leaves replay mode when it reads the END after it,
 	// which may come a moment later. Give it that moment before taking
 	// the stock path.
+	// The patched QEMU refuses savevm under record/replay (packaging/qemu
+	// 0014), so the stock path cannot serve it: give it longer, and never
+	// take that path.
+	patched, wait := b.patchedEmulator(), 2*time.Second
+	if patched {
+		wait = patchedEndWait
+	}
 	mode := ""
-	for deadline := time.Now().Add(2 * time.Second); ; {
+	for deadline := time.Now().Add(wait); ; {
 		if ri, err := client.QueryReplay(); err == nil {
 			mode = ri.Mode
 		}
@@ -66,7 +73,24 @@ func (b *backupRun) goLive() error {
 	if mode == "none" {
 		return b.continuedLive(client, t0)
 	}
+	if patched {
+		return fmt.Errorf("go-live: the patched QEMU is still in replay mode %q %v after the backup reached the log's end (it leaves it when it reads END)", mode, wait)
+	}
 	return b.restartedLive(client, t0)
+}
+
+// patchedEndWait bounds how long go-live waits, after the drain, for the
+// patched QEMU to read END and leave replay mode (normally milliseconds).
+const patchedEndWait = 10 * time.Second
+
+// patchedEmulator reports whether the backup's QEMU is libvirt-ft's
+// patched build (qemuFlushesLog of its <emulator>).
+func (b *backupRun) patchedEmulator() bool {
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(b.backupXML); err != nil {
+		return false
+	}
+	return qemuFlushesLog(domainEmulator(&dom))
 }
 
 // continuedLive: the backup's QEMU (with packaging/qemu's end-of-log
@@ -99,10 +123,12 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 	} else if dom, err := ftxml.ParseDomain(b.backupXML); err == nil && dom.Devices != nil {
 		gateFiltersOff(b, client, len(dom.Devices.Interfaces))
 	}
-	if persistent, err := ftxml.Primary(b.backupXML, ftxml.HostConfig{}); err == nil {
-		if err := b.env.hv.Define(persistent); err != nil {
-			b.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
-		}
+	if persistent, err := ftxml.Primary(b.backupXML, ftxml.HostConfig{}); err != nil {
+		// (For example a domain protected before this version refused
+		// something it has: it runs, but is transient here.)
+		b.log.WithError(err).Warn("go-live: no persistent definition on this host (the running domain is transient: virsh dumpxml and virsh define it)")
+	} else if err := b.env.hv.Define(persistent); err != nil {
+		b.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
 	}
 	b.wentLive(gates, "", &ctl.GoLive{Path: ctl.GoLiveContinued, TotalMS: time.Since(t0).Milliseconds()},
 		"running on this host since go-live; no backup; not recording")

@@ -96,6 +96,7 @@ qemu_args() {
 # start_qemu MODE: gaterelay joins the gate's sockets, then QEMU starts in
 # MODE.
 start_qemu() {
+	[ -z "${evfd:-}" ] || exec {evfd}>&-
 	local mode=$1 args
 	rm -f "$work"/gate-*.sock
 	"$BIN/gaterelay" "$work/gate-out.sock" "$work/gate-in.sock" &
@@ -110,12 +111,15 @@ start_qemu() {
 	# its cause, which libvirt passes on to libvirt-ftd) in events-MODE.log.
 	i=0
 	until [ -S "$work/events-$mode.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
-	# (socat reads a FIFO this script holds open: no helper process to
-	# outlive the test.)
+	[ -S "$work/events-$mode.sock" ] || die "$mode: QEMU made no event monitor socket in 10 s"
+	# socat reads a FIFO this script holds open read-write (no helper
+	# process to outlive the test; no SIGPIPE if socat has gone). The
+	# record run's descriptor was closed at the top: the replay's
+	# processes do not inherit it.
 	mkfifo "$work/events-$mode.in"
+	exec {evfd}<>"$work/events-$mode.in"
 	socat - UNIX-CONNECT:"$work/events-$mode.sock" <"$work/events-$mode.in" >"$work/events-$mode.log" 2>&1 &
 	pids+=($!)
-	exec {evfd}>"$work/events-$mode.in"
 	echo '{"execute":"qmp_capabilities"}' >&$evfd
 }
 # shutdown_events MODE: the SHUTDOWN events QEMU sent, one per line.
@@ -200,8 +204,10 @@ wait_for 60 "the guest's network after libvirt's reboot" inns "$BIN/tcpcheck" rt
 [ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = 3 ] || die "record: the guest did not boot again after its shutdown, system_reset and cont"
 inns "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${LOAD_S}s -interval 5ms >"$work/echo.out" 2>&1 &
 pe=$!
+pids+=($pe)
 inns "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${LOAD_S}s >"$work/stream.out" 2>&1 &
 ps=$!
+pids+=($ps)
 # Meanwhile the record run is paused and resumed PAUSES times (QMP stop,
 # PAUSE_MS, cont), as libvirt-ftd pauses a primary for a planned restart or
 # for a lagging backup: the replay, which never stops, must still reach
@@ -220,6 +226,7 @@ pause_record() {
 }
 pause_record >"$work/pauses.out" 2>&1 &
 pp=$!
+pids+=($pp)
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes 20000000 >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes 20000000 >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
 wait $pp || die "pausing the record run: $(tail -n 1 "$work/pauses.out")"
