@@ -60,10 +60,15 @@ func (b *backupRun) goLive() error {
 	}
 	mode := ""
 	for deadline := time.Now().Add(wait); ; {
-		if ri, err := client.QueryReplay(); err == nil {
+		ri, err := client.QueryReplay()
+		if err == nil {
 			mode = ri.Mode
 		}
-		if mode != "play" || time.Now().After(deadline) {
+		// A failed query (libvirt's monitor busy a moment) ends the wait
+		// for stock QEMU, which has the savevm path; the patched one
+		// keeps asking until the deadline.
+		settled := (err == nil && mode != "play") || (err != nil && !patched)
+		if settled || time.Now().After(deadline) {
 			break
 		}
 		if !b.pause(drainPoll) {
