@@ -49,11 +49,9 @@ func (b *backupRun) goLive() error {
 	}
 	// The drain ends when the backup's icount reached the log's; the
 	// patched QEMU leaves replay mode when it reads the END after it,
-	// which may come a moment later. Give it that moment before taking
-	// the stock path.
-	// The patched QEMU refuses savevm under record/replay (packaging/qemu
-	// 0014), so the stock path cannot serve it: give it longer, and never
-	// take that path.
+	// which may come a moment later. Stock QEMU gets that moment before
+	// the stock path; the patched one refuses savevm under record/replay
+	// (packaging/qemu 0014), so it gets longer and never takes that path.
 	patched, wait := b.patchedEmulator(), 2*time.Second
 	if patched {
 		wait = patchedEndWait
@@ -91,11 +89,11 @@ const patchedEndWait = 10 * time.Second
 // patchedEmulator reports whether the backup's QEMU is libvirt-ft's
 // patched build (qemuFlushesLog of its <emulator>).
 func (b *backupRun) patchedEmulator() bool {
-	var dom libvirtxml.Domain
-	if err := dom.Unmarshal(b.backupXML); err != nil {
+	dom, err := ftxml.ParseDomain(b.backupXML)
+	if err != nil {
 		return false
 	}
-	return qemuFlushesLog(domainEmulator(&dom))
+	return qemuFlushesLog(domainEmulator(dom))
 }
 
 // continuedLive: the backup's QEMU (with packaging/qemu's end-of-log
