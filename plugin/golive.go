@@ -129,7 +129,7 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 	if persistent, err := ftxml.Primary(b.backupXML, ftxml.HostConfig{}); err != nil {
 		// (For example a domain protected before this version refused
 		// something it has: it runs, but is transient here.)
-		b.log.WithError(err).Warn("go-live: no persistent definition on this host (the running domain is transient: virsh dumpxml and virsh define it)")
+		b.log.WithError(err).Warn("go-live: no persistent definition on this host: the running domain is transient; define it again from the primary host's definition with what the error names removed")
 	} else if err := b.env.hv.Define(persistent); err != nil {
 		b.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
 	}
