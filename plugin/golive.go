@@ -87,7 +87,9 @@ func (b *backupRun) goLive() error {
 const patchedEndWait = 10 * time.Second
 
 // patchedEmulator reports whether the backup's QEMU is libvirt-ft's
-// patched build (qemuFlushesLog of its <emulator>).
+// patched build (qemuFlushesLog of its <emulator>, cached per binary). It
+// reads the XML: outputGates.exact holds the same answer only when the
+// domain has output gates.
 func (b *backupRun) patchedEmulator() bool {
 	dom, err := ftxml.ParseDomain(b.backupXML)
 	if err != nil {
@@ -126,10 +128,8 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 	} else if dom, err := ftxml.ParseDomain(b.backupXML); err == nil && dom.Devices != nil {
 		gateFiltersOff(b, client, len(dom.Devices.Interfaces))
 	}
-	if persistent, err := ftxml.Primary(b.backupXML, ftxml.HostConfig{}); err != nil {
-		// (For example a domain protected before this version refused
-		// something it has: it runs, but is transient here.)
-		b.log.WithError(err).Warn("go-live: no persistent definition on this host: the running domain is transient; define it again from the primary host's definition with what the error names removed")
+	if persistent, err := ftxml.LivePrimary(b.backupXML); err != nil {
+		b.log.WithError(err).Warn("go-live: no persistent definition on this host: the running domain is transient; define it again from the primary host's definition")
 	} else if err := b.env.hv.Define(persistent); err != nil {
 		b.log.WithError(err).Warn("go-live: defining the persistent definition on this host")
 	}
@@ -141,6 +141,16 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 // restartedLive is the stock QEMU go-live: stop, savevm, restart
 // recording with -loadvm.
 func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
+	// Everything that can fail without touching the VM comes first: a
+	// failure after stop would leave the replaying VM stopped.
+	persistent, err := ftxml.LivePrimary(b.backupXML)
+	if err != nil {
+		return fmt.Errorf("go-live: generating the primary's XML: %w", err)
+	}
+	live, err := withLoadVM(persistent, snapshotName)
+	if err != nil {
+		return err
+	}
 	if err := client.Stop(); err != nil {
 		return fmt.Errorf("go-live: stop: %w", err)
 	}
@@ -164,15 +174,6 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 		return fmt.Errorf("go-live: %w", serr)
 	}
 	tSave := time.Now()
-
-	persistent, err := ftxml.Primary(b.backupXML, ftxml.HostConfig{})
-	if err != nil {
-		return fmt.Errorf("go-live: generating the primary's XML: %w", err)
-	}
-	live, err := withLoadVM(persistent, snapshotName)
-	if err != nil {
-		return err
-	}
 	if gone, err := b.env.hv.Destroy(b.uuid); !gone {
 		return fmt.Errorf("go-live: stopping the replaying QEMU: %w", err)
 	}

@@ -325,10 +325,10 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		if err := client.AnnounceSelf(); err != nil {
 			log.WithError(err).Warn("announce-self")
 		}
-		if persistent, err := ftxml.Primary(def.XML, ftxml.HostConfig{}); err == nil {
-			if err := e.hv.Define(persistent); err != nil {
-				log.WithError(err).Warn("defining the persistent definition here")
-			}
+		if persistent, err := ftxml.LivePrimary(def.XML); err != nil {
+			log.WithError(err).Warn("no persistent definition on this host: the running domain is transient; define it again from the primary host's definition")
+		} else if err := e.hv.Define(persistent); err != nil {
+			log.WithError(err).Warn("defining the persistent definition here")
 		}
 		detail = fmt.Sprintf("libvirt-ftd restarted while its backup went live: this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected; the primary on %s halts", rec.Epoch, rec.Peer)
 	}

@@ -402,10 +402,10 @@ func addOverride(dom *libvirtxml.Domain, alias string, p libvirtxml.DomainQEMUOv
 }
 
 // build strips dom, validates it and generates the domain for role.
-func build(dom *libvirtxml.Domain, host HostConfig, role string) (string, error) {
+func build(dom *libvirtxml.Domain, host HostConfig, role string, validate bool) (string, error) {
 	stripGenerated(dom)
 	info, ps, _ := check(dom, host, role)
-	if len(ps) > 0 {
+	if validate && len(ps) > 0 {
 		return "", &ValidationError{Domain: dom.Name, Problems: ps}
 	}
 	if strings.TrimSpace(dom.UUID) == "" {
@@ -576,7 +576,32 @@ func Primary(userXML string, hostCfg HostConfig) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return build(dom, hostCfg, RolePrimary)
+	return build(dom, hostCfg, RolePrimary, true)
+}
+
+// ErrNotGeneratedBackup is LivePrimary's error for input that is not a
+// backup's domain XML (the output of Backup, or libvirt's XML of it).
+var ErrNotGeneratedBackup = errors.New("ftxml: not a generated backup")
+
+// LivePrimary returns the persistent primary definition of a backup that
+// goes live (or went live while libvirt-ftd restarted): Primary of the
+// backup's domain XML (the output of Backup, or libvirt's live XML of that
+// domain), except that the define-time refusals are not applied again. The
+// domain passed them when it was protected; a refusal added by a later
+// version of libvirt-ftd must not leave the VM, which already runs, without
+// a definition on its new host (it is refused at its next start instead,
+// with the field and the fix). Errors: ErrNotGeneratedBackup for other
+// input; parse, UUID and marshal errors as Primary's.
+func LivePrimary(backupXML string) (string, error) {
+	dom, err := ParseDomain(backupXML)
+	if err != nil {
+		return "", err
+	}
+	info := readFT(dom, HostConfig{})
+	if generatedMode(dom) != modeReplay || info.ours != 1 || info.cfg.Role != RoleBackup {
+		return "", fmt.Errorf("%w: domain %q is not a replaying domain with <ft:ft role=\"backup\">", ErrNotGeneratedBackup, dom.Name)
+	}
+	return build(dom, HostConfig{}, RolePrimary, false)
 }
 
 // Backup returns the backup's domain XML for the primary's (the output of
@@ -603,7 +628,7 @@ func Backup(primaryXML string, hostCfg HostConfig) (string, error) {
 	if info.ours != 1 || info.cfg.Role != RolePrimary {
 		return "", fmt.Errorf("%w: domain %q has no <ft:ft role=\"primary\"> element", ErrNotGeneratedPrimary, dom.Name)
 	}
-	return build(dom, hostCfg, RoleBackup)
+	return build(dom, hostCfg, RoleBackup, true)
 }
 
 // StripGenerated returns the user's domain from a generated one: it removes
@@ -715,7 +740,7 @@ func NeedsRewrite(domainXML string) (newXML string, changed bool, err error) {
 	if info.ours == 1 && info.cfg.Role == RoleBackup {
 		role = RoleBackup
 	}
-	out, err := build(dom, HostConfig{}, role)
+	out, err := build(dom, HostConfig{}, role, true)
 	if err != nil {
 		return "", false, err
 	}

@@ -619,3 +619,34 @@ func TestPausedNote(t *testing.T) {
 		t.Fatalf("%q %v", title, err)
 	}
 }
+
+// A backup whose domain a later libvirt-ftd refuses (here a guest agent
+// channel, refused since session 13) still gets its persistent definition
+// when it goes live; Primary refuses the same input.
+func TestLivePrimaryDoesNotRefuseAgain(t *testing.T) {
+	primary := mustPrimary(t, readTestdata(t, "ftdemo.xml"), HostConfig{})
+	backup := mustBackup(t, primary, HostConfig{PeerAddress: "192.0.2.1"})
+	agent := `<channel type="unix"><target type="virtio" name="org.qemu.guest_agent.0"></target></channel>`
+	old := mutate(t, backup, `</devices>`, agent+`</devices>`)
+
+	if _, err := Primary(old, HostConfig{}); problemsOf(t, err) == nil {
+		t.Fatalf("Primary of the backup with an agent channel: %v, want a refusal", err)
+	}
+	live, err := LivePrimary(old)
+	if err != nil {
+		t.Fatalf("LivePrimary: %v", err)
+	}
+	if !strings.Contains(live, "org.qemu.guest_agent.0") || !strings.Contains(live, "rr=record") || strings.Contains(live, "rr=replay") {
+		t.Errorf("LivePrimary kept the channel and records? %s", live)
+	}
+	// Without the new refusal it is exactly Primary of the backup.
+	want := mustPrimary(t, backup, HostConfig{})
+	if got, err := LivePrimary(backup); err != nil || got != want {
+		t.Errorf("LivePrimary(backup) differs from Primary(backup): %v\n%s", err, cmp.Diff(want, got))
+	}
+	for name, doc := range map[string]string{"primary": primary, "user domain": readTestdata(t, "ftdemo.xml")} {
+		if _, err := LivePrimary(doc); !errors.Is(err, ErrNotGeneratedBackup) {
+			t.Errorf("%s: err = %v, want ErrNotGeneratedBackup", name, err)
+		}
+	}
+}

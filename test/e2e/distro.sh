@@ -16,8 +16,9 @@
 #      protected (patch 0013: the backup does not stop at the shutdown).
 #   6. virsh suspend and resume: the guest stops and goes on, still
 #      protected.
-#   7. virsh snapshot-create-as (internal and disk-only): refused with a
-#      message naming protection (patch 0014); nothing changes.
+#   7. virsh snapshot-create-as (internal and disk-only), and QEMU's loadvm,
+#      delvm and drive_add: refused with a message naming protection
+#      (patch 0014); nothing changes.
 #   8. virsh destroy of the primary: the pair stops, with no failover; the
 #      next start protects it again.
 #   9. kill -9 of the primary's QEMU with a TCP echo client connected: the
@@ -189,6 +190,14 @@ for kind in internal disk-only; do
 	fi
 	grep -q "libvirt-ft: this VM is protected" <<<"$out" || die "the $kind snapshot was refused, but not by libvirt-ft: $out"
 	log "$kind snapshot refused: $(grep -o 'libvirt-ft: [^;]*' <<<"$out" | head -n 1)"
+done
+# What virsh snapshot-revert and snapshot-delete of a running VM, and a
+# drive added by hand, send QEMU (they need a snapshot, which protection
+# refuses to take, so QEMU is asked directly).
+for cmd in "loadvm ft-snap-internal" "delvm ft-snap-internal" "drive_add 0 if=none,id=ftsnap,file=/dev/null"; do
+	out=$(virsh_on a qemu-monitor-command --hmp "$DOMAIN" "$cmd" 2>&1 || true)
+	grep -q "libvirt-ft: this VM is protected" <<<"$out" || die "HMP $cmd was not refused by libvirt-ft: $out"
+	log "HMP ${cmd%% *} refused: $(grep -o 'libvirt-ft: [^;]*' <<<"$out" | head -n 1)"
 done
 [ -z "$(virsh_on a snapshot-list --name "$DOMAIN")" ] || die "a snapshot was left: $(virsh_on a snapshot-list --name "$DOMAIN")"
 left=$(on a find "$IMAGES" -name "*ft-snap*" 2>/dev/null || true)
