@@ -142,7 +142,12 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 // recording with -loadvm.
 func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 	// Everything that can fail without touching the VM comes first: a
-	// failure after stop would leave the replaying VM stopped.
+	// failure after stop would leave the replaying VM stopped. A patched
+	// QEMU mistaken for stock (its --version failed when goLive asked)
+	// must not come further: it refuses the -loadvm restart (0014).
+	if b.patchedEmulator() {
+		return errors.New("go-live: the backup's QEMU is libvirt-ft's patched build, which goes live in place; it has not left replay mode")
+	}
 	persistent, err := ftxml.LivePrimary(b.backupXML)
 	if err != nil {
 		return fmt.Errorf("go-live: generating the primary's XML: %w", err)

@@ -148,7 +148,13 @@ func qemuFlushesLog(path string) bool {
 		return v
 	}
 	out, err := exec.Command(path, "--version").Output()
-	v := err == nil && strings.Contains(string(out), flushMarker)
+	if err != nil {
+		// Not cached: a failed run (say, out of processes a moment) must
+		// not make a patched QEMU look stock for good (go-live would take
+		// the stock path, whose -loadvm restart the patched one refuses).
+		return false
+	}
+	v := strings.Contains(string(out), flushMarker)
 	flushCache[key] = v
 	return v
 }

@@ -644,7 +644,14 @@ func TestLivePrimaryDoesNotRefuseAgain(t *testing.T) {
 	if got, err := LivePrimary(backup); err != nil || got != want {
 		t.Errorf("LivePrimary(backup) differs from Primary(backup): %v\n%s", err, cmp.Diff(want, got))
 	}
-	for name, doc := range map[string]string{"primary": primary, "user domain": readTestdata(t, "ftdemo.xml")} {
+	// A generated primary (the stock go-live's restarted QEMU) gives itself.
+	if got, err := LivePrimary(primary); err != nil || got != primary {
+		t.Errorf("LivePrimary(primary) = %v, differs: %s", err, cmp.Diff(primary, got))
+	}
+	for name, doc := range map[string]string{
+		"user domain":          readTestdata(t, "ftdemo.xml"),
+		"primary role, replay": mutate(t, backup, `role="backup"`, `role="primary"`),
+	} {
 		if _, err := LivePrimary(doc); !errors.Is(err, ErrNotGeneratedBackup) {
 			t.Errorf("%s: err = %v, want ErrNotGeneratedBackup", name, err)
 		}
