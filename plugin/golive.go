@@ -87,7 +87,7 @@ func (b *backupRun) goLive() error {
 const patchedEndWait = 10 * time.Second
 
 // patchedEmulator reports whether the backup's QEMU is libvirt-ft's
-// patched build (qemuFlushesLog of its <emulator>, cached per binary). It
+// patched build (qemuFlushesLog of its <emulator>). It
 // reads the XML: outputGates.exact holds the same answer only when the
 // domain has output gates.
 func (b *backupRun) patchedEmulator() bool {
@@ -142,12 +142,7 @@ func (b *backupRun) continuedLive(client *qmp.Client, t0 time.Time) error {
 // recording with -loadvm.
 func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 	// Everything that can fail without touching the VM comes first: a
-	// failure after stop would leave the replaying VM stopped. A patched
-	// QEMU mistaken for stock (its --version failed when goLive asked)
-	// must not come further: it refuses the -loadvm restart (0014).
-	if b.patchedEmulator() {
-		return errors.New("go-live: the backup's QEMU is libvirt-ft's patched build, which goes live in place; it has not left replay mode")
-	}
+	// failure after stop would leave the replaying VM stopped.
 	persistent, err := ftxml.LivePrimary(b.backupXML)
 	if err != nil {
 		return fmt.Errorf("go-live: generating the primary's XML: %w", err)

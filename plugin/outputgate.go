@@ -147,7 +147,9 @@ func qemuFlushesLog(path string) bool {
 	if v, ok := flushCache[key]; ok {
 		return v
 	}
-	out, err := exec.Command(path, "--version").Output()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
 	if err != nil {
 		// Not cached: a failed run (say, out of processes a moment) must
 		// not make a patched QEMU look stock for good (go-live would take

@@ -579,32 +579,30 @@ func Primary(userXML string, hostCfg HostConfig) (string, error) {
 	return build(dom, hostCfg, RolePrimary, true)
 }
 
-// ErrNotGeneratedBackup is LivePrimary's error for input that is neither a
-// backup's domain XML (the output of Backup, or libvirt's XML of it) nor a
-// generated primary's.
-var ErrNotGeneratedBackup = errors.New("ftxml: not a generated backup or primary")
+// ErrNotGeneratedBackup is LivePrimary's error for input that is not a
+// backup's domain XML (the output of Backup, or libvirt's XML of it).
+var ErrNotGeneratedBackup = errors.New("ftxml: not a generated backup")
 
 // LivePrimary returns the persistent primary definition of a backup that
 // goes live (or went live while libvirt-ftd restarted): Primary of the
 // backup's domain XML (the output of Backup, or libvirt's live XML of that
-// domain; or a generated primary's, as the stock-QEMU go-live's restarted
-// QEMU runs), except that the define-time refusals are not applied again.
+// domain), except that the define-time refusals are not applied again.
 // The domain passed them when it was protected; a refusal added by a later
 // version of libvirt-ftd must not leave the VM, which already runs, without
 // a definition on its new host (it is refused at its next start instead,
 // with the field and the fix). Errors: ErrNotGeneratedBackup for other
 // input; parse, UUID, element and marshal errors as Primary's.
-func LivePrimary(domainXML string) (string, error) {
-	dom, err := ParseDomain(domainXML)
+func LivePrimary(backupXML string) (string, error) {
+	dom, err := ParseDomain(backupXML)
 	if err != nil {
 		return "", err
 	}
 	info := readFT(dom, HostConfig{})
-	mode := generatedMode(dom)
-	generated := info.ours == 1 &&
-		((mode == modeReplay && info.cfg.Role == RoleBackup) || (mode == modeRecord && info.cfg.Role == RolePrimary))
-	if !generated {
-		return "", fmt.Errorf("%w: domain %q is neither a replaying domain with <ft:ft role=\"backup\"> nor a recording one with role=\"primary\"", ErrNotGeneratedBackup, dom.Name)
+	// Not a recording primary: the stock go-live's restarted one runs with
+	// -loadvm of its go-live snapshot, which must never reach a
+	// persistent definition (its next start would roll the disks back).
+	if generatedMode(dom) != modeReplay || info.ours != 1 || info.cfg.Role != RoleBackup {
+		return "", fmt.Errorf("%w: domain %q is not a replaying domain with <ft:ft role=\"backup\">", ErrNotGeneratedBackup, dom.Name)
 	}
 	return build(dom, HostConfig{}, RolePrimary, false)
 }
