@@ -87,9 +87,9 @@ func (b *backupRun) goLive() error {
 const patchedEndWait = 10 * time.Second
 
 // patchedEmulator reports whether the backup's QEMU is libvirt-ft's
-// patched build (qemuFlushesLog of its <emulator>). It
-// reads the XML: outputGates.exact holds the same answer only when the
-// domain has output gates.
+// patched build (qemuFlushesLog of its <emulator>). It reads the XML:
+// outputGates.exact holds the same answer only when the domain has output
+// gates.
 func (b *backupRun) patchedEmulator() bool {
 	dom, err := ftxml.ParseDomain(b.backupXML)
 	if err != nil {

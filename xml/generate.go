@@ -401,7 +401,8 @@ func addOverride(dom *libvirtxml.Domain, alias string, p libvirtxml.DomainQEMUOv
 	})
 }
 
-// build strips dom, validates it and generates the domain for role.
+// build strips dom, validates it (problems give a *ValidationError when
+// validate is set; LivePrimary clears it) and generates the domain for role.
 func build(dom *libvirtxml.Domain, host HostConfig, role string, validate bool) (string, error) {
 	stripGenerated(dom)
 	info, ps, _ := check(dom, host, role)
