@@ -122,6 +122,14 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 
 	if d := dom.Devices; d != nil {
 		ps = append(ps, diskProblems(d.Disks)...)
+		for i, c := range d.Controllers {
+			// packaging/qemu 0015, as for a disk's own iothread.
+			if c.Driver != nil && (c.Driver.IOThread != 0 || c.Driver.IOThreads != nil) {
+				add(fmt.Sprintf("/domain/devices/controller[%d]/driver/@iothread", i+1),
+					"is set: under record/replay libvirt-ft runs the requests of the disks behind this controller in QEMU's main loop (a reset completes the ones in flight there, packaging/qemu 0015), not in an iothread",
+					"remove iothread= and <iothreads> from the controller's <driver>")
+			}
+		}
 		ps = append(ps, interfaceProblems(d.Interfaces, role == RoleBackup)...)
 		if len(d.Serials) > 0 || len(d.Consoles) > 0 {
 			ws = append(ws, "/domain/devices/serial, /domain/devices/console: console/serial input is not replicated: "+
@@ -240,6 +248,13 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 			}
 			add("/driver/@type", what+": go-live takes an internal snapshot (savevm), which needs a qcow2 image",
 				"convert the image (qemu-img convert -O qcow2) and set <driver name='qemu' type='qcow2'/>")
+		}
+		// packaging/qemu 0015: a reset completes the disk requests in
+		// flight from the main loop (blkreplay's count is main-loop only);
+		// an iothread would complete them on its own thread.
+		if d.Driver != nil && (d.Driver.IOThread != nil || d.Driver.IOThreads != nil) {
+			add("/driver/@iothread", "is set: under record/replay libvirt-ft runs a protected disk's requests in QEMU's main loop (a reset completes the ones in flight there, packaging/qemu 0015), not in an iothread",
+				"remove iothread= and <iothreads> from the disk's <driver>")
 		}
 		// replay.rst: -snapshot is a replay blocker; a transient disk
 		// discards its writes the same way.

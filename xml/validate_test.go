@@ -72,6 +72,9 @@ func TestValidateRefusals(t *testing.T) {
       <driver name='qemu' type='qcow2'/>
       <source protocol='nbd' name='ftdemo'><host name='storage' port='10809'/></source>`, "/domain/devices/disk[1]/@type", "type='file'"},
 		{"no source", `<source file='/var/lib/libvirt/images/ftdemo.qcow2'/>`, ``, "/domain/devices/disk[1]/source/@file", "<source file="},
+		{"controller iothread", demoDiskEnd, demoDiskEnd + `<controller type='scsi' index='0' model='virtio-scsi'><driver iothread='1'/></controller>`,
+			"/domain/devices/controller[1]/driver/@iothread", "remove iothread="},
+		{"iothread", `<driver name='qemu' type='qcow2'/>`, `<driver name='qemu' type='qcow2' iothread='1'/>`, "/domain/devices/disk[1]/driver/@iothread", "remove iothread="},
 		{"transient", demoTarget, demoTarget + `<transient/>`, "/domain/devices/disk[1]/transient", "remove <transient/>"},
 		{"backing chain", demoTarget, `<backingStore type='file'><format type='qcow2'/><source file='/var/lib/libvirt/images/base.qcow2'/><backingStore/></backingStore>` + demoTarget,
 			"/domain/devices/disk[1]/backingStore", "<backingStore/>"},
