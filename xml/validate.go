@@ -125,7 +125,11 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 		for i, c := range d.Controllers {
 			// packaging/qemu 0015, as for a disk's own iothread.
 			if c.Driver != nil && (c.Driver.IOThread != 0 || c.Driver.IOThreads != nil) {
-				add(fmt.Sprintf("/domain/devices/controller[%d]/driver/@iothread", i+1),
+				field := "/driver/@iothread"
+				if c.Driver.IOThread == 0 {
+					field = "/driver/iothreads"
+				}
+				add(fmt.Sprintf("/domain/devices/controller[%d]%s", i+1, field),
 					"is set: under record/replay libvirt-ft runs the requests of the disks behind this controller in QEMU's main loop (a reset completes the ones in flight there, packaging/qemu 0015), not in an iothread",
 					"remove iothread= and <iothreads> from the controller's <driver>")
 			}
@@ -253,7 +257,11 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 		// flight from the main loop (blkreplay's count is main-loop only);
 		// an iothread would complete them on its own thread.
 		if d.Driver != nil && (d.Driver.IOThread != nil || d.Driver.IOThreads != nil) {
-			add("/driver/@iothread", "is set: under record/replay libvirt-ft runs a protected disk's requests in QEMU's main loop (a reset completes the ones in flight there, packaging/qemu 0015), not in an iothread",
+			field := "/driver/@iothread"
+			if d.Driver.IOThread == nil {
+				field = "/driver/iothreads"
+			}
+			add(field, "is set: under record/replay libvirt-ft runs a protected disk's requests in QEMU's main loop (a reset completes the ones in flight there, packaging/qemu 0015), not in an iothread",
 				"remove iothread= and <iothreads> from the disk's <driver>")
 		}
 		// replay.rst: -snapshot is a replay blocker; a transient disk
