@@ -264,6 +264,14 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 			add(field, "is set: under record/replay libvirt-ft runs a protected disk's requests in QEMU's main loop (a reset completes the ones in flight there, packaging/qemu 0015), not in an iothread",
 				"remove iothread= and <iothreads> from the disk's <driver>")
 		}
+		// QEMU throttling holds requests above blkreplay and releases them
+		// on a real-time timer, so their order (blkreplay ids) and the
+		// requests in flight at a reset (packaging/qemu 0015) would
+		// differ between record and replay.
+		if d.IOTune != nil {
+			add("/iotune", "is set: QEMU releases throttled requests on a real-time timer, so the primary and its backup would see them in a different order (and a reset could hang on one)",
+				"remove <iotune> from the protected disk")
+		}
 		// replay.rst: -snapshot is a replay blocker; a transient disk
 		// discards its writes the same way.
 		if d.Transient != nil {

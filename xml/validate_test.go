@@ -78,6 +78,7 @@ func TestValidateRefusals(t *testing.T) {
 			"/domain/devices/controller[1]/driver/iothreads", "remove iothread="},
 		{"disk iothreads", `<driver name='qemu' type='qcow2'/>`, `<driver name='qemu' type='qcow2'><iothreads><iothread id='1'/></iothreads></driver>`, "/domain/devices/disk[1]/driver/iothreads", "remove iothread="},
 		{"iothread", `<driver name='qemu' type='qcow2'/>`, `<driver name='qemu' type='qcow2' iothread='1'/>`, "/domain/devices/disk[1]/driver/@iothread", "remove iothread="},
+		{"iotune", demoTarget, demoTarget + `<iotune><total_iops_sec>100</total_iops_sec></iotune>`, "/domain/devices/disk[1]/iotune", "remove <iotune>"},
 		{"transient", demoTarget, demoTarget + `<transient/>`, "/domain/devices/disk[1]/transient", "remove <transient/>"},
 		{"backing chain", demoTarget, `<backingStore type='file'><format type='qcow2'/><source file='/var/lib/libvirt/images/base.qcow2'/><backingStore/></backingStore>` + demoTarget,
 			"/domain/devices/disk[1]/backingStore", "<backingStore/>"},
