@@ -64,6 +64,15 @@ type HaltVM struct {
 	Reason string
 }
 
+// KillVM (primary): kill this host's QEMU at once (SIGKILL, no orderly
+// shutdown: an orderly one would end the log with END and stop the pair).
+// The pump then reads the log's end without END and reports QEMUExited
+// with Clean false, and the backup goes live from where the log ended.
+// Emitted for PrimaryHung.
+type KillVM struct {
+	Reason string
+}
+
 // DrainLocally (primary): stop sending the log; keep reading FIFO A and
 // discard what is read, so the recording QEMU never blocks on a dead or
 // departing backup. Output still held for acks stays held until
@@ -108,6 +117,7 @@ func (GoLive) isAction()            {}
 func (Announce) isAction()          {}
 func (ReportUnprotected) isAction() {}
 func (HaltVM) isAction()            {}
+func (KillVM) isAction()            {}
 func (DrainLocally) isAction()      {}
 func (StopPrimaryVM) isAction()     {}
 func (Cleanup) isAction()           {}
@@ -127,6 +137,7 @@ func (a ReportUnprotected) String() string {
 	return format("report-unprotected", "reason", a.Reason)
 }
 func (a HaltVM) String() string { return format("halt-vm", "reason", a.Reason) }
+func (a KillVM) String() string { return format("kill-vm", "reason", a.Reason) }
 func (a DrainLocally) String() string {
 	if a.Switchover {
 		return format("drain-locally", "switchover", "true")

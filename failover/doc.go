@@ -41,10 +41,10 @@
 // Events (inputs): HeartbeatReceived, LogReceived, AckReceived, ChannelDown,
 // ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
 // QEMUExited, SwitchoverRequested, UnprotectRequested, FeedUnread,
-// Diverged. Actions
+// Diverged, PrimaryHung. Actions
 // (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
-// ReportUnprotected, HaltVM, DrainLocally, StopPrimaryVM, Cleanup,
+// ReportUnprotected, HaltVM, KillVM, DrainLocally, StopPrimaryVM, Cleanup,
 // BackupStalled. Both are
 // small structs behind sealed interfaces; String gives the form used by
 // the scenario scripts in testdata/.
@@ -150,6 +150,17 @@
 // (claim, then run alone). A backup going live after its primary's loss
 // ignores it: a diverged VM is better than none. A stalled replay
 // (checkStall) is the other face of divergence and is halted the same way.
+//
+// # A hung primary
+//
+// PrimaryHung (the daemon's watchdog: the record log silent and QEMU's
+// monitor unanswered) makes a primary that is replicating with the
+// channel open, and whose backup's daemon is not restarting, kill its own
+// QEMU (KillVM, SIGKILL). The log then ends without END, QEMUExited
+// (unclean) says an unclean bye naming the hang, and the backup goes live
+// where the log ended, as for a crash (Scales et al. 2010, section 2.3).
+// In any other state the hung QEMU is the only copy of the VM, and the
+// event is ignored.
 //
 // # Planned switchover
 //

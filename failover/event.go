@@ -134,6 +134,17 @@ type UnprotectRequested struct{}
 // loss, a diverged VM beats none).
 type Diverged struct{ Reason string }
 
+// PrimaryHung (primary): this host's recording QEMU looks hung: the
+// pump has waited for its record log for the stall bound while its
+// monitor did not answer a query within the probe timeout (plugin's
+// watchdog). A running guest logs constantly, so "a halt in the flow of
+// log entries could indicate the failure of a VM" (Scales et al. 2010,
+// section 2.3). While replicating with the channel open, the Node kills
+// the QEMU (KillVM): its log ends without END and the backup goes live
+// where it ended. In any other state it is ignored (the hung QEMU is the
+// only copy; the daemon reports it).
+type PrimaryHung struct{ Reason string }
+
 func (HeartbeatReceived) isEvent()   {}
 func (LogReceived) isEvent()         {}
 func (AckReceived) isEvent()         {}
@@ -149,6 +160,7 @@ func (QEMUExited) isEvent()          {}
 func (SwitchoverRequested) isEvent() {}
 func (UnprotectRequested) isEvent()  {}
 func (Diverged) isEvent()            {}
+func (PrimaryHung) isEvent()         {}
 
 func (HeartbeatReceived) String() string { return "heartbeat" }
 func (e LogReceived) String() string {
@@ -179,6 +191,7 @@ func (e QEMUExited) String() string {
 func (SwitchoverRequested) String() string { return "switchover-requested" }
 func (UnprotectRequested) String() string  { return "unprotect-requested" }
 func (e Diverged) String() string          { return format("diverged", "reason", e.Reason) }
+func (e PrimaryHung) String() string       { return format("primary-hung", "reason", e.Reason) }
 
 func u(v uint64) string { return strconv.FormatUint(v, 10) }
 

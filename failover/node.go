@@ -142,6 +142,9 @@ type Node struct {
 	// unprotected: why the operator ended protection (UnprotectRequested
 	// here, or ByeUnprotect from the backup); "" otherwise.
 	unprotected string
+	// hung (primary): why PrimaryHung killed this host's QEMU (KillVM);
+	// "" otherwise.
+	hung string
 	// peerRestarting: the peer said ByeRestarting; it is lost unless
 	// ChannelUp comes by restartBy (a tick).
 	peerRestarting bool
@@ -450,8 +453,17 @@ func (n *Node) stepPrimary(ev Event) bool {
 		n.emit(DrainLocally{})
 		n.emit(SendBye{Clean: true, Reason: ByeUnprotect})
 		n.claim(n.unprotected)
+	case PrimaryHung:
+		if n.state != StateReplicating || !n.chanOpen || n.peerRestarting || n.hung != "" {
+			return false
+		}
+		n.hung = e.Reason
+		n.emit(KillVM{Reason: "recording QEMU hung: " + e.Reason})
 	case QEMUExited:
-		if e.Clean {
+		if !e.Clean && n.hung != "" {
+			n.emit(SendBye{Clean: false, Reason: "primary QEMU hung and was killed: " + n.hung})
+			n.stop("QEMU hung and was killed: " + n.hung)
+		} else if e.Clean {
 			n.emit(SendBye{Clean: true, Reason: ByeShutdown})
 			n.stop("VM shut down")
 		} else {

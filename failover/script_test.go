@@ -375,6 +375,8 @@ func parseEvent(toks []string) (Event, error) {
 		ev = UnprotectRequested{}
 	case "diverged":
 		ev = Diverged{Reason: a["reason"]}
+	case "primary-hung":
+		ev = PrimaryHung{Reason: a["reason"]}
 	default:
 		return nil, fmt.Errorf("unknown event %q", it.name)
 	}

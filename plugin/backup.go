@@ -753,7 +753,7 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 			drv.Post(failover.LockResult{Won: won, Err: err})
 		}()
 	case failover.GoLive:
-		b.setState(ctl.StateGoingLive, "going live: stop, savevm, restart recording")
+		b.setState(ctl.StateGoingLive, "going live: leaving replay mode at the end of the log")
 		go func() { drv.Post(failover.GoLiveDone{Err: b.goLive()}) }()
 	case failover.Announce:
 		go b.announce()

@@ -226,6 +226,11 @@ type fakeQEMU struct {
 	// stock: QEMU 7.2 without packaging/qemu 0001: at END its replay
 	// stays in play mode (go-live then restarts it with -loadvm).
 	stock bool
+	// noVersion: query-version fails (as a monitor that cannot answer).
+	noVersion bool
+	// hangCh, once hang was called: closed when the QEMU is killed; until
+	// then every monitor command waits (a hung main loop).
+	hangCh chan struct{}
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -303,8 +308,21 @@ func (q *fakeQEMU) replayLoop() {
 	}
 }
 
+// hang makes the QEMU hang as a main loop stuck for good does: its log
+// stops and its monitor answers nothing until it is killed.
+func (q *fakeQEMU) hang() {
+	q.mu.Lock()
+	if q.hangCh == nil && !q.gone {
+		q.hangCh = make(chan struct{})
+	}
+	q.mu.Unlock()
+}
+
 func (q *fakeQEMU) kill() {
 	q.mu.Lock()
+	if q.hangCh != nil && !q.gone {
+		close(q.hangCh)
+	}
 	q.gone = true
 	q.cond.Broadcast()
 	q.mu.Unlock()
@@ -320,6 +338,11 @@ func (q *fakeQEMU) kill() {
 func (q *fakeQEMU) monitor() qmp.Monitor {
 	return qmptest.NewMonitor(func(cmd goqmp.Command) (any, error) {
 		q.mu.Lock()
+		if h := q.hangCh; h != nil {
+			q.mu.Unlock()
+			<-h // killed
+			q.mu.Lock()
+		}
 		defer q.mu.Unlock()
 		q.qmpLog = append(q.qmpLog, cmd.Execute)
 		if q.gone {
@@ -329,6 +352,15 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 		switch cmd.Execute {
 		case "query-replay":
 			return map[string]any{"return": map[string]any{"mode": q.mode, "icount": q.icount}}, nil
+		case "query-version":
+			if q.noVersion {
+				return map[string]any{"error": map[string]string{"class": "GenericError", "desc": "monitor busy"}}, nil
+			}
+			pkg := "libvirt-ft"
+			if q.stock {
+				pkg = "Debian 1:7.2+dfsg-7+deb12u18+b3"
+			}
+			return map[string]any{"return": map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": 22}, "package": pkg}}, nil
 		case "query-status":
 			st := "running"
 			switch {
@@ -375,6 +407,10 @@ type fakeHV struct {
 
 	// stock: the QEMUs it starts lack packaging/qemu 0001.
 	stock bool
+	// noVersion: the QEMUs it starts fail query-version.
+	noVersion bool
+	// kills counts Kill calls that found a QEMU.
+	kills int
 	// build: EmulatorBuild's answer ("": a fixed patched build).
 	build string
 
@@ -537,13 +573,13 @@ func (h *fakeHV) Create(xml string) error {
 		return fmt.Errorf("fake libvirtd runs only protected domains: %v", err)
 	}
 	h.mu.Lock()
-	stock := h.stock
+	stock, noVersion := h.stock, h.noVersion
 	h.mu.Unlock()
 	h.mu.Lock()
 	h.nextID++
 	id := h.nextID
 	h.mu.Unlock()
-	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role, stock: stock, id: id}
+	q := &fakeQEMU{uuid: d.UUID, name: d.Name, xml: xml, role: cfg.Role, stock: stock, noVersion: noVersion, id: id}
 	q.cond = sync.NewCond(&q.mu)
 	if strings.Contains(xml, "rr=replay") {
 		q.mode = "play"
@@ -578,6 +614,27 @@ func (h *fakeHV) Destroy(uuid string) (bool, error) {
 	}
 	h.stopped(uuid)
 	return true, nil
+}
+
+// Kill is Destroy without the orderly part; it counts the kills.
+func (h *fakeHV) Kill(uuid string) error {
+	if err := h.check(); err != nil {
+		return err
+	}
+	if h.running(uuid) == nil {
+		return fmt.Errorf("domain %s is not running", uuid)
+	}
+	h.mu.Lock()
+	h.kills++
+	h.mu.Unlock()
+	h.stopped(uuid)
+	return nil
+}
+
+func (h *fakeHV) killCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.kills
 }
 
 // stopped ends uuid's QEMU as libvirt does when it exits or is destroyed:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -52,8 +53,11 @@ func (b *backupRun) goLive() error {
 	// which may come a moment later. Stock QEMU gets that moment before
 	// the stock path; the patched one refuses savevm under record/replay
 	// (packaging/qemu 0014), so it gets longer and never takes that path.
-	patched, wait := b.patchedEmulator(), 2*time.Second
-	if patched {
+	// A QEMU go-live cannot identify is waited for as if patched: taking
+	// the stock path with a patched QEMU would halt the VM.
+	kind := b.emulatorKind(client)
+	wait := 2 * time.Second
+	if kind != emulatorStock {
 		wait = patchedEndWait
 	}
 	mode := ""
@@ -63,9 +67,9 @@ func (b *backupRun) goLive() error {
 			mode = ri.Mode
 		}
 		// A failed query (libvirt's monitor busy a moment) ends the wait
-		// for stock QEMU, which has the savevm path; the patched one
-		// keeps asking until the deadline.
-		settled := (err == nil && mode != "play") || (err != nil && !patched)
+		// for stock QEMU, which has the savevm path; any other keeps
+		// asking until the deadline.
+		settled := (err == nil && mode != "play") || (err != nil && kind == emulatorStock)
 		if settled || time.Now().After(deadline) {
 			break
 		}
@@ -76,8 +80,11 @@ func (b *backupRun) goLive() error {
 	if mode == "none" {
 		return b.continuedLive(client, t0)
 	}
-	if patched {
+	switch kind {
+	case emulatorPatched:
 		return fmt.Errorf("go-live: the patched QEMU is still in replay mode %q %v after the backup reached the log's end (it leaves it when it reads END)", mode, wait)
+	case emulatorUnknown:
+		b.log.Warnf("go-live: neither query-version nor --version identified the backup's QEMU, and it is still in replay mode %q after %v: taking the stock QEMU path", mode, wait)
 	}
 	return b.restartedLive(client, t0)
 }
@@ -86,16 +93,49 @@ func (b *backupRun) goLive() error {
 // patched QEMU to read END and leave replay mode (normally milliseconds).
 const patchedEndWait = 10 * time.Second
 
-// patchedEmulator reports whether the backup's QEMU is libvirt-ft's
-// patched build (qemuFlushesLog of its <emulator>). It reads the XML:
-// outputGates.exact holds the same answer only when the domain has output
-// gates.
-func (b *backupRun) patchedEmulator() bool {
+// emulatorKind is what go-live knows of the backup's QEMU build.
+type emulatorKind int
+
+const (
+	// emulatorUnknown: neither the running QEMU (query-version) nor its
+	// binary (--version) answered; go-live waits as for a patched one.
+	emulatorUnknown emulatorKind = iota
+	// emulatorStock: a QEMU 7.2 without packaging/qemu; at END its replay
+	// stays in play mode and go-live restarts it (restartedLive).
+	emulatorStock
+	// emulatorPatched: packaging/qemu's build; it leaves replay mode at
+	// END (0001) and refuses savevm under record/replay (0014).
+	emulatorPatched
+)
+
+// patchedPackage is query-version's "package" of the QEMU packaging/qemu
+// builds (configure --with-pkgversion=libvirt-ft, packaging/qemu/build.sh);
+// a stock Debian QEMU says "Debian 1:7.2+dfsg-7+deb12u18+b3" there.
+const patchedPackage = "libvirt-ft"
+
+// emulatorKind tells the backup's QEMU build apart: first by asking the
+// running process (query-version, which cannot be out of date with a
+// binary replaced since it started), then, if libvirt's monitor does not
+// answer, by the <emulator> binary's --version.
+func (b *backupRun) emulatorKind(client *qmp.Client) emulatorKind {
+	if v, err := client.QueryVersion(); err == nil {
+		if strings.Contains(v.Package, patchedPackage) {
+			return emulatorPatched
+		}
+		return emulatorStock
+	}
 	dom, err := ftxml.ParseDomain(b.backupXML)
 	if err != nil {
-		return false
+		return emulatorUnknown
 	}
-	return qemuFlushesLog(domainEmulator(dom))
+	flushes, err := qemuBuildFlushes(domainEmulator(dom))
+	switch {
+	case err != nil:
+		return emulatorUnknown
+	case flushes:
+		return emulatorPatched
+	}
+	return emulatorStock
 }
 
 // continuedLive: the backup's QEMU (with packaging/qemu's end-of-log
@@ -165,6 +205,13 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 		}
 		b.log.WithError(serr).Warnf("go-live: savevm refused (try %d)", try+1)
 		_ = client.Cont()
+		if ri, err := client.QueryReplay(); err == nil && ri.Mode == "none" {
+			// It left replay mode at END after all (a patched QEMU
+			// go-live could not identify): it runs live already, so it
+			// must not be destroyed.
+			b.log.Warn("go-live: the backup's QEMU left replay mode at END; going on live without a restart")
+			return b.continuedLive(client, t0)
+		}
 		if !b.pause(20 * time.Millisecond) {
 			return errRunClosed
 		}

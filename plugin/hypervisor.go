@@ -3,6 +3,11 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"libvirt.org/go/libvirt"
 
@@ -50,6 +55,12 @@ type Hypervisor interface {
 	// Destroy stops the domain's QEMU at once (virDomainDestroy). gone
 	// reports that no QEMU of it runs any more (also when there was none).
 	Destroy(uuid string) (gone bool, err error)
+	// Kill ends the domain's QEMU with SIGKILL, bypassing libvirt's
+	// destroy (which sends SIGTERM first: a QEMU that still runs its main
+	// loop then ends its record log with END, and the pair would stop
+	// instead of failing over). libvirt sees QEMU die and cleans up as
+	// for a crash. Errors: no running QEMU of uuid could be found.
+	Kill(uuid string) error
 	// Monitor opens a QMP monitor on the running domain (libvirt's
 	// monitor pass-through); Disconnect releases it.
 	Monitor(uuid string) (qmp.Monitor, error)
@@ -261,6 +272,53 @@ func (h libvirtHV) Destroy(uuid string) (bool, error) {
 		return isNoDomain(err), err
 	}
 	return true, nil
+}
+
+// qemuPidDir is where the QEMU driver of a system libvirt (libvirtd or
+// virqemud) keeps a running domain's pid file, NAME.pid (libvirt's
+// qemu_conf.c, stateDir).
+const qemuPidDir = "/run/libvirt/qemu"
+
+func (h libvirtHV) Kill(uuid string) error {
+	conn, err := h.lv.get()
+	if err != nil {
+		return err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	name, err := dom.GetName()
+	if err != nil {
+		return err
+	}
+	return killQEMU(filepath.Join(qemuPidDir, name+".pid"), uuid)
+}
+
+// killQEMU sends SIGKILL to the QEMU whose pid pidFile holds, once its
+// command line shows it runs domain uuid (libvirt passes -uuid): a pid
+// file left from an earlier QEMU must not make it kill another process.
+func killQEMU(pidFile, uuid string) error {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return fmt.Errorf("QEMU's pid: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("QEMU's pid file %s holds %q, not a pid", pidFile, b)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return fmt.Errorf("QEMU pid %d from %s: %w", pid, pidFile, err)
+	}
+	if !strings.Contains(string(cmdline), "\x00-uuid\x00"+uuid+"\x00") {
+		return fmt.Errorf("pid %d from %s does not run domain %s", pid, pidFile, uuid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("SIGKILL to QEMU pid %d: %w", pid, err)
+	}
+	return nil
 }
 
 func (h libvirtHV) Monitor(uuid string) (qmp.Monitor, error) {

@@ -133,32 +133,39 @@ func emulatorBuild(path string) (string, error) {
 }
 
 // qemuFlushesLog reports whether the QEMU binary at path is the patched one
-// that flushes its record log before each redirected frame.
+// that flushes its record log before each redirected frame; false when
+// that cannot be told (qemuBuildFlushes's error).
 func qemuFlushesLog(path string) bool {
+	v, err := qemuBuildFlushes(path)
+	return err == nil && v
+}
+
+// qemuBuildFlushes is qemuFlushesLog with the reason it cannot tell: the
+// path is empty or cannot be read, or `path --version` failed (not
+// cached: a failed run, say out of processes a moment, must not make a
+// patched QEMU look stock for good).
+func qemuBuildFlushes(path string) (bool, error) {
 	if path == "" {
-		return false
+		return false, errors.New("the domain names no <emulator>")
 	}
 	key, err := binaryKey(path)
 	if err != nil {
-		return false
+		return false, err
 	}
 	flushCacheMu.Lock()
 	defer flushCacheMu.Unlock()
 	if v, ok := flushCache[key]; ok {
-		return v
+		return v, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, path, "--version").Output()
 	if err != nil {
-		// Not cached: a failed run (say, out of processes a moment) must
-		// not make a patched QEMU look stock for good (go-live would take
-		// the stock path, whose -loadvm restart the patched one refuses).
-		return false
+		return false, fmt.Errorf("emulator %s --version: %w", path, err)
 	}
 	v := strings.Contains(string(out), flushMarker)
 	flushCache[key] = v
-	return v
+	return v, nil
 }
 
 // outputGates are the output gates of one primary domain, one per network

@@ -50,6 +50,8 @@ type primaryRun struct {
 	// (ctl.DomainStatus.CleanStop).
 	cleanStop bool
 	peer      string // the backup daemon's address
+	// hung: why the failover core killed this run's hung QEMU (KillVM).
+	hung string
 
 	// log channel figures: bytes sent and acknowledged, INSTRUCTION sum
 	// of the log sent, the backup's executed icount
@@ -455,6 +457,10 @@ type pumpState struct {
 	// sentOnLink is the stream offset (exclusive end) of the log written
 	// to the log channel: the most the backup can have received.
 	sentOnLink atomic.Uint64
+	// readSince is when the pump began its current read of FIFO A
+	// (Unix ns), 0 while it is not reading (sending, held by the window
+	// or lag bound, or before QEMU's first log): what watchHang watches.
+	readSince atomic.Int64
 }
 
 func (ps *pumpState) setDiscard() {
@@ -512,6 +518,7 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 	p.mu.Unlock()
 	go drv.Run()
 	go p.receive(link, drv, ps, gates)
+	go p.watchHang(ps, drv)
 
 	buf := make([]byte, 64<<10)
 	first := dec.Offset() == 0
@@ -545,7 +552,11 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			continue
 		}
 
+		if !first {
+			ps.readSince.Store(time.Now().UnixNano())
+		}
 		n, err := reader.Read(buf)
+		ps.readSince.Store(0)
 		if n > 0 && tee != nil {
 			_, _ = tee.Write(buf[:n])
 		}
@@ -634,6 +645,8 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 				p.cleanStop = true
 				p.mu.Unlock()
 				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
+			case p.hungKilled() != "":
+				p.setState(ctl.StateStopped, "primary QEMU hung and was killed so that the backup goes live: "+p.hungKilled())
 			default:
 				p.setState(ctl.StateStopped, "primary QEMU died without ending its log")
 			}
@@ -783,6 +796,20 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputG
 		gates.drop()
 		p.setState(ctl.StateStopped, "halting: "+a.Reason)
 		go p.env.destroy(p.uuid, "split brain: "+a.Reason)
+	case failover.KillVM:
+		// The backup goes live from where the log ends: what the hung
+		// QEMU's gates hold must never leave (the output rule).
+		gates.drop()
+		p.mu.Lock()
+		p.hung = a.Reason
+		p.mu.Unlock()
+		p.setState(ctl.StateReplicating, a.Reason+"; killing it so that the backup goes live")
+		go func() {
+			if err := p.env.hv.Kill(p.uuid); err != nil {
+				p.log.WithError(err).Error("killing the hung recording QEMU; destroying it through libvirt instead")
+				p.env.destroy(p.uuid, a.Reason)
+			}
+		}()
 	case failover.StopPrimaryVM:
 		setDiscard()
 		gates.drop()
@@ -792,6 +819,98 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputG
 		p.setState(ctl.StateStopped, "switched over: the backup on "+p.peer+" is live; stopping this host's VM")
 		go p.env.destroy(p.uuid, "planned switchover: the backup is live")
 	}
+}
+
+// hungKilled is why KillVM killed this run's QEMU, "" if it did not.
+func (p *primaryRun) hungKilled() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hung
+}
+
+// hangProbeTimeout is the least time watchHang gives QEMU's monitor to
+// answer once the record log has been silent for the stall bound.
+const hangProbeTimeout = 5 * time.Second
+
+// watchHang is the primary's watchdog for a hung recording QEMU: "a halt
+// in the flow of log entries or acknowledgments could indicate the
+// failure of a VM" (Scales et al. 2010, section 2.3). A running guest
+// logs constantly (an idle one still logs clock checkpoints several times
+// a second), but QEMU keeps up to 4 KiB of log in its stdio buffer and a
+// paused guest logs nothing, so silence alone proves nothing. When the
+// pump has waited in one read of FIFO A for the stall bound
+// (<ft:heartbeat stall-timeout-ms>, default twice timeout-ms), the
+// watchdog asks QEMU's monitor for its status (query-status through
+// libvirt): a QEMU that answers, in whatever state, or a libvirt that
+// answers with an error, is not hung, and is asked again a probe timeout
+// later while the silence lasts. One that does not answer within the probe
+// timeout (the stall bound, at least 5 s) while the log stays silent is
+// reported to the failover core (failover.PrimaryHung), which kills it
+// while a backup is in step (KillVM: the backup goes live) and otherwise
+// leaves it alone. The hangs QEMU 7.2 had under record/replay (docs/replay.md
+// §8.6) all held its main loop, and with it the monitor.
+func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
+	stall := p.cfg.Stall()
+	probe := max(stall, hangProbeTimeout)
+	tick := time.NewTicker(max(stall/4, 10*time.Millisecond))
+	defer tick.Stop()
+	var answer chan error // the probe under way; nil when none
+	var reported, nextProbe int64
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-ps.ended:
+			return
+		case <-tick.C:
+		}
+		since, now := ps.readSince.Load(), time.Now().UnixNano()
+		if since == 0 || since == reported || now-since < stall.Nanoseconds() || now < nextProbe {
+			continue
+		}
+		if answer == nil {
+			answer = make(chan error, 1)
+			go func(c chan<- error) { c <- p.probeMonitor() }(answer)
+		}
+		timer := time.NewTimer(probe)
+		select {
+		case <-p.stop:
+			timer.Stop()
+			return
+		case <-ps.ended:
+			timer.Stop()
+			return
+		case err := <-answer:
+			timer.Stop()
+			answer = nil
+			nextProbe = time.Now().Add(probe).UnixNano()
+			if err != nil {
+				p.log.WithError(err).Debug("hang watchdog: QEMU's monitor could not be asked")
+			}
+			continue
+		case <-timer.C:
+		}
+		if ps.readSince.Load() != since {
+			continue // the log moved while the monitor was asked
+		}
+		reported = since
+		reason := fmt.Sprintf("record log silent for %v and QEMU's monitor unanswered for %v",
+			time.Since(time.Unix(0, since)).Round(time.Millisecond), probe)
+		p.log.Error("recording QEMU hung: " + reason)
+		drv.Post(failover.PrimaryHung{Reason: reason})
+	}
+}
+
+// probeMonitor asks the running QEMU for its status (query-status); it
+// returns when QEMU or libvirt answers, which a hung QEMU never does.
+func (p *primaryRun) probeMonitor() error {
+	client, release, err := p.env.qmp(p.uuid)
+	if err != nil {
+		return err
+	}
+	defer release()
+	_, err = client.QueryStatus()
+	return err
 }
 
 // pauseForClaim pauses the VM (once) while the split-brain claim cannot
@@ -974,6 +1093,9 @@ func (p *primaryRun) qemuStopped(why string) {
 	// file is no longer needed once QEMU has exited.
 	p.mu.Lock()
 	fifo := p.recordFIFO
+	if p.hung != "" {
+		why = "primary QEMU hung and was killed so that the backup goes live: " + p.hung
+	}
 	if p.state != ctl.StateRefused {
 		p.state, p.detail = ctl.StateStopped, why
 	}

@@ -234,6 +234,74 @@ func TestRunsGoLiveStockQEMU(t *testing.T) {
 	})
 }
 
+// Go-live when the backup's QEMU cannot be identified (query-version
+// fails and the <emulator> binary does not exist): it is waited for as a
+// patched one, so a patched QEMU that leaves replay mode at END goes on
+// live, and a stock one still takes the restart path after the wait.
+func TestRunsGoLiveUnidentifiedQEMU(t *testing.T) {
+	for _, stock := range []bool{false, true} {
+		t.Run("stock="+strconv.FormatBool(stock), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fp, _ := replicating(t, func(fp *fakePair) { fp.b.hv.stock, fp.b.hv.noVersion = stock, true })
+				killPrimary(t, fp)
+				time.Sleep(patchedEndWait) // the wait for an unidentified QEMU
+				synctest.Wait()
+				live := fp.b.hv.running(runUUID)
+				if live == nil {
+					t.Fatal("nothing runs on host b after the primary died")
+				}
+				s := fp.b.status(t, "web")
+				want, mode := ctl.GoLiveContinued, "none"
+				if stock {
+					want, mode = ctl.GoLiveRestarted, "record"
+				}
+				if m, _ := live.state(); m != mode || s.State != ctl.StateLive || s.GoLive == nil || s.GoLive.Path != want {
+					t.Fatalf("host b: QEMU mode %s (want %s), status %+v go-live %+v (want path %s)", m, mode, s, s.GoLive, want)
+				}
+				if stock && s.GoLive.TotalMS < patchedEndWait.Milliseconds() {
+					t.Fatalf("go-live took %d ms: an unidentified QEMU must get the patched wait (%v) before the stock path", s.GoLive.TotalMS, patchedEndWait)
+				}
+			})
+		})
+	}
+}
+
+// A hung recording QEMU (its log silent, its monitor unanswered): the
+// primary's watchdog reports it after the stall bound (2 s here) and the
+// probe timeout (5 s), the primary kills it, and the backup goes live
+// where the log ended. A QEMU that only stops logging (a paused guest,
+// an idle one whose log sits in QEMU's stdio buffer) is left alone.
+func TestRunsPrimaryHangFailsOver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		// Silent but answering: never killed.
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if k := fp.a.hv.killCount(); k != 0 || fp.a.hv.running(runUUID) == nil {
+			t.Fatalf("a silent primary whose monitor answers was killed (%d kills)", k)
+		}
+		if s := fp.a.status(t, "web"); s.State != ctl.StateReplicating {
+			t.Fatalf("host a after 30 s of silence: %+v", s)
+		}
+		primary.hang()
+		time.Sleep(2*time.Second + hangProbeTimeout + time.Second)
+		synctest.Wait()
+		if k := fp.a.hv.killCount(); k != 1 {
+			t.Fatalf("the hung primary QEMU was killed %d times, want 1", k)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		s := fp.a.status(t, "web")
+		if s.State != ctl.StateStopped || !strings.Contains(s.Detail, "hung and was killed") {
+			t.Fatalf("host a: %+v", s)
+		}
+		b := fp.b.status(t, "web")
+		if b.State != ctl.StateLive || b.Loss == nil || !strings.Contains(b.Loss.Cause, "primary QEMU hung and was killed") {
+			t.Fatalf("host b: %+v loss %+v", b, b.Loss)
+		}
+	})
+}
+
 // Backup lost: the backup's QEMU is killed; the backup's daemon says so
 // (an unclean bye) and the primary goes on unprotected.
 func TestRunsBackupLostPrimaryGoesOn(t *testing.T) {

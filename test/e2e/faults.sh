@@ -31,6 +31,11 @@
 #                    nothing happens to the VM, protection goes on
 #   backup-stop      the backup's QEMU stopped (SIGSTOP) for 10 s: the
 #                    primary declares its backup lost and goes on
+#   qemu-hang-a      the primary's QEMU stopped (SIGSTOP) for good, as a
+#                    hung QEMU: its log stops and its monitor never answers;
+#                    libvirt-ftd's watchdog kills it (after the stall bound,
+#                    2 s, and the monitor probe, 5 s) and host B goes live.
+#                    The clients may stall up to 15 s here.
 #   blackhole        the log channel (port 7480) dropped both ways on host A
 #                    (iptables DROP): a partition; the witness decides
 #   cut-a            host A cut off the LAN: host B wins (A cannot reach the
@@ -42,7 +47,7 @@
 #                    protects it again with no manual cleanup
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b restart-a restart-b libvirtd-kill-a backup-stop blackhole cut-a arbiter-b both-revive}"
+read -r -a faults <<<"${FAULTS:-ftd-kill-a ftd-kill-b restart-a restart-b libvirtd-kill-a backup-stop qemu-hang-a blackhole cut-a arbiter-b both-revive}"
 DURATION=${DURATION:-40}
 STALL_LIMIT=${STALL_LIMIT:-6s}
 GUEST_MAC=52:54:00:fa:00:01
@@ -103,6 +108,7 @@ for fault in "${faults[@]}"; do
 	restart-b) what="planned restart of libvirt-ftd on host B"; want=a ;;
 	libvirtd-kill-a) what="kill -9 of libvirtd on host A (restarted 2 s later)"; want=a ;;
 	backup-stop) what="the backup's QEMU stopped (SIGSTOP) for 10 s"; want=a ;;
+	qemu-hang-a) what="the primary's QEMU stopped (SIGSTOP) for good: hung"; want=b ;;
 	blackhole) what="the log channel dropped both ways on host A (iptables)"; want=any ;;
 	cut-a) what="host A cut off the LAN"; want=b ;;
 	arbiter-b) what="the witness unreachable from host B, host A healthy"; want=a ;;
@@ -137,9 +143,11 @@ for fault in "${faults[@]}"; do
 		ip netns exec ftlab-lan tcpdump -Q in -i "veth-$h" -n -e -l -tt "ether src $GUEST_MAC" >"$f" 2>/dev/null &
 		pids+=($!)
 	done
-	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
+	stall_limit=$STALL_LIMIT
+	[ $fault = qemu-hang-a ] && stall_limit=15s
+	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $stall_limit >"$out_echo" 2>&1 &
 	echo_pid=$!
-	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_stream" 2>&1 &
+	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $stall_limit >"$out_stream" 2>&1 &
 	stream_pid=$!
 	sleep 5
 	t0=$(date +%s%N)
@@ -170,6 +178,7 @@ for fault in "${faults[@]}"; do
 		sleep 10
 		on b kill -CONT "$bpid" 2>/dev/null || true
 		;;
+	qemu-hang-a) on a kill -STOP "$(qemu_pid a "$DOMAIN")" ;;
 	blackhole)
 		for chain in INPUT OUTPUT; do
 			on a iptables -I $chain -p tcp --dport 7480 -j DROP
@@ -217,6 +226,13 @@ for fault in "${faults[@]}"; do
 	[ $rc_stream -eq 0 ] || { result=FAIL; why+=" stream client failed;"; }
 	case $fault in
 	libvirtd-kill-a | arbiter-b | restart-a | restart-b) [ "$st_here" = replicating ] || { result=FAIL; why+=" protection did not go on (state $st_here);"; } ;;
+	qemu-hang-a)
+		if line=$(grep -m1 "recording QEMU hung" "$LAB_DIR/a/ftd.log"); then
+			log "host A: ${line#*msg=}"
+		else
+			result=FAIL why+=" host A's daemon did not report the hang;"
+		fi
+		;;
 	esac
 	# The disk writer's records on the running host's disk.
 	if [ $fault = cut-a ]; then lab kill-host a >/dev/null; fi
