@@ -64,11 +64,12 @@ type HaltVM struct {
 	Reason string
 }
 
-// KillVM (primary): kill this host's QEMU at once (SIGKILL, no orderly
-// shutdown: an orderly one would end the log with END and stop the pair).
-// The pump then reads the log's end without END and reports QEMUExited
-// with Clean false, and the backup goes live from where the log ended.
-// Emitted for PrimaryHung.
+// KillVM (primary): stop sending the log, drop the output the gates hold
+// (as DrainLocally and HaltVM), and kill this host's QEMU at once
+// (SIGKILL, no orderly shutdown, which would end the log with END). The
+// QEMUExited that follows is treated as unclean whatever it says: the
+// primary says an unclean bye and the backup goes live from the end of
+// the log it was sent. Emitted for PrimaryHung.
 type KillVM struct {
 	Reason string
 }

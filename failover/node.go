@@ -460,7 +460,10 @@ func (n *Node) stepPrimary(ev Event) bool {
 		n.hung = e.Reason
 		n.emit(KillVM{Reason: "recording QEMU hung: " + e.Reason})
 	case QEMUExited:
-		if !e.Clean && n.hung != "" {
+		if n.hung != "" {
+			// Killed for a hang: unclean whatever the log's end says
+			// (a destroy after a failed kill may end it with END; the
+			// daemon stopped sending the log at KillVM).
 			n.emit(SendBye{Clean: false, Reason: "primary QEMU hung and was killed: " + n.hung})
 			n.stop("QEMU hung and was killed: " + n.hung)
 		} else if e.Clean {

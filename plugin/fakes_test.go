@@ -231,6 +231,7 @@ type fakeQEMU struct {
 	// hangCh, once hang was called: closed when the QEMU is killed; until
 	// then every monitor command waits (a hung main loop).
 	hangCh chan struct{}
+	hungAt time.Time
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -313,7 +314,7 @@ func (q *fakeQEMU) replayLoop() {
 func (q *fakeQEMU) hang() {
 	q.mu.Lock()
 	if q.hangCh == nil && !q.gone {
-		q.hangCh = make(chan struct{})
+		q.hangCh, q.hungAt = make(chan struct{}), time.Now()
 	}
 	q.mu.Unlock()
 }
@@ -617,7 +618,7 @@ func (h *fakeHV) Destroy(uuid string) (bool, error) {
 }
 
 // Kill is Destroy without the orderly part; it counts the kills.
-func (h *fakeHV) Kill(uuid string) error {
+func (h *fakeHV) Kill(uuid, name string) error {
 	if err := h.check(); err != nil {
 		return err
 	}
@@ -629,6 +630,25 @@ func (h *fakeHV) Kill(uuid string) error {
 	h.mu.Unlock()
 	h.stopped(uuid)
 	return nil
+}
+
+// MonitorBusy: running unless paused; a hung QEMU's monitor has been
+// busy since it hung.
+func (h *fakeHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
+	if err := h.check(); err != nil {
+		return false, 0, err
+	}
+	q := h.running(uuid)
+	if q == nil {
+		return false, 0, fmt.Errorf("domain %s is not running", uuid)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var busy time.Duration
+	if q.hangCh != nil {
+		busy = time.Since(q.hungAt)
+	}
+	return !q.paused, busy, nil
 }
 
 func (h *fakeHV) killCount() int {

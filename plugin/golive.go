@@ -198,6 +198,14 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 	// QEMU refuses a snapshot while replay has async events queued
 	// (replay_can_snapshot, replay/replay-snapshot.c). Let the VM run a
 	// moment and try again.
+	// A QEMU that has left replay mode at END (a patched one go-live could
+	// not identify) runs live already: it must not be destroyed, and its
+	// savevm may succeed once it is out of replay mode. So the mode is
+	// checked after every refusal, and again after the snapshot.
+	leftReplay := func() bool {
+		ri, err := client.QueryReplay()
+		return err == nil && ri.Mode == "none"
+	}
 	var serr error
 	for try := 0; try < 50; try++ {
 		if serr = client.SaveVM(snapshotName); serr == nil {
@@ -205,10 +213,7 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 		}
 		b.log.WithError(serr).Warnf("go-live: savevm refused (try %d)", try+1)
 		_ = client.Cont()
-		if ri, err := client.QueryReplay(); err == nil && ri.Mode == "none" {
-			// It left replay mode at END after all (a patched QEMU
-			// go-live could not identify): it runs live already, so it
-			// must not be destroyed.
+		if leftReplay() {
 			b.log.Warn("go-live: the backup's QEMU left replay mode at END; going on live without a restart")
 			return b.continuedLive(client, t0)
 		}
@@ -219,6 +224,11 @@ func (b *backupRun) restartedLive(client *qmp.Client, t0 time.Time) error {
 	}
 	if serr != nil {
 		return fmt.Errorf("go-live: %w", serr)
+	}
+	if leftReplay() {
+		_ = client.Cont()
+		b.log.Warn("go-live: the backup's QEMU left replay mode at END before its snapshot; going on live without a restart")
+		return b.continuedLive(client, t0)
 	}
 	tSave := time.Now()
 	if gone, err := b.env.hv.Destroy(b.uuid); !gone {

@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
 	"libvirt.org/go/libvirt"
 
 	"github.com/libvirt-ft/libvirt-ft/qmp"
@@ -57,10 +58,17 @@ type Hypervisor interface {
 	Destroy(uuid string) (gone bool, err error)
 	// Kill ends the domain's QEMU with SIGKILL, bypassing libvirt's
 	// destroy (which sends SIGTERM first: a QEMU that still runs its main
-	// loop then ends its record log with END, and the pair would stop
-	// instead of failing over). libvirt sees QEMU die and cleans up as
-	// for a crash. Errors: no running QEMU of uuid could be found.
-	Kill(uuid string) error
+	// loop then ends its record log with END). It asks libvirt nothing
+	// (libvirtd may be what is stuck): name is the domain's name, for
+	// libvirt's pid file. libvirt sees QEMU die and cleans up as for a
+	// crash. Errors: no running QEMU of uuid could be found.
+	Kill(uuid, name string) error
+	// MonitorBusy reports, without taking a libvirt job (so even while
+	// another call holds one), whether libvirt sees the domain running
+	// (virDomainGetState) and for how long a command on its monitor has
+	// been waiting for QEMU's answer, 0 if none (virDomainGetControlInfo:
+	// VIR_DOMAIN_CONTROL_OCCUPIED).
+	MonitorBusy(uuid string) (running bool, busy time.Duration, err error)
 	// Monitor opens a QMP monitor on the running domain (libvirt's
 	// monitor pass-through); Disconnect releases it.
 	Monitor(uuid string) (qmp.Monitor, error)
@@ -279,19 +287,9 @@ func (h libvirtHV) Destroy(uuid string) (bool, error) {
 // qemu_conf.c, stateDir).
 const qemuPidDir = "/run/libvirt/qemu"
 
-func (h libvirtHV) Kill(uuid string) error {
-	conn, err := h.lv.get()
-	if err != nil {
-		return err
-	}
-	dom, err := conn.LookupDomainByUUIDString(uuid)
-	if err != nil {
-		return err
-	}
-	defer dom.Free()
-	name, err := dom.GetName()
-	if err != nil {
-		return err
+func (h libvirtHV) Kill(uuid, name string) error {
+	if name == "" || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("domain name %q: no pid file to read", name)
 	}
 	return killQEMU(filepath.Join(qemuPidDir, name+".pid"), uuid)
 }
@@ -299,6 +297,8 @@ func (h libvirtHV) Kill(uuid string) error {
 // killQEMU sends SIGKILL to the QEMU whose pid pidFile holds, once its
 // command line shows it runs domain uuid (libvirt passes -uuid): a pid
 // file left from an earlier QEMU must not make it kill another process.
+// The process is held by a pidfd from before the check to the signal, so
+// a pid reused in between is not signalled.
 func killQEMU(pidFile, uuid string) error {
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -308,17 +308,47 @@ func killQEMU(pidFile, uuid string) error {
 	if err != nil || pid <= 1 {
 		return fmt.Errorf("QEMU's pid file %s holds %q, not a pid", pidFile, b)
 	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("QEMU pid %d from %s: %w", pid, pidFile, err)
+	}
+	defer unix.Close(pidfd)
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return fmt.Errorf("QEMU pid %d from %s: %w", pid, pidFile, err)
 	}
-	if !strings.Contains(string(cmdline), "\x00-uuid\x00"+uuid+"\x00") {
+	if !strings.Contains(strings.ToLower(string(cmdline)), "\x00-uuid\x00"+strings.ToLower(uuid)+"\x00") {
 		return fmt.Errorf("pid %d from %s does not run domain %s", pid, pidFile, uuid)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
 		return fmt.Errorf("SIGKILL to QEMU pid %d: %w", pid, err)
 	}
 	return nil
+}
+
+func (h libvirtHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return false, 0, err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return false, 0, err
+	}
+	defer dom.Free()
+	state, _, err := dom.GetState()
+	if err != nil {
+		return false, 0, err
+	}
+	ci, err := dom.GetControlInfo(0)
+	if err != nil {
+		return false, 0, err
+	}
+	var busy time.Duration
+	if ci.State == libvirt.DOMAIN_CONTROL_OCCUPIED {
+		busy = time.Duration(ci.StateTime) * time.Millisecond
+	}
+	return state == libvirt.DOMAIN_RUNNING, busy, nil
 }
 
 func (h libvirtHV) Monitor(uuid string) (qmp.Monitor, error) {

@@ -457,10 +457,22 @@ type pumpState struct {
 	// sentOnLink is the stream offset (exclusive end) of the log written
 	// to the log channel: the most the backup can have received.
 	sentOnLink atomic.Uint64
-	// readSince is when the pump began its current read of FIFO A
-	// (Unix ns), 0 while it is not reading (sending, held by the window
-	// or lag bound, or before QEMU's first log): what watchHang watches.
+	// readSince is when the pump began its current read of FIFO A, in
+	// ns of the monotonic clock since base; 0 while it is not reading
+	// (sending, held by the window or lag bound, before QEMU's first log,
+	// after its END): what watchHang watches.
 	readSince atomic.Int64
+	base      time.Time
+}
+
+// readingFor is how long the pump has been in its current read of FIFO
+// A, and that read's start (readSince); 0, 0 when it is not reading.
+func (ps *pumpState) readingFor() (time.Duration, int64) {
+	since := ps.readSince.Load()
+	if since == 0 {
+		return 0, 0
+	}
+	return time.Since(ps.base) - time.Duration(since), since
 }
 
 func (ps *pumpState) setDiscard() {
@@ -486,7 +498,7 @@ func (ps *pumpState) setHeld(held bool) {
 // dec is the stream decoder: a new one, or the one a daemon stopping for
 // a planned restart left (ResumeStreamDecoder).
 func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, dec *logchan.Decoder) {
-	ps := &pumpState{dec: dec, ended: make(chan struct{})}
+	ps := &pumpState{dec: dec, ended: make(chan struct{}), base: time.Now()}
 	ps.cond = sync.NewCond(&ps.mu)
 	handedOver := false
 	defer func() {
@@ -552,8 +564,8 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			continue
 		}
 
-		if !first {
-			ps.readSince.Store(time.Now().UnixNano())
+		if !first && !dec.Ended() {
+			ps.readSince.Store(max(int64(time.Since(ps.base)), 1))
 		}
 		n, err := reader.Read(buf)
 		ps.readSince.Store(0)
@@ -614,7 +626,11 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			// QEMU exited: cleanly when its log ended with END (guest
 			// shutdown, virsh shutdown/destroy), else it crashed or was
 			// killed, and the backup must go live.
-			clean := dec.Ended()
+			// A QEMU the watchdog killed ended uncleanly whatever its log
+			// says: a destroy's END, if the kill fell back to one, was
+			// never sent (KillVM discards the log from then on).
+			hung := p.hungKilled() != ""
+			clean := dec.Ended() && !hung
 			if l := p.currentLink(); l != nil {
 				_ = l.flush()
 			}
@@ -640,13 +656,13 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 				// Stopped by the core (a lost split-brain race): a destroy
 				// ends the log cleanly too, but this is no clean stop.
 				p.setState(ctl.StateStopped, "halted: "+end.Reason)
+			case hung:
+				p.setState(ctl.StateStopped, "primary QEMU hung and was killed so that the backup goes live: "+p.hungKilled())
 			case clean:
 				p.mu.Lock()
 				p.cleanStop = true
 				p.mu.Unlock()
 				p.setState(ctl.StateStopped, "primary QEMU exited; log ended")
-			case p.hungKilled() != "":
-				p.setState(ctl.StateStopped, "primary QEMU hung and was killed so that the backup goes live: "+p.hungKilled())
 			default:
 				p.setState(ctl.StateStopped, "primary QEMU died without ending its log")
 			}
@@ -797,15 +813,18 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputG
 		p.setState(ctl.StateStopped, "halting: "+a.Reason)
 		go p.env.destroy(p.uuid, "split brain: "+a.Reason)
 	case failover.KillVM:
-		// The backup goes live from where the log ends: what the hung
-		// QEMU's gates hold must never leave (the output rule).
+		// The backup goes live from where the log sent so far ends:
+		// nothing more of this QEMU's log goes to it (should QEMU wake
+		// up, or end its log with END as libvirt's destroy would let
+		// it), and nothing its gates hold leaves (the output rule).
+		setDiscard()
 		gates.drop()
 		p.mu.Lock()
 		p.hung = a.Reason
 		p.mu.Unlock()
-		p.setState(ctl.StateReplicating, a.Reason+"; killing it so that the backup goes live")
+		p.setState(ctl.StateUnprotected, a.Reason+"; killing it so that the backup goes live")
 		go func() {
-			if err := p.env.hv.Kill(p.uuid); err != nil {
+			if err := p.env.hv.Kill(p.uuid, p.name); err != nil {
 				p.log.WithError(err).Error("killing the hung recording QEMU; destroying it through libvirt instead")
 				p.env.destroy(p.uuid, a.Reason)
 			}
@@ -855,7 +874,8 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 	tick := time.NewTicker(max(stall/4, 10*time.Millisecond))
 	defer tick.Stop()
 	var answer chan error // the probe under way; nil when none
-	var reported, nextProbe int64
+	var reported int64
+	var nextProbe time.Time
 	for {
 		select {
 		case <-p.stop:
@@ -864,8 +884,8 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 			return
 		case <-tick.C:
 		}
-		since, now := ps.readSince.Load(), time.Now().UnixNano()
-		if since == 0 || since == reported || now-since < stall.Nanoseconds() || now < nextProbe {
+		silent, since := ps.readingFor()
+		if since == 0 || since == reported || silent < stall || time.Now().Before(nextProbe) {
 			continue
 		}
 		if answer == nil {
@@ -883,19 +903,31 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		case err := <-answer:
 			timer.Stop()
 			answer = nil
-			nextProbe = time.Now().Add(probe).UnixNano()
+			nextProbe = time.Now().Add(probe)
 			if err != nil {
 				p.log.WithError(err).Debug("hang watchdog: QEMU's monitor could not be asked")
 			}
 			continue
 		case <-timer.C:
 		}
-		if ps.readSince.Load() != since {
+		if _, now := ps.readingFor(); now != since {
 			continue // the log moved while the monitor was asked
 		}
+		// Unanswered: hung only if libvirt (asked without a job) says
+		// the domain runs and its monitor has had a command outstanding
+		// for the whole probe timeout. A probe that waits for another
+		// job's lock (a start, a suspend, libvirtd busy) leaves the
+		// monitor idle; a paused guest logs nothing and is not hung.
+		running, busy, err := p.env.hv.MonitorBusy(p.uuid)
+		if err != nil || !running || busy < probe {
+			p.log.WithError(err).Debugf("hang watchdog: the monitor did not answer in %v, but libvirt says running=%v, monitor busy for %v: not hung", probe, running, busy)
+			nextProbe = time.Now().Add(probe)
+			continue
+		}
 		reported = since
-		reason := fmt.Sprintf("record log silent for %v and QEMU's monitor unanswered for %v",
-			time.Since(time.Unix(0, since)).Round(time.Millisecond), probe)
+		silent, _ = ps.readingFor()
+		reason := fmt.Sprintf("record log silent for %v and QEMU's monitor busy with an unanswered command for %v",
+			silent.Round(time.Millisecond), busy.Round(time.Millisecond))
 		p.log.Error("recording QEMU hung: " + reason)
 		drv.Post(failover.PrimaryHung{Reason: reason})
 	}

@@ -179,8 +179,9 @@ n2=$(last_tick a "$DOMAIN")
 # replayed all the log it got waits in QEMU for more, and its monitor
 # answers only once log arrives.
 bstate=$(virsh_on b domstate "$DOMAIN" 2>&1 || true)
-[ "$bstate" = running ] && ft_on b status "$DOMAIN" >/dev/null ||
-	die "the backup is not replicating while the primary is suspended (host B: domstate $bstate; $(ft_on b status "$DOMAIN" 2>&1 | tail -1))"
+bft=$(ft_on b status --json 2>/dev/null | jq -r --arg d "$DOMAIN" '.[]? | select(.name == $d) | .state' 2>/dev/null || true)
+[ "$bstate" = running ] && [ "$bft" = replicating ] ||
+	die "the backup is not replicating while the primary is suspended (host B: domstate $bstate, virt-ft state $bft)"
 virsh_on a resume "$DOMAIN" >/dev/null
 both_go_on_to $((n2 + 2)) "virsh suspend and resume"
 log "suspended at tick $n1 for 4 s, resumed: both hosts went on to tick $((n2 + 2)), still replicating"

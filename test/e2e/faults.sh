@@ -232,6 +232,12 @@ for fault in "${faults[@]}"; do
 		else
 			result=FAIL why+=" host A's daemon did not report the hang;"
 		fi
+		if grep -q "destroying it through libvirt instead" "$LAB_DIR/a/ftd.log"; then
+			result=FAIL why+=" the SIGKILL failed (libvirt's destroy was used);"
+		fi
+		cause=$(ft_on b status --json 2>/dev/null | jq -r --arg d "$DOMAIN" '.[]? | select(.name == $d) | .loss.cause // empty' 2>/dev/null || true)
+		log "host B's loss cause: $cause"
+		case $cause in *"primary QEMU hung and was killed"*) ;; *) result=FAIL why+=" host B's loss cause is not the hang;" ;; esac
 		;;
 	esac
 	# The disk writer's records on the running host's disk.
