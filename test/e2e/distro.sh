@@ -228,6 +228,10 @@ wait_for 300 "Debian to reach multi-user after the start" eval '[ "$(up_on a)" -
 log "started again, protected: multi-user $(ms_since "$t0") ms after virsh start"
 
 say "9. kill -9 of the primary's QEMU, a TCP echo client connected"
+# "ft-guest: up" comes at multi-user, which does not wait for
+# systemd-networkd to bring the NIC up: wait for the echo service itself.
+echo_answers() { [ "$(client sh -c "echo ft-ping | socat -t 3 - TCP:$GUEST_IP:7002,connect-timeout=3" 2>/dev/null)" = ft-ping ]; }
+wait_for 60 "the guest's TCP echo service to answer" echo_answers
 out=$(mktemp)
 SCRATCH+=("$out")
 client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration 20s -stall-limit 4s >"$out" 2>&1 &
