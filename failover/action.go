@@ -66,10 +66,12 @@ type HaltVM struct {
 
 // KillVM (primary): stop sending the log, drop the output the gates hold
 // (as DrainLocally and HaltVM), and kill this host's QEMU at once
-// (SIGKILL, no orderly shutdown, which would end the log with END). The
-// QEMUExited that follows is treated as unclean whatever it says: the
-// primary says an unclean bye and the backup goes live from the end of
-// the log it was sent. Emitted for PrimaryHung.
+// (SIGKILL; libvirt's destroy only if that fails). The QEMUExited that
+// follows is treated as unclean whatever it says: the primary says an
+// unclean bye and the backup goes live from the end of the log it was
+// sent. A QEMU that does not exit within the daemon's deadline is
+// reported as exited (unclean) all the same. Until then a lost channel
+// makes the primary claim nothing. Emitted for PrimaryHung.
 type KillVM struct {
 	Reason string
 }

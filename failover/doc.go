@@ -159,8 +159,10 @@
 // QEMU (KillVM, SIGKILL). The log then ends without END, QEMUExited
 // (unclean) says an unclean bye naming the hang, and the backup goes live
 // where the log ended, as for a crash (Scales et al. 2010, section 2.3).
-// In any other state the hung QEMU is the only copy of the VM, and the
-// event is ignored.
+// Any QEMUExited after KillVM is unclean, and a peer lost before it comes
+// makes the primary claim nothing (winning would halt the backup, the
+// VM's future). In any other state the hung QEMU is the only copy of the
+// VM, and the event is ignored.
 //
 // # Planned switchover
 //

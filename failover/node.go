@@ -390,6 +390,13 @@ func (n *Node) stopVM(reason string) {
 // channel is expected to live.
 func (n *Node) peerLost(cause string) {
 	switch {
+	case n.role == RolePrimary && n.hung != "":
+		// Its QEMU is being killed for a hang (KillVM) and the backup
+		// is the VM's only future: claiming the lock could make the
+		// backup halt. The backup goes live on its own (silence, or the
+		// bye QEMUExited sends if the channel is back).
+		n.chanOpen = false
+		n.reason = "backup lost while the hung QEMU is killed: " + cause
 	case n.role == RoleBackup:
 		n.startGoLive(cause, false, false)
 	case n.state == StateSwitchingOver:

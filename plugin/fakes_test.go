@@ -231,7 +231,8 @@ type fakeQEMU struct {
 	// hangCh, once hang was called: closed when the QEMU is killed; until
 	// then every monitor command waits (a hung main loop).
 	hangCh chan struct{}
-	hungAt time.Time
+	// busySince: when the first monitor command reached the hung QEMU.
+	busySince time.Time
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -314,7 +315,7 @@ func (q *fakeQEMU) replayLoop() {
 func (q *fakeQEMU) hang() {
 	q.mu.Lock()
 	if q.hangCh == nil && !q.gone {
-		q.hangCh, q.hungAt = make(chan struct{}), time.Now()
+		q.hangCh = make(chan struct{})
 	}
 	q.mu.Unlock()
 }
@@ -340,6 +341,9 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 	return qmptest.NewMonitor(func(cmd goqmp.Command) (any, error) {
 		q.mu.Lock()
 		if h := q.hangCh; h != nil {
+			if q.busySince.IsZero() {
+				q.busySince = time.Now() // libvirt's monStart
+			}
 			q.mu.Unlock()
 			<-h // killed
 			q.mu.Lock()
@@ -645,8 +649,8 @@ func (h *fakeHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var busy time.Duration
-	if q.hangCh != nil {
-		busy = time.Since(q.hungAt)
+	if !q.busySince.IsZero() {
+		busy = time.Since(q.busySince)
 	}
 	return !q.paused, busy, nil
 }

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bufio"
 	"errors"
 	"os"
 	"os/exec"
@@ -23,13 +24,30 @@ func TestKillQEMU(t *testing.T) {
 		}
 		return p
 	}
-	// A stand-in QEMU: sh with "-uuid UUID" among its arguments.
+	// A stand-in QEMU: sh with "-uuid UUID" among its arguments, waiting
+	// in its builtin read on a pipe nobody writes (so it never execs
+	// another program, which would change its command line).
 	start := func(u string) *exec.Cmd {
-		cmd := exec.Command("sh", "-c", "sleep 60", "-uuid", u)
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sh", "-c", "echo ready; read x", "-uuid", u)
+		cmd.Stdin = r
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		r.Close()
+		// Start returns once exec began, before the kernel has set up
+		// the new command line: wait until sh runs its script.
+		if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+			t.Fatalf("stand-in QEMU: %q, %v", line, err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); w.Close() })
 		return cmd
 	}
 	other := start("00000000-0000-0000-0000-000000000000")
@@ -53,7 +71,8 @@ func TestKillQEMU(t *testing.T) {
 	}
 	qemu := start(strings.ToUpper(uuid))
 	if err := killQEMU(pidFile(strconv.Itoa(qemu.Process.Pid)+"\n"), uuid); err != nil {
-		t.Fatal(err)
+		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(qemu.Process.Pid) + "/cmdline")
+		t.Fatalf("%v (its command line: %q)", err, cmdline)
 	}
 	err := qemu.Wait()
 	var exit *exec.ExitError

@@ -823,12 +823,7 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputG
 		p.hung = a.Reason
 		p.mu.Unlock()
 		p.setState(ctl.StateUnprotected, a.Reason+"; killing it so that the backup goes live")
-		go func() {
-			if err := p.env.hv.Kill(p.uuid, p.name); err != nil {
-				p.log.WithError(err).Error("killing the hung recording QEMU; destroying it through libvirt instead")
-				p.env.destroy(p.uuid, a.Reason)
-			}
-		}()
+		go p.killHung(drv, a.Reason)
 	case failover.StopPrimaryVM:
 		setDiscard()
 		gates.drop()
@@ -839,6 +834,40 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputG
 		go p.env.destroy(p.uuid, "planned switchover: the backup is live")
 	}
 }
+
+// killHung carries out KillVM: SIGKILL (Hypervisor.Kill), else libvirt's
+// destroy until the domain is gone (SIGTERM first: a QEMU that still runs
+// its main loop may end its log with END, which the pump no longer sends).
+// If QEMU has still not exited after killDeadline (a process stuck in the
+// kernel), the Driver is told it exited uncleanly all the same: the
+// backup goes live from the log it was sent, and this QEMU, whatever it
+// still does, reaches neither the backup (the log is discarded) nor the
+// network (its gates drop every frame).
+func (p *primaryRun) killHung(drv *failover.Driver, reason string) {
+	if err := p.env.hv.Kill(p.uuid, p.name); err != nil {
+		p.log.WithError(err).Error("killing the hung recording QEMU with SIGKILL failed; destroying it through libvirt instead")
+		go p.env.destroyUntilGone(p.uuid, reason, p.stop)
+	}
+	p.mu.Lock()
+	ps := p.ps
+	p.mu.Unlock()
+	var ended <-chan struct{}
+	if ps != nil {
+		ended = ps.ended
+	}
+	select {
+	case <-p.stop:
+	case <-ended:
+	case <-time.After(killDeadline):
+		p.log.Errorf("the hung recording QEMU has not exited %v after it was killed: telling the backup to go live anyway (this host's copy is cut off: its log is no longer sent and its gates drop every frame)", killDeadline)
+		p.setState(ctl.StateStopped, "primary QEMU hung and could not be killed; the backup goes live; this host's copy is cut off (log not sent, output dropped): destroy it by hand: "+reason)
+		drv.Post(failover.QEMUExited{Clean: false})
+	}
+}
+
+// killDeadline bounds how long killHung waits for a killed QEMU to exit
+// before the backup is told to go live regardless.
+const killDeadline = 15 * time.Second
 
 // hungKilled is why KillVM killed this run's QEMU, "" if it did not.
 func (p *primaryRun) hungKilled() string {
@@ -874,7 +903,6 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 	tick := time.NewTicker(max(stall/4, 10*time.Millisecond))
 	defer tick.Stop()
 	var answer chan error // the probe under way; nil when none
-	var reported int64
 	var nextProbe time.Time
 	for {
 		select {
@@ -885,7 +913,7 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		case <-tick.C:
 		}
 		silent, since := ps.readingFor()
-		if since == 0 || since == reported || silent < stall || time.Now().Before(nextProbe) {
+		if since == 0 || silent < stall || time.Now().Before(nextProbe) {
 			continue
 		}
 		if answer == nil {
@@ -918,18 +946,56 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		// for the whole probe timeout. A probe that waits for another
 		// job's lock (a start, a suspend, libvirtd busy) leaves the
 		// monitor idle; a paused guest logs nothing and is not hung.
-		running, busy, err := p.env.hv.MonitorBusy(p.uuid)
-		if err != nil || !running || busy < probe {
+		// The bound is the stall bound, not the probe timeout: libvirt
+		// starts counting only once the probe is inside the monitor.
+		running, busy, err := p.monitorBusy()
+		nextProbe = time.Now().Add(probe)
+		if err != nil || !running || busy < stall {
 			p.log.WithError(err).Debugf("hang watchdog: the monitor did not answer in %v, but libvirt says running=%v, monitor busy for %v: not hung", probe, running, busy)
-			nextProbe = time.Now().Add(probe)
 			continue
 		}
-		reported = since
+		if _, now := ps.readingFor(); now != since {
+			continue
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-ps.ended:
+			return
+		default:
+		}
+		// Reported again every probe timeout while it lasts: the core
+		// ignores it unless a backup is in step (and once it killed).
 		silent, _ = ps.readingFor()
 		reason := fmt.Sprintf("record log silent for %v and QEMU's monitor busy with an unanswered command for %v",
 			silent.Round(time.Millisecond), busy.Round(time.Millisecond))
 		p.log.Error("recording QEMU hung: " + reason)
 		drv.Post(failover.PrimaryHung{Reason: reason})
+	}
+}
+
+// monitorBusy is Hypervisor.MonitorBusy, given up after 5 s (a libvirtd
+// that does not answer makes nothing hung).
+func (p *primaryRun) monitorBusy() (running bool, busy time.Duration, err error) {
+	type answer struct {
+		running bool
+		busy    time.Duration
+		err     error
+	}
+	c := make(chan answer, 1)
+	go func() {
+		r, b, err := p.env.hv.MonitorBusy(p.uuid)
+		c <- answer{r, b, err}
+	}()
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case a := <-c:
+		return a.running, a.busy, a.err
+	case <-t.C:
+		return false, 0, errors.New("libvirt did not answer GetState/GetControlInfo in 5 s")
+	case <-p.stop:
+		return false, 0, errors.New("the run ended")
 	}
 }
 

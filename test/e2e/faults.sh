@@ -178,7 +178,11 @@ for fault in "${faults[@]}"; do
 		sleep 10
 		on b kill -CONT "$bpid" 2>/dev/null || true
 		;;
-	qemu-hang-a) on a kill -STOP "$(qemu_pid a "$DOMAIN")" ;;
+	qemu-hang-a)
+		apid=$(qemu_pid a "$DOMAIN")
+		[ -n "$apid" ] || die "qemu-hang-a: no QEMU pid file for $DOMAIN on host A"
+		on a kill -STOP "$apid"
+		;;
 	blackhole)
 		for chain in INPUT OUTPUT; do
 			on a iptables -I $chain -p tcp --dport 7480 -j DROP
