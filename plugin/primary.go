@@ -943,11 +943,11 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		}
 		// Unanswered: hung only if libvirt (asked without a job) says
 		// the domain runs and its monitor has had a command outstanding
-		// for the whole probe timeout. A probe that waits for another
-		// job's lock (a start, a suspend, libvirtd busy) leaves the
-		// monitor idle; a paused guest logs nothing and is not hung.
-		// The bound is the stall bound, not the probe timeout: libvirt
-		// starts counting only once the probe is inside the monitor.
+		// for at least the stall bound (not the probe timeout: libvirt
+		// starts counting only once the probe is inside the monitor). A
+		// probe that waits for another job's lock (a start, a suspend,
+		// libvirtd busy) leaves the monitor idle; a paused guest logs
+		// nothing and is not hung.
 		running, busy, err := p.monitorBusy()
 		nextProbe = time.Now().Add(probe)
 		if err != nil || !running || busy < stall {

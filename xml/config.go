@@ -63,9 +63,11 @@ type Config struct {
 	// still while log it has not executed is queued for it before the
 	// backup is declared stalled (the primary then runs on unprotected),
 	// and how long feeding END or draining may make no progress before a
-	// go-live fails. A whole number of milliseconds, more than
-	// HeartbeatInterval (<ft:heartbeat stall-timeout-ms>); 0, the
-	// default, means twice HeartbeatTimeout (Stall).
+	// go-live fails. On the primary it is also how long the record log
+	// may be silent before the hang watchdog asks QEMU's monitor whether
+	// it is alive (plugin, watchHang). A whole number of milliseconds,
+	// more than HeartbeatInterval (<ft:heartbeat stall-timeout-ms>); 0,
+	// the default, means twice HeartbeatTimeout (Stall).
 	StallTimeout time.Duration
 	// StateDir is the absolute directory on both hosts under which each
 	// protected domain has a directory named by its UUID holding the replay
