@@ -123,6 +123,9 @@ type Status struct {
 	// PeerRestarting is set while the peer's daemon restarts (it said
 	// ByeRestarting) and its channel is not back yet.
 	PeerRestarting bool
+	// Hung (primary) is why KillVM killed this host's QEMU; "" if it did
+	// not. A run being killed must not start an unprotect or a handover.
+	Hung string
 }
 
 // Node is the failover state machine of one protected domain on one host.
@@ -208,7 +211,7 @@ func (n *Node) Status() Status {
 		BackupIcount: n.icount, Unread: n.unread, DrainTarget: n.target,
 		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
-		PeerRestarting: n.peerRestarting,
+		PeerRestarting: n.peerRestarting, Hung: n.hung,
 	}
 }
 

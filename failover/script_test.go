@@ -400,7 +400,7 @@ func statusFields(s Status) string {
 		"reason", s.Reason, "ticks", strconv.FormatInt(s.Ticks, 10),
 		"silence", strconv.FormatInt(s.Silence, 10),
 		"channel-open", strconv.FormatBool(s.ChannelOpen), "peer-ended", strconv.FormatBool(s.PeerEnded),
-		"switchover", strconv.FormatBool(s.Switchover), "peer-restarting", strconv.FormatBool(s.PeerRestarting),
+		"switchover", strconv.FormatBool(s.Switchover), "peer-restarting", strconv.FormatBool(s.PeerRestarting), "hung", s.Hung,
 		"log-offset", u(s.LogOffset), "fed-bytes", u(s.FedBytes), "fed-instr", u(s.FedInstructions),
 		"icount", u(s.BackupIcount), "unread", u(s.Unread), "target", u(s.DrainTarget),
 		"acked-offset", u(s.AckedOffset), "acked-icount", u(s.AckedIcount), "acked-fed", u(s.AckedFed),

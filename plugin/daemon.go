@@ -730,7 +730,7 @@ func (d *Daemon) unprotect(name string) (ctl.DomainStatus, error) {
 	// Checked and stepped on the core's goroutine: nothing (a peer's
 	// restart bye) comes between.
 	if !drv.StepIf(func(st failover.Status) bool {
-		return st.State == failover.StateReplicating && !st.PeerRestarting && !st.PeerEnded
+		return st.State == failover.StateReplicating && !st.PeerRestarting && !st.PeerEnded && st.Hung == ""
 	}, failover.UnprotectRequested{}) {
 		st, _ := drv.View()
 		return s, fmt.Errorf("unprotect: domain %q cannot end its protection now (failover state %s: %s); retry, see virt-ft status", name, st.State, st.Reason)
