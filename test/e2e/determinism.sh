@@ -23,8 +23,12 @@
 # libvirt's reboot does (virsh reboot: patch 0013). Meanwhile the record
 # run is paused PAUSES times for PAUSE_MS (QMP stop, cont). A replay that does
 # not advance for STALL_S seconds is a failure, reported with its icount and
-# the log's next event there (test/tools/rrdump).
-#   EMULATOR=... [LOAD_S=20] [STALL_S=30] [PAUSES=20] [PAUSE_MS=200] [KEEP=1]
+# the log's next event there (test/tools/rrdump). BULK_BYTES is the size of
+# each of the two bulk transfers (guest to client, client to guest).
+# A harder run, as patch 0017 was checked with:
+#   LOAD_S=40 PAUSES=40 PAUSE_MS=100 BULK_BYTES=150000000
+#   EMULATOR=... [LOAD_S=20] [STALL_S=30] [PAUSES=20] [PAUSE_MS=200]
+#   [BULK_BYTES=20000000] [KEEP=1]
 #   test/e2e/determinism.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -33,6 +37,7 @@ LOAD_S=${LOAD_S:-20}
 STALL_S=${STALL_S:-30}
 PAUSES=${PAUSES:-20}
 PAUSE_MS=${PAUSE_MS:-200}
+BULK_BYTES=${BULK_BYTES:-20000000}
 POWEROFF_TICK=${POWEROFF_TICK:-$((LOAD_S + 14))}
 [ -x "$QEMU" ] || die "no QEMU at $QEMU (make qemu-ft)"
 for b in tcpcheck rrdump gaterelay; do [ -x "$BIN/$b" ] || die "run make build first ($BIN/$b)"; done
@@ -227,8 +232,8 @@ pause_record() {
 pause_record >"$work/pauses.out" 2>&1 &
 pp=$!
 pids+=($pp)
-inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes 20000000 >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
-inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes 20000000 >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
+inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
+inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES" >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
 wait $pp || die "pausing the record run: $(tail -n 1 "$work/pauses.out")"
 wait $pe || die "echo: $(tail -n 1 "$work/echo.out")"
 wait $ps || die "stream: $(tail -n 1 "$work/stream.out")"
