@@ -56,7 +56,7 @@ func TestPeerDomainPolicy(t *testing.T) {
 	// channel of another name stands for it).
 	common := strings.Replace(withDisk(disk), "</devices>", `<interface type='network'><source network='default'/><model type='virtio'/></interface>
     <channel type='unix'><target type='virtio' name='org.example.sensor.0'/></channel>
-    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <rng model='virtio'><backend model='builtin'/></rng>
     <graphics type='vnc' port='-1' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
     <console type='pty'><target type='serial' port='0'/></console>
     <input type='tablet' bus='usb'/>
@@ -78,8 +78,6 @@ func TestPeerDomainPolicy(t *testing.T) {
 		"nvram":                  {strings.Replace(base, "</os>", "<nvram>/root/x.fd</nvram></os>", 1), "/domain/os/nvram"},
 		"serial file":            {strings.Replace(base, "/var/log/libvirt/qemu/web-serial.log", "/etc/cron.d/x", 1), "/domain/devices/serial[1]"},
 		"channel tcp":            {strings.Replace(base, "</devices>", "<channel type='tcp'><source mode='connect' host='10.0.0.9' service='22'/><target type='virtio' name='x'/></channel></devices>", 1), "/domain/devices/channel[1]"},
-		"rng egd":                {strings.Replace(base, "</devices>", "<rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='10.0.0.9' service='1'/></backend></rng></devices>", 1), "/domain/devices/rng[1]"},
-		"rng device":             {strings.Replace(base, "</devices>", "<rng model='virtio'><backend model='random'>/dev/sda</backend></rng></devices>", 1), "/domain/devices/rng[1]"},
 		"tpm":                    {strings.Replace(base, "</devices>", "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm></devices>", 1), "/domain/devices/tpm"},
 		"shmem":                  {strings.Replace(base, "</devices>", "<shmem name='x'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem></devices>", 1), "/domain/devices/shmem"},
 		"ethernet":               {strings.Replace(base, "</devices>", "<interface type='ethernet'><script path='/tmp/x'/><model type='virtio'/></interface></devices>", 1), "only bridge, network and user"},
@@ -95,6 +93,17 @@ func TestPeerDomainPolicy(t *testing.T) {
 		err := cfg.checkPeerDomain(primary(t, c.xml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want a refusal naming %q", name, err, c.want)
+		}
+	}
+	// The primary's own validation refuses these random number
+	// generators; a hostile peer sends one anyway.
+	for name, rng := range map[string]string{
+		"rng egd":    "<rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='10.0.0.9' service='1'/></backend></rng>",
+		"rng device": "<rng model='virtio'><backend model='random'>/dev/sda</backend></rng>",
+	} {
+		doc := strings.Replace(primary(t, base), "</devices>", rng+"</devices>", 1)
+		if err := cfg.checkPeerDomain(doc); err == nil || !strings.Contains(err.Error(), "/domain/devices/rng[1]") {
+			t.Errorf("%s: %v, want a refusal naming /domain/devices/rng[1]", name, err)
 		}
 	}
 	// The primary's own validation refuses a backing store; a hostile

@@ -156,6 +156,20 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 		}
 	}
 
+	if d := dom.Devices; d != nil {
+		for i, r := range d.RNGs {
+			// QEMU logs the bytes of its builtin backend for replay
+			// (util/guest-random.c, backends/rng-builtin.c); the random
+			// and egd backends read the host's device or daemon unlogged,
+			// so the backup's guest would get other bytes and diverge.
+			if b := r.Backend; b != nil && (b.Random != nil || b.EGD != nil) {
+				add(fmt.Sprintf("/domain/devices/rng[%d]/backend", i+1),
+					"is not the builtin backend: QEMU does not record the bytes a random or egd backend reads from the host, so the backup's guest would get other random bytes and diverge",
+					"use <backend model='builtin'/> (libvirt 6.1 or later), whose bytes QEMU records")
+			}
+		}
+	}
+
 	cp, cw := commandlineProblems(dom.QEMUCommandline)
 	ps = append(ps, cp...)
 	ws = append(ws, cw...)
