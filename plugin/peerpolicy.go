@@ -129,7 +129,7 @@ func (c Config) bootFileAllowed(path string) bool {
 // devicePolicy refuses the devices through which a peer's domain would
 // reach the backup host beyond a replaying VM: character devices on host
 // devices, pipes, the network or files outside libvirt's log directory;
-// host entropy other than /dev/urandom and /dev/random; TPMs, shared
+// random number generators (host entropy); TPMs, shared
 // memory, smartcards, USB redirection, host input devices, audio into
 // files; network interfaces other than a bridge, a libvirt network or user
 // networking, or with scripts or tap devices of their own; graphics that
@@ -188,10 +188,9 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 	if len(d.Memorydevs) > 0 {
 		add("/domain/devices/memory", "memory devices (NVDIMM, virtio-pmem) map host files and are not accepted from the peer; remove them")
 	}
-	for i, r := range d.RNGs {
-		if b := r.Backend; b != nil && (b.EGD != nil || (b.Random != nil && b.Random.Device != "" && b.Random.Device != "/dev/urandom" && b.Random.Device != "/dev/random")) {
-			add(fmt.Sprintf("/domain/devices/rng[%d]/backend", i+1), "only /dev/urandom, /dev/random or the builtin backend are accepted from the peer")
-		}
+	for i := range d.RNGs {
+		// Validation refuses them too (xml/validate.go): not replayed.
+		add(fmt.Sprintf("/domain/devices/rng[%d]", i+1), "a random number generator device is not replayed and is not accepted from the peer (it would read host entropy devices or daemons); remove it")
 	}
 	if len(d.TPMs) > 0 {
 		add("/domain/devices/tpm", "a TPM is not replayed and is not accepted from the peer; remove it")

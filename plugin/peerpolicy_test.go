@@ -52,11 +52,10 @@ func TestPeerDomainPolicy(t *testing.T) {
 		t.Fatalf("a plain domain: %v", err)
 	}
 	// What virt-install and virt-manager add to a plain VM passes (but
-	// the guest agent's channel, which validation refuses: a virtio
-	// channel of another name stands for it).
+	// the guest agent's channel and the virtio-rng, which validation
+	// refuses: a virtio channel of another name stands for the channel).
 	common := strings.Replace(withDisk(disk), "</devices>", `<interface type='network'><source network='default'/><model type='virtio'/></interface>
     <channel type='unix'><target type='virtio' name='org.example.sensor.0'/></channel>
-    <rng model='virtio'><backend model='builtin'/></rng>
     <graphics type='vnc' port='-1' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
     <console type='pty'><target type='serial' port='0'/></console>
     <input type='tablet' bus='usb'/>
@@ -98,8 +97,10 @@ func TestPeerDomainPolicy(t *testing.T) {
 	// The primary's own validation refuses these random number
 	// generators; a hostile peer sends one anyway.
 	for name, rng := range map[string]string{
-		"rng egd":    "<rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='10.0.0.9' service='1'/></backend></rng>",
-		"rng device": "<rng model='virtio'><backend model='random'>/dev/sda</backend></rng>",
+		"rng egd":     "<rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='10.0.0.9' service='1'/></backend></rng>",
+		"rng device":  "<rng model='virtio'><backend model='random'>/dev/sda</backend></rng>",
+		"rng urandom": "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+		"rng builtin": "<rng model='virtio'><backend model='builtin'/></rng>",
 	} {
 		doc := strings.Replace(primary(t, base), "</devices>", rng+"</devices>", 1)
 		if err := cfg.checkPeerDomain(doc); err == nil || !strings.Contains(err.Error(), "/domain/devices/rng[1]") {

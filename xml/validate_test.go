@@ -79,9 +79,11 @@ func TestValidateRefusals(t *testing.T) {
 		{"disk iothreads", `<driver name='qemu' type='qcow2'/>`, `<driver name='qemu' type='qcow2'><iothreads><iothread id='1'/></iothreads></driver>`, "/domain/devices/disk[1]/driver/iothreads", "remove iothread="},
 		{"iothread", `<driver name='qemu' type='qcow2'/>`, `<driver name='qemu' type='qcow2' iothread='1'/>`, "/domain/devices/disk[1]/driver/@iothread", "remove iothread="},
 		{"rng urandom", demoDiskEnd, demoDiskEnd + `<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>`,
-			"/domain/devices/rng[1]/backend", "<backend model='builtin'/>"},
+			"/domain/devices/rng[1]", "remove this <rng>"},
 		{"rng egd", demoDiskEnd, demoDiskEnd + `<rng model='virtio'><backend model='egd' type='unix'><source mode='connect' path='/run/egd.sock'/></backend></rng>`,
-			"/domain/devices/rng[1]/backend", "<backend model='builtin'/>"},
+			"/domain/devices/rng[1]", "remove this <rng>"},
+		{"rng builtin", demoDiskEnd, demoDiskEnd + `<rng model='virtio'><backend model='builtin'/></rng>`,
+			"/domain/devices/rng[1]", "remove this <rng>"},
 		{"iotune", demoTarget, demoTarget + `<iotune><total_iops_sec>100</total_iops_sec></iotune>`, "/domain/devices/disk[1]/iotune", "remove <iotune>"},
 		{"transient", demoTarget, demoTarget + `<transient/>`, "/domain/devices/disk[1]/transient", "remove <transient/>"},
 		{"backing chain", demoTarget, `<backingStore type='file'><format type='qcow2'/><source file='/var/lib/libvirt/images/base.qcow2'/><backingStore/></backingStore>` + demoTarget,
@@ -188,7 +190,6 @@ func TestValidateAccepts(t *testing.T) {
 		"no vcpu element":  mutate(t, base, `<vcpu placement='static'>1</vcpu>`, ``),
 		"network iface":    mutate(t, base, `<interface type='bridge'>`+"\n      <mac address='52:54:00:fa:00:01'/>\n      <source bridge='ftbr0'/>", `<interface type='network'><mac address='52:54:00:fa:00:01'/><source network='default'/>`),
 		"user alias":       mutate(t, base, demoTarget, demoTarget+`<alias name='ua-root'/>`),
-		"rng builtin":      mutate(t, base, demoDiskEnd, demoDiskEnd+`<rng model='virtio'><backend model='builtin'/></rng>`),
 		"foreign metadata": mutate(t, base, `<metadata>`, `<metadata><app:ft xmlns:app="urn:example:app"/>`),
 	} {
 		t.Run(name, func(t *testing.T) {

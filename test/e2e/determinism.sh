@@ -25,8 +25,10 @@
 # not advance for STALL_S seconds is a failure, reported with its icount and
 # the log's next event there (test/tools/rrdump). BULK_BYTES is the size of
 # each of the two bulk transfers (guest to client, client to guest).
-# A harder run, as patch 0017 was checked with:
-#   LOAD_S=40 PAUSES=40 PAUSE_MS=100 BULK_BYTES=150000000
+# A harder run, as patch 0017 was checked with (a larger BULK_BYTES may
+# need a larger LOAD_S: the guest powers off at tick LOAD_S + 14):
+#     LOAD_S=40 PAUSES=40 PAUSE_MS=100 BULK_BYTES=150000000 make e2e-determinism
+# Usage:
 #   EMULATOR=... [LOAD_S=20] [STALL_S=30] [PAUSES=20] [PAUSE_MS=200]
 #   [BULK_BYTES=20000000] [KEEP=1]
 #   test/e2e/determinism.sh
