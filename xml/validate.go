@@ -154,9 +154,6 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 			ws = append(ws, fmt.Sprintf("/domain/devices/channel[%d]: input on this channel is not replicated: "+
 				"QEMU does not record chardevs made with -chardev (docs/replay.md §9); commands sent into the guest (e.g. guest-agent) make the backup diverge", i+1))
 		}
-	}
-
-	if d := dom.Devices; d != nil {
 		for i := range d.RNGs {
 			// QEMU does not replay virtio-rng exactly: its random and
 			// egd backends read the host unrecorded
