@@ -532,7 +532,7 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 		return rec, nil, errors.New("the QEMU does not flush its log before each frame (not libvirt-ft's patched QEMU): a planned restart needs it")
 	}
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting || st.Hung != "" {
-		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v)", st.State, st.ChannelOpen, st.PeerRestarting)
+		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v, QEMU being killed as hung: %q)", st.State, st.ChannelOpen, st.PeerRestarting, st.Hung)
 	}
 	if !p.env.pauseVM(p.uuid, "libvirt-ftd restarts (planned): the VM waits for the next daemon") {
 		return rec, nil, errors.New("cannot pause the VM")
