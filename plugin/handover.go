@@ -40,6 +40,7 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -874,6 +875,13 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	cfg, present, err := ftxml.ParseConfig(def.XML)
 	if err != nil || !present {
 		return fmt.Errorf("its definition has no ft element (%v)", err)
+	}
+	var dom libvirtxml.Domain
+	if dom.Unmarshal(def.XML) == nil && dom.Devices != nil && len(dom.Devices.RNGs) > 0 {
+		// Protected by an older libvirt-ftd, which accepted an <rng>
+		// (xml/validate.go refuses it now): the pause and resume of
+		// this restart may already have made its backup diverge.
+		d.log.WithField("domain", rec.Name).Warn("this protected domain has an <rng> device, which libvirt-ft now refuses (QEMU does not replay it exactly): its backup may diverge and be halted after this restart; shut the VM down, remove the <rng> and start it again")
 	}
 	e := d.env()
 	ff, err := takeFile(files, fdName(rec.UUID, "fifo"))
