@@ -877,7 +877,7 @@ func (p *primaryRun) hungKilled() string {
 }
 
 // hangProbeTimeout is the least time watchHang gives QEMU's monitor to
-// answer once the record log has been silent for the stall bound.
+// answer once the record log has been silent for the hang probe bound.
 const hangProbeTimeout = 5 * time.Second
 
 // watchHang is the primary's watchdog for a hung recording QEMU: "a halt
@@ -886,19 +886,20 @@ const hangProbeTimeout = 5 * time.Second
 // logs constantly (an idle one still logs clock checkpoints several times
 // a second), but QEMU keeps up to 4 KiB of log in its stdio buffer and a
 // paused guest logs nothing, so silence alone proves nothing. When the
-// pump has waited in one read of FIFO A for the stall bound
-// (<ft:heartbeat stall-timeout-ms>, default twice timeout-ms), the
+// pump has waited in one read of FIFO A for the hang probe bound
+// (ftxml.Config.HangProbe: <ft:heartbeat stall-timeout-ms>, default twice
+// timeout-ms), the
 // watchdog asks QEMU's monitor for its status (query-status through
 // libvirt): a QEMU that answers, in whatever state, or a libvirt that
 // answers with an error, is not hung, and is asked again a probe timeout
 // later while the silence lasts. One that does not answer within the probe
-// timeout (the stall bound, at least 5 s) while the log stays silent is
+// timeout (that bound, at least 5 s) while the log stays silent is
 // reported to the failover core (failover.PrimaryHung), which kills it
 // while a backup is in step (KillVM: the backup goes live) and otherwise
 // leaves it alone. The hangs QEMU 7.2 had under record/replay (docs/replay.md
 // §8.6) all held its main loop, and with it the monitor.
 func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
-	stall := p.cfg.Stall()
+	stall := p.cfg.HangProbe()
 	probe := max(stall, hangProbeTimeout)
 	tick := time.NewTicker(max(stall/4, 10*time.Millisecond))
 	defer tick.Stop()

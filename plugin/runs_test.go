@@ -424,11 +424,17 @@ func TestRunsBackupStall(t *testing.T) {
 		backup := fp.b.hv.running(runUUID)
 		backup.stall()
 		primary.emit(t, instructions(8000, 10)) // 40 KB: more than FIFO B holds
+		// The default bound (ftxml.DefaultReplayStall, 5 s): not before it.
 		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.Stall != nil {
+			t.Fatalf("host a, 4 s into the stall: %+v", sa)
+		}
+		time.Sleep(3 * time.Second)
 		synctest.Wait()
 		sa := fp.a.status(t, "web")
 		if sa.State != ctl.StateUnprotected || sa.Stall == nil || !strings.HasPrefix(sa.Stall.Report, "replay stalled at icount ") ||
-			!strings.Contains(sa.Stall.Report, "no progress for 2000 ms") {
+			!strings.Contains(sa.Stall.Report, "no progress for 5000 ms") {
 			t.Fatalf("host a: %+v", sa)
 		}
 		if fp.b.hv.running(runUUID) != nil {

@@ -333,18 +333,27 @@ func TestParseConfigStallTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.StallTimeout != 0 || cfg.Stall() != 3*time.Second {
-		t.Fatalf("default: StallTimeout %v, Stall() %v; want 0 and twice the heartbeat timeout (3s)", cfg.StallTimeout, cfg.Stall())
+	if cfg.StallTimeout != 0 || cfg.Stall() != DefaultReplayStall || cfg.HangProbe() != 3*time.Second {
+		t.Fatalf("default: StallTimeout %v, Stall() %v, HangProbe() %v; want 0, DefaultReplayStall (%v) and twice the heartbeat timeout (3s)",
+			cfg.StallTimeout, cfg.Stall(), cfg.HangProbe(), DefaultReplayStall)
 	}
-	cfg, _, err = ParseConfig(domainWithMetadata(open + `<ft:heartbeat stall-timeout-ms="5000"/></ft:ft>`))
+	// A heartbeat timeout over half the default replay bound: twice it.
+	cfg, _, err = ParseConfig(domainWithMetadata(open + `<ft:heartbeat interval-ms="1000" timeout-ms="3500"/></ft:ft>`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Stall() != 5*time.Second {
-		t.Fatalf("Stall() = %v, want 5s", cfg.Stall())
+	if cfg.Stall() != 7*time.Second || cfg.HangProbe() != 7*time.Second {
+		t.Fatalf("timeout-ms 3500: Stall() %v, HangProbe() %v; want 7s and 7s", cfg.Stall(), cfg.HangProbe())
+	}
+	cfg, _, err = ParseConfig(domainWithMetadata(open + `<ft:heartbeat stall-timeout-ms="3000"/></ft:ft>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Stall() != 3*time.Second || cfg.HangProbe() != 3*time.Second {
+		t.Fatalf("Stall() = %v, HangProbe() = %v, want 3s and 3s", cfg.Stall(), cfg.HangProbe())
 	}
 	// The element written back keeps it.
-	if !strings.Contains(renderFT(*cfg), `stall-timeout-ms="5000"`) {
+	if !strings.Contains(renderFT(*cfg), `stall-timeout-ms="3000"`) {
 		t.Fatalf("renderFT lost stall-timeout-ms: %s", renderFT(*cfg))
 	}
 }

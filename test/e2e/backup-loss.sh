@@ -5,7 +5,7 @@
 # host B; 2. (with a new pairing) the
 # backup's QEMU stopped with SIGSTOP, a replay that no longer advances (issue
 # 9): it must be declared stalled within the stall bound (<ft:heartbeat
-# stall-timeout-ms>, default twice the 1 s heartbeat timeout) and its QEMU
+# stall-timeout-ms>, set to 2 s here; the default is 5 s) and its QEMU
 # destroyed; 3. (with a new pairing) host B torn down entirely. Each time the
 # primary's tick counter keeps going (no gap longer than its usual period
 # plus 1 s, plus the time the primary waits for its backup: the stall bound
@@ -37,6 +37,9 @@ watch_ticks() {
 
 STALL_BOUND_MS=2000
 HEARTBEAT_TIMEOUT_MS=1000 # <ft:heartbeat timeout-ms> in ftdemo.xml.in
+# The stall bound under test, set (the default, xml.DefaultReplayStall, is
+# 5 s: the primary would wait that long for a SIGSTOPped backup).
+export DOMAIN_XML_EDIT="s|timeout-ms='$HEARTBEAT_TIMEOUT_MS'/>|timeout-ms='$HEARTBEAT_TIMEOUT_MS' stall-timeout-ms='$STALL_BOUND_MS'/>|"
 for mode in unprotect qemu stop host; do
 	case $mode in
 	unprotect) say "backup loss on purpose: virt-ft unprotect on host A" ;;

@@ -13,12 +13,17 @@
 # primary's (docs/replay.md §10, "Divergence") or its replay stops with log
 # unread (a stall). Then: host A's status says unprotected and why, the
 # backup's VM is gone from host B (it never goes live), the primary's guest
-# printed the answer, its ticks go on, and both TCP clients pass.
+# printed the answer, its ticks go on, and both TCP clients pass. Until the
+# verdict the primary is held by the window and its output gate holds its
+# frames, so the clients may stall for as long as the stall bound
+# (xml.DefaultReplayStall, 5 s) plus the time it takes to notice: they
+# allow CLIENT_STALL.
 #   test/e2e/divergence.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DETECT_S=${DETECT_S:-10}
 DURATION=${DURATION:-30}
+CLIENT_STALL=${CLIENT_STALL:-8s}
 export DOMAIN_XML_EDIT="/<serial type='file'>/,/<\/console>/c\\    <serial type='pty'><log file='$CONSOLE_DIR/$DOMAIN-console.log' append='off'/><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
 pids=()
@@ -37,9 +42,9 @@ ticks_past() { local t; t=$(last_tick a "$DOMAIN"); [ "${t:-0}" -ge "$1" ]; }
 
 out_echo=$(mktemp) out_stream=$(mktemp)
 SCRATCH+=("$out_echo" "$out_stream")
-client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit 4s >"$out_echo" 2>&1 &
+client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $CLIENT_STALL >"$out_echo" 2>&1 &
 pids=($!)
-client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit 4s >"$out_stream" 2>&1 &
+client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $CLIENT_STALL >"$out_stream" 2>&1 &
 pids+=($!)
 
 say "while the two agree, the backup compares the primary's frame digests"
