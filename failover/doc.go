@@ -90,8 +90,10 @@
 //
 // Replay stall (StallTimeout > 0), backup only: a backup replays what it is
 // fed unless its QEMU stopped for good (a divergence between record and
-// replay, a stopped process); a replay merely behind still advances, and
-// one that has executed everything waits for log with FIFO B empty. So a
+// replay, a stopped process); a replay merely behind still advances
+// (though a healthy one can stand still for seconds at a time: the daemon's
+// default bound is 5 s, docs/replay.md §12), and one that has executed
+// everything waits for log with FIFO B empty. So a
 // backup whose executed icount (BackupIcount) stands still for StallTimeout
 // ticks while its QEMU leaves log unread in FIFO B (FeedUnread > 0) is
 // stalled. The rule is armed once the icount is known (not 0: QEMU is still

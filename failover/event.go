@@ -135,7 +135,7 @@ type UnprotectRequested struct{}
 type Diverged struct{ Reason string }
 
 // PrimaryHung (primary): this host's recording QEMU looks hung: the
-// pump has waited for its record log for the stall bound while its
+// pump has waited for its record log for the hang probe bound while its
 // monitor did not answer a query within the probe timeout (plugin's
 // watchdog). A running guest logs constantly, so "a halt in the flow of
 // log entries could indicate the failure of a VM" (Scales et al. 2010,

@@ -185,7 +185,8 @@ type Config struct {
 	// halts its VM; a backup going live fails
 	// its go-live when feeding END or draining makes no progress for this
 	// long, rather than waiting forever. 0 turns the check off. The
-	// daemon's default is twice the heartbeat timeout.
+	// daemon's default is 5 s or twice the heartbeat timeout, whichever is
+	// longer (xml.DefaultReplayStall), and at least ten status intervals.
 	StallTimeout int
 	// RestartGrace is the number of ticks a peer that said ByeRestarting
 	// has to bring the log channel back before it is declared lost. 0

@@ -899,9 +899,9 @@ const hangProbeTimeout = 5 * time.Second
 // leaves it alone. The hangs QEMU 7.2 had under record/replay (docs/replay.md
 // §8.6) all held its main loop, and with it the monitor.
 func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
-	stall := p.cfg.HangProbe()
-	probe := max(stall, hangProbeTimeout)
-	tick := time.NewTicker(max(stall/4, 10*time.Millisecond))
+	silence := p.cfg.HangProbe()
+	probe := max(silence, hangProbeTimeout)
+	tick := time.NewTicker(max(silence/4, 10*time.Millisecond))
 	defer tick.Stop()
 	var answer chan error // the probe under way; nil when none
 	var nextProbe time.Time
@@ -914,7 +914,7 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		case <-tick.C:
 		}
 		silent, since := ps.readingFor()
-		if since == 0 || silent < stall || time.Now().Before(nextProbe) {
+		if since == 0 || silent < silence || time.Now().Before(nextProbe) {
 			continue
 		}
 		if answer == nil {
@@ -944,14 +944,14 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		}
 		// Unanswered: hung only if libvirt (asked without a job) says
 		// the domain runs and its monitor has had a command outstanding
-		// for at least the stall bound (not the probe timeout: libvirt
+		// for at least the hang probe bound (not the probe timeout: libvirt
 		// starts counting only once the probe is inside the monitor). A
 		// probe that waits for another job's lock (a start, a suspend,
 		// libvirtd busy) leaves the monitor idle; a paused guest logs
 		// nothing and is not hung.
 		running, busy, err := p.monitorBusy()
 		nextProbe = time.Now().Add(probe)
-		if err != nil || !running || busy < stall {
+		if err != nil || !running || busy < silence {
 			p.log.WithError(err).Debugf("hang watchdog: the monitor did not answer in %v, but libvirt says running=%v, monitor busy for %v: not hung", probe, running, busy)
 			continue
 		}

@@ -22,7 +22,7 @@ import (
 
 // The primary and backup runs together, two daemons (hosts a and b) on the
 // fakes of fakes_test.go, in a synctest bubble: time is synctest's fake
-// clock, so the heartbeat timeout (1000 ms) and the stall bound (2000 ms)
+// clock, so the heartbeat timeout (1000 ms) and the stall bound (5000 ms)
 // pass in no real time, and every scenario ends the same way every run.
 
 const runUUID = "5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6"
@@ -267,7 +267,7 @@ func TestRunsGoLiveUnidentifiedQEMU(t *testing.T) {
 }
 
 // A hung recording QEMU (its log silent, its monitor unanswered): the
-// primary's watchdog reports it after the stall bound (2 s here) and the
+// primary's watchdog reports it after the hang probe bound (2 s here) and the
 // probe timeout (5 s), the primary kills it, and the backup goes live
 // where the log ended. A QEMU that only stops logging (a paused guest,
 // an idle one whose log sits in QEMU's stdio buffer) is left alone.

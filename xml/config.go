@@ -108,9 +108,9 @@ func (c Config) Stall() time.Duration {
 
 // HangProbe is how long the primary's record log may be silent before
 // its hang watchdog asks QEMU's monitor whether it is alive:
-// StallTimeout, or twice HeartbeatTimeout when it is 0. It is shorter
-// than the default Stall on purpose: a hung primary stops the guest, so
-// it is looked into as soon as the peer would notice a lost host.
+// StallTimeout, or twice HeartbeatTimeout when it is 0. By default it is
+// shorter than Stall (unless timeout-ms is 2500 or more): a hung primary
+// stops the guest, so it is looked into soon after a lost host would be.
 func (c Config) HangProbe() time.Duration {
 	if c.StallTimeout > 0 {
 		return c.StallTimeout

@@ -30,11 +30,13 @@
 #   libvirtd-kill-a  kill -9 of libvirtd on host A, started again 2 s later:
 #                    nothing happens to the VM, protection goes on
 #   backup-stop      the backup's QEMU stopped (SIGSTOP) for 10 s: the
-#                    primary declares its backup lost and goes on
+#                    primary declares its backup lost and goes on, after
+#                    the stall bound (5 s by default) in which the window
+#                    holds it: the clients may stall up to 10 s here.
 #   qemu-hang-a      the primary's QEMU stopped (SIGSTOP) for good, as a
 #                    hung QEMU: its log stops and its monitor never answers;
-#                    libvirt-ftd's watchdog kills it (after the stall bound,
-#                    2 s, and the monitor probe, 5 s) and host B goes live.
+#                    libvirt-ftd's watchdog kills it (after the hang probe
+#                    bound, 2 s, and the monitor probe, 5 s) and host B goes live.
 #                    The clients may stall up to 15 s here.
 #   blackhole        the log channel (port 7480) dropped both ways on host A
 #                    (iptables DROP): a partition; the witness decides
@@ -145,6 +147,7 @@ for fault in "${faults[@]}"; do
 	done
 	stall_limit=$STALL_LIMIT
 	[ $fault = qemu-hang-a ] && stall_limit=15s
+	[ $fault = backup-stop ] && stall_limit=10s
 	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $stall_limit >"$out_echo" 2>&1 &
 	echo_pid=$!
 	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $stall_limit >"$out_stream" 2>&1 &
