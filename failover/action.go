@@ -106,6 +106,20 @@ type BackupStalled struct {
 	Ticks int64
 }
 
+// BackupResumed (backup): the replaying QEMU made progress again (a larger
+// icount, more of FIFO B read, or all of it read) after standing still
+// with log unread for at least a fifth of Config.StallTimeout, short of a
+// stall. The daemon logs and counts these stands (a healthy replay can
+// stand still for seconds: docs/replay.md §12), so that how close a
+// backup comes to the stall bound can be seen before it is reached.
+type BackupResumed struct {
+	// Icount is the backup's executed icount once it moved again (guest
+	// instructions).
+	Icount uint64
+	// Ticks is how long it stood still.
+	Ticks int64
+}
+
 // Cleanup: remove the FIFOs and snapshots this node no longer needs. May be
 // emitted more than once.
 type Cleanup struct{}
@@ -125,6 +139,7 @@ func (DrainLocally) isAction()      {}
 func (StopPrimaryVM) isAction()     {}
 func (Cleanup) isAction()           {}
 func (BackupStalled) isAction()     {}
+func (BackupResumed) isAction()     {}
 
 func (SendHeartbeat) String() string { return "send-heartbeat" }
 func (CloseChannel) String() string  { return "close-channel" }
@@ -149,6 +164,9 @@ func (a DrainLocally) String() string {
 }
 func (StopPrimaryVM) String() string { return "stop-primary-vm" }
 func (Cleanup) String() string       { return "cleanup" }
+func (a BackupResumed) String() string {
+	return format("backup-resumed", "icount", u(a.Icount), "ticks", strconv.FormatInt(a.Ticks, 10))
+}
 func (a BackupStalled) String() string {
 	return format("backup-stalled", "icount", u(a.Icount), "fed", u(a.Fed), "ticks", strconv.FormatInt(a.Ticks, 10))
 }

@@ -45,7 +45,7 @@
 // (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
 // ReportUnprotected, HaltVM, KillVM, DrainLocally, StopPrimaryVM, Cleanup,
-// BackupStalled. Both are
+// BackupStalled, BackupResumed. Both are
 // small structs behind sealed interfaces; String gives the form used by
 // the scenario scripts in testdata/.
 //
@@ -97,7 +97,10 @@
 // backup whose executed icount (BackupIcount) stands still for StallTimeout
 // ticks while its QEMU leaves log unread in FIFO B (FeedUnread > 0) is
 // stalled. The rule is armed once the icount is known (not 0: QEMU is still
-// starting).
+// starting). A replicating backup that stood still that way for at least a
+// fifth of StallTimeout and then made progress (a larger icount, more of
+// FIFO B read, or all of it) emits backup-resumed with how long it stood,
+// for the daemon's log and metrics.
 //
 //	replicating:    backup-stalled, send-bye (unclean, the reason says
 //	                where), halt-vm, close-channel; the primary takes the

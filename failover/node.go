@@ -169,6 +169,10 @@ type Node struct {
 	// (Config.StallTimeout).
 	unread, consumed uint64
 	moved, sampled   int64
+	// standing (backup, replicating): the replay has stood still with log
+	// unread since moved for at least standTicks; its next progress emits
+	// BackupResumed.
+	standing bool
 
 	lockAttempts int
 	ignored      int
@@ -504,7 +508,25 @@ func (n *Node) backupIcount(icount uint64) {
 	n.sampled = n.now
 	if icount > n.icount {
 		n.icount = icount
+		n.endStand()
 		n.moved = n.now
+	}
+}
+
+// standTicks is the shortest stand of a replicating backup's replay that
+// BackupResumed reports: a fifth of the stall bound, at least one tick.
+func (n *Node) standTicks() int64 { return max(int64(n.cfg.StallTimeout)/5, 1) }
+
+// endStand (backup) is called when the replay makes progress, before moved
+// is reset: a stand long enough to report (standing) emits BackupResumed,
+// while the backup is still replicating.
+func (n *Node) endStand() {
+	if !n.standing {
+		return
+	}
+	n.standing = false
+	if n.state == StateReplicating && n.role == RoleBackup {
+		n.emit(BackupResumed{Icount: n.icount, Ticks: n.now - n.moved})
 	}
 }
 
@@ -519,6 +541,7 @@ func (n *Node) feedUnread(e FeedUnread) {
 	n.unread = e.Bytes
 	if e.Written >= e.Bytes && e.Written-e.Bytes > n.consumed {
 		n.consumed = e.Written - e.Bytes
+		n.endStand()
 		n.moved = n.now
 	}
 }
@@ -564,12 +587,17 @@ func (n *Node) checkStall() {
 		// libvirt starts it paused: still starting (that can take longer
 		// than the bound); not a stall. Nothing unread: not stuck.
 		if (n.icount == 0 && n.consumed < startupReadBytes) || n.unread == 0 {
+			n.endStand()
 			n.moved = n.now
 			return
+		}
+		if n.now-n.moved >= n.standTicks() {
+			n.standing = true
 		}
 		if n.now-n.moved < limit {
 			return
 		}
+		n.standing = false
 		stuck := n.now - n.moved
 		cause := fmt.Sprintf("replay stalled: icount %d for %d ticks with %d bytes of log unread (log up to icount %d fed)",
 			n.icount, stuck, n.unread, n.fedInstr)

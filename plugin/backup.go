@@ -776,6 +776,11 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		b.setState(ctl.StateUnprotected, a.Reason)
 	case failover.BackupStalled:
 		b.noteStall(a)
+	case failover.BackupResumed:
+		d := time.Duration(a.Ticks) * failover.TickInterval
+		b.log.Infof("the replay stood still for %d ms with log unread, then went on at icount %d (a stall is declared at %d ms)",
+			d.Milliseconds(), a.Icount, b.cfg.Stall().Milliseconds())
+		b.env.metrics.replayStood(b.name, d)
 	}
 }
 

@@ -26,12 +26,17 @@ import (
 // goLiveBuckets are the go-live histogram's bounds (seconds).
 var goLiveBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30}
 
+// standBuckets are the replay stand histogram's bounds (seconds): stands
+// are reported from a fifth of the stall bound (1 s by default) up to it.
+var standBuckets = []float64{0.5, 1, 1.5, 2, 3, 4, 5, 10, 30}
+
 // metrics is what the daemon counts itself. nil-safe: a nil *metrics (no
 // metrics address, tests) counts nothing.
 type metrics struct {
 	reg       *prometheus.Registry
 	goLives   *prometheus.CounterVec
 	goLiveSec *prometheus.HistogramVec
+	standSec  *prometheus.HistogramVec
 }
 
 // newMetrics registers the metrics; status gives the status of every
@@ -48,8 +53,13 @@ func newMetrics(status func() []ctl.DomainStatus) *metrics {
 			Help:    "Go-live's own time on this host: from the failover core's go-live action (the log replayed to its end, the split-brain lock won) to the VM running alone.",
 			Buckets: goLiveBuckets,
 		}, []string{"domain"}),
+		standSec: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "libvirt_ft_backup_replay_stand_seconds",
+			Help:    "Stands of this host's replaying backup that ended short of a stall: its icount stood still with log unread in FIFO B for at least a fifth of the stall bound, then moved again (docs/replay.md §12). A stand reaching the bound is a stall instead.",
+			Buckets: standBuckets,
+		}, []string{"domain"}),
 	}
-	m.reg.MustRegister(m.goLives, m.goLiveSec, statusCollector{status: status},
+	m.reg.MustRegister(m.goLives, m.goLiveSec, m.standSec, statusCollector{status: status},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -61,6 +71,15 @@ func (m *metrics) wentLive(domain string, how *ctl.GoLive) {
 	}
 	m.goLives.WithLabelValues(domain, how.Path).Inc()
 	m.goLiveSec.WithLabelValues(domain).Observe(float64(how.TotalMS) / 1000)
+}
+
+// replayStood counts a stand of domain's replaying backup that ended
+// (failover.BackupResumed), d long.
+func (m *metrics) replayStood(domain string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.standSec.WithLabelValues(domain).Observe(d.Seconds())
 }
 
 // serve serves /metrics on addr until ctx ends. A listen error is
