@@ -525,7 +525,7 @@ func (n *Node) endStand() {
 		return
 	}
 	n.standing = false
-	if n.state == StateReplicating && n.role == RoleBackup {
+	if n.state == StateReplicating && n.role == RoleBackup && !n.peerEnded {
 		n.emit(BackupResumed{Icount: n.icount, Ticks: n.now - n.moved})
 	}
 }
@@ -758,7 +758,8 @@ func (n *Node) stepBackup(ev Event) bool {
 			// The primary's VM ended and the whole log was sent:
 			// replay it to the end, never go live.
 			n.peerEnded = true
-			n.moved = n.now // the bound of replaying the end starts now
+			n.standing = false // its bound is 4 × StallTimeout, unreported
+			n.moved = n.now    // the bound of replaying the end starts now
 			n.reason = "primary ended cleanly (" + e.Reason + "): replaying to the end"
 			n.closeChannel()
 		default:
