@@ -1030,16 +1030,19 @@ func (b *backupRun) close(why string) {
 		select {
 		case <-drv.Done():
 		case <-time.After(driverStopWait):
-			b.log.Warn("the failover core did not stop within 2 s; closing anyway (its go-live actions are ignored)")
+			b.log.Warnf("the failover core did not stop within %v; closing anyway (its go-live actions are ignored)", driverStopWait)
 		}
+		st, tm := drv.View()
+		b.mu.Lock()
+		b.final, b.finalTm = st, tm
+		b.mu.Unlock()
 	}
 	if first && link != nil && !live {
 		link.bye(logchan.Bye{Reason: why})
 	}
 	if drv != nil {
-		st, tm := drv.View()
 		b.mu.Lock()
-		b.final, b.finalTm = st, tm
+		st := b.final
 		c := inStepCandidate{uuid: b.uuid, epoch: b.epoch, role: "backup", disks: b.disks}
 		fed, received := b.fed, b.received
 		allFed := fed == received
@@ -1064,9 +1067,10 @@ func (b *backupRun) close(why string) {
 	b.undo.run()
 }
 
-// driverStopWait bounds how long close waits for the failover core's
-// goroutine to return (an action it is carrying out) before the bye.
-const driverStopWait = 2 * time.Second
+// driverStopWait bounds how long a run's close waits for its failover
+// core's goroutine to return: longer than the action it may be carrying
+// out (a bye or heartbeat written to an unresponsive peer: writeTimeout).
+const driverStopWait = writeTimeout + time.Second
 
 // framesAgreed waits, up to a second, until the backup's gates have
 // compared every frame digest the primary sent (the last came with its
