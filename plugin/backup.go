@@ -1026,12 +1026,7 @@ func (b *backupRun) close(why string) {
 		// would take that for the primary's loss and go live (feed END:
 		// the replaying QEMU leaves replay mode) while this run closes.
 		// Found in review (session 19) behind a flaky unit test.
-		drv.Stop()
-		select {
-		case <-drv.Done():
-		case <-time.After(driverStopWait):
-			b.log.Warnf("the failover core did not stop within %v; closing anyway (its go-live actions are ignored)", driverStopWait)
-		}
+		stopCore(drv, b.log)
 		st, tm := drv.View()
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
@@ -1071,6 +1066,20 @@ func (b *backupRun) close(why string) {
 // core's goroutine to return: longer than the action it may be carrying
 // out (a bye or heartbeat written to an unresponsive peer: writeTimeout).
 const driverStopWait = writeTimeout + time.Second
+
+// stopCore stops a run's failover core (primary or backup) and waits, up
+// to driverStopWait, until its goroutine has returned, so that no action
+// of it runs once the caller goes on closing the run. A backup run also
+// ignores go-live actions once it is closing (act), should the wait end
+// first.
+func stopCore(drv *failover.Driver, log logrus.FieldLogger) {
+	drv.Stop()
+	select {
+	case <-drv.Done():
+	case <-time.After(driverStopWait):
+		log.Warnf("the failover core did not stop within %v; closing anyway", driverStopWait)
+	}
+}
 
 // framesAgreed waits, up to a second, until the backup's gates have
 // compared every frame digest the primary sent (the last came with its

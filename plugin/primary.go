@@ -1256,14 +1256,9 @@ func (p *primaryRun) close(why string) {
 		ps.mu.Unlock()
 	}
 	if drv != nil {
-		drv.Stop()
 		// Let an action batch under way (a claim, a kill) finish before
-		// the undo releases what it uses; bounded, as for the backup.
-		select {
-		case <-drv.Done():
-		case <-time.After(driverStopWait):
-			p.log.Warnf("the failover core did not stop within %v; closing anyway", driverStopWait)
-		}
+		// the undo releases what it uses.
+		stopCore(drv, p.log)
 		st, tm := drv.View()
 		p.mu.Lock()
 		p.final, p.finalTm = st, tm
