@@ -102,7 +102,9 @@ wait_for 120 "the backup to replay the shutdown and stop on host B" backup_gone
 log "host B: the backup stopped $(ms_since "$t0") ms after virsh shutdown"
 st=$(ft_on a status --local "$DOMAIN") || die "virt-ft status on host A after the shutdown is not clean: $st"
 echo "$st" | sed 's/^/     /'
-grep -q "halt\|stall" "$LAB_DIR/b/ftd.log" && { grep "halt\|stall" "$LAB_DIR/b/ftd.log" | tail -n 3; die "the backup halted or stalled during the shutdown"; }
+# "stalled", not "stall": a stand that ends short of the bound is logged
+# with the bound ("a stall is declared at ...") and is no failure.
+grep -q "halt\|stalled" "$LAB_DIR/b/ftd.log" && { grep "halt\|stalled" "$LAB_DIR/b/ftd.log" | tail -n 3; die "the backup halted or stalled during the shutdown"; }
 on a qemu-img compare -q $IMAGES/$DOMAIN.qcow2 "$LAB_DIR/b/root/lib-libvirt/images/$DOMAIN.qcow2" 2>/dev/null ||
 	cmp -s "$LAB_DIR/a/root/lib-libvirt/images/$DOMAIN.qcow2" "$LAB_DIR/b/root/lib-libvirt/images/$DOMAIN.qcow2" ||
 	die "the two disks differ after the replayed shutdown"
@@ -138,7 +140,7 @@ new_lines() { local m=$a_mark; [ "$1" = a ] || m=$b_mark; tail -n +$((m + 1)) "$
 # stalled nor went live, and the primary did not lose it.
 no_backup_trouble() {
 	local bad
-	bad=$(new_lines b | grep -E "halt|stall|state going-live|went live" || true)
+	bad=$(new_lines b | grep -E "halt|stalled|state going-live|went live" || true)
 	[ -z "$bad" ] || { tail -n 3 <<<"$bad" | sed 's/^/     /'; die "$1: the backup halted, stalled or went live"; }
 	bad=$(new_lines a | grep -E "state unprotected|backup lost" || true)
 	[ -z "$bad" ] || { tail -n 3 <<<"$bad" | sed 's/^/     /'; die "$1: the primary lost its backup"; }
