@@ -86,7 +86,7 @@ type Config struct {
 // stall-timeout-ms is left out (Stall). A healthy backup's replay can
 // stand still for seconds with log queued and then go on: in the lab
 // (docs/replay.md §12, bug B) each e2e-admin run showed dozens of stands
-// of 0.3–2 s (3.3 s with perf attached), all of which resumed, most during
+// of 0.3–2 s (3.3 s with perf attached; once 3.9 s), all of which resumed, most during
 // a boot or after a guest reset, when the backup's QEMU touches memory it
 // has not touched before (up to 75 ms per 2 MiB page on those machines).
 // The old default, twice the heartbeat timeout (2 s), declared such a
