@@ -1026,8 +1026,7 @@ func (b *backupRun) close(why string) {
 		// would take that for the primary's loss and go live (feed END:
 		// the replaying QEMU leaves replay mode) while this run closes.
 		// Found in review (session 19) behind a flaky unit test.
-		stopCore(drv, b.log)
-		st, tm := drv.View()
+		st, tm := stopCore(drv, b.log)
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
 		b.mu.Unlock()
@@ -1071,14 +1070,15 @@ const driverStopWait = writeTimeout + time.Second
 // to driverStopWait, until its goroutine has returned, so that no action
 // of it runs once the caller goes on closing the run. A backup run also
 // ignores go-live actions once it is closing (act), should the wait end
-// first.
-func stopCore(drv *failover.Driver, log logrus.FieldLogger) {
+// first. It returns the core's last view, for the run's final status.
+func stopCore(drv *failover.Driver, log logrus.FieldLogger) (failover.Status, failover.Timings) {
 	drv.Stop()
 	select {
 	case <-drv.Done():
 	case <-time.After(driverStopWait):
 		log.Warnf("the failover core did not stop within %v; closing anyway", driverStopWait)
 	}
+	return drv.View()
 }
 
 // framesAgreed waits, up to a second, until the backup's gates have

@@ -1258,8 +1258,7 @@ func (p *primaryRun) close(why string) {
 	if drv != nil {
 		// Let an action batch under way (a claim, a kill) finish before
 		// the undo releases what it uses.
-		stopCore(drv, p.log)
-		st, tm := drv.View()
+		st, tm := stopCore(drv, p.log)
 		p.mu.Lock()
 		p.final, p.finalTm = st, tm
 		p.mu.Unlock()
