@@ -607,12 +607,20 @@ func (q *frameQueue) push(m logchan.Message) bool {
 	return ok
 }
 
-// pop waits for a frame; ok false means "write END now" (or closed).
+// pop waits for a frame. ok false ends the feeding: end true means "write
+// END now" (FeedEnd came and every frame queued before it was popped), end
+// false means the queue is closed. A closed queue yields neither frames nor
+// END, even after FeedEnd: its run is closing, its failover core is stopped
+// (close), and END would take the replaying QEMU out of replay mode with no
+// go-live to follow. Fail closed: the QEMU stays in replay mode.
 func (q *frameQueue) pop() (m logchan.Message, ok bool, end bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.frames) == 0 && !q.end && !q.closed {
 		q.cond.Wait()
+	}
+	if q.closed {
+		return logchan.Message{}, false, false
 	}
 	if len(q.frames) > 0 {
 		m = q.frames[0]
@@ -748,7 +756,18 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		}
 	case failover.AcquireLock:
 		go func() {
+			if !b.active() {
+				// close began since act's check: never claim the epoch
+				// for a go-live that will not follow. A claim already
+				// on its way when close begins can still win; that is
+				// logged below (the window is one arbiter round trip).
+				b.log.Warn("not claiming the split-brain lock: this backup run is closing")
+				return
+			}
 			won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
+			if won && err == nil && !b.active() {
+				b.log.Errorf("the split-brain lock of epoch %s was won while this backup run was closing: this host will not go live; the primary, if it still runs, loses its claim and stops (virt-ft status on both hosts)", b.epoch)
+			}
 			if err != nil {
 				b.mu.Lock()
 				already := b.claimPaused

@@ -265,11 +265,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 func (d *Daemon) shutdown() {
 	d.quitOnce.Do(func() { close(d.quit) })
+	// Every run closes at once: each close may wait for its failover
+	// core (driverStopWait) and its peer, so one after the other the
+	// daemon's stop would grow with the number of protected domains and
+	// could outlast systemd's stop timeout (review, session 19).
+	var wg sync.WaitGroup
 	for _, dm := range d.domains() {
 		if r := dm.current(); r != nil {
-			r.close("daemon stopping")
+			wg.Go(func() { r.close("daemon stopping") })
 		}
 	}
+	wg.Wait()
 }
 
 func (d *Daemon) domains() []*domain {

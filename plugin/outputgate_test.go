@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -215,22 +216,41 @@ func TestFrameQueueFeedsEverythingQueuedBeforeEnd(t *testing.T) {
 // A closed queue wakes a waiting pop (the feeding goroutine must not outlive
 // the controller).
 func TestFrameQueueCloseWakesPop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := &frameQueue{}
+		q.cond = sync.NewCond(&q.mu)
+		var ok, end, returned bool
+		go func() {
+			_, ok, end = q.pop()
+			returned = true
+		}()
+		synctest.Wait() // pop is waiting on the empty queue
+		if returned {
+			t.Fatal("pop returned from an empty, open queue")
+		}
+		q.set(false, true)
+		synctest.Wait()
+		if !returned {
+			t.Fatal("pop still waiting after close")
+		}
+		if ok || end {
+			t.Errorf("close made pop return a frame (%v) or END (%v)", ok, end)
+		}
+	})
+}
+
+// A queue closed after FeedEnd yields neither its queued frames nor END:
+// the run is closing, its failover core stopped, and END would take the
+// replaying QEMU out of replay mode with no go-live to follow (review,
+// session 19).
+func TestFrameQueueClosedAfterFeedEndWritesNoEnd(t *testing.T) {
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
-	done := make(chan bool)
-	go func() {
-		_, ok, end := q.pop()
-		done <- ok || end
-	}()
-	time.Sleep(20 * time.Millisecond)
+	q.push(logchan.Message{Offset: 0})
+	q.set(true, false)
 	q.set(false, true)
-	select {
-	case bad := <-done:
-		if bad {
-			t.Error("close made pop return a frame or END")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("pop still waiting after close")
+	if m, ok, end := q.pop(); ok || end {
+		t.Fatalf("closed queue after FeedEnd: frame %v (ok %v), END %v; want neither", m.Offset, ok, end)
 	}
 }
 
