@@ -607,20 +607,21 @@ func (q *frameQueue) push(m logchan.Message) bool {
 	return ok
 }
 
-// pop waits for a frame. ok false ends the feeding: end true means "write
+// pop waits for a frame; ok false ends the feeding: end true means "write
 // END now" (FeedEnd came and every frame queued before it was popped), end
-// false means the queue is closed. A closed queue yields neither frames nor
-// END, even after FeedEnd: its run is closing, its failover core is stopped
-// (close), and END would take the replaying QEMU out of replay mode with no
-// go-live to follow. Fail closed: the QEMU stays in replay mode.
+// false that the queue was closed without FeedEnd. A queue closed after
+// FeedEnd still yields its frames, then END, on purpose: they were
+// acknowledged as received (the primary's output gate may have released
+// what they cover), and a replaying QEMU left in replay mode would be
+// destroyed by the next daemon, losing the VM if its primary is really
+// gone; out of replay mode it waits, unannounced and with its output
+// filters' sockets closed, for the next daemon's claim (restart.go).
+// Checked in review (sessions 19 and 20).
 func (q *frameQueue) pop() (m logchan.Message, ok bool, end bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.frames) == 0 && !q.end && !q.closed {
 		q.cond.Wait()
-	}
-	if q.closed {
-		return logchan.Message{}, false, false
 	}
 	if len(q.frames) > 0 {
 		m = q.frames[0]
@@ -766,9 +767,9 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 			}
 			won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
 			if won && err == nil && !b.active() {
-				b.log.Errorf("the split-brain lock of epoch %s was won while this backup run was closing: this host will not go live; the primary, if it still runs, loses its claim and stops (virt-ft status on both hosts)", b.epoch)
+				b.log.Errorf("the split-brain lock of epoch %s was won while this backup run was closing: the VM waits here, out of replay mode and unannounced, until the next libvirt-ftd claims again (it wins) and resumes it", b.epoch)
 			}
-			if err != nil {
+			if err != nil && b.active() {
 				b.mu.Lock()
 				already := b.claimPaused
 				b.claimPaused = true

@@ -239,18 +239,21 @@ func TestFrameQueueCloseWakesPop(t *testing.T) {
 	})
 }
 
-// A queue closed after FeedEnd yields neither its queued frames nor END:
-// the run is closing, its failover core stopped, and END would take the
-// replaying QEMU out of replay mode with no go-live to follow (review,
-// session 19).
-func TestFrameQueueClosedAfterFeedEndWritesNoEnd(t *testing.T) {
+// A queue closed after FeedEnd still yields its frames, then END: they were
+// acknowledged as received, and a QEMU left in replay mode would be
+// destroyed by the next daemon (restart.go), losing the VM if its primary
+// is gone; out of replay mode it waits for the next daemon's claim.
+func TestFrameQueueClosedAfterFeedEndFeedsThenEnds(t *testing.T) {
 	q := &frameQueue{}
 	q.cond = sync.NewCond(&q.mu)
 	q.push(logchan.Message{Offset: 0})
 	q.set(true, false)
 	q.set(false, true)
-	if m, ok, end := q.pop(); ok || end {
-		t.Fatalf("closed queue after FeedEnd: frame %v (ok %v), END %v; want neither", m.Offset, ok, end)
+	if m, ok, _ := q.pop(); !ok || m.Offset != 0 {
+		t.Fatalf("closed queue after FeedEnd: frame %v ok %v, want the queued frame", m.Offset, ok)
+	}
+	if _, ok, end := q.pop(); ok || !end {
+		t.Fatalf("closed queue after FeedEnd, drained: ok %v end %v, want END", ok, end)
 	}
 }
 
