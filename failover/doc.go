@@ -41,7 +41,7 @@
 // Events (inputs): HeartbeatReceived, LogReceived, AckReceived, ChannelDown,
 // ChannelUp, PeerBye, BackupIcount, EndFed, LockResult, GoLiveDone,
 // QEMUExited, SwitchoverRequested, UnprotectRequested, FeedUnread,
-// Diverged, PrimaryHung. Actions
+// BackupExecuting, Diverged, PrimaryHung. Actions
 // (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
 // ReportUnprotected, HaltVM, KillVM, DrainLocally, StopPrimaryVM, Cleanup,
@@ -100,7 +100,12 @@
 // starting). A replicating backup that stood still that way for at least a
 // fifth of StallTimeout and then made progress (a larger icount, more of
 // FIFO B read, or all of it) emits backup-resumed with how long it stood,
-// for the daemon's log and metrics.
+// for the daemon's log and metrics. A stand during which the backup's vCPU
+// keeps running (BackupExecuting within the last tenth of StallTimeout)
+// while its monitor gives no icount sample is a slow replay, not a stopped
+// one (a long log event executed with the replay mutex held): it gets four
+// times StallTimeout. A monitor answering with the same icount, or a vCPU
+// that does not run, is a stop, and the plain bound applies.
 //
 //	replicating:    backup-stalled, send-bye (unclean, the reason says
 //	                where), halt-vm, close-channel; the primary takes the

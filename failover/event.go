@@ -68,6 +68,17 @@ type BackupIcount struct {
 	Icount uint64
 }
 
+// BackupExecuting (backup): the replaying QEMU's vCPU thread was on a CPU
+// for at least half of the last sampling window (about 500 ms; libvirt's
+// per-vCPU CPU time, read from /proc, not from the QEMU monitor). A replay
+// that executes a long INSTRUCTION event slowly (millions of instructions
+// through the softmmu's slow store path: docs/replay.md §12) holds QEMU's
+// replay mutex for the whole event (packaging/qemu 0004), so its main loop
+// answers no query-replay and the icount samples stop: the backup is slow,
+// not stopped. A stopped QEMU (SIGSTOP, a deadlock) uses no CPU and is
+// never reported so. See Node.checkStall.
+type BackupExecuting struct{}
+
 // FeedUnread (backup): a sample of FIFO B, taken every status interval
 // independently of the QEMU monitor (a replay waiting for log holds the
 // monitor until log arrives; a libvirtd restart makes it unreachable for a
@@ -152,6 +163,7 @@ func (ChannelDown) isEvent()         {}
 func (ChannelUp) isEvent()           {}
 func (PeerBye) isEvent()             {}
 func (BackupIcount) isEvent()        {}
+func (BackupExecuting) isEvent()     {}
 func (EndFed) isEvent()              {}
 func (FeedUnread) isEvent()          {}
 func (LockResult) isEvent()          {}
@@ -174,7 +186,8 @@ func (ChannelUp) String() string     { return "channel-up" }
 func (e PeerBye) String() string {
 	return format("bye", "clean", strconv.FormatBool(e.Clean), "reason", e.Reason)
 }
-func (e BackupIcount) String() string { return format("backup-icount", "icount", u(e.Icount)) }
+func (e BackupIcount) String() string  { return format("backup-icount", "icount", u(e.Icount)) }
+func (BackupExecuting) String() string { return "backup-executing" }
 func (e FeedUnread) String() string {
 	return format("feed-unread", "bytes", u(e.Bytes), "written", u(e.Written))
 }

@@ -169,6 +169,9 @@ type Node struct {
 	// (Config.StallTimeout).
 	unread, consumed uint64
 	moved, sampled   int64
+	// executing (backup) is the tick of the last BackupExecuting: its
+	// replay's vCPU ran for most of the last sampling window.
+	executing int64
 	// standing (backup, replicating): the replay has stood still with log
 	// unread since moved for at least standTicks; its next progress emits
 	// BackupResumed.
@@ -282,6 +285,14 @@ func (n *Node) Step(ev Event) {
 		// as ignored.
 		if n.role == RoleBackup && (n.state == StateReplicating || n.state == StateGoingLive) {
 			n.feedUnread(e)
+		}
+		return
+	}
+	if _, ok := ev.(BackupExecuting); ok {
+		// Also a periodic sample (only the replicating backup's stall
+		// rule reads it).
+		if n.role == RoleBackup && n.state == StateReplicating {
+			n.executing = n.now
 		}
 		return
 	}
@@ -530,6 +541,22 @@ func (n *Node) endStand() {
 	}
 }
 
+// slowNotStopped (backup) reports a replay that is executing, slowly, not
+// stopped: its vCPU ran for most of the last sampling window
+// (BackupExecuting, at most a tenth of the stall bound ago) while its
+// monitor gave no icount sample for that long. That is a long INSTRUCTION
+// event replayed through the softmmu's slow paths, with the replay mutex
+// held and the main loop waiting for it (docs/replay.md §12, session 20:
+// gdb during such a stand). checkStall gives it four stall bounds, as
+// for the other cases without evidence of a stop. A monitor that answers
+// with the same icount is evidence of a stop, whatever the vCPU does (a
+// diverged replay may spin with a zero budget), and so is a vCPU that
+// does not run (SIGSTOP, a deadlock).
+func (n *Node) slowNotStopped() bool {
+	fresh := max(int64(n.cfg.StallTimeout)/10, 1)
+	return n.executing > 0 && n.now-n.executing <= fresh && n.now-n.sampled > fresh
+}
+
 // startupReadBytes: a replaying QEMU reads the log's first events (through
 // its 4 KiB stdio buffer) as it starts, before libvirt lets the guest run;
 // more than this read means the replay runs.
@@ -594,7 +621,7 @@ func (n *Node) checkStall() {
 		if n.now-n.moved >= n.standTicks() {
 			n.standing = true
 		}
-		if n.now-n.moved < limit {
+		if n.now-n.moved < limit || (n.slowNotStopped() && n.now-n.moved < 4*limit) {
 			return
 		}
 		n.standing = false

@@ -359,6 +359,8 @@ func parseEvent(toks []string) (Event, error) {
 		ev = PeerBye{Clean: B("clean"), Reason: a["reason"]}
 	case "backup-icount":
 		ev = BackupIcount{Icount: U("icount")}
+	case "backup-executing":
+		ev = BackupExecuting{}
 	case "feed-unread":
 		ev = FeedUnread{Bytes: U("bytes"), Written: U("written")}
 	case "end-fed":

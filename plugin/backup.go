@@ -454,6 +454,7 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 		})
 	}
 	go b.watchUnread(feeder, drv)
+	go b.watchVCPU(drv)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
@@ -948,6 +949,52 @@ func (b *backupRun) watchUnread(feeder replayLog, drv *failover.Driver) {
 		// read first: Written - Bytes is what QEMU read of the events,
 		// give or take those 4 bytes.
 		drv.Post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
+	}
+}
+
+// vcpuWindow is how often watchVCPU compares the replay's vCPU time with
+// the wall clock: 25 of the kernel's 10 ms clock ticks, a fifth of the
+// default stall bound's tenth (failover.Node.slowNotStopped).
+const vcpuWindow = 250 * time.Millisecond
+
+// watchVCPU tells the failover core (BackupExecuting) when the replaying
+// QEMU's vCPU thread was on a CPU for at least half of the last
+// vcpuWindow: a replay executing a long log event slowly holds the replay
+// mutex and its monitor answers nothing, and the core must not take that
+// for a stall (docs/replay.md §12). libvirt reads the time from /proc,
+// without the monitor. Errors (the domain is gone, libvirtd restarts) skip
+// a window: no report, so the core applies the plain stall bound.
+func (b *backupRun) watchVCPU(drv *failover.Driver) {
+	t := time.NewTicker(vcpuWindow)
+	defer t.Stop()
+	var lastCPU time.Duration
+	var lastAt time.Time
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		live, running := b.live, b.running
+		b.mu.Unlock()
+		if live {
+			return
+		}
+		if !running {
+			lastAt = time.Time{}
+			continue
+		}
+		cpu, err := b.env.hv.VCPUTime(b.uuid)
+		now := time.Now()
+		if err != nil {
+			lastAt = time.Time{}
+			continue
+		}
+		if !lastAt.IsZero() && cpu >= lastCPU && 2*(cpu-lastCPU) >= now.Sub(lastAt) {
+			drv.Post(failover.BackupExecuting{})
+		}
+		lastCPU, lastAt = cpu, now
 	}
 }
 

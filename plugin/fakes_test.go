@@ -233,6 +233,8 @@ type fakeQEMU struct {
 	hangCh chan struct{}
 	// busySince: when the first monitor command reached the hung QEMU.
 	busySince time.Time
+	// vcpuTime: what VCPUTime reports.
+	vcpuTime time.Duration
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -653,6 +655,20 @@ func (h *fakeHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
 		busy = time.Since(q.busySince)
 	}
 	return !q.paused, busy, nil
+}
+
+// VCPUTime: the CPU time set by setVCPUTime (0 by default).
+func (h *fakeHV) VCPUTime(uuid string) (time.Duration, error) {
+	if err := h.check(); err != nil {
+		return 0, err
+	}
+	q := h.running(uuid)
+	if q == nil {
+		return 0, fmt.Errorf("domain %s is not running", uuid)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.vcpuTime, nil
 }
 
 func (h *fakeHV) killCount() int {

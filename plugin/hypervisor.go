@@ -69,6 +69,11 @@ type Hypervisor interface {
 	// been waiting for QEMU's answer, 0 if none (virDomainGetControlInfo:
 	// VIR_DOMAIN_CONTROL_OCCUPIED).
 	MonitorBusy(uuid string) (running bool, busy time.Duration, err error)
+	// VCPUTime is the CPU time the running domain's vCPU threads have used
+	// since QEMU started, summed (virDomainGetVcpus: libvirt reads it from
+	// /proc, at the kernel's clock-tick resolution, 10 ms; neither a job
+	// nor the QEMU monitor is needed). Errors: no running domain uuid.
+	VCPUTime(uuid string) (time.Duration, error)
 	// Monitor opens a QMP monitor on the running domain (libvirt's
 	// monitor pass-through); Disconnect releases it.
 	Monitor(uuid string) (qmp.Monitor, error)
@@ -349,6 +354,27 @@ func (h libvirtHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
 		busy = time.Duration(ci.StateTime) * time.Millisecond
 	}
 	return state == libvirt.DOMAIN_RUNNING, busy, nil
+}
+
+func (h libvirtHV) VCPUTime(uuid string) (time.Duration, error) {
+	conn, err := h.lv.get()
+	if err != nil {
+		return 0, err
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return 0, err
+	}
+	defer dom.Free()
+	vcpus, err := dom.GetVcpus()
+	if err != nil {
+		return 0, err
+	}
+	var t time.Duration
+	for _, v := range vcpus {
+		t += time.Duration(v.CpuTime) // ns
+	}
+	return t, nil
 }
 
 func (h libvirtHV) Monitor(uuid string) (qmp.Monitor, error) {
