@@ -991,11 +991,18 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 			lastAt = time.Time{}
 			continue
 		}
-		if !lastAt.IsZero() && cpu >= lastCPU && 2*(cpu-lastCPU) >= now.Sub(lastAt) {
+		if !lastAt.IsZero() && vcpuBusy(cpu-lastCPU, now.Sub(lastAt)) {
 			drv.Post(failover.BackupExecuting{})
 		}
 		lastCPU, lastAt = cpu, now
 	}
+}
+
+// vcpuBusy reports whether a vCPU that used cpu of CPU time over wall of
+// elapsed time ran for at least half of it. A negative cpu (the QEMU was
+// replaced between samples) is not busy.
+func vcpuBusy(cpu, wall time.Duration) bool {
+	return cpu >= 0 && wall > 0 && 2*cpu >= wall
 }
 
 // noteStall records a stalled replay (failover.BackupStalled) for the
