@@ -69,7 +69,7 @@ type BackupIcount struct {
 }
 
 // BackupExecuting (backup): the replaying QEMU's vCPU thread was on a CPU
-// for at least half of the last sampling window (about 500 ms; libvirt's
+// for at least half of the last sampling window (250 ms; libvirt's
 // per-vCPU CPU time, read from /proc, not from the QEMU monitor). A replay
 // that executes a long INSTRUCTION event slowly (millions of instructions
 // through the softmmu's slow store path: docs/replay.md §12) holds QEMU's

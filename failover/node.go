@@ -289,9 +289,8 @@ func (n *Node) Step(ev Event) {
 		return
 	}
 	if _, ok := ev.(BackupExecuting); ok {
-		// Also a periodic sample (only the replicating backup's stall
-		// rule reads it).
-		if n.role == RoleBackup && n.state == StateReplicating {
+		// Also a periodic sample (only the backup's stall rules read it).
+		if n.role == RoleBackup && (n.state == StateReplicating || n.state == StateGoingLive) {
 			n.executing = n.now
 		}
 		return
@@ -547,15 +546,40 @@ func (n *Node) endStand() {
 // monitor gave no icount sample for that long. That is a long INSTRUCTION
 // event replayed through the softmmu's slow paths, with the replay mutex
 // held and the main loop waiting for it (docs/replay.md §12, session 20:
-// gdb during such a stand). checkStall gives it four stall bounds, as
-// for the other cases without evidence of a stop. A monitor that answers
-// with the same icount is evidence of a stop, whatever the vCPU does (a
-// diverged replay may spin with a zero budget), and so is a vCPU that
-// does not run (SIGSTOP, a deadlock).
+// gdb during such a stand). checkStall gives it slowBound while
+// replicating, and four stall bounds while going live, as for the other
+// cases without evidence of a stop. A monitor that answers with the same
+// icount is evidence of a stop, whatever the vCPU does (a diverged replay
+// may spin with a zero budget), and so is a vCPU that does not run
+// (SIGSTOP, a deadlock). A vCPU that spins for ever with the monitor
+// silent (a livelock under the replay mutex) looks slow: it is still
+// declared stalled at the longer bound, never held without limit.
+//
+// "Fresh" is a tenth of the stall bound, at least executingFresh: the
+// daemon reports every 250 ms, so one late or missed report must not
+// end the exemption.
 func (n *Node) slowNotStopped() bool {
-	fresh := max(int64(n.cfg.StallTimeout)/10, 1)
+	fresh := max(int64(n.cfg.StallTimeout)/10, executingFresh)
 	return n.executing > 0 && n.now-n.executing <= fresh && n.now-n.sampled > fresh
 }
+
+// executingFresh is the least age (ticks: 1 s) at which a BackupExecuting
+// report still counts (slowNotStopped).
+const executingFresh = 100
+
+// slowBound (backup, replicating) is how long a slow replay
+// (slowNotStopped) may stand before it is declared stalled: four stall
+// bounds, but at most 15 s more than one, so that a large configured bound
+// does not hold the primary for minutes.
+func (n *Node) slowBound() int64 { return int64(SlowStallBound(n.cfg.StallTimeout)) }
+
+// SlowStallBound is the stall bound (ticks) of a replicating backup seen
+// executing with its monitor silent, for a Config.StallTimeout of stall
+// ticks: four times stall, at most 1500 ticks (15 s) more than stall.
+func SlowStallBound(stall int) int { return stall + min(3*stall, slowExtraMax) }
+
+// slowExtraMax caps what slowBound adds to the stall bound (ticks: 15 s).
+const slowExtraMax = 1500
 
 // startupReadBytes: a replaying QEMU reads the log's first events (through
 // its 4 KiB stdio buffer) as it starts, before libvirt lets the guest run;
@@ -621,7 +645,7 @@ func (n *Node) checkStall() {
 		if n.now-n.moved >= n.standTicks() {
 			n.standing = true
 		}
-		if n.now-n.moved < limit || (n.slowNotStopped() && n.now-n.moved < 4*limit) {
+		if n.now-n.moved < limit || (n.slowNotStopped() && n.now-n.moved < n.slowBound()) {
 			return
 		}
 		n.standing = false
@@ -639,7 +663,9 @@ func (n *Node) checkStall() {
 		// or a monitor that answers with the same icount. Without either
 		// (the monitor unreachable, FIFO B empty) the go-live waits up
 		// to four times longer before it gives up.
-		evidence := n.unread > 0 || n.now-n.sampled < limit/2
+		// A replay seen executing (slowNotStopped) is no evidence of a
+		// stop either: failing this go-live would end the VM.
+		evidence := (n.unread > 0 || n.now-n.sampled < limit/2) && !n.slowNotStopped()
 		if n.now-n.moved < limit || (!evidence && n.now-n.moved < 4*limit) {
 			return
 		}

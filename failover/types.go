@@ -187,6 +187,9 @@ type Config struct {
 	// long, rather than waiting forever. 0 turns the check off. The
 	// daemon's default is 5 s or twice the heartbeat timeout, whichever is
 	// longer (xml.DefaultReplayStall), and at least ten status intervals.
+	// A replay seen executing with its monitor silent (BackupExecuting)
+	// gets longer: up to four bounds, at most 15 s more while replicating
+	// (Node.slowBound), four bounds while going live.
 	StallTimeout int
 	// RestartGrace is the number of ticks a peer that said ByeRestarting
 	// has to bring the log channel back before it is declared lost. 0

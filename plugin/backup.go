@@ -809,9 +809,11 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		b.noteStall(a)
 	case failover.BackupResumed:
 		d := time.Duration(a.Ticks) * failover.TickInterval
-		bound := time.Duration(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout) * failover.TickInterval
-		b.log.Infof("the replay stood still for %d ms with log unread, then went on at icount %d (a stall is declared at %d ms)",
-			d.Milliseconds(), a.Icount, bound.Milliseconds())
+		st := nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout
+		bound := time.Duration(st) * failover.TickInterval
+		slow := time.Duration(failover.SlowStallBound(st)) * failover.TickInterval
+		b.log.Infof("the replay stood still for %d ms with log unread, then went on at icount %d (a stall is declared at %d ms, or at %d ms while its vCPU runs with the monitor silent)",
+			d.Milliseconds(), a.Icount, bound.Milliseconds(), slow.Milliseconds())
 		b.env.metrics.replayStood(b.name, d)
 	}
 }
@@ -969,6 +971,7 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 	defer t.Stop()
 	var lastCPU time.Duration
 	var lastAt time.Time
+	warned := false // the first error of this run is logged
 	for {
 		select {
 		case <-b.stop:
@@ -988,6 +991,10 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 		cpu, err := b.env.hv.VCPUTime(b.uuid)
 		now := time.Now()
 		if err != nil {
+			if !warned {
+				warned = true
+				b.log.WithError(err).Warn("reading the replay's vCPU time (virDomainGetVcpus): a slow replay may be declared stalled at the plain bound")
+			}
 			lastAt = time.Time{}
 			continue
 		}

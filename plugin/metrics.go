@@ -55,7 +55,7 @@ func newMetrics(status func() []ctl.DomainStatus) *metrics {
 		}, []string{"domain"}),
 		standSec: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "libvirt_ft_backup_replay_stand_seconds",
-			Help:    "Stands of this host's replaying backup that ended short of a stall: its icount stood still with log unread in FIFO B for at least a fifth of the stall bound, then moved again (docs/replay.md §12). A stand reaching the bound is a stall instead.",
+			Help:    "Stands of this host's replaying backup that ended short of a stall: its icount stood still with log unread in FIFO B for at least a fifth of the stall bound, then moved again (docs/replay.md §12). A stand reaching the bound is a stall instead, unless the backup's vCPU was seen running with its monitor silent (a slow replay), which gets up to four bounds.",
 			Buckets: standBuckets,
 		}, []string{"domain"}),
 	}

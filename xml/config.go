@@ -91,9 +91,11 @@ type Config struct {
 // has not touched before (up to 75 ms per 2 MiB page on those machines).
 // The old default, twice the heartbeat timeout (2 s), declared such a
 // backup stalled in two e2e-admin runs out of two. The bound is also how
-// long a backup that really stopped (a divergence, a hung QEMU) holds the
+// long a backup that really stopped (a divergence, a SIGSTOP) holds the
 // primary: the window (protocol.md §7) stops it until the verdict, and the
-// output gate holds its frames.
+// output gate holds its frames. A backup whose vCPU keeps running while its
+// monitor is silent (a slow replay, session 20) gets up to four bounds
+// (at most 15 s more) before that verdict (failover.Node.slowBound).
 const DefaultReplayStall = 5 * time.Second
 
 // Stall is the replay stall bound in force, for the backup's replay and
