@@ -233,8 +233,10 @@ type fakeQEMU struct {
 	hangCh chan struct{}
 	// busySince: when the first monitor command reached the hung QEMU.
 	busySince time.Time
-	// vcpuTime: what VCPUTime reports.
-	vcpuTime time.Duration
+	// vcpuTime: what VCPUTime reports, plus the time since vcpuBusyFrom
+	// while that is set (a vCPU on a CPU throughout: slowReplay).
+	vcpuTime     time.Duration
+	vcpuBusyFrom time.Time
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -272,6 +274,29 @@ func (q *fakeQEMU) emit(t testing.TB, events []byte) {
 func (q *fakeQEMU) stall() {
 	q.mu.Lock()
 	q.stalled = true
+	q.mu.Unlock()
+}
+
+// slowReplay makes a replaying QEMU replay one long log event slowly, as
+// the lab's did (docs/replay.md §12): it reads no more of FIFO B, its
+// monitor answers nothing (the vCPU holds the replay mutex), and its vCPU
+// is on a CPU throughout. endSlow ends the event.
+func (q *fakeQEMU) slowReplay() {
+	q.mu.Lock()
+	q.stalled = true
+	q.hangCh = make(chan struct{})
+	q.vcpuBusyFrom = time.Now()
+	q.mu.Unlock()
+}
+
+func (q *fakeQEMU) endSlow() {
+	q.mu.Lock()
+	q.stalled = false
+	close(q.hangCh)
+	q.hangCh, q.busySince = nil, time.Time{}
+	q.vcpuTime += time.Since(q.vcpuBusyFrom)
+	q.vcpuBusyFrom = time.Time{}
+	q.cond.Broadcast()
 	q.mu.Unlock()
 }
 
@@ -668,7 +693,11 @@ func (h *fakeHV) VCPUTime(uuid string) (time.Duration, error) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.vcpuTime, nil
+	t := q.vcpuTime
+	if !q.vcpuBusyFrom.IsZero() {
+		t += time.Since(q.vcpuBusyFrom)
+	}
+	return t, nil
 }
 
 func (h *fakeHV) killCount() int {

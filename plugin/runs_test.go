@@ -446,6 +446,56 @@ func TestRunsBackupStall(t *testing.T) {
 	})
 }
 
+// A backup replaying one long log event slowly (its vCPU on a CPU, its
+// monitor silent, FIFO B unread: docs/replay.md §12) for 12 s, past the
+// 5 s stall bound, is not declared stalled: it goes on replicating once
+// the event is done, and nothing is reported as a stall.
+func TestRunsBackupSlowReplayIsNoStall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		backup := fp.b.hv.running(runUUID)
+		backup.slowReplay()
+		primary.emit(t, instructions(8000, 10)) // 40 KB: more than FIFO B holds
+		time.Sleep(12 * time.Second)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.Stall != nil {
+			t.Fatalf("host a, 12 s into the slow replay: %+v", sa)
+		}
+		backup.endSlow()
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		sa, sb := fp.a.status(t, "web"), fp.b.status(t, "web")
+		if sa.State != ctl.StateReplicating || sa.Stall != nil || sa.BackupIcount != 1000+8000*10 {
+			t.Fatalf("host a after the slow replay: %+v", sa)
+		}
+		if sb.State != ctl.StateReplicating || sb.Failover != "replicating" {
+			t.Fatalf("host b after the slow replay: %+v", sb)
+		}
+	})
+}
+
+// The same slow replay that never ends is declared stalled at four
+// bounds (20 s), not held for ever.
+func TestRunsBackupSlowReplayEndless(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		backup := fp.b.hv.running(runUUID)
+		backup.slowReplay()
+		primary.emit(t, instructions(8000, 10))
+		time.Sleep(19 * time.Second)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.Stall != nil {
+			t.Fatalf("host a, 19 s into the slow replay: %+v", sa)
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		sa := fp.a.status(t, "web")
+		if sa.State != ctl.StateUnprotected || sa.Stall == nil || !strings.Contains(sa.Stall.Report, "no progress for 20000 ms") {
+			t.Fatalf("host a: %+v", sa)
+		}
+	})
+}
+
 // After a failover the VM runs on host b; stopped and started again there,
 // it is protected again with host a as its backup (roles swapped).
 func TestRunsRestartAfterFailover(t *testing.T) {
