@@ -955,8 +955,9 @@ func (b *backupRun) watchUnread(feeder replayLog, drv *failover.Driver) {
 }
 
 // vcpuWindow is how often watchVCPU compares the replay's vCPU time with
-// the wall clock: 25 of the kernel's 10 ms clock ticks, a fifth of the
-// default stall bound's tenth (failover.Node.slowNotStopped).
+// the wall clock: 25 of the kernel's 10 ms clock ticks; a report counts
+// for at least 1 s (failover.Node.slowNotStopped), so up to three may be
+// late or missed.
 const vcpuWindow = 250 * time.Millisecond
 
 // watchVCPU tells the failover core (BackupExecuting) when the replaying
