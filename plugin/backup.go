@@ -921,7 +921,33 @@ const drainPoll = 5 * time.Millisecond
 // stall rule. It does not use the QEMU monitor, which a replay waiting for
 // log holds.
 func (b *backupRun) watchUnread(feeder replayLog, drv *failover.Driver) {
-	t := time.NewTicker(b.env.cfg.statusInterval())
+	b.whileReplaying(b.env.cfg.statusInterval(), func(running bool) bool {
+		if !running {
+			// libvirt has not resumed the QEMU yet (it starts paused):
+			// its main loop may have read log it cannot replay before
+			// the vCPU runs, and a slow start is no stall. The first
+			// sample once it runs is progress (FeedUnread), so the bound
+			// starts then.
+			return true
+		}
+		n, err := feeder.Unread()
+		if err != nil {
+			return false // the feeder was closed
+		}
+		// Offset counts the events written, not the 4-byte version QEMU
+		// read first: Written - Bytes is what QEMU read of the events,
+		// give or take those 4 bytes.
+		drv.Post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
+		return true
+	})
+}
+
+// whileReplaying calls sample every interval, with whether libvirt has
+// let the replaying QEMU run yet, until the run closes, the domain went
+// live, or sample returns false. It is the loop of the backup's periodic
+// watchers (watchUnread, watchVCPU).
+func (b *backupRun) whileReplaying(interval time.Duration, sample func(running bool) bool) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -932,25 +958,9 @@ func (b *backupRun) watchUnread(feeder replayLog, drv *failover.Driver) {
 		b.mu.Lock()
 		live, running := b.live, b.running
 		b.mu.Unlock()
-		if live {
+		if live || !sample(running) {
 			return
 		}
-		if !running {
-			// libvirt has not resumed the QEMU yet (it starts paused):
-			// its main loop may have read log it cannot replay before
-			// the vCPU runs, and a slow start is no stall. The first
-			// sample once it runs is progress (FeedUnread), so the bound
-			// starts then.
-			continue
-		}
-		n, err := feeder.Unread()
-		if err != nil {
-			return // the feeder was closed
-		}
-		// Offset counts the events written, not the 4-byte version QEMU
-		// read first: Written - Bytes is what QEMU read of the events,
-		// give or take those 4 bytes.
-		drv.Post(failover.FeedUnread{Bytes: uint64(n), Written: feeder.Offset() + 4})
 	}
 }
 
@@ -968,26 +978,13 @@ const vcpuWindow = 250 * time.Millisecond
 // without the monitor. Errors (the domain is gone, libvirtd restarts) skip
 // a window: no report, so the core applies the plain stall bound.
 func (b *backupRun) watchVCPU(drv *failover.Driver) {
-	t := time.NewTicker(vcpuWindow)
-	defer t.Stop()
 	var lastCPU time.Duration
 	var lastAt time.Time
 	warned := false // the first error of this run is logged
-	for {
-		select {
-		case <-b.stop:
-			return
-		case <-t.C:
-		}
-		b.mu.Lock()
-		live, running := b.live, b.running
-		b.mu.Unlock()
-		if live {
-			return
-		}
+	b.whileReplaying(vcpuWindow, func(running bool) bool {
 		if !running {
 			lastAt = time.Time{}
-			continue
+			return true
 		}
 		cpu, err := b.env.hv.VCPUTime(b.uuid)
 		now := time.Now()
@@ -1000,13 +997,14 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 				b.log.WithError(err).Warn("reading the replay's vCPU time (virDomainGetVcpus) failed: a slow replay gets only the plain stall bound")
 			}
 			lastAt = time.Time{}
-			continue
+			return true
 		}
 		if !lastAt.IsZero() && vcpuBusy(cpu-lastCPU, now.Sub(lastAt)) {
 			drv.Post(failover.BackupExecuting{})
 		}
 		lastCPU, lastAt = cpu, now
-	}
+		return true
+	})
 }
 
 // vcpuBusy reports whether a vCPU that used cpu of CPU time over wall of
