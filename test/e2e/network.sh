@@ -38,7 +38,12 @@ cleanup() {
 }
 trap 'cleanup; lab_stop' EXIT
 fresh_protected_lab 10
-virsh_on a dumpxml "$DOMAIN" | grep -q "filter-redirector,id=ft-gate0" || die "the primary runs without its output gate"
+# The XML is read whole before grep looks at it: piped into grep -q under
+# pipefail, virsh could be killed by SIGPIPE for its next write once grep
+# had its match and quit, and the check would fail on a gated primary
+# (what CI's stop 30 saw).
+xml=$(virsh_on a dumpxml "$DOMAIN") || die "virsh dumpxml $DOMAIN failed on host A"
+grep -q "filter-redirector,id=ft-gate0" <<<"$xml" || die "the primary runs without its output gate"
 tap=$(virsh_on a domiflist "$DOMAIN" | awk '$1 ~ /^vnet/ {print $1; exit}')
 [ -n "$tap" ] || die "no tap device for $DOMAIN on host A"
 
