@@ -103,7 +103,7 @@
 // for the daemon's log and metrics. A stand during which the backup's vCPU
 // keeps running (BackupExecuting within the last tenth of StallTimeout)
 // while its monitor gives no icount sample is a slow replay, not a stopped
-// one (a long log event executed with the replay mutex held): it gets four
+// one (a vCPU turn executed slowly with the replay mutex held): it gets four
 // times StallTimeout. A monitor answering with the same icount, or a vCPU
 // that does not run, is a stop, and the plain bound applies.
 //

@@ -71,11 +71,12 @@ type BackupIcount struct {
 // BackupExecuting (backup): the replaying QEMU's vCPU thread was on a CPU
 // for at least half of the last sampling window (250 ms; libvirt's
 // per-vCPU CPU time, read from /proc, not from the QEMU monitor). A replay
-// that executes a long INSTRUCTION event slowly (millions of instructions
-// through the softmmu's slow store path: docs/replay.md §12) holds QEMU's
-// replay mutex for the whole event (packaging/qemu 0004), so its main loop
-// answers no query-replay and the icount samples stop: the backup is slow,
-// not stopped. A stopped QEMU (SIGSTOP, a deadlock) uses no CPU and is
+// that executes slowly holds QEMU's replay mutex for each vCPU turn (a
+// whole INSTRUCTION event of up to tens of millions of instructions on
+// QEMU without packaging/qemu 0018, at most 2^18 instructions with it:
+// docs/replay.md §12), so its main loop answers no query-replay and the
+// icount samples stop until the turn ends: the backup is slow, not
+// stopped. A stopped QEMU (SIGSTOP, a deadlock) uses no CPU and is
 // never reported so. See Node.checkStall.
 type BackupExecuting struct{}
 

@@ -972,9 +972,10 @@ const vcpuWindow = 250 * time.Millisecond
 
 // watchVCPU tells the failover core (BackupExecuting) when the replaying
 // QEMU's vCPU thread was on a CPU for at least half of the last
-// vcpuWindow: a replay executing a long log event slowly holds the replay
-// mutex and its monitor answers nothing, and the core must not take that
-// for a stall (docs/replay.md §12). libvirt reads the time from /proc,
+// vcpuWindow: a replay executing slowly holds the replay mutex for each
+// vCPU turn (a whole log event without packaging/qemu 0018, 2^18
+// instructions with it) and its monitor answers nothing meanwhile, and
+// the core must not take that for a stall (docs/replay.md §12). libvirt reads the time from /proc,
 // without the monitor. Errors (the domain is gone, libvirtd restarts) skip
 // a window: no report, so the core applies the plain stall bound.
 func (b *backupRun) watchVCPU(drv *failover.Driver) {

@@ -84,7 +84,7 @@ for trial in $(seq 1 "$TRIALS"); do
 	n=$(last_tick b "$DOMAIN")
 	wait_for 60 "5 more ticks on host B" has_tick b "$DOMAIN" $((n + 5))
 	ticks_consecutive b "$DOMAIN" || die "the tick counter did not continue (guest rebooted or diverged)"
-	first_live=$(tick_lines b "$DOMAIN" | awk -v b="$before" '$2 > b' | head -n 1)
+	first_live=$(tick_lines b "$DOMAIN" | awk -v b="$before" '$2 > b { print; exit }')
 	log "tick counter continues without a gap on host B (last before failure: $before, then: $first_live ...)"
 	tick_lines b "$DOMAIN" | awk -v b="$before" '$2 >= b - 2 && $2 <= b + 4' | sed 's/^/     host B console: /' 
 	kill "$tcpdump_pid" 2>/dev/null || true

@@ -226,7 +226,8 @@ for fault in "${faults[@]}"; do
 	result=pass why=""
 	if [ "$n_other" -ne 0 ]; then
 		result=FAIL; why+=" $n_other frames from host $other after the fault;"
-		awk -v t="$t_from" '$1 + 0 > t + 0' "$fo" | head -n 5 | sed "s/^/     from host $other: /"
+		# awk stops after 5 itself: head under pipefail could kill it by SIGPIPE.
+		awk -v t="$t_from" '$1 + 0 > t + 0 { print; if (++n == 5) exit }' "$fo" | sed "s/^/     from host $other: /"
 	fi
 	[ "$n_here" -gt 0 ] || { result=FAIL; why+=" no frames from host $where;"; }
 	[ $rc_echo -eq 0 ] || { result=FAIL; why+=" echo client failed;"; }
