@@ -976,8 +976,9 @@ const vcpuWindow = 250 * time.Millisecond
 // vCPU turn (a whole log event without packaging/qemu 0018, 2^18
 // instructions with it) and its monitor answers nothing meanwhile, and
 // the core must not take that for a stall (docs/replay.md §12). libvirt
-// reads the time from /proc, without the monitor. Errors (the domain is gone, libvirtd restarts) skip
-// a window: no report, so the core applies the plain stall bound.
+// reads the time from /proc, without the monitor. Errors (the domain is
+// gone, libvirtd restarts) skip a window: no report, so the core applies
+// the plain stall bound.
 func (b *backupRun) watchVCPU(drv *failover.Driver) {
 	var lastCPU time.Duration
 	var lastAt time.Time
