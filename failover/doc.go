@@ -101,10 +101,10 @@
 // fifth of StallTimeout and then made progress (a larger icount, more of
 // FIFO B read, or all of it) emits backup-resumed with how long it stood,
 // for the daemon's log and metrics. A stand during which the backup's vCPU
-// keeps running (BackupExecuting within the last tenth of StallTimeout)
+// keeps running (BackupExecuting within the last max(StallTimeout/10, 1 s))
 // while its monitor gives no icount sample is a slow replay, not a stopped
-// one (a vCPU turn executed slowly with the replay mutex held): it gets four
-// times StallTimeout. A monitor answering with the same icount, or a vCPU
+// one (a vCPU turn executed slowly with the replay mutex held): it gets
+// StallTimeout + min(3 × StallTimeout, 15 s) (SlowStallBound). A monitor answering with the same icount, or a vCPU
 // that does not run, is a stop, and the plain bound applies.
 //
 //	replicating:    backup-stalled, send-bye (unclean, the reason says
