@@ -120,6 +120,22 @@ type BackupResumed struct {
 	Ticks int64
 }
 
+// BackupBehind (backup): the replay fell more than Config.LagCeiling ticks
+// behind the log it was fed, while still advancing (the stall rule did not
+// fire): the oldest log it has not executed yet was written into FIFO B Lag
+// ticks ago. A go-live now could not be prompt, and the primary is held to
+// a replay slower than its record, so the backup gives up: SendBye
+// (unclean) and HaltVM follow, and the primary runs on alone
+// (docs/replay.md §12). The daemon logs it and shows it in the status.
+type BackupBehind struct {
+	// Icount is the backup's executed icount (guest instructions).
+	Icount uint64
+	// Fed is the INSTRUCTION sum written into FIFO B (guest instructions).
+	Fed uint64
+	// Lag is the age of the oldest log not executed yet (ticks).
+	Lag int64
+}
+
 // Cleanup: remove the FIFOs and snapshots this node no longer needs. May be
 // emitted more than once.
 type Cleanup struct{}
@@ -140,6 +156,7 @@ func (StopPrimaryVM) isAction()     {}
 func (Cleanup) isAction()           {}
 func (BackupStalled) isAction()     {}
 func (BackupResumed) isAction()     {}
+func (BackupBehind) isAction()      {}
 
 func (SendHeartbeat) String() string { return "send-heartbeat" }
 func (CloseChannel) String() string  { return "close-channel" }
@@ -166,6 +183,9 @@ func (StopPrimaryVM) String() string { return "stop-primary-vm" }
 func (Cleanup) String() string       { return "cleanup" }
 func (a BackupResumed) String() string {
 	return format("backup-resumed", "icount", u(a.Icount), "ticks", strconv.FormatInt(a.Ticks, 10))
+}
+func (a BackupBehind) String() string {
+	return format("backup-behind", "icount", u(a.Icount), "fed", u(a.Fed), "lag", strconv.FormatInt(a.Lag, 10))
 }
 func (a BackupStalled) String() string {
 	return format("backup-stalled", "icount", u(a.Icount), "fed", u(a.Fed), "ticks", strconv.FormatInt(a.Ticks, 10))

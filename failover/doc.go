@@ -25,7 +25,9 @@
 //
 // # API
 //
-//	type Config struct{ Role Role; HeartbeatInterval, HeartbeatTimeout, LockRetryInterval, StallTimeout int }
+//	type Config struct{ Role Role; HeartbeatInterval, HeartbeatTimeout, LockRetryInterval, StallTimeout, RestartGrace, LagCeiling int }
+//	func DefaultLagCeiling(stall int) int
+//	func SlowStallBound(stall int) int
 //	func (Config) Validate() error
 //	func New(Config) (*Node, error)
 //	func (*Node) Tick()
@@ -45,7 +47,7 @@
 // (outputs): SendHeartbeat,
 // CloseChannel, SendBye, FeedEnd, WaitDrain, AcquireLock, GoLive, Announce,
 // ReportUnprotected, HaltVM, KillVM, DrainLocally, StopPrimaryVM, Cleanup,
-// BackupStalled, BackupResumed. Both are
+// BackupStalled, BackupResumed, BackupBehind. Both are
 // small structs behind sealed interfaces; String gives the form used by
 // the scenario scripts in testdata/.
 //
@@ -116,6 +118,20 @@
 //	                fails instead of hanging (a replay that cannot reach
 //	                the end of the log cannot go live without breaking the
 //	                output rule)
+//
+// Lag ceiling (LagCeiling > 0), backup only: the lag (Status.Lag) is the
+// age of the oldest log fed into FIFO B that the replay's icount samples
+// have not reached, counted from the first sample at the earliest (QEMU
+// starting). A replicating backup whose primary has not ended and whose
+// lag reaches LagCeiling ticks gives up as for a stall: backup-behind,
+// send-bye (unclean), halt-vm, close-channel; the primary runs on alone.
+// It catches a replay that keeps advancing, so never stalls, but more
+// slowly than the primary records: since QEMU patch 0018 a long log event
+// is replayed in turns of 2^18 instructions, each of them progress, so a
+// backup finishing one turn per stall bound would otherwise count as
+// healthy however far behind it fell, holding the primary to its pace and
+// making a go-live drain at least as long as the lag. Log still queued in
+// memory before FIFO B (at most the window) is not counted.
 //
 // Late input: once a Node has left Replicating, frames, heartbeats, acks,
 // byes and stale results change nothing and produce no action; they are

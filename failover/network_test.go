@@ -84,14 +84,17 @@ type network struct {
 	logEvery      int    // the primary emits a log frame every logEvery ticks; 0 = idle guest
 	instrPerFrame uint64
 	lockErrors    int // the next lockErrors lock attempts fail with an error
+	// lagCeiling > 0: the backup's Config.LagCeiling, and the backup
+	// samples its icount every tick while replicating.
+	lagCeiling int
 
 	trace      []string
 	violations []string
 }
 
 type netOptions struct {
-	lockDelay, goLiveDelay, endDelay, logEvery int
-	replayRate, instrPerFrame                  uint64
+	lockDelay, goLiveDelay, endDelay, logEvery, lagCeiling int
+	replayRate, instrPerFrame                              uint64
 }
 
 func defaultNetOptions() netOptions {
@@ -101,7 +104,11 @@ func defaultNetOptions() netOptions {
 func newNetwork(t testing.TB, interval, timeout int, o netOptions) *network {
 	t.Helper()
 	mk := func(name string, role Role) *host {
-		nd, err := New(Config{Role: role, HeartbeatInterval: interval, HeartbeatTimeout: timeout})
+		cfg := Config{Role: role, HeartbeatInterval: interval, HeartbeatTimeout: timeout}
+		if role == RoleBackup {
+			cfg.LagCeiling = o.lagCeiling
+		}
+		nd, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +117,7 @@ func newNetwork(t testing.TB, interval, timeout int, o netOptions) *network {
 	}
 	nw := &network{p: mk("primary", RolePrimary), b: mk("backup", RoleBackup), cut: map[string]bool{},
 		lockDelay: o.lockDelay, goLiveDelay: o.goLiveDelay, endDelay: o.endDelay, replayRate: o.replayRate,
-		logEvery: o.logEvery, instrPerFrame: o.instrPerFrame}
+		logEvery: o.logEvery, instrPerFrame: o.instrPerFrame, lagCeiling: o.lagCeiling}
 	nw.p.peer, nw.b.peer = nw.b, nw.p
 	return nw
 }
@@ -276,6 +283,10 @@ func (nw *network) perform(h *host, a Action) {
 	case DrainLocally:
 		h.pumping = false
 	case Announce, Cleanup:
+	case BackupBehind:
+		if h != nw.b || h.node.State() != StateHalted {
+			nw.violate("%s: %v but not a halting backup", h.name, a)
+		}
 	default:
 		nw.violate("%s: unknown action %v", h.name, a)
 	}
@@ -299,6 +310,9 @@ func (nw *network) model(h *host) {
 			h.vmRunning, h.replaying = false, false
 			h.inbox = append(h.inbox, QEMUExited{Clean: true})
 		}
+	}
+	if nw.lagCeiling > 0 && h.replaying && h.vmRunning && !h.draining && h.node.State() == StateReplicating {
+		h.inbox = append(h.inbox, BackupIcount{Icount: h.icount})
 	}
 	if h.endIn >= 0 {
 		if h.endIn == 0 {

@@ -107,6 +107,11 @@ type Status struct {
 	BackupIcount uint64
 	// Unread (backup) is the last FeedUnread sample (bytes).
 	Unread uint64
+	// Lag (backup, replicating) is the age of the oldest log fed that the
+	// replay has not executed, by its last icount sample (ticks); 0 when
+	// it has executed all it was fed, or before its first sample
+	// (Config.LagCeiling).
+	Lag int64
 	// DrainTarget (backup) is the icount WaitDrain waits for.
 	DrainTarget uint64
 	// AckedOffset, AckedIcount and AckedFed (primary) come from the
@@ -176,6 +181,10 @@ type Node struct {
 	// unread since moved for at least standTicks; its next progress emits
 	// BackupResumed.
 	standing bool
+	// fedAt (backup, replicating): when the log was fed, as (INSTRUCTION
+	// sum fed, tick) in order, one per tick at most, without those the
+	// replay has executed (Config.LagCeiling). At most maxFedSamples.
+	fedAt []fedSample
 
 	lockAttempts int
 	ignored      int
@@ -215,7 +224,7 @@ func (n *Node) Status() Status {
 		Ticks: n.now, Silence: n.now - n.lastHeard, ChannelOpen: n.chanOpen,
 		PeerEnded: n.peerEnded, Switchover: n.switchover,
 		LogOffset: n.logOffset, FedBytes: n.fedBytes, FedInstructions: n.fedInstr,
-		BackupIcount: n.icount, Unread: n.unread, DrainTarget: n.target,
+		BackupIcount: n.icount, Unread: n.unread, Lag: n.lag(), DrainTarget: n.target,
 		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
 		PeerRestarting: n.peerRestarting, Hung: n.hung,
@@ -260,6 +269,7 @@ func (n *Node) Tick() {
 		n.peerLost(fmt.Sprintf("no frame from the %s for %d ticks", n.peerName(), n.now-n.lastHeard))
 	}
 	n.checkStall()
+	n.checkLag()
 	if n.chanOpen {
 		n.sinceBeat++
 		if n.sinceBeat >= n.cfg.HeartbeatInterval {
@@ -517,10 +527,82 @@ func (n *Node) ack(e AckReceived) {
 func (n *Node) backupIcount(icount uint64) {
 	n.sampled = n.now
 	if icount > n.icount {
+		if n.icount == 0 && len(n.fedAt) > 0 {
+			// The first sample: the lag counts from now at the earliest,
+			// not from log fed while QEMU was still starting (that can
+			// take longer than the ceiling, as for the stall rule).
+			n.fedAt = append(n.fedAt[:0], fedSample{instr: n.fedAt[len(n.fedAt)-1].instr, tick: n.now})
+		}
 		n.icount = icount
 		n.endStand()
 		n.moved = n.now
+		i := 0
+		for i < len(n.fedAt) && n.fedAt[i].instr <= icount {
+			i++
+		}
+		n.fedAt = n.fedAt[i:]
 	}
+}
+
+// fedSample: by tick, the log fed reached instr (an INSTRUCTION sum).
+type fedSample struct {
+	instr uint64
+	tick  int64
+}
+
+// maxFedSamples bounds Node.fedAt (one a tick: 80 s of ticks of 10 ms).
+// Past it the second oldest is dropped: the oldest, which gives the lag,
+// stays, and a lag read later can only be shorter than the truth, never
+// longer (no false BackupBehind).
+const maxFedSamples = 8192
+
+// fed (backup, replicating) notes that the log fed now reaches instr.
+func (n *Node) fed(instr uint64) {
+	if k := len(n.fedAt) - 1; k >= 0 && n.fedAt[k].tick == n.now {
+		n.fedAt[k].instr = instr
+		return
+	}
+	if len(n.fedAt) >= maxFedSamples {
+		n.fedAt = append(n.fedAt[:1], n.fedAt[2:]...)
+	}
+	n.fedAt = append(n.fedAt, fedSample{instr: instr, tick: n.now})
+}
+
+// lag (backup) is Status.Lag: the age in ticks of the oldest log fed that
+// the replay's last icount sample has not reached, counted from the first
+// sample at the earliest; 0 before the first sample (QEMU starting: the
+// stall rule's start-up exemption), when it has executed everything fed,
+// and outside replication.
+func (n *Node) lag() int64 {
+	if n.state != StateReplicating || n.role != RoleBackup || n.icount == 0 || len(n.fedAt) == 0 {
+		return 0
+	}
+	return n.now - n.fedAt[0].tick
+}
+
+// checkLag (Tick) applies Config.LagCeiling to a replicating backup whose
+// primary has not ended: a replay that advances (so the stall rule never
+// fires) but stays more than the ceiling behind what it was fed is lost,
+// as a stalled one is: it tells the primary, which runs on alone, and
+// halts. Without this, since QEMU patch 0018 (a replaying turn is at most
+// 2^18 instructions) a replay finishing one turn per stall bound would
+// count as healthy however far behind it fell (docs/replay.md §12).
+func (n *Node) checkLag() {
+	if n.cfg.LagCeiling <= 0 || n.state != StateReplicating || n.role != RoleBackup || n.peerEnded {
+		return
+	}
+	lag := n.lag()
+	if lag < int64(n.cfg.LagCeiling) {
+		return
+	}
+	cause := fmt.Sprintf("replay too far behind: the oldest log not executed was fed %d ticks ago (ceiling %d); icount %d, log up to icount %d fed",
+		lag, n.cfg.LagCeiling, n.icount, n.fedInstr)
+	n.emit(BackupBehind{Icount: n.icount, Fed: n.fedInstr, Lag: lag})
+	if n.chanOpen {
+		n.emit(SendBye{Clean: false, Reason: "backup " + cause})
+	}
+	n.standing = false
+	n.halt(cause)
 }
 
 // standTicks is the shortest stand of a replicating backup's replay that
@@ -785,6 +867,9 @@ func (n *Node) stepBackup(ev Event) bool {
 		n.heard()
 		n.logOffset = max(n.logOffset, e.Offset)
 		n.fedBytes = max(n.fedBytes, e.Bytes)
+		if e.Instructions > n.fedInstr {
+			n.fed(e.Instructions)
+		}
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case BackupIcount:
 		n.backupIcount(e.Icount)

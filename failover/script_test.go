@@ -16,7 +16,7 @@ import (
 //
 // One node:
 //
-//	new primary|backup interval=N timeout=N [retry=N] [stall=N]
+//	new primary|backup interval=N timeout=N [retry=N] [stall=N] [lag-ceiling=N]
 //	tick [N]                       call Tick N times (default 1)
 //	step EVENT                     Step one event, in Event.String form:
 //	                               heartbeat | log offset=N bytes=N instr=N |
@@ -46,7 +46,7 @@ import (
 // Two nodes (the network harness of network_test.go):
 //
 //	net interval=N timeout=N [lock-delay=N golive-delay=N end-delay=N
-//	    replay-rate=N log-every=N instr=N]
+//	    replay-rate=N log-every=N instr=N lag-ceiling=N]
 //	tick [N]                       advance the network; invariants are
 //	                               checked at every tick
 //	cut [primary->backup|backup->primary]   (both ways without argument)
@@ -404,7 +404,7 @@ func statusFields(s Status) string {
 		"channel-open", strconv.FormatBool(s.ChannelOpen), "peer-ended", strconv.FormatBool(s.PeerEnded),
 		"switchover", strconv.FormatBool(s.Switchover), "peer-restarting", strconv.FormatBool(s.PeerRestarting), "hung", s.Hung,
 		"log-offset", u(s.LogOffset), "fed-bytes", u(s.FedBytes), "fed-instr", u(s.FedInstructions),
-		"icount", u(s.BackupIcount), "unread", u(s.Unread), "target", u(s.DrainTarget),
+		"icount", u(s.BackupIcount), "unread", u(s.Unread), "lag", strconv.FormatInt(s.Lag, 10), "target", u(s.DrainTarget),
 		"acked-offset", u(s.AckedOffset), "acked-icount", u(s.AckedIcount), "acked-fed", u(s.AckedFed),
 		"lock-attempts", strconv.Itoa(s.LockAttempts), "ignored", strconv.Itoa(s.Ignored),
 		"last-ignored", s.LastIgnored)[2:]
@@ -433,11 +433,12 @@ func (r *scriptRunner) run(toks []string) error {
 			return fmt.Errorf("unknown role %q", args[0])
 		}
 		cfg := Config{Role: role}
-		var errs [4]error
+		var errs [5]error
 		cfg.HeartbeatInterval, errs[0] = intAttr(kv, "interval", 10)
 		cfg.HeartbeatTimeout, errs[1] = intAttr(kv, "timeout", 100)
 		cfg.LockRetryInterval, errs[2] = intAttr(kv, "retry", 0)
 		cfg.StallTimeout, errs[3] = intAttr(kv, "stall", 0)
+		cfg.LagCeiling, errs[4] = intAttr(kv, "lag-ceiling", 0)
 		if err := errors.Join(errs[:]...); err != nil {
 			return err
 		}
@@ -453,7 +454,7 @@ func (r *scriptRunner) run(toks []string) error {
 		I := func(k string, def int) int { v, err := intAttr(kv, k, def); errs = append(errs, err); return v }
 		interval, timeout := I("interval", 10), I("timeout", 100)
 		o.lockDelay, o.goLiveDelay, o.endDelay = I("lock-delay", o.lockDelay), I("golive-delay", o.goLiveDelay), I("end-delay", o.endDelay)
-		o.logEvery = I("log-every", o.logEvery)
+		o.logEvery, o.lagCeiling = I("log-every", o.logEvery), I("lag-ceiling", 0)
 		o.replayRate, o.instrPerFrame = uint64(I("replay-rate", int(o.replayRate))), uint64(I("instr", int(o.instrPerFrame)))
 		if err := errors.Join(errs...); err != nil {
 			return err

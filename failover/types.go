@@ -196,6 +196,28 @@ type Config struct {
 	// means HeartbeatTimeout. (The daemon's default is the larger of the
 	// heartbeat timeout and 5 s: plugin restartGrace.)
 	RestartGrace int
+	// LagCeiling is the most ticks a replicating backup may fall behind
+	// the log it was fed, measured as the age of the oldest log written
+	// into FIFO B that its replay has not executed (by its icount
+	// samples), before it is declared lost (BackupBehind, then as for a
+	// stall: an unclean bye and HaltVM). It catches a replay that keeps
+	// advancing, so never stalls, but more slowly than the primary
+	// records: a go-live would then drain for about as long as the lag,
+	// or longer. 0 turns the check off. The daemon sets
+	// DefaultLagCeiling of its StallTimeout (25 s by default).
+	LagCeiling int
+}
+
+// DefaultLagCeiling is the daemon's Config.LagCeiling for a StallTimeout of
+// stall ticks: SlowStallBound(stall) + stall (5 s stall bound: 25 s). A
+// stand the slow-replay rule tolerates adds up to SlowStallBound to the
+// lag; outside stands the primary's lag bound (max-lag-ms, 100 ms by
+// default) keeps a healthy backup far under one stall bound behind.
+func DefaultLagCeiling(stall int) int {
+	if stall <= 0 {
+		return 0
+	}
+	return SlowStallBound(stall) + stall
 }
 
 // Validate reports whether c can drive a Node.
@@ -217,6 +239,9 @@ func (c Config) Validate() error {
 	}
 	if c.RestartGrace < 0 {
 		return fmt.Errorf("failover: RestartGrace must be >= 0 ticks (got %d)", c.RestartGrace)
+	}
+	if c.LagCeiling < 0 {
+		return fmt.Errorf("failover: LagCeiling must be >= 0 ticks (got %d)", c.LagCeiling)
 	}
 	return nil
 }

@@ -313,6 +313,7 @@ func (b *backupRun) status() ctl.DomainStatus {
 	if st.Role != 0 {
 		s.Failover = st.State.String()
 		s.Loss = lossOf(tm)
+		s.LagMS = st.Lag * int64(failover.TickInterval/time.Millisecond)
 	}
 	return s
 }
@@ -807,6 +808,11 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		b.setState(ctl.StateUnprotected, a.Reason)
 	case failover.BackupStalled:
 		b.noteStall(a)
+	case failover.BackupBehind:
+		lag := time.Duration(a.Lag) * failover.TickInterval
+		ceiling := time.Duration(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).LagCeiling) * failover.TickInterval
+		b.log.Errorf("the replay is too far behind: the oldest log not executed was fed %d ms ago (ceiling %d ms), icount %d, log up to icount %d fed; this backup stops and the primary runs on alone",
+			lag.Milliseconds(), ceiling.Milliseconds(), a.Icount, a.Fed)
 	case failover.BackupResumed:
 		d := time.Duration(a.Ticks) * failover.TickInterval
 		st := nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout

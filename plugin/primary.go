@@ -1276,6 +1276,7 @@ func nodeConfig(role failover.Role, cfg ftxml.Config, hc Config) failover.Config
 		HeartbeatInterval: failover.Ticks(cfg.HeartbeatInterval), HeartbeatTimeout: failover.Ticks(cfg.HeartbeatTimeout),
 		StallTimeout: max(failover.Ticks(cfg.Stall()), 10*failover.Ticks(sample))}
 	fc.RestartGrace = failover.Ticks(restartGrace(cfg, hc))
+	fc.LagCeiling = failover.DefaultLagCeiling(fc.StallTimeout)
 	return fc
 }
 

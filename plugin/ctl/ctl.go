@@ -178,9 +178,12 @@ type DomainStatus struct {
 	BackupIcount    uint64 `json:"backup_icount"`
 	// LagInstructions = LogInstructions - BackupIcount (guest instructions).
 	LagInstructions uint64 `json:"lag_instructions"`
-	// LagMS is how far the backup is behind (ms): the primary's wall time
-	// between sending the log that reaches BackupIcount and sending its
-	// latest log; 0 before the backup's first icount sample.
+	// LagMS is how far the backup is behind (ms). On the primary: its
+	// wall time between sending the log that reaches BackupIcount and
+	// sending its latest log. On the backup: the age of the oldest log
+	// fed to its QEMU that the replay has not executed (failover.Status.Lag;
+	// past the lag ceiling, 25 s by default, the backup gives up:
+	// docs/replay.md §12). 0 before the backup's first icount sample.
 	LagMS int64 `json:"lag_ms"`
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
 	// -1 when none was ever received.
