@@ -123,7 +123,10 @@
 // age of the oldest log fed into FIFO B that the replay's icount samples
 // have not reached, counted from the first sample at the earliest (QEMU
 // starting). A replicating backup whose primary has not ended and whose
-// lag reaches LagCeiling ticks gives up as for a stall: backup-behind,
+// lag was LagCeiling ticks or more when its last icount sample was taken
+// (to now, a monitor unreachable for a while, as in a libvirtd restart,
+// would look like a replay falling behind; the stall rule watches FIFO B
+// meanwhile) gives up as for a stall: backup-behind,
 // send-bye (unclean), halt-vm, close-channel; the primary runs on alone.
 // It catches a replay that keeps advancing, so never stalls, but more
 // slowly than the primary records: since QEMU patch 0018 a long log event

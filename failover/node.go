@@ -269,7 +269,6 @@ func (n *Node) Tick() {
 		n.peerLost(fmt.Sprintf("no frame from the %s for %d ticks", n.peerName(), n.now-n.lastHeard))
 	}
 	n.checkStall()
-	n.checkLag()
 	if n.chanOpen {
 		n.sinceBeat++
 		if n.sinceBeat >= n.cfg.HeartbeatInterval {
@@ -580,9 +579,10 @@ func (n *Node) lag() int64 {
 	return n.now - n.fedAt[0].tick
 }
 
-// checkLag (Tick) applies Config.LagCeiling to a replicating backup whose
+// checkLag (on each icount sample) applies Config.LagCeiling to a replicating backup whose
 // primary has not ended: a replay that advances (so the stall rule never
-// fires) but stays more than the ceiling behind what it was fed is lost,
+// fires) but was the ceiling or more behind what it was fed when its last
+// icount sample was taken, is lost,
 // as a stalled one is: it tells the primary, which runs on alone, and
 // halts. Without this, since QEMU patch 0018 (a replaying turn is at most
 // 2^18 instructions) a replay finishing one turn per stall bound would
@@ -591,7 +591,14 @@ func (n *Node) checkLag() {
 	if n.cfg.LagCeiling <= 0 || n.state != StateReplicating || n.role != RoleBackup || n.peerEnded {
 		return
 	}
-	lag := n.lag()
+	if n.lag() == 0 {
+		return
+	}
+	// The lag when the last icount sample was taken: all a sample proves.
+	// Measured to now, a monitor unreachable for a while (a libvirtd
+	// restart; the stall rule watches FIFO B meanwhile) would look like a
+	// replay falling behind.
+	lag := n.sampled - n.fedAt[0].tick
 	if lag < int64(n.cfg.LagCeiling) {
 		return
 	}
@@ -873,6 +880,7 @@ func (n *Node) stepBackup(ev Event) bool {
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case BackupIcount:
 		n.backupIcount(e.Icount)
+		n.checkLag()
 	case ChannelDown:
 		n.chanOpen = false
 		if n.peerEnded {
