@@ -997,10 +997,11 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 		cpu, err := b.env.hv.VCPUTime(b.uuid)
 		now := time.Now()
 		if err != nil {
-			// A domain that is gone is the run's end (its stop hook
-			// follows), not a failure to report. The message avoids
-			// "stalled", which test/e2e/distro.sh takes for a verdict.
-			if !warned && !isNoDomain(err) && b.active() {
+			// A domain that is gone or being torn down is the run's end
+			// (its stop hook follows), not a failure to report. The
+			// message avoids "stalled", which test/e2e/distro.sh takes
+			// for a verdict.
+			if !warned && !isGoneOrStopping(err) && b.active() {
 				warned = true
 				b.log.WithError(err).Warn("reading the replay's vCPU time (virDomainGetVcpus) failed: a slow replay gets only the plain stall bound")
 			}

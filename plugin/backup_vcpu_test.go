@@ -1,8 +1,12 @@
 package plugin
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"libvirt.org/go/libvirt"
 )
 
 // The replaying vCPU counts as executing (failover.BackupExecuting) when it
@@ -21,6 +25,24 @@ func TestVCPUBusy(t *testing.T) {
 	} {
 		if got := vcpuBusy(c.cpu, c.wall); got != c.want {
 			t.Errorf("vcpuBusy(%v, %v) = %v, want %v", c.cpu, c.wall, got, c.want)
+		}
+	}
+}
+
+// The vCPU-time warning is for real failures: a domain that is gone or
+// being torn down (libvirt says "not running") is the run's end.
+func TestIsGoneOrStopping(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{libvirt.Error{Code: libvirt.ERR_NO_DOMAIN}, true},
+		{fmt.Errorf("vcpus: %w", libvirt.Error{Code: libvirt.ERR_OPERATION_INVALID}), true},
+		{libvirt.Error{Code: libvirt.ERR_INTERNAL_ERROR}, false},
+		{errors.New("connection reset"), false},
+	} {
+		if got := isGoneOrStopping(c.err); got != c.want {
+			t.Errorf("isGoneOrStopping(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }

@@ -405,3 +405,11 @@ func isNoDomain(err error) bool {
 	var lerr libvirt.Error
 	return errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN
 }
+
+// isGoneOrStopping reports whether err says the domain is gone (no such
+// domain) or not running (libvirt's VIR_ERR_OPERATION_INVALID, "domain is
+// not running": a domain being torn down): an ending run, not a failure.
+func isGoneOrStopping(err error) bool {
+	var lerr libvirt.Error
+	return isNoDomain(err) || (errors.As(err, &lerr) && lerr.Code == libvirt.ERR_OPERATION_INVALID)
+}
