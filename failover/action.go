@@ -120,20 +120,22 @@ type BackupResumed struct {
 	Ticks int64
 }
 
-// BackupBehind (backup): the replay fell more than Config.LagCeiling ticks
-// behind the log it was fed, while still advancing (the stall rule did not
-// fire): the oldest log it has not executed yet was written into FIFO B Lag
-// ticks ago. A go-live now could not be prompt, and the primary is held to
-// a replay slower than its record, so the backup gives up: SendBye
-// (unclean) and HaltVM follow, and the primary runs on alone
-// (docs/replay.md §12). The daemon logs it and shows it in the status.
+// BackupBehind (backup): an icount sample found the replay Config.LagCeiling
+// ticks or more behind the log it was sent, with log unread in FIFO B (the
+// stall rule did not fire: it still advances): the oldest log it has not
+// executed was received Lag ticks before the sample. A go-live then could
+// not be prompt, so the backup gives up: SendBye (unclean) and HaltVM
+// follow, and the primary runs on alone (docs/replay.md §12). The daemon
+// logs it.
 type BackupBehind struct {
 	// Icount is the backup's executed icount (guest instructions).
 	Icount uint64
 	// Fed is the INSTRUCTION sum written into FIFO B (guest instructions).
 	Fed uint64
-	// Lag is the age of the oldest log not executed yet (ticks).
+	// Lag is the age of the oldest log not executed at the sample (ticks).
 	Lag int64
+	// Ceiling is Config.LagCeiling (ticks).
+	Ceiling int64
 }
 
 // Cleanup: remove the FIFOs and snapshots this node no longer needs. May be
@@ -185,7 +187,7 @@ func (a BackupResumed) String() string {
 	return format("backup-resumed", "icount", u(a.Icount), "ticks", strconv.FormatInt(a.Ticks, 10))
 }
 func (a BackupBehind) String() string {
-	return format("backup-behind", "icount", u(a.Icount), "fed", u(a.Fed), "lag", strconv.FormatInt(a.Lag, 10))
+	return format("backup-behind", "icount", u(a.Icount), "fed", u(a.Fed), "lag", strconv.FormatInt(a.Lag, 10), "ceiling", strconv.FormatInt(a.Ceiling, 10))
 }
 func (a BackupStalled) String() string {
 	return format("backup-stalled", "icount", u(a.Icount), "fed", u(a.Fed), "ticks", strconv.FormatInt(a.Ticks, 10))

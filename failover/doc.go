@@ -119,22 +119,24 @@
 //	                the end of the log cannot go live without breaking the
 //	                output rule)
 //
-// Lag ceiling (LagCeiling > 0), backup only: the lag (Status.Lag) is the
-// age of the oldest log fed into FIFO B that the replay's icount samples
-// have not reached, counted from the first sample at the earliest (QEMU
-// starting). A replicating backup whose primary has not ended and whose
-// lag was LagCeiling ticks or more when its last icount sample was taken
-// (to now, a monitor unreachable for a while, as in a libvirtd restart,
-// would look like a replay falling behind; the stall rule watches FIFO B
-// meanwhile) gives up as for a stall: backup-behind,
-// send-bye (unclean), halt-vm, close-channel; the primary runs on alone.
-// It catches a replay that keeps advancing, so never stalls, but more
-// slowly than the primary records: since QEMU patch 0018 a long log event
-// is replayed in turns of 2^18 instructions, each of them progress, so a
-// backup finishing one turn per stall bound would otherwise count as
-// healthy however far behind it fell, holding the primary to its pace and
-// making a go-live drain at least as long as the lag. Log still queued in
-// memory before FIFO B (at most the window) is not counted.
+// Lag ceiling (LagCeiling > 0), backup only: the lag is the age of the
+// oldest log received (LogReceived, less the Waited it spent queued before
+// FIFO B) that the replay's icount has not reached, counted from the first
+// icount sample at the earliest (QEMU starting). It is judged at each
+// icount sample, as of that sample (a monitor unreachable for a while, as
+// in a libvirtd restart, gives no sample and so no verdict; the stall rule
+// watches FIFO B meanwhile), and only while FIFO B holds log the replay has
+// not read: a replay that has read everything is not behind. A replicating
+// backup whose primary has not ended and whose lag reaches LagCeiling
+// ticks gives up as for a stall: backup-behind, send-bye (unclean),
+// halt-vm, close-channel; the primary runs on alone. It catches a replay
+// that keeps advancing, so never stalls, yet falls behind despite the
+// primary's lag bound: since QEMU patch 0018 a long log event is replayed
+// in turns of 2^18 instructions, each of them progress, so a backup
+// finishing one turn per stall bound would otherwise count as healthy
+// however far behind it fell. A backup uniformly slower than its primary
+// is not caught: the lag bound holds the primary to its pace, and the lag
+// stays short. Status.MaxLag is the largest lag judged.
 //
 // Late input: once a Node has left Replicating, frames, heartbeats, acks,
 // byes and stale results change nothing and produce no action; they are

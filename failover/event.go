@@ -26,6 +26,10 @@ type LogReceived struct {
 	// Instructions is the sum of the INSTRUCTION event counts fed so far:
 	// the icount the backup QEMU reaches once it executed all of it.
 	Instructions uint64
+	// Waited is how long the frame waited in the backup's queue before it
+	// was written into FIFO B (ticks; the queue holds at most the
+	// window): the lag ceiling counts from its receipt (Config.LagCeiling).
+	Waited int64
 }
 
 // AckReceived (primary): the backup acked the log up to Offset.
@@ -177,7 +181,11 @@ func (PrimaryHung) isEvent()         {}
 
 func (HeartbeatReceived) String() string { return "heartbeat" }
 func (e LogReceived) String() string {
-	return format("log", "offset", u(e.Offset), "bytes", u(e.Bytes), "instr", u(e.Instructions))
+	waited := ""
+	if e.Waited != 0 {
+		waited = strconv.FormatInt(e.Waited, 10)
+	}
+	return format("log", "offset", u(e.Offset), "bytes", u(e.Bytes), "instr", u(e.Instructions), "waited", waited)
 }
 func (e AckReceived) String() string {
 	return format("ack", "offset", u(e.Offset), "icount", u(e.Icount), "fed", u(e.Fed))

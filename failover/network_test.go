@@ -312,7 +312,12 @@ func (nw *network) model(h *host) {
 		}
 	}
 	if nw.lagCeiling > 0 && h.replaying && h.vmRunning && !h.draining && h.node.State() == StateReplicating {
-		h.inbox = append(h.inbox, BackupIcount{Icount: h.icount})
+		// FIFO B: log unread while the replay is behind what was fed.
+		unread := uint64(0)
+		if h.icount < h.fedInstr {
+			unread = 4096
+		}
+		h.inbox = append(h.inbox, FeedUnread{Bytes: unread, Written: h.fedBytes}, BackupIcount{Icount: h.icount})
 	}
 	if h.endIn >= 0 {
 		if h.endIn == 0 {

@@ -107,11 +107,14 @@ type Status struct {
 	BackupIcount uint64
 	// Unread (backup) is the last FeedUnread sample (bytes).
 	Unread uint64
-	// Lag (backup, replicating) is the age of the oldest log fed that the
-	// replay has not executed, by its last icount sample (ticks); 0 when
-	// it has executed all it was fed, or before its first sample
-	// (Config.LagCeiling).
-	Lag int64
+	// Lag (backup, replicating) is the age now of the oldest log received
+	// that the last icount sample had not reached (ticks); 0 when that
+	// sample reached all of it, before the first sample, and while FIFO B
+	// holds no unread log (the replay has read everything: the monitor may
+	// be held while it waits, and no sample says how far it got).
+	// MaxLag is the largest lag an icount sample found so far, the figure
+	// Config.LagCeiling is compared with.
+	Lag, MaxLag int64
 	// DrainTarget (backup) is the icount WaitDrain waits for.
 	DrainTarget uint64
 	// AckedOffset, AckedIcount and AckedFed (primary) come from the
@@ -181,10 +184,12 @@ type Node struct {
 	// unread since moved for at least standTicks; its next progress emits
 	// BackupResumed.
 	standing bool
-	// fedAt (backup, replicating): when the log was fed, as (INSTRUCTION
-	// sum fed, tick) in order, one per tick at most, without those the
-	// replay has executed (Config.LagCeiling). At most maxFedSamples.
-	fedAt []fedSample
+	// fedAt (backup, replicating): when the log was received, as
+	// (INSTRUCTION sum, tick) in order, one per tick at most, without
+	// those the replay has executed (Config.LagCeiling). At most
+	// maxFedSamples. maxLag: Status.MaxLag.
+	fedAt  []fedSample
+	maxLag int64
 
 	lockAttempts int
 	ignored      int
@@ -224,7 +229,7 @@ func (n *Node) Status() Status {
 		Ticks: n.now, Silence: n.now - n.lastHeard, ChannelOpen: n.chanOpen,
 		PeerEnded: n.peerEnded, Switchover: n.switchover,
 		LogOffset: n.logOffset, FedBytes: n.fedBytes, FedInstructions: n.fedInstr,
-		BackupIcount: n.icount, Unread: n.unread, Lag: n.lag(), DrainTarget: n.target,
+		BackupIcount: n.icount, Unread: n.unread, Lag: n.lag(), MaxLag: n.maxLag, DrainTarget: n.target,
 		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
 		PeerRestarting: n.peerRestarting, Hung: n.hung,
@@ -535,12 +540,15 @@ func (n *Node) backupIcount(icount uint64) {
 		n.icount = icount
 		n.endStand()
 		n.moved = n.now
-		i := 0
-		for i < len(n.fedAt) && n.fedAt[i].instr <= icount {
-			i++
-		}
-		n.fedAt = n.fedAt[i:]
 	}
+	// Every sample, not only a larger one: a frame's LogReceived can come
+	// after the sample that already reached it (the feeder and the
+	// sampler are different goroutines).
+	i := 0
+	for i < len(n.fedAt) && n.fedAt[i].instr <= n.icount {
+		i++
+	}
+	n.fedAt = n.fedAt[i:]
 }
 
 // fedSample: by tick, the log fed reached instr (an INSTRUCTION sum).
@@ -555,16 +563,26 @@ type fedSample struct {
 // longer (no false BackupBehind).
 const maxFedSamples = 8192
 
-// fed (backup, replicating) notes that the log fed now reaches instr.
-func (n *Node) fed(instr uint64) {
-	if k := len(n.fedAt) - 1; k >= 0 && n.fedAt[k].tick == n.now {
-		n.fedAt[k].instr = instr
+// fed (backup, replicating) notes that the log fed now reaches instr, its
+// last frame received waited ticks ago. Log the replay is known to have
+// executed already is not noted.
+func (n *Node) fed(instr uint64, waited int64) {
+	if instr <= n.icount {
 		return
+	}
+	tick := n.now - max(waited, 0)
+	k := len(n.fedAt) - 1
+	if k >= 0 {
+		tick = max(tick, n.fedAt[k].tick)
+		if n.fedAt[k].tick == tick {
+			n.fedAt[k].instr = instr
+			return
+		}
 	}
 	if len(n.fedAt) >= maxFedSamples {
 		n.fedAt = append(n.fedAt[:1], n.fedAt[2:]...)
 	}
-	n.fedAt = append(n.fedAt, fedSample{instr: instr, tick: n.now})
+	n.fedAt = append(n.fedAt, fedSample{instr: instr, tick: tick})
 }
 
 // lag (backup) is Status.Lag: the age in ticks of the oldest log fed that
@@ -573,16 +591,17 @@ func (n *Node) fed(instr uint64) {
 // stall rule's start-up exemption), when it has executed everything fed,
 // and outside replication.
 func (n *Node) lag() int64 {
-	if n.state != StateReplicating || n.role != RoleBackup || n.icount == 0 || len(n.fedAt) == 0 {
+	if n.state != StateReplicating || n.role != RoleBackup || n.icount == 0 || len(n.fedAt) == 0 || n.unread == 0 {
 		return 0
 	}
 	return n.now - n.fedAt[0].tick
 }
 
-// checkLag (on each icount sample) applies Config.LagCeiling to a replicating backup whose
-// primary has not ended: a replay that advances (so the stall rule never
-// fires) but was the ceiling or more behind what it was fed when its last
-// icount sample was taken, is lost,
+// checkLag (on each icount sample) applies Config.LagCeiling to a
+// replicating backup whose primary has not ended: a replay that advances
+// (so the stall rule never fires) but was the ceiling or more behind the
+// log it was sent when an icount sample was taken, with log unread in
+// FIFO B, is lost,
 // as a stalled one is: it tells the primary, which runs on alone, and
 // halts. Without this, since QEMU patch 0018 (a replaying turn is at most
 // 2^18 instructions) a replay finishing one turn per stall bound would
@@ -591,20 +610,22 @@ func (n *Node) checkLag() {
 	if n.cfg.LagCeiling <= 0 || n.state != StateReplicating || n.role != RoleBackup || n.peerEnded {
 		return
 	}
+	// Log unread in FIFO B is the evidence that the replay is behind: one
+	// that has read everything it was sent is not (and its icount and the
+	// log's INSTRUCTION sums may differ a little at the end of an event).
 	if n.lag() == 0 {
 		return
 	}
-	// The lag when the last icount sample was taken: all a sample proves.
-	// Measured to now, a monitor unreachable for a while (a libvirtd
-	// restart; the stall rule watches FIFO B meanwhile) would look like a
-	// replay falling behind.
+	// The lag when this icount sample was taken (checkLag runs on each):
+	// all a sample proves.
 	lag := n.sampled - n.fedAt[0].tick
+	n.maxLag = max(n.maxLag, lag)
 	if lag < int64(n.cfg.LagCeiling) {
 		return
 	}
-	cause := fmt.Sprintf("replay too far behind: the oldest log not executed was fed %d ticks ago (ceiling %d); icount %d, log up to icount %d fed",
+	cause := fmt.Sprintf("replay too far behind: the oldest log not executed was received %d ticks before the last icount sample (ceiling %d); icount %d, log up to icount %d fed",
 		lag, n.cfg.LagCeiling, n.icount, n.fedInstr)
-	n.emit(BackupBehind{Icount: n.icount, Fed: n.fedInstr, Lag: lag})
+	n.emit(BackupBehind{Icount: n.icount, Fed: n.fedInstr, Lag: lag, Ceiling: int64(n.cfg.LagCeiling)})
 	if n.chanOpen {
 		n.emit(SendBye{Clean: false, Reason: "backup " + cause})
 	}
@@ -875,7 +896,7 @@ func (n *Node) stepBackup(ev Event) bool {
 		n.logOffset = max(n.logOffset, e.Offset)
 		n.fedBytes = max(n.fedBytes, e.Bytes)
 		if e.Instructions > n.fedInstr {
-			n.fed(e.Instructions)
+			n.fed(e.Instructions, e.Waited)
 		}
 		n.fedInstr = max(n.fedInstr, e.Instructions)
 	case BackupIcount:

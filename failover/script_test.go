@@ -348,7 +348,7 @@ func parseEvent(toks []string) (Event, error) {
 	case "heartbeat":
 		ev = HeartbeatReceived{}
 	case "log":
-		ev = LogReceived{Offset: U("offset"), Bytes: U("bytes"), Instructions: U("instr")}
+		ev = LogReceived{Offset: U("offset"), Bytes: U("bytes"), Instructions: U("instr"), Waited: int64(U("waited"))}
 	case "ack":
 		ev = AckReceived{Offset: U("offset"), Icount: U("icount"), Fed: U("fed")}
 	case "channel-down":
@@ -404,7 +404,7 @@ func statusFields(s Status) string {
 		"channel-open", strconv.FormatBool(s.ChannelOpen), "peer-ended", strconv.FormatBool(s.PeerEnded),
 		"switchover", strconv.FormatBool(s.Switchover), "peer-restarting", strconv.FormatBool(s.PeerRestarting), "hung", s.Hung,
 		"log-offset", u(s.LogOffset), "fed-bytes", u(s.FedBytes), "fed-instr", u(s.FedInstructions),
-		"icount", u(s.BackupIcount), "unread", u(s.Unread), "lag", strconv.FormatInt(s.Lag, 10), "target", u(s.DrainTarget),
+		"icount", u(s.BackupIcount), "unread", u(s.Unread), "lag", strconv.FormatInt(s.Lag, 10), "max-lag", strconv.FormatInt(s.MaxLag, 10), "target", u(s.DrainTarget),
 		"acked-offset", u(s.AckedOffset), "acked-icount", u(s.AckedIcount), "acked-fed", u(s.AckedFed),
 		"lock-attempts", strconv.Itoa(s.LockAttempts), "ignored", strconv.Itoa(s.Ignored),
 		"last-ignored", s.LastIgnored)[2:]

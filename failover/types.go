@@ -196,29 +196,36 @@ type Config struct {
 	// means HeartbeatTimeout. (The daemon's default is the larger of the
 	// heartbeat timeout and 5 s: plugin restartGrace.)
 	RestartGrace int
-	// LagCeiling is the most ticks a replicating backup may fall behind
-	// the log it was fed, measured as the age of the oldest log written
-	// into FIFO B that its replay has not executed (by its icount
-	// samples), before it is declared lost (BackupBehind, then as for a
-	// stall: an unclean bye and HaltVM). It catches a replay that keeps
-	// advancing, so never stalls, but more slowly than the primary
-	// records: a go-live would then drain for about as long as the lag,
-	// or longer. 0 turns the check off. The daemon sets
-	// DefaultLagCeiling of its StallTimeout (25 s by default).
+	// LagCeiling is the most ticks a replicating backup may be behind the
+	// log it was sent before it is declared lost (BackupBehind, then as
+	// for a stall: an unclean bye and HaltVM). The lag is the age of the
+	// oldest log received (LogReceived, less its Waited) that the replay
+	// has not executed, judged at each icount sample while log is unread
+	// in FIFO B. It catches a replay that keeps advancing, so never
+	// stalls, yet falls behind despite the primary's lag bound: one
+	// replaying a long log event in 2^18-instruction turns, each slow
+	// (QEMU patch 0018). A go-live then would drain at least that long. 0
+	// turns the check off. The daemon sets DefaultLagCeiling of its
+	// StallTimeout.
 	LagCeiling int
 }
 
 // DefaultLagCeiling is the daemon's Config.LagCeiling for a StallTimeout of
-// stall ticks: SlowStallBound(stall) + stall (5 s stall bound: 25 s). A
-// stand the slow-replay rule tolerates adds up to SlowStallBound to the
-// lag; outside stands the primary's lag bound (max-lag-ms, 100 ms by
-// default) keeps a healthy backup far under one stall bound behind.
+// stall ticks: SlowStallBound(stall) + stall, at least minLagCeiling (25
+// s; with the default 5 s stall bound both are 25 s). A stand the
+// slow-replay rule tolerates adds up to SlowStallBound to the lag. 0 when
+// stall is 0 (no stall rule: no ceiling either).
 func DefaultLagCeiling(stall int) int {
 	if stall <= 0 {
 		return 0
 	}
-	return SlowStallBound(stall) + stall
+	return max(SlowStallBound(stall)+stall, minLagCeiling)
 }
+
+// minLagCeiling is DefaultLagCeiling's least value (ticks: 25 s): the
+// ceiling bounds a go-live's drain, not how soon a stop is seen, so a short
+// stall bound does not shorten it.
+const minLagCeiling = 2500
 
 // Validate reports whether c can drive a Node.
 func (c Config) Validate() error {

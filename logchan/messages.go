@@ -218,7 +218,10 @@ type PeerStatus struct {
 	Detail   string `json:"detail,omitempty"`
 	// HeartbeatAgeMS: ms since the server last heard this host; -1 never.
 	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
-	// LagMS, LagBytes: the backup's lag as the primary measures it.
+	// LagMS, LagBytes: the backup's lag as the server measures it: the
+	// primary's figures when the server runs the primary; when it runs
+	// the backup, LagMS is the backup's own (the age of the oldest log
+	// it received and has not executed) and LagBytes 0.
 	LagMS    int64  `json:"lag_ms"`
 	LagBytes uint64 `json:"lag_bytes"`
 	// BackupIcount: the backup QEMU's executed icount (guest

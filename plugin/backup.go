@@ -76,6 +76,7 @@ type backupRun struct {
 	ring       *logRing
 	stall      *ctl.Stall
 	stallText  string // the stall as told to the primary and the log
+	behindText string // failover.BackupBehind as told to the primary and the log
 	link       *peerConn
 	drv        *failover.Driver
 	final      failover.Status
@@ -592,7 +593,8 @@ type frameQueue struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
 	frames []logchan.Message
-	end    bool // FeedEnd: write what is queued, then END; drop later frames
+	at     []time.Time // when each of frames was pushed
+	end    bool        // FeedEnd: write what is queued, then END; drop later frames
 	closed bool
 }
 
@@ -604,6 +606,7 @@ func (q *frameQueue) push(m logchan.Message) bool {
 	ok := !q.end && !q.closed
 	if ok {
 		q.frames = append(q.frames, m)
+		q.at = append(q.at, time.Now())
 	}
 	q.cond.Broadcast()
 	return ok
@@ -620,17 +623,23 @@ func (q *frameQueue) push(m logchan.Message) bool {
 // filters' sockets closed, for the next daemon's claim (restart.go).
 // Checked in review (sessions 19 and 20).
 func (q *frameQueue) pop() (m logchan.Message, ok bool, end bool) {
+	m, _, ok, end = q.popAt()
+	return m, ok, end
+}
+
+// popAt is pop, also returning when the frame was pushed (its receipt).
+func (q *frameQueue) popAt() (m logchan.Message, at time.Time, ok bool, end bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.frames) == 0 && !q.end && !q.closed {
 		q.cond.Wait()
 	}
 	if len(q.frames) > 0 {
-		m = q.frames[0]
-		q.frames = q.frames[1:]
-		return m, true, false
+		m, at = q.frames[0], q.at[0]
+		q.frames, q.at = q.frames[1:], q.at[1:]
+		return m, at, true, false
 	}
-	return logchan.Message{}, false, q.end
+	return logchan.Message{}, time.Time{}, false, q.end
 }
 
 func (q *frameQueue) set(end, closed bool) {
@@ -644,7 +653,7 @@ func (q *frameQueue) set(end, closed bool) {
 // feedLoop writes queued frames into FIFO B and acknowledges them.
 func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driver) {
 	for {
-		m, ok, end := q.pop()
+		m, received, ok, end := q.popAt()
 		if !ok {
 			if end {
 				// Frames after END are the live guest's: compare no more.
@@ -691,7 +700,8 @@ func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driv
 		b.fedInstr = instr
 		fed := b.fed
 		b.mu.Unlock()
-		drv.Post(failover.LogReceived{Offset: m.Offset, Bytes: fed, Instructions: instr})
+		waited := int64(time.Since(received) / failover.TickInterval)
+		drv.Post(failover.LogReceived{Offset: m.Offset, Bytes: fed, Instructions: instr, Waited: waited})
 		if pc := b.currentLink(); pc != nil {
 			pc.queueAck(b.ack())
 		}
@@ -718,12 +728,16 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 	case failover.SendBye:
 		bye := logchan.Bye{Clean: a.Clean, Reason: a.Reason}
 		b.mu.Lock()
-		stall, info := b.stallText, goLiveText(b.wentLiveHow)
+		stall, behind, info := b.stallText, b.behindText, goLiveText(b.wentLiveHow)
 		b.mu.Unlock()
 		if !a.Clean && stall != "" && strings.HasPrefix(a.Reason, "backup replay stalled") {
 			// The bye after BackupStalled: tell the primary where in
 			// the log the replay stopped (its status shows it).
 			bye.Reason = "backup " + stall
+		}
+		if !a.Clean && behind != "" && strings.HasPrefix(a.Reason, "backup replay too far behind") {
+			// The bye after BackupBehind, in ms.
+			bye.Reason = "backup " + behind
 		}
 		if a.Reason == failover.ByeLive {
 			// Tell the old primary how the go-live went (virt-ft status
@@ -810,9 +824,13 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		b.noteStall(a)
 	case failover.BackupBehind:
 		lag := time.Duration(a.Lag) * failover.TickInterval
-		ceiling := time.Duration(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).LagCeiling) * failover.TickInterval
-		b.log.Errorf("the replay is too far behind: the oldest log not executed was fed %d ms ago (ceiling %d ms), icount %d, log up to icount %d fed; this backup stops and the primary runs on alone",
+		ceiling := time.Duration(a.Ceiling) * failover.TickInterval
+		text := fmt.Sprintf("replay too far behind: the oldest log not executed was received %d ms before the last icount sample (ceiling %d ms); icount %d, log up to icount %d fed",
 			lag.Milliseconds(), ceiling.Milliseconds(), a.Icount, a.Fed)
+		b.mu.Lock()
+		b.behindText = text
+		b.mu.Unlock()
+		b.log.Error(text + "; this backup stops and the primary runs on alone")
 	case failover.BackupResumed:
 		d := time.Duration(a.Ticks) * failover.TickInterval
 		st := nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout
@@ -1122,6 +1140,12 @@ func (b *backupRun) close(why string) {
 		b.mu.Lock()
 		b.final, b.finalTm = st, tm
 		b.mu.Unlock()
+		if st.MaxLag > 0 {
+			// How close this run came to the lag ceiling (docs/replay.md §12).
+			ceiling := time.Duration(nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).LagCeiling) * failover.TickInterval
+			b.log.Infof("the replay's lag peaked at %d ms, at an icount sample with log unread (the lag ceiling is %d ms)",
+				(time.Duration(st.MaxLag) * failover.TickInterval).Milliseconds(), ceiling.Milliseconds())
+		}
 	}
 	if first && link != nil && !live {
 		link.bye(logchan.Bye{Reason: why})

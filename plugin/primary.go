@@ -1045,6 +1045,10 @@ func (p *primaryRun) peerBye(b logchan.Bye) {
 		// The backup's replay stopped (failover.BackupStalled there).
 		p.stall = peerText("replay stalled"+stall, 512)
 	}
+	if behind, ok := strings.CutPrefix(b.Reason, "backup replay too far behind"); ok && !b.Clean {
+		// The backup gave up on its lag (failover.BackupBehind there).
+		p.stall = peerText("replay too far behind"+behind, 512)
+	}
 }
 
 func (p *primaryRun) heard() {

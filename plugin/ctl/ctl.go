@@ -180,10 +180,11 @@ type DomainStatus struct {
 	LagInstructions uint64 `json:"lag_instructions"`
 	// LagMS is how far the backup is behind (ms). On the primary: its
 	// wall time between sending the log that reaches BackupIcount and
-	// sending its latest log. On the backup: the age of the oldest log
-	// fed to its QEMU that the replay has not executed (failover.Status.Lag;
-	// past the lag ceiling, 25 s by default, the backup gives up:
-	// docs/replay.md §12). 0 before the backup's first icount sample.
+	// sending its latest log. On the backup: the age of the oldest log it
+	// received that its last icount sample had not reached, while FIFO B
+	// holds unread log (failover.Status.Lag; at the lag ceiling, 25 s by
+	// default, the backup gives up: docs/replay.md §12). 0 before the
+	// backup's first icount sample.
 	LagMS int64 `json:"lag_ms"`
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
 	// -1 when none was ever received.
@@ -235,8 +236,9 @@ type PeerView struct {
 	Detail   string `json:"detail,omitempty"`
 	// HeartbeatAgeMS: ms since the peer last heard this host; -1 never.
 	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
-	// LagMS: the backup's lag as the peer sees it (ms; the primary's
-	// figure when the peer is the primary).
+	// LagMS: the backup's lag as the peer measures it (ms): the
+	// primary's figure when the peer runs the primary, the backup's own
+	// (DomainStatus.LagMS there) when it runs the backup.
 	LagMS int64 `json:"lag_ms"`
 	// BackupIcount: the backup QEMU's executed icount as the peer saw it
 	// (guest instructions).
