@@ -585,11 +585,11 @@ func (n *Node) fed(instr uint64, waited int64) {
 	n.fedAt = append(n.fedAt, fedSample{instr: instr, tick: tick})
 }
 
-// lag (backup) is Status.Lag: the age in ticks of the oldest log fed that
-// the replay's last icount sample has not reached, counted from the first
-// sample at the earliest; 0 before the first sample (QEMU starting: the
-// stall rule's start-up exemption), when it has executed everything fed,
-// and outside replication.
+// lag (backup) is Status.Lag: the age in ticks of the oldest log received
+// that the replay's last icount sample had not reached, counted from the
+// first sample at the earliest; 0 before the first sample (QEMU starting:
+// the stall rule's start-up exemption), when it has executed everything
+// fed, while FIFO B holds no unread log, and outside replication.
 func (n *Node) lag() int64 {
 	if n.state != StateReplicating || n.role != RoleBackup || n.icount == 0 || len(n.fedAt) == 0 || n.unread == 0 {
 		return 0
@@ -601,9 +601,8 @@ func (n *Node) lag() int64 {
 // replicating backup whose primary has not ended: a replay that advances
 // (so the stall rule never fires) but was the ceiling or more behind the
 // log it was sent when an icount sample was taken, with log unread in
-// FIFO B, is lost,
-// as a stalled one is: it tells the primary, which runs on alone, and
-// halts. Without this, since QEMU patch 0018 (a replaying turn is at most
+// FIFO B, is lost as a stalled one is: it tells the primary, which runs
+// on alone, and halts. Without this, since QEMU patch 0018 (a replaying turn is at most
 // 2^18 instructions) a replay finishing one turn per stall bound would
 // count as healthy however far behind it fell (docs/replay.md §12).
 func (n *Node) checkLag() {
