@@ -591,7 +591,7 @@ func (n *Node) fed(instr uint64, waited int64) {
 // the stall rule's start-up exemption), when it has executed everything
 // fed, while FIFO B holds no unread log, and outside replication.
 func (n *Node) lag() int64 {
-	if n.state != StateReplicating || n.role != RoleBackup || n.icount == 0 || len(n.fedAt) == 0 || n.unread == 0 {
+	if n.state != StateReplicating || n.role != RoleBackup || n.peerEnded || n.icount == 0 || len(n.fedAt) == 0 || n.unread == 0 {
 		return 0
 	}
 	return n.now - n.fedAt[0].tick

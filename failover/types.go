@@ -206,7 +206,9 @@ type Config struct {
 	// replaying a long log event in 2^18-instruction turns, each slow
 	// (QEMU patch 0018). A go-live then would drain at least that long. 0
 	// turns the check off. The daemon sets DefaultLagCeiling of its
-	// StallTimeout.
+	// StallTimeout, at least four times its lag bound (max-lag-ms), and 0
+	// when that bound is off (a slower backup would then fall behind
+	// without limit, by design).
 	LagCeiling int
 }
 

@@ -245,3 +245,22 @@ func TestBackupOwnHandoverNeverGoesLive(t *testing.T) {
 		}
 	})
 }
+
+// The lag ceiling: 25 s with the default stall bound and lag bound, none
+// with the lag bound off (max-lag-ms -1 is stored as 0), four times a
+// long lag bound.
+func TestLagCeilingConfig(t *testing.T) {
+	cfg := xmlpkg.DefaultConfig()
+	for _, c := range []struct {
+		maxLagMS int
+		want     int
+	}{
+		{DefaultMaxLagMS, 2500},
+		{0, 0},
+		{10000, 4000},
+	} {
+		if fc := nodeConfig(failover.RoleBackup, cfg, Config{StatusIntervalMS: 50, MaxLagMS: c.maxLagMS}); fc.LagCeiling != c.want {
+			t.Errorf("max-lag-ms %d: LagCeiling %d ticks, want %d", c.maxLagMS, fc.LagCeiling, c.want)
+		}
+	}
+}

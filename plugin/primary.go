@@ -1280,7 +1280,12 @@ func nodeConfig(role failover.Role, cfg ftxml.Config, hc Config) failover.Config
 		HeartbeatInterval: failover.Ticks(cfg.HeartbeatInterval), HeartbeatTimeout: failover.Ticks(cfg.HeartbeatTimeout),
 		StallTimeout: max(failover.Ticks(cfg.Stall()), 10*failover.Ticks(sample))}
 	fc.RestartGrace = failover.Ticks(restartGrace(cfg, hc))
-	fc.LagCeiling = failover.DefaultLagCeiling(fc.StallTimeout)
+	// The lag ceiling assumes the primary's lag bound holds a healthy but
+	// slower backup close behind: with the bound off (max-lag-ms -1) there
+	// is no ceiling, and a long bound lifts it to four times the bound.
+	if hc.MaxLagMS > 0 {
+		fc.LagCeiling = max(failover.DefaultLagCeiling(fc.StallTimeout), 4*failover.Ticks(time.Duration(hc.MaxLagMS)*time.Millisecond))
+	}
 	return fc
 }
 
