@@ -177,11 +177,26 @@ const (
 	OpInStep ControlOp = "in-step"
 	// OpSeed starts a disk copy of Path: Data frames with its bytes
 	// follow, then OpSeedEnd. Seed is the digest the copy must have. No
-	// reply until OpSeedEnd, unless refused.
+	// reply until OpSeedEnd, unless refused. With Blocks set (a delta
+	// seed, FeatureBlockSeed) the server replies once it is ready for
+	// the blocks: Blocks is the BlockList the copy must have, and only
+	// the blocks that differ follow, each as an OpSeedBlock and its Data
+	// frames or an OpSeedZero (blocks.go, Conn.SeedBlocks).
 	OpSeed ControlOp = "seed"
 	// OpSeedEnd ends the copy: the backup host checks its digest and
 	// moves it into place, then replies.
 	OpSeedEnd ControlOp = "seed-end"
+	// OpBlocks asks for Path's BlockList in blocks of Blocks.BlockSize
+	// bytes (ControlReply.Data: BlockList). Only to a server that listed
+	// FeatureBlockSeed.
+	OpBlocks ControlOp = "blocks"
+	// OpSeedBlock: the Data frames that follow, one block's bytes in
+	// all, are the block at Offset of the delta seed under way (an
+	// OpSeed with Blocks).
+	OpSeedBlock ControlOp = "seed-block"
+	// OpSeedZero: the block at Offset of the delta seed under way is all
+	// zeros (the backup host leaves a hole there). No Data follows.
+	OpSeedZero ControlOp = "seed-zero"
 	// OpPrepareBackup arms a backup of UUID from the primary's domain XML
 	// (XML; QEMUVersion and LogVersion must match the backup host's) for
 	// the pairing Epoch.
@@ -248,6 +263,12 @@ type ControlRequest struct {
 	QEMUVersion string     `json:"qemu_version,omitempty"`
 	LogVersion  uint32     `json:"log_version,omitempty"`
 	Seed        FileDigest `json:"seed,omitempty"`
+	// Blocks: OpBlocks' block size (only BlockSize set); a delta
+	// seed's target (OpSeed).
+	Blocks *BlockList `json:"blocks,omitempty"`
+	// Offset of an OpSeedBlock or OpSeedZero, in bytes from the file's
+	// start: a multiple of the seed's block size.
+	Offset int64 `json:"offset,omitempty"`
 	// EmulatorBuild (prepare-backup) identifies the primary's QEMU
 	// binary: its --version line and SHA-256 (plugin's
 	// Hypervisor.EmulatorBuild). The backup host refuses a different

@@ -40,6 +40,9 @@ type Daemon struct {
 	// events and records their disks (instep.go); nil in tests that do
 	// not set it.
 	inStep *inStepMatcher
+	// blocks caches disk copies' block lists (blockseed.go; zero in
+	// tests: nothing cached).
+	blocks blockCache
 	cfg    Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
@@ -148,6 +151,7 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	d.pairings = pairingStore{dir: filepath.Join(cfg.runDir(), "pairings")}
 	d.handovers = handoverStore{dir: filepath.Join(cfg.runDir(), "handover")}
 	d.inStep = newInStepMatcher(inStepStore{dir: DefaultInStepDir}, log.WithField("part", "in-step"))
+	d.blocks = blockCache{dir: DefaultBlockCacheDir}
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
 	if cfg.PlainTCP {
@@ -197,7 +201,7 @@ const peerViewFetches = 4
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
 	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log,
-		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics, inStep: d.inStep}
+		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics, inStep: d.inStep, blocks: d.blocks}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control

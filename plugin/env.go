@@ -36,6 +36,9 @@ type env struct {
 	// inStep records disks that ended a pairing in step (instep.go;
 	// nil: nothing is recorded, and every start hashes).
 	inStep *inStepMatcher
+	// blocks caches the block lists of disk copies (blockseed.go; zero:
+	// nothing is cached).
+	blocks blockCache
 }
 
 // inStepStore is where this host's in-step records are (zero: none).

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -261,6 +263,33 @@ func (p *peerConn) recv() (logchan.Message, error) { return p.c.Recv() }
 func (p *peerConn) request(req logchan.ControlRequest, out any) error {
 	p.deadline()
 	return p.c.Request(req, out)
+}
+
+// seedBlocks sends a delta seed of the file src to the peer's path
+// (logchan.Conn.SeedBlocks): the blocks of want listed in send, total data
+// bytes in all, reporting progress (bytes done, total) at most every
+// seedProgressEvery.
+func (p *peerConn) seedBlocks(src, path string, want logchan.BlockList, send []int64, total int64, progress func(done, total int64)) error {
+	f, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var last time.Time
+	p.deadline()
+	progress(0, total)
+	err = p.c.SeedBlocks(path, want, send, f, func(done int64) {
+		p.deadline()
+		if time.Since(last) > seedProgressEvery {
+			progress(done, total)
+			last = time.Now()
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("seeding %s: %w", path, err)
+	}
+	progress(total, total)
+	return nil
 }
 
 // seedProgressEvery is the least time between two seeding progress reports.

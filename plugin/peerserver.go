@@ -76,7 +76,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 	}
 	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
 	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup,
-		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep, logchan.FeatureStatus}}
+		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep, logchan.FeatureStatus, logchan.FeatureBlockSeed}}
 	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
 		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
 			return fmt.Errorf("unknown role %q", h.Role)
@@ -115,7 +115,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 // or unknown request, or one about another domain, ends the connection.
 func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 	defer pc.Close()
-	var seed *seedWriter
+	var seed diskSeed
 	defer func() {
 		if seed != nil {
 			seed.abort()
@@ -170,6 +170,25 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			if reply(h, err) != nil || err != nil {
 				return
 			}
+		case logchan.OpBlocks:
+			if !readable("hash") {
+				return
+			}
+			if req.Blocks == nil {
+				_ = reply(nil, errors.New("blocks: no block_size"))
+				return
+			}
+			if err := (logchan.BlockList{BlockSize: req.Blocks.BlockSize}).Check(); err != nil {
+				_ = reply(nil, err)
+				return
+			}
+			l, _, err := d.env().blocks.blockList(req.Path, req.Blocks.BlockSize)
+			if err == nil {
+				err = l.Check()
+			}
+			if reply(l, err) != nil || err != nil {
+				return
+			}
 		case logchan.OpInStep:
 			if !readable("check") {
 				return
@@ -179,27 +198,56 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				return
 			}
 		case logchan.OpSeed:
+			size := req.Seed.Size
+			if req.Blocks != nil {
+				size = req.Blocks.Size
+			}
 			from, _, _ := net.SplitHostPort(pc.remote())
-			if why := d.seedProblem(uuid, from, req.Path, max(req.Seed.Size, 1)); why != "" {
+			if why := d.seedProblem(uuid, from, req.Path, max(size, 1)); why != "" {
 				d.log.Warnf("peer %s: seed refused: %s", pc.remote(), why)
 				_ = reply(nil, fmt.Errorf("the backup host does not accept a disk copy at %s: %s", req.Path, why))
 				return
 			}
 			if seed != nil {
 				seed.abort()
+				seed = nil
 			}
-			seed, err = newSeedWriter(req.Path, req.Seed)
+			if req.Blocks == nil {
+				seed, err = newSeedWriter(req.Path, req.Seed)
+			} else {
+				seed, err = newBlockSeedWriter(req.Path, *req.Blocks, d.env().blocks)
+			}
 			if err != nil {
 				_ = reply(nil, err)
 				return
 			}
-			d.log.Infof("receiving a seed copy of %s (%d bytes)", req.Path, req.Seed.Size)
+			if req.Blocks == nil {
+				d.log.Infof("receiving a seed copy of %s (%d bytes)", req.Path, req.Seed.Size)
+			} else {
+				d.log.Infof("receiving a delta seed of %s (%d bytes in %d blocks)", req.Path, req.Blocks.Size, req.Blocks.Count())
+				if reply(nil, nil) != nil { // ready for the blocks
+					return
+				}
+			}
+		case logchan.OpSeedBlock, logchan.OpSeedZero:
+			bw, ok := seed.(*blockSeedWriter)
+			if !ok {
+				_ = reply(nil, fmt.Errorf("%s without a delta seed", req.Op))
+				return
+			}
+			if err := bw.block(req.Offset, req.Op == logchan.OpSeedZero); err != nil {
+				_ = reply(nil, err)
+				return
+			}
 		case logchan.OpSeedEnd:
 			if seed == nil {
 				_ = reply(nil, errors.New("seed-end without seed"))
 				return
 			}
 			err := seed.commit()
+			if bw, ok := seed.(*blockSeedWriter); ok && err == nil {
+				d.log.Infof("delta seed of %s: %d bytes received, the copy verified and in place (%s)", req.Path, bw.sent, bw.want.Root()[:12])
+			}
 			seed = nil
 			if reply(nil, err) != nil {
 				return

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -392,6 +393,9 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 			return err
 		}
 	}
+	if ctrl.peer.HasFeature(logchan.FeatureBlockSeed) {
+		return p.ensureSeededBlocks(ctrl, path)
+	}
 	// Both hosts hash at once: the backup host's answer comes while this
 	// one reads its own copy.
 	var remote logchan.FileDigest
@@ -425,6 +429,86 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 		return fmt.Errorf("backup's copy differs after seeding (sha256 %s here, %s there): refusing to replicate", local.SHA256, remote.SHA256)
 	}
 	p.log.Infof("disk %s: seeded and verified (sha256 %s)", path, local.SHA256[:12])
+	return nil
+}
+
+// ensureSeededBlocks is ensureSeeded with a backup host that takes delta
+// seeds (blockseed.go): both hosts list their copy's blocks at once (from
+// their caches when unchanged), and only the blocks that differ go over,
+// zero blocks as holes. When the backup host has no copy of the same size
+// it builds a new one and every block that is not zeros goes over.
+func (p *primaryRun) ensureSeededBlocks(ctrl *peerConn, path string) error {
+	return p.seedBlocksFrom(ctrl, path, path)
+}
+
+// seedBlocksFrom makes the backup host's file path a copy of this host's
+// file src (the same path but in tests).
+func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
+	id, err := statDisk(src)
+	if err != nil {
+		return err
+	}
+	bs := logchan.SeedBlockSize(id.Size)
+	started := time.Now()
+	var remote logchan.BlockList
+	remoteErr := make(chan error, 1)
+	go func() {
+		remoteErr <- ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs}}, &remote)
+	}()
+	local, _, err := p.env.blocks.blockList(src, bs)
+	if rerr := <-remoteErr; err == nil {
+		err = rerr
+	}
+	if err == nil && !local.Exists {
+		err = errors.New("the disk does not exist on this host")
+	}
+	if err == nil {
+		err = remote.Check()
+	}
+	if err != nil {
+		return err
+	}
+	hashed := time.Since(started)
+	if remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize && bytes.Equal(remote.Hashes, local.Hashes) {
+		p.log.Infof("disk %s: backup copy identical (%d bytes, %d blocks of %d KiB, root %s; both listed in %v)",
+			path, local.Size, local.Count(), bs>>10, local.Root()[:12], hashed.Round(time.Millisecond))
+		return nil
+	}
+	inPlace := remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize
+	var send []int64
+	var total int64
+	for i := int64(0); i < local.Count(); i++ {
+		switch {
+		case inPlace && bytes.Equal(remote.Hash(i), local.Hash(i)):
+		case !inPlace && local.Zero(i): // a hole in the new copy
+		default:
+			send = append(send, i)
+			if !local.Zero(i) {
+				total += local.Len(i)
+			}
+		}
+	}
+	p.log.Infof("disk %s: %d of %d blocks of %d KiB differ from the backup's copy: seeding %d bytes (listed in %v)",
+		path, len(send), local.Count(), bs>>10, total, hashed.Round(time.Millisecond))
+	progress := func(done, all int64) {
+		p.mu.Lock()
+		p.seeding = &ctl.Seeding{Path: path, DoneBytes: done, TotalBytes: all}
+		p.mu.Unlock()
+		p.setState(ctl.StateSeeding, fmt.Sprintf("%s: %d/%d MiB (%d%%)", path, done>>20, all>>20, pct(done, all)))
+	}
+	if err := ctrl.seedBlocks(src, path, local, send, total, progress); err != nil {
+		return fmt.Errorf("seeding the backup's copy: %w", err)
+	}
+	if after, err := statDisk(src); err != nil || after != id {
+		return fmt.Errorf("the disk changed on this host while it was seeded (%v): start again", err)
+	}
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs}}, &remote); err != nil {
+		return err
+	}
+	if !remote.Exists || remote.Size != local.Size || !bytes.Equal(remote.Hashes, local.Hashes) {
+		return fmt.Errorf("backup's copy differs after seeding (root %s here, %s there): refusing to replicate", local.Root(), remote.Root())
+	}
+	p.log.Infof("disk %s: seeded and verified (%d bytes sent, root %s, %v in all)", path, total, local.Root()[:12], time.Since(started).Round(time.Millisecond))
 	return nil
 }
 

@@ -117,6 +117,17 @@ func hashFile(path string) (logchan.FileDigest, error) {
 	return logchan.FileDigest{Exists: true, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
+// diskSeed is a disk copy being received on a control connection: a
+// whole file (seedWriter) or a delta (blockSeedWriter).
+type diskSeed interface {
+	io.Writer
+	// commit checks the copy and moves it into place; the seed is over
+	// either way.
+	commit() error
+	// abort discards the copy.
+	abort()
+}
+
 // seedWriter receives a disk copy on the backup host: it writes to a
 // temporary file beside path, and only a complete copy whose SHA-256 matches
 // replaces path (so a failed copy never leaves a half-written disk).

@@ -158,10 +158,19 @@ func main() {
 			return "wrote " + path, lc.Seed(path, digest(data), strings.NewReader(string(data)), nil)
 		})
 	}
+	deltaSeed := func(name, u, path, want string) {
+		attempt(name, u, want, func(lc *logchan.Conn) (string, error) {
+			data := []byte("hostile bytes\n")
+			sum := sha256.Sum256(data)
+			l := logchan.BlockList{Exists: true, Size: int64(len(data)), BlockSize: logchan.MinSeedBlock, Hashes: sum[:]}
+			return "wrote " + path, lc.SeedBlocks(path, l, []int64{0}, strings.NewReader(string(data)), nil)
+		})
+	}
 
 	// 2. Hashing what is not a disk of the domain.
 	control("hash-dev-zero", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/dev/zero"}, "outside seed-dirs")
 	control("hash-etc-shadow", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: "/etc/shadow"}, "outside seed-dirs")
+	control("blocks-etc-shadow", *uuid, logchan.ControlRequest{Op: logchan.OpBlocks, Path: "/etc/shadow", Blocks: &logchan.BlockList{BlockSize: logchan.MinSeedBlock}}, "outside seed-dirs")
 	if *link != "" {
 		control("hash-through-symlink", *uuid, logchan.ControlRequest{Op: logchan.OpHash, Path: *link + "/shadow"}, "symbolic link")
 	}
@@ -169,6 +178,7 @@ func main() {
 	// own UUID), over the running backup's disk, or through a link.
 	if *victim != "" {
 		seed("seed-other-domains-image", *uuid, *victim, "is a disk of domain")
+		deltaSeed("delta-seed-other-domains-image", *uuid, *victim, "is a disk of domain")
 		if *victimUUID != "" {
 			seed("seed-victim-under-its-uuid", *victimUUID, *victim, "is a disk of domain")
 		}

@@ -1,0 +1,432 @@
+package plugin
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+)
+
+// Delta seeding (issue 13, item 4; logchan/blocks.go; docs/replay.md §12).
+// Each host names its copy of a disk by a BlockList: the SHA-256 of every
+// block. Holes are not read (SEEK_DATA): a block that lies in a hole is a
+// block of zeros. A BlockList is kept in a blockCache under the file's
+// identity (device, inode, size, mtime, ctime: instep.go's statDisk), so a
+// copy unchanged since it was last hashed or seeded is not read again. The
+// primary sends only the blocks that differ; the backup host builds the
+// new copy in a temporary file that starts as a clone of its old copy
+// (FICLONE, else a sparse local copy), checks every block's hash, and
+// renames it into place: a seed cut short leaves the old copy whole.
+
+// DefaultBlockCacheDir keeps the block lists of disk copies this host
+// hashed or received (blockCache): they survive a reboot, as the disks do.
+const DefaultBlockCacheDir = "/var/lib/libvirt-ft/blocks"
+
+// blockCache keeps BlockLists as <dir>/<sha256 of the path>.json, each
+// valid while the file's identity is the one recorded. The zero value
+// keeps nothing (every list is computed).
+type blockCache struct {
+	dir string
+	// now is the clock that judges racily clean identities (nil:
+	// time.Now; tests move it past file times they cannot set).
+	now func() time.Time
+}
+
+func (c blockCache) clock() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
+}
+
+type blockRecord struct {
+	Disk      inStepDisk `json:"disk"`
+	BlockSize int64      `json:"block_size"`
+	Hashes    []byte     `json:"hashes"`
+}
+
+func (c blockCache) file(path string) string {
+	sum := sha256.Sum256([]byte(filepath.Clean(path)))
+	return filepath.Join(c.dir, hex.EncodeToString(sum[:16])+".json")
+}
+
+// get returns the cached hashes of path in blocks of bs bytes if the
+// record's identity is path's now.
+func (c blockCache) get(path string, bs int64) ([]byte, bool) {
+	if c.dir == "" {
+		return nil, false
+	}
+	b, err := os.ReadFile(c.file(path))
+	if err != nil {
+		return nil, false
+	}
+	var rec blockRecord
+	if json.Unmarshal(b, &rec) != nil || rec.BlockSize != bs || rec.Disk.Path != filepath.Clean(path) {
+		return nil, false
+	}
+	now, err := statDisk(path)
+	if err != nil || now != rec.Disk {
+		return nil, false
+	}
+	return rec.Hashes, true
+}
+
+// put records hashes as path's block list (blocks of bs bytes) under
+// identity id, taken at statAt before the content the hashes describe was
+// read. Nothing is recorded if path's identity is no longer id, or if id
+// was racily clean when taken (its times within racyWindow of statAt: a
+// later write could have left the same times): a record is only ever
+// evidence.
+func (c blockCache) put(path string, bs int64, hashes []byte, id inStepDisk, statAt time.Time) {
+	if c.dir == "" {
+		return
+	}
+	now, err := statDisk(path)
+	if err != nil || now != id || racy(id, statAt) {
+		return
+	}
+	b, err := json.Marshal(blockRecord{Disk: id, BlockSize: bs, Hashes: hashes})
+	if err != nil || os.MkdirAll(c.dir, 0o700) != nil {
+		return
+	}
+	p := c.file(path)
+	if os.WriteFile(p+".tmp", b, 0o600) == nil {
+		_ = os.Rename(p+".tmp", p)
+	}
+}
+
+// forget drops path's record.
+func (c blockCache) forget(path string) {
+	if c.dir != "" {
+		_ = os.Remove(c.file(path))
+	}
+}
+
+// racy: a file whose times are within racyWindow of now (2 s on a file
+// system with whole-second times) may be written again without its times
+// changing (instep.go's racyWindow).
+func racy(id inStepDisk, now time.Time) bool {
+	window := racyWindow
+	if id.CtimeNs%1e9 == 0 && id.MtimeNs%1e9 == 0 {
+		window = 2 * time.Second
+	}
+	return now.Sub(time.Unix(0, max(id.CtimeNs, id.MtimeNs))) < window
+}
+
+// blockList returns path's BlockList in blocks of bs bytes and the
+// identity it describes: from the cache when path is unchanged, else by
+// reading it (holes are not read), caching what it read. A missing file is
+// not an error (Exists false).
+func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepDisk, error) {
+	statAt := c.clock()
+	id, err := statDisk(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return logchan.BlockList{BlockSize: bs}, inStepDisk{}, nil
+	}
+	if err != nil {
+		return logchan.BlockList{}, id, err
+	}
+	l := logchan.BlockList{Exists: true, Size: id.Size, BlockSize: bs}
+	if n := l.Count(); n > logchan.MaxSeedBlocks {
+		return logchan.BlockList{}, id, fmt.Errorf("%s: %d blocks of %d bytes, more than %d", path, n, bs, logchan.MaxSeedBlocks)
+	}
+	if h, ok := c.get(path, bs); ok && int64(len(h)) == l.Count()*sha256.Size {
+		l.Hashes = h
+		return l, id, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return logchan.BlockList{}, id, err
+	}
+	defer f.Close()
+	l.Hashes, err = hashBlocks(f, id.Size, bs)
+	if err != nil {
+		return logchan.BlockList{}, id, fmt.Errorf("hashing %s: %w", path, err)
+	}
+	c.put(path, bs, l.Hashes, id, statAt)
+	return l, id, nil
+}
+
+// hashBlocks returns the SHA-256 of each block of bs bytes of f's first
+// size bytes, concatenated. A block that lies wholly in a hole (SEEK_DATA
+// finds no data before its end) is not read: it hashes as zeros.
+func hashBlocks(f *os.File, size, bs int64) ([]byte, error) {
+	n := (size + bs - 1) / bs
+	out := make([]byte, 0, n*sha256.Size)
+	buf := make([]byte, min(bs, 1<<20))
+	h := sha256.New()
+	fd := int(f.Fd())
+	for i := int64(0); i < n; i++ {
+		off, l := i*bs, min(bs, size-i*bs)
+		if data, err := unix.Seek(fd, off, unix.SEEK_DATA); errors.Is(err, unix.ENXIO) || (err == nil && data >= off+l) {
+			out = append(out, logchan.ZeroBlockHash(l)...)
+			continue
+		}
+		h.Reset()
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, l), buf); err != nil {
+			return nil, err
+		}
+		out = h.Sum(out)
+	}
+	return out, nil
+}
+
+// blockSeedWriter receives a delta seed of path on the backup host
+// (logchan.Conn.SeedBlocks): a temporary file beside path starts as a
+// clone of path when path has the target's size (else empty and sparse),
+// takes the blocks sent, and replaces path only when every block's hash
+// is the target's.
+type blockSeedWriter struct {
+	path  string
+	want  logchan.BlockList
+	cache blockCache
+	tmp   *os.File
+	// have: the hash of each block of tmp as it stands.
+	have []byte
+	// cur is the block being received (-1: none), got its bytes so far;
+	// last the highest block index announced (blocks come in order).
+	cur, got, last int64
+	h              hash.Hash
+	sent           int64 // data bytes received
+}
+
+func newBlockSeedWriter(path string, want logchan.BlockList, cache blockCache) (*blockSeedWriter, error) {
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("seed: path %q is not absolute", path)
+	}
+	if err := want.Check(); err != nil {
+		return nil, fmt.Errorf("seed of %s: %w", path, err)
+	}
+	if !want.Exists {
+		return nil, fmt.Errorf("seed of %s: the target does not exist", path)
+	}
+	w := &blockSeedWriter{path: path, want: want, cache: cache, cur: -1, last: -1, h: sha256.New()}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".seed-*")
+	if err != nil {
+		return nil, err
+	}
+	w.tmp = tmp
+	old, id, err := cache.blockList(path, want.BlockSize)
+	if err == nil && old.Exists && old.Size == want.Size {
+		err = w.cloneFrom(old, id)
+	} else if err == nil {
+		w.have = make([]byte, 0, len(want.Hashes))
+		for i := int64(0); i < want.Count(); i++ {
+			w.have = append(w.have, logchan.ZeroBlockHash(want.Len(i))...)
+		}
+		err = tmp.Truncate(want.Size)
+	}
+	if err != nil {
+		w.abort()
+		return nil, fmt.Errorf("seed of %s: %w", path, err)
+	}
+	return w, nil
+}
+
+// cloneFrom fills tmp with path's content, whose block list old was
+// taken at identity id: a reflink (FICLONE) where the file system has
+// them, else a copy of its data extents (holes stay holes). path must
+// still have identity id after the copy, or the hashes might not describe
+// what was copied.
+func (w *blockSeedWriter) cloneFrom(old logchan.BlockList, id inStepDisk) error {
+	src, err := os.OpenFile(w.path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	if unix.IoctlFileClone(int(w.tmp.Fd()), int(src.Fd())) != nil {
+		if err := w.tmp.Truncate(0); err != nil {
+			return err
+		}
+		if err := copySparse(w.tmp, src, old.Size); err != nil {
+			return err
+		}
+	}
+	if after, err := statDisk(w.path); err != nil || after != id {
+		return fmt.Errorf("the backup host's copy changed while it was hashed and copied (%v)", err)
+	}
+	w.have = bytes.Clone(old.Hashes)
+	return nil
+}
+
+// copySparse copies src's first size bytes to dst (empty) at the same
+// offsets, data extents only (copy_file_range); dst ends size bytes long
+// with holes where src has them.
+func copySparse(dst, src *os.File, size int64) error {
+	if err := dst.Truncate(size); err != nil {
+		return err
+	}
+	sfd, dfd := int(src.Fd()), int(dst.Fd())
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(sfd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil
+		}
+		if err != nil {
+			data = off // no SEEK_DATA: copy everything
+		}
+		end, err := unix.Seek(sfd, data, unix.SEEK_HOLE)
+		if err != nil {
+			end = size
+		}
+		end = min(end, size)
+		for data < end {
+			roff, woff := data, data
+			n, err := unix.CopyFileRange(sfd, &roff, dfd, &woff, int(min(end-data, 1<<30)), 0)
+			if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+				// No copy_file_range here: through user space.
+				k, cerr := io.Copy(io.NewOffsetWriter(dst, data), io.NewSectionReader(src, data, end-data))
+				if cerr != nil {
+					return fmt.Errorf("copying at %d: %w", data, cerr)
+				}
+				n, err = int(k), nil
+			}
+			if err != nil {
+				return fmt.Errorf("copying at %d: %w", data, err)
+			}
+			if n == 0 {
+				return fmt.Errorf("copying at %d: the file ended early", data)
+			}
+			data += int64(n)
+		}
+		off = end
+	}
+	return nil
+}
+
+// block starts block index i (OpSeedBlock, zero false) or writes it as a
+// hole (OpSeedZero). Blocks come in ascending order, each once, the
+// previous one complete.
+func (w *blockSeedWriter) block(off int64, zero bool) error {
+	if w.cur >= 0 {
+		return fmt.Errorf("seed of %s: block at %d announced before block %d was complete (%d of %d bytes)", w.path, off, w.cur, w.got, w.want.Len(w.cur))
+	}
+	bs := w.want.BlockSize
+	if off < 0 || off%bs != 0 || off >= w.want.Size || off/bs <= w.last {
+		return fmt.Errorf("seed of %s: block offset %d is not a new block boundary below %d bytes in ascending order", w.path, off, w.want.Size)
+	}
+	i := off / bs
+	w.last = i
+	if !zero {
+		w.cur, w.got = i, 0
+		w.h.Reset()
+		return nil
+	}
+	if !w.want.Zero(i) {
+		return fmt.Errorf("seed of %s: block %d sent as zeros, but its target hash is not", w.path, i)
+	}
+	if err := punchZero(w.tmp, off, w.want.Len(i)); err != nil {
+		return fmt.Errorf("seed of %s: zeroing block %d: %w", w.path, i, err)
+	}
+	copy(w.have[i*sha256.Size:], w.want.Hash(i))
+	return nil
+}
+
+// punchZero makes [off, off+n) of f zeros: a hole where the file system
+// can punch one, else written zeros.
+func punchZero(f *os.File, off, n int64) error {
+	if unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+		return nil
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k, err := f.WriteAt(zero[:min(n, int64(len(zero)))], off)
+		if err != nil {
+			return err
+		}
+		off, n = off+int64(k), n-int64(k)
+	}
+	return nil
+}
+
+// Write takes Data bytes of the current block; the block's last byte
+// checks its hash against the target's.
+func (w *blockSeedWriter) Write(p []byte) (int, error) {
+	if w.cur < 0 {
+		return 0, fmt.Errorf("seed of %s: data outside a block", w.path)
+	}
+	l := w.want.Len(w.cur)
+	if w.got+int64(len(p)) > l {
+		return 0, fmt.Errorf("seed of %s: more than block %d's %d bytes", w.path, w.cur, l)
+	}
+	n, err := w.tmp.WriteAt(p, w.cur*w.want.BlockSize+w.got)
+	w.h.Write(p[:n])
+	w.got += int64(n)
+	w.sent += int64(n)
+	if err != nil {
+		return n, err
+	}
+	if w.got == l {
+		sum := w.h.Sum(nil)
+		if !bytes.Equal(sum, w.want.Hash(w.cur)) {
+			return n, fmt.Errorf("seed of %s: block %d has sha256 %x, announced %x", w.path, w.cur, sum, w.want.Hash(w.cur))
+		}
+		copy(w.have[w.cur*sha256.Size:], sum)
+		w.cur = -1
+	}
+	return n, nil
+}
+
+// commit checks that every block is the target's and renames the copy
+// into place, then records its block list in the cache.
+func (w *blockSeedWriter) commit() error {
+	defer os.Remove(w.tmp.Name())
+	if w.cur >= 0 {
+		w.tmp.Close()
+		return fmt.Errorf("seed of %s: ended in block %d (%d of %d bytes)", w.path, w.cur, w.got, w.want.Len(w.cur))
+	}
+	if !bytes.Equal(w.have, w.want.Hashes) {
+		w.tmp.Close()
+		for i := int64(0); i < w.want.Count(); i++ {
+			if !bytes.Equal(w.have[i*sha256.Size:(i+1)*sha256.Size], w.want.Hash(i)) {
+				return fmt.Errorf("seed of %s: block %d (at byte %d) differs from the target and was not sent", w.path, i, i*w.want.BlockSize)
+			}
+		}
+	}
+	if err := w.tmp.Sync(); err != nil {
+		w.tmp.Close()
+		return err
+	}
+	if err := w.tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(w.tmp.Name(), 0o600); err != nil {
+		return err
+	}
+	w.cache.forget(w.path)
+	if err := os.Rename(w.tmp.Name(), w.path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(w.path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	// Cache the list the copy was checked against; on a file system
+	// with coarse times only once its times are no longer racy.
+	if id, err := statDisk(w.path); err == nil {
+		if racy(id, w.cache.clock()) {
+			time.Sleep(2 * racyWindow)
+		}
+		statAt := w.cache.clock()
+		if now, err := statDisk(w.path); err == nil && now == id {
+			w.cache.put(w.path, w.want.BlockSize, w.want.Hashes, id, statAt)
+		}
+	}
+	return nil
+}
+
+func (w *blockSeedWriter) abort() {
+	w.tmp.Close()
+	os.Remove(w.tmp.Name())
+}

@@ -1,0 +1,284 @@
+package plugin
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+const mib = 1 << 20
+
+// testCache is a block cache whose clock runs a second ahead, so that a
+// file written by the test is not racily clean when hashed.
+func testCache(t *testing.T) blockCache {
+	return blockCache{dir: t.TempDir(), now: func() time.Time { return time.Now().Add(time.Second) }}
+}
+
+// sparseDisk writes a size-byte file at path, a hole but for random data
+// in the blocks of 1 MiB listed in data; it returns the content.
+func sparseDisk(t *testing.T, path string, size int64, seed uint64, data ...int64) []byte {
+	t.Helper()
+	content := make([]byte, size)
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(seed, 1))
+	for _, i := range data {
+		b := content[i*mib : min((i+1)*mib, size)]
+		for j := range b {
+			b[j] = byte(r.Uint32())
+		}
+		if _, err := f.WriteAt(b, i*mib); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return content
+}
+
+func naiveHashes(content []byte, bs int64) []byte {
+	var out []byte
+	for off := int64(0); off < int64(len(content)); off += bs {
+		sum := sha256.Sum256(content[off:min(off+bs, int64(len(content)))])
+		out = append(out, sum[:]...)
+	}
+	return out
+}
+
+// Block lists: holes hash as zeros without being read, the same as
+// reading them; an unchanged file comes from the cache, a written one is
+// hashed again.
+func TestBlockList(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "disk.raw")
+	content := sparseDisk(t, path, 5*mib+3, 1, 1, 5)
+	c := testCache(t)
+	l, _, err := c.blockList(path, mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Check(); err != nil || !l.Exists || l.Size != 5*mib+3 || l.Count() != 6 {
+		t.Fatalf("list %+v: %v", l, err)
+	}
+	if !bytes.Equal(l.Hashes, naiveHashes(content, mib)) {
+		t.Fatal("block hashes differ from hashing every byte")
+	}
+	if !l.Zero(0) || l.Zero(1) || !l.Zero(4) || l.Zero(5) {
+		t.Fatal("zero blocks misjudged")
+	}
+	if _, ok := c.get(path, mib); !ok {
+		t.Fatal("the list was not cached")
+	}
+	if _, ok := c.get(path, 2*mib); ok {
+		t.Fatal("a list of another block size served from the cache")
+	}
+	// A write changes the identity: the cached list no longer serves.
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{1}, 3*mib); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, ok := c.get(path, mib); ok {
+		t.Fatal("a cached list served after a write")
+	}
+	content[3*mib] = 1
+	if l, _, err = c.blockList(path, mib); err != nil || !bytes.Equal(l.Hashes, naiveHashes(content, mib)) {
+		t.Fatalf("list after a write: %v", err)
+	}
+	// A missing file has an empty list; a racily clean one is not cached.
+	if l, _, err := c.blockList(filepath.Join(dir, "none"), mib); err != nil || l.Exists || l.Check() != nil {
+		t.Fatalf("missing file: %+v %v", l, err)
+	}
+	rc := blockCache{dir: t.TempDir()}
+	sparseDisk(t, path, 2*mib, 2, 0)
+	if _, _, err := rc.blockList(path, mib); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rc.get(path, mib); ok {
+		t.Fatal("a file written just now was cached (racily clean)")
+	}
+}
+
+// seedPair runs a backup host's control server (the real one, with its
+// seed policy) and returns a primary run and a control connection to it
+// that offers delta seeds.
+func seedPair(t *testing.T, images string, cache blockCache) (*primaryRun, *peerConn) {
+	t.Helper()
+	hv := &fakeHV{pipes: &memPipes{}}
+	hv.event = func(LifecycleEvent) {}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d := newDaemon(Config{SeedDirs: []string{images}}, log, hv, nil)
+	d.blocks = cache
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() { d.serveControlConn(newPeerConn(b), runUUID); close(done) }()
+	t.Cleanup(func() { a.Close(); <-done })
+	p := newPrimaryRun(env{log: log, blocks: testCache(t)}, runUUID, "web", ftxml.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
+	ctrl := newPeerConn(a)
+	ctrl.peer = logchan.Hello{Features: []string{logchan.FeatureBlockSeed}}
+	return p, ctrl
+}
+
+func allocated(t *testing.T, path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// A first seed sends the data blocks only and leaves holes; a second,
+// after a write on the primary, sends the changed block only; a third
+// finds the copies identical from both caches. No temporary file stays.
+func TestDeltaSeed(t *testing.T) {
+	primaryDir, images := t.TempDir(), t.TempDir()
+	src := filepath.Join(primaryDir, "web.raw")
+	dst := filepath.Join(images, "web.raw")
+	content := sparseDisk(t, src, 32*mib+5, 3, 0, 7, 8, 30, 32)
+	cache := testCache(t)
+	p, ctrl := seedPair(t, images, cache)
+	var sent []int64
+	seed := func() {
+		t.Helper()
+		p.seeding = nil
+		if err := p.seedBlocksFrom(ctrl, src, dst); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(dst); err != nil || !bytes.Equal(got, content) {
+			t.Fatalf("the backup's copy differs (%v)", err)
+		}
+		if p.seeding != nil {
+			sent = append(sent, p.seeding.TotalBytes)
+		} else {
+			sent = append(sent, 0)
+		}
+		if ents, _ := os.ReadDir(images); len(ents) != 1 {
+			t.Fatalf("files left on the backup host: %v", ents)
+		}
+	}
+	seed()
+	if sent[0] != 4*mib+5 {
+		t.Fatalf("first seed sent %d bytes, want the 4 data blocks and the 5-byte tail", sent[0])
+	}
+	if a := allocated(t, dst); a > 8*mib {
+		t.Fatalf("the first copy takes %d bytes on disk: holes were filled", a)
+	}
+	// The primary writes 2 bytes in block 20 and zeros over block 7.
+	f, err := os.OpenFile(src, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{9, 9}, 20*mib+100)
+	f.WriteAt(make([]byte, mib), 7*mib)
+	f.Close()
+	content[20*mib+100], content[20*mib+101] = 9, 9
+	clear(content[7*mib : 8*mib])
+	seed()
+	if sent[1] != mib {
+		t.Fatalf("second seed sent %d bytes, want one block", sent[1])
+	}
+	seed()
+	if sent[2] != 0 {
+		t.Fatalf("third seed sent %d bytes, want none", sent[2])
+	}
+	// A backup copy of another size is replaced by a new one.
+	if err := os.Truncate(dst, 3*mib); err != nil {
+		t.Fatal(err)
+	}
+	seed()
+	if sent[3] != 4*mib+5 {
+		t.Fatalf("seed over a shorter copy sent %d bytes", sent[3])
+	}
+}
+
+// Refusals by the backup host's writer: a block whose bytes do not hash
+// to the target's, a block out of order, zeros for a block that is not,
+// and an end with a block missing. Each leaves the old copy untouched and
+// no temporary file.
+func TestBlockSeedWriterRefusals(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "web.raw")
+	old := sparseDisk(t, path, 4*mib, 4, 0, 1)
+	srcDir := t.TempDir()
+	newer := sparseDisk(t, filepath.Join(srcDir, "n"), 4*mib, 5, 1, 2)
+	cache := testCache(t)
+	want := logchan.BlockList{Exists: true, Size: 4 * mib, BlockSize: mib, Hashes: naiveHashes(newer, mib)}
+	for name, c := range map[string]struct {
+		steps func(w *blockSeedWriter) error
+		want  string
+	}{
+		"bad bytes": {func(w *blockSeedWriter) error {
+			if err := w.block(mib, false); err != nil {
+				return err
+			}
+			_, err := w.Write(old[mib : 2*mib])
+			return err
+		}, "announced"},
+		"out of order": {func(w *blockSeedWriter) error {
+			if err := w.block(2*mib, false); err != nil {
+				return err
+			}
+			if _, err := w.Write(newer[2*mib : 3*mib]); err != nil {
+				return err
+			}
+			return w.block(mib, false)
+		}, "ascending"},
+		"not zeros": {func(w *blockSeedWriter) error { return w.block(mib, true) }, "not"},
+		"missing block": {func(w *blockSeedWriter) error {
+			if err := w.block(0, true); err != nil {
+				return err
+			}
+			return w.commit()
+		}, "block 1 (at byte 1048576) differs"},
+		"too much data": {func(w *blockSeedWriter) error {
+			if err := w.block(3*mib, false); err != nil {
+				return err
+			}
+			_, err := w.Write(make([]byte, mib+1))
+			return err
+		}, "more than block 3"},
+		"unaligned": {func(w *blockSeedWriter) error { return w.block(mib+1, false) }, "boundary"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			w, err := newBlockSeedWriter(path, want, cache)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.steps(w)
+			w.abort()
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error with %q", err, c.want)
+			}
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, old) {
+				t.Fatal("the old copy changed")
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+				t.Fatalf("files left: %v", ents)
+			}
+		})
+	}
+	if _, err := newBlockSeedWriter(path, logchan.BlockList{Exists: true, Size: 4 * mib, BlockSize: 3 * mib}, cache); err == nil || !strings.Contains(err.Error(), "block_size") {
+		t.Fatalf("a bad block size: %v", err)
+	}
+}
