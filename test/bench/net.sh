@@ -14,9 +14,14 @@
 # (Debian's package, installed on demand) against the guest's busybox httpd
 # (a 960-byte page on port 8080), HTTP_CONN connections for HTTP_S seconds:
 # requests per second and latency percentiles.
+# Each set-up runs unpinned and pinned (PINS="0 1"): pinned, host a's QEMU
+# runs on CPU 0 (cputune in the definition) and host b's backup QEMU is
+# moved to CPU 1 (virsh emulatorpin/vcpupin --live) as soon as it
+# replays, as test/bench/cpu.sh does: the two-host estimate. Ratios are to
+# the unprotected row of the same pinning.
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
-#   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
+#   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
 set -euo pipefail
 source "$(dirname "$0")/../e2e/lib.sh"
 RTT_COUNT=${RTT_COUNT:-300}
@@ -25,6 +30,8 @@ OUT=${OUT:-/tmp/libvirt-ft-bench-net.md}
 HTTP_CONN=${HTTP_CONN:-8}
 HTTP_S=${HTTP_S:-10}
 SETUPS=${SETUPS:-gate-on gate-off icount unprotected}
+PINS=${PINS:-0 1}
+PIN_EDIT="s|</devices>|</devices><cputune><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>|;"
 # The icount set-up's edit: no ft element; -icount as xml/generate.go's
 # icountValue gives it, without rr=.
 ICOUNT_EDIT='/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto"/></qemu:commandline>|'
@@ -64,14 +71,22 @@ wrk_us() {
 }
 
 declare -A RTT_MED RTT_P99 RX TX LOGS HTTP_RPS HTTP_P50 HTTP_P99 HTTP_ERR HTTP_LOG
+ROWS=()
+for pin in $PINS; do
 for setup in $SETUPS; do
-	say "set-up: $setup"
+	tag=unpinned; [ "$pin" = 1 ] && tag=pinned
+	k="$setup,$tag"
+	ROWS+=("$k")
+	say "set-up: $setup, $tag"
 	unset DOMAIN_XML_EDIT
+	edit=""
 	case $setup in
-	gate-off) export DOMAIN_XML_EDIT='s|</ft:ft>|<ft:output-gate enabled="no"/></ft:ft>|' ;;
-	unprotected) export DOMAIN_XML_EDIT='/<metadata>/,/<\/metadata>/d' ;;
-	icount) export DOMAIN_XML_EDIT=$ICOUNT_EDIT ;;
+	gate-off) edit='s|</ft:ft>|<ft:output-gate enabled="no"/></ft:ft>|;' ;;
+	unprotected) edit='/<metadata>/,/<\/metadata>/d;' ;;
+	icount) edit="$ICOUNT_EDIT;" ;;
 	esac
+	[ "$pin" = 1 ] && edit+=$PIN_EDIT
+	[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
 	lab_stop
 	lab_start
 	if [ $setup = unprotected ] || [ $setup = icount ]; then
@@ -83,6 +98,11 @@ for setup in $SETUPS; do
 		virsh_on a start "$DOMAIN" >/dev/null
 	else
 		start_protected "$DOMAIN"
+		if [ "$pin" = 1 ]; then
+			# The backup's definition is the primary's, cputune included.
+			virsh_on b emulatorpin "$DOMAIN" 1 --live >/dev/null
+			virsh_on b vcpupin "$DOMAIN" 0 1 --live >/dev/null
+		fi
 	fi
 	wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
 	idle=$(log_rate sleep 5)
@@ -93,30 +113,39 @@ for setup in $SETUPS; do
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
 	tx=$(tail -n 1 /tmp/ft-bench-step.out)
 	if command -v wrk >/dev/null; then
-		HTTP_LOG[$setup]=$(log_rate client wrk -t1 -c"$HTTP_CONN" -d"${HTTP_S}s" --latency "http://$GUEST_IP:8080/")
+		HTTP_LOG[$k]=$(log_rate client wrk -t1 -c"$HTTP_CONN" -d"${HTTP_S}s" --latency "http://$GUEST_IP:8080/")
 		http=$(cat /tmp/ft-bench-step.out)
-		HTTP_RPS[$setup]=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$http")
-		HTTP_P50[$setup]=$(wrk_us "$http" 50%) HTTP_P99[$setup]=$(wrk_us "$http" 99%)
-		HTTP_ERR[$setup]=$(awk '/Socket errors|Non-2xx/ { $1 = $1; printf "%s; ", $0 }' <<<"$http")
-		log "http: ${HTTP_RPS[$setup]} requests/s, p50 ${HTTP_P50[$setup]} µs, p99 ${HTTP_P99[$setup]} µs ${HTTP_ERR[$setup]}"
+		HTTP_RPS[$k]=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$http")
+		HTTP_P50[$k]=$(wrk_us "$http" 50%) HTTP_P99[$k]=$(wrk_us "$http" 99%)
+		HTTP_ERR[$k]=$(awk '/Socket errors|Non-2xx/ { $1 = $1; printf "%s; ", $0 }' <<<"$http")
+		log "http: ${HTTP_RPS[$k]} requests/s, p50 ${HTTP_P50[$k]} µs, p99 ${HTTP_P99[$k]} µs ${HTTP_ERR[$k]}"
 	fi
 	log "rtt: $rtt"
 	log "rx:  $rx"
 	log "tx:  $tx"
+	if [ "$pin" = 1 ]; then
+		for h in a b; do
+			if virsh_on $h list --name 2>/dev/null | grep -qx "$DOMAIN"; then
+				log "host $h: $(virsh_on $h emulatorpin "$DOMAIN" 2>/dev/null | awk 'NF == 2 && $1 ~ /^\*/ { printf "emulator on CPU %s", $2 }'), $(virsh_on $h vcpupin "$DOMAIN" 2>/dev/null | awk '$1 == "0" { printf "vCPU 0 on CPU %s", $2 }')"
+			fi
+		done
+	fi
 	ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p | sed "s/^/   status: /" || true
 	gate=$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 's/.*output gate: //p' || true)
 	[ -z "$gate" ] || log "gate: $gate"
-	RTT_MED[$setup]=$(field "$rtt" median_us) RTT_P99[$setup]=$(field "$rtt" p99_us)
-	RX[$setup]=$(field "$rx" mb_per_s) TX[$setup]=$(field "$tx" mb_per_s)
-	LOGS[$setup]="$idle | $rtt_log | $rx_log | $tx_log"
+	RTT_MED[$k]=$(field "$rtt" median_us) RTT_P99[$k]=$(field "$rtt" p99_us)
+	RX[$k]=$(field "$rx" mb_per_s) TX[$k]=$(field "$tx" mb_per_s)
+	LOGS[$k]="$idle | $rtt_log | $rx_log | $tx_log"
+done
 done
 # ratio A B: A / B to 3 decimals ("-" when either is missing).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.3f", a / b }'; }
 {
 	echo "| set-up | RTT median (µs) | RTT median ÷ unprotected | RTT p99 (µs) | bulk rx (MB/s) | rx ÷ unprotected | bulk tx (MB/s) | tx ÷ unprotected | log MB/s idle | log MB/s during RTT | log MB/s during rx | log MB/s during tx |"
 	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-	for setup in $SETUPS; do
-		echo "| $setup | ${RTT_MED[$setup]} | $(ratio "${RTT_MED[$setup]}" "${RTT_MED[unprotected]:-}") | ${RTT_P99[$setup]} | ${RX[$setup]} | $(ratio "${RX[$setup]}" "${RX[unprotected]:-}") | ${TX[$setup]} | $(ratio "${TX[$setup]}" "${TX[unprotected]:-}") | ${LOGS[$setup]} |"
+	for k in "${ROWS[@]}"; do
+		u="unprotected,${k#*,}"
+		echo "| ${k%,*} (${k#*,}) | ${RTT_MED[$k]} | $(ratio "${RTT_MED[$k]}" "${RTT_MED[$u]:-}") | ${RTT_P99[$k]} | ${RX[$k]} | $(ratio "${RX[$k]}" "${RX[$u]:-}") | ${TX[$k]} | $(ratio "${TX[$k]}" "${TX[$u]:-}") | ${LOGS[$k]} |"
 	done
 	if command -v wrk >/dev/null; then
 		echo
@@ -124,8 +153,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 		echo
 		echo "| set-up | requests/s | ÷ unprotected | latency p50 (µs) | latency p99 (µs) | log MB/s | errors |"
 		echo "|---|---|---|---|---|---|---|"
-		for setup in $SETUPS; do
-			echo "| $setup | ${HTTP_RPS[$setup]:-} | $(ratio "${HTTP_RPS[$setup]:-}" "${HTTP_RPS[unprotected]:-}") | ${HTTP_P50[$setup]:-} | ${HTTP_P99[$setup]:-} | ${HTTP_LOG[$setup]:-} | ${HTTP_ERR[$setup]:-none} |"
+		for k in "${ROWS[@]}"; do
+			u="unprotected,${k#*,}"
+			echo "| ${k%,*} (${k#*,}) | ${HTTP_RPS[$k]:-} | $(ratio "${HTTP_RPS[$k]:-}" "${HTTP_RPS[$u]:-}") | ${HTTP_P50[$k]:-} | ${HTTP_P99[$k]:-} | ${HTTP_LOG[$k]:-} | ${HTTP_ERR[$k]:-none} |"
 		done
 	fi
 } | tee "$OUT"
