@@ -341,7 +341,9 @@ type Gate struct {
 
 // Stall is a replay stall of the backup (failover.BackupStalled): where
 // its replay stopped. On the backup every field is set; on the primary
-// only Report, the backup's words from its bye.
+// only Report, the backup's words from its bye, which is also where a
+// backup that fell too far behind (failover.BackupBehind, "backup replay
+// too far behind") is reported.
 type Stall struct {
 	// Icount is where the replay stopped (guest instructions).
 	Icount uint64 `json:"icount,omitempty"`
