@@ -114,10 +114,15 @@ func (b BlockList) Root() string {
 
 var zeroHashes sync.Map // int64 → []byte
 
-// ZeroBlockHash is the SHA-256 of n zero bytes (n ≤ MaxSeedBlock).
+// ZeroBlockHash is the SHA-256 of n zero bytes (n ≤ MaxSeedBlock). Only
+// powers of two are kept (block sizes): a peer chooses the length of a
+// file's last block, and each length it chose would otherwise stay.
 func ZeroBlockHash(n int64) []byte {
-	if v, ok := zeroHashes.Load(n); ok {
-		return v.([]byte)
+	pow2 := n > 0 && n&(n-1) == 0
+	if pow2 {
+		if v, ok := zeroHashes.Load(n); ok {
+			return v.([]byte)
+		}
 	}
 	h := sha256.New()
 	zero := make([]byte, min(n, 1<<20))
@@ -125,7 +130,9 @@ func ZeroBlockHash(n int64) []byte {
 		h.Write(zero[:min(left, int64(len(zero)))])
 	}
 	sum := h.Sum(nil)
-	zeroHashes.Store(n, sum)
+	if pow2 {
+		zeroHashes.Store(n, sum)
+	}
 	return sum
 }
 

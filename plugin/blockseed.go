@@ -18,7 +18,7 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
 
-// Delta seeding (issue 13, item 4; logchan/blocks.go; docs/replay.md §12).
+// Delta seeding (issue 13, item 4; logchan/blocks.go; docs/replay.md §14).
 // Each host names its copy of a disk by a BlockList: the SHA-256 of every
 // block. Holes are not read (SEEK_DATA): a block that lies in a hole is a
 // block of zeros. A BlockList is kept in a blockCache under the file's
@@ -26,8 +26,12 @@ import (
 // copy unchanged since it was last hashed or seeded is not read again. The
 // primary sends only the blocks that differ; the backup host builds the
 // new copy in a temporary file that starts as a clone of its old copy
-// (FICLONE, else a sparse local copy), checks every block's hash, and
-// renames it into place: a seed cut short leaves the old copy whole.
+// (FICLONE, else a sparse local copy), checks the hash of every block it
+// received as it arrives and reads back every block it did not before the
+// rename: a seed cut short leaves the old copy whole, and the list it
+// caches afterwards was read from the file. A file is fsynced before its
+// identity is taken for a list it is about to read (a crash must not leave
+// an identity that matches older blocks, and SEEK_DATA sees written data).
 
 // DefaultBlockCacheDir keeps the block lists of disk copies this host
 // hashed or received (blockCache): they survive a reboot, as the disks do.
@@ -76,6 +80,7 @@ func (c blockCache) get(path string, bs int64) ([]byte, bool) {
 		return nil, false
 	}
 	now, err := statDisk(path)
+	now.Path = rec.Disk.Path
 	if err != nil || now != rec.Disk {
 		return nil, false
 	}
@@ -96,6 +101,7 @@ func (c blockCache) put(path string, bs int64, hashes []byte, id inStepDisk, sta
 	if err != nil || now != id || racy(id, statAt) {
 		return
 	}
+	id.Path = filepath.Clean(path)
 	b, err := json.Marshal(blockRecord{Disk: id, BlockSize: bs, Hashes: hashes})
 	if err != nil || os.MkdirAll(c.dir, 0o700) != nil {
 		return
@@ -117,11 +123,14 @@ func (c blockCache) forget(path string) {
 // system with whole-second times) may be written again without its times
 // changing (instep.go's racyWindow).
 func racy(id inStepDisk, now time.Time) bool {
-	window := racyWindow
+	return now.Sub(time.Unix(0, max(id.CtimeNs, id.MtimeNs))) < racyWindowOf(id)
+}
+
+func racyWindowOf(id inStepDisk) time.Duration {
 	if id.CtimeNs%1e9 == 0 && id.MtimeNs%1e9 == 0 {
-		window = 2 * time.Second
+		return 2 * time.Second
 	}
-	return now.Sub(time.Unix(0, max(id.CtimeNs, id.MtimeNs))) < window
+	return racyWindow
 }
 
 // blockList returns path's BlockList in blocks of bs bytes and the
@@ -129,7 +138,6 @@ func racy(id inStepDisk, now time.Time) bool {
 // reading it (holes are not read), caching what it read. A missing file is
 // not an error (Exists false).
 func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepDisk, error) {
-	statAt := c.clock()
 	id, err := statDisk(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return logchan.BlockList{BlockSize: bs}, inStepDisk{}, nil
@@ -150,11 +158,24 @@ func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepD
 		return logchan.BlockList{}, id, err
 	}
 	defer f.Close()
+	// Data on stable storage before the identity that will vouch for it
+	// is taken (and delayed allocation resolved before SEEK_DATA looks).
+	synced := f.Sync() == nil
+	statAt := c.clock()
+	if id, err = statDisk(path); err != nil {
+		return logchan.BlockList{}, id, err
+	}
+	l.Size = id.Size
+	if n := l.Count(); n > logchan.MaxSeedBlocks {
+		return logchan.BlockList{}, id, fmt.Errorf("%s: %d blocks of %d bytes, more than %d", path, n, bs, logchan.MaxSeedBlocks)
+	}
 	l.Hashes, err = hashBlocks(f, id.Size, bs)
 	if err != nil {
 		return logchan.BlockList{}, id, fmt.Errorf("hashing %s: %w", path, err)
 	}
-	c.put(path, bs, l.Hashes, id, statAt)
+	if synced {
+		c.put(path, bs, l.Hashes, id, statAt)
+	}
 	return l, id, nil
 }
 
@@ -165,21 +186,26 @@ func hashBlocks(f *os.File, size, bs int64) ([]byte, error) {
 	n := (size + bs - 1) / bs
 	out := make([]byte, 0, n*sha256.Size)
 	buf := make([]byte, min(bs, 1<<20))
-	h := sha256.New()
-	fd := int(f.Fd())
 	for i := int64(0); i < n; i++ {
-		off, l := i*bs, min(bs, size-i*bs)
-		if data, err := unix.Seek(fd, off, unix.SEEK_DATA); errors.Is(err, unix.ENXIO) || (err == nil && data >= off+l) {
-			out = append(out, logchan.ZeroBlockHash(l)...)
-			continue
-		}
-		h.Reset()
-		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, l), buf); err != nil {
+		var err error
+		if out, err = hashBlock(out, f, i*bs, min(bs, size-i*bs), buf); err != nil {
 			return nil, err
 		}
-		out = h.Sum(out)
 	}
 	return out, nil
+}
+
+// hashBlock appends the SHA-256 of f's l bytes at off to out, without
+// reading them when they lie in a hole.
+func hashBlock(out []byte, f *os.File, off, l int64, buf []byte) ([]byte, error) {
+	if data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA); errors.Is(err, unix.ENXIO) || (err == nil && data >= off+l) {
+		return append(out, logchan.ZeroBlockHash(l)...), nil
+	}
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, l), buf); err != nil {
+		return nil, err
+	}
+	return h.Sum(out), nil
 }
 
 // blockSeedWriter receives a delta seed of path on the backup host
@@ -192,8 +218,10 @@ type blockSeedWriter struct {
 	want  logchan.BlockList
 	cache blockCache
 	tmp   *os.File
-	// have: the hash of each block of tmp as it stands.
-	have []byte
+	// have: the hash of each block of tmp as it stands; received: the
+	// blocks written from Data (their hashes were taken from the bytes).
+	have     []byte
+	received map[int64]bool
 	// cur is the block being received (-1: none), got its bytes so far;
 	// last the highest block index announced (blocks come in order).
 	cur, got, last int64
@@ -211,7 +239,7 @@ func newBlockSeedWriter(path string, want logchan.BlockList, cache blockCache) (
 	if !want.Exists {
 		return nil, fmt.Errorf("seed of %s: the target does not exist", path)
 	}
-	w := &blockSeedWriter{path: path, want: want, cache: cache, cur: -1, last: -1, h: sha256.New()}
+	w := &blockSeedWriter{path: path, want: want, cache: cache, cur: -1, last: -1, h: sha256.New(), received: map[int64]bool{}}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".seed-*")
 	if err != nil {
 		return nil, err
@@ -373,30 +401,49 @@ func (w *blockSeedWriter) Write(p []byte) (int, error) {
 			return n, fmt.Errorf("seed of %s: block %d has sha256 %x, announced %x", w.path, w.cur, sum, w.want.Hash(w.cur))
 		}
 		copy(w.have[w.cur*sha256.Size:], sum)
+		w.received[w.cur] = true
 		w.cur = -1
 	}
 	return n, nil
 }
 
-// commit checks that every block is the target's and renames the copy
-// into place, then records its block list in the cache.
+// commit checks that every block is the target's: the bookkeeping first
+// (a block that differed and was not sent is named), then every block not
+// received is read back from the new copy (holes unread), so that neither
+// the old list nor the clone is taken on trust. Then it syncs the copy,
+// renames it into place and records its list in the cache.
 func (w *blockSeedWriter) commit() error {
 	defer os.Remove(w.tmp.Name())
-	if w.cur >= 0 {
-		w.tmp.Close()
-		return fmt.Errorf("seed of %s: ended in block %d (%d of %d bytes)", w.path, w.cur, w.got, w.want.Len(w.cur))
-	}
-	if !bytes.Equal(w.have, w.want.Hashes) {
-		w.tmp.Close()
-		for i := int64(0); i < w.want.Count(); i++ {
-			if !bytes.Equal(w.have[i*sha256.Size:(i+1)*sha256.Size], w.want.Hash(i)) {
-				return fmt.Errorf("seed of %s: block %d (at byte %d) differs from the target and was not sent", w.path, i, i*w.want.BlockSize)
-			}
-		}
-	}
-	if err := w.tmp.Sync(); err != nil {
+	fail := func(err error) error {
 		w.tmp.Close()
 		return err
+	}
+	if w.cur >= 0 {
+		return fail(fmt.Errorf("seed of %s: ended in block %d (%d of %d bytes)", w.path, w.cur, w.got, w.want.Len(w.cur)))
+	}
+	if err := w.tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	buf := make([]byte, min(w.want.BlockSize, 1<<20))
+	for i := int64(0); i < w.want.Count(); i++ {
+		got := w.have[i*sha256.Size : (i+1)*sha256.Size]
+		if !w.received[i] && bytes.Equal(got, w.want.Hash(i)) {
+			read, err := hashBlock(nil, w.tmp, i*w.want.BlockSize, w.want.Len(i), buf)
+			if err != nil {
+				return fail(fmt.Errorf("seed of %s: reading back block %d: %w", w.path, i, err))
+			}
+			got = read
+		}
+		if !bytes.Equal(got, w.want.Hash(i)) {
+			return fail(fmt.Errorf("seed of %s: block %d (at byte %d) differs from the target and was not sent", w.path, i, i*w.want.BlockSize))
+		}
+	}
+	if fi, err := w.tmp.Stat(); err != nil || fi.Size() != w.want.Size {
+		return fail(fmt.Errorf("seed of %s: the copy is not %d bytes (%v)", w.path, w.want.Size, err))
+	}
+	tmpID, err := statDisk(w.tmp.Name())
+	if err != nil {
+		return fail(err)
 	}
 	if err := w.tmp.Close(); err != nil {
 		return err
@@ -409,19 +456,24 @@ func (w *blockSeedWriter) commit() error {
 		return err
 	}
 	if d, err := os.Open(filepath.Dir(w.path)); err == nil {
-		_ = d.Sync()
+		if err := d.Sync(); err != nil {
+			d.Close()
+			return fmt.Errorf("seed of %s: syncing its directory: %w", w.path, err)
+		}
 		d.Close()
 	}
-	// Cache the list the copy was checked against; on a file system
-	// with coarse times only once its times are no longer racy.
-	if id, err := statDisk(w.path); err == nil {
-		if racy(id, w.cache.clock()) {
-			time.Sleep(2 * racyWindow)
-		}
-		statAt := w.cache.clock()
-		if now, err := statDisk(w.path); err == nil && now == id {
-			w.cache.put(w.path, w.want.BlockSize, w.want.Hashes, id, statAt)
-		}
+	// Cache the list just read back, under the identity of the file
+	// renamed here (not another seed's), once its times are not racy.
+	id, err := statDisk(w.path)
+	if err != nil || id.Dev != tmpID.Dev || id.Ino != tmpID.Ino {
+		return nil
+	}
+	if racy(id, w.cache.clock()) {
+		time.Sleep(2 * racyWindowOf(id))
+	}
+	statAt := w.cache.clock()
+	if now, err := statDisk(w.path); err == nil && now == id {
+		w.cache.put(w.path, w.want.BlockSize, w.want.Hashes, id, statAt)
 	}
 	return nil
 }

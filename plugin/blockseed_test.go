@@ -122,7 +122,7 @@ func TestBlockList(t *testing.T) {
 // seedPair runs a backup host's control server (the real one, with its
 // seed policy) and returns a primary run and a control connection to it
 // that offers delta seeds.
-func seedPair(t *testing.T, images string, cache blockCache) (*primaryRun, *peerConn) {
+func seedPair(t *testing.T, images string, cache blockCache) (*primaryRun, *peerConn, *Daemon) {
 	t.Helper()
 	hv := &fakeHV{pipes: &memPipes{}}
 	hv.event = func(LifecycleEvent) {}
@@ -137,7 +137,7 @@ func seedPair(t *testing.T, images string, cache blockCache) (*primaryRun, *peer
 	p := newPrimaryRun(env{log: log, blocks: testCache(t)}, runUUID, "web", ftxml.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
 	ctrl := newPeerConn(a)
 	ctrl.peer = logchan.Hello{Features: []string{logchan.FeatureBlockSeed}}
-	return p, ctrl
+	return p, ctrl, d
 }
 
 func allocated(t *testing.T, path string) int64 {
@@ -157,7 +157,7 @@ func TestDeltaSeed(t *testing.T) {
 	dst := filepath.Join(images, "web.raw")
 	content := sparseDisk(t, src, 32*mib+5, 3, 0, 7, 8, 30, 32)
 	cache := testCache(t)
-	p, ctrl := seedPair(t, images, cache)
+	p, ctrl, _ := seedPair(t, images, cache)
 	var sent []int64
 	seed := func() {
 		t.Helper()
@@ -280,5 +280,72 @@ func TestBlockSeedWriterRefusals(t *testing.T) {
 	}
 	if _, err := newBlockSeedWriter(path, logchan.BlockList{Exists: true, Size: 4 * mib, BlockSize: 3 * mib}, cache); err == nil || !strings.Contains(err.Error(), "block_size") {
 		t.Fatalf("a bad block size: %v", err)
+	}
+}
+
+// A malformed delta seed is refused with the field named and the backup's
+// daemon carries on (a writer that failed to start is not aborted as nil);
+// a second seed of a path under way elsewhere is refused.
+func TestDeltaSeedRefusals(t *testing.T) {
+	images := t.TempDir()
+	path := filepath.Join(images, "web.raw")
+	cache := testCache(t)
+	_, ctrl, _ := seedPair(t, images, cache)
+	bad := logchan.BlockList{Exists: true, Size: 1, BlockSize: 4096, Hashes: make([]byte, 32)}
+	err := ctrl.request(logchan.ControlRequest{Op: logchan.OpSeed, Path: path, Blocks: &bad}, nil)
+	if err == nil || !strings.Contains(err.Error(), "block_size") {
+		t.Fatalf("a bad block size: %v", err)
+	}
+	_, ctrl, _ = seedPair(t, images, cache)
+	gone := logchan.BlockList{BlockSize: mib}
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpSeed, Path: path, Blocks: &gone}, nil); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("a target that does not exist: %v", err)
+	}
+	// Two connections to one daemon: the second seed of the path waits
+	// for nothing, it is refused.
+	_, first, d := seedPair(t, images, cache)
+	content := sparseDisk(t, filepath.Join(t.TempDir(), "src"), 2*mib, 7, 0, 1)
+	want := logchan.BlockList{Exists: true, Size: 2 * mib, BlockSize: mib, Hashes: naiveHashes(content, mib)}
+	if err := first.request(logchan.ControlRequest{Op: logchan.OpSeed, Path: path, Blocks: &want}, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() { d.serveControlConn(newPeerConn(b), runUUID); close(done) }()
+	other := newPeerConn(a)
+	err = other.request(logchan.ControlRequest{Op: logchan.OpSeed, Path: path, Blocks: &want}, nil)
+	a.Close()
+	<-done
+	if err == nil || !strings.Contains(err.Error(), "under way") {
+		t.Fatalf("a second seed of the same path: %v", err)
+	}
+}
+
+// The backup host does not take its cached list of the old copy on trust:
+// a stale record that says a block matches when it does not fails the
+// seed at the read-back, and the old copy stays.
+func TestDeltaSeedReadsBack(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "web.raw")
+	old := sparseDisk(t, path, 3*mib, 8, 0, 1, 2)
+	newer := bytes.Clone(old)
+	newer[mib+5] ^= 0xff
+	want := logchan.BlockList{Exists: true, Size: 3 * mib, BlockSize: mib, Hashes: naiveHashes(newer, mib)}
+	cache := testCache(t)
+	id, err := statDisk(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache.put(path, mib, want.Hashes, id, time.Now().Add(time.Second)) // a lie: block 1 differs
+	w, err := newBlockSeedWriter(path, want, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = w.commit()
+	if err == nil || !strings.Contains(err.Error(), "block 1 ") {
+		t.Fatalf("commit with a stale list: %v, want block 1 named", err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, old) {
+		t.Fatal("the old copy changed")
 	}
 }

@@ -43,7 +43,10 @@ type Daemon struct {
 	// blocks caches disk copies' block lists (blockseed.go; zero in
 	// tests: nothing cached).
 	blocks blockCache
-	cfg    Config
+	// seedingPaths holds the paths a control connection is receiving a
+	// seed of (path → true): one seed per path at a time.
+	seedingPaths sync.Map
+	cfg          Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
 	// peerViews holds a slot per peer view being fetched (virt-ft

@@ -14,7 +14,7 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
 
-// Disks in step (issue 13, item 4; docs/replay.md §12). A protected start
+// Disks in step (issue 13, item 4; docs/replay.md §14). A protected start
 // makes the backup's disk copies byte-identical to the primary's: it hashes
 // both in full, and copies when they differ. After a pairing whose guest
 // shut down cleanly and whose backup replayed that shutdown, the two copies

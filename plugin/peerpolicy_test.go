@@ -159,6 +159,12 @@ func TestSeedProblem(t *testing.T) {
 		{"/etc/shadow", 0, "outside seed-dirs"},
 		{filepath.Join(images, "etc", "shadow"), 0, "symbolic link"},
 		{filepath.Join(images, "shadow.qcow2"), 0, "not a regular file"},
+		// ".." after a link to a directory: the kernel resolves it
+		// beyond the link (images/etc/../passwd is /passwd).
+		{images + "/etc/../web.qcow2", 0, "clean form"},
+		{images + "/./web.qcow2", 1 << 20, "clean form"},
+		{images + "//web.qcow2", 0, "clean form"},
+		{"web.qcow2", 0, "absolute"},
 		{victim, 1 << 20, `domain "victim"`},
 		{victim, 0, `domain "victim"`},
 		{filepath.Join(images, "huge.qcow2"), 1 << 62, "does not fit"},

@@ -18,6 +18,11 @@ const handshakeTimeout = 10 * time.Second
 // peer that stops mid-request is dropped.
 const controlIdle = 60 * time.Second
 
+// hashIdle replaces controlIdle after a hash or blocks answer: the
+// primary's daemon asks while it reads its own copy, which may take far
+// longer than this host's answer (served from the block cache).
+const hashIdle = 30 * time.Minute
+
 // maxPeerConns bounds the peer connections served at once; more are
 // closed at once (each costs a goroutine and up to a frame's buffer).
 const maxPeerConns = 64
@@ -116,17 +121,27 @@ func (d *Daemon) servePeer(nc net.Conn) {
 func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 	defer pc.Close()
 	var seed diskSeed
+	var seeding string // the path seed writes, held in d.seedingPaths
+	endSeed := func() {
+		if seeding != "" {
+			d.seedingPaths.Delete(seeding)
+			seeding = ""
+		}
+	}
 	defer func() {
 		if seed != nil {
 			seed.abort()
 		}
+		endSeed()
 	}()
+	idle := controlIdle
 	reply := func(data any, err error) error {
 		pc.deadline()
 		return pc.c.Reply(data, err)
 	}
 	for {
-		_ = pc.nc.SetReadDeadline(time.Now().Add(controlIdle))
+		_ = pc.nc.SetReadDeadline(time.Now().Add(idle))
+		idle = controlIdle
 		req, data, err := pc.c.RecvControl()
 		if err != nil {
 			if errors.Is(err, logchan.ErrBadFrame) {
@@ -170,6 +185,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			if reply(h, err) != nil || err != nil {
 				return
 			}
+			idle = hashIdle
 		case logchan.OpBlocks:
 			if !readable("hash") {
 				return
@@ -189,6 +205,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			if reply(l, err) != nil || err != nil {
 				return
 			}
+			idle = hashIdle
 		case logchan.OpInStep:
 			if !readable("check") {
 				return
@@ -212,10 +229,28 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				seed.abort()
 				seed = nil
 			}
+			endSeed()
+			// One seed of a path at a time: two would each take a copy's
+			// space, and the second rename would undo the first.
+			if _, busy := d.seedingPaths.LoadOrStore(req.Path, true); busy {
+				_ = reply(nil, fmt.Errorf("a seed of %s is under way on another connection: try again when it ends", req.Path))
+				return
+			}
+			seeding = req.Path
+			// Assigned only when made: a nil writer in the interface
+			// would not compare equal to nil.
 			if req.Blocks == nil {
-				seed, err = newSeedWriter(req.Path, req.Seed)
+				w, werr := newSeedWriter(req.Path, req.Seed)
+				if werr == nil {
+					seed = w
+				}
+				err = werr
 			} else {
-				seed, err = newBlockSeedWriter(req.Path, *req.Blocks, d.env().blocks)
+				w, werr := newBlockSeedWriter(req.Path, *req.Blocks, d.env().blocks)
+				if werr == nil {
+					seed = w
+				}
+				err = werr
 			}
 			if err != nil {
 				_ = reply(nil, err)
@@ -246,9 +281,10 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			err := seed.commit()
 			if bw, ok := seed.(*blockSeedWriter); ok && err == nil {
-				d.log.Infof("delta seed of %s: %d bytes received, the copy verified and in place (%s)", req.Path, bw.sent, bw.want.Root()[:12])
+				d.log.Infof("delta seed of %s: %d bytes received, every block verified, the copy in place (root %s)", bw.path, bw.sent, bw.want.Root()[:12])
 			}
 			seed = nil
+			endSeed()
 			if reply(nil, err) != nil {
 				return
 			}

@@ -394,7 +394,10 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 		}
 	}
 	if ctrl.peer.HasFeature(logchan.FeatureBlockSeed) {
-		return p.ensureSeededBlocks(ctrl, path)
+		// (A disk over 16 TiB has too many blocks for one list: whole.)
+		if fi, err := os.Stat(path); err == nil && (fi.Size()+logchan.MaxSeedBlock-1)/logchan.MaxSeedBlock <= logchan.MaxSeedBlocks {
+			return p.ensureSeededBlocks(ctrl, path)
+		}
 	}
 	// Both hosts hash at once: the backup host's answer comes while this
 	// one reads its own copy.

@@ -18,11 +18,17 @@ import (
 
 // seedProblem says why the backup host will not hash or take a copy of
 // path on a control connection for domain uuid (size: the copy's bytes,
-// 0 for a hash), or "": the path must lie under seed-dirs in a real
-// directory (no symbolic link on the way), be a regular file if it exists,
-// not be a disk of another domain libvirt knows here, not be in use by a
-// running QEMU of the domain itself, and fit in the free space.
+// 0 for a hash), or "": the path must be absolute and clean (no "." or
+// ".." element, no doubled or trailing slash: the kernel resolves ".."
+// after a link, so the checks below would judge another file), lie under
+// seed-dirs in a real directory (no symbolic link on the way), be a
+// regular file if it exists, not be a disk of another domain libvirt knows
+// here, not be in use by a running QEMU of the domain itself, and fit in
+// the free space.
 func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return fmt.Sprintf("%q is not an absolute path in clean form (%q): refused", path, filepath.Clean(path))
+	}
 	if !d.cfg.seedAllowed(path) {
 		return fmt.Sprintf("%s is outside seed-dirs %v: put the disk under one of them, or add its directory to seed-dirs in %s", path, d.cfg.SeedDirs, DefaultConfigPath)
 	}

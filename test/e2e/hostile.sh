@@ -57,6 +57,8 @@ log "host B's libvirt-ftd: peak RSS $hwm kB (limit $RSS_LIMIT_KB kB)"
 [ "$hwm" -le "$RSS_LIMIT_KB" ] || { log "FAIL: peak RSS above the limit"; fail=1; }
 [ "$(on b sha256sum "$victim" | cut -d' ' -f1)" = "$victim_sum" ] || { log "FAIL: the other domain's image changed"; fail=1; }
 if on b test -e /etc/libvirt-ft-hostile; then log "FAIL: a file was written through the link"; on b rm -f /etc/libvirt-ft-hostile; fail=1; fi
+if on b test -e /libvirt-ft-hostile; then log "FAIL: a file was written through .. after the link"; on b rm -f /libvirt-ft-hostile; fail=1; fi
+if on b test -e "$IMAGES/libvirt-ft-hostile-delta.qcow2"; then log "FAIL: a malformed delta seed left a file"; on b rm -f "$IMAGES/libvirt-ft-hostile-delta.qcow2"; fail=1; fi
 domains_after=$(virsh_on b list --all --name | sort | tr '\n' ' ')
 [ "$domains_after" = "$domains_before" ] || { log "FAIL: host B's domains changed: '$domains_before' -> '$domains_after'"; fail=1; }
 wait_for 30 "the tick counter to go on on host A" has_tick a "$DOMAIN" $((tick_before + 3))

@@ -32,6 +32,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -186,9 +187,21 @@ func main() {
 	if *disk != "" {
 		// (The running backup is a domain whose peer is not this host.)
 		seed("seed-running-backups-disk", *uuid, *disk, "is a disk of domain")
+		// A delta seed whose block list is malformed, to a new file
+		// under seed-dirs for a domain the backup host does not know:
+		// refused, and the daemon stays up (hostile.sh checks it runs
+		// afterwards).
+		bad := logchan.BlockList{Exists: true, Size: 1, BlockSize: 4096, Hashes: make([]byte, 32)}
+		control("delta-seed-bad-block-size", "6b0e2f6a-7c1d-4e3f-9a8b-1c2d3e4f5a6c", logchan.ControlRequest{Op: logchan.OpSeed,
+			Path: filepath.Join(filepath.Dir(*disk), "libvirt-ft-hostile-delta.qcow2"), Blocks: &bad}, "block_size")
 	}
 	if *link != "" {
 		seed("seed-through-symlink", *uuid, *link+"/libvirt-ft-hostile", "symbolic link")
+		// ".." after the link: the kernel resolves it from the link's
+		// target (/etc/.. is /), where a lexical check sees seed-dirs.
+		seed("seed-dotdot-after-symlink", *uuid, *link+"/../libvirt-ft-hostile", "clean form")
+		control("blocks-dotdot-after-symlink", *uuid, logchan.ControlRequest{Op: logchan.OpBlocks, Path: *link + "/../etc/shadow",
+			Blocks: &logchan.BlockList{BlockSize: logchan.MinSeedBlock}}, "clean form")
 	}
 	// 4. Arming backups that would run what the peer says.
 	if *xmlFile != "" {
