@@ -250,9 +250,14 @@ func (c *Config) validate(path string) error {
 	return nil
 }
 
-// seedAllowed reports whether a peer may write a disk copy at path.
+// seedAllowed reports whether a peer may write a disk copy at path: an
+// absolute path in clean form (no "." or ".." element: the kernel resolves
+// ".." after a link) under one of seed-dirs.
 func (c Config) seedAllowed(path string) bool {
 	clean := filepath.Clean(path)
+	if clean != path || !filepath.IsAbs(path) {
+		return false
+	}
 	for _, d := range c.SeedDirs {
 		d = filepath.Clean(d)
 		if strings.HasPrefix(clean, d+string(filepath.Separator)) {

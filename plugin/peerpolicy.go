@@ -107,10 +107,11 @@ var (
 	socketDirs  = []string{"/var/lib/libvirt/qemu", "/run/libvirt/qemu"}
 )
 
-// under reports whether path, cleaned, lies inside dir.
+// under reports whether path lies inside dir. path must be absolute and
+// in clean form: the kernel resolves ".." after following a link, so
+// "dir/link/../x" may be anywhere while it reads as "dir/x".
 func under(path, dir string) bool {
-	p := filepath.Clean(path)
-	return filepath.IsAbs(p) && strings.HasPrefix(p, filepath.Clean(dir)+"/")
+	return filepath.IsAbs(path) && path == filepath.Clean(path) && strings.HasPrefix(path, filepath.Clean(dir)+"/")
 }
 
 // bootFileAllowed: a kernel, initrd or DTB a peer's domain may boot from.
@@ -268,6 +269,9 @@ func diskProblem(c Config, d libvirtxml.DomainDisk) string {
 		p := d.Source.File.File
 		if p == "" {
 			return ""
+		}
+		if filepath.Clean(p) != p {
+			return fmt.Sprintf("image %s is not a path in clean form: write it as %s (\".\" and \"..\" elements are refused: the kernel resolves \"..\" after a link)", p, filepath.Clean(p))
 		}
 		if !c.seedAllowed(p) {
 			return fmt.Sprintf("image %s is outside the backup host's seed-dirs %v; move it there or add its directory", p, c.SeedDirs)
