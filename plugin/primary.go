@@ -477,13 +477,13 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 			path, local.Size, local.Count(), bs>>10, local.Root()[:12], hashed.Round(time.Millisecond))
 		return nil
 	}
-	inPlace := remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize
+	fromOld := remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize
 	var send []int64
 	var total int64
 	for i := int64(0); i < local.Count(); i++ {
 		switch {
-		case inPlace && bytes.Equal(remote.Hash(i), local.Hash(i)):
-		case !inPlace && local.Zero(i): // a hole in the new copy
+		case fromOld && bytes.Equal(remote.Hash(i), local.Hash(i)):
+		case !fromOld && local.Zero(i): // a hole in the new copy
 		default:
 			send = append(send, i)
 			if !local.Zero(i) {
@@ -491,8 +491,13 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 			}
 		}
 	}
-	p.log.Infof("disk %s: %d of %d blocks of %d KiB differ from the backup's copy: seeding %d bytes (listed in %v)",
-		path, len(send), local.Count(), bs>>10, total, hashed.Round(time.Millisecond))
+	if fromOld {
+		p.log.Infof("disk %s: %d of %d blocks of %d KiB differ from the backup's copy: seeding %d bytes (listed in %v)",
+			path, len(send), local.Count(), bs>>10, total, hashed.Round(time.Millisecond))
+	} else {
+		p.log.Infof("disk %s: the backup host has no copy of this size: seeding a new one, %d bytes in %d of %d blocks of %d KiB, the rest holes (listed in %v)",
+			path, total, len(send), local.Count(), bs>>10, hashed.Round(time.Millisecond))
+	}
 	progress := func(done, all int64) {
 		p.mu.Lock()
 		p.seeding = &ctl.Seeding{Path: path, DoneBytes: done, TotalBytes: all}

@@ -116,6 +116,32 @@ virsh_on a destroy "$DOMAIN" >/dev/null
 wait_for 60 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
 log "the restarted pair replicated on the unread copies (tick 10 of the second boot on host B)"
 
+say "restart after a destroy and 1 MiB overwritten on host B's copy: only differing blocks are sent (issue 13)"
+# The destroy left no in-step record; host B's copy also gets 1 MiB of
+# other bytes at 2 MiB (a qcow2 file is plain bytes until QEMU opens it).
+# Both hosts list their copy's blocks and only those that differ go over
+# (docs/protocol.md §5a); the lists must match after.
+mark=$(wc -l <"$LAB_DIR/a/ftd.log")
+on b dd if=/dev/urandom of="$IMAGES/$DOMAIN.qcow2" bs=1M seek=2 count=1 conv=notrunc status=none
+virsh_on a start "$DOMAIN" >/dev/null
+wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
+seedlog=$(tail -n +"$((mark + 1))" "$LAB_DIR/a/ftd.log" | grep -E "disk $IMAGES/$DOMAIN.qcow2: " || true)
+sed 's/.*msg="//; s/" .*//; s/^/     /' <<<"$seedlog"
+grep -q "seeded and verified" <<<"$seedlog" || die "host A did not seed and verify the damaged copy"
+size=$(on a stat -c %s "$IMAGES/$DOMAIN.qcow2")
+if grep -q "blocks of [0-9]* KiB differ from the backup's copy" <<<"$seedlog"; then
+	sent=$(grep -o "seeding [0-9]* bytes" <<<"$seedlog" | tail -n 1 | awk '{print $2}')
+	[ "$sent" -ge 1048576 ] || die "host A sent $sent bytes: the damaged block was not among them"
+	[ "$sent" -lt "$size" ] || die "host A sent $sent bytes of a $size-byte image: the whole copy, not the differing blocks"
+	log "host A sent $sent of the image's $size bytes: the differing blocks"
+else
+	# The destroy cut the backup's replay short of the primary's last
+	# allocation: its qcow2 file is shorter, and it gets a new copy.
+	log "host B's copy was of another size after the destroy: a new sparse copy was seeded"
+fi
+virsh_on a destroy "$DOMAIN" >/dev/null
+wait_for 60 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+
 say "nothing left behind"
 for h in a b; do
 	left=$(on $h find /var/lib/libvirt-ft -type p 2>/dev/null || true)
