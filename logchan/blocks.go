@@ -41,7 +41,7 @@ const (
 // MaxSeedBlock for a file too large for any (BlockList.Check refuses it).
 func SeedBlockSize(size int64) int64 {
 	bs := int64(MinSeedBlock)
-	for bs < MaxSeedBlock && (size+bs-1)/bs > MaxSeedBlocks {
+	for bs < MaxSeedBlock && (size/bs+min(size%bs, 1)) > MaxSeedBlocks {
 		bs <<= 1
 	}
 	return bs
@@ -49,7 +49,9 @@ func SeedBlockSize(size int64) int64 {
 
 // BlockList describes a file as blocks for a delta seed: whether it
 // exists, its size and block size in bytes, and the SHA-256 of each block,
-// in order, 32 bytes each (Hashes; base64 in JSON).
+// in order, 32 bytes each (Hashes; base64 in JSON). An OpBlocks answer for
+// a file of another size than the one asked about has no Hashes (the file
+// was not read: it cannot be a base for a delta); Listed tells.
 type BlockList struct {
 	Exists    bool   `json:"exists"`
 	Size      int64  `json:"size"`
@@ -62,7 +64,11 @@ func (b BlockList) Count() int64 {
 	if b.BlockSize <= 0 || b.Size <= 0 {
 		return 0
 	}
-	return (b.Size + b.BlockSize - 1) / b.BlockSize
+	n := b.Size / b.BlockSize
+	if b.Size%b.BlockSize != 0 {
+		n++
+	}
+	return n
 }
 
 // Len is the length in bytes of block i (BlockSize but for the last).
@@ -76,10 +82,14 @@ func (b BlockList) Hash(i int64) []byte { return b.Hashes[i*sha256.Size : (i+1)*
 // Zero reports whether block i holds only zeros (by its hash).
 func (b BlockList) Zero(i int64) bool { return string(b.Hash(i)) == string(ZeroBlockHash(b.Len(i))) }
 
+// Listed reports whether Hashes holds every block's hash.
+func (b BlockList) Listed() bool { return int64(len(b.Hashes)) == b.Count()*sha256.Size }
+
 // Check returns an error naming the field that is wrong: a BlockSize that
 // is not a power of two within [MinSeedBlock, MaxSeedBlock], a negative
-// Size, more than MaxSeedBlocks blocks, or Hashes not 32 bytes per block.
-// A list that does not exist must be empty.
+// Size, or Hashes neither empty (not listed) nor 32 bytes per block; more
+// than MaxSeedBlocks blocks when listed. A list that does not exist must
+// be empty.
 func (b BlockList) Check() error {
 	if b.BlockSize < MinSeedBlock || b.BlockSize > MaxSeedBlock || b.BlockSize&(b.BlockSize-1) != 0 {
 		return fmt.Errorf("block list: block_size %d is not a power of two between %d and %d bytes", b.BlockSize, MinSeedBlock, MaxSeedBlock)
@@ -89,6 +99,9 @@ func (b BlockList) Check() error {
 	}
 	if !b.Exists && (b.Size != 0 || len(b.Hashes) != 0) {
 		return errors.New("block list: a file that does not exist has no size and no hashes")
+	}
+	if len(b.Hashes) == 0 {
+		return nil
 	}
 	if n := b.Count(); n > MaxSeedBlocks {
 		return fmt.Errorf("block list: %d blocks of %d bytes, more than %d: a larger block_size is needed", n, b.BlockSize, MaxSeedBlocks)
@@ -142,14 +155,23 @@ func ZeroBlockHash(n int64) []byte {
 // OpSeedZero if want says it is zeros, else an OpSeedBlock and the block's
 // bytes read from r as Data frames of at most SeedChunk bytes; then
 // OpSeedEnd and its reply. progress (may be nil) is called with the data
-// bytes sent so far. A refusal comes back as an error with the server's
+// bytes sent so far: once the server is ready, and after every block or
+// Data frame (a caller with a write deadline renews it there). A refusal comes back as an error with the server's
 // message.
 func (c *Conn) SeedBlocks(path string, want BlockList, send []int64, r io.ReaderAt, progress func(done int64)) error {
 	if err := want.Check(); err != nil {
 		return err
 	}
+	if !want.Exists || !want.Listed() {
+		return fmt.Errorf("seed of %s: the target list is not complete", path)
+	}
 	if err := c.Request(ControlRequest{Op: OpSeed, Path: path, Blocks: &want}, nil); err != nil {
 		return err
+	}
+	// The server may take long to get ready (a local copy of its old
+	// copy): progress lets the caller renew its write deadline.
+	if progress != nil {
+		progress(0)
 	}
 	buf := make([]byte, min(want.BlockSize, SeedChunk))
 	var done int64
@@ -163,6 +185,9 @@ func (c *Conn) SeedBlocks(path string, want BlockList, send []int64, r io.Reader
 		if want.Zero(i) {
 			if err := c.WriteControl(ControlRequest{Op: OpSeedZero, Offset: off}); err != nil {
 				return c.refusalOr(err)
+			}
+			if progress != nil {
+				progress(done)
 			}
 			continue
 		}

@@ -37,12 +37,19 @@ func TestBlockListCheck(t *testing.T) {
 		"block_size 4096":    {Exists: true, Size: 1, BlockSize: 4096, Hashes: make([]byte, 32)},
 		"negative":           {Exists: true, Size: -1, BlockSize: 1 << 20},
 		"expected 128":       {Exists: true, Size: 3<<20 + 1, BlockSize: 1 << 20, Hashes: make([]byte, 3*32)},
-		"more than 16384":    {Exists: true, Size: 1 << 40, BlockSize: 1 << 20},
+		"more than 16384":    {Exists: true, Size: 1 << 40, BlockSize: 1 << 20, Hashes: make([]byte, 32)},
 		"does not exist":     {Size: 5, BlockSize: 1 << 20},
 	} {
 		if err := l.Check(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%+v: %v, want an error with %q", l, err, want)
 		}
+	}
+	// Sizes only (a file of another size than asked): valid, not listed.
+	if l := (BlockList{Exists: true, Size: 1 << 40, BlockSize: 1 << 20}); l.Check() != nil || l.Listed() {
+		t.Fatal("a list without hashes")
+	}
+	if l := (BlockList{Exists: true, Size: 1<<63 - 1, BlockSize: MaxSeedBlock}); l.Count() != 1<<33 {
+		t.Fatalf("Count near the int64 limit: %d", l.Count())
 	}
 	big := BlockList{Exists: true, Size: MaxSeedBlocks << 20, BlockSize: 1 << 20, Hashes: make([]byte, MaxSeedBlocks*32)}
 	req, err := json.Marshal(ControlRequest{Op: OpSeed, Path: "/var/lib/libvirt/images/" + strings.Repeat("x", 200), Blocks: &big})

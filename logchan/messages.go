@@ -187,8 +187,9 @@ const (
 	// moves it into place, then replies.
 	OpSeedEnd ControlOp = "seed-end"
 	// OpBlocks asks for Path's BlockList in blocks of Blocks.BlockSize
-	// bytes (ControlReply.Data: BlockList). Only to a server that listed
-	// FeatureBlockSeed.
+	// bytes (ControlReply.Data: BlockList) if its size is Blocks.Size;
+	// a file of another size is not read, and the answer has no hashes.
+	// Only to a server that listed FeatureBlockSeed.
 	OpBlocks ControlOp = "blocks"
 	// OpSeedBlock: the Data frames that follow, one block's bytes in
 	// all, are the block at Offset of the delta seed under way (an

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,9 +28,10 @@ import (
 // primary sends only the blocks that differ; the backup host builds the
 // new copy in a temporary file that starts as a clone of its old copy
 // (FICLONE, else a sparse local copy), checks the hash of every block it
-// received as it arrives and reads back every block it did not before the
-// rename: a seed cut short leaves the old copy whole, and the list it
-// caches afterwards was read from the file. A file is fsynced before its
+// received as it arrives (hashed from the bytes received) and reads back
+// every block it did not before the rename: a seed cut short leaves the
+// old copy whole, and every hash of the list it caches afterwards was
+// taken from the bytes in the file. A file is fsynced before its
 // identity is taken for a list it is about to read (a crash must not leave
 // an identity that matches older blocks, and SEEK_DATA sees written data).
 
@@ -136,8 +138,9 @@ func racyWindowOf(id inStepDisk) time.Duration {
 // blockList returns path's BlockList in blocks of bs bytes and the
 // identity it describes: from the cache when path is unchanged, else by
 // reading it (holes are not read), caching what it read. A missing file is
-// not an error (Exists false).
-func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepDisk, error) {
+// not an error (Exists false). With wantSize ≥ 0, a file of another size
+// is not read: its list has no hashes (not Listed).
+func (c blockCache) blockList(path string, bs, wantSize int64) (logchan.BlockList, inStepDisk, error) {
 	id, err := statDisk(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return logchan.BlockList{BlockSize: bs}, inStepDisk{}, nil
@@ -146,6 +149,9 @@ func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepD
 		return logchan.BlockList{}, id, err
 	}
 	l := logchan.BlockList{Exists: true, Size: id.Size, BlockSize: bs}
+	if wantSize >= 0 && id.Size != wantSize {
+		return l, id, nil
+	}
 	if n := l.Count(); n > logchan.MaxSeedBlocks {
 		return logchan.BlockList{}, id, fmt.Errorf("%s: %d blocks of %d bytes, more than %d", path, n, bs, logchan.MaxSeedBlocks)
 	}
@@ -159,13 +165,18 @@ func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepD
 	}
 	defer f.Close()
 	// Data on stable storage before the identity that will vouch for it
-	// is taken (and delayed allocation resolved before SEEK_DATA looks).
+	// is taken (and delayed allocation resolved before SEEK_DATA looks);
+	// the identity of the file opened (a rename over path since is not
+	// it: put then records nothing).
 	synced := f.Sync() == nil
 	statAt := c.clock()
-	if id, err = statDisk(path); err != nil {
+	if id, err = fileIdentity(f, path); err != nil {
 		return logchan.BlockList{}, id, err
 	}
 	l.Size = id.Size
+	if wantSize >= 0 && id.Size != wantSize {
+		return l, id, nil
+	}
 	if n := l.Count(); n > logchan.MaxSeedBlocks {
 		return logchan.BlockList{}, id, fmt.Errorf("%s: %d blocks of %d bytes, more than %d", path, n, bs, logchan.MaxSeedBlocks)
 	}
@@ -177,6 +188,20 @@ func (c blockCache) blockList(path string, bs int64) (logchan.BlockList, inStepD
 		c.put(path, bs, l.Hashes, id, statAt)
 	}
 	return l, id, nil
+}
+
+// fileIdentity is statDisk's identity of the open file f, named path.
+func fileIdentity(f *os.File, path string) (inStepDisk, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return inStepDisk{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || !fi.Mode().IsRegular() {
+		return inStepDisk{}, fmt.Errorf("%s is not a regular file", path)
+	}
+	return inStepDisk{Path: path, Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size,
+		MtimeNs: st.Mtim.Nano(), CtimeNs: st.Ctim.Nano()}, nil
 }
 
 // hashBlocks returns the SHA-256 of each block of bs bytes of f's first
@@ -236,8 +261,8 @@ func newBlockSeedWriter(path string, want logchan.BlockList, cache blockCache) (
 	if err := want.Check(); err != nil {
 		return nil, fmt.Errorf("seed of %s: %w", path, err)
 	}
-	if !want.Exists {
-		return nil, fmt.Errorf("seed of %s: the target does not exist", path)
+	if !want.Exists || !want.Listed() {
+		return nil, fmt.Errorf("seed of %s: the target does not exist or is not listed block by block", path)
 	}
 	w := &blockSeedWriter{path: path, want: want, cache: cache, cur: -1, last: -1, h: sha256.New(), received: map[int64]bool{}}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".seed-*")
@@ -245,8 +270,8 @@ func newBlockSeedWriter(path string, want logchan.BlockList, cache blockCache) (
 		return nil, err
 	}
 	w.tmp = tmp
-	old, id, err := cache.blockList(path, want.BlockSize)
-	if err == nil && old.Exists && old.Size == want.Size {
+	old, id, err := cache.blockList(path, want.BlockSize, want.Size)
+	if err == nil && old.Exists && old.Listed() && old.Size == want.Size {
 		err = w.cloneFrom(old, id)
 	} else if err == nil {
 		w.have = make([]byte, 0, len(want.Hashes))
@@ -441,7 +466,7 @@ func (w *blockSeedWriter) commit() error {
 	if fi, err := w.tmp.Stat(); err != nil || fi.Size() != w.want.Size {
 		return fail(fmt.Errorf("seed of %s: the copy is not %d bytes (%v)", w.path, w.want.Size, err))
 	}
-	tmpID, err := statDisk(w.tmp.Name())
+	tmpID, err := fileIdentity(w.tmp, w.tmp.Name())
 	if err != nil {
 		return fail(err)
 	}

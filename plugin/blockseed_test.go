@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -70,7 +71,7 @@ func TestBlockList(t *testing.T) {
 	path := filepath.Join(dir, "disk.raw")
 	content := sparseDisk(t, path, 5*mib+3, 1, 1, 5)
 	c := testCache(t)
-	l, _, err := c.blockList(path, mib)
+	l, _, err := c.blockList(path, mib, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,16 +103,30 @@ func TestBlockList(t *testing.T) {
 		t.Fatal("a cached list served after a write")
 	}
 	content[3*mib] = 1
-	if l, _, err = c.blockList(path, mib); err != nil || !bytes.Equal(l.Hashes, naiveHashes(content, mib)) {
+	if l, _, err = c.blockList(path, mib, -1); err != nil || !bytes.Equal(l.Hashes, naiveHashes(content, mib)) {
 		t.Fatalf("list after a write: %v", err)
 	}
+	// Asked about another size, the file is not read: no hashes.
+	if l, _, err := c.blockList(path, mib, 3*mib); err != nil || !l.Exists || l.Listed() || l.Size != 5*mib+3 {
+		t.Fatalf("list for another size: %+v %v", l, err)
+	}
 	// A missing file has an empty list; a racily clean one is not cached.
-	if l, _, err := c.blockList(filepath.Join(dir, "none"), mib); err != nil || l.Exists || l.Check() != nil {
+	if l, _, err := c.blockList(filepath.Join(dir, "none"), mib, -1); err != nil || l.Exists || l.Check() != nil {
 		t.Fatalf("missing file: %+v %v", l, err)
 	}
-	rc := blockCache{dir: t.TempDir()}
+	// (The clock reads 10 ms after the file's last change, whatever the
+	// machine's load.)
 	sparseDisk(t, path, 2*mib, 2, 0)
-	if _, _, err := rc.blockList(path, mib); err != nil {
+	if err := syncFile(path); err != nil {
+		t.Fatal(err)
+	}
+	id, err := statDisk(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := time.Unix(0, max(id.CtimeNs, id.MtimeNs))
+	rc := blockCache{dir: t.TempDir(), now: func() time.Time { return changed.Add(10 * time.Millisecond) }}
+	if _, _, err := rc.blockList(path, mib, -1); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := rc.get(path, mib); ok {
@@ -347,5 +362,68 @@ func TestDeltaSeedReadsBack(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, old) {
 		t.Fatal("the old copy changed")
+	}
+}
+
+// The backup host may take longer than a write's deadline to get ready for
+// a delta seed (a local copy of its old copy); the blocks must still go.
+func TestDeltaSeedAfterSlowReady(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	content := sparseDisk(t, src, 3*mib, 9, 0, 2)
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		done := make(chan error, 1)
+		go func() { // the backup's daemon, slow to get ready
+			sc := logchan.NewConn(b)
+			var w *blockSeedWriter
+			for {
+				req, data, err := sc.RecvControl()
+				if err != nil {
+					done <- err
+					return
+				}
+				switch {
+				case data != nil:
+					if _, err := w.Write(data); err != nil {
+						done <- err
+						return
+					}
+				case req.Op == logchan.OpBlocks:
+					_ = sc.Reply(logchan.BlockList{BlockSize: req.Blocks.BlockSize}, nil)
+				case req.Op == logchan.OpSeed:
+					time.Sleep(2*writeTimeout + time.Second)
+					w, err = newBlockSeedWriter(dst, *req.Blocks, blockCache{})
+					_ = sc.Reply(nil, err)
+				case req.Op == logchan.OpSeedBlock, req.Op == logchan.OpSeedZero:
+					if err := w.block(req.Offset, req.Op == logchan.OpSeedZero); err != nil {
+						done <- err
+						return
+					}
+				case req.Op == logchan.OpSeedEnd:
+					err := w.commit()
+					_ = sc.Reply(nil, err)
+					done <- err
+					return
+				}
+			}
+		}()
+		ctrl := newPeerConn(a)
+		bs := int64(mib)
+		local, _, err := blockCache{}.blockList(src, bs, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ctrl.seedBlocks(src, dst, local, []int64{0, 2}, 2*mib, func(int64, int64) {}); err != nil {
+			t.Fatalf("seeding after a slow ready: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+	if got, err := os.ReadFile(dst); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("the copy differs (%v)", err)
 	}
 }

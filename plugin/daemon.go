@@ -43,8 +43,9 @@ type Daemon struct {
 	// blocks caches disk copies' block lists (blockseed.go; zero in
 	// tests: nothing cached).
 	blocks blockCache
-	// seedingPaths holds the paths a control connection is receiving a
-	// seed of (path → true): one seed per path at a time.
+	// seedingPaths holds the places (dirKey: any spelling of a path) a
+	// control connection is receiving a seed of: one seed per file at a
+	// time.
 	seedingPaths sync.Map
 	cfg          Config
 	// checking is held while virt-ft check runs (one at a time).

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,6 +146,23 @@ func TestSeedProblem(t *testing.T) {
 	if err := hv.Define(other); err != nil {
 		t.Fatal(err)
 	}
+	// Another domain's disk named through a link to the seed dir (as
+	// when /var/lib/libvirt/images links to /data/images): one existing,
+	// one not yet created.
+	alias := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(images, alias); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(images, "aliased.qcow2"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"aliased.qcow2", "aliased-new.qcow2"} {
+		x := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, fmt.Sprintf("0e2b6d1c-2222-4222-8333-94445555666%d", i), 1), "<name>web</name>", fmt.Sprintf("<name>alias%d</name>", i), 1)
+		x = strings.Replace(x, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+filepath.Join(alias, name)+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+		if err := hv.Define(x); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg := Config{SeedDirs: []string{images}}
 	d := newDaemon(cfg, logrus.New(), hv, nil)
 	// A peer naming the victim's own UUID gains nothing.
@@ -169,6 +187,8 @@ func TestSeedProblem(t *testing.T) {
 		{"web.qcow2", 0, "absolute"},
 		{victim, 1 << 20, `domain "victim"`},
 		{victim, 0, `domain "victim"`},
+		{filepath.Join(images, "aliased.qcow2"), 1 << 20, `domain "alias0"`},
+		{filepath.Join(images, "aliased-new.qcow2"), 1 << 20, `domain "alias1"`},
 		{filepath.Join(images, "huge.qcow2"), 1 << 62, "does not fit"},
 	} {
 		c := c

@@ -116,12 +116,13 @@ func (d *Daemon) servePeer(nc net.Conn) {
 }
 
 // serveControlConn answers control requests about the domain uuid (the
-// handshake's) until the peer closes or idles for controlIdle. A malformed
+// handshake's) until the peer closes or idles for controlIdle (hashIdle
+// after a hash or blocks answer). A malformed
 // or unknown request, or one about another domain, ends the connection.
 func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 	defer pc.Close()
 	var seed diskSeed
-	var seeding string // the path seed writes, held in d.seedingPaths
+	var seeding string // the place seed writes (dirKey), held in d.seedingPaths
 	endSeed := func() {
 		if seeding != "" {
 			d.seedingPaths.Delete(seeding)
@@ -198,7 +199,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				_ = reply(nil, err)
 				return
 			}
-			l, _, err := d.env().blocks.blockList(req.Path, req.Blocks.BlockSize)
+			l, _, err := d.env().blocks.blockList(req.Path, req.Blocks.BlockSize, max(req.Blocks.Size, 0))
 			if err == nil {
 				err = l.Check()
 			}
@@ -232,11 +233,16 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			endSeed()
 			// One seed of a path at a time: two would each take a copy's
 			// space, and the second rename would undo the first.
-			if _, busy := d.seedingPaths.LoadOrStore(req.Path, true); busy {
+			key := dirKey(req.Path)
+			if key == "" {
+				_ = reply(nil, fmt.Errorf("the backup host cannot look at the directory of %s", req.Path))
+				return
+			}
+			if _, busy := d.seedingPaths.LoadOrStore(key, true); busy {
 				_ = reply(nil, fmt.Errorf("a seed of %s is under way on another connection: try again when it ends", req.Path))
 				return
 			}
-			seeding = req.Path
+			seeding = key
 			// Assigned only when made: a nil writer in the interface
 			// would not compare equal to nil.
 			if req.Blocks == nil {

@@ -395,7 +395,7 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 	}
 	if ctrl.peer.HasFeature(logchan.FeatureBlockSeed) {
 		// (A disk over 16 TiB has too many blocks for one list: whole.)
-		if fi, err := os.Stat(path); err == nil && (fi.Size()+logchan.MaxSeedBlock-1)/logchan.MaxSeedBlock <= logchan.MaxSeedBlocks {
+		if fi, err := os.Stat(path); err == nil && fi.Size() <= int64(logchan.MaxSeedBlocks)*logchan.MaxSeedBlock {
 			return p.ensureSeededBlocks(ctrl, path)
 		}
 	}
@@ -456,9 +456,9 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 	var remote logchan.BlockList
 	remoteErr := make(chan error, 1)
 	go func() {
-		remoteErr <- ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs}}, &remote)
+		remoteErr <- ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs, Size: id.Size}}, &remote)
 	}()
-	local, _, err := p.env.blocks.blockList(src, bs)
+	local, _, err := p.env.blocks.blockList(src, bs, -1)
 	if rerr := <-remoteErr; err == nil {
 		err = rerr
 	}
@@ -472,12 +472,15 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 		return err
 	}
 	hashed := time.Since(started)
-	if remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize && bytes.Equal(remote.Hashes, local.Hashes) {
+	if local.Size != id.Size {
+		return fmt.Errorf("the disk changed size on this host while it was listed: start again")
+	}
+	if remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize && remote.Listed() && bytes.Equal(remote.Hashes, local.Hashes) {
 		p.log.Infof("disk %s: backup copy identical (%d bytes, %d blocks of %d KiB, root %s; both listed in %v)",
 			path, local.Size, local.Count(), bs>>10, local.Root()[:12], hashed.Round(time.Millisecond))
 		return nil
 	}
-	fromOld := remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize
+	fromOld := remote.Exists && remote.Size == local.Size && remote.BlockSize == local.BlockSize && remote.Listed()
 	var send []int64
 	var total int64
 	for i := int64(0); i < local.Count(); i++ {
@@ -510,10 +513,10 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 	if after, err := statDisk(src); err != nil || after != id {
 		return fmt.Errorf("the disk changed on this host while it was seeded (%v): start again", err)
 	}
-	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs}}, &remote); err != nil {
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs, Size: id.Size}}, &remote); err != nil {
 		return err
 	}
-	if !remote.Exists || remote.Size != local.Size || !bytes.Equal(remote.Hashes, local.Hashes) {
+	if !remote.Exists || remote.Size != local.Size || !remote.Listed() || !bytes.Equal(remote.Hashes, local.Hashes) {
 		return fmt.Errorf("backup's copy differs after seeding (root %s here, %s there): refusing to replicate", local.Root(), remote.Root())
 	}
 	p.log.Infof("disk %s: seeded and verified (%d bytes sent, root %s, %v in all)", path, total, local.Root()[:12], time.Since(started).Round(time.Millisecond))

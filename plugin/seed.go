@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"libvirt.org/go/libvirtxml"
@@ -85,6 +86,7 @@ func (d *Daemon) diskOwner(uuid, path, from string) string {
 		defs = append(defs, running...)
 	}
 	want := filepath.Clean(path)
+	wantKey := placeKey(want)
 	for _, def := range defs {
 		if def.UUID == uuid {
 			if cfg, present, err := ftxml.ParseConfig(def.XML); err == nil && present && cfg.PeerAddress == from {
@@ -96,12 +98,42 @@ func (d *Daemon) diskOwner(uuid, path, from string) string {
 			continue
 		}
 		for _, disk := range dom.Devices.Disks {
-			if disk.Source != nil && disk.Source.File != nil && filepath.Clean(disk.Source.File.File) == want {
+			if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" {
+				continue
+			}
+			if p := filepath.Clean(disk.Source.File.File); p == want || (wantKey != "" && placeKey(p) == wantKey) {
 				return dom.Name
 			}
 		}
 	}
 	return ""
+}
+
+// placeKey names the file path refers to, whatever its spelling (a link
+// in a directory above it, a bind mount): the device and inode of the file
+// when it exists, else of its directory, with its name; "" when neither
+// can be looked at.
+func placeKey(path string) string {
+	if fi, err := os.Stat(path); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			return fmt.Sprintf("file %d:%d", st.Dev, st.Ino)
+		}
+	}
+	return dirKey(path)
+}
+
+// dirKey names the place of path by its directory's device and inode and
+// its name: the same for every spelling, and across a rename over it.
+func dirKey(path string) string {
+	fi, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("dir %d:%d/%s", st.Dev, st.Ino, filepath.Base(path))
 }
 
 // hashFile returns path's size and SHA-256. A missing file is not an error
