@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -46,6 +48,17 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 	}
 	if len(dom.SecLabel) > 0 {
 		add("/domain/seclabel", "the backup host keeps its own security driver's labels; remove <seclabel>")
+	}
+	for _, si := range dom.SysInfo {
+		if si.FWCfg == nil {
+			continue
+		}
+		for _, e := range si.FWCfg.Entry {
+			if e.File != "" {
+				add("/domain/sysinfo/entry/@file", fmt.Sprintf("%s: fw_cfg entries read from host files are not accepted from the peer (QEMU would hand the backup host's file to the guest); give the value inline", e.File))
+				break
+			}
+		}
 	}
 	if dom.Devices != nil {
 		if len(dom.Devices.Hostdevs) > 0 {
@@ -107,17 +120,47 @@ var (
 	socketDirs  = []string{"/var/lib/libvirt/qemu", "/run/libvirt/qemu"}
 )
 
-// under reports whether path lies inside dir. path must be absolute and
-// in clean form: the kernel resolves ".." after following a link, so
-// "dir/link/../x" may be anywhere while it reads as "dir/x".
+// under reports whether path lies inside dir on this host: as written (an
+// absolute path in clean form: the kernel resolves ".." after following a
+// link, so "dir/link/../x" may be anywhere while it reads as "dir/x"), and
+// as resolved (symbolic links followed: dir/link may point anywhere). A
+// path not there yet is judged by its nearest existing ancestor.
 func under(path, dir string) bool {
+	return lexicallyUnder(path, dir) && resolvedUnder(path, dir)
+}
+
+func lexicallyUnder(path, dir string) bool {
 	return filepath.IsAbs(path) && path == filepath.Clean(path) && strings.HasPrefix(path, filepath.Clean(dir)+"/")
 }
 
-// bootFileAllowed: a kernel, initrd or DTB a peer's domain may boot from.
+// resolvedUnder: path, its links followed, is dir or inside it (dir's own
+// links followed too); for a path not there yet, its nearest existing
+// ancestor.
+func resolvedUnder(path, dir string) bool {
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		realDir = filepath.Clean(dir)
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return real == realDir || lexicallyUnder(real, realDir)
+		}
+		if !errors.Is(err, fs.ErrNotExist) || p == "/" {
+			return false
+		}
+	}
+}
+
+// bootFileAllowed: a kernel, initrd or DTB a peer's domain may boot from,
+// as written and as resolved on this host.
 func (c Config) bootFileAllowed(path string) bool {
 	if c.seedAllowed(path) {
-		return true
+		for _, d := range c.SeedDirs {
+			if lexicallyUnder(path, d) && resolvedUnder(path, d) {
+				return true
+			}
+		}
 	}
 	for _, d := range bootDirs {
 		if under(path, d) {
@@ -226,6 +269,9 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 		if n.Backend != nil && (n.Backend.Tap != "" || n.Backend.VHost != "") {
 			add(field+"/backend", "tap and vhost device paths are not accepted from the peer; remove <backend>")
 		}
+		if n.Backend != nil && n.Backend.LogFile != "" {
+			add(field+"/backend/@logFile", "a backend log file is not accepted from the peer; remove logFile")
+		}
 		if n.ROM != nil && n.ROM.File != nil && *n.ROM.File != "" && !under(*n.ROM.File, "/usr/share") && !under(*n.ROM.File, "/usr/lib") {
 			add(field+"/rom", fmt.Sprintf("ROM file %s is not under /usr/share or /usr/lib", *n.ROM.File))
 		}
@@ -243,11 +289,40 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 				}
 			}
 		}
+		field := fmt.Sprintf("/domain/devices/graphics[%d]", i+1)
+		socket := func(p string) {
+			ok := p == ""
+			for _, dir := range socketDirs {
+				ok = ok || under(p, dir)
+			}
+			if !ok {
+				add(field, fmt.Sprintf("socket %s is outside %v; let libvirt choose the path", p, socketDirs))
+			}
+		}
+		sockets := func(ls []libvirtxml.DomainGraphicListener) {
+			for _, l := range ls {
+				if l.Socket != nil {
+					socket(l.Socket.Socket)
+				}
+			}
+		}
 		if g.VNC != nil {
 			addrs(g.VNC.Listen, g.VNC.Listeners)
+			socket(g.VNC.Socket)
+			sockets(g.VNC.Listeners)
 		}
 		if g.Spice != nil {
 			addrs(g.Spice.Listen, g.Spice.Listeners)
+			sockets(g.Spice.Listeners)
+			if g.Spice.GL != nil && g.Spice.GL.RenderNode != "" {
+				add(field+"/gl/@rendernode", "render nodes are host devices and are not accepted from the peer; remove rendernode")
+			}
+		}
+		if g.EGLHeadless != nil && g.EGLHeadless.GL != nil && g.EGLHeadless.GL.RenderNode != "" {
+			add(field+"/gl/@rendernode", "render nodes are host devices and are not accepted from the peer; remove rendernode")
+		}
+		if g.DBus != nil && g.DBus.GL != nil && g.DBus.GL.RenderNode != "" {
+			add(field+"/gl/@rendernode", "render nodes are host devices and are not accepted from the peer; remove rendernode")
 		}
 		for _, a := range listen {
 			if a != "" && a != "127.0.0.1" && a != "::1" && a != "localhost" {
@@ -281,6 +356,9 @@ func diskProblem(c Config, d libvirtxml.DomainDisk) string {
 		}
 		if real, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil && real != filepath.Clean(filepath.Dir(p)) {
 			return fmt.Sprintf("image %s lies under a symbolic link here: refused", p)
+		}
+		if d.Source.Reservations != nil && d.Source.Reservations.Source != nil {
+			return "persistent reservations through a host socket are not accepted from the peer; remove <reservations>"
 		}
 		if d.BackingStore != nil && d.BackingStore.Source != nil {
 			return "backing stores are not accepted from the peer; flatten the image (qemu-img convert)"

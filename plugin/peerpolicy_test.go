@@ -36,6 +36,11 @@ func TestPeerDomainPolicy(t *testing.T) {
 	if err := os.WriteFile(backed, hdr, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A link in seed-dirs to a file outside them, as a kernel.
+	kernelLink := filepath.Join(images, "vmlinuz")
+	if err := os.Symlink("/etc/passwd", kernelLink); err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{SeedDirs: []string{images}, AllowedEmulators: []string{"/nonexistent/qemu-system-x86_64"}}
 	base := runDomainXML(t.TempDir())
 	withDisk := func(path string) string {
@@ -67,30 +72,37 @@ func TestPeerDomainPolicy(t *testing.T) {
 	for name, c := range map[string]struct{ xml, want string }{
 		"qemu arg": {strings.Replace(base, "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-chardev'/><qemu:arg value='file,id=x,path=/etc/shadow'/></qemu:commandline></domain>", 1),
 			"/domain/qemu:commandline"},
-		"seclabel":                    {strings.Replace(base, "</devices>", "</devices><seclabel type='none'/>", 1), "/domain/seclabel"},
-		"hostdev":                     {strings.Replace(base, "</devices>", "<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='1' function='0'/></source></hostdev></devices>", 1), "/domain/devices/hostdev"},
-		"filesystem":                  {strings.Replace(base, "</devices>", "<filesystem type='mount'><source dir='/'/><target dir='root'/></filesystem></devices>", 1), "/domain/devices/filesystem"},
-		"emulator":                    {strings.Replace(base, "/nonexistent/qemu-system-x86_64", "/bin/sh", 1), "allowed-emulators"},
-		"disk outside seed-dirs":      {withDisk("/etc/shadow"), "outside the backup host's seed-dirs"},
-		"disk through a symlink":      {withDisk(link), "not a regular file"},
-		"disk after .. past a link":   {withDisk(images + "/etcdir/../web.qcow2"), "clean form"},
-		"kernel after .. past a link": {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", "/var/lib/libvirt/boot/x/../web-vmlinuz", 1), "/domain/os/kernel"},
-		"qcow2 backing file":          {withDisk(backed), "names a backing file"},
-		"kernel":                      {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", "/etc/shadow", 1), "/domain/os/kernel"},
-		"nvram":                       {strings.Replace(base, "</os>", "<nvram>/root/x.fd</nvram></os>", 1), "/domain/os/nvram"},
-		"serial file":                 {strings.Replace(base, "/var/log/libvirt/qemu/web-serial.log", "/etc/cron.d/x", 1), "/domain/devices/serial[1]"},
-		"channel tcp":                 {strings.Replace(base, "</devices>", "<channel type='tcp'><source mode='connect' host='10.0.0.9' service='22'/><target type='virtio' name='x'/></channel></devices>", 1), "/domain/devices/channel[1]"},
-		"tpm":                         {strings.Replace(base, "</devices>", "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm></devices>", 1), "/domain/devices/tpm"},
-		"shmem":                       {strings.Replace(base, "</devices>", "<shmem name='x'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem></devices>", 1), "/domain/devices/shmem"},
-		"ethernet":                    {strings.Replace(base, "</devices>", "<interface type='ethernet'><script path='/tmp/x'/><model type='virtio'/></interface></devices>", 1), "only bridge, network and user"},
-		"interface script":            {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><script path='/tmp/x'/></interface></devices>", 1), "/domain/devices/interface[1]/script"},
-		"vnc on all addresses":        {strings.Replace(base, "</devices>", "<graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'/></devices>", 1), "/domain/devices/graphics[1]"},
-		"memory file":                 {strings.Replace(base, "<vcpu", "<memoryBacking><source type='file'/></memoryBacking><vcpu", 1), "/domain/memoryBacking/source"},
-		"nvram template":              {strings.Replace(base, "</os>", "<nvram template='/etc/shadow'>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os>", 1), "/domain/os/nvram/@template"},
-		"acpi table":                  {strings.Replace(base, "</os>", "<acpi><table type='slic'>/etc/shadow</table></acpi></os>", 1), "/domain/os/acpi/table"},
-		"nvdimm":                      {strings.Replace(base, "</devices>", "<memory model='nvdimm'><source><path>/etc/shadow</path></source><target><size unit='KiB'>524288</size></target></memory></devices>", 1), "/domain/devices/memory"},
-		"serial log":                  {strings.Replace(base, "<target type='isa-serial' port='0'/>", "<log file='/etc/cron.d/x'/><target type='isa-serial' port='0'/>", 1), "/domain/devices/serial[1]/log"},
-		"interface rom":               {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><rom file='/etc/shadow'/></interface></devices>", 1), "/domain/devices/interface[1]/rom"},
+		"seclabel":                           {strings.Replace(base, "</devices>", "</devices><seclabel type='none'/>", 1), "/domain/seclabel"},
+		"hostdev":                            {strings.Replace(base, "</devices>", "<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='1' function='0'/></source></hostdev></devices>", 1), "/domain/devices/hostdev"},
+		"filesystem":                         {strings.Replace(base, "</devices>", "<filesystem type='mount'><source dir='/'/><target dir='root'/></filesystem></devices>", 1), "/domain/devices/filesystem"},
+		"emulator":                           {strings.Replace(base, "/nonexistent/qemu-system-x86_64", "/bin/sh", 1), "allowed-emulators"},
+		"disk outside seed-dirs":             {withDisk("/etc/shadow"), "outside the backup host's seed-dirs"},
+		"disk through a symlink":             {withDisk(link), "not a regular file"},
+		"disk after .. past a link":          {withDisk(images + "/etcdir/../web.qcow2"), "clean form"},
+		"kernel after .. past a link":        {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", "/var/lib/libvirt/boot/x/../web-vmlinuz", 1), "/domain/os/kernel"},
+		"qcow2 backing file":                 {withDisk(backed), "names a backing file"},
+		"kernel":                             {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", "/etc/shadow", 1), "/domain/os/kernel"},
+		"nvram":                              {strings.Replace(base, "</os>", "<nvram>/root/x.fd</nvram></os>", 1), "/domain/os/nvram"},
+		"serial file":                        {strings.Replace(base, "/var/log/libvirt/qemu/web-serial.log", "/etc/cron.d/x", 1), "/domain/devices/serial[1]"},
+		"channel tcp":                        {strings.Replace(base, "</devices>", "<channel type='tcp'><source mode='connect' host='10.0.0.9' service='22'/><target type='virtio' name='x'/></channel></devices>", 1), "/domain/devices/channel[1]"},
+		"tpm":                                {strings.Replace(base, "</devices>", "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm></devices>", 1), "/domain/devices/tpm"},
+		"shmem":                              {strings.Replace(base, "</devices>", "<shmem name='x'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem></devices>", 1), "/domain/devices/shmem"},
+		"ethernet":                           {strings.Replace(base, "</devices>", "<interface type='ethernet'><script path='/tmp/x'/><model type='virtio'/></interface></devices>", 1), "only bridge, network and user"},
+		"interface script":                   {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><script path='/tmp/x'/></interface></devices>", 1), "/domain/devices/interface[1]/script"},
+		"vnc on all addresses":               {strings.Replace(base, "</devices>", "<graphics type='vnc' port='-1' autoport='yes' listen='0.0.0.0'/></devices>", 1), "/domain/devices/graphics[1]"},
+		"memory file":                        {strings.Replace(base, "<vcpu", "<memoryBacking><source type='file'/></memoryBacking><vcpu", 1), "/domain/memoryBacking/source"},
+		"nvram template":                     {strings.Replace(base, "</os>", "<nvram template='/etc/shadow'>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os>", 1), "/domain/os/nvram/@template"},
+		"acpi table":                         {strings.Replace(base, "</os>", "<acpi><table type='slic'>/etc/shadow</table></acpi></os>", 1), "/domain/os/acpi/table"},
+		"nvdimm":                             {strings.Replace(base, "</devices>", "<memory model='nvdimm'><source><path>/etc/shadow</path></source><target><size unit='KiB'>524288</size></target></memory></devices>", 1), "/domain/devices/memory"},
+		"serial log":                         {strings.Replace(base, "<target type='isa-serial' port='0'/>", "<log file='/etc/cron.d/x'/><target type='isa-serial' port='0'/>", 1), "/domain/devices/serial[1]/log"},
+		"interface rom":                      {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><rom file='/etc/shadow'/></interface></devices>", 1), "/domain/devices/interface[1]/rom"},
+		"kernel through a link in seed-dirs": {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", kernelLink, 1), "/domain/os/kernel"},
+		"fw_cfg file":                        {strings.Replace(base, "</os>", "</os><sysinfo type='fwcfg'><entry name='opt/x' file='/etc/shadow'/></sysinfo>", 1), "/domain/sysinfo/entry/@file"},
+		"vnc socket":                         {strings.Replace(base, "</devices>", "<graphics type='vnc' socket='/etc/x.sock'/></devices>", 1), "socket /etc/x.sock"},
+		"vnc listen socket":                  {strings.Replace(base, "</devices>", "<graphics type='vnc'><listen type='socket' socket='/etc/x.sock'/></graphics></devices>", 1), "socket /etc/x.sock"},
+		"rendernode":                         {strings.Replace(base, "</devices>", "<graphics type='egl-headless'><gl rendernode='/dev/dri/renderD128'/></graphics></devices>", 1), "rendernode"},
+		"disk reservations":                  {strings.Replace(withDisk(disk), "<source file='"+disk+"'/>", "<source file='"+disk+"'><reservations managed='no'><source type='unix' path='/etc/x.sock' mode='client'/></reservations></source>", 1), "reservations"},
+		"backend log file":                   {strings.Replace(base, "</devices>", "<interface type='user'><backend type='passt' logFile='/etc/cron.d/x'/></interface></devices>", 1), "/domain/devices/interface[1]/backend/@logFile"},
 	} {
 		err := cfg.checkPeerDomain(primary(t, c.xml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -195,6 +207,38 @@ func TestSeedProblem(t *testing.T) {
 		got := d.seedProblem(runUUID, "10.0.0.1", c.path, c.size)
 		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
 			t.Errorf("seedProblem(%s, %d) = %q, want %q", c.path, c.size, got, c.want)
+		}
+	}
+}
+
+// under judges a path as written and as resolved on this host: a link
+// inside an allowed directory to a file or directory outside it does not
+// pass; a path not there yet is judged by its nearest existing ancestor.
+func TestUnderResolvesLinks(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Symlink("/etc", filepath.Join(dir, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "passwd")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ok.log"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{
+		dir + "/ok.log":               true,
+		dir + "/new.sock":             true,
+		dir + "/missing/sub/x":        true,
+		dir + "/etc/passwd":           false,
+		dir + "/etc/new.sock":         false,
+		dir + "/passwd":               false,
+		dir + "/../x":                 false,
+		dir:                           false,
+		"relative/x":                  false,
+		filepath.Dir(dir) + "/x.sock": false,
+	} {
+		if got := under(path, dir); got != want {
+			t.Errorf("under(%s) = %v, want %v", path, got, want)
 		}
 	}
 }
