@@ -109,8 +109,13 @@ func (c blockCache) put(path string, bs int64, hashes []byte, id inStepDisk, sta
 		return
 	}
 	p := c.file(path)
-	if os.WriteFile(p+".tmp", b, 0o600) == nil {
-		_ = os.Rename(p+".tmp", p)
+	f, err := os.CreateTemp(c.dir, filepath.Base(p)+".tmp-*")
+	if err != nil {
+		return
+	}
+	_, werr := f.Write(b)
+	if cerr := f.Close(); werr != nil || cerr != nil || os.Rename(f.Name(), p) != nil {
+		os.Remove(f.Name())
 	}
 }
 

@@ -177,6 +177,12 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			return true
 		}
+		// During a seed only its own requests: anything else would keep
+		// the seed's temporary copy and its path held (hashIdle).
+		if seed != nil && req.Op != logchan.OpSeedBlock && req.Op != logchan.OpSeedZero && req.Op != logchan.OpSeedEnd && req.Op != logchan.OpSeed {
+			_ = reply(nil, fmt.Errorf("%s while a seed is under way on this connection: end the seed first", req.Op))
+			return
+		}
 		switch req.Op {
 		case logchan.OpHash:
 			if !readable("hash") {
