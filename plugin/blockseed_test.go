@@ -427,3 +427,37 @@ func TestDeltaSeedAfterSlowReady(t *testing.T) {
 		t.Fatalf("the copy differs (%v)", err)
 	}
 }
+
+// A seed is checked again when it ends: a domain that began to run here
+// (or a backup armed on another connection) since the seed began does not
+// get the copy after its own checks.
+func TestSeedCheckedAgainAtEnd(t *testing.T) {
+	images := t.TempDir()
+	path := filepath.Join(images, "web.raw")
+	_, ctrl, d := seedPair(t, images, testCache(t))
+	content := sparseDisk(t, filepath.Join(t.TempDir(), "src"), mib, 10, 0)
+	want := logchan.BlockList{Exists: true, Size: mib, BlockSize: mib, Hashes: naiveHashes(content, mib)}
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpSeed, Path: path, Blocks: &want}, nil); err != nil {
+		t.Fatal(err)
+	}
+	hv := d.hv.(*fakeHV)
+	hv.mu.Lock()
+	if hv.doms == nil {
+		hv.doms = map[string]*fakeQEMU{}
+	}
+	hv.doms[runUUID] = &fakeQEMU{}
+	hv.mu.Unlock()
+	if err := ctrl.c.WriteControl(logchan.ControlRequest{Op: logchan.OpSeedBlock, Offset: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctrl.c.WriteData(content); err != nil {
+		t.Fatal(err)
+	}
+	err := ctrl.request(logchan.ControlRequest{Op: logchan.OpSeedEnd, Path: path}, nil)
+	if err == nil || !strings.Contains(err.Error(), "does not accept the copy") {
+		t.Fatalf("a seed ending after its domain started here: %v", err)
+	}
+	if ents, _ := os.ReadDir(images); len(ents) != 0 {
+		t.Fatalf("files left: %v", ents)
+	}
+}

@@ -43,6 +43,10 @@ type Daemon struct {
 	// blocks caches disk copies' block lists (blockseed.go; zero in
 	// tests: nothing cached).
 	blocks blockCache
+	// armMu serializes arming a backup (prepareBackup's checks and arming)
+	// with moving a seed's copy into place: a copy never replaces a disk
+	// after the checks of a backup that will use it.
+	armMu sync.Mutex
 	// seedingPaths holds the places (dirKey: any spelling of a path) a
 	// control connection is receiving a seed of: one seed per file at a
 	// time.
@@ -1049,14 +1053,37 @@ func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string
 			return fmt.Errorf("domain %q is already running on the backup host (%v)", req.Name, err)
 		}
 	}
-	// The backup's disks: none may be another domain's here.
-	if pd, err := ftxml.ParseDomain(req.XML); err == nil && pd.Devices != nil {
-		for _, disk := range pd.Devices.Disks {
-			if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" {
-				continue
+	// The backup's disks and the boot files it takes from seed-dirs:
+	// none may be another domain's disk here (a kernel or initrd is read
+	// into the peer's guest), nor a disk a seed is writing now (it would
+	// be moved into place after these checks).
+	if pd, err := ftxml.ParseDomain(req.XML); err == nil {
+		var files []string
+		if pd.Devices != nil {
+			for _, disk := range pd.Devices.Disks {
+				if disk.Source != nil && disk.Source.File != nil && disk.Source.File.File != "" {
+					files = append(files, disk.Source.File.File)
+				}
 			}
-			if other := d.diskOwner(req.UUID, disk.Source.File.File, primaryHost); other != "" {
-				return fmt.Errorf("the backup host refuses: disk %s is a disk of domain %q here; a peer's domain may only use images of its own", disk.Source.File.File, other)
+		}
+		if o := pd.OS; o != nil {
+			for _, f := range []string{o.Kernel, o.Initrd, o.DTB} {
+				if f != "" && d.cfg.seedAllowed(f) {
+					if fi, err := os.Lstat(f); err == nil && !fi.Mode().IsRegular() {
+						return fmt.Errorf("the backup host refuses: boot file %s is not a regular file here (a link or a device)", f)
+					}
+					files = append(files, f)
+				}
+			}
+		}
+		for _, f := range files {
+			if other := d.diskOwner(req.UUID, f, primaryHost); other != "" {
+				return fmt.Errorf("the backup host refuses: %s is a disk of domain %q here; a peer's domain may only use images of its own", f, other)
+			}
+			if k := dirKey(f); k != "" {
+				if _, busy := d.seedingPaths.Load(k); busy {
+					return fmt.Errorf("the backup host refuses for now: a seed of %s is under way; start again when it has ended", f)
+				}
 			}
 		}
 	}
@@ -1083,6 +1110,8 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 	if !validEpoch(req.Epoch) {
 		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-12 characters of 0-9a-z)", req.Epoch)
 	}
+	d.armMu.Lock()
+	defer d.armMu.Unlock()
 	dm := d.entry(req.UUID, req.Name)
 	if err := d.backupHostChecks(req, primaryHost, dm.current()); err != nil {
 		d.forgetIdle(req.UUID)

@@ -79,8 +79,20 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 	}
 	if o := dom.OS; o != nil {
 		for field, p := range map[string]string{"kernel": o.Kernel, "initrd": o.Initrd, "dtb": o.DTB} {
-			if p != "" && !c.bootFileAllowed(p) {
-				add("/domain/os/"+field, fmt.Sprintf("%s is outside the directories a peer may boot from (seed-dirs %v, %v); move it there", p, c.SeedDirs, bootDirs))
+			if p == "" {
+				continue
+			}
+			switch {
+			case filepath.Clean(p) != p || !filepath.IsAbs(p):
+				add("/domain/os/"+field, fmt.Sprintf("%s is not an absolute path in clean form: write it as %s", p, filepath.Clean(p)))
+			case !c.bootFileAllowed(p):
+				add("/domain/os/"+field, fmt.Sprintf("%s is outside the directories a peer may boot from (seed-dirs %v, %v), as written or with its links followed on the backup host; move it there", p, c.SeedDirs, bootDirs))
+			default:
+				// libvirt hands boot files to QEMU's user: never one
+				// that only root may read (an initramfs with keys).
+				if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o004 == 0 {
+					add("/domain/os/"+field, fmt.Sprintf("%s is not readable by everyone on the backup host (mode %v): libvirt would hand it to QEMU's user; copy a world-readable one for the guest", p, fi.Mode().Perm()))
+				}
 			}
 		}
 		if o.Loader != nil && o.Loader.Path != "" && !under(o.Loader.Path, "/usr/share") {
@@ -89,6 +101,10 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 		if n := o.NVRam; n != nil {
 			if n.NVRam != "" && !under(n.NVRam, nvramDir) {
 				add("/domain/os/nvram", fmt.Sprintf("%s is not under %s", n.NVRam, nvramDir))
+			} else if want := filepath.Join(nvramDir, dom.Name+"_VARS.fd"); n.NVRam != "" && n.NVRam != want {
+				// Another domain's variables (its Secure Boot keys) are not
+				// the peer's to read or write.
+				add("/domain/os/nvram", fmt.Sprintf("%s is not this domain's NVRAM file: name it %s (libvirt's default)", n.NVRam, want))
 			}
 			if n.Template != "" && !under(n.Template, "/usr/share") {
 				add("/domain/os/nvram/@template", fmt.Sprintf("%s is not under /usr/share (firmware installed by packages)", n.Template))
@@ -117,7 +133,6 @@ var (
 	bootDirs    = []string{"/usr/share", "/usr/lib", "/boot", "/var/lib/libvirt/boot"}
 	nvramDir    = "/var/lib/libvirt/qemu/nvram"
 	chardevLogs = "/var/log/libvirt"
-	socketDirs  = []string{"/var/lib/libvirt/qemu", "/run/libvirt/qemu"}
 )
 
 // under reports whether path lies inside dir on this host: as written (an
@@ -134,21 +149,33 @@ func lexicallyUnder(path, dir string) bool {
 }
 
 // resolvedUnder: path, its links followed, is dir or inside it (dir's own
-// links followed too); for a path not there yet, its nearest existing
-// ancestor.
+// links followed too). A path not there yet is resolved through its
+// nearest existing ancestor (the rest appended), and so is a dir not there
+// yet; a dangling link is refused (libvirt or QEMU would create its
+// target, wherever that is).
 func resolvedUnder(path, dir string) bool {
-	realDir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		realDir = filepath.Clean(dir)
-	}
+	real, ok := resolveLoose(path)
+	realDir, dok := resolveLoose(filepath.Clean(dir))
+	return ok && dok && (real == realDir || lexicallyUnder(real, realDir))
+}
+
+// resolveLoose returns path with the links of its nearest existing
+// ancestor followed and the missing rest appended; false for a dangling
+// link or a path that cannot be looked at.
+func resolveLoose(path string) (string, bool) {
+	rest := ""
 	for p := path; ; p = filepath.Dir(p) {
 		real, err := filepath.EvalSymlinks(p)
 		if err == nil {
-			return real == realDir || lexicallyUnder(real, realDir)
+			return filepath.Join(real, rest), true
 		}
 		if !errors.Is(err, fs.ErrNotExist) || p == "/" {
-			return false
+			return "", false
 		}
+		if _, lerr := os.Lstat(p); lerr == nil {
+			return "", false // there, but a link to nothing
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
 	}
 }
 
@@ -190,12 +217,13 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 				add(field, fmt.Sprintf("file %s is outside %s; log character devices there", src.File.Path, chardevLogs))
 			}
 		case src.UNIX != nil:
-			ok := src.UNIX.Path == ""
-			for _, dir := range socketDirs {
-				ok = ok || under(src.UNIX.Path, dir)
-			}
-			if !ok {
-				add(field, fmt.Sprintf("socket %s is outside %v; let libvirt choose the path", src.UNIX.Path, socketDirs))
+			// Only a socket libvirt places and QEMU listens on: a path
+			// of the peer's choosing could reach (connect) or replace
+			// (bind) another domain's sockets and files there.
+			if src.UNIX.Path != "" {
+				add(field, fmt.Sprintf("socket path %s is not accepted from the peer; leave the path out and libvirt chooses one", src.UNIX.Path))
+			} else if src.UNIX.Mode == "connect" {
+				add(field, "a socket QEMU connects to is not accepted from the peer; use mode='bind'")
 			}
 		default:
 			add(field, "character devices on host devices, pipes, stdio or the network are not accepted from the peer; use pty, null, a file under "+chardevLogs+" or a unix socket libvirt places")
@@ -290,25 +318,21 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 			}
 		}
 		field := fmt.Sprintf("/domain/devices/graphics[%d]", i+1)
-		socket := func(p string) {
-			ok := p == ""
-			for _, dir := range socketDirs {
-				ok = ok || under(p, dir)
-			}
-			if !ok {
-				add(field, fmt.Sprintf("socket %s is outside %v; let libvirt choose the path", p, socketDirs))
+		socket := func(f, p string) {
+			if p != "" {
+				add(f, fmt.Sprintf("socket path %s is not accepted from the peer; leave the path out and libvirt chooses one", p))
 			}
 		}
 		sockets := func(ls []libvirtxml.DomainGraphicListener) {
-			for _, l := range ls {
+			for j, l := range ls {
 				if l.Socket != nil {
-					socket(l.Socket.Socket)
+					socket(fmt.Sprintf("%s/listen[%d]/@socket", field, j+1), l.Socket.Socket)
 				}
 			}
 		}
 		if g.VNC != nil {
 			addrs(g.VNC.Listen, g.VNC.Listeners)
-			socket(g.VNC.Socket)
+			socket(field+"/@socket", g.VNC.Socket)
 			sockets(g.VNC.Listeners)
 		}
 		if g.Spice != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/libvirt-ft/libvirt-ft/logchan"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
@@ -39,6 +40,11 @@ func TestPeerDomainPolicy(t *testing.T) {
 	// A link in seed-dirs to a file outside them, as a kernel.
 	kernelLink := filepath.Join(images, "vmlinuz")
 	if err := os.Symlink("/etc/passwd", kernelLink); err != nil {
+		t.Fatal(err)
+	}
+	// A root-only file in seed-dirs, as a kernel (an initramfs with keys).
+	secret := filepath.Join(images, "initrd-keys.img")
+	if err := os.WriteFile(secret, []byte("key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{SeedDirs: []string{images}, AllowedEmulators: []string{"/nonexistent/qemu-system-x86_64"}}
@@ -98,10 +104,14 @@ func TestPeerDomainPolicy(t *testing.T) {
 		"interface rom":                      {strings.Replace(base, "</devices>", "<interface type='bridge'><source bridge='br0'/><rom file='/etc/shadow'/></interface></devices>", 1), "/domain/devices/interface[1]/rom"},
 		"kernel through a link in seed-dirs": {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", kernelLink, 1), "/domain/os/kernel"},
 		"fw_cfg file":                        {strings.Replace(base, "</os>", "</os><sysinfo type='fwcfg'><entry name='opt/x' file='/etc/shadow'/></sysinfo>", 1), "/domain/sysinfo/entry/@file"},
-		"vnc socket":                         {strings.Replace(base, "</devices>", "<graphics type='vnc' socket='/etc/x.sock'/></devices>", 1), "socket /etc/x.sock"},
-		"vnc listen socket":                  {strings.Replace(base, "</devices>", "<graphics type='vnc'><listen type='socket' socket='/etc/x.sock'/></graphics></devices>", 1), "socket /etc/x.sock"},
+		"vnc socket":                         {strings.Replace(base, "</devices>", "<graphics type='vnc' socket='/etc/x.sock'/></devices>", 1), "graphics[1]/@socket: socket path /etc/x.sock"},
+		"vnc listen socket":                  {strings.Replace(base, "</devices>", "<graphics type='vnc'><listen type='socket' socket='/etc/x.sock'/></graphics></devices>", 1), "listen[1]/@socket"},
 		"rendernode":                         {strings.Replace(base, "</devices>", "<graphics type='egl-headless'><gl rendernode='/dev/dri/renderD128'/></graphics></devices>", 1), "rendernode"},
 		"disk reservations":                  {strings.Replace(withDisk(disk), "<source file='"+disk+"'/>", "<source file='"+disk+"'><reservations managed='no'><source type='unix' path='/etc/x.sock' mode='client'/></reservations></source>", 1), "reservations"},
+		"channel to another domain's socket": {strings.Replace(base, "</devices>", "<channel type='unix'><source mode='connect' path='/var/lib/libvirt/qemu/domain-3-db/monitor.sock'/><target type='virtio' name='x.y'/></channel></devices>", 1), "socket path /var/lib/libvirt/qemu/domain-3-db/monitor.sock"},
+		"channel connecting":                 {strings.Replace(base, "</devices>", "<channel type='unix'><source mode='connect'/><target type='virtio' name='x.y'/></channel></devices>", 1), "mode='bind'"},
+		"another domain's nvram":             {strings.Replace(base, "</os>", "<nvram>/var/lib/libvirt/qemu/nvram/db_VARS.fd</nvram></os>", 1), "not this domain's NVRAM file"},
+		"root-only initrd":                   {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", secret, 1), "not readable by everyone"},
 		"backend log file":                   {strings.Replace(base, "</devices>", "<interface type='user'><backend type='passt' logFile='/etc/cron.d/x'/></interface></devices>", 1), "/domain/devices/interface[1]/backend/@logFile"},
 	} {
 		err := cfg.checkPeerDomain(primary(t, c.xml))
@@ -225,6 +235,13 @@ func TestUnderResolvesLinks(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "ok.log"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink("/nonexistent-libvirt-ft/x", filepath.Join(dir, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	// A directory not there yet is judged through its existing ancestor.
+	if !under(dir+"/notyet/x.log", dir+"/notyet") {
+		t.Error("a path in an allowed directory not created yet")
+	}
 	for path, want := range map[string]bool{
 		dir + "/ok.log":               true,
 		dir + "/new.sock":             true,
@@ -240,5 +257,39 @@ func TestUnderResolvesLinks(t *testing.T) {
 		if got := under(path, dir); got != want {
 			t.Errorf("under(%s) = %v, want %v", path, got, want)
 		}
+	}
+}
+
+// A peer's domain may not boot from another domain's disk (QEMU would
+// read it into the peer's guest), nor arm a backup whose disk a seed on
+// another connection is writing (the copy would land after the checks).
+func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
+	images := t.TempDir()
+	victim := filepath.Join(images, "db.qcow2")
+	if err := os.WriteFile(victim, []byte("db"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hv := &fakeHV{pipes: &memPipes{}}
+	hv.event = func(LifecycleEvent) {}
+	other := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-1111-4222-8333-944455556666", 1), "<name>web</name>", "<name>db</name>", 1)
+	other = strings.Replace(other, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+victim+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	if err := hv.Define(other); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(Config{SeedDirs: []string{images}, Arbiter: "none"}, logrus.New(), hv, nil)
+	base := runDomainXML(t.TempDir())
+	req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", Arbiter: "none",
+		XML: strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", victim, 1)}
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `disk of domain "db"`) {
+		t.Fatalf("another domain's disk as a kernel: %v", err)
+	}
+	mine := filepath.Join(images, "web.qcow2")
+	req.XML = strings.Replace(base, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+mine+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err != nil {
+		t.Fatalf("a plain domain: %v", err)
+	}
+	d.seedingPaths.Store(dirKey(mine), true)
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), "a seed of "+mine+" is under way") {
+		t.Fatalf("arming while the disk is being seeded: %v", err)
 	}
 }

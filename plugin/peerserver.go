@@ -122,7 +122,8 @@ func (d *Daemon) servePeer(nc net.Conn) {
 func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 	defer pc.Close()
 	var seed diskSeed
-	var seeding string // the place seed writes (dirKey), held in d.seedingPaths
+	var seeding string  // the place seed writes (dirKey), held in d.seedingPaths
+	var seedPath string // the path seed writes
 	endSeed := func() {
 		if seeding != "" {
 			d.seedingPaths.Delete(seeding)
@@ -248,7 +249,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				_ = reply(nil, fmt.Errorf("a seed of %s is under way on another connection: try again when it ends", req.Path))
 				return
 			}
-			seeding = key
+			seeding, seedPath = key, req.Path
 			// Assigned only when made: a nil writer in the interface
 			// would not compare equal to nil.
 			if req.Blocks == nil {
@@ -291,7 +292,20 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				_ = reply(nil, errors.New("seed-end without seed"))
 				return
 			}
-			err := seed.commit()
+			// Checked again, under armMu: a backup armed since the seed
+			// began (on another connection) must not get a disk after
+			// its own checks.
+			d.armMu.Lock()
+			from, _, _ := net.SplitHostPort(pc.remote())
+			var err error
+			// (Size 1: the copy's own space is taken already.)
+			if why := d.seedProblem(uuid, from, seedPath, 1); why != "" {
+				seed.abort()
+				err = fmt.Errorf("the backup host does not accept the copy at %s now: %s", seedPath, why)
+			} else {
+				err = seed.commit()
+			}
+			d.armMu.Unlock()
 			if bw, ok := seed.(*blockSeedWriter); ok && err == nil {
 				d.log.Infof("delta seed of %s: %d bytes received, every block verified, the copy in place (root %s)", bw.path, bw.sent, bw.want.Root()[:12])
 			}
