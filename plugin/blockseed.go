@@ -442,7 +442,7 @@ func (w *blockSeedWriter) Write(p []byte) (int, error) {
 // received is read back from the new copy (holes unread), so that neither
 // the old list nor the clone is taken on trust. Then it syncs the copy,
 // renames it into place and records its list in the cache.
-func (w *blockSeedWriter) commit() error {
+func (w *blockSeedWriter) commit(place func(rename func() error) error) error {
 	defer os.Remove(w.tmp.Name())
 	fail := func(err error) error {
 		w.tmp.Close()
@@ -478,11 +478,17 @@ func (w *blockSeedWriter) commit() error {
 	if err := w.tmp.Close(); err != nil {
 		return err
 	}
+	if why := qcow2Problem(w.tmp.Name()); why != "" {
+		return fmt.Errorf("seed of %s: the copy: %s", w.path, why)
+	}
 	if err := os.Chmod(w.tmp.Name(), 0o600); err != nil {
 		return err
 	}
-	w.cache.forget(w.path)
-	if err := os.Rename(w.tmp.Name(), w.path); err != nil {
+	err = place(func() error {
+		w.cache.forget(w.path)
+		return os.Rename(w.tmp.Name(), w.path)
+	})
+	if err != nil {
 		return err
 	}
 	if d, err := os.Open(filepath.Dir(w.path)); err == nil {

@@ -64,7 +64,7 @@ func TestSeedWriterVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Write([]byte("disk contents"))
-	if err := w.commit(); err != nil {
+	if err := w.commit(placeNow); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := hashFile(dst); got != h {
@@ -73,7 +73,7 @@ func TestSeedWriterVerifies(t *testing.T) {
 	// A corrupted copy is refused and does not replace the destination.
 	w, _ = newSeedWriter(dst, h)
 	w.Write([]byte("disk c0ntents"))
-	if err := w.commit(); err == nil {
+	if err := w.commit(placeNow); err == nil {
 		t.Fatal("corrupt copy accepted")
 	}
 	if got, _ := hashFile(dst); got != h {

@@ -1066,19 +1066,21 @@ func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string
 				}
 			}
 		}
+		boot := map[string]string{}
 		if o := pd.OS; o != nil {
-			for _, f := range []string{o.Kernel, o.Initrd, o.DTB} {
-				if f != "" && d.cfg.seedAllowed(f) {
-					if fi, err := os.Lstat(f); err == nil && !fi.Mode().IsRegular() {
-						return fmt.Errorf("the backup host refuses: boot file %s is not a regular file here (a link or a device)", f)
+			for field, f := range map[string]string{"kernel": o.Kernel, "initrd": o.Initrd, "dtb": o.DTB} {
+				if f != "" {
+					if fi, err := os.Lstat(f); err == nil && !fi.Mode().IsRegular() && d.cfg.seedAllowed(f) {
+						return fmt.Errorf("the backup host refuses: /domain/os/%s %s is not a regular file here (a link or a device); put the file itself there", field, f)
 					}
 					files = append(files, f)
+					boot[f] = "/domain/os/" + field + " "
 				}
 			}
 		}
 		for _, f := range files {
 			if other := d.diskOwner(req.UUID, f, primaryHost); other != "" {
-				return fmt.Errorf("the backup host refuses: %s is a disk of domain %q here; a peer's domain may only use images of its own", f, other)
+				return fmt.Errorf("the backup host refuses: %s%s is a disk of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, other)
 			}
 			if k := dirKey(f); k != "" {
 				if _, busy := d.seedingPaths.Load(k); busy {

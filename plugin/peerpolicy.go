@@ -83,8 +83,10 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 				continue
 			}
 			switch {
-			case filepath.Clean(p) != p || !filepath.IsAbs(p):
-				add("/domain/os/"+field, fmt.Sprintf("%s is not an absolute path in clean form: write it as %s", p, filepath.Clean(p)))
+			case !filepath.IsAbs(p):
+				add("/domain/os/"+field, fmt.Sprintf("%s is not an absolute path: name the file from /", p))
+			case filepath.Clean(p) != p:
+				add("/domain/os/"+field, fmt.Sprintf("%s is not a path in clean form: write it as %s", p, filepath.Clean(p)))
 			case !c.bootFileAllowed(p):
 				add("/domain/os/"+field, fmt.Sprintf("%s is outside the directories a peer may boot from (seed-dirs %v, %v), as written or with its links followed on the backup host; move it there", p, c.SeedDirs, bootDirs))
 			default:
@@ -101,10 +103,10 @@ func (c Config) checkPeerDomain(primaryXML string) error {
 		if n := o.NVRam; n != nil {
 			if n.NVRam != "" && !under(n.NVRam, nvramDir) {
 				add("/domain/os/nvram", fmt.Sprintf("%s is not under %s", n.NVRam, nvramDir))
-			} else if want := filepath.Join(nvramDir, dom.Name+"_VARS.fd"); n.NVRam != "" && n.NVRam != want {
+			} else if base := filepath.Join(nvramDir, dom.Name+"_VARS"); n.NVRam != "" && n.NVRam != base+".fd" && n.NVRam != base+".qcow2" {
 				// Another domain's variables (its Secure Boot keys) are not
 				// the peer's to read or write.
-				add("/domain/os/nvram", fmt.Sprintf("%s is not this domain's NVRAM file: name it %s (libvirt's default)", n.NVRam, want))
+				add("/domain/os/nvram", fmt.Sprintf("%s is not this domain's NVRAM file: name it %s.fd (%s.qcow2 for a qcow2 one), libvirt's default", n.NVRam, base, base))
 			}
 			if n.Template != "" && !under(n.Template, "/usr/share") {
 				add("/domain/os/nvram/@template", fmt.Sprintf("%s is not under /usr/share (firmware installed by packages)", n.Template))
@@ -304,7 +306,18 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 			add(field+"/rom", fmt.Sprintf("ROM file %s is not under /usr/share or /usr/lib", *n.ROM.File))
 		}
 	}
+	for i, a := range d.Audios {
+		// Audio backends that open host devices, sound servers or
+		// files are not the peer's to name.
+		if a.None == nil && a.SPICE == nil && (a.DBus == nil) {
+			add(fmt.Sprintf("/domain/devices/audio[%d]", i+1), "only audio types none, spice and dbus are accepted from the peer (the others open host devices, sound servers or files); use <audio type='none'/>")
+		}
+	}
 	for i, g := range d.Graphics {
+		if g.SDL != nil || g.RDP != nil || g.Desktop != nil || (g.DBus != nil && g.DBus.Address != "") {
+			add(fmt.Sprintf("/domain/devices/graphics[%d]", i+1), "only vnc, spice, egl-headless and dbus graphics without an address are accepted from the peer (the others reach the host's display or a bus of the peer's choosing); use vnc or spice on the loopback")
+			continue
+		}
 		var listen []string
 		addrs := func(first string, ls []libvirtxml.DomainGraphicListener) {
 			listen = append(listen, first)

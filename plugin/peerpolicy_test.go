@@ -71,6 +71,7 @@ func TestPeerDomainPolicy(t *testing.T) {
     <graphics type='vnc' port='-1' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
     <console type='pty'><target type='serial' port='0'/></console>
     <input type='tablet' bus='usb'/>
+    <audio id='1' type='spice'/>
   </devices>`, 1)
 	if err := cfg.checkPeerDomain(primary(t, common)); err != nil {
 		t.Fatalf("a domain with the usual devices: %v", err)
@@ -112,6 +113,10 @@ func TestPeerDomainPolicy(t *testing.T) {
 		"channel connecting":                 {strings.Replace(base, "</devices>", "<channel type='unix'><source mode='connect'/><target type='virtio' name='x.y'/></channel></devices>", 1), "mode='bind'"},
 		"another domain's nvram":             {strings.Replace(base, "</os>", "<nvram>/var/lib/libvirt/qemu/nvram/db_VARS.fd</nvram></os>", 1), "not this domain's NVRAM file"},
 		"root-only initrd":                   {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", secret, 1), "not readable by everyone"},
+		"pulseaudio":                         {strings.Replace(base, "</devices>", "<audio id='1' type='pulseaudio' serverName='unix:/run/user/0/pulse/native'/></devices>", 1), "/domain/devices/audio[1]"},
+		"dbus graphics with an address":      {strings.Replace(base, "</devices>", "<graphics type='dbus' address='unix:path=/run/libvirt/qemu/dbus/x.sock'/></devices>", 1), "/domain/devices/graphics[1]"},
+		"sdl graphics":                       {strings.Replace(base, "</devices>", "<graphics type='sdl' display=':0'/></devices>", 1), "/domain/devices/graphics[1]"},
+		"relative kernel":                    {strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", "boot/web-vmlinuz", 1), "not an absolute path"},
 		"backend log file":                   {strings.Replace(base, "</devices>", "<interface type='user'><backend type='passt' logFile='/etc/cron.d/x'/></interface></devices>", 1), "/domain/devices/interface[1]/backend/@logFile"},
 	} {
 		err := cfg.checkPeerDomain(primary(t, c.xml))

@@ -292,20 +292,19 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 				_ = reply(nil, errors.New("seed-end without seed"))
 				return
 			}
-			// Checked again, under armMu: a backup armed since the seed
-			// began (on another connection) must not get a disk after
-			// its own checks.
-			d.armMu.Lock()
+			// The copy is verified outside the lock; its move into place
+			// is checked again under armMu: a backup armed since the
+			// seed began (on any connection) must not get a disk after
+			// its own checks. (Size 1: the copy's own space is taken.)
 			from, _, _ := net.SplitHostPort(pc.remote())
-			var err error
-			// (Size 1: the copy's own space is taken already.)
-			if why := d.seedProblem(uuid, from, seedPath, 1); why != "" {
-				seed.abort()
-				err = fmt.Errorf("the backup host does not accept the copy at %s now: %s", seedPath, why)
-			} else {
-				err = seed.commit()
-			}
-			d.armMu.Unlock()
+			err := seed.commit(func(rename func() error) error {
+				d.armMu.Lock()
+				defer d.armMu.Unlock()
+				if why := d.seedProblem(uuid, from, seedPath, 1); why != "" {
+					return fmt.Errorf("the backup host does not accept the copy at %s now: %s", seedPath, why)
+				}
+				return rename()
+			})
 			if bw, ok := seed.(*blockSeedWriter); ok && err == nil {
 				d.log.Infof("delta seed of %s: %d bytes received, every block verified, the copy in place (root %s)", bw.path, bw.sent, bw.want.Root()[:12])
 			}

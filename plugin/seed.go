@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +48,12 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 		return fmt.Sprintf("%s is a disk of domain %q on the backup host: a peer may only write the disks of the domain it protects", path, other)
 	}
 	if size > 0 {
+		// Any run here, of any domain: an armed backup is not defined in
+		// libvirt until its first log, and a peer may name another UUID
+		// on this connection than the one it armed.
+		if owner := d.runFileOwner(path); owner != "" {
+			return fmt.Sprintf("%s is a disk of %s on this host: not replaced under it", path, owner)
+		}
 		if dm := d.lookup(uuid); dm != nil {
 			if r := dm.current(); r != nil && r.active() {
 				return fmt.Sprintf("the domain has a %s run on this host: its disks are not replaced under it", r.role())
@@ -109,6 +116,36 @@ func (d *Daemon) diskOwner(uuid, path, from string) string {
 	return ""
 }
 
+// runFileOwner names the run here, of any domain, one of whose disks is
+// path (any spelling): "domain NAME's backup run"; "" if none.
+func (d *Daemon) runFileOwner(path string) string {
+	key := placeKey(filepath.Clean(path))
+	for _, dm := range d.domains() {
+		r := dm.current()
+		if r == nil || !r.active() {
+			continue
+		}
+		var disks []string
+		switch r := r.(type) {
+		case *backupRun:
+			disks = r.disks
+		case *primaryRun:
+			r.mu.Lock()
+			disks = slices.Clone(r.disks)
+			r.mu.Unlock()
+		}
+		for _, disk := range disks {
+			if filepath.Clean(disk) == filepath.Clean(path) || (key != "" && placeKey(disk) == key) {
+				dm.mu.Lock()
+				name := dm.name
+				dm.mu.Unlock()
+				return fmt.Sprintf("domain %q's %s run", name, r.role())
+			}
+		}
+	}
+	return ""
+}
+
 // placeKey names the file path refers to, whatever its spelling (a link
 // in a directory above it, a bind mount): the device and inode of the file
 // when it exists, else of its directory, with its name; "" when neither
@@ -159,9 +196,10 @@ func hashFile(path string) (logchan.FileDigest, error) {
 // whole file (seedWriter) or a delta (blockSeedWriter).
 type diskSeed interface {
 	io.Writer
-	// commit checks the copy and moves it into place; the seed is over
-	// either way.
-	commit() error
+	// commit checks the copy and moves it into place through place,
+	// which runs the move (rename) under the daemon's checks and lock;
+	// the seed is over either way.
+	commit(place func(rename func() error) error) error
 	// abort discards the copy.
 	abort()
 }
@@ -201,8 +239,8 @@ func (s *seedWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// commit verifies and renames the copy into place.
-func (s *seedWriter) commit() error {
+// commit verifies the copy, then renames it into place through place.
+func (s *seedWriter) commit(place func(rename func() error) error) error {
 	defer os.Remove(s.tmp.Name())
 	if err := s.tmp.Sync(); err != nil {
 		s.tmp.Close()
@@ -215,10 +253,13 @@ func (s *seedWriter) commit() error {
 	if s.n != s.want.Size || got != s.want.SHA256 {
 		return fmt.Errorf("seed: copy of %s is %d bytes sha256 %s, expected %d bytes sha256 %s", s.path, s.n, got, s.want.Size, s.want.SHA256)
 	}
+	if why := qcow2Problem(s.tmp.Name()); why != "" {
+		return fmt.Errorf("seed: the copy of %s: %s", s.path, why)
+	}
 	if err := os.Chmod(s.tmp.Name(), 0o600); err != nil {
 		return err
 	}
-	return os.Rename(s.tmp.Name(), s.path)
+	return place(func() error { return os.Rename(s.tmp.Name(), s.path) })
 }
 
 func (s *seedWriter) abort() {
