@@ -35,6 +35,9 @@ type backupRun struct {
 	cfg         ftxml.Config // the backup's (ftxml.Backup's output)
 	backupXML   string
 	disks       []string // the domain's disk images (in-step records)
+	// files: every host file its QEMU uses that a seed could replace
+	// (domainFiles): kept from seeds while the backup is armed or runs.
+	files []string
 	diverged    bool     // the gates found the replayed frames differ
 	primaryHost string
 	epoch       string
@@ -201,6 +204,7 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	b.undo.push(b.releaseGates)
 	b.replayFIFO, b.feeder, b.gates = fifo, feeder, gates
 	b.disks = ftxml.DiskPaths(bdom)
+	b.files = domainFiles(bdom)
 	e.inStep.drop(req.UUID)
 	b.log.Info("armed: waiting for the primary's log")
 	return b, nil

@@ -476,11 +476,39 @@ func TestSeedRefusedOverArmedBackupsDisk(t *testing.T) {
 	hv := &fakeHV{pipes: &memPipes{}}
 	hv.event = func(LifecycleEvent) {}
 	d := newDaemon(Config{SeedDirs: []string{images}}, logrus.New(), hv, nil)
-	d.entry("0e2b6d1c-1111-4222-8333-944455556666", "db").setRun(&backupRun{disks: []string{disk}, stop: make(chan struct{})})
+	d.entry("0e2b6d1c-1111-4222-8333-944455556666", "db").setRun(&backupRun{disks: []string{disk}, files: []string{disk}, stop: make(chan struct{})})
 	if got := d.seedProblem(runUUID, "10.0.0.1", disk, 1); !strings.Contains(got, `domain "db"'s backup run`) {
 		t.Fatalf("seeding an armed backup's disk under another UUID: %q", got)
 	}
 	if got := d.seedProblem(runUUID, "10.0.0.1", filepath.Join(images, "web.qcow2"), 1); got != "" {
 		t.Fatalf("seeding a disk of no run: %q", got)
+	}
+}
+
+// An armed backup's CD-ROM and kernel are kept from seeds too, and so are
+// the boot files of domains libvirt knows; a seed's temporary name is not
+// a target.
+func TestSeedRefusedOverArmedBackupsFiles(t *testing.T) {
+	images := t.TempDir()
+	iso, kernel := filepath.Join(images, "debian.iso"), filepath.Join(images, "vmlinuz")
+	hv := &fakeHV{pipes: &memPipes{}}
+	hv.event = func(LifecycleEvent) {}
+	d := newDaemon(Config{SeedDirs: []string{images}}, logrus.New(), hv, nil)
+	d.entry("0e2b6d1c-1111-4222-8333-944455556666", "db").setRun(&backupRun{files: []string{iso, kernel}, stop: make(chan struct{})})
+	for _, p := range []string{iso, kernel} {
+		if got := d.seedProblem(runUUID, "10.0.0.1", p, 1); !strings.Contains(got, `domain "db"'s backup run`) {
+			t.Errorf("seeding %s of an armed backup: %q", p, got)
+		}
+	}
+	other := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-2222-4222-8333-944455556666", 1), "<name>web</name>", "<name>mail</name>", 1)
+	other = strings.Replace(other, "/var/lib/libvirt/boot/web-vmlinuz", filepath.Join(images, "mail-vmlinuz"), 1)
+	if err := hv.Define(other); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.seedProblem(runUUID, "10.0.0.1", filepath.Join(images, "mail-vmlinuz"), 1); !strings.Contains(got, `domain "mail"`) {
+		t.Errorf("seeding another domain's kernel: %q", got)
+	}
+	if got := d.seedProblem(runUUID, "10.0.0.1", filepath.Join(images, ".web.qcow2.seed-123"), 1); !strings.Contains(got, "temporary copy") {
+		t.Errorf("seeding a seed's temporary name: %q", got)
 	}
 }

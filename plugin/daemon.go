@@ -1079,7 +1079,9 @@ func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string
 			}
 		}
 		for _, f := range files {
-			if other := d.diskOwner(req.UUID, f, primaryHost); other != "" {
+			// (Disks of other domains only: a kernel several domains
+			// boot is shared, not owned.)
+			if other := d.diskOwner(req.UUID, f, primaryHost, false); other != "" {
 				return fmt.Errorf("the backup host refuses: %s%s is a disk of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, other)
 			}
 			if k := dirKey(f); k != "" {

@@ -314,7 +314,7 @@ func devicePolicy(c Config, d *libvirtxml.DomainDeviceList, add func(field, why 
 		}
 	}
 	for i, g := range d.Graphics {
-		if g.SDL != nil || g.RDP != nil || g.Desktop != nil || (g.DBus != nil && g.DBus.Address != "") {
+		if (g.VNC == nil && g.Spice == nil && g.EGLHeadless == nil && g.DBus == nil) || (g.DBus != nil && g.DBus.Address != "") {
 			add(fmt.Sprintf("/domain/devices/graphics[%d]", i+1), "only vnc, spice, egl-headless and dbus graphics without an address are accepted from the peer (the others reach the host's display or a bus of the peer's choosing); use vnc or spice on the loopback")
 			continue
 		}

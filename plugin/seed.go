@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -31,6 +32,9 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return fmt.Sprintf("%q is not an absolute path in clean form (%q): refused", path, filepath.Clean(path))
 	}
+	if b := filepath.Base(path); strings.HasPrefix(b, ".") && strings.Contains(b, ".seed-") {
+		return fmt.Sprintf("%s is the name of a seed's temporary copy: refused", path)
+	}
 	if !d.cfg.seedAllowed(path) {
 		return fmt.Sprintf("%s is outside seed-dirs %v: put the disk under one of them, or add its directory to seed-dirs in %s", path, d.cfg.SeedDirs, DefaultConfigPath)
 	}
@@ -44,7 +48,7 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
 		return fmt.Sprintf("%s is not a regular file here (a link or a device): refused", path)
 	}
-	if other := d.diskOwner(uuid, path, from); other != "" {
+	if other := d.diskOwner(uuid, path, from, true); other != "" {
 		return fmt.Sprintf("%s is a disk of domain %q on the backup host: a peer may only write the disks of the domain it protects", path, other)
 	}
 	if size > 0 {
@@ -75,12 +79,13 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 }
 
 // diskOwner returns the name of a domain, defined or running on this host,
-// that has path as a disk image; "" if none. The domain uuid itself counts
+// that has path as a disk image (any device: disk, cdrom, floppy) or, with
+// withBoot, as a kernel, initrd or DTB; "" if none. The domain uuid itself counts
 // too unless its ft element names the requesting host (from) as its peer:
 // a domain that went live here after a failover from that host, whose
 // disks that host may seed again. (A UUID alone proves nothing: a peer may
 // name any domain's.)
-func (d *Daemon) diskOwner(uuid, path, from string) string {
+func (d *Daemon) diskOwner(uuid, path, from string, withBoot bool) string {
 	var defs []DomainDef
 	if names, err := d.hv.DomainNames(); err == nil {
 		for _, n := range names {
@@ -104,11 +109,12 @@ func (d *Daemon) diskOwner(uuid, path, from string) string {
 		if dom.Unmarshal(def.XML) != nil || dom.Devices == nil {
 			continue
 		}
-		for _, disk := range dom.Devices.Disks {
-			if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" {
-				continue
-			}
-			if p := filepath.Clean(disk.Source.File.File); p == want || (wantKey != "" && placeKey(p) == wantKey) {
+		files := domainFiles(&dom)
+		if !withBoot {
+			files = diskFiles(&dom)
+		}
+		for _, f := range files {
+			if p := filepath.Clean(f); p == want || (wantKey != "" && placeKey(p) == wantKey) {
 				return dom.Name
 			}
 		}
@@ -116,8 +122,38 @@ func (d *Daemon) diskOwner(uuid, path, from string) string {
 	return ""
 }
 
-// runFileOwner names the run here, of any domain, one of whose disks is
-// path (any spelling): "domain NAME's backup run"; "" if none.
+// diskFiles lists the source of every file-backed disk of dom (disk,
+// cdrom, floppy, lun).
+func diskFiles(dom *libvirtxml.Domain) []string {
+	var out []string
+	if dom.Devices != nil {
+		for _, disk := range dom.Devices.Disks {
+			if disk.Source != nil && disk.Source.File != nil && disk.Source.File.File != "" {
+				out = append(out, disk.Source.File.File)
+			}
+		}
+	}
+	return out
+}
+
+// domainFiles lists the host files dom's QEMU reads or writes that a seed
+// could replace: the source of every file-backed disk (disk, cdrom,
+// floppy, lun) and the kernel, initrd and DTB.
+func domainFiles(dom *libvirtxml.Domain) []string {
+	out := diskFiles(dom)
+	if o := dom.OS; o != nil {
+		for _, f := range []string{o.Kernel, o.Initrd, o.DTB} {
+			if f != "" {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
+}
+
+// runFileOwner names the run here, of any domain, one of whose files
+// (domainFiles; a primary's disks) is path, any spelling: "domain NAME's
+// backup run"; "" if none.
 func (d *Daemon) runFileOwner(path string) string {
 	key := placeKey(filepath.Clean(path))
 	for _, dm := range d.domains() {
@@ -128,7 +164,7 @@ func (d *Daemon) runFileOwner(path string) string {
 		var disks []string
 		switch r := r.(type) {
 		case *backupRun:
-			disks = r.disks
+			disks = r.files
 		case *primaryRun:
 			r.mu.Lock()
 			disks = slices.Clone(r.disks)
