@@ -29,16 +29,16 @@ import (
 //
 // Everything it acquires is pushed on its undo stack and released by close.
 type backupRun struct {
-	env         env
-	uuid        string
-	name        string
-	cfg         ftxml.Config // the backup's (ftxml.Backup's output)
-	backupXML   string
-	disks       []string // the domain's disk images (in-step records)
+	env       env
+	uuid      string
+	name      string
+	cfg       ftxml.Config // the backup's (ftxml.Backup's output)
+	backupXML string
+	disks     []string // the domain's disk images (in-step records)
 	// files: every host file its QEMU uses that a seed could replace
 	// (domainFiles): kept from seeds while the backup is armed or runs.
-	files []string
-	diverged    bool     // the gates found the replayed frames differ
+	files       []string
+	diverged    bool // the gates found the replayed frames differ
 	primaryHost string
 	epoch       string
 	log         logrus.FieldLogger
