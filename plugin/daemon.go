@@ -1079,10 +1079,18 @@ func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string
 			}
 		}
 		for _, f := range files {
-			// (Disks of other domains only: a kernel several domains
-			// boot is shared, not owned.)
-			if other := d.diskOwner(req.UUID, f, primaryHost, false); other != "" {
-				return fmt.Errorf("the backup host refuses: %s%s is a disk of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, other)
+			// A disk may be no file of another domain (its disk, or a
+			// kernel it boots: the backup's QEMU writes its disks); a
+			// boot file may be no other domain's disk (a kernel several
+			// domains boot is shared, not owned).
+			_, isBoot := boot[f]
+			if other := d.diskOwner(req.UUID, f, primaryHost, !isBoot); other != "" {
+				return fmt.Errorf("the backup host refuses: %s%s is a file of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, other)
+			}
+			if !isBoot {
+				if owner := d.runFileOwner(f, req.UUID); owner != "" {
+					return fmt.Errorf("the backup host refuses: %s is a file of %s here; a peer's domain may only use images of its own", f, owner)
+				}
 			}
 			if k := dirKey(f); k != "" {
 				if _, busy := d.seedingPaths.Load(k); busy {

@@ -285,8 +285,28 @@ func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
 	base := runDomainXML(t.TempDir())
 	req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", Arbiter: "none",
 		XML: strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", victim, 1)}
-	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `disk of domain "db"`) {
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `/domain/os/kernel `+victim+` is a file of domain "db"`) {
 		t.Fatalf("another domain's disk as a kernel: %v", err)
+	}
+	// The other way: another domain's kernel as a disk (the backup's QEMU
+	// would write into it), and an armed backup's disk (not in libvirt).
+	kernel := filepath.Join(images, "mail-vmlinuz")
+	mail := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-3333-4222-8333-944455556666", 1), "<name>web</name>", "<name>mail</name>", 1)
+	if err := hv.Define(strings.Replace(mail, "/var/lib/libvirt/boot/web-vmlinuz", kernel, 1)); err != nil {
+		t.Fatal(err)
+	}
+	asDisk := func(p string) string {
+		return strings.Replace(base, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+p+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	}
+	req.XML = asDisk(kernel)
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `is a file of domain "mail"`) {
+		t.Fatalf("another domain's kernel as a disk: %v", err)
+	}
+	armed := filepath.Join(images, "armed.qcow2")
+	d.entry("0e2b6d1c-4444-4222-8333-944455556666", "armed").setRun(&backupRun{files: []string{armed}, stop: make(chan struct{})})
+	req.XML = asDisk(armed)
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `domain "armed"'s backup run`) {
+		t.Fatalf("an armed backup's disk: %v", err)
 	}
 	mine := filepath.Join(images, "web.qcow2")
 	req.XML = strings.Replace(base, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+mine+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)

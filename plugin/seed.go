@@ -55,7 +55,7 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 		// Any run here, of any domain: an armed backup is not defined in
 		// libvirt until its first log, and a peer may name another UUID
 		// on this connection than the one it armed.
-		if owner := d.runFileOwner(path); owner != "" {
+		if owner := d.runFileOwner(path, ""); owner != "" {
 			return fmt.Sprintf("%s is a disk of %s on this host: not replaced under it", path, owner)
 		}
 		if dm := d.lookup(uuid); dm != nil {
@@ -153,10 +153,13 @@ func domainFiles(dom *libvirtxml.Domain) []string {
 
 // runFileOwner names the run here, of any domain, one of whose files
 // (domainFiles; a primary's disks) is path, any spelling: "domain NAME's
-// backup run"; "" if none.
-func (d *Daemon) runFileOwner(path string) string {
+// backup run"; "" if none. Runs of domain except are left out.
+func (d *Daemon) runFileOwner(path, except string) string {
 	key := placeKey(filepath.Clean(path))
 	for _, dm := range d.domains() {
+		if except != "" && dm.uuid == except {
+			continue
+		}
 		r := dm.current()
 		if r == nil || !r.active() {
 			continue
