@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -201,12 +200,7 @@ func fileIdentity(f *os.File, path string) (inStepDisk, error) {
 	if err != nil {
 		return inStepDisk{}, err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || !fi.Mode().IsRegular() {
-		return inStepDisk{}, fmt.Errorf("%s is not a regular file", path)
-	}
-	return inStepDisk{Path: path, Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size,
-		MtimeNs: st.Mtim.Nano(), CtimeNs: st.Ctim.Nano()}, nil
+	return diskIdentity(fi, path)
 }
 
 // hashBlocks returns the SHA-256 of each block of bs bytes of f's first

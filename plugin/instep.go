@@ -69,6 +69,12 @@ func statDisk(path string) (inStepDisk, error) {
 	if err != nil {
 		return inStepDisk{}, err
 	}
+	return diskIdentity(fi, path)
+}
+
+// diskIdentity is the identity of the file fi describes, named path; an
+// error for anything but a regular file.
+func diskIdentity(fi os.FileInfo, path string) (inStepDisk, error) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok || !fi.Mode().IsRegular() {
 		return inStepDisk{}, fmt.Errorf("%s is not a regular file", path)
