@@ -416,13 +416,7 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 		return nil
 	}
 	p.log.Infof("disk %s: seeding %d bytes to the backup host", path, local.Size)
-	progress := func(done, total int64) {
-		p.mu.Lock()
-		p.seeding = &ctl.Seeding{Path: path, DoneBytes: done, TotalBytes: total}
-		p.mu.Unlock()
-		p.setState(ctl.StateSeeding, fmt.Sprintf("%s: %d/%d MiB (%d%%)", path, done>>20, total>>20, pct(done, total)))
-	}
-	if err := ctrl.seed(path, local, progress); err != nil {
+	if err := ctrl.seed(path, local, p.seedProgress(path)); err != nil {
 		return fmt.Errorf("seeding the backup's copy: %w", err)
 	}
 	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &remote); err != nil {
@@ -501,13 +495,7 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 		p.log.Infof("disk %s: the backup host has no copy of this size: seeding a new one, %d bytes in %d of %d blocks of %d KiB, the rest holes (listed in %v)",
 			path, total, len(send), local.Count(), bs>>10, hashed.Round(time.Millisecond))
 	}
-	progress := func(done, all int64) {
-		p.mu.Lock()
-		p.seeding = &ctl.Seeding{Path: path, DoneBytes: done, TotalBytes: all}
-		p.mu.Unlock()
-		p.setState(ctl.StateSeeding, fmt.Sprintf("%s: %d/%d MiB (%d%%)", path, done>>20, all>>20, pct(done, all)))
-	}
-	if err := ctrl.seedBlocks(src, path, local, send, total, progress); err != nil {
+	if err := ctrl.seedBlocks(src, path, local, send, total, p.seedProgress(path)); err != nil {
 		return fmt.Errorf("seeding the backup's copy: %w", err)
 	}
 	if after, err := statDisk(src); err != nil || after != id {
@@ -521,6 +509,17 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 	}
 	p.log.Infof("disk %s: seeded and verified (%d bytes sent, root %s, %v in all)", path, total, local.Root()[:12], time.Since(started).Round(time.Millisecond))
 	return nil
+}
+
+// seedProgress reports a seed of path (bytes done of total) in the run's
+// status (virt-ft status) and state detail.
+func (p *primaryRun) seedProgress(path string) func(done, total int64) {
+	return func(done, total int64) {
+		p.mu.Lock()
+		p.seeding = &ctl.Seeding{Path: path, DoneBytes: done, TotalBytes: total}
+		p.mu.Unlock()
+		p.setState(ctl.StateSeeding, fmt.Sprintf("%s: %d/%d MiB (%d%%)", path, done>>20, total>>20, pct(done, total)))
+	}
 }
 
 func pct(a, b int64) int64 {
