@@ -1084,8 +1084,12 @@ func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string
 			// boot file may be no other domain's disk (a kernel several
 			// domains boot is shared, not owned).
 			_, isBoot := boot[f]
-			if other := d.diskOwner(req.UUID, f, primaryHost, !isBoot); other != "" {
-				return fmt.Errorf("the backup host refuses: %s%s is a file of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, other)
+			other, what := d.diskOwner(req.UUID, f, primaryHost, false), "a disk"
+			if other == "" && !isBoot {
+				other, what = d.diskOwner(req.UUID, f, primaryHost, true), "a boot file"
+			}
+			if other != "" {
+				return fmt.Errorf("the backup host refuses: %s%s is %s of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, what, other)
 			}
 			if !isBoot {
 				if owner := d.runFileOwner(f, req.UUID); owner != "" {

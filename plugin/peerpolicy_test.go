@@ -285,7 +285,7 @@ func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
 	base := runDomainXML(t.TempDir())
 	req := logchan.ControlRequest{Op: logchan.OpPrepareBackup, UUID: runUUID, Name: "web", Arbiter: "none",
 		XML: strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", victim, 1)}
-	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `/domain/os/kernel `+victim+` is a file of domain "db"`) {
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `/domain/os/kernel `+victim+` is a disk of domain "db"`) {
 		t.Fatalf("another domain's disk as a kernel: %v", err)
 	}
 	// The other way: another domain's kernel as a disk (the backup's QEMU
@@ -299,7 +299,7 @@ func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
 		return strings.Replace(base, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+p+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
 	}
 	req.XML = asDisk(kernel)
-	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `is a file of domain "mail"`) {
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `is a boot file of domain "mail"`) {
 		t.Fatalf("another domain's kernel as a disk: %v", err)
 	}
 	armed := filepath.Join(images, "armed.qcow2")
