@@ -139,8 +139,7 @@ func TestBlockList(t *testing.T) {
 // that offers delta seeds.
 func seedPair(t *testing.T, images string, cache blockCache) (*primaryRun, *peerConn, *Daemon) {
 	t.Helper()
-	hv := &fakeHV{pipes: &memPipes{}}
-	hv.event = func(LifecycleEvent) {}
+	hv := quietHV()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	d := newDaemon(Config{SeedDirs: []string{images}}, log, hv, nil)
@@ -465,6 +464,23 @@ func TestSeedCheckedAgainAtEnd(t *testing.T) {
 // placeNow moves a seed's copy into place without the daemon's checks.
 func placeNow(rename func() error) error { return rename() }
 
+// quietHV is a fake hypervisor whose events go nowhere.
+func quietHV() *fakeHV {
+	hv := &fakeHV{pipes: &memPipes{}}
+	hv.event = func(LifecycleEvent) {}
+	return hv
+}
+
+// otherDomainXML is the test domain renamed name with UUID uuid, and with
+// disk as its disk when disk is not "".
+func otherDomainXML(t *testing.T, uuid, name, disk string) string {
+	x := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, uuid, 1), "<name>web</name>", "<name>"+name+"</name>", 1)
+	if disk != "" {
+		x = strings.Replace(x, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+disk+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	}
+	return x
+}
+
 // A backup armed here (not yet defined in libvirt) keeps its disks from a
 // seed on a connection that names another domain.
 func TestSeedRefusedOverArmedBackupsDisk(t *testing.T) {
@@ -473,8 +489,7 @@ func TestSeedRefusedOverArmedBackupsDisk(t *testing.T) {
 	if err := os.WriteFile(disk, []byte("db"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	hv := &fakeHV{pipes: &memPipes{}}
-	hv.event = func(LifecycleEvent) {}
+	hv := quietHV()
 	d := newDaemon(Config{SeedDirs: []string{images}}, logrus.New(), hv, nil)
 	d.entry("0e2b6d1c-1111-4222-8333-944455556666", "db").setRun(&backupRun{disks: []string{disk}, files: []string{disk}, stop: make(chan struct{})})
 	if got := d.seedProblem(runUUID, "10.0.0.1", disk, 1); !strings.Contains(got, `domain "db"'s backup run`) {
@@ -491,8 +506,7 @@ func TestSeedRefusedOverArmedBackupsDisk(t *testing.T) {
 func TestSeedRefusedOverArmedBackupsFiles(t *testing.T) {
 	images := t.TempDir()
 	iso, kernel := filepath.Join(images, "debian.iso"), filepath.Join(images, "vmlinuz")
-	hv := &fakeHV{pipes: &memPipes{}}
-	hv.event = func(LifecycleEvent) {}
+	hv := quietHV()
 	d := newDaemon(Config{SeedDirs: []string{images}}, logrus.New(), hv, nil)
 	d.entry("0e2b6d1c-1111-4222-8333-944455556666", "db").setRun(&backupRun{files: []string{iso, kernel}, stop: make(chan struct{})})
 	for _, p := range []string{iso, kernel} {
@@ -500,8 +514,7 @@ func TestSeedRefusedOverArmedBackupsFiles(t *testing.T) {
 			t.Errorf("seeding %s of an armed backup: %q", p, got)
 		}
 	}
-	other := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-2222-4222-8333-944455556666", 1), "<name>web</name>", "<name>mail</name>", 1)
-	other = strings.Replace(other, "/var/lib/libvirt/boot/web-vmlinuz", filepath.Join(images, "mail-vmlinuz"), 1)
+	other := strings.Replace(otherDomainXML(t, "0e2b6d1c-2222-4222-8333-944455556666", "mail", ""), "/var/lib/libvirt/boot/web-vmlinuz", filepath.Join(images, "mail-vmlinuz"), 1)
 	if err := hv.Define(other); err != nil {
 		t.Fatal(err)
 	}

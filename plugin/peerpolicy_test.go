@@ -166,10 +166,8 @@ func TestSeedProblem(t *testing.T) {
 		t.Fatal(err)
 	}
 	victim := filepath.Join(images, "victim.qcow2")
-	hv := &fakeHV{pipes: &memPipes{}}
-	hv.event = func(LifecycleEvent) {}
-	other := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-1111-4222-8333-944455556666", 1), "<name>web</name>", "<name>victim</name>", 1)
-	other = strings.Replace(other, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+victim+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	hv := quietHV()
+	other := otherDomainXML(t, "0e2b6d1c-1111-4222-8333-944455556666", "victim", victim)
 	if err := hv.Define(other); err != nil {
 		t.Fatal(err)
 	}
@@ -274,10 +272,8 @@ func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
 	if err := os.WriteFile(victim, []byte("db"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	hv := &fakeHV{pipes: &memPipes{}}
-	hv.event = func(LifecycleEvent) {}
-	other := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-1111-4222-8333-944455556666", 1), "<name>web</name>", "<name>db</name>", 1)
-	other = strings.Replace(other, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+victim+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
+	hv := quietHV()
+	other := otherDomainXML(t, "0e2b6d1c-1111-4222-8333-944455556666", "db", victim)
 	if err := hv.Define(other); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +287,7 @@ func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
 	// The other way: another domain's kernel as a disk (the backup's QEMU
 	// would write into it), and an armed backup's disk (not in libvirt).
 	kernel := filepath.Join(images, "mail-vmlinuz")
-	mail := strings.Replace(strings.Replace(runDomainXML(t.TempDir()), runUUID, "0e2b6d1c-3333-4222-8333-944455556666", 1), "<name>web</name>", "<name>mail</name>", 1)
+	mail := otherDomainXML(t, "0e2b6d1c-3333-4222-8333-944455556666", "mail", "")
 	if err := hv.Define(strings.Replace(mail, "/var/lib/libvirt/boot/web-vmlinuz", kernel, 1)); err != nil {
 		t.Fatal(err)
 	}
