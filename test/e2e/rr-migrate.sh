@@ -98,6 +98,10 @@ off=$(stat -c %s "$work/console-live.log")
 cp "$work/live.qcow2" "$work/backup.qcow2"
 base=$(icount_of live)
 [ -n "$base" ] && [ "$base" -gt 0 ] || die "live: no icount from query-replay"
+# A FIFO nobody reads is refused at once (the main loop must not block).
+mkfifo "$work/unread.fifo"
+r=$(qmp live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/unread.fifo\"}}")
+grep -q 'nobody reads' <<<"$r" || die "live: x-ft-record-start into an unread FIFO answered '$r', not a refusal"
 qmp_ok live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/log.bin\"}}"
 mode=$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty')
 [ "$mode" = record ] || die "live: replay mode '$mode' after x-ft-record-start, not record"
