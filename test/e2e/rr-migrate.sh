@@ -98,6 +98,12 @@ off=$(stat -c %s "$work/console-live.log")
 cp "$work/live.qcow2" "$work/backup.qcow2"
 base=$(icount_of live)
 [ -n "$base" ] && [ "$base" -gt 0 ] || die "live: no icount from query-replay"
+# An existing file is refused and left alone (a mistyped path must not
+# truncate a disk image: here the VM's own).
+sz=$(stat -c %s "$work/live.qcow2")
+r=$(qmp live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/live.qcow2\"}}")
+grep -q 'is not a FIFO' <<<"$r" || die "live: x-ft-record-start into the VM's own disk answered '$r', not a refusal"
+[ "$(stat -c %s "$work/live.qcow2")" = "$sz" ] || die "live: x-ft-record-start changed the size of the file it refused"
 # A FIFO nobody reads is refused at once (the main loop must not block).
 mkfifo "$work/unread.fifo"
 r=$(qmp live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/unread.fifo\"}}")
