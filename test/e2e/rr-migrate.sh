@@ -36,7 +36,9 @@ source "$(dirname "$0")/qemualone.sh"
 FROM=${FROM:-golive}
 # The two commands of patch 0019, each refused unless the VM is paused and
 # runs without a log.
-SWITCH_CMDS=('{"execute":"x-ft-quiesce"}' "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/refused.bin\"}}")
+# record_start FILE: the QMP command that starts a new log into FILE.
+record_start() { printf '{"execute":"x-ft-record-start","arguments":{"file":"%s"}}' "$1"; }
+SWITCH_CMDS=('{"execute":"x-ft-quiesce"}' "$(record_start "$work/refused.bin")")
 if [ "$FROM" = golive ]; then
 	say "record: the test guest boots; the log its first backup replays"
 	cp "$work/live.qcow2" "$work/record.qcow2"
@@ -101,14 +103,14 @@ base=$(icount_of live)
 # An existing file is refused and left alone (a mistyped path must not
 # truncate a disk image: here the VM's own).
 sz=$(stat -c %s "$work/live.qcow2")
-r=$(qmp live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/live.qcow2\"}}")
+r=$(qmp live "$(record_start "$work/live.qcow2")")
 grep -q 'is not a FIFO' <<<"$r" || die "live: x-ft-record-start into the VM's own disk answered '$r', not a refusal"
 [ "$(stat -c %s "$work/live.qcow2")" = "$sz" ] || die "live: x-ft-record-start changed the size of the file it refused"
 # A FIFO nobody reads is refused at once (the main loop must not block).
 mkfifo "$work/unread.fifo"
-r=$(qmp live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/unread.fifo\"}}")
+r=$(qmp live "$(record_start "$work/unread.fifo")")
 grep -q 'nobody reads' <<<"$r" || die "live: x-ft-record-start into an unread FIFO answered '$r', not a refusal"
-qmp_ok live "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/log.bin\"}}"
+qmp_ok live "$(record_start "$work/log.bin")"
 mode=$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty')
 [ "$mode" = record ] || die "live: replay mode '$mode' after x-ft-record-start, not record"
 qmp_ok live '{"execute":"cont"}'
@@ -142,7 +144,7 @@ log "the guest shut down at icount $end_ic"
 say "backup: the migrated state, then the new log"
 start_qemu backup "shift=auto,rr=replay,rrfile=$work/log.bin,rrincoming=on" -incoming defer
 t2=$SECONDS
-r=$(qmp backup "{\"execute\":\"x-ft-record-start\",\"arguments\":{\"file\":\"$work/refused.bin\"}}")
+r=$(qmp backup "$(record_start "$work/refused.bin")")
 grep -q 'replays a log' <<<"$r" || die "backup: x-ft-record-start on a replaying VM answered '$r', not a refusal"
 r=$(qmp backup '{"execute":"replay-break","arguments":{"icount":1}}')
 grep -q 'not loaded yet' <<<"$r" || die "backup: replay-break before its state loaded answered '$r', not a refusal"
