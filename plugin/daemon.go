@@ -1091,10 +1091,11 @@ func (d *Daemon) backupHostChecks(req logchan.ControlRequest, primaryHost string
 			if other != "" {
 				return fmt.Errorf("the backup host refuses: %s%s is %s of domain %q here; a peer's domain may only use images and boot files of its own", boot[f], f, what, other)
 			}
-			if !isBoot {
-				if owner := d.runFileOwner(f, req.UUID); owner != "" {
-					return fmt.Errorf("the backup host refuses: %s is a file of %s here; a peer's domain may only use images of its own", f, owner)
-				}
+			// The same against runs here, whose domains libvirt may not
+			// know yet (an armed backup): a disk may be none of their
+			// files, a boot file none of their disks.
+			if owner := d.runFileOwner(f, req.UUID, isBoot); owner != "" {
+				return fmt.Errorf("the backup host refuses: %s%s is a file of %s here; a peer's domain may only use images and boot files of its own", boot[f], f, owner)
 			}
 			if k := dirKey(f); k != "" {
 				if _, busy := d.seedingPaths.Load(k); busy {

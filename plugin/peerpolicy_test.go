@@ -304,6 +304,13 @@ func TestBackupHostChecksBootFilesAndSeeds(t *testing.T) {
 	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `domain "armed"'s backup run`) {
 		t.Fatalf("an armed backup's disk: %v", err)
 	}
+	// And an armed backup's disk as a kernel (read into the peer's guest).
+	armedDisk := filepath.Join(images, "armed-disk.qcow2")
+	d.entry("0e2b6d1c-5555-4222-8333-944455556666", "armed2").setRun(&backupRun{disks: []string{armedDisk}, files: []string{armedDisk}, stop: make(chan struct{})})
+	req.XML = strings.Replace(base, "/var/lib/libvirt/boot/web-vmlinuz", armedDisk, 1)
+	if err := d.backupHostChecks(req, "10.0.0.1", nil); err == nil || !strings.Contains(err.Error(), `/domain/os/kernel `+armedDisk+` is a file of domain "armed2"'s backup run`) {
+		t.Fatalf("an armed backup's disk as a kernel: %v", err)
+	}
 	mine := filepath.Join(images, "web.qcow2")
 	req.XML = strings.Replace(base, "<controller type='pci'", "<disk type='file' device='disk'><source file='"+mine+"'/><target dev='vda' bus='virtio'/></disk><controller type='pci'", 1)
 	if err := d.backupHostChecks(req, "10.0.0.1", nil); err != nil {

@@ -55,7 +55,7 @@ func (d *Daemon) seedProblem(uuid, from, path string, size int64) string {
 		// Any run here, of any domain: an armed backup is not defined in
 		// libvirt until its first log, and a peer may name another UUID
 		// on this connection than the one it armed.
-		if owner := d.runFileOwner(path, ""); owner != "" {
+		if owner := d.runFileOwner(path, "", false); owner != "" {
 			return fmt.Sprintf("%s is a disk of %s on this host: not replaced under it", path, owner)
 		}
 		if dm := d.lookup(uuid); dm != nil {
@@ -152,9 +152,10 @@ func domainFiles(dom *libvirtxml.Domain) []string {
 }
 
 // runFileOwner names the run here, of any domain, one of whose files
-// (domainFiles; a primary's disks) is path, any spelling: "domain NAME's
-// backup run"; "" if none. Runs of domain except are left out.
-func (d *Daemon) runFileOwner(path, except string) string {
+// (domainFiles, or with disksOnly its disk images; a primary's disks) is
+// path, any spelling: "domain NAME's backup run"; "" if none. Runs of
+// domain except are left out.
+func (d *Daemon) runFileOwner(path, except string, disksOnly bool) string {
 	key := placeKey(filepath.Clean(path))
 	for _, dm := range d.domains() {
 		if except != "" && dm.uuid == except {
@@ -168,6 +169,9 @@ func (d *Daemon) runFileOwner(path, except string) string {
 		switch r := r.(type) {
 		case *backupRun:
 			disks = r.files
+			if disksOnly {
+				disks = r.disks
+			}
 		case *primaryRun:
 			r.mu.Lock()
 			disks = slices.Clone(r.disks)

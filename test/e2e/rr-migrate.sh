@@ -123,6 +123,7 @@ sleep 0.5
 pause_ms=$(jq -rs '[.[] | select(.event == "STOP" or .event == "RESUME") | {e: .event, t: (.timestamp.seconds * 1000 + .timestamp.microseconds / 1000)}] as $ev
 	| ($ev | map(select(.e == "RESUME")) | last | .t) - ($ev | map(select(.e == "STOP")) | last | .t) | floor' "$work/events-live.log" 2>/dev/null || true)
 t1=$SECONDS
+pause_ms=${pause_ms:-?}
 log "stopped at icount $base for $pause_ms ms (quiesce, $(stat -c %s "$work/state.bin") bytes of state into a file, a disk copy, record start), console at byte $off; recording since"
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES" >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
