@@ -32,6 +32,7 @@ build:
 	$(GO) build -o $(BIN)/gaterelay ./test/tools/gaterelay
 	$(GO) build -o $(BIN)/hostile ./test/tools/hostile
 	$(GO) build -o $(BIN)/fdstore ./test/tools/fdstore
+	$(GO) build -o $(BIN)/reprotect ./test/tools/reprotect
 
 guest:
 	test/guest/build.sh $(GUEST)

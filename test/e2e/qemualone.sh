@@ -46,7 +46,9 @@ inns ip addr add $HOST_A_IP/24 dev ftdt0
 inns ip link set ftdt0 up
 
 # qemu_args NAME ICOUNT [ARG...]: the command line of QEMU NAME with
-# -icount ICOUNT and ARG... last; every run must describe the same machine.
+# -icount ICOUNT and ARG... last; every run must describe the same machine
+# (QEMU_TAP: another tap than ftdt0, for a second QEMU at once).
+declare -A job_of
 qemu_args() {
 	local name=$1 icount=$2
 	shift 2
@@ -59,7 +61,7 @@ qemu_args() {
 		-blockdev '{"node-name":"disk-format","driver":"qcow2","file":"disk-storage"}' \
 		-blockdev '{"driver":"blkreplay","node-name":"ft-rr0","image":"disk-format"}' \
 		-device '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3","id":"disk0","drive":"ft-rr0"}' \
-		-netdev '{"type":"tap","id":"net0","ifname":"ftdt0","script":"no","downscript":"no"}' \
+		-netdev "{\"type\":\"tap\",\"id\":\"net0\",\"ifname\":\"${QEMU_TAP:-ftdt0}\",\"script\":\"no\",\"downscript\":\"no\"}" \
 		-device '{"driver":"virtio-net-pci","netdev":"net0","id":"nic0","mac":"52:54:00:fa:00:01","bus":"pci.0","addr":"0x2"}' \
 		-chardev "file,id=serial0,path=$work/console-$name.log" \
 		-device '{"driver":"isa-serial","chardev":"serial0","id":"serial0","index":0}' \
@@ -74,30 +76,35 @@ qemu_args() {
 }
 
 # start_qemu NAME ICOUNT [ARG...]: gaterelay joins the gate's sockets, then
-# QEMU starts (qemu_args); $qemu_pid is the background job's.
+# QEMU starts (qemu_args); ${job_of[NAME]} is the background job's pid.
+evfds=()
 start_qemu() {
-	[ -z "${evfd:-}" ] || exec {evfd}>&-
-	local name=$1 args
+	local name=$1 args evfd
 	rm -f "$work"/gate-*.sock
 	"$BIN/gaterelay" "$work/gate-out.sock" "$work/gate-in.sock" &
 	pids+=($!)
 	local i=0
 	until [ -S "$work/gate-in.sock" ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i + 1)); done
 	mapfile -t args < <(qemu_args "$@")
-	inns "$QEMU" "${args[@]}" >"$work/qemu-$name.out" 2>&1 &
-	qemu_pid=$!
-	pids+=($qemu_pid)
+	# Without the event FIFOs of the QEMUs before it (they would stay open
+	# while this one runs).
+	(
+		for evfd in "${evfds[@]}"; do eval "exec $evfd>&-"; done
+		exec ip netns exec "$ns" "$QEMU" "${args[@]}" >"$work/qemu-$name.out" 2>&1
+	) &
+	job_of[$name]=$!
+	pids+=($!)
 	# A second monitor that stays connected: QEMU's events (SHUTDOWN and
 	# its cause, which libvirt passes on to libvirt-ftd) in events-NAME.log.
 	i=0
 	until [ -S "$work/events-$name.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
 	[ -S "$work/events-$name.sock" ] || die "$name: QEMU made no event monitor socket in 10 s"
 	# socat reads a FIFO this script holds open read-write (no helper
-	# process to outlive the test; no SIGPIPE if socat has gone). The
-	# previous run's descriptor was closed at the top: this run's
-	# processes do not inherit it.
+	# process to outlive the test; no SIGPIPE if socat has gone).
+	rm -f "$work/events-$name.in"
 	mkfifo "$work/events-$name.in"
 	exec {evfd}<>"$work/events-$name.in"
+	evfds+=("$evfd")
 	socat - UNIX-CONNECT:"$work/events-$name.sock" <"$work/events-$name.in" >"$work/events-$name.log" 2>&1 &
 	pids+=($!)
 	echo '{"execute":"qmp_capabilities"}' >&$evfd
@@ -139,7 +146,7 @@ wait_status() {
 	while :; do
 		st=$(qmp "$name" '{"execute":"query-status"}' | jq -r '.return.status // empty' 2>/dev/null || true)
 		[ "$st" = "$want" ] && return 0
-		kill -0 "$qemu_pid" 2>/dev/null || die "$name: QEMU exited while waiting for status $want"
+		kill -0 "${job_of[$name]}" 2>/dev/null || die "$name: QEMU exited while waiting for status $want"
 		[ $SECONDS -lt $end ] || die "$name: status '$st', not $want, after $3s"
 		sleep 0.5
 	done
@@ -166,12 +173,12 @@ check_replay_progress() {
 wait_exit() {
 	local secs=$1 name=$2 end=$((SECONDS + $1))
 	last=-1 since=$SECONDS
-	while kill -0 "$qemu_pid" 2>/dev/null; do
+	while kill -0 "${job_of[$name]}" 2>/dev/null; do
 		[ $SECONDS -lt $end ] || die "$name: QEMU still running after ${secs}s"
 		[ "${3:-}" != replay ] || check_replay_progress "$name"
 		sleep 1
 	done
-	wait "$qemu_pid" && rc=0 || rc=$?
+	wait "${job_of[$name]}" && rc=0 || rc=$?
 	[ $rc -eq 0 ] || { tail -n 5 "$work/qemu-$name.out" >&2; die "$name: QEMU exited with status $rc"; }
 }
 
@@ -189,7 +196,7 @@ replay_to_break() {
 	end=$((SECONDS + 600)) last=-1 since=$SECONDS
 	while :; do
 		[ $SECONDS -lt $end ] || die "$name: not at icount $brk after 600s"
-		kill -0 "$qemu_pid" 2>/dev/null || die "$name: QEMU exited before reaching icount $brk"
+		kill -0 "${job_of[$name]}" 2>/dev/null || die "$name: QEMU exited before reaching icount $brk"
 		st=$(qmp "$name" '{"execute":"query-status"}')
 		[ "$(jq -r '.return.status // empty' <<<"$st" 2>/dev/null)" = paused ] && break
 		check_replay_progress "$name"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Determinism check of packaging/qemu 0019 (issue 13, re-protection: a
-# running VM gets a new backup without a reboot). QEMU runs on its own,
+# Determinism check of packaging/qemu 0019-0021 (issue 13, re-protection:
+# a running VM gets a new backup without a reboot). QEMU runs on its own,
 # with a protected domain's devices, in a network namespace of this
 # script's own (test/e2e/qemualone.sh):
 #   1. QEMU "live" is a backup that went live: it replays the log of a
@@ -9,19 +9,27 @@
 #      a failover. FROM=icount instead starts it with icount and no log (a
 #      VM started unprotected, with ioeventfd=off on its virtio devices).
 #      An echo and a stream client are connected to it.
-#   2. It is stopped, quiesced (x-ft-quiesce: frames in flight between its
-#      NIC and netdev), and its state goes out by an ordinary migration
-#      (exec: into a file here; to the new backup's QEMU in the product).
-#      Its disk is copied (the new backup's copy).
-#   3. QMP x-ft-record-start starts a new record log there; cont. The
-#      clients go on; bulk transfers both ways; the guest powers off at
+#   2. SWITCH=live (the default; 0021): QEMU "backup" waits, started with
+#      -icount rr=replay,rrincoming=on, -incoming defer and -S, its disk
+#      exported over NBD. libvirt-ftd's code (plugin/reprotect, through
+#      test/tools/reprotect) mirrors the live VM's disk to it, arms the
+#      record start, and migrates the VM live; stopped before the
+#      switchover, the mirror ends, then QEMU saves the device state and
+#      records from there at once; cont.
+#      SWITCH=stop (0019): the VM is stopped, quiesced (x-ft-quiesce),
+#      migrated into a file, its disk copied, and x-ft-record-start starts
+#      the new log; cont.
+#   3. The clients go on; bulk transfers both ways; the guest powers off at
 #      tick POWEROFF_TICK; SIGTERM ends the log, as libvirt ends QEMU.
-#   4. QEMU "backup" starts with -icount rr=replay,rrincoming=on and
-#      -incoming from that state, on the copied disk. It must replay the
-#      new log to the guest's shutdown at exactly the recorded icount and
+#   4. The backup (SWITCH=stop: started now from the file) replays the new
+#      log to the guest's shutdown at exactly the recorded icount and must
 #      print what "live" printed after the switch, byte for byte.
-# Also: x-ft-record-start is refused on a running VM and on a replaying one.
-#   EMULATOR=... [FROM=golive|icount] [LOAD_S=15] [STALL_S=30] [BULK_BYTES=20000000] [KEEP=1] test/e2e/rr-migrate.sh
+# Also the refusals of x-ft-record-start and x-ft-record-at-switchover: on a
+# running VM, on a recording one, on a replaying one, into an existing
+# file, armed twice. DBGCMP=1 compares the two guests' memory, registers
+# and disks at the switchover (SWITCH=live); DBGSAVE=1 keeps the migration
+# stream and the backup's disk as loaded, for a replay later.
+#   EMULATOR=... [FROM=golive|icount] [SWITCH=live|stop] [LOAD_S=15] [STALL_S=30] [BULK_BYTES=20000000] [KEEP=1] test/e2e/rr-migrate.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 LOAD_S=${LOAD_S:-15}
@@ -38,6 +46,9 @@ FROM=${FROM:-golive}
 # runs without a log.
 # record_start FILE: the QMP command that starts a new log into FILE.
 record_start() { printf '{"execute":"x-ft-record-start","arguments":{"file":"%s"}}' "$1"; }
+# record_at FILE: patch 0020's, armed for the next migration's switchover.
+record_at() { printf '{"execute":"x-ft-record-at-switchover","arguments":{"file":"%s"}}' "$1"; }
+SWITCH=${SWITCH:-live}
 SWITCH_CMDS=('{"execute":"x-ft-quiesce"}' "$(record_start "$work/refused.bin")")
 if [ "$FROM" = golive ]; then
 	say "record: the test guest boots; the log its first backup replays"
@@ -47,7 +58,7 @@ if [ "$FROM" = golive ]; then
 	# A VM that records already cannot start another log: no backup could
 	# hold its state (patch 0014 refuses its migration).
 	qmp_ok record '{"execute":"stop"}'
-	for c in "${SWITCH_CMDS[@]}"; do
+	for c in "${SWITCH_CMDS[@]}" "$(record_at "$work/refused.bin")"; do
 		r=$(qmp record "$c")
 		grep -q 'records a log already' <<<"$r" || die "record: $c on a recording VM answered '$r', not a refusal"
 	done
@@ -83,37 +94,98 @@ for c in "${SWITCH_CMDS[@]}"; do
 done
 log "refused while running: $(jq -r '.error.desc' <<<"$r")"
 
-say "live: stopped, quiesced, migrated out (its state for the new backup), then recording from there"
-qmp_ok live '{"execute":"stop"}'
-qmp_ok live '{"execute":"x-ft-quiesce"}'
-qmp_ok live "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $work/state.bin\"}}"
-end=$((SECONDS + 60))
-while :; do
-	st=$(qmp live '{"execute":"query-migrate"}' | jq -r '.return.status // empty' 2>/dev/null || true)
-	[ "$st" = completed ] && break
-	[ "$st" != failed ] || die "live: the migration failed: $(qmp live '{"execute":"query-migrate"}')"
-	[ $SECONDS -lt $end ] || die "live: migration status '$st' after 60s"
-	sleep 0.2
-done
-wait_status live postmigrate 10
-off=$(stat -c %s "$work/console-live.log")
-cp "$work/live.qcow2" "$work/backup.qcow2"
-base=$(icount_of live)
-[ -n "$base" ] && [ "$base" -gt 0 ] || die "live: no icount from query-replay"
-# An existing file is refused and left alone (a mistyped path must not
-# truncate a disk image: here the VM's own).
-sz=$(stat -c %s "$work/live.qcow2")
-r=$(qmp live "$(record_start "$work/live.qcow2")")
-grep -q 'is not a FIFO' <<<"$r" || die "live: x-ft-record-start into the VM's own disk answered '$r', not a refusal"
-[ "$(stat -c %s "$work/live.qcow2")" = "$sz" ] || die "live: x-ft-record-start changed the size of the file it refused"
-# A FIFO nobody reads is refused at once (the main loop must not block).
-mkfifo "$work/unread.fifo"
-r=$(qmp live "$(record_start "$work/unread.fifo")")
-grep -q 'nobody reads' <<<"$r" || die "live: x-ft-record-start into an unread FIFO answered '$r', not a refusal"
-qmp_ok live "$(record_start "$work/log.bin")"
-mode=$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty')
-[ "$mode" = record ] || die "live: replay mode '$mode' after x-ft-record-start, not record"
-qmp_ok live '{"execute":"cont"}'
+if [ "$SWITCH" = live ]; then
+	say "backup: a QEMU waiting for the live VM's state, its disk exported over NBD"
+	qemu-img create -q -f qcow2 "$work/backup.qcow2" "$(qemu-img info -U --output=json "$work/live.qcow2" | jq -r '."virtual-size"')"
+	# The log the backup replays: a header now (QEMU reads it at start),
+	# the recorded events once the recording has ended.
+	printf '\000\340\040\014\000\000\000\000\000\000\000\000' >"$work/replay.bin"
+	inns ip tuntap add dev ftdt1 mode tap vnet_hdr
+	inns ip link set ftdt1 up
+	QEMU_TAP=ftdt1 start_qemu backup "shift=auto,rr=replay,rrfile=$work/replay.bin,rrincoming=on" -incoming defer -S
+	r=$(qmp backup '{"execute":"replay-break","arguments":{"icount":1}}')
+	grep -q 'not loaded yet' <<<"$r" || die "backup: replay-break before its state loaded answered '$r', not a refusal"
+	"$BIN/reprotect" dest-prepare -qmp "$work/qmp-backup.sock" -migrate "unix:$work/mig.sock" -nbd "$work/nbd.sock" -export disk-format ||
+		die "backup: reprotect dest-prepare failed"
+
+	say "live: its disk mirrored to the backup's, then migrated live; it records from the switchover on"
+	r=$(qmp live "$(record_at "$work/live.qcow2")")
+	grep -q 'is not a FIFO' <<<"$r" || die "live: x-ft-record-at-switchover into the VM's own disk answered '$r', not a refusal"
+	qmp_ok live "$(record_at "$work/disarmed.bin")"
+	r=$(qmp live "$(record_at "$work/log.bin")")
+	grep -q 'armed already' <<<"$r" || die "live: a second x-ft-record-at-switchover answered '$r', not a refusal"
+	qmp_ok live '{"execute":"x-ft-record-disarm"}'
+	[ ! -s "$work/disarmed.bin" ] || die "live: the disarmed log was written"
+	# libvirt-ftd's code (plugin/reprotect): the disk mirrored to the
+	# backup's export, the record start armed, a live migration stopped
+	# before its switchover to end the mirror, then the switch; with
+	# DBGCMP=1 the VM stays paused for the comparison below.
+	cont_flag=-cont
+	[ "${DBGCMP:-0}" != 1 ] || cont_flag=
+	if [ "${DBGSAVE:-0}" = 1 ]; then
+		# The stream also into a file, for a replay of the backup later.
+		miguri="exec:tee $work/state.bin | socat - UNIX-CONNECT:$work/mig.sock"
+	else
+		miguri="unix:$work/mig.sock"
+	fi
+	out=$("$BIN/reprotect" source -qmp "$work/qmp-live.sock" -log "$work/log.bin" -migrate "$miguri" \
+		-nbd "$work/nbd.sock" -disk ft-rr0=disk-format -console "$work/console-live.log" $cont_flag) ||
+		die "live: reprotect source failed"
+	log "reprotect source: $out"
+	base=$(jq -r .icount <<<"$out")
+	off=$(jq -r .console_bytes <<<"$out")
+	if [ "${DBGCMP:-0}" = 1 ]; then
+		cp "$work/live.qcow2" "$work/live-at-switch.qcow2"
+		qmp_ok live "{\"execute\":\"pmemsave\",\"arguments\":{\"val\":0,\"size\":268435456,\"filename\":\"$work/mem-live.bin\"}}"
+		qmp live '{"execute":"human-monitor-command","arguments":{"command-line":"info registers"}}' >"$work/regs-live.txt"
+		qmp_ok live '{"execute":"cont"}'
+	fi
+	"$BIN/reprotect" dest-finish -qmp "$work/qmp-backup.sock" -export disk-format ||
+		die "backup: reprotect dest-finish failed"
+	[ -n "$base" ] && [ "$base" -gt 0 ] || die "live: no icount where the new log starts"
+	if [ "${DBGCMP:-0}" = 1 ]; then
+		qmp_ok backup "{\"execute\":\"pmemsave\",\"arguments\":{\"val\":0,\"size\":268435456,\"filename\":\"$work/mem-backup.bin\"}}"
+		qmp backup '{"execute":"human-monitor-command","arguments":{"command-line":"info registers"}}' >"$work/regs-backup.txt"
+		cmp "$work/mem-live.bin" "$work/mem-backup.bin" && log "DBG: memory same" || log "DBG: memory differs: $(cmp -l "$work/mem-live.bin" "$work/mem-backup.bin" | wc -l) bytes"
+		cmp "$work/regs-live.txt" "$work/regs-backup.txt" && log "DBG: registers same" || log "DBG: registers differ"
+		qemu-img compare -U "$work/live-at-switch.qcow2" "$work/backup.qcow2" && log "DBG: disks same" || log "DBG: disks differ"
+	fi
+	[ "${DBGSAVE:-0}" != 1 ] || cp "$work/backup.qcow2" "$work/backup-at-switch.qcow2"
+	pause_what="a live migration ($(jq -r .memory_bytes <<<"$out") bytes of memory, $(jq -r .disk_bytes <<<"$out") of disk) that stopped it only at its switchover, the disk mirror's end, record start"
+else
+	say "live: stopped, quiesced, migrated out (its state for the new backup), then recording from there"
+	qmp_ok live '{"execute":"stop"}'
+	qmp_ok live '{"execute":"x-ft-quiesce"}'
+	qmp_ok live "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $work/state.bin\"}}"
+	end=$((SECONDS + 60))
+	while :; do
+		st=$(qmp live '{"execute":"query-migrate"}' | jq -r '.return.status // empty' 2>/dev/null || true)
+		[ "$st" = completed ] && break
+		[ "$st" != failed ] || die "live: the migration failed: $(qmp live '{"execute":"query-migrate"}')"
+		[ $SECONDS -lt $end ] || die "live: migration status '$st' after 60s"
+		sleep 0.2
+	done
+	wait_status live postmigrate 10
+	off=$(stat -c %s "$work/console-live.log")
+	cp "$work/live.qcow2" "$work/backup.qcow2"
+	base=$(icount_of live)
+	[ -n "$base" ] && [ "$base" -gt 0 ] || die "live: no icount from query-replay"
+	# An existing file is refused and left alone (a mistyped path must not
+	# truncate a disk image: here the VM's own).
+	sz=$(stat -c %s "$work/live.qcow2")
+	r=$(qmp live "$(record_start "$work/live.qcow2")")
+	grep -q 'is not a FIFO' <<<"$r" || die "live: x-ft-record-start into the VM's own disk answered '$r', not a refusal"
+	[ "$(stat -c %s "$work/live.qcow2")" = "$sz" ] || die "live: x-ft-record-start changed the size of the file it refused"
+	# A FIFO nobody reads is refused at once (the main loop must not block).
+	mkfifo "$work/unread.fifo"
+	r=$(qmp live "$(record_start "$work/unread.fifo")")
+	grep -q 'nobody reads' <<<"$r" || die "live: x-ft-record-start into an unread FIFO answered '$r', not a refusal"
+	qmp_ok live "$(record_start "$work/log.bin")"
+	mode=$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty')
+	[ "$mode" = record ] || die "live: replay mode '$mode' after x-ft-record-start, not record"
+	qmp_ok live '{"execute":"cont"}'
+	pause_what="quiesce, $(stat -c %s "$work/state.bin") bytes of state into a file, a disk copy, record start"
+fi
 # Recording now: it may no longer be migrated (patch 0014).
 r=$(qmp live "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > /dev/null\"}}")
 grep -q 'this VM is protected' <<<"$r" || die "live: migrate while recording answered '$r', not a refusal"
@@ -124,7 +196,7 @@ pause_ms=$(jq -rs '[.[] | select(.event == "STOP" or .event == "RESUME") | {e: .
 	| ($ev | map(select(.e == "RESUME")) | last | .t) - ($ev | map(select(.e == "STOP")) | last | .t) | floor' "$work/events-live.log" 2>/dev/null || true)
 t1=$SECONDS
 pause_ms=${pause_ms:-?}
-log "stopped at icount $base for $pause_ms ms (quiesce, $(stat -c %s "$work/state.bin") bytes of state into a file, a disk copy, record start), console at byte $off; recording since"
+log "stopped at icount $base for $pause_ms ms ($pause_what), console at byte $off; recording since"
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" >"$work/rx.out" 2>&1 || die "bulk rx: $(tail -n 1 "$work/rx.out")"
 inns "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES" >"$work/tx.out" 2>&1 || die "bulk tx: $(tail -n 1 "$work/tx.out")"
 wait $pe || die "echo: $(tail -n 1 "$work/echo.out")"
@@ -142,17 +214,25 @@ end_ic=$("$BIN/rrdump" -header $RRDUMP_ARGS -find-all SHUTDOWN_GUEST_SHUTDOWN "$
 [ -n "$end_ic" ] || die "no guest SHUTDOWN event in the new log"
 log "the guest shut down at icount $end_ic"
 
-say "backup: the migrated state, then the new log"
-start_qemu backup "shift=auto,rr=replay,rrfile=$work/log.bin,rrincoming=on" -incoming defer
-t2=$SECONDS
-r=$(qmp backup "$(record_start "$work/refused.bin")")
-grep -q 'replays a log' <<<"$r" || die "backup: x-ft-record-start on a replaying VM answered '$r', not a refusal"
-r=$(qmp backup '{"execute":"replay-break","arguments":{"icount":1}}')
-grep -q 'not loaded yet' <<<"$r" || die "backup: replay-break before its state loaded answered '$r', not a refusal"
-qmp_ok backup "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"exec:cat $work/state.bin\"}}"
-# The state was saved from a stopped VM: the backup stays paused once it
-# has loaded it, until cont (libvirt-ftd's, once the live VM records).
-wait_status backup paused 60
+if [ "$SWITCH" = live ]; then
+	say "backup: loaded the live VM's state at its switchover; now the new log"
+	tail -c +13 "$work/log.bin" >>"$work/replay.bin"
+	t2=$SECONDS
+else
+	say "backup: the migrated state, then the new log"
+	start_qemu backup "shift=auto,rr=replay,rrfile=$work/log.bin,rrincoming=on" -incoming defer
+	t2=$SECONDS
+	r=$(qmp backup '{"execute":"replay-break","arguments":{"icount":1}}')
+	grep -q 'not loaded yet' <<<"$r" || die "backup: replay-break before its state loaded answered '$r', not a refusal"
+	qmp_ok backup "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"exec:cat $work/state.bin\"}}"
+	# The state was saved from a stopped VM: the backup stays paused once
+	# it has loaded it, until cont (libvirt-ftd's, once the live VM records).
+	wait_status backup paused 60
+fi
+for c in "$(record_start "$work/refused.bin")" "$(record_at "$work/refused.bin")"; do
+	r=$(qmp backup "$c")
+	grep -q 'replays a log' <<<"$r" || die "backup: $c on a replaying VM answered '$r', not a refusal"
+done
 REPLAY_CONT=1 replay_to_break backup $((end_ic - 1))
 log "replay paused at icount $ic after $((SECONDS - t2))s (the guest shut down at $end_ic)"
 qmp backup '{"execute":"cont"}' >/dev/null
