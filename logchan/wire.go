@@ -2,6 +2,7 @@ package logchan
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -275,7 +276,26 @@ type Role string
 const (
 	RolePrimary Role = "primary"
 	RoleBackup  Role = "backup"
+	// RoleStream opens a re-protection stream (docs/protocol.md §11):
+	// after the handshake the connection carries the raw bytes of one
+	// QEMU stream (Hello.Stream) between the primary's QEMU and the new
+	// backup's, both ways, until either side closes.
+	RoleStream Role = "stream"
 )
+
+// Re-protection stream kinds (Hello.Stream).
+const (
+	// StreamMigration is the VM's live migration to the new backup's
+	// QEMU (its migrate-incoming socket); one per re-protection.
+	StreamMigration = "migration"
+	// StreamNBD is one NBD connection of a disk copy to the new
+	// backup's NBD server (one per disk mirror).
+	StreamNBD = "nbd"
+)
+
+// FeatureReprotect (Hello.Features): the server takes RoleStream
+// connections for a backup armed to receive a running VM.
+const FeatureReprotect = "reprotect"
 
 // Hello opens a connection: who is speaking and what it records or
 // replays.
@@ -308,6 +328,9 @@ type Hello struct {
 	// other side listed it; a peer that lists none (an older one) is
 	// still spoken to, without them. Unknown names are ignored.
 	Features []string `json:"features,omitempty"`
+	// Stream (RoleStream) is the kind of stream: StreamMigration or
+	// StreamNBD.
+	Stream string `json:"stream,omitempty"`
 }
 
 // HelloReply answers a Hello with the server's own identity.
@@ -524,6 +547,39 @@ func NewConn(nc net.Conn) *Conn {
 
 // NetConn returns the wrapped connection.
 func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// Detach ends framing on c (a RoleStream connection after its handshake)
+// and returns the connection for raw bytes: its reads first return what
+// c had read ahead (the peer may send right after the HelloReply), its
+// writes go to the connection. c must not be used afterwards.
+func (c *Conn) Detach() net.Conn {
+	c.wmu.Lock()
+	_ = c.w.Flush()
+	c.wmu.Unlock()
+	return &detachedConn{Conn: c.nc, r: io.MultiReader(bytes.NewReader(c.buffered()), c.nc)}
+}
+
+func (c *Conn) buffered() []byte {
+	b, _ := c.r.Peek(c.r.Buffered())
+	return append([]byte(nil), b...)
+}
+
+// detachedConn is a net.Conn that reads a read-ahead first; CloseWrite is
+// passed on when the connection has it (TCP, unix, TLS).
+type detachedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (d *detachedConn) Read(p []byte) (int, error) { return d.r.Read(p) }
+
+// CloseWrite half-closes the connection, or closes it when it cannot.
+func (d *detachedConn) CloseWrite() error {
+	if cw, ok := d.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return d.Conn.Close()
+}
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }

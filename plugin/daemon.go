@@ -51,7 +51,10 @@ type Daemon struct {
 	// control connection is receiving a seed of: one seed per file at a
 	// time.
 	seedingPaths sync.Map
-	cfg          Config
+	// streams holds the re-protection stream targets of backups armed
+	// to receive a running VM, by domain UUID (*streamTarget; streams.go).
+	streams sync.Map
+	cfg     Config
 	// checking is held while virt-ft check runs (one at a time).
 	checking sync.Mutex
 	// peerViews holds a slot per peer view being fetched (virt-ft

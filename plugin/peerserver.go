@@ -81,13 +81,18 @@ func (d *Daemon) servePeer(nc net.Conn) {
 	}
 	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
 	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup,
-		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep, logchan.FeatureStatus, logchan.FeatureBlockSeed}}
+		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep, logchan.FeatureStatus, logchan.FeatureBlockSeed,
+			logchan.FeatureReprotect}}
 	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
-		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary {
+		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary && h.Role != logchan.RoleStream {
 			return fmt.Errorf("unknown role %q", h.Role)
 		}
 		if !logchan.ValidUUID(h.DomainUUID) {
 			return fmt.Errorf("domain_uuid %q is not a UUID in canonical form (8-4-4-4-12 lower-case hex)", h.DomainUUID)
+		}
+		if h.Role == logchan.RoleStream {
+			host, _, _ := net.SplitHostPort(nc.RemoteAddr().String())
+			return d.streamRefusal(host, h)
 		}
 		return nil
 	})
@@ -112,6 +117,8 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		b.serveLog(pc, hello)
 	case logchan.RoleControl:
 		d.serveControlConn(pc, hello.DomainUUID)
+	case logchan.RoleStream:
+		d.serveStream(pc, hello)
 	}
 }
 
