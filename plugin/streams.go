@@ -132,6 +132,15 @@ func (d *Daemon) serveStream(pc *peerConn, hello logchan.Hello) {
 	}
 	q, err := dial(t.sockets[hello.Stream])
 	if err != nil {
+		// The slot goes back: the peer may try again (QEMU may not
+		// listen yet).
+		t.mu.Lock()
+		if hello.Stream == logchan.StreamMigration {
+			t.migration = false
+		} else {
+			t.nbd--
+		}
+		t.mu.Unlock()
 		log.WithError(err).Warnf("re-protection %s stream: the new backup's QEMU", hello.Stream)
 		pc.Close()
 		return

@@ -52,6 +52,7 @@ func (d *Destination) Prepare() error {
 	}
 	if err := q.Execute("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
 		{"capability": "late-block-activate", "state": true},
+		{"capability": "return-path", "state": true},
 	}}, nil); err != nil {
 		return fmt.Errorf("reprotect: destination: %w", err)
 	}
@@ -77,7 +78,10 @@ func (d *Destination) Prepare() error {
 
 // Finish waits until the state has loaded (the QEMU is then paused; its
 // cont starts the replay) and ends the NBD exports. An error leaves the
-// QEMU as it is: the caller ends it (it never ran the guest).
+// QEMU as it is: the caller ends it (it never ran the guest). Success here
+// is not a re-protection: unless the source's Run succeeded too (the VM
+// records from that state), the caller must end this QEMU and never
+// continue it.
 func (d *Destination) Finish(ctx context.Context) error {
 	poll := d.Poll
 	if poll <= 0 {

@@ -76,21 +76,30 @@ type Listener struct {
 	// Bytes counts the bytes of the streams that have ended, both ways
 	// (safe to read at any time).
 	Bytes atomic.Int64
+	// UID and GID own the socket (mode 0600): QEMU's user under libvirt,
+	// so that it may connect. Both 0 leaves the daemon's own.
+	UID, GID int
 
 	ln net.Listener
 }
 
-// Listen creates the socket (mode 0600: QEMU runs as root or as its owner
-// in the lab; libvirt-ftd sets the owner of the directory). Serve calls it
-// when it was not called.
+// Listen creates the socket, mode 0600 and owned by UID:GID. Serve calls
+// it when it was not called.
 func (l *Listener) Listen() error {
 	ln, err := net.Listen("unix", l.Path)
 	if err != nil {
 		return fmt.Errorf("reprotect: stream socket: %w", err)
 	}
-	if err := os.Chmod(l.Path, 0o600); err != nil {
+	uid, gid := l.UID, l.GID
+	if uid == 0 && gid == 0 {
+		uid, gid = -1, -1
+	}
+	err = os.Chmod(l.Path, 0o600)
+	if err == nil {
+		err = os.Lchown(l.Path, uid, gid)
+	}
+	if err != nil {
 		ln.Close()
-		os.Remove(l.Path)
 		return fmt.Errorf("reprotect: stream socket: %w", err)
 	}
 	l.ln = ln
@@ -163,8 +172,7 @@ func (l *Listener) Serve(ctx context.Context) error {
 			mu.Unlock()
 		}()
 	}
-	ln.Close()
-	os.Remove(l.Path)
+	ln.Close() // unlinks the socket (net.UnixListener)
 	mu.Lock()
 	for c := range open {
 		c.Close()

@@ -25,6 +25,13 @@
 //
 // Both sides poll (query-migrate, query-block-jobs) rather than wait for
 // events, every Poll; each phase is bounded by Timeout.
+//
+// Not yet (issue 13): a daemon that dies during Run leaves the VM stopped
+// at pre-switchover, or armed with mirrors running; the daemon that starts
+// next must find that (query-migrate, query-block-jobs, the ft-copy nodes)
+// and undo it. A write-blocking mirror over a relay whose peer stops
+// answering holds the guest's disk writes until TCP gives up; the stream
+// connections need a user timeout (TCP_USER_TIMEOUT) first.
 package reprotect
 
 import (

@@ -20,20 +20,21 @@ import (
 type fakeQEMU struct {
 	cmds []string
 
-	mode, status string // replay mode; run state
-	armed        bool
-	pauseBefore  bool
-	mig          string // migration status
-	migPolls     int
-	activePolls  int
-	failMigAt    string // a status at which the migration fails instead
-	jobs         map[string]*blockJob
-	jobOrder     []string
-	step         uint64
-	vanishJob    bool // a job ends before it is ready
-	failOn       map[string]string
-	nodes        map[string]bool
-	loadAfter    int // destination: the state has loaded after this many polls
+	mode, status  string // replay mode; run state
+	armed         bool
+	pauseBefore   bool
+	mig           string // migration status
+	migPolls      int
+	activePolls   int
+	failMigAt     string // a status at which the migration fails instead
+	jobs          map[string]*blockJob
+	jobOrder      []string
+	step          uint64
+	vanishJob     bool // a job ends before it is ready
+	failOn        map[string]string
+	nodes         map[string]bool
+	loadAfter     int // destination: the state has loaded after this many polls
+	cancelTooLate bool
 }
 
 func newFake() *fakeQEMU {
@@ -100,6 +101,11 @@ func (f *fakeQEMU) Execute(command string, args, ret any) error {
 	case "migrate":
 		f.mig, f.migPolls = "active", 0
 	case "migrate_cancel":
+		if f.cancelTooLate {
+			// The switchover won the race.
+			f.mig, f.status, f.mode, f.armed = "completed", "postmigrate", "record", false
+			break
+		}
 		if f.mig == "active" || f.mig == "pre-switchover" {
 			f.mig = "cancelled"
 			f.armed = false
@@ -258,7 +264,14 @@ func TestSourceUndoesOnFailure(t *testing.T) {
 				if f.sent("cont") != 0 {
 					t.Fatal("cont sent")
 				}
-				if len(f.nodes) != 0 {
+				switch {
+				case tc.name == "cancel refused":
+					// Mirrors that would not end keep their NBD nodes,
+					// and the error says the undo failed.
+					if len(f.nodes) != 2 || !strings.Contains(err.Error(), "undoing") {
+						t.Fatalf("nodes %v, error %v", f.nodes, err)
+					}
+				case len(f.nodes) != 0:
 					t.Fatalf("NBD client nodes left: %v", f.nodes)
 				}
 				if tc.noMig && f.sent("migrate_cancel") != 0 {
@@ -369,6 +382,27 @@ func TestDestinationPrepareThenFinish(t *testing.T) {
 		f2.mig = "failed"
 		if err := (&Destination{QMP: f2}).Finish(context.Background()); err == nil || !strings.Contains(err.Error(), "failed") {
 			t.Fatalf("Finish of a failed migration: %v", err)
+		}
+	})
+}
+
+// A cancel that loses the race with the switchover: Run says so
+// (ErrSwitchedOver) with the Result, and does not disarm or pretend the
+// VM runs on.
+func TestSourceReportsASwitchoverItCouldNotCancel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.activePolls = 1 << 30
+		f.cancelTooLate = true
+		s := source(f)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := s.Run(ctx)
+		if !errors.Is(err, ErrSwitchedOver) {
+			t.Fatalf("Run: %v, want ErrSwitchedOver", err)
+		}
+		if f.mode != "record" || f.status != "postmigrate" || f.sent("x-ft-record-disarm") != 0 || f.sent("cont") != 0 {
+			t.Fatalf("mode %s, status %s, commands %v", f.mode, f.status, f.cmds)
 		}
 	})
 }

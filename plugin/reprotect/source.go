@@ -2,6 +2,7 @@ package reprotect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -38,6 +39,7 @@ type Source struct {
 	nodes, jobs int
 	armed       bool
 	migrating   bool
+	switched    bool // undo found the migration completed after all
 }
 
 // Result is a completed source side.
@@ -90,10 +92,21 @@ func (s *Source) Run(ctx context.Context) (Result, error) {
 		if uerr := s.undo(); uerr != nil {
 			err = fmt.Errorf("%w (and undoing it: %v)", err, uerr)
 		}
+		if s.switched {
+			return res, fmt.Errorf("%w: %v", ErrSwitchedOver, err)
+		}
 		return Result{}, err
 	}
 	return res, nil
 }
+
+// ErrSwitchedOver is wrapped by Run's error when the migration completed
+// although Run was giving up (its cancel came too late): the VM is then
+// paused and records into LogPath, as on success (Run also returns the
+// Result), but Run did not finish its checks; the caller owns the VM and
+// must either finish the pairing or end that log (stop the VM's QEMU, or
+// let its log's reader go: patch 0006 then stops it at its next write).
+var ErrSwitchedOver = errors.New("reprotect: the migration completed: the VM is paused and records")
 
 func (s *Source) run(ctx context.Context) (Result, error) {
 	var res Result
@@ -143,8 +156,13 @@ func (s *Source) run(ctx context.Context) (Result, error) {
 		return res, fmt.Errorf("reprotect: arming the record start: %w", err)
 	}
 	s.armed = true
+	// return-path: the source completes only once the destination has
+	// loaded the state (it answers on the same connection); a load that
+	// fails fails the source's migration after the switchover, which QEMU
+	// undoes (0021). Both sides must have it (Destination.Prepare).
 	if err := q.Execute("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
 		{"capability": "pause-before-switchover", "state": true},
+		{"capability": "return-path", "state": true},
 	}}, nil); err != nil {
 		return res, fmt.Errorf("reprotect: %w", err)
 	}
@@ -227,11 +245,7 @@ func (s *Source) waitMigration(ctx context.Context, want string, res *Result) er
 		case want:
 			return true, nil
 		case "failed", "cancelled", "cancelling":
-			s.migrating = false
-			if mi.Status == "failed" {
-				// QEMU disarmed the record start itself (0021).
-				s.armed = false
-			}
+			s.migrating = mi.Status == "cancelling"
 			return false, fmt.Errorf("reprotect: the migration %s before %s: %s", mi.Status, want, mi.ErrorDesc)
 		}
 		return false, nil
@@ -273,11 +287,11 @@ func (s *Source) undo() error {
 			switch {
 			case err != nil:
 				return false, err
-			case mi.Status == "failed":
-				s.armed = false
+			case mi.Status == "completed":
+				s.switched = true
 				return true, nil
 			}
-			return mi.Status == "cancelled" || mi.Status == "completed", nil
+			return mi.Status == "cancelled" || mi.Status == "failed", nil
 		}))
 		s.migrating = false
 	}
@@ -287,21 +301,26 @@ func (s *Source) undo() error {
 		}
 	}
 	if s.jobs > 0 {
-		keep(pollUntil(context.Background(), s.poll(), time.Minute, "disk mirrors ended", func() (bool, error) {
+		err := pollUntil(context.Background(), s.poll(), time.Minute, "disk mirrors ended", func() (bool, error) {
 			jobs, err := s.ourJobs()
 			return len(jobs) == 0, err
-		}))
+		})
+		if err != nil {
+			// The mirrors (and so their NBD nodes) are still there: say
+			// so, and leave the nodes alone.
+			return errors.Join(first, err)
+		}
 		s.jobs = 0
 	}
 	for i := s.nodes - 1; i >= 0; i-- {
 		keep(q.Execute("blockdev-del", map[string]any{"node-name": jobID(i)}, nil))
 	}
 	s.nodes = 0
-	if s.armed {
-		// A cancelled migration disarmed it already (0021): QEMU then
-		// answers "not armed", which is what undo wants.
+	if s.armed && !s.switched {
+		// Whatever Run saw: a migration that failed or was cancelled
+		// disarmed it (0021), and QEMU then answers "not armed".
 		_ = q.Execute("x-ft-record-disarm", nil, nil)
-		s.armed = false
 	}
+	s.armed = false
 	return first
 }

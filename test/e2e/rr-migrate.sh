@@ -86,6 +86,36 @@ else
 fi
 t0=$SECONDS
 wait_for 60 "the guest's network" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
+if [ "$SWITCH" = live ]; then
+	# failed_migration URI FILE: an armed migration to URI must fail, and
+	# the VM run on without a log and no longer armed.
+	failed_migration() {
+		qmp_ok live "$(record_at "$2")"
+		qmp live "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"$1\"}}" >/dev/null
+		local end=$((SECONDS + 30)) r mode st
+		until r=$(qmp live '{"execute":"x-ft-record-disarm"}') && grep -q 'not armed' <<<"$r" &&
+			[ "$(qmp live '{"execute":"query-status"}' | jq -r '.return.status // empty')" = running ]; do
+			[ $SECONDS -lt $end ] || die "live: armed or not running 30s after a failed migration to $1 ('$r')"
+			sleep 0.2
+		done
+		mode=$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty')
+		[ "$mode" = none ] || die "live: replay mode '$mode' after a failed migration to $1, not none"
+		log "a migration to $1 failed: the VM runs on, without a log, disarmed"
+	}
+	say "live: armed migrations that fail leave the VM as it was"
+	# At its connection (0021 disarms in migrate_fd_cleanup).
+	failed_migration "unix:$work/nobody.sock" "$work/failed1.bin"
+	# After the switchover: the whole stream is written (the VM records
+	# from there), then the "destination" ends without answering on the
+	# return path; QEMU ends the new log and runs the VM on.
+	qmp_ok live '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}'
+	qmp_ok live '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1073741824}}'
+	failed_migration "exec:timeout 6 cat >/dev/null" "$work/failed2.bin"
+	qmp_ok live '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":false}]}}'
+	[ -s "$work/failed2.bin" ] || die "live: nothing recorded between the switchover and the failure: it did not switch"
+	grep -q 'failed after the record start' "$work/qemu-live.out" || die "live: QEMU did not report the failure after the switchover"
+	wait_for 60 "the guest's network" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
+fi
 start_clients "$LOAD_S"
 sleep 2
 for c in "${SWITCH_CMDS[@]}"; do
