@@ -101,11 +101,12 @@ func (s *Source) Run(ctx context.Context) (Result, error) {
 }
 
 // ErrSwitchedOver is wrapped by Run's error when the migration completed
-// although Run was giving up (its cancel came too late): the VM is then
-// paused and records into LogPath, as on success (Run also returns the
-// Result), but Run did not finish its checks; the caller owns the VM and
-// must either finish the pairing or end that log (stop the VM's QEMU, or
-// let its log's reader go: patch 0006 then stops it at its next write).
+// but Run failed after all (its cancel came too late, or its last check
+// failed): the VM is then paused and records into LogPath, as on success,
+// but Run did not finish; Run also returns what it knows of the Result
+// (Icount may be 0). The caller owns the VM and must either finish the
+// pairing or end that log (stop the VM's QEMU, or let its log's reader go:
+// patch 0006 then stops it at its next write).
 var ErrSwitchedOver = errors.New("reprotect: the migration completed: the VM is paused and records")
 
 func (s *Source) run(ctx context.Context) (Result, error) {
@@ -206,7 +207,9 @@ func (s *Source) run(ctx context.Context) (Result, error) {
 	if err := s.waitMigration(ctx, "completed", &res); err != nil {
 		return res, err
 	}
-	s.migrating, s.armed = false, false
+	// From here the VM is paused and (with 0021) records: a failure below
+	// is ErrSwitchedOver, never a plain one.
+	s.migrating, s.armed, s.switched = false, false, true
 	var ri struct {
 		Mode   string `json:"mode"`
 		Icount uint64 `json:"icount"`
@@ -295,6 +298,14 @@ func (s *Source) undo() error {
 		}))
 		s.migrating = false
 	}
+	if s.armed && !s.switched {
+		// Before the mirrors, which may not end: an arming left behind
+		// would switch the VM's next migration of any kind. A migration
+		// that failed or was cancelled disarmed it (0021): QEMU then
+		// answers "not armed".
+		_ = q.Execute("x-ft-record-disarm", nil, nil)
+	}
+	s.armed = false
 	for i := s.jobs - 1; i >= 0; i-- {
 		if err := q.Execute("block-job-cancel", map[string]any{"device": jobID(i), "force": true}, nil); err != nil {
 			keep(err)
@@ -316,11 +327,5 @@ func (s *Source) undo() error {
 		keep(q.Execute("blockdev-del", map[string]any{"node-name": jobID(i)}, nil))
 	}
 	s.nodes = 0
-	if s.armed && !s.switched {
-		// Whatever Run saw: a migration that failed or was cancelled
-		// disarmed it (0021), and QEMU then answers "not armed".
-		_ = q.Execute("x-ft-record-disarm", nil, nil)
-	}
-	s.armed = false
 	return first
 }
