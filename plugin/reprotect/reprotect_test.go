@@ -261,6 +261,9 @@ func TestSourceUndoesOnFailure(t *testing.T) {
 				if f.armed || f.mode != "none" {
 					t.Fatalf("after a failed Run: armed %v, mode %s", f.armed, f.mode)
 				}
+				if f.pauseBefore {
+					t.Fatal("pause-before-switchover left on after a failed Run")
+				}
 				if f.sent("cont") != 0 {
 					t.Fatal("cont sent")
 				}

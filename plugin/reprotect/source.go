@@ -40,6 +40,7 @@ type Source struct {
 	armed       bool
 	migrating   bool
 	switched    bool // undo found the migration completed after all
+	capsSet     bool // the migration capabilities were set
 }
 
 // Result is a completed source side.
@@ -167,6 +168,7 @@ func (s *Source) run(ctx context.Context) (Result, error) {
 	}}, nil); err != nil {
 		return res, fmt.Errorf("reprotect: %w", err)
 	}
+	s.capsSet = true
 	params := map[string]any{"downtime-limit": s.DowntimeMS}
 	if s.DowntimeMS == 0 {
 		params["downtime-limit"] = DefaultDowntimeMS
@@ -306,6 +308,15 @@ func (s *Source) undo() error {
 		_ = q.Execute("x-ft-record-disarm", nil, nil)
 	}
 	s.armed = false
+	if s.capsSet && !s.switched {
+		// An operator's next migration must not stop before its
+		// switchover waiting for a migrate-continue nobody sends.
+		keep(q.Execute("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
+			{"capability": "pause-before-switchover", "state": false},
+			{"capability": "return-path", "state": false},
+		}}, nil))
+	}
+	s.capsSet = false
 	for i := s.jobs - 1; i >= 0; i-- {
 		if err := q.Execute("block-job-cancel", map[string]any{"device": jobID(i), "force": true}, nil); err != nil {
 			keep(err)
