@@ -71,12 +71,7 @@ func TestPipeCarriesHalfCloses(t *testing.T) {
 func TestListenerPipesToTheDialledPeerAndServesMaxOnly(t *testing.T) {
 	dir := t.TempDir()
 	// The "peer": an echo server until EOF, then it closes.
-	peerPath := filepath.Join(dir, "peer")
-	pl, err := net.Listen("unix", peerPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pl.Close()
+	peerPath, pl := peerListener(t, dir)
 	go func() {
 		for {
 			c, err := pl.Accept()
@@ -121,12 +116,7 @@ func TestListenerPipesToTheDialledPeerAndServesMaxOnly(t *testing.T) {
 // abandoned): QEMU sees its connection end.
 func TestListenerClosesOpenStreamsAtTheEnd(t *testing.T) {
 	dir := t.TempDir()
-	peerPath := filepath.Join(dir, "peer")
-	pl, err := net.Listen("unix", peerPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pl.Close()
+	peerPath, pl := peerListener(t, dir)
 	got := make(chan struct{})
 	go func() {
 		c, err := pl.Accept()
@@ -167,4 +157,17 @@ func serving(t *testing.T, path, peerPath string, max int) (l *Listener, c net.C
 		t.Fatal(err)
 	}
 	return l, c, cancel, served
+}
+
+// peerListener listens on DIR/peer, the peer's end in these tests; it is
+// closed when the test ends.
+func peerListener(t *testing.T, dir string) (string, net.Listener) {
+	t.Helper()
+	path := filepath.Join(dir, "peer")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return path, ln
 }
