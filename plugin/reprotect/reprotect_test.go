@@ -221,8 +221,8 @@ func TestSourceSwitchesAtomicallyAndNeverContinues(t *testing.T) {
 		if a, m := f.index("x-ft-record-at-switchover"), f.index("migrate"); a < 0 || a > m {
 			t.Fatalf("armed after the migration started: %v", f.cmds)
 		}
-		if len(f.nodes) != 0 || len(f.jobs) != 0 {
-			t.Fatalf("left behind: nodes %v, jobs %v", f.nodes, f.jobs)
+		if len(f.nodes) != 0 || len(f.jobs) != 0 || f.pauseBefore {
+			t.Fatalf("left behind: nodes %v, jobs %v, pause-before-switchover %v", f.nodes, f.jobs, f.pauseBefore)
 		}
 		if strings.Join(phases, ",") != "disks,memory,switchover" {
 			t.Fatalf("progress phases %v", phases)

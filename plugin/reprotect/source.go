@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -223,6 +224,16 @@ func (s *Source) run(ctx context.Context) (Result, error) {
 		return res, fmt.Errorf("reprotect: the VM's replay mode is %q after the switchover, not record (is its QEMU libvirt-ft's, with patch 0021?)", ri.Mode)
 	}
 	res.Icount = ri.Icount
+	// The capabilities go back off (the migration is over): a later
+	// migration of this VM, once it no longer records, must not stop
+	// before its switchover.
+	if err := q.Execute("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
+		{"capability": "pause-before-switchover", "state": false},
+		{"capability": "return-path", "state": false},
+	}}, nil); err != nil {
+		return res, fmt.Errorf("reprotect: after the switchover: %w", err)
+	}
+	s.capsSet = false
 	for i := s.nodes - 1; i >= 0; i-- {
 		// Done with; a failure here leaves an idle NBD client node.
 		_ = q.Execute("blockdev-del", map[string]any{"node-name": jobID(i)}, nil)
@@ -305,7 +316,9 @@ func (s *Source) undo() error {
 		// would switch the VM's next migration of any kind. A migration
 		// that failed or was cancelled disarmed it (0021): QEMU then
 		// answers "not armed".
-		_ = q.Execute("x-ft-record-disarm", nil, nil)
+		if err := q.Execute("x-ft-record-disarm", nil, nil); err != nil && !strings.Contains(err.Error(), "not armed") {
+			keep(err)
+		}
 	}
 	s.armed = false
 	if s.capsSet && !s.switched {
