@@ -202,8 +202,17 @@ const (
 	// (XML; QEMUVersion and LogVersion must match the backup host's) for
 	// the pairing Epoch.
 	OpPrepareBackup ControlOp = "prepare-backup"
+	// OpPrepareIncoming arms a backup of UUID, with prepare-backup's
+	// fields and checks, that receives a running VM instead of booting
+	// (re-protection, docs/protocol.md §11): the backup host starts its
+	// QEMU at once, waiting for the migrated state (ftxml.Incoming), and
+	// takes the pairing's re-protection streams (RoleStream) from the
+	// host that armed it. Its log channel follows the switchover. Only
+	// to a server that listed FeatureReprotect.
+	OpPrepareIncoming ControlOp = "prepare-incoming"
 	// OpCancelBackup discards the backup armed for UUID while it has not
-	// started.
+	// started (for a prepare-incoming backup: while its log channel has
+	// not come; its waiting QEMU is stopped).
 	OpCancelBackup ControlOp = "cancel-backup"
 	// OpCheckBackup runs prepare-backup's checks for UUID with the same
 	// fields and arms nothing: the answer is ok or prepare-backup's

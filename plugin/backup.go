@@ -103,6 +103,9 @@ type backupRun struct {
 	linkEOF     chan struct{}
 	// resuming: serveLog is deciding a resumed channel.
 	resuming bool
+	// incoming: armed by prepare-incoming (incoming.go); nil for a
+	// backup that boots with its primary.
+	incoming *incomingArming
 }
 
 // backupChecks runs every check of arming a backup of req on this host
@@ -380,6 +383,12 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 		if !b.startCore() {
 			pc.Close()
 			return
+		}
+		b.mu.Lock()
+		ia := b.incoming
+		b.mu.Unlock()
+		if ia != nil {
+			ia.channelUp() // finishIncoming continues the QEMU
 		}
 		b.receive(pc)
 		return

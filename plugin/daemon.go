@@ -551,6 +551,12 @@ func (d *Daemon) handleControl(req ctl.Request) ctl.Response {
 			return ctl.Response{Error: err.Error()}
 		}
 		return ctl.Response{OK: true, Message: msg}
+	case ctl.OpProtect:
+		s, err := d.protect(req.Domain, req.Peer)
+		if err != nil {
+			return ctl.Response{Error: err.Error()}
+		}
+		return ctl.Response{OK: true, Domains: []ctl.DomainStatus{s}}
 	case ctl.OpUnprotect:
 		s, err := d.unprotect(req.Domain)
 		if err != nil {
@@ -1127,6 +1133,12 @@ func (d *Daemon) checkBackup(req logchan.ControlRequest, primaryHost string) err
 // prepareBackup answers the primary daemon's prepare-backup request: a new
 // backupRun replaces a stale backup of an earlier run of the primary.
 func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) error {
+	return d.arm(req, primaryHost, false)
+}
+
+// arm is prepare-backup, and with incoming prepare-incoming (incoming.go):
+// the backup's QEMU then starts at once, waiting for the running VM.
+func (d *Daemon) arm(req logchan.ControlRequest, primaryHost string, incoming bool) error {
 	if !validEpoch(req.Epoch) {
 		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-12 characters of 0-9a-z)", req.Epoch)
 	}
@@ -1173,6 +1185,13 @@ func (d *Daemon) prepareBackup(req logchan.ControlRequest, primaryHost string) e
 			d.forgetRun(req.UUID, b)
 		}
 	}()
+	if incoming {
+		if err := d.startIncoming(b); err != nil {
+			b.setState(ctl.StateUnprotected, err.Error())
+			b.close("the re-protection's backup could not start")
+			return err
+		}
+	}
 	return nil
 }
 
@@ -1184,7 +1203,11 @@ func (d *Daemon) cancelBackup(uuid, from string) {
 	if dm == nil {
 		return
 	}
-	if b, ok := dm.current().(*backupRun); ok && !b.hasStarted() && b.armedBy(from) {
+	b, ok := dm.current().(*backupRun)
+	if !ok || b.cancelIncoming(from) {
+		return
+	}
+	if !b.hasStarted() && b.armedBy(from) {
 		b.close("primary's prepare failed")
 	}
 }

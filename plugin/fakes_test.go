@@ -443,6 +443,8 @@ type fakeHV struct {
 	noVersion bool
 	// kills counts Kill calls that found a QEMU.
 	kills int
+	// pausedStarts counts CreatePaused calls.
+	pausedStarts int
 	// build: EmulatorBuild's answer ("": a fixed patched build).
 	build string
 
@@ -584,6 +586,14 @@ func (h *fakeHV) start(name string) error {
 		return fmt.Errorf("no domain %q", name)
 	}
 	return h.Create(d.XML)
+}
+
+// CreatePaused: the fake QEMU has no paused start; it records the call.
+func (h *fakeHV) CreatePaused(xml string) error {
+	h.mu.Lock()
+	h.pausedStarts++
+	h.mu.Unlock()
+	return h.Create(xml)
 }
 
 func (h *fakeHV) Create(xml string) error {

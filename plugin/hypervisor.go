@@ -53,6 +53,9 @@ type Hypervisor interface {
 	// Create starts a transient domain from xml (virDomainCreateXML);
 	// libvirt runs the hooks on the way.
 	Create(xml string) error
+	// CreatePaused is Create with VIR_DOMAIN_START_PAUSED: QEMU starts
+	// with -S (virsh create --paused).
+	CreatePaused(xml string) error
 	// Destroy stops the domain's QEMU at once (virDomainDestroy). gone
 	// reports that no QEMU of it runs any more (also when there was none).
 	Destroy(uuid string) (gone bool, err error)
@@ -256,12 +259,16 @@ func (h libvirtHV) Define(xml string) error {
 	return dom.Free()
 }
 
-func (h libvirtHV) Create(xml string) error {
+func (h libvirtHV) Create(xml string) error { return h.create(xml, 0) }
+
+func (h libvirtHV) CreatePaused(xml string) error { return h.create(xml, libvirt.DOMAIN_START_PAUSED) }
+
+func (h libvirtHV) create(xml string, flags libvirt.DomainCreateFlags) error {
 	conn, err := h.lv.get()
 	if err != nil {
 		return err
 	}
-	dom, err := conn.DomainCreateXML(xml, 0)
+	dom, err := conn.DomainCreateXML(xml, flags)
 	if err != nil {
 		return err
 	}

@@ -205,11 +205,22 @@ func openGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain, rr 
 		return og, nil
 	}
 	og.exact = qemuFlushesLog(dom.Devices.Emulator)
+	position := recordPosition(e, rr, og.exact)
+	if err := listenGates(e, uuid, og, cfg, dom, func(int) func() uint64 { return position }); err != nil {
+		return nil, err
+	}
+	return og, nil
+}
+
+// recordPosition tags a primary's frames: the bytes of log QEMU has
+// written into FIFO A (rr.Produced), plus stdioSlackBytes unless the QEMU
+// flushes its log before each frame (exact).
+func recordPosition(e env, rr interface{ Produced() (uint64, error) }, exact bool) func() uint64 {
 	slack := uint64(stdioSlackBytes)
-	if og.exact {
+	if exact {
 		slack = 0
 	}
-	position := func() uint64 {
+	return func() uint64 {
 		p, err := rr.Produced()
 		if err != nil {
 			// Produced then undercounts (the pipe's unread bytes are
@@ -220,10 +231,48 @@ func openGates(e env, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain, rr 
 		}
 		return p + slack
 	}
-	if err := listenGates(e, uuid, og, cfg, dom, func(int) func() uint64 { return position }); err != nil {
+}
+
+// reprotected turns og, the gates of a VM that went live here (passing
+// frames, their filters off), into the gates of a primary that records
+// into rr again (re-protection, protect.go): the same QEMU connections,
+// served by new gates in Gated mode whose frames are numbered from 1 and
+// tagged by recordPosition, as openGates's are. og is left closed without
+// its connections. Errors: a gate that is not serving, or holds frames
+// (nothing changed then for the gates not yet detached; the caller runs
+// the VM on alone with the returned error).
+func (og *outputGates) reprotected(e env, rr interface{ Produced() (uint64, error) }, exact bool) (*outputGates, error) {
+	conns, hs, err := og.detach(2 * time.Second)
+	if err != nil {
 		return nil, err
 	}
-	return og, nil
+	og.handOff()
+	fresh := make([]gateHandover, len(hs))
+	for j := range hs {
+		// Detach ended the reads (and any write) by a deadline in the
+		// past: the new gates read and write the same connections.
+		_ = conns[j][0].SetDeadline(time.Time{})
+		_ = conns[j][1].SetDeadline(time.Time{})
+		var zero uint64
+		fresh[j] = gateHandover{Digest: &zero, Leftover: hs[j].Leftover}
+	}
+	nog := &outputGates{exact: exact}
+	position := recordPosition(e, rr, exact)
+	if err := adoptGates(e, nog, conns, fresh, func(int) func() uint64 { return position }); err != nil {
+		return nil, err
+	}
+	return nog, nil
+}
+
+// handOff closes og's listeners and forgets its connections, which a new
+// outputGates serves now (reprotected): a later close leaves them open.
+func (og *outputGates) handOff() {
+	og.mu.Lock()
+	defer og.mu.Unlock()
+	for _, ln := range og.lns {
+		ln.Close()
+	}
+	og.lns, og.conns, og.paths, og.closed = nil, nil, nil, true
 }
 
 // openBackupGates listens on the gate sockets of every interface of the

@@ -445,3 +445,63 @@ func TestHeartbeatDigests(t *testing.T) {
 		b.Close()
 	}
 }
+
+// A VM that went live here is re-protected (protect.go): its backup gates,
+// passing frames since go-live, become a primary's on the same QEMU
+// connections. Frames are numbered and digested from 1 again, held until
+// the new backup acknowledges their log position, and the connections
+// carry on (Detach's deadline in the past must not reach the new gates).
+func TestReprotectedGates(t *testing.T) {
+	og, cfg := oneBackupGate(t)
+	e, _ := testEnv(t)
+	out, in := connectQEMU(t, cfg, 0)
+	_ = in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := gate.WriteFrame(out, []byte("live-1")); err != nil {
+		t.Fatal(err)
+	}
+	og.unprotect() // go-live
+	if got, err := gate.ReadFrame(in); err != nil || string(got) != "live-1" {
+		t.Fatalf("live frame: %q, %v", got, err)
+	}
+	waitFor(t, "the live frame written", func() bool { return og.waitSent(0) })
+	pos := &fakePosition{}
+	nog, err := og.reprotected(e, pos, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nog.close)
+	og.close() // the old gates' close must leave the connections open
+	pos.set(100)
+	if err := gate.WriteFrame(out, []byte("protected-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the frame held", func() bool { return nog.gates[0].Stats().HeldFrames == 1 })
+	nog.ack(99)
+	if st := nog.gates[0].Stats(); st.HeldFrames != 1 {
+		t.Fatalf("released before its log was acknowledged: %+v", st)
+	}
+	nog.ack(100)
+	if got, err := gate.ReadFrame(in); err != nil || string(got) != "protected-1" {
+		t.Fatalf("released frame: %q, %v", got, err)
+	}
+	st := nog.gates[0].Stats()
+	if st.ReadFrames != 1 || st.Digest != gate.NextDigest(0, []byte("protected-1")) {
+		t.Fatalf("the new pairing's frames must count from 1: %+v", st)
+	}
+	if d := nog.digests(); len(d) != 1 {
+		t.Fatalf("digests for the heartbeat: %+v", d)
+	}
+}
+
+type fakePosition struct {
+	mu sync.Mutex
+	n  uint64
+}
+
+func (f *fakePosition) set(n uint64) { f.mu.Lock(); f.n = n; f.mu.Unlock() }
+
+func (f *fakePosition) Produced() (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n, nil
+}

@@ -168,7 +168,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			continue
 		}
-		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep || req.Op == logchan.OpStatus) && req.UUID != uuid {
+		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpPrepareIncoming || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep || req.Op == logchan.OpStatus) && req.UUID != uuid {
 			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
 			return
 		}
@@ -332,6 +332,13 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 		case logchan.OpPrepareBackup:
 			host, _, _ := net.SplitHostPort(pc.remote())
 			if reply(nil, d.prepareBackup(req, host)) != nil {
+				return
+			}
+		case logchan.OpPrepareIncoming:
+			host, _, _ := net.SplitHostPort(pc.remote())
+			// Its QEMU start and NBD exports take longer than a reply's
+			// usual deadline.
+			if reply(nil, d.prepareIncoming(req, host)) != nil {
 				return
 			}
 		case logchan.OpCheckBackup:

@@ -95,6 +95,16 @@ type primaryRun struct {
 	userTitle, userDesc string
 	userKnown           bool
 	notes               bool
+
+	// Re-protection (protect.go). liveXML: its QEMU runs with the
+	// definition of the backup that went live here (a re-protected VM),
+	// so its hooks carry role backup. reprotectXML: the primary
+	// definition the new backup was armed from. reprotecting: a
+	// re-protection of this (live) run is under way. reprot: its view.
+	liveXML      bool
+	reprotectXML string
+	reprotecting bool
+	reprot       *ctl.Reprotect
 }
 
 type sample struct {
@@ -138,7 +148,7 @@ func (p *primaryRun) active() bool {
 func (p *primaryRun) acceptsHook(role string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return role == ftxml.RolePrimary || (p.from != nil && role == ftxml.RoleBackup)
+	return role == ftxml.RolePrimary || ((p.from != nil || p.liveXML) && role == ftxml.RoleBackup)
 }
 
 func (p *primaryRun) started() {
@@ -240,6 +250,10 @@ func (p *primaryRun) status() ctl.DomainStatus {
 		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, CleanStop: p.cleanStop || p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
 		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagLocked().Milliseconds(),
 		PeerReport: p.peerReport, Gates: p.lastGates}
+	if p.reprot != nil {
+		r := *p.reprot
+		s.Reprotect = &r
+	}
 	if p.state == ctl.StateSeeding && p.seeding != nil {
 		sd := *p.seeding
 		s.Seeding = &sd

@@ -198,6 +198,28 @@ ft element; remove the element (virsh edit) to start it as a plain VM.`,
 	un.Flags().DurationVar(&unWait, "wait", 30*time.Second, "how long to wait until this host's side has ended (0: do not wait)")
 	root.AddCommand(un)
 
+	var protWait time.Duration
+	var protPeer string
+	prot := &cobra.Command{
+		Use:   "protect DOMAIN [--peer HOST[:PORT]]",
+		Short: "give a VM that runs alone after a failover a new backup, without a reboot",
+		Long: `protect re-protects DOMAIN, a VM that went live on this host after a
+failover and runs alone: its backup host (the host it failed over from,
+unless --peer names another) starts a new backup that waits for it, its
+disks are mirrored and its memory migrated there live, and at the
+switchover it starts recording a new log that the backup replays from
+exactly that point. The VM does not reboot; it pauses once, at the
+switchover (normally well under a second). Progress shows here and in
+virt-ft status. If anything fails, the VM runs on alone as before. Root only.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return protect(socket, args[0], protPeer, protWait)
+		},
+	}
+	prot.Flags().StringVar(&protPeer, "peer", "", "the new backup's host: HOST or HOST:PORT (default: the host the VM failed over from)")
+	prot.Flags().DurationVar(&protWait, "wait", 30*time.Minute, "how long to follow it (0: do not wait)")
+	root.AddCommand(prot)
+
 	var peer string
 	en := &cobra.Command{
 		Use:   "enable DOMAIN --peer HOST[:PORT]",
@@ -385,6 +407,54 @@ func switchover(socket, domain string, wait time.Duration) error {
 	})
 }
 
+// protect asks libvirt-ftd to re-protect a domain that runs alone here and
+// follows it until it is done or failed, printing its progress.
+func protect(socket, domain, peer string, wait time.Duration) error {
+	resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpProtect, Domain: domain, Peer: peer}, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	if !resp.OK {
+		return fmt.Errorf("%s", resp.Error)
+	}
+	fmt.Printf("%s: re-protecting\n", domain)
+	if wait <= 0 {
+		return nil
+	}
+	lastLine := ""
+	return follow(socket, domain, "re-protection", wait, func(st ctl.DomainStatus) (bool, error) {
+		r := st.Reprotect
+		if r == nil {
+			return false, nil
+		}
+		switch r.Phase {
+		case "done":
+			fmt.Printf("%s: protected again, backup on %s: paused %d ms at the switchover; %d MiB of memory and %d MiB of disk copied in %.1f s\n",
+				domain, r.Peer, r.PauseMS, r.MemoryBytes>>20, r.DiskBytes>>20, float64(r.TotalMS)/1000)
+			return true, nil
+		case "failed":
+			return true, fmt.Errorf("%s: re-protection failed: %s; the VM runs on alone", domain, r.Error)
+		}
+		line := fmt.Sprintf("%s: %s", domain, r.Phase)
+		if r.TotalBytes > 0 {
+			line += fmt.Sprintf(" %d/%d MiB (%d%%)", r.DoneBytes>>20, r.TotalBytes>>20, pct(int64(r.DoneBytes), int64(r.TotalBytes)))
+		}
+		if r.RateBytesPerSec > 0 {
+			line += fmt.Sprintf(", %.0f MiB/s", r.RateBytesPerSec/(1<<20))
+			if r.TotalBytes > r.DoneBytes {
+				line += fmt.Sprintf(", about %.0f s left", float64(r.TotalBytes-r.DoneBytes)/r.RateBytesPerSec)
+			}
+		}
+		if line != lastLine {
+			fmt.Println(line)
+			lastLine = line
+		}
+		return false, nil
+	}, func(last ctl.DomainStatus) error {
+		return fmt.Errorf("%s: libvirt-ftd no longer runs it on this host (its VM stopped; see its log)", domain)
+	})
+}
+
 // unprotect asks libvirt-ftd to end a domain's protection and follows this
 // host's side until it ended: a primary running alone, or a backup whose
 // replaying VM stopped (libvirt-ftd then forgets it).
@@ -440,6 +510,18 @@ func printStatus(ds []ctl.DomainStatus) {
 	}
 	w.Flush()
 	for _, d := range ds {
+		if r := d.Reprotect; r != nil {
+			switch r.Phase {
+			case "done":
+				fmt.Printf("%s: re-protected onto %s: paused %d ms at the switchover, %d MiB of memory and %d MiB of disk copied, %.1f s in all\n",
+					d.Name, r.Peer, r.PauseMS, r.MemoryBytes>>20, r.DiskBytes>>20, float64(r.TotalMS)/1000)
+			case "failed":
+				fmt.Printf("%s: the last re-protection failed: %s\n", d.Name, r.Error)
+			default:
+				fmt.Printf("%s: re-protecting onto %s: %s %d/%d MiB (%d%%)\n", d.Name, r.Peer, r.Phase, r.DoneBytes>>20, r.TotalBytes>>20,
+					pct(int64(r.DoneBytes), int64(r.TotalBytes)))
+			}
+		}
 		if d.Seeding != nil {
 			fmt.Printf("%s: seeding %s: %d/%d MiB (%d%%)\n", d.Name, d.Seeding.Path, d.Seeding.DoneBytes>>20, d.Seeding.TotalBytes>>20,
 				pct(d.Seeding.DoneBytes, d.Seeding.TotalBytes))

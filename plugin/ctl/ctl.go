@@ -55,6 +55,12 @@ const (
 	// domain stays protected until it stops (or virt-ft unprotect). Root
 	// only.
 	OpDisable = "disable"
+	// OpProtect gives Request.Domain (name or UUID), a VM that runs
+	// alone on this host after a failover, a new backup without a
+	// reboot: on Request.Peer ("host" or "host:port") if set, else on
+	// the host it failed over from. The answer comes as soon as it
+	// started; follow DomainStatus.Reprotect with OpStatus. Root only.
+	OpProtect = "protect"
 )
 
 // ErrDaemonUnreachable wraps failures to reach libvirt-ftd.
@@ -166,6 +172,9 @@ type DomainStatus struct {
 	Detail string `json:"detail,omitempty"`
 	// Seeding is the disk copy under way (State seeding).
 	Seeding *Seeding `json:"seeding,omitempty"`
+	// Reprotect is the re-protection under way (virt-ft protect), or the
+	// last one's outcome.
+	Reprotect *Reprotect `json:"reprotect,omitempty"`
 	// SentBytes is the log bytes sent to (primary) or received from (backup)
 	// the peer; AckedBytes the bytes the backup acknowledged as in its FIFO.
 	SentBytes  uint64 `json:"sent_bytes"`
@@ -246,6 +255,31 @@ type PeerView struct {
 }
 
 // Seeding is a disk copy to the backup host.
+// Reprotect describes a re-protection (OpProtect): a VM that runs alone
+// gets a new backup without a reboot (issue 13).
+type Reprotect struct {
+	// Peer is the new backup's host (its daemon's address).
+	Peer string `json:"peer"`
+	// Phase: "arming", "disks" (mirrors copying), "memory" (migration),
+	// "switchover", "done" or "failed".
+	Phase string `json:"phase"`
+	// DoneBytes and TotalBytes: of the disks in "disks", of memory in
+	// "memory" (bytes); RateBytesPerSec the migration's rate (memory).
+	DoneBytes       uint64  `json:"done_bytes"`
+	TotalBytes      uint64  `json:"total_bytes"`
+	RateBytesPerSec float64 `json:"rate_bytes_per_sec,omitempty"`
+	// Error is why the last one failed (Phase "failed").
+	Error string `json:"error,omitempty"`
+	// Once done: the VM's pause at the switchover (ms, from seen stopped
+	// to continued), the memory and disk bytes copied, the icount where
+	// the new log starts, and the whole re-protection's time (ms).
+	PauseMS     int64  `json:"pause_ms,omitempty"`
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
+	DiskBytes   uint64 `json:"disk_bytes,omitempty"`
+	Icount      uint64 `json:"icount,omitempty"`
+	TotalMS     int64  `json:"total_ms,omitempty"`
+}
+
 type Seeding struct {
 	Path       string `json:"path"`
 	DoneBytes  int64  `json:"done_bytes"`

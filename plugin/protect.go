@@ -1,0 +1,422 @@
+package plugin
+
+// Re-protection, the primary host's side (issue 13, virt-ft protect): a
+// VM that went live here after a failover and runs alone gets a new
+// backup on a peer host without a reboot, the way VMware FT's "FT VMotion"
+// does it (Scales et al. 2010, section 3.1). The steps (docs/replay.md
+// §15, docs/protocol.md §11):
+//
+//  1. prepare-incoming arms the new backup on the peer: its QEMU waits
+//     for the running VM's state (incoming.go).
+//  2. FIFO A is created and read; the QEMU's migration and NBD
+//     connections go to unix sockets here (reprotect.Listener), each piped
+//     over its own mutual-TLS stream connection to the peer daemon.
+//  3. plugin/reprotect.Source mirrors the disks, migrates the memory
+//     live, and at the switchover starts the new record log into FIFO A
+//     atomically with the saved state (packaging/qemu 0021). The VM is
+//     then paused.
+//  4. Paused: the output gates become a primary's again (their QEMU
+//     connections kept, filters back on), the log channel of the new
+//     pairing epoch is dialled, the log pump starts, and the VM continues.
+//
+// Until the log channel is up nothing on the peer can go live (its backup
+// has no failover core yet), so any failure there ends with the VM running
+// on alone here, its gates passing frames; a failure after the switchover
+// also leaves its new log read and discarded here (a recording QEMU whose
+// FIFO nobody reads would block). From the log channel on, the pairing is
+// an ordinary one and its failover cores decide.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/plugin/reprotect"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// reprotectBandwidth caps a re-protection's migration (bytes/s): QEMU
+// 7.2's default (128 MiB/s) would make a large VM's memory converge slowly
+// on a fast link; the lab's streams are local.
+const reprotectBandwidth = 1 << 30
+
+// protect answers virt-ft protect: it checks that name runs alone here
+// after a failover and starts its re-protection onto peer ("" for the host
+// it failed over from). Errors name the state and what to do.
+func (d *Daemon) protect(name, peer string) (ctl.DomainStatus, error) {
+	if name == "" {
+		return ctl.DomainStatus{}, errors.New("protect: name the domain (virt-ft protect DOMAIN)")
+	}
+	name = d.resolveName(name)
+	var dm *domain
+	for _, x := range d.domains() {
+		if s := x.status(); s.Name == name || strings.EqualFold(s.UUID, name) {
+			dm = x
+		}
+	}
+	if dm == nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q is not known to libvirt-ftd here: virt-ft protect gives a backup to a VM that went live on this host after a failover (a domain started without the ft element is not supported yet: add it with virt-ft enable, and restart the VM)", name)
+	}
+	live, ok := dm.current().(*primaryRun)
+	if !ok || !live.active() {
+		s := dm.status()
+		return s, fmt.Errorf("protect: domain %q is %s here (role %s): only a VM that went live on this host after a failover can be re-protected; see virt-ft status", name, s.State, s.Role)
+	}
+	s := live.status()
+	live.mu.Lock()
+	ok = live.from != nil && live.recordFIFO == "" && live.running && live.state == ctl.StateLive
+	busy := live.reprotecting
+	if ok && !busy {
+		live.reprotecting = true
+		live.reprot = &ctl.Reprotect{Phase: "arming"}
+	}
+	live.mu.Unlock()
+	switch {
+	case busy:
+		return s, fmt.Errorf("protect: domain %q: a re-protection is under way; follow it with virt-ft status", name)
+	case !ok:
+		return s, fmt.Errorf("protect: domain %q is %s here (%s): only a VM that went live on this host after a failover, without a restart (the patched QEMU), can be re-protected", name, s.State, s.Detail)
+	}
+	if peer != "" {
+		if _, _, err := splitPeer(peer); err != nil {
+			live.mu.Lock()
+			live.reprotecting = false
+			live.mu.Unlock()
+			return s, fmt.Errorf("protect: --peer %q: %w", peer, err)
+		}
+	}
+	go d.reprotect(dm, live, peer)
+	return s, nil
+}
+
+// splitPeer parses "host" or "host:port" (the daemon's peer port when
+// none).
+func splitPeer(peer string) (host string, port int, err error) {
+	host, ps, err := net.SplitHostPort(peer)
+	if err != nil {
+		return peer, 0, nil //nolint:nilerr // no port
+	}
+	port, err = strconv.Atoi(ps)
+	if err != nil || port <= 0 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q is not a TCP port", ps)
+	}
+	return host, port, nil
+}
+
+// reprotect runs one re-protection of live (protect said it may) and makes
+// the new primary run the domain's run, or leaves live running alone with
+// the failure in its status.
+func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) {
+	t0 := time.Now()
+	live.mu.Lock()
+	detail := live.detail
+	live.mu.Unlock()
+	rp := &ctl.Reprotect{Phase: "arming"}
+	live.setReprotect(rp)
+	defer func() {
+		live.mu.Lock()
+		live.reprotecting = false
+		live.mu.Unlock()
+	}()
+	p, err := d.newReprotectRun(live, peerArg)
+	if err == nil {
+		rp.Peer = p.peer
+		live.setReprotect(rp)
+		err = p.reprotectFrom(dm, live, rp, t0)
+	}
+	if err != nil {
+		if p != nil {
+			p.close("re-protection failed")
+		}
+		failed := *live.reprotectView()
+		failed.Phase, failed.Error = "failed", err.Error()
+		live.setReprotect(&failed)
+		live.log.WithError(err).Error("re-protection failed; the VM runs on alone")
+		live.mu.Lock()
+		if live.state == ctl.StateLive && live.active() {
+			live.detail = detail
+		}
+		live.mu.Unlock()
+	}
+}
+
+// newReprotectRun is the primary run a re-protection of live builds: the
+// persistent definition go-live made (ftxml.LivePrimary), its backup on
+// peerArg or on the host the VM failed over from.
+func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun, error) {
+	b := live.from
+	primaryXML, err := ftxml.LivePrimary(b.backupXML)
+	if err != nil {
+		return nil, err
+	}
+	cfg, _, err := ftxml.ParseConfig(primaryXML)
+	if err != nil {
+		return nil, err
+	}
+	if peerArg != "" {
+		host, port, _ := splitPeer(peerArg)
+		cfg.PeerAddress = host
+		if port != 0 {
+			cfg.PeerPort = port
+		}
+	}
+	p := newPrimaryRun(d.env(), live.uuid, live.name, *cfg)
+	p.liveXML, p.running = true, true
+	p.reprotectXML = primaryXML
+	return p, nil
+}
+
+// reprotectFrom runs steps 1–4 (the file comment) for p, the new run, from
+// live; p becomes dm's run once the VM records and its log channel is up.
+// Everything p acquired is released by the caller's p.close on error; what
+// it hands to live (its gates, the discarded log) live keeps.
+func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprotect, t0 time.Time) (err error) {
+	e := p.env
+	dom, err := ftxml.ParseDomain(p.reprotectXML)
+	if err != nil {
+		return err
+	}
+	qemuVer, err := e.hv.QEMUVersion()
+	if err != nil {
+		return err
+	}
+	logVer, err := logchan.LogVersionForQEMU(qemuVer)
+	if err != nil {
+		return err
+	}
+	build, err := e.hv.EmulatorBuild(domainEmulator(dom))
+	if err != nil {
+		return fmt.Errorf("/domain/devices/emulator: %w", err)
+	}
+	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
+	if err != nil {
+		return fmt.Errorf("backup host %s: %w; is libvirt-ftd running there?", p.peer, err)
+	}
+	defer ctrl.Close()
+	if !slices.Contains(ctrl.peer.Features, logchan.FeatureReprotect) {
+		return fmt.Errorf("backup host %s: its libvirt-ftd cannot receive a running VM (no %q feature); upgrade libvirt-ft there", p.peer, logchan.FeatureReprotect)
+	}
+	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
+	p.epoch = epoch
+	live.setState(ctl.StateLive, "re-protecting: arming the backup on "+p.peer)
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareIncoming, UUID: p.uuid, Name: p.name, XML: p.reprotectXML,
+		QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: build, Epoch: epoch, Arbiter: e.cfg.arbiterName()}, nil); err != nil {
+		return fmt.Errorf("backup host %s refused the backup: %w", p.peer, err)
+	}
+	linked := false
+	defer func() {
+		if err != nil && !linked {
+			// Its QEMU waits for this VM: stop it (its own timeout
+			// would, later).
+			_ = ctrl.request(logchan.ControlRequest{Op: logchan.OpCancelBackup, UUID: p.uuid}, nil)
+		}
+	}()
+
+	fifo := ftxml.RecordFIFOPath(p.cfg, p.uuid)
+	rr, err := e.pipes.Record(fifo, e.qemuUID, e.qemuGID)
+	if err != nil {
+		return err
+	}
+	switched := false
+	p.undo.push(func() {
+		if !switched {
+			rr.Close()
+			_ = os.Remove(fifo)
+		}
+	})
+
+	// Step 2: the streams.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	disks := ftxml.ReplayDisks(dom)
+	dir := filepath.Dir(fifo)
+	migSock, nbdSock := filepath.Join(dir, "reprotect-migration.sock"), filepath.Join(dir, "reprotect-nbd.sock")
+	var listeners []*reprotect.Listener
+	for _, l := range []struct {
+		path, kind string
+		max        int
+	}{{migSock, logchan.StreamMigration, 1}, {nbdSock, logchan.StreamNBD, len(disks)}} {
+		if l.max == 0 {
+			continue
+		}
+		_ = os.Remove(l.path) // a former daemon's
+		kind := l.kind
+		ln := &reprotect.Listener{Path: l.path, Max: l.max, UID: e.qemuUID, GID: e.qemuGID,
+			Dial: func(context.Context) (net.Conn, error) {
+				return dialStream(e, p.peer, p.uuid, qemuVer, logVer, epoch, kind)
+			}}
+		if err := ln.Listen(); err != nil {
+			return err
+		}
+		listeners = append(listeners, ln)
+		go func() {
+			if err := ln.Serve(ctx); err != nil {
+				p.log.WithError(err).Warnf("re-protection %s socket", kind)
+			}
+		}()
+	}
+
+	// Step 3: the switchover.
+	client, release, err := e.qmp(p.uuid)
+	if err != nil {
+		return err
+	}
+	defer release()
+	src := reprotect.Source{QMP: client, LogPath: fifo, MigrateURI: "unix:" + migSock, NBDSocket: nbdSock,
+		MaxBandwidth: reprotectBandwidth, Progress: func(pr reprotect.Progress) {
+			v := *rp
+			v.Phase, v.DoneBytes, v.TotalBytes, v.RateBytesPerSec = pr.Phase, pr.Done, pr.Total, pr.Rate
+			live.setReprotect(&v)
+		}}
+	for _, rd := range disks {
+		src.Disks = append(src.Disks, reprotect.Disk{Node: rd.Node, Export: rd.Format})
+	}
+	// The new pairing is the domain's current epoch from here: a claim of
+	// the one the VM went live in loses from now on (prepare's rule).
+	if err := e.arbiter.Forget(p.uuid, epoch); err != nil {
+		return fmt.Errorf("the split-brain arbiter cannot record the new pairing: %w", err)
+	}
+	live.setState(ctl.StateLive, "re-protecting onto "+p.peer+": copying the disks and memory")
+	res, err := src.Run(ctx)
+	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) {
+		return err // Source undid everything: the VM runs on as before
+	}
+	switched = true
+	if err != nil {
+		p.log.WithError(err).Warn("re-protection: the switchover happened although the migration was being cancelled; going on with the new pairing")
+	}
+	cancel() // the streams have ended
+	// Step 4: the VM is paused and records into FIFO A.
+	live.mu.Lock()
+	oldGates := live.gates
+	live.gates = nil
+	live.mu.Unlock()
+	exact := qemuFlushesLog(domainEmulator(dom))
+	var gates *outputGates
+	if oldGates != nil {
+		gates, err = oldGates.reprotected(e, rr, exact)
+	} else {
+		gates = &outputGates{exact: exact}
+	}
+	if err == nil {
+		err = filtersOn(client, len(gates.gates))
+	}
+	var link *peerConn
+	if err == nil {
+		link, err = dialLog(e, p.peer, p.uuid, qemuVer, logVer, epoch, false, 0, gates)
+	}
+	if err != nil {
+		// Nothing on the peer replays yet: run on alone.
+		nics := 0
+		if dom.Devices != nil {
+			nics = len(dom.Devices.Interfaces)
+		}
+		live.runAloneAfterSwitch(client, gates, rr, fifo, nics)
+		return fmt.Errorf("after the switchover: %w", err)
+	}
+	linked = true
+	p.undo.push(func() {
+		_ = os.Remove(fifo)
+		_ = os.Remove(filepath.Dir(fifo)) // only if empty
+	})
+	p.undo.push(func() { rr.Close() })
+	p.undo.push(p.releaseGates)
+	p.undo.push(func() { link.Close() })
+	p.undo.push(func() { live.from.close("the live VM stopped") })
+	p.mu.Lock()
+	p.recordFIFO, p.rr, p.link, p.gates = fifo, rr, link, gates
+	p.disks = ftxml.DiskPaths(dom)
+	p.state, p.detail = ctl.StateWaiting, "re-protected: waiting for the first log"
+	p.mu.Unlock()
+	if err := e.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: "primary", Epoch: epoch, Peer: p.peer}); err != nil {
+		p.log.WithError(err).Warn("re-protection: keeping the pairing record")
+	}
+	dm.setRun(p)
+	go p.pump(rr, link, gates, logchan.NewStreamDecoder())
+	if err := client.Cont(); err != nil {
+		// Paused with its gates on and a backup that replays: the
+		// primary's core decides (a hang is found by watchHang).
+		p.log.WithError(err).Error("re-protection: cont after the switchover failed; retrying")
+		go e.resumeVM(p.uuid, p.stop)
+	}
+	pause := time.Since(res.Stopped)
+	var bytes int64
+	for _, l := range listeners {
+		bytes += l.Bytes.Load()
+	}
+	done := *rp
+	done.Phase, done.PauseMS, done.MemoryBytes, done.DiskBytes, done.Icount, done.TotalMS =
+		"done", pause.Milliseconds(), res.MemoryBytes, res.DiskBytes, res.Icount, time.Since(t0).Milliseconds()
+	done.DoneBytes, done.TotalBytes, done.RateBytesPerSec = 0, 0, 0
+	p.setReprotect(&done)
+	p.log.Infof("re-protected onto %s in %v: the VM paused %d ms at the switchover, %d bytes of memory and %d of disk copied (%d through the streams), its new log starts at icount %d",
+		p.peer, time.Since(t0).Round(time.Millisecond), pause.Milliseconds(), res.MemoryBytes, res.DiskBytes, bytes, res.Icount)
+	return nil
+}
+
+// runAloneAfterSwitch runs live on alone when a re-protection failed after
+// its switchover and before its log channel: the gates pass frames (their
+// filters off), the new record log is read and discarded until QEMU ends
+// it, and the VM continues.
+func (p *primaryRun) runAloneAfterSwitch(client *qmp.Client, gates *outputGates, rr recordLog, fifo string, nics int) {
+	filtersOff(client, nics, p.log)
+	if gates != nil {
+		gates.unprotect()
+	}
+	p.mu.Lock()
+	if p.gates == nil {
+		p.gates = gates
+	}
+	p.mu.Unlock()
+	go func() {
+		_, _ = io.Copy(io.Discard, rr)
+		rr.Close()
+		_ = os.Remove(fifo)
+	}()
+	if err := client.Cont(); err != nil {
+		p.log.WithError(err).Error("re-protection failed after the switchover and the VM did not continue; retrying")
+		go p.env.resumeVM(p.uuid, p.stop)
+	}
+	p.setState(ctl.StateLive, "running on this host since go-live; no backup (a re-protection failed after its switchover: the VM records into a log nobody replays)")
+}
+
+// filtersOn turns the filter-redirector of interfaces 0..n-1 on (qom-set
+// <id> status on): every frame the guest transmits goes through its output
+// gate again. The first failure is returned.
+func filtersOn(client *qmp.Client, n int) error {
+	for j := 0; j < n; j++ {
+		if err := client.Execute("qom-set", map[string]any{"path": "/objects/" + ftxml.GateFilterID(j),
+			"property": "status", "value": "on"}, nil); err != nil {
+			return fmt.Errorf("turning the output gate of interface %d on (qom-set %s status on): %w", j, ftxml.GateFilterID(j), err)
+		}
+	}
+	return nil
+}
+
+// setReprotect and reprotectView keep the re-protection's view for status.
+func (p *primaryRun) setReprotect(r *ctl.Reprotect) {
+	p.mu.Lock()
+	p.reprot = r
+	p.mu.Unlock()
+}
+
+func (p *primaryRun) reprotectView() *ctl.Reprotect {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reprot == nil {
+		return &ctl.Reprotect{}
+	}
+	r := *p.reprot
+	return &r
+}
