@@ -6,13 +6,15 @@ BIN := $(CURDIR)/bin
 GUEST := $(CURDIR)/test/guest/out
 LAB := test/lab/lab.sh
 TRIALS ?= 1
+CYCLES ?= 3
+PROTECT ?= auto
 
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
-.PHONY: all setup build unit apparmor-check e2e-install qemu-ft e2e e2e-distro e2e-admin e2e-faults e2e-hostile bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit apparmor-check e2e-install qemu-ft e2e e2e-distro e2e-admin e2e-faults e2e-hostile e2e-reprotect bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -48,7 +50,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft package
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
 
 # The packages installed on this machine, the lab running the installed
 # files (replication, one failover), then purged: nothing left
@@ -75,6 +77,13 @@ e2e-faults: build guest qemu-ft
 # host (issue 11; test/e2e/hostile.sh).
 e2e-hostile: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh hostile
+
+# Re-protection (issue 13): CYCLES failovers, alternately kill -9 of the
+# primary's QEMU and its host torn down and revived, each followed by the
+# VM's re-protection onto the failed host (PROTECT=auto: by libvirt-ftd;
+# manual: virt-ft protect), TCP clients connected throughout.
+e2e-reprotect: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 CYCLES=$(CYCLES) PROTECT=$(PROTECT) test/e2e/run.sh reprotect
 
 e2e-switchover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover

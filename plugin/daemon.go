@@ -1154,7 +1154,7 @@ func (d *Daemon) arm(req logchan.ControlRequest, primaryHost string, incoming bo
 		dm.setRun(nil)
 		prev.close("replaced by a new backup")
 	}
-	b, err := armBackup(d.env(), req, primaryHost, func(p *primaryRun) { dm.setRun(p) })
+	b, err := armBackup(d.env(), req, primaryHost, func(p *primaryRun) { dm.setRun(p); go d.autoReprotect(dm, p) })
 	if err != nil {
 		d.forgetIdle(req.UUID)
 		return err

@@ -1001,7 +1001,7 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 	}
 	dm := d.entry(rec.UUID, rec.Name)
 	b := &backupRun{env: e, uuid: rec.UUID, name: rec.Name, cfg: *cfg, backupXML: rec.BackupXML, primaryHost: rec.PrimaryHost,
-		epoch: rec.Epoch, promote: func(p *primaryRun) { dm.setRun(p) }, stop: make(chan struct{}), wake: make(chan struct{}, 1),
+		epoch: rec.Epoch, promote: func(p *primaryRun) { dm.setRun(p); go d.autoReprotect(dm, p) }, stop: make(chan struct{}), wake: make(chan struct{}, 1),
 		state: ctl.StateReplicating, detail: "adopted after a planned restart of libvirt-ftd: waiting for the primary's log channel",
 		log:         e.log.WithFields(logrus.Fields{"domain": rec.Name, "role": ftxml.RoleBackup}),
 		qemuStarted: true, running: true, fed: rec.Fed, received: rec.Fed, fedInstr: rec.FedInstr, icount: rec.Icount,

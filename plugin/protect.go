@@ -58,6 +58,11 @@ func (d *Daemon) protect(name, peer string) (ctl.DomainStatus, error) {
 	if name == "" {
 		return ctl.DomainStatus{}, errors.New("protect: name the domain (virt-ft protect DOMAIN)")
 	}
+	if peer != "" {
+		if _, _, err := splitPeer(peer); err != nil {
+			return ctl.DomainStatus{}, fmt.Errorf("protect: --peer %q: %w", peer, err)
+		}
+	}
 	name = d.resolveName(name)
 	var dm *domain
 	for _, x := range d.domains() {
@@ -68,10 +73,22 @@ func (d *Daemon) protect(name, peer string) (ctl.DomainStatus, error) {
 	if dm == nil {
 		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q is not known to libvirt-ftd here: virt-ft protect gives a backup to a VM that went live on this host after a failover (a domain started without the ft element is not supported yet: add it with virt-ft enable, and restart the VM)", name)
 	}
+	live, s, err := d.claimReprotect(dm, name)
+	if err != nil {
+		return s, err
+	}
+	go func() { _ = d.reprotect(dm, live, peer) }()
+	return s, nil
+}
+
+// claimReprotect checks that dm's run is a VM that went live here and runs
+// alone, and marks it as being re-protected (one at a time); the caller
+// then runs reprotect.
+func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.DomainStatus, error) {
 	live, ok := dm.current().(*primaryRun)
 	if !ok || !live.active() {
 		s := dm.status()
-		return s, fmt.Errorf("protect: domain %q is %s here (role %s): only a VM that went live on this host after a failover can be re-protected; see virt-ft status", name, s.State, s.Role)
+		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s): only a VM that went live on this host after a failover can be re-protected; see virt-ft status", name, s.State, s.Role)
 	}
 	s := live.status()
 	live.mu.Lock()
@@ -84,20 +101,75 @@ func (d *Daemon) protect(name, peer string) (ctl.DomainStatus, error) {
 	live.mu.Unlock()
 	switch {
 	case busy:
-		return s, fmt.Errorf("protect: domain %q: a re-protection is under way; follow it with virt-ft status", name)
+		return nil, s, fmt.Errorf("protect: domain %q: a re-protection is under way; follow it with virt-ft status", name)
 	case !ok:
-		return s, fmt.Errorf("protect: domain %q is %s here (%s): only a VM that went live on this host after a failover, without a restart (the patched QEMU), can be re-protected", name, s.State, s.Detail)
+		return nil, s, fmt.Errorf("protect: domain %q is %s here (%s): only a VM that went live on this host after a failover, without a restart (the patched QEMU), can be re-protected", name, s.State, s.Detail)
 	}
-	if peer != "" {
-		if _, _, err := splitPeer(peer); err != nil {
-			live.mu.Lock()
-			live.reprotecting = false
-			live.mu.Unlock()
-			return s, fmt.Errorf("protect: --peer %q: %w", peer, err)
+	return live, s, nil
+}
+
+// Auto re-protection's pace (cfg.AutoReprotect): the failed host is asked
+// whether its libvirt-ftd answers every autoReprotectPoll; a re-protection
+// that fails is tried again after autoReprotectFirst, doubling up to
+// autoReprotectMax.
+const (
+	autoReprotectPoll  = 2 * time.Second
+	autoReprotectFirst = 5 * time.Second
+	autoReprotectMax   = 5 * time.Minute
+)
+
+// autoReprotect re-protects live, a VM that just went live here, onto the
+// host it failed over from as soon as that host's libvirt-ftd answers
+// (issue 13, <ft:reprotect auto>), with a backoff after each failure. It
+// ends when live ends, is re-protected (also by virt-ft protect), or the
+// daemon stops.
+func (d *Daemon) autoReprotect(dm *domain, live *primaryRun) {
+	if !live.from.cfg.AutoReprotect {
+		return
+	}
+	peer := peerAddr(live.from.cfg)
+	log := live.log.WithField("step", "auto re-protection")
+	wait, backoff := autoReprotectPoll, autoReprotectFirst
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-live.stop:
+			t.Stop()
+			return
+		case <-d.quit:
+			t.Stop()
+			return
+		case <-t.C:
 		}
+		wait = autoReprotectPoll
+		if dm.current() != live {
+			return // re-protected, or replaced
+		}
+		if !d.peerAnswers(peer) {
+			continue
+		}
+		if _, _, err := d.claimReprotect(dm, live.name); err != nil {
+			continue // virt-ft protect is at it, or the VM is going
+		}
+		log.Infof("the host %s answers again: re-protecting onto it", peer)
+		if err := d.reprotect(dm, live, ""); err == nil {
+			return
+		}
+		log.Infof("trying again in %v", backoff)
+		wait, backoff = backoff, min(2*backoff, autoReprotectMax)
 	}
-	go d.reprotect(dm, live, peer)
-	return s, nil
+}
+
+// peerAnswers reports whether the libvirt-ftd at addr takes a TCP
+// connection (the re-protection's own handshake tells the rest).
+func (d *Daemon) peerAnswers(addr string) bool {
+	e := d.env()
+	nc, err := e.dial(addr, e.cfg.dialTimeout())
+	if err != nil {
+		return false
+	}
+	nc.Close()
+	return true
 }
 
 // splitPeer parses "host" or "host:port" (the daemon's peer port when
@@ -114,10 +186,10 @@ func splitPeer(peer string) (host string, port int, err error) {
 	return host, port, nil
 }
 
-// reprotect runs one re-protection of live (protect said it may) and makes
-// the new primary run the domain's run, or leaves live running alone with
-// the failure in its status.
-func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) {
+// reprotect runs one re-protection of live (claimReprotect said it may)
+// and makes the new primary run the domain's run, or leaves live running
+// alone with the failure in its status (and returns it).
+func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err error) {
 	t0 := time.Now()
 	live.mu.Lock()
 	detail := live.detail
@@ -129,7 +201,8 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) {
 		live.reprotecting = false
 		live.mu.Unlock()
 	}()
-	p, err := d.newReprotectRun(live, peerArg)
+	var p *primaryRun
+	p, err = d.newReprotectRun(live, peerArg)
 	if err == nil {
 		rp.Peer = p.peer
 		live.setReprotect(rp)
@@ -149,6 +222,7 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) {
 		}
 		live.mu.Unlock()
 	}
+	return err
 }
 
 // newReprotectRun is the primary run a re-protection of live builds: the

@@ -28,8 +28,9 @@ import (
 const runUUID = "5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6"
 
 // runDomainXML is a protected domain with host b (10.0.0.2) as its peer,
-// no disk to seed, and the output gate off (the gates' unix sockets are
-// tested in outputgate_test.go).
+// no disk to seed, the output gate off (the gates' unix sockets are
+// tested in outputgate_test.go) and no automatic re-protection (its own
+// test turns it on).
 func runDomainXML(stateDir string) string {
 	return `<domain type='qemu'>
   <name>web</name>
@@ -40,6 +41,7 @@ func runDomainXML(stateDir string) string {
       <ft:heartbeat interval-ms="100" timeout-ms="1000"/>
       <ft:state dir="` + stateDir + `"/>
       <ft:output-gate enabled="no"/>
+      <ft:reprotect auto="no"/>
     </ft:ft>
   </metadata>
   <memory unit='KiB'>262144</memory>
@@ -106,6 +108,12 @@ func instructions(n int, k uint32) []byte {
 // instructions; it returns when host b replays them.
 func replicating(t *testing.T, setup ...func(*fakePair)) (*fakePair, *fakeQEMU) {
 	t.Helper()
+	return replicatingXML(t, runDomainXML(t.TempDir()), setup...)
+}
+
+// replicatingXML is replicating with the domain domXML.
+func replicatingXML(t *testing.T, domXML string, setup ...func(*fakePair)) (*fakePair, *fakeQEMU) {
+	t.Helper()
 	fp := newFakePair(t)
 	for _, f := range setup {
 		f(fp)
@@ -114,7 +122,7 @@ func replicating(t *testing.T, setup ...func(*fakePair)) (*fakePair, *fakeQEMU) 
 		fp.shutdown()
 		synctest.Wait()
 	})
-	if err := fp.a.hv.Define(runDomainXML(t.TempDir())); err != nil {
+	if err := fp.a.hv.Define(domXML); err != nil {
 		t.Fatal(err)
 	}
 	synctest.Wait() // the DEFINED event: the daemon rewrites the definition
@@ -1035,6 +1043,46 @@ func TestRunsPrimaryTitle(t *testing.T) {
 		}
 		if def, _, _ := fp.a.hv.Definition("web"); strings.Contains(def.XML, "<title>") {
 			t.Fatalf("the persistent definition got a title:\n%s", def.XML)
+		}
+	})
+}
+
+// Automatic re-protection (<ft:reprotect auto="yes">): the VM that went
+// live on host b is re-protected onto host a as soon as a's daemon
+// answers. Here a's QEMU cannot receive a running VM (the fake QEMU runs
+// at once instead of waiting for its state): a refuses it, stops that
+// QEMU, and b's VM runs on alone, unpaused, saying why; b tries again
+// after its backoff.
+func TestRunsAutoReprotectRefusedRunsOnAlone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		xml := strings.Replace(runDomainXML(t.TempDir()), `<ft:reprotect auto="no"/>`, `<ft:reprotect auto="yes"/>`, 1)
+		fp, _ := replicatingXML(t, xml)
+		killPrimary(t, fp) // 5 s: go-live, then the first attempt
+		synctest.Wait()
+		fp.a.hv.mu.Lock()
+		tries := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		if tries < 1 {
+			t.Fatal("host b did not try to re-protect onto host a")
+		}
+		if fp.a.hv.running(runUUID) != nil {
+			t.Fatal("host a's QEMU that could not receive the VM was left running")
+		}
+		s := fp.b.status(t, "web")
+		if s.State != ctl.StateLive || s.Reprotect == nil || s.Reprotect.Phase != "failed" || !strings.Contains(s.Reprotect.Error, "inmigrate") {
+			t.Fatalf("host b: state %s %q, reprotect %+v", s.State, s.Detail, s.Reprotect)
+		}
+		live := fp.b.hv.running(runUUID)
+		if mode, _ := live.state(); mode != "none" || live.paused {
+			t.Fatalf("host b's VM: mode %s paused %v, want running alone", mode, live.paused)
+		}
+		time.Sleep(autoReprotectFirst + autoReprotectPoll)
+		synctest.Wait()
+		fp.a.hv.mu.Lock()
+		again := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		if again <= tries {
+			t.Fatalf("no second attempt after the backoff (%d tries)", again)
 		}
 	})
 }

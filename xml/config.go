@@ -80,6 +80,12 @@ type Config struct {
 	// <ft:output-gate enabled="yes|no">, default yes). Turning it off loses
 	// TCP connections at go-live.
 	OutputGate bool
+	// AutoReprotect: a VM that went live after a failover is re-protected
+	// onto the host it failed over from as soon as that host's
+	// libvirt-ftd answers again, retrying with a backoff (issue 13;
+	// <ft:reprotect auto="yes|no">, default yes). With no, only virt-ft
+	// protect does it.
+	AutoReprotect bool
 }
 
 // DefaultReplayStall is the least replay stall bound when
@@ -129,6 +135,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout:  DefaultHeartbeatTimeout,
 		StateDir:          DefaultStateDir,
 		OutputGate:        true,
+		AutoReprotect:     true,
 	}
 }
 
@@ -148,6 +155,8 @@ const (
 	fieldStateDir  = fieldState + "/@dir"
 	fieldGate      = fieldFT + "/ft:output-gate"
 	fieldEnabled   = fieldGate + "/@enabled"
+	fieldReprotect = fieldFT + "/ft:reprotect"
+	fieldAuto      = fieldReprotect + "/@auto"
 )
 
 const peerExample = `<ft:peer address="10.250.0.2" port="7480"/>`
@@ -365,7 +374,7 @@ func parseFT(n *node, cfg *Config) (ps []Problem, peerMissing bool) {
 	for _, c := range n.children {
 		field := fieldFT + "/" + c.qname()
 		if c.name.Space != NamespaceURI || !knownChild(c.name.Local) {
-			msg := "is not a libvirt-ft element: <ft:ft> holds ft:peer, ft:heartbeat, ft:state and ft:output-gate"
+			msg := "is not a libvirt-ft element: <ft:ft> holds ft:peer, ft:heartbeat, ft:state, ft:output-gate and ft:reprotect"
 			if c.unbound {
 				msg = fmt.Sprintf("uses the undeclared prefix %q: %s", c.prefix, msg)
 			} else if c.name.Space != NamespaceURI {
@@ -419,6 +428,19 @@ func parseFT(n *node, cfg *Config) (ps []Problem, peerMissing bool) {
 						`set enabled="yes" (the default: without the output rule TCP connections break at go-live)`})
 				}
 			}
+		case "reprotect":
+			ps = append(ps, checkNode(c, field, []string{"auto"})...)
+			if v, ok := attr(c, "auto"); ok {
+				switch v {
+				case "yes":
+					cfg.AutoReprotect = true
+				case "no":
+					cfg.AutoReprotect = false
+				default:
+					ps = append(ps, Problem{fieldAuto, fmt.Sprintf("is %q: it is yes or no", v),
+						`set auto="yes" (the default: a VM that failed over gets a new backup as soon as its old host is back) or auto="no" (only virt-ft protect)`})
+				}
+			}
 		}
 	}
 	return ps, !peer
@@ -426,7 +448,7 @@ func parseFT(n *node, cfg *Config) (ps []Problem, peerMissing bool) {
 
 func knownChild(local string) bool {
 	switch local {
-	case "peer", "heartbeat", "state", "output-gate":
+	case "peer", "heartbeat", "state", "output-gate", "reprotect":
 		return true
 	}
 	return false
@@ -616,6 +638,11 @@ func renderFT(cfg Config) string {
 	fmt.Fprintf(&b, "\n      <%sheartbeat interval-ms=\"%d\" timeout-ms=\"%d\"%s/>", p, cfg.HeartbeatInterval.Milliseconds(), cfg.HeartbeatTimeout.Milliseconds(), stall)
 	fmt.Fprintf(&b, "\n      <%sstate dir=\"%s\"/>", p, escapeAttr(cfg.StateDir))
 	fmt.Fprintf(&b, "\n      <%soutput-gate enabled=\"%s\"/>", p, gate)
+	auto := "no"
+	if cfg.AutoReprotect {
+		auto = "yes"
+	}
+	fmt.Fprintf(&b, "\n      <%sreprotect auto=\"%s\"/>", p, auto)
 	fmt.Fprintf(&b, "\n    </%sft>", p)
 	return b.String()
 }

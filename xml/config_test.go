@@ -24,6 +24,7 @@ func TestParseConfigTestdata(t *testing.T) {
 		HeartbeatTimeout:  time.Second,
 		StateDir:          "/var/lib/libvirt-ft",
 		OutputGate:        true,
+		AutoReprotect:     true,
 	}
 	if diff := cmp.Diff(want, *cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
@@ -236,6 +237,7 @@ func TestSetConfig(t *testing.T) {
       <ft:heartbeat interval-ms="100" timeout-ms="1000"/>
       <ft:state dir="/var/lib/libvirt-ft"/>
       <ft:output-gate enabled="no"/>
+      <ft:reprotect auto="yes"/>
     </ft:ft>` + "\n    <!-- note -->\n  "
 	if dom.Metadata.XML != want {
 		t.Errorf("metadata:\n%s\nwant:\n%s", dom.Metadata.XML, want)
@@ -388,5 +390,17 @@ func TestRemoveConfig(t *testing.T) {
 	}
 	if _, present, err := ParseConfig(out); present || err != nil {
 		t.Fatalf("still protected after RemoveConfig: %v %v", present, err)
+	}
+}
+
+func TestParseConfigReprotect(t *testing.T) {
+	const open = `<ft:ft xmlns:ft="https://libvirt-ft.org/xmlns/ft/1.0"><ft:peer address="10.0.0.2"/>`
+	cfg, _, err := ParseConfig(domainWithMetadata(open + `<ft:reprotect auto="no"/></ft:ft>`))
+	if err != nil || cfg.AutoReprotect {
+		t.Fatalf("auto=no: %+v, %v", cfg, err)
+	}
+	_, _, err = ParseConfig(domainWithMetadata(open + `<ft:reprotect auto="maybe"/></ft:ft>`))
+	if err == nil || !strings.Contains(err.Error(), "ft:reprotect/@auto") || !strings.Contains(err.Error(), "yes or no") {
+		t.Fatalf("auto=maybe: %v", err)
 	}
 }

@@ -92,11 +92,6 @@ settled() {
 }
 
 # restart_ftd H: start libvirt-ftd on H again, as systemd would.
-restart_ftd() {
-	start_ftd "$1" "ftd-restarted-$((++restarts))"
-	wait_for 20 "libvirt-ftd on host $1 to answer again" ftd_answers "$1"
-}
-restarts=0
 
 # state H: the domain's state in virt-ft status on H.
 state() { ft_on "$1" status --json 2>/dev/null | jq -r --arg d "$DOMAIN" '.[]? | select(.name == $d) | .state' 2>/dev/null || true; }

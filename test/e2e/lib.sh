@@ -83,6 +83,13 @@ start_ftd() {
 	wait_for 10 "libvirt-ftd on host $h to start" test -s "$LAB_DIR/$h/ftd-daemon.pid"
 }
 ftd_pid() { cat "$LAB_DIR/$1/ftd-daemon.pid"; }
+# restart_ftd HOST: start libvirt-ftd again on HOST (after kill-host and
+# revive-host, or a kill of the daemon) and wait until it answers.
+restart_ftd() {
+	start_ftd "$1" "ftd-restarted-$((++FTD_RESTARTS))"
+	wait_for 20 "libvirt-ftd on host $1 to answer again" ftd_answers "$1"
+}
+FTD_RESTARTS=0
 
 # lab_start: bring the lab up with our hook installed, configure and start
 # libvirt-ftd on both hosts. LAB_ARBITER replaces the arbiter (default etcd);

@@ -7,12 +7,22 @@
 # `virt-ft protect` there: the VM gets a new backup on the failed host with
 # no reboot, and the next cycle fails over the other way. At the end both
 # clients must have stayed connected through every cycle with every byte
-# verified, the guest's ticks must run on with no reboot, and the last
-# pairing must replicate.
-#   CYCLES=N test/e2e/reprotect.sh
+# verified, and the guest's ticks must run on with no reboot. A last
+# failover (kill -9 of the primary's QEMU) checks that the last
+# re-protection protects: its backup goes live.
+# PROTECT=auto (the default) leaves the re-protection to libvirt-ftd
+# (<ft:reprotect auto="yes">, as soon as the failed host's daemon answers);
+# PROTECT=manual turns that off and runs `virt-ft protect` on the live host.
+#   CYCLES=N [PROTECT=auto|manual] test/e2e/reprotect.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CYCLES=${CYCLES:-1}
+PROTECT=${PROTECT:-auto}
+case $PROTECT in
+auto) ;;
+manual) export DOMAIN_XML_EDIT='s|</ft:ft>|<ft:reprotect auto="no"/></ft:ft>|' ;;
+*) die "PROTECT is auto or manual" ;;
+esac
 HEARTBEAT_TIMEOUT_S=1
 STALL_LIMIT=$((HEARTBEAT_TIMEOUT_S + 4))s
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
@@ -20,11 +30,12 @@ trap 'kill_clients; lab_stop' EXIT
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 
-say "re-protection: $CYCLES cycle(s) of failover then virt-ft protect, TCP clients connected throughout"
+say "re-protection: $CYCLES cycle(s) of failover then re-protection ($PROTECT), TCP clients connected throughout"
 fresh_protected_lab 8
 first_tick=$(last_tick a "$DOMAIN")
-# The clients outlast every cycle (about 40 s each), then end by themselves.
-duration=$((30 + 45 * CYCLES))
+# The clients outlast every cycle (10-20 s each in the lab) and the last
+# failover, then end by themselves; the test fails if they ended earlier.
+duration=$((40 + 25 * CYCLES))
 out_echo=$(mktemp) out_stream=$(mktemp)
 SCRATCH+=("$out_echo" "$out_stream")
 client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${duration}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
@@ -49,23 +60,26 @@ for cycle in $(seq 1 "$CYCLES"); do
 	log "live on host $backup $failover_ms ms after the failure (as this test polls)"
 	if [ $mode = host ]; then
 		lab revive-host "$primary" >/dev/null
-		wait_for 30 "libvirt-ftd on the revived host $primary" ftd_answers "$primary"
+		restart_ftd "$primary"
 	fi
 	t1=$(date +%s%N)
-	out=$(ft_on "$backup" protect "$DOMAIN" --wait 5m 2>&1) || {
-		printf '%s\n' "$out" | sed 's/^/     /'
-		ft_on "$backup" status "$DOMAIN" | sed 's/^/     /' || true
-		die "cycle $cycle: virt-ft protect on host $backup failed"
-	}
-	printf '%s\n' "$out" | tail -n 3 | sed 's/^/     /'
-	wait_replay_mode 60 "the new backup to replay on host $primary" "$primary" "$DOMAIN" play
+	if [ $PROTECT = manual ]; then
+		out=$(ft_on "$backup" protect "$DOMAIN" --wait 5m 2>&1) || {
+			printf '%s\n' "$out" | sed 's/^/     /'
+			ft_on "$backup" status "$DOMAIN" | sed 's/^/     /' || true
+			die "cycle $cycle: virt-ft protect on host $backup failed"
+		}
+		printf '%s\n' "$out" | tail -n 3 | sed 's/^/     /'
+	fi
+	wait_replay_mode 120 "the new backup to replay on host $primary" "$primary" "$DOMAIN" play
 	wait_for 30 "the re-protected pairing to replicate" sh -c "'$LAB' exec $backup '$VIRT_FT' status --json '$DOMAIN' | jq -e '.[0].state == \"replicating\"' >/dev/null"
 	protected_ms=$((($(date +%s%N) - t1) / 1000000))
+	ft_on "$backup" status "$DOMAIN" | grep -E 're-protected|re-protection' | sed 's/^/     /' || true
 	st=$(ft_on "$backup" status --json "$DOMAIN")
 	pause=$(jq -r '.[0].reprotect.pause_ms' <<<"$st")
 	mem=$(jq -r '.[0].reprotect.memory_bytes' <<<"$st")
 	disk=$(jq -r '.[0].reprotect.disk_bytes' <<<"$st")
-	report+=("cycle $cycle ($mode, $primary -> $backup): failover $failover_ms ms; protected again $protected_ms ms after virt-ft protect; pause $pause ms; copied $((mem >> 20)) MiB memory, $((disk >> 20)) MiB disk")
+	report+=("cycle $cycle ($mode, $primary -> $backup): failover $failover_ms ms; protected again $protected_ms ms after that ($PROTECT); pause $pause ms; copied $((mem >> 20)) MiB memory, $((disk >> 20)) MiB disk")
 	log "${report[-1]}"
 	# A few ticks on the new pairing before the next failure.
 	tick=$(last_tick "$backup" "$DOMAIN")
@@ -74,6 +88,20 @@ for cycle in $(seq 1 "$CYCLES"); do
 	[ "$backup" = a ] && backup=b || backup=a
 done
 
+# The last re-protection protects: one more failover, to its new backup.
+say "final failover: host $primary fails (kill -9 of its QEMU); the re-protected backup on host $backup goes live"
+t0=$(date +%s%N)
+on "$primary" kill -9 "$(qemu_pid "$primary" "$DOMAIN")"
+wait_replay_mode 60 "the VM to run live on host $backup" "$backup" "$DOMAIN" none
+report+=("final failover ($primary -> $backup): live $((($(date +%s%N) - t0) / 1000000)) ms after the failure")
+log "${report[-1]}"
+primary=$backup
+tick=$(last_tick "$primary" "$DOMAIN")
+wait_for 60 "3 more ticks on host $primary" has_tick "$primary" "$DOMAIN" $((tick + 3))
+
+for p in "${pids[@]}"; do
+	kill -0 "$p" 2>/dev/null || die "the TCP clients ended before the last failover ($duration s): the cycles took longer than the test allows"
+done
 say "waiting for the TCP clients to end ($((duration - (SECONDS - t_start))) s left)"
 rc_echo=0 rc_stream=0
 wait "${pids[0]}" || rc_echo=$?
@@ -95,7 +123,11 @@ if ! [ "${last:-0}" -gt "$first_tick" ] || ! ticks_consecutive "$primary" "$DOMA
 	failed=1
 fi
 st=$(ft_on "$primary" status --json "$DOMAIN")
-[ "$(jq -r '.[0].state' <<<"$st")" = replicating ] || { log "host $primary: $(jq -c '.[0] | {state, detail}' <<<"$st")"; failed=1; }
+# Live, or (PROTECT=auto) re-protected again onto the host whose QEMU died.
+case $(jq -r '.[0].state' <<<"$st") in
+live | replicating) ;;
+*) log "host $primary: $(jq -c '.[0] | {state, detail}' <<<"$st")"; failed=1 ;;
+esac
 say "re-protection report: $CYCLES cycle(s)"
 printf '   %s\n' "${report[@]}"
 log "ticks $first_tick -> $last on host $primary, consecutive"
