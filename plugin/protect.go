@@ -103,7 +103,11 @@ func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.Domai
 	case busy:
 		return nil, s, fmt.Errorf("protect: domain %q: a re-protection is under way; follow it with virt-ft status", name)
 	case !ok:
-		return nil, s, fmt.Errorf("protect: domain %q is %s here (%s): only a VM that went live on this host after a failover, without a restart (the patched QEMU), can be re-protected", name, s.State, s.Detail)
+		why := ""
+		if s.Detail != "" {
+			why = ": " + s.Detail
+		}
+		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s)%s; only a VM that went live on this host after a failover, without a restart (the patched QEMU), and runs alone can be re-protected; see virt-ft status", name, s.State, s.Role, why)
 	}
 	return live, s, nil
 }
@@ -357,7 +361,24 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		src.Disks = append(src.Disks, reprotect.Disk{Node: rd.Node, Export: rd.Format})
 	}
 	// The new pairing is the domain's current epoch from here: a claim of
-	// the one the VM went live in loses from now on (prepare's rule).
+	// the one the VM went live in loses from now on (prepare's rule). So
+	// its record comes first: a daemon that dies from here on restarts
+	// claiming the new epoch (restart.go), which nothing else can have
+	// won before the new backup's log channel was up.
+	if err := e.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: "primary", Epoch: epoch, Peer: p.peer}); err != nil {
+		return fmt.Errorf("keeping the pairing record: %w", err)
+	}
+	defer func() {
+		if err != nil && !switched {
+			// Alone again in the epoch it went live in.
+			live.mu.Lock()
+			rec := pairingRecord{UUID: live.uuid, Name: live.name, Role: "live", Epoch: live.epoch, Peer: live.peer}
+			live.mu.Unlock()
+			if serr := e.pairings.save(rec); serr != nil {
+				p.log.WithError(serr).Warn("re-protection failed: restoring the pairing record")
+			}
+		}
+	}()
 	if err := e.arbiter.Forget(p.uuid, epoch); err != nil {
 		return fmt.Errorf("the split-brain arbiter cannot record the new pairing: %w", err)
 	}
@@ -413,9 +434,6 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.disks = ftxml.DiskPaths(dom)
 	p.state, p.detail = ctl.StateWaiting, "re-protected: waiting for the first log"
 	p.mu.Unlock()
-	if err := e.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: "primary", Epoch: epoch, Peer: p.peer}); err != nil {
-		p.log.WithError(err).Warn("re-protection: keeping the pairing record")
-	}
 	dm.setRun(p)
 	go p.pump(rr, link, gates, logchan.NewStreamDecoder())
 	if err := client.Cont(); err != nil {

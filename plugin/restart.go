@@ -14,6 +14,7 @@ import (
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/plugin/reprotect"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
@@ -219,6 +220,18 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		return
 	}
 	rec, haveRec := d.pairings.load(def.UUID)
+	if ri.Mode == "none" || ri.Mode == "record" {
+		// A re-protection its daemon did not finish (protect.go) may have
+		// left a migration waiting at its switchover with the VM
+		// stopped, the arming, disk mirrors: undo them first. Nothing
+		// here changes a VM no re-protection touched.
+		if err := reprotect.Recover(client, 0); err != nil {
+			log.WithError(err).Warn("undoing what an unfinished re-protection left")
+		}
+		if !same() {
+			return
+		}
+	}
 	switch {
 	case ri.Mode == "play":
 		why := "libvirt-ftd restarted while this host replayed the backup: its log feed ended, so the backup was destroyed; the primary runs on, unprotected, on its host"
@@ -226,6 +239,16 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		dm.note(ctl.StateStopped, why)
 		d.pairings.remove(def.UUID)
 		e.destroyUntilGone(def.UUID, why, d.quit)
+		return
+	case haveRec && rec.Role == "live" && ri.Mode == "record":
+		// A live VM records only once a re-protection switched it, and
+		// that saves a "primary" record first: this one is not
+		// understood, so fail closed.
+		_ = client.Stop()
+		why := "paused: libvirt-ftd restarted and finds this VM recording although its record says it runs alone (" + d.pairings.dir +
+			"); check where the VM runs with virt-ft status on the peer host, then virsh destroy it here or virsh resume it"
+		log.Error(why)
+		dm.note(ctl.StateRefused, why)
 		return
 	case haveRec && rec.Role == "live":
 		// It went live here (or a restarted daemon resumed it here): this
@@ -314,6 +337,18 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		log.WithError(err).Error("cont")
 		dm.note(ctl.StateRefused, "won the split-brain claim but cannot resume the VM: "+err.Error()+"; virsh resume it")
 		return
+	}
+	if ri.Mode == "record" && !ioErr {
+		// Paused before it met its log's end (a re-protection's VM at
+		// its switchover): it records until its first write fails
+		// (0006), which pauses it once more; that cont ends recording.
+		if d.waitIOError(client, log) && same() {
+			if err := client.Cont(); err != nil {
+				log.WithError(err).Error("cont after the log's end")
+				dm.note(ctl.StateRefused, "won the split-brain claim but cannot resume the VM: "+err.Error()+"; virsh resume it")
+				return
+			}
+		}
 	}
 	wasBackup := rec.Role == "backup"
 	rec.Role = "live"

@@ -1086,3 +1086,47 @@ func TestRunsAutoReprotectRefusedRunsOnAlone(t *testing.T) {
 		}
 	})
 }
+
+// virt-ft protect re-protects only a VM that went live here and runs
+// alone, one re-protection at a time; anything else is refused with the
+// state it is in, and nothing changes.
+func TestRunsProtectRefusals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		for _, c := range []struct {
+			host       *fakeHost
+			name, peer string
+			want       string
+		}{
+			{fp.a, "web", "", "is replicating here (role primary)"},
+			{fp.b, "web", "", "is replicating here (role backup)"},
+			{fp.a, "nosuch", "", "is not known to libvirt-ftd here"},
+			{fp.a, "", "", "name the domain"},
+			{fp.a, "web", "10.0.0.3:x", `--peer "10.0.0.3:x": port "x" is not a TCP port`},
+		} {
+			if _, err := c.host.d.protect(c.name, c.peer); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("protect(%q, %q) on %s: %v, want %q", c.name, c.peer, c.host.ip, err, c.want)
+			}
+		}
+		if s := fp.a.status(t, "web"); s.State != ctl.StateReplicating || s.Reprotect != nil {
+			t.Fatalf("host a after refused protects: %+v", s)
+		}
+		killPrimary(t, fp)
+		if _, err := fp.b.d.protect("web", ""); err != nil {
+			t.Fatalf("protect of the live VM: %v", err)
+		}
+		if _, err := fp.b.d.protect("web", ""); err == nil || !strings.Contains(err.Error(), "a re-protection is under way") {
+			t.Fatalf("a second protect while the first runs: %v", err)
+		}
+		synctest.Wait()
+		// The fake QEMU cannot receive a running VM: refused, the VM runs
+		// on alone, and a new protect may start.
+		if s := fp.b.status(t, "web"); s.State != ctl.StateLive || s.Reprotect == nil || s.Reprotect.Phase != "failed" {
+			t.Fatalf("host b: %s %q %+v", s.State, s.Detail, s.Reprotect)
+		}
+		if _, err := fp.b.d.protect("web", ""); err != nil {
+			t.Fatalf("protect again after a failure: %v", err)
+		}
+		synctest.Wait()
+	})
+}

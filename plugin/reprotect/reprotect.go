@@ -72,7 +72,10 @@ type Disk struct {
 
 // jobID is the name of disk i's NBD client node and mirror job on the
 // source and of its export on the destination.
-func jobID(i int) string { return fmt.Sprintf("ft-copy%d", i) }
+func jobID(i int) string { return fmt.Sprintf("%s%d", jobPrefix, i) }
+
+// jobPrefix starts every jobID (Recover finds what a dead driver left).
+const jobPrefix = "ft-copy"
 
 // Progress is one sample of a running re-protection (Source.Progress).
 type Progress struct {

@@ -154,6 +154,13 @@ func (f *fakeQEMU) Execute(command string, args, ret any) error {
 		reply = map[string]any{"mode": f.mode, "icount": 4242}
 	case "query-status":
 		reply = map[string]any{"status": f.status}
+	case "query-named-block-nodes":
+		var out []map[string]string
+		for n := range f.nodes {
+			out = append(out, map[string]string{"node-name": n})
+		}
+		out = append(out, map[string]string{"node-name": "ft-rr0"})
+		reply = out
 	case "migrate-set-parameters", "nbd-server-start", "block-export-add", "migrate-incoming", "nbd-server-stop":
 	default:
 		return fmt.Errorf("fake: unexpected command %s", command)
@@ -406,6 +413,46 @@ func TestSourceReportsASwitchoverItCouldNotCancel(t *testing.T) {
 		}
 		if f.mode != "record" || f.status != "postmigrate" || f.sent("x-ft-record-disarm") != 0 || f.sent("cont") != 0 {
 			t.Fatalf("mode %s, status %s, commands %v", f.mode, f.status, f.cmds)
+		}
+	})
+}
+
+// A driver that died at pre-switchover left a migration waiting, the
+// arming, the capabilities and two mirrors with their NBD nodes: Recover
+// removes all of it and never continues the VM; on a QEMU nothing touched
+// it only turns the two capabilities off.
+func TestRecoverUndoesWhatADeadDriverLeft(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		s := source(f)
+		f.failOn["migrate-continue"] = "the driver died here"
+		// Run up to pre-switchover, then forget its undo: as if killed.
+		f.failOn["migrate_cancel"] = "unreachable"
+		f.failOn["block-job-cancel"] = "unreachable"
+		f.failOn["x-ft-record-disarm"] = "unreachable"
+		f.failOn["blockdev-del"] = "unreachable"
+		if _, err := s.Run(context.Background()); err == nil {
+			t.Fatal("Run passed")
+		}
+		f.failOn = map[string]string{}
+		f.pauseBefore = true // the undo's caps-off failed too, in effect
+		if f.mig != "pre-switchover" || !f.armed || len(f.jobs) != 2 || len(f.nodes) != 2 {
+			t.Fatalf("setup: mig %s armed %v jobs %d nodes %v", f.mig, f.armed, len(f.jobs), f.nodes)
+		}
+		f.cmds = nil
+		if err := Recover(f, 0); err != nil {
+			t.Fatal(err)
+		}
+		if f.mig != "cancelled" || f.armed || f.pauseBefore || len(f.jobs) != 0 || len(f.nodes) != 0 || f.sent("cont") != 0 {
+			t.Fatalf("after Recover: mig %s armed %v pause-before %v jobs %v nodes %v cmds %v", f.mig, f.armed, f.pauseBefore, f.jobs, f.nodes, f.cmds)
+		}
+
+		clean := newFake()
+		if err := Recover(clean, 0); err != nil {
+			t.Fatal(err)
+		}
+		if clean.sent("migrate_cancel")+clean.sent("block-job-cancel")+clean.sent("blockdev-del") != 0 {
+			t.Fatalf("Recover changed an untouched QEMU: %v", clean.cmds)
 		}
 	})
 }
