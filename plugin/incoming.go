@@ -41,7 +41,7 @@ const incomingTimeout = reprotect.DefaultTimeout
 // logchan.CreateFIFO).
 func incomingSockets(replayFIFO string) (migration, nbd string) {
 	dir := filepath.Dir(replayFIFO)
-	return filepath.Join(dir, "incoming-migration.sock"), filepath.Join(dir, "incoming-nbd.sock")
+	return filepath.Join(dir, "in-mig.sock"), filepath.Join(dir, "in-nbd.sock")
 }
 
 // incomingArming is what a prepare-incoming backup holds until its log
@@ -176,9 +176,15 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 	ia.replaying.Store(true)
 	b.mu.Unlock()
 	if err := dest.QMP.Execute("cont", nil, nil); err != nil {
-		ia.replaying.Store(false)
 		b.log.WithError(err).Error("re-protection: the backup's QEMU did not continue; it is lost")
 		b.close("the backup's QEMU did not continue after the switchover")
+		b.env.destroyUntilGone(b.uuid, "the backup's QEMU did not continue after the switchover", nil)
+		return
+	}
+	if !b.active() {
+		// Closed while it continued: close's undo left it to the core,
+		// which is gone.
+		b.env.destroyUntilGone(b.uuid, "the backup run ended as its replay started", nil)
 		return
 	}
 	b.log.Info("replaying the running VM's new log from its migrated state")

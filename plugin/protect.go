@@ -92,7 +92,7 @@ func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.Domai
 	}
 	s := live.status()
 	live.mu.Lock()
-	ok = live.from != nil && live.recordFIFO == "" && live.running && live.state == ctl.StateLive
+	ok = live.reprotectableLocked()
 	busy := live.reprotecting
 	if ok && !busy {
 		live.reprotecting = true
@@ -110,6 +110,14 @@ func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.Domai
 		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s)%s; only a VM that went live on this host after a failover, without a restart (the patched QEMU), and runs alone can be re-protected; see virt-ft status", name, s.State, s.Role, why)
 	}
 	return live, s, nil
+}
+
+// reprotectableLocked: the run is a VM that went live here without a
+// restart (the patched QEMU left replay mode at END) and runs alone, not
+// recording (a re-protection that failed after its switchover leaves it
+// recording: recordFIFO). Caller holds p.mu.
+func (p *primaryRun) reprotectableLocked() bool {
+	return p.from != nil && p.recordFIFO == "" && p.running && p.state == ctl.StateLive
 }
 
 // Auto re-protection's pace (cfg.AutoReprotect): the failed host is asked
@@ -148,6 +156,13 @@ func (d *Daemon) autoReprotect(dm *domain, live *primaryRun) {
 		wait = autoReprotectPoll
 		if dm.current() != live {
 			return // re-protected, or replaced
+		}
+		live.mu.Lock()
+		ok := live.reprotectableLocked()
+		live.mu.Unlock()
+		if !ok {
+			log.Info("the VM can no longer be re-protected automatically (see virt-ft status)")
+			return
 		}
 		if !d.peerAnswers(peer) {
 			continue
@@ -208,7 +223,7 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err er
 	var p *primaryRun
 	p, err = d.newReprotectRun(live, peerArg)
 	if err == nil {
-		rp.Peer = p.peer
+		rp = &ctl.Reprotect{Phase: "arming", Peer: p.peer}
 		live.setReprotect(rp)
 		err = p.reprotectFrom(dm, live, rp, t0)
 	}
@@ -285,6 +300,17 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	if !slices.Contains(ctrl.peer.Features, logchan.FeatureReprotect) {
 		return fmt.Errorf("backup host %s: its libvirt-ftd cannot receive a running VM (no %q feature); upgrade libvirt-ft there", p.peer, logchan.FeatureReprotect)
 	}
+	nics := 0
+	if dom.Devices != nil {
+		nics = len(dom.Devices.Interfaces)
+	}
+	live.mu.Lock()
+	liveGates := live.gates
+	live.mu.Unlock()
+	if p.cfg.OutputGate && nics > 0 && (liveGates == nil || len(liveGates.gates) != nics) {
+		// The new primary's frames would bypass the output rule.
+		return fmt.Errorf("the live VM's output gates are not all in place (%d interfaces): re-protecting it would leave its output ungated; restart the VM to protect it", nics)
+	}
 	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
 	p.epoch = epoch
 	live.setState(ctl.StateLive, "re-protecting: arming the backup on "+p.peer)
@@ -292,12 +318,13 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: build, Epoch: epoch, Arbiter: e.cfg.arbiterName()}, nil); err != nil {
 		return fmt.Errorf("backup host %s refused the backup: %w", p.peer, err)
 	}
+	ctrl.Close() // idle through the copy: a cancel dials again
 	linked := false
 	defer func() {
 		if err != nil && !linked {
 			// Its QEMU waits for this VM: stop it (its own timeout
 			// would, later).
-			_ = ctrl.request(logchan.ControlRequest{Op: logchan.OpCancelBackup, UUID: p.uuid}, nil)
+			p.cancelPeerBackup()
 		}
 	}()
 
@@ -319,7 +346,7 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	defer cancel()
 	disks := ftxml.ReplayDisks(dom)
 	dir := filepath.Dir(fifo)
-	migSock, nbdSock := filepath.Join(dir, "reprotect-migration.sock"), filepath.Join(dir, "reprotect-nbd.sock")
+	migSock, nbdSock := filepath.Join(dir, "rp-mig.sock"), filepath.Join(dir, "rp-nbd.sock")
 	var listeners []*reprotect.Listener
 	for _, l := range []struct {
 		path, kind string
@@ -351,6 +378,11 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		return err
 	}
 	defer release()
+	// What an earlier attempt's undo could not remove (mirrors that would
+	// not end keep their NBD nodes, whose names this one reuses).
+	if err := reprotect.Recover(client, 0); err != nil {
+		return fmt.Errorf("undoing an earlier re-protection's leftovers: %w", err)
+	}
 	src := reprotect.Source{QMP: client, LogPath: fifo, MigrateURI: "unix:" + migSock, NBDSocket: nbdSock,
 		MaxBandwidth: reprotectBandwidth, Progress: func(pr reprotect.Progress) {
 			v := *rp
@@ -388,36 +420,47 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		return err // Source undid everything: the VM runs on as before
 	}
 	switched = true
-	if err != nil {
-		p.log.WithError(err).Warn("re-protection: the switchover happened although the migration was being cancelled; going on with the new pairing")
-	}
 	cancel() // the streams have ended
+	if err != nil {
+		// The switchover happened although Run failed after all: go on
+		// only with a VM that records.
+		p.log.WithError(err).Warn("re-protection: the migration completed although Run failed")
+		if ri, qerr := client.QueryReplay(); qerr != nil || ri.Mode != "record" {
+			live.aloneAfterSwitch(client, rr, fifo, epoch, false)
+			return fmt.Errorf("after the switchover: %w", err)
+		}
+		err = nil
+	}
 	// Step 4: the VM is paused and records into FIFO A.
-	live.mu.Lock()
-	oldGates := live.gates
-	live.gates = nil
-	live.mu.Unlock()
 	exact := qemuFlushesLog(domainEmulator(dom))
-	var gates *outputGates
-	if oldGates != nil {
-		gates, err = oldGates.reprotected(e, rr, exact)
-	} else {
-		gates = &outputGates{exact: exact}
+	gates := &outputGates{exact: exact}
+	if liveGates != nil {
+		live.mu.Lock()
+		live.gates = nil
+		live.mu.Unlock()
+		gates, err = liveGates.reprotected(e, rr, exact)
+		if err != nil {
+			// The old gates pass frames (their filters are off) or
+			// are gone: the next attempt's check refuses.
+			live.mu.Lock()
+			live.gates = liveGates
+			live.mu.Unlock()
+			live.aloneAfterSwitch(client, rr, fifo, epoch, true)
+			return fmt.Errorf("after the switchover: %w", err)
+		}
+		live.mu.Lock()
+		live.gates = gates // released with live until p takes them
+		live.mu.Unlock()
 	}
-	if err == nil {
-		err = filtersOn(client, len(gates.gates))
-	}
+	err = filtersOn(client, len(gates.gates))
 	var link *peerConn
 	if err == nil {
 		link, err = dialLog(e, p.peer, p.uuid, qemuVer, logVer, epoch, false, 0, gates)
 	}
 	if err != nil {
-		// Nothing on the peer replays yet: run on alone.
-		nics := 0
-		if dom.Devices != nil {
-			nics = len(dom.Devices.Interfaces)
-		}
-		live.runAloneAfterSwitch(client, gates, rr, fifo, nics)
+		filtersOff(client, nics, p.log)
+		gates.unprotect()
+		live.aloneAfterSwitch(client, rr, fifo, epoch, true)
 		return fmt.Errorf("after the switchover: %w", err)
 	}
 	linked = true
@@ -429,12 +472,17 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.undo.push(p.releaseGates)
 	p.undo.push(func() { link.Close() })
 	p.undo.push(func() { live.from.close("the live VM stopped") })
+	live.mu.Lock()
+	live.gates = nil
+	live.mu.Unlock()
 	p.mu.Lock()
 	p.recordFIFO, p.rr, p.link, p.gates = fifo, rr, link, gates
 	p.disks = ftxml.DiskPaths(dom)
 	p.state, p.detail = ctl.StateWaiting, "re-protected: waiting for the first log"
 	p.mu.Unlock()
 	dm.setRun(p)
+	// The live run is over (its undo is p's now): its loops end.
+	live.stopOnce.Do(func() { close(live.stop) })
 	go p.pump(rr, link, gates, logchan.NewStreamDecoder())
 	if err := client.Cont(); err != nil {
 		// Paused with its gates on and a backup that replays: the
@@ -457,30 +505,67 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	return nil
 }
 
-// runAloneAfterSwitch runs live on alone when a re-protection failed after
-// its switchover and before its log channel: the gates pass frames (their
-// filters off), the new record log is read and discarded until QEMU ends
-// it, and the VM continues.
-func (p *primaryRun) runAloneAfterSwitch(client *qmp.Client, gates *outputGates, rr recordLog, fifo string, nics int) {
-	filtersOff(client, nics, p.log)
-	if gates != nil {
-		gates.unprotect()
-	}
-	p.mu.Lock()
-	if p.gates == nil {
-		p.gates = gates
-	}
-	p.mu.Unlock()
-	go func() {
-		_, _ = io.Copy(io.Discard, rr)
+// aloneAfterSwitch runs live on alone when a re-protection failed after
+// its switchover and before its pairing took over: the VM is paused,
+// recording into FIFO A from the new epoch (record) or not at all. Its
+// frames already pass its gates (their filters are off). The new epoch is
+// the arbiter's current one since the switchover, and the new backup may
+// have a failover core (its log channel's handshake may have ended well on
+// its side only): so the VM continues only once this host holds the new
+// epoch's lock (H1 of helper-70's review). Lost, the backup runs the VM and
+// this copy is destroyed; the arbiter unreachable, the VM stays paused and
+// the claim is tried again. A recording VM's new log is read and discarded
+// from now on, and the run counts as recording (not re-protectable: its
+// QEMU refuses a second arming while it records).
+func (p *primaryRun) aloneAfterSwitch(client *qmp.Client, rr recordLog, fifo, epoch string, record bool) {
+	if record {
+		go func() {
+			_, _ = io.Copy(io.Discard, rr)
+			rr.Close()
+			_ = os.Remove(fifo)
+		}()
+		p.mu.Lock()
+		p.recordFIFO = fifo
+		p.mu.Unlock()
+	} else {
 		rr.Close()
 		_ = os.Remove(fifo)
-	}()
-	if err := client.Cont(); err != nil {
-		p.log.WithError(err).Error("re-protection failed after the switchover and the VM did not continue; retrying")
-		go p.env.resumeVM(p.uuid, p.stop)
 	}
-	p.setState(ctl.StateLive, "running on this host since go-live; no backup (a re-protection failed after its switchover: the VM records into a log nobody replays)")
+	p.setState(ctl.StateLive, "a re-protection failed after its switchover: the VM is paused until this host holds the new pairing's split-brain lock")
+	for {
+		won, err := p.env.arbiter.Acquire(p.uuid, epoch)
+		switch {
+		case err == nil && won:
+			p.mu.Lock()
+			p.epoch = epoch
+			p.mu.Unlock()
+			if err := p.env.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: "primary", Epoch: epoch, Peer: p.peer}); err != nil {
+				p.log.WithError(err).Warn("keeping the pairing record")
+			}
+			if err := client.Cont(); err != nil {
+				p.log.WithError(err).Error("re-protection failed after the switchover and the VM did not continue; retrying")
+				go p.env.resumeVM(p.uuid, p.stop)
+			}
+			how := "not recording"
+			if record {
+				how = "recording into a log nobody replays"
+			}
+			p.setState(ctl.StateLive, "running on this host since go-live; no backup (a re-protection failed after its switchover; "+how+")")
+			return
+		case err == nil:
+			why := "a re-protection failed after its switchover and the new backup won the split-brain lock: it runs the VM; this copy was destroyed"
+			p.log.Warn(why)
+			p.setState(ctl.StateStopped, why)
+			p.env.destroyUntilGone(p.uuid, why, p.stop)
+			return
+		}
+		p.log.WithError(err).Warn("re-protection failed after its switchover: the arbiter cannot be reached; the VM stays paused")
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // filtersOn turns the filter-redirector of interfaces 0..n-1 on (qom-set

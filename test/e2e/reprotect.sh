@@ -43,6 +43,12 @@ pids=($!)
 client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${duration}s -stall-limit $STALL_LIMIT >"$out_stream" 2>&1 &
 pids+=($!)
 t_start=$SECONDS
+# RARP frames on the LAN: every go-live announces the VM's MAC.
+rarp=$(mktemp) disk=$(mktemp --suffix=.qcow2)
+SCRATCH+=("$rarp" "$disk")
+ip netns exec ftlab-lan tcpdump -i lan0 -n -e -l -U 'ether proto 0x8035' >"$rarp" 2>/dev/null &
+tcpdump_pid=$!
+pids+=($tcpdump_pid)
 sleep 3
 
 primary=a backup=b
@@ -99,13 +105,15 @@ primary=$backup
 tick=$(last_tick "$primary" "$DOMAIN")
 wait_for 60 "3 more ticks on host $primary" has_tick "$primary" "$DOMAIN" $((tick + 3))
 
-for p in "${pids[@]}"; do
+for p in "${pids[@]:0:2}"; do
 	kill -0 "$p" 2>/dev/null || die "the TCP clients ended before the last failover ($duration s): the cycles took longer than the test allows"
 done
 say "waiting for the TCP clients to end ($((duration - (SECONDS - t_start))) s left)"
 rc_echo=0 rc_stream=0
 wait "${pids[0]}" || rc_echo=$?
 wait "${pids[1]}" || rc_stream=$?
+kill "$tcpdump_pid" 2>/dev/null || true
+wait "$tcpdump_pid" 2>/dev/null || true
 pids=()
 echo_line=$(tail -n 1 "$out_echo") stream_line=$(tail -n 1 "$out_stream")
 log "echo:   $echo_line"
@@ -128,8 +136,21 @@ case $(jq -r '.[0].state' <<<"$st") in
 live | replicating) ;;
 *) log "host $primary: $(jq -c '.[0] | {state, detail}' <<<"$st")"; failed=1 ;;
 esac
+n_rarp=$(grep -ci "52:54:00:fa:00:01.*Reverse" "$rarp" || true)
+if [ "$n_rarp" -lt $((CYCLES + 1)) ]; then
+	log "RARP frames with the guest's MAC on the LAN: $n_rarp, want one burst per go-live ($((CYCLES + 1)))"
+	failed=1
+fi
+# The disk writer's records: power the guest off where it runs (once no
+# re-protection is under way), then check its disk there.
+[ $PROTECT = manual ] || wait_for 120 "the last auto re-protection on host $primary" sh -c "'$LAB' exec $primary '$VIRT_FT' status --json '$DOMAIN' | jq -e '.[0].state == \"replicating\"' >/dev/null"
+log "disk writer: $(guest_ctl status | tr -d '\r' | head -n 1)"
+guest_ctl poweroff >/dev/null || true
+wait_for 120 "$DOMAIN to shut off on host $primary" sh -c "! '$LAB' exec $primary virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+on "$primary" cat "$IMAGES/$DOMAIN.qcow2" >"$disk"
+"$BIN/diskcheck" "$disk" || { log "the disk writer's records do not verify on host $primary"; failed=1; }
 say "re-protection report: $CYCLES cycle(s)"
 printf '   %s\n' "${report[@]}"
-log "ticks $first_tick -> $last on host $primary, consecutive"
+log "ticks $first_tick -> $last on host $primary, consecutive; $n_rarp RARP frames with the guest's MAC seen"
 [ $failed -eq 0 ] || die "re-protection: the clients or the guest did not survive (see above)"
 say "re-protection: pass"
