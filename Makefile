@@ -8,6 +8,7 @@ LAB := test/lab/lab.sh
 TRIALS ?= 1
 CYCLES ?= 3
 PROTECT ?= auto
+REPROTECT_MODES ?= qemu backup host
 
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
@@ -50,7 +51,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft package
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=2 REPROTECT_MODES="qemu backup" FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
 
 # The packages installed on this machine, the lab running the installed
 # files (replication, one failover), then purged: nothing left
@@ -78,12 +79,13 @@ e2e-faults: build guest qemu-ft
 e2e-hostile: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh hostile
 
-# Re-protection (issue 13): CYCLES failovers, alternately kill -9 of the
-# primary's QEMU and its host torn down and revived, each followed by the
-# VM's re-protection onto the failed host (PROTECT=auto: by libvirt-ftd;
-# manual: virt-ft protect), TCP clients connected throughout.
+# Re-protection (issue 13): CYCLES failures, in turn kill -9 of the
+# primary's QEMU, of the backup's, and the primary's host torn down and
+# revived (REPROTECT_MODES), each followed by the VM's re-protection onto
+# the other host (PROTECT=auto: by libvirt-ftd; manual: virt-ft protect),
+# TCP clients connected throughout.
 e2e-reprotect: build guest qemu-ft
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 CYCLES=$(CYCLES) PROTECT=$(PROTECT) test/e2e/run.sh reprotect
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 CYCLES=$(CYCLES) PROTECT=$(PROTECT) REPROTECT_MODES="$(REPROTECT_MODES)" test/e2e/run.sh reprotect
 
 e2e-switchover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover

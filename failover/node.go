@@ -133,7 +133,13 @@ type Status struct {
 	PeerRestarting bool
 	// Hung (primary) is why KillVM killed this host's QEMU; "" if it did
 	// not. A run being killed must not start an unprotect or a handover.
-	Hung string
+Hung string
+	// Unprotected is why the operator ended this pairing's protection
+	// (UnprotectRequested here, or ByeUnprotect from the peer); "" when
+	// it was not ended on purpose. A primary that lost its backup by
+	// accident may be re-protected automatically; one whose protection
+	// the operator ended is not.
+	Unprotected string
 }
 
 // Node is the failover state machine of one protected domain on one host.
@@ -232,7 +238,7 @@ func (n *Node) Status() Status {
 		BackupIcount: n.icount, Unread: n.unread, Lag: n.lag(), MaxLag: n.maxLag, DrainTarget: n.target,
 		AckedOffset: n.ackedOffset, AckedIcount: n.ackedIcount, AckedFed: n.ackedFed,
 		LockAttempts: n.lockAttempts, Ignored: n.ignored, LastIgnored: n.lastIgnored,
-		PeerRestarting: n.peerRestarting, Hung: n.hung,
+		PeerRestarting: n.peerRestarting, Hung: n.hung, Unprotected: n.unprotected,
 	}
 }
 

@@ -1033,6 +1033,7 @@ func (d *Daemon) startPrimary(h ctl.Hook, cfg ftxml.Config, ld *libvirtxml.Domai
 		log.Error(err)
 		return err
 	}
+	go d.autoReprotect(dm, p) // should its backup be lost
 	return nil
 }
 

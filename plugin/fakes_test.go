@@ -270,6 +270,19 @@ func (q *fakeQEMU) emit(t testing.TB, events []byte) {
 	q.mu.Unlock()
 }
 
+// emitToClosedLog is emit into a FIFO A nobody reads any more: the write
+// fails and the QEMU stops, as packaging/qemu 0006 makes it (run state
+// io-error; a cont then ends its recording).
+func (q *fakeQEMU) emitToClosedLog(t testing.TB, events []byte) {
+	t.Helper()
+	if err := q.record.write(events); err == nil {
+		t.Fatal("the record log was written although its reader closed")
+	}
+	q.mu.Lock()
+	q.ioError, q.paused = true, true
+	q.mu.Unlock()
+}
+
 // stall makes a replaying QEMU stop reading FIFO B (SIGSTOP).
 func (q *fakeQEMU) stall() {
 	q.mu.Lock()

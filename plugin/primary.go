@@ -105,6 +105,15 @@ type primaryRun struct {
 	reprotectXML string
 	reprotecting bool
 	reprot       *ctl.Reprotect
+	// primaryXML: the domain XML its prepare hook armed the backup from
+	// (a re-protection after the backup was lost sends it again).
+	primaryXML string
+	// origin: the backup run whose QEMU this is (a VM that went live
+	// here, re-protected since): its close is this run's to do.
+	origin *backupRun
+	// logEnded: its record log was ended for a re-protection (endLog):
+	// the VM runs on without recording and the pump is gone.
+	logEnded bool
 }
 
 type sample struct {
@@ -305,6 +314,7 @@ func (p *primaryRun) prepare(xml string, dom *libvirtxml.Domain) (err error) {
 	p.setState(ctl.StatePreparing, "contacting peer "+p.peer)
 	p.mu.Lock()
 	p.userTitle, p.userDesc, p.userKnown = dom.Title, dom.Description, true
+	p.primaryXML = xml
 	p.mu.Unlock()
 	qemuVer, err := p.env.hv.QEMUVersion()
 	if err != nil {
@@ -1279,7 +1289,7 @@ func (p *primaryRun) recordAck(offset, icount uint64) uint64 {
 func (p *primaryRun) qemuStopped(why string) {
 	p.mu.Lock()
 	p.running = false
-	rr, link, live := p.rr, p.link, p.from != nil
+	rr, link, live := p.rr, p.link, p.from != nil || p.logEnded
 	p.mu.Unlock()
 	if live {
 		// The VM that went live here is gone: release the former

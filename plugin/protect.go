@@ -39,6 +39,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/plugin/reprotect"
@@ -81,18 +82,18 @@ func (d *Daemon) protect(name, peer string) (ctl.DomainStatus, error) {
 	return s, nil
 }
 
-// claimReprotect checks that dm's run is a VM that went live here and runs
-// alone, and marks it as being re-protected (one at a time); the caller
-// then runs reprotect.
+// claimReprotect checks that dm's run may be re-protected (reprotectable)
+// and marks it as being re-protected (one at a time); the caller then runs
+// reprotect.
 func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.DomainStatus, error) {
 	live, ok := dm.current().(*primaryRun)
 	if !ok || !live.active() {
 		s := dm.status()
-		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s): only a VM that went live on this host after a failover can be re-protected; see virt-ft status", name, s.State, s.Role)
+		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s): only a VM that runs alone on this host (it went live after a failover, or lost its backup) can be re-protected; see virt-ft status", name, s.State, s.Role)
 	}
 	s := live.status()
+	ok, why := live.reprotectable(false)
 	live.mu.Lock()
-	ok = live.reprotectableLocked()
 	busy := live.reprotecting
 	if ok && !busy {
 		live.reprotecting = true
@@ -103,21 +104,49 @@ func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.Domai
 	case busy:
 		return nil, s, fmt.Errorf("protect: domain %q: a re-protection is under way; follow it with virt-ft status", name)
 	case !ok:
-		why := ""
-		if s.Detail != "" {
-			why = ": " + s.Detail
-		}
-		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s)%s; only a VM that went live on this host after a failover, without a restart (the patched QEMU), and runs alone can be re-protected; see virt-ft status", name, s.State, s.Role, why)
+		return nil, s, fmt.Errorf("protect: domain %q is %s here (role %s): %s; only a VM that runs alone on this host (it went live after a failover, or lost its backup) can be re-protected; see virt-ft status", name, s.State, s.Role, why)
 	}
 	return live, s, nil
 }
 
-// reprotectableLocked: the run is a VM that went live here without a
-// restart (the patched QEMU left replay mode at END) and runs alone, not
-// recording (a re-protection that failed after its switchover leaves it
-// recording: recordFIFO). Caller holds p.mu.
-func (p *primaryRun) reprotectableLocked() bool {
-	return p.from != nil && p.recordFIFO == "" && p.running && p.state == ctl.StateLive
+// reprotectable reports whether p may be re-protected now, or why not:
+//   - a VM that went live here without a restart (the patched QEMU left
+//     replay mode at END), or whose log was ended for an earlier attempt
+//     (endLog): it runs alone and does not record;
+//   - a primary that lost its backup and won the split-brain lock (its
+//     failover core is unprotected): it records into a log read and
+//     discarded here, which endLog ends first.
+//
+// auto (the automatic re-protection) also refuses a pairing whose
+// protection the operator ended (virt-ft unprotect, on either host).
+func (p *primaryRun) reprotectable(auto bool) (bool, string) {
+	p.mu.Lock()
+	running, state, detail := p.running, p.state, p.detail
+	alone := (p.from != nil || p.logEnded) && p.recordFIFO == "" && (state == ctl.StateLive || state == ctl.StateUnprotected)
+	recording := p.from == nil && !p.logEnded && p.recordFIFO != "" && p.primaryXML != "" && state == ctl.StateUnprotected && p.hung == "" && !p.switchedOver
+	drv := p.drv
+	p.mu.Unlock()
+	switch {
+	case !running:
+		return false, "its VM does not run"
+	case alone:
+		return true, ""
+	case recording && drv != nil:
+		st, _ := drv.View()
+		if st.State != failover.StateUnprotected {
+			return false, fmt.Sprintf("its backup is being lost (failover state %s)", st.State)
+		}
+		if auto && st.Unprotected != "" {
+			return false, "its protection was ended on purpose (" + st.Unprotected + ")"
+		}
+		return true, ""
+	case state == ctl.StateLive && p.recordFIFO != "":
+		return false, "it records (a re-protection failed after its switchover, or it went live by a restart with stock QEMU); restart the VM to protect it"
+	}
+	if detail == "" {
+		detail = "it has a backup"
+	}
+	return false, detail
 }
 
 // Auto re-protection's pace (cfg.AutoReprotect): the failed host is asked
@@ -130,16 +159,21 @@ const (
 	autoReprotectMax   = 5 * time.Minute
 )
 
-// autoReprotect re-protects live, a VM that just went live here, onto the
-// host it failed over from as soon as that host's libvirt-ftd answers
-// (issue 13, <ft:reprotect auto>), with a backoff after each failure. It
-// ends when live ends, is re-protected (also by virt-ft protect), or the
-// daemon stops.
+// autoReprotect watches live, a primary run or a VM that went live here,
+// and re-protects it (issue 13, <ft:reprotect auto>) whenever it runs
+// alone (reprotectable) and its peer's libvirt-ftd answers: the host it
+// failed over from, or its backup host; with a backoff after each failed
+// attempt. It ends when live ends, is replaced as the domain's run (a
+// re-protection succeeded: the new run has its own), or the daemon stops.
 func (d *Daemon) autoReprotect(dm *domain, live *primaryRun) {
-	if !live.from.cfg.AutoReprotect {
+	cfg := live.cfg
+	if live.from != nil {
+		cfg = live.from.cfg // the primary's host is the peer
+	}
+	if !cfg.AutoReprotect {
 		return
 	}
-	peer := peerAddr(live.from.cfg)
+	peer := peerAddr(cfg)
 	log := live.log.WithField("step", "auto re-protection")
 	wait, backoff := autoReprotectPoll, autoReprotectFirst
 	for {
@@ -157,12 +191,8 @@ func (d *Daemon) autoReprotect(dm *domain, live *primaryRun) {
 		if dm.current() != live {
 			return // re-protected, or replaced
 		}
-		live.mu.Lock()
-		ok := live.reprotectableLocked()
-		live.mu.Unlock()
-		if !ok {
-			log.Info("the VM can no longer be re-protected automatically (see virt-ft status)")
-			return
+		if ok, _ := live.reprotectable(true); !ok {
+			continue // replicating, or not (yet) to be re-protected
 		}
 		if !d.peerAnswers(peer) {
 			continue
@@ -240,18 +270,26 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err er
 			live.detail = detail
 		}
 		live.mu.Unlock()
+		return err
 	}
-	return err
+	// The new pairing's own watch (its backup may be lost too).
+	go d.autoReprotect(dm, p)
+	return nil
 }
 
 // newReprotectRun is the primary run a re-protection of live builds: the
 // persistent definition go-live made (ftxml.LivePrimary), its backup on
 // peerArg or on the host the VM failed over from.
 func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun, error) {
-	b := live.from
-	primaryXML, err := ftxml.LivePrimary(b.backupXML)
-	if err != nil {
-		return nil, err
+	live.mu.Lock()
+	primaryXML, origin := live.primaryXML, live.origin
+	live.mu.Unlock()
+	if live.from != nil {
+		var err error
+		if primaryXML, err = ftxml.LivePrimary(live.from.backupXML); err != nil {
+			return nil, err
+		}
+		origin = live.from
 	}
 	cfg, _, err := ftxml.ParseConfig(primaryXML)
 	if err != nil {
@@ -265,8 +303,8 @@ func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun,
 		}
 	}
 	p := newPrimaryRun(d.env(), live.uuid, live.name, *cfg)
-	p.liveXML, p.running = true, true
-	p.reprotectXML = primaryXML
+	p.liveXML, p.origin, p.running = origin != nil, origin, true
+	p.reprotectXML, p.primaryXML = primaryXML, primaryXML
 	return p, nil
 }
 
@@ -311,9 +349,22 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		// The new primary's frames would bypass the output rule.
 		return fmt.Errorf("the live VM's output gates are not all in place (%d interfaces): re-protecting it would leave its output ungated; restart the VM to protect it", nics)
 	}
+	live.mu.Lock()
+	recording := live.recordFIFO != "" && live.from == nil && !live.logEnded
+	live.mu.Unlock()
+	if recording {
+		// Its backup was lost: its log, read and discarded here, ends
+		// first (a recording QEMU refuses the arming).
+		if err := live.endLog(); err != nil {
+			return fmt.Errorf("ending the record log its lost backup had: %w", err)
+		}
+		live.mu.Lock()
+		liveGates = live.gates
+		live.mu.Unlock()
+	}
 	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
 	p.epoch = epoch
-	live.setState(ctl.StateLive, "re-protecting: arming the backup on "+p.peer)
+	live.setState(live.stateNow(), "re-protecting: arming the backup on "+p.peer)
 	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareIncoming, UUID: p.uuid, Name: p.name, XML: p.reprotectXML,
 		QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: build, Epoch: epoch, Arbiter: e.cfg.arbiterName()}, nil); err != nil {
 		return fmt.Errorf("backup host %s refused the backup: %w", p.peer, err)
@@ -414,7 +465,7 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	if err := e.arbiter.Forget(p.uuid, epoch); err != nil {
 		return fmt.Errorf("the split-brain arbiter cannot record the new pairing: %w", err)
 	}
-	live.setState(ctl.StateLive, "re-protecting onto "+p.peer+": copying the disks and memory")
+	live.setState(live.stateNow(), "re-protecting onto "+p.peer+": copying the disks and memory")
 	res, err := src.Run(ctx)
 	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) {
 		return err // Source undid everything: the VM runs on as before
@@ -471,7 +522,9 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.undo.push(func() { rr.Close() })
 	p.undo.push(p.releaseGates)
 	p.undo.push(func() { link.Close() })
-	p.undo.push(func() { live.from.close("the live VM stopped") })
+	if origin := p.origin; origin != nil {
+		p.undo.push(func() { origin.close("the live VM stopped") })
+	}
 	live.mu.Lock()
 	live.gates = nil
 	live.mu.Unlock()
@@ -481,8 +534,7 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.state, p.detail = ctl.StateWaiting, "re-protected: waiting for the first log"
 	p.mu.Unlock()
 	dm.setRun(p)
-	// The live run is over (its undo is p's now): its loops end.
-	live.stopOnce.Do(func() { close(live.stop) })
+	live.retire()
 	go p.pump(rr, link, gates, logchan.NewStreamDecoder())
 	if err := client.Cont(); err != nil {
 		// Paused with its gates on and a backup that replays: the
@@ -596,4 +648,114 @@ func (p *primaryRun) reprotectView() *ctl.Reprotect {
 	}
 	r := *p.reprot
 	return &r
+}
+
+// stateNow is the run's state (for messages that keep it).
+func (p *primaryRun) stateNow() ctl.State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
+
+// retire ends a run that a re-protection replaced as the domain's run:
+// its failover core stops and its loops end, but its undo does not run
+// (what it held is the new run's now: the QEMU, its gates, the went-live
+// backup run; the FIFO A path it would remove is the new run's too).
+func (p *primaryRun) retire() {
+	p.mu.Lock()
+	drv := p.drv
+	p.drv = nil
+	p.mu.Unlock()
+	if drv != nil {
+		st, tm := stopCore(drv, p.log)
+		p.mu.Lock()
+		p.final, p.finalTm = st, tm
+		p.mu.Unlock()
+	}
+	p.stopOnce.Do(func() { close(p.stop) })
+}
+
+// endLogWait bounds how long endLog waits for the VM to meet the end of
+// its log (its next write into the closed FIFO; a recording guest writes
+// its log many times a second, even idle).
+const endLogWait = 30 * time.Second
+
+// endLog ends the record log of p, a primary whose backup was lost (its
+// log is read and discarded here): the pump stops, FIFO A's reader closes,
+// QEMU's next write fails and pauses the VM (packaging/qemu 0006), and
+// cont makes it run on without recording (replay mode none), as a VM that
+// went live does: ready to be re-protected. From the reader's close on,
+// the VM pauses at its next write whatever happens here, so the cont is
+// made in any case: if it does not come within endLogWait, a watcher
+// makes it when it does, and endLog returns an error. Errors: the pump
+// did not stop (nothing changed then), the VM did not pause in time.
+func (p *primaryRun) endLog() error {
+	p.mu.Lock()
+	ps, rr, fifo := p.ps, p.rr, p.recordFIFO
+	p.mu.Unlock()
+	hl, ok := rr.(handoverLog)
+	if ps == nil || !ok {
+		return errors.New("its log pump does not run")
+	}
+	ps.mu.Lock()
+	ps.handover = true
+	ps.cond.Broadcast()
+	ps.mu.Unlock()
+	_ = hl.SetReadDeadline(time.Unix(1, 0))
+	select {
+	case <-ps.ended:
+	case <-time.After(5 * time.Second):
+		return errors.New("the log pump did not stop")
+	}
+	p.mu.Lock()
+	p.rr, p.recordFIFO, p.logEnded = nil, "", true
+	p.mu.Unlock()
+	rr.Close()
+	_ = os.Remove(fifo)
+	p.log.Info("ending the record log (its backup was lost) to re-protect the VM: it pauses at its next write and continues without recording")
+	ended := make(chan error, 1)
+	go func() { ended <- p.contAtLogEnd() }()
+	select {
+	case err := <-ended:
+		return err
+	case <-time.After(endLogWait):
+		return fmt.Errorf("the VM did not reach the end of its log within %v (it continues once it does)", endLogWait)
+	case <-p.stop:
+		return errReprotectClosed
+	}
+}
+
+// errReprotectClosed ends a re-protection step whose run ended meanwhile.
+var errReprotectClosed = errors.New("re-protection: the run ended")
+
+// contAtLogEnd waits until the VM paused at the end of its log (run state
+// io-error) and continues it, which ends its recording (0006); it gives up
+// when the run ends.
+func (p *primaryRun) contAtLogEnd() error {
+	for {
+		if client, release, err := p.env.qmp(p.uuid); err == nil {
+			st, serr := client.QueryStatus()
+			if serr == nil && st.Status == "io-error" {
+				err := client.Cont()
+				ri, rerr := client.QueryReplay()
+				release()
+				switch {
+				case err != nil:
+					p.log.WithError(err).Warn("continuing the VM at its log's end; retrying")
+				case rerr == nil && ri.Mode != "none":
+					return fmt.Errorf("the VM still records (replay mode %q) after its log's end: is it libvirt-ft's patched QEMU?", ri.Mode)
+				default:
+					p.log.Info("the VM runs on without recording")
+					return nil
+				}
+			} else {
+				release()
+			}
+		}
+		select {
+		case <-p.stop:
+			return errReprotectClosed
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -1130,3 +1130,42 @@ func TestRunsProtectRefusals(t *testing.T) {
 		synctest.Wait()
 	})
 }
+
+// A primary that lost its backup is re-protected automatically too: its
+// record log (read and discarded since the loss) is ended first: FIFO A's
+// reader closes, QEMU's next write fails and stops the VM (0006), and the
+// daemon continues it, no longer recording. Here host b's QEMU cannot
+// receive a running VM, so the attempt fails after that: the VM runs on
+// alone, not recording and not paused, and may be re-protected again.
+func TestRunsAutoReprotectAfterBackupLossEndsTheLog(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		xml := strings.Replace(runDomainXML(t.TempDir()), `<ft:reprotect auto="no"/>`, `<ft:reprotect auto="yes"/>`, 1)
+		fp, primary := replicatingXML(t, xml)
+		if _, err := fp.b.hv.Destroy(runUUID); err != nil { // the backup's QEMU dies
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected || s.Failover != "unprotected" {
+			t.Fatalf("host a after its backup's loss: %s (%s) %q", s.State, s.Failover, s.Detail)
+		}
+		time.Sleep(autoReprotectPoll) // the auto loop's look: endLog closes FIFO A's reader
+		synctest.Wait()
+		primary.emitToClosedLog(t, instructions(10, 10))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if mode, _ := primary.state(); mode != "none" || primary.paused {
+			t.Fatalf("host a's VM after its log's end: mode %s paused %v, want running without recording", mode, primary.paused)
+		}
+		s := fp.a.status(t, "web")
+		if s.Reprotect == nil || s.Reprotect.Phase != "failed" || !strings.Contains(s.Reprotect.Error, "inmigrate") {
+			t.Fatalf("host a: %s %q, reprotect %+v", s.State, s.Detail, s.Reprotect)
+		}
+		if fp.b.hv.running(runUUID) != nil {
+			t.Fatal("host b's QEMU that could not receive the VM was left running")
+		}
+		if ok, why := fp.a.d.lookup(runUUID).current().(*primaryRun).reprotectable(true); !ok {
+			t.Fatalf("the VM running alone without recording is not re-protectable: %s", why)
+		}
+	})
+}

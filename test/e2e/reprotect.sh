@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end re-protection (issue 13): redundancy back without a reboot.
 # The demo domain runs protected on host A with two TCP clients connected
-# (an echo exchange and a counter stream, tcp.sh's). Each cycle fails the
-# primary's host (odd cycles: kill -9 of its QEMU; even cycles: the host
-# torn down and revived), waits until the backup runs live, then runs
-# `virt-ft protect` there: the VM gets a new backup on the failed host with
-# no reboot, and the next cycle fails over the other way. At the end both
+# (an echo exchange and a counter stream, tcp.sh's). Each cycle takes the
+# next of REPROTECT_MODES (default "qemu backup host"):
+#   qemu    kill -9 of the primary's QEMU: the backup goes live;
+#   backup  kill -9 of the backup's QEMU: the primary runs on alone;
+#   host    the primary's host torn down (the backup goes live), then
+#           revived with its daemons;
+# then the VM, running alone, gets a new backup on the other host with no
+# reboot, and the next cycle starts from that pairing. At the end both
 # clients must have stayed connected through every cycle with every byte
 # verified, and the guest's ticks must run on with no reboot. A last
 # failover (kill -9 of the primary's QEMU) checks that the last
@@ -13,7 +16,7 @@
 # PROTECT=auto (the default) leaves the re-protection to libvirt-ftd
 # (<ft:reprotect auto="yes">, as soon as the failed host's daemon answers);
 # PROTECT=manual turns that off and runs `virt-ft protect` on the live host.
-#   CYCLES=N [PROTECT=auto|manual] test/e2e/reprotect.sh
+#   CYCLES=N [PROTECT=auto|manual] [REPROTECT_MODES="qemu backup host"] test/e2e/reprotect.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CYCLES=${CYCLES:-1}
@@ -53,17 +56,33 @@ sleep 3
 
 primary=a backup=b
 report=()
+golives=1 # the last failover's
+read -r -a modes <<<"${REPROTECT_MODES:-qemu backup host}"
 for cycle in $(seq 1 "$CYCLES"); do
-	case $((cycle % 2)) in 1) mode=qemu ;; 0) mode=host ;; esac
-	say "cycle $cycle/$CYCLES: host $primary fails ($mode); host $backup goes live, then re-protects onto $primary"
+	mode=${modes[$(((cycle - 1) % ${#modes[@]}))]}
+	case $mode in
+	qemu | host) say "cycle $cycle/$CYCLES: host $primary fails ($mode); host $backup goes live, then re-protects onto $primary" ;;
+	backup) say "cycle $cycle/$CYCLES: the backup on host $backup is lost (kill -9 of its QEMU); host $primary re-protects onto it" ;;
+	*) die "unknown mode $mode (REPROTECT_MODES: qemu backup host)" ;;
+	esac
 	t0=$(date +%s%N)
 	case $mode in
 	qemu) on "$primary" kill -9 "$(qemu_pid "$primary" "$DOMAIN")" ;;
 	host) lab kill-host "$primary" >/dev/null ;;
+	backup) on "$backup" kill -9 "$(qemu_pid "$backup" "$DOMAIN")" ;;
 	esac
-	wait_replay_mode 60 "the VM to run live on host $backup" "$backup" "$DOMAIN" none
-	failover_ms=$((($(date +%s%N) - t0) / 1000000))
-	log "live on host $backup $failover_ms ms after the failure (as this test polls)"
+	if [ $mode = backup ]; then
+		# The primary runs on alone, then gets a new backup there.
+		old=$primary primary=$backup backup=$old
+		wait_for 60 "host $backup to run the VM alone" sh -c "'$LAB' exec $backup '$VIRT_FT' status --json '$DOMAIN' | jq -e '.[0].state != \"replicating\"' >/dev/null"
+		failover_ms=$((($(date +%s%N) - t0) / 1000000))
+		log "host $backup unprotected $failover_ms ms after the backup's loss (as this test polls)"
+	else
+		golives=$((golives + 1))
+		wait_replay_mode 60 "the VM to run live on host $backup" "$backup" "$DOMAIN" none
+		failover_ms=$((($(date +%s%N) - t0) / 1000000))
+		log "live on host $backup $failover_ms ms after the failure (as this test polls)"
+	fi
 	if [ $mode = host ]; then
 		lab revive-host "$primary" >/dev/null
 		restart_ftd "$primary"
@@ -81,11 +100,11 @@ for cycle in $(seq 1 "$CYCLES"); do
 	wait_for 30 "the re-protected pairing to replicate" sh -c "'$LAB' exec $backup '$VIRT_FT' status --json '$DOMAIN' | jq -e '.[0].state == \"replicating\"' >/dev/null"
 	protected_ms=$((($(date +%s%N) - t1) / 1000000))
 	ft_on "$backup" status "$DOMAIN" | grep -E 're-protected|re-protection' | sed 's/^/     /' || true
-	st=$(ft_on "$backup" status --json "$DOMAIN")
+	st=$(ft_on "$backup" status --json "$DOMAIN" || true) # exit 1: unprotected
 	pause=$(jq -r '.[0].reprotect.pause_ms' <<<"$st")
-	mem=$(jq -r '.[0].reprotect.memory_bytes' <<<"$st")
-	disk=$(jq -r '.[0].reprotect.disk_bytes' <<<"$st")
-	report+=("cycle $cycle ($mode, $primary -> $backup): failover $failover_ms ms; protected again $protected_ms ms after that ($PROTECT); pause $pause ms; copied $((mem >> 20)) MiB memory, $((disk >> 20)) MiB disk")
+	mem_bytes=$(jq -r '.[0].reprotect.memory_bytes' <<<"$st")
+	disk_bytes=$(jq -r '.[0].reprotect.disk_bytes' <<<"$st")
+	report+=("cycle $cycle ($mode; runs on $backup, new backup on $primary): failover or loss $failover_ms ms; protected again $protected_ms ms after that ($PROTECT); pause $pause ms; copied $((mem_bytes >> 20)) MiB memory, $((disk_bytes >> 20)) MiB disk")
 	log "${report[-1]}"
 	# A few ticks on the new pairing before the next failure.
 	tick=$(last_tick "$backup" "$DOMAIN")
@@ -130,15 +149,15 @@ if ! [ "${last:-0}" -gt "$first_tick" ] || ! ticks_consecutive "$primary" "$DOMA
 	log "ticks on host $primary: first $first_tick, last ${last:-none}"
 	failed=1
 fi
-st=$(ft_on "$primary" status --json "$DOMAIN")
+st=$(ft_on "$primary" status --json "$DOMAIN" || true) # exit 1: unprotected
 # Live, or (PROTECT=auto) re-protected again onto the host whose QEMU died.
 case $(jq -r '.[0].state' <<<"$st") in
 live | replicating) ;;
 *) log "host $primary: $(jq -c '.[0] | {state, detail}' <<<"$st")"; failed=1 ;;
 esac
 n_rarp=$(grep -ci "52:54:00:fa:00:01.*Reverse" "$rarp" || true)
-if [ "$n_rarp" -lt $((CYCLES + 1)) ]; then
-	log "RARP frames with the guest's MAC on the LAN: $n_rarp, want one burst per go-live ($((CYCLES + 1)))"
+if [ "$n_rarp" -lt $golives ]; then
+	log "RARP frames with the guest's MAC on the LAN: $n_rarp, want a burst per go-live ($golives)"
 	failed=1
 fi
 # The disk writer's records: power the guest off where it runs (once no
