@@ -133,7 +133,7 @@ type Status struct {
 	PeerRestarting bool
 	// Hung (primary) is why KillVM killed this host's QEMU; "" if it did
 	// not. A run being killed must not start an unprotect or a handover.
-Hung string
+	Hung string
 	// Unprotected is why the operator ended this pairing's protection
 	// (UnprotectRequested here, or ByeUnprotect from the peer); "" when
 	// it was not ended on purpose. A primary that lost its backup by
