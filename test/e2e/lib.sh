@@ -182,9 +182,14 @@ lab_stop() {
 # domain_xml NAME [EXTRA-SED]: the demo domain with our ft element.
 # EMULATOR (optional) replaces the QEMU binary (same path on both hosts);
 # DOMAIN_XML_EDIT (optional) is a sed expression applied to the domain.
+# FT_REPROTECT is its <ft:reprotect auto>: "no" unless a scenario says
+# otherwise, so that the scenarios that lose a backup or fail over see the
+# VM stay alone (reprotect.sh tests re-protection); "" leaves the element
+# out (the product's default, yes).
 domain_xml() {
-	local name=$1 extra=${2:-${DOMAIN_XML_EDIT:-}}
+	local name=$1 extra=${2:-${DOMAIN_XML_EDIT:-}} auto=${FT_REPROTECT-no}
 	sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$IMAGES/vmlinuz|g" \
+		${auto:+-e "s|</ft:ft>|<ft:reprotect auto=\"$auto\"/></ft:ft>|"} \
 		-e "s|@INITRD@|$IMAGES/initrd.img|g" -e "s|@DISK@|$IMAGES/$name.qcow2|g" \
 		-e "s|@PEER@|$HOST_B_IP|g" -e "s|@GUEST_ARGS@|${GUEST_ARGS:-}|g" \
 		-e "s|<emulator>.*</emulator>|<emulator>${EMULATOR:-/usr/bin/qemu-system-x86_64}</emulator>|" \

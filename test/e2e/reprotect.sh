@@ -22,8 +22,8 @@ source "$(dirname "$0")/lib.sh"
 CYCLES=${CYCLES:-1}
 PROTECT=${PROTECT:-auto}
 case $PROTECT in
-auto) ;;
-manual) export DOMAIN_XML_EDIT='s|</ft:ft>|<ft:reprotect auto="no"/></ft:ft>|' ;;
+auto) export FT_REPROTECT= ;; # the default: yes
+manual) export FT_REPROTECT=no ;;
 *) die "PROTECT is auto or manual" ;;
 esac
 HEARTBEAT_TIMEOUT_S=1
