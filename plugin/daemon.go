@@ -750,6 +750,9 @@ func (d *Daemon) switchover(name string) error {
 // It returns this host's status of the domain as it was asked (the backup's
 // run may be gone by the time the caller looks).
 func (d *Daemon) unprotect(name string) (ctl.DomainStatus, error) {
+	if s, ok := d.stopAutoReprotect(name); ok {
+		return s, nil
+	}
 	_, s, drv, err := d.replicating("unprotect", name, "nothing to end")
 	if err != nil {
 		return s, err
@@ -764,6 +767,35 @@ func (d *Daemon) unprotect(name string) (ctl.DomainStatus, error) {
 	}
 	d.log.WithField("domain", s.Name).Info("ending protection (virt-ft unprotect)")
 	return s, nil
+}
+
+// stopAutoReprotect is virt-ft unprotect of a VM that runs alone here (it
+// went live, or lost its backup): nothing to end but its automatic
+// re-protection, which stops for this run (issue 13). ok reports that name
+// was such a run.
+func (d *Daemon) stopAutoReprotect(name string) (ctl.DomainStatus, bool) {
+	name = d.resolveName(name)
+	for _, dm := range d.domains() {
+		s := dm.status()
+		if s.Name != name && s.UUID != name {
+			continue
+		}
+		p, ok := dm.current().(*primaryRun)
+		if !ok || !p.active() || (s.State != ctl.StateLive && s.State != ctl.StateUnprotected) {
+			return s, false
+		}
+		if drv := p.driver(); drv != nil {
+			if st, _ := drv.View(); st.Unprotected != "" {
+				return s, false // ended on purpose already
+			}
+		}
+		p.mu.Lock()
+		p.noAuto = true
+		p.mu.Unlock()
+		d.log.WithField("domain", s.Name).Info("virt-ft unprotect of a VM running alone: no automatic re-protection for it")
+		return p.status(), true
+	}
+	return ctl.DomainStatus{}, false
 }
 
 func (d *Daemon) status(name string) []ctl.DomainStatus {

@@ -900,6 +900,16 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	}
 	p := newPrimaryRun(e, rec.UUID, rec.Name, *cfg)
 	p.peer, p.epoch, p.running = rec.Peer, rec.Epoch, true
+	// What a re-protection after its backup's loss sends (protect.go): a
+	// VM that went live here (re-protected since) still runs with the
+	// backup's definition.
+	p.primaryXML = def.XML
+	if cfg.Role == ftxml.RoleBackup {
+		p.liveXML = true
+		if px, err := ftxml.LivePrimary(def.XML); err == nil {
+			p.primaryXML = px
+		}
+	}
 	p.sentBytes, p.ackedBytes, p.logInstr = rec.Offset, rec.Offset, rec.Instructions
 	p.restartPaused, p.claimPaused = true, true
 	p.undo.push(func() { rr.Close() })
@@ -964,6 +974,7 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	dm.setRun(p)
 	go p.pump(rr, link, gates, dec)
 	p.startNotes()
+	go d.autoReprotect(dm, p) // should its backup be lost
 	go func() {
 		e.resumeVM(rec.UUID, p.stop)
 		if rec.PausedAt > 0 {

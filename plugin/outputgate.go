@@ -222,6 +222,12 @@ func recordPosition(e env, rr interface{ Produced() (uint64, error) }, exact boo
 	}
 	return func() uint64 {
 		p, err := rr.Produced()
+		if errors.Is(err, os.ErrClosed) {
+			// FIFO A's reader was closed on purpose (the run ends, or
+			// endLog ended the log): the gates pass frames or hold
+			// them for good; no position to report.
+			return math.MaxUint64
+		}
 		if err != nil {
 			// Produced then undercounts (the pipe's unread bytes are
 			// missing): hold the frame until Unprotect or Drop rather

@@ -111,9 +111,13 @@ type primaryRun struct {
 	// origin: the backup run whose QEMU this is (a VM that went live
 	// here, re-protected since): its close is this run's to do.
 	origin *backupRun
-	// logEnded: its record log was ended for a re-protection (endLog):
-	// the VM runs on without recording and the pump is gone.
-	logEnded bool
+	// logEnding: endLog has begun ending its record log (the pump stops;
+	// the run no longer ends with it: qemuStopped closes it). logEnded:
+	// the VM was seen running on without recording since.
+	logEnding, logEnded bool
+	// noAuto: the operator ended its protection (virt-ft unprotect) while
+	// it ran alone: no automatic re-protection.
+	noAuto bool
 }
 
 type sample struct {
@@ -1289,7 +1293,7 @@ func (p *primaryRun) recordAck(offset, icount uint64) uint64 {
 func (p *primaryRun) qemuStopped(why string) {
 	p.mu.Lock()
 	p.running = false
-	rr, link, live := p.rr, p.link, p.from != nil || p.logEnded
+	rr, link, live := p.rr, p.link, p.from != nil || p.logEnding
 	p.mu.Unlock()
 	if live {
 		// The VM that went live here is gone: release the former

@@ -121,14 +121,19 @@ func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.Domai
 // protection the operator ended (virt-ft unprotect, on either host).
 func (p *primaryRun) reprotectable(auto bool) (bool, string) {
 	p.mu.Lock()
-	running, state, detail := p.running, p.state, p.detail
+	running, state, detail, noAuto := p.running, p.state, p.detail, p.noAuto
 	alone := (p.from != nil || p.logEnded) && p.recordFIFO == "" && (state == ctl.StateLive || state == ctl.StateUnprotected)
-	recording := p.from == nil && !p.logEnded && p.recordFIFO != "" && p.primaryXML != "" && state == ctl.StateUnprotected && p.hung == "" && !p.switchedOver
+	recording := p.from == nil && !p.logEnding && p.recordFIFO != "" && p.primaryXML != "" && state == ctl.StateUnprotected && p.hung == "" && !p.switchedOver
+	ending := p.logEnding && !p.logEnded
 	drv := p.drv
 	p.mu.Unlock()
 	switch {
 	case !running:
 		return false, "its VM does not run"
+	case auto && noAuto:
+		return false, "its protection was ended on purpose (virt-ft unprotect)"
+	case ending:
+		return false, "its record log is being ended (it continues once the VM met its end)"
 	case alone:
 		return true, ""
 	case recording && drv != nil:
@@ -167,13 +172,16 @@ const (
 // re-protection succeeded: the new run has its own), or the daemon stops.
 func (d *Daemon) autoReprotect(dm *domain, live *primaryRun) {
 	cfg := live.cfg
+	live.mu.Lock()
+	peer := live.peer // its backup's host
+	live.mu.Unlock()
 	if live.from != nil {
-		cfg = live.from.cfg // the primary's host is the peer
+		cfg = live.from.cfg
+		peer = peerAddr(cfg) // the host it failed over from
 	}
 	if !cfg.AutoReprotect {
 		return
 	}
-	peer := peerAddr(cfg)
 	log := live.log.WithField("step", "auto re-protection")
 	wait, backoff := autoReprotectPoll, autoReprotectFirst
 	for {
@@ -241,7 +249,7 @@ func splitPeer(peer string) (host string, port int, err error) {
 func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err error) {
 	t0 := time.Now()
 	live.mu.Lock()
-	detail := live.detail
+	state, detail := live.state, live.detail
 	live.mu.Unlock()
 	rp := &ctl.Reprotect{Phase: "arming"}
 	live.setReprotect(rp)
@@ -266,14 +274,16 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err er
 		live.setReprotect(&failed)
 		live.log.WithError(err).Error("re-protection failed; the VM runs on alone")
 		live.mu.Lock()
-		if live.state == ctl.StateLive && live.active() {
+		if live.state == state {
 			live.detail = detail
 		}
 		live.mu.Unlock()
 		return err
 	}
-	// The new pairing's own watch (its backup may be lost too).
+	// The new pairing's own watch (its backup may be lost too), and the
+	// VM's title saying so.
 	go d.autoReprotect(dm, p)
+	p.startNotes()
 	return nil
 }
 
@@ -283,6 +293,10 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err er
 func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun, error) {
 	live.mu.Lock()
 	primaryXML, origin := live.primaryXML, live.origin
+	if peerArg == "" && live.from == nil {
+		// Its backup's host, which a --peer may have chosen.
+		peerArg = live.peer
+	}
 	live.mu.Unlock()
 	if live.from != nil {
 		var err error
@@ -350,17 +364,21 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		return fmt.Errorf("the live VM's output gates are not all in place (%d interfaces): re-protecting it would leave its output ungated; restart the VM to protect it", nics)
 	}
 	live.mu.Lock()
-	recording := live.recordFIFO != "" && live.from == nil && !live.logEnded
+	recording := live.recordFIFO != "" && live.from == nil && !live.logEnding
 	live.mu.Unlock()
 	if recording {
-		// Its backup was lost: its log, read and discarded here, ends
-		// first (a recording QEMU refuses the arming).
-		if err := live.endLog(); err != nil {
-			return fmt.Errorf("ending the record log its lost backup had: %w", err)
+		// Stock QEMU runs on recording nowhere rather than stopping at
+		// its log's end (packaging/qemu 0006), and cannot arm (0021).
+		// Asked of the running QEMU (query-version), as go-live does.
+		c, rel, err := e.qmp(p.uuid)
+		if err != nil {
+			return err
 		}
-		live.mu.Lock()
-		liveGates = live.gates
-		live.mu.Unlock()
+		v, err := c.QueryVersion()
+		rel()
+		if err != nil || !strings.Contains(v.Package, patchedPackage) {
+			return fmt.Errorf("the VM's QEMU is not libvirt-ft's patched QEMU (%s; query-version: %q, %v): it cannot end its log to be re-protected", patchedQEMUPath, v.Package, err)
+		}
 	}
 	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
 	p.epoch = epoch
@@ -378,6 +396,18 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 			p.cancelPeerBackup()
 		}
 	}()
+	if recording {
+		// Its backup was lost: its log, read and discarded here, ends
+		// first (a recording QEMU refuses the arming); only now that the
+		// peer has taken the new backup. Before FIFO A is made again at
+		// the same path.
+		if err := live.endLog(); err != nil {
+			return fmt.Errorf("ending the record log its lost backup had: %w", err)
+		}
+		live.mu.Lock()
+		liveGates = live.gates
+		live.mu.Unlock()
+	}
 
 	fifo := ftxml.RecordFIFOPath(p.cfg, p.uuid)
 	rr, err := e.pipes.Record(fifo, e.qemuUID, e.qemuGID)
@@ -663,9 +693,12 @@ func (p *primaryRun) stateNow() ctl.State {
 // backup run; the FIFO A path it would remove is the new run's too).
 func (p *primaryRun) retire() {
 	p.mu.Lock()
-	drv := p.drv
-	p.drv = nil
+	drv, link := p.drv, p.link
+	p.drv, p.link = nil, nil
 	p.mu.Unlock()
+	if link != nil {
+		link.Close() // a lost backup's channel
+	}
 	if drv != nil {
 		st, tm := stopCore(drv, p.log)
 		p.mu.Lock()
@@ -697,6 +730,10 @@ func (p *primaryRun) endLog() error {
 	if ps == nil || !ok {
 		return errors.New("its log pump does not run")
 	}
+	// From here the pump's end is not the run's (qemuStopped closes it).
+	p.mu.Lock()
+	p.logEnding = true
+	p.mu.Unlock()
 	ps.mu.Lock()
 	ps.handover = true
 	ps.cond.Broadcast()
@@ -705,11 +742,26 @@ func (p *primaryRun) endLog() error {
 	select {
 	case <-ps.ended:
 	case <-time.After(5 * time.Second):
+		// Nothing changed: the pump goes on reading.
+		ps.mu.Lock()
+		ps.handover = false
+		ps.mu.Unlock()
+		_ = hl.SetReadDeadline(time.Time{})
+		p.mu.Lock()
+		p.logEnding = false
+		p.mu.Unlock()
 		return errors.New("the log pump did not stop")
 	}
 	p.mu.Lock()
-	p.rr, p.recordFIFO, p.logEnded = nil, "", true
+	p.rr, p.recordFIFO = nil, ""
+	running := p.running
 	p.mu.Unlock()
+	if !running {
+		// QEMU stopped meanwhile (its hook found the pump still
+		// running): the run ends here.
+		p.close("the VM stopped")
+		return errors.New("the VM stopped")
+	}
 	rr.Close()
 	_ = os.Remove(fifo)
 	p.log.Info("ending the record log (its backup was lost) to re-protect the VM: it pauses at its next write and continues without recording")
@@ -729,28 +781,31 @@ func (p *primaryRun) endLog() error {
 var errReprotectClosed = errors.New("re-protection: the run ended")
 
 // contAtLogEnd waits until the VM paused at the end of its log (run state
-// io-error) and continues it, which ends its recording (0006); it gives up
-// when the run ends.
+// io-error) and continues it, which ends its recording (0006), until it
+// runs without recording (logEnded); it gives up only when the run ends.
 func (p *primaryRun) contAtLogEnd() error {
+	warned := false
 	for {
 		if client, release, err := p.env.qmp(p.uuid); err == nil {
 			st, serr := client.QueryStatus()
-			if serr == nil && st.Status == "io-error" {
-				err := client.Cont()
-				ri, rerr := client.QueryReplay()
-				release()
-				switch {
-				case err != nil:
+			ri, rerr := client.QueryReplay()
+			switch {
+			case serr == nil && st.Status == "io-error":
+				if err := client.Cont(); err != nil {
 					p.log.WithError(err).Warn("continuing the VM at its log's end; retrying")
-				case rerr == nil && ri.Mode != "none":
-					return fmt.Errorf("the VM still records (replay mode %q) after its log's end: is it libvirt-ft's patched QEMU?", ri.Mode)
-				default:
-					p.log.Info("the VM runs on without recording")
-					return nil
 				}
-			} else {
+			case serr == nil && st.Running && rerr == nil && ri.Mode == "none":
 				release()
+				p.mu.Lock()
+				p.logEnded = true
+				p.mu.Unlock()
+				p.log.Info("the VM runs on without recording")
+				return nil
+			case rerr == nil && ri.Mode == "record" && st.Running && !warned:
+				warned = true
+				p.log.Info("waiting for the VM's next log write (it pauses there)")
 			}
+			release()
 		}
 		select {
 		case <-p.stop:

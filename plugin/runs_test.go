@@ -1131,12 +1131,13 @@ func TestRunsProtectRefusals(t *testing.T) {
 	})
 }
 
-// A primary that lost its backup is re-protected automatically too: its
-// record log (read and discarded since the loss) is ended first: FIFO A's
-// reader closes, QEMU's next write fails and stops the VM (0006), and the
-// daemon continues it, no longer recording. Here host b's QEMU cannot
-// receive a running VM, so the attempt fails after that: the VM runs on
-// alone, not recording and not paused, and may be re-protected again.
+// A primary that lost its backup is re-protected automatically too. Its
+// record log (read and discarded since the loss) is ended only once the
+// peer took the new backup: here host b's QEMU cannot receive a running VM,
+// so the attempt fails first and the VM goes on recording, unpaused. Ending
+// the log (endLog): FIFO A's reader closes, QEMU's next write fails and
+// stops the VM (0006), and the daemon continues it, no longer recording;
+// it may then be re-protected as a VM that went live.
 func TestRunsAutoReprotectAfterBackupLossEndsTheLog(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		xml := strings.Replace(runDomainXML(t.TempDir()), `<ft:reprotect auto="no"/>`, `<ft:reprotect auto="yes"/>`, 1)
@@ -1149,14 +1150,8 @@ func TestRunsAutoReprotectAfterBackupLossEndsTheLog(t *testing.T) {
 		if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected || s.Failover != "unprotected" {
 			t.Fatalf("host a after its backup's loss: %s (%s) %q", s.State, s.Failover, s.Detail)
 		}
-		time.Sleep(autoReprotectPoll) // the auto loop's look: endLog closes FIFO A's reader
+		time.Sleep(autoReprotectPoll) // the auto loop's attempt
 		synctest.Wait()
-		primary.emitToClosedLog(t, instructions(10, 10))
-		time.Sleep(time.Second)
-		synctest.Wait()
-		if mode, _ := primary.state(); mode != "none" || primary.paused {
-			t.Fatalf("host a's VM after its log's end: mode %s paused %v, want running without recording", mode, primary.paused)
-		}
 		s := fp.a.status(t, "web")
 		if s.Reprotect == nil || s.Reprotect.Phase != "failed" || !strings.Contains(s.Reprotect.Error, "inmigrate") {
 			t.Fatalf("host a: %s %q, reprotect %+v", s.State, s.Detail, s.Reprotect)
@@ -1164,8 +1159,59 @@ func TestRunsAutoReprotectAfterBackupLossEndsTheLog(t *testing.T) {
 		if fp.b.hv.running(runUUID) != nil {
 			t.Fatal("host b's QEMU that could not receive the VM was left running")
 		}
-		if ok, why := fp.a.d.lookup(runUUID).current().(*primaryRun).reprotectable(true); !ok {
+		primary.emit(t, instructions(10, 10)) // still read: the log was not ended
+		if mode, _ := primary.state(); mode != "record" || primary.paused {
+			t.Fatalf("host a's VM after a refused attempt: mode %s paused %v, want recording", mode, primary.paused)
+		}
+
+		p := fp.a.d.lookup(runUUID).current().(*primaryRun)
+		ended := make(chan error, 1)
+		go func() { ended <- p.endLog() }()
+		synctest.Wait()
+		primary.emitToClosedLog(t, instructions(10, 10))
+		if err := <-ended; err != nil {
+			t.Fatal(err)
+		}
+		if mode, _ := primary.state(); mode != "none" || primary.paused {
+			t.Fatalf("host a's VM after its log's end: mode %s paused %v, want running without recording", mode, primary.paused)
+		}
+		if ok, why := p.reprotectable(true); !ok {
 			t.Fatalf("the VM running alone without recording is not re-protectable: %s", why)
 		}
+		if s := fp.a.status(t, "web"); s.State != ctl.StateUnprotected {
+			t.Fatalf("host a after its log's end: %s %q", s.State, s.Detail)
+		}
+	})
+}
+
+// virt-ft unprotect of a VM that runs alone (here: went live) stops its
+// automatic re-protection; virt-ft protect still may.
+func TestRunsUnprotectStopsAutoReprotect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		xml := strings.Replace(runDomainXML(t.TempDir()), `<ft:reprotect auto="no"/>`, `<ft:reprotect auto="yes"/>`, 1)
+		fp, _ := replicatingXML(t, xml)
+		if _, err := fp.a.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond) // go-live; the auto loop's first look is at 2 s
+		synctest.Wait()
+		if s := fp.b.status(t, "web"); s.State != ctl.StateLive {
+			t.Fatalf("host b: %s %q", s.State, s.Detail)
+		}
+		if _, err := fp.b.d.unprotect("web"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		fp.a.hv.mu.Lock()
+		tries := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		if tries != 0 {
+			t.Fatalf("%d automatic re-protections after virt-ft unprotect", tries)
+		}
+		if _, err := fp.b.d.protect("web", ""); err != nil {
+			t.Fatalf("virt-ft protect after unprotect: %v", err)
+		}
+		synctest.Wait()
 	})
 }

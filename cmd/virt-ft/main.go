@@ -459,9 +459,20 @@ func protect(socket, domain, peer string, wait time.Duration) error {
 // host's side until it ended: a primary running alone, or a backup whose
 // replaying VM stopped (libvirt-ftd then forgets it).
 func unprotect(socket, domain string, wait time.Duration) error {
-	role, err := command(socket, ctl.OpUnprotect, domain)
+	resp, err := ctl.Call(socket, ctl.Request{Op: ctl.OpUnprotect, Domain: domain}, 5*time.Second)
 	if err != nil {
 		return err
+	}
+	if !resp.OK {
+		return fmt.Errorf("%s", resp.Error)
+	}
+	role := ctl.RolePrimary
+	if len(resp.Domains) == 1 {
+		role = resp.Domains[0].Role
+		if st := resp.Domains[0].State; role == ctl.RolePrimary && (st == ctl.StateLive || st == ctl.StateUnprotected) {
+			fmt.Printf("%s: runs alone on this host already; it will not be re-protected automatically (virt-ft protect still can)\n", domain)
+			return nil
+		}
 	}
 	fmt.Printf("%s: ending protection on the %s's host\n", domain, role)
 	if wait <= 0 {
