@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
@@ -422,10 +423,39 @@ func protect(socket, domain, peer string, wait time.Duration) error {
 		return nil
 	}
 	lastLine := ""
+	// On a terminal, a progress bar per phase (bytes, rate, time left);
+	// otherwise a line per change (scripts, logs).
+	fi, _ := os.Stdout.Stat()
+	tty := fi != nil && fi.Mode()&os.ModeCharDevice != 0
+	var bar *progressbar.ProgressBar
+	barPhase := ""
+	endBar := func() {
+		if bar != nil {
+			_ = bar.Finish()
+			fmt.Println()
+			bar = nil
+		}
+	}
 	return follow(socket, domain, "re-protection", wait, func(st ctl.DomainStatus) (bool, error) {
 		r := st.Reprotect
 		if r == nil {
 			return false, nil
+		}
+		if tty && r.TotalBytes > 0 && (r.Phase == "disks" || r.Phase == "memory") {
+			if bar == nil || barPhase != r.Phase {
+				endBar()
+				barPhase = r.Phase
+				what := map[string]string{"disks": "copying the disks", "memory": "copying the memory"}[r.Phase]
+				bar = progressbar.NewOptions64(int64(r.TotalBytes), progressbar.OptionSetDescription(what),
+					progressbar.OptionShowBytes(true), progressbar.OptionSetPredictTime(true),
+					progressbar.OptionSetWidth(30), progressbar.OptionFullWidth())
+			}
+			bar.ChangeMax64(int64(r.TotalBytes))
+			_ = bar.Set64(int64(min(r.DoneBytes, r.TotalBytes)))
+			return false, nil
+		}
+		if r.Phase == "done" || r.Phase == "failed" || r.Phase == "switchover" {
+			endBar()
 		}
 		switch r.Phase {
 		case "done":
