@@ -16,7 +16,10 @@
 # PROTECT=auto (the default) leaves the re-protection to libvirt-ftd
 # (<ft:reprotect auto="yes">, as soon as the failed host's daemon answers);
 # PROTECT=manual turns that off and runs `virt-ft protect` on the live host.
-#   CYCLES=N [PROTECT=auto|manual] [REPROTECT_MODES="qemu backup host"] test/e2e/reprotect.sh
+# FTD_KILL=1 (with PROTECT=auto) then kills libvirt-ftd on the VM's host
+# while its automatic re-protection copies, and starts it again: the VM
+# must run on there alone, with nothing left on the other host.
+#   CYCLES=N [PROTECT=auto|manual] [REPROTECT_MODES="qemu backup host"] [FTD_KILL=1] test/e2e/reprotect.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CYCLES=${CYCLES:-1}
@@ -38,7 +41,7 @@ fresh_protected_lab 8
 first_tick=$(last_tick a "$DOMAIN")
 # The clients outlast every cycle (10-20 s each in the lab) and the last
 # failover, then end by themselves; the test fails if they ended earlier.
-duration=$((40 + 25 * CYCLES))
+duration=$((40 + 25 * CYCLES + ${FTD_KILL:-0} * 40))
 out_echo=$(mktemp) out_stream=$(mktemp)
 SCRATCH+=("$out_echo" "$out_stream")
 client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${duration}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
@@ -123,6 +126,27 @@ log "${report[-1]}"
 primary=$backup
 tick=$(last_tick "$primary" "$DOMAIN")
 wait_for 60 "3 more ticks on host $primary" has_tick "$primary" "$DOMAIN" $((tick + 3))
+
+if [ "${FTD_KILL:-0}" = 1 ] && [ $PROTECT = auto ]; then
+	# Our daemon dies in the middle of its automatic re-protection, and
+	# starts again 2 s later (systemd's Restart=): the VM must run on, one
+	# copy only, nothing left waiting on the other host.
+	say "libvirt-ftd killed on host $primary during its automatic re-protection onto host $backup"
+	in_copy() { "$LAB" exec "$primary" "$VIRT_FT" status --json "$DOMAIN" 2>/dev/null | jq -e '.[0].reprotect.phase == "disks" or .[0].reprotect.phase == "memory"' >/dev/null; }
+	wait_for 60 "a re-protection copying on host $primary" in_copy
+	on "$primary" kill -9 "$(ftd_pid "$primary")"
+	sleep 2
+	restart_ftd "$primary"
+	runs_on() { [ "$(virsh_on "$1" domstate "$DOMAIN" 2>/dev/null || true)" = running ] && [ "$(replay_mode "$1" "$DOMAIN" || true)" = none ]; }
+	gone_from() { ! virsh_on "$1" list --name 2>/dev/null | grep -qx "$DOMAIN"; }
+	wait_for 60 "the VM to run on host $primary, not recording" runs_on "$primary"
+	wait_for 90 "nothing of the VM left on host $backup" gone_from "$backup"
+	tick=$(last_tick "$primary" "$DOMAIN")
+	wait_for 60 "3 more ticks on host $primary" has_tick "$primary" "$DOMAIN" $((tick + 3))
+	report+=("libvirt-ftd killed on host $primary during a re-protection: the VM runs on there, alone; nothing left on host $backup")
+	log "${report[-1]}"
+	ft_on "$primary" status "$DOMAIN" | sed 's/^/     /' || true
+fi
 
 for p in "${pids[@]:0:2}"; do
 	kill -0 "$p" 2>/dev/null || die "the TCP clients ended before the last failover ($duration s): the cycles took longer than the test allows"
