@@ -41,7 +41,7 @@ fresh_protected_lab 8
 first_tick=$(last_tick a "$DOMAIN")
 # The clients outlast every cycle (10-20 s each in the lab) and the last
 # failover, then end by themselves; the test fails if they ended earlier.
-duration=$((40 + 25 * CYCLES + ${FTD_KILL:-0} * 40))
+duration=$((30 + 20 * CYCLES + ${FTD_KILL:-0} * 40))
 out_echo=$(mktemp) out_stream=$(mktemp)
 SCRATCH+=("$out_echo" "$out_stream")
 client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${duration}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
