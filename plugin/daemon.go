@@ -790,8 +790,14 @@ func (d *Daemon) stopAutoReprotect(name string) (ctl.DomainStatus, bool) {
 			}
 		}
 		p.mu.Lock()
-		p.noAuto = true
+		busy := p.reprotecting
+		if !busy {
+			p.noAuto = true
+		}
 		p.mu.Unlock()
+		if busy {
+			return s, false // refused below: not replicating
+		}
 		d.log.WithField("domain", s.Name).Info("virt-ft unprotect of a VM running alone: no automatic re-protection for it")
 		return p.status(), true
 	}

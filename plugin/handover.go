@@ -906,9 +906,12 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	p.primaryXML = def.XML
 	if cfg.Role == ftxml.RoleBackup {
 		p.liveXML = true
-		if px, err := ftxml.LivePrimary(def.XML); err == nil {
-			p.primaryXML = px
+		px, err := ftxml.LivePrimary(def.XML)
+		if err != nil {
+			// Not re-protectable (reprotectable says why).
+			p.log.WithError(err).Warn("adopted: no primary definition to re-protect it from")
 		}
+		p.primaryXML = px
 	}
 	p.sentBytes, p.ackedBytes, p.logInstr = rec.Offset, rec.Offset, rec.Instructions
 	p.restartPaused, p.claimPaused = true, true

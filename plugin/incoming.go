@@ -14,6 +14,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,6 +36,14 @@ const incomingLogWait = time.Minute
 // incomingTimeout bounds the wait for the running VM's state (disks and
 // memory): reprotect.DefaultTimeout per phase on the primary's side.
 const incomingTimeout = reprotect.DefaultTimeout
+
+// incomingIdle: an arming with no stream open for this long before the
+// state arrived is given up (its primary's daemon died, or gave up
+// without a cancel reaching this host): the waiting QEMU stops. The
+// primary opens its first stream (a disk's NBD connection, or the
+// migration) within a second or two of the arming, and keeps one open
+// until the switchover.
+const incomingIdle = 30 * time.Second
 
 // incomingSockets are the unix sockets the waiting QEMU listens on for the
 // migration and the NBD copy, beside FIFO B (the directory is QEMU's user's:
@@ -121,30 +130,45 @@ func (d *Daemon) startIncoming(b *backupRun) error {
 		release()
 		return err
 	}
-	unregister := d.registerStreams(&streamTarget{uuid: b.uuid, armedBy: b.primaryHost, epoch: b.epoch,
-		sockets: map[string]string{logchan.StreamMigration: migSock, logchan.StreamNBD: nbdSock}})
+	target := &streamTarget{uuid: b.uuid, armedBy: b.primaryHost, epoch: b.epoch,
+		sockets: map[string]string{logchan.StreamMigration: migSock, logchan.StreamNBD: nbdSock}}
+	unregister := d.registerStreams(target)
 	b.undo.push(unregister)
 	b.setState(ctl.StateArmed, "waiting for the running VM's disks and memory")
 	b.log.Infof("armed to receive the running VM (re-protection): migration %s, NBD %s, disks %v", migSock, nbdSock, exports)
-	go b.finishIncoming(&dest, release, unregister, ia)
+	go b.finishIncoming(&dest, release, unregister, ia, target)
 	return nil
 }
 
 // finishIncoming waits for the running VM's state, then for the primary's
 // log channel, and starts the replay (cont). Any failure closes b, which
 // stops its QEMU.
-func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregister func(), ia *incomingArming) {
+func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregister func(), ia *incomingArming, target *streamTarget) {
 	defer release()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
 	go func() {
-		select {
-		case <-b.stop:
-			cancel()
-		case <-ctx.Done():
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-b.stop:
+				cancel(errors.New("the backup run ended"))
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if idle := target.idleFor(); idle > incomingIdle {
+					cancel(fmt.Errorf("no re-protection stream from the primary's host for %v", idle.Round(time.Second)))
+					return
+				}
+			}
 		}
 	}()
 	err := dest.Finish(ctx)
+	if err != nil && context.Cause(ctx) != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w: %v", err, context.Cause(ctx))
+	}
 	unregister() // the streams are done either way
 	if err != nil {
 		if b.active() {

@@ -276,6 +276,9 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err er
 		live.mu.Lock()
 		if live.state == state {
 			live.detail = detail
+			if live.logEnded && live.from == nil {
+				live.detail = "backup lost; runs alone without recording (its log was ended to re-protect it)"
+			}
 		}
 		live.mu.Unlock()
 		return err
@@ -730,7 +733,8 @@ func (p *primaryRun) endLog() error {
 	if ps == nil || !ok {
 		return errors.New("its log pump does not run")
 	}
-	// From here the pump's end is not the run's (qemuStopped closes it).
+	// From here the pump's end is not the run's (qemuStopped closes it),
+	// and there is no way back: the pump stops at its next read.
 	p.mu.Lock()
 	p.logEnding = true
 	p.mu.Unlock()
@@ -739,18 +743,25 @@ func (p *primaryRun) endLog() error {
 	ps.cond.Broadcast()
 	ps.mu.Unlock()
 	_ = hl.SetReadDeadline(time.Unix(1, 0))
+	ended := make(chan error, 1)
+	go func() { ended <- p.finishLogEnd(ps, rr, fifo) }()
+	select {
+	case err := <-ended:
+		return err
+	case <-time.After(endLogWait):
+		return fmt.Errorf("the VM did not reach the end of its log within %v (it continues once it does)", endLogWait)
+	case <-p.stop:
+		return errReprotectClosed
+	}
+}
+
+// finishLogEnd is endLog's rest, once the pump stopped: FIFO A's reader
+// closes and the VM is continued at its log's end (contAtLogEnd).
+func (p *primaryRun) finishLogEnd(ps *pumpState, rr recordLog, fifo string) error {
 	select {
 	case <-ps.ended:
-	case <-time.After(5 * time.Second):
-		// Nothing changed: the pump goes on reading.
-		ps.mu.Lock()
-		ps.handover = false
-		ps.mu.Unlock()
-		_ = hl.SetReadDeadline(time.Time{})
-		p.mu.Lock()
-		p.logEnding = false
-		p.mu.Unlock()
-		return errors.New("the log pump did not stop")
+	case <-p.stop:
+		return errReprotectClosed
 	}
 	p.mu.Lock()
 	p.rr, p.recordFIFO = nil, ""
@@ -765,20 +776,8 @@ func (p *primaryRun) endLog() error {
 	rr.Close()
 	_ = os.Remove(fifo)
 	p.log.Info("ending the record log (its backup was lost) to re-protect the VM: it pauses at its next write and continues without recording")
-	ended := make(chan error, 1)
-	go func() { ended <- p.contAtLogEnd() }()
-	select {
-	case err := <-ended:
-		return err
-	case <-time.After(endLogWait):
-		return fmt.Errorf("the VM did not reach the end of its log within %v (it continues once it does)", endLogWait)
-	case <-p.stop:
-		return errReprotectClosed
-	}
+	return p.contAtLogEnd()
 }
-
-// errReprotectClosed ends a re-protection step whose run ended meanwhile.
-var errReprotectClosed = errors.New("re-protection: the run ended")
 
 // contAtLogEnd waits until the VM paused at the end of its log (run state
 // io-error) and continues it, which ends its recording (0006), until it
@@ -814,3 +813,6 @@ func (p *primaryRun) contAtLogEnd() error {
 		}
 	}
 }
+
+// errReprotectClosed ends a re-protection step whose run ended meanwhile.
+var errReprotectClosed = errors.New("re-protection: the run ended")

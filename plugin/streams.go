@@ -44,6 +44,19 @@ type streamTarget struct {
 	nbd       int  // NBD streams opened
 	closed    bool
 	open      map[net.Conn]struct{}
+	// lastActive: when the last stream ended (or the target was
+	// registered): idleFor.
+	lastActive time.Time
+}
+
+// idleFor is how long no stream of t has been open (0 while one is).
+func (t *streamTarget) idleFor() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.open) > 0 {
+		return 0
+	}
+	return time.Since(t.lastActive)
 }
 
 // registerStreams makes t's streams available until the returned func is
@@ -51,6 +64,7 @@ type streamTarget struct {
 // same domain is replaced (and its streams ended).
 func (d *Daemon) registerStreams(t *streamTarget) (unregister func()) {
 	t.open = map[net.Conn]struct{}{}
+	t.lastActive = time.Now()
 	if prev, ok := d.streams.Swap(t.uuid, t); ok {
 		prev.(*streamTarget).end()
 	}
@@ -159,6 +173,7 @@ func (d *Daemon) serveStream(pc *peerConn, hello logchan.Hello) {
 	t.mu.Lock()
 	delete(t.open, q)
 	delete(t.open, peer)
+	t.lastActive = time.Now()
 	t.mu.Unlock()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		log.WithError(err).Warnf("re-protection %s stream ended (%d bytes in, %d out)", hello.Stream, in, out)

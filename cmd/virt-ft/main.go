@@ -436,6 +436,7 @@ func protect(socket, domain, peer string, wait time.Duration) error {
 			bar = nil
 		}
 	}
+	defer endBar()
 	return follow(socket, domain, "re-protection", wait, func(st ctl.DomainStatus) (bool, error) {
 		r := st.Reprotect
 		if r == nil {
@@ -448,15 +449,13 @@ func protect(socket, domain, peer string, wait time.Duration) error {
 				what := map[string]string{"disks": "copying the disks", "memory": "copying the memory"}[r.Phase]
 				bar = progressbar.NewOptions64(int64(r.TotalBytes), progressbar.OptionSetDescription(what),
 					progressbar.OptionShowBytes(true), progressbar.OptionSetPredictTime(true),
-					progressbar.OptionSetWidth(30), progressbar.OptionFullWidth())
+					progressbar.OptionFullWidth())
 			}
 			bar.ChangeMax64(int64(r.TotalBytes))
 			_ = bar.Set64(int64(min(r.DoneBytes, r.TotalBytes)))
 			return false, nil
 		}
-		if r.Phase == "done" || r.Phase == "failed" || r.Phase == "switchover" {
-			endBar()
-		}
+		endBar() // before any line
 		switch r.Phase {
 		case "done":
 			fmt.Printf("%s: protected again, backup on %s: paused %d ms at the switchover; %d MiB of memory and %d MiB of disk copied in %.1f s\n",
