@@ -9,6 +9,7 @@ TRIALS ?= 1
 CYCLES ?= 3
 PROTECT ?= auto
 REPROTECT_MODES ?= qemu backup host
+FTD_KILL ?= 0
 
 # Debian packages: build (cgo libvirt), lab (QEMU, libvirt, namespaces), guest.
 PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
@@ -85,7 +86,7 @@ e2e-hostile: build guest qemu-ft
 # the other host (PROTECT=auto: by libvirt-ftd; manual: virt-ft protect),
 # TCP clients connected throughout.
 e2e-reprotect: build guest qemu-ft
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 CYCLES=$(CYCLES) PROTECT=$(PROTECT) REPROTECT_MODES="$(REPROTECT_MODES)" test/e2e/run.sh reprotect
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 CYCLES=$(CYCLES) PROTECT=$(PROTECT) REPROTECT_MODES="$(REPROTECT_MODES)" FTD_KILL=$(FTD_KILL) test/e2e/run.sh reprotect
 
 e2e-switchover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover
