@@ -45,6 +45,11 @@ const incomingTimeout = reprotect.DefaultTimeout
 // until the switchover.
 const incomingIdle = 30 * time.Second
 
+// incomingFirstStream bounds the wait for the first stream instead: before
+// it, the primary may end its lost backup's log (endLogWait), undo an
+// earlier attempt's leftovers (reprotect.Recover) and ask the arbiter.
+const incomingFirstStream = 3 * time.Minute
+
 // incomingSockets are the unix sockets the waiting QEMU listens on for the
 // migration and the NBD copy, beside FIFO B (the directory is QEMU's user's:
 // logchan.CreateFIFO).
@@ -158,7 +163,7 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				if idle := target.idleFor(); idle > incomingIdle {
+				if idle, opened := target.idleFor(); idle > incomingIdle && (opened || idle > incomingFirstStream) {
 					cancel(fmt.Errorf("no re-protection stream from the primary's host for %v", idle.Round(time.Second)))
 					return
 				}

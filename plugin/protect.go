@@ -723,8 +723,10 @@ const endLogWait = 30 * time.Second
 // went live does: ready to be re-protected. From the reader's close on,
 // the VM pauses at its next write whatever happens here, so the cont is
 // made in any case: if it does not come within endLogWait, a watcher
-// makes it when it does, and endLog returns an error. Errors: the pump
-// did not stop (nothing changed then), the VM did not pause in time.
+// makes it when it does, and endLog returns an error. There is no way
+// back once it began: a pump that never stops leaves the run "ending"
+// (not re-protectable) until it ends. Errors: the VM did not pause in
+// time; the run ended.
 func (p *primaryRun) endLog() error {
 	p.mu.Lock()
 	ps, rr, fifo := p.ps, p.rr, p.recordFIFO

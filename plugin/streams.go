@@ -49,14 +49,16 @@ type streamTarget struct {
 	lastActive time.Time
 }
 
-// idleFor is how long no stream of t has been open (0 while one is).
-func (t *streamTarget) idleFor() time.Duration {
+// idleFor is how long no stream of t has been open (0 while one is), and
+// whether any was opened yet.
+func (t *streamTarget) idleFor() (idle time.Duration, opened bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	opened = t.migration || t.nbd > 0
 	if len(t.open) > 0 {
-		return 0
+		return 0, opened
 	}
-	return time.Since(t.lastActive)
+	return time.Since(t.lastActive), opened
 }
 
 // registerStreams makes t's streams available until the returned func is

@@ -72,7 +72,7 @@ typer=$!
 t0=$(date +%s%N)
 # (With re-protection on, the backup's replacement may follow at once:
 # the first state other than replicating tells.)
-a_lost() { [ "$(state_a)" != replicating ]; }
+a_lost() { local s; s=$(state_a); [ -n "$s" ] && [ "$s" != replicating ]; }
 wait_for $((DETECT_S + 2)) "host A to see its backup lost" a_lost
 detect_ms=$((($(date +%s%N) - t0) / 1000000 - 1000))
 wait "$typer" || true
