@@ -220,6 +220,15 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		return
 	}
 	rec, haveRec := d.pairings.load(def.UUID)
+	// pauseForOperator fails closed: the VM stays paused until the
+	// operator decides where it runs.
+	pauseForOperator := func(what string) {
+		_ = client.Stop()
+		why := "paused: libvirt-ftd restarted and " + what + " (" + d.pairings.dir +
+			"); check where the VM runs with virt-ft status on the peer host, then virsh destroy it here or virsh resume it"
+		log.Error(why)
+		dm.note(ctl.StateRefused, why)
+	}
 	if ri.Mode == "none" || ri.Mode == "record" {
 		// A re-protection its daemon did not finish (protect.go) may have
 		// left a migration waiting at its switchover with the VM
@@ -244,11 +253,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		// A live VM records only once a re-protection switched it, and
 		// that saves a "primary" record first: this one is not
 		// understood, so fail closed.
-		_ = client.Stop()
-		why := "paused: libvirt-ftd restarted and finds this VM recording although its record says it runs alone (" + d.pairings.dir +
-			"); check where the VM runs with virt-ft status on the peer host, then virsh destroy it here or virsh resume it"
-		log.Error(why)
-		dm.note(ctl.StateRefused, why)
+		pauseForOperator("finds this VM recording although its record says it runs alone")
 		return
 	case haveRec && rec.Role == "live":
 		// It went live here (or a restarted daemon resumed it here): this
@@ -268,11 +273,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 	// its daemon fed before claiming: both must claim the epoch.
 	if !haveRec {
 		// Without the epoch there is nothing to claim: fail closed.
-		_ = client.Stop()
-		why := "paused: libvirt-ftd restarted and has no record of this VM's pairing (" + d.pairings.dir +
-			"); check where the VM runs with virt-ft status on the peer host, then virsh destroy it here or virsh resume it"
-		log.Error(why)
-		dm.note(ctl.StateRefused, why)
+		pauseForOperator("has no record of this VM's pairing")
 		return
 	}
 	ioErr := false
