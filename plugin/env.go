@@ -234,8 +234,3 @@ func (fp fifoPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog,
 	}
 	return feeder, nil
 }
-
-// tcpDial dials a peer daemon over TCP.
-func tcpDial(addr string, timeout time.Duration) (net.Conn, error) {
-	return net.DialTimeout("tcp", addr, timeout)
-}

@@ -45,6 +45,7 @@ func (d *Daemon) servePeers(l net.Listener) {
 			nc.Close()
 			continue
 		}
+		tunePeerTCP(nc)
 		go func() {
 			defer func() { <-slots }()
 			if d.tls != nil {

@@ -108,6 +108,10 @@ type primaryRun struct {
 	// primaryXML: the domain XML its prepare hook armed the backup from
 	// (a re-protection after the backup was lost sends it again).
 	primaryXML string
+	// adoptedAlone: a VM that ran alone when this daemon started,
+	// adopted with new gates (adoptalone.go): re-protectable like one
+	// that went live here.
+	adoptedAlone bool
 	// origin: the backup run whose QEMU this is (a VM that went live
 	// here, re-protected since): its close is this run's to do.
 	origin *backupRun

@@ -122,7 +122,7 @@ func (d *Daemon) claimReprotect(dm *domain, name string) (*primaryRun, ctl.Domai
 func (p *primaryRun) reprotectable(auto bool) (bool, string) {
 	p.mu.Lock()
 	running, state, detail, noAuto := p.running, p.state, p.detail, p.noAuto
-	alone := (p.from != nil || p.logEnded) && p.recordFIFO == "" && (state == ctl.StateLive || state == ctl.StateUnprotected)
+	alone := (p.from != nil || p.logEnded || p.adoptedAlone) && p.recordFIFO == "" && (state == ctl.StateLive || state == ctl.StateUnprotected)
 	recording := p.from == nil && !p.logEnding && p.recordFIFO != "" && p.primaryXML != "" && state == ctl.StateUnprotected && p.hung == "" && !p.switchedOver
 	ending := p.logEnding && !p.logEnded
 	drv := p.drv
@@ -295,7 +295,7 @@ func (d *Daemon) reprotect(dm *domain, live *primaryRun, peerArg string) (err er
 // peerArg or on the host the VM failed over from.
 func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun, error) {
 	live.mu.Lock()
-	primaryXML, origin := live.primaryXML, live.origin
+	primaryXML, origin, liveXML := live.primaryXML, live.origin, live.liveXML
 	if peerArg == "" && live.from == nil {
 		// Its backup's host, which a --peer may have chosen.
 		peerArg = live.peer
@@ -320,7 +320,9 @@ func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun,
 		}
 	}
 	p := newPrimaryRun(d.env(), live.uuid, live.name, *cfg)
-	p.liveXML, p.origin, p.running = origin != nil, origin, true
+	// live.liveXML: adopted by this daemon (a planned restart, or
+	// adoptAlone), its QEMU runs with a backup's definition all the same.
+	p.liveXML, p.origin, p.running = origin != nil || liveXML, origin, true
 	p.reprotectXML, p.primaryXML = primaryXML, primaryXML
 	return p, nil
 }

@@ -261,6 +261,9 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		detail := fmt.Sprintf("running here since it went live (epoch %s), alone and unprotected; libvirt-ftd restarted", rec.Epoch)
 		log.Info(detail)
 		dm.note(ctl.StateUnprotected, detail)
+		if ri.Mode == "none" && same() {
+			d.adoptAlone(dm, def, cfg, rec, client, ctl.StateUnprotected, detail, log)
+		}
 		return
 	case haveRec && rec.Role == "operator":
 		dm.note(ctl.StateRefused, "left to the operator after a restart (arbiter: none): check where the VM runs, then virsh destroy or virsh resume it")
@@ -373,6 +376,10 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 	}
 	log.Warn(detail)
 	dm.note(ctl.StateUnprotected, detail)
+	if (ri.Mode != "record" || ioErr) && same() {
+		// It runs alone without recording: re-protectable.
+		d.adoptAlone(dm, def, cfg, rec, client, ctl.StateUnprotected, detail, log)
+	}
 	if ri.Mode == "record" && !ioErr {
 		// It was paused before its log failed: it may record into the
 		// dead log, fail and stop once more; resume it then (cont ends

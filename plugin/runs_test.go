@@ -1215,3 +1215,51 @@ func TestRunsUnprotectStopsAutoReprotect(t *testing.T) {
 		synctest.Wait()
 	})
 }
+
+// A VM that went live runs on alone when its host's libvirt-ftd restarts:
+// the restarted daemon adopts it (adoptalone.go) and re-protects it
+// automatically, as its old daemon would have. Here host a's QEMU cannot
+// receive a running VM, so each attempt is refused: what counts is that
+// the restarted daemon on host b attempts at all, and the VM runs on
+// alone and unpaused.
+func TestRunsAutoReprotectAfterDaemonRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		xml := strings.Replace(runDomainXML(t.TempDir()), `<ft:reprotect auto="no"/>`, `<ft:reprotect auto="yes"/>`, 1)
+		fp, _ := replicatingXML(t, xml)
+		killPrimary(t, fp)
+		synctest.Wait()
+		fp.crash(fp.b)
+		fp.a.hv.mu.Lock()
+		before := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		fp.restart(fp.b)
+		synctest.Wait()
+		s := fp.b.status(t, "web")
+		if s.State != ctl.StateUnprotected || !strings.Contains(s.Detail, "went live") {
+			t.Fatalf("host b after its daemon's restart: %s %q", s.State, s.Detail)
+		}
+		dm := fp.b.d.lookup(runUUID)
+		if dm == nil {
+			t.Fatal("host b: no domain entry after the restart")
+		}
+		p, ok := dm.current().(*primaryRun)
+		if !ok || !p.adoptedAlone || !p.liveXML || p.primaryXML == "" {
+			t.Fatalf("host b: the live VM was not adopted as a run (%T %+v)", dm.current(), p)
+		}
+		time.Sleep(autoReprotectPoll + time.Second)
+		synctest.Wait()
+		fp.a.hv.mu.Lock()
+		after := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		if after <= before {
+			t.Fatal("the restarted daemon on host b did not try to re-protect the VM onto host a")
+		}
+		live := fp.b.hv.running(runUUID)
+		if mode, _ := live.state(); mode != "none" || live.paused {
+			t.Fatalf("host b's VM: mode %s paused %v, want running alone", mode, live.paused)
+		}
+		if s := fp.b.status(t, "web"); s.Reprotect == nil || s.Reprotect.Phase != "failed" {
+			t.Fatalf("host b: %s %q, reprotect %+v", s.State, s.Detail, s.Reprotect)
+		}
+	})
+}

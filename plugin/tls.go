@@ -90,7 +90,7 @@ func (t *peerTLS) dial(addr string, timeout time.Duration) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := net.DialTimeout("tcp", addr, timeout)
+	raw, err := tcpDial(addr, timeout)
 	if err != nil {
 		return nil, err
 	}

@@ -267,12 +267,17 @@ func DiskPaths(dom *libvirtxml.Domain) []string {
 // stripGenerated removes what generate adds, recognised by our names only:
 // our arguments in <qemu:commandline>, our drive properties in
 // <qemu:override>, and aliases starting with "ua-ft-". The ft element stays.
+// In a replaying domain "-incoming defer" is ours too (Incoming: the
+// live XML of a backup armed by a re-protection, which must not reach a
+// persistent definition: its next start would wait for a migration).
 func stripGenerated(dom *libvirtxml.Domain) {
+	replaying := generatedMode(dom) == modeReplay
 	stripNotes(dom)
 	if cl := dom.QEMUCommandline; cl != nil {
 		var args []libvirtxml.DomainQEMUCommandlineArg
 		for i := 0; i < len(cl.Args); i++ {
-			if i+1 < len(cl.Args) && isOurs(cl.Args[i].Value, cl.Args[i+1].Value) {
+			if i+1 < len(cl.Args) && (isOurs(cl.Args[i].Value, cl.Args[i+1].Value) ||
+				replaying && cl.Args[i].Value == "-incoming" && cl.Args[i+1].Value == "defer") {
 				i++
 				continue
 			}

@@ -26,12 +26,15 @@
 // Both sides poll (query-migrate, query-block-jobs) rather than wait for
 // events, every Poll; each phase is bounded by Timeout.
 //
-// Not yet (issue 13): a daemon that dies during Run leaves the VM stopped
-// at pre-switchover, or armed with mirrors running; the daemon that starts
-// next must find that (query-migrate, query-block-jobs, the ft-copy nodes)
-// and undo it. A write-blocking mirror over a relay whose peer stops
-// answering holds the guest's disk writes until TCP gives up; the stream
-// connections need a user timeout (TCP_USER_TIMEOUT) first.
+// A daemon that dies during Run leaves the VM stopped at pre-switchover,
+// or armed with mirrors running: the daemon that starts next undoes that
+// (Recover). A write-blocking mirror over a relay whose peer host stops
+// answering holds the guest's disk writes until the relay's TCP connection
+// gives up: libvirt-ftd sets TCP_USER_TIMEOUT on every peer connection
+// (plugin/tcpopts.go, 10 s), after which the relay, then the mirror, fails
+// and Run undoes the rest. Not bounded: a peer host that answers TCP but
+// whose daemon stops reading (the mirror waits on a full window) holds
+// them until Timeout.
 package reprotect
 
 import (

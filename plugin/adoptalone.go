@@ -1,0 +1,173 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// A VM that runs alone when libvirt-ftd starts (it went live here, or this
+// daemon's restart resolved it to run alone: restart.go) is adopted as a
+// run of this daemon, so that it can be re-protected (protect.go,
+// automatically with <ft:reprotect auto="yes">) without a reboot. Its
+// output gates' connections ended with the old daemon: QEMU's socket
+// chardevs do not reconnect, and a filter-redirector cannot be given
+// another chardev (chardev-change refuses a frontend without a hotswap
+// handler). So they are made again with QMP: the filter-redirector
+// deleted (its status is off: frames go straight to the network
+// meanwhile, as they did), its two chardevs removed and added again on
+// new listening sockets of this daemon at the same paths, and a new
+// filter-redirector added, status off, on the same netdev and queue: the
+// last of the interface's filters, where generate put it. The VM does not
+// record, so when this happens changes nothing a backup replays.
+// A re-protection later turns these gates into a primary's (reprotected).
+
+// errGateWiring is wrapped when a VM's output gates cannot be connected to
+// this daemon again.
+var errGateWiring = errors.New("output gates not connected again")
+
+// rewireGates connects the output gates of the running QEMU of domain uuid
+// (dom, as libvirt reports it: a generated definition with the output
+// gate on) to new gates of this daemon, pass-through (filters off); see
+// the comment above. Errors wrap errGateWiring and name the QMP command
+// that failed; the VM keeps running with its filters off or deleted
+// (frames go straight to the network either way) and nothing is left
+// open here.
+func rewireGates(e env, client *qmp.Client, uuid string, cfg ftxml.Config, dom *libvirtxml.Domain) (*outputGates, error) {
+	n := len(dom.Devices.Interfaces)
+	wires, err := ftxml.GateWiring(dom, n)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errGateWiring, err)
+	}
+	for j, w := range wires {
+		// Only sockets of this daemon's own state directory, whatever
+		// the definition says.
+		if out, in := ftxml.GateSocketPaths(cfg, uuid, j); w.OutPath != out || w.InPath != in {
+			return nil, fmt.Errorf("%w: interface %d's gate sockets are %s and %s, not %s and %s", errGateWiring, j, w.OutPath, w.InPath, out, in)
+		}
+	}
+	og, err := openBackupGates(e, uuid, cfg, dom)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errGateWiring, err)
+	}
+	fail := func(err error) (*outputGates, error) {
+		og.close()
+		return nil, fmt.Errorf("%w: %v", errGateWiring, err)
+	}
+	for j, w := range wires {
+		steps := []struct {
+			cmd  string
+			args any
+		}{
+			{"object-del", map[string]any{"id": w.FilterID}},
+			{"chardev-remove", map[string]any{"id": w.OutID}},
+			{"chardev-remove", map[string]any{"id": w.InID}},
+			{"chardev-add", socketChardev(w.OutID, w.OutPath)},
+			{"chardev-add", socketChardev(w.InID, w.InPath)},
+			{"object-add", map[string]any{"qom-type": "filter-redirector", "id": w.FilterID, "netdev": w.Netdev,
+				"queue": w.Queue, "outdev": w.OutID, "indev": w.InID, "status": "off"}},
+		}
+		for _, s := range steps {
+			if s.cmd == "object-add" && w.Queue == "" {
+				delete(s.args.(map[string]any), "queue")
+			}
+			if err := client.Execute(s.cmd, s.args, nil); err != nil {
+				return fail(fmt.Errorf("interface %d: %s: %v", j, s.cmd, err))
+			}
+		}
+	}
+	// QEMU connected within chardev-add; the gates accept in the
+	// background.
+	if !pollUntil(5*time.Second, func() bool { return og.connected() }) {
+		return fail(errors.New("QEMU did not connect to the new gate sockets within 5 s"))
+	}
+	og.unprotect()
+	return og, nil
+}
+
+// socketChardev is chardev-add's arguments for a unix socket client
+// chardev id connected to path (qapi/char.json ChardevBackend).
+func socketChardev(id, path string) map[string]any {
+	return map[string]any{"id": id, "backend": map[string]any{"type": "socket", "data": map[string]any{
+		"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": path}},
+		"server": false}}}
+}
+
+// connected reports whether QEMU is connected to both sockets of every
+// gate.
+func (og *outputGates) connected() bool {
+	og.mu.Lock()
+	defer og.mu.Unlock()
+	for j := range og.gates {
+		if og.outs[j] == nil || og.ins[j] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// adoptAlone makes the VM of def, running alone here after this daemon's
+// restart (its pairing record rec, role "live"), a run of this daemon in
+// state with detail, so that it can be re-protected; with its ft
+// element's <ft:reprotect auto="yes"> the automatic re-protection starts
+// watching its peer. A VM whose gates cannot be connected again is left
+// as it was, running alone, with a warning: it can be protected again
+// only by a restart of the domain.
+func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pairingRecord, client *qmp.Client, state ctl.State, detail string, log logrus.FieldLogger) {
+	e := d.env()
+	if cfg.Role != ftxml.RolePrimary && cfg.Role != ftxml.RoleBackup {
+		return
+	}
+	dom, err := ftxml.ParseDomain(def.XML)
+	if err != nil {
+		log.WithError(err).Warn("not adopted for re-protection: its definition cannot be read")
+		return
+	}
+	p := newPrimaryRun(e, def.UUID, def.Name, cfg)
+	p.peer, p.epoch, p.running, p.adoptedAlone = rec.Peer, rec.Epoch, true, true
+	if cfg.Role == ftxml.RolePrimary {
+		// What its prepare hook armed a backup from: the persistent
+		// definition, not libvirt's live XML of it (ftxml.Backup).
+		pdef, ok, err := e.hv.Definition(def.Name)
+		if err != nil || !ok || pdef.UUID != def.UUID {
+			log.WithError(err).Warn("not adopted for re-protection: no persistent definition to re-protect it from")
+			return
+		}
+		if pcfg, present, err := ftxml.ParseConfig(pdef.XML); err != nil || !present || pcfg.Role != ftxml.RolePrimary {
+			log.WithError(err).Warn("not adopted for re-protection: its persistent definition is not a protected primary's")
+			return
+		}
+		p.primaryXML = pdef.XML
+	} else {
+		// A former backup: its QEMU runs with the backup's definition.
+		p.liveXML = true
+		if p.primaryXML, err = ftxml.LivePrimary(def.XML); err != nil {
+			log.WithError(err).Warn("not adopted for re-protection: no primary definition to re-protect it from")
+			return
+		}
+	}
+	gates := &outputGates{}
+	if cfg.OutputGate && dom.Devices != nil && len(dom.Devices.Interfaces) > 0 {
+		if gates, err = rewireGates(e, client, def.UUID, cfg, dom); err != nil {
+			log.WithError(err).Warn("not adopted for re-protection: it runs on alone; restart the domain to protect it again")
+			return
+		}
+	}
+	p.gates = gates
+	p.undo.push(p.releaseGates)
+	p.state, p.detail = state, detail
+	if !d.sameQEMU(def) {
+		p.close("its QEMU is gone")
+		return
+	}
+	dm.setRun(p)
+	log.Info("adopted: it can be re-protected (virt-ft protect; automatically with <ft:reprotect auto=\"yes\">)")
+	go d.autoReprotect(dm, p)
+}

@@ -1,0 +1,69 @@
+package plugin
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func sockopt(t *testing.T, c net.Conn, level, opt int) int {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return v
+}
+
+// Both ends of a peer connection give up on a silent peer: TCP_USER_TIMEOUT
+// and keepalive are set on a dialled connection and on an accepted one.
+func TestPeerTCPOptions(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			tunePeerTCP(c)
+		}
+		accepted <- c
+	}()
+	c, err := tcpDial(l.Addr().String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	defer s.Close()
+	for _, conn := range []net.Conn{c, s} {
+		if got, want := sockopt(t, conn, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT), int(peerUserTimeout/time.Millisecond); got != want {
+			t.Errorf("TCP_USER_TIMEOUT = %d ms, want %d", got, want)
+		}
+		if sockopt(t, conn, unix.SOL_SOCKET, unix.SO_KEEPALIVE) == 0 {
+			t.Error("SO_KEEPALIVE off")
+		}
+		if got, want := sockopt(t, conn, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE), int(peerKeepAlive/time.Second); got != want {
+			t.Errorf("TCP_KEEPIDLE = %d s, want %d", got, want)
+		}
+		if got := sockopt(t, conn, unix.IPPROTO_TCP, unix.TCP_KEEPCNT); got != peerKeepAliveCount {
+			t.Errorf("TCP_KEEPCNT = %d, want %d", got, peerKeepAliveCount)
+		}
+	}
+	tunePeerTCP(nil) // not a TCP connection: nothing to do
+}
