@@ -115,12 +115,13 @@ func (og *outputGates) connected() bool {
 
 // adoptAlone makes the VM of def, running alone here after this daemon's
 // restart (its pairing record rec, role "live"), a run of this daemon in
-// state with detail, so that it can be re-protected; with its ft
+// state with detail, so that it can be re-protected onto peer (host:port
+// of the other host's libvirt-ftd: adoptPeer); with its ft
 // element's <ft:reprotect auto="yes"> the automatic re-protection starts
 // watching its peer. A VM whose gates cannot be connected again is left
 // as it was, running alone, with a warning: it can be protected again
 // only by a restart of the domain.
-func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pairingRecord, client *qmp.Client, state ctl.State, detail string, log logrus.FieldLogger) {
+func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pairingRecord, peer string, client *qmp.Client, state ctl.State, detail string, log logrus.FieldLogger) {
 	e := d.env()
 	if cfg.Role != ftxml.RolePrimary && cfg.Role != ftxml.RoleBackup {
 		return
@@ -131,7 +132,7 @@ func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pai
 		return
 	}
 	p := newPrimaryRun(e, def.UUID, def.Name, cfg)
-	p.peer, p.epoch, p.running, p.adoptedAlone = rec.Peer, rec.Epoch, true, true
+	p.peer, p.epoch, p.running, p.adoptedAlone = peer, rec.Epoch, true, true
 	if cfg.Role == ftxml.RolePrimary {
 		// What its prepare hook armed a backup from: the persistent
 		// definition, not libvirt's live XML of it (ftxml.Backup).
@@ -169,5 +170,26 @@ func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pai
 	}
 	dm.setRun(p)
 	log.Info("adopted: it can be re-protected (virt-ft protect; automatically with <ft:reprotect auto=\"yes\">)")
-	go d.autoReprotect(dm, p)
+	go func() {
+		// A re-protection the old daemon left armed on the peer (it
+		// died before the new backup's log channel was up) would
+		// refuse the next arming until its own timeout (up to 3 min):
+		// cancel-backup ends it (cancelIncoming). An arming whose log
+		// channel is up is not touched.
+		p.cancelPeerBackup()
+		d.autoReprotect(dm, p)
+	}()
+}
+
+// adoptPeer is the libvirt-ftd a VM adopted by adoptAlone is re-protected
+// onto: the backup's daemon a "primary" pairing record names (role, the
+// record's role before the restart), else the host its ft element names
+// as its peer, at its port, as autoReprotect asks for a VM that went live
+// (a "live" or "backup" record names the address the primary connected
+// from, not one to dial).
+func adoptPeer(cfg ftxml.Config, role, recPeer string) string {
+	if role == "primary" && recPeer != "" {
+		return recPeer
+	}
+	return peerAddr(cfg)
 }

@@ -262,7 +262,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		log.Info(detail)
 		dm.note(ctl.StateUnprotected, detail)
 		if ri.Mode == "none" && same() {
-			d.adoptAlone(dm, def, cfg, rec, client, ctl.StateUnprotected, detail, log)
+			d.adoptAlone(dm, def, cfg, rec, adoptPeer(cfg, rec.Role, rec.Peer), client, ctl.StateUnprotected, detail, log)
 		}
 		return
 	case haveRec && rec.Role == "operator":
@@ -355,6 +355,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		}
 	}
 	wasBackup := rec.Role == "backup"
+	peer := adoptPeer(cfg, rec.Role, rec.Peer)
 	rec.Role = "live"
 	_ = d.pairings.save(rec)
 	detail := fmt.Sprintf("libvirt-ftd restarted: the backup on %s was lost with it; this host won the split-brain claim (epoch %s) and runs the VM alone, unprotected and not recording; restart the domain to protect it again", rec.Peer, rec.Epoch)
@@ -378,7 +379,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 	dm.note(ctl.StateUnprotected, detail)
 	if (ri.Mode != "record" || ioErr) && same() {
 		// It runs alone without recording: re-protectable.
-		d.adoptAlone(dm, def, cfg, rec, client, ctl.StateUnprotected, detail, log)
+		d.adoptAlone(dm, def, cfg, rec, peer, client, ctl.StateUnprotected, detail, log)
 	}
 	if ri.Mode == "record" && !ioErr {
 		// It was paused before its log failed: it may record into the

@@ -1246,6 +1246,11 @@ func TestRunsAutoReprotectAfterDaemonRestart(t *testing.T) {
 		if !ok || !p.adoptedAlone || !p.liveXML || p.primaryXML == "" {
 			t.Fatalf("host b: the live VM was not adopted as a run (%T %+v)", dm.current(), p)
 		}
+		// The host it failed over from, at its daemon's port: not the
+		// address the primary once connected from (the live record's).
+		if want := peerAddr(p.cfg); p.peer != want || !strings.HasPrefix(want, fp.a.ip+":") {
+			t.Fatalf("host b: adopted with peer %q, want %q (host a, %s)", p.peer, want, fp.a.ip)
+		}
 		time.Sleep(autoReprotectPoll + time.Second)
 		synctest.Wait()
 		fp.a.hv.mu.Lock()
