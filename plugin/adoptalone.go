@@ -133,27 +133,17 @@ func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pai
 	}
 	p := newPrimaryRun(e, def.UUID, def.Name, cfg)
 	p.peer, p.epoch, p.running, p.adoptedAlone = peer, rec.Epoch, true, true
-	if cfg.Role == ftxml.RolePrimary {
-		// What its prepare hook armed a backup from: the persistent
-		// definition, not libvirt's live XML of it (ftxml.Backup).
-		pdef, ok, err := e.hv.Definition(def.Name)
-		if err != nil || !ok || pdef.UUID != def.UUID {
-			log.WithError(err).Warn("not adopted for re-protection: no persistent definition to re-protect it from")
-			return
-		}
-		if pcfg, present, err := ftxml.ParseConfig(pdef.XML); err != nil || !present || pcfg.Role != ftxml.RolePrimary {
-			log.WithError(err).Warn("not adopted for re-protection: its persistent definition is not a protected primary's")
-			return
-		}
-		p.primaryXML = pdef.XML
-	} else {
-		// A former backup: its QEMU runs with the backup's definition.
-		p.liveXML = true
-		if p.primaryXML, err = ftxml.LivePrimary(def.XML); err != nil {
-			log.WithError(err).Warn("not adopted for re-protection: no primary definition to re-protect it from")
-			return
-		}
+	// What a re-protection arms the new backup from: the persistent
+	// definition here (the user's, or the one go-live defined), never
+	// libvirt's live XML (it holds this host's <seclabel>, which the
+	// peer refuses, and, for a backup armed by a re-protection,
+	// -incoming defer).
+	if p.primaryXML, err = d.reprotectBase(def); err != nil {
+		log.WithError(err).Warn("not adopted for re-protection: it runs on alone; restart the domain to protect it again")
+		return
 	}
+	// A former backup: its QEMU runs with the backup's definition.
+	p.liveXML = cfg.Role == ftxml.RoleBackup
 	gates := &outputGates{}
 	if cfg.OutputGate && dom.Devices != nil && len(dom.Devices.Interfaces) > 0 {
 		if gates, err = rewireGates(e, client, def.UUID, cfg, dom); err != nil {
@@ -192,4 +182,24 @@ func adoptPeer(cfg ftxml.Config, role, recPeer string) string {
 		return recPeer
 	}
 	return peerAddr(cfg)
+}
+
+// reprotectBase is the definition a re-protection of def's running VM arms
+// its new backup from (newReprotectRun): the persistent definition of
+// def's name on this host, when it has def's UUID and an ft element with
+// role primary. Errors say which of these fails.
+func (d *Daemon) reprotectBase(def DomainDef) (string, error) {
+	pdef, ok, err := d.hv.Definition(def.Name)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("its persistent definition: %w", err)
+	case !ok:
+		return "", fmt.Errorf("domain %q has no persistent definition here", def.Name)
+	case pdef.UUID != def.UUID:
+		return "", fmt.Errorf("the persistent definition of %q has UUID %s, the running VM %s", def.Name, pdef.UUID, def.UUID)
+	}
+	if cfg, present, err := ftxml.ParseConfig(pdef.XML); err != nil || !present || cfg.Role != ftxml.RolePrimary {
+		return "", fmt.Errorf("the persistent definition of %q has no ft element with role primary (%v)", def.Name, err)
+	}
+	return pdef.XML, nil
 }

@@ -900,18 +900,16 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	}
 	p := newPrimaryRun(e, rec.UUID, rec.Name, *cfg)
 	p.peer, p.epoch, p.running = rec.Peer, rec.Epoch, true
-	// What a re-protection after its backup's loss sends (protect.go): a
-	// VM that went live here (re-protected since) still runs with the
-	// backup's definition.
-	p.primaryXML = def.XML
-	if cfg.Role == ftxml.RoleBackup {
-		p.liveXML = true
-		px, err := ftxml.LivePrimary(def.XML)
-		if err != nil {
-			// Not re-protectable (reprotectable says why).
-			p.log.WithError(err).Warn("adopted: no primary definition to re-protect it from")
-		}
-		p.primaryXML = px
+	// A VM that went live here (re-protected since) still runs with the
+	// backup's definition. What a re-protection after its backup's loss
+	// arms from (protect.go): the persistent definition, not libvirt's
+	// live XML (reprotectBase).
+	p.liveXML = cfg.Role == ftxml.RoleBackup
+	if base, berr := d.reprotectBase(def); berr != nil {
+		// Not re-protectable (reprotectable says why).
+		p.log.WithError(berr).Warn("adopted: no primary definition to re-protect it from")
+	} else {
+		p.primaryXML = base
 	}
 	p.sentBytes, p.ackedBytes, p.logInstr = rec.Offset, rec.Offset, rec.Instructions
 	p.restartPaused, p.claimPaused = true, true

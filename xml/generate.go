@@ -610,6 +610,11 @@ func LivePrimary(backupXML string) (string, error) {
 	if generatedMode(dom) != modeReplay || info.ours != 1 || info.cfg.Role != RoleBackup {
 		return "", fmt.Errorf("%w: domain %q is not a replaying domain with <ft:ft role=\"backup\">", ErrNotGeneratedBackup, dom.Name)
 	}
+	// A backup's domain has no security label of its own (the backup
+	// host refuses one from the peer): any in libvirt's live XML are the
+	// ones this host's libvirt gave it, which a definition must not keep
+	// (a re-protection would send them to the peer, which refuses them).
+	dom.SecLabel = nil
 	return build(dom, HostConfig{}, RolePrimary, false)
 }
 
