@@ -41,13 +41,14 @@ say "re-protection: $CYCLES cycle(s) of failover then re-protection ($PROTECT), 
 fresh_protected_lab 8
 first_tick=$(last_tick a "$DOMAIN")
 # The clients outlast every cycle (10-20 s each in the lab) and the last
-# failover, then end by themselves; the test fails if they ended earlier.
-duration=$((30 + 20 * CYCLES + ${FTD_KILL:-0} * 90))
-out_echo=$(mktemp) out_stream=$(mktemp)
-SCRATCH+=("$out_echo" "$out_stream")
-client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${duration}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
+# failover: the test ends them (-stop-file) once it is done, and fails if
+# they ended earlier.
+duration=$((120 + 60 * CYCLES + ${FTD_KILL:-0} * 240))
+out_echo=$(mktemp) out_stream=$(mktemp) stop_clients=$(mktemp -u /tmp/ft-reprotect-stop.XXXXXX)
+SCRATCH+=("$out_echo" "$out_stream" "$stop_clients")
+client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${duration}s -stall-limit $STALL_LIMIT -stop-file "$stop_clients" >"$out_echo" 2>&1 &
 pids=($!)
-client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${duration}s -stall-limit $STALL_LIMIT >"$out_stream" 2>&1 &
+client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${duration}s -stall-limit $STALL_LIMIT -stop-file "$stop_clients" >"$out_stream" 2>&1 &
 pids+=($!)
 t_start=$SECONDS
 # RARP frames on the LAN: every go-live announces the VM's MAC.
@@ -154,7 +155,8 @@ wait_for 60 "3 more ticks on host $primary" has_tick "$primary" "$DOMAIN" $((tic
 for p in "${pids[@]:0:2}"; do
 	kill -0 "$p" 2>/dev/null || die "the TCP clients ended before the last failover ($duration s): the cycles took longer than the test allows"
 done
-say "waiting for the TCP clients to end ($((duration - (SECONDS - t_start))) s left)"
+say "ending the TCP clients ($((SECONDS - t_start)) s connected)"
+touch "$stop_clients"
 rc_echo=0 rc_stream=0
 wait "${pids[0]}" || rc_echo=$?
 wait "${pids[1]}" || rc_stream=$?

@@ -22,8 +22,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -31,7 +33,7 @@ const usageText = `usage: tcpcheck COMMAND -addr HOST:PORT [flags]
 
 Commands (guest ports: 7001 counter stream, 7002 echo, 7004 sink, 7005 source):
 
-  echo    -addr HOST:PORT -duration D [-interval 20ms] [-size 64]
+  echo    -addr HOST:PORT -duration D [-interval 20ms] [-size 64] [-stop-file F]
           [-max-outstanding 64] [-stall-limit 4s]
       One connection to a byte echo service. Every -interval it sends a
       request line "<seq> <len> <crc32> <payload>\n" (payload of -size
@@ -40,13 +42,16 @@ Commands (guest ports: 7001 counter stream, 7002 echo, 7004 sink, 7005 source):
       the request bytes in order; a lost, duplicated, reordered or corrupted
       reply, an EOF or reset, or more than -stall-limit without a reply
       while requests are outstanding is a failure. After -duration it waits
-      up to -stall-limit for the outstanding replies.
+      up to -stall-limit for the outstanding replies. SIGUSR1, or the file
+      -stop-file names appearing, ends the sending early, as -duration does
+      (a test that is done sooner).
 
-  stream  -addr HOST:PORT -duration D [-stall-limit 4s]
+  stream  -addr HOST:PORT -duration D [-stall-limit 4s] [-stop-file F]
       Reads a counter stream (decimal numbers, one per line, each the
       previous plus 1; the first may be any number) for -duration. A lost,
       duplicated or reordered line, any other byte, an EOF or reset, or more
-      than -stall-limit without a complete line is a failure.
+      than -stall-limit without a complete line is a failure. SIGUSR1 or
+      -stop-file ends the reading early, as -duration does.
 
   rtt     -addr HOST:PORT -count N [-size 64] [-stall-limit 4s]
       N sequential round trips (one request line of -size payload bytes,
@@ -79,8 +84,17 @@ while requests were outstanding (echo), for a complete line (stream).
 `
 
 func main() {
+	stop := make(chan struct{})
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	go func() { <-sig; close(stop) }()
+	stopEarly = stop
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
+
+// stopEarly ends echo and stream before -duration once closed (main:
+// SIGUSR1); nil: never.
+var stopEarly <-chan struct{}
 
 // errUsage marks a usage error that has been reported already.
 var errUsage = errors.New("usage")
@@ -107,7 +121,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "usage of tcpcheck %s (see tcpcheck help):\n", cmd)
 		fs.PrintDefaults()
 	}
-	var c config
+	c := config{stop: stopEarly}
+	var stopFile string
 	fs.StringVar(&c.Addr, "addr", "", "guest service `HOST:PORT` (required)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", 5*time.Second, "TCP connect timeout")
 	fs.DurationVar(&c.StallLimit, "stall-limit", 4*time.Second, "longest wait without progress before a failure is reported")
@@ -119,6 +134,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.IntVar(&c.MaxOutstanding, "max-outstanding", 64, "most unanswered requests before sending holds back")
 	case "stream":
 		fs.DurationVar(&c.Duration, "duration", 0, "how long to read (required)")
+	}
+	if cmd == "echo" || cmd == "stream" {
+		fs.StringVar(&stopFile, "stop-file", "", "end early, as -duration does, once this `file` exists (checked every 100 ms)")
+	}
+	switch cmd {
 	case "rtt":
 		fs.IntVar(&c.Count, "count", 0, "round trips (required)")
 		fs.IntVar(&c.Size, "size", 64, "payload bytes per request")
@@ -142,6 +162,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tcpcheck %s: %v\n", cmd, err)
 		fs.Usage()
 		return 2
+	}
+	if stopFile != "" {
+		c.stop = stopOnFile(stopFile, c.stop)
 	}
 	var s *summary
 	switch cmd {
@@ -174,6 +197,9 @@ type config struct {
 	Mode           string
 	Bytes          int64
 	Timeout        time.Duration
+	// stop, when closed, ends echo and stream as -duration does
+	// (SIGUSR1; nil: never).
+	stop <-chan struct{}
 }
 
 func (c *config) validate(cmd string) error {
@@ -280,3 +306,25 @@ func (s *summary) String() string {
 
 // ms formats a duration in milliseconds with microsecond precision.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// stopOnFile returns a channel closed once path exists or also is closed
+// (polled every 100 ms).
+func stopOnFile(path string, also <-chan struct{}) <-chan struct{} {
+	stop := make(chan struct{})
+	go func() {
+		defer close(stop)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if _, err := os.Stat(path); err == nil {
+				return
+			}
+			select {
+			case <-also:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return stop
+}

@@ -236,6 +236,8 @@ sending:
 			alive = false
 		case <-end.C:
 			break sending
+		case <-c.stop:
+			break sending
 		}
 	}
 	// Wait up to the stall limit for the outstanding replies.
@@ -352,6 +354,8 @@ reading:
 		case <-readerDone:
 			break reading
 		case <-end.C:
+			break reading
+		case <-c.stop:
 			break reading
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -720,5 +722,39 @@ func TestConnectFailure(t *testing.T) {
 		if code != 1 || !strings.HasPrefix(sum["first_failure"], fmt.Sprintf("connect %s: ", addr)) {
 			t.Errorf("%q: exit %d, %v", args, code, sum)
 		}
+	}
+}
+
+// SIGUSR1 (stopEarly) ends echo and stream as -duration does: runs of an
+// hour return once it is closed, with everything received verified.
+func TestStopEarly(t *testing.T) {
+	stop := make(chan struct{})
+	stopEarly = stop
+	defer func() { stopEarly = nil }()
+	echo, stream := echoServer(t, "", 0), counterServer(t, "", 0)
+	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+	var wg sync.WaitGroup
+	for _, args := range [][]string{
+		{"echo", "-addr", echo, "-duration", "1h", "-interval", "2ms"},
+		{"stream", "-addr", stream, "-duration", "1h"},
+	} {
+		wg.Go(func() {
+			code, sum, stderr := runCmd(t, args...)
+			if code != 0 || sum["result"] != "pass" || sum["failures"] != "0" {
+				t.Errorf("%s: exit %d %v\n%s", args[0], code, sum, stderr)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// -stop-file: the same, once the file appears.
+func TestStopFile(t *testing.T) {
+	stopFile := filepath.Join(t.TempDir(), "stop")
+	echo := echoServer(t, "", 0)
+	time.AfterFunc(300*time.Millisecond, func() { _ = os.WriteFile(stopFile, nil, 0o600) })
+	code, sum, stderr := runCmd(t, "echo", "-addr", echo, "-duration", "1h", "-interval", "2ms", "-stop-file", stopFile)
+	if code != 0 || sum["result"] != "pass" || sum["failures"] != "0" {
+		t.Fatalf("exit %d %v\n%s", code, sum, stderr)
 	}
 }
