@@ -61,22 +61,49 @@ func rewireGates(e env, client *qmp.Client, uuid string, cfg ftxml.Config, dom *
 		og.close()
 		return nil, fmt.Errorf("%w: %v", errGateWiring, err)
 	}
+	// What exists now: a daemon that died part way through an earlier
+	// rewiring left some of it deleted (each step is skipped when its
+	// object is gone already).
+	var objs []struct {
+		Name string `json:"name"`
+	}
+	var chardevs []struct {
+		Label string `json:"label"`
+	}
+	if err := client.Execute("qom-list", map[string]any{"path": "/objects"}, &objs); err != nil {
+		return fail(fmt.Errorf("qom-list /objects: %v", err))
+	}
+	if err := client.Execute("query-chardev", nil, &chardevs); err != nil {
+		return fail(fmt.Errorf("query-chardev: %v", err))
+	}
+	have := map[string]bool{}
+	for _, o := range objs {
+		have["object "+o.Name] = true
+	}
+	for _, c := range chardevs {
+		have["chardev "+c.Label] = true
+	}
 	for j, w := range wires {
+		addFilter := map[string]any{"qom-type": "filter-redirector", "id": w.FilterID, "netdev": w.Netdev,
+			"outdev": w.OutID, "indev": w.InID, "status": "off"}
+		if w.Queue != "" {
+			addFilter["queue"] = w.Queue
+		}
 		steps := []struct {
 			cmd  string
 			args any
+			skip bool
 		}{
-			{"object-del", map[string]any{"id": w.FilterID}},
-			{"chardev-remove", map[string]any{"id": w.OutID}},
-			{"chardev-remove", map[string]any{"id": w.InID}},
-			{"chardev-add", socketChardev(w.OutID, w.OutPath)},
-			{"chardev-add", socketChardev(w.InID, w.InPath)},
-			{"object-add", map[string]any{"qom-type": "filter-redirector", "id": w.FilterID, "netdev": w.Netdev,
-				"queue": w.Queue, "outdev": w.OutID, "indev": w.InID, "status": "off"}},
+			{"object-del", map[string]any{"id": w.FilterID}, !have["object "+w.FilterID]},
+			{"chardev-remove", map[string]any{"id": w.OutID}, !have["chardev "+w.OutID]},
+			{"chardev-remove", map[string]any{"id": w.InID}, !have["chardev "+w.InID]},
+			{"chardev-add", socketChardev(w.OutID, w.OutPath), false},
+			{"chardev-add", socketChardev(w.InID, w.InPath), false},
+			{"object-add", addFilter, false},
 		}
 		for _, s := range steps {
-			if s.cmd == "object-add" && w.Queue == "" {
-				delete(s.args.(map[string]any), "queue")
+			if s.skip {
+				continue
 			}
 			if err := client.Execute(s.cmd, s.args, nil); err != nil {
 				return fail(fmt.Errorf("interface %d: %s: %v", j, s.cmd, err))
@@ -154,21 +181,22 @@ func (d *Daemon) adoptAlone(dm *domain, def DomainDef, cfg ftxml.Config, rec pai
 	p.gates = gates
 	p.undo.push(p.releaseGates)
 	p.state, p.detail = state, detail
+	// A re-protection the old daemon left armed on the peer (it died
+	// before the new backup's log channel was up) would refuse the next
+	// arming until its own timeout (up to 3 min): cancel-backup ends it
+	// (cancelIncoming). An arming whose log channel is up is not
+	// touched. Before the run is installed: no re-protection of this
+	// daemon can have armed anything yet.
+	p.cancelPeerBackup()
+	dm.setRun(p)
+	// Installed first, checked after: a stopped hook that came before
+	// setRun found no run to end (qemuStopped).
 	if !d.sameQEMU(def) {
 		p.close("its QEMU is gone")
 		return
 	}
-	dm.setRun(p)
 	log.Info("adopted: it can be re-protected (virt-ft protect; automatically with <ft:reprotect auto=\"yes\">)")
-	go func() {
-		// A re-protection the old daemon left armed on the peer (it
-		// died before the new backup's log channel was up) would
-		// refuse the next arming until its own timeout (up to 3 min):
-		// cancel-backup ends it (cancelIncoming). An arming whose log
-		// channel is up is not touched.
-		p.cancelPeerBackup()
-		d.autoReprotect(dm, p)
-	}()
+	go d.autoReprotect(dm, p)
 }
 
 // adoptPeer is the libvirt-ftd a VM adopted by adoptAlone is re-protected

@@ -27,6 +27,9 @@ type gateQEMU struct {
 	cmds  []string
 	conns map[string]net.Conn // chardev id → its connection
 	fail  string              // a command that fails
+	// objects and chardevs: what qom-list /objects and query-chardev
+	// list (the ids; nothing else is looked at).
+	objects, chardevs []string
 }
 
 func (q *gateQEMU) client() *qmp.Client {
@@ -37,6 +40,20 @@ func (q *gateQEMU) client() *qmp.Client {
 		q.cmds = append(q.cmds, fmt.Sprintf("%s %v", cmd.Execute, args["id"]))
 		if cmd.Execute == q.fail {
 			return map[string]any{"error": map[string]string{"class": "GenericError", "desc": "refused"}}, nil
+		}
+		switch cmd.Execute {
+		case "qom-list":
+			var objs []map[string]string
+			for _, id := range q.objects {
+				objs = append(objs, map[string]string{"name": id, "type": "filter-redirector"})
+			}
+			return map[string]any{"return": objs}, nil
+		case "query-chardev":
+			var cs []map[string]any
+			for _, id := range q.chardevs {
+				cs = append(cs, map[string]any{"label": id, "filename": "disconnected", "frontend-open": true})
+			}
+			return map[string]any{"return": cs}, nil
 		}
 		if cmd.Execute == "chardev-add" {
 			path := args["backend"].(map[string]any)["data"].(map[string]any)["addr"].(map[string]any)["data"].(map[string]any)["path"].(string)
@@ -84,14 +101,14 @@ func TestRewireGates(t *testing.T) {
 		t.Fatal(err)
 	}
 	dom := gatedLiveDomain(t, cfg.StateDir)
-	q := &gateQEMU{conns: map[string]net.Conn{}}
+	q := &gateQEMU{conns: map[string]net.Conn{}, objects: []string{"ft-fr0", "ft-gate0"}, chardevs: []string{"serial0", "ft-gout0", "ft-gin0"}}
 	defer q.close()
 	og, err := rewireGates(e, q.client(), testUUID, cfg, dom)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer og.close()
-	want := []string{"object-del ft-gate0", "chardev-remove ft-gout0", "chardev-remove ft-gin0",
+	want := []string{"qom-list <nil>", "query-chardev <nil>", "object-del ft-gate0", "chardev-remove ft-gout0", "chardev-remove ft-gin0",
 		"chardev-add ft-gout0", "chardev-add ft-gin0", "object-add ft-gate0"}
 	if strings.Join(q.cmds, "; ") != strings.Join(want, "; ") {
 		t.Fatalf("QMP commands:\n %v\nwant\n %v", q.cmds, want)
@@ -134,5 +151,27 @@ func TestRewireGatesRefusals(t *testing.T) {
 	}
 	if _, err := net.Dial("unix", outPath); err == nil {
 		t.Fatal("the gate socket still listens after the failure")
+	}
+}
+
+// A daemon that died part way through an earlier rewiring: what is gone
+// already is not deleted again.
+func TestRewireGatesAfterAPartialOne(t *testing.T) {
+	e, cfg := testEnv(t)
+	outPath, _ := ftxml.GateSocketPaths(cfg, testUUID, 0)
+	if err := os.MkdirAll(filepath.Dir(outPath), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	q := &gateQEMU{conns: map[string]net.Conn{}, objects: []string{"ft-fr0"}, chardevs: []string{"serial0", "ft-gin0"}}
+	defer q.close()
+	og, err := rewireGates(e, q.client(), testUUID, cfg, gatedLiveDomain(t, cfg.StateDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer og.close()
+	want := []string{"qom-list <nil>", "query-chardev <nil>", "chardev-remove ft-gin0",
+		"chardev-add ft-gout0", "chardev-add ft-gin0", "object-add ft-gate0"}
+	if strings.Join(q.cmds, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("QMP commands:\n %v\nwant\n %v", q.cmds, want)
 	}
 }

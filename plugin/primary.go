@@ -1297,12 +1297,13 @@ func (p *primaryRun) recordAck(offset, icount uint64) uint64 {
 func (p *primaryRun) qemuStopped(why string) {
 	p.mu.Lock()
 	p.running = false
-	rr, link, live := p.rr, p.link, p.from != nil || p.logEnding
+	rr, link, live := p.rr, p.link, p.from != nil || p.logEnding || p.adoptedAlone
 	p.mu.Unlock()
 	if live {
-		// The VM that went live here is gone: release the former
-		// backup's gates (their filters are off since go-live) and the
-		// backup run that went live.
+		// The VM that went live here (or ran alone when this daemon
+		// started: adoptalone.go) is gone: release the former backup's
+		// gates (their filters are off since go-live) and the backup
+		// run that went live.
 		defer p.close(why)
 	}
 	if rr != nil && link != nil && !rr.Connected() {

@@ -1266,5 +1266,25 @@ func TestRunsAutoReprotectAfterDaemonRestart(t *testing.T) {
 		if s := fp.b.status(t, "web"); s.Reprotect == nil || s.Reprotect.Phase != "failed" {
 			t.Fatalf("host b: %s %q, reprotect %+v", s.State, s.Detail, s.Reprotect)
 		}
+		// The VM stops: the adopted run ends with it (its gates, its
+		// auto re-protection), so the domain may start again.
+		if _, err := fp.b.hv.Destroy(runUUID); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if p.active() {
+			t.Fatal("host b: the adopted run outlived its VM")
+		}
+		fp.a.hv.mu.Lock()
+		tries := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		time.Sleep(autoReprotectMax)
+		synctest.Wait()
+		fp.a.hv.mu.Lock()
+		later := fp.a.hv.pausedStarts
+		fp.a.hv.mu.Unlock()
+		if later != tries {
+			t.Fatalf("re-protection attempts went on after the VM stopped (%d, then %d)", tries, later)
+		}
 	})
 }

@@ -162,6 +162,7 @@ func (d *Daemon) serveStream(pc *peerConn, hello logchan.Hello) {
 		return
 	}
 	peer := pc.c.Detach()
+	setUserTimeout(peer, streamUserTimeout)
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -193,5 +194,7 @@ func dialStream(e env, addr, uuid, qemuVer string, logVer uint32, epoch, kind st
 	if err != nil {
 		return nil, err
 	}
-	return pc.c.Detach(), nil
+	c := pc.c.Detach()
+	setUserTimeout(c, streamUserTimeout)
+	return c, nil
 }

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"crypto/tls"
 	"net"
 	"testing"
 	"time"
@@ -25,8 +26,9 @@ func sockopt(t *testing.T, c net.Conn, level, opt int) int {
 	return v
 }
 
-// Both ends of a peer connection give up on a silent peer: TCP_USER_TIMEOUT
-// and keepalive are set on a dialled connection and on an accepted one.
+// Both ends of a peer connection give up on a silent peer: keepalive is
+// set on a dialled connection and on an accepted one, TCP_USER_TIMEOUT
+// only on re-protection streams.
 func TestPeerTCPOptions(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -52,8 +54,12 @@ func TestPeerTCPOptions(t *testing.T) {
 	}
 	defer s.Close()
 	for _, conn := range []net.Conn{c, s} {
-		if got, want := sockopt(t, conn, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT), int(peerUserTimeout/time.Millisecond); got != want {
-			t.Errorf("TCP_USER_TIMEOUT = %d ms, want %d", got, want)
+		if got := sockopt(t, conn, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT); got != 0 {
+			t.Errorf("TCP_USER_TIMEOUT = %d ms on a peer connection, want the system's (0): the log channel's heartbeat timeout decides", got)
+		}
+		setUserTimeout(conn, streamUserTimeout)
+		if got, want := sockopt(t, conn, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT), int(streamUserTimeout/time.Millisecond); got != want {
+			t.Errorf("TCP_USER_TIMEOUT = %d ms on a stream, want %d", got, want)
 		}
 		if sockopt(t, conn, unix.SOL_SOCKET, unix.SO_KEEPALIVE) == 0 {
 			t.Error("SO_KEEPALIVE off")
@@ -65,5 +71,12 @@ func TestPeerTCPOptions(t *testing.T) {
 			t.Errorf("TCP_KEEPCNT = %d, want %d", got, peerKeepAliveCount)
 		}
 	}
+	// A stream is TLS: the option reaches the TCP connection under it.
+	setUserTimeout(c, 0)
+	setUserTimeout(tls.Client(c, &tls.Config{}), 7*time.Second)
+	if got := sockopt(t, c, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT); got != 7000 {
+		t.Errorf("TCP_USER_TIMEOUT through TLS = %d ms, want 7000", got)
+	}
 	tunePeerTCP(nil) // not a TCP connection: nothing to do
+	setUserTimeout(nil, time.Second)
 }

@@ -30,11 +30,10 @@
 // or armed with mirrors running: the daemon that starts next undoes that
 // (Recover). A write-blocking mirror over a relay whose peer host stops
 // answering holds the guest's disk writes until the relay's TCP connection
-// gives up: libvirt-ftd sets TCP_USER_TIMEOUT on every peer connection
-// (plugin/tcpopts.go, 10 s), after which the relay, then the mirror, fails
-// and Run undoes the rest. Not bounded: a peer host that answers TCP but
-// whose daemon stops reading (the mirror waits on a full window) holds
-// them until Timeout.
+// gives up: libvirt-ftd sets TCP_USER_TIMEOUT on the stream connections
+// (plugin/tcpopts.go, 20 s; since Linux 5.11 it also ends a window that
+// stays closed that long), after which the relay, then the mirror, fails
+// and Run undoes the rest.
 package reprotect
 
 import (

@@ -138,14 +138,23 @@ if [ "${FTD_KILL:-0}" = 1 ] && [ $PROTECT = auto ]; then
 	in_reprotect() { case $(phase) in arming | disks | memory | switchover) return 0 ;; esac; return 1; }
 	wait_for 60 "a re-protection under way on host $primary" in_reprotect
 	at=$(phase)
+	t_kill=$(date +%s%N)
 	on "$primary" kill -9 "$(ftd_pid "$primary")"
 	sleep 2
 	restart_ftd "$primary"
-	t_kill=$(date +%s%N)
 	state_on() { { "$LAB" exec "$1" "$VIRT_FT" status --json "$DOMAIN" 2>/dev/null || true; } | jq -r '.[0].state // empty' || true; }
 	replicating_on() { [ "$(state_on "$1")" = replicating ] && [ "$(replay_mode "$1" "$DOMAIN" || true)" = record ] && [ "$(replay_mode "$2" "$DOMAIN" || true)" = play ]; }
-	wait_for 240 "the restarted libvirt-ftd on host $primary to re-protect the VM onto host $other" replicating_on "$primary" "$other"
-	report+=("libvirt-ftd killed on host $primary during a re-protection (phase $at): the restarted daemon re-protected the VM onto host $other $((($(date +%s%N) - t_kill) / 1000000)) ms after the kill")
+	# Killed after the new backup's log channel was up, the other host
+	# may win the pairing's claim and run the VM: then it re-protects
+	# the VM onto this host. Either way one copy runs, protected again.
+	replicating_either() { replicating_on "$primary" "$other" || replicating_on "$other" "$primary"; }
+	wait_for 240 "the VM to be re-protected after libvirt-ftd's restart on host $primary" replicating_either
+	killed=$primary how="the restarted daemon re-protected the VM onto host $other"
+	if replicating_on "$other" "$primary"; then
+		how="host $other won the pairing's claim and re-protected the VM onto host $primary"
+		primary=$other other=$killed
+	fi
+	report+=("libvirt-ftd killed on host $killed during a re-protection (phase $at): $how $((($(date +%s%N) - t_kill) / 1000000)) ms after the kill")
 	log "${report[-1]}"
 	ft_on "$primary" status "$DOMAIN" | sed 's/^/     /' || true
 fi
