@@ -14,12 +14,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
@@ -1272,21 +1270,11 @@ func (d *Daemon) socketAccess() {
 // peerUID is the uid of the process at the other end of a unix socket
 // (SO_PEERCRED, unix(7)); -1 if unknown.
 func peerUID(c net.Conn) int {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return -1
-	}
-	raw, err := sc.SyscallConn()
+	cred, err := peerCred(c)
 	if err != nil {
 		return -1
 	}
-	uid := -1
-	_ = raw.Control(func(fd uintptr) {
-		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			uid = int(cred.Uid)
-		}
-	})
-	return uid
+	return int(cred.Uid)
 }
 
 // authorize: anyone who may connect (root, control-group) reads status;

@@ -446,6 +446,13 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 		ln := &reprotect.Listener{Path: l.path, Max: l.max, UID: e.qemuUID, GID: e.qemuGID,
 			Dial: func(context.Context) (net.Conn, error) {
 				return dialStream(e, p.peer, p.uuid, qemuVer, logVer, epoch, kind)
+			},
+			Admit: func(c net.Conn) error {
+				err := admitQEMU(c, p.uuid, nil)
+				if err != nil {
+					p.log.WithError(err).Warnf("re-protection %s socket: connection refused", kind)
+				}
+				return err
 			}}
 		if err := ln.Listen(); err != nil {
 			return err

@@ -2,7 +2,11 @@ package plugin
 
 import (
 	"crypto/tls"
+	"fmt"
 	"net"
+	"os"
+	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,4 +73,50 @@ func tcpDial(addr string, timeout time.Duration) (net.Conn, error) {
 	}
 	tunePeerTCP(c)
 	return c, nil
+}
+
+// peerCred is the credentials of the process at the other end of unix
+// socket c (SO_PEERCRED, unix(7): the process that connected).
+func peerCred(c net.Conn) (*unix.Ucred, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a socket", c)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+// admitQEMU checks that the process that connected to unix socket c runs
+// domain uuid: its command line (cmdline(pid), /proc/PID/cmdline when
+// nil) holds libvirt's "-uuid <uuid>", as killQEMU checks. Every QEMU on
+// a host runs as the same user and could reach a socket QEMU's user may
+// open: a re-protection's streams carry this domain's memory and disks
+// to the peer, and take writes to its new backup's disks.
+func admitQEMU(c net.Conn, uuid string, cmdline func(pid int) ([]byte, error)) error {
+	cred, err := peerCred(c)
+	if err != nil {
+		return fmt.Errorf("the connecting process: %w", err)
+	}
+	pid := int(cred.Pid)
+	if cmdline == nil {
+		cmdline = func(pid int) ([]byte, error) { return os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)) }
+	}
+	cl, err := cmdline(pid)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if !strings.Contains(strings.ToLower(string(cl)), "\x00-uuid\x00"+strings.ToLower(uuid)+"\x00") {
+		return fmt.Errorf("pid %d is not the QEMU of domain %s", pid, uuid)
+	}
+	return nil
 }

@@ -2,7 +2,11 @@ package plugin
 
 import (
 	"crypto/tls"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,4 +83,46 @@ func TestPeerTCPOptions(t *testing.T) {
 	}
 	tunePeerTCP(nil) // not a TCP connection: nothing to do
 	setUserTimeout(nil, time.Second)
+}
+
+// Only the domain's own QEMU may use a re-protection socket: the process
+// that connected is named by SO_PEERCRED, and its command line must hold
+// libvirt's -uuid of the domain.
+func TestAdmitQEMU(t *testing.T) {
+	path := filepath.Join(shortTempDir(t), "rp.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// This test binary connected: not a QEMU.
+	if err := admitQEMU(c, testUUID, nil); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("pid %d is not the QEMU", os.Getpid())) {
+		t.Fatalf("the test process admitted: %v", err)
+	}
+	asQEMU := func(uuid string) func(int) ([]byte, error) {
+		return func(pid int) ([]byte, error) {
+			if pid != os.Getpid() {
+				return nil, fmt.Errorf("asked about pid %d", pid)
+			}
+			return []byte("/usr/bin/qemu-system-x86_64\x00-name\x00guest=web\x00-uuid\x00" + uuid + "\x00-S\x00"), nil
+		}
+	}
+	if err := admitQEMU(c, testUUID, asQEMU(strings.ToUpper(testUUID))); err != nil {
+		t.Fatalf("the domain's QEMU refused: %v", err)
+	}
+	if err := admitQEMU(c, testUUID, asQEMU("00000000-0000-0000-0000-000000000001")); err == nil {
+		t.Fatal("another domain's QEMU admitted")
+	}
 }

@@ -79,6 +79,12 @@ type Listener struct {
 	// UID and GID own the socket (mode 0600): QEMU's user under libvirt,
 	// so that it may connect. Both 0 leaves the daemon's own.
 	UID, GID int
+	// Admit, when set, checks each connection before it is served (and
+	// counted against Max): an error closes it at once and counts it in
+	// Refused. libvirt-ftd admits only the domain's own QEMU (every QEMU
+	// on the host runs as the same user).
+	Admit   func(c net.Conn) error
+	Refused atomic.Int64
 
 	ln net.Listener
 }
@@ -141,6 +147,13 @@ func (l *Listener) Serve(ctx context.Context) error {
 				serveErr = fmt.Errorf("reprotect: stream socket: %w", err)
 			}
 			break
+		}
+		if l.Admit != nil {
+			if err := l.Admit(c); err != nil {
+				l.Refused.Add(1)
+				c.Close()
+				continue
+			}
 		}
 		if served >= max {
 			c.Close()

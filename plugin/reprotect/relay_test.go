@@ -2,9 +2,11 @@ package reprotect
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -170,4 +172,59 @@ func peerListener(t *testing.T, dir string) (string, net.Listener) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	return path, ln
+}
+
+// Admit refuses a connection before it takes one of Max's slots: a
+// refused one is closed, the next admitted one is served.
+func TestListenerAdmit(t *testing.T) {
+	dir := t.TempDir()
+	peerPath, pl := peerListener(t, dir)
+	go func() {
+		for {
+			c, err := pl.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); c.Close() }()
+		}
+	}()
+	var n atomic.Int32
+	l := &Listener{Path: filepath.Join(dir, "qemu.sock"), Max: 1,
+		Dial: func(ctx context.Context) (net.Conn, error) { return net.Dial("unix", peerPath) },
+		Admit: func(net.Conn) error {
+			if n.Add(1) == 1 {
+				return errors.New("not this domain's QEMU")
+			}
+			return nil
+		}}
+	if err := l.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(ctx) }()
+	bad, err := net.Dial("unix", l.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = bad.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := bad.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a refused connection: %v, want EOF", err)
+	}
+	good, err := net.Dial("unix", l.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = good.Write([]byte("nbd"))
+	_ = good.(*net.UnixConn).CloseWrite()
+	if got, _ := io.ReadAll(good); string(got) != "nbd" {
+		t.Fatalf("the admitted connection after a refused one: %q", got)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if l.Refused.Load() != 1 {
+		t.Fatalf("Refused %d, want 1", l.Refused.Load())
+	}
 }
