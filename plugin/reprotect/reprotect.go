@@ -31,7 +31,7 @@
 // (Recover). A write-blocking mirror over a relay whose peer host stops
 // answering holds the guest's disk writes until the relay's TCP connection
 // gives up: libvirt-ftd sets TCP_USER_TIMEOUT on the stream connections
-// (plugin/tcpopts.go, 20 s; since Linux 5.11 it also ends a window that
+// (plugin/sockopts.go, 20 s; since Linux 5.11 it also ends a window that
 // stays closed that long), after which the relay, then the mirror, fails
 // and Run undoes the rest.
 package reprotect

@@ -48,11 +48,11 @@ compared_at_least() { local n; n=$(gate_json b verified); [ "${n:-0}" -ge "$1" ]
 a_unprotected() { [ "$(state_a)" = unprotected ]; }
 ticks_past() { local t; t=$(last_tick a "$DOMAIN"); [ "${t:-0}" -ge "$1" ]; }
 
-out_echo=$(mktemp) out_stream=$(mktemp)
-SCRATCH+=("$out_echo" "$out_stream")
-client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $CLIENT_STALL >"$out_echo" 2>&1 &
+out_echo=$(mktemp) out_stream=$(mktemp) stop_clients=$(mktemp -u /tmp/ft-divergence-stop.XXXXXX)
+SCRATCH+=("$out_echo" "$out_stream" "$stop_clients")
+client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $CLIENT_STALL -stop-file "$stop_clients" >"$out_echo" 2>&1 &
 pids=($!)
-client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $CLIENT_STALL >"$out_stream" 2>&1 &
+client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $CLIENT_STALL -stop-file "$stop_clients" >"$out_stream" 2>&1 &
 pids+=($!)
 
 say "while the two agree, the backup compares the primary's frame digests"
@@ -111,6 +111,8 @@ if [ "$REPLACE" = 1 ]; then
 	ticks_consecutive b "$DOMAIN" || die "the guest rebooted or skipped ticks on host B"
 	log "live on host B with the ticks running on (last $(last_tick b "$DOMAIN"))"
 fi
+# Done: the clients end (-stop-file; at -duration at the latest).
+touch "$stop_clients"
 rc_echo=0 rc_stream=0
 wait "${pids[0]}" || rc_echo=$?
 wait "${pids[1]}" || rc_stream=$?

@@ -131,8 +131,8 @@ for fault in "${faults[@]}"; do
 		rows+=("$(printf '%-16s %-6s %8s %8s  %-12s %s' "$fault" a - - replicating "pass: protected again $ms ms after virsh start, nothing cleaned by hand")")
 		continue
 	fi
-	out_echo=$(mktemp) out_stream=$(mktemp) frames_a=$(mktemp) frames_b=$(mktemp)
-	SCRATCH+=("$out_echo" "$out_stream" "$frames_a" "$frames_b")
+	out_echo=$(mktemp) out_stream=$(mktemp) frames_a=$(mktemp) frames_b=$(mktemp) stop_clients=$(mktemp -u /tmp/ft-faults-stop.XXXXXX)
+	SCRATCH+=("$out_echo" "$out_stream" "$frames_a" "$frames_b" "$stop_clients")
 	for h in a b; do
 		f=$frames_a; [ $h = b ] && f=$frames_b
 		# -Q in: frames host h sends into the LAN (the bridge also floods
@@ -143,9 +143,9 @@ for fault in "${faults[@]}"; do
 	stall_limit=$STALL_LIMIT
 	[ $fault = qemu-hang-a ] && stall_limit=15s
 	[ $fault = backup-stop ] && stall_limit=10s
-	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $stall_limit >"$out_echo" 2>&1 &
+	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $stall_limit -stop-file "$stop_clients" >"$out_echo" 2>&1 &
 	echo_pid=$!
-	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $stall_limit >"$out_stream" 2>&1 &
+	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $stall_limit -stop-file "$stop_clients" >"$out_stream" 2>&1 &
 	stream_pid=$!
 	sleep 5
 	t0=$(date +%s%N)
@@ -195,6 +195,10 @@ for fault in "${faults[@]}"; do
 	settled_ms=$((($(date +%s%N) - t0) / 1000000))
 	sleep 3
 	settled || die "$fault: not settled any more 3 s later: running copies '$(copies)'"
+	# The clients go on 5 s more on the settled VM, then end (-stop-file;
+	# at -duration at the latest).
+	sleep 5
+	touch "$stop_clients"
 	where=$(copies)
 	paused_note=""
 	for h in a b; do paused_on $h && paused_note+=" (host $h keeps a paused copy)"; done

@@ -47,11 +47,11 @@ for trial in $(seq 1 "$TRIALS"); do
 	say "trial $trial/$TRIALS (gate $GATE): two TCP clients, then host A fails ($mode)"
 	fresh_protected_lab 8
 	# This trial's client outputs (the next trial's lab_stop removes them).
-	out_echo=$(mktemp) out_stream=$(mktemp)
-	SCRATCH+=("$out_echo" "$out_stream")
-	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_echo" 2>&1 &
+	out_echo=$(mktemp) out_stream=$(mktemp) stop_clients=$(mktemp -u /tmp/ft-tcp-stop.XXXXXX)
+	SCRATCH+=("$out_echo" "$out_stream" "$stop_clients")
+	client "$BIN/tcpcheck" echo -addr $GUEST_IP:7002 -duration ${DURATION}s -stall-limit $STALL_LIMIT -stop-file "$stop_clients" >"$out_echo" 2>&1 &
 	pids=($!)
-	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $STALL_LIMIT >"$out_stream" 2>&1 &
+	client "$BIN/tcpcheck" stream -addr $GUEST_IP:7001 -duration ${DURATION}s -stall-limit $STALL_LIMIT -stop-file "$stop_clients" >"$out_stream" 2>&1 &
 	pids+=($!)
 	# A random moment 4-8 s into the exchanges.
 	sleep "$((4 + RANDOM % 4)).$((RANDOM % 10))"
@@ -64,6 +64,10 @@ for trial in $(seq 1 "$TRIALS"); do
 	log "running on host B $((($(date +%s%N) - t0) / 1000000)) ms after the failure (as this test polls)"
 	golive=$({ ft_on b status "$DOMAIN" || true; } | sed -n 's/^[^:]*: last failover event: //p')
 	log "go-live: $golive"
+	# The connections go on 10 s more on host B, then the clients end
+	# (-stop-file; at -duration at the latest).
+	sleep 10
+	touch "$stop_clients"
 	rc_echo=0 rc_stream=0
 	wait "${pids[0]}" || rc_echo=$?
 	wait "${pids[1]}" || rc_stream=$?
