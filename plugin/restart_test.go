@@ -77,6 +77,12 @@ func TestRestartPrimaryDaemonWinsClaim(t *testing.T) {
 		if r, ok := fp.a.d.pairings.load(runUUID); !ok || r.Role != "live" {
 			t.Fatalf("host a: pairing record %+v %v, want role live", r, ok)
 		}
+		// Adopted, re-protectable onto its backup's host (the primary's
+		// pairing record names that daemon), from the user's definition.
+		p, ok := fp.a.d.lookup(runUUID).current().(*primaryRun)
+		if !ok || !p.adoptedAlone || p.liveXML || p.peer != peerAddr(p.cfg) || !strings.HasPrefix(p.peer, fp.b.ip+":") {
+			t.Fatalf("host a: not adopted as expected (%T %+v)", fp.a.d.lookup(runUUID).current(), p)
+		}
 
 		fp.unreachable("10.0.0.2", false)
 		time.Sleep(5 * time.Second)
@@ -175,6 +181,16 @@ func TestRestartBackupDaemonAfterEndWins(t *testing.T) {
 		}
 		if s := fp.b.status(t, "web"); s.State != ctl.StateUnprotected || !strings.Contains(s.Detail, "won the split-brain claim") {
 			t.Fatalf("host b: %+v", s)
+		}
+		// It runs alone, adopted as a run of the restarted daemon
+		// (adoptalone.go): re-protectable onto host a, from the
+		// persistent definition defined here.
+		p, ok := fp.b.d.lookup(runUUID).current().(*primaryRun)
+		if !ok || !p.adoptedAlone || !p.liveXML || p.peer != peerAddr(p.cfg) || !strings.Contains(p.primaryXML, `role="primary"`) {
+			t.Fatalf("host b: not adopted (%T %+v)", fp.b.d.lookup(runUUID).current(), p)
+		}
+		if ok, why := p.reprotectable(false); !ok {
+			t.Fatalf("host b: the adopted VM is not re-protectable: %s", why)
 		}
 	})
 }
