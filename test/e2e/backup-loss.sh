@@ -56,8 +56,12 @@ for mode in unprotect qemu stop host; do
 		start_protected "$DOMAIN"
 		wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
 	fi
-	# 4 s before the loss, then up to the stall bound and 2 s for a stop.
-	watch_ticks a "$DOMAIN" 16 "$ticks_seen" &
+	# 4 s before the loss, then up to the stall bound and 2 s for a stop;
+	# 6 s after any other loss (the heartbeat timeout, the claim, ticks
+	# after them).
+	watch_s=10
+	[ $mode = stop ] && watch_s=16
+	watch_ticks a "$DOMAIN" $watch_s "$ticks_seen" &
 	watcher=$!
 	sleep 4
 	allowed=1000
