@@ -90,63 +90,67 @@ on b cat "$IMAGES/$DOMAIN.qcow2" >"$disk_b"
 cmp "$disk_a" "$disk_b" || die "the two disk images differ as files after the replayed shutdown (their guest records verify)"
 log "the two disk images are byte-identical after the replayed shutdown"
 
-say "restart: both copies ended the pairing in step, so no disk is read (issue 13)"
-uuid=$(virsh_on a domuuid "$DOMAIN")
-in_step=yes
-wait_for 10 "host A to record its disk as in step" on a test -s "/var/lib/libvirt-ft/in-step/$uuid.json"
-if ! wait_for_quiet 10 on b test -s "/var/lib/libvirt-ft/in-step/$uuid.json"; then
-	# A backup whose replay of the shutdown stalled (halted: it never
-	# reached the end) must record nothing, and the restart then hashes.
-	# Seen once in about ten runs: the replay stopping before an INTERRUPT
-	# in the guest's last second (a known replay limit, see the closing
-	# notes); the disks' records still matched.
-	stall=$(grep -o 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
-	[ -n "$stall" ] || die "host B recorded nothing in step, and its replay did not stall"
-	log "KNOWN: host B's replay of the shutdown stalled ($stall): it recorded nothing in step, so the restart must hash both copies"
-	in_step=no
-else
-	log "in-step records on both hosts: $(on a jq -c '{epoch, role, disks: [.disks[].path]}' "/var/lib/libvirt-ft/in-step/$uuid.json"), $(on b jq -c '{epoch, role}' "/var/lib/libvirt-ft/in-step/$uuid.json")"
-fi
-virsh_on a start "$DOMAIN" >/dev/null
-wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
-if [ $in_step = yes ]; then
-	grep "not read" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /' || true
-	grep -q "both copies unchanged since pairing .* ended in step" "$LAB_DIR/a/ftd.log" || die "host A read (hashed or seeded) the disk on a restart with both copies in step"
-else
-	grep -qE "disk [^:]*: (backup copy identical|seeded and verified)" "$LAB_DIR/a/ftd.log" || die "host A did not hash the disks on a restart without in-step records"
-	grep -E "disk [^:]*: (backup copy identical|seeded and verified)" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /'
-fi
-# (QEMU truncates a file console at start: these are the second boot's.)
-wait_for 120 "10 ticks of the second boot on host B" has_tick b "$DOMAIN" 10
-virsh_on a destroy "$DOMAIN" >/dev/null
-wait_for 60 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
-log "the restarted pair replicated on the unread copies (tick 10 of the second boot on host B)"
+# RESTARTS=0 (install.sh: the same daemon code, installed) leaves out the
+# two restarts below.
+if [ "${RESTARTS:-1}" = 1 ]; then
+	say "restart: both copies ended the pairing in step, so no disk is read (issue 13)"
+	uuid=$(virsh_on a domuuid "$DOMAIN")
+	in_step=yes
+	wait_for 10 "host A to record its disk as in step" on a test -s "/var/lib/libvirt-ft/in-step/$uuid.json"
+	if ! wait_for_quiet 10 on b test -s "/var/lib/libvirt-ft/in-step/$uuid.json"; then
+		# A backup whose replay of the shutdown stalled (halted: it never
+		# reached the end) must record nothing, and the restart then hashes.
+		# Seen once in about ten runs: the replay stopping before an INTERRUPT
+		# in the guest's last second (a known replay limit, see the closing
+		# notes); the disks' records still matched.
+		stall=$(grep -o 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
+		[ -n "$stall" ] || die "host B recorded nothing in step, and its replay did not stall"
+		log "KNOWN: host B's replay of the shutdown stalled ($stall): it recorded nothing in step, so the restart must hash both copies"
+		in_step=no
+	else
+		log "in-step records on both hosts: $(on a jq -c '{epoch, role, disks: [.disks[].path]}' "/var/lib/libvirt-ft/in-step/$uuid.json"), $(on b jq -c '{epoch, role}' "/var/lib/libvirt-ft/in-step/$uuid.json")"
+	fi
+	virsh_on a start "$DOMAIN" >/dev/null
+	wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
+	if [ $in_step = yes ]; then
+		grep "not read" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /' || true
+		grep -q "both copies unchanged since pairing .* ended in step" "$LAB_DIR/a/ftd.log" || die "host A read (hashed or seeded) the disk on a restart with both copies in step"
+	else
+		grep -qE "disk [^:]*: (backup copy identical|seeded and verified)" "$LAB_DIR/a/ftd.log" || die "host A did not hash the disks on a restart without in-step records"
+		grep -E "disk [^:]*: (backup copy identical|seeded and verified)" "$LAB_DIR/a/ftd.log" | tail -n 1 | sed 's/^/     /'
+	fi
+	# (QEMU truncates a file console at start: these are the second boot's.)
+	wait_for 120 "10 ticks of the second boot on host B" has_tick b "$DOMAIN" 10
+	virsh_on a destroy "$DOMAIN" >/dev/null
+	wait_for 60 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+	log "the restarted pair replicated on the unread copies (tick 10 of the second boot on host B)"
 
-say "restart after a destroy and 1 MiB overwritten in host B's copy: only the differing blocks are sent (issue 13)"
-# The destroy left no in-step record. Host B's copy is made the size of
-# host A's (the destroy may have cut its replay short of the last cluster
-# allocation) and gets 1 MiB of other bytes at 2 MiB, inside the 8 MiB of
-# zeros written before the first start (a qcow2 file is plain bytes until
-# QEMU opens it; that block goes back as zeros, a hole). Both hosts list their blocks; only those that differ go
-# over (docs/protocol.md §5a), and the lists must match after.
-size_a=$(on a stat -c %s "$IMAGES/$DOMAIN.qcow2")
-[ "$size_a" -ge $((8 << 20)) ] || die "host A's image is $size_a bytes, less than the 8 MiB written into it"
-on b truncate -s "$size_a" "$IMAGES/$DOMAIN.qcow2"
-on b dd if=/dev/urandom of="$IMAGES/$DOMAIN.qcow2" bs=1M seek=2 count=1 conv=notrunc status=none
-mark=$(wc -l <"$LAB_DIR/a/ftd.log")
-virsh_on a start "$DOMAIN" >/dev/null
-wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
-seedlog=$(tail -n +"$((mark + 1))" "$LAB_DIR/a/ftd.log" | grep -F "disk $IMAGES/$DOMAIN.qcow2: " || true)
-sed 's/.*msg="//; s/" .*//; s/^/     /' <<<"$seedlog"
-grep -q "seeded and verified" <<<"$seedlog" || die "host A did not seed and verify host B's damaged copy"
-read -r k n < <(grep -oE "[0-9]+ of [0-9]+ blocks of [0-9]+ KiB differ from the backup's copy" <<<"$seedlog" | awk '{print $1, $3}') ||
-	die "host A did not seed only the differing blocks (no \"K of N blocks differ\" line)"
-[ "$k" -ge 1 ] && [ "$k" -lt "$n" ] || die "host A sent $k of $n blocks: want at least the damaged one and fewer than all"
-left=$(on b find "$IMAGES" -name ".*.seed-*" 2>/dev/null || true)
-[ -z "$left" ] || die "temporary seed files left on host B: $left"
-log "host A sent $k of the image's $n blocks; no temporary file left on host B"
-virsh_on a destroy "$DOMAIN" >/dev/null
-wait_for 60 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+	say "restart after a destroy and 1 MiB overwritten in host B's copy: only the differing blocks are sent (issue 13)"
+	# The destroy left no in-step record. Host B's copy is made the size of
+	# host A's (the destroy may have cut its replay short of the last cluster
+	# allocation) and gets 1 MiB of other bytes at 2 MiB, inside the 8 MiB of
+	# zeros written before the first start (a qcow2 file is plain bytes until
+	# QEMU opens it; that block goes back as zeros, a hole). Both hosts list their blocks; only those that differ go
+	# over (docs/protocol.md §5a), and the lists must match after.
+	size_a=$(on a stat -c %s "$IMAGES/$DOMAIN.qcow2")
+	[ "$size_a" -ge $((8 << 20)) ] || die "host A's image is $size_a bytes, less than the 8 MiB written into it"
+	on b truncate -s "$size_a" "$IMAGES/$DOMAIN.qcow2"
+	on b dd if=/dev/urandom of="$IMAGES/$DOMAIN.qcow2" bs=1M seek=2 count=1 conv=notrunc status=none
+	mark=$(wc -l <"$LAB_DIR/a/ftd.log")
+	virsh_on a start "$DOMAIN" >/dev/null
+	wait_replay_mode 60 "the backup to run in replay mode on host B" b "$DOMAIN" play
+	seedlog=$(tail -n +"$((mark + 1))" "$LAB_DIR/a/ftd.log" | grep -F "disk $IMAGES/$DOMAIN.qcow2: " || true)
+	sed 's/.*msg="//; s/" .*//; s/^/     /' <<<"$seedlog"
+	grep -q "seeded and verified" <<<"$seedlog" || die "host A did not seed and verify host B's damaged copy"
+	read -r k n < <(grep -oE "[0-9]+ of [0-9]+ blocks of [0-9]+ KiB differ from the backup's copy" <<<"$seedlog" | awk '{print $1, $3}') ||
+		die "host A did not seed only the differing blocks (no \"K of N blocks differ\" line)"
+	[ "$k" -ge 1 ] && [ "$k" -lt "$n" ] || die "host A sent $k of $n blocks: want at least the damaged one and fewer than all"
+	left=$(on b find "$IMAGES" -name ".*.seed-*" 2>/dev/null || true)
+	[ -z "$left" ] || die "temporary seed files left on host B: $left"
+	log "host A sent $k of the image's $n blocks; no temporary file left on host B"
+	virsh_on a destroy "$DOMAIN" >/dev/null
+	wait_for 60 "the backup to end on host B" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+fi
 
 say "nothing left behind"
 for h in a b; do
