@@ -329,13 +329,19 @@ func killQEMU(pidFile, uuid string) error {
 	if err != nil {
 		return fmt.Errorf("QEMU pid %d from %s: %w", pid, pidFile, err)
 	}
-	if !strings.Contains(strings.ToLower(string(cmdline)), "\x00-uuid\x00"+strings.ToLower(uuid)+"\x00") {
+	if !runsDomain(cmdline, uuid) {
 		return fmt.Errorf("pid %d from %s does not run domain %s", pid, pidFile, uuid)
 	}
 	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
 		return fmt.Errorf("SIGKILL to QEMU pid %d: %w", pid, err)
 	}
 	return nil
+}
+
+// runsDomain reports whether a QEMU command line (/proc/PID/cmdline: NUL-
+// separated arguments) holds libvirt's -uuid of domain uuid.
+func runsDomain(cmdline []byte, uuid string) bool {
+	return strings.Contains(strings.ToLower(string(cmdline)), "\x00-uuid\x00"+strings.ToLower(uuid)+"\x00")
 }
 
 func (h libvirtHV) MonitorBusy(uuid string) (bool, time.Duration, error) {

@@ -448,7 +448,7 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 				return dialStream(e, p.peer, p.uuid, qemuVer, logVer, epoch, kind)
 			},
 			Admit: func(c net.Conn) error {
-				err := admitQEMU(c, p.uuid, nil)
+				err := admitQEMU(c, p.uuid, p.name, qemuProcs{})
 				if err != nil {
 					p.log.WithError(err).Warnf("re-protection %s socket: connection refused", kind)
 				}

@@ -80,8 +80,14 @@ func TestRestartPrimaryDaemonWinsClaim(t *testing.T) {
 		// Adopted, re-protectable onto its backup's host (the primary's
 		// pairing record names that daemon), from the user's definition.
 		p, ok := fp.a.d.lookup(runUUID).current().(*primaryRun)
-		if !ok || !p.adoptedAlone || p.liveXML || p.peer != peerAddr(p.cfg) || !strings.HasPrefix(p.peer, fp.b.ip+":") {
-			t.Fatalf("host a: not adopted as expected (%T %+v)", fp.a.d.lookup(runUUID).current(), p)
+		if !ok {
+			t.Fatalf("host a: not adopted (%T)", fp.a.d.lookup(runUUID).current())
+		}
+		p.mu.Lock()
+		adopted, liveXML, peer := p.adoptedAlone, p.liveXML, p.peer
+		p.mu.Unlock()
+		if !adopted || liveXML || peer != peerAddr(p.cfg) || !strings.HasPrefix(peer, fp.b.ip+":") {
+			t.Fatalf("host a: adopted %v liveXML %v peer %q", adopted, liveXML, peer)
 		}
 
 		fp.unreachable("10.0.0.2", false)
@@ -186,8 +192,14 @@ func TestRestartBackupDaemonAfterEndWins(t *testing.T) {
 		// (adoptalone.go): re-protectable onto host a, from the
 		// persistent definition defined here.
 		p, ok := fp.b.d.lookup(runUUID).current().(*primaryRun)
-		if !ok || !p.adoptedAlone || !p.liveXML || p.peer != peerAddr(p.cfg) || !strings.Contains(p.primaryXML, `role="primary"`) {
-			t.Fatalf("host b: not adopted (%T %+v)", fp.b.d.lookup(runUUID).current(), p)
+		if !ok {
+			t.Fatalf("host b: not adopted (%T)", fp.b.d.lookup(runUUID).current())
+		}
+		p.mu.Lock()
+		adopted, liveXML, peer, base := p.adoptedAlone, p.liveXML, p.peer, p.primaryXML
+		p.mu.Unlock()
+		if !adopted || !liveXML || peer != peerAddr(p.cfg) || !strings.Contains(base, `role="primary"`) {
+			t.Fatalf("host b: adopted %v liveXML %v peer %q", adopted, liveXML, peer)
 		}
 		if ok, why := p.reprotectable(false); !ok {
 			t.Fatalf("host b: the adopted VM is not re-protectable: %s", why)

@@ -1243,13 +1243,19 @@ func TestRunsAutoReprotectAfterDaemonRestart(t *testing.T) {
 			t.Fatal("host b: no domain entry after the restart")
 		}
 		p, ok := dm.current().(*primaryRun)
-		if !ok || !p.adoptedAlone || !p.liveXML || p.primaryXML == "" {
-			t.Fatalf("host b: the live VM was not adopted as a run (%T %+v)", dm.current(), p)
+		if !ok {
+			t.Fatalf("host b: the live VM was not adopted as a run (%T)", dm.current())
+		}
+		p.mu.Lock()
+		adopted, liveXML, base, peer := p.adoptedAlone, p.liveXML, p.primaryXML, p.peer
+		p.mu.Unlock()
+		if !adopted || !liveXML || base == "" {
+			t.Fatalf("host b: adopted %v liveXML %v base %d bytes", adopted, liveXML, len(base))
 		}
 		// The host it failed over from, at its daemon's port: not the
 		// address the primary once connected from (the live record's).
-		if want := peerAddr(p.cfg); p.peer != want || !strings.HasPrefix(want, fp.a.ip+":") {
-			t.Fatalf("host b: adopted with peer %q, want %q (host a, %s)", p.peer, want, fp.a.ip)
+		if want := peerAddr(p.cfg); peer != want || !strings.HasPrefix(want, fp.a.ip+":") {
+			t.Fatalf("host b: adopted with peer %q, want %q (host a, %s)", peer, want, fp.a.ip)
 		}
 		time.Sleep(autoReprotectPoll + time.Second)
 		synctest.Wait()

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -96,26 +98,53 @@ func peerCred(c net.Conn) (*unix.Ucred, error) {
 	return cred, cerr
 }
 
-// admitQEMU checks that the process that connected to unix socket c runs
-// domain uuid: its command line (cmdline(pid), /proc/PID/cmdline when
-// nil) holds libvirt's "-uuid <uuid>", as killQEMU checks. Every QEMU on
-// a host runs as the same user and could reach a socket QEMU's user may
-// open: a re-protection's streams carry this domain's memory and disks
-// to the peer, and take writes to its new backup's disks.
-func admitQEMU(c net.Conn, uuid string, cmdline func(pid int) ([]byte, error)) error {
+// qemuProcs reads what admitQEMU checks: a process's command line
+// (/proc/PID/cmdline) and the pid libvirt keeps for a running domain
+// (qemuPidDir/NAME.pid, written by libvirtd as root). Nil fields read
+// those files.
+type qemuProcs struct {
+	cmdline func(pid int) ([]byte, error)
+	pidFile func(name string) ([]byte, error)
+}
+
+// admitQEMU checks that the process that connected to unix socket c
+// (SO_PEERCRED) is the running QEMU of domain uuid named name: its pid is
+// the one in libvirt's pid file of the domain (root's file: a process
+// cannot name itself there; that QEMU being alive, its pid is not reused),
+// and its command line holds libvirt's "-uuid <uuid>", as killQEMU
+// checks. Every QEMU on a host runs as the same user and could reach a
+// socket QEMU's user may open: a re-protection's streams carry this
+// domain's memory and disks to the peer, and take writes to its new
+// backup's disks.
+func admitQEMU(c net.Conn, uuid, name string, sys qemuProcs) error {
 	cred, err := peerCred(c)
 	if err != nil {
 		return fmt.Errorf("the connecting process: %w", err)
 	}
 	pid := int(cred.Pid)
-	if cmdline == nil {
-		cmdline = func(pid int) ([]byte, error) { return os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)) }
+	if sys.cmdline == nil {
+		sys.cmdline = func(pid int) ([]byte, error) { return os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)) }
 	}
-	cl, err := cmdline(pid)
+	if sys.pidFile == nil {
+		sys.pidFile = func(name string) ([]byte, error) {
+			if name == "" || strings.ContainsAny(name, "/\x00") {
+				return nil, fmt.Errorf("domain name %q: no pid file to read", name)
+			}
+			return os.ReadFile(filepath.Join(qemuPidDir, name+".pid"))
+		}
+	}
+	b, err := sys.pidFile(name)
+	if err != nil {
+		return fmt.Errorf("libvirt's pid of domain %q: %w", name, err)
+	}
+	if want, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || want != pid {
+		return fmt.Errorf("pid %d is not domain %q's QEMU (libvirt's pid file says %q)", pid, name, strings.TrimSpace(string(b)))
+	}
+	cl, err := sys.cmdline(pid)
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
-	if !strings.Contains(strings.ToLower(string(cl)), "\x00-uuid\x00"+strings.ToLower(uuid)+"\x00") {
+	if !runsDomain(cl, uuid) {
 		return fmt.Errorf("pid %d is not the QEMU of domain %s", pid, uuid)
 	}
 	return nil

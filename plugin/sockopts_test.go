@@ -86,8 +86,8 @@ func TestPeerTCPOptions(t *testing.T) {
 }
 
 // Only the domain's own QEMU may use a re-protection socket: the process
-// that connected is named by SO_PEERCRED, and its command line must hold
-// libvirt's -uuid of the domain.
+// that connected (SO_PEERCRED) must be the pid libvirt keeps for the
+// domain, and its command line must hold libvirt's -uuid of the domain.
 func TestAdmitQEMU(t *testing.T) {
 	path := filepath.Join(shortTempDir(t), "rp.sock")
 	l, err := net.Listen("unix", path)
@@ -107,22 +107,40 @@ func TestAdmitQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	// This test binary connected: not a QEMU.
-	if err := admitQEMU(c, testUUID, nil); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("pid %d is not the QEMU", os.Getpid())) {
-		t.Fatalf("the test process admitted: %v", err)
+	me := os.Getpid()
+	pidFile := func(pid int) func(string) ([]byte, error) {
+		return func(name string) ([]byte, error) {
+			if name != "web" {
+				return nil, fmt.Errorf("asked about domain %q", name)
+			}
+			return []byte(fmt.Sprintf("%d\n", pid)), nil
+		}
 	}
 	asQEMU := func(uuid string) func(int) ([]byte, error) {
 		return func(pid int) ([]byte, error) {
-			if pid != os.Getpid() {
+			if pid != me {
 				return nil, fmt.Errorf("asked about pid %d", pid)
 			}
 			return []byte("/usr/bin/qemu-system-x86_64\x00-name\x00guest=web\x00-uuid\x00" + uuid + "\x00-S\x00"), nil
 		}
 	}
-	if err := admitQEMU(c, testUUID, asQEMU(strings.ToUpper(testUUID))); err != nil {
-		t.Fatalf("the domain's QEMU refused: %v", err)
+	for _, c2 := range []struct {
+		what string
+		sys  qemuProcs
+		want string // "" admitted
+	}{
+		{"the domain's QEMU", qemuProcs{cmdline: asQEMU(strings.ToUpper(testUUID)), pidFile: pidFile(me)}, ""},
+		{"a process with the domain's -uuid in its arguments, not libvirt's pid", qemuProcs{cmdline: asQEMU(testUUID), pidFile: pidFile(me + 1)}, "is not domain \"web\"'s QEMU"},
+		{"libvirt's pid running another domain", qemuProcs{cmdline: asQEMU("00000000-0000-0000-0000-000000000001"), pidFile: pidFile(me)}, "is not the QEMU of domain"},
+		{"the test process itself", qemuProcs{pidFile: pidFile(me)}, fmt.Sprintf("pid %d is not the QEMU", me)},
+		{"no pid file", qemuProcs{cmdline: asQEMU(testUUID), pidFile: func(string) ([]byte, error) { return nil, os.ErrNotExist }}, "libvirt's pid of domain"},
+	} {
+		err := admitQEMU(c, testUUID, "web", c2.sys)
+		if (c2.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c2.want)) {
+			t.Errorf("%s: %v, want %q", c2.what, err, c2.want)
+		}
 	}
-	if err := admitQEMU(c, testUUID, asQEMU("00000000-0000-0000-0000-000000000001")); err == nil {
-		t.Fatal("another domain's QEMU admitted")
+	if err := admitQEMU(c, testUUID, "../web", qemuProcs{cmdline: asQEMU(testUUID)}); err == nil {
+		t.Error("a domain name with a slash read a pid file")
 	}
 }

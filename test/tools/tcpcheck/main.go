@@ -51,7 +51,9 @@ Commands (guest ports: 7001 counter stream, 7002 echo, 7004 sink, 7005 source):
       previous plus 1; the first may be any number) for -duration. A lost,
       duplicated or reordered line, any other byte, an EOF or reset, or more
       than -stall-limit without a complete line is a failure. SIGUSR1 or
-      -stop-file ends the reading early, as -duration does.
+      -stop-file ends the reading early, as -duration does; either way it
+      then waits up to -stall-limit for one more line (the connection must
+      be alive at the end).
 
   rtt     -addr HOST:PORT -count N [-size 64] [-stall-limit 4s]
       N sequential round trips (one request line of -size payload bytes,

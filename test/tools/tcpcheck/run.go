@@ -346,18 +346,50 @@ func runStream(c config, log io.Writer) *summary {
 	check := time.NewTicker(stallCheckPeriod(c.StallLimit))
 	defer check.Stop()
 	noLine := func() string { return "no complete line" }
+	linesNow := func() uint64 {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		return sc.Lines()
+	}
+	alive := true
 reading:
 	for {
 		select {
 		case <-check.C:
 			t.checkStall(time.Now(), noLine)
 		case <-readerDone:
+			alive = false
 			break reading
 		case <-end.C:
 			break reading
 		case <-c.stop:
 			break reading
 		}
+	}
+	// The connection must still be alive at the end: one more line
+	// within the stall limit (a stall under way when the time is up would
+	// otherwise pass unreported), as echo waits for its replies.
+	t.mu.Lock()
+	stalled := t.waiting && t.stallReported // failing already
+	t.mu.Unlock()
+	if alive && !stalled {
+		before, endAt := linesNow(), time.Now().Add(c.StallLimit)
+		poll := time.NewTicker(min(10*time.Millisecond, stallCheckPeriod(c.StallLimit)))
+	last:
+		for linesNow() == before {
+			now := time.Now()
+			if now.After(endAt) {
+				t.fail(now, fmt.Sprintf("no complete line in the %v after the end", c.StallLimit))
+				break
+			}
+			t.checkStall(now, noLine)
+			select {
+			case <-poll.C:
+			case <-readerDone:
+				break last
+			}
+		}
+		poll.Stop()
 	}
 	closing.Store(true)
 	conn.Close()
