@@ -6,12 +6,19 @@ import (
 	"testing"
 )
 
-func TestGateWiring(t *testing.T) {
+// goldenBackup is the generated backup of the demo domain.
+func goldenBackup(t *testing.T) string {
+	t.Helper()
 	b, err := os.ReadFile("testdata/ftdemo.backup.golden.xml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dom, err := ParseDomain(string(b))
+	return string(b)
+}
+
+func TestGateWiring(t *testing.T) {
+	b := goldenBackup(t)
+	dom, err := ParseDomain(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,7 +26,7 @@ func TestGateWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _, err := ParseConfig(string(b))
+	cfg, _, err := ParseConfig(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +38,7 @@ func TestGateWiring(t *testing.T) {
 	if _, err := GateWiring(dom, 2); err == nil || !strings.Contains(err.Error(), "interface 1") {
 		t.Fatalf("a second interface without wiring: %v", err)
 	}
-	stripped, err := StripGenerated(string(b))
+	stripped, err := StripGenerated(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,11 +57,8 @@ func TestGateWiring(t *testing.T) {
 // without the security labels libvirt gave it here (the peer refuses
 // them at the next re-protection).
 func TestLivePrimaryOfIncoming(t *testing.T) {
-	b, err := os.ReadFile("testdata/ftdemo.backup.golden.xml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := Incoming(string(b))
+	b := goldenBackup(t)
+	in, err := Incoming(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +68,7 @@ func TestLivePrimaryOfIncoming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := LivePrimary(string(b))
+	want, err := LivePrimary(b)
 	if err != nil {
 		t.Fatal(err)
 	}

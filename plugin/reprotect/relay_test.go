@@ -73,19 +73,7 @@ func TestPipeCarriesHalfCloses(t *testing.T) {
 func TestListenerPipesToTheDialledPeerAndServesMaxOnly(t *testing.T) {
 	dir := t.TempDir()
 	// The "peer": an echo server until EOF, then it closes.
-	peerPath, pl := peerListener(t, dir)
-	go func() {
-		for {
-			c, err := pl.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				_, _ = io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
+	peerPath := echoPeer(t, dir)
 	l, c, cancel, served := serving(t, filepath.Join(dir, "qemu.sock"), peerPath, 1)
 	_, _ = c.Write([]byte("migration stream"))
 	_ = c.(*net.UnixConn).CloseWrite()
@@ -161,6 +149,26 @@ func serving(t *testing.T, path, peerPath string, max int) (l *Listener, c net.C
 	return l, c, cancel, served
 }
 
+// echoPeer is a peerListener that echoes each connection until EOF, then
+// closes it; it returns the socket's path.
+func echoPeer(t *testing.T, dir string) string {
+	t.Helper()
+	path, pl := peerListener(t, dir)
+	go func() {
+		for {
+			c, err := pl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, _ = io.Copy(c, c)
+				c.Close()
+			}()
+		}
+	}()
+	return path
+}
+
 // peerListener listens on DIR/peer, the peer's end in these tests; it is
 // closed when the test ends.
 func peerListener(t *testing.T, dir string) (string, net.Listener) {
@@ -178,16 +186,7 @@ func peerListener(t *testing.T, dir string) (string, net.Listener) {
 // refused one is closed, the next admitted one is served.
 func TestListenerAdmit(t *testing.T) {
 	dir := t.TempDir()
-	peerPath, pl := peerListener(t, dir)
-	go func() {
-		for {
-			c, err := pl.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(c, c); c.Close() }()
-		}
-	}()
+	peerPath := echoPeer(t, dir)
 	var n atomic.Int32
 	l := &Listener{Path: filepath.Join(dir, "qemu.sock"), Max: 1,
 		Dial: func(ctx context.Context) (net.Conn, error) { return net.Dial("unix", peerPath) },

@@ -147,6 +147,29 @@ func connError(op string, err error) string {
 	return fmt.Sprintf("%s: %v", op, err)
 }
 
+// waitAtEnd is the wait after -duration (or a stop) of echo and stream:
+// until done reports true, polled every 10 ms at most, or the reader ends
+// (readerDone), checking stalls (due) meanwhile; a failure (timeout's
+// message) when limit passes first.
+func (t *tracker) waitAtEnd(limit time.Duration, done func() bool, timeout, due func() string, readerDone <-chan struct{}) {
+	end := time.Now().Add(limit)
+	poll := time.NewTicker(min(10*time.Millisecond, stallCheckPeriod(limit)))
+	defer poll.Stop()
+	for !done() {
+		now := time.Now()
+		if now.After(end) {
+			t.fail(now, timeout())
+			return
+		}
+		t.checkStall(now, due)
+		select {
+		case <-poll.C:
+		case <-readerDone:
+			return
+		}
+	}
+}
+
 // runEcho is `tcpcheck echo`.
 func runEcho(c config, log io.Writer) *summary {
 	t, conn := open("echo", c, log)
@@ -241,28 +264,15 @@ sending:
 		}
 	}
 	// Wait up to the stall limit for the outstanding replies.
-	drainEnd := time.Now().Add(c.StallLimit)
-	poll := time.NewTicker(min(10*time.Millisecond, stallCheckPeriod(c.StallLimit)))
-	defer poll.Stop()
-draining:
-	for alive {
-		t.mu.Lock()
-		left := v.Outstanding()
-		t.mu.Unlock()
-		if left == 0 {
-			break
+	if alive {
+		left := func() int {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			return v.Outstanding()
 		}
-		now := time.Now()
-		if now.After(drainEnd) {
-			t.fail(now, fmt.Sprintf("%d requests unanswered %v after the last one was due", left, c.StallLimit))
-			break
-		}
-		t.checkStall(now, outstanding)
-		select {
-		case <-poll.C:
-		case <-readerDone:
-			break draining
-		}
+		t.waitAtEnd(c.StallLimit, func() bool { return left() == 0 }, func() string {
+			return fmt.Sprintf("%d requests unanswered %v after the last one was due", left(), c.StallLimit)
+		}, outstanding, readerDone)
 	}
 	// Half-close: the echo service sees EOF and closes; anything it still
 	// sends (a late duplicate) is checked until then.
@@ -373,23 +383,10 @@ reading:
 	stalled := t.waiting && t.stallReported // failing already
 	t.mu.Unlock()
 	if alive && !stalled {
-		before, endAt := linesNow(), time.Now().Add(c.StallLimit)
-		poll := time.NewTicker(min(10*time.Millisecond, stallCheckPeriod(c.StallLimit)))
-	last:
-		for linesNow() == before {
-			now := time.Now()
-			if now.After(endAt) {
-				t.fail(now, fmt.Sprintf("no complete line in the %v after the end", c.StallLimit))
-				break
-			}
-			t.checkStall(now, noLine)
-			select {
-			case <-poll.C:
-			case <-readerDone:
-				break last
-			}
-		}
-		poll.Stop()
+		before := linesNow()
+		t.waitAtEnd(c.StallLimit, func() bool { return linesNow() != before }, func() string {
+			return fmt.Sprintf("no complete line in the %v after the end", c.StallLimit)
+		}, noLine, readerDone)
 	}
 	closing.Store(true)
 	conn.Close()
