@@ -52,7 +52,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft package
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FROM=plain FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
 
 # The packages installed on this machine, the lab running the installed
 # files (replication, one failover), then purged: nothing left

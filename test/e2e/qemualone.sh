@@ -47,30 +47,34 @@ inns ip link set ftdt0 up
 
 # qemu_args NAME ICOUNT [ARG...]: the command line of QEMU NAME with
 # -icount ICOUNT and ARG... last; every run must describe the same machine
-# (QEMU_TAP: another tap than ftdt0, for a second QEMU at once).
+# (QEMU_TAP: another tap than ftdt0, for a second QEMU at once). ICOUNT
+# "plain" is a VM as libvirt starts one without the ft element: no icount,
+# no filter-replay, no blkreplay node, no output gate (the same guest
+# devices, so its state migrates into the others).
 declare -A job_of
 qemu_args() {
-	local name=$1 icount=$2
+	local name=$1 icount=$2 drive=ft-rr0
 	shift 2
+	[ "$icount" != plain ] || drive=disk-format
 	printf '%s\n' -name guest=ftdet -machine pc-i440fx-7.2,usb=off,dump-guest-core=off -accel tcg -cpu qemu64 \
 		-m 256 -smp 1 -uuid 8a0c6a3e-5a34-4a4e-9d1c-6f7e3c2d1b00 -display none -no-user-config -nodefaults \
 		-rtc base=utc -boot strict=on -no-shutdown \
 		-kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" \
 		-append "console=ttyS0 quiet loglevel=1 panic=-1 ft.poweroff=$POWEROFF_TICK" \
 		-blockdev "{\"driver\":\"file\",\"filename\":\"$work/$name.qcow2\",\"node-name\":\"disk-storage\"}" \
-		-blockdev '{"node-name":"disk-format","driver":"qcow2","file":"disk-storage"}' \
-		-blockdev '{"driver":"blkreplay","node-name":"ft-rr0","image":"disk-format"}' \
-		-device '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3","id":"disk0","drive":"ft-rr0"}' \
+		-blockdev '{"node-name":"disk-format","driver":"qcow2","file":"disk-storage"}'
+	[ "$icount" = plain ] || printf '%s\n' -blockdev '{"driver":"blkreplay","node-name":"ft-rr0","image":"disk-format"}'
+	printf '%s\n' -device '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3","id":"disk0","drive":"'$drive'"}' \
 		-netdev "{\"type\":\"tap\",\"id\":\"net0\",\"ifname\":\"${QEMU_TAP:-ftdt0}\",\"script\":\"no\",\"downscript\":\"no\"}" \
 		-device '{"driver":"virtio-net-pci","netdev":"net0","id":"nic0","mac":"52:54:00:fa:00:01","bus":"pci.0","addr":"0x2"}' \
 		-chardev "file,id=serial0,path=$work/console-$name.log" \
-		-device '{"driver":"isa-serial","chardev":"serial0","id":"serial0","index":0}' \
-		-icount "$icount" \
+		-device '{"driver":"isa-serial","chardev":"serial0","id":"serial0","index":0}'
+	[ "$icount" = plain ] || printf '%s\n' -icount "$icount" \
 		-object filter-replay,id=ft-fr0,netdev=net0 \
 		-chardev "socket,id=ft-gout0,path=$work/gate-out.sock" \
 		-chardev "socket,id=ft-gin0,path=$work/gate-in.sock" \
-		-object filter-redirector,id=ft-gate0,netdev=net0,queue=rx,outdev=ft-gout0,indev=ft-gin0 \
-		-qmp "unix:$work/qmp-$name.sock,server=on,wait=off" -pidfile "$work/qemu-$name.pid" \
+		-object filter-redirector,id=ft-gate0,netdev=net0,queue=rx,outdev=ft-gout0,indev=ft-gin0
+	printf '%s\n' -qmp "unix:$work/qmp-$name.sock,server=on,wait=off" -pidfile "$work/qemu-$name.pid" \
 		-chardev "socket,id=ftev0,path=$work/events-$name.sock,server=on,wait=off" -mon chardev=ftev0,mode=control \
 		"$@"
 }
