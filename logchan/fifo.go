@@ -55,6 +55,11 @@ func CreateFIFO(path string, uid, gid int, mode os.FileMode) error {
 	return nil
 }
 
+// MkdirAllOwned creates dir and its missing parents with mode 0750, owned
+// by uid:gid (uid, gid -1: unchanged); an existing directory is left as it
+// is. Errors: dir exists and is not a directory, or cannot be made.
+func MkdirAllOwned(dir string, uid, gid int) error { return mkdirAllOwned(dir, uid, gid) }
+
 // mkdirAllOwned creates dir and its missing parents with mode 0750, owned
 // by uid:gid.
 func mkdirAllOwned(dir string, uid, gid int) error {

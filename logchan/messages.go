@@ -210,6 +210,18 @@ const (
 	// host that armed it. Its log channel follows the switchover. Only
 	// to a server that listed FeatureReprotect.
 	OpPrepareIncoming ControlOp = "prepare-incoming"
+	// OpGoLiveIncoming (protecting a VM started without the ft element,
+	// docs/protocol.md §12): the running VM's migration into the backup
+	// armed by an OpPrepareIncoming with Convert set has completed, and
+	// its source is paused. The backup host claims the pairing Epoch on
+	// the arbiter; won, its QEMU reads END at once and runs on live
+	// (packaging/qemu 0001, 0022), and the reply is ok: the VM runs
+	// there, and the asker must never run its own copy again. Any error
+	// means the backup host does not run it (the claim lost, or could not
+	// be made): the asker claims the epoch itself to learn which copy
+	// runs. Only from the host that armed the backup, with its epoch, once
+	// the state has loaded; only to a server that listed FeatureConvert.
+	OpGoLiveIncoming ControlOp = "go-live-incoming"
 	// OpCancelBackup discards the backup armed for UUID while it has not
 	// started (for a prepare-incoming backup: while its log channel has
 	// not come; its waiting QEMU is stopped).
@@ -287,6 +299,16 @@ type ControlRequest struct {
 	EmulatorBuild string `json:"emulator_build,omitempty"`
 	// Epoch names the pairing: the split-brain lock of this run.
 	Epoch string `json:"epoch,omitempty"`
+	// DiskSizes (prepare-incoming): the virtual size in bytes of each
+	// disk image of XML, by path. A disk the backup host does not have is
+	// created there empty at that size (in the format the XML's driver
+	// names) for the disk copy to fill; one it has is used as it is.
+	DiskSizes map[string]int64 `json:"disk_sizes,omitempty"`
+	// Convert (prepare-incoming, FeatureConvert): the running VM was
+	// started without the ft element and runs without icount or a record
+	// log; its state goes live on the backup host once the migration
+	// has completed (OpGoLiveIncoming), instead of replaying a log.
+	Convert bool `json:"convert,omitempty"`
 	// Arbiter names the split-brain arbiter the primary's daemon claims
 	// on (prepare-backup): "etcd <endpoints> <prefix>", "dir <path>" or
 	// "none". The backup host must claim on the same one, or both could

@@ -297,6 +297,11 @@ const (
 // connections for a backup armed to receive a running VM.
 const FeatureReprotect = "reprotect"
 
+// FeatureConvert (Hello.Features): the server takes a prepare-incoming
+// with Convert and answers OpGoLiveIncoming (protecting a VM started
+// without the ft element).
+const FeatureConvert = "convert"
+
 // Hello opens a connection: who is speaking and what it records or
 // replays.
 type Hello struct {

@@ -106,6 +106,11 @@ type backupRun struct {
 	// incoming: armed by prepare-incoming (incoming.go); nil for a
 	// backup that boots with its primary.
 	incoming *incomingArming
+	// convert: armed by a prepare-incoming with Convert (a VM started
+	// without the ft element goes live here, incoming.go convertLive).
+	convert bool
+	// diskSizes: the prepare-incoming's DiskSizes (createDisks).
+	diskSizes map[string]int64
 }
 
 // backupChecks runs every check of arming a backup of req on this host
@@ -182,7 +187,7 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 		return nil, err
 	}
 	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
-		epoch: req.Epoch, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,
+		epoch: req.Epoch, convert: req.Convert, diskSizes: req.DiskSizes, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,
 		detail: "waiting for the primary's log",
 		log:    e.log.WithFields(logrus.Fields{"domain": req.Name, "role": ftxml.RoleBackup})}
 	defer func() {
@@ -354,6 +359,10 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 	switch {
 	case b.feeder == nil || !b.active() || b.goingLive || b.live:
 		why = "no backup armed for " + b.uuid + " that waits for a log channel"
+	case b.incoming != nil && b.incoming.convert:
+		// Armed to take over a VM started without the ft element: it
+		// goes live (OpGoLiveIncoming) and never replays a log.
+		why = "the backup of " + b.uuid + " was armed to go live, not to replay a log"
 	case b.link != nil || (b.drv != nil && !hello.Resume) || b.resuming:
 		// A second log channel for the same pairing is refused.
 		why = "no backup armed for " + b.uuid + " that waits for a log channel"

@@ -126,6 +126,18 @@ func (dm *domain) setRun(r run) {
 	dm.mu.Unlock()
 }
 
+// claimIdle makes r the domain's run if it has no active one, and reports
+// whether it did.
+func (dm *domain) claimIdle(r run) bool {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	if dm.run != nil && dm.run.active() {
+		return false
+	}
+	dm.run = r
+	return true
+}
+
 // note sets the state shown while no run is active (defined, refused); an
 // active run keeps its own.
 func (dm *domain) note(state ctl.State, detail string) {
@@ -1179,6 +1191,9 @@ func (d *Daemon) arm(req logchan.ControlRequest, primaryHost string, incoming bo
 	if !validEpoch(req.Epoch) {
 		return fmt.Errorf("the backup host refuses: epoch %q is not base-36 (1-12 characters of 0-9a-z)", req.Epoch)
 	}
+	if req.Convert && !incoming {
+		return errors.New("the backup host refuses: convert is for prepare-incoming only")
+	}
 	d.armMu.Lock()
 	defer d.armMu.Unlock()
 	dm := d.entry(req.UUID, req.Name)
@@ -1198,7 +1213,11 @@ func (d *Daemon) arm(req logchan.ControlRequest, primaryHost string, incoming bo
 	}
 	// A restarted daemon must know the epoch a backup that left replay
 	// mode would claim (restart.go).
-	if err := d.pairings.save(pairingRecord{UUID: req.UUID, Name: req.Name, Role: "backup", Epoch: req.Epoch, Peer: primaryHost}); err != nil {
+	role := "backup"
+	if req.Convert {
+		role = convertBackupRole
+	}
+	if err := d.pairings.save(pairingRecord{UUID: req.UUID, Name: req.Name, Role: role, Epoch: req.Epoch, Peer: primaryHost}); err != nil {
 		b.close("cannot keep the pairing record")
 		d.forgetIdle(req.UUID)
 		return err
@@ -1216,7 +1235,7 @@ func (d *Daemon) arm(req logchan.ControlRequest, primaryHost string, incoming bo
 		default:
 		}
 		if !live {
-			if r, ok := d.pairings.load(req.UUID); ok && r.Role == "backup" && r.Epoch == req.Epoch {
+			if r, ok := d.pairings.load(req.UUID); ok && r.Role == role && r.Epoch == req.Epoch {
 				d.pairings.remove(req.UUID)
 			}
 			d.forgetRun(req.UUID, b)

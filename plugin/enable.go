@@ -59,17 +59,8 @@ func (d *Daemon) enable(arg, peer string) (string, error) {
 		return "", errors.New("enable: name the backup host: virt-ft enable DOMAIN --peer HOST[:PORT]")
 	}
 	cfg := ftxml.DefaultConfig()
-	host, port := peer, ""
-	if h, p, err := net.SplitHostPort(peer); err == nil {
-		host, port = h, p
-	}
-	cfg.PeerAddress = host
-	if port != "" {
-		n, err := strconv.Atoi(port)
-		if err != nil || n < 1 || n > 65535 {
-			return "", fmt.Errorf("enable: --peer %q: the port must be a number from 1 to 65535 (default %d)", peer, cfg.PeerPort)
-		}
-		cfg.PeerPort = n
+	if err := setPeer(&cfg, peer); err != nil {
+		return "", fmt.Errorf("enable: --peer %q: %w", peer, err)
 	}
 	dom, err := ftxml.ParseDomain(def.XML)
 	if err != nil {

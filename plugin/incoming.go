@@ -16,11 +16,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
@@ -66,9 +72,30 @@ type incomingArming struct {
 	logUp     chan struct{}
 	logUpOnce sync.Once
 	// replaying is set once the QEMU continued (finishIncoming): from
-	// then on its failover core owns it.
+	// then on its failover core owns it (convert: the live run does).
 	replaying atomic.Bool
+	// convert: armed for a VM started without the ft element
+	// (ControlRequest.Convert): once its state has loaded, it waits for
+	// OpGoLiveIncoming on goLive instead of a log channel.
+	convert bool
+	// loaded is closed when the VM's state has loaded (convert only).
+	loaded chan struct{}
+	// goLive takes the go-live order (goLiveIncoming); its answer goes
+	// back on the order's reply.
+	goLive chan goLiveOrder
+	// diskSizes: ControlRequest.DiskSizes.
+	diskSizes map[string]int64
 }
+
+// goLiveOrder is one OpGoLiveIncoming: the answer (nil: this host runs
+// the VM now) goes to reply, which has room for it.
+type goLiveOrder struct {
+	reply chan error
+}
+
+// goLiveIncomingWait bounds the claim, END and cont of a go-live order
+// (the arbiter may take a few seconds to answer).
+const goLiveIncomingWait = 20 * time.Second
 
 func (ia *incomingArming) channelUp() { ia.logUpOnce.Do(func() { close(ia.logUp) }) }
 
@@ -90,10 +117,15 @@ func (d *Daemon) startIncoming(b *backupRun) error {
 	if err != nil {
 		return err
 	}
-	ia := &incomingArming{logUp: make(chan struct{})}
+	ia := &incomingArming{logUp: make(chan struct{}), convert: b.convert, diskSizes: b.diskSizes,
+		loaded: make(chan struct{}), goLive: make(chan goLiveOrder)}
 	b.mu.Lock()
 	b.qemuStarted, b.incoming = true, ia // feedLoop must not start another QEMU
 	b.mu.Unlock()
+	// Before the QEMU's undo below: removed after it stopped.
+	if err := d.createDisks(b, bdom); err != nil {
+		return err
+	}
 	// Pushed before the start: a QEMU whose start failed half-way is
 	// stopped too. Only until it replays: from then on the run is an
 	// ordinary backup, whose QEMU its failover core stops (HaltVM) or
@@ -106,6 +138,15 @@ func (d *Daemon) startIncoming(b *backupRun) error {
 			go b.env.destroyUntilGone(b.uuid, "the re-protection ended before its log channel came", nil)
 		}
 	})
+	if b.convert {
+		// The VM's log is only END (convertLive): written now, before
+		// QEMU starts, so that it is in FIFO B whatever happens to this
+		// daemon. QEMU reads it only when the VM first runs (cont),
+		// which nothing does before the claim is won here.
+		if err := b.feeder.WriteEnd(); err != nil {
+			return fmt.Errorf("writing END into FIFO B: %w", err)
+		}
+	}
 	migSock, nbdSock := incomingSockets(b.replayFIFO)
 	for _, p := range []string{migSock, nbdSock} {
 		_ = os.Remove(p) // a former arming's, if its daemon died
@@ -182,6 +223,10 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		}
 		return
 	}
+	if ia.convert {
+		b.convertLive(dest, ia)
+		return
+	}
 	b.setState(ctl.StateArmed, "received the running VM's state; waiting for its log channel")
 	b.log.Info("received the running VM's state (re-protection); waiting for the log channel")
 	t := time.NewTimer(incomingLogWait)
@@ -236,4 +281,175 @@ func (b *backupRun) cancelIncoming(from string) bool {
 	}
 	b.close("the primary's re-protection was cancelled")
 	return true
+}
+
+// convertLive is finishIncoming's end for a VM started without the ft
+// element (docs/protocol.md §12): its state has loaded, paused. It waits
+// for the go-live order of the host that armed it, claims the pairing's
+// epoch, and, won, lets the QEMU read its log, only END (written at the
+// arming, startIncoming): it leaves replay mode and runs on live with icount (packaging/qemu 0001,
+// 0022); go-live makes it this host's live primary, which re-protects it
+// onto the other host (autoReprotect). No order within incomingLogWait, or
+// the claim lost: the QEMU stops (the VM runs on where it came from). The
+// claim is the only thing that decides which copy runs: once it is won
+// here, this host never stops the VM, whatever fails after.
+func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming) {
+	close(ia.loaded)
+	b.setState(ctl.StateArmed, "received the running VM's state; waiting for its host's go-live order")
+	b.log.Info("received the running VM's state (protecting a VM started without the ft element); waiting for the go-live order")
+	t := time.NewTimer(incomingLogWait)
+	defer t.Stop()
+	var order goLiveOrder
+	select {
+	case <-b.stop:
+		return
+	case <-t.C:
+		b.setState(ctl.StateUnprotected, fmt.Sprintf("no go-live order came within %v of the migration", incomingLogWait))
+		b.close("no go-live order after the migration")
+		return
+	case order = <-ia.goLive:
+	}
+	tOrder := time.Now()
+	won, err := b.claimForConvert()
+	if !won {
+		if err == nil {
+			err = fmt.Errorf("the split-brain arbiter gave pairing epoch %s to the other host: the VM runs there", b.epoch)
+		}
+		order.reply <- err
+		b.setState(ctl.StateUnprotected, "did not go live: "+err.Error())
+		b.close("the go-live claim was not won")
+		return
+	}
+	// Won: from here the VM is this host's, and its QEMU is never stopped
+	// by this arming's undo. Its log, END, is in FIFO B since the arming.
+	b.mu.Lock()
+	ia.replaying.Store(true)
+	b.goingLive = true
+	b.peer = b.primaryHost
+	b.mu.Unlock()
+	if err := dest.QMP.Execute("cont", nil, nil); err != nil {
+		b.log.WithError(err).Error("go-live of the migrated VM: cont failed; retrying")
+		go b.env.resumeVM(b.uuid, b.stop)
+	}
+	order.reply <- nil
+	b.log.Infof("go-live of the migrated VM: claimed epoch %s and continued in %d ms", b.epoch, time.Since(tOrder).Milliseconds())
+	if err := b.goLive(); err != nil {
+		b.log.WithError(err).Error("go-live of the migrated VM")
+		b.setState(ctl.StateLive, "the migrated VM runs here, but go-live did not finish: "+err.Error())
+		return
+	}
+	b.announce()
+}
+
+// claimForConvert claims the pairing's epoch, asking again while the
+// arbiter cannot be reached, for up to goLiveIncomingWait.
+func (b *backupRun) claimForConvert() (bool, error) {
+	deadline := time.Now().Add(goLiveIncomingWait)
+	for {
+		won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
+		if err == nil || time.Now().After(deadline) {
+			return won, err
+		}
+		b.log.WithError(err).Warn("go-live of the migrated VM: the split-brain arbiter did not answer; asking again")
+		if !b.pause(time.Second) {
+			return false, errRunClosed
+		}
+	}
+}
+
+// goLiveIncoming answers OpGoLiveIncoming from host: the convert arming of
+// req.UUID that host made for epoch req.Epoch, with its state loaded,
+// takes the order; the answer is convertLive's.
+func (d *Daemon) goLiveIncoming(req logchan.ControlRequest, host string) error {
+	dm := d.lookup(req.UUID)
+	var b *backupRun
+	if dm != nil {
+		b, _ = dm.current().(*backupRun)
+	}
+	if b == nil || !b.armedBy(host) {
+		return fmt.Errorf("go-live: no backup of %s armed by %s here", req.UUID, host)
+	}
+	b.mu.Lock()
+	ia, epoch := b.incoming, b.epoch
+	b.mu.Unlock()
+	switch {
+	case ia == nil || !ia.convert:
+		return fmt.Errorf("go-live: the backup of %s here was not armed to take over a running VM", req.UUID)
+	case req.Epoch != epoch:
+		return fmt.Errorf("go-live: the backup of %s here was armed for pairing epoch %q, not %q", req.UUID, epoch, req.Epoch)
+	}
+	// The migration's source completes once this QEMU has loaded the
+	// state (return-path); finishIncoming notices it at its next poll.
+	t := time.NewTimer(goLiveIncomingWait + 5*time.Second)
+	defer t.Stop()
+	select {
+	case <-ia.loaded:
+	case <-b.stop:
+		return fmt.Errorf("go-live: the backup of %s here has ended", req.UUID)
+	case <-t.C:
+		return fmt.Errorf("go-live: the VM's state has not loaded here")
+	}
+	order := goLiveOrder{reply: make(chan error, 1)}
+	select {
+	case ia.goLive <- order:
+	case <-b.stop:
+		return fmt.Errorf("go-live: the backup of %s here has ended", req.UUID)
+	case <-t.C:
+		return fmt.Errorf("go-live: the backup of %s here takes no order", req.UUID)
+	}
+	// Taken: the answer always comes (convertLive sends it before
+	// anything that could block).
+	return <-order.reply
+}
+
+// createDisks creates, empty, each disk of b's domain this host does not
+// have, at the virtual size the primary's daemon gave (DiskSizes) and in
+// the format of its driver (qcow2 or raw), for the disk copy to fill
+// (qemu-img create; libvirt gives it to QEMU's user at the start). Only
+// where a peer may write a disk (seedProblem: seed-dirs, no link, no other
+// domain's). An arming that fails removes what it created. Errors: no
+// size for a missing disk, a refused place, qemu-img's.
+func (d *Daemon) createDisks(b *backupRun, dom *libvirtxml.Domain) error {
+	if dom.Devices == nil {
+		return nil
+	}
+	for _, disk := range dom.Devices.Disks {
+		if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" || disk.Device == "cdrom" {
+			continue
+		}
+		path := disk.Source.File.File
+		if _, err := os.Lstat(path); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			continue // there (the copy overwrites it), or not ours to create
+		}
+		size := b.diskSizes[path]
+		if size <= 0 {
+			return fmt.Errorf("the backup host has no disk %s, and the primary gave no size to create it (an older libvirt-ftd): copy it there first", path)
+		}
+		// The place checks only (size 0): this arming is the disk's run.
+		if why := d.seedProblem(b.uuid, b.primaryHost, path, 0); why != "" {
+			return fmt.Errorf("the backup host does not create disk %s: %s", path, why)
+		}
+		format := "raw"
+		if disk.Driver != nil && disk.Driver.Type != "" {
+			format = disk.Driver.Type
+		}
+		if format != "raw" && format != "qcow2" {
+			return fmt.Errorf("the backup host does not create disk %s: format %q (only qcow2 and raw)", path, format)
+		}
+		out, err := exec.Command("qemu-img", "create", "-q", "-f", format, path, strconv.FormatInt(size, 10)).CombinedOutput()
+		if err != nil {
+			_ = os.Remove(path)
+			return fmt.Errorf("creating disk %s (%d bytes, %s) for the running VM's copy: %v: %s", path, size, format, err, strings.TrimSpace(string(out)))
+		}
+		b.log.Infof("created disk %s (%d bytes, %s) for the running VM's copy", path, size, format)
+		b.undo.push(func() {
+			b.mu.Lock()
+			keep := b.live || (b.incoming != nil && b.incoming.replaying.Load())
+			b.mu.Unlock()
+			if !keep {
+				_ = os.Remove(path)
+			}
+		})
+	}
+	return nil
 }

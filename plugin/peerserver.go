@@ -83,7 +83,7 @@ func (d *Daemon) servePeer(nc net.Conn) {
 	logVer, _ := logchan.LogVersionForQEMU(qemuVer)
 	local := logchan.Hello{Protocol: logchan.ProtocolVersion, QEMUVersion: qemuVer, LogVersion: logVer, Role: logchan.RoleBackup,
 		Features: []string{logchan.FeatureFrameDigests, logchan.FeatureDisksInStep, logchan.FeatureStatus, logchan.FeatureBlockSeed,
-			logchan.FeatureReprotect}}
+			logchan.FeatureReprotect, logchan.FeatureConvert}}
 	hello, err := logchan.ServerHandshake(pc.c, local, func(h logchan.Hello) error {
 		if h.Role != logchan.RoleControl && h.Role != logchan.RolePrimary && h.Role != logchan.RoleStream {
 			return fmt.Errorf("unknown role %q", h.Role)
@@ -169,7 +169,7 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			}
 			continue
 		}
-		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpPrepareIncoming || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep || req.Op == logchan.OpStatus) && req.UUID != uuid {
+		if (req.Op == logchan.OpPrepareBackup || req.Op == logchan.OpPrepareIncoming || req.Op == logchan.OpGoLiveIncoming || req.Op == logchan.OpCancelBackup || req.Op == logchan.OpCheckBackup || req.Op == logchan.OpInStep || req.Op == logchan.OpStatus) && req.UUID != uuid {
 			_ = reply(nil, fmt.Errorf("%s for domain %q on a connection for %q", req.Op, req.UUID, uuid))
 			return
 		}
@@ -340,6 +340,11 @@ func (d *Daemon) serveControlConn(pc *peerConn, uuid string) {
 			// Its QEMU start and NBD exports take longer than a reply's
 			// usual deadline.
 			if reply(nil, d.prepareIncoming(req, host)) != nil {
+				return
+			}
+		case logchan.OpGoLiveIncoming:
+			host, _, _ := net.SplitHostPort(pc.remote())
+			if reply(nil, d.goLiveIncoming(req, host)) != nil {
 				return
 			}
 		case logchan.OpCheckBackup:

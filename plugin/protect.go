@@ -71,8 +71,16 @@ func (d *Daemon) protect(name, peer string) (ctl.DomainStatus, error) {
 			dm = x
 		}
 	}
+	if dm == nil || dm.current() == nil || !dm.current().active() {
+		// A VM started without the ft element (convert.go).
+		if def, err := d.definitionOf("protect", name); err == nil {
+			if _, present, _ := ftxml.ParseConfig(def.XML); !present {
+				return d.protectPlain(name, peer)
+			}
+		}
+	}
 	if dm == nil {
-		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q is not known to libvirt-ftd here: virt-ft protect gives a backup to a VM that went live on this host after a failover (a domain started without the ft element is not supported yet: add it with virt-ft enable, and restart the VM)", name)
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q is not known to libvirt-ftd here: virt-ft protect gives a backup to a VM that runs on this host, alone after a failover or started without the ft element (virsh list --all)", name)
 	}
 	live, s, err := d.claimReprotect(dm, name)
 	if err != nil {
@@ -431,38 +439,9 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	disks := ftxml.ReplayDisks(dom)
-	dir := filepath.Dir(fifo)
-	migSock, nbdSock := filepath.Join(dir, "rp-mig.sock"), filepath.Join(dir, "rp-nbd.sock")
-	var listeners []*reprotect.Listener
-	for _, l := range []struct {
-		path, kind string
-		max        int
-	}{{migSock, logchan.StreamMigration, 1}, {nbdSock, logchan.StreamNBD, len(disks)}} {
-		if l.max == 0 {
-			continue
-		}
-		_ = os.Remove(l.path) // a former daemon's
-		kind := l.kind
-		ln := &reprotect.Listener{Path: l.path, Max: l.max, UID: e.qemuUID, GID: e.qemuGID,
-			Dial: func(context.Context) (net.Conn, error) {
-				return dialStream(e, p.peer, p.uuid, qemuVer, logVer, epoch, kind)
-			},
-			Admit: func(c net.Conn) error {
-				err := admitQEMU(c, p.uuid, p.name, qemuProcs{})
-				if err != nil {
-					p.log.WithError(err).Warnf("re-protection %s socket: connection refused", kind)
-				}
-				return err
-			}}
-		if err := ln.Listen(); err != nil {
-			return err
-		}
-		listeners = append(listeners, ln)
-		go func() {
-			if err := ln.Serve(ctx); err != nil {
-				p.log.WithError(err).Warnf("re-protection %s socket", kind)
-			}
-		}()
+	migSock, nbdSock, listeners, err := p.reprotectStreams(ctx, filepath.Dir(fifo), qemuVer, logVer, epoch, len(disks))
+	if err != nil {
+		return err
 	}
 
 	// Step 3: the switchover.
@@ -597,6 +576,48 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.log.Infof("re-protected onto %s in %v: the VM paused %d ms at the switchover, %d bytes of memory and %d of disk copied (%d through the streams), its new log starts at icount %d",
 		p.peer, time.Since(t0).Round(time.Millisecond), pause.Milliseconds(), res.MemoryBytes, res.DiskBytes, bytes, res.Icount)
 	return nil
+}
+
+// reprotectStreams listens on the re-protection's unix sockets in dir:
+// rp-mig.sock for the migration and, with ndisks > 0, rp-nbd.sock for the
+// disk copies (ndisks connections). Each connection that admitQEMU admits
+// (the domain's own QEMU) is piped over its own stream to the peer
+// (dialStream, epoch's). They serve until ctx ends; the listeners count
+// the bytes. Errors: a socket cannot be made.
+func (p *primaryRun) reprotectStreams(ctx context.Context, dir, qemuVer string, logVer uint32, epoch string, ndisks int) (migSock, nbdSock string, listeners []*reprotect.Listener, err error) {
+	e := p.env
+	migSock, nbdSock = filepath.Join(dir, "rp-mig.sock"), filepath.Join(dir, "rp-nbd.sock")
+	for _, l := range []struct {
+		path, kind string
+		max        int
+	}{{migSock, logchan.StreamMigration, 1}, {nbdSock, logchan.StreamNBD, ndisks}} {
+		if l.max == 0 {
+			continue
+		}
+		_ = os.Remove(l.path) // a former daemon's
+		kind := l.kind
+		ln := &reprotect.Listener{Path: l.path, Max: l.max, UID: e.qemuUID, GID: e.qemuGID,
+			Dial: func(context.Context) (net.Conn, error) {
+				return dialStream(e, p.peer, p.uuid, qemuVer, logVer, epoch, kind)
+			},
+			Admit: func(c net.Conn) error {
+				err := admitQEMU(c, p.uuid, p.name, qemuProcs{})
+				if err != nil {
+					p.log.WithError(err).Warnf("re-protection %s socket: connection refused", kind)
+				}
+				return err
+			}}
+		if err := ln.Listen(); err != nil {
+			return "", "", nil, err
+		}
+		listeners = append(listeners, ln)
+		go func() {
+			if err := ln.Serve(ctx); err != nil {
+				p.log.WithError(err).Warnf("re-protection %s socket", kind)
+			}
+		}()
+	}
+	return migSock, nbdSock, listeners, nil
 }
 
 // aloneAfterSwitch runs live on alone when a re-protection failed after

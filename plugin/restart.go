@@ -169,7 +169,13 @@ func (d *Daemon) resolveOrphans() {
 	}
 	for _, def := range running {
 		cfg, present, err := ftxml.ParseConfig(def.XML)
-		if err != nil || !present {
+		if err == nil && !present {
+			if rec, ok := d.pairings.load(def.UUID); ok && rec.Role == convertRole {
+				d.resolveOnce(def, func() { d.resolveConvert(def, rec) })
+			}
+			continue
+		}
+		if err != nil {
 			continue
 		}
 		if dm := d.lookup(def.UUID); dm != nil {
@@ -177,23 +183,110 @@ func (d *Daemon) resolveOrphans() {
 				continue
 			}
 		}
-		d.mu.Lock()
-		busy := d.resolving[def.UUID]
-		if !busy {
-			d.resolving[def.UUID] = true
+		d.resolveOnce(def, func() { d.resolve(def, *cfg) })
+	}
+}
+
+// resolveOnce runs f in its own goroutine unless a resolution of def's
+// domain is under way: a domain being resolved is not resolved twice.
+func (d *Daemon) resolveOnce(def DomainDef, f func()) {
+	d.mu.Lock()
+	busy := d.resolving[def.UUID]
+	if !busy {
+		d.resolving[def.UUID] = true
+	}
+	d.mu.Unlock()
+	if busy {
+		return
+	}
+	go func() {
+		defer func() {
+			d.mu.Lock()
+			delete(d.resolving, def.UUID)
+			d.mu.Unlock()
+		}()
+		f()
+	}()
+}
+
+// resolveConvert decides the fate of a VM started without the ft element
+// whose protection (convert.go) this host's daemon did not finish: its
+// record says the epoch. A migration left waiting, its mirrors and NBD
+// nodes are undone first (reprotect.Recover; QEMU runs the VM on). A VM
+// still running was not handed over: the peer's waiting QEMU is cancelled
+// and the VM runs on unprotected. A VM the migration completed (paused,
+// postmigrate) may run on the peer already: the epoch's claim decides, as
+// in handOff: won, it continues here; lost, it is destroyed (the peer runs
+// it); the arbiter unreachable, it stays paused and the claim is asked
+// again every few seconds.
+func (d *Daemon) resolveConvert(def DomainDef, rec pairingRecord) {
+	log := d.log.WithFields(logrus.Fields{"domain": def.Name, "part": "restart"})
+	e := d.env()
+	dm := d.entry(def.UUID, def.Name)
+	for {
+		client, release, err := e.qmp(def.UUID)
+		if err != nil {
+			log.WithError(err).Warn("cannot reach the QEMU of an unfinished protect; trying again at the next rescan")
+			return
 		}
-		d.mu.Unlock()
-		if busy {
-			continue
+		if !d.sameQEMU(def) {
+			release()
+			return
 		}
-		go func(def DomainDef, cfg ftxml.Config) {
-			defer func() {
-				d.mu.Lock()
-				delete(d.resolving, def.UUID)
-				d.mu.Unlock()
-			}()
-			d.resolve(def, cfg)
-		}(def, *cfg)
+		if err := reprotect.Recover(client, 0); err != nil {
+			log.WithError(err).Warn("undoing what an unfinished protect left")
+		}
+		var mi struct {
+			Status string `json:"status"`
+		}
+		merr := client.Execute("query-migrate", nil, &mi)
+		st, serr := client.QueryStatus()
+		if merr != nil || serr != nil {
+			release()
+			log.Warnf("an unfinished protect: query-migrate %v, query-status %v; trying again at the next rescan", merr, serr)
+			return
+		}
+		if mi.Status != "completed" || st.Status != "postmigrate" {
+			release()
+			why := "libvirt-ftd restarted while it protected this VM; its migration had not completed, so the VM runs on here, unprotected (virt-ft protect again)"
+			log.Warn(why)
+			dm.note(ctl.StateUnprotected, why)
+			p := newPrimaryRun(e, def.UUID, def.Name, ftxml.Config{PeerAddress: rec.Peer})
+			p.peer = rec.Peer
+			p.cancelPeerBackup()
+			d.pairings.remove(def.UUID)
+			return
+		}
+		won, cerr := e.arbiter.Acquire(def.UUID, rec.Epoch)
+		switch {
+		case cerr == nil && won:
+			err := client.Cont()
+			release()
+			if err != nil {
+				go e.resumeVM(def.UUID, d.quit)
+			}
+			why := "libvirt-ftd restarted after this VM's migration to " + rec.Peer + " and won its claim: the VM runs on here, unprotected (virt-ft protect again)"
+			log.Warn(why)
+			dm.note(ctl.StateUnprotected, why)
+			d.pairings.remove(def.UUID)
+			return
+		case cerr == nil:
+			release()
+			why := "libvirt-ftd restarted after this VM's migration to " + rec.Peer + ", which runs it: this copy was destroyed"
+			log.Warn(why)
+			dm.note(ctl.StateStopped, why)
+			e.destroyUntilGone(def.UUID, why, d.quit)
+			d.pairings.remove(def.UUID)
+			return
+		}
+		release()
+		log.WithError(cerr).Warn("an unfinished protect: the split-brain arbiter cannot be reached; the VM stays paused")
+		dm.note(ctl.StateUnprotected, "paused after its migration to "+rec.Peer+" while the split-brain arbiter cannot be reached: "+cerr.Error())
+		select {
+		case <-d.quit:
+			return
+		case <-time.After(3 * time.Second):
+		}
 	}
 }
 
@@ -240,6 +333,18 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		if !same() {
 			return
 		}
+	}
+	if haveRec && rec.Role == convertBackupRole && ri.Mode == "play" {
+		// Armed to run a VM started without the ft element (convert.go):
+		// its log, END, is in FIFO B since the arming. Loaded, it runs
+		// here only if this host wins the epoch (it may have won it
+		// before the restart): then it reads END at cont and goes on
+		// below as a backup that left replay mode.
+		var ok bool
+		if ri, ok = d.resolveConvertBackup(def, rec, client, log); !ok {
+			return
+		}
+		rec.Role = "backup"
 	}
 	switch {
 	case ri.Mode == "play":
@@ -492,5 +597,70 @@ func (d *Daemon) notePaused(def DomainDef) {
 	}
 	if err := d.hv.SetLiveNote(def.UUID, title, desc); err != nil {
 		d.log.WithField("domain", def.Name).WithError(err).Warn("setting the VM's title to paused failed")
+	}
+}
+
+// resolveConvertBackup resolves a QEMU armed here to run a VM started
+// without the ft element (a convert-backup record) whose daemon restarted
+// before it went live: one still waiting for the VM's state is destroyed
+// (the VM runs on where it came from); one that has it claims the epoch,
+// again while the arbiter cannot be reached: lost, it is destroyed; won, it
+// continues, reads END, and the caller goes on with it in replay mode none
+// (ok). ri is its query-replay then.
+func (d *Daemon) resolveConvertBackup(def DomainDef, rec pairingRecord, client *qmp.Client, log logrus.FieldLogger) (ri qmp.ReplayInfo, ok bool) {
+	e := d.env()
+	dm := d.entry(def.UUID, def.Name)
+	st, err := client.QueryStatus()
+	if err != nil {
+		log.WithError(err).Warn("query-status; trying again at the next rescan")
+		return ri, false
+	}
+	if st.Status == "inmigrate" {
+		why := "libvirt-ftd restarted while this host received a VM started without the ft element: its QEMU was destroyed; the VM runs on, unprotected, on " + rec.Peer
+		log.Warn(why)
+		dm.note(ctl.StateStopped, why)
+		d.pairings.remove(def.UUID)
+		e.destroyUntilGone(def.UUID, why, d.quit)
+		return ri, false
+	}
+	for {
+		if !d.sameQEMU(def) {
+			return ri, false
+		}
+		won, err := e.arbiter.Acquire(def.UUID, rec.Epoch)
+		if err == nil && !won {
+			why := fmt.Sprintf("libvirt-ftd restarted; the VM started without the ft element runs on %s (it won epoch %s): this host's copy was destroyed", rec.Peer, rec.Epoch)
+			log.Warn(why)
+			dm.note(ctl.StateStopped, why)
+			d.pairings.remove(def.UUID)
+			e.destroyUntilGone(def.UUID, why, d.quit)
+			return ri, false
+		}
+		if err == nil {
+			break
+		}
+		dm.note(ctl.StateResolving, fmt.Sprintf("the VM's state is here, paused: the arbiter cannot be reached (%v); trying again", err))
+		select {
+		case <-d.quit:
+			return ri, false
+		case <-time.After(resolveRetry):
+		}
+	}
+	if err := client.Cont(); err != nil {
+		log.WithError(err).Error("cont")
+		dm.note(ctl.StateRefused, "won the split-brain claim but cannot resume the VM: "+err.Error()+"; virsh resume it")
+		return ri, false
+	}
+	for deadline := time.Now().Add(patchedEndWait); ; {
+		ri, err = client.QueryReplay()
+		if err == nil && ri.Mode == "none" {
+			return ri, true
+		}
+		if time.Now().After(deadline) {
+			log.Errorf("won the claim and continued, but the QEMU is still in replay mode (%v): it did not read END", err)
+			dm.note(ctl.StateRefused, "won the split-brain claim, but the QEMU did not leave replay mode; virt-ft status, then restart the domain")
+			return ri, false
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

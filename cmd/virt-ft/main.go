@@ -203,7 +203,7 @@ ft element; remove the element (virsh edit) to start it as a plain VM.`,
 	var protPeer string
 	prot := &cobra.Command{
 		Use:   "protect DOMAIN [--peer HOST[:PORT]]",
-		Short: "give a VM that runs alone after a failover a new backup, without a reboot",
+		Short: "give a running VM a backup without a reboot: one alone after a failover, or one started without the ft element",
 		Long: `protect re-protects DOMAIN, a VM that went live on this host after a
 failover and runs alone: its backup host (the host it failed over from,
 unless --peer names another) starts a new backup that waits for it, its
@@ -211,13 +211,20 @@ disks are mirrored and its memory migrated there live, and at the
 switchover it starts recording a new log that the backup replays from
 exactly that point. The VM does not reboot; it pauses once, at the
 switchover (normally well under a second). Progress shows here and in
-virt-ft status. If anything fails, the VM runs on alone as before. Root only.`,
+virt-ft status. If anything fails, the VM runs on alone as before.
+
+A running VM started without the ft element (--peer required) cannot
+start recording where it runs (it has no instruction counting): it moves,
+live, to the --peer host, which runs it from then on and gives it its
+backup on this host; its definition here gets the ft element. virt-ft
+failover moves it back once it is protected. If anything fails before it
+runs there, it runs on here as before. Root only.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return protect(socket, args[0], protPeer, protWait)
 		},
 	}
-	prot.Flags().StringVar(&protPeer, "peer", "", "the new backup's host: HOST or HOST:PORT (default: the host the VM failed over from)")
+	prot.Flags().StringVar(&protPeer, "peer", "", "the new backup's host: HOST or HOST:PORT (default: the host the VM failed over from; required for a VM started without the ft element, which moves there)")
 	prot.Flags().DurationVar(&protWait, "wait", 30*time.Minute, "how long to follow it (0: do not wait)")
 	root.AddCommand(prot)
 
@@ -439,6 +446,14 @@ func protect(socket, domain, peer string, wait time.Duration) error {
 	defer endBar()
 	return follow(socket, domain, "re-protection", wait, func(st ctl.DomainStatus) (bool, error) {
 		r := st.Reprotect
+		if st.Role == ctl.RoleBackup && st.State == ctl.StateReplicating {
+			// A VM started without the ft element moved to the
+			// peer, which has re-protected it onto this host already
+			// (its run here is the backup now).
+			endBar()
+			fmt.Printf("%s: protected: it runs on %s, its backup replays on this host (virt-ft failover moves it back)\n", domain, st.Peer)
+			return true, nil
+		}
 		if r == nil {
 			return false, nil
 		}
@@ -458,10 +473,18 @@ func protect(socket, domain, peer string, wait time.Duration) error {
 		endBar() // before any line
 		switch r.Phase {
 		case "done":
+			if r.Moves {
+				fmt.Printf("%s: runs on %s now, which gives it its backup on this host (virt-ft status there; virt-ft failover moves it back once protected): paused %d ms; %d MiB of memory and %d MiB of disk copied in %.1f s\n",
+					domain, r.Peer, r.PauseMS, r.MemoryBytes>>20, r.DiskBytes>>20, float64(r.TotalMS)/1000)
+				return true, nil
+			}
 			fmt.Printf("%s: protected again, backup on %s: paused %d ms at the switchover; %d MiB of memory and %d MiB of disk copied in %.1f s\n",
 				domain, r.Peer, r.PauseMS, r.MemoryBytes>>20, r.DiskBytes>>20, float64(r.TotalMS)/1000)
 			return true, nil
 		case "failed":
+			if r.Moves {
+				return true, fmt.Errorf("%s: protect failed: %s", domain, r.Error)
+			}
 			return true, fmt.Errorf("%s: re-protection failed: %s; the VM runs on alone", domain, r.Error)
 		}
 		line := fmt.Sprintf("%s: %s", domain, r.Phase)

@@ -278,6 +278,11 @@ type Reprotect struct {
 	DiskBytes   uint64 `json:"disk_bytes,omitempty"`
 	Icount      uint64 `json:"icount,omitempty"`
 	TotalMS     int64  `json:"total_ms,omitempty"`
+	// Moves: the VM was started without the ft element, so it moves to
+	// Peer, which runs it from "done" on and re-protects it onto this
+	// host (plugin/convert.go); PauseMS is then from its stop here to its
+	// run there.
+	Moves bool `json:"moves,omitempty"`
 }
 
 type Seeding struct {

@@ -17,6 +17,12 @@ type Source struct {
 	// file that does not exist yet (x-ft-record-at-switchover refuses
 	// anything else).
 	LogPath string
+	// Convert: the VM runs without icount or a log (started without the
+	// ft element; libvirt-ftd's protect of it, docs/protocol.md §12):
+	// nothing is armed and no log starts; at the end the VM is paused,
+	// its state loaded on the destination, and the caller decides which
+	// copy runs. LogPath is unused.
+	Convert bool
 	// MigrateURI is where the migration goes: "unix:PATH" of a socket
 	// that reaches the destination's migrate-incoming.
 	MigrateURI string
@@ -86,8 +92,8 @@ func (s *Source) progress(p Progress) {
 // it (0021). Only a migration that completed and then failed Run's last
 // check leaves the VM paused; query-status tells the caller.
 func (s *Source) Run(ctx context.Context) (Result, error) {
-	if s.LogPath == "" || s.MigrateURI == "" || (len(s.Disks) > 0 && s.NBDSocket == "") {
-		return Result{}, fmt.Errorf("reprotect: source: LogPath, MigrateURI and (with disks) NBDSocket are required")
+	if (s.LogPath == "" && !s.Convert) || s.MigrateURI == "" || (len(s.Disks) > 0 && s.NBDSocket == "") {
+		return Result{}, fmt.Errorf("reprotect: source: LogPath (unless Convert), MigrateURI and (with disks) NBDSocket are required")
 	}
 	res, err := s.run(ctx)
 	if err != nil {
@@ -155,10 +161,12 @@ func (s *Source) run(ctx context.Context) (Result, error) {
 	}); err != nil {
 		return res, err
 	}
-	if err := q.Execute("x-ft-record-at-switchover", map[string]any{"file": s.LogPath}, nil); err != nil {
-		return res, fmt.Errorf("reprotect: arming the record start: %w", err)
+	if !s.Convert {
+		if err := q.Execute("x-ft-record-at-switchover", map[string]any{"file": s.LogPath}, nil); err != nil {
+			return res, fmt.Errorf("reprotect: arming the record start: %w", err)
+		}
+		s.armed = true
 	}
-	s.armed = true
 	// return-path: the source completes only once the destination has
 	// loaded the state (it answers on the same connection); a load that
 	// fails fails the source's migration after the switchover, which QEMU
@@ -220,7 +228,10 @@ func (s *Source) run(ctx context.Context) (Result, error) {
 	if err := q.Execute("query-replay", nil, &ri); err != nil {
 		return res, fmt.Errorf("reprotect: after the switchover: %w", err)
 	}
-	if ri.Mode != "record" {
+	switch {
+	case s.Convert && ri.Mode != "none":
+		return res, fmt.Errorf("reprotect: the VM's replay mode is %q after the migration, not none", ri.Mode)
+	case !s.Convert && ri.Mode != "record":
 		return res, fmt.Errorf("reprotect: the VM's replay mode is %q after the switchover, not record (is its QEMU libvirt-ft's, with patch 0021?)", ri.Mode)
 	}
 	res.Icount = ri.Icount

@@ -1,0 +1,468 @@
+package plugin
+
+// Protecting a VM started without the ft element (issue 13, virt-ft
+// protect DOMAIN --peer HOST; docs/protocol.md §12, docs/replay.md §16).
+// Such a VM runs plain TCG: no icount, no record log, no output gate, and
+// a QEMU cannot start counting instructions while it runs. So its state
+// moves into a QEMU that has icount, on the peer host, and the peer runs
+// it from there:
+//
+//  1. prepare-incoming with Convert arms the domain's backup on the peer
+//     as for a re-protection (its QEMU waits with rr=replay,rrincoming=on
+//     and -incoming, its disks exported over NBD, incoming.go), from this
+//     host's definition with the ft element added (peer: this host).
+//  2. reprotect.Source (Convert) mirrors the disks and migrates the VM
+//     live over the re-protection streams, without arming a record start:
+//     at the end this VM is paused and the peer's QEMU has its state.
+//  3. go-live-incoming asks the peer to run it: the peer claims the
+//     pairing's epoch and, won, lets its QEMU read a log of only END, so
+//     it leaves replay mode and runs on with icount (packaging/qemu 0001;
+//     0022 keeps its clock and TSC going), live, gated, announced.
+//  4. This host's copy is destroyed and its definition gets the ft
+//     element; the peer's live VM re-protects itself onto this host
+//     (automatic re-protection), which makes this host its backup.
+//
+// Which copy runs after the migration is decided by the arbiter alone: the
+// peer runs it only once it won the epoch; if the peer does not answer
+// ok, this host claims the epoch itself: won, its copy continues (nothing
+// happened), lost, the peer runs it and this copy is destroyed; the
+// arbiter unreachable, the copy stays paused and the claim is asked again
+// (fail closed: never two running copies). Before the migration has
+// completed nothing is decided: a failure undoes it (reprotect.Source) and
+// the VM runs on here as before.
+//
+// The VM moves to the peer; virt-ft failover moves it back once it is
+// protected.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/libvirt-ft/libvirt-ft/logchan"
+	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/plugin/reprotect"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
+	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
+)
+
+// convertRole is the pairing record of a protection of a VM started
+// without the ft element while its migration runs (restart.go
+// resolveConvert); convertBackupRole the peer's, from its arming until it
+// runs the VM (then "live").
+const (
+	convertRole       = "convert"
+	convertBackupRole = "convert-backup"
+)
+
+// protectPlain answers virt-ft protect for a running domain without the ft
+// element: every check first (nothing changes on a refusal), then the
+// steps above in the background; virt-ft status follows them. Errors name
+// what stands in the way and what to do.
+func (d *Daemon) protectPlain(arg, peer string) (ctl.DomainStatus, error) {
+	def, err := d.definitionOf("protect", arg)
+	if err != nil {
+		return ctl.DomainStatus{}, err
+	}
+	if _, present, _ := ftxml.ParseConfig(def.XML); present {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q has the ft element but libvirt-ftd runs no protection of it here: it is protected from its next start (virt-ft status)", def.Name)
+	}
+	if active, err := d.hv.IsActive(def.UUID); err != nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: %w", err)
+	} else if !active {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q is not running: virt-ft enable %s --peer HOST protects it from its next start", def.Name, def.Name)
+	}
+	if peer == "" {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q has no ft element, so no backup host: name one (virt-ft protect %s --peer HOST[:PORT])", def.Name, def.Name)
+	}
+	cfg := ftxml.DefaultConfig()
+	if err := setPeer(&cfg, peer); err != nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: --peer %q: %w", peer, err)
+	}
+	if err := d.cfg.arbiterMissing(); err != nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: %w", err)
+	}
+	primaryXML, err := convertDefinition(def.XML, cfg)
+	if err != nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q cannot be protected, nothing changed: %w", def.Name, err)
+	}
+	if err := d.sameAsRunning(def); err != nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q: %w", def.Name, err)
+	}
+	e := d.env()
+	client, release, err := e.qmp(def.UUID)
+	if err != nil {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q: its QEMU: %w", def.Name, err)
+	}
+	v, verr := client.QueryVersion()
+	st, serr := client.QueryStatus()
+	release()
+	switch {
+	case verr != nil || !strings.Contains(v.Package, patchedPackage):
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q runs a QEMU that is not libvirt-ft's (query-version package %q): its migration under TCG would lose guest writes (packaging/qemu 0020) and its peer needs the same build; set <emulator> to %s, restart it, and protect it then", def.Name, v.Package, patchedQEMUPath)
+	case serr != nil:
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q: query-status: %w", def.Name, serr)
+	case !st.Running:
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q is %s, not running: resume it first (virsh resume)", def.Name, st.Status)
+	}
+	d.mu.Lock()
+	resolving := d.resolving[def.UUID]
+	d.mu.Unlock()
+	if resolving {
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q: libvirt-ftd is resolving an earlier protect of it after a restart (virt-ft status)", def.Name)
+	}
+	dm := d.entry(def.UUID, def.Name)
+	p := newPrimaryRun(e, def.UUID, def.Name, cfg)
+	p.running = true
+	p.state, p.detail = ctl.StateUnprotected, "protecting: arming the backup on "+p.peer
+	p.reprot = &ctl.Reprotect{Phase: "arming", Peer: p.peer, Moves: true}
+	if !dm.claimIdle(p) {
+		p.close("a run of the domain exists")
+		return dm.status(), fmt.Errorf("protect: domain %q: libvirt-ftd runs something for it here already (virt-ft status)", def.Name)
+	}
+	// The run, closed at the end, stays the domain's record (virt-ft
+	// status: done or failed) until the peer's re-protection arms a
+	// backup here, or a next protect.
+	go func() {
+		if err := p.convert(primaryXML); err != nil {
+			p.log.WithError(err).Error("protecting the VM started without the ft element failed")
+		}
+	}()
+	return p.status(), nil
+}
+
+// setPeer sets cfg's backup host from "host" or "host:port". Errors: a
+// port that is not 1-65535.
+func setPeer(cfg *ftxml.Config, peer string) error {
+	host, port := peer, ""
+	if h, p, err := net.SplitHostPort(peer); err == nil {
+		host, port = h, p
+	}
+	if host == "" {
+		return errors.New("no host")
+	}
+	cfg.PeerAddress = host
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("the port must be a number from 1 to 65535 (default %d)", cfg.PeerPort)
+		}
+		cfg.PeerPort = n
+	}
+	return nil
+}
+
+// convertDefinition is a plain definition with the ft element cfg added,
+// checked as a start would check it (ftxml.Validate) and rewritten for
+// record/replay (ftxml.NeedsRewrite, as libvirt's DEFINED event would).
+func convertDefinition(plainXML string, cfg ftxml.Config) (string, error) {
+	dom, err := ftxml.ParseDomain(plainXML)
+	if err != nil {
+		return "", err
+	}
+	if err := ftxml.SetConfig(dom, cfg); err != nil {
+		return "", err
+	}
+	if _, err := ftxml.Validate(dom); err != nil {
+		return "", err
+	}
+	out, err := dom.Marshal()
+	if err != nil {
+		return "", err
+	}
+	rewritten, _, err := ftxml.NeedsRewrite(out)
+	return rewritten, err
+}
+
+// sameAsRunning refuses a domain whose persistent definition differs from
+// what runs in what the backup is built from: the backup's QEMU is made
+// from the definition, and the running VM's state must load into it.
+// Compared: vCPUs, memory, machine type, disks (target, image) and
+// interfaces (MAC), in document order. Errors say what differs.
+func (d *Daemon) sameAsRunning(def DomainDef) error {
+	running, err := d.hv.Running()
+	if err != nil {
+		return err
+	}
+	var liveXML string
+	for _, r := range running {
+		if strings.EqualFold(r.UUID, def.UUID) {
+			liveXML = r.XML
+		}
+	}
+	if liveXML == "" {
+		return errors.New("it is not running")
+	}
+	a, err := ftxml.ParseDomain(def.XML)
+	if err != nil {
+		return err
+	}
+	b, err := ftxml.ParseDomain(liveXML)
+	if err != nil {
+		return err
+	}
+	if x, y := domainShape(a), domainShape(b); !slices.Equal(x, y) {
+		return fmt.Errorf("its definition (virsh dumpxml --inactive) differs from the running VM (%s against %s): its backup is made from the definition; shut it down and start it again, or undo the change, then protect it", strings.Join(x, " "), strings.Join(y, " "))
+	}
+	return nil
+}
+
+// domainShape lists what sameAsRunning compares.
+func domainShape(dom *libvirtxml.Domain) []string {
+	var out []string
+	if dom.VCPU != nil {
+		out = append(out, fmt.Sprintf("vcpus=%d", dom.VCPU.Value))
+	}
+	if dom.Memory != nil {
+		out = append(out, fmt.Sprintf("memory=%d%s", dom.Memory.Value, dom.Memory.Unit))
+	}
+	if dom.OS != nil && dom.OS.Type != nil {
+		out = append(out, "machine="+dom.OS.Type.Machine)
+	}
+	if dom.Devices == nil {
+		return out
+	}
+	for _, disk := range dom.Devices.Disks {
+		src := ""
+		if disk.Source != nil && disk.Source.File != nil {
+			src = disk.Source.File.File
+		}
+		tgt := ""
+		if disk.Target != nil {
+			tgt = disk.Target.Dev
+		}
+		out = append(out, "disk="+tgt+":"+src)
+	}
+	for _, nic := range dom.Devices.Interfaces {
+		mac := ""
+		if nic.MAC != nil {
+			mac = strings.ToLower(nic.MAC.Address)
+		}
+		out = append(out, "nic="+mac)
+	}
+	return out
+}
+
+// convert runs steps 1-4 (the file comment) for p, whose domain runs here
+// without the ft element; primaryXML is its definition with the ft element
+// (convertDefinition). It returns once the peer runs the VM (nil), or once
+// the VM runs on here unprotected (an error saying why).
+func (p *primaryRun) convert(primaryXML string) (err error) {
+	e := p.env
+	t0 := time.Now()
+	defer func() {
+		if err != nil {
+			r := *p.reprotectView()
+			r.Phase, r.Error = "failed", err.Error()
+			p.setReprotect(&r)
+			p.setState(ctl.StateUnprotected, "protecting failed: "+err.Error())
+		}
+		p.close("protect ended")
+	}()
+	dom, err := ftxml.ParseDomain(primaryXML)
+	if err != nil {
+		return err
+	}
+	qemuVer, err := e.hv.QEMUVersion()
+	if err != nil {
+		return err
+	}
+	logVer, err := logchan.LogVersionForQEMU(qemuVer)
+	if err != nil {
+		return err
+	}
+	build, err := e.hv.EmulatorBuild(domainEmulator(dom))
+	if err != nil {
+		return fmt.Errorf("/domain/devices/emulator: %w", err)
+	}
+	client, release, err := e.qmp(p.uuid)
+	if err != nil {
+		return err
+	}
+	defer release()
+	disks, sizes, err := plainDisks(client, dom)
+	if err != nil {
+		return err
+	}
+	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
+	if err != nil {
+		return fmt.Errorf("backup host %s: %w; is libvirt-ftd running there?", p.peer, err)
+	}
+	defer ctrl.Close()
+	if !slices.Contains(ctrl.peer.Features, logchan.FeatureConvert) {
+		return fmt.Errorf("backup host %s: its libvirt-ftd cannot take over a VM started without the ft element (no %q feature); upgrade libvirt-ft there", p.peer, logchan.FeatureConvert)
+	}
+	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
+	p.mu.Lock()
+	p.epoch = epoch
+	p.mu.Unlock()
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpPrepareIncoming, UUID: p.uuid, Name: p.name, XML: primaryXML,
+		QEMUVersion: qemuVer, LogVersion: logVer, EmulatorBuild: build, Epoch: epoch, Arbiter: e.cfg.arbiterName(), Convert: true,
+		DiskSizes: sizes}, nil); err != nil {
+		return fmt.Errorf("backup host %s refused the backup: %w", p.peer, err)
+	}
+	ctrl.Close()
+	migrated := false
+	defer func() {
+		if !migrated {
+			// Its QEMU waits for this VM: stop it (its own timeout
+			// would, later).
+			p.cancelPeerBackup()
+		}
+	}()
+	// From here a restarted daemon must know (restart.go).
+	if err := e.pairings.save(pairingRecord{UUID: p.uuid, Name: p.name, Role: convertRole, Epoch: epoch, Peer: p.peer}); err != nil {
+		return fmt.Errorf("keeping the pairing record: %w", err)
+	}
+	keepRecord := false
+	defer func() {
+		if !keepRecord {
+			e.pairings.remove(p.uuid)
+		}
+	}()
+	if err := e.arbiter.Forget(p.uuid, epoch); err != nil {
+		return fmt.Errorf("the split-brain arbiter cannot record the new pairing: %w", err)
+	}
+	dir := filepath.Dir(ftxml.RecordFIFOPath(p.cfg, p.uuid))
+	if err := logchan.MkdirAllOwned(dir, e.qemuUID, e.qemuGID); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	migSock, nbdSock, listeners, err := p.reprotectStreams(ctx, dir, qemuVer, logVer, epoch, len(disks))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = os.Remove(migSock)
+		_ = os.Remove(nbdSock)
+	}()
+	if err := reprotect.Recover(client, 0); err != nil {
+		return fmt.Errorf("undoing an earlier protection's leftovers: %w", err)
+	}
+	rp := &ctl.Reprotect{Phase: "arming", Peer: p.peer, Moves: true}
+	src := reprotect.Source{QMP: client, Convert: true, MigrateURI: "unix:" + migSock, NBDSocket: nbdSock, Disks: disks,
+		MaxBandwidth: reprotectBandwidth, Progress: func(pr reprotect.Progress) {
+			v := *rp
+			v.Phase, v.DoneBytes, v.TotalBytes, v.RateBytesPerSec = pr.Phase, pr.Done, pr.Total, pr.Rate
+			p.setReprotect(&v)
+		}}
+	p.setState(ctl.StateUnprotected, "protecting: copying the disks and memory to "+p.peer)
+	res, err := src.Run(ctx)
+	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) {
+		return err // Source undid everything: the VM runs on here as before
+	}
+	// The migration completed: the VM is paused here and its state has
+	// loaded on the peer (return-path). From here only the arbiter
+	// decides where it runs.
+	migrated, keepRecord = true, true
+	cancel()
+	p.setState(ctl.StateUnprotected, "protecting: the VM's state is on "+p.peer+"; asking it to run the VM")
+	tMigrated := time.Now()
+	peerRuns, err := p.handOff(client, qemuVer, logVer, epoch)
+	if !peerRuns {
+		return err
+	}
+	tRuns := time.Now()
+	// The peer runs the VM: this copy must never run again.
+	p.setState(ctl.StateStopped, "protected: the VM runs on "+p.peer+", which re-protects it onto this host")
+	e.destroyUntilGone(p.uuid, "protect: the VM runs on "+p.peer+" now", nil)
+	if err := e.hv.Define(primaryXML); err != nil {
+		p.log.WithError(err).Warn("protect: giving this host's definition the ft element (virt-ft enable does it too)")
+	}
+	keepRecord = false
+	var bytes int64
+	for _, l := range listeners {
+		bytes += l.Bytes.Load()
+	}
+	done := *p.reprotectView()
+	// The pause: from the VM seen stopped here (the migration's
+	// switchover) to the peer's answer that it runs it.
+	done.Phase, done.PauseMS, done.MemoryBytes, done.DiskBytes, done.TotalMS = "done", tRuns.Sub(res.Stopped).Milliseconds(),
+		res.MemoryBytes, res.DiskBytes, time.Since(t0).Milliseconds()
+	done.DoneBytes, done.TotalBytes, done.RateBytesPerSec = 0, 0, 0
+	p.setReprotect(&done)
+	p.log.Infof("protect: the VM moved to %s in %v: paused %d ms until it ran there (%d ms to the migration's end, %d ms for the peer's claim and go-live); %d bytes of memory and %d of disk (%d through the streams)",
+		p.peer, time.Since(t0).Round(time.Millisecond), done.PauseMS, tMigrated.Sub(res.Stopped).Milliseconds(), tRuns.Sub(tMigrated).Milliseconds(),
+		res.MemoryBytes, res.DiskBytes, bytes)
+	return nil
+}
+
+// handOff decides, after the migration, which copy runs (the file
+// comment): the peer on its ok; otherwise the claim of epoch here. It
+// reports whether the peer runs the VM; false means this host's copy runs
+// on (resumed), with the error saying why the peer does not.
+func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, epoch string) (bool, error) {
+	e := p.env
+	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
+	if err == nil {
+		_ = ctrl.nc.SetDeadline(time.Now().Add(goLiveIncomingWait + 20*time.Second))
+		err = ctrl.request(logchan.ControlRequest{Op: logchan.OpGoLiveIncoming, UUID: p.uuid, Epoch: epoch}, nil)
+		ctrl.Close()
+		if err == nil {
+			return true, nil
+		}
+	}
+	p.log.WithError(err).Warn("protect: the peer did not confirm it runs the VM; claiming the pairing's epoch here")
+	for {
+		won, cerr := e.arbiter.Acquire(p.uuid, epoch)
+		switch {
+		case cerr == nil && won:
+			// The peer can never win it now: this copy continues.
+			if cerr := client.Cont(); cerr != nil {
+				p.log.WithError(cerr).Error("protect: cont after the claim; retrying")
+				go e.resumeVM(p.uuid, nil)
+			}
+			return false, fmt.Errorf("the backup host did not take the VM (%v): it runs on here, unprotected", err)
+		case cerr == nil:
+			return true, nil
+		}
+		p.setState(ctl.StateUnprotected, "protecting: paused after the migration while the split-brain arbiter cannot be reached (it decides which host runs the VM): "+cerr.Error())
+		p.log.WithError(cerr).Warn("protect: the split-brain arbiter cannot be reached; the VM stays paused")
+		time.Sleep(time.Second)
+	}
+}
+
+// plainDisks pairs each disk of dom (the definition with the ft element)
+// with the block node its running plain QEMU attached it to, by image
+// path (query-block): what reprotect.Source mirrors to the peer's export
+// of the same disk (ftxml.ReplayDisk.Format). sizes gives each image's
+// virtual size in bytes, by path (ControlRequest.DiskSizes). Errors: a disk
+// the running VM does not have.
+func plainDisks(client *qmp.Client, dom *libvirtxml.Domain) (disks []reprotect.Disk, sizes map[string]int64, err error) {
+	var blocks []struct {
+		Inserted *struct {
+			NodeName string `json:"node-name"`
+			File     string `json:"file"`
+			Image    struct {
+				VirtualSize int64 `json:"virtual-size"`
+			} `json:"image"`
+		} `json:"inserted"`
+	}
+	if err := client.Execute("query-block", nil, &blocks); err != nil {
+		return nil, nil, err
+	}
+	sizes = map[string]int64{}
+	for _, rd := range ftxml.ReplayDisks(dom) {
+		node := ""
+		for _, b := range blocks {
+			if in := b.Inserted; in != nil && in.File == rd.Path && in.NodeName != "" {
+				node, sizes[rd.Path] = in.NodeName, in.Image.VirtualSize
+			}
+		}
+		if node == "" {
+			return nil, nil, fmt.Errorf("the running VM has no disk on %s (query-block)", rd.Path)
+		}
+		disks = append(disks, reprotect.Disk{Node: node, Export: rd.Format})
+	}
+	return disks, sizes, nil
+}
