@@ -456,3 +456,47 @@ func TestRecoverUndoesWhatADeadDriverLeft(t *testing.T) {
 		}
 	})
 }
+
+// Convert (a VM started without the ft element, plugin/convert.go): the
+// same copy and migration, but nothing armed and no log: at the end the
+// VM is paused in replay mode none, and one that records is refused. A
+// failure before the migration's end leaves it running, as for a
+// re-protection.
+func TestSourceConvert(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		s := source(f)
+		s.LogPath, s.Convert = "", true
+		res, err := s.Run(context.Background())
+		if err != nil {
+			t.Fatalf("Run: %v (commands %v)", err, f.cmds)
+		}
+		if f.mode != "none" || f.status != "postmigrate" || f.sent("x-ft-record-at-switchover") != 0 {
+			t.Fatalf("after Run: mode %s, status %s, armed %d times; want none, postmigrate, never armed", f.mode, f.status, f.sent("x-ft-record-at-switchover"))
+		}
+		if f.sent("cont") != 0 || res.Stopped.IsZero() || len(f.jobs) != 0 || len(f.nodes) != 0 {
+			t.Fatalf("result %+v, commands %v, jobs %v, nodes %v", res, f.cmds, f.jobs, f.nodes)
+		}
+
+		f = newFake()
+		f.mode = "record" // not what a VM without the ft element runs in
+		s = source(f)
+		s.LogPath, s.Convert = "", true
+		if _, err := s.Run(context.Background()); !errors.Is(err, ErrSwitchedOver) || !strings.Contains(err.Error(), "not none") {
+			t.Fatalf("Run on a recording VM: %v", err)
+		}
+
+		f = newFake()
+		f.failMigAt = "active"
+		s = source(f)
+		s.LogPath, s.Convert = "", true
+		if _, err := s.Run(context.Background()); err == nil || errors.Is(err, ErrSwitchedOver) || f.status != "running" {
+			t.Fatalf("a failed migration: %v, status %s", err, f.status)
+		}
+
+		s = &Source{QMP: newFake(), MigrateURI: "unix:/x"}
+		if _, err := s.Run(context.Background()); err == nil {
+			t.Fatal("Run without LogPath or Convert: no error")
+		}
+	})
+}
