@@ -16,7 +16,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
-.PHONY: all setup build unit apparmor-check e2e-install qemu-ft e2e e2e-distro e2e-admin e2e-faults e2e-hostile e2e-reprotect bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit apparmor-check e2e-install qemu-ft e2e e2e-distro e2e-admin e2e-faults e2e-hostile e2e-reprotect e2e-protect-plain bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -52,7 +52,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft package
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FROM=plain FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FROM=plain FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect protect-plain failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
 
 # The packages installed on this machine, the lab running the installed
 # files (replication, one failover), then purged: nothing left
@@ -87,6 +87,11 @@ e2e-hostile: build guest qemu-ft
 # TCP clients connected throughout.
 e2e-reprotect: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 CYCLES=$(CYCLES) PROTECT=$(PROTECT) REPROTECT_MODES="$(REPROTECT_MODES)" FTD_KILL=$(FTD_KILL) test/e2e/run.sh reprotect
+
+# virt-ft protect of a running VM started without the ft element: it moves
+# to host B, which re-protects it onto host A; then a failover.
+e2e-protect-plain: build guest qemu-ft
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh protect-plain
 
 e2e-switchover: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=$(TRIALS) test/e2e/run.sh switchover
