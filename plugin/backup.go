@@ -359,7 +359,7 @@ func (b *backupRun) serveLog(pc *peerConn, hello logchan.Hello) {
 	switch {
 	case b.feeder == nil || !b.active() || b.goingLive || b.live:
 		why = "no backup armed for " + b.uuid + " that waits for a log channel"
-	case b.incoming != nil && b.incoming.convert:
+	case b.convert:
 		// Armed to take over a VM started without the ft element: it
 		// goes live (OpGoLiveIncoming) and never replays a log.
 		why = "the backup of " + b.uuid + " was armed to go live, not to replay a log"

@@ -59,9 +59,13 @@ import (
 // without the ft element while its migration runs (restart.go
 // resolveConvert); convertBackupRole the peer's, from its arming until it
 // runs the VM (then "live").
+// convertOrderedRole the peer's once the go-live order came (it claims
+// from then on, also after a restart; before it, a restart destroys its
+// copy and never claims).
 const (
-	convertRole       = "convert"
-	convertBackupRole = "convert-backup"
+	convertRole        = "convert"
+	convertBackupRole  = "convert-backup"
+	convertOrderedRole = "convert-ordered"
 )
 
 // protectPlain answers virt-ft protect for a running domain without the ft
@@ -91,11 +95,18 @@ func (d *Daemon) protectPlain(arg, peer string) (ctl.DomainStatus, error) {
 	if err := d.cfg.arbiterMissing(); err != nil {
 		return ctl.DomainStatus{}, fmt.Errorf("protect: %w", err)
 	}
+	if d.cfg.Arbiter == ArbiterNone || d.arb == nil {
+		// After the migration two paused copies exist, and only the
+		// arbiter can say which one runs: a lost answer from the peer
+		// would otherwise run both.
+		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q: moving a VM started without the ft element needs a split-brain arbiter (arbiter: none in %s): configure arbiter-etcd or arbiter-dir, or protect it from its next start (virt-ft enable)", def.Name, DefaultConfigPath)
+	}
 	primaryXML, err := convertDefinition(def.XML, cfg)
 	if err != nil {
 		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q cannot be protected, nothing changed: %w", def.Name, err)
 	}
-	if err := d.sameAsRunning(def); err != nil {
+	liveDef, err := d.sameAsRunning(def)
+	if err != nil {
 		return ctl.DomainStatus{}, fmt.Errorf("protect: domain %q: %w", def.Name, err)
 	}
 	e := d.env()
@@ -133,7 +144,7 @@ func (d *Daemon) protectPlain(arg, peer string) (ctl.DomainStatus, error) {
 	// status: done or failed) until the peer's re-protection arms a
 	// backup here, or a next protect.
 	go func() {
-		if err := p.convert(primaryXML); err != nil {
+		if err := p.convert(primaryXML, func() bool { return d.sameQEMU(liveDef) }); err != nil {
 			p.log.WithError(err).Error("protecting the VM started without the ft element failed")
 		}
 	}()
@@ -188,32 +199,34 @@ func convertDefinition(plainXML string, cfg ftxml.Config) (string, error) {
 // from the definition, and the running VM's state must load into it.
 // Compared: vCPUs, memory, machine type, disks (target, image) and
 // interfaces (MAC), in document order. Errors say what differs.
-func (d *Daemon) sameAsRunning(def DomainDef) error {
+// It returns the running domain (its live XML and libvirt ID, for
+// sameQEMU).
+func (d *Daemon) sameAsRunning(def DomainDef) (DomainDef, error) {
 	running, err := d.hv.Running()
 	if err != nil {
-		return err
+		return DomainDef{}, err
 	}
-	var liveXML string
+	var live DomainDef
 	for _, r := range running {
 		if strings.EqualFold(r.UUID, def.UUID) {
-			liveXML = r.XML
+			live = r
 		}
 	}
-	if liveXML == "" {
-		return errors.New("it is not running")
+	if live.XML == "" {
+		return DomainDef{}, errors.New("it is not running")
 	}
 	a, err := ftxml.ParseDomain(def.XML)
 	if err != nil {
-		return err
+		return DomainDef{}, err
 	}
-	b, err := ftxml.ParseDomain(liveXML)
+	b, err := ftxml.ParseDomain(live.XML)
 	if err != nil {
-		return err
+		return DomainDef{}, err
 	}
 	if x, y := domainShape(a), domainShape(b); !slices.Equal(x, y) {
-		return fmt.Errorf("its definition (virsh dumpxml --inactive) differs from the running VM (%s against %s): its backup is made from the definition; shut it down and start it again, or undo the change, then protect it", strings.Join(x, " "), strings.Join(y, " "))
+		return DomainDef{}, fmt.Errorf("its definition (virsh dumpxml --inactive) differs from the running VM (%s against %s): its backup is made from the definition; shut it down and start it again, or undo the change, then protect it", strings.Join(x, " "), strings.Join(y, " "))
 	}
-	return nil
+	return live, nil
 }
 
 // domainShape lists what sameAsRunning compares.
@@ -254,9 +267,11 @@ func domainShape(dom *libvirtxml.Domain) []string {
 
 // convert runs steps 1-4 (the file comment) for p, whose domain runs here
 // without the ft element; primaryXML is its definition with the ft element
-// (convertDefinition). It returns once the peer runs the VM (nil), or once
-// the VM runs on here unprotected (an error saying why).
-func (p *primaryRun) convert(primaryXML string) (err error) {
+// (convertDefinition); same reports whether the domain's QEMU is still
+// the one protect examined. It returns once the peer runs the VM (nil), or
+// once the VM runs on here unprotected (an error saying why), or, the
+// daemon stopping, with the VM paused for the next daemon to resolve.
+func (p *primaryRun) convert(primaryXML string, same func() bool) (err error) {
 	e := p.env
 	t0 := time.Now()
 	defer func() {
@@ -358,8 +373,14 @@ func (p *primaryRun) convert(primaryXML string) (err error) {
 		}}
 	p.setState(ctl.StateUnprotected, "protecting: copying the disks and memory to "+p.peer)
 	res, err := src.Run(ctx)
-	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) {
+	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) && !migrationCompleted(client, p.stop) {
 		return err // Source undid everything: the VM runs on here as before
+	}
+	if err != nil {
+		p.log.WithError(err).Warn("protect: the migration completed although the copy reported an error")
+	}
+	if res.Stopped.IsZero() {
+		res.Stopped = time.Now()
 	}
 	// The migration completed: the VM is paused here and its state has
 	// loaded on the peer (return-path). From here only the arbiter
@@ -368,13 +389,15 @@ func (p *primaryRun) convert(primaryXML string) (err error) {
 	cancel()
 	p.setState(ctl.StateUnprotected, "protecting: the VM's state is on "+p.peer+"; asking it to run the VM")
 	tMigrated := time.Now()
-	peerRuns, err := p.handOff(client, qemuVer, logVer, epoch)
+	peerRuns, tRuns, err := p.handOff(client, qemuVer, logVer, epoch, same)
 	if !peerRuns {
+		if err != errHandOffStopped {
+			keepRecord = false // this copy runs on: nothing left to resolve
+		}
 		return err
 	}
-	tRuns := time.Now()
 	// The peer runs the VM: this copy must never run again.
-	p.setState(ctl.StateStopped, "protected: the VM runs on "+p.peer+", which re-protects it onto this host")
+	p.setState(ctl.StateStopped, "moved: the VM runs on "+p.peer+", which re-protects it onto this host")
 	e.destroyUntilGone(p.uuid, "protect: the VM runs on "+p.peer+" now", nil)
 	if err := e.hv.Define(primaryXML); err != nil {
 		p.log.WithError(err).Warn("protect: giving this host's definition the ft element (virt-ft enable does it too)")
@@ -397,38 +420,93 @@ func (p *primaryRun) convert(primaryXML string) (err error) {
 	return nil
 }
 
+// errHandOffStopped: the daemon stopped while handOff waited for the
+// arbiter; the VM stays paused for the next daemon (resolveConvert).
+var errHandOffStopped = errors.New("protect: libvirt-ftd stopped while the split-brain arbiter decided; the VM stays paused for the next libvirt-ftd")
+
 // handOff decides, after the migration, which copy runs (the file
-// comment): the peer on its ok; otherwise the claim of epoch here. It
-// reports whether the peer runs the VM; false means this host's copy runs
-// on (resumed), with the error saying why the peer does not.
-func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, epoch string) (bool, error) {
+// comment). The peer's ok is checked against the arbiter before this copy
+// goes: the epoch's claim here must lose (the peer holds it); a claim won
+// here means the peer does not run the VM after all, and this copy
+// continues. Without an ok, the same claim decides. It reports whether the
+// peer runs the VM, and when it said so (its ok; else when the claim
+// lost); false means this host's copy runs on (resumed), with the error
+// saying why, or errHandOffStopped. The VM stays paused while
+// the arbiter cannot be reached; same false (the domain's QEMU changed
+// under it) ends it without touching the new QEMU.
+func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, epoch string, same func() bool) (bool, time.Time, error) {
 	e := p.env
+	var answered time.Time
 	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
 	if err == nil {
 		_ = ctrl.nc.SetDeadline(time.Now().Add(goLiveIncomingWait + 20*time.Second))
 		err = ctrl.request(logchan.ControlRequest{Op: logchan.OpGoLiveIncoming, UUID: p.uuid, Epoch: epoch}, nil)
+		answered = time.Now()
 		ctrl.Close()
-		if err == nil {
-			return true, nil
-		}
 	}
-	p.log.WithError(err).Warn("protect: the peer did not confirm it runs the VM; claiming the pairing's epoch here")
+	if err != nil {
+		p.log.WithError(err).Warn("protect: the peer did not confirm it runs the VM; claiming the pairing's epoch here")
+	}
 	for {
 		won, cerr := e.arbiter.Acquire(p.uuid, epoch)
+		if !same() {
+			return false, answered, fmt.Errorf("the domain's QEMU here changed while the arbiter decided (%v); left alone", err)
+		}
 		switch {
 		case cerr == nil && won:
-			// The peer can never win it now: this copy continues.
+			if err == nil {
+				err = errors.New("the peer answered that it runs the VM, but this host won the pairing's epoch")
+				p.log.Error("protect: " + err.Error() + "; this copy continues")
+			}
+			// The peer can never win it now: this copy continues, with
+			// the migration's capabilities off again (an operator's
+			// next migration must not stop before its switchover).
+			_ = client.Execute("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
+				{"capability": "pause-before-switchover", "state": false},
+				{"capability": "return-path", "state": false},
+			}}, nil)
 			if cerr := client.Cont(); cerr != nil {
 				p.log.WithError(cerr).Error("protect: cont after the claim; retrying")
 				go e.resumeVM(p.uuid, nil)
 			}
-			return false, fmt.Errorf("the backup host did not take the VM (%v): it runs on here, unprotected", err)
+			return false, answered, fmt.Errorf("the backup host did not take the VM (%v): it runs on here, unprotected", err)
 		case cerr == nil:
-			return true, nil
+			if err != nil {
+				answered = time.Now()
+			}
+			return true, answered, nil
 		}
 		p.setState(ctl.StateUnprotected, "protecting: paused after the migration while the split-brain arbiter cannot be reached (it decides which host runs the VM): "+cerr.Error())
 		p.log.WithError(cerr).Warn("protect: the split-brain arbiter cannot be reached; the VM stays paused")
-		time.Sleep(time.Second)
+		select {
+		case <-p.stop:
+			return false, answered, errHandOffStopped
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// migrationCompleted reports whether the VM's last migration completed
+// (query-migrate), asking again for up to a minute while QEMU does not
+// answer (libvirt's monitor may be reconnecting), or until stop closes; a
+// QEMU that never answers counts as completed, so that the caller takes
+// the claim's path rather than assume the VM runs here.
+func migrationCompleted(client *qmp.Client, stop <-chan struct{}) bool {
+	for deadline := time.Now().Add(time.Minute); ; {
+		var mi struct {
+			Status string `json:"status"`
+		}
+		if err := client.Execute("query-migrate", nil, &mi); err == nil {
+			return mi.Status == "completed"
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		select {
+		case <-stop:
+			return true
+		case <-time.After(time.Second):
+		}
 	}
 }
 

@@ -201,3 +201,58 @@ func TestResolveConvert(t *testing.T) {
 		})
 	}
 }
+
+// The peer's side after its daemon restarted during a protect of a VM
+// started without the ft element: without the go-live order its QEMU is
+// destroyed and no claim is made (the VM's host decides); ordered, it
+// claims, and a lost claim destroys it.
+func TestResolveConvertBackup(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		role string
+		aWon bool
+	}{
+		{name: "not ordered", role: convertBackupRole},
+		{name: "ordered, the other host won", role: convertOrderedRole, aWon: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fp, _ := replicating(t)
+				b := fp.b.d.lookup(runUUID).current().(*backupRun)
+				b.mu.Lock()
+				epoch := b.epoch
+				b.mu.Unlock()
+				fp.crash(fp.b)
+				if err := fp.b.d.pairings.save(pairingRecord{UUID: runUUID, Name: "web", Role: c.role, Epoch: epoch, Peer: "10.0.0.1"}); err != nil {
+					t.Fatal(err)
+				}
+				if c.aWon {
+					if won, err := (fakeArbiter{me: "10.0.0.1", s: fp.arb}).Acquire(runUUID, epoch); !won || err != nil {
+						t.Fatalf("host a's claim: %v %v", won, err)
+					}
+				}
+				fp.restart(fp.b)
+				synctest.Wait()
+				if fp.b.hv.running(runUUID) != nil {
+					t.Fatal("host b's QEMU runs on")
+				}
+				fp.arb.mu.Lock()
+				winner := fp.arb.claims[runUUID+"/"+epoch]
+				fp.arb.mu.Unlock()
+				if winner == "10.0.0.2" {
+					t.Fatalf("host b holds epoch %s", epoch)
+				}
+				want := "won epoch"
+				if c.role == convertBackupRole {
+					want = "before its go-live was ordered"
+				}
+				if s := fp.b.status(t, "web"); !strings.Contains(s.Detail, want) {
+					t.Fatalf("host b: %s %q, want %q", s.State, s.Detail, want)
+				}
+				if _, ok := fp.b.d.pairings.load(runUUID); ok {
+					t.Fatal("host b's record outlived the resolution")
+				}
+			})
+		})
+	}
+}

@@ -1194,6 +1194,9 @@ func (d *Daemon) arm(req logchan.ControlRequest, primaryHost string, incoming bo
 	if req.Convert && !incoming {
 		return errors.New("the backup host refuses: convert is for prepare-incoming only")
 	}
+	if req.Convert && (d.cfg.Arbiter == ArbiterNone || d.arb == nil) {
+		return fmt.Errorf("the backup host refuses to take over a VM started without the ft element with arbiter: none (only an arbiter can say which of the two paused copies runs): configure arbiter-etcd or arbiter-dir in %s", DefaultConfigPath)
+	}
 	d.armMu.Lock()
 	defer d.armMu.Unlock()
 	dm := d.entry(req.UUID, req.Name)

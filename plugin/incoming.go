@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -93,8 +94,9 @@ type goLiveOrder struct {
 	reply chan error
 }
 
-// goLiveIncomingWait bounds the claim, END and cont of a go-live order
-// (the arbiter may take a few seconds to answer).
+// goLiveIncomingWait bounds how long a go-live order waits for a definite
+// answer from the arbiter before it is answered with an error (the claim
+// goes on; the asker then claims too).
 const goLiveIncomingWait = 20 * time.Second
 
 func (ia *incomingArming) channelUp() { ia.logUpOnce.Do(func() { close(ia.logUp) }) }
@@ -271,7 +273,9 @@ func (b *backupRun) cancelIncoming(from string) bool {
 	b.mu.Lock()
 	ia := b.incoming
 	b.mu.Unlock()
-	if ia == nil || !b.armedBy(from) {
+	if ia == nil || !b.armedBy(from) || ia.replaying.Load() {
+		// Not an arming, another host's, or its QEMU was taken over
+		// (replaying, or a convert arming's go-live ordered).
 		return false
 	}
 	select {
@@ -310,20 +314,61 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 	case order = <-ia.goLive:
 	}
 	tOrder := time.Now()
-	won, err := b.claimForConvert()
-	if !won {
-		if err == nil {
-			err = fmt.Errorf("the split-brain arbiter gave pairing epoch %s to the other host: the VM runs there", b.epoch)
-		}
-		order.reply <- err
-		b.setState(ctl.StateUnprotected, "did not go live: "+err.Error())
-		b.close("the go-live claim was not won")
+	// Ordered: from here this QEMU holds the VM until a definite loss of
+	// the claim. A close (the daemon stopping) no longer stops it, and a
+	// restarted daemon claims on (the convert-ordered record): an error
+	// from the arbiter is no proof that the claim failed (it may have
+	// committed), and the other host destroys its copy if it loses.
+	b.mu.Lock()
+	if !b.active() {
+		b.mu.Unlock()
+		order.reply <- errors.New("the backup run here has ended")
 		return
 	}
-	// Won: from here the VM is this host's, and its QEMU is never stopped
-	// by this arming's undo. Its log, END, is in FIFO B since the arming.
-	b.mu.Lock()
 	ia.replaying.Store(true)
+	b.mu.Unlock()
+	if err := b.env.pairings.save(pairingRecord{UUID: b.uuid, Name: b.name, Role: convertOrderedRole, Epoch: b.epoch, Peer: b.primaryHost}); err != nil {
+		b.log.WithError(err).Warn("go-live of the migrated VM: keeping the pairing record")
+	}
+	replied := false
+	reply := func(err error) {
+		if !replied {
+			order.reply <- err
+			replied = true
+		}
+	}
+	var won bool
+	for deadline := time.Now().Add(goLiveIncomingWait); ; {
+		w, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
+		if err == nil {
+			won = w
+			break
+		}
+		b.log.WithError(err).Warn("go-live of the migrated VM: the split-brain arbiter did not answer; the VM stays paused here; asking again")
+		b.setState(ctl.StateArmed, fmt.Sprintf("the VM's state is here, paused: claiming pairing epoch %s, the split-brain arbiter cannot be reached (%v)", b.epoch, err))
+		if time.Now().After(deadline) {
+			// The other host claims too: the arbiter gives it to one.
+			reply(fmt.Errorf("the split-brain arbiter cannot be reached from the backup host (%v); it keeps claiming pairing epoch %s, with the VM paused there", err, b.epoch))
+		}
+		if !b.pause(time.Second) {
+			// The daemon stops: the QEMU stays, paused, for the next
+			// one (restart.go resolveConvertBackup).
+			reply(errRunClosed)
+			return
+		}
+	}
+	if !won {
+		err := fmt.Errorf("the split-brain arbiter gave pairing epoch %s to the other host: the VM runs there", b.epoch)
+		reply(err)
+		b.setState(ctl.StateUnprotected, "did not go live: "+err.Error())
+		b.env.pairings.remove(b.uuid)
+		b.close("the go-live claim was lost")
+		b.env.destroyUntilGone(b.uuid, "the go-live claim was lost: the VM runs on the other host", nil)
+		return
+	}
+	// Won: the VM is this host's. Its log, END, is in FIFO B since the
+	// arming.
+	b.mu.Lock()
 	b.goingLive = true
 	b.peer = b.primaryHost
 	b.mu.Unlock()
@@ -331,7 +376,7 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 		b.log.WithError(err).Error("go-live of the migrated VM: cont failed; retrying")
 		go b.env.resumeVM(b.uuid, b.stop)
 	}
-	order.reply <- nil
+	reply(nil)
 	b.log.Infof("go-live of the migrated VM: claimed epoch %s and continued in %d ms", b.epoch, time.Since(tOrder).Milliseconds())
 	if err := b.goLive(); err != nil {
 		b.log.WithError(err).Error("go-live of the migrated VM")
@@ -339,22 +384,6 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 		return
 	}
 	b.announce()
-}
-
-// claimForConvert claims the pairing's epoch, asking again while the
-// arbiter cannot be reached, for up to goLiveIncomingWait.
-func (b *backupRun) claimForConvert() (bool, error) {
-	deadline := time.Now().Add(goLiveIncomingWait)
-	for {
-		won, err := b.env.arbiter.Acquire(b.uuid, b.epoch)
-		if err == nil || time.Now().After(deadline) {
-			return won, err
-		}
-		b.log.WithError(err).Warn("go-live of the migrated VM: the split-brain arbiter did not answer; asking again")
-		if !b.pause(time.Second) {
-			return false, errRunClosed
-		}
-	}
 }
 
 // goLiveIncoming answers OpGoLiveIncoming from host: the convert arming of
@@ -436,6 +465,13 @@ func (d *Daemon) createDisks(b *backupRun, dom *libvirtxml.Domain) error {
 		if format != "raw" && format != "qcow2" {
 			return fmt.Errorf("the backup host does not create disk %s: format %q (only qcow2 and raw)", path, format)
 		}
+		// Made here first, never through a link, and only if nothing is
+		// there (O_EXCL): qemu-img then writes this file.
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return fmt.Errorf("creating disk %s for the running VM's copy: %w", path, err)
+		}
+		f.Close()
 		out, err := exec.Command("qemu-img", "create", "-q", "-f", format, path, strconv.FormatInt(size, 10)).CombinedOutput()
 		if err != nil {
 			_ = os.Remove(path)

@@ -170,8 +170,12 @@ func (d *Daemon) resolveOrphans() {
 	for _, def := range running {
 		cfg, present, err := ftxml.ParseConfig(def.XML)
 		if err == nil && !present {
+			// A protect of a VM started without the ft element that no
+			// run of this daemon carries on (its daemon died).
 			if rec, ok := d.pairings.load(def.UUID); ok && rec.Role == convertRole {
-				d.resolveOnce(def, func() { d.resolveConvert(def, rec) })
+				if dm := d.lookup(def.UUID); dm == nil || dm.current() == nil || !dm.current().active() {
+					d.resolveOnce(def, func() { d.resolveConvert(def, rec) })
+				}
 			}
 			continue
 		}
@@ -258,8 +262,16 @@ func (d *Daemon) resolveConvert(def DomainDef, rec pairingRecord) {
 			return
 		}
 		won, cerr := e.arbiter.Acquire(def.UUID, rec.Epoch)
+		if !d.sameQEMU(def) {
+			release()
+			return
+		}
 		switch {
 		case cerr == nil && won:
+			_ = client.Execute("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
+				{"capability": "pause-before-switchover", "state": false},
+				{"capability": "return-path", "state": false},
+			}}, nil)
 			err := client.Cont()
 			release()
 			if err != nil {
@@ -334,15 +346,18 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 			return
 		}
 	}
-	if haveRec && rec.Role == convertBackupRole && ri.Mode == "play" {
+	if haveRec && (rec.Role == convertBackupRole || rec.Role == convertOrderedRole) {
 		// Armed to run a VM started without the ft element (convert.go):
-		// its log, END, is in FIFO B since the arming. Loaded, it runs
-		// here only if this host wins the epoch (it may have won it
-		// before the restart): then it reads END at cont and goes on
+		// its log, END, is in FIFO B since the arming. Still replaying
+		// (paused before its cont), it runs here only if its go-live was
+		// ordered and this host wins the epoch (it may have won it before
+		// the restart): then it reads END at cont. Either way it goes on
 		// below as a backup that left replay mode.
-		var ok bool
-		if ri, ok = d.resolveConvertBackup(def, rec, client, log); !ok {
-			return
+		if ri.Mode == "play" {
+			var ok bool
+			if ri, ok = d.resolveConvertBackup(def, rec, client, log); !ok {
+				return
+			}
 		}
 		rec.Role = "backup"
 	}
@@ -601,26 +616,25 @@ func (d *Daemon) notePaused(def DomainDef) {
 }
 
 // resolveConvertBackup resolves a QEMU armed here to run a VM started
-// without the ft element (a convert-backup record) whose daemon restarted
-// before it went live: one still waiting for the VM's state is destroyed
-// (the VM runs on where it came from); one that has it claims the epoch,
-// again while the arbiter cannot be reached: lost, it is destroyed; won, it
-// continues, reads END, and the caller goes on with it in replay mode none
-// (ok). ri is its query-replay then.
+// without the ft element (a convert-backup or convert-ordered record)
+// whose daemon restarted before it went live. Without the go-live order
+// (convert-backup) it never claims: its QEMU is destroyed and the VM runs
+// on where it came from (which claims if it handed the VM over). Ordered,
+// it claims the epoch, again while the arbiter cannot be reached (an
+// error is no proof the earlier claim failed): lost, it is destroyed;
+// won, it continues, reads END, and the caller goes on with it in replay
+// mode none (ok). ri is its query-replay then.
 func (d *Daemon) resolveConvertBackup(def DomainDef, rec pairingRecord, client *qmp.Client, log logrus.FieldLogger) (ri qmp.ReplayInfo, ok bool) {
 	e := d.env()
 	dm := d.entry(def.UUID, def.Name)
-	st, err := client.QueryStatus()
-	if err != nil {
-		log.WithError(err).Warn("query-status; trying again at the next rescan")
-		return ri, false
-	}
-	if st.Status == "inmigrate" {
-		why := "libvirt-ftd restarted while this host received a VM started without the ft element: its QEMU was destroyed; the VM runs on, unprotected, on " + rec.Peer
+	destroy := func(why string) {
 		log.Warn(why)
 		dm.note(ctl.StateStopped, why)
 		d.pairings.remove(def.UUID)
 		e.destroyUntilGone(def.UUID, why, d.quit)
+	}
+	if rec.Role != convertOrderedRole {
+		destroy("libvirt-ftd restarted while this host took over a VM started without the ft element, before its go-live was ordered: its QEMU was destroyed; the VM runs on " + rec.Peer)
 		return ri, false
 	}
 	for {
@@ -628,12 +642,11 @@ func (d *Daemon) resolveConvertBackup(def DomainDef, rec pairingRecord, client *
 			return ri, false
 		}
 		won, err := e.arbiter.Acquire(def.UUID, rec.Epoch)
+		if !d.sameQEMU(def) {
+			return ri, false
+		}
 		if err == nil && !won {
-			why := fmt.Sprintf("libvirt-ftd restarted; the VM started without the ft element runs on %s (it won epoch %s): this host's copy was destroyed", rec.Peer, rec.Epoch)
-			log.Warn(why)
-			dm.note(ctl.StateStopped, why)
-			d.pairings.remove(def.UUID)
-			e.destroyUntilGone(def.UUID, why, d.quit)
+			destroy(fmt.Sprintf("libvirt-ftd restarted; the VM started without the ft element runs on %s (it won epoch %s): this host's copy was destroyed", rec.Peer, rec.Epoch))
 			return ri, false
 		}
 		if err == nil {
@@ -652,6 +665,7 @@ func (d *Daemon) resolveConvertBackup(def DomainDef, rec pairingRecord, client *
 		return ri, false
 	}
 	for deadline := time.Now().Add(patchedEndWait); ; {
+		var err error
 		ri, err = client.QueryReplay()
 		if err == nil && ri.Mode == "none" {
 			return ri, true
