@@ -256,7 +256,7 @@ type fakeQEMU struct {
 	// query-status say so (paused after a completed migration).
 	migStatus   string
 	postmigrate bool
-	qmpLog    []string
+	qmpLog      []string
 }
 
 // emit writes events into FIFO A as a recording QEMU does.
