@@ -283,21 +283,9 @@ func (p *primaryRun) convert(primaryXML string, same func() bool) (err error) {
 		}
 		p.close("protect ended")
 	}()
-	dom, err := ftxml.ParseDomain(primaryXML)
+	dom, qemuVer, logVer, build, err := emulatorOf(e, primaryXML)
 	if err != nil {
 		return err
-	}
-	qemuVer, err := e.hv.QEMUVersion()
-	if err != nil {
-		return err
-	}
-	logVer, err := logchan.LogVersionForQEMU(qemuVer)
-	if err != nil {
-		return err
-	}
-	build, err := e.hv.EmulatorBuild(domainEmulator(dom))
-	if err != nil {
-		return fmt.Errorf("/domain/devices/emulator: %w", err)
 	}
 	client, release, err := e.qmp(p.uuid)
 	if err != nil {

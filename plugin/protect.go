@@ -39,6 +39,8 @@ import (
 	"strings"
 	"time"
 
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
@@ -341,21 +343,9 @@ func (d *Daemon) newReprotectRun(live *primaryRun, peerArg string) (*primaryRun,
 // it hands to live (its gates, the discarded log) live keeps.
 func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprotect, t0 time.Time) (err error) {
 	e := p.env
-	dom, err := ftxml.ParseDomain(p.reprotectXML)
+	dom, qemuVer, logVer, build, err := emulatorOf(e, p.reprotectXML)
 	if err != nil {
 		return err
-	}
-	qemuVer, err := e.hv.QEMUVersion()
-	if err != nil {
-		return err
-	}
-	logVer, err := logchan.LogVersionForQEMU(qemuVer)
-	if err != nil {
-		return err
-	}
-	build, err := e.hv.EmulatorBuild(domainEmulator(dom))
-	if err != nil {
-		return fmt.Errorf("/domain/devices/emulator: %w", err)
 	}
 	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
 	if err != nil {
@@ -576,6 +566,27 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.log.Infof("re-protected onto %s in %v: the VM paused %d ms at the switchover, %d bytes of memory and %d of disk copied (%d through the streams), its new log starts at icount %d",
 		p.peer, time.Since(t0).Round(time.Millisecond), pause.Milliseconds(), res.MemoryBytes, res.DiskBytes, bytes, res.Icount)
 	return nil
+}
+
+// emulatorOf parses a primary definition and names what a prepare request
+// from this host says of its QEMU: the version libvirt reports, the replay
+// log version that goes with it, and the domain's emulator build
+// (Hypervisor.EmulatorBuild). Errors: parse, an unsupported QEMU version,
+// an emulator that cannot be read.
+func emulatorOf(e env, primaryXML string) (dom *libvirtxml.Domain, qemuVer string, logVer uint32, build string, err error) {
+	if dom, err = ftxml.ParseDomain(primaryXML); err != nil {
+		return nil, "", 0, "", err
+	}
+	if qemuVer, err = e.hv.QEMUVersion(); err != nil {
+		return nil, "", 0, "", err
+	}
+	if logVer, err = logchan.LogVersionForQEMU(qemuVer); err != nil {
+		return nil, "", 0, "", err
+	}
+	if build, err = e.hv.EmulatorBuild(domainEmulator(dom)); err != nil {
+		return nil, "", 0, "", fmt.Errorf("/domain/devices/emulator: %w", err)
+	}
+	return dom, qemuVer, logVer, build, nil
 }
 
 // reprotectStreams listens on the re-protection's unix sockets in dir:

@@ -281,6 +281,19 @@ ticks_consecutive() {
 		END { exit bad }'
 }
 
+# end_clients STOPFILE CAPTURE_PID: end the echo and stream clients (the
+# first two of pids, started with -stop-file STOPFILE), then the RARP
+# capture; sets rc_echo and rc_stream to the clients' exit statuses.
+end_clients() {
+	touch "$1"
+	rc_echo=0 rc_stream=0
+	wait "${pids[0]}" || rc_echo=$?
+	wait "${pids[1]}" || rc_stream=$?
+	kill "$2" 2>/dev/null || true
+	wait "$2" 2>/dev/null || true
+	pids=()
+}
+
 # fresh_protected_lab TICKS: a new lab with the demo domain protected and
 # running, host A's console at tick TICKS or later.
 fresh_protected_lab() {

@@ -127,13 +127,7 @@ for p in "${pids[@]:0:2}"; do
 	kill -0 "$p" 2>/dev/null || die "the TCP clients ended early"
 done
 say "ending the TCP clients"
-touch "$stop_clients"
-rc_echo=0 rc_stream=0
-wait "${pids[0]}" || rc_echo=$?
-wait "${pids[1]}" || rc_stream=$?
-kill "$tcpdump_pid" 2>/dev/null || true
-wait "$tcpdump_pid" 2>/dev/null || true
-pids=()
+end_clients "$stop_clients" "$tcpdump_pid"
 log "echo:   $(tail -n 1 "$out_echo")"
 log "stream: $(tail -n 1 "$out_stream")"
 failed=0

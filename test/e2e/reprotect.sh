@@ -165,13 +165,7 @@ for p in "${pids[@]:0:2}"; do
 	kill -0 "$p" 2>/dev/null || die "the TCP clients ended before the last failover ($duration s): the cycles took longer than the test allows"
 done
 say "ending the TCP clients ($((SECONDS - t_start)) s connected)"
-touch "$stop_clients"
-rc_echo=0 rc_stream=0
-wait "${pids[0]}" || rc_echo=$?
-wait "${pids[1]}" || rc_stream=$?
-kill "$tcpdump_pid" 2>/dev/null || true
-wait "$tcpdump_pid" 2>/dev/null || true
-pids=()
+end_clients "$stop_clients" "$tcpdump_pid"
 echo_line=$(tail -n 1 "$out_echo") stream_line=$(tail -n 1 "$out_stream")
 log "echo:   $echo_line"
 log "stream: $stream_line"

@@ -47,6 +47,15 @@ source "$(dirname "$0")/qemualone.sh"
 "$ROOT/test/guest/mkdisk.sh" "$work/live.qcow2" >/dev/null
 
 FROM=${FROM:-golive}
+# wait_live SECS: QEMU "live" leaves replay mode (it read END) within SECS.
+wait_live() {
+	local end=$((SECONDS + $1))
+	until [ "$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty' 2>/dev/null)" = none ]; do
+		[ $SECONDS -lt $end ] || die "live: still replaying after $1s (END not read)"
+		sleep 0.2
+	done
+	log "live at icount $(icount_of live) (replay mode none)"
+}
 # The two commands of patch 0019, each refused unless the VM is paused and
 # runs without a log.
 # record_start FILE: the QMP command that starts a new log into FILE.
@@ -79,12 +88,7 @@ if [ "$FROM" = golive ]; then
 	printf '\047' >>"$work/first.bin"
 	say "live: the backup of that boot, gone live at its log's end"
 	start_qemu live "shift=auto,rr=replay,rrfile=$work/first.bin"
-	end=$((SECONDS + 60))
-	until [ "$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty' 2>/dev/null)" = none ]; do
-		[ $SECONDS -lt $end ] || die "live: still replaying after 60s"
-		sleep 0.2
-	done
-	log "live at icount $(icount_of live) (replay mode none)"
+	wait_live 60
 elif [ "$FROM" = plain ]; then
 	live_ticks() { [ "$(grep -c '^tick [0-9]* up [0-9.]*$' "$work/console-live.log" 2>/dev/null)" -ge "$1" ]; }
 	say "plain: the test guest started as libvirt starts a VM without the ft element (no icount)"
@@ -118,12 +122,7 @@ elif [ "$FROM" = plain ]; then
 	wait_status live running 30
 	kill -TERM "$(cat "$work/qemu-plain.pid")"
 	wait_exit 30 plain
-	end=$((SECONDS + 30))
-	until [ "$(qmp live '{"execute":"query-replay"}' | jq -r '.return.mode // empty' 2>/dev/null)" = none ]; do
-		[ $SECONDS -lt $end ] || die "live: still replaying 30s after the migration (END not read)"
-		sleep 0.2
-	done
-	log "live at icount $(icount_of live) (replay mode none)"
+	wait_live 30
 	# The guest goes on: its tick lines continue on the new QEMU's console
 	# with no tick lost, and its clock goes on at the host's rate: each
 	# tick is one "sleep 1" of the guest's, so consecutive ticks are about
