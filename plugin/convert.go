@@ -144,7 +144,7 @@ func (d *Daemon) protectPlain(arg, peer string) (ctl.DomainStatus, error) {
 	// status: done or failed) until the peer's re-protection arms a
 	// backup here, or a next protect.
 	go func() {
-		if err := p.convert(primaryXML, func() bool { return d.sameQEMU(liveDef) }); err != nil {
+		if err := p.convert(primaryXML, func() (bool, bool) { return d.sameQEMUKnown(liveDef) }); err != nil {
 			p.log.WithError(err).Error("protecting the VM started without the ft element failed")
 		}
 	}()
@@ -268,10 +268,10 @@ func domainShape(dom *libvirtxml.Domain) []string {
 // convert runs steps 1-4 (the file comment) for p, whose domain runs here
 // without the ft element; primaryXML is its definition with the ft element
 // (convertDefinition); same reports whether the domain's QEMU is still
-// the one protect examined. It returns once the peer runs the VM (nil), or
+// the one protect examined (known false: libvirt could not say). It returns once the peer runs the VM (nil), or
 // once the VM runs on here unprotected (an error saying why), or, the
 // daemon stopping, with the VM paused for the next daemon to resolve.
-func (p *primaryRun) convert(primaryXML string, same func() bool) (err error) {
+func (p *primaryRun) convert(primaryXML string, same func() (same, known bool)) (err error) {
 	e := p.env
 	t0 := time.Now()
 	defer func() {
@@ -361,11 +361,21 @@ func (p *primaryRun) convert(primaryXML string, same func() bool) (err error) {
 		}}
 	p.setState(ctl.StateUnprotected, "protecting: copying the disks and memory to "+p.peer)
 	res, err := src.Run(ctx)
-	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) && !migrationCompleted(client, p.stop) {
-		return err // Source undid everything: the VM runs on here as before
-	}
-	if err != nil {
-		p.log.WithError(err).Warn("protect: the migration completed although the copy reported an error")
+	// The go-live order goes only to a peer known to hold the state (the
+	// migration completed, this VM paused after it); unknown, this host
+	// claims without ordering (the peer never claims unordered, so this
+	// host wins and its copy runs on).
+	order := true
+	if err != nil && !errors.Is(err, reprotect.ErrSwitchedOver) {
+		switch migrationState(client, p.stop) {
+		case migrationNotDone:
+			return err // Source undid everything: the VM runs on here as before
+		case migrationUnknown:
+			p.log.WithError(err).Warn("protect: the copy failed and QEMU does not say whether the migration completed; claiming the pairing's epoch here without ordering the peer")
+			order = false
+		default:
+			p.log.WithError(err).Warn("protect: the migration completed although the copy reported an error")
+		}
 	}
 	if res.Stopped.IsZero() {
 		res.Stopped = time.Now()
@@ -377,7 +387,7 @@ func (p *primaryRun) convert(primaryXML string, same func() bool) (err error) {
 	cancel()
 	p.setState(ctl.StateUnprotected, "protecting: the VM's state is on "+p.peer+"; asking it to run the VM")
 	tMigrated := time.Now()
-	peerRuns, tRuns, err := p.handOff(client, qemuVer, logVer, epoch, same)
+	peerRuns, tRuns, err := p.handOff(client, qemuVer, logVer, epoch, order, same)
 	if !peerRuns {
 		if err != errHandOffStopped {
 			keepRecord = false // this copy runs on: nothing left to resolve
@@ -422,23 +432,37 @@ var errHandOffStopped = errors.New("protect: libvirt-ftd stopped while the split
 // saying why, or errHandOffStopped. The VM stays paused while
 // the arbiter cannot be reached; same false (the domain's QEMU changed
 // under it) ends it without touching the new QEMU.
-func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, epoch string, same func() bool) (bool, time.Time, error) {
+func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, epoch string, order bool, same func() (same, known bool)) (bool, time.Time, error) {
 	e := p.env
 	var answered time.Time
-	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
-	if err == nil {
-		_ = ctrl.nc.SetDeadline(time.Now().Add(goLiveIncomingWait + 20*time.Second))
-		err = ctrl.request(logchan.ControlRequest{Op: logchan.OpGoLiveIncoming, UUID: p.uuid, Epoch: epoch}, nil)
-		answered = time.Now()
-		ctrl.Close()
+	err := errors.New("the go-live order was not sent (the migration's end is unknown)")
+	if order {
+		var ctrl *peerConn
+		if ctrl, err = dialControl(e, p.peer, p.uuid, qemuVer, logVer); err == nil {
+			_ = ctrl.nc.SetDeadline(time.Now().Add(goLiveIncomingWait + 20*time.Second))
+			err = ctrl.request(logchan.ControlRequest{Op: logchan.OpGoLiveIncoming, UUID: p.uuid, Epoch: epoch}, nil)
+			answered = time.Now()
+			ctrl.Close()
+		}
 	}
 	if err != nil {
 		p.log.WithError(err).Warn("protect: the peer did not confirm it runs the VM; claiming the pairing's epoch here")
 	}
 	for {
 		won, cerr := e.arbiter.Acquire(p.uuid, epoch)
-		if !same() {
-			return false, answered, fmt.Errorf("the domain's QEMU here changed while the arbiter decided (%v); left alone", err)
+		// Whether this QEMU is still the VM's: asked again while
+		// libvirt cannot say (the VM stays paused meanwhile).
+		isSame, known := same()
+		for !known {
+			select {
+			case <-p.stop:
+				return false, answered, errHandOffStopped
+			case <-time.After(time.Second):
+			}
+			isSame, known = same()
+		}
+		if !isSame {
+			return false, answered, fmt.Errorf("the domain's QEMU here was destroyed or replaced while the arbiter decided (%v); left alone", err)
 		}
 		switch {
 		case cerr == nil && won:
@@ -474,25 +498,37 @@ func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, 
 	}
 }
 
-// migrationCompleted reports whether the VM's last migration completed
-// (query-migrate), asking again for up to a minute while QEMU does not
-// answer (libvirt's monitor may be reconnecting), or until stop closes; a
-// QEMU that never answers counts as completed, so that the caller takes
-// the claim's path rather than assume the VM runs here.
-func migrationCompleted(client *qmp.Client, stop <-chan struct{}) bool {
+// migrationEnd is what migrationState knows of the VM's last migration.
+type migrationEnd int
+
+const (
+	migrationNotDone  migrationEnd = iota // failed or cancelled: the VM runs here
+	migrationDone                         // completed, the VM paused after it
+	migrationUnknown                      // QEMU did not say
+)
+
+// migrationState asks QEMU (query-migrate, query-status) how the VM's
+// last migration ended, again for up to a minute while it does not answer
+// (libvirt's monitor may be reconnecting), or until stop closes.
+func migrationState(client *qmp.Client, stop <-chan struct{}) migrationEnd {
 	for deadline := time.Now().Add(time.Minute); ; {
 		var mi struct {
 			Status string `json:"status"`
 		}
-		if err := client.Execute("query-migrate", nil, &mi); err == nil {
-			return mi.Status == "completed"
+		merr := client.Execute("query-migrate", nil, &mi)
+		st, serr := client.QueryStatus()
+		switch {
+		case merr == nil && serr == nil && mi.Status == "completed" && st.Status == "postmigrate":
+			return migrationDone
+		case merr == nil && serr == nil && mi.Status != "completed" && st.Running:
+			return migrationNotDone
 		}
 		if time.Now().After(deadline) {
-			return true
+			return migrationUnknown
 		}
 		select {
 		case <-stop:
-			return true
+			return migrationUnknown
 		case <-time.After(time.Second):
 		}
 	}

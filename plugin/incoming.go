@@ -84,8 +84,10 @@ type incomingArming struct {
 	// goLive takes the go-live order (goLiveIncoming); its answer goes
 	// back on the order's reply.
 	goLive chan goLiveOrder
-	// diskSizes: ControlRequest.DiskSizes.
+	// diskSizes: ControlRequest.DiskSizes; created: the disks
+	// createDisks made (before the QEMU started).
 	diskSizes map[string]int64
+	created   []string
 }
 
 // goLiveOrder is one OpGoLiveIncoming: the answer (nil: this host runs
@@ -278,6 +280,16 @@ func (b *backupRun) cancelIncoming(from string) bool {
 		// (replaying, or a convert arming's go-live ordered).
 		return false
 	}
+	if ia.convert {
+		select {
+		case <-ia.loaded:
+			// Holding the VM's state: only convertLive ends it (no
+			// order within incomingLogWait), so that a cancel never
+			// races a go-live order.
+			return false
+		default:
+		}
+	}
 	select {
 	case <-ia.logUp:
 		return false
@@ -319,6 +331,15 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 	// restarted daemon claims on (the convert-ordered record): an error
 	// from the arbiter is no proof that the claim failed (it may have
 	// committed), and the other host destroys its copy if it loses.
+	// The record first: a daemon that restarts without it would destroy
+	// a copy that may have won. Not kept, nothing is claimed here (the
+	// other host then wins) and this copy goes.
+	if err := b.env.pairings.save(pairingRecord{UUID: b.uuid, Name: b.name, Role: convertOrderedRole, Epoch: b.epoch, Peer: b.primaryHost}); err != nil {
+		order.reply <- fmt.Errorf("the backup host cannot keep its pairing record (%v): it does not claim the VM", err)
+		b.setState(ctl.StateUnprotected, "did not go live: cannot keep the pairing record: "+err.Error())
+		b.close("cannot keep the pairing record")
+		return
+	}
 	b.mu.Lock()
 	if !b.active() {
 		b.mu.Unlock()
@@ -327,9 +348,6 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 	}
 	ia.replaying.Store(true)
 	b.mu.Unlock()
-	if err := b.env.pairings.save(pairingRecord{UUID: b.uuid, Name: b.name, Role: convertOrderedRole, Epoch: b.epoch, Peer: b.primaryHost}); err != nil {
-		b.log.WithError(err).Warn("go-live of the migrated VM: keeping the pairing record")
-	}
 	replied := false
 	reply := func(err error) {
 		if !replied {
@@ -364,6 +382,9 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 		b.env.pairings.remove(b.uuid)
 		b.close("the go-live claim was lost")
 		b.env.destroyUntilGone(b.uuid, "the go-live claim was lost: the VM runs on the other host", nil)
+		for _, path := range ia.created {
+			_ = os.Remove(path) // made for this copy (createDisks)
+		}
 		return
 	}
 	// Won: the VM is this host's. Its log, END, is in FIFO B since the
@@ -378,10 +399,19 @@ func (b *backupRun) convertLive(dest *reprotect.Destination, ia *incomingArming)
 	}
 	reply(nil)
 	b.log.Infof("go-live of the migrated VM: claimed epoch %s and continued in %d ms", b.epoch, time.Since(tOrder).Milliseconds())
-	if err := b.goLive(); err != nil {
-		b.log.WithError(err).Error("go-live of the migrated VM")
-		b.setState(ctl.StateLive, "the migrated VM runs here, but go-live did not finish: "+err.Error())
-		return
+	// The VM is this host's now: go-live (gates passing frames, its
+	// definition, its run) until it is done; a daemon stopping meanwhile
+	// leaves it to the next one (a convert-ordered record, restart.go).
+	for {
+		err := b.goLive()
+		if err == nil {
+			break
+		}
+		b.log.WithError(err).Error("go-live of the migrated VM; trying again")
+		b.setState(ctl.StateLive, "the migrated VM runs here, but go-live has not finished: "+err.Error())
+		if !b.pause(time.Second) {
+			return
+		}
 	}
 	b.announce()
 }
@@ -478,6 +508,11 @@ func (d *Daemon) createDisks(b *backupRun, dom *libvirtxml.Domain) error {
 			return fmt.Errorf("creating disk %s (%d bytes, %s) for the running VM's copy: %v: %s", path, size, format, err, strings.TrimSpace(string(out)))
 		}
 		b.log.Infof("created disk %s (%d bytes, %s) for the running VM's copy", path, size, format)
+		b.mu.Lock()
+		if b.incoming != nil {
+			b.incoming.created = append(b.incoming.created, path)
+		}
+		b.mu.Unlock()
 		b.undo.push(func() {
 			b.mu.Lock()
 			keep := b.live || (b.incoming != nil && b.incoming.replaying.Load())

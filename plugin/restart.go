@@ -346,6 +346,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 			return
 		}
 	}
+	wonAlready := false // resolveConvertBackup claimed and continued it
 	if haveRec && (rec.Role == convertBackupRole || rec.Role == convertOrderedRole) {
 		// Armed to run a VM started without the ft element (convert.go):
 		// its log, END, is in FIFO B since the arming. Still replaying
@@ -358,6 +359,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 			if ri, ok = d.resolveConvertBackup(def, rec, client, log); !ok {
 				return
 			}
+			wonAlready = true
 		}
 		rec.Role = "backup"
 	}
@@ -404,7 +406,7 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		dm.note(ctl.StateResolving, "libvirt-ftd restarted: waiting for the recording QEMU to stop (its log has no reader)")
 		ioErr = d.waitIOError(client, log)
 	}
-	if !ioErr {
+	if !ioErr && !wonAlready {
 		_ = client.Stop()
 	}
 	if d.cfg.Arbiter == ArbiterNone || d.arb == nil {
@@ -420,8 +422,8 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		_ = d.pairings.save(rec)
 		return
 	}
-	var won bool
-	for {
+	won := wonAlready
+	for !won {
 		if !same() {
 			log.Info("the QEMU being resolved is gone; leaving the domain to its new run")
 			return
@@ -511,16 +513,24 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 
 // sameQEMU reports whether def's QEMU (its libvirt domain ID) still runs.
 func (d *Daemon) sameQEMU(def DomainDef) bool {
+	same, known := d.sameQEMUKnown(def)
+	return same && known
+}
+
+// sameQEMUKnown is sameQEMU that tells a libvirt error (known false: the
+// caller may ask again) from an answer: the QEMU is still def's (same), or
+// it is gone or another one runs.
+func (d *Daemon) sameQEMUKnown(def DomainDef) (same, known bool) {
 	running, err := d.hv.Running()
 	if err != nil {
-		return false
+		return false, false
 	}
 	for _, r := range running {
 		if r.UUID == def.UUID {
-			return r.ID == def.ID
+			return r.ID == def.ID, true
 		}
 	}
-	return false
+	return false, true
 }
 
 // watchIOError resumes def's VM if it stops with an I/O error within
