@@ -15,8 +15,11 @@
 #   goes live;
 # - the clients stay connected throughout, every byte verified; RARP frames
 #   with the guest's MAC are seen for the move and for the failover;
-# - the disk writer's records verify at the end;
-# - host A's definition has the ft element afterwards.
+# - host A's definition has the ft element afterwards;
+# - then (host A re-protected the VM onto host B by itself) virt-ft
+#   unprotect on host A and a clean shutdown of the guest: nothing is left
+#   on either host (no QEMU, FIFO, socket or pairing record), and the disk
+#   writer's records verify.
 #   test/e2e/protect-plain.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -141,11 +144,27 @@ if [ "$n_rarp" -lt 2 ]; then
 	log "RARP frames with the guest's MAC on the LAN: $n_rarp, want a burst for the move and one for the failover"
 	failed=1
 fi
-# Powered off once no re-protection (host A's, onto host B) is under way.
+# Once host A's automatic re-protection onto host B is done: virt-ft
+# unprotect on host A, then a clean shutdown of the guest, after which
+# nothing of the protection is left on either host.
 wait_for 180 "host A's automatic re-protection onto host B" sh -c "'$LAB' exec a '$VIRT_FT' status --json '$DOMAIN' | jq -e '.[0].state == \"replicating\"' >/dev/null"
+say "virt-ft unprotect on host A, then a clean shutdown of the guest"
+out=$(ft_on a unprotect "$DOMAIN" 2>&1) || die "virt-ft unprotect failed: $out"
+wait_for 30 "host B's backup to stop" sh -c "! '$LAB' exec b virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
 log "disk writer: $(guest_ctl status | tr -d '\r' | head -n 1)"
 guest_ctl poweroff >/dev/null || true
 wait_for 120 "$DOMAIN to shut off on host A" sh -c "! '$LAB' exec a virsh -q -c qemu:///system list --name | grep -qx $DOMAIN"
+# Nothing left: no QEMU, no FIFO or socket in the state directory, no
+# pairing record, on either host.
+left_on() {
+	on "$1" sh -c "find /var/lib/libvirt-ft \( -type p -o -type s \) 2>/dev/null; ls /run/libvirt-ft/pairings 2>/dev/null; cat /run/libvirt/qemu/$DOMAIN.pid 2>/dev/null" || true
+}
+for h in a b; do
+	end=$((SECONDS + 20))
+	while left=$(left_on $h) && [ -n "$left" ] && [ $SECONDS -lt $end ]; do sleep 0.5; done
+	[ -z "$left" ] || { log "left on host $h after unprotect and shutdown: $left"; failed=1; }
+done
+[ $failed -eq 1 ] || log "nothing left on either host (no QEMU, FIFO, socket or pairing record)"
 on a cat "$IMAGES/$DOMAIN.qcow2" >"$disk"
 "$BIN/diskcheck" "$disk" || { log "the disk writer's records do not verify on host A"; failed=1; }
 say "protect-plain report"
