@@ -3,6 +3,8 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -228,6 +230,16 @@ func (d *Daemon) reprotectBase(def DomainDef) (string, error) {
 	}
 	if cfg, present, err := ftxml.ParseConfig(pdef.XML); err != nil || !present || cfg.Role != ftxml.RolePrimary {
 		return "", fmt.Errorf("the persistent definition of %q has no ft element with role primary (%v)", def.Name, err)
+	}
+	// The new backup is built from the definition and must take the
+	// running VM's state: a definition edited since the VM started
+	// (sameAsRunning's comparison) is refused.
+	a, aerr := ftxml.ParseDomain(pdef.XML)
+	b, berr := ftxml.ParseDomain(def.XML)
+	if aerr == nil && berr == nil {
+		if x, y := domainShape(a), domainShape(b); !slices.Equal(x, y) {
+			return "", fmt.Errorf("the persistent definition of %q differs from the running VM (%s against %s): a backup built from it could not take the VM's state; restart the domain to protect it again, or undo the change", def.Name, strings.Join(x, " "), strings.Join(y, " "))
+		}
 	}
 	return pdef.XML, nil
 }

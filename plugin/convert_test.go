@@ -256,3 +256,35 @@ func TestResolveConvertBackup(t *testing.T) {
 		})
 	}
 }
+
+// reprotectBase, what a re-protection of an adopted VM arms from: the
+// persistent definition, refused when it no longer describes the running
+// VM (edited since its start) or has no ft element with role primary.
+func TestReprotectBase(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, _ := replicating(t)
+		running, err := fp.a.hv.Running()
+		if err != nil || len(running) != 1 {
+			t.Fatalf("Running: %v %d", err, len(running))
+		}
+		live := running[0]
+		if _, err := fp.a.d.reprotectBase(live); err != nil {
+			t.Fatalf("the definition the VM runs: %v", err)
+		}
+		def, _, _ := fp.a.hv.Definition("web")
+		if err := fp.a.hv.Define(strings.Replace(def.XML, "262144", "524288", 1)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if _, err := fp.a.d.reprotectBase(live); err == nil || !strings.Contains(err.Error(), "differs from the running VM") {
+			t.Fatalf("an edited definition: %v", err)
+		}
+		if err := fp.a.hv.Define(plainWebXML(t)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if _, err := fp.a.d.reprotectBase(live); err == nil || !strings.Contains(err.Error(), "no ft element") {
+			t.Fatalf("a definition without the ft element: %v", err)
+		}
+	})
+}
