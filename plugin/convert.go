@@ -296,14 +296,11 @@ func (p *primaryRun) convert(primaryXML string, same func() (same, known bool)) 
 	if err != nil {
 		return err
 	}
-	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
+	ctrl, err := dialFeature(e, p.peer, p.uuid, qemuVer, logVer, logchan.FeatureConvert, "take over a VM started without the ft element")
 	if err != nil {
-		return fmt.Errorf("backup host %s: %w; is libvirt-ftd running there?", p.peer, err)
+		return err
 	}
 	defer ctrl.Close()
-	if !slices.Contains(ctrl.peer.Features, logchan.FeatureConvert) {
-		return fmt.Errorf("backup host %s: its libvirt-ftd cannot take over a VM started without the ft element (no %q feature); upgrade libvirt-ft there", p.peer, logchan.FeatureConvert)
-	}
 	epoch := strconv.FormatInt(time.Now().UnixNano(), 36)
 	p.mu.Lock()
 	p.epoch = epoch
@@ -502,9 +499,9 @@ func (p *primaryRun) handOff(client *qmp.Client, qemuVer string, logVer uint32, 
 type migrationEnd int
 
 const (
-	migrationNotDone  migrationEnd = iota // failed or cancelled: the VM runs here
-	migrationDone                         // completed, the VM paused after it
-	migrationUnknown                      // QEMU did not say
+	migrationNotDone migrationEnd = iota // failed or cancelled: the VM runs here
+	migrationDone                        // completed, the VM paused after it
+	migrationUnknown                     // QEMU did not say
 )
 
 // migrationState asks QEMU (query-migrate, query-status) how the VM's

@@ -347,14 +347,11 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	if err != nil {
 		return err
 	}
-	ctrl, err := dialControl(e, p.peer, p.uuid, qemuVer, logVer)
+	ctrl, err := dialFeature(e, p.peer, p.uuid, qemuVer, logVer, logchan.FeatureReprotect, "receive a running VM")
 	if err != nil {
-		return fmt.Errorf("backup host %s: %w; is libvirt-ftd running there?", p.peer, err)
+		return err
 	}
 	defer ctrl.Close()
-	if !slices.Contains(ctrl.peer.Features, logchan.FeatureReprotect) {
-		return fmt.Errorf("backup host %s: its libvirt-ftd cannot receive a running VM (no %q feature); upgrade libvirt-ft there", p.peer, logchan.FeatureReprotect)
-	}
 	nics := 0
 	if dom.Devices != nil {
 		nics = len(dom.Devices.Interfaces)
@@ -566,6 +563,22 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	p.log.Infof("re-protected onto %s in %v: the VM paused %d ms at the switchover, %d bytes of memory and %d of disk copied (%d through the streams), its new log starts at icount %d",
 		p.peer, time.Since(t0).Round(time.Millisecond), pause.Milliseconds(), res.MemoryBytes, res.DiskBytes, bytes, res.Icount)
 	return nil
+}
+
+// dialFeature opens a control connection to the backup host's daemon at
+// peer and checks that it lists feature (Hello.Features); cannot words
+// what that daemon could not do without it. Errors: the dial's, or the
+// missing feature (the connection then closed).
+func dialFeature(e env, peer, uuid, qemuVer string, logVer uint32, feature, cannot string) (*peerConn, error) {
+	ctrl, err := dialControl(e, peer, uuid, qemuVer, logVer)
+	if err != nil {
+		return nil, fmt.Errorf("backup host %s: %w; is libvirt-ftd running there?", peer, err)
+	}
+	if !slices.Contains(ctrl.peer.Features, feature) {
+		ctrl.Close()
+		return nil, fmt.Errorf("backup host %s: its libvirt-ftd cannot %s (no %q feature); upgrade libvirt-ft there", peer, cannot, feature)
+	}
+	return ctrl, nil
 }
 
 // emulatorOf parses a primary definition and names what a prepare request
