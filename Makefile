@@ -37,6 +37,7 @@ build:
 	$(GO) build -o $(BIN)/hostile ./test/tools/hostile
 	$(GO) build -o $(BIN)/fdstore ./test/tools/fdstore
 	$(GO) build -o $(BIN)/reprotect ./test/tools/reprotect
+	$(GO) build -o $(BIN)/trickle ./test/tools/trickle
 
 guest:
 	test/guest/build.sh $(GUEST)
@@ -52,7 +53,7 @@ unit:
 # not deterministic under record/replay (packaging/qemu/README.md).
 e2e: build guest qemu-ft package
 	test/e2e/run.sh replication refusals backup-loss
-	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FROM=plain FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect protect-plain failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
+	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FROM=plain FEED=trickle FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect protect-plain failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
 
 # The packages installed on this machine, the lab running the installed
 # files (replication, one failover), then purged: nothing left
@@ -109,10 +110,11 @@ DURATION ?= 2m
 soak-tcp: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 DURATION=$(DURATION) test/e2e/run.sh soak-tcp
 
-# Record the guest under TCP load into a file, replay it, require the same
+# Record the guest under TCP load into a file, replay it (through a FIFO fed
+# in random chunks, as FIFO B is: FEED=trickle; FEED=file reads the file), require the same
 # icount and console (issue 9). EMULATOR= another QEMU to check it.
 e2e-determinism: build guest qemu-ft
-	EMULATOR=$${EMULATOR:-$(FTQEMU)/bin/qemu-system-x86_64} test/e2e/run.sh determinism
+	EMULATOR=$${EMULATOR:-$(FTQEMU)/bin/qemu-system-x86_64} FEED=$${FEED:-trickle} test/e2e/run.sh determinism
 
 e2e-backup-loss: build guest
 	test/e2e/run.sh backup-loss

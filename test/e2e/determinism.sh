@@ -23,8 +23,12 @@
 #     LOAD_S=40 PAUSES=40 PAUSE_MS=100 BULK_BYTES=150000000 make e2e-determinism
 # Usage:
 #   EMULATOR=... [LOAD_S=20] [STALL_S=30] [PAUSES=20] [PAUSE_MS=200]
-#   [BULK_BYTES=20000000] [KEEP=1]
+#   [BULK_BYTES=20000000] [FEED=file|trickle] [FEED_SEED=N] [KEEP=1]
 #   test/e2e/determinism.sh
+# FEED=trickle replays through a FIFO that test/tools/trickle feeds in
+# random chunks with random pauses (seed FEED_SEED, logged), so the replay
+# waits for its log as a backup does; FEED=file (the default)
+# replays the file directly.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 LOAD_S=${LOAD_S:-20}
@@ -49,8 +53,14 @@ for c in system_powerdown system_reset; do
 	[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || die "record: $c answered '$r'"
 	sleep 1
 done
+# The reset is done when QEMU reports it (its RESET event), which can come
+# a second or more after the command returned on a busy machine: until
+# then the old guest still answers, and the network check below would pass
+# on it (seen once, session 29).
+wait_for 60 "the record run's RESET event for system_reset" grep -q '"reason": "host-qmp-system-reset"' "$work/events-record.log"
+wait_for 60 "the second 'ft-guest: up' on the console after the reset" \
+	sh -c "tr -d '\r' <'$work/console-record.log' | grep -c '^ft-guest: up' | grep -qx 2"
 wait_for 60 "the guest's network after the reset" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
-[ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = 2 ] || die "record: the guest did not boot again after system_reset"
 # libvirt's reboot (virsh reboot, libvirt's "fake reboot"): the guest shuts
 # down, QEMU pauses (-no-shutdown), the host resets it and continues it. The
 # replay must not stop there (patch 0013) and must reboot where the log
@@ -62,7 +72,8 @@ for c in system_reset cont; do
 	[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || die "record: $c after the guest's shutdown answered '$r'"
 done
 wait_for 60 "the guest's network after libvirt's reboot" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
-[ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = 3 ] || die "record: the guest did not boot again after its shutdown, system_reset and cont"
+wait_for 60 "the third 'ft-guest: up' on the console (the guest booted again after its shutdown, system_reset and cont)" \
+	sh -c "tr -d '\r' <'$work/console-record.log' | grep -c '^ft-guest: up' | grep -qx 3"
 start_clients "$LOAD_S"
 # Meanwhile the record run is paused and resumed PAUSES times (QMP stop,
 # PAUSE_MS, cont), as libvirt-ftd pauses a primary for a planned restart or
@@ -101,8 +112,21 @@ log "log: $summary"
 [ -n "$total" ] && [ "$total" -gt 0 ] || die "cannot read the record log's icount"
 grep -q '^tick ' "$work/console-record.log" || die "the record run's console has no tick line"
 
-say "replay: the same machine from the log"
-start_qemu replay "shift=auto,rr=replay,rrfile=$work/log.bin"
+say "replay: the same machine from the log${FEED:+ ($FEED)}"
+rrfile=$work/log.bin
+if [ "${FEED:-file}" = trickle ]; then
+	# Through a FIFO fed in random chunks with random pauses (seeded), as
+	# a backup's FIFO B is fed: the replay keeps catching up and waiting
+	# for the next bytes, which a file never makes
+	# it do.
+	rrfile=$work/log.fifo
+	rm -f "$rrfile"
+	mkfifo "$rrfile"
+	"$BIN/trickle" -seed "${FEED_SEED:-$RANDOM}" "$work/log.bin" "$rrfile" >"$work/trickle.out" 2>&1 &
+	pids+=($!)
+	log "feeding the log through a FIFO: $(ps -o args= $! | cut -c1-120)"
+fi
+start_qemu replay "shift=auto,rr=replay,rrfile=$rrfile"
 t1=$SECONDS
 # Stop one instruction before the guest's final shutdown to read the icount
 # there (replay-break), then let it replay the rest: the SHUTDOWN is
