@@ -128,6 +128,9 @@ var (
 	descLagSeconds = prometheus.NewDesc("libvirt_ft_backup_lag_seconds",
 		"How far the backup's replay is behind the primary, in the primary's time between sending the log the backup reached and its latest log.",
 		[]string{"domain"}, nil)
+	descHeld = prometheus.NewDesc("libvirt_ft_primary_held_seconds_total",
+		"Time the primary stopped reading its record log, holding its QEMU and the output in its gate, in the current run: reason lag (the backup more than max-lag-ms behind) or window (window-bytes of log unacknowledged); docs/protocol.md §7.",
+		[]string{"domain", "reason"}, nil)
 	descLagInstr = prometheus.NewDesc("libvirt_ft_backup_lag_instructions",
 		"Guest instructions in the log the backup has not executed yet.",
 		[]string{"domain"}, nil)
@@ -162,7 +165,7 @@ var (
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descReplayMode, descSent, descAcked, descLagBytes, descLagSeconds,
-		descLagInstr, descHeartbeat, descLastFailover, descGateHeld, descGateHeldBytes, descGateReleased,
+		descHeld, descLagInstr, descHeartbeat, descLastFailover, descGateHeld, descGateHeldBytes, descGateReleased,
 		descGateDropped, descGateHold, descDigests, descDiverged} {
 		ch <- d
 	}
@@ -208,6 +211,8 @@ func collectDomain(ch chan<- prometheus.Metric, s ctl.DomainStatus) {
 		g(descLagBytes, float64(s.LagBytes), s.Name)
 		g(descLagSeconds, float64(s.LagMS)/1000, s.Name)
 		g(descLagInstr, float64(s.LagInstructions), s.Name)
+		cnt(descHeld, float64(s.HeldLagMS)/1000, s.Name, "lag")
+		cnt(descHeld, float64(s.HeldWindowMS)/1000, s.Name, "window")
 	}
 	if s.HeartbeatAgeMS >= 0 && s.Failover != "" {
 		g(descHeartbeat, float64(s.HeartbeatAgeMS)/1000, s.Name)

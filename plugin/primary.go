@@ -62,10 +62,18 @@ type primaryRun struct {
 	lastHeartbeat         time.Time
 	samples               []sample  // (instructions, time) to turn icount lag into ms
 	lastSentAt            time.Time // when the latest log was sent: the log's head in time
-	stall                 string    // the backup's last stall (its words, from its bye)
-	peerReport            string    // the backup's go-live detail (its words, from its ByeLive)
-	seeding               *ctl.Seeding
-	switchedOver          bool
+	// heldLag: ns the pump spent held by the lag bound
+	// (ctl.DomainStatus.HeldLagMS). heldMu guards heldWindow, the time it
+	// was held by the window in holds that ended, and windowSince, the
+	// start of the hold in progress (zero when none): heldWindowTotal.
+	heldLag      atomic.Int64
+	heldMu       sync.Mutex
+	heldWindow   time.Duration
+	windowSince  time.Time
+	stall        string // the backup's last stall (its words, from its bye)
+	peerReport   string // the backup's go-live detail (its words, from its ByeLive)
+	seeding      *ctl.Seeding
+	switchedOver bool
 	// claimPaused: the VM was paused because the arbiter could not be
 	// reached while the backup was lost (act, AcquireLock).
 	claimPaused bool
@@ -266,6 +274,7 @@ func (p *primaryRun) status() ctl.DomainStatus {
 	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ctl.RolePrimary, Peer: p.peer,
 		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, CleanStop: p.cleanStop || p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
 		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagLocked().Milliseconds(),
+		HeldLagMS: time.Duration(p.heldLag.Load()).Milliseconds(), HeldWindowMS: p.heldWindowTotal().Milliseconds(),
 		PeerReport: p.peerReport, Gates: p.lastGates}
 	if p.reprot != nil {
 		r := *p.reprot
@@ -671,11 +680,24 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 	}
 	for {
 		ps.mu.Lock()
+		var waited time.Time
 		for !ps.discard && !ps.handover && p.active() && p.sent()-ps.acked >= window {
+			if waited.IsZero() {
+				waited = time.Now()
+				p.heldMu.Lock()
+				p.windowSince = waited
+				p.heldMu.Unlock()
+			}
 			ps.cond.Wait()
 		}
 		sending, stopping := !ps.discard, ps.handover
 		ps.mu.Unlock()
+		if !waited.IsZero() {
+			p.heldMu.Lock()
+			p.heldWindow += time.Since(waited)
+			p.windowSince = time.Time{}
+			p.heldMu.Unlock()
+		}
 		if !p.active() {
 			return // closed (close broadcasts)
 		}
@@ -686,7 +708,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 		if sending && p.lagging(maxLag) {
 			// Time, not an ack, may end the wait (lagging stops holding
 			// a backup that no longer advances): poll.
+			t := time.Now()
 			time.Sleep(10 * time.Millisecond)
+			p.heldLag.Add(int64(time.Since(t)))
 			continue
 		}
 
@@ -1208,6 +1232,19 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 	if len(p.samples) > 4096 {
 		p.samples = append(p.samples[:0], p.samples[2048:]...)
 	}
+}
+
+// heldWindowTotal is the time the pump was held by the window in this
+// run, a hold in progress included (ctl.DomainStatus.HeldWindowMS): it
+// never decreases, as the metric built on it must not.
+func (p *primaryRun) heldWindowTotal() time.Duration {
+	p.heldMu.Lock()
+	defer p.heldMu.Unlock()
+	d := p.heldWindow
+	if !p.windowSince.IsZero() {
+		d += time.Since(p.windowSince)
+	}
+	return d
 }
 
 // lagging reports whether the primary must wait for its backup: the

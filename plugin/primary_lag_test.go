@@ -78,3 +78,23 @@ func TestRecordAckClampsIcount(t *testing.T) {
 		}
 	})
 }
+
+// TestHeldWindowTotal: the window's hold time counts the holds that ended
+// and the one in progress, so the metric built on it never decreases.
+func TestHeldWindowTotal(t *testing.T) {
+	p := &primaryRun{}
+	if got := p.heldWindowTotal(); got != 0 {
+		t.Fatalf("no hold yet: %v, want 0", got)
+	}
+	p.heldWindow = 2 * time.Second
+	if got := p.heldWindowTotal(); got != 2*time.Second {
+		t.Fatalf("holds ended: %v, want 2s", got)
+	}
+	// In a bubble the clock stands still: the hold in progress is 1 s.
+	synctest.Test(t, func(t *testing.T) {
+		p.windowSince = time.Now().Add(-time.Second)
+		if got := p.heldWindowTotal(); got != 3*time.Second {
+			t.Fatalf("a 1 s hold in progress: %v, want 3s", got)
+		}
+	})
+}

@@ -195,6 +195,13 @@ type DomainStatus struct {
 	// default, the backup gives up: docs/replay.md §12). 0 before the
 	// backup's first icount sample.
 	LagMS int64 `json:"lag_ms"`
+	// HeldLagMS and HeldWindowMS (primary): the total time in this run
+	// (ms) the primary stopped reading FIFO A, and so held its QEMU and the
+	// output waiting in its gate, because the backup was more than
+	// max-lag-ms behind (the lag bound) or window-bytes of log were
+	// unacknowledged (the window); docs/protocol.md §7. 0 on a backup.
+	HeldLagMS    int64 `json:"held_lag_ms"`
+	HeldWindowMS int64 `json:"held_window_ms"`
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
 	// -1 when none was ever received.
 	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`

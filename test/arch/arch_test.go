@@ -42,6 +42,7 @@ var allowed = map[string][]string{
 	"test/tools/rrdump":    {"logchan"},
 	"test/tools/rxcheck":   {"logchan"},
 	"test/tools/tcpcheck":  {},
+	"test/tools/trickle":   {},
 }
 
 func TestArrows(t *testing.T) {

@@ -14,6 +14,18 @@
 # (Debian's package, installed on demand) against the guest's busybox httpd
 # (a 960-byte page on port 8080), HTTP_CONN connections for HTTP_S seconds:
 # requests per second and latency percentiles.
+# Each set-up runs REPEAT times (default 3) on a fresh lab, and the tables
+# give the median of the valid runs: on the lab's shared 2-core machine one
+# set-up's figures move by up to 8x from run to run. A protected run is
+# valid only if its backup was still replicating at its end: a backup lost
+# during the run (a replay stall on this machine, docs/replay.md section
+# 12) leaves the primary passing its output through unprotected, which
+# would read as a fast protected VM: such runs are left out (automatic
+# re-protection is off, FT_REPROTECT=no, so a lost backup stays lost).
+# Printed per run as well: the backup's replay stands (1 s or more, logged
+# by its libvirt-ftd, the boot included), and the share of each bulk step
+# the primary spent held by the lag bound and by the window (virt-ft
+# status: held_lag_ms, held_window_ms).
 # Each set-up runs unpinned and pinned (PINS="0 1"): pinned, host a's QEMU
 # runs on CPU 0 (cputune in the definition) and host b's backup QEMU is
 # moved to CPU 1 (virsh emulatorpin/vcpupin --live) as soon as it
@@ -21,7 +33,7 @@
 # the unprotected row of the same pinning.
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
-#   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
+#   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
 set -euo pipefail
 source "$(dirname "$0")/../e2e/lib.sh"
 RTT_COUNT=${RTT_COUNT:-300}
@@ -31,6 +43,9 @@ HTTP_CONN=${HTTP_CONN:-8}
 HTTP_S=${HTTP_S:-10}
 SETUPS=${SETUPS:-gate-on gate-off icount unprotected}
 PINS=${PINS:-0 1}
+REPEAT=${REPEAT:-3}
+# A lost backup must stay lost for the validity check (domain_xml, lib.sh).
+export FT_REPROTECT=no
 PIN_EDIT="s|</devices>|</devices><cputune><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>|;"
 # The icount set-up's edit: no ft element; -icount as xml/generate.go's
 # icountValue gives it, without rr=.
@@ -48,11 +63,29 @@ field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
 sent_bytes() {
 	ft_on a status --local --json "$DOMAIN" 2>/dev/null | sed -n 's/.*"sent_bytes": \([0-9]*\).*/\1/p' | head -n 1 || true
 }
+# held: the primary's time held so far by the lag bound and the window,
+# "LAG_MS WINDOW_MS" (virt-ft status JSON; "0 0" when unprotected).
+held() {
+	local j
+	j=$(ft_on a status --local --json "$DOMAIN" 2>/dev/null || true)
+	printf '%s %s\n' "$(sed -n 's/.*"held_lag_ms": \([0-9]*\).*/\1/p' <<<"$j" | head -n 1)" \
+		"$(sed -n 's/.*"held_window_ms": \([0-9]*\).*/\1/p' <<<"$j" | head -n 1)" | awk '{ print $1 + 0, $2 + 0 }'
+}
+# held_pct BEFORE AFTER MS: the percentage of MS the primary was held
+# between two held readings, "lag%/window%".
+held_pct() {
+	awk -v b="$1" -v a="$2" -v ms="$3" 'BEGIN { split(b, x, " "); split(a, y, " ")
+		if (ms <= 0) { print "-"; exit }
+		printf "%.0f/%.0f", 100 * (y[1] - x[1]) / ms, 100 * (y[2] - x[2]) / ms }'
+}
+
 # log_rate CMD...: run CMD; print "MB/s of log sent while it ran".
 log_rate() {
 	local b0 b1 t0 t1
 	b0=$(sent_bytes); t0=$(date +%s%N)
 	"$@" >/tmp/ft-bench-step.out
+	# The command's own time (ms), for held_pct.
+	echo $((($(date +%s%N) - t0) / 1000000)) >/tmp/ft-bench-step.ms
 	b1=$(sent_bytes); t1=$(date +%s%N)
 	if [ -n "$b0" ] && [ -n "$b1" ]; then
 		awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.2f", b / (t / 1e9) / 1e6 }'
@@ -70,14 +103,23 @@ wrk_us() {
 		else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.0f\n", v * 6e7 } }' <<<"$1" | head -n 1
 }
 
-declare -A RTT_MED RTT_P99 RX TX LOGS HTTP_RPS HTTP_P50 HTTP_P99 HTTP_ERR HTTP_LOG
+# median VALUES...: the median of the numeric values given ("" if none).
+median() {
+	printf '%s\n' "$@" | awk '$1 ~ /^[0-9.]+$/' | sort -g | awk '{ v[NR] = $1 } END {
+		if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.10g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# Per run (key "set-up,pinning#run"): the figures; per set-up (key
+# "set-up,pinning"): the medians of its valid runs (set after the runs).
+declare -A RTT_MED RTT_P99 RX TX LOGS HTTP_RPS HTTP_P50 HTTP_P99 HTTP_ERR HTTP_LOG VALID STANDS HELD
 ROWS=()
 for pin in $PINS; do
 for setup in $SETUPS; do
 	tag=unpinned; [ "$pin" = 1 ] && tag=pinned
-	k="$setup,$tag"
-	ROWS+=("$k")
-	say "set-up: $setup, $tag"
+	ROWS+=("$setup,$tag")
+for run in $(seq "$REPEAT"); do
+	k="$setup,$tag#$run"
+	say "set-up: $setup, $tag, run $run of $REPEAT"
 	unset DOMAIN_XML_EDIT
 	edit=""
 	case $setup in
@@ -108,10 +150,15 @@ for setup in $SETUPS; do
 	idle=$(log_rate sleep 5)
 	rtt_log=$(log_rate client "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count "$RTT_COUNT")
 	rtt=$(tail -n 1 /tmp/ft-bench-step.out)
+	h0=$(held)
 	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES")
-	rx=$(tail -n 1 /tmp/ft-bench-step.out)
+	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms)
+	h1=$(held)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
-	tx=$(tail -n 1 /tmp/ft-bench-step.out)
+	tx=$(tail -n 1 /tmp/ft-bench-step.out) tx_ms=$(cat /tmp/ft-bench-step.ms)
+	h2=$(held)
+	HELD[$k]="$(held_pct "$h0" "$h1" "$rx_ms") $(held_pct "$h1" "$h2" "$tx_ms")"
+	case $setup in gate-*) log "held (lag bound % / window %): rx ${HELD[$k]% *}, tx ${HELD[$k]#* }" ;; esac
 	if command -v wrk >/dev/null; then
 		HTTP_LOG[$k]=$(log_rate client wrk -t1 -c"$HTTP_CONN" -d"${HTTP_S}s" --latency "http://$GUEST_IP:8080/")
 		http=$(cat /tmp/ft-bench-step.out)
@@ -130,22 +177,70 @@ for setup in $SETUPS; do
 			fi
 		done
 	fi
-	ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p | sed "s/^/   status: /" || true
+	status=""
+	for i in 1 2 3; do
+		status=$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 2p || true)
+		[ -z "$status" ] || break
+		sleep 1
+	done
+	[ -z "$status" ] || log "status: $status"
 	gate=$(ft_on a status "$DOMAIN" 2>/dev/null | sed -n 's/.*output gate: //p' || true)
 	[ -z "$gate" ] || log "gate: $gate"
+	VALID[$k]=1
+	if [ $setup = gate-on ] || [ $setup = gate-off ]; then
+		# The primary's state column (virt-ft status, second line).
+		# Replicating at the end, and with the run it started with (a
+		# re-protection would start a second one; FT_REPROTECT=no above).
+		runs=$(grep -c 'msg="state replicating"' "$LAB_DIR/a/ftd.log" 2>/dev/null || true)
+		if [ -z "$status" ]; then
+			VALID[$k]=0
+			log "run $run left out: the primary's status could not be read"
+		elif ! awk '{ for (i = 1; i <= NF; i++) if ($i == "replicating") f = 1 } END { exit !f }' <<<"$status" || [ "${runs:-0}" != 1 ]; then
+			VALID[$k]=0
+			log "run $run left out: the backup was lost during it (primary's status: $status; runs replicating: ${runs:-0}); $(grep -ho 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" 2>/dev/null | head -n 1)"
+		fi
+		STANDS[$k]=$(grep -c 'the replay stood still for' "$LAB_DIR/b/ftd.log" 2>/dev/null || true)
+	fi
 	RTT_MED[$k]=$(field "$rtt" median_us) RTT_P99[$k]=$(field "$rtt" p99_us)
 	RX[$k]=$(field "$rx" mb_per_s) TX[$k]=$(field "$tx" mb_per_s)
-	LOGS[$k]="$idle | $rtt_log | $rx_log | $tx_log"
+	LOGS[$k]="$idle|$rtt_log|$rx_log|$tx_log"
 done
+done
+done
+# The medians of each set-up's valid runs.
+for s in "${ROWS[@]}"; do
+	declare -A vals=()
+	n=0 stands="" held=""
+	for run in $(seq "$REPEAT"); do
+		k="$s#$run"
+		[ -n "${STANDS[$k]:-}" ] && stands+="${STANDS[$k]} "
+		case $s in gate-*) held+="${HELD[$k]:-} / " ;; esac
+		[ "${VALID[$k]:-0}" = 1 ] || continue
+		n=$((n + 1))
+		vals[rm]+="${RTT_MED[$k]} " vals[rp]+="${RTT_P99[$k]} " vals[rx]+="${RX[$k]} " vals[tx]+="${TX[$k]} "
+		vals[hr]+="${HTTP_RPS[$k]:-} " vals[h5]+="${HTTP_P50[$k]:-} " vals[h9]+="${HTTP_P99[$k]:-} " vals[hl]+="${HTTP_LOG[$k]:-} "
+		IFS='|' read -r l0 l1 l2 l3 <<<"${LOGS[$k]}"
+		vals[l0]+="$l0 " vals[l1]+="$l1 " vals[l2]+="$l2 " vals[l3]+="$l3 "
+		[ -z "${HTTP_ERR[$k]:-}" ] || HTTP_ERR[$s]+="run $run: ${HTTP_ERR[$k]}"
+	done
+	for f in rm rp rx tx hr h5 h9 hl l0 l1 l2 l3; do vals[$f]=$(median ${vals[$f]:-}); done
+	RTT_MED[$s]=${vals[rm]} RTT_P99[$s]=${vals[rp]} RX[$s]=${vals[rx]} TX[$s]=${vals[tx]}
+	HTTP_RPS[$s]=${vals[hr]} HTTP_P50[$s]=${vals[h5]} HTTP_P99[$s]=${vals[h9]} HTTP_LOG[$s]=${vals[hl]}
+	LOGS[$s]="${vals[l0]:--} | ${vals[l1]:--} | ${vals[l2]:--} | ${vals[l3]:--}"
+	VALID[$s]="$n of $REPEAT" STANDS[$s]=${stands:--} HELD[$s]=${held% / }
+	[ -n "${HELD[$s]}" ] || HELD[$s]=-
+	unset vals
 done
 # ratio A B: A / B to 3 decimals ("-" when either is missing).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.3f", a / b }'; }
 {
-	echo "| set-up | RTT median (µs) | RTT median ÷ unprotected | RTT p99 (µs) | bulk rx (MB/s) | rx ÷ unprotected | bulk tx (MB/s) | tx ÷ unprotected | log MB/s idle | log MB/s during RTT | log MB/s during rx | log MB/s during tx |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+	echo "Medians of each set-up's valid runs (REPEAT=$REPEAT; a protected run whose backup was lost is left out)."
+	echo
+	echo "| set-up | valid runs | RTT median (µs) | RTT median ÷ unprotected | RTT p99 (µs) | bulk rx (MB/s) | rx ÷ unprotected | bulk tx (MB/s) | tx ÷ unprotected | log MB/s idle | log MB/s during RTT | log MB/s during rx | log MB/s during tx | the backup's replay stands ≥ 1 s, per run (boot included) | primary held, % of rx and of tx (lag bound/window), per run |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	for k in "${ROWS[@]}"; do
 		u="unprotected,${k#*,}"
-		echo "| ${k%,*} (${k#*,}) | ${RTT_MED[$k]} | $(ratio "${RTT_MED[$k]}" "${RTT_MED[$u]:-}") | ${RTT_P99[$k]} | ${RX[$k]} | $(ratio "${RX[$k]}" "${RX[$u]:-}") | ${TX[$k]} | $(ratio "${TX[$k]}" "${TX[$u]:-}") | ${LOGS[$k]} |"
+		echo "| ${k%,*} (${k#*,}) | ${VALID[$k]} | ${RTT_MED[$k]} | $(ratio "${RTT_MED[$k]}" "${RTT_MED[$u]:-}") | ${RTT_P99[$k]} | ${RX[$k]} | $(ratio "${RX[$k]}" "${RX[$u]:-}") | ${TX[$k]} | $(ratio "${TX[$k]}" "${TX[$u]:-}") | ${LOGS[$k]} | ${STANDS[$k]} | ${HELD[$k]} |"
 	done
 	if command -v wrk >/dev/null; then
 		echo

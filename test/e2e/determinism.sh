@@ -114,7 +114,10 @@ grep -q '^tick ' "$work/console-record.log" || die "the record run's console has
 
 say "replay: the same machine from the log${FEED:+ ($FEED)}"
 rrfile=$work/log.bin
+case ${FEED:-file} in file | trickle) ;; *) die "FEED=$FEED: use file or trickle" ;; esac
 if [ "${FEED:-file}" = trickle ]; then
+	[ -x "$BIN/trickle" ] || die "run make build first ($BIN/trickle)"
+	seed=${FEED_SEED:-$RANDOM}
 	# Through a FIFO fed in random chunks with random pauses (seeded), as
 	# a backup's FIFO B is fed: the replay keeps catching up and waiting
 	# for the next bytes, which a file never makes
@@ -122,9 +125,9 @@ if [ "${FEED:-file}" = trickle ]; then
 	rrfile=$work/log.fifo
 	rm -f "$rrfile"
 	mkfifo "$rrfile"
-	"$BIN/trickle" -seed "${FEED_SEED:-$RANDOM}" "$work/log.bin" "$rrfile" >"$work/trickle.out" 2>&1 &
+	"$BIN/trickle" -seed "$seed" "$work/log.bin" "$rrfile" >"$work/trickle.out" 2>&1 &
 	pids+=($!)
-	log "feeding the log through a FIFO: $(ps -o args= $! | cut -c1-120)"
+	log "feeding the log through a FIFO in random chunks and pauses: test/tools/trickle -seed $seed (FEED_SEED=$seed repeats them)"
 fi
 start_qemu replay "shift=auto,rr=replay,rrfile=$rrfile"
 t1=$SECONDS
@@ -160,6 +163,9 @@ ev=$(shutdown_events replay)
 log "the replay reported one SHUTDOWN, the guest's: $ev"
 kill -TERM "$(cat "$work/qemu-replay.pid")"
 wait_exit 30 replay replay
+# The feed (informational: a truncated one could not have passed the
+# checks above; the replay need not read the log's last bytes).
+[ ! -s "$work/trickle.out" ] || log "$(tail -n 1 "$work/trickle.out")"
 # The replay ran every instruction the record ran (patch 0013: it does not
 # stop at the guest's shutdown), so the consoles must be equal byte for
 # byte.

@@ -17,8 +17,11 @@
 // Chunks are 1 to -max-chunk bytes (default 65536), pauses 0 to
 // -max-pause-us µs (default 2000), both from a PRNG seeded by -seed
 // (default 1), so a failing run can be repeated. Opening FIFO blocks until
-// QEMU opens it for reading. Exit status 0 once all of SRC was written,
-// 1 on a read or write error (QEMU closing the FIFO early among them).
+// QEMU opens it for reading; its pipe is then shrunk to 16 KiB, FIFO B's
+// size (plugin/config.go replayPipeBytes), when the kernel allows. It
+// prints "trickle: N bytes written" and exits 0 once the version dword and
+// everything after SRC's header were written (N = SRC's size - 8), 1 on a
+// read or write error (QEMU closing the FIFO early among them).
 package main
 
 import (
@@ -28,6 +31,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -52,6 +57,8 @@ func main() {
 const (
 	headerBytes  = 12
 	versionBytes = 4
+	// fifoBBytes is FIFO B's pipe size (plugin/config.go replayPipeBytes).
+	fifoBBytes = 16 << 10
 )
 
 // run copies src into dst (opened for writing, so a FIFO waits for its
@@ -70,6 +77,8 @@ func run(src, dst string, seed uint64, maxChunk int, maxPause time.Duration) (in
 		return 0, err
 	}
 	defer out.Close()
+	// FIFO B's pipe size; best effort (not a pipe, or not allowed).
+	_, _ = unix.FcntlInt(out.Fd(), unix.F_SETPIPE_SZ, fifoBBytes)
 	var hdr [headerBytes]byte
 	if _, err := io.ReadFull(in, hdr[:]); err != nil {
 		return 0, fmt.Errorf("reading the %d-byte log header of %s: %w", headerBytes, src, err)
