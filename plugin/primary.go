@@ -62,18 +62,17 @@ type primaryRun struct {
 	lastHeartbeat         time.Time
 	samples               []sample  // (instructions, time) to turn icount lag into ms
 	lastSentAt            time.Time // when the latest log was sent: the log's head in time
-	// heldLag: ns the pump spent held by the lag bound
-	// (ctl.DomainStatus.HeldLagMS). heldMu guards heldWindow, the time it
-	// was held by the window in holds that ended, and windowSince, the
-	// start of the hold in progress (zero when none): heldWindowTotal.
-	heldLag      atomic.Int64
-	heldMu       sync.Mutex
-	heldWindow   time.Duration
-	windowSince  time.Time
-	stall        string // the backup's last stall (its words, from its bye)
-	peerReport   string // the backup's go-live detail (its words, from its ByeLive)
-	seeding      *ctl.Seeding
-	switchedOver bool
+	// heldMu guards how long the pump was held (heldTimes): by the lag
+	// bound (heldLag) and by the window in holds that ended (heldWindow),
+	// and the start of the window hold in progress (windowSince, zero
+	// when none).
+	heldMu              sync.Mutex
+	heldLag, heldWindow time.Duration
+	windowSince         time.Time
+	stall               string // the backup's last stall (its words, from its bye)
+	peerReport          string // the backup's go-live detail (its words, from its ByeLive)
+	seeding             *ctl.Seeding
+	switchedOver        bool
 	// claimPaused: the VM was paused because the arbiter could not be
 	// reached while the backup was lost (act, AcquireLock).
 	claimPaused bool
@@ -269,12 +268,13 @@ func (p *primaryRun) driver() *failover.Driver {
 }
 
 func (p *primaryRun) status() ctl.DomainStatus {
+	heldLag, heldWindow := p.heldTimes()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := ctl.DomainStatus{Name: p.name, UUID: p.uuid, Role: ctl.RolePrimary, Peer: p.peer,
 		State: p.state, Detail: p.detail, SwitchedOver: p.switchedOver, CleanStop: p.cleanStop || p.switchedOver, SentBytes: p.sentBytes, AckedBytes: p.ackedBytes,
 		LogInstructions: p.logInstr, BackupIcount: p.backupIcnt, HeartbeatAgeMS: -1, LagMS: p.lagLocked().Milliseconds(),
-		HeldLagMS: time.Duration(p.heldLag.Load()).Milliseconds(), HeldWindowMS: p.heldWindowTotal().Milliseconds(),
+		HeldLagMS: heldLag.Milliseconds(), HeldWindowMS: heldWindow.Milliseconds(),
 		PeerReport: p.peerReport, Gates: p.lastGates}
 	if p.reprot != nil {
 		r := *p.reprot
@@ -710,7 +710,9 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			// a backup that no longer advances): poll.
 			t := time.Now()
 			time.Sleep(10 * time.Millisecond)
-			p.heldLag.Add(int64(time.Since(t)))
+			p.heldMu.Lock()
+			p.heldLag += time.Since(t)
+			p.heldMu.Unlock()
 			continue
 		}
 
@@ -1234,17 +1236,18 @@ func (p *primaryRun) recordSent(n int, instr uint64) {
 	}
 }
 
-// heldWindowTotal is the time the pump was held by the window in this
-// run, a hold in progress included (ctl.DomainStatus.HeldWindowMS): it
-// never decreases, as the metric built on it must not.
-func (p *primaryRun) heldWindowTotal() time.Duration {
+// heldTimes is how long the pump was held in this run by the lag bound
+// and by the window, a window hold in progress included
+// (ctl.DomainStatus.HeldLagMS, HeldWindowMS): neither ever decreases, as
+// the metric built on them must not.
+func (p *primaryRun) heldTimes() (lag, window time.Duration) {
 	p.heldMu.Lock()
 	defer p.heldMu.Unlock()
-	d := p.heldWindow
+	window = p.heldWindow
 	if !p.windowSince.IsZero() {
-		d += time.Since(p.windowSince)
+		window += time.Since(p.windowSince)
 	}
-	return d
+	return p.heldLag, window
 }
 
 // lagging reports whether the primary must wait for its backup: the

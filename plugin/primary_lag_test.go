@@ -79,21 +79,22 @@ func TestRecordAckClampsIcount(t *testing.T) {
 	})
 }
 
-// TestHeldWindowTotal: the window's hold time counts the holds that ended
-// and the one in progress, so the metric built on it never decreases.
-func TestHeldWindowTotal(t *testing.T) {
+// TestHeldTimes: the window's hold time counts the holds that ended and
+// the one in progress, so the metric built on it never decreases; the lag
+// bound's is what was added.
+func TestHeldTimes(t *testing.T) {
 	p := &primaryRun{}
-	if got := p.heldWindowTotal(); got != 0 {
-		t.Fatalf("no hold yet: %v, want 0", got)
+	if lag, got := p.heldTimes(); got != 0 || lag != 0 {
+		t.Fatalf("no hold yet: %v, %v, want 0, 0", lag, got)
 	}
-	p.heldWindow = 2 * time.Second
-	if got := p.heldWindowTotal(); got != 2*time.Second {
-		t.Fatalf("holds ended: %v, want 2s", got)
+	p.heldWindow, p.heldLag = 2*time.Second, 40*time.Millisecond
+	if lag, got := p.heldTimes(); got != 2*time.Second || lag != 40*time.Millisecond {
+		t.Fatalf("holds ended: %v, %v, want 40ms, 2s", lag, got)
 	}
 	// In a bubble the clock stands still: the hold in progress is 1 s.
 	synctest.Test(t, func(t *testing.T) {
 		p.windowSince = time.Now().Add(-time.Second)
-		if got := p.heldWindowTotal(); got != 3*time.Second {
+		if _, got := p.heldTimes(); got != 3*time.Second {
 			t.Fatalf("a 1 s hold in progress: %v, want 3s", got)
 		}
 	})

@@ -60,17 +60,21 @@ trap lab_stop EXIT
 # field LINE KEY: the value of KEY=... in a tcpcheck summary line.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
 # sent_bytes: the primary's log bytes sent so far (0 when unprotected).
-sent_bytes() {
-	ft_on a status --local --json "$DOMAIN" 2>/dev/null | sed -n 's/.*"sent_bytes": \([0-9]*\).*/\1/p' | head -n 1 || true
-}
-# held: the primary's time held so far by the lag bound and the window,
-# "LAG_MS WINDOW_MS" (virt-ft status JSON; "0 0" when unprotected).
-held() {
-	local j
+# status_fields NAME...: the values of the numeric fields NAME of the
+# primary's status (virt-ft status --local --json), one line, in order
+# ("" for a field it lacks, all "" when unprotected or unreadable).
+status_fields() {
+	local j f
 	j=$(ft_on a status --local --json "$DOMAIN" 2>/dev/null || true)
-	printf '%s %s\n' "$(sed -n 's/.*"held_lag_ms": \([0-9]*\).*/\1/p' <<<"$j" | head -n 1)" \
-		"$(sed -n 's/.*"held_window_ms": \([0-9]*\).*/\1/p' <<<"$j" | head -n 1)" | awk '{ print $1 + 0, $2 + 0 }'
+	for f in "$@"; do
+		printf '%s ' "$(sed -n "s/.*\"$f\": \([0-9]*\).*/\1/p" <<<"$j" | head -n 1)"
+	done
+	echo
 }
+sent_bytes() { status_fields sent_bytes | tr -d ' '; }
+# held: the primary's time held so far by the lag bound and the window,
+# "LAG_MS WINDOW_MS" ("0 0" when unprotected).
+held() { status_fields held_lag_ms held_window_ms | awk '{ print $1 + 0, $2 + 0 }'; }
 # held_pct BEFORE AFTER MS: the percentage of MS the primary was held
 # between two held readings, "lag%/window%".
 held_pct() {

@@ -58,8 +58,9 @@ done
 # then the old guest still answers, and the network check below would pass
 # on it (seen once, session 29).
 wait_for 60 "the record run's RESET event for system_reset" grep -q '"reason": "host-qmp-system-reset"' "$work/events-record.log"
-wait_for 60 "the second 'ft-guest: up' on the console after the reset" \
-	sh -c "tr -d '\r' <'$work/console-record.log' | grep -c '^ft-guest: up' | grep -qx 2"
+# boots_are N: the record run's console shows N boots ("ft-guest: up").
+boots_are() { [ "$(tr -d '\r' <"$work/console-record.log" | grep -c '^ft-guest: up')" = "$1" ]; }
+wait_for 60 "the second 'ft-guest: up' on the console after the reset" boots_are 2
 wait_for 60 "the guest's network after the reset" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
 # libvirt's reboot (virsh reboot, libvirt's "fake reboot"): the guest shuts
 # down, QEMU pauses (-no-shutdown), the host resets it and continues it. The
@@ -72,8 +73,7 @@ for c in system_reset cont; do
 	[ "$(grep -c '^{"return": {}}' <<<"$r")" = 2 ] || die "record: $c after the guest's shutdown answered '$r'"
 done
 wait_for 60 "the guest's network after libvirt's reboot" inns "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count 1
-wait_for 60 "the third 'ft-guest: up' on the console (the guest booted again after its shutdown, system_reset and cont)" \
-	sh -c "tr -d '\r' <'$work/console-record.log' | grep -c '^ft-guest: up' | grep -qx 3"
+wait_for 60 "the third 'ft-guest: up' on the console (the guest booted again after its shutdown, system_reset and cont)" boots_are 3
 start_clients "$LOAD_S"
 # Meanwhile the record run is paused and resumed PAUSES times (QMP stop,
 # PAUSE_MS, cont), as libvirt-ftd pauses a primary for a planned restart or
