@@ -43,6 +43,13 @@ libvirt_ft_replay_mode{domain="web",mode="play"} 1
 		if n, err := testutil.GatherAndCount(mb.reg, "libvirt_ft_log_sent_bytes_total", "libvirt_ft_heartbeat_age_seconds"); err != nil || n != 2 {
 			t.Fatalf("backup: %d series, %v", n, err)
 		}
+		// The primary's hold times: one series per reason, none on a backup.
+		if n, err := testutil.GatherAndCount(ma.reg, "libvirt_ft_primary_held_seconds_total"); err != nil || n != 2 {
+			t.Fatalf("primary: %d held series, %v", n, err)
+		}
+		if n, err := testutil.GatherAndCount(mb.reg, "libvirt_ft_primary_held_seconds_total"); err != nil || n != 0 {
+			t.Fatalf("backup: %d held series, %v", n, err)
+		}
 		mb.wentLive("web", &ctl.GoLive{Path: ctl.GoLiveContinued, TotalMS: 180})
 		if got := testutil.ToFloat64(mb.goLives.WithLabelValues("web", ctl.GoLiveContinued)); got != 1 {
 			t.Fatalf("go-lives %v", got)

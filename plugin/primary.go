@@ -65,7 +65,7 @@ type primaryRun struct {
 	// heldMu guards how long the pump was held (heldTimes): by the lag
 	// bound (heldLag) and by the window in holds that ended (heldWindow),
 	// and the start of the window hold in progress (windowSince, zero
-	// when none).
+	// when none). A leaf lock: taken under ps.mu, nothing taken under it.
 	heldMu              sync.Mutex
 	heldLag, heldWindow time.Duration
 	windowSince         time.Time

@@ -73,13 +73,14 @@ status_fields() {
 }
 sent_bytes() { status_fields sent_bytes | tr -d ' '; }
 # held: the primary's time held so far by the lag bound and the window,
-# "LAG_MS WINDOW_MS" ("0 0" when unprotected).
-held() { status_fields held_lag_ms held_window_ms | awk '{ print $1 + 0, $2 + 0 }'; }
+# "LAG_MS WINDOW_MS" ("" when the status cannot be read: held_pct then
+# prints "-").
+held() { status_fields held_lag_ms held_window_ms | awk 'NF == 2 { print $1 + 0, $2 + 0 }'; }
 # held_pct BEFORE AFTER MS: the percentage of MS the primary was held
 # between two held readings, "lag%/window%".
 held_pct() {
 	awk -v b="$1" -v a="$2" -v ms="$3" 'BEGIN { split(b, x, " "); split(a, y, " ")
-		if (ms <= 0) { print "-"; exit }
+		if (ms <= 0 || b == "" || a == "") { print "-"; exit }
 		printf "%.0f/%.0f", 100 * (y[1] - x[1]) / ms, 100 * (y[2] - x[2]) / ms }'
 }
 

@@ -1,14 +1,17 @@
-// Command trickle copies a record log into a FIFO the way a backup's FIFO B
+// Command trickle copies a record log into a FIFO much as a backup's FIFO B
 // is fed while its primary runs: in chunks of random size, with random
 // pauses between them, so that the replaying QEMU keeps catching up with
-// what it was given and waits for the next bytes. A replay of a file never
+// what it was given and waits for the next bytes. Harsher than FIFO B in
+// two ways: chunks are cut at any byte, so QEMU also waits inside an
+// event (libvirt-ftd writes whole events), and the FIFO is closed at the
+// end, so QEMU reads EOF there as from a file (FIFO B never gives EOF). A replay of a file never
 // waits (its read returns at once); this makes a replay from the file take
 // the waiting paths a backup takes, so the
 // determinism check (test/e2e/determinism.sh FEED=trickle) covers them.
 //
 // SRC is a log file as QEMU records it (a 12-byte header: the version
 // dword, then 8 bytes). Into the FIFO go the version dword and then the
-// events, without the other 8 header bytes, as libvirt-ftd's feeder writes
+// events, without the other 8 header bytes, as libvirt-ftd's feeder starts
 // FIFO B: replaying QEMU reads the version, and its seek past the rest of
 // the header fails on a pipe (docs/replay.md section 5).
 //
