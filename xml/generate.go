@@ -45,13 +45,6 @@ const (
 	gateInPrefix    = "ft-gin"     // chardev: released frames back in
 )
 
-// memPrealloc is the QEMU option that allocates all of the guest's RAM
-// when QEMU starts (softmmu/vl.c: sugar for every memory backend's
-// prealloc=on, which libvirt's memory-backend-ram object takes in
-// backends/hostmem.c), generated unless the domain says how to allocate
-// (wantPrealloc).
-const memPrealloc = "-mem-prealloc"
-
 // Record/replay modes of -icount (the rr= option).
 const (
 	modeRecord = "record"
@@ -229,32 +222,6 @@ func isOurs(opt, val string) bool {
 	return false
 }
 
-// wantPrealloc reports whether generate reserves dom's guest RAM at start
-// (-mem-prealloc, docs/replay.md §9): always, as vSphere sets the memory
-// reservation of a VM with Fault Tolerance on to its whole memory size
-// (vSphere Availability guide), unless the domain's
-// own <memoryBacking><allocation mode=...> says how: immediate is
-// preallocation already, and ondemand is the administrator's opt-out.
-// A -mem-prealloc the user wrote is kept and not doubled.
-// Why: a replay that reaches guest memory its QEMU never touched stops
-// while the kernel faults it in (up to 75 ms a 2 MiB page on the lab's
-// machines), a cost the primary paid at a moment nobody waited on it;
-// under network load such stops grew past the replay stall bound and lost
-// the backup in 8 runs of 21 (BENCHMARKS.md, session 29).
-func wantPrealloc(dom *libvirtxml.Domain) bool {
-	if mb := dom.MemoryBacking; mb != nil && mb.MemoryAllocation != nil && mb.MemoryAllocation.Mode != "" {
-		return false
-	}
-	if cl := dom.QEMUCommandline; cl != nil {
-		for _, a := range cl.Args {
-			if a.Value == memPrealloc {
-				return false // the user's own (stripGenerated took ours off)
-			}
-		}
-	}
-	return true
-}
-
 func isOurProperty(p libvirtxml.DomainQEMUOverrideProperty) bool {
 	return p.Name == "drive" && strings.HasPrefix(p.Value, rrNodePrefix)
 }
@@ -298,22 +265,17 @@ func DiskPaths(dom *libvirtxml.Domain) []string {
 }
 
 // stripGenerated removes what generate adds, recognised by our names only:
-// our arguments in <qemu:commandline> (-mem-prealloc only in a domain
-// with our -icount: a user's own elsewhere stays), our drive properties in
+// our arguments in <qemu:commandline>, our drive properties in
 // <qemu:override>, and aliases starting with "ua-ft-". The ft element stays.
 // In a replaying domain "-incoming defer" is ours too (Incoming: the
 // live XML of a backup armed by a re-protection, which must not reach a
 // persistent definition: its next start would wait for a migration).
 func stripGenerated(dom *libvirtxml.Domain) {
-	mode := generatedMode(dom)
-	replaying := mode == modeReplay
+	replaying := generatedMode(dom) == modeReplay
 	stripNotes(dom)
 	if cl := dom.QEMUCommandline; cl != nil {
 		var args []libvirtxml.DomainQEMUCommandlineArg
 		for i := 0; i < len(cl.Args); i++ {
-			if mode != "" && cl.Args[i].Value == memPrealloc {
-				continue
-			}
 			if i+1 < len(cl.Args) && (isOurs(cl.Args[i].Value, cl.Args[i+1].Value) ||
 				replaying && cl.Args[i].Value == "-incoming" && cl.Args[i+1].Value == "defer") {
 				i++
@@ -370,8 +332,7 @@ func alias(a **libvirtxml.DomainAlias, ours string) string {
 }
 
 // generate adds the record/replay wiring to a stripped domain
-// (docs/replay.md §9): arguments go after the user's own. The guest's RAM
-// is allocated at start on both hosts (wantPrealloc).
+// (docs/replay.md §9): arguments go after the user's own.
 //
 // Network output (docs/replay.md §10): with the output gate on, a
 // filter-redirector per interface sends every transmitted frame to
@@ -385,9 +346,6 @@ func alias(a **libvirtxml.DomainAlias, ours string) string {
 // same on both hosts.
 func generate(dom *libvirtxml.Domain, mode, fifo string, cfg Config, uuid string) {
 	args := []string{"-icount", icountValue(mode, fifo)}
-	if wantPrealloc(dom) {
-		args = append(args, memPrealloc)
-	}
 	if d := dom.Devices; d != nil {
 		i := 0
 		for p := range d.Disks {

@@ -63,7 +63,6 @@ func TestPrimaryWiring(t *testing.T) {
 	dom := parse(t, mustPrimary(t, readTestdata(t, "ftdemo.xml"), HostConfig{}))
 	want := []string{
 		"-icount", "shift=auto,rr=record,rrfile=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/record.fifo",
-		"-mem-prealloc",
 		"-blockdev", `{"driver":"blkreplay","node-name":"ft-rr0","image":"libvirt-1-format"}`,
 		"-object", "filter-replay,id=ft-fr0,netdev=hostua-ft-net0",
 		"-chardev", "socket,id=ft-gout0,path=/var/lib/libvirt-ft/3a2f5b9e-7c41-4d8a-9e06-5b1f2c7d8e90/gate0-out.sock",
@@ -104,7 +103,6 @@ func TestPrimaryTwoDisksTwoNICs(t *testing.T) {
 	want := []string{
 		"-fw_cfg", "name=opt/org.example/greeting,string=hello",
 		"-icount", "shift=auto,rr=record,rrfile=/var/lib/libvirt-ft/5c0e7d1a-2b3c-4d5e-8f60-718293a4b5c6/record.fifo",
-		"-mem-prealloc",
 		// libvirt 9.0 numbers the three <disk>s from the last: vda is 3.
 		"-blockdev", `{"driver":"blkreplay","node-name":"ft-rr0","image":"libvirt-3-format"}`,
 		"-blockdev", `{"driver":"blkreplay","node-name":"ft-rr1","image":"libvirt-2-format"}`,
@@ -166,7 +164,7 @@ func TestPrimaryAliases(t *testing.T) {
 	if a := dom.Devices.Interfaces[0].Alias.Name; a != "ua-uplink" {
 		t.Errorf("interface alias %q", a)
 	}
-	if got := args(dom)[6]; got != "filter-replay,id=ft-fr0,netdev=hostua-uplink" {
+	if got := args(dom)[5]; got != "filter-replay,id=ft-fr0,netdev=hostua-uplink" {
 		t.Errorf("filter %q", got)
 	}
 }
@@ -655,55 +653,5 @@ func TestLivePrimaryDoesNotRefuseAgain(t *testing.T) {
 		if _, err := LivePrimary(doc); !errors.Is(err, ErrNotGeneratedBackup) {
 			t.Errorf("%s: err = %v, want ErrNotGeneratedBackup", name, err)
 		}
-	}
-}
-
-// The guest's RAM is reserved at start on both hosts (-mem-prealloc)
-// unless the domain's own <allocation mode> says how; a -mem-prealloc is
-// ours only in a domain with our -icount.
-func TestPrealloc(t *testing.T) {
-	has := func(xml string) int {
-		n := 0
-		for _, a := range args(parse(t, xml)) {
-			if a == memPrealloc {
-				n++
-			}
-		}
-		return n
-	}
-	demo := readTestdata(t, "ftdemo.xml")
-	p := mustPrimary(t, demo, HostConfig{})
-	if n := has(p); n != 1 {
-		t.Errorf("primary has %d -mem-prealloc, want 1", n)
-	}
-	if n := has(mustBackup(t, p, HostConfig{PeerAddress: "192.0.2.1"})); n != 1 {
-		t.Errorf("backup has %d -mem-prealloc, want 1", n)
-	}
-	s, err := StripGenerated(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(s, memPrealloc) {
-		t.Errorf("StripGenerated kept -mem-prealloc")
-	}
-	for _, mode := range []string{"immediate", "ondemand"} {
-		doc := mutate(t, demo, "<vcpu", "<memoryBacking><allocation mode='"+mode+"'/></memoryBacking><vcpu")
-		p := mustPrimary(t, doc, HostConfig{})
-		if n := has(p); n != 0 {
-			t.Errorf("allocation %s: primary has %d -mem-prealloc, want 0", mode, n)
-		}
-		if got := parse(t, p).MemoryBacking; got == nil || got.MemoryAllocation == nil || got.MemoryAllocation.Mode != mode {
-			t.Errorf("allocation %s: the user's <memoryBacking> was not kept: %+v", mode, got)
-		}
-	}
-	// A user's own -mem-prealloc in an ft domain is not doubled.
-	user := mutate(t, demo, "</domain>", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-mem-prealloc"/></qemu:commandline></domain>`)
-	if n := has(mustPrimary(t, user, HostConfig{})); n != 1 {
-		t.Errorf("user's -mem-prealloc: primary has %d, want 1", n)
-	}
-	// Without our -icount, a -mem-prealloc is the user's: kept.
-	plain := mutate(t, demo, "</domain>", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-mem-prealloc"/></qemu:commandline></domain>`)
-	if s, err := StripGenerated(plain); err != nil || !strings.Contains(s, memPrealloc) {
-		t.Errorf("StripGenerated of a plain domain dropped the user's -mem-prealloc (err %v)", err)
 	}
 }

@@ -168,7 +168,7 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 		}
 	}
 
-	cp, cw := commandlineProblems(dom.QEMUCommandline, generatedMode(dom) != "")
+	cp, cw := commandlineProblems(dom.QEMUCommandline)
 	ps = append(ps, cp...)
 	ws = append(ws, cw...)
 	return info, ps, ws
@@ -329,9 +329,8 @@ func interfaceProblems(ifaces []libvirtxml.DomainInterface, needMAC bool) []Prob
 }
 
 // commandlineProblems refuses user arguments that break record/replay and
-// warns about the other user arguments. generated: the domain carries our
-// -icount, so its -mem-prealloc is ours too (stripGenerated).
-func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline, generated bool) ([]Problem, []string) {
+// warns about the other user arguments.
+func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline) ([]Problem, []string) {
 	if cl == nil {
 		return nil, nil
 	}
@@ -339,9 +338,6 @@ func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline, generated bool) (
 	var user []string
 	for i := 0; i < len(cl.Args); i++ {
 		a := cl.Args[i].Value
-		if generated && a == memPrealloc {
-			continue
-		}
 		if i+1 < len(cl.Args) && isOurs(a, cl.Args[i+1].Value) {
 			i++
 			continue
