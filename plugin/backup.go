@@ -52,7 +52,9 @@ type backupRun struct {
 	mu     sync.Mutex
 	state  ctl.State
 	detail string
-	peer   string // the primary daemon's address, once its channel is up
+	// sched: samples of the replaying QEMU's thread times (sampleSched).
+	sched schedRing
+	peer  string // the primary daemon's address, once its channel is up
 	// qemuStarted: the replaying QEMU was started (with the first log).
 	qemuStarted bool
 	running     bool
@@ -858,8 +860,8 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		st := nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout
 		bound := time.Duration(st) * failover.TickInterval
 		slow := time.Duration(failover.SlowStallBound(st)) * failover.TickInterval
-		b.log.Infof("the replay stood still for %d ms with log unread, then went on at icount %d (a stall is declared at %d ms, or at %d ms while its vCPU runs with the monitor silent)",
-			d.Milliseconds(), a.Icount, bound.Milliseconds(), slow.Milliseconds())
+		b.log.Infof("the replay stood still for %d ms with log unread, then went on at icount %d (a stall is declared at %d ms, or at %d ms while its vCPU runs with the monitor silent)%s",
+			d.Milliseconds(), a.Icount, bound.Milliseconds(), slow.Milliseconds(), b.standCPU(d))
 		b.env.metrics.replayStood(b.name, d)
 	}
 }
@@ -1034,6 +1036,7 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 			lastAt = time.Time{}
 			return true
 		}
+		b.sampleSched()
 		cpu, err := b.env.hv.VCPUTime(b.uuid)
 		now := time.Now()
 		if err != nil {
@@ -1056,6 +1059,34 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 	})
 }
 
+// sampleSched adds a sample of the replaying QEMU's thread times to
+// b.sched, for the words a stand or a stall gets in the log
+// (standCPU). A failed read (the QEMU is gone, the pid file not
+// readable) empties the ring, so no difference spans two QEMUs.
+func (b *backupRun) sampleSched() {
+	st, err := b.env.hv.SchedTimes(b.uuid, b.name)
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		b.sched = schedRing{}
+		return
+	}
+	b.sched.add(now, st)
+}
+
+// standCPU words how the replaying QEMU's threads spent the last d (a
+// stand or a stall: describeStand), "" without the samples to tell.
+func (b *backupRun) standCPU(d time.Duration) string {
+	b.mu.Lock()
+	diff, wall, ok := b.sched.over(d)
+	b.mu.Unlock()
+	if !ok {
+		return ""
+	}
+	return "; " + describeStand(diff, wall)
+}
+
 // vcpuBusy reports whether a vCPU that used cpu of CPU time over wall of
 // elapsed time ran for at least half of it. A negative cpu (the QEMU was
 // replaced between samples) is not busy.
@@ -1076,7 +1107,8 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 	}
 	noProgress := a.Ticks * int64(failover.TickInterval/time.Millisecond)
 	info := &ctl.Stall{Icount: a.Icount, NextEvent: p.Kind, Offset: p.Offset, NoProgressMS: noProgress, QueuedIcount: a.Fed}
-	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued", p, noProgress, a.Fed)
+	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued%s", p, noProgress, a.Fed,
+		b.standCPU(time.Duration(noProgress)*time.Millisecond))
 	if b.env.cfg.KeepStallLog && ring != nil {
 		path := filepath.Join(filepath.Dir(ftxml.RecordFIFOPath(b.cfg, b.uuid)),
 			fmt.Sprintf("stall-%s-%d.rrstream", ftxml.RoleBackup, time.Now().Unix()))

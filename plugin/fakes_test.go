@@ -237,6 +237,8 @@ type fakeQEMU struct {
 	// while that is set (a vCPU on a CPU throughout: slowReplay).
 	vcpuTime     time.Duration
 	vcpuBusyFrom time.Time
+	// schedTimes: what SchedTimes reports.
+	schedTimes SchedTimes
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -751,6 +753,20 @@ func (h *fakeHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
 		busy = time.Since(q.busySince)
 	}
 	return !q.paused, busy, nil
+}
+
+// SchedTimes: the times set in schedTimes (zero by default).
+func (h *fakeHV) SchedTimes(uuid, name string) (SchedTimes, error) {
+	if err := h.check(); err != nil {
+		return SchedTimes{}, err
+	}
+	q := h.running(uuid)
+	if q == nil {
+		return SchedTimes{}, fmt.Errorf("domain %s is not running", uuid)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.schedTimes, nil
 }
 
 // VCPUTime: the CPU time set by setVCPUTime (0 by default).

@@ -77,6 +77,11 @@ type Hypervisor interface {
 	// /proc, at the kernel's clock-tick resolution, 10 ms; neither a job
 	// nor the QEMU monitor is needed). Errors: no running domain uuid.
 	VCPUTime(uuid string) (time.Duration, error)
+	// SchedTimes reads the scheduler's times of the running domain's
+	// QEMU threads (readSchedTimes), found as Kill finds it: name's pid
+	// file, checked against uuid; neither libvirt nor the monitor is
+	// asked. Errors: no running QEMU of uuid could be found or read.
+	SchedTimes(uuid, name string) (SchedTimes, error)
 	// Monitor opens a QMP monitor on the running domain (libvirt's
 	// monitor pass-through); Disconnect releases it.
 	Monitor(uuid string) (qmp.Monitor, error)
@@ -306,19 +311,31 @@ func (h libvirtHV) Kill(uuid, name string) error {
 	return killQEMU(filepath.Join(qemuPidDir, name+".pid"), uuid)
 }
 
+func (h libvirtHV) SchedTimes(uuid, name string) (SchedTimes, error) {
+	if name == "" || strings.ContainsAny(name, "/\x00") {
+		return SchedTimes{}, fmt.Errorf("domain name %q: no pid file to read", name)
+	}
+	pidFile := filepath.Join(qemuPidDir, name+".pid")
+	pid, err := readQEMUPid(pidFile)
+	if err != nil {
+		return SchedTimes{}, err
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !runsDomain(cmdline, uuid) {
+		return SchedTimes{}, fmt.Errorf("pid %d from %s does not run domain %s", pid, pidFile, uuid)
+	}
+	return readSchedTimes("/proc", pid)
+}
+
 // killQEMU sends SIGKILL to the QEMU whose pid pidFile holds, once its
 // command line shows it runs domain uuid (libvirt passes -uuid): a pid
 // file left from an earlier QEMU must not make it kill another process.
 // The process is held by a pidfd from before the check to the signal, so
 // a pid reused in between is not signalled.
 func killQEMU(pidFile, uuid string) error {
-	b, err := os.ReadFile(pidFile)
+	pid, err := readQEMUPid(pidFile)
 	if err != nil {
-		return fmt.Errorf("QEMU's pid: %w", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return fmt.Errorf("QEMU's pid file %s holds %q, not a pid", pidFile, b)
+		return err
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
@@ -336,6 +353,20 @@ func killQEMU(pidFile, uuid string) error {
 		return fmt.Errorf("SIGKILL to QEMU pid %d: %w", pid, err)
 	}
 	return nil
+}
+
+// readQEMUPid reads the pid in libvirt's pid file of a QEMU. Errors: the
+// file cannot be read, or holds no pid above 1.
+func readQEMUPid(pidFile string) (int, error) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0, fmt.Errorf("QEMU's pid: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("QEMU's pid file %s holds %q, not a pid", pidFile, b)
+	}
+	return pid, nil
 }
 
 // runsDomain reports whether a QEMU command line (/proc/PID/cmdline: NUL-

@@ -71,6 +71,15 @@ status_fields() {
 	done
 	echo
 }
+# stand_kinds FTD_LOG: the backup's stands and stalls counted by how its
+# QEMU's threads spent them, as libvirt-ftd words it from the scheduler's
+# times (docs/replay.md section 12): busy on a CPU (the vCPU and the main
+# loop livelocked), waiting for a CPU (starved), off a CPU (waiting).
+stand_kinds() {
+	grep -hE 'the replay stood still for|replay stalled at' "$1" 2>/dev/null |
+		awk '/busy on a CPU/ { b++; next } /waiting for a CPU/ { s++; next } /mostly off a CPU/ { o++; next } { u++ }
+			END { printf "%d busy, %d starved, %d off a CPU, %d without figures\n", b, s, o, u }'
+}
 sent_bytes() { status_fields sent_bytes | tr -d ' '; }
 # held: the primary's time held so far by the lag bound and the window,
 # "LAG_MS WINDOW_MS" ("" when the status cannot be read: held_pct then
@@ -205,6 +214,7 @@ for run in $(seq "$REPEAT"); do
 			log "run $run left out: the backup was lost during it (primary's status: $status; runs replicating: ${runs:-0}); $(grep -ho 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" 2>/dev/null | head -n 1)"
 		fi
 		STANDS[$k]=$(grep -c 'the replay stood still for' "$LAB_DIR/b/ftd.log" 2>/dev/null || true)
+		log "the backup's stands and stalls, by how its QEMU's threads spent them: $(stand_kinds "$LAB_DIR/b/ftd.log")"
 	fi
 	RTT_MED[$k]=$(field "$rtt" median_us) RTT_P99[$k]=$(field "$rtt" p99_us)
 	RX[$k]=$(field "$rx" mb_per_s) TX[$k]=$(field "$tx" mb_per_s)

@@ -121,6 +121,11 @@ for mode in unprotect qemu stop host; do
 	if [ $mode = stop ]; then
 		grep -q "replay stalled at icount [0-9]*, next event [A-Z_]* at log offset [0-9]*" <<<"$st" ||
 			die "virt-ft status on host A does not give the stalled backup's icount and next event"
+		# How the stopped QEMU spent the stall, from the scheduler's
+		# times its daemon sampled (plugin/schedtimes.go): a stopped
+		# process runs nothing and waits for no CPU.
+		grep -q "its threads were mostly off a CPU" <<<"$st" ||
+			die "the stall report does not say that the stopped QEMU's threads were off a CPU"
 	fi
 	[ "$(virsh_on a domstate "$DOMAIN")" = running ] || die "the primary is not running"
 	if [ $mode != host ]; then

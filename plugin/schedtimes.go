@@ -1,0 +1,140 @@
+package plugin
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// SchedTimes is what the kernel's scheduler reports of a running QEMU's
+// threads, summed since each started (/proc/PID/task/TID/schedstat: time
+// on a CPU, then time runnable but waiting for one, in ns; Linux
+// Documentation/scheduler/sched-stats.rst): its main thread (the main
+// loop, which also answers the monitor) and its vCPU threads.
+type SchedTimes struct {
+	MainRun, MainWait time.Duration
+	VCPURun, VCPUWait time.Duration
+}
+
+// readSchedTimes reads SchedTimes of process pid under proc (normally
+// /proc). A vCPU thread is one whose name (comm) QEMU set to "CPU n/TCG",
+// "ALL CPUs/TCG" (one thread for all vCPUs, as record/replay runs them)
+// or "CPU n/KVM". Errors: the process or its main thread cannot be read.
+func readSchedTimes(proc string, pid int) (SchedTimes, error) {
+	var st SchedTimes
+	dir := filepath.Join(proc, strconv.Itoa(pid), "task")
+	tids, err := os.ReadDir(dir)
+	if err != nil {
+		return st, err
+	}
+	main := false
+	for _, t := range tids {
+		run, wait, err := readSchedstat(filepath.Join(dir, t.Name(), "schedstat"))
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		if t.Name() == strconv.Itoa(pid) {
+			st.MainRun, st.MainWait, main = run, wait, true
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join(dir, t.Name(), "comm"))
+		if err != nil {
+			continue
+		}
+		if c := strings.TrimSpace(string(comm)); strings.HasSuffix(c, "/TCG") || strings.HasSuffix(c, "/KVM") {
+			st.VCPURun += run
+			st.VCPUWait += wait
+		}
+	}
+	if !main {
+		return st, fmt.Errorf("%s: no main thread %d", dir, pid)
+	}
+	return st, nil
+}
+
+// readSchedstat parses a schedstat file: "RUN_NS WAIT_NS TIMESLICES".
+func readSchedstat(path string) (run, wait time.Duration, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, 0, fmt.Errorf("%s: %q is not RUN WAIT SLICES", path, b)
+	}
+	r, err1 := strconv.ParseInt(f[0], 10, 64)
+	w, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("%s: %q is not RUN WAIT SLICES", path, b)
+	}
+	return time.Duration(r), time.Duration(w), nil
+}
+
+// schedSample is a SchedTimes read at a moment.
+type schedSample struct {
+	at time.Time
+	st SchedTimes
+}
+
+// schedRing keeps the last schedRingLen samples (a minute at vcpuWindow),
+// enough to cover the longest stand before a verdict (the slow bound of
+// the default stall bound: 20 s). Not safe for concurrent use: the
+// backup run holds its mu.
+type schedRing struct {
+	s []schedSample
+}
+
+const schedRingLen = 240
+
+func (r *schedRing) add(at time.Time, st SchedTimes) {
+	if len(r.s) == schedRingLen {
+		r.s = append(r.s[:0], r.s[1:]...)
+	}
+	r.s = append(r.s, schedSample{at, st})
+}
+
+// over returns how the QEMU's threads spent the last d before the newest
+// sample: the difference between the newest sample and the newest one at
+// least d older, and the wall time between the two. ok is false without
+// two such samples (the ring was reset: a new QEMU, or sampling failed).
+func (r *schedRing) over(d time.Duration) (diff SchedTimes, wall time.Duration, ok bool) {
+	if len(r.s) < 2 {
+		return SchedTimes{}, 0, false
+	}
+	last := r.s[len(r.s)-1]
+	for i := len(r.s) - 2; i >= 0; i-- {
+		if last.at.Sub(r.s[i].at) >= d || i == 0 {
+			a := r.s[i]
+			if last.at.Sub(a.at) < d*3/4 {
+				return SchedTimes{}, 0, false // not enough history
+			}
+			return SchedTimes{
+				MainRun: last.st.MainRun - a.st.MainRun, MainWait: last.st.MainWait - a.st.MainWait,
+				VCPURun: last.st.VCPURun - a.st.VCPURun, VCPUWait: last.st.VCPUWait - a.st.VCPUWait,
+			}, last.at.Sub(a.at), true
+		}
+	}
+	return SchedTimes{}, 0, false
+}
+
+// describeStand words how a replaying QEMU's threads spent a stand of
+// wall time (docs/replay.md §12): both busy on a CPU (a livelock of the
+// vCPU and the main loop, each waking the other without progress, as
+// session 30 measured), runnable but waiting for a CPU (starved by other
+// work on the host), or mostly off a CPU (waiting: for its own disk I/O,
+// for log, for a lock).
+func describeStand(st SchedTimes, wall time.Duration) string {
+	ms := func(d time.Duration) int64 { return d.Milliseconds() }
+	what := "its threads were mostly off a CPU: waiting (its own disk I/O, log, a lock)"
+	switch {
+	case 2*(st.MainRun+st.VCPURun) >= wall:
+		what = "its threads were busy on a CPU without progress (the vCPU and the main loop livelocked)"
+	case 2*(st.MainWait+st.VCPUWait) >= wall:
+		what = "its threads were runnable but waiting for a CPU (the host is short of CPU)"
+	}
+	return fmt.Sprintf("over the last %d ms its vCPU thread ran %d ms and waited %d ms for a CPU, its main loop ran %d ms and waited %d ms: %s",
+		ms(wall), ms(st.VCPURun), ms(st.VCPUWait), ms(st.MainRun), ms(st.MainWait), what)
+}
