@@ -52,7 +52,7 @@ type backupRun struct {
 	mu     sync.Mutex
 	state  ctl.State
 	detail string
-	// sched: samples of the replaying QEMU's thread times (sampleSched).
+	// sched: samples of the replaying QEMU's thread times (watchSched).
 	sched schedRing
 	peer  string // the primary daemon's address, once its channel is up
 	// qemuStarted: the replaying QEMU was started (with the first log).
@@ -481,6 +481,7 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 	}
 	go b.watchUnread(feeder, drv)
 	go b.watchVCPU(drv)
+	go b.watchSched()
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
@@ -1036,7 +1037,6 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 			lastAt = time.Time{}
 			return true
 		}
-		b.sampleSched()
 		cpu, err := b.env.hv.VCPUTime(b.uuid)
 		now := time.Now()
 		if err != nil {
@@ -1059,27 +1059,40 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 	})
 }
 
-// sampleSched adds a sample of the replaying QEMU's thread times to
-// b.sched, for the words a stand or a stall gets in the log
-// (standCPU). A failed read (the QEMU is gone, the pid file not
-// readable) empties the ring, so no difference spans two QEMUs.
-func (b *backupRun) sampleSched() {
-	st, err := b.env.hv.SchedTimes(b.uuid, b.name)
-	now := time.Now()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if err != nil {
-		b.sched = schedRing{}
-		return
-	}
-	b.sched.add(now, st)
+// watchSched samples the replaying QEMU's thread times every vcpuWindow
+// into b.sched, for the words a stand or a stall gets in the log and in
+// the stall report (standCPU). Diagnostic only, on its own goroutine: a
+// slow read of /proc never delays watchVCPU's reports, which the stall
+// rule uses. A failed read (the QEMU is gone, its pid file not readable)
+// empties the ring, and the first is logged once.
+func (b *backupRun) watchSched() {
+	warned := false
+	b.whileReplaying(vcpuWindow, func(running bool) bool {
+		if !running {
+			return true // libvirt has not let it run yet
+		}
+		st, err := b.env.hv.SchedTimes(b.uuid, b.name)
+		now := time.Now()
+		b.mu.Lock()
+		if err != nil {
+			b.sched = schedRing{}
+		} else {
+			b.sched.add(now, st)
+		}
+		b.mu.Unlock()
+		if err != nil && !warned && !isGoneOrStopping(err) && b.active() {
+			warned = true
+			b.log.WithError(err).Warn("reading the replaying QEMU's thread times from /proc failed: stands and stalls are logged without them")
+		}
+		return true
+	})
 }
 
 // standCPU words how the replaying QEMU's threads spent the last d (a
 // stand or a stall: describeStand), "" without the samples to tell.
 func (b *backupRun) standCPU(d time.Duration) string {
 	b.mu.Lock()
-	diff, wall, ok := b.sched.over(d)
+	diff, wall, ok := b.sched.over(time.Now(), d)
 	b.mu.Unlock()
 	if !ok {
 		return ""
@@ -1107,8 +1120,8 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 	}
 	noProgress := a.Ticks * int64(failover.TickInterval/time.Millisecond)
 	info := &ctl.Stall{Icount: a.Icount, NextEvent: p.Kind, Offset: p.Offset, NoProgressMS: noProgress, QueuedIcount: a.Fed}
-	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued%s", p, noProgress, a.Fed,
-		b.standCPU(time.Duration(noProgress)*time.Millisecond))
+	text := fmt.Sprintf("replay stalled at %s; no progress for %d ms with log up to icount %d queued", p, noProgress, a.Fed)
+	cpu := b.standCPU(time.Duration(noProgress) * time.Millisecond)
 	if b.env.cfg.KeepStallLog && ring != nil {
 		path := filepath.Join(filepath.Dir(ftxml.RecordFIFOPath(b.cfg, b.uuid)),
 			fmt.Sprintf("stall-%s-%d.rrstream", ftxml.RoleBackup, time.Now().Unix()))
@@ -1130,6 +1143,7 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 			}
 		}()
 	}
+	text += cpu
 	b.mu.Lock()
 	b.stall, b.stallText = info, text
 	b.mu.Unlock()

@@ -1194,8 +1194,10 @@ func (p *primaryRun) peerBye(b logchan.Bye) {
 		p.peerReport = peerText(b.Detail, 512)
 	}
 	if stall, ok := strings.CutPrefix(b.Reason, "backup replay stalled"); ok && !b.Clean {
-		// The backup's replay stopped (failover.BackupStalled there).
-		p.stall = peerText("replay stalled"+stall, 512)
+		// The backup's replay stopped (failover.BackupStalled there):
+		// where, the kept log's path and rrdump command, and how its
+		// QEMU spent the stall fit in 1 KiB.
+		p.stall = peerText("replay stalled"+stall, 1024)
 	}
 	if behind, ok := strings.CutPrefix(b.Reason, "backup replay too far behind"); ok && !b.Clean {
 		// The backup gave up on its lag (failover.BackupBehind there).

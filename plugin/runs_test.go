@@ -447,7 +447,7 @@ func TestRunsBackupStall(t *testing.T) {
 		}
 		// How its QEMU's threads spent the stall (a stopped QEMU: off a
 		// CPU), from the scheduler's times sampled meanwhile.
-		if !strings.Contains(sa.Stall.Report, "over the last 5000 ms its vCPU thread ran 0 ms and waited 0 ms for a CPU, its main loop ran 0 ms and waited 0 ms: its threads were mostly off a CPU") {
+		if !strings.Contains(sa.Stall.Report, "over the last 5000 ms its vCPU threads ran 0 ms and waited 0 ms for a CPU, its main loop ran 0 ms and waited 0 ms: its threads were mostly off a CPU") {
 			t.Errorf("the stall report does not say how the QEMU spent it: %q", sa.Stall.Report)
 		}
 		if fp.b.hv.running(runUUID) != nil {

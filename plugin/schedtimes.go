@@ -15,6 +15,9 @@ import (
 // Documentation/scheduler/sched-stats.rst): its main thread (the main
 // loop, which also answers the monitor) and its vCPU threads.
 type SchedTimes struct {
+	// Pid is the QEMU's process id: times of two processes do not
+	// compare.
+	Pid               int
 	MainRun, MainWait time.Duration
 	VCPURun, VCPUWait time.Duration
 }
@@ -24,7 +27,7 @@ type SchedTimes struct {
 // "ALL CPUs/TCG" (one thread for all vCPUs, as record/replay runs them)
 // or "CPU n/KVM". Errors: the process or its main thread cannot be read.
 func readSchedTimes(proc string, pid int) (SchedTimes, error) {
-	var st SchedTimes
+	st := SchedTimes{Pid: pid}
 	dir := filepath.Join(proc, strconv.Itoa(pid), "task")
 	tids, err := os.ReadDir(dir)
 	if err != nil {
@@ -96,45 +99,69 @@ func (r *schedRing) add(at time.Time, st SchedTimes) {
 	r.s = append(r.s, schedSample{at, st})
 }
 
-// over returns how the QEMU's threads spent the last d before the newest
-// sample: the difference between the newest sample and the newest one at
-// least d older, and the wall time between the two. ok is false without
-// two such samples (the ring was reset: a new QEMU, or sampling failed).
-func (r *schedRing) over(d time.Duration) (diff SchedTimes, wall time.Duration, ok bool) {
+// over returns how the QEMU's threads spent the last d before now: the
+// difference between the newest sample and the newest one at least d
+// older, and the wall time between the two. ok is false without such a
+// pair that fits the stand: the newest sample older than two sampling
+// periods (sampling stopped or lags), a pair spanning less than three
+// quarters of d or more than d and two periods (a gap in the samples),
+// two QEMUs (the pid changed), or times that went backwards.
+func (r *schedRing) over(now time.Time, d time.Duration) (diff SchedTimes, wall time.Duration, ok bool) {
 	if len(r.s) < 2 {
 		return SchedTimes{}, 0, false
 	}
 	last := r.s[len(r.s)-1]
+	if now.Sub(last.at) > 2*vcpuWindow {
+		return SchedTimes{}, 0, false
+	}
 	for i := len(r.s) - 2; i >= 0; i-- {
-		if last.at.Sub(r.s[i].at) >= d || i == 0 {
-			a := r.s[i]
-			if last.at.Sub(a.at) < d*3/4 {
-				return SchedTimes{}, 0, false // not enough history
-			}
-			return SchedTimes{
-				MainRun: last.st.MainRun - a.st.MainRun, MainWait: last.st.MainWait - a.st.MainWait,
-				VCPURun: last.st.VCPURun - a.st.VCPURun, VCPUWait: last.st.VCPUWait - a.st.VCPUWait,
-			}, last.at.Sub(a.at), true
+		a := r.s[i]
+		if last.at.Sub(a.at) < d && i > 0 {
+			continue
 		}
+		wall = last.at.Sub(a.at)
+		diff = SchedTimes{
+			Pid:     last.st.Pid,
+			MainRun: last.st.MainRun - a.st.MainRun, MainWait: last.st.MainWait - a.st.MainWait,
+			VCPURun: last.st.VCPURun - a.st.VCPURun, VCPUWait: last.st.VCPUWait - a.st.VCPUWait,
+		}
+		if wall < d*3/4 || wall > d+2*vcpuWindow || a.st.Pid != last.st.Pid ||
+			diff.MainRun < 0 || diff.MainWait < 0 || diff.VCPURun < 0 || diff.VCPUWait < 0 {
+			return SchedTimes{}, 0, false
+		}
+		return diff, wall, true
 	}
 	return SchedTimes{}, 0, false
 }
 
 // describeStand words how a replaying QEMU's threads spent a stand of
-// wall time (docs/replay.md §12): both busy on a CPU (a livelock of the
-// vCPU and the main loop, each waking the other without progress, as
-// session 30 measured), runnable but waiting for a CPU (starved by other
-// work on the host), or mostly off a CPU (waiting: for its own disk I/O,
-// for log, for a lock).
+// wall time (docs/replay.md §12), by what took most of it:
+//   - runnable but waiting for a CPU: starved by other work on the host;
+//   - the main loop and the vCPU both on a CPU (each at least a fifth of
+//     the time, together half): the shape of a livelock of the two, each
+//     waking the other (session 30 sampled two such stands), or both
+//     working slowly;
+//   - the vCPU alone on a CPU: a slow replay (long events through the
+//     softmmu's slow paths, session 20), its main loop waiting for it;
+//   - the main loop alone on a CPU;
+//   - mostly off a CPU: waiting (its own disk I/O, log, a lock; or
+//     stopped).
 func describeStand(st SchedTimes, wall time.Duration) string {
 	ms := func(d time.Duration) int64 { return d.Milliseconds() }
-	what := "its threads were mostly off a CPU: waiting (its own disk I/O, log, a lock)"
+	run, wait := st.MainRun+st.VCPURun, st.MainWait+st.VCPUWait
+	var what string
 	switch {
-	case 2*(st.MainRun+st.VCPURun) >= wall:
-		what = "its threads were busy on a CPU without progress (the vCPU and the main loop livelocked)"
-	case 2*(st.MainWait+st.VCPUWait) >= wall:
+	case wait > run && 2*wait >= wall:
 		what = "its threads were runnable but waiting for a CPU (the host is short of CPU)"
+	case 2*run >= wall && 5*st.MainRun >= wall && 5*st.VCPURun >= wall:
+		what = "its main loop and vCPU were both busy on a CPU (the shape of a livelock of the two)"
+	case 2*st.VCPURun >= wall:
+		what = "its vCPU was busy on a CPU, its main loop not (a slow replay)"
+	case 2*st.MainRun >= wall:
+		what = "its main loop was busy on a CPU, its vCPU not"
+	default:
+		what = "its threads were mostly off a CPU: waiting (its own disk I/O, log, a lock) or stopped"
 	}
-	return fmt.Sprintf("over the last %d ms its vCPU thread ran %d ms and waited %d ms for a CPU, its main loop ran %d ms and waited %d ms: %s",
+	return fmt.Sprintf("over the last %d ms its vCPU threads ran %d ms and waited %d ms for a CPU, its main loop ran %d ms and waited %d ms: %s",
 		ms(wall), ms(st.VCPURun), ms(st.VCPUWait), ms(st.MainRun), ms(st.MainWait), what)
 }

@@ -38,7 +38,7 @@ func TestReadSchedTimes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := SchedTimes{MainRun: 3 * time.Millisecond, MainWait: time.Millisecond, VCPURun: 7 * time.Millisecond, VCPUWait: 2 * time.Millisecond}
+	want := SchedTimes{Pid: 100, MainRun: 3 * time.Millisecond, MainWait: time.Millisecond, VCPURun: 7 * time.Millisecond, VCPUWait: 2 * time.Millisecond}
 	if st != want {
 		t.Errorf("readSchedTimes = %+v, want %+v", st, want)
 	}
@@ -66,7 +66,7 @@ func TestReadSchedTimes(t *testing.T) {
 func TestSchedRingOver(t *testing.T) {
 	var r schedRing
 	t0 := time.Unix(1000, 0)
-	if _, _, ok := r.over(time.Second); ok {
+	if _, _, ok := r.over(t0, time.Second); ok {
 		t.Fatal("an empty ring answered")
 	}
 	// Every 250 ms the vCPU runs 100 ms and the main loop 150 ms.
@@ -74,13 +74,38 @@ func TestSchedRingOver(t *testing.T) {
 		d := time.Duration(i)
 		r.add(t0.Add(d*250*time.Millisecond), SchedTimes{MainRun: d * 150 * time.Millisecond, VCPURun: d * 100 * time.Millisecond})
 	}
-	diff, wall, ok := r.over(2 * time.Second)
+	now := t0.Add(5 * time.Second) // the newest sample
+	diff, wall, ok := r.over(now, 2*time.Second)
 	if !ok || wall != 2*time.Second || diff.VCPURun != 800*time.Millisecond || diff.MainRun != 1200*time.Millisecond {
 		t.Errorf("over(2 s) = %+v, %v, %v", diff, wall, ok)
 	}
 	// More than the ring holds: not enough history.
-	if _, _, ok := r.over(time.Minute); ok {
+	if _, _, ok := r.over(now, time.Minute); ok {
 		t.Error("over(1 min) answered from 5 s of samples")
+	}
+	// Samples that stopped a while ago say nothing of now.
+	if _, _, ok := r.over(now.Add(time.Second), 2*time.Second); ok {
+		t.Error("over answered from a sample 1 s old")
+	}
+	// Two QEMUs, or times that went backwards, do not compare.
+	var q schedRing
+	q.add(t0, SchedTimes{Pid: 1, VCPURun: time.Second})
+	q.add(t0.Add(time.Second), SchedTimes{Pid: 2, VCPURun: 2 * time.Second})
+	if _, _, ok := q.over(t0.Add(time.Second), time.Second); ok {
+		t.Error("over compared two QEMUs")
+	}
+	q = schedRing{}
+	q.add(t0, SchedTimes{Pid: 1, VCPURun: time.Second})
+	q.add(t0.Add(time.Second), SchedTimes{Pid: 1})
+	if _, _, ok := q.over(t0.Add(time.Second), time.Second); ok {
+		t.Error("over answered with a negative run time")
+	}
+	// A gap: the pair spans much more than the stand.
+	q = schedRing{}
+	q.add(t0, SchedTimes{Pid: 1})
+	q.add(t0.Add(10*time.Second), SchedTimes{Pid: 1})
+	if _, _, ok := q.over(t0.Add(10*time.Second), 2*time.Second); ok {
+		t.Error("over answered across a 10 s gap for a 2 s stand")
 	}
 	// The ring keeps the newest schedRingLen samples.
 	for i := 21; i < 21+schedRingLen; i++ {
@@ -97,12 +122,16 @@ func TestDescribeStand(t *testing.T) {
 		st   SchedTimes
 		want string
 	}{
-		{SchedTimes{MainRun: 1100 * ms, VCPURun: 900 * ms}, "livelocked"},
-		{SchedTimes{MainWait: 800 * ms, VCPUWait: 700 * ms, VCPURun: 100 * ms}, "waiting for a CPU"},
-		{SchedTimes{MainRun: 50 * ms, VCPURun: 20 * ms}, "off a CPU"},
+		{SchedTimes{MainRun: 1100 * ms, VCPURun: 900 * ms}, "were both busy on a CPU"},
+		{SchedTimes{MainRun: 100 * ms, VCPURun: 1800 * ms}, "its vCPU was busy on a CPU, its main loop not"},
+		{SchedTimes{MainRun: 1500 * ms, VCPURun: 100 * ms}, "its main loop was busy on a CPU, its vCPU not"},
+		{SchedTimes{MainWait: 800 * ms, VCPUWait: 700 * ms, VCPURun: 100 * ms}, "waiting for a CPU (the host"},
+		// 30% running and 60% waiting: starved, not busy.
+		{SchedTimes{MainRun: 300 * ms, VCPURun: 300 * ms, MainWait: 600 * ms, VCPUWait: 600 * ms}, "waiting for a CPU (the host"},
+		{SchedTimes{MainRun: 50 * ms, VCPURun: 20 * ms}, "mostly off a CPU"},
 	} {
 		got := describeStand(c.st, 2*time.Second)
-		if !strings.Contains(got, c.want) || !strings.HasPrefix(got, "over the last 2000 ms its vCPU thread ran") {
+		if !strings.Contains(got, c.want) || !strings.HasPrefix(got, "over the last 2000 ms its vCPU threads ran") {
 			t.Errorf("describeStand(%+v) = %q, want %q", c.st, got, c.want)
 		}
 	}

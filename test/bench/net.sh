@@ -73,12 +73,14 @@ status_fields() {
 }
 # stand_kinds FTD_LOG: the backup's stands and stalls counted by how its
 # QEMU's threads spent them, as libvirt-ftd words it from the scheduler's
-# times (docs/replay.md section 12): busy on a CPU (the vCPU and the main
-# loop livelocked), waiting for a CPU (starved), off a CPU (waiting).
+# times (plugin/schedtimes.go, docs/replay.md section 12): main loop and
+# vCPU both busy (the shape of a livelock), the vCPU busy (a slow replay),
+# the main loop busy, starved of CPU, off a CPU (waiting or stopped).
 stand_kinds() {
 	grep -hE 'the replay stood still for|replay stalled at' "$1" 2>/dev/null |
-		awk '/busy on a CPU/ { b++; next } /waiting for a CPU/ { s++; next } /mostly off a CPU/ { o++; next } { u++ }
-			END { printf "%d busy, %d starved, %d off a CPU, %d without figures\n", b, s, o, u }'
+		awk '/were both busy/ { b++; next } /its vCPU was busy/ { v++; next } /its main loop was busy/ { m++; next }
+			/waiting for a CPU \(the host/ { s++; next } /mostly off a CPU/ { o++; next } { u++ }
+			END { printf "%d both busy, %d vCPU busy, %d main loop busy, %d starved, %d off a CPU, %d without figures\n", b, v, m, s, o, u }'
 }
 sent_bytes() { status_fields sent_bytes | tr -d ' '; }
 # held: the primary's time held so far by the lag bound and the window,
