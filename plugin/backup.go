@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -1080,7 +1081,7 @@ func (b *backupRun) watchSched() {
 			b.sched.add(now, st)
 		}
 		b.mu.Unlock()
-		if err != nil && !warned && !isGoneOrStopping(err) && b.active() {
+		if err != nil && !warned && !errors.Is(err, errNoQEMU) && !isGoneOrStopping(err) && b.active() {
 			warned = true
 			b.log.WithError(err).Warn("reading the replaying QEMU's thread times from /proc failed: stands and stalls are logged without them")
 		}

@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -317,14 +318,21 @@ func (h libvirtHV) SchedTimes(uuid, name string) (SchedTimes, error) {
 	}
 	pidFile := filepath.Join(qemuPidDir, name+".pid")
 	pid, err := readQEMUPid(pidFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return SchedTimes{}, fmt.Errorf("%w: %v", errNoQEMU, err)
+	}
 	if err != nil {
 		return SchedTimes{}, err
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil || !runsDomain(cmdline, uuid) {
-		return SchedTimes{}, fmt.Errorf("pid %d from %s does not run domain %s", pid, pidFile, uuid)
+		return SchedTimes{}, fmt.Errorf("%w: pid %d from %s does not run domain %s", errNoQEMU, pid, pidFile, uuid)
 	}
-	return readSchedTimes("/proc", pid)
+	st, err := readSchedTimes("/proc", pid)
+	if errors.Is(err, fs.ErrNotExist) {
+		return SchedTimes{}, fmt.Errorf("%w: %v", errNoQEMU, err)
+	}
+	return st, err
 }
 
 // killQEMU sends SIGKILL to the QEMU whose pid pidFile holds, once its

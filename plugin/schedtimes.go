@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,6 +22,11 @@ type SchedTimes struct {
 	MainRun, MainWait time.Duration
 	VCPURun, VCPUWait time.Duration
 }
+
+// errNoQEMU: SchedTimes found no running QEMU of the domain (its pid
+// file is gone, or names a process that is gone or runs something else):
+// the domain stopped, which is no failure to report.
+var errNoQEMU = errors.New("no running QEMU of the domain")
 
 // readSchedTimes reads SchedTimes of process pid under proc (normally
 // /proc). A vCPU thread is one whose name (comm) QEMU set to "CPU n/TCG",
@@ -135,30 +141,38 @@ func (r *schedRing) over(now time.Time, d time.Duration) (diff SchedTimes, wall 
 }
 
 // describeStand words how a replaying QEMU's threads spent a stand of
-// wall time (docs/replay.md §12), by what took most of it:
-//   - runnable but waiting for a CPU: starved by other work on the host;
-//   - the main loop and the vCPU both on a CPU (each at least a fifth of
-//     the time, together half): the shape of a livelock of the two, each
-//     waking the other (session 30 sampled two such stands), or both
+// wall time (docs/replay.md §12), by what took most of it. Running comes
+// first: with the main loop and the vCPU pinned to one CPU (the bench's
+// two-host estimate), each waits while the other runs.
+//   - on a CPU at least half the time:
+//     both threads alike (each at least a fifth of the time, the smaller
+//     at least half the larger): the shape of a livelock of the two,
+//     each waking the other (session 30 sampled two such stands), or both
 //     working slowly;
-//   - the vCPU alone on a CPU: a slow replay (long events through the
-//     softmmu's slow paths, session 20), its main loop waiting for it;
-//   - the main loop alone on a CPU;
-//   - mostly off a CPU: waiting (its own disk I/O, log, a lock; or
-//     stopped).
+//     else the vCPU more than the main loop: a slow replay (long events
+//     through the softmmu's slow paths, session 20);
+//     else the main loop more than the vCPU;
+//   - runnable but waiting for a CPU at least half the time: starved;
+//   - on a CPU and waiting for one in turns, together half the time or
+//     more: a loaded CPU;
+//   - otherwise mostly off a CPU: waiting (its own disk I/O, log, a lock)
+//     or stopped.
 func describeStand(st SchedTimes, wall time.Duration) string {
 	ms := func(d time.Duration) int64 { return d.Milliseconds() }
 	run, wait := st.MainRun+st.VCPURun, st.MainWait+st.VCPUWait
+	lo, hi := min(st.MainRun, st.VCPURun), max(st.MainRun, st.VCPURun)
 	var what string
 	switch {
-	case wait > run && 2*wait >= wall:
-		what = "its threads were runnable but waiting for a CPU (the host is short of CPU)"
-	case 2*run >= wall && 5*st.MainRun >= wall && 5*st.VCPURun >= wall:
+	case 2*run >= wall && 5*lo >= wall && 2*lo >= hi:
 		what = "its main loop and vCPU were both busy on a CPU (the shape of a livelock of the two)"
-	case 2*st.VCPURun >= wall:
-		what = "its vCPU was busy on a CPU, its main loop not (a slow replay)"
-	case 2*st.MainRun >= wall:
-		what = "its main loop was busy on a CPU, its vCPU not"
+	case 2*run >= wall && st.VCPURun >= st.MainRun:
+		what = "its vCPU was busy on a CPU, its main loop less (a slow replay)"
+	case 2*run >= wall:
+		what = "its main loop was busy on a CPU, its vCPU less"
+	case 2*wait >= wall:
+		what = "its threads were runnable but waiting for a CPU (the host is short of CPU)"
+	case 2*(run+wait) >= wall:
+		what = "its threads ran and waited for a CPU in turns (a loaded CPU)"
 	default:
 		what = "its threads were mostly off a CPU: waiting (its own disk I/O, log, a lock) or stopped"
 	}

@@ -123,12 +123,18 @@ func TestDescribeStand(t *testing.T) {
 		want string
 	}{
 		{SchedTimes{MainRun: 1100 * ms, VCPURun: 900 * ms}, "were both busy on a CPU"},
-		{SchedTimes{MainRun: 100 * ms, VCPURun: 1800 * ms}, "its vCPU was busy on a CPU, its main loop not"},
-		{SchedTimes{MainRun: 1500 * ms, VCPURun: 100 * ms}, "its main loop was busy on a CPU, its vCPU not"},
+		// Both pinned to one CPU: each waits while the other runs.
+		{SchedTimes{MainRun: 1100 * ms, MainWait: 900 * ms, VCPURun: 880 * ms, VCPUWait: 1120 * ms}, "were both busy on a CPU"},
+		{SchedTimes{MainRun: 100 * ms, VCPURun: 1800 * ms}, "its vCPU was busy on a CPU, its main loop less (a slow replay)"},
+		// A slow replay with a main loop at a quarter: not a livelock.
+		{SchedTimes{MainRun: 500 * ms, VCPURun: 1400 * ms}, "its vCPU was busy on a CPU, its main loop less"},
+		{SchedTimes{MainRun: 1500 * ms, VCPURun: 100 * ms}, "its main loop was busy on a CPU, its vCPU less"},
 		{SchedTimes{MainWait: 800 * ms, VCPUWait: 700 * ms, VCPURun: 100 * ms}, "waiting for a CPU (the host"},
-		// 30% running and 60% waiting: starved, not busy.
+		// 30% running and 60% waiting: starved.
 		{SchedTimes{MainRun: 300 * ms, VCPURun: 300 * ms, MainWait: 600 * ms, VCPUWait: 600 * ms}, "waiting for a CPU (the host"},
+		{SchedTimes{MainRun: 400 * ms, VCPURun: 300 * ms, MainWait: 200 * ms, VCPUWait: 300 * ms}, "in turns (a loaded CPU)"},
 		{SchedTimes{MainRun: 50 * ms, VCPURun: 20 * ms}, "mostly off a CPU"},
+		{SchedTimes{}, "its threads were mostly off a CPU"}, // stopped
 	} {
 		got := describeStand(c.st, 2*time.Second)
 		if !strings.Contains(got, c.want) || !strings.HasPrefix(got, "over the last 2000 ms its vCPU threads ran") {

@@ -75,12 +75,13 @@ status_fields() {
 # QEMU's threads spent them, as libvirt-ftd words it from the scheduler's
 # times (plugin/schedtimes.go, docs/replay.md section 12): main loop and
 # vCPU both busy (the shape of a livelock), the vCPU busy (a slow replay),
-# the main loop busy, starved of CPU, off a CPU (waiting or stopped).
+# the main loop busy, starved of CPU, a loaded CPU (running and waiting in
+# turns), off a CPU (waiting or stopped).
 stand_kinds() {
 	grep -hE 'the replay stood still for|replay stalled at' "$1" 2>/dev/null |
 		awk '/were both busy/ { b++; next } /its vCPU was busy/ { v++; next } /its main loop was busy/ { m++; next }
-			/waiting for a CPU \(the host/ { s++; next } /mostly off a CPU/ { o++; next } { u++ }
-			END { printf "%d both busy, %d vCPU busy, %d main loop busy, %d starved, %d off a CPU, %d without figures\n", b, v, m, s, o, u }'
+			/waiting for a CPU \(the host/ { s++; next } /in turns \(a loaded CPU/ { l++; next } /mostly off a CPU/ { o++; next } { u++ }
+			END { printf "%d both busy, %d vCPU busy, %d main loop busy, %d starved, %d loaded, %d off a CPU, %d without figures\n", b, v, m, s, l, o, u }'
 }
 sent_bytes() { status_fields sent_bytes | tr -d ' '; }
 # held: the primary's time held so far by the lag bound and the window,
