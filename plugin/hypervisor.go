@@ -305,18 +305,28 @@ func (h libvirtHV) Destroy(uuid string) (bool, error) {
 // qemu_conf.c, stateDir).
 const qemuPidDir = "/run/libvirt/qemu"
 
-func (h libvirtHV) Kill(uuid, name string) error {
+// qemuPidFile is libvirt's pid file of domain name's QEMU (in
+// qemuPidDir). Errors: a name that cannot be a file name there.
+func qemuPidFile(name string) (string, error) {
 	if name == "" || strings.ContainsAny(name, "/\x00") {
-		return fmt.Errorf("domain name %q: no pid file to read", name)
+		return "", fmt.Errorf("domain name %q: no pid file to read", name)
 	}
-	return killQEMU(filepath.Join(qemuPidDir, name+".pid"), uuid)
+	return filepath.Join(qemuPidDir, name+".pid"), nil
+}
+
+func (h libvirtHV) Kill(uuid, name string) error {
+	pidFile, err := qemuPidFile(name)
+	if err != nil {
+		return err
+	}
+	return killQEMU(pidFile, uuid)
 }
 
 func (h libvirtHV) SchedTimes(uuid, name string) (SchedTimes, error) {
-	if name == "" || strings.ContainsAny(name, "/\x00") {
-		return SchedTimes{}, fmt.Errorf("domain name %q: no pid file to read", name)
+	pidFile, err := qemuPidFile(name)
+	if err != nil {
+		return SchedTimes{}, err
 	}
-	pidFile := filepath.Join(qemuPidDir, name+".pid")
 	pid, err := readQEMUPid(pidFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return SchedTimes{}, fmt.Errorf("%w: %v", errNoQEMU, err)
