@@ -141,9 +141,10 @@ func (r *schedRing) over(now time.Time, d time.Duration) (diff SchedTimes, wall 
 }
 
 // describeStand words how a replaying QEMU's threads spent a stand of
-// wall time (docs/replay.md §12), by what took most of it. Running comes
+// wall time (docs/replay.md §12), by what took most of it. Waiting more
+// than twice as long as running is starvation; otherwise running comes
 // first: with the main loop and the vCPU pinned to one CPU (the bench's
-// two-host estimate), each waits while the other runs.
+// two-host estimate), each waits about as long as the other runs.
 //   - on a CPU at least half the time:
 //     both threads alike (each at least a fifth of the time, the smaller
 //     at least half the larger): the shape of a livelock of the two,
@@ -163,6 +164,9 @@ func describeStand(st SchedTimes, wall time.Duration) string {
 	lo, hi := min(st.MainRun, st.VCPURun), max(st.MainRun, st.VCPURun)
 	var what string
 	switch {
+	case wait > 2*run && 2*wait >= wall:
+		// Runnable far more than running: starved, whatever ran.
+		what = "its threads were runnable but waiting for a CPU (the host is short of CPU)"
 	case 2*run >= wall && 5*lo >= wall && 2*lo >= hi:
 		what = "its main loop and vCPU were both busy on a CPU (the shape of a livelock of the two)"
 	case 2*run >= wall && st.VCPURun >= st.MainRun:

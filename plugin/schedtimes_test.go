@@ -130,6 +130,9 @@ func TestDescribeStand(t *testing.T) {
 		{SchedTimes{MainRun: 500 * ms, VCPURun: 1400 * ms}, "its vCPU was busy on a CPU, its main loop less"},
 		{SchedTimes{MainRun: 1500 * ms, VCPURun: 100 * ms}, "its main loop was busy on a CPU, its vCPU less"},
 		{SchedTimes{MainWait: 800 * ms, VCPUWait: 700 * ms, VCPURun: 100 * ms}, "waiting for a CPU (the host"},
+		// Each thread ran a quarter and waited three quarters: starved,
+		// not both busy.
+		{SchedTimes{MainRun: 500 * ms, VCPURun: 500 * ms, MainWait: 1500 * ms, VCPUWait: 1500 * ms}, "waiting for a CPU (the host"},
 		// 30% running and 60% waiting: starved.
 		{SchedTimes{MainRun: 300 * ms, VCPURun: 300 * ms, MainWait: 600 * ms, VCPUWait: 600 * ms}, "waiting for a CPU (the host"},
 		{SchedTimes{MainRun: 400 * ms, VCPURun: 300 * ms, MainWait: 200 * ms, VCPUWait: 300 * ms}, "in turns (a loaded CPU)"},

@@ -59,7 +59,8 @@ trap lab_stop EXIT
 
 # field LINE KEY: the value of KEY=... in a tcpcheck summary line.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
-# sent_bytes: the primary's log bytes sent so far (0 when unprotected).
+# sent_bytes: the primary's log bytes sent so far ("" when unprotected or
+# unreadable; see status_fields below).
 # status_fields NAME...: the values of the numeric fields NAME of the
 # primary's status (virt-ft status --local --json), one line, in order
 # ("" for a field it lacks, all "" when unprotected or unreadable).
