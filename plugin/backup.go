@@ -560,6 +560,9 @@ func (b *backupRun) receive(pc *peerConn) {
 				gates.verify(m.Digests)
 			}
 		case logchan.MsgBye:
+			// Clean once: the reason reaches the failover core, the
+			// state detail and the logs (docs/protocol.md §6.4).
+			m.Bye = cleanBye(m.Bye)
 			if m.Bye.Clean && m.Bye.Reason == failover.ByeRestarting {
 				b.mu.Lock()
 				b.awaitingResume = !b.handingOver
@@ -568,7 +571,7 @@ func (b *backupRun) receive(pc *peerConn) {
 			}
 			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
 			if m.Bye.Clean && m.Bye.Reason != failover.ByeRestarting {
-				b.setState(ctl.StateReplicating, "primary said bye: "+peerText(m.Bye.Reason, 512)+"; replaying to the end of its log")
+				b.setState(ctl.StateReplicating, "primary said bye: "+m.Bye.Reason+"; replaying to the end of its log")
 			}
 		case logchan.MsgLog:
 			// Check the frame at once and acknowledge it as received:

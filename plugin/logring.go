@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"unicode"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
@@ -124,18 +125,35 @@ func (r *logRing) snapshot() []byte {
 	return append([]byte(nil), r.buf...)
 }
 
-// peerText makes text the peer sent fit for a status line: control
-// characters become spaces (no terminal escapes reach virt-ft's output) and
-// it is cut to at most max bytes.
+// peerText makes text the peer sent fit for a status line and a log line:
+// it is cut to at most max bytes (a rune cut in two becomes "?"), and
+// control characters (C0, DEL and C1, Unicode category Cc) and format
+// characters (category Cf: the bidi overrides and isolates U+202A–U+202E,
+// U+2066–U+2069, zero-width marks) become spaces, so no terminal escape or
+// reordering reaches virt-ft's output or the journal.
 func peerText(text string, max int) string {
-	b := []byte(text)
-	if len(b) > max {
-		b = b[:max]
+	if len(text) > max {
+		text = text[:max]
 	}
-	for i, ch := range b {
-		if ch < 0x20 || ch == 0x7f {
-			b[i] = ' '
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return ' '
 		}
-	}
-	return strings.ToValidUTF8(string(b), "?")
+		return r
+	}, strings.ToValidUTF8(text, "?"))
 }
+
+// cleanBye is a bye the peer sent, made fit for the failover core, the
+// state detail and the logs (docs/protocol.md §6.4): Reason cut to
+// maxByeReason bytes and Detail to maxByeDetail, both through peerText.
+// The Bye* constants pass unchanged, so comparisons with them still hold.
+func cleanBye(b logchan.Bye) logchan.Bye {
+	b.Reason = peerText(b.Reason, maxByeReason)
+	b.Detail = peerText(b.Detail, maxByeDetail)
+	return b
+}
+
+const (
+	maxByeReason = 1024 // bytes of a peer's bye reason kept
+	maxByeDetail = 512  // bytes of a peer's go-live detail kept
+)

@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 
+	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
 
@@ -108,5 +110,31 @@ func TestPeerText(t *testing.T) {
 	}
 	if got := peerText("abcdef", 3); got != "abc" {
 		t.Errorf("peerText cut = %q", got)
+	}
+	// C1 (U+009B is a one-character CSI), bidi override and isolate, a
+	// zero-width joiner: all become spaces.
+	if got := peerText("a\u009b31mb\u202egnp.exe\u2066c\u200dd", 100); got != "a 31mb gnp.exe c d" {
+		t.Errorf("peerText C1/Cf = %q", got)
+	}
+	// A rune cut in two becomes "?", never invalid UTF-8.
+	if got := peerText("ab\u00e9", 3); got != "ab?" {
+		t.Errorf("peerText rune cut = %q", got)
+	}
+}
+
+func TestCleanBye(t *testing.T) {
+	long := strings.Repeat("x", 4096)
+	b := cleanBye(logchan.Bye{Reason: "backup said\x1b]0;pwned\x07" + long, Detail: long})
+	if len(b.Reason) != maxByeReason || len(b.Detail) != maxByeDetail {
+		t.Errorf("cleanBye kept %d and %d bytes; want %d and %d", len(b.Reason), len(b.Detail), maxByeReason, maxByeDetail)
+	}
+	if strings.ContainsAny(b.Reason, "\x1b\x07") {
+		t.Errorf("cleanBye left control characters: %q", b.Reason[:40])
+	}
+	// The constants the failover core compares with pass unchanged.
+	for _, r := range []string{failover.ByeRestarting, failover.ByeSwitchover, failover.ByeUnprotect, failover.ByeLive, failover.ByeShutdown} {
+		if got := cleanBye(logchan.Bye{Clean: true, Reason: r}); got.Reason != r || !got.Clean {
+			t.Errorf("cleanBye(%q) = %+v", r, got)
+		}
 	}
 }

@@ -896,6 +896,9 @@ func (p *primaryRun) receive(link *peerConn, drv *failover.Driver, ps *pumpState
 			p.heard()
 			drv.Post(failover.HeartbeatReceived{})
 		case logchan.MsgBye:
+			// Clean once: the reason reaches the failover core, the
+			// state detail and the logs (docs/protocol.md §6.4).
+			m.Bye = cleanBye(m.Bye)
 			p.peerBye(m.Bye)
 			if m.Bye.Clean && m.Bye.Reason == failover.ByeRestarting {
 				// The backup's daemon restarts on purpose: quiesce,
