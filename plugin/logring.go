@@ -154,6 +154,8 @@ func cleanBye(b logchan.Bye) logchan.Bye {
 }
 
 const (
-	maxByeReason = 1024 // bytes of a peer's bye reason kept
-	maxByeDetail = 512  // bytes of a peer's go-live detail kept
+	// maxByeReason is the bytes of a peer's bye reason kept: the
+	// primary's 1 KiB of stall text after the "backup " prefix.
+	maxByeReason = len("backup ") + 1024
+	maxByeDetail = 512 // bytes of a peer's go-live detail kept
 )
