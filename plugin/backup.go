@@ -1067,23 +1067,30 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 // into b.sched, for the words a stand or a stall gets in the log and in
 // the stall report (standCPU). Diagnostic only, on its own goroutine: a
 // slow read of /proc never delays watchVCPU's reports, which the stall
-// rule uses. A failed read (the QEMU is gone, its pid file not readable)
-// empties the ring, and the first is logged once.
+// rule uses. The ring covers the slow stall bound. A failed read adds no
+// sample (schedRing.over refuses a window across the gap it leaves); the
+// first that is not the QEMU's end (a /proc permission problem) is logged
+// once.
 func (b *backupRun) watchSched() {
 	warned := false
+	stall := nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout
+	slow := time.Duration(failover.SlowStallBound(stall)) * failover.TickInterval
+	b.mu.Lock()
+	b.sched = schedRingFor(slow)
+	b.mu.Unlock()
 	b.whileReplaying(vcpuWindow, func(running bool) bool {
 		if !running {
 			return true // libvirt has not let it run yet
 		}
 		st, err := b.env.hv.SchedTimes(b.uuid, b.name)
 		now := time.Now()
-		b.mu.Lock()
-		if err != nil {
-			b.sched = schedRing{}
-		} else {
+		if err == nil {
+			// A failed read adds nothing: a window across the gap it
+			// leaves, or across two QEMUs, is refused (schedRing.over).
+			b.mu.Lock()
 			b.sched.add(now, st)
+			b.mu.Unlock()
 		}
-		b.mu.Unlock()
 		if err != nil && !warned && !errors.Is(err, errNoQEMU) && !isGoneOrStopping(err) && b.active() {
 			warned = true
 			b.log.WithError(err).Warn("reading the replaying QEMU's thread times from /proc failed: stands and stalls are logged without them")

@@ -335,6 +335,10 @@ func (h libvirtHV) SchedTimes(uuid, name string) (SchedTimes, error) {
 		return SchedTimes{}, err
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if errors.Is(err, fs.ErrPermission) {
+		// Not a stopped domain: say so (watchSched warns once).
+		return SchedTimes{}, fmt.Errorf("reading QEMU pid %d's command line: %w (/proc mounted with hidepid, or libvirt-ftd in another pid namespace?)", pid, err)
+	}
 	if err != nil || !runsDomain(cmdline, uuid) {
 		return SchedTimes{}, fmt.Errorf("%w: pid %d from %s does not run domain %s", errNoQEMU, pid, pidFile, uuid)
 	}

@@ -88,18 +88,30 @@ type schedSample struct {
 	st SchedTimes
 }
 
-// schedRing keeps the last schedRingLen samples (a minute at vcpuWindow),
-// enough to cover the longest stand before a verdict (the slow bound of
-// the default stall bound: 20 s). Not safe for concurrent use: the
-// backup run holds its mu.
+// schedRing keeps the last samples: max of them, or schedRingLen (a
+// minute at vcpuWindow) when max is 0. A backup run sizes it to cover its
+// longest stand before a verdict (the slow stall bound, failover
+// SlowStallBound: 20 s for the default bound, 75 s for a 60 s one). Not
+// safe for concurrent use: the backup run holds its mu.
 type schedRing struct {
-	s []schedSample
+	s   []schedSample
+	max int
 }
 
 const schedRingLen = 240
 
+// schedRingFor is a ring holding at least d of samples at vcpuWindow
+// (and a few more), never fewer than schedRingLen.
+func schedRingFor(d time.Duration) schedRing {
+	return schedRing{max: max(schedRingLen, int(d/vcpuWindow)+8)}
+}
+
 func (r *schedRing) add(at time.Time, st SchedTimes) {
-	if len(r.s) == schedRingLen {
+	n := r.max
+	if n <= 0 {
+		n = schedRingLen
+	}
+	if len(r.s) >= n {
 		r.s = append(r.s[:0], r.s[1:]...)
 	}
 	r.s = append(r.s, schedSample{at, st})

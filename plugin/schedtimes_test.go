@@ -114,6 +114,19 @@ func TestSchedRingOver(t *testing.T) {
 	if len(r.s) != schedRingLen || !r.s[0].at.Equal(t0.Add(21*250*time.Millisecond)) {
 		t.Errorf("ring holds %d samples from %v", len(r.s), r.s[0].at)
 	}
+	// A 60 s stall bound has a 75 s slow bound (failover.SlowStallBound):
+	// a ring sized for it words a 75 s stall.
+	big := schedRingFor(75 * time.Second)
+	for i := 0; i <= 400; i++ {
+		d := time.Duration(i)
+		big.add(t0.Add(d*vcpuWindow), SchedTimes{Pid: 1, VCPURun: d * 100 * time.Millisecond})
+	}
+	if diff, wall, ok := big.over(t0.Add(400*vcpuWindow), 75*time.Second); !ok || wall != 75*time.Second || diff.VCPURun != 30*time.Second {
+		t.Errorf("over(75 s) from a ring for 75 s = %+v, %v, %v", diff, wall, ok)
+	}
+	if small := schedRingFor(time.Second); small.max != schedRingLen {
+		t.Errorf("schedRingFor(1 s) holds %d; want at least %d", small.max, schedRingLen)
+	}
 }
 
 func TestDescribeStand(t *testing.T) {
