@@ -73,13 +73,32 @@ type stallPoint struct {
 	// Kind is that event's kind (logchan.KindName), "" when the ring does
 	// not reach it.
 	Kind string
+	// Then are the kinds of the events after it at the same icount, up to
+	// maxStallThen of them (checkpoints, clock reads, an INTERRUPT: a
+	// record turn logs several at one icount). The icount does not tell
+	// at which of Kind and Then the replay waits (session 31: a stall
+	// reported at CHECKPOINT_CLOCK_WARP_ACCOUNT had nine more after it).
+	Then []string
+	// More: events at the same icount beyond Then.
+	More bool
 }
+
+// maxStallThen bounds stallPoint.Then.
+const maxStallThen = 8
 
 func (p stallPoint) String() string {
 	if p.Kind == "" {
 		return fmt.Sprintf("icount %d (not in the last %d bytes of log kept)", p.Icount, logRingBytes)
 	}
-	return fmt.Sprintf("icount %d, next event %s at log offset %d", p.Icount, p.Kind, p.Offset)
+	s := fmt.Sprintf("icount %d, next event %s at log offset %d", p.Icount, p.Kind, p.Offset)
+	if len(p.Then) > 0 {
+		more := ""
+		if p.More {
+			more = ", ..."
+		}
+		s += fmt.Sprintf(" (then at the same icount: %s%s; the replay waits at one of these)", strings.Join(p.Then, ", "), more)
+	}
+	return s
 }
 
 // at finds where icount stands in the kept log.
@@ -105,6 +124,24 @@ func (r *logRing) at(icount uint64) stallPoint {
 			p.Offset, p.Kind = o, logchan.KindName(ev[0])
 			return false
 		}
+		return true
+	})
+	if p.Kind == "" || p.Kind == logchan.KindName(logchan.KindInstruction) {
+		return p
+	}
+	// The events after it at the same icount: up to the next
+	// INSTRUCTION event.
+	_, _ = logchan.WalkEvents(r.buf, r.start, func(o uint64, ev []byte, n uint64) bool {
+		switch {
+		case o <= p.Offset:
+			return true
+		case n > 0 || ev[0] == logchan.KindInstruction:
+			return false
+		case len(p.Then) == maxStallThen:
+			p.More = true
+			return false
+		}
+		p.Then = append(p.Then, logchan.KindName(ev[0]))
 		return true
 	})
 	return p
@@ -154,8 +191,13 @@ func cleanBye(b logchan.Bye) logchan.Bye {
 }
 
 const (
+	// maxStallText is the bytes of a backup's stall text the primary
+	// keeps for virt-ft status: where the replay stopped and the events
+	// at that icount, the kept log's path and rrdump command, and how its
+	// QEMU spent the stall.
+	maxStallText = 1536
 	// maxByeReason is the bytes of a peer's bye reason kept: the
-	// primary's 1 KiB of stall text after the "backup " prefix.
-	maxByeReason = len("backup ") + 1024
+	// primary's stall text after the "backup " prefix.
+	maxByeReason = len("backup ") + maxStallText
 	maxByeDetail = 512 // bytes of a peer's go-live detail kept
 )

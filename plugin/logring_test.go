@@ -47,6 +47,25 @@ func TestLogRingAt(t *testing.T) {
 	if p := r.at(500); p.Kind != "" {
 		t.Errorf("at(500) beyond the log = %+v, want no event", p)
 	}
+	// The events after the first at the same icount: the replay may wait
+	// at any of them.
+	if p := r.at(150); len(p.Then) != 1 || p.Then[0] != logchan.KindName(logchan.KindInterrupt) || p.More ||
+		!strings.Contains(p.String(), "(then at the same icount: INTERRUPT; the replay waits at one of these)") {
+		t.Errorf("at(150) = %+v (%s); want INTERRUPT after the CHECKPOINT", p, p)
+	}
+	if p := r.at(100); len(p.Then) != 0 || strings.Contains(p.String(), "then at") {
+		t.Errorf("at(100) = %+v; want nothing after the INTERRUPT (an INSTRUCTION follows)", p)
+	}
+	// More than maxStallThen: cut, and said so.
+	q := newLogRing(1 << 10)
+	burst := instrEvent(7)
+	for i := 0; i < maxStallThen+3; i++ {
+		burst = append(burst, logchan.KindCheckpoint+1)
+	}
+	q.add(0, burst, 7)
+	if p := q.at(7); len(p.Then) != maxStallThen || !p.More || !strings.HasSuffix(p.String(), ", ...; the replay waits at one of these)") {
+		t.Errorf("at(7) in a burst = %d then, more %v: %s", len(p.Then), p.More, p)
+	}
 }
 
 func TestLogRingTrimsWholeEvents(t *testing.T) {

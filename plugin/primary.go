@@ -1199,8 +1199,8 @@ func (p *primaryRun) peerBye(b logchan.Bye) {
 	if stall, ok := strings.CutPrefix(b.Reason, "backup replay stalled"); ok && !b.Clean {
 		// The backup's replay stopped (failover.BackupStalled there):
 		// where, the kept log's path and rrdump command, and how its
-		// QEMU spent the stall fit in 1 KiB.
-		p.stall = peerText("replay stalled"+stall, 1024)
+		// QEMU spent the stall fit in maxStallText.
+		p.stall = peerText("replay stalled"+stall, maxStallText)
 	}
 	if behind, ok := strings.CutPrefix(b.Reason, "backup replay too far behind"); ok && !b.Clean {
 		// The backup gave up on its lag (failover.BackupBehind there).
