@@ -356,7 +356,9 @@ func (c *Conn) readReply(out any) error {
 		return err
 	}
 	if !r.OK {
-		return errors.New(r.Error)
+		// The peer's words: cleaned and bounded before any log line or
+		// virt-ft output shows them.
+		return errors.New(CleanText(r.Error, MaxPeerErrorBytes))
 	}
 	if out != nil && len(r.Data) > 0 {
 		return json.Unmarshal(r.Data, out)

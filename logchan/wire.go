@@ -734,7 +734,7 @@ func ClientHandshake(c *Conn, hello Hello) (HelloReply, error) {
 		return HelloReply{}, err
 	}
 	if !rep.Accepted {
-		return rep, fmt.Errorf("%w by server: %s", ErrHandshake, rep.Error)
+		return rep, fmt.Errorf("%w by server: %s", ErrHandshake, CleanText(rep.Error, MaxPeerErrorBytes))
 	}
 	if err := checkPeer(hello, rep.Hello, "client", "server"); err != nil {
 		return rep, fmt.Errorf("%w: %v", ErrHandshake, err)

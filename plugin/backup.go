@@ -571,7 +571,7 @@ func (b *backupRun) receive(pc *peerConn) {
 			}
 			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
 			if m.Bye.Clean && m.Bye.Reason != failover.ByeRestarting {
-				b.setState(ctl.StateReplicating, "primary said bye: "+m.Bye.Reason+"; replaying to the end of its log")
+				b.setState(ctl.StateReplicating, "primary said bye: "+peerText(m.Bye.Reason, 512)+"; replaying to the end of its log")
 			}
 		case logchan.MsgLog:
 			// Check the frame at once and acknowledge it as received:
@@ -1068,9 +1068,10 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 // the stall report (standCPU). Diagnostic only, on its own goroutine: a
 // slow read of /proc never delays watchVCPU's reports, which the stall
 // rule uses. The ring covers the slow stall bound. A failed read adds no
-// sample (schedRing.over refuses a window across the gap it leaves); the
-// first that is not the QEMU's end (a /proc permission problem) is logged
-// once.
+// sample: the times are cumulative, so a gap inside a window is harmless,
+// and schedRing.over refuses one that starts before a long gap or ends on
+// a stale sample. The first failure that is not the QEMU's end (a /proc
+// permission problem) is logged once.
 func (b *backupRun) watchSched() {
 	warned := false
 	stall := nodeConfig(failover.RoleBackup, b.cfg, b.env.cfg).StallTimeout
@@ -1085,8 +1086,8 @@ func (b *backupRun) watchSched() {
 		st, err := b.env.hv.SchedTimes(b.uuid, b.name)
 		now := time.Now()
 		if err == nil {
-			// A failed read adds nothing: a window across the gap it
-			// leaves, or across two QEMUs, is refused (schedRing.over).
+			// A failed read adds nothing (see above); a window across
+			// two QEMUs is refused (schedRing.over).
 			b.mu.Lock()
 			b.sched.add(now, st)
 			b.mu.Unlock()
@@ -1155,6 +1156,9 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 		}()
 	}
 	text += cpu
+	// Report: the backup's own virt-ft status shows the whole text, the
+	// events after the first at its icount among it.
+	info.Report = text
 	b.mu.Lock()
 	b.stall, b.stallText = info, text
 	b.mu.Unlock()

@@ -928,19 +928,15 @@ func (d *Daemon) fetchPeerView(addr, uuid string) ctl.PeerView {
 	return v
 }
 
-// clip is s with control characters replaced by spaces, at most n bytes
-// (cut at a rune boundary, "…" added).
+// clip is s as logchan.CleanText makes it (control, format and
+// line-separator characters as spaces) in at most n bytes: cut at a rune
+// boundary, with "…" added within n when cut.
 func clip(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, s)
+	s = logchan.CleanText(s, len(s))
 	if len(s) <= n {
 		return s
 	}
-	cut := n
+	cut := max(n-len("…"), 0)
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"unicode"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
@@ -111,6 +110,19 @@ func (r *logRing) at(icount uint64) stallPoint {
 	}
 	sum := r.instr
 	_, _ = logchan.WalkEvents(r.buf, r.start, func(o uint64, ev []byte, n uint64) bool {
+		if p.Kind != "" {
+			// After the first: the others at the same icount, up to
+			// the next INSTRUCTION event.
+			switch {
+			case n > 0 || ev[0] == logchan.KindInstruction:
+				return false
+			case len(p.Then) == maxStallThen:
+				p.More = true
+				return false
+			}
+			p.Then = append(p.Then, logchan.KindName(ev[0]))
+			return true
+		}
 		if n > 0 {
 			if sum+n > icount {
 				// The replay stopped inside this INSTRUCTION event.
@@ -122,26 +134,7 @@ func (r *logRing) at(icount uint64) stallPoint {
 		}
 		if sum >= icount {
 			p.Offset, p.Kind = o, logchan.KindName(ev[0])
-			return false
 		}
-		return true
-	})
-	if p.Kind == "" || p.Kind == logchan.KindName(logchan.KindInstruction) {
-		return p
-	}
-	// The events after it at the same icount: up to the next
-	// INSTRUCTION event.
-	_, _ = logchan.WalkEvents(r.buf, r.start, func(o uint64, ev []byte, n uint64) bool {
-		switch {
-		case o <= p.Offset:
-			return true
-		case n > 0 || ev[0] == logchan.KindInstruction:
-			return false
-		case len(p.Then) == maxStallThen:
-			p.More = true
-			return false
-		}
-		p.Then = append(p.Then, logchan.KindName(ev[0]))
 		return true
 	})
 	return p
@@ -162,23 +155,9 @@ func (r *logRing) snapshot() []byte {
 	return append([]byte(nil), r.buf...)
 }
 
-// peerText makes text the peer sent fit for a status line and a log line:
-// it is cut to at most max bytes (a rune cut in two becomes "?"), and
-// control characters (C0, DEL and C1, Unicode category Cc) and format
-// characters (category Cf: the bidi overrides and isolates U+202A–U+202E,
-// U+2066–U+2069, zero-width marks) become spaces, so no terminal escape or
-// reordering reaches virt-ft's output or the journal.
-func peerText(text string, max int) string {
-	if len(text) > max {
-		text = text[:max]
-	}
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(text, "?"))
-}
+// peerText is logchan.CleanText: text the peer sent, cut to at most max
+// bytes, with control, format and line-separator characters as spaces.
+func peerText(text string, max int) string { return logchan.CleanText(text, max) }
 
 // cleanBye is a bye the peer sent, made fit for the failover core, the
 // state detail and the logs (docs/protocol.md §6.4): Reason cut to

@@ -157,3 +157,15 @@ func TestCleanBye(t *testing.T) {
 		}
 	}
 }
+
+func TestClip(t *testing.T) {
+	if got := clip("ok\u202e", 10); got != "ok " {
+		t.Errorf("clip kept a bidi override: %q", got)
+	}
+	long := strings.Repeat("é", 100)
+	for n := 3; n < 20; n++ {
+		if got := clip(long, n); len(got) > n || !strings.HasSuffix(got, "…") {
+			t.Errorf("clip(%d) = %q (%d bytes)", n, got, len(got))
+		}
+	}
+}

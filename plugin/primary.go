@@ -1194,7 +1194,7 @@ func (p *primaryRun) peerBye(b logchan.Bye) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if b.Detail != "" {
-		p.peerReport = peerText(b.Detail, 512)
+		p.peerReport = b.Detail // cut and cleaned by cleanBye
 	}
 	if stall, ok := strings.CutPrefix(b.Reason, "backup replay stalled"); ok && !b.Clean {
 		// The backup's replay stopped (failover.BackupStalled there):

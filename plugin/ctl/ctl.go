@@ -386,8 +386,9 @@ type Gate struct {
 }
 
 // Stall is a replay stall of the backup (failover.BackupStalled): where
-// its replay stopped. On the backup every field is set; on the primary
-// only Report, the backup's words from its bye, which is also where a
+// its replay stopped. On the backup every field is set, Report to its own
+// words; on the primary only Report, the backup's words from its bye,
+// which is also where a
 // backup that fell too far behind (failover.BackupBehind, "backup replay
 // too far behind") is reported.
 type Stall struct {
@@ -408,7 +409,8 @@ type Stall struct {
 	KeptLog    string `json:"kept_log,omitempty"`
 	BaseOffset uint64 `json:"base_offset,omitempty"`
 	BaseIcount uint64 `json:"base_icount,omitempty"`
-	// Report is the stall as the backup described it (on the primary).
+	// Report is the stall as the backup described it: where, the events at
+	// that icount, the kept log, how its QEMU spent the stall.
 	Report string `json:"report,omitempty"`
 }
 
