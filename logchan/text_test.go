@@ -13,6 +13,9 @@ func TestCleanText(t *testing.T) {
 		want string
 	}{
 		{"refused\x1b[31m\nby\tpeer", 100, "refused [31m by peer"},
+		{"stalled\x1b[31m at\nicount 5", 100, "stalled [31m at icount 5"},
+		{"abcdef", 3, "abc"},
+		{"a\u009b31mb\u202egnp.exe\u2066c\u200dd", 100, "a 31mb gnp.exe c d"},
 		{"a\u009b31mb", 100, "a 31mb"},                 // C1: a one-character CSI
 		{"x\u202egnp\u2066y\u200dz", 100, "x gnp y z"}, // bidi override, isolate, ZWJ
 		{"line\u2028break\u2029para", 100, "line break para"},

@@ -571,7 +571,7 @@ func (b *backupRun) receive(pc *peerConn) {
 			}
 			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
 			if m.Bye.Clean && m.Bye.Reason != failover.ByeRestarting {
-				b.setState(ctl.StateReplicating, "primary said bye: "+peerText(m.Bye.Reason, 512)+"; replaying to the end of its log")
+				b.setState(ctl.StateReplicating, "primary said bye: "+logchan.CleanText(m.Bye.Reason, 512)+"; replaying to the end of its log")
 			}
 		case logchan.MsgLog:
 			// Check the frame at once and acknowledge it as received:

@@ -456,7 +456,7 @@ func (p *primaryRun) resumeLink(qemuVer string, logVer uint32, epoch string, off
 		return nil, err
 	case m.Kind == logchan.MsgBye:
 		link.Close()
-		return nil, fmt.Errorf("the backup refused to resume: %s", peerText(m.Bye.Reason, 256))
+		return nil, fmt.Errorf("the backup refused to resume: %s", logchan.CleanText(m.Bye.Reason, 256))
 	case m.Kind != logchan.MsgAck || m.Ack.Received != offset:
 		link.Close()
 		return nil, fmt.Errorf("the backup answered a resume with %v (received %d, want %d)", m.Kind, m.Ack.Received, offset)

@@ -155,17 +155,14 @@ func (r *logRing) snapshot() []byte {
 	return append([]byte(nil), r.buf...)
 }
 
-// peerText is logchan.CleanText: text the peer sent, cut to at most max
-// bytes, with control, format and line-separator characters as spaces.
-func peerText(text string, max int) string { return logchan.CleanText(text, max) }
-
 // cleanBye is a bye the peer sent, made fit for the failover core, the
 // state detail and the logs (docs/protocol.md §6.4): Reason cut to
-// maxByeReason bytes and Detail to maxByeDetail, both through peerText.
+// maxByeReason bytes and Detail to maxByeDetail, both through
+// logchan.CleanText.
 // The Bye* constants pass unchanged, so comparisons with them still hold.
 func cleanBye(b logchan.Bye) logchan.Bye {
-	b.Reason = peerText(b.Reason, maxByeReason)
-	b.Detail = peerText(b.Detail, maxByeDetail)
+	b.Reason = logchan.CleanText(b.Reason, maxByeReason)
+	b.Detail = logchan.CleanText(b.Detail, maxByeDetail)
 	return b
 }
 

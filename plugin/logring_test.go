@@ -123,24 +123,6 @@ func TestLogRingStartsAtAdoptedIcount(t *testing.T) {
 	}
 }
 
-func TestPeerText(t *testing.T) {
-	if got := peerText("stalled\x1b[31m at\nicount 5", 100); got != "stalled [31m at icount 5" {
-		t.Errorf("peerText = %q", got)
-	}
-	if got := peerText("abcdef", 3); got != "abc" {
-		t.Errorf("peerText cut = %q", got)
-	}
-	// C1 (U+009B is a one-character CSI), bidi override and isolate, a
-	// zero-width joiner: all become spaces.
-	if got := peerText("a\u009b31mb\u202egnp.exe\u2066c\u200dd", 100); got != "a 31mb gnp.exe c d" {
-		t.Errorf("peerText C1/Cf = %q", got)
-	}
-	// A rune cut in two becomes "?", never invalid UTF-8.
-	if got := peerText("ab\u00e9", 3); got != "ab?" {
-		t.Errorf("peerText rune cut = %q", got)
-	}
-}
-
 func TestCleanBye(t *testing.T) {
 	long := strings.Repeat("x", 4096)
 	b := cleanBye(logchan.Bye{Reason: "backup said\x1b]0;pwned\x07" + long, Detail: long})

@@ -1200,11 +1200,11 @@ func (p *primaryRun) peerBye(b logchan.Bye) {
 		// The backup's replay stopped (failover.BackupStalled there):
 		// where, the kept log's path and rrdump command, and how its
 		// QEMU spent the stall fit in maxStallText.
-		p.stall = peerText("replay stalled"+stall, maxStallText)
+		p.stall = logchan.CleanText("replay stalled"+stall, maxStallText)
 	}
 	if behind, ok := strings.CutPrefix(b.Reason, "backup replay too far behind"); ok && !b.Clean {
 		// The backup gave up on its lag (failover.BackupBehind there).
-		p.stall = peerText("replay too far behind"+behind, 512)
+		p.stall = logchan.CleanText("replay too far behind"+behind, 512)
 	}
 }
 
