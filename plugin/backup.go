@@ -1155,7 +1155,11 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 			}
 		}()
 	}
-	text += cpu
+	// Bounded here, where it is built: sent as "backup "+text in an
+	// unclean bye (at most logchan.MaxByeBytes) and kept by the primary
+	// up to maxStallText. A long state-directory path must not push the
+	// bye past its limit.
+	text = logchan.CleanText(text+cpu, maxStallText)
 	// Report: the backup's own virt-ft status shows the whole text, the
 	// events after the first at its icount among it.
 	info.Report = text

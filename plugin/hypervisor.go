@@ -336,10 +336,10 @@ func (h libvirtHV) SchedTimes(uuid, name string) (SchedTimes, error) {
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if errors.Is(err, fs.ErrPermission) {
-		// Not a stopped domain: say so (watchSched warns once). Only
-		// hidepid=1 gives EPERM; hidepid=2 or another pid namespace look
-		// like a QEMU that is gone (errNoQEMU) and stay silent.
-		return SchedTimes{}, fmt.Errorf("reading QEMU pid %d's command line: %w (/proc mounted with hidepid=1?)", pid, err)
+		// Not a stopped domain: say so (watchSched warns once). As
+		// root, libvirt-ftd does not meet hidepid; a confined daemon
+		// (an AppArmor profile without ptrace read) may get EPERM.
+		return SchedTimes{}, fmt.Errorf("reading QEMU pid %d's command line: %w", pid, err)
 	}
 	if err != nil || !runsDomain(cmdline, uuid) {
 		return SchedTimes{}, fmt.Errorf("%w: pid %d from %s does not run domain %s", errNoQEMU, pid, pidFile, uuid)

@@ -106,8 +106,9 @@ func (s inStepStore) save(uuid, epoch, role string, paths []string) error {
 	s.forget(uuid)
 	// On stable storage first: a crash must not leave an identity that
 	// matches older blocks. QEMU's flush at exit does not reach the disk
-	// with cache=unsafe, nor for a backup that exits while it replays
-	// (packaging/qemu 0024: its flushes stop at the OS), so this does.
+	// with cache=unsafe, nor for a replaying backup's QEMU that is killed
+	// or crashes (packaging/qemu 0024: its flushes stop at the OS until
+	// replay_finish, which a clean exit runs first), so this does.
 	for _, path := range paths {
 		if err := syncFile(path); err != nil {
 			return err
