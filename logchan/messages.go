@@ -316,6 +316,49 @@ type ControlRequest struct {
 	Arbiter string `json:"arbiter,omitempty"`
 }
 
+// Bounds of a ControlRequest's short text fields (bytes): MaxPathBytes
+// for a disk path (Path, DiskSizes' keys; Linux's PATH_MAX), MaxFieldBytes
+// for the others but XML.
+const (
+	MaxPathBytes  = 4096
+	MaxFieldBytes = 1024
+)
+
+// Check refuses a request whose short text fields (op, uuid, name, path,
+// qemu_version, emulator_build, epoch, arbiter, disk_sizes' paths) are
+// longer than their bound (MaxPathBytes, MaxFieldBytes), not valid UTF-8,
+// or hold a character CleanText would replace (control, format, line or
+// paragraph separator): none is in a name, a path or a version a daemon
+// sends, and such text would reach this host's logs and the errors it
+// replies. The error wraps ErrBadFrame and names the field: the receiver
+// drops the connection (RecvControl). XML is left to the XML parser.
+func (r ControlRequest) Check() error {
+	fields := []struct {
+		name, v string
+		max     int
+	}{
+		{"op", string(r.Op), MaxFieldBytes}, {"uuid", r.UUID, MaxFieldBytes}, {"name", r.Name, MaxFieldBytes},
+		{"path", r.Path, MaxPathBytes}, {"qemu_version", r.QEMUVersion, MaxFieldBytes},
+		{"emulator_build", r.EmulatorBuild, MaxFieldBytes}, {"epoch", r.Epoch, MaxFieldBytes},
+		{"arbiter", r.Arbiter, MaxFieldBytes},
+	}
+	for path := range r.DiskSizes {
+		fields = append(fields, struct {
+			name, v string
+			max     int
+		}{"disk_sizes path", path, MaxPathBytes})
+	}
+	for _, f := range fields {
+		switch {
+		case len(f.v) > f.max:
+			return fmt.Errorf("%w: Control %s of %d bytes (at most %d)", ErrBadFrame, f.name, len(f.v), f.max)
+		case CleanText(f.v, f.max) != f.v:
+			return fmt.Errorf("%w: Control %s %q holds a control or format character, or is not UTF-8", ErrBadFrame, f.name, CleanText(f.v, 256))
+		}
+	}
+	return nil
+}
+
 // FeatureDisksInStep (Hello.Features): the server answers OpInStep.
 const FeatureDisksInStep = "disks-in-step"
 
@@ -437,8 +480,13 @@ func (c *Conn) RecvControl() (req ControlRequest, data []byte, err error) {
 	case FrameData:
 		return ControlRequest{}, f.Payload, nil
 	case FrameControl:
-		err := DecodeControl(f.Payload, &req)
-		return req, nil, err
+		if err := DecodeControl(f.Payload, &req); err != nil {
+			return req, nil, err
+		}
+		if err := req.Check(); err != nil {
+			return ControlRequest{}, nil, err
+		}
+		return req, nil, nil
 	default:
 		return ControlRequest{}, nil, fmt.Errorf("%w: %s frame on a control connection", ErrUnexpectedFrame, f.Type)
 	}

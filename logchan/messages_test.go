@@ -155,3 +155,48 @@ func TestValidUUID(t *testing.T) {
 		}
 	}
 }
+
+// A request's short text fields are checked where the request is read: a
+// peer's path or version with a control or format character, or too long,
+// is a malformed frame that names the field, never text for the logs.
+func TestControlRequestCheck(t *testing.T) {
+	ok := ControlRequest{Op: OpPrepareBackup, UUID: "u", Name: "web 1", Path: "/var/lib/libvirt/images/d é.qcow2",
+		QEMUVersion: "7.2.0", EmulatorBuild: "QEMU emulator version 7.2.0 (libvirt-ft), sha256 0011", Epoch: "e1",
+		Arbiter: "etcd http://10.0.0.9:2379 /ft", DiskSizes: map[string]int64{"/d": 1}}
+	if err := ok.Check(); err != nil {
+		t.Fatalf("a plain request: %v", err)
+	}
+	cases := []struct {
+		field string
+		edit  func(r *ControlRequest)
+	}{
+		{"path", func(r *ControlRequest) { r.Path = "/d\n[ERROR] forged" }},
+		{"path", func(r *ControlRequest) { r.Path = "/" + strings.Repeat("a", MaxPathBytes) }},
+		{"qemu_version", func(r *ControlRequest) { r.QEMUVersion = "7.2\x1b[2J" }},
+		{"qemu_version", func(r *ControlRequest) { r.QEMUVersion = "7.2\u202e0" }},
+		{"name", func(r *ControlRequest) { r.Name = "bad\xffutf8" }},
+		{"emulator_build", func(r *ControlRequest) { r.EmulatorBuild = strings.Repeat("x", MaxFieldBytes+1) }},
+		{"disk_sizes path", func(r *ControlRequest) { r.DiskSizes = map[string]int64{"/d\u2028x": 1} }},
+	}
+	for _, c := range cases {
+		r := ok
+		c.edit(&r)
+		err := r.Check()
+		if !errors.Is(err, ErrBadFrame) || !strings.Contains(err.Error(), "Control "+c.field+" ") {
+			t.Errorf("%s: %v, want ErrBadFrame naming the field", c.field, err)
+			continue
+		}
+		if CleanText(err.Error(), len(err.Error())) != err.Error() {
+			t.Errorf("%s: the error carries the raw text: %q", c.field, err)
+		}
+	}
+	// Through the wire: RecvControl refuses it.
+	a, b := net.Pipe()
+	client, server := NewConn(a), NewConn(b)
+	defer client.Close()
+	defer server.Close()
+	go func() { _ = client.WriteControl(ControlRequest{Op: OpHash, Path: "/d\r\nx"}) }()
+	if _, _, err := server.RecvControl(); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("RecvControl of a path with CR LF: %v, want ErrBadFrame", err)
+	}
+}

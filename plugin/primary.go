@@ -578,6 +578,8 @@ type pumpState struct {
 	cond *sync.Cond
 	// acked: the backup's acknowledged offset (bytes in FIFO B).
 	acked uint64
+	// acks counts the acks received (waitLag's wake-up).
+	acks uint64
 	// discard (DrainLocally): stop sending, keep reading.
 	discard bool
 	// held: the link is held for a planned restart of the backup's
@@ -706,10 +708,8 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			return
 		}
 		if sending && p.lagging(maxLag) {
-			// Time, not an ack, may end the wait (lagging stops holding
-			// a backup that no longer advances): poll.
 			t := time.Now()
-			time.Sleep(10 * time.Millisecond)
+			p.waitLag(ps)
 			p.heldMu.Lock()
 			p.heldLag += time.Since(t)
 			p.heldMu.Unlock()
@@ -880,12 +880,15 @@ func (p *primaryRun) receive(link *peerConn, drv *failover.Driver, ps *pumpState
 				link.Close()
 				return
 			}
+			gates.ack(m.Ack.Received)
+			// The icount first: a pump held by the lag bound rechecks
+			// it when woken (waitLag).
+			icount := p.recordAck(m.Ack.Offset, m.Ack.Executed)
 			ps.mu.Lock()
 			ps.acked = max(ps.acked, m.Ack.Offset)
+			ps.acks++
 			ps.cond.Broadcast()
 			ps.mu.Unlock()
-			gates.ack(m.Ack.Received)
-			icount := p.recordAck(m.Ack.Offset, m.Ack.Executed)
 			drv.Post(failover.AckReceived{Offset: m.Ack.Offset, Icount: icount, Fed: m.Ack.Fed})
 		case logchan.MsgDigests:
 			drv.Post(failover.ChannelDown{Reason: "a Digests frame from the backup"})
@@ -1253,6 +1256,32 @@ func (p *primaryRun) heldTimes() (lag, window time.Duration) {
 		window += time.Since(p.windowSince)
 	}
 	return p.heldLag, window
+}
+
+// waitLag holds the pump while the lag bound holds it (lagging): until
+// the next ack (it carries the backup's latest icount sample), until the
+// backup would count as no longer advancing (3 status intervals after
+// its icount last grew: lagging's rule, the one way time alone ends a
+// hold), or until the pump must stop (discard, handover, close). It waits
+// on the pump's condition, not a poll: the hold ends with the ack that
+// ends it.
+func (p *primaryRun) waitLag(ps *pumpState) {
+	p.mu.Lock()
+	recheck := max(time.Until(p.icountChangedAt.Add(3*p.env.cfg.statusInterval())), time.Millisecond)
+	p.mu.Unlock()
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	acks, expired := ps.acks, false
+	t := time.AfterFunc(recheck, func() {
+		ps.mu.Lock()
+		expired = true
+		ps.cond.Broadcast()
+		ps.mu.Unlock()
+	})
+	defer t.Stop()
+	for ps.acks == acks && !expired && !ps.discard && !ps.handover && p.active() {
+		ps.cond.Wait()
+	}
 }
 
 // lagging reports whether the primary must wait for its backup: the

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -96,6 +97,62 @@ func TestHeldTimes(t *testing.T) {
 		p.windowSince = time.Now().Add(-time.Second)
 		if _, got := p.heldTimes(); got != 3*time.Second {
 			t.Fatalf("a 1 s hold in progress: %v, want 3s", got)
+		}
+	})
+}
+
+// TestWaitLag: a pump held by the lag bound wakes on the next ack, not on
+// a poll; without one it waits until the backup would count as no longer
+// advancing (3 status intervals after its icount last grew), and a close
+// ends it at once.
+func TestWaitLag(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &primaryRun{stop: make(chan struct{})}
+		p.env.cfg.StatusIntervalMS = 50
+		ps := &pumpState{}
+		ps.cond = sync.NewCond(&ps.mu)
+		p.icountChangedAt = time.Now()
+
+		// An ack 20 ms in ends the wait then.
+		t0 := time.Now()
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			ps.mu.Lock()
+			ps.acks++
+			ps.cond.Broadcast()
+			ps.mu.Unlock()
+		}()
+		p.waitLag(ps)
+		if d := time.Since(t0); d != 20*time.Millisecond {
+			t.Errorf("woken by an ack after %v, want 20ms", d)
+		}
+
+		// No ack: until 150 ms after the icount last grew.
+		p.waitLag(ps)
+		if d := time.Since(t0); d != 150*time.Millisecond {
+			t.Errorf("without an ack the wait ended %v after the icount grew, want 150ms", d)
+		}
+
+		// Past that bound: at least 1 ms, never a busy loop.
+		t1 := time.Now()
+		p.waitLag(ps)
+		if d := time.Since(t1); d != time.Millisecond {
+			t.Errorf("a wait past the advancing bound took %v, want 1ms", d)
+		}
+
+		// A close ends it.
+		p.icountChangedAt = time.Now()
+		t2 := time.Now()
+		go func() {
+			time.Sleep(5 * time.Millisecond)
+			close(p.stop)
+			ps.mu.Lock()
+			ps.cond.Broadcast()
+			ps.mu.Unlock()
+		}()
+		p.waitLag(ps)
+		if d := time.Since(t2); d != 5*time.Millisecond {
+			t.Errorf("a close ended the wait after %v, want 5ms", d)
 		}
 	})
 }

@@ -650,6 +650,12 @@ func lastEvent(d ctl.DomainStatus) string {
 		switch g.Path {
 		case ctl.GoLiveContinued:
 			parts = append(parts, fmt.Sprintf("(the backup's QEMU left replay mode at the end of the log and ran on (%d ms))", g.TotalMS))
+			switch {
+			case g.DiskSyncError != "":
+				parts = append(parts, "(FLUSHING THE DISKS FAILED after go-live: "+g.DiskSyncError+")")
+			case g.DisksSyncedMS > 0:
+				parts = append(parts, fmt.Sprintf("(disks flushed to stable storage after go-live in %d ms)", g.DisksSyncedMS))
+			}
 		default:
 			parts = append(parts, fmt.Sprintf("(stop %d ms, savevm %d ms, destroy %d ms, start with -loadvm %d ms)",
 				g.StopMS, g.SaveVMMS, g.DestroyMS, g.StartMS))

@@ -341,6 +341,13 @@ type GoLive struct {
 	StartMS   int64 `json:"start_ms,omitempty"`
 	// Recording: the live VM records a log (the restarted path).
 	Recording bool `json:"recording"`
+	// DisksSyncedMS: how long the daemon's fsync of each disk image after
+	// going live took (ms; the continued path, whose replay's flushes
+	// stopped at the OS: packaging/qemu 0024); 0 while it runs.
+	DisksSyncedMS int64 `json:"disks_synced_ms,omitempty"`
+	// DiskSyncError: the disks whose fsync failed ("path: error; ..."),
+	// empty when all succeeded.
+	DiskSyncError string `json:"disk_sync_error,omitempty"`
 }
 
 // Gate modes (Gate.Mode; plugin/gate).
