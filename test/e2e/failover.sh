@@ -81,6 +81,15 @@ for trial in $(seq 1 "$TRIALS"); do
 	n_live=$(metrics b | awk -v d="$DOMAIN" 'index($1, "libvirt_ft_go_lives_total{domain=\"" d "\"") == 1 { n += $2 } END { print n + 0 }')
 	[ "$n_live" -ge 1 ] || die "host B's metrics count no go-live (libvirt_ft_go_lives_total)"
 	log "metrics on host B: go-lives $n_live, go-live histogram count $(metric b "libvirt_ft_go_live_duration_seconds_count{domain=\"$DOMAIN\"}")"
+	# The replay's flushes stopped at the OS (packaging/qemu 0024): after a
+	# continued go-live, host B's daemon fsyncs each disk and says so.
+	b_json() { { ft_on b status --json "$DOMAIN" 2>/dev/null || true; }; } # exit 1: live, unprotected
+	if b_json | grep -q '"path": "continued"'; then
+		synced() { b_json | grep -q '"disks_synced_ms": [1-9]'; }
+		wait_for 60 "host B's daemon to flush the live VM's disks (disks_synced_ms)" synced
+		! b_json | grep -q '"disk_sync_error"' || die "flushing the live VM's disks failed: $(b_json | grep disk_sync_error)"
+		log "host B flushed the live VM's disks after go-live in $(b_json | sed -n 's/.*"disks_synced_ms": \([0-9]*\).*/\1/p' | head -n 1) ms"
+	fi
 	n=$(last_tick b "$DOMAIN")
 	wait_for 60 "5 more ticks on host B" has_tick b "$DOMAIN" $((n + 5))
 	ticks_consecutive b "$DOMAIN" || die "the tick counter did not continue (guest rebooted or diverged)"
