@@ -592,7 +592,7 @@ func (b *backupRun) receive(pc *peerConn) {
 				b.mu.Lock()
 				b.received = received
 				b.mu.Unlock()
-				pc.ackNow(b.ack())
+				pc.queueAck(b.ack())
 			}
 		case logchan.MsgAck:
 			drv.Post(failover.ChannelDown{Reason: "an ack from the primary"})
@@ -732,7 +732,7 @@ func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driv
 		waited := int64(time.Since(received) / failover.TickInterval)
 		drv.Post(failover.LogReceived{Offset: m.Offset, Bytes: fed, Instructions: instr, Waited: waited})
 		if pc := b.currentLink(); pc != nil {
-			pc.ackNow(b.ack())
+			pc.queueAck(b.ack())
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
@@ -195,30 +196,36 @@ func (b *backupRun) syncLiveDisks() {
 	b.mu.Lock()
 	backupXML := b.backupXML
 	b.mu.Unlock()
-	dom, err := ftxml.ParseDomain(backupXML)
-	if err != nil {
-		return // the definition was checked when the backup was armed
-	}
 	t := time.Now()
 	var failed []string
-	for _, path := range ftxml.DiskPaths(dom) {
+	var paths []string
+	if dom, err := ftxml.ParseDomain(backupXML); err != nil {
+		// Checked when the backup was armed: not expected.
+		failed = append(failed, "the disk list: "+err.Error())
+	} else {
+		paths = ftxml.DiskPaths(dom)
+	}
+	for _, path := range paths {
 		if err := syncFile(path); err != nil {
 			failed = append(failed, fmt.Sprintf("%s: %v", path, err))
 		}
 	}
+	// The paths come from the primary host's definition: cleaned like
+	// any peer text before a log line or virt-ft shows them.
+	why := logchan.CleanText(strings.Join(failed, "; "), logchan.MaxPeerErrorBytes)
 	b.mu.Lock()
 	if b.wentLiveHow != nil {
 		g := *b.wentLiveHow // a copy: readers may hold the old one
 		g.DisksSyncedMS = max(time.Since(t).Milliseconds(), 1)
-		g.DiskSyncError = strings.Join(failed, "; ")
+		g.DiskSyncError = why
 		b.wentLiveHow = &g
 	}
 	b.mu.Unlock()
-	if len(failed) > 0 {
-		b.log.Errorf("went live, but flushing its disks to stable storage failed: %s; what the guest wrote before go-live may not survive a crash of this host: check the disk, and protect the VM again so that its backup holds a copy", strings.Join(failed, "; "))
+	if why != "" {
+		b.log.Errorf("went live, but flushing its disks to stable storage failed: %s; what the guest wrote before go-live may not survive a crash of this host: check the disk, and protect the VM again so that its backup holds a copy", why)
 		return
 	}
-	b.log.Infof("went live: its disks are flushed to stable storage (%d ms)", time.Since(t).Milliseconds())
+	b.log.Infof("went live: its %d disks are flushed to stable storage (%d ms)", len(paths), time.Since(t).Milliseconds())
 }
 
 // restartedLive is the stock QEMU go-live: stop, savevm, restart

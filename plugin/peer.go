@@ -57,9 +57,6 @@ type peerConn struct {
 	hasAck  bool
 	beat    bool
 	stopped bool
-	// writing: an ack or heartbeat is being written (by the writer or by
-	// ackNow); the other waits, so that acks leave in the order taken.
-	writing bool
 }
 
 func newPeerConn(nc net.Conn) *peerConn {
@@ -149,7 +146,7 @@ func (p *peerConn) startWriter() {
 	go func() {
 		for {
 			p.mu.Lock()
-			for !p.stopped && (p.writing || (!p.hasAck && !p.beat)) {
+			for !p.stopped && !p.hasAck && !p.beat {
 				p.cond.Wait()
 			}
 			if p.stopped {
@@ -157,7 +154,7 @@ func (p *peerConn) startWriter() {
 				return
 			}
 			beat, hasAck, ack := p.beat, p.hasAck, p.ack
-			p.beat, p.hasAck, p.writing = false, false, true
+			p.beat, p.hasAck = false, false
 			p.mu.Unlock()
 			var err error
 			if beat {
@@ -167,12 +164,10 @@ func (p *peerConn) startWriter() {
 				p.deadline()
 				err = p.c.WriteAck(ack)
 			}
-			p.mu.Lock()
-			p.writing = false
-			p.stopped = p.stopped || err != nil
-			p.cond.Broadcast()
-			p.mu.Unlock()
 			if err != nil {
+				p.mu.Lock()
+				p.stopped = true
+				p.mu.Unlock()
 				return
 			}
 		}
@@ -190,39 +185,6 @@ func (p *peerConn) queueAck(a logchan.Ack) {
 	p.ack = logchan.Ack{Offset: max(p.ack.Offset, a.Offset), Executed: max(p.ack.Executed, a.Executed),
 		Fed: max(p.ack.Fed, a.Fed), Received: max(p.ack.Received, a.Received)}
 	p.hasAck = true
-	p.cond.Broadcast()
-	p.mu.Unlock()
-}
-
-// ackNow is queueAck, but when nothing is being written or waits to be,
-// it writes the ack itself, on the caller's goroutine: the backup acks
-// each log frame as it receives it, and the primary's output gate waits
-// for that ack (Ack.Received), so it should not wait for the writer
-// goroutine to be scheduled too (on a host whose CPUs are busy with
-// QEMU, a wake-up may wait its turn). Otherwise, and after a failed
-// write, it behaves as queueAck. The write is bounded by writeTimeout,
-// like the writer's.
-func (p *peerConn) ackNow(a logchan.Ack) {
-	if p == nil { // no channel: nothing to say
-		return
-	}
-	p.mu.Lock()
-	p.ack = logchan.Ack{Offset: max(p.ack.Offset, a.Offset), Executed: max(p.ack.Executed, a.Executed),
-		Fed: max(p.ack.Fed, a.Fed), Received: max(p.ack.Received, a.Received)}
-	if p.stopped || p.writing || p.hasAck || p.beat {
-		p.hasAck = true
-		p.cond.Broadcast()
-		p.mu.Unlock()
-		return
-	}
-	ack := p.ack
-	p.writing = true
-	p.mu.Unlock()
-	p.deadline()
-	err := p.c.WriteAck(ack)
-	p.mu.Lock()
-	p.writing = false
-	p.stopped = p.stopped || err != nil
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }

@@ -707,9 +707,14 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 			handedOver = true
 			return
 		}
+		// The ack count before the check: an ack that lands between
+		// the two ends the wait at once (waitLag), never lost.
+		ps.mu.Lock()
+		acks := ps.acks
+		ps.mu.Unlock()
 		if sending && p.lagging(maxLag) {
 			t := time.Now()
-			p.waitLag(ps)
+			p.waitLag(ps, acks)
 			p.heldMu.Lock()
 			p.heldLag += time.Since(t)
 			p.heldMu.Unlock()
@@ -1264,14 +1269,15 @@ func (p *primaryRun) heldTimes() (lag, window time.Duration) {
 // its icount last grew: lagging's rule, the one way time alone ends a
 // hold), or until the pump must stop (discard, handover, close). It waits
 // on the pump's condition, not a poll: the hold ends with the ack that
-// ends it.
-func (p *primaryRun) waitLag(ps *pumpState) {
+// ends it. acks is ps.acks read before the pump's lagging check: an ack
+// counted since ends the wait at once.
+func (p *primaryRun) waitLag(ps *pumpState, acks uint64) {
 	p.mu.Lock()
 	recheck := max(time.Until(p.icountChangedAt.Add(3*p.env.cfg.statusInterval())), time.Millisecond)
 	p.mu.Unlock()
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	acks, expired := ps.acks, false
+	expired := false
 	t := time.AfterFunc(recheck, func() {
 		ps.mu.Lock()
 		expired = true

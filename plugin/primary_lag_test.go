@@ -115,6 +115,7 @@ func TestWaitLag(t *testing.T) {
 
 		// An ack 20 ms in ends the wait then.
 		t0 := time.Now()
+		acks := ps.acks
 		go func() {
 			time.Sleep(20 * time.Millisecond)
 			ps.mu.Lock()
@@ -122,22 +123,33 @@ func TestWaitLag(t *testing.T) {
 			ps.cond.Broadcast()
 			ps.mu.Unlock()
 		}()
-		p.waitLag(ps)
+		p.waitLag(ps, acks)
 		if d := time.Since(t0); d != 20*time.Millisecond {
 			t.Errorf("woken by an ack after %v, want 20ms", d)
 		}
 
 		// No ack: until 150 ms after the icount last grew.
-		p.waitLag(ps)
+		p.waitLag(ps, ps.acks)
 		if d := time.Since(t0); d != 150*time.Millisecond {
 			t.Errorf("without an ack the wait ended %v after the icount grew, want 150ms", d)
 		}
 
 		// Past that bound: at least 1 ms, never a busy loop.
 		t1 := time.Now()
-		p.waitLag(ps)
+		p.waitLag(ps, ps.acks)
 		if d := time.Since(t1); d != time.Millisecond {
 			t.Errorf("a wait past the advancing bound took %v, want 1ms", d)
+		}
+
+		// An ack counted before the wait (after the pump's check) ends
+		// it at once.
+		p.icountChangedAt = time.Now()
+		before := ps.acks
+		ps.acks++
+		t3 := time.Now()
+		p.waitLag(ps, before)
+		if d := time.Since(t3); d != 0 {
+			t.Errorf("an ack between the check and the wait was lost: waited %v", d)
 		}
 
 		// A close ends it.
@@ -150,7 +162,7 @@ func TestWaitLag(t *testing.T) {
 			ps.cond.Broadcast()
 			ps.mu.Unlock()
 		}()
-		p.waitLag(ps)
+		p.waitLag(ps, ps.acks)
 		if d := time.Since(t2); d != 5*time.Millisecond {
 			t.Errorf("a close ended the wait after %v, want 5ms", d)
 		}
