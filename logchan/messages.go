@@ -333,20 +333,18 @@ const (
 // replies. The error wraps ErrBadFrame and names the field: the receiver
 // drops the connection (RecvControl). XML is left to the XML parser.
 func (r ControlRequest) Check() error {
-	fields := []struct {
+	type field struct {
 		name, v string
 		max     int
-	}{
+	}
+	fields := []field{
 		{"op", string(r.Op), MaxFieldBytes}, {"uuid", r.UUID, MaxFieldBytes}, {"name", r.Name, MaxFieldBytes},
 		{"path", r.Path, MaxPathBytes}, {"qemu_version", r.QEMUVersion, MaxFieldBytes},
 		{"emulator_build", r.EmulatorBuild, MaxFieldBytes}, {"epoch", r.Epoch, MaxFieldBytes},
 		{"arbiter", r.Arbiter, MaxFieldBytes},
 	}
 	for path := range r.DiskSizes {
-		fields = append(fields, struct {
-			name, v string
-			max     int
-		}{"disk_sizes path", path, MaxPathBytes})
+		fields = append(fields, field{"disk_sizes path", path, MaxPathBytes})
 	}
 	for _, f := range fields {
 		switch {

@@ -1273,7 +1273,7 @@ func (p *primaryRun) heldTimes() (lag, window time.Duration) {
 // counted since ends the wait at once.
 func (p *primaryRun) waitLag(ps *pumpState, acks uint64) {
 	p.mu.Lock()
-	recheck := max(time.Until(p.icountChangedAt.Add(3*p.env.cfg.statusInterval())), time.Millisecond)
+	recheck := max(time.Until(p.advancingUntilLocked()), time.Millisecond)
 	p.mu.Unlock()
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
@@ -1312,8 +1312,14 @@ func (p *primaryRun) lagging(max time.Duration) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	advancing := time.Since(p.icountChangedAt) < 3*p.env.cfg.statusInterval()
-	return advancing && p.lagLocked() > max
+	return time.Now().Before(p.advancingUntilLocked()) && p.lagLocked() > max
+}
+
+// advancingUntilLocked is when the backup stops counting as advancing
+// (lagging's rule): three status intervals after its icount last grew.
+// Called with p.mu held.
+func (p *primaryRun) advancingUntilLocked() time.Time {
+	return p.icountChangedAt.Add(3 * p.env.cfg.statusInterval())
 }
 
 // lagLocked is the backup's lag (lagExceeded's measure, also virt-ft
