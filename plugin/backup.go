@@ -761,8 +761,9 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		b.mu.Unlock()
 		if !a.Clean && stall != "" && strings.HasPrefix(a.Reason, "backup replay stalled") {
 			// The bye after BackupStalled: tell the primary where in
-			// the log the replay stopped (its status shows it).
-			bye.Reason = "backup " + stall
+			// the log the replay stopped (its status shows it), cut to
+			// what the primary keeps.
+			bye.Reason = "backup " + logchan.CleanText(stall, maxStallText)
 		}
 		if !a.Clean && behind != "" && strings.HasPrefix(a.Reason, "backup replay too far behind") {
 			// The bye after BackupBehind, in ms.
@@ -1155,11 +1156,12 @@ func (b *backupRun) noteStall(a failover.BackupStalled) {
 			}
 		}()
 	}
-	// Bounded here, where it is built: sent as "backup "+text in an
-	// unclean bye (at most logchan.MaxByeBytes) and kept by the primary
-	// up to maxStallText. A long state-directory path must not push the
-	// bye past its limit.
-	text = logchan.CleanText(text+cpu, maxStallText)
+	// The backup's own log and virt-ft status keep the whole text (up to
+	// maxStallReport), with the kept log's path and its rrdump command;
+	// the bye to the primary carries its first maxStallText bytes
+	// (act, SendBye), so a long state-directory path cannot push the
+	// bye past logchan.MaxByeBytes.
+	text = logchan.CleanText(text+cpu, maxStallReport)
 	// Report: the backup's own virt-ft status shows the whole text, the
 	// events after the first at its icount among it.
 	info.Report = text

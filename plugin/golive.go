@@ -207,7 +207,7 @@ func (b *backupRun) syncLiveDisks() {
 	}
 	for _, path := range paths {
 		if err := syncFile(path); err != nil {
-			failed = append(failed, fmt.Sprintf("%s: %v", path, err))
+			failed = append(failed, err.Error()) // an *os.PathError: names path
 		}
 	}
 	// The paths come from the primary host's definition: cleaned like

@@ -172,6 +172,10 @@ const (
 	// at that icount, the kept log's path and rrdump command, and how its
 	// QEMU spent the stall.
 	maxStallText = 1536
+	// maxStallReport is the bytes of a stall text the backup keeps for
+	// its own log and virt-ft status: the text the primary gets
+	// (maxStallText) and what a long kept-log path pushed past it.
+	maxStallReport = 4096
 	// maxByeReason is the bytes of a peer's bye reason kept: the
 	// primary's stall text after the "backup " prefix.
 	maxByeReason = len("backup ") + maxStallText

@@ -464,7 +464,7 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 		return err
 	}
 	if !remote.Exists || remote.SHA256 != local.SHA256 {
-		return fmt.Errorf("backup's copy differs after seeding (sha256 %s here, %s there): refusing to replicate", local.SHA256, remote.SHA256)
+		return fmt.Errorf("backup's copy differs after seeding (sha256 %s here, %s there): refusing to replicate", local.SHA256, logchan.CleanText(remote.SHA256, 128))
 	}
 	p.log.Infof("disk %s: seeded and verified (sha256 %s)", path, local.SHA256[:12])
 	return nil

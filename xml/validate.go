@@ -3,6 +3,8 @@ package ftxml
 import (
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"libvirt.org/go/libvirtxml"
 )
@@ -115,6 +117,14 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 	if dom.Clock != nil && (dom.Clock.Offset == "localtime" || dom.Clock.Offset == "timezone") {
 		add("/domain/clock/@offset", fmt.Sprintf("is %q: libvirt starts QEMU with -rtc base=localtime, which QEMU refuses under record/replay", dom.Clock.Offset),
 			"set <clock offset='utc'> and let the guest apply its time zone")
+	}
+
+	// The backup host refuses such a name from its peer
+	// (logchan.ControlRequest.Check): refused here, not at the first
+	// start. libvirt itself refuses only a newline.
+	if !peerSafe(dom.Name) {
+		add("/domain/name", fmt.Sprintf("%q holds a control or format character (a tab, a bidi or zero-width mark): libvirt-ft's backup host refuses such a name from its peer, so that it never reaches a log or virt-ft's output", dom.Name),
+			"rename the domain (virsh domrename) without those characters")
 	}
 
 	info := readFT(dom, host)
@@ -254,6 +264,9 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 		case d.Source.File.File == "":
 			add("/source/@file", "is missing: a protected disk needs an image file (an empty disk cannot be put under blkreplay)",
 				"add <source file='/path/image.qcow2'/>")
+		case !peerSafe(d.Source.File.File):
+			add("/source/@file", fmt.Sprintf("%q holds a control or format character: the backup host refuses such a path from its peer (logchan ControlRequest.Check)", d.Source.File.File),
+				"rename the image file and its <source file>")
 		}
 		// The stock-QEMU go-live fallback takes an internal snapshot
 		// (savevm, docs/replay.md §6), which needs qcow2.
@@ -364,4 +377,20 @@ func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline) ([]Problem, []str
 	}
 	return ps, []string{fmt.Sprintf("/domain/qemu:commandline: %q are not libvirt-ft's: they are passed to QEMU on both hosts as they are; "+
 		"anything that makes QEMU non-deterministic makes the backup diverge", user)}
+}
+
+// peerSafe reports whether s is valid UTF-8 without a control character
+// (Cc), a format character (Cf) or a line or paragraph separator: the
+// characters logchan.CleanText replaces, which the backup host refuses in
+// a domain name or a disk path its peer sends (ControlRequest.Check).
+func peerSafe(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+			return false
+		}
+	}
+	return true
 }

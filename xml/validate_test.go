@@ -72,6 +72,8 @@ func TestValidateRefusals(t *testing.T) {
       <driver name='qemu' type='qcow2'/>
       <source protocol='nbd' name='ftdemo'><host name='storage' port='10809'/></source>`, "/domain/devices/disk[1]/@type", "type='file'"},
 		{"no source", `<source file='/var/lib/libvirt/images/ftdemo.qcow2'/>`, ``, "/domain/devices/disk[1]/source/@file", "<source file="},
+		{"zero-width mark in a disk path", `<source file='/var/lib/libvirt/images/ftdemo.qcow2'/>`, `<source file='/var/lib/libvirt/images/ft&#x200B;demo.qcow2'/>`,
+			"/domain/devices/disk[1]/source/@file", "rename the image file"},
 		{"controller iothread", demoDiskEnd, demoDiskEnd + `<controller type='scsi' index='0' model='virtio-scsi'><driver iothread='1'/></controller>`,
 			"/domain/devices/controller[1]/driver/@iothread", "remove iothread="},
 		{"controller iothreads", demoDiskEnd, demoDiskEnd + `<controller type='scsi' index='0' model='virtio-scsi'><driver><iothreads><iothread id='1'/></iothreads></driver></controller>`,
@@ -137,6 +139,20 @@ func TestValidateRefusals(t *testing.T) {
 				t.Errorf("Primary: %v; want %v", perr, msg)
 			}
 		})
+	}
+}
+
+// A name the backup host would refuse from its peer
+// (logchan.ControlRequest.Check) is refused at define time.
+func TestValidateRefusesNameWithControlCharacter(t *testing.T) {
+	base := readTestdata(t, "ftdemo.xml")
+	for _, name := range []string{"ft&#9;demo", "ft&#x202E;demo", "ft&#x2028;demo"} {
+		dom := parse(t, mutate(t, base, "<name>ftdemo</name>", "<name>"+name+"</name>"))
+		_, err := Validate(dom)
+		p, ok := findProblem(problemsOf(t, err), "/domain/name")
+		if !ok || !strings.Contains(p.Fix, "virsh domrename") {
+			t.Errorf("name %s: got %v", name, err)
+		}
 	}
 }
 
