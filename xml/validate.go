@@ -122,7 +122,7 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 	// The backup host refuses such a name from its peer
 	// (logchan.ControlRequest.Check): refused here, not at the first
 	// start. libvirt itself refuses only a newline.
-	if !peerSafe(dom.Name) {
+	if !PeerSafe(dom.Name) {
 		add("/domain/name", fmt.Sprintf("%q holds a control or format character (a tab, a bidi or zero-width mark): libvirt-ft's backup host refuses such a name from its peer, so that it never reaches a log or virt-ft's output", dom.Name),
 			"rename the domain (virsh domrename) without those characters")
 	}
@@ -264,7 +264,7 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 		case d.Source.File.File == "":
 			add("/source/@file", "is missing: a protected disk needs an image file (an empty disk cannot be put under blkreplay)",
 				"add <source file='/path/image.qcow2'/>")
-		case !peerSafe(d.Source.File.File):
+		case !PeerSafe(d.Source.File.File):
 			add("/source/@file", fmt.Sprintf("%q holds a control or format character: the backup host refuses such a path from its peer (logchan ControlRequest.Check)", d.Source.File.File),
 				"rename the image file and its <source file>")
 		}
@@ -379,11 +379,14 @@ func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline) ([]Problem, []str
 		"anything that makes QEMU non-deterministic makes the backup diverge", user)}
 }
 
-// peerSafe reports whether s is valid UTF-8 without a control character
+// PeerSafe reports whether s is valid UTF-8 without a control character
 // (Cc), a format character (Cf) or a line or paragraph separator: the
 // characters logchan.CleanText replaces, which the backup host refuses in
 // a domain name or a disk path its peer sends (ControlRequest.Check).
-func peerSafe(s string) bool {
+// This package may import none of libvirt-ft's, so the rule is written
+// here a second time; plugin's TestPeerSafeMatchesCleanText holds the two
+// to the same characters.
+func PeerSafe(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}
