@@ -81,7 +81,7 @@ type backupRun struct {
 	lastGates  []ctl.Gate
 	ring       *logRing
 	stall      *ctl.Stall
-	stallText  string // the stall as told to the primary and the log
+	stallText  string // the stall as told to the log and virt-ft status (the primary gets its first maxStallText bytes)
 	behindText string // failover.BackupBehind as told to the primary and the log
 	link       *peerConn
 	drv        *failover.Driver
@@ -763,7 +763,7 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 			// The bye after BackupStalled: tell the primary where in
 			// the log the replay stopped (its status shows it), cut to
 			// what the primary keeps.
-			bye.Reason = "backup " + logchan.CleanText(stall, maxStallText)
+			bye.Reason = "backup " + clip(stall, maxStallText)
 		}
 		if !a.Clean && behind != "" && strings.HasPrefix(a.Reason, "backup replay too far behind") {
 			// The bye after BackupBehind, in ms.

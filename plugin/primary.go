@@ -460,11 +460,15 @@ func (p *primaryRun) ensureSeeded(ctrl *peerConn, path string) error {
 	if err := ctrl.seed(path, local, p.seedProgress(path)); err != nil {
 		return fmt.Errorf("seeding the backup's copy: %w", err)
 	}
-	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &remote); err != nil {
+	// A fresh digest: a reply without data must not pass on the first
+	// answer's values.
+	var after logchan.FileDigest
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpHash, Path: path}, &after); err != nil {
 		return err
 	}
-	if !remote.Exists || remote.SHA256 != local.SHA256 {
-		return fmt.Errorf("backup's copy differs after seeding (sha256 %s here, %s there): refusing to replicate", local.SHA256, logchan.CleanText(remote.SHA256, 128))
+	if !after.Exists || after.SHA256 != local.SHA256 || after.Size != local.Size {
+		return fmt.Errorf("backup's copy differs after seeding (sha256 %s, %d bytes here; %s, %d bytes there): refusing to replicate",
+			local.SHA256, local.Size, clip(after.SHA256, 128), after.Size)
 	}
 	p.log.Infof("disk %s: seeded and verified (sha256 %s)", path, local.SHA256[:12])
 	return nil
@@ -542,11 +546,17 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 	if after, err := statDisk(src); err != nil || after != id {
 		return fmt.Errorf("the disk changed on this host while it was seeded (%v): start again", err)
 	}
-	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs, Size: id.Size}}, &remote); err != nil {
+	// A fresh list: a reply without data must not pass on the first
+	// answer's values.
+	var after logchan.BlockList
+	if err := ctrl.request(logchan.ControlRequest{Op: logchan.OpBlocks, Path: path, Blocks: &logchan.BlockList{BlockSize: bs, Size: id.Size}}, &after); err != nil {
 		return err
 	}
-	if !remote.Exists || remote.Size != local.Size || !remote.Listed() || !bytes.Equal(remote.Hashes, local.Hashes) {
-		return fmt.Errorf("backup's copy differs after seeding (root %s here, %s there): refusing to replicate", local.Root(), remote.Root())
+	if err := after.Check(); err != nil {
+		return err
+	}
+	if !after.Exists || after.Size != local.Size || !after.Listed() || !bytes.Equal(after.Hashes, local.Hashes) {
+		return fmt.Errorf("backup's copy differs after seeding (root %s here, %s there): refusing to replicate", local.Root(), after.Root())
 	}
 	p.log.Infof("disk %s: seeded and verified (%d bytes sent, root %s, %v in all)", path, total, local.Root()[:12], time.Since(started).Round(time.Millisecond))
 	return nil
