@@ -28,3 +28,10 @@ func TestPeerSafeMatchesCleanText(t *testing.T) {
 		}
 	}
 }
+
+// The define-time length bounds equal the backup's (ControlRequest.Check).
+func TestPeerBoundsMatchLogchan(t *testing.T) {
+	if ftxml.MaxPeerNameBytes != logchan.MaxFieldBytes || ftxml.MaxPeerPathBytes != logchan.MaxPathBytes {
+		t.Fatalf("ftxml bounds name %d, path %d; logchan's %d, %d", ftxml.MaxPeerNameBytes, ftxml.MaxPeerPathBytes, logchan.MaxFieldBytes, logchan.MaxPathBytes)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
@@ -455,6 +456,53 @@ func TestRunsBackupStall(t *testing.T) {
 		}
 		if fp.a.hv.running(runUUID) == nil {
 			t.Fatal("the primary's VM stopped")
+		}
+	})
+}
+
+// With keep-stall-log and a long state directory (gate off, so not bound
+// by unix(7)'s socket paths), the stall text outgrows what the bye
+// carries: the backup's own status keeps it whole, with the kept log's
+// path and rrdump command; the primary's is its first maxStallText bytes,
+// cut with a marker, and the bye stayed within logchan.MaxByeBytes (the
+// primary did not drop it as a bad frame: it knows the stall).
+func TestRunsBackupStallLongStateDir(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		for range 5 {
+			dir = filepath.Join(dir, strings.Repeat("d", 250))
+		}
+		var hook *logtest.Hook
+		fp, primary := replicatingXML(t, runDomainXML(dir), func(fp *fakePair) {
+			fp.b.d.cfg.KeepStallLog = true
+			hook = logtest.NewLocal(fp.b.d.log)
+		})
+		fp.b.hv.running(runUUID).stall()
+		primary.emit(t, instructions(8000, 10))
+		time.Sleep(7 * time.Second)
+		synctest.Wait()
+		sa := fp.a.status(t, "web")
+		if sa.Stall == nil {
+			t.Fatalf("host a knows no stall: %+v", sa)
+		}
+		var report string
+		for _, e := range hook.AllEntries() {
+			// Host b's own (both hosts log to one logger here).
+			if strings.HasPrefix(e.Message, "replay stalled at ") && e.Level == logrus.ErrorLevel && len(e.Message) > len(report) {
+				report = e.Message
+			}
+		}
+		// The kept log's path is in it twice: where it is, and in the
+		// rrdump command.
+		if n := strings.Count(report, filepath.Join(dir, "")+"/"); n != 2 || len(report) > maxStallReport || !strings.Contains(report, "its main loop ran") {
+			t.Fatalf("host b's logged report (%d bytes, the path %d times) is not whole: %q", len(report), n, report)
+		}
+		t.Logf("host b logged %d bytes, host a keeps %d", len(report), len(sa.Stall.Report))
+		if r := sa.Stall.Report; len(r) > maxStallText || !strings.HasSuffix(r, "…") || !strings.HasPrefix(report, strings.TrimSuffix(r, "…")) {
+			t.Fatalf("host a's report (%d bytes) is not host b's first %d bytes, cut: %q", len(r), maxStallText, r)
+		}
+		if sa.State != ctl.StateUnprotected {
+			t.Fatalf("host a: %+v", sa)
 		}
 	})
 }

@@ -125,6 +125,9 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 	if !PeerSafe(dom.Name) {
 		add("/domain/name", fmt.Sprintf("%q holds a control or format character (a tab, a bidi or zero-width mark): libvirt-ft's backup host refuses such a name from its peer, so that it never reaches a log or virt-ft's output", dom.Name),
 			"rename the domain (virsh domrename) without those characters")
+	} else if len(dom.Name) > MaxPeerNameBytes {
+		add("/domain/name", fmt.Sprintf("is %d bytes long: libvirt-ft's backup host refuses a name longer than %d bytes from its peer", len(dom.Name), MaxPeerNameBytes),
+			fmt.Sprintf("rename the domain (virsh domrename) to at most %d bytes", MaxPeerNameBytes))
 	}
 
 	info := readFT(dom, host)
@@ -267,6 +270,9 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 		case !PeerSafe(d.Source.File.File):
 			add("/source/@file", fmt.Sprintf("%q holds a control or format character: the backup host refuses such a path from its peer (logchan ControlRequest.Check)", d.Source.File.File),
 				"rename the image file and its <source file>")
+		case len(d.Source.File.File) > MaxPeerPathBytes:
+			add("/source/@file", fmt.Sprintf("is %d bytes long: the backup host refuses a path longer than %d bytes (PATH_MAX) from its peer", len(d.Source.File.File), MaxPeerPathBytes),
+				"move the image to a shorter path and update <source file>")
 		}
 		// The stock-QEMU go-live fallback takes an internal snapshot
 		// (savevm, docs/replay.md §6), which needs qcow2.
@@ -378,6 +384,16 @@ func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline) ([]Problem, []str
 	return ps, []string{fmt.Sprintf("/domain/qemu:commandline: %q are not libvirt-ft's: they are passed to QEMU on both hosts as they are; "+
 		"anything that makes QEMU non-deterministic makes the backup diverge", user)}
 }
+
+// The longest domain name and disk path (bytes) the backup host accepts
+// from its peer: logchan.MaxFieldBytes and logchan.MaxPathBytes, restated
+// because this package may import none of libvirt-ft's (plugin's
+// TestPeerBoundsMatchLogchan holds them equal). libvirt itself bounds
+// neither below these.
+const (
+	MaxPeerNameBytes = 1024
+	MaxPeerPathBytes = 4096
+)
 
 // PeerSafe reports whether s is valid UTF-8 without a control character
 // (Cc), a format character (Cf) or a line or paragraph separator: the

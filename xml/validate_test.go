@@ -74,6 +74,8 @@ func TestValidateRefusals(t *testing.T) {
 		{"no source", `<source file='/var/lib/libvirt/images/ftdemo.qcow2'/>`, ``, "/domain/devices/disk[1]/source/@file", "<source file="},
 		{"zero-width mark in a disk path", `<source file='/var/lib/libvirt/images/ftdemo.qcow2'/>`, `<source file='/var/lib/libvirt/images/ft&#x200B;demo.qcow2'/>`,
 			"/domain/devices/disk[1]/source/@file", "rename the image file"},
+		{"disk path longer than PATH_MAX", `<source file='/var/lib/libvirt/images/ftdemo.qcow2'/>`, `<source file='/` + strings.Repeat("d/", MaxPeerPathBytes/2) + `ftdemo.qcow2'/>`,
+			"/domain/devices/disk[1]/source/@file", "shorter path"},
 		{"controller iothread", demoDiskEnd, demoDiskEnd + `<controller type='scsi' index='0' model='virtio-scsi'><driver iothread='1'/></controller>`,
 			"/domain/devices/controller[1]/driver/@iothread", "remove iothread="},
 		{"controller iothreads", demoDiskEnd, demoDiskEnd + `<controller type='scsi' index='0' model='virtio-scsi'><driver><iothreads><iothread id='1'/></iothreads></driver></controller>`,
@@ -152,6 +154,20 @@ func TestValidateRefusesNameWithControlCharacter(t *testing.T) {
 		p, ok := findProblem(problemsOf(t, err), "/domain/name")
 		if !ok || !strings.Contains(p.Fix, "virsh domrename") {
 			t.Errorf("name %s: got %v", name, err)
+		}
+	}
+}
+
+// A name longer than the backup host accepts from its peer is refused
+// at define time; one at the bound passes.
+func TestValidateRefusesLongName(t *testing.T) {
+	base := readTestdata(t, "ftdemo.xml")
+	for _, n := range []int{MaxPeerNameBytes, MaxPeerNameBytes + 1} {
+		dom := parse(t, mutate(t, base, "<name>ftdemo</name>", "<name>"+strings.Repeat("n", n)+"</name>"))
+		_, err := Validate(dom)
+		p, found := findProblem(problemsOf(t, err), "/domain/name")
+		if want := n > MaxPeerNameBytes; found != want || (found && !strings.Contains(p.Fix, "at most 1024 bytes")) {
+			t.Errorf("name of %d bytes: refused %v (want %v): %v", n, found, want, err)
 		}
 	}
 }

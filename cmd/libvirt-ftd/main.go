@@ -20,6 +20,10 @@ import (
 // "-X main.version=$(VERSION)"); "dev" in a plain go build.
 var version = "dev"
 
+// softMemoryLimit is the Go runtime's soft memory limit for the daemon
+// (bytes) unless GOMEMLIMIT is set: see runtime/debug.SetMemoryLimit.
+const softMemoryLimit = 512 << 20
+
 func main() {
 	var configPath, level string
 	cmd := &cobra.Command{
@@ -46,6 +50,17 @@ func main() {
 				// most about five times the live one. GOGC set in the
 				// environment wins.
 				debug.SetGCPercent(400)
+			}
+			if os.Getenv("GOMEMLIMIT") == "" {
+				// GOGC 400 lets the heap grow to five times the live
+				// one; this soft limit makes the collector work
+				// harder instead once the daemon's memory nears
+				// softMemoryLimit. The live heap is a few MB per
+				// protected domain (a 1 MiB log ring, the 64 KiB
+				// window, frame buffers), so only a host with
+				// about a hundred protected domains comes near it.
+				// GOMEMLIMIT set in the environment wins.
+				debug.SetMemoryLimit(softMemoryLimit)
 			}
 			cfg, err := plugin.LoadConfig(configPath)
 			if err != nil {
