@@ -468,9 +468,11 @@ func TestRunsBackupStall(t *testing.T) {
 // primary did not drop it as a bad frame: it knows the stall).
 func TestRunsBackupStallLongStateDir(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
+		// About 1300 bytes whatever TMPDIR is: the report holds the
+		// path twice and must fit in maxStallReport.
 		dir := t.TempDir()
-		for range 5 {
-			dir = filepath.Join(dir, strings.Repeat("d", 250))
+		for len(dir) < 1300 {
+			dir = filepath.Join(dir, strings.Repeat("d", min(200, 1300-len(dir))))
 		}
 		var hook *logtest.Hook
 		fp, primary := replicatingXML(t, runDomainXML(dir), func(fp *fakePair) {

@@ -388,8 +388,8 @@ func commandlineProblems(cl *libvirtxml.DomainQEMUCommandline) ([]Problem, []str
 // The longest domain name and disk path (bytes) the backup host accepts
 // from its peer: logchan.MaxFieldBytes and logchan.MaxPathBytes, restated
 // because this package may import none of libvirt-ft's (plugin's
-// TestPeerBoundsMatchLogchan holds them equal). libvirt itself bounds
-// neither below these.
+// TestPeerBoundsMatchLogchan holds them equal). libvirt's own limit on a
+// persistent domain's name (its file name) is usually lower.
 const (
 	MaxPeerNameBytes = 1024
 	MaxPeerPathBytes = 4096

@@ -22,7 +22,7 @@ var version = "dev"
 
 // softMemoryLimit is the Go runtime's soft memory limit for the daemon
 // (bytes) unless GOMEMLIMIT is set: see runtime/debug.SetMemoryLimit.
-const softMemoryLimit = 512 << 20
+const softMemoryLimit = 1 << 30
 
 func main() {
 	var configPath, level string
@@ -56,10 +56,14 @@ func main() {
 				// one; this soft limit makes the collector work
 				// harder instead once the daemon's memory nears
 				// softMemoryLimit. The live heap is a few MB per
-				// protected domain (a 1 MiB log ring, the 64 KiB
-				// window, frame buffers), so only a host with
-				// about a hundred protected domains comes near it.
-				// GOMEMLIMIT set in the environment wins.
+				// protected domain in steady state (a 1 MiB log ring,
+				// the 64 KiB window, frame buffers) but grows with
+				// what a domain holds: an output gate's queue up to
+				// 16 MiB (gate.DefaultLimitBytes) while its backup
+				// lags, seed chunks and block lists at a protected
+				// start. Near the limit the collector may use up to
+				// half a CPU; GOMEMLIMIT set in the environment (the
+				// systemd unit's Environment=) wins.
 				debug.SetMemoryLimit(softMemoryLimit)
 			}
 			cfg, err := plugin.LoadConfig(configPath)
