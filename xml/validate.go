@@ -122,12 +122,9 @@ func check(dom *libvirtxml.Domain, host HostConfig, role string) (ftInfo, []Prob
 	// The backup host refuses such a name from its peer
 	// (logchan.ControlRequest.Check): refused here, not at the first
 	// start. libvirt itself refuses only a newline.
-	if !PeerSafe(dom.Name) {
-		add("/domain/name", fmt.Sprintf("%q holds a control or format character (a tab, a bidi or zero-width mark): libvirt-ft's backup host refuses such a name from its peer, so that it never reaches a log or virt-ft's output", dom.Name),
-			"rename the domain (virsh domrename) without those characters")
-	} else if len(dom.Name) > MaxPeerNameBytes {
-		add("/domain/name", fmt.Sprintf("is %d bytes long: libvirt-ft's backup host refuses a name longer than %d bytes from its peer", len(dom.Name), MaxPeerNameBytes),
-			fmt.Sprintf("rename the domain (virsh domrename) to at most %d bytes", MaxPeerNameBytes))
+	if why := peerTextProblem(dom.Name, MaxPeerNameBytes); why != "" {
+		add("/domain/name", why+": libvirt-ft's backup host refuses such a name from its peer, so that it never reaches a log or virt-ft's output",
+			fmt.Sprintf("rename the domain (virsh domrename) to at most %d bytes without those characters", MaxPeerNameBytes))
 	}
 
 	info := readFT(dom, host)
@@ -267,12 +264,9 @@ func diskProblems(disks []libvirtxml.DomainDisk) []Problem {
 		case d.Source.File.File == "":
 			add("/source/@file", "is missing: a protected disk needs an image file (an empty disk cannot be put under blkreplay)",
 				"add <source file='/path/image.qcow2'/>")
-		case !PeerSafe(d.Source.File.File):
-			add("/source/@file", fmt.Sprintf("%q holds a control or format character: the backup host refuses such a path from its peer (logchan ControlRequest.Check)", d.Source.File.File),
-				"rename the image file and its <source file>")
-		case len(d.Source.File.File) > MaxPeerPathBytes:
-			add("/source/@file", fmt.Sprintf("is %d bytes long: the backup host refuses a path longer than %d bytes (PATH_MAX) from its peer", len(d.Source.File.File), MaxPeerPathBytes),
-				"move the image to a shorter path and update <source file>")
+		case peerTextProblem(d.Source.File.File, MaxPeerPathBytes) != "":
+			add("/source/@file", peerTextProblem(d.Source.File.File, MaxPeerPathBytes)+": the backup host refuses such a path from its peer (logchan ControlRequest.Check)",
+				fmt.Sprintf("rename the image file, or move it to a shorter path (at most %d bytes, without those characters), and update <source file>", MaxPeerPathBytes))
 		}
 		// The stock-QEMU go-live fallback takes an internal snapshot
 		// (savevm, docs/replay.md §6), which needs qcow2.
@@ -394,6 +388,19 @@ const (
 	MaxPeerNameBytes = 1024
 	MaxPeerPathBytes = 4096
 )
+
+// peerTextProblem says why the backup host would refuse s from its peer
+// (ControlRequest.Check: the characters PeerSafe refuses, or more than max
+// bytes), starting with a verb; "" if it would accept it.
+func peerTextProblem(s string, max int) string {
+	switch {
+	case !PeerSafe(s):
+		return fmt.Sprintf("%q holds a control or format character (a tab, a bidi or zero-width mark)", s)
+	case len(s) > max:
+		return fmt.Sprintf("is %d bytes long, over the %d bytes", len(s), max)
+	}
+	return ""
+}
 
 // PeerSafe reports whether s is valid UTF-8 without a control character
 // (Cc), a format character (Cf) or a line or paragraph separator: the
