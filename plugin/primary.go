@@ -553,9 +553,9 @@ func (p *primaryRun) seedBlocksFrom(ctrl *peerConn, src, path string) error {
 		return err
 	}
 	if err := after.Check(); err != nil {
-		return err
+		return fmt.Errorf("the backup's block list of %s after seeding: %w", path, err)
 	}
-	if !after.Exists || after.Size != local.Size || !after.Listed() || !bytes.Equal(after.Hashes, local.Hashes) {
+	if !after.Exists || after.Size != local.Size || after.BlockSize != local.BlockSize || !after.Listed() || !bytes.Equal(after.Hashes, local.Hashes) {
 		return fmt.Errorf("backup's copy differs after seeding (root %s here, %s there): refusing to replicate", local.Root(), after.Root())
 	}
 	p.log.Infof("disk %s: seeded and verified (%d bytes sent, root %s, %v in all)", path, total, local.Root()[:12], time.Since(started).Round(time.Millisecond))
