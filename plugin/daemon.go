@@ -268,7 +268,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); d.tuneProcs(newProcsTuner(), stop) }()
 	go func() { defer wg.Done(); d.lv.run(stop) }()
 	go func() { defer wg.Done(); d.serveControl(cl) }()
 	go func() { defer wg.Done(); d.servePeers(pl) }()

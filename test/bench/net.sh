@@ -34,6 +34,10 @@
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
 #   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
+# EXTRA_EDIT (optional) is a sed expression added to every set-up's domain
+# edit (e.g. a guest kernel argument); FTD_ENV (test/e2e/lib.sh) gives
+# libvirt-ftd an environment variable (e.g. GOMAXPROCS=2 to compare with
+# the daemon's own choice, plugin/procs.go).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/lib.sh"
 RTT_COUNT=${RTT_COUNT:-300}
@@ -146,6 +150,7 @@ for run in $(seq "$REPEAT"); do
 	icount) edit="$ICOUNT_EDIT;" ;;
 	esac
 	[ "$pin" = 1 ] && edit+=$PIN_EDIT
+	edit+=${EXTRA_EDIT:-}
 	[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
 	lab_stop
 	lab_start

@@ -73,12 +73,13 @@ lab_pki() {
 # keeps the descriptors a daemon stopping for a planned restart hands over
 # and passes them to the next one (SIGHUP to it = systemctl restart). Its
 # output goes to NAME.log; the supervisor's pid to ftd-supervisor.pid, the
-# daemon's to ftd-daemon.pid.
+# daemon's to ftd-daemon.pid. FTD_ENV (optional): one NAME=VALUE for the
+# daemon's environment (benchmarks: GOMAXPROCS=2, GODEBUG=...).
 start_ftd() {
 	local h=$1 name=$2 pid
 	rm -f "$LAB_DIR/$h/ftd-daemon.pid"
 	pid=$(lab bg "$h" "$name" "$BIN/fdstore" -pidfile "$LAB_DIR/$h/ftd-daemon.pid" -- \
-		${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} "$FTD" --config /etc/libvirt-ft/libvirt-ftd.yaml)
+		${LIBVIRT_FT_TEE_DIR:+env LIBVIRT_FT_TEE_DIR=$LIBVIRT_FT_TEE_DIR} ${FTD_ENV:+env $FTD_ENV} "$FTD" --config /etc/libvirt-ft/libvirt-ftd.yaml)
 	echo "$pid" >"$LAB_DIR/$h/ftd-supervisor.pid"
 	wait_for 10 "libvirt-ftd on host $h to start" test -s "$LAB_DIR/$h/ftd-daemon.pid"
 }
