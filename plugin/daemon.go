@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -81,6 +82,13 @@ type Daemon struct {
 	quit     chan struct{}
 	quitOnce sync.Once
 
+	// procs sets GOMAXPROCS (procs.go): nil in tests and when GOMAXPROCS
+	// is set in the environment. procsWake asks it to count again now;
+	// ctlConns counts the peers' open control connections.
+	procs     *procsTuner
+	procsWake chan struct{}
+	ctlConns  atomic.Int64
+
 	mu        sync.Mutex
 	doms      map[string]*domain // by domain UUID
 	resolving map[string]bool    // UUIDs resolve is deciding (restart.go)
@@ -105,6 +113,9 @@ type run interface {
 // domain is the daemon's record of one protected domain on this host.
 type domain struct {
 	uuid string
+	// changed is told (without blocking) when the run is set, so that
+	// GOMAXPROCS follows at once (procs.go); nil: nobody listens.
+	changed chan<- struct{}
 
 	mu     sync.Mutex
 	name   string
@@ -124,6 +135,7 @@ func (dm *domain) setRun(r run) {
 	dm.mu.Lock()
 	dm.run = r
 	dm.mu.Unlock()
+	notify(dm.changed)
 }
 
 // claimIdle makes r the domain's run if it has no active one, and reports
@@ -135,6 +147,7 @@ func (dm *domain) claimIdle(r run) bool {
 		return false
 	}
 	dm.run = r
+	notify(dm.changed)
 	return true
 }
 
@@ -169,6 +182,7 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := newDaemon(cfg, log, nil, arb)
+	d.procs = newProcsTuner()
 	d.pairings = pairingStore{dir: filepath.Join(cfg.runDir(), "pairings")}
 	d.handovers = handoverStore{dir: filepath.Join(cfg.runDir(), "handover")}
 	d.inStep = newInStepMatcher(inStepStore{dir: DefaultInStepDir}, log.WithField("part", "in-step"))
@@ -213,7 +227,7 @@ func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
 func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
 	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1,
 		pipes: fifoPipes{log: log}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{},
-		peerViews: make(chan struct{}, peerViewFetches)}
+		peerViews: make(chan struct{}, peerViewFetches), procsWake: make(chan struct{}, 1)}
 }
 
 // peerViewFetches bounds the peer views fetched at once (addPeerViews).
@@ -269,7 +283,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(4)
-	go func() { defer wg.Done(); d.tuneProcs(newProcsTuner(), stop) }()
+	go func() { defer wg.Done(); d.tuneProcs(stop) }()
 	go func() { defer wg.Done(); d.lv.run(stop) }()
 	go func() { defer wg.Done(); d.serveControl(cl) }()
 	go func() { defer wg.Done(); d.servePeers(pl) }()
@@ -320,7 +334,7 @@ func (d *Daemon) entry(uuid, name string) *domain {
 	defer d.mu.Unlock()
 	dm := d.doms[uuid]
 	if dm == nil {
-		dm = &domain{uuid: uuid, name: name, state: ctl.StateDefined}
+		dm = &domain{uuid: uuid, name: name, state: ctl.StateDefined, changed: d.procsWake}
 		d.doms[uuid] = dm
 	}
 	dm.mu.Lock()

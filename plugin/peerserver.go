@@ -117,6 +117,11 @@ func (d *Daemon) servePeer(nc net.Conn) {
 		}
 		b.serveLog(pc, hello)
 	case logchan.RoleControl:
+		// A control connection may hash or seed whole disks: it gets
+		// a P of its own while open (procs.go).
+		d.ctlConns.Add(1)
+		d.wakeProcs()
+		defer func() { d.ctlConns.Add(-1); d.wakeProcs() }()
 		d.serveControlConn(pc, hello.DomainUUID)
 	case logchan.RoleStream:
 		d.serveStream(pc, hello)

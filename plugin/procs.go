@@ -15,33 +15,47 @@ import (
 // Ps than work, every hand-over from one goroutine to the next wakes an
 // idle thread (a futex wake, a context switch, often on the CPU where the
 // domain's vCPU runs) instead of running the next goroutine on the same
-// thread. In the lab (2 CPUs, pinned; BENCHMARKS.md, session 35) one P
-// for the one protected domain took the gate-on TCP round trip median
-// from 717–1046 µs to 640–654 µs in four alternating pairs, and HTTP
-// requests per second from 69–111 to 102–122.
+// thread. In the lab (2 CPUs, pinned; BENCHMARKS.md, "Issue 12: session
+// 35") one P for the one protected domain took the gate-on TCP round trip
+// median from 888 to 652 µs and its p99 from 6.3 to 4.4 ms (medians of
+// eight and six alternating runs).
 //
-// So the daemon runs one P per domain with an active run on this host
-// (primary or backup), at least one and at most what the Go runtime chose
-// at start (the CPUs it may use). GOMAXPROCS set in the environment (the
-// systemd unit's Environment=) wins, and nothing is changed.
+// So the daemon runs one P per unit of work that can keep a P busy: each
+// domain with an active run on this host (primary or backup), and each
+// open control connection from a peer (it may hash or seed whole disks
+// for a domain not yet running here). At least one, at most what the Go
+// runtime chose at start (the CPUs it may use; at that width the runtime's
+// own default is restored, so that it follows CPU quota changes again).
+// Counted again when a run is set or a control connection opens or
+// closes, and every procsInterval.
+//
+// Trade-off: with one P, a goroutine blocked in a system call or a cgo
+// call (libvirt, fsync) holds the P until the runtime's monitor takes it
+// back, which can take up to about 20 ms when the daemon has been busy
+// for a while. The default heartbeats (interval 100 ms, timeout 1000 ms)
+// leave room for that; a domain with a heartbeat timeout under about
+// 200 ms should run its daemon with GOMAXPROCS=2 or more. GOMAXPROCS set
+// in the environment (the systemd unit's Environment=) wins: the daemon
+// then never changes it.
 
-// procsInterval is how often the daemon re-counts its active runs (ms
-// granularity is not needed: a newly started domain runs with the
-// previous width for at most this long).
+// procsInterval is how often the daemon counts again without a wake-up.
 const procsInterval = 2 * time.Second
 
-// fitProcs returns the GOMAXPROCS for active runs on a host where the Go
-// runtime may use at most limit Ps: active, at least 1, at most limit.
-func fitProcs(active, limit int) int {
-	return max(1, min(active, limit))
+// fitProcs returns the GOMAXPROCS for busy units of work on a host where
+// the Go runtime may use at most limit Ps: busy, at least 1, at most
+// limit.
+func fitProcs(busy, limit int) int {
+	return max(1, min(busy, limit))
 }
 
-// procsTuner sets GOMAXPROCS from the number of active runs.
+// procsTuner sets GOMAXPROCS from the number of busy units of work.
 type procsTuner struct {
 	limit int
 	cur   int
-	// set is runtime.GOMAXPROCS (a fake in tests).
-	set func(int) int
+	// set is runtime.GOMAXPROCS, reset runtime.SetDefaultGOMAXPROCS
+	// (fakes in tests).
+	set   func(int) int
+	reset func()
 }
 
 // newProcsTuner returns nil when GOMAXPROCS is set in the environment.
@@ -50,22 +64,43 @@ func newProcsTuner() *procsTuner {
 		return nil
 	}
 	n := runtime.GOMAXPROCS(0)
-	return &procsTuner{limit: n, cur: n, set: runtime.GOMAXPROCS}
+	return &procsTuner{limit: n, cur: n, set: runtime.GOMAXPROCS, reset: runtime.SetDefaultGOMAXPROCS}
 }
 
-// fit sets GOMAXPROCS for active runs if that changes it, and returns
-// the value in force.
-func (t *procsTuner) fit(active int) int {
-	if want := fitProcs(active, t.limit); want != t.cur {
-		t.set(want)
-		t.cur = want
+// fit sets GOMAXPROCS for busy units of work if that changes it, and
+// returns the value in force.
+func (t *procsTuner) fit(busy int) int {
+	want := fitProcs(busy, t.limit)
+	if want == t.cur {
+		return t.cur
 	}
+	if want == t.limit {
+		t.reset()
+	} else {
+		t.set(want)
+	}
+	t.cur = want
 	return t.cur
 }
 
-// activeRuns counts the domains whose current run is active.
-func (d *Daemon) activeRuns() int {
-	n := 0
+// notify wakes whoever listens on c without blocking (nil: nobody).
+func notify(c chan<- struct{}) {
+	if c == nil {
+		return
+	}
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// wakeProcs asks tuneProcs to count again now.
+func (d *Daemon) wakeProcs() { notify(d.procsWake) }
+
+// busyUnits counts the domains whose current run is active and the open
+// control connections.
+func (d *Daemon) busyUnits() int {
+	n := int(d.ctlConns.Load())
 	for _, dm := range d.domains() {
 		if r := dm.current(); r != nil && r.active() {
 			n++
@@ -74,9 +109,11 @@ func (d *Daemon) activeRuns() int {
 	return n
 }
 
-// tuneProcs keeps GOMAXPROCS at one P per active run until stop is
-// closed (see procsTuner).
-func (d *Daemon) tuneProcs(t *procsTuner, stop <-chan struct{}) {
+// tuneProcs keeps GOMAXPROCS at one P per busy unit of work (see
+// procsTuner) until stop is closed; it returns at once when d.procs is
+// nil.
+func (d *Daemon) tuneProcs(stop <-chan struct{}) {
+	t := d.procs
 	if t == nil {
 		return
 	}
@@ -84,13 +121,14 @@ func (d *Daemon) tuneProcs(t *procsTuner, stop <-chan struct{}) {
 	defer tick.Stop()
 	for {
 		prev := t.cur
-		if now := t.fit(d.activeRuns()); now != prev {
-			d.log.Infof("GOMAXPROCS %d: one per protected domain running here (at most %d)", now, t.limit)
+		if now := t.fit(d.busyUnits()); now != prev {
+			d.log.Debugf("GOMAXPROCS %d: one per protected domain running here and per peer control connection (at most %d)", now, t.limit)
 		}
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
+		case <-d.procsWake:
 		}
 	}
 }

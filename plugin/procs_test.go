@@ -1,37 +1,54 @@
 package plugin
 
 import (
+	"slices"
+	"sync"
 	"testing"
+	"testing/synctest"
 
 	"github.com/sirupsen/logrus"
 )
 
 func TestFitProcs(t *testing.T) {
-	for _, c := range []struct{ active, limit, want int }{
+	for _, c := range []struct{ busy, limit, want int }{
 		{0, 8, 1}, {1, 8, 1}, {3, 8, 3}, {8, 8, 8}, {12, 8, 8}, {0, 1, 1}, {5, 1, 1},
 	} {
-		if got := fitProcs(c.active, c.limit); got != c.want {
-			t.Errorf("fitProcs(%d active, limit %d) = %d, want %d", c.active, c.limit, got, c.want)
+		if got := fitProcs(c.busy, c.limit); got != c.want {
+			t.Errorf("fitProcs(%d busy, limit %d) = %d, want %d", c.busy, c.limit, got, c.want)
 		}
 	}
 }
 
-// TestProcsTunerSetsOnlyChanges: the tuner calls GOMAXPROCS only when the
-// width changes, and never above the limit it started with.
+// fakeProcs records the tuner's calls: n for GOMAXPROCS(n), -1 for
+// SetDefaultGOMAXPROCS.
+type fakeProcs struct {
+	mu    sync.Mutex
+	calls []int
+}
+
+func (f *fakeProcs) tuner(limit int) *procsTuner {
+	return &procsTuner{limit: limit, cur: limit,
+		set:   func(n int) int { f.mu.Lock(); f.calls = append(f.calls, n); f.mu.Unlock(); return 0 },
+		reset: func() { f.mu.Lock(); f.calls = append(f.calls, -1); f.mu.Unlock() }}
+}
+
+func (f *fakeProcs) got() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// TestProcsTunerSetsOnlyChanges: the tuner calls the runtime only when
+// the width changes, never above its limit, and at the limit it restores
+// the runtime's default instead of fixing a number.
 func TestProcsTunerSetsOnlyChanges(t *testing.T) {
-	var calls []int
-	tu := &procsTuner{limit: 4, cur: 4, set: func(n int) int { calls = append(calls, n); return 0 }}
-	for _, active := range []int{0, 0, 1, 2, 2, 9, 3} {
-		tu.fit(active)
+	var f fakeProcs
+	tu := f.tuner(4)
+	for _, busy := range []int{0, 0, 1, 2, 2, 9, 3} {
+		tu.fit(busy)
 	}
-	want := []int{1, 2, 4, 3}
-	if len(calls) != len(want) {
-		t.Fatalf("GOMAXPROCS calls %v, want %v", calls, want)
-	}
-	for i := range want {
-		if calls[i] != want[i] {
-			t.Fatalf("GOMAXPROCS calls %v, want %v", calls, want)
-		}
+	if want := []int{1, 2, -1, 3}; !slices.Equal(f.got(), want) {
+		t.Fatalf("runtime calls %v, want %v", f.got(), want)
 	}
 }
 
@@ -52,15 +69,44 @@ type stubRun struct {
 
 func (s stubRun) active() bool { return s.on }
 
-// TestActiveRunsCountsActiveOnly: domains with no run or an ended run do
-// not count towards GOMAXPROCS.
-func TestActiveRunsCountsActiveOnly(t *testing.T) {
+// TestBusyUnitsCountsActiveRunsAndControlConns: domains with no run or an
+// ended run do not count; open control connections do.
+func TestBusyUnitsCountsActiveRunsAndControlConns(t *testing.T) {
 	d := newDaemon(Config{}, logrus.New(), nil, nil)
 	d.entry("u1", "a").setRun(stubRun{on: true})
 	d.entry("u2", "b").setRun(stubRun{on: false})
 	d.entry("u3", "c")
 	d.entry("u4", "d").setRun(stubRun{on: true})
-	if n := d.activeRuns(); n != 2 {
-		t.Fatalf("activeRuns = %d, want 2", n)
+	d.ctlConns.Add(1)
+	if n := d.busyUnits(); n != 3 {
+		t.Fatalf("busyUnits = %d, want 3", n)
 	}
+}
+
+// TestTuneProcsFollowsRunsAtOnce: a run set, or a control connection
+// counted, changes GOMAXPROCS without waiting for the interval; the loop
+// ends when stopped. Without a tuner (tests, GOMAXPROCS in the
+// environment) it returns at once.
+func TestTuneProcsFollowsRunsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var f fakeProcs
+		d := newDaemon(Config{}, logrus.New(), nil, nil)
+		d.tuneProcs(make(chan struct{})) // nil tuner: returns
+		d.procs = f.tuner(4)
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() { d.tuneProcs(stop); close(done) }()
+		synctest.Wait() // no run: 1
+		d.entry("u1", "a").setRun(stubRun{on: true})
+		synctest.Wait() // 1 run: still 1
+		d.entry("u2", "b").setRun(stubRun{on: true})
+		synctest.Wait() // 2
+		d.ctlConns.Add(3)
+		d.wakeProcs()
+		synctest.Wait() // 5: the limit, the runtime's default
+		close(stop)
+		<-done
+		if want := []int{1, 2, -1}; !slices.Equal(f.got(), want) {
+			t.Fatalf("runtime calls %v, want %v", f.got(), want)
+		}
+	})
 }
