@@ -797,10 +797,7 @@ func (b *backupRun) act(a failover.Action, drv *failover.Driver, q *frameQueue) 
 		b.mu.Lock()
 		b.drainTo = a.Icount
 		b.mu.Unlock()
-		select {
-		case b.wake <- struct{}{}:
-		default:
-		}
+		notify(b.wake)
 	case failover.AcquireLock:
 		go func() {
 			if !b.active() {

@@ -114,10 +114,7 @@ func (l *libvirtConn) connect() error {
 		l.log.WithError(err).Debug("keepalive")
 	}
 	if err := c.RegisterCloseCallback(func(_ *libvirt.Connect, reason libvirt.ConnectCloseReason) {
-		select {
-		case l.lost <- struct{}{}:
-		default:
-		}
+		notify(l.lost)
 	}); err != nil {
 		c.Close()
 		return fmt.Errorf("register close callback: %w", err)

@@ -83,7 +83,9 @@ func (t *procsTuner) fit(busy int) int {
 	return t.cur
 }
 
-// notify wakes whoever listens on c without blocking (nil: nobody).
+// notify wakes whoever listens on c without blocking (nil: nobody): a
+// send on a channel of capacity 1 that coalesces wake-ups (procs.go,
+// the backup's drain wake, libvirt's connection-lost signal).
 func notify(c chan<- struct{}) {
 	if c == nil {
 		return
