@@ -142,11 +142,12 @@ func (dm *domain) setRun(r run) {
 // whether it did.
 func (dm *domain) claimIdle(r run) bool {
 	dm.mu.Lock()
-	defer dm.mu.Unlock()
 	if dm.run != nil && dm.run.active() {
+		dm.mu.Unlock()
 		return false
 	}
 	dm.run = r
+	dm.mu.Unlock()
 	notify(dm.changed)
 	return true
 }

@@ -27,7 +27,8 @@ import (
 // runtime chose at start (the CPUs it may use; at that width the runtime's
 // own default is restored, so that it follows CPU quota changes again).
 // Counted again when a run is set or a control connection opens or
-// closes, and every procsInterval.
+// closes (raising only: each change stops the world), and every
+// procsInterval (raising or lowering).
 //
 // Trade-off: with one P, a goroutine blocked in a system call or a cgo
 // call (libvirt, fsync) holds the P until the runtime's monitor takes it
@@ -52,8 +53,8 @@ func fitProcs(busy, limit int) int {
 type procsTuner struct {
 	limit int
 	cur   int
-	// set is runtime.GOMAXPROCS, reset runtime.SetDefaultGOMAXPROCS
-	// (fakes in tests).
+	// set is runtime.GOMAXPROCS (set(0) reads it), reset
+	// runtime.SetDefaultGOMAXPROCS (fakes in tests).
 	set   func(int) int
 	reset func()
 }
@@ -68,14 +69,21 @@ func newProcsTuner() *procsTuner {
 }
 
 // fit sets GOMAXPROCS for busy units of work if that changes it, and
-// returns the value in force.
-func (t *procsTuner) fit(busy int) int {
+// returns the value in force. With raiseOnly it only ever raises it: a
+// change stops the world, so a wake-up (a run set, a control connection
+// opened or closed) adds Ps at once and only the interval takes them away,
+// and a peer's short control connections do not pause the daemon twice
+// each. At the limit it restores the runtime's default and takes the
+// runtime's value as the new limit (it follows the CPU quota again).
+func (t *procsTuner) fit(busy int, raiseOnly bool) int {
 	want := fitProcs(busy, t.limit)
-	if want == t.cur {
+	if want == t.cur || (raiseOnly && want < t.cur) {
 		return t.cur
 	}
 	if want == t.limit {
 		t.reset()
+		t.limit = max(t.set(0), 1)
+		want = t.limit
 	} else {
 		t.set(want)
 	}
@@ -121,16 +129,19 @@ func (d *Daemon) tuneProcs(stop <-chan struct{}) {
 	}
 	tick := time.NewTicker(procsInterval)
 	defer tick.Stop()
+	raiseOnly := false
 	for {
 		prev := t.cur
-		if now := t.fit(d.busyUnits()); now != prev {
+		if now := t.fit(d.busyUnits(), raiseOnly); now != prev {
 			d.log.Debugf("GOMAXPROCS %d: one per protected domain running here and per peer control connection (at most %d)", now, t.limit)
 		}
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
+			raiseOnly = false
 		case <-d.procsWake:
+			raiseOnly = true
 		}
 	}
 }

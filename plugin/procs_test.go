@@ -5,6 +5,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -28,7 +29,15 @@ type fakeProcs struct {
 
 func (f *fakeProcs) tuner(limit int) *procsTuner {
 	return &procsTuner{limit: limit, cur: limit,
-		set:   func(n int) int { f.mu.Lock(); f.calls = append(f.calls, n); f.mu.Unlock(); return 0 },
+		set: func(n int) int {
+			if n == 0 { // a read
+				return limit
+			}
+			f.mu.Lock()
+			f.calls = append(f.calls, n)
+			f.mu.Unlock()
+			return 0
+		},
 		reset: func() { f.mu.Lock(); f.calls = append(f.calls, -1); f.mu.Unlock() }}
 }
 
@@ -45,7 +54,7 @@ func TestProcsTunerSetsOnlyChanges(t *testing.T) {
 	var f fakeProcs
 	tu := f.tuner(4)
 	for _, busy := range []int{0, 0, 1, 2, 2, 9, 3} {
-		tu.fit(busy)
+		tu.fit(busy, false)
 	}
 	if want := []int{1, 2, -1, 3}; !slices.Equal(f.got(), want) {
 		t.Fatalf("runtime calls %v, want %v", f.got(), want)
@@ -103,9 +112,17 @@ func TestTuneProcsFollowsRunsAtOnce(t *testing.T) {
 		d.ctlConns.Add(3)
 		d.wakeProcs()
 		synctest.Wait() // 5: the limit, the runtime's default
+		d.ctlConns.Add(-3)
+		d.wakeProcs()
+		synctest.Wait() // a wake-up never lowers: still the limit
+		if want := []int{1, 2, -1}; !slices.Equal(f.got(), want) {
+			t.Fatalf("runtime calls after the wake-ups %v, want %v", f.got(), want)
+		}
+		time.Sleep(procsInterval)
+		synctest.Wait() // the interval lowers: 2 runs
 		close(stop)
 		<-done
-		if want := []int{1, 2, -1}; !slices.Equal(f.got(), want) {
+		if want := []int{1, 2, -1, 2}; !slices.Equal(f.got(), want) {
 			t.Fatalf("runtime calls %v, want %v", f.got(), want)
 		}
 	})
