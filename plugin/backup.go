@@ -250,6 +250,9 @@ func (b *backupRun) active() bool {
 	}
 }
 
+// heartbeatTimeout is the domain's heartbeat timeout (procs.go).
+func (b *backupRun) heartbeatTimeout() time.Duration { return b.cfg.HeartbeatTimeout }
+
 // hasStarted reports whether the replaying QEMU was started (the first log
 // arrived).
 func (b *backupRun) hasStarted() bool {

@@ -101,6 +101,8 @@ type run interface {
 	// active: the run still holds something on this host (a QEMU, a
 	// channel, an armed FIFO).
 	active() bool
+	// heartbeatTimeout: the run's <ft:heartbeat timeout-ms> (0: unknown).
+	heartbeatTimeout() time.Duration
 	// started: the started hook for its QEMU.
 	started()
 	// qemuStopped: the stopped/release hook or libvirt's STOPPED event.

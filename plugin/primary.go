@@ -165,6 +165,9 @@ func (p *primaryRun) active() bool {
 	}
 }
 
+// heartbeatTimeout is the domain's heartbeat timeout (procs.go).
+func (p *primaryRun) heartbeatTimeout() time.Duration { return p.cfg.HeartbeatTimeout }
+
 // acceptsHook reports whether a hook for a QEMU whose XML gives role is
 // this run's: a primary's, or, for a VM that went live here without a
 // restart (packaging/qemu 0001), the former backup's XML it still runs

@@ -34,10 +34,15 @@ import (
 // call (libvirt, fsync) holds the P until the runtime's monitor takes it
 // back, which can take up to about 20 ms when the daemon has been busy
 // for a while. The default heartbeats (interval 100 ms, timeout 1000 ms)
-// leave room for that; a domain with a heartbeat timeout under about
-// 200 ms should run its daemon with GOMAXPROCS=2 or more. GOMAXPROCS set
-// in the environment (the systemd unit's Environment=) wins: the daemon
-// then never changes it.
+// leave room for that; so an active run whose heartbeat timeout is under
+// shortHeartbeat counts as two units, which gives its goroutines a second
+// P while one is held. GOMAXPROCS set in the environment (the systemd
+// unit's Environment=) wins: the daemon then never changes it.
+
+// shortHeartbeat: an active run with a heartbeat timeout under this
+// counts as two busy units (a P held up to about 20 ms by a blocking call
+// must stay well inside the timeout; the default timeout is 1000 ms).
+const shortHeartbeat = 200 * time.Millisecond
 
 // procsInterval is how often the daemon counts again without a wake-up.
 const procsInterval = 2 * time.Second
@@ -107,13 +112,17 @@ func notify(c chan<- struct{}) {
 // wakeProcs asks tuneProcs to count again now.
 func (d *Daemon) wakeProcs() { notify(d.procsWake) }
 
-// busyUnits counts the domains whose current run is active and the open
+// busyUnits counts the domains whose current run is active (two for a
+// run whose heartbeat timeout is under shortHeartbeat) and the open
 // control connections.
 func (d *Daemon) busyUnits() int {
 	n := int(d.ctlConns.Load())
 	for _, dm := range d.domains() {
 		if r := dm.current(); r != nil && r.active() {
 			n++
+			if t := r.heartbeatTimeout(); t > 0 && t < shortHeartbeat {
+				n++
+			}
 		}
 	}
 	return n

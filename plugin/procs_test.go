@@ -70,13 +70,15 @@ func TestNewProcsTunerLeavesTheEnvironmentAlone(t *testing.T) {
 	}
 }
 
-// stubRun is a run that only answers active().
+// stubRun is a run that only answers active() and heartbeatTimeout().
 type stubRun struct {
 	run
 	on bool
+	hb time.Duration
 }
 
-func (s stubRun) active() bool { return s.on }
+func (s stubRun) active() bool                    { return s.on }
+func (s stubRun) heartbeatTimeout() time.Duration { return s.hb }
 
 // TestBusyUnitsCountsActiveRunsAndControlConns: domains with no run or an
 // ended run do not count; open control connections do.
@@ -89,6 +91,22 @@ func TestBusyUnitsCountsActiveRunsAndControlConns(t *testing.T) {
 	d.ctlConns.Add(1)
 	if n := d.busyUnits(); n != 3 {
 		t.Fatalf("busyUnits = %d, want 3", n)
+	}
+}
+
+// TestBusyUnitsShortHeartbeatCountsTwice: an active run whose heartbeat
+// timeout is under 200 ms counts as two units (a second P while a
+// blocking call holds one); an ended one not at all.
+func TestBusyUnitsShortHeartbeatCountsTwice(t *testing.T) {
+	d := newDaemon(Config{}, logrus.New(), nil, nil)
+	d.entry("u1", "a").setRun(stubRun{on: true, hb: 150 * time.Millisecond})
+	d.entry("u2", "b").setRun(stubRun{on: false, hb: 50 * time.Millisecond})
+	d.entry("u3", "c").setRun(stubRun{on: true, hb: 200 * time.Millisecond})
+	if n := d.busyUnits(); n != 3 {
+		t.Fatalf("busyUnits = %d, want 3 (2 for the 150 ms run, 1 for the 200 ms one)", n)
+	}
+	if got := fitProcs(d.busyUnits(), 2); got != 2 {
+		t.Fatalf("fitProcs = %d, want 2", got)
 	}
 }
 
