@@ -15,7 +15,8 @@
 #
 # Environment: LAB_DIR (default /var/tmp/ftlab); HOOK_BIN (installed by `up`
 # as /etc/libvirt/hooks/qemu.d/libvirt-ft in a and b); LAB_CAPS_CACHE
-# (optional dir keeping libvirt's QEMU capabilities cache between labs).
+# (optional dir keeping libvirt's QEMU capabilities cache between labs);
+# LAB_LIBVIRT_DEBUG (optional libvirtd log_filters, logging at debug level).
 #
 # Shared storage: LAB_DIR/shared/arbiter is mounted at
 # /var/lib/libvirt-ft/arbiter in both a and b (libvirt-ftd's arbiter-dir).
@@ -231,6 +232,12 @@ setup_host_dirs() {
 		# --- libvirt-ft lab ---
 		log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 	EOF
+	# LAB_LIBVIRT_DEBUG="1:qemu.qemu_monitor 3:util ...": libvirtd's
+	# log_filters, its log at debug level (e.g. each QMP command's time).
+	if [ -n "${LAB_LIBVIRT_DEBUG:-}" ]; then
+		sed -i -e 's|^log_outputs = "3:|log_outputs = "1:|' "$e/libvirtd.conf"
+		printf 'log_filters = "%s"\n' "$LAB_LIBVIRT_DEBUG" >>"$e/libvirtd.conf"
+	fi
 	cat >>"$e/virtlogd.conf" <<-'EOF'
 
 		# --- libvirt-ft lab ---
