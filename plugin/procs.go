@@ -81,6 +81,13 @@ func newProcsTuner() *procsTuner {
 // each. At the limit it restores the runtime's default and takes the
 // runtime's value as the new limit (it follows the CPU quota again).
 func (t *procsTuner) fit(busy int, raiseOnly bool) int {
+	if t.cur == t.limit {
+		// The runtime's default is in force, and the runtime changes
+		// it when the CPU quota changes: read it again (a read does not
+		// stop the world).
+		t.limit = max(t.set(0), 1)
+		t.cur = t.limit
+	}
 	want := fitProcs(busy, t.limit)
 	if want == t.cur || (raiseOnly && want < t.cur) {
 		return t.cur
@@ -142,7 +149,7 @@ func (d *Daemon) tuneProcs(stop <-chan struct{}) {
 	for {
 		prev := t.cur
 		if now := t.fit(d.busyUnits(), raiseOnly); now != prev {
-			d.log.Debugf("GOMAXPROCS %d: one per protected domain running here and per peer control connection (at most %d)", now, t.limit)
+			d.log.Debugf("GOMAXPROCS %d: one per protected domain running here (two under a %v heartbeat timeout) and per peer control connection (at most %d)", now, shortHeartbeat, t.limit)
 		}
 		select {
 		case <-stop:

@@ -145,3 +145,27 @@ func TestTuneProcsFollowsRunsAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestProcsTunerFollowsTheRuntimesDefault: while the runtime's default is
+// in force the runtime itself follows the CPU quota; the tuner reads it
+// again before it counts, so it never sets more Ps than the quota allows.
+func TestProcsTunerFollowsTheRuntimesDefault(t *testing.T) {
+	runtimeProcs := 4
+	var sets []int
+	tu := &procsTuner{limit: 4, cur: 4,
+		set: func(n int) int {
+			if n == 0 {
+				return runtimeProcs
+			}
+			sets = append(sets, n)
+			return 0
+		},
+		reset: func() { sets = append(sets, -1) }}
+	runtimeProcs = 2 // the quota fell; the runtime set 2 by itself
+	if got := tu.fit(3, false); got != 2 || len(sets) != 0 {
+		t.Fatalf("fit(3) = %d with runtime calls %v, want 2 and none", got, sets)
+	}
+	if got := tu.fit(1, false); got != 1 || !slices.Equal(sets, []int{1}) {
+		t.Fatalf("fit(1) = %d with runtime calls %v, want 1 and [1]", got, sets)
+	}
+}
