@@ -153,6 +153,27 @@ E2E_LOGS=${E2E_LOGS:-/tmp/libvirt-ft-e2e-logs/$(basename "$0" .sh)}
 # the scenario's exit, or the one with which fresh_protected_lab starts the
 # next trial (so a trial's files are made after its lab is up).
 SCRATCH=()
+# qemu_state_dump: for a failed scenario, what each host's running QEMU
+# was doing (a stalled guest is otherwise hard to tell from a paused one):
+# libvirt's state and reason, QEMU's run state and replay position, its
+# threads' kernel state, and the console's last lines. Read-only.
+qemu_state_dump() {
+	local h d pid t q
+	for h in a b; do
+		for d in $("$LAB" exec "$h" virsh -q -c qemu:///system list --name 2>/dev/null); do
+			echo "--- QEMU of $d on host $h: $("$LAB" exec "$h" virsh -q -c qemu:///system domstate --reason "$d" 2>&1)"
+			for q in query-status query-replay; do
+				echo "    $q: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system qemu-monitor-command "$d" "{\"execute\":\"$q\"}" 2>&1)"
+			done
+			pid=$("$LAB" exec "$h" cat "/run/libvirt/qemu/$d.pid" 2>/dev/null) || continue
+			for t in /proc/"$pid"/task/*; do
+				[ -r "$t/stat" ] || continue
+				echo "    thread $(basename "$t") $(cat "$t/comm" 2>/dev/null): state $(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $1 ", cpu ticks " $12 + $13}'), wchan $(cat "$t/wchan" 2>/dev/null), ctxt $(awk '/ctxt_switches/ {printf "%s ", $2}' "$t/status" 2>/dev/null)"
+			done
+			"$LAB" exec "$h" tail -n 3 "$CONSOLE_DIR/$d-console.log" 2>/dev/null | tr -d '\r' | sed 's/^/    console: /'
+		done
+	done
+}
 lab_stop() {
 	local rc=$?
 	rm -f "${SCRATCH[@]}" 2>/dev/null || true
@@ -171,6 +192,7 @@ lab_stop() {
 				echo "--- libvirt-ftd on host $h (tail; all logs in $E2E_LOGS)"
 				tail -n 25 "$LAB_DIR/$h/ftd.log" 2>/dev/null || true
 			done
+			qemu_state_dump 2>&1 | tee "$E2E_LOGS/qemu-state.txt" || true
 		fi
 	fi
 	if [ $rc -ne 0 ] && [ "${KEEP_LAB:-0}" = 1 ]; then
