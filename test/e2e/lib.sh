@@ -160,8 +160,8 @@ SCRATCH=()
 qemu_state_dump() {
 	local h d pid t q
 	for h in a b; do
-		for d in $("$LAB" exec "$h" virsh -q -c qemu:///system list --name 2>/dev/null); do
-			echo "--- QEMU of $d on host $h: $("$LAB" exec "$h" virsh -q -c qemu:///system domstate --reason "$d" 2>&1)"
+		for d in $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system list --name 2>/dev/null); do
+			echo "--- QEMU of $d on host $h: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system domstate --reason "$d" 2>&1)"
 			for q in query-status query-replay; do
 				echo "    $q: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system qemu-monitor-command "$d" "{\"execute\":\"$q\"}" 2>&1)"
 			done
