@@ -70,6 +70,13 @@ func (e env) pauseVM(uuid, why string) bool {
 	}
 	defer release()
 	if err := client.Stop(); err != nil {
+		// A stop that reached QEMU but whose answer was lost (libvirt's
+		// timeout, an error after the fact) paused the VM all the same:
+		// the caller must know, or it never resumes it (helper-103).
+		if st, serr := client.QueryStatus(); serr == nil && !st.Running {
+			e.log.WithError(err).Warnf("paused domain %s (the stop reported an error; QEMU says %s): %s", uuid, st.Status, why)
+			return true
+		}
 		e.log.WithError(err).Errorf("cannot pause domain %s (%s)", uuid, why)
 		return false
 	}

@@ -1068,7 +1068,9 @@ const hangProbeTimeout = 5 * time.Second
 // watchdog asks QEMU's monitor for its status (query-status through
 // libvirt): a QEMU that answers, in whatever state, or a libvirt that
 // answers with an error, is not hung, and is asked again a probe timeout
-// later while the silence lasts. One that does not answer within the probe
+// later while the silence lasts. QEMU's first answer in a silence (its
+// run state and replay position) is logged at info level, so that a
+// paused VM can be told from a guest that stopped logging. One that does not answer within the probe
 // timeout (that bound, at least 5 s) while the log stays silent is
 // reported to the failover core (failover.PrimaryHung), which kills it
 // while a backup is in step (KillVM: the backup goes live) and otherwise
@@ -1079,8 +1081,9 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 	probe := max(silence, hangProbeTimeout)
 	tick := time.NewTicker(max(silence/4, 10*time.Millisecond))
 	defer tick.Stop()
-	var answer chan error // the probe under way; nil when none
+	var answer chan probeAnswer // the probe under way; nil when none
 	var nextProbe time.Time
+	var told int64 // the silence (its read's start) whose answer was logged
 	for {
 		select {
 		case <-p.stop:
@@ -1094,8 +1097,8 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 			continue
 		}
 		if answer == nil {
-			answer = make(chan error, 1)
-			go func(c chan<- error) { c <- p.probeMonitor() }(answer)
+			answer = make(chan probeAnswer, 1)
+			go func(c chan<- probeAnswer) { c <- p.probeMonitor() }(answer)
 		}
 		timer := time.NewTimer(probe)
 		select {
@@ -1105,12 +1108,18 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		case <-ps.ended:
 			timer.Stop()
 			return
-		case err := <-answer:
+		case a := <-answer:
 			timer.Stop()
 			answer = nil
 			nextProbe = time.Now().Add(probe)
-			if err != nil {
-				p.log.WithError(err).Debug("hang watchdog: QEMU's monitor could not be asked")
+			if a.err != nil {
+				p.log.WithError(a.err).Debug("hang watchdog: QEMU's monitor could not be asked")
+			} else if told != since {
+				// Once per silence: what QEMU said tells a paused VM
+				// (or one stopped by a log write error) from a guest
+				// that logs nothing while it runs.
+				told = since
+				p.log.Infof("hang watchdog: the record log has been silent for %v; QEMU answers: %s", silent.Round(time.Millisecond), a.state)
 			}
 			continue
 		case <-timer.C:
@@ -1176,16 +1185,32 @@ func (p *primaryRun) monitorBusy() (running bool, busy time.Duration, err error)
 	}
 }
 
-// probeMonitor asks the running QEMU for its status (query-status); it
-// returns when QEMU or libvirt answers, which a hung QEMU never does.
-func (p *primaryRun) probeMonitor() error {
+// probeAnswer is what probeMonitor learnt: QEMU's run state and replay
+// position as text ("status running, replay mode record at icount N"),
+// or the error that kept it from asking.
+type probeAnswer struct {
+	state string
+	err   error
+}
+
+// probeMonitor asks the running QEMU for its status (query-status) and,
+// once that answered, its replay position (query-replay); it returns
+// when QEMU or libvirt answers, which a hung QEMU never does.
+func (p *primaryRun) probeMonitor() probeAnswer {
 	client, release, err := p.env.qmp(p.uuid)
 	if err != nil {
-		return err
+		return probeAnswer{err: err}
 	}
 	defer release()
-	_, err = client.QueryStatus()
-	return err
+	st, err := client.QueryStatus()
+	if err != nil {
+		return probeAnswer{err: err}
+	}
+	state := "status " + st.Status
+	if ri, rerr := client.QueryReplay(); rerr == nil {
+		state += fmt.Sprintf(", replay mode %s at icount %d", ri.Mode, ri.Icount)
+	}
+	return probeAnswer{state: state}
 }
 
 // pauseForClaim pauses the VM (once) while the split-brain claim cannot
