@@ -1081,9 +1081,9 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 	probe := max(silence, hangProbeTimeout)
 	tick := time.NewTicker(max(silence/4, 10*time.Millisecond))
 	defer tick.Stop()
-	var answer chan probeAnswer // the probe under way; nil when none
+	var answer chan error // the probe under way; nil when none
 	var nextProbe time.Time
-	var told int64 // the silence (its read's start) whose answer was logged
+	var told int64 // the silence (its read's start) whose first probe describes it
 	for {
 		select {
 		case <-p.stop:
@@ -1097,8 +1097,11 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 			continue
 		}
 		if answer == nil {
-			answer = make(chan probeAnswer, 1)
-			go func(c chan<- probeAnswer) { c <- p.probeMonitor() }(answer)
+			answer = make(chan error, 1)
+			// The first probe of a silence also logs what QEMU says.
+			full := told != since
+			told = since
+			go p.probeMonitor(answer, silent, full)
 		}
 		timer := time.NewTimer(probe)
 		select {
@@ -1108,18 +1111,12 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		case <-ps.ended:
 			timer.Stop()
 			return
-		case a := <-answer:
+		case err := <-answer:
 			timer.Stop()
 			answer = nil
 			nextProbe = time.Now().Add(probe)
-			if a.err != nil {
-				p.log.WithError(a.err).Debug("hang watchdog: QEMU's monitor could not be asked")
-			} else if told != since {
-				// Once per silence: what QEMU said tells a paused VM
-				// (or one stopped by a log write error) from a guest
-				// that logs nothing while it runs.
-				told = since
-				p.log.Infof("hang watchdog: the record log has been silent for %v; QEMU answers: %s", silent.Round(time.Millisecond), a.state)
+			if err != nil {
+				p.log.WithError(err).Debug("hang watchdog: QEMU's monitor could not be asked")
 			}
 			continue
 		case <-timer.C:
@@ -1185,32 +1182,30 @@ func (p *primaryRun) monitorBusy() (running bool, busy time.Duration, err error)
 	}
 }
 
-// probeAnswer is what probeMonitor learnt: QEMU's run state and replay
-// position as text ("status running, replay mode record at icount N"),
-// or the error that kept it from asking.
-type probeAnswer struct {
-	state string
-	err   error
-}
-
-// probeMonitor asks the running QEMU for its status (query-status) and,
-// once that answered, its replay position (query-replay); it returns
-// when QEMU or libvirt answers, which a hung QEMU never does.
-func (p *primaryRun) probeMonitor() probeAnswer {
+// probeMonitor asks the running QEMU for its status (query-status) and
+// sends the outcome on answer when QEMU or libvirt answers, which a hung
+// QEMU never does. With describe it then asks for the replay position
+// (query-replay) and logs both at info level, after the answer: what QEMU
+// says in a silence of the record log (silent long) tells a paused VM (or
+// one stopped by a log write error) from a guest that logs nothing while
+// it runs, and asking must not delay the proof of life.
+func (p *primaryRun) probeMonitor(answer chan<- error, silent time.Duration, describe bool) {
 	client, release, err := p.env.qmp(p.uuid)
 	if err != nil {
-		return probeAnswer{err: err}
+		answer <- err
+		return
 	}
 	defer release()
 	st, err := client.QueryStatus()
-	if err != nil {
-		return probeAnswer{err: err}
+	answer <- err
+	if err != nil || !describe {
+		return
 	}
 	state := "status " + st.Status
 	if ri, rerr := client.QueryReplay(); rerr == nil {
 		state += fmt.Sprintf(", replay mode %s at icount %d", ri.Mode, ri.Icount)
 	}
-	return probeAnswer{state: state}
+	p.log.Infof("hang watchdog: the record log has been silent for %v; QEMU answers: %s", silent.Round(time.Millisecond), state)
 }
 
 // pauseForClaim pauses the VM (once) while the split-brain claim cannot

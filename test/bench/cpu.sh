@@ -42,9 +42,9 @@ fi
 work=$(mktemp -d /var/tmp/ft-bench-cpu.XXXXXX)
 qpids=()
 cleanup() {
-	local p
+	local rc=$? p
 	for p in "$work"/qemu-*.pid; do [ -s "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
-	[ "$BENCH_LAB" = 1 ] && lab_stop
+	[ "$BENCH_LAB" = 1 ] && lab_stop $rc
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -246,7 +246,7 @@ if [ "$BENCH_LAB" = 1 ]; then
 		[ $setup = unprotected ] && edit='/<metadata>/,/<\/metadata>/d;'
 		[ "$pin" = 1 ] && edit+="s|</devices>|</devices><cputune><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>|;"
 		[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
-		lab_stop >/dev/null 2>&1
+		lab_stop 0 >/dev/null 2>&1
 		lab_start >/dev/null
 		if [ $setup = unprotected ]; then
 			on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
@@ -295,7 +295,7 @@ if [ "$BENCH_LAB" = 1 ]; then
 			[ -n "$bruns" ] && T[lab-backup-start,$tag]=$(best "$bruns")
 		done
 	done
-	lab_stop
+	lab_stop 0
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }

@@ -152,7 +152,7 @@ for run in $(seq "$REPEAT"); do
 	[ "$pin" = 1 ] && edit+=$PIN_EDIT
 	edit+=${EXTRA_EDIT:-}
 	[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
-	lab_stop
+	lab_stop 0
 	lab_start
 	if [ $setup = unprotected ] || [ $setup = icount ]; then
 		on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null

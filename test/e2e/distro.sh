@@ -34,7 +34,7 @@ DISTRO=${DISTRO:-$ROOT/test/guest/out/distro}
 "$ROOT/test/guest/distro/build.sh" "$DISTRO" | sed 's/^/   /'
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap 'kill_clients; lab_stop' EXIT
+trap '_rc=$?; kill_clients; lab_stop $_rc' EXIT
 
 # The domain: the lab's, booting Debian's kernel with root=/dev/vda.
 export DOMAIN_XML_EDIT="s|<memory unit='MiB'>256</memory>|<memory unit='MiB'>512</memory>|;s|$IMAGES/vmlinuz|$IMAGES/debian-vmlinuz|;s|$IMAGES/initrd.img|$IMAGES/debian-initrd.img|;s|<cmdline>.*</cmdline>|<cmdline>console=ttyS0 root=/dev/vda rw quiet</cmdline>|"

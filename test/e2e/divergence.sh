@@ -35,7 +35,7 @@ export DOMAIN_XML_EDIT="/<serial type='file'>/,/<\/console>/c\\    <serial type=
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap 'kill_clients; lab_stop' EXIT
+trap '_rc=$?; kill_clients; lab_stop $_rc' EXIT
 fresh_protected_lab 8
 
 # gate_json HOST KEY: KEY of the domain's first output gate on HOST.

@@ -57,7 +57,7 @@ GUEST_MAC=52:54:00:fa:00:01
 command -v iptables >/dev/null || die "iptables is missing (make setup)"
 pids=()
 kill_bg() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
-trap 'kill_bg; lab_stop' EXIT
+trap '_rc=$?; kill_bg; lab_stop $_rc' EXIT
 rows=() failed=0
 
 # copies: the hosts on which a copy of the VM runs live (domstate running

@@ -43,7 +43,7 @@ purge() {
 	out=$(DEBIAN_FRONTEND=noninteractive apt-get purge -y -q libvirt-ft libvirt-ft-qemu 2>&1) ||
 		{ echo "$out" | tail -n 20; echo "install.sh: apt-get purge failed: libvirt-ft may still be installed" >&2; }
 }
-trap '(lab_stop) || true; purge' EXIT
+trap '_rc=$?; (lab_stop $_rc) || true; purge' EXIT
 
 say "apt-get install $(basename "$deb") $(basename "$qdeb")"
 installed=yes
@@ -77,7 +77,7 @@ say "replication with the installed files"
 RESTARTS=0 bash "$ROOT/test/e2e/replication.sh"
 say "one failover with the installed files"
 TRIALS=1 MODES=qemu bash "$ROOT/test/e2e/failover.sh"
-lab_stop
+lab_stop 0
 
 say "apt-get purge libvirt-ft libvirt-ft-qemu"
 t0=$SECONDS

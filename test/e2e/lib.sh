@@ -174,8 +174,11 @@ qemu_state_dump() {
 		done
 	done
 }
+# lab_stop [RC]: RC is the scenario's exit status (default: $?, right
+# only when lab_stop is the trap itself: a trap that runs another command
+# first passes its $? on, as in trap '_rc=$?; kill_clients; lab_stop $_rc' EXIT).
 lab_stop() {
-	local rc=$?
+	local rc=${1-$?}
 	rm -f "${SCRATCH[@]}" 2>/dev/null || true
 	if [ -d "$LAB_DIR" ]; then
 		rm -rf "$E2E_LOGS" && mkdir -p "$E2E_LOGS"
@@ -320,7 +323,7 @@ end_clients() {
 # fresh_protected_lab TICKS: a new lab with the demo domain protected and
 # running, host A's console at tick TICKS or later.
 fresh_protected_lab() {
-	lab_stop
+	lab_stop 0
 	lab_start
 	start_protected "$DOMAIN"
 	wait_for 120 "$1 ticks on host A" has_tick a "$DOMAIN" "$1"

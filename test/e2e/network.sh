@@ -36,7 +36,7 @@ cleanup() {
 	[ "${KEEP_CAPTURE:-0}" = 1 ] && echo "capture and record log kept in $LIBVIRT_FT_TEE_DIR" || rm -rf "$LIBVIRT_FT_TEE_DIR"
 	return $rc
 }
-trap 'cleanup; lab_stop' EXIT
+trap '_rc=$?; cleanup; lab_stop $_rc' EXIT
 fresh_protected_lab 10
 # The XML is read whole before grep looks at it: piped into grep -q under
 # pipefail, virsh could be killed by SIGPIPE for its next write once grep

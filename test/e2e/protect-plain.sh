@@ -26,7 +26,7 @@ source "$(dirname "$0")/lib.sh"
 export FT_REPROTECT= # the product's default: automatic re-protection on
 STALL_LIMIT=${STALL_LIMIT:-10s}
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
-trap 'kill_clients; lab_stop' EXIT
+trap '_rc=$?; kill_clients; lab_stop $_rc' EXIT
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 

@@ -33,7 +33,7 @@ esac
 HEARTBEAT_TIMEOUT_S=1
 STALL_LIMIT=$((HEARTBEAT_TIMEOUT_S + 4))s
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
-trap 'kill_clients; lab_stop' EXIT
+trap '_rc=$?; kill_clients; lab_stop $_rc' EXIT
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 

@@ -28,7 +28,7 @@ esac
 work=$(mktemp -d -t ft-soak.XXXXXX)
 loadpid=
 stop_load() { [ -z "$loadpid" ] || kill "$loadpid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap 'stop_load; lab_stop' EXIT
+trap '_rc=$?; stop_load; lab_stop $_rc' EXIT
 
 # backup_icount: the backup QEMU's executed icount (query-replay).
 backup_icount() {

@@ -25,7 +25,7 @@ off) export DOMAIN_XML_EDIT='s|</ft:ft>|<ft:output-gate enabled="no"/></ft:ft>|'
 *) die "GATE is on or off" ;;
 esac
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
-trap 'kill_clients; lab_stop' EXIT
+trap '_rc=$?; kill_clients; lab_stop $_rc' EXIT
 pids=()
 kill_clients() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 report=() failed=0
