@@ -162,9 +162,22 @@ qemu_state_dump() {
 	for h in a b; do
 		for d in $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system list --name 2>/dev/null); do
 			echo "--- QEMU of $d on host $h: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system domstate --reason "$d" 2>&1)"
-			for q in query-status query-replay; do
-				echo "    $q: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system qemu-monitor-command "$d" "{\"execute\":\"$q\"}" 2>&1)"
+			# Monitor commands only to a monitor that is idle (domcontrol
+			# takes no job): one left waiting on a blocked QEMU would hold
+			# the domain's job in a lab kept for debugging (KEEP_LAB=1).
+			# (A daemon's own queries keep it occupied a few ms at a time.)
+			local idle=0 i
+			for i in 1 2 3 4 5 6 7 8 9 10; do
+				[ "$(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system domcontrol "$d" 2>/dev/null | tr -d '[:space:]')" = ok ] && { idle=1; break; }
+				sleep 0.1
 			done
+			if [ $idle = 1 ]; then
+				for q in query-status query-replay; do
+					echo "    $q: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system qemu-monitor-command "$d" "{\"execute\":\"$q\"}" 2>&1)"
+				done
+			else
+				echo "    monitor busy or not answering (virsh domcontrol): not asked"
+			fi
 			pid=$("$LAB" exec "$h" cat "/run/libvirt/qemu/$d.pid" 2>/dev/null) || continue
 			for t in /proc/"$pid"/task/*; do
 				[ -r "$t/stat" ] || continue
