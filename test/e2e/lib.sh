@@ -26,6 +26,9 @@ die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 lab() { "$LAB" "$@"; }
 on() { local h=$1; shift; "$LAB" exec "$h" "$@"; }
 virsh_on() { local h=$1; shift; "$LAB" exec "$h" virsh -q -c qemu:///system "$@"; }
+# virsh_within HOST ARGS...: virsh_on, given up after 10 s (for a report on
+# a failure, when libvirtd itself may hang).
+virsh_within() { local h=$1; shift; timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system "$@"; }
 ft_on() { local h=$1; shift; "$LAB" exec "$h" "$VIRT_FT" "$@"; }
 
 # wait_for_quiet SECONDS CMD...: poll CMD every 0.2 s; false when it never
@@ -158,27 +161,27 @@ SCRATCH=()
 # libvirt's state and reason, QEMU's run state and replay position, its
 # threads' kernel state, and the console's last lines. Read-only.
 qemu_state_dump() {
-	local h d pid t q
+	local h d pid t q idle i
 	for h in a b; do
-		for d in $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system list --name 2>/dev/null); do
-			echo "--- QEMU of $d on host $h: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system domstate --reason "$d" 2>&1)"
+		for d in $(virsh_within "$h" list --name 2>/dev/null); do
+			echo "--- QEMU of $d on host $h: $(virsh_within "$h" domstate --reason "$d" 2>&1)"
 			# Monitor commands only to a monitor that is idle (domcontrol
 			# takes no job): one left waiting on a blocked QEMU would hold
 			# the domain's job in a lab kept for debugging (KEEP_LAB=1).
 			# (A daemon's own queries keep it occupied a few ms at a time.)
-			local idle=0 i
+			idle=0
 			for i in 1 2 3 4 5 6 7 8 9 10; do
-				[ "$(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system domcontrol "$d" 2>/dev/null | tr -d '[:space:]')" = ok ] && { idle=1; break; }
+				[ "$(virsh_within "$h" domcontrol "$d" 2>/dev/null | tr -d '[:space:]')" = ok ] && { idle=1; break; }
 				sleep 0.1
 			done
 			if [ $idle = 1 ]; then
 				for q in query-status query-replay; do
-					echo "    $q: $(timeout 10 "$LAB" exec "$h" virsh -q -c qemu:///system qemu-monitor-command "$d" "{\"execute\":\"$q\"}" 2>&1)"
+					echo "    $q: $(virsh_within "$h" qemu-monitor-command "$d" "{\"execute\":\"$q\"}" 2>&1)"
 				done
 			else
 				echo "    monitor busy or not answering (virsh domcontrol): not asked"
 			fi
-			pid=$("$LAB" exec "$h" cat "/run/libvirt/qemu/$d.pid" 2>/dev/null) || continue
+			pid=$(qemu_pid "$h" "$d") || continue
 			for t in /proc/"$pid"/task/*; do
 				[ -r "$t/stat" ] || continue
 				echo "    thread $(basename "$t") $(cat "$t/comm" 2>/dev/null): state $(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $1 ", cpu ticks " $12 + $13}'), wchan $(cat "$t/wchan" 2>/dev/null), ctxt $(awk '/ctxt_switches/ {printf "%s ", $2}' "$t/status" 2>/dev/null)"
