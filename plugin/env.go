@@ -69,19 +69,11 @@ func (e env) pauseVM(uuid, why string) bool {
 		return false
 	}
 	defer release()
-	before, berr := client.QueryStatus()
 	if err := client.Stop(); err != nil {
-		// A stop that reached a running QEMU but whose answer was lost
-		// paused the VM all the same: the caller must know, or it never
-		// resumes it (helper-103). Only running before and "paused" now
-		// counts: any other state may be someone else's stop, or one
-		// that resumes by itself (helper-104).
-		if berr == nil && before.Running {
-			if st, serr := client.QueryStatus(); serr == nil && st.Status == "paused" {
-				e.log.WithError(err).Warnf("paused domain %s (the stop reported an error, but QEMU was running and is paused now): %s", uuid, why)
-				return true
-			}
-		}
+		// A stop whose answer was lost (libvirt's connection dropped)
+		// may have paused the VM; it then stays paused until an
+		// operator resumes it: closed, not open. Reading the state
+		// back cannot tell our stop from another job's (helper-105).
 		e.log.WithError(err).Errorf("cannot pause domain %s (%s)", uuid, why)
 		return false
 	}

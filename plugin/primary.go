@@ -1083,7 +1083,8 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 	defer tick.Stop()
 	var answer chan error // the probe under way; nil when none
 	var nextProbe time.Time
-	var told int64 // the silence (its read's start) whose first probe describes it
+	var told int64   // the silence (its read's start) QEMU's answer described
+	var asking int64 // the silence the probe under way describes; 0: none
 	for {
 		select {
 		case <-p.stop:
@@ -1098,10 +1099,13 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 		}
 		if answer == nil {
 			answer = make(chan error, 1)
-			// The first probe of a silence also logs what QEMU says.
-			full := told != since
-			told = since
-			go p.probeMonitor(answer, silent, full)
+			// The first answered probe of a silence also logs what
+			// QEMU says.
+			asking = 0
+			if told != since {
+				asking = since
+			}
+			go p.probeMonitor(answer, silent, asking != 0)
 		}
 		timer := time.NewTimer(probe)
 		select {
@@ -1117,6 +1121,8 @@ func (p *primaryRun) watchHang(ps *pumpState, drv *failover.Driver) {
 			nextProbe = time.Now().Add(probe)
 			if err != nil {
 				p.log.WithError(err).Debug("hang watchdog: QEMU's monitor could not be asked")
+			} else if asking != 0 {
+				told = asking
 			}
 			continue
 		case <-timer.C:

@@ -148,7 +148,8 @@ func TestTuneProcsFollowsRunsAtOnce(t *testing.T) {
 
 // TestProcsTunerFollowsTheRuntimesDefault: while the runtime's default is
 // in force the runtime itself follows the CPU quota; the tuner reads it
-// again before it counts, so it never sets more Ps than the quota allows.
+// again before it counts, so it does not set more Ps than the quota the
+// runtime last followed.
 func TestProcsTunerFollowsTheRuntimesDefault(t *testing.T) {
 	runtimeProcs := 4
 	var sets []int
