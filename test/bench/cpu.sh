@@ -11,8 +11,8 @@
 #     record    rr=record into a file (a primary with no backup)
 #     replay    rr=replay of that file (the backup alone, never waiting for log)
 #     record and replay at the same time, pinned to CPU 0 and 1, not coupled:
-#               what two busy CPUs of this machine cost each other, which
-#               the lab's pinned protected row pays and two hosts do not
+#               what two busy CPUs of this machine cost each other (it
+#               comes and goes: the hypervisor's; session 38)
 #   In the lab (libvirt, both daemons):
 #     lab-unprotected  the demo domain without the ft element
 #     lab-protected    the demo domain protected (primary on host a, backup on b)
@@ -99,18 +99,25 @@ boot() {
 	[ $mode = replay ] || "$ROOT/test/guest/mkdisk.sh" "$work/$name.qcow2" >/dev/null
 	[ $mode = replay ] && cp "${RDISK:-$work/record-disk.qcow2}" "$work/$name.qcow2"
 	[ $mode = record ] && cp "$work/$name.qcow2" "$work/record-disk.qcow2"
-	rm -f "$work/console-$name.log" "$work/qemu-$name.pid"
+	rm -f "$work/qemu-$name.pid"
+	# The console file exists before the watcher starts: tail -F notices a
+	# file that appears later only after about 2 s. QEMU truncates it.
+	: >"$work/console-$name.log"
 	mapfile -t args < <(qemu_args "$mode" "$name")
+	# The watcher costs no CPU while it waits (waitfor.sh); QEMU dying
+	# first ends the wait too.
+	"$ROOT/test/bench/waitfor.sh" 240 "ft-guest: up" tail -n +1 -F "$work/console-$name.log" &
+	local watch=$! ended
 	t0=$(date +%s%N)
 	"${pre[@]}" "$QEMU" "${args[@]}" >"$work/qemu-$name.out" 2>&1 &
 	local job=$!
-	local end=$((SECONDS + 240))
-	until grep -q "ft-guest: up" "$work/console-$name.log" 2>/dev/null; do
-		[ $SECONDS -lt $end ] || { cat "$work/qemu-$name.out" >&2; die "$name: no 'ft-guest: up' within 240 s"; }
-		kill -0 $job 2>/dev/null || { cat "$work/qemu-$name.out" >&2; die "$name: QEMU exited before 'ft-guest: up'"; }
-		sleep 0.02
-	done
+	wait -n -p ended $watch $job || true
 	t1=$(date +%s%N)
+	if [ "$ended" != "$watch" ] || ! grep -q "ft-guest: up" "$work/console-$name.log"; then
+		kill $watch 2>/dev/null || true
+		cat "$work/qemu-$name.out" >&2
+		die "$name: no 'ft-guest: up' within 240 s, or QEMU exited before it"
+	fi
 	[ $mode = record ] && sleep 1
 	stop_qemu "$name" $job
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'
@@ -141,10 +148,13 @@ if [ "${ALONE:-1}" = 1 ]; then
 		done
 	done
 	# Both CPUs busy at once, not coupled: a record on CPU 0 while the
-	# pinned record's log replays from a file on CPU 1. On this machine
-	# two busy CPUs slow each other down (shared caches and memory, the
-	# hypervisor's scheduling), which a pair on two hosts does not pay; the
-	# lab's pinned protected row pays it, so these rows are its ceiling.
+	# pinned record's log replays from a file on CPU 1: what two busy CPUs
+	# of this machine cost each other. Until session 38 these rows took
+	# 5.3-6.0 s against 3.4 alone, mostly the waits' own polling (a grep
+	# and a sleep every 20 ms for each run), which had no idle CPU left to
+	# run on. With waitfor.sh they take what each takes alone in most
+	# runs; in others the QEMU on CPU 1 needs half as much CPU time again
+	# (the hypervisor's sharing of the host's cores, not ours).
 	runs_r="" runs_p=""
 	for i in $(seq "$RUNS"); do
 		( RRFILE=$work/log-conc.bin boot record "conc-record-$i" 0 >"$work/conc-record.s" ) &
@@ -235,10 +245,45 @@ if [ "$BENCH_LAB" = 1 ]; then
 	# clock starts, libvirtd on both hosts probes the emulator
 	# (domcapabilities): libvirt does that once per emulator binary and
 	# caches it, and a fresh lab would otherwise charge host b's probe
-	# (about 1 s) to the backup's start. The console is watched by one
-	# loop inside host a (a lab exec per poll costs a CPU's worth of time).
-	# Prints the seconds to "ft-guest: up", and for protected, a second
-	# figure: the seconds until the backup domain ran.
+	# (about 1 s) to the backup's start. The console and the backup's
+	# start are waited for by watchers that block (waitfor.sh: tail -F,
+	# virsh event), not by polls: until session 38 a grep loop on the
+	# console and a virsh loop every 10 ms on host b took CPU from the two
+	# QEMUs. Prints the seconds to "ft-guest: up", and for protected: the
+	# seconds until the backup domain ran, and the ms the primary was held
+	# by the lag bound and by the window (virt-ft status). Logs where each
+	# QEMU's vCPU spent its time (qemu_times) and the daemons' CPU time.
+	# qemu_times HOST: where host HOST's QEMU spent its time until now: its
+	# vCPU thread's run time and its wait for a CPU (/proc schedstat), and
+	# the seconds since QEMU started; the rest the vCPU slept (a backup
+	# waiting for log, a primary held by its pump). One line, seconds.
+	qemu_times() {
+		local pid
+		pid=$(tr -dc 0-9 <"$LAB_DIR/$1/root/run-libvirt/qemu/$DOMAIN.pid" 2>/dev/null) || return 0
+		[ -n "$pid" ] || return 0
+		local st up
+		st=$(awk '{ print $22 }' "/proc/$pid/stat" 2>/dev/null) || return 0
+		up=$(awk '{ print $1 }' /proc/uptime)
+		for t in /proc/$pid/task/*; do
+			case $(cat "$t/comm" 2>/dev/null) in
+			"CPU "* | "ALL CPUs"*) echo "vcpu $(cat "$t/schedstat")" ;;
+			*) echo "other $(cat "$t/schedstat")" ;;
+			esac
+		done | awk -v st="$st" -v up="$up" -v hz="$(getconf CLK_TCK)" -v h="$1" '
+			$1 == "vcpu" { r += $2; w += $3 } $1 == "other" { o += $2 }
+			END { e = up - st / hz; printf "%s: vCPU ran %.2f, waited for a CPU %.2f, slept %.2f of %.2f s; its other threads ran %.2f s", h, r / 1e9, w / 1e9, e - (r + w) / 1e9, e, o / 1e9 }'
+	}
+
+	# daemon_cpu: the CPU time (s) so far of libvirt-ftd and libvirtd on
+	# hosts a and b, as "ftd-a ftd-b libvirtd-a libvirtd-b".
+	daemon_cpu() {
+		local f pid
+		for f in "$LAB_DIR/a/ftd-daemon.pid" "$LAB_DIR/b/ftd-daemon.pid" "$LAB_DIR/a/root/run-libvirt/libvirtd.pid" "$LAB_DIR/b/root/run-libvirt/libvirtd.pid"; do
+			pid=$(tr -dc 0-9 <"$f" 2>/dev/null || true)
+			awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f ", ($14 + $15) / hz }' "/proc/${pid:-0}/stat" 2>/dev/null || printf "0 "
+		done
+	}
+
 	lab_boot() {
 		local setup=$1 pin=$2 t0 t1 tb="" h bg=""
 		unset DOMAIN_XML_EDIT
@@ -257,14 +302,19 @@ if [ "$BENCH_LAB" = 1 ]; then
 		fi
 		for h in a b; do virsh_on $h domcapabilities --emulatorbin "$QEMU" --virttype qemu >/dev/null; done
 		rm -f "$work/backup-running"
-		t0=$(date +%s%N)
-		virsh_on a start "$DOMAIN" >/dev/null
+		# The waits below block on events (waitfor.sh): a poll loop of
+		# grep and sleep, or of virsh, takes CPU from the two QEMUs.
+		local console=$LAB_DIR/a/root/log-libvirt/qemu/$DOMAIN-console.log
+		: >"$console"
+		"$ROOT/test/bench/waitfor.sh" 240 "ft-guest: up" tail -n +1 -F "$console" &
+		local watch=$!
 		if [ $setup = protected ]; then
 			(
-				# Bounded like the console loop: it must not outlive a
-				# failed run (it would poll a torn-down host for ever).
-				on b timeout 240 sh -c "until virsh -q -c qemu:///system domstate $DOMAIN 2>/dev/null | grep -q running; do sleep 0.01; done" 2>/dev/null ||
-					exit 1
+				# The backup domain's start, from libvirt's lifecycle
+				# events on host b (one virsh, subscribed before the
+				# clock starts).
+				"$ROOT/test/bench/waitfor.sh" 240 "domain '$DOMAIN': Started" \
+					"$LAB" exec b virsh -q -c qemu:///system event --event lifecycle --loop || exit 1
 				date +%s%N >"$work/backup-running"
 				if [ "$pin" = 1 ]; then
 					virsh_on b emulatorpin "$DOMAIN" 1 --live >/dev/null
@@ -273,25 +323,38 @@ if [ "$BENCH_LAB" = 1 ]; then
 			) >/dev/null &
 			bg=$!
 		fi
-		if ! on a timeout 240 sh -c "until grep -q 'ft-guest: up' $CONSOLE_DIR/$DOMAIN-console.log 2>/dev/null; do sleep 0.02; done"; then
+		# Both watchers subscribed (tail's inotify, virsh's event
+		# callback) before the clock starts.
+		sleep 1
+		local cpu0
+		cpu0=$(daemon_cpu)
+		t0=$(date +%s%N)
+		virsh_on a start "$DOMAIN" >/dev/null
+		if ! wait $watch; then
 			[ -z "$bg" ] || { kill "$bg" 2>/dev/null; wait "$bg" 2>/dev/null; }
 			die "lab $setup: no 'ft-guest: up' within 240 s"
 		fi
 		t1=$(date +%s%N)
+		log "$setup (pin $pin) at 'up': $(qemu_times a)${bg:+; $(qemu_times b)}" >&2
+		log "$setup (pin $pin) daemons' CPU until 'up' (s): $(awk -v a="$cpu0" -v b="$(daemon_cpu)" 'BEGIN { split(a, x); split(b, y); printf "libvirt-ftd a %.2f, b %.2f; libvirtd a %.2f, b %.2f", y[1] - x[1], y[2] - x[2], y[3] - x[3], y[4] - x[4] }')" >&2
 		[ -z "$bg" ] || wait "$bg" || die "lab $setup: the backup domain did not run on host b, or could not be pinned to CPU 1"
 		[ -s "$work/backup-running" ] && tb=$(awk -v a="$t0" -v b="$(cat "$work/backup-running")" 'BEGIN { printf " %.2f", (b - a) / 1e9 }')
-		awk -v a="$t0" -v b="$t1" -v tb="$tb" 'BEGIN { printf "%.2f%s\n", (b - a) / 1e9, tb }'
+		# The primary's holds until "up" (virt-ft status: ms its pump was
+		# held by the lag bound and by the window).
+		local held=""
+		[ $setup = protected ] && held=$(ft_on a status --json | jq -r '.[0] | "\(.held_lag_ms) \(.held_window_ms)"')
+		awk -v a="$t0" -v b="$t1" -v tb="$tb" -v h="${held:+ $held}" 'BEGIN { printf "%.2f%s%s\n", (b - a) / 1e9, tb, h }'
 	}
 	for pin in 0 1; do
 		tag=unpinned; [ $pin = 1 ] && tag=pinned
 		for setup in unprotected protected; do
-			runs="" bruns=""
+			runs="" bruns="" hruns=""
 			for i in $(seq "$RUNS"); do
-				read -r s b < <(lab_boot $setup $pin)
-				runs+="$s " bruns+="${b:+$b }"
+				read -r s b hl hw < <(lab_boot $setup $pin)
+				runs+="$s " bruns+="${b:+$b }" hruns+="${hl:+$hl/$hw }"
 			done
 			T[lab-$setup,$tag]=$(best "$runs")
-			log "lab $setup $tag: $runs s${bruns:+ (backup running after $bruns s)}"
+			log "lab $setup $tag: $runs s${bruns:+ (backup running after $bruns s; the primary held by the lag bound/window $hruns ms)}"
 			[ -n "$bruns" ] && T[lab-backup-start,$tag]=$(best "$bruns")
 		done
 	done
