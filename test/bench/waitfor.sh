@@ -8,8 +8,8 @@
 # `virsh event --loop`), so the wait costs no CPU while it waits. A loop of
 # grep and sleep costs a fork and an exec per poll, and when both of the
 # lab's CPUs are busy with the two QEMUs, that CPU time is taken from them
-# (a plain boot pinned to CPU 0 took 4.5 s instead of 3.0 when another ran
-# on CPU 1, its vCPU thread 1.7 s waiting for CPU, with two such loops
+# (two plain boots side by side took 4.4-5.4 s against 2.6-3.0 s alone,
+# each vCPU thread waiting 1.85-1.99 s for a CPU, with two such loops
 # polling at 50 Hz; BENCHMARKS.md, session 38).
 set -u
 [ $# -ge 3 ] || {
@@ -19,11 +19,21 @@ set -u
 secs=$1 text=$2
 shift 2
 coproc W { exec timeout "$secs" "$@" 2>/dev/null; }
+# timeout(1) runs in a process group of its own (its pid): ending that
+# group ends the whole watcher, a `lab.sh exec` and what it started
+# included.
 pid=$W_PID
-grep -q -F -m 1 -- "$text" <&"${W[0]}"
+g=""
+stop() { kill -TERM -- "-$pid" 2>/dev/null; }
+# Killed (a bench giving up, Ctrl-C): end the watcher and grep too. A trap
+# runs only while bash waits, so grep runs in the background; a coproc's
+# descriptor is not passed to a background job, a duplicate is.
+trap 'stop; [ -z "$g" ] || kill "$g" 2>/dev/null; exit 1' TERM INT HUP
+exec 3<&"${W[0]}"
+grep -q -F -m 1 -- "$text" <&3 &
+g=$!
+wait "$g"
 rc=$?
-# timeout(1) runs in a process group of its own (its pid), which ends the
-# whole watcher, a `lab.sh exec` and what it started included.
-kill -TERM -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null
+stop
 wait "$pid" 2>/dev/null
 exit $rc
