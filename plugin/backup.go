@@ -234,6 +234,23 @@ func (b *backupRun) setState(state ctl.State, detail string) {
 	b.state, b.detail = state, detail
 }
 
+// setStateIf sets the state only while it is still from, and reports
+// whether it did. A step that may run after a concurrent one (the
+// re-protection's "state received" after the log channel came up) uses it,
+// so that it never turns a later state back.
+func (b *backupRun) setStateIf(from, state ctl.State, detail string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != from {
+		return false
+	}
+	if b.state != state || b.detail != detail {
+		b.log.Infof("state %s %s", state, detail)
+	}
+	b.state, b.detail = state, detail
+	return true
+}
+
 func (b *backupRun) driver() *failover.Driver {
 	b.mu.Lock()
 	defer b.mu.Unlock()

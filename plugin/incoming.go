@@ -231,8 +231,12 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		b.convertLive(dest, ia)
 		return
 	}
-	b.setState(ctl.StateArmed, "received the running VM's state; waiting for its log channel")
-	b.log.Info("received the running VM's state (re-protection); waiting for the log channel")
+	// The primary's log channel may be up already (serveLog set the state
+	// replicating): the migration's end reaches the primary first, and its
+	// first log can beat QEMU's MIGRATION completed event here.
+	if b.setStateIf(ctl.StateArmed, ctl.StateArmed, "received the running VM's state; waiting for its log channel") {
+		b.log.Info("received the running VM's state (re-protection); waiting for the log channel")
+	}
 	t := time.NewTimer(incomingLogWait)
 	defer t.Stop()
 	select {
