@@ -1060,8 +1060,9 @@ const hangProbeTimeout = 5 * time.Second
 // in the flow of log entries or acknowledgments could indicate the
 // failure of a VM" (Scales et al. 2010, section 2.3). A running guest
 // logs constantly (an idle one still logs clock checkpoints several times
-// a second), but QEMU keeps up to 4 KiB of log in its stdio buffer and a
-// paused guest logs nothing, so silence alone proves nothing. When the
+// a second), but QEMU may keep up to 4 KiB of log in its stdio buffer
+// (flushed at a 5 ms pace when FIFO A has room, patch 0034) and a paused
+// guest logs nothing, so silence alone proves nothing. When the
 // pump has waited in one read of FIFO A for the hang probe bound
 // (ftxml.Config.HangProbe: <ft:heartbeat stall-timeout-ms>, default twice
 // timeout-ms), the
