@@ -589,10 +589,13 @@ func (b *backupRun) receive(pc *peerConn) {
 				b.mu.Unlock()
 				b.setState(ctl.StateReplicating, "the primary host's libvirt-ftd restarts (planned): waiting for its log channel")
 			}
-			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
-			if m.Bye.Clean && m.Bye.Reason != failover.ByeRestarting {
+			if m.Bye.Clean && endsReplay(m.Bye.Reason) {
+				// Before the core hears it: its answer (a halt, a
+				// go-live) then sets the state after this detail, never
+				// before it.
 				b.setState(ctl.StateReplicating, "primary said bye: "+logchan.CleanText(m.Bye.Reason, 512)+"; replaying to the end of its log")
 			}
+			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
 		case logchan.MsgLog:
 			// Check the frame at once and acknowledge it as received:
 			// everything queued is written into FIFO B before any END,
@@ -697,6 +700,18 @@ func (q *frameQueue) set(end, closed bool) {
 	q.closed = q.closed || closed
 	q.cond.Broadcast()
 	q.mu.Unlock()
+}
+
+// endsReplay reports whether a clean Bye with this reason leaves the backup
+// replaying to the end of the log it has (ByeShutdown, or a reason for
+// humans only), rather than restarting, switching over, going live or
+// halting, whose steps set the state themselves (failover/types.go).
+func endsReplay(reason string) bool {
+	switch reason {
+	case failover.ByeRestarting, failover.ByeSwitchover, failover.ByeLive, failover.ByeUnprotect:
+		return false
+	}
+	return true
 }
 
 // feedLoop writes queued frames into FIFO B and acknowledges them.

@@ -495,8 +495,10 @@ func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState,
 	p.restartPaused, p.claimPaused = false, false
 	p.mu.Unlock()
 	ps.setHeld(false)
-	go p.receive(link, drv, ps, gates)
+	// The state first: a channel that drops at once, or a switchover,
+	// makes receive's core set the state, which must not be turned back.
 	p.setState(ctl.StateReplicating, "")
+	go p.receive(link, drv, ps, gates)
 	p.log.Info("log channel resumed after a planned restart")
 	if resume {
 		go func() {

@@ -231,12 +231,7 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		b.convertLive(dest, ia)
 		return
 	}
-	// The primary's log channel may be up already (serveLog set the state
-	// replicating): the migration's end reaches the primary first, and its
-	// first log can beat QEMU's MIGRATION completed event here.
-	if b.setStateIf(ctl.StateArmed, ctl.StateArmed, "received the running VM's state; waiting for its log channel") {
-		b.log.Info("received the running VM's state (re-protection); waiting for the log channel")
-	}
+	b.noteStateReceived()
 	t := time.NewTimer(incomingLogWait)
 	defer t.Stop()
 	select {
@@ -271,6 +266,19 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 	}
 	b.log.Info("replaying the running VM's new log from its migrated state")
 	go b.sampleIcount()
+}
+
+// noteStateReceived reports that the running VM's state arrived. The
+// primary's log channel may be up already (serveLog set the state
+// replicating): the migration's end reaches the primary first, and its
+// first log can beat QEMU's MIGRATION completed event here. Then the state
+// stays as it is; only an armed run becomes "waiting for its log channel".
+func (b *backupRun) noteStateReceived() {
+	if b.setStateIf(ctl.StateArmed, ctl.StateArmed, "received the running VM's state; waiting for its log channel") {
+		b.log.Info("received the running VM's state (re-protection); waiting for the log channel")
+		return
+	}
+	b.log.Info("received the running VM's state (re-protection); its log channel is already up")
 }
 
 // cancelIncoming ends a prepare-incoming backup armed by from whose log

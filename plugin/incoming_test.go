@@ -6,6 +6,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 )
 
@@ -18,20 +19,29 @@ func TestReceivedStateDoesNotUndoLogChannelUp(t *testing.T) {
 	log.SetOutput(io.Discard)
 	b := &backupRun{log: log, stop: make(chan struct{})}
 	b.setState(ctl.StateArmed, "waiting for the running VM's disks and memory")
-	b.setState(ctl.StateReplicating, "log channel up")
-	if b.setStateIf(ctl.StateArmed, ctl.StateArmed, "received the running VM's state; waiting for its log channel") {
-		t.Fatal("setStateIf(armed) replaced replicating")
-	}
+	b.setState(ctl.StateReplicating, "log channel up") // serveLog, first
+	b.noteStateReceived()                              // finishIncoming, after
 	if b.state != ctl.StateReplicating || b.detail != "log channel up" {
 		t.Fatalf("state %s %q, want replicating \"log channel up\"", b.state, b.detail)
 	}
 
 	b2 := &backupRun{log: log, stop: make(chan struct{})}
 	b2.setState(ctl.StateArmed, "waiting for the running VM's disks and memory")
-	if !b2.setStateIf(ctl.StateArmed, ctl.StateArmed, "received the running VM's state; waiting for its log channel") {
-		t.Fatal("setStateIf(armed) did not set an armed run's detail")
+	b2.noteStateReceived()
+	if b2.state != ctl.StateArmed || b2.detail != "received the running VM's state; waiting for its log channel" {
+		t.Fatalf("state %s %q, want armed, waiting for its log channel", b2.state, b2.detail)
 	}
-	if b2.detail != "received the running VM's state; waiting for its log channel" {
-		t.Fatalf("detail %q", b2.detail)
+}
+
+// Only a bye after which the backup replays to the end of its log sets
+// that detail; the others' steps set the state themselves.
+func TestEndsReplay(t *testing.T) {
+	for reason, want := range map[string]bool{
+		failover.ByeShutdown: true, "operator's words": true,
+		failover.ByeRestarting: false, failover.ByeSwitchover: false, failover.ByeLive: false, failover.ByeUnprotect: false,
+	} {
+		if got := endsReplay(reason); got != want {
+			t.Errorf("endsReplay(%q) = %v, want %v", reason, got, want)
+		}
 	}
 }
