@@ -1247,6 +1247,9 @@ func (b *backupRun) takeGates() *outputGates {
 func (b *backupRun) close(why string) {
 	first := false
 	b.stopOnce.Do(func() { first = true; close(b.stop) })
+	if first {
+		b.log.Infof("backup run ends: %s", why)
+	}
 	b.mu.Lock()
 	drv, link, live := b.drv, b.link, b.live
 	b.drv = nil

@@ -219,6 +219,11 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 	if err != nil && context.Cause(ctx) != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w: %v", err, context.Cause(ctx))
 	}
+	if err == nil {
+		// Completed here: the relays still carry the QEMU's last
+		// return-path message to the source, which completes on it.
+		target.finish(streamFinishGrace)
+	}
 	unregister() // the streams are done either way
 	if err != nil {
 		if b.active() {

@@ -392,7 +392,9 @@ func (p *primaryRun) reprotectFrom(dm *domain, live *primaryRun, rp *ctl.Reprote
 	defer func() {
 		if err != nil && !linked {
 			// Its QEMU waits for this VM: stop it (its own timeout
-			// would, later).
+			// would, later). Logged first: the cancel ends the peer's
+			// backup at once, and whoever watches it sees why here.
+			p.log.WithError(err).Warn("re-protection failed: asking the backup host to discard the backup it armed")
 			p.cancelPeerBackup()
 		}
 	}()

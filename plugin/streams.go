@@ -47,6 +47,42 @@ type streamTarget struct {
 	// lastActive: when the last stream ended (or the target was
 	// registered): idleFor.
 	lastActive time.Time
+	// drained is closed when the last open stream ends after finish began
+	// waiting for it (nil otherwise).
+	drained chan struct{}
+}
+
+// streamFinishGrace bounds how long finish waits for the open streams to
+// end by themselves after the new backup's QEMU loaded the VM (ms: 10 s).
+const streamFinishGrace = 10 * time.Second
+
+// finish ends t once its open streams have ended by themselves, or after
+// grace, and takes no new ones meanwhile. Used after the new backup's QEMU
+// reported its incoming migration completed: the QEMU writes its last
+// return-path message (MIG_RP_MSG_SHUT, migration/migration.c
+// migrate_send_rp_shut) before it reports completion, and ending the
+// streams at once could drop it in the relay; the source QEMU then fails
+// its migration after its switchover (CI, session 39: "8 out" instead of
+// 16, the VM ran on unprotected).
+func (t *streamTarget) finish(grace time.Duration) {
+	t.mu.Lock()
+	t.closed = true
+	if len(t.open) == 0 {
+		t.mu.Unlock()
+		return
+	}
+	if t.drained == nil {
+		t.drained = make(chan struct{})
+	}
+	drained := t.drained
+	t.mu.Unlock()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-drained:
+	case <-timer.C:
+	}
+	t.end()
 }
 
 // idleFor is how long no stream of t has been open (0 while one is), and
@@ -177,6 +213,10 @@ func (d *Daemon) serveStream(pc *peerConn, hello logchan.Hello) {
 	delete(t.open, q)
 	delete(t.open, peer)
 	t.lastActive = time.Now()
+	if len(t.open) == 0 && t.drained != nil {
+		close(t.drained)
+		t.drained = nil
+	}
 	t.mu.Unlock()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		log.WithError(err).Warnf("re-protection %s stream ended (%d bytes in, %d out)", hello.Stream, in, out)

@@ -87,3 +87,73 @@ func TestReprotectStreamsOnlyForTheArmingHost(t *testing.T) {
 		}
 	})
 }
+
+// gatedConn holds its reads until gate is closed.
+type gatedConn struct {
+	net.Conn
+	gate chan struct{}
+}
+
+func (g gatedConn) Read(p []byte) (int, error) {
+	<-g.gate
+	return g.Conn.Read(p)
+}
+
+// After the new backup's QEMU completed its incoming migration, finish
+// lets the relay carry its last return-path bytes to the source and ends
+// the streams only once they ended by themselves, or after the grace.
+func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp := newFakePair(t)
+		defer func() { fp.shutdown(); synctest.Wait() }()
+		qemu := make(chan net.Conn, 4)
+		gate := make(chan struct{})
+		target := &streamTarget{uuid: runUUID, armedBy: "10.0.0.1", epoch: "e1",
+			sockets: map[string]string{logchan.StreamMigration: "/run/x/migrate.sock", logchan.StreamNBD: "/run/x/nbd.sock"},
+			dial: func(path string) (net.Conn, error) {
+				a, b := net.Pipe()
+				qemu <- b
+				return gatedConn{a, gate}, nil
+			}}
+		unregister := fp.b.d.registerStreams(target)
+		defer unregister()
+		c, err := dialStream(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72, "e1", logchan.StreamMigration)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := <-qemu
+		// The destination QEMU's last message, then its end; the relay
+		// has not read it yet when finish starts.
+		go func() {
+			_, _ = q.Write([]byte("SHUTDOWN"))
+			_ = q.Close()
+		}()
+		finished := make(chan struct{})
+		go func() { target.finish(streamFinishGrace); close(finished) }()
+		synctest.Wait()
+		close(gate)
+		buf := make([]byte, 8)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "SHUTDOWN" {
+			t.Fatalf("the source read %q, %v: the last bytes were dropped", buf, err)
+		}
+		_ = c.Close() // the source ends its side: the stream is over
+		<-finished
+
+		// A stream that never ends is closed after the grace.
+		target2 := &streamTarget{uuid: runUUID, armedBy: "10.0.0.1", epoch: "e2",
+			sockets: target.sockets, dial: target.dial}
+		unregister2 := fp.b.d.registerStreams(target2)
+		defer unregister2()
+		c2, err := dialStream(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72, "e2", logchan.StreamNBD)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q2 := <-qemu
+		defer q2.Close()
+		synctest.Wait() // the relay is up
+		target2.finish(streamFinishGrace)
+		if _, err := c2.Read(buf); err == nil {
+			t.Error("a stream still open after finish's grace")
+		}
+	})
+}
