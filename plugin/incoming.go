@@ -220,8 +220,8 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		err = fmt.Errorf("%w: %v", err, context.Cause(ctx))
 	}
 	if err == nil {
-		// Completed here: the relays still carry the QEMU's last
-		// return-path message to the source, which completes on it.
+		// Completed here: the QEMU sends its last return-path
+		// message to the source, which completes on it, only now.
 		target.finish(streamFinishGrace)
 	}
 	unregister() // the streams are done either way
