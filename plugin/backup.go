@@ -593,7 +593,7 @@ func (b *backupRun) receive(pc *peerConn) {
 				// Before the core hears it: its answer (a halt, a
 				// go-live) then sets the state after this detail, never
 				// before it.
-				b.setState(ctl.StateReplicating, "primary said bye: "+logchan.CleanText(m.Bye.Reason, 512)+"; replaying to the end of its log")
+				b.setStateIf(ctl.StateReplicating, ctl.StateReplicating, "primary said bye: "+logchan.CleanText(m.Bye.Reason, 512)+"; replaying to the end of its log")
 			}
 			drv.Post(failover.PeerBye{Clean: m.Bye.Clean, Reason: m.Bye.Reason})
 		case logchan.MsgLog:

@@ -220,8 +220,8 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		err = fmt.Errorf("%w: %v", err, context.Cause(ctx))
 	}
 	if err == nil {
-		// Completed here: the QEMU sends its last return-path
-		// message to the source, which completes on it, only now.
+		// Completed here: the QEMU's last return-path message, which
+		// the source completes on, may still be in the relay.
 		target.finish(streamFinishGrace)
 	}
 	unregister() // the streams are done either way
@@ -283,7 +283,10 @@ func (b *backupRun) noteStateReceived() {
 		b.log.Info("received the running VM's state (re-protection); waiting for the log channel")
 		return
 	}
-	b.log.Info("received the running VM's state (re-protection); its log channel is already up")
+	b.mu.Lock()
+	state := b.state
+	b.mu.Unlock()
+	b.log.Infof("received the running VM's state (re-protection); the backup is %s already", state)
 }
 
 // cancelIncoming ends a prepare-incoming backup armed by from whose log

@@ -53,7 +53,7 @@ type streamTarget struct {
 }
 
 // streamFinishGrace bounds how long finish waits for the open streams to
-// end by themselves after the new backup's QEMU loaded the VM (ms: 10 s).
+// end by themselves after the new backup's QEMU loaded the VM (10 s).
 const streamFinishGrace = 10 * time.Second
 
 // finish ends t once its open streams have ended by themselves, or after

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 )
@@ -122,6 +123,7 @@ func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 		q := <-qemu
+		synctest.Wait() // the stream is open (serveStream counted it)
 		// The destination QEMU's last message, then its end; the relay
 		// has not read it yet when finish starts.
 		go func() {
@@ -129,6 +131,7 @@ func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
 			_ = q.Close()
 		}()
 		finished := make(chan struct{})
+		start := time.Now()
 		go func() { target.finish(streamFinishGrace); close(finished) }()
 		synctest.Wait()
 		close(gate)
@@ -138,6 +141,9 @@ func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
 		}
 		_ = c.Close() // the source ends its side: the stream is over
 		<-finished
+		if took := time.Since(start); took >= streamFinishGrace {
+			t.Errorf("finish took %v: it did not end with the stream", took)
+		}
 
 		// A stream that never ends is closed after the grace.
 		target2 := &streamTarget{uuid: runUUID, armedBy: "10.0.0.1", epoch: "e2",
@@ -151,7 +157,11 @@ func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
 		q2 := <-qemu
 		defer q2.Close()
 		synctest.Wait() // the relay is up
+		start = time.Now()
 		target2.finish(streamFinishGrace)
+		if took := time.Since(start); took != streamFinishGrace {
+			t.Errorf("finish took %v with a stream that never ends, want the grace %v", took, streamFinishGrace)
+		}
 		if _, err := c2.Read(buf); err == nil {
 			t.Error("a stream still open after finish's grace")
 		}
