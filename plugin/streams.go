@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -50,6 +51,8 @@ type streamTarget struct {
 	// drained is closed when the last open stream ends after finish began
 	// waiting for it (nil otherwise).
 	drained chan struct{}
+	// completed: finish began (the new backup's QEMU has the VM).
+	completed bool
 }
 
 // streamFinishGrace bounds how long finish waits for the open streams to
@@ -67,7 +70,7 @@ const streamFinishGrace = 10 * time.Second
 // session 39: "8 out" instead of 16, the VM ran on unprotected).
 func (t *streamTarget) finish(grace time.Duration) {
 	t.mu.Lock()
-	t.closed = true
+	t.closed, t.completed = true, true
 	if len(t.open) == 0 {
 		t.mu.Unlock()
 		return
@@ -218,7 +221,15 @@ func (d *Daemon) serveStream(pc *peerConn, hello logchan.Hello) {
 		close(t.drained)
 		t.drained = nil
 	}
+	completed := t.completed
 	t.mu.Unlock()
+	if completed && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+		// The source's NBD client says goodbye (NBD_CMD_DISC, at its
+		// blockdev-del) to a server the new backup's QEMU already
+		// stopped: the end of every re-protection, not a fault.
+		log.Infof("re-protection %s stream ended after the migration completed (%d bytes in, %d out; the new backup's QEMU had closed it)", hello.Stream, in, out)
+		return
+	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		log.WithError(err).Warnf("re-protection %s stream ended (%d bytes in, %d out)", hello.Stream, in, out)
 		return
