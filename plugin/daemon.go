@@ -283,6 +283,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	_ = sdNotify("READY=1")
 
+	// A backup host's first arming asks for the packaged QEMU's build
+	// (the primary host's domains are warmed as they are seen).
+	go func() { _, _ = d.hv.EmulatorBuild(patchedQEMUPath) }()
+
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(4)
@@ -486,6 +490,10 @@ func (d *Daemon) handleDefined(name string) {
 	}
 	if ld.Devices != nil && !qemuFlushesLog(ld.Devices.Emulator) {
 		warnings = append(warnings, stockEmulatorWarning(ld.Devices.Emulator))
+	}
+	if emulator := domainEmulator(&ld); emulator != "" {
+		// Its first start's prepare hook asks for it (emulatorBuild).
+		go func() { _, _ = d.hv.EmulatorBuild(emulator) }()
 	}
 	for _, w := range warnings {
 		log.Warn(w)

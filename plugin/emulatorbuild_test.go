@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -40,5 +42,41 @@ func TestEmulatorBuild(t *testing.T) {
 	}
 	if _, err := emulatorBuild(""); err == nil {
 		t.Error("no emulator gave no error")
+	}
+}
+
+// Callers at the same time (the daemon warming the cache, a start's
+// prepare hook) read and run the binary once.
+func TestEmulatorBuildOnceForConcurrentCallers(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "qemu-system-x86_64")
+	runs := filepath.Join(dir, "runs")
+	script := fmt.Sprintf("#!/bin/sh\necho x >> %s\nsleep 0.2\necho 'QEMU emulator version 7.2.22 (libvirt-ft)'\n", runs)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	got := make([]string, 4)
+	for i := range got {
+		wg.Go(func() {
+			v, err := emulatorBuild(path)
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = v
+		})
+	}
+	wg.Wait()
+	for _, v := range got[1:] {
+		if v != got[0] {
+			t.Fatalf("builds differ: %q", got)
+		}
+	}
+	b, err := os.ReadFile(runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "x"); n != 1 {
+		t.Errorf("the binary ran %d times for 4 concurrent callers, want 1", n)
 	}
 }
