@@ -43,6 +43,9 @@ func TestEmulatorBuild(t *testing.T) {
 	if _, err := emulatorBuild(""); err == nil {
 		t.Error("no emulator gave no error")
 	}
+	if _, err := emulatorBuild("/dev/zero"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a device as the emulator: %v, want \"not a regular file\"", err)
+	}
 }
 
 // Callers at the same time (the daemon warming the cache, a start's

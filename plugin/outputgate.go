@@ -53,8 +53,16 @@ var (
 	// buildBusy: a binary being hashed; closed when done, so that a
 	// second caller (a start while the daemon warms the cache) waits
 	// rather than reads 60 MB again.
-	buildBusy = map[flushKey]chan struct{}{}
+	buildBusy = map[flushKey]*buildCall{}
 )
+
+// buildCall is one emulatorBuild computation in progress; v and err are
+// set before done is closed.
+type buildCall struct {
+	done chan struct{}
+	v    string
+	err  error
+}
 
 // flushKey identifies one QEMU binary: its path and the file's identity, so
 // that a binary replaced in place (a package upgrade installing a stock QEMU
@@ -115,30 +123,45 @@ func emulatorBuild(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("emulator %s: %w", path, err)
 	}
+	if !fi.Mode().IsRegular() {
+		// A device would be read for ever (the daemon reads it when a
+		// domain is defined).
+		return "", fmt.Errorf("emulator %s: not a regular file", path)
+	}
 	key := fileKey(path, fi)
 	flushCacheMu.Lock()
-	v, ok := buildCache[key]
-	busy := buildBusy[key]
-	if !ok && busy == nil {
-		done := make(chan struct{})
-		buildBusy[key] = done
-		defer func() {
-			flushCacheMu.Lock()
-			delete(buildBusy, key)
-			flushCacheMu.Unlock()
-			close(done)
-		}()
-	}
-	flushCacheMu.Unlock()
-	if ok {
+	if v, ok := buildCache[key]; ok {
+		flushCacheMu.Unlock()
 		return v, nil
 	}
-	if busy != nil {
-		// Another caller hashes it; a failure there is not cached, so
-		// this one then tries itself.
-		<-busy
-		return emulatorBuild(path)
+	if call := buildBusy[key]; call != nil {
+		// Another caller reads it: its answer, error included (a
+		// failure is not cached: the next call tries again).
+		flushCacheMu.Unlock()
+		<-call.done
+		return call.v, call.err
 	}
+	call := &buildCall{done: make(chan struct{})}
+	buildBusy[key] = call
+	flushCacheMu.Unlock()
+	defer func() {
+		flushCacheMu.Lock()
+		delete(buildBusy, key)
+		flushCacheMu.Unlock()
+		close(call.done)
+	}()
+	call.v, call.err = hashBuild(path, f)
+	if call.err != nil {
+		return "", call.err
+	}
+	flushCacheMu.Lock()
+	buildCache[key] = call.v
+	flushCacheMu.Unlock()
+	return call.v, nil
+}
+
+// hashBuild is emulatorBuild's computation for the opened binary f at path.
+func hashBuild(path string, f *os.File) (string, error) {
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("emulator %s: %w", path, err)
@@ -150,11 +173,7 @@ func emulatorBuild(path string) (string, error) {
 		return "", fmt.Errorf("emulator %s --version: %w", path, err)
 	}
 	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	v = fmt.Sprintf("%s, sha256 %x", line, h.Sum(nil)[:8])
-	flushCacheMu.Lock()
-	buildCache[key] = v
-	flushCacheMu.Unlock()
-	return v, nil
+	return fmt.Sprintf("%s, sha256 %x", line, h.Sum(nil)[:8]), nil
 }
 
 // qemuFlushesLog reports whether the QEMU binary at path is the patched one

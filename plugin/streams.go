@@ -223,11 +223,15 @@ func (d *Daemon) serveStream(pc *peerConn, hello logchan.Hello) {
 	}
 	completed := t.completed
 	t.mu.Unlock()
-	if completed && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+	var oe *net.OpError
+	if completed && hello.Stream == logchan.StreamNBD && errors.As(err, &oe) && oe.Net == "unix" &&
+		(errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
 		// The source's NBD client says goodbye (NBD_CMD_DISC, at its
-		// blockdev-del) to a server the new backup's QEMU already
-		// stopped: the end of every re-protection, not a fault.
-		log.Infof("re-protection %s stream ended after the migration completed (%d bytes in, %d out; the new backup's QEMU had closed it)", hello.Stream, in, out)
+		// blockdev-del) to the server the new backup's QEMU stopped
+		// once it had the VM: the end of every re-protection, not a
+		// fault. (Not the migration stream: there an error can drop
+		// the QEMU's last return-path message.)
+		log.Infof("re-protection %s stream ended after the migration completed (%d bytes in, %d out; the new backup's QEMU had closed its end)", hello.Stream, in, out)
 		return
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
