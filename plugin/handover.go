@@ -496,8 +496,9 @@ func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState,
 	p.mu.Unlock()
 	ps.setHeld(false)
 	// The state first: a channel that drops at once, or a switchover,
-	// makes receive's core set the state, which must not be turned back.
-	p.setState(ctl.StateReplicating, "")
+	// makes receive's core set the state, which must not be turned back;
+	// and only while still replicating (the core acted since StepIf).
+	p.setStateIf(ctl.StateReplicating, ctl.StateReplicating, "")
 	go p.receive(link, drv, ps, gates)
 	p.log.Info("log channel resumed after a planned restart")
 	if resume {

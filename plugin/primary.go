@@ -154,6 +154,22 @@ func (p *primaryRun) setState(state ctl.State, detail string) {
 	p.state, p.detail = state, detail
 }
 
+// setStateIf sets the state only while it is still from, and reports
+// whether it did (backupRun.setStateIf's rule: a step that may run after
+// the failover core acted never turns its state back).
+func (p *primaryRun) setStateIf(from, state ctl.State, detail string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != from {
+		return false
+	}
+	if p.state != state || p.detail != detail {
+		p.log.Infof("state %s %s", state, detail)
+	}
+	p.state, p.detail = state, detail
+	return true
+}
+
 // active reports whether this run is still under way: from its creation
 // (the prepare hook, which may seed for minutes) until close.
 func (p *primaryRun) active() bool {
