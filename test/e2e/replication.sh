@@ -104,8 +104,14 @@ if [ "${RESTARTS:-1}" = 1 ]; then
 		# in the guest's last second (a known replay limit, see the closing
 		# notes); the disks' records still matched.
 		stall=$(grep -o 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
-		[ -n "$stall" ] || die "host B recorded nothing in step, and its replay did not stall"
-		log "KNOWN: host B's replay of the shutdown stalled ($stall): it recorded nothing in step, so the restart must hash both copies"
+		# Or the primary's log after the guest's shutdown was longer
+		# than FIFO B and QEMU's buffer hold (16 + 4 KiB): the replaying
+		# QEMU stopped reading at the shutdown with log left unfed, and
+		# the backup cannot tell that tail from log it needed (seen once
+		# in session 39's CI, stock QEMU: 12,913 bytes unfed).
+		unfed=$(grep -o 'not in step (the next start hashes the disks): [0-9]* of the [0-9]* log bytes received were fed' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
+		[ -n "$stall$unfed" ] || die "host B recorded nothing in step, and its replay neither stalled nor left log unfed"
+		log "KNOWN: host B recorded nothing in step (${stall:-$unfed}), so the restart must hash both copies"
 		in_step=no
 	else
 		log "in-step records on both hosts: $(on a jq -c '{epoch, role, disks: [.disks[].path]}' "/var/lib/libvirt-ft/in-step/$uuid.json"), $(on b jq -c '{epoch, role}' "/var/lib/libvirt-ft/in-step/$uuid.json")"
