@@ -225,6 +225,10 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		target.finish(streamFinishGrace)
 	}
 	unregister() // the streams are done either way
+	if err == nil && !b.active() {
+		// Closed while its streams ended: close's undo stops its QEMU.
+		return
+	}
 	if err != nil {
 		if b.active() {
 			b.setState(ctl.StateUnprotected, "the running VM's state did not arrive: "+err.Error())
@@ -458,7 +462,8 @@ func (d *Daemon) goLiveIncoming(req logchan.ControlRequest, host string) error {
 		return fmt.Errorf("go-live: the backup of %s here was armed for pairing epoch %q, not %q", req.UUID, epoch, req.Epoch)
 	}
 	// The migration's source completes once this QEMU has loaded the
-	// state (return-path); finishIncoming notices it at its next poll.
+	// state (return-path); finishIncoming notices it at its next poll,
+	// and goes on once the streams ended (at most streamFinishGrace).
 	t := time.NewTimer(goLiveIncomingWait + 5*time.Second)
 	defer t.Stop()
 	select {

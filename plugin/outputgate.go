@@ -168,7 +168,9 @@ func hashBuild(path string, f *os.File) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	cmd := exec.CommandContext(ctx, path, "--version")
+	cmd.WaitDelay = time.Second // a child holding stdout open does not hold every waiter
+	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("emulator %s --version: %w", path, err)
 	}

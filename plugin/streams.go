@@ -61,13 +61,14 @@ const streamFinishGrace = 10 * time.Second
 
 // finish ends t once its open streams have ended by themselves, or after
 // grace, and takes no new ones meanwhile. Used after the new backup's QEMU
-// reported its incoming migration completed: the QEMU sends its last
-// return-path message (MIG_RP_MSG_SHUT) only after it set the state
-// completed, in the same bottom half (migration/migration.c
-// process_incoming_migration_bh, then migration_incoming_state_destroy),
-// and ending the streams at once could drop it, or catch it in the relay;
-// the source QEMU then fails its migration after its switchover (CI,
-// session 39: "8 out" instead of 16, the VM ran on unprotected).
+// reported its incoming migration completed: the QEMU writes its last
+// return-path message (MIG_RP_MSG_SHUT) in the bottom half that sets the
+// state completed (migration/migration.c process_incoming_migration_bh,
+// migration_incoming_state_destroy), so before QMP can report it; but
+// those bytes may still be unread in the socket or on their way through
+// the relay, and ending the streams at once dropped them; the source QEMU
+// then failed its migration after its switchover (CI, session 39: "8 out"
+// instead of 16, the VM ran on unprotected).
 func (t *streamTarget) finish(grace time.Duration) {
 	t.mu.Lock()
 	t.closed, t.completed = true, true

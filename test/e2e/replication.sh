@@ -109,7 +109,16 @@ if [ "${RESTARTS:-1}" = 1 ]; then
 		# QEMU stopped reading at the shutdown with log left unfed, and
 		# the backup cannot tell that tail from log it needed (seen once
 		# in session 39's CI, stock QEMU: 12,913 bytes unfed).
-		unfed=$(grep -o 'not in step (the next start hashes the disks): [0-9]* of the [0-9]* log bytes received were fed' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
+		unfed=$(grep -o 'not in step (the next start hashes the disks): [1-9][0-9]* of the [0-9]* log bytes received were fed' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
+		if [ -n "$unfed" ]; then
+			# Only after the replay shut the guest down by itself (a
+			# replaying QEMU that died first leaves log unfed too).
+			last=$(grep -h 'shutting down, reason=' "$LAB_DIR/b/root/log-libvirt/qemu/$DOMAIN.log" 2>/dev/null | tail -n 1 || true)
+			case "$last" in
+			*reason=shutdown*) ;;
+			*) die "host B left log unfed, but its replay did not shut the guest down by itself (libvirt: ${last:-no shutdown line})" ;;
+			esac
+		fi
 		[ -n "$stall$unfed" ] || die "host B recorded nothing in step, and its replay neither stalled nor left log unfed"
 		log "KNOWN: host B recorded nothing in step (${stall:-$unfed}), so the restart must hash both copies"
 		in_step=no
