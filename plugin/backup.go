@@ -228,10 +228,7 @@ func (b *backupRun) done() <-chan struct{} { return b.stop }
 func (b *backupRun) setState(state ctl.State, detail string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state != state || b.detail != detail {
-		b.log.Infof("state %s %s", state, detail)
-	}
-	b.state, b.detail = state, detail
+	stepState(b.log, &b.state, &b.detail, state, detail)
 }
 
 // setStateIf sets the state only while it is still from, and reports
@@ -244,11 +241,17 @@ func (b *backupRun) setStateIf(from, state ctl.State, detail string) bool {
 	if b.state != from {
 		return false
 	}
-	if b.state != state || b.detail != detail {
-		b.log.Infof("state %s %s", state, detail)
-	}
-	b.state, b.detail = state, detail
+	stepState(b.log, &b.state, &b.detail, state, detail)
 	return true
+}
+
+// stepState sets a run's state and detail (under the run's lock), logging
+// a change; both roles' setState and setStateIf use it.
+func stepState(log logrus.FieldLogger, cur *ctl.State, curDetail *string, state ctl.State, detail string) {
+	if *cur != state || *curDetail != detail {
+		log.Infof("state %s %s", state, detail)
+	}
+	*cur, *curDetail = state, detail
 }
 
 func (b *backupRun) driver() *failover.Driver {

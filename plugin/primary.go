@@ -148,10 +148,7 @@ func (p *primaryRun) done() <-chan struct{} { return p.stop }
 func (p *primaryRun) setState(state ctl.State, detail string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.state != state || p.detail != detail {
-		p.log.Infof("state %s %s", state, detail)
-	}
-	p.state, p.detail = state, detail
+	stepState(p.log, &p.state, &p.detail, state, detail)
 }
 
 // setStateIf sets the state only while it is still from, and reports
@@ -163,10 +160,7 @@ func (p *primaryRun) setStateIf(from, state ctl.State, detail string) bool {
 	if p.state != from {
 		return false
 	}
-	if p.state != state || p.detail != detail {
-		p.log.Infof("state %s %s", state, detail)
-	}
-	p.state, p.detail = state, detail
+	stepState(p.log, &p.state, &p.detail, state, detail)
 	return true
 }
 

@@ -107,22 +107,36 @@ func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp := newFakePair(t)
 		defer func() { fp.shutdown(); synctest.Wait() }()
-		qemu := make(chan net.Conn, 4)
+		qemu := make(chan net.Conn, 4) // the new backup's QEMU's ends
 		gate := make(chan struct{})
-		target := &streamTarget{uuid: runUUID, armedBy: "10.0.0.1", epoch: "e1",
-			sockets: map[string]string{logchan.StreamMigration: "/run/x/migrate.sock", logchan.StreamNBD: "/run/x/nbd.sock"},
-			dial: func(path string) (net.Conn, error) {
-				a, b := net.Pipe()
-				qemu <- b
-				return gatedConn{a, gate}, nil
-			}}
-		unregister := fp.b.d.registerStreams(target)
-		defer unregister()
-		c, err := dialStream(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72, "e1", logchan.StreamMigration)
-		if err != nil {
-			t.Fatal(err)
+		var unregister []func()
+		defer func() {
+			for _, u := range unregister {
+				u()
+			}
+		}()
+		// arm registers a target for pairing epoch; open opens a stream of
+		// it from host a: the source's end and the QEMU's.
+		arm := func(epoch string) *streamTarget {
+			target := &streamTarget{uuid: runUUID, armedBy: "10.0.0.1", epoch: epoch,
+				sockets: map[string]string{logchan.StreamMigration: "/run/x/migrate.sock", logchan.StreamNBD: "/run/x/nbd.sock"},
+				dial: func(path string) (net.Conn, error) {
+					a, b := net.Pipe()
+					qemu <- b
+					return gatedConn{a, gate}, nil
+				}}
+			unregister = append(unregister, fp.b.d.registerStreams(target))
+			return target
 		}
-		q := <-qemu
+		open := func(epoch, kind string) (source, q net.Conn) {
+			c, err := dialStream(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72, epoch, kind)
+			if err != nil {
+				t.Fatalf("%s stream of pairing %s: %v", kind, epoch, err)
+			}
+			return c, <-qemu
+		}
+		target := arm("e1")
+		c, q := open("e1", logchan.StreamMigration)
 		synctest.Wait() // the stream is open (serveStream counted it)
 		// The destination QEMU's last message, then its end; the relay
 		// has not read it yet when finish starts.
@@ -146,15 +160,8 @@ func TestStreamFinishWaitsForTheLastBytes(t *testing.T) {
 		}
 
 		// A stream that never ends is closed after the grace.
-		target2 := &streamTarget{uuid: runUUID, armedBy: "10.0.0.1", epoch: "e2",
-			sockets: target.sockets, dial: target.dial}
-		unregister2 := fp.b.d.registerStreams(target2)
-		defer unregister2()
-		c2, err := dialStream(fp.a.d.env(), "10.0.0.2:7480", runUUID, "7.2.22", logchan.LogVersionQEMU72, "e2", logchan.StreamNBD)
-		if err != nil {
-			t.Fatal(err)
-		}
-		q2 := <-qemu
+		target2 := arm("e2")
+		c2, q2 := open("e2", logchan.StreamNBD)
 		defer q2.Close()
 		synctest.Wait() // the relay is up
 		start = time.Now()
