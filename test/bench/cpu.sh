@@ -17,17 +17,19 @@
 #     lab-unprotected  the demo domain without the ft element
 #     lab-protected    the demo domain protected (primary on host a, backup on b)
 #
-# Each runs unpinned and pinned: QEMU alone on CPU 0; in the lab host a's
-# QEMU on CPU 0 and host b's on CPU 1 (the two-host estimate: the lab shares
-# its 2 CPUs between both hosts). The recorded log's events and bytes per
+# Each runs unpinned and pinned: QEMU alone on CPU 0; in the lab, host a
+# (its daemons and QEMU) on CPU 0 and host b on CPU 1, by a cpuset cgroup
+# each (the two-host estimate: the lab shares its 2 CPUs between both
+# hosts; test/bench/pin.sh, LAB_PIN). The recorded log's events and bytes per
 # second by kind (test/tools/rrdump -kinds), and perf figures of the record
 # and the replay (context switches, futex calls, CPU time, the top symbols)
 # follow. Prints markdown (also written to $OUT).
-#   EMULATOR=... [RUNS=2] [LAB=1] [PERF=1] [ALONE=1] test/bench/cpu.sh
+#   EMULATOR=... [RUNS=2] [LAB=1] [PERF=1] [ALONE=1] [LAB_PIN=hosts|qemu] test/bench/cpu.sh
 set -euo pipefail
 # LAB is read before lib.sh, which uses the name for test/lab/lab.sh.
 BENCH_LAB=${LAB:-1}
 source "$(dirname "$0")/../e2e/lib.sh"
+source "$(dirname "$0")/pin.sh"
 QEMU=${EMULATOR:-/usr/bin/qemu-system-x86_64}
 RUNS=${RUNS:-2}
 OUT=${OUT:-/tmp/libvirt-ft-bench-cpu.md}
@@ -45,6 +47,7 @@ cleanup() {
 	local rc=$? p
 	for p in "$work"/qemu-*.pid; do [ -s "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
 	[ "$BENCH_LAB" = 1 ] && lab_stop $rc
+	cpusets_remove
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -236,13 +239,10 @@ fi
 
 if [ "$BENCH_LAB" = 1 ]; then
 	say "the lab: virsh start to 'ft-guest: up'"
-	# lab_boot SETUP PIN: SETUP unprotected or protected; PIN 1 pins host
-	# a's QEMU to CPU 0 (cputune) and host b's to CPU 1. The backup's
-	# definition is the primary's, cputune included, so libvirt pins it to
-	# CPU 0 as well: it is moved to CPU 1 with virsh emulatorpin/vcpupin
-	# --live as soon as it runs (until 2026-12-02 a taskset here was undone
-	# by libvirt, and the "pinned" rows had both QEMUs on CPU 0). Before the
-	# clock starts, libvirtd on both hosts probes the emulator
+	# lab_boot SETUP PIN: SETUP unprotected or protected; PIN 1 pins the
+	# lab (test/bench/pin.sh: by default each host on a CPU of its own,
+	# daemons included; LAB_PIN=qemu only the QEMUs, as until session 40).
+	# Before the clock starts, libvirtd on both hosts probes the emulator
 	# (domcapabilities): libvirt does that once per emulator binary and
 	# caches it, and a fresh lab would otherwise charge host b's probe
 	# (about 1 s) to the backup's start. The console and the backup's
@@ -289,10 +289,11 @@ if [ "$BENCH_LAB" = 1 ]; then
 		unset DOMAIN_XML_EDIT
 		local edit=""
 		[ $setup = unprotected ] && edit='/<metadata>/,/<\/metadata>/d;'
-		[ "$pin" = 1 ] && edit+="s|</devices>|</devices><cputune><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>|;"
+		[ "$pin" = 1 ] && edit+=$(pin_edit)
 		[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
 		lab_stop 0 >/dev/null 2>&1
 		lab_start >/dev/null
+		[ "$pin" = 1 ] && pin_hosts
 		if [ $setup = unprotected ]; then
 			on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
 			domain_xml "$DOMAIN" >"$work/lab.xml"
@@ -319,10 +320,7 @@ if [ "$BENCH_LAB" = 1 ]; then
 				trap 'kill $w 2>/dev/null; exit 1' TERM
 				wait $w || exit 1
 				date +%s%N >"$work/backup-running"
-				if [ "$pin" = 1 ]; then
-					virsh_on b emulatorpin "$DOMAIN" 1 --live >/dev/null
-					virsh_on b vcpupin "$DOMAIN" 0 1 --live >/dev/null
-				fi
+				if [ "$pin" = 1 ]; then pin_backup || exit 1; fi
 			) >/dev/null &
 			bg=$!
 		fi

@@ -26,11 +26,11 @@
 # by its libvirt-ftd, the boot included), and the share of each bulk step
 # the primary spent held by the lag bound and by the window (virt-ft
 # status: held_lag_ms, held_window_ms).
-# Each set-up runs unpinned and pinned (PINS="0 1"): pinned, host a's QEMU
-# runs on CPU 0 (cputune in the definition) and host b's backup QEMU is
-# moved to CPU 1 (virsh emulatorpin/vcpupin --live) as soon as it
-# replays, as test/bench/cpu.sh does: the two-host estimate. Ratios are to
-# the unprotected row of the same pinning.
+# Each set-up runs unpinned and pinned (PINS="0 1"): pinned, host a (its
+# daemons and QEMU) runs on CPU 0 and host b on CPU 1, by a cpuset cgroup
+# each, as test/bench/cpu.sh does (test/bench/pin.sh; LAB_PIN=qemu pins
+# only the QEMUs, as until session 40): the two-host estimate. Ratios are
+# to the unprotected row of the same pinning.
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
 #   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
@@ -40,6 +40,7 @@
 # the daemon's own choice, plugin/procs.go).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/lib.sh"
+source "$(dirname "$0")/pin.sh"
 RTT_COUNT=${RTT_COUNT:-300}
 BULK_BYTES=${BULK_BYTES:-8000000}
 OUT=${OUT:-/tmp/libvirt-ft-bench-net.md}
@@ -50,7 +51,6 @@ PINS=${PINS:-0 1}
 REPEAT=${REPEAT:-3}
 # A lost backup must stay lost for the validity check (domain_xml, lib.sh).
 export FT_REPROTECT=no
-PIN_EDIT="s|</devices>|</devices><cputune><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>|;"
 # The icount set-up's edit: no ft element; -icount as xml/generate.go's
 # icountValue gives it, without rr=.
 ICOUNT_EDIT='/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto"/></qemu:commandline>|'
@@ -59,7 +59,7 @@ if ! command -v wrk >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null 2>&1 || true
 fi
 command -v wrk >/dev/null || echo "net.sh: wrk is missing (apt-get install wrk): the HTTP rows are left out" >&2
-trap lab_stop EXIT
+trap '_rc=$?; lab_stop $_rc; cpusets_remove' EXIT
 
 # field LINE KEY: the value of KEY=... in a tcpcheck summary line.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
@@ -149,11 +149,12 @@ for run in $(seq "$REPEAT"); do
 	unprotected) edit='/<metadata>/,/<\/metadata>/d;' ;;
 	icount) edit="$ICOUNT_EDIT;" ;;
 	esac
-	[ "$pin" = 1 ] && edit+=$PIN_EDIT
+	[ "$pin" = 1 ] && edit+=$(pin_edit)
 	edit+=${EXTRA_EDIT:-}
 	[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
 	lab_stop 0
 	lab_start
+	[ "$pin" = 1 ] && pin_hosts
 	if [ $setup = unprotected ] || [ $setup = icount ]; then
 		on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
 		xml=$(mktemp --suffix=.xml)
@@ -163,11 +164,7 @@ for run in $(seq "$REPEAT"); do
 		virsh_on a start "$DOMAIN" >/dev/null
 	else
 		start_protected "$DOMAIN"
-		if [ "$pin" = 1 ]; then
-			# The backup's definition is the primary's, cputune included.
-			virsh_on b emulatorpin "$DOMAIN" 1 --live >/dev/null
-			virsh_on b vcpupin "$DOMAIN" 0 1 --live >/dev/null
-		fi
+		if [ "$pin" = 1 ]; then pin_backup; fi
 	fi
 	wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
 	idle=$(log_rate sleep 5)

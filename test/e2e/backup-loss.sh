@@ -19,20 +19,26 @@ lab_start
 ticks_seen=$(mktemp)
 SCRATCH+=("$ticks_seen")
 
-# watch_ticks HOST NAME SECS OUT: for SECS seconds, sample HOST's console
-# every 100 ms and write each new last tick with the host time (ms) to OUT.
+# watch_ticks HOST NAME SECS OUT: for SECS seconds, follow HOST's console
+# and write each tick as it is written there, as "N UP MS": its number, the
+# guest's uptime it printed (s) and the host time it came (ms; tail -F
+# wakes on inotify, and bash's EPOCHREALTIME needs no fork). Until session
+# 40 the console was read every 100 ms through the lab's exec, which under
+# load added up to 0.6 s of noise to a tick's time.
 watch_ticks() {
-	local h=$1 name=$2 secs=$3 out=$4 last="" t end
-	end=$((SECONDS + secs))
-	: > "$out"
-	while [ $SECONDS -lt $end ]; do
-		t=$(last_tick "$h" "$name")
-		if [ -n "$t" ] && [ "$t" != "$last" ]; then
-			echo "$t $(date +%s%3N)" >> "$out"
-			last=$t
-		fi
-		sleep 0.1
-	done
+	local h=$1 name=$2 secs=$3 out=$4 line
+	: >"$out"
+	{ timeout "$secs" tail -n 0 -F "$LAB_DIR/$h/root/log-libvirt/qemu/$name-console.log" 2>/dev/null || true; } |
+		while read -r line; do
+			line=${line%$'\r'}
+			case $line in
+			"tick "*" up "*)
+				# shellcheck disable=SC2086 # "tick N up S": split on purpose
+				set -- $line
+				echo "$2 $4 $((${EPOCHREALTIME/./} / 1000))" >>"$out"
+				;;
+			esac
+		done
 }
 
 STALL_BOUND_MS=5000 # the default (xml.DefaultReplayStall); ftdemo.xml.in leaves it out
@@ -100,15 +106,30 @@ for mode in unprotect qemu stop host; do
 	esac
 	log "backup lost at $(date +%T.%3N)"
 	wait "$watcher"
-	gaps=$(awk 'NR > 1 { print $2 - prev } { prev = $2 }' "$ticks_seen" | sort -n)
-	median=$(echo "$gaps" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-	worst=$(echo "$gaps" | tail -n 1)
-	# A stall still under way when the watch ended shows as no gap:
-	# the time since the last tick seen counts as one.
-	since=$(($(date +%s%3N) - $(tail -n 1 "$ticks_seen" | awk '{print $2}')))
-	log "primary's tick gaps (host ms): median $median, worst $worst; last tick $since ms before the watch's end"
-	[ "$worst" -le $((median + allowed)) ] || die "the primary stalled: a tick gap of $worst ms (median $median ms)"
-	[ "$since" -le $((median + allowed)) ] || die "the primary stalled: no tick in the last $since ms of the watch (median gap $median ms)"
+	# A primary held up by its lost backup stops its guest's clock too (a
+	# vCPU blocked on the log executes nothing, and icount is the guest's
+	# clock under record), so a hold lengthens a tick's gap in host time
+	# both beyond the usual gap (the median) and beyond the guest's own time
+	# between the two ticks. Neither alone is a hold: the guest's "sleep 1"
+	# takes 1.1-2.0 s of its own clock on stock 7.2 (CI's backup-loss, stop
+	# 48, failed a check of host gaps against their median + 1 s), and the
+	# guest's clock runs up to 0.65 s behind the host's over a gap and makes
+	# it up later (icount shift=auto; lab runs, session 40). A gap's hold is
+	# the lesser of the two excesses; each gap's (host ms, guest ms) is
+	# logged.
+	gaps=$(awk 'NR > 1 { printf "%d %d\n", $3 - prev_ms, ($2 - prev_up) * 1000 + 0.5 } { prev_ms = $3; prev_up = $2 }' "$ticks_seen")
+	[ "$(echo "$gaps" | grep -c .)" -ge 3 ] || die "fewer than 4 ticks seen in the ${watch_s} s watch: $(tr '\n' ' ' <"$ticks_seen")"
+	median=$(echo "$gaps" | awk '{ print $1 }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+	worst_hold=$(echo "$gaps" | awk -v m="$median" '{ h = $1 - $2; if ($1 - m < h) h = $1 - m; if (NR == 1 || h > w) w = h } END { print w + 0 }')
+	guest_worst=$(echo "$gaps" | awk '{ if ($2 > w) w = $2 } END { print w + 0 }')
+	# A stall still under way when the watch ended shows as no gap: the
+	# time since the last tick seen, beyond both the median and the guest's
+	# longest own gap, counts as a hold.
+	since=$(($(date +%s%3N) - $(tail -n 1 "$ticks_seen" | awk '{print $3}')))
+	usual=$((median > guest_worst ? median : guest_worst))
+	log "primary's tick gaps (host ms/guest ms): $(echo "$gaps" | tr ' \n' '/ '); median $median host ms; the longest hold $worst_hold ms (allowed $allowed); last tick $since ms before the watch's end"
+	[ "$worst_hold" -le "$allowed" ] || die "the primary stalled: a tick gap $worst_hold ms beyond both the median gap and the guest's own time (allowed $allowed ms)"
+	[ "$since" -le $((usual + allowed)) ] || die "the primary stalled: no tick in the last $since ms of the watch (median gap $median ms, the guest's longest own $guest_worst ms, allowed $allowed ms more)"
 	st=$(ft_on a status "$DOMAIN" || true) # exit 1: unprotected
 	echo "$st" | sed 's/^/     /'
 	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
