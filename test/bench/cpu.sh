@@ -17,14 +17,15 @@
 #     lab-unprotected  the demo domain without the ft element
 #     lab-protected    the demo domain protected (primary on host a, backup on b)
 #
-# Each runs unpinned and pinned: QEMU alone on CPU 0; in the lab, host a
-# (its daemons and QEMU) on CPU 0 and host b on CPU 1, by a cpuset cgroup
-# each (the two-host estimate: the lab shares its 2 CPUs between both
-# hosts; test/bench/pin.sh, LAB_PIN). The recorded log's events and bytes per
+# Each runs unpinned and pinned: QEMU alone on CPU 0; in the lab host a's
+# QEMU on CPU 0 and host b's on CPU 1 from their start (the two-host
+# estimate: the lab shares its 2 CPUs between both hosts; each host's
+# libvirtd in a cpuset cgroup of its CPU, test/bench/pin.sh, LAB_PIN).
+# The recorded log's events and bytes per
 # second by kind (test/tools/rrdump -kinds), and perf figures of the record
 # and the replay (context switches, futex calls, CPU time, the top symbols)
 # follow. Prints markdown (also written to $OUT).
-#   EMULATOR=... [RUNS=2] [LAB=1] [PERF=1] [ALONE=1] [LAB_PIN=hosts|qemu] test/bench/cpu.sh
+#   EMULATOR=... [RUNS=2] [LAB=1] [PERF=1] [ALONE=1] [LAB_PIN=qemu|hosts|cputune] test/bench/cpu.sh
 set -euo pipefail
 # LAB is read before lib.sh, which uses the name for test/lab/lab.sh.
 BENCH_LAB=${LAB:-1}
@@ -240,8 +241,8 @@ fi
 if [ "$BENCH_LAB" = 1 ]; then
 	say "the lab: virsh start to 'ft-guest: up'"
 	# lab_boot SETUP PIN: SETUP unprotected or protected; PIN 1 pins the
-	# lab (test/bench/pin.sh: by default each host on a CPU of its own,
-	# daemons included; LAB_PIN=qemu only the QEMUs, as until session 40).
+	# lab (test/bench/pin.sh: by default each host's QEMU on its CPU from
+	# its start; LAB_PIN=cputune as until session 40).
 	# Before the clock starts, libvirtd on both hosts probes the emulator
 	# (domcapabilities): libvirt does that once per emulator binary and
 	# caches it, and a fresh lab would otherwise charge host b's probe

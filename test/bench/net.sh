@@ -26,11 +26,10 @@
 # by its libvirt-ftd, the boot included), and the share of each bulk step
 # the primary spent held by the lag bound and by the window (virt-ft
 # status: held_lag_ms, held_window_ms).
-# Each set-up runs unpinned and pinned (PINS="0 1"): pinned, host a (its
-# daemons and QEMU) runs on CPU 0 and host b on CPU 1, by a cpuset cgroup
-# each, as test/bench/cpu.sh does (test/bench/pin.sh; LAB_PIN=qemu pins
-# only the QEMUs, as until session 40): the two-host estimate. Ratios are
-# to the unprotected row of the same pinning.
+# Each set-up runs unpinned and pinned (PINS="0 1"): pinned, host a's QEMU
+# runs on CPU 0 and host b's on CPU 1 from their start, as
+# test/bench/cpu.sh does (test/bench/pin.sh, LAB_PIN): the two-host
+# estimate. Ratios are to the unprotected row of the same pinning.
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
 #   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=8000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
@@ -193,7 +192,8 @@ for run in $(seq "$REPEAT"); do
 	if [ "$pin" = 1 ]; then
 		for h in a b; do
 			if virsh_on $h list --name 2>/dev/null | grep -qx "$DOMAIN"; then
-				log "host $h: $(virsh_on $h emulatorpin "$DOMAIN" 2>/dev/null | awk 'NF == 2 && $1 ~ /^\*/ { printf "emulator on CPU %s", $2 }'), $(virsh_on $h vcpupin "$DOMAIN" 2>/dev/null | awk '$1 == "0" { printf "vCPU 0 on CPU %s", $2 }')"
+				qp=$(qemu_pid $h "$DOMAIN" 2>/dev/null || true)
+				log "host $h: QEMU on CPU $(awk '/^Cpus_allowed_list:/ { print $2 }' "/proc/${qp:-0}/status" 2>/dev/null)"
 			fi
 		done
 	fi

@@ -13,7 +13,7 @@
 # status` on host A says unprotected, and nothing is left behind on host B.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-trap lab_stop EXIT
+trap '_rc=$?; kill ${watcher:-} 2>/dev/null || true; lab_stop $_rc' EXIT
 lab_stop
 lab_start
 ticks_seen=$(mktemp)
@@ -24,23 +24,27 @@ SCRATCH+=("$ticks_seen")
 # guest's uptime it printed (s) and the host time it came (ms; tail -F
 # wakes on inotify, and bash's EPOCHREALTIME needs no fork). Until session
 # 40 the console was read every 100 ms through the lab's exec, which under
-# load added up to 0.6 s of noise to a tick's time.
+# load added up to 0.6 s of noise to a tick's time. tail ends with this
+# script (--pid) if the watcher is not waited for (a failure).
 watch_ticks() {
 	local h=$1 name=$2 secs=$3 out=$4 line
 	: >"$out"
-	{ timeout "$secs" tail -n 0 -F "$LAB_DIR/$h/root/log-libvirt/qemu/$name-console.log" 2>/dev/null || true; } |
+	{ timeout "$secs" tail --pid=$$ -s 0.05 -n 0 -F "$LAB_DIR/$h/root/log-libvirt/qemu/$name-console.log" 2>/dev/null || true; } |
 		while read -r line; do
-			line=${line%$'\r'}
-			case $line in
-			"tick "*" up "*)
-				# shellcheck disable=SC2086 # "tick N up S": split on purpose
-				set -- $line
-				echo "$2 $4 $((${EPOCHREALTIME/./} / 1000))" >>"$out"
-				;;
-			esac
+			[[ ${line%$'\r'} =~ ^tick\ ([0-9]+)\ up\ ([0-9]+\.?[0-9]*)$ ]] || continue
+			echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]} $((${EPOCHREALTIME//[!0-9]/} / 1000))" >>"$out"
 		done
 }
 
+# NATURAL_GAP_MS: the longest gap between two ticks with nothing held, in
+# the guest's own clock: its "sleep 1" loop takes 1.0 to 2.0 s of it,
+# with stock 7.2 and the patched QEMU alike (consoles of e2e-backup-loss,
+# e2e-failover and e2e-tcp, session 40). A gap counts as a hold of the
+# primary only beyond the larger of this and the median gap, so a hold
+# shows once it is longer than the allowance plus up to 1 s. (The guest's
+# clock cannot tell a hold from its own slowness: an idle guest's virtual
+# clock warps over the time its QEMU was blocked, icount_warp_rt.)
+NATURAL_GAP_MS=2000
 STALL_BOUND_MS=5000 # the default (xml.DefaultReplayStall); ftdemo.xml.in leaves it out
 HEARTBEAT_TIMEOUT_MS=1000 # <ft:heartbeat timeout-ms> in ftdemo.xml.in
 for mode in unprotect qemu stop host; do
@@ -106,30 +110,22 @@ for mode in unprotect qemu stop host; do
 	esac
 	log "backup lost at $(date +%T.%3N)"
 	wait "$watcher"
-	# A primary held up by its lost backup stops its guest's clock too (a
-	# vCPU blocked on the log executes nothing, and icount is the guest's
-	# clock under record), so a hold lengthens a tick's gap in host time
-	# both beyond the usual gap (the median) and beyond the guest's own time
-	# between the two ticks. Neither alone is a hold: the guest's "sleep 1"
-	# takes 1.1-2.0 s of its own clock on stock 7.2 (CI's backup-loss, stop
-	# 48, failed a check of host gaps against their median + 1 s), and the
-	# guest's clock runs up to 0.65 s behind the host's over a gap and makes
-	# it up later (icount shift=auto; lab runs, session 40). A gap's hold is
-	# the lesser of the two excesses; each gap's (host ms, guest ms) is
-	# logged.
+	# Host time between ticks: a hold of the primary lengthens a gap beyond
+	# the guest's usual (the median) and longest own gap (NATURAL_GAP_MS).
+	# Until session 40 the bound was the median + allowed, which the
+	# guest's own 2 s gaps nearly reached (CI's backup-loss, stop 48, failed
+	# so on stock 7.2). Each gap's host ms/guest ms is logged.
 	gaps=$(awk 'NR > 1 { printf "%d %d\n", $3 - prev_ms, ($2 - prev_up) * 1000 + 0.5 } { prev_ms = $3; prev_up = $2 }' "$ticks_seen")
 	[ "$(echo "$gaps" | grep -c .)" -ge 3 ] || die "fewer than 4 ticks seen in the ${watch_s} s watch: $(tr '\n' ' ' <"$ticks_seen")"
 	median=$(echo "$gaps" | awk '{ print $1 }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-	worst_hold=$(echo "$gaps" | awk -v m="$median" '{ h = $1 - $2; if ($1 - m < h) h = $1 - m; if (NR == 1 || h > w) w = h } END { print w + 0 }')
-	guest_worst=$(echo "$gaps" | awk '{ if ($2 > w) w = $2 } END { print w + 0 }')
+	worst=$(echo "$gaps" | awk '{ if ($1 > w) w = $1 } END { print w + 0 }')
+	usual=$((median > NATURAL_GAP_MS ? median : NATURAL_GAP_MS))
 	# A stall still under way when the watch ended shows as no gap: the
-	# time since the last tick seen, beyond both the median and the guest's
-	# longest own gap, counts as a hold.
+	# time since the last tick seen counts as one.
 	since=$(($(date +%s%3N) - $(tail -n 1 "$ticks_seen" | awk '{print $3}')))
-	usual=$((median > guest_worst ? median : guest_worst))
-	log "primary's tick gaps (host ms/guest ms): $(echo "$gaps" | tr ' \n' '/ '); median $median host ms; the longest hold $worst_hold ms (allowed $allowed); last tick $since ms before the watch's end"
-	[ "$worst_hold" -le "$allowed" ] || die "the primary stalled: a tick gap $worst_hold ms beyond both the median gap and the guest's own time (allowed $allowed ms)"
-	[ "$since" -le $((usual + allowed)) ] || die "the primary stalled: no tick in the last $since ms of the watch (median gap $median ms, the guest's longest own $guest_worst ms, allowed $allowed ms more)"
+	log "primary's tick gaps (host ms/guest ms): $(echo "$gaps" | tr ' \n' '/ '); median $median, worst $worst host ms (bound $((usual + allowed))); last tick $since ms before the watch's end"
+	[ "$worst" -le $((usual + allowed)) ] || die "the primary stalled: a tick gap of $worst ms (median $median ms; bound $((usual + allowed)) ms)"
+	[ "$since" -le $((usual + allowed)) ] || die "the primary stalled: no tick in the last $since ms of the watch (median gap $median ms; bound $((usual + allowed)) ms)"
 	st=$(ft_on a status "$DOMAIN" || true) # exit 1: unprotected
 	echo "$st" | sed 's/^/     /'
 	grep -q unprotected <<<"$st" || die "virt-ft status on host A does not say unprotected"
