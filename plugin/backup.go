@@ -590,7 +590,9 @@ func (b *backupRun) receive(pc *peerConn) {
 				b.mu.Lock()
 				b.awaitingResume = !b.handingOver
 				b.mu.Unlock()
-				b.setState(ctl.StateReplicating, "the primary host's libvirt-ftd restarts (planned): waiting for its log channel")
+				// Only while replicating, as for the bye below: a state the
+				// core set meanwhile stands.
+				b.setStateIf(ctl.StateReplicating, ctl.StateReplicating, "the primary host's libvirt-ftd restarts (planned): waiting for its log channel")
 			}
 			if m.Bye.Clean && endsReplay(m.Bye.Reason) {
 				// Before the core hears it: its answer (a halt, a

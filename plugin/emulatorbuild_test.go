@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestEmulatorBuild: the --version line and the file's SHA-256; a binary
@@ -45,6 +47,15 @@ func TestEmulatorBuild(t *testing.T) {
 	}
 	if _, err := emulatorBuild("/dev/zero"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("a device as the emulator: %v, want \"not a regular file\"", err)
+	}
+	// A named pipe with no writer: refused at once (an open without
+	// O_NONBLOCK would wait for a writer for ever).
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := emulatorBuild(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a named pipe as the emulator: %v, want \"not a regular file\"", err)
 	}
 }
 

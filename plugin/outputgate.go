@@ -114,7 +114,10 @@ func emulatorBuild(path string) (string, error) {
 	}
 	// Keyed by the opened file's identity: a binary replaced between a
 	// stat and the open would otherwise be cached under the old one's.
-	f, err := os.Open(path)
+	// O_NONBLOCK: a named pipe opens at once (and is refused below)
+	// instead of blocking until a writer comes; O_NOCTTY: a terminal
+	// named there does not become the daemon's.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return "", fmt.Errorf("emulator %s: %w", path, err)
 	}
