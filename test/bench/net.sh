@@ -163,7 +163,7 @@ for run in $(seq "$REPEAT"); do
 		virsh_on a start "$DOMAIN" >/dev/null
 	else
 		start_protected "$DOMAIN"
-		if [ "$pin" = 1 ]; then pin_backup; fi
+		if [ "$pin" = 1 ]; then pin_backup || die "could not pin host b's QEMU to CPU 1"; fi
 	fi
 	wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
 	idle=$(log_rate sleep 5)

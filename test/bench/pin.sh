@@ -80,10 +80,15 @@ host_cpusets() {
 			[ -z "$mems" ] || echo "$mems" >"$cg/cpuset.mems" || die "cannot set $cg/cpuset.mems"
 		fi
 		files=("$LAB_DIR/$h/root/run-libvirt/libvirtd.pid" "$LAB_DIR/$h/root/run-libvirt/virtlogd.pid")
-		[ "$LAB_PIN" = hosts ] && files+=("$LAB_DIR/$h/ftd-supervisor.pid" "$LAB_DIR/$h/ftd-daemon.pid" "$LAB_DIR/$h/ftd.pid")
+		[ "$LAB_PIN" = hosts ] && files+=("$LAB_DIR/$h/ftd-supervisor.pid" "$LAB_DIR/$h/ftd-daemon.pid")
 		for f in "${files[@]}"; do
-			pid=$(tr -dc 0-9 <"$f" 2>/dev/null || true)
-			[ -n "$pid" ] && [ -d "/proc/$pid" ] || continue
+			pid=$(tr -dc 0-9 2>/dev/null <"$f" || true)
+			if [ -z "$pid" ] || [ ! -d "/proc/$pid" ]; then
+				# libvirtd starts every QEMU: without it in the cpuset
+				# the run would not be pinned at all.
+				case $f in *libvirtd.pid) die "host $h: no running libvirtd in $f: cannot pin its QEMUs" ;; esac
+				continue
+			fi
 			echo "$pid" >"$cg/cgroup.procs" || die "could not move host $h's pid $pid into $cg"
 			[ "$(awk '/^Cpus_allowed_list:/ { print $2 }' "/proc/$pid/status")" = "$cpu" ] ||
 				die "host $h's pid $pid is not on CPU $cpu alone after the move into $cg ($(grep Cpus_allowed_list "/proc/$pid/status"))"
@@ -93,7 +98,9 @@ host_cpusets() {
 
 # cpusets_remove [PID]: the cpusets host_cpusets made for benchmark script
 # PID (default: this one); call it once the lab is down (a process still in
-# one goes back to the parent cpuset first).
+# one, as with KEEP_LAB=1, goes to the parent cpuset, the root, not back to
+# where it was). On cgroup v2 the cpuset controller host_cpusets enabled
+# in the root's subtree_control stays enabled.
 cpusets_remove() {
 	local h cg p
 	for h in a b; do

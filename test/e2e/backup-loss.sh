@@ -13,7 +13,7 @@
 # status` on host A says unprotected, and nothing is left behind on host B.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-trap '_rc=$?; kill ${watcher:-} 2>/dev/null || true; lab_stop $_rc' EXIT
+trap '_rc=$?; [ -z "${watcher:-}" ] || { kill "$watcher" 2>/dev/null; sleep 0.1; } || true; lab_stop $_rc' EXIT
 lab_stop
 lab_start
 ticks_seen=$(mktemp)
@@ -24,12 +24,12 @@ SCRATCH+=("$ticks_seen")
 # guest's uptime it printed (s) and the host time it came (ms; tail -F
 # wakes on inotify, and bash's EPOCHREALTIME needs no fork). Until session
 # 40 the console was read every 100 ms through the lab's exec, which under
-# load added up to 0.6 s of noise to a tick's time. tail ends with this
-# script (--pid) if the watcher is not waited for (a failure).
+# load added up to 0.6 s of noise to a tick's time. tail ends with the
+# watcher (--pid): the exit trap kills a watcher not waited for.
 watch_ticks() {
-	local h=$1 name=$2 secs=$3 out=$4 line
+	local h=$1 name=$2 secs=$3 out=$4 line me=$BASHPID
 	: >"$out"
-	{ timeout "$secs" tail --pid=$$ -s 0.05 -n 0 -F "$LAB_DIR/$h/root/log-libvirt/qemu/$name-console.log" 2>/dev/null || true; } |
+	{ timeout "$secs" tail --pid="$me" -s 0.05 -n 0 -F "$LAB_DIR/$h/root/log-libvirt/qemu/$name-console.log" 2>/dev/null || true; } |
 		while read -r line; do
 			[[ ${line%$'\r'} =~ ^tick\ ([0-9]+)\ up\ ([0-9]+\.?[0-9]*)$ ]] || continue
 			echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]} $((${EPOCHREALTIME//[!0-9]/} / 1000))" >>"$out"
@@ -41,9 +41,10 @@ watch_ticks() {
 # with stock 7.2 and the patched QEMU alike (consoles of e2e-backup-loss,
 # e2e-failover and e2e-tcp, session 40). A gap counts as a hold of the
 # primary only beyond the larger of this and the median gap, so a hold
-# shows once it is longer than the allowance plus up to 1 s. (The guest's
-# clock cannot tell a hold from its own slowness: an idle guest's virtual
-# clock warps over the time its QEMU was blocked, icount_warp_rt.)
+# shows once it is longer than the allowance plus 1 to 2 s (2 s when it
+# falls in the guest's sleep, which it then overlaps). The guest's clock
+# cannot tell a hold from its own slowness: an idle guest's virtual clock
+# warps over the time its QEMU was blocked (icount_warp_rt).
 NATURAL_GAP_MS=2000
 STALL_BOUND_MS=5000 # the default (xml.DefaultReplayStall); ftdemo.xml.in leaves it out
 HEARTBEAT_TIMEOUT_MS=1000 # <ft:heartbeat timeout-ms> in ftdemo.xml.in
@@ -104,12 +105,13 @@ for mode in unprotect qemu stop host; do
 		# Nothing says bye: the primary, held by the lag bound once
 		# acknowledgments stop, waits out the heartbeat timeout
 		# (HEARTBEAT_TIMEOUT_MS), then claims the split-brain lock and
-		# goes on; 1 s more for that, the resume and the 100 ms sampling.
+		# goes on; 1 s more for that and the resume.
 		allowed=$((HEARTBEAT_TIMEOUT_MS + 1000))
 		;;
 	esac
 	log "backup lost at $(date +%T.%3N)"
-	wait "$watcher"
+	wait "$watcher" || die "the console's tick watcher failed"
+	watcher=
 	# Host time between ticks: a hold of the primary lengthens a gap beyond
 	# the guest's usual (the median) and longest own gap (NATURAL_GAP_MS).
 	# Until session 40 the bound was the median + allowed, which the
