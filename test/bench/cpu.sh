@@ -306,7 +306,8 @@ if [ "$BENCH_LAB" = 1 ]; then
 		rm -f "$work/backup-running"
 		# The waits below block on events (waitfor.sh): a poll loop of
 		# grep and sleep, or of virsh, takes CPU from the two QEMUs.
-		local console=$LAB_DIR/a/root/log-libvirt/qemu/$DOMAIN-console.log
+		local console
+		console=$(console_file a "$DOMAIN")
 		: >"$console"
 		"$ROOT/test/bench/waitfor.sh" 240 "ft-guest: up" tail -n +1 -F "$console" >/dev/null &
 		local watch=$!

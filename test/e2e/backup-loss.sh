@@ -29,7 +29,7 @@ SCRATCH+=("$ticks_seen")
 watch_ticks() {
 	local h=$1 name=$2 secs=$3 out=$4 line me=$BASHPID
 	: >"$out"
-	{ timeout "$secs" tail --pid="$me" -s 0.05 -n 0 -F "$LAB_DIR/$h/root/log-libvirt/qemu/$name-console.log" 2>/dev/null || true; } |
+	{ timeout "$secs" tail --pid="$me" -s 0.05 -n 0 -F "$(console_file "$h" "$name")" 2>/dev/null || true; } |
 		while read -r line; do
 			[[ ${line%$'\r'} =~ ^tick\ ([0-9]+)\ up\ ([0-9]+\.?[0-9]*)$ ]] || continue
 			echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]} $((${EPOCHREALTIME//[!0-9]/} / 1000))" >>"$out"
