@@ -35,9 +35,16 @@ func TestEmulatorBuild(t *testing.T) {
 	if err != nil || got != want {
 		t.Fatalf("emulatorBuild = %q, %v; want %q", got, err, want)
 	}
+	// Whether it flushes before a frame is read from the same line.
+	if flushes, err := qemuBuildFlushes(path); err != nil || !flushes {
+		t.Fatalf("qemuBuildFlushes of the patched build = %v, %v; want true", flushes, err)
+	}
 	want = write("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)")
 	if got, err := emulatorBuild(path); err != nil || got != want {
 		t.Fatalf("after replacing the binary: emulatorBuild = %q, %v; want %q", got, err, want)
+	}
+	if flushes, err := qemuBuildFlushes(path); err != nil || flushes {
+		t.Fatalf("qemuBuildFlushes of the stock build = %v, %v; want false", flushes, err)
 	}
 	if _, err := emulatorBuild(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing emulator gave no error")

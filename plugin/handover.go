@@ -393,7 +393,13 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 // hands over and closes; receive sees that and reconnect waits for the
 // next one.
 func (p *primaryRun) quiesceForPeer(link *peerConn, ps *pumpState, gates *outputGates) {
-	p.setState(ctl.StateReplicating, "the backup host's libvirt-ftd restarts: VM paused until its log channel is back")
+	if !p.setStateIf(ctl.StateReplicating, ctl.StateReplicating, "the backup host's libvirt-ftd restarts: VM paused until its log channel is back") {
+		// The failover core moved on first (the backup declared lost,
+		// the VM halted): its state stands, and a VM it let run is not
+		// paused for a pairing that is over (helper-117).
+		link.closeWrite()
+		return
+	}
 	p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)")
 	if !pollUntil(handoverTimeout, p.quiet) {
 		p.log.Warn("the backup's planned restart: the pair did not quiesce in time; its daemon may not resume the pairing")

@@ -48,7 +48,6 @@ const patchedQEMUPath = "/usr/lib/libvirt-ft/qemu/bin/qemu-system-x86_64"
 
 var (
 	flushCacheMu sync.Mutex
-	flushCache   = map[flushKey]bool{}
 	buildCache   = map[flushKey]string{}
 	// buildBusy: a binary being hashed; closed when done, so that a
 	// second caller (a start while the daemon warms the cache) waits
@@ -71,16 +70,6 @@ type flushKey struct {
 	path        string
 	dev, ino    uint64
 	size, mtime int64
-}
-
-// binaryKey is path's flushKey (its identity as a file), or an error
-// naming the path.
-func binaryKey(path string) (flushKey, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return flushKey{}, err
-	}
-	return fileKey(path, fi), nil
 }
 
 // fileKey is the flushKey of path as fi describes it.
@@ -163,6 +152,10 @@ func emulatorBuild(path string) (string, error) {
 	return call.v, nil
 }
 
+// buildHashSep parts an emulator build identity's version line from its
+// hash.
+const buildHashSep = ", sha256 "
+
 // hashBuild is emulatorBuild's computation for the opened binary f at path.
 func hashBuild(path string, f *os.File) (string, error) {
 	h := sha256.New()
@@ -178,7 +171,7 @@ func hashBuild(path string, f *os.File) (string, error) {
 		return "", fmt.Errorf("emulator %s --version: %w", path, err)
 	}
 	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	return fmt.Sprintf("%s, sha256 %x", line, h.Sum(nil)[:8]), nil
+	return fmt.Sprintf("%s%s%x", line, buildHashSep, h.Sum(nil)[:8]), nil
 }
 
 // qemuFlushesLog reports whether the QEMU binary at path is the patched one
@@ -189,32 +182,19 @@ func qemuFlushesLog(path string) bool {
 	return err == nil && v
 }
 
-// qemuBuildFlushes is qemuFlushesLog with the reason it cannot tell: the
-// path is empty or cannot be read, or `path --version` failed (not
-// cached: a failed run, say out of processes a moment, must not make a
-// patched QEMU look stock for good).
+// qemuBuildFlushes is qemuFlushesLog with the reason it cannot tell
+// (emulatorBuild's error: no path, not a regular file, or `path --version`
+// failed, which is not cached: a failed run, say out of processes a
+// moment, must not make a patched QEMU look stock for good). The answer
+// is read from the build identity's version line, so the binary is run
+// once for both.
 func qemuBuildFlushes(path string) (bool, error) {
-	if path == "" {
-		return false, errors.New("the domain names no <emulator>")
-	}
-	key, err := binaryKey(path)
+	build, err := emulatorBuild(path)
 	if err != nil {
 		return false, err
 	}
-	flushCacheMu.Lock()
-	defer flushCacheMu.Unlock()
-	if v, ok := flushCache[key]; ok {
-		return v, nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, path, "--version").Output()
-	if err != nil {
-		return false, fmt.Errorf("emulator %s --version: %w", path, err)
-	}
-	v := strings.Contains(string(out), flushMarker)
-	flushCache[key] = v
-	return v, nil
+	line, _, _ := strings.Cut(build, buildHashSep)
+	return strings.Contains(line, flushMarker), nil
 }
 
 // outputGates are the output gates of one primary domain, one per network
