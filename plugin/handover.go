@@ -393,12 +393,22 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 // hands over and closes; receive sees that and reconnect waits for the
 // next one.
 func (p *primaryRun) quiesceForPeer(link *peerConn, ps *pumpState, gates *outputGates) {
-	if !p.setStateIf(ctl.StateReplicating, ctl.StateReplicating, "the backup host's libvirt-ftd restarts: VM paused until its log channel is back") {
+	ps.mu.Lock()
+	gone := ps.discard
+	ps.mu.Unlock()
+	if gone {
 		// The failover core moved on first (the backup declared lost,
-		// the VM halted): its state stands, and a VM it let run is not
-		// paused for a pairing that is over (helper-117).
+		// the VM halted: each such action discards the pump): its state
+		// stands, and a VM it let run is not paused for a pairing that
+		// is over (helper-117). Decided by the core's discard, not the
+		// run's state: a primary still waiting for QEMU's first log
+		// pauses as before (helper-118).
 		link.closeWrite()
 		return
+	}
+	const detail = "the backup host's libvirt-ftd restarts: VM paused until its log channel is back"
+	if !p.setStateIf(ctl.StateReplicating, ctl.StateReplicating, detail) {
+		p.setStateIf(ctl.StateWaiting, ctl.StateReplicating, detail)
 	}
 	p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)")
 	if !pollUntil(handoverTimeout, p.quiet) {

@@ -255,11 +255,11 @@ define_protected() {
 	wait_for 20 "libvirt-ftd to prepare $name" sh -c "'$LAB' exec a virsh -c qemu:///system dumpxml --inactive $name | grep -q 'rr=record'"
 }
 
-# tick_lines HOST NAME: the console's tick lines.
 # console_file HOST NAME: domain NAME's console log on HOST as this machine
 # sees it, for a reader outside the host (tail -F): HOST's /var/log/libvirt
 # is LAB_DIR/HOST/root/log-libvirt (test/lab/lab.sh).
 console_file() { echo "$LAB_DIR/$1/root/log-libvirt${CONSOLE_DIR#/var/log/libvirt}/$2-console.log"; }
+# tick_lines HOST NAME: the console's tick lines.
 tick_lines() { on "$1" cat "$CONSOLE_DIR/$2-console.log" 2>/dev/null | tr -d '\r' | grep -E '^tick [0-9]+ up ' || true; }
 last_tick() { tick_lines "$1" "$2" | tail -n 1 | awk '{print $2}'; }
 has_tick() { tick_lines "$1" "$2" | grep -q "^tick $3 up "; }
