@@ -231,10 +231,11 @@ func (fp fifoPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog,
 		_ = os.Remove(path)
 		return nil, err
 	}
-	// A small FIFO B keeps the backup's lag (and so the drain at go-live)
-	// bounded by the window rather than by the pipe (64 KiB by default).
+	// FIFO B holds up to replayPipeBytes: a whole received packet's event
+	// goes in one write (the lag bound, max-lag-ms, bounds the backup's lag
+	// and so the drain at go-live).
 	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
-		fp.log.WithError(err).Warn("shrinking FIFO B")
+		fp.log.WithError(err).Warn("sizing FIFO B")
 	}
 	return feeder, nil
 }

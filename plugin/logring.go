@@ -10,9 +10,9 @@ import (
 
 // logRingBytes is how much of the recent log a controller keeps (bytes) to
 // place a stalled backup's icount in the log. The window (window-bytes,
-// default 64 KiB) and FIFO B (16 KiB) bound how far the stream can run past
-// the point where a backup's replay stopped, so 1 MiB holds that point with
-// a wide margin.
+// default 256 KiB) and FIFO B (256 KiB) bound how far the stream can run
+// past the point where a backup's replay stopped, so 1 MiB holds that
+// point with a margin of twice that.
 const logRingBytes = 1 << 20
 
 // logRing keeps the last bytes of a log stream, whole events in stream

@@ -57,7 +57,7 @@ func main() {
 				// harder instead once the daemon's memory nears
 				// softMemoryLimit. The live heap is a few MB per
 				// protected domain in steady state (a 1 MiB log ring,
-				// the 64 KiB window, frame buffers) but grows with
+				// the 256 KiB window, frame buffers) but grows with
 				// what a domain holds: an output gate's queue up to
 				// 16 MiB (gate.DefaultLimitBytes) while its backup
 				// lags, seed chunks and block lists at a protected

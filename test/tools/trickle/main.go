@@ -20,7 +20,7 @@
 // Chunks are 1 to -max-chunk bytes (default 65536), pauses 0 to
 // -max-pause-us µs (default 2000), both from a PRNG seeded by -seed
 // (default 1), so a failing run can be repeated. Opening FIFO blocks until
-// QEMU opens it for reading; its pipe is then shrunk to 16 KiB, FIFO B's
+// QEMU opens it for reading; its pipe is then set to 256 KiB, FIFO B's
 // size (plugin/config.go replayPipeBytes), when the kernel allows. It
 // prints "trickle: N bytes written" and exits 0 once the version dword and
 // everything after SRC's header were written (N = SRC's size - 8), 1 on a
@@ -61,7 +61,7 @@ const (
 	headerBytes  = 12
 	versionBytes = 4
 	// fifoBBytes is FIFO B's pipe size (plugin/config.go replayPipeBytes).
-	fifoBBytes = 16 << 10
+	fifoBBytes = 256 << 10
 )
 
 // run copies src into dst (opened for writing, so a FIFO waits for its
