@@ -187,6 +187,9 @@ func (fd *Feeder) SetWriteDeadline(t time.Time) error { return fd.f.SetWriteDead
 // the size granted.
 func (fd *Feeder) SetPipeSize(size int) (int, error) { return setPipeSize(fd.rc, size) }
 
+// PipeSize returns FIFO B's pipe buffer (F_GETPIPE_SZ, bytes).
+func (fd *Feeder) PipeSize() (int, error) { return pipeSize(fd.rc) }
+
 // Unread returns the number of bytes written into FIFO B that the
 // replaying QEMU has not read yet (FIONREAD on the pipe). 0 means QEMU has
 // taken everything fed (it executes it, or waits for more log); bytes that

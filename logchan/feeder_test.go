@@ -208,6 +208,9 @@ func TestFeederPipeSize(t *testing.T) {
 	if n, err := fd.SetPipeSize(1 << 20); err != nil || n < 1<<20 {
 		t.Fatalf("%d %v", n, err)
 	}
+	if n, err := fd.PipeSize(); err != nil || n != 1<<20 {
+		t.Fatalf("PipeSize after SetPipeSize(1 MiB): %d %v", n, err)
+	}
 }
 
 // TestFeederUnread: Unread counts what the replaying QEMU has not read yet,

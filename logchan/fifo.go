@@ -325,6 +325,21 @@ func setPipeSize(rc syscall.RawConn, size int) (int, error) {
 	return got, nil
 }
 
+func pipeSize(rc syscall.RawConn) (int, error) {
+	var got int
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		got, serr = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("logchan: F_GETPIPE_SZ: %w", err)
+	}
+	return got, nil
+}
+
 // pollable returns a non-blocking *os.File (one that waits in Go's poller,
 // so deadlines work) for the descriptor of f, which it closes: f may be
 // blocking, as the files of a systemd descriptor handover are.

@@ -59,7 +59,10 @@ type Config struct {
 	// read, so QEMU's vCPU stalls: this bounds the backup's lag
 	// (docs/protocol.md §7), and with it the drain at go-live and how
 	// long output waits in the gate when the backup replays slower than
-	// the primary records. Default 65536, at least 16384.
+	// the primary records. Default 262144, at least 16384. Beyond
+	// standWindowBytes (65536) it applies only while the lag bound
+	// (max-lag-ms) is in force: the backup's icount known and still
+	// advancing (primaryRun.windowNow).
 	WindowBytes int `yaml:"window-bytes"`
 	// MaxLagMS bounds the backup's lag in time (ms, the LAG (ms) of
 	// virt-ft status): while the backup's executed icount is more than
@@ -220,8 +223,15 @@ func (c *Config) applyDefaults() {
 // (session 41, BENCHMARKS.md). With FIFO B as large (replayPipeBytes) the
 // receive ran 47.6 MB/s against 32.7 (medians of 4 alternating runs). The
 // lag in time stays bounded by max-lag-ms (DefaultMaxLagMS); before that
-// bound existed, 256 KiB had let the backup fall 2-4 s behind.
+// bound existed, 256 KiB had let the backup fall 2-4 s behind. Beyond
+// standWindowBytes the window applies only while the lag bound is in force
+// (primaryRun.windowNow).
 const DefaultWindowBytes = 256 << 10
+
+// standWindowBytes is the most window in force while the lag bound holds
+// nothing (bytes): the backup standing still, before its first icount
+// sample, or max-lag-ms -1. It was the default window until session 41.
+const standWindowBytes = 64 << 10
 
 // DefaultMaxLagMS is the default bound of the backup's lag (ms).
 const DefaultMaxLagMS = 100
@@ -231,8 +241,24 @@ const DefaultMaxLagMS = 100
 // so that the window alone bounded that log; a 64 KiB packet's event then
 // went in four writes, each waiting for QEMU to read the one before, and
 // the window (counted to what is in FIFO B) held the primary meanwhile.
-// The lag in time is bounded by max-lag-ms (DefaultWindowBytes).
+// The lag in time is bounded by max-lag-ms (DefaultMaxLagMS); with the
+// bound off (max-lag-ms -1) FIFO B stays standReplayPipeBytes
+// (Config.replayPipeBytes).
 const replayPipeBytes = 256 << 10
+
+// standReplayPipeBytes is FIFO B's pipe buffer on a backup host whose lag
+// bound is off (bytes): its size until session 41.
+const standReplayPipeBytes = 16 << 10
+
+// replayPipeBytes is FIFO B's pipe buffer for this host's backups (bytes):
+// replayPipeBytes while the lag bound (max-lag-ms) bounds the backup's lag
+// in time, standReplayPipeBytes with it off.
+func (c Config) replayPipeBytes() int {
+	if c.MaxLagMS <= 0 {
+		return standReplayPipeBytes
+	}
+	return replayPipeBytes
+}
 
 func (c *Config) validate(path string) error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {

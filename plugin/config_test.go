@@ -84,3 +84,16 @@ func TestSeedWriterVerifies(t *testing.T) {
 		t.Fatalf("temporary files left: %v", entries)
 	}
 }
+
+// TestReplayPipeBytes: FIFO B is 256 KiB while the lag bound is on, the
+// old 16 KiB with max-lag-ms -1 (the window alone then bounds the lag).
+func TestReplayPipeBytes(t *testing.T) {
+	for _, c := range []struct {
+		maxLag int
+		want   int
+	}{{100, 256 << 10}, {0, 16 << 10}} {
+		if got := (Config{MaxLagMS: c.maxLag}).replayPipeBytes(); got != c.want {
+			t.Errorf("max-lag-ms %d (after defaults): FIFO B %d bytes, want %d", c.maxLag, got, c.want)
+		}
+	}
+}

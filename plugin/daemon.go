@@ -229,7 +229,7 @@ func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
 // newDaemon returns a daemon on hv and arb (tests give fakes).
 func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
 	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1,
-		pipes: fifoPipes{log: log}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{},
+		pipes: fifoPipes{log: log, replayPipe: cfg.replayPipeBytes()}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{},
 		peerViews: make(chan struct{}, peerViewFetches), procsWake: make(chan struct{}, 1)}
 }
 

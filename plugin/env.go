@@ -207,8 +207,12 @@ type logPipes interface {
 	Replay(path string, uid, gid int, logVer uint32) (replayLog, error)
 }
 
-// fifoPipes is logPipes on named pipes (logchan).
-type fifoPipes struct{ log logrus.FieldLogger }
+// fifoPipes is logPipes on named pipes (logchan). replayPipe is FIFO B's
+// pipe buffer (bytes, Config.replayPipeBytes).
+type fifoPipes struct {
+	log        logrus.FieldLogger
+	replayPipe int
+}
 
 func (fp fifoPipes) Record(path string, uid, gid int) (recordLog, error) {
 	if err := logchan.CreateFIFO(path, uid, gid, 0o600); err != nil {
@@ -231,11 +235,19 @@ func (fp fifoPipes) Replay(path string, uid, gid int, logVer uint32) (replayLog,
 		_ = os.Remove(path)
 		return nil, err
 	}
-	// FIFO B holds up to replayPipeBytes: a whole received packet's event
-	// goes in one write (the lag bound, max-lag-ms, bounds the backup's lag
-	// and so the drain at go-live).
-	if _, err := feeder.SetPipeSize(replayPipeBytes); err != nil {
-		fp.log.WithError(err).Warn("sizing FIFO B")
+	// FIFO B holds up to replayPipe bytes: a whole received packet's
+	// event goes in one write (Config.replayPipeBytes). Refused (a bigger
+	// pipe than fs.pipe-max-size without CAP_SYS_RESOURCE, or the user over
+	// fs.pipe-user-pages-soft), FIFO B keeps the size it has: a tighter
+	// bound of the backup's lag, only slower under network load.
+	if fp.replayPipe > 0 {
+		if _, err := feeder.SetPipeSize(fp.replayPipe); err != nil {
+			now, gerr := feeder.PipeSize()
+			if gerr != nil {
+				now = -1
+			}
+			fp.log.WithError(err).Warnf("FIFO B stays %d bytes, not %d (only throughput under network load suffers): raise fs.pipe-max-size or give libvirt-ftd CAP_SYS_RESOURCE", now, fp.replayPipe)
+		}
 	}
 	return feeder, nil
 }

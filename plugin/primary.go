@@ -706,7 +706,7 @@ func (p *primaryRun) pump(reader recordLog, link *peerConn, gates *outputGates, 
 	for {
 		ps.mu.Lock()
 		var waited time.Time
-		for !ps.discard && !ps.handover && p.active() && p.sent()-ps.acked >= window {
+		for !ps.discard && !ps.handover && p.active() && p.sent()-ps.acked >= p.windowNow(window, maxLag) {
 			if waited.IsZero() {
 				waited = time.Now()
 				p.heldMu.Lock()
@@ -1363,6 +1363,28 @@ func (p *primaryRun) lagging(max time.Duration) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return time.Now().Before(p.advancingUntilLocked()) && p.lagLocked() > max
+}
+
+// windowNow is the window in force (bytes): window (window-bytes) while
+// the lag bound holds the backup's lag in time (max > 0, the backup's
+// icount known and still advancing: lagging's rule), else at most
+// standWindowBytes. While the backup stands still, at the start before its
+// first icount sample, or with max-lag-ms -1, the lag bound holds nothing
+// and the window is the only bound of how far the primary runs ahead, and
+// so of the drain at go-live; a big window pays only while the lag bound
+// keeps that lag short. A change to the larger window comes with an ack
+// (its icount grew), which wakes a waiting pump; a change to the smaller
+// one needs no wake-up. Errors: none.
+func (p *primaryRun) windowNow(window uint64, max time.Duration) uint64 {
+	if window <= standWindowBytes || max <= 0 {
+		return min(window, standWindowBytes)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.backupIcnt == 0 || !time.Now().Before(p.advancingUntilLocked()) {
+		return standWindowBytes
+	}
+	return window
 }
 
 // advancingUntilLocked is when the backup stops counting as advancing

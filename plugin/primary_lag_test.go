@@ -168,3 +168,37 @@ func TestWaitLag(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowNow: the window beyond standWindowBytes is in force only while
+// the lag bound holds the backup's lag (its icount known and advancing,
+// max-lag-ms on); else at most standWindowBytes.
+func TestWindowNow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const big = 256 << 10
+		p := &primaryRun{}
+		p.env.cfg.StatusIntervalMS = 50
+		lag := 100 * time.Millisecond
+		if got := p.windowNow(big, lag); got != standWindowBytes {
+			t.Errorf("before the backup's first icount: window %d, want %d", got, standWindowBytes)
+		}
+		p.recordSent(100, 1000)
+		p.recordAck(100, 500) // icount grew now
+		if got := p.windowNow(big, lag); got != big {
+			t.Errorf("backup advancing: window %d, want %d", got, big)
+		}
+		if got := p.windowNow(big, 0); got != standWindowBytes {
+			t.Errorf("max-lag-ms off: window %d, want %d", got, standWindowBytes)
+		}
+		if got := p.windowNow(32<<10, lag); got != 32<<10 {
+			t.Errorf("a configured window below the stand window: %d, want %d", got, 32<<10)
+		}
+		time.Sleep(149 * time.Millisecond)
+		if got := p.windowNow(big, lag); got != big {
+			t.Errorf("149 ms after the icount grew: window %d, want %d", got, big)
+		}
+		time.Sleep(time.Millisecond)
+		if got := p.windowNow(big, lag); got != standWindowBytes {
+			t.Errorf("backup standing still for three status intervals: window %d, want %d", got, standWindowBytes)
+		}
+	})
+}

@@ -105,7 +105,8 @@ if [ "${RESTARTS:-1}" = 1 ]; then
 		# notes); the disks' records still matched.
 		stall=$(grep -o 'replay stalled at icount [0-9]*, next event [A-Z_]*' "$LAB_DIR/b/ftd.log" | tail -n 1 || true)
 		# Or the primary's log after the guest's shutdown was longer
-		# than FIFO B and QEMU's buffer hold (16 + 4 KiB): the replaying
+		# than FIFO B and QEMU's buffer hold (256 + 4 KiB since session
+		# 41, 16 + 4 KiB before): the replaying
 		# QEMU stopped reading at the shutdown with log left unfed, and
 		# the backup cannot tell that tail from log it needed (seen once
 		# in session 39's CI, stock QEMU: 12,913 bytes unfed).
