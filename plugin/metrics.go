@@ -129,7 +129,7 @@ var (
 		"How far the backup's replay is behind the primary, in the primary's time between sending the log the backup reached and its latest log.",
 		[]string{"domain"}, nil)
 	descHeld = prometheus.NewDesc("libvirt_ft_primary_held_seconds_total",
-		"Time the primary stopped reading its record log, holding its QEMU and the output in its gate, in the current run: reason lag (the backup more than max-lag-ms behind) or window (window-bytes of log unacknowledged); docs/protocol.md §7.",
+		"Time the primary stopped reading its record log, holding its QEMU and the output in its gate, in the current run: reason lag (the backup more than max-lag-ms behind) or window (the window in force of log not yet in the backup's FIFO B: window-bytes, at most 64 KiB while the backup stands still); docs/protocol.md §7.",
 		[]string{"domain", "reason"}, nil)
 	descLagInstr = prometheus.NewDesc("libvirt_ft_backup_lag_instructions",
 		"Guest instructions in the log the backup has not executed yet.",

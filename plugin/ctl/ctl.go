@@ -198,8 +198,9 @@ type DomainStatus struct {
 	// HeldLagMS and HeldWindowMS (primary): the total time in this run
 	// (ms) the primary stopped reading FIFO A, and so held its QEMU and the
 	// output waiting in its gate, because the backup was more than
-	// max-lag-ms behind (the lag bound) or window-bytes of log were
-	// unacknowledged (the window); docs/protocol.md §7. 0 on a backup.
+	// max-lag-ms behind (the lag bound) or the window in force of log was
+	// not yet in FIFO B (window-bytes, at most 64 KiB while the backup
+	// stands still: the window); docs/protocol.md §7. 0 on a backup.
 	HeldLagMS    int64 `json:"held_lag_ms"`
 	HeldWindowMS int64 `json:"held_window_ms"`
 	// HeartbeatAgeMS is the time since the last heartbeat from the peer (ms);
