@@ -311,31 +311,28 @@ func (r *RecordReader) SetPipeSize(size int) (int, error) { return setPipeSize(r
 func (r *RecordReader) Close() error { return r.f.Close() }
 
 func setPipeSize(rc syscall.RawConn, size int) (int, error) {
-	var got int
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		got, serr = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size)
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("logchan: F_SETPIPE_SZ %d: %w", size, err)
-	}
-	return got, nil
+	return pipeFcntl(rc, unix.F_SETPIPE_SZ, size)
 }
 
-func pipeSize(rc syscall.RawConn) (int, error) {
+func pipeSize(rc syscall.RawConn) (int, error) { return pipeFcntl(rc, unix.F_GETPIPE_SZ, 0) }
+
+// pipeFcntl runs fcntl(cmd, arg) on rc's descriptor: F_SETPIPE_SZ (the
+// size asked, bytes) or F_GETPIPE_SZ; it returns the pipe's size (bytes).
+func pipeFcntl(rc syscall.RawConn, cmd, arg int) (int, error) {
 	var got int
 	var serr error
 	err := rc.Control(func(fd uintptr) {
-		got, serr = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0)
+		got, serr = unix.FcntlInt(fd, cmd, arg)
 	})
 	if err == nil {
 		err = serr
 	}
 	if err != nil {
-		return 0, fmt.Errorf("logchan: F_GETPIPE_SZ: %w", err)
+		name := "F_GETPIPE_SZ"
+		if cmd == unix.F_SETPIPE_SZ {
+			name = fmt.Sprintf("F_SETPIPE_SZ %d", arg)
+		}
+		return 0, fmt.Errorf("logchan: %s: %w", name, err)
 	}
 	return got, nil
 }
