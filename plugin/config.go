@@ -228,6 +228,12 @@ func (c *Config) applyDefaults() {
 // (primaryRun.windowNow).
 const DefaultWindowBytes = 256 << 10
 
+// maxWindowBytes is the largest window-bytes accepted (bytes): the window,
+// FIFO B (replayPipeBytes) and QEMU's read buffer must fit in the log ring
+// (logRingBytes) with room to spare, so that a stalled backup's icount can
+// still be placed in the log (helper-121).
+const maxWindowBytes = logRingBytes/2 - replayPipeBytes
+
 // standWindowBytes is the most window in force while the lag bound holds
 // nothing (bytes): the backup standing still, before its first icount
 // sample, or max-lag-ms -1. It was the default window until session 41.
@@ -269,6 +275,9 @@ func (c *Config) validate(path string) error {
 	}
 	if c.WindowBytes < 16<<10 {
 		return fmt.Errorf("plugin: config %s: window-bytes %d is below 16384; raise it (default %d)", path, c.WindowBytes, DefaultWindowBytes)
+	}
+	if c.WindowBytes > maxWindowBytes {
+		return fmt.Errorf("plugin: config %s: window-bytes %d is above %d; lower it (default %d)", path, c.WindowBytes, maxWindowBytes, DefaultWindowBytes)
 	}
 	switch c.Arbiter {
 	case "", ArbiterNone:

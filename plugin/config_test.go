@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,5 +96,20 @@ func TestReplayPipeBytes(t *testing.T) {
 		if got := (Config{MaxLagMS: c.maxLag}).replayPipeBytes(); got != c.want {
 			t.Errorf("max-lag-ms %d (after defaults): FIFO B %d bytes, want %d", c.maxLag, got, c.want)
 		}
+	}
+}
+
+// TestLoadConfigWindowBounds: window-bytes above maxWindowBytes (the log
+// ring could no longer place a stalled backup's icount) is refused with
+// the field and the fix; the bound itself is accepted.
+func TestLoadConfigWindowBounds(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte(fmt.Sprintf("window-bytes: %d\n", maxWindowBytes+1)), 0o600)
+	if _, err := LoadConfig(p); err == nil || !strings.Contains(err.Error(), "window-bytes") || !strings.Contains(err.Error(), "lower it") {
+		t.Fatalf("window-bytes %d: err %v, want a refusal naming window-bytes", maxWindowBytes+1, err)
+	}
+	os.WriteFile(p, []byte(fmt.Sprintf("window-bytes: %d\n", maxWindowBytes)), 0o600)
+	if c, err := LoadConfig(p); err != nil || c.WindowBytes != maxWindowBytes {
+		t.Fatalf("window-bytes %d: %v", maxWindowBytes, err)
 	}
 }

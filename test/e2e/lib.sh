@@ -98,7 +98,7 @@ FTD_RESTARTS=0
 # lab_start: bring the lab up with our hook installed, configure and start
 # libvirt-ftd on both hosts. LAB_ARBITER replaces the arbiter (default etcd);
 # LAB_YAML_EXTRA adds top-level lines to both daemons' configuration (for
-# benchmarks, e.g. $'window-bytes: 1048576\nmax-lag-ms: 500').
+# benchmarks, e.g. $'window-bytes: 262144\nmax-lag-ms: 500').
 lab_start() {
 	[ -x "$BIN/libvirt-ftd" ] || die "run make build first"
 	command -v jq >/dev/null || die "jq is missing (make setup)"
