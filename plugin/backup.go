@@ -964,7 +964,7 @@ func (b *backupRun) sampleIcount() {
 		}
 		t.Reset(next)
 		if client == nil {
-			cl, rel, err := b.env.qmp(b.uuid)
+			cl, rel, err := b.env.pollingQMP(b.uuid)
 			if err != nil {
 				continue
 			}

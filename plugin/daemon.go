@@ -24,6 +24,7 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
@@ -67,7 +68,9 @@ type Daemon struct {
 	qemuUID, qemuGID int
 	pipes            logPipes
 	dial             func(addr string, timeout time.Duration) (net.Conn, error)
-	tls              *peerTLS // nil with plain-tcp
+	// pollQMP: env.pollQMP (set by New for a local libvirt socket).
+	pollQMP func(uuid string) (qmp.Monitor, error)
+	tls     *peerTLS // nil with plain-tcp
 
 	// pairings keeps each running protected domain's pairing epoch for
 	// a restarted daemon (restart.go).
@@ -192,6 +195,11 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	d.blocks = blockCache{dir: DefaultBlockCacheDir}
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
+	if sock, uri, ok := qmp.LocalSocket(cfg.LibvirtURI); ok {
+		d.pollQMP = func(uuid string) (qmp.Monitor, error) {
+			return qmp.DialRPCMonitor(sock, uri, uuid, 5*time.Second)
+		}
+	}
 	if cfg.PlainTCP {
 		log.Warn("plain-tcp: true: the peer port has no TLS; anyone who reaches it can arm backups, seed disks and feed logs here")
 	} else {
@@ -239,7 +247,7 @@ const peerViewFetches = 4
 // env is what the daemon hands its runs.
 func (d *Daemon) env() env {
 	return env{hv: d.hv, arbiter: d.arb, cfg: d.cfg, qemuUID: d.qemuUID, qemuGID: d.qemuGID, log: d.log,
-		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics, inStep: d.inStep, blocks: d.blocks}
+		pipes: d.pipes, dial: d.dial, pairings: d.pairings, metrics: d.metrics, inStep: d.inStep, blocks: d.blocks, pollQMP: d.pollQMP}
 }
 
 // Run serves until ctx is cancelled: the libvirt connection, the control

@@ -39,6 +39,12 @@ type env struct {
 	// blocks caches the block lists of disk copies (blockseed.go; zero:
 	// nothing is cached).
 	blocks blockCache
+	// pollQMP opens a QMP monitor on a running domain for a frequent
+	// poller (the backup's icount sample) without cgo: libvirt's remote
+	// protocol in Go (qmp.RPCMonitor), whose waits leave the daemon's
+	// one Go P to the hot path. nil (tests, a libvirt URI that is not a
+	// local socket): hv.Monitor.
+	pollQMP func(uuid string) (qmp.Monitor, error)
 }
 
 // inStepStore is where this host's in-step records are (zero: none).
@@ -57,6 +63,20 @@ func (e env) qmp(uuid string) (client *qmp.Client, release func(), err error) {
 		return nil, nil, err
 	}
 	return qmp.NewClient(mon), func() { _ = mon.Disconnect() }, nil
+}
+
+// pollingQMP is qmp for a frequent poller: over pollQMP when there is
+// one and it connects, else over hv.Monitor (libvirt's C library: each
+// command is a cgo call that holds the daemon's Go P while it waits).
+func (e env) pollingQMP(uuid string) (client *qmp.Client, release func(), err error) {
+	if e.pollQMP != nil {
+		mon, perr := e.pollQMP(uuid)
+		if perr == nil {
+			return qmp.NewClient(mon), func() { _ = mon.Disconnect() }, nil
+		}
+		e.log.WithError(perr).Debugf("domain %s: QMP over libvirt's remote protocol; using libvirt's library instead", uuid)
+	}
+	return e.qmp(uuid)
 }
 
 // pauseVM stops uuid's vCPUs (QMP stop) while a split-brain claim is

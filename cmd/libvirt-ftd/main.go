@@ -33,6 +33,10 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// First, before anything opens a file or starts a
+			// goroutine: re-executes in place unless sysmon's deep
+			// sleep is already off (sysmon.go).
+			sysmonErr := keepSysmonAwake()
 			log := logrus.New()
 			log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000"})
 			lvl, err := logrus.ParseLevel(level)
@@ -40,6 +44,9 @@ func main() {
 				return fmt.Errorf("--log-level %q: %w", level, err)
 			}
 			log.SetLevel(lvl)
+			if sysmonErr != nil {
+				log.WithError(sysmonErr).Warnf("could not re-execute with GODEBUG=%s (the daemon runs on, with more thread wake-ups under load); set it in the environment (the systemd unit's Environment=)", sysmonGODEBUG)
+			}
 			if os.Getenv("GOGC") == "" {
 				// The log channel allocates each frame it moves (the
 				// log, at up to tens of MB/s under network load) over

@@ -1,0 +1,107 @@
+package qmp
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket/dialers"
+	goqmp "github.com/digitalocean/go-qemu/qmp"
+)
+
+// RPCMonitor is a Monitor over libvirt's monitor pass-through, like
+// LibvirtMonitor, but speaking libvirt's remote protocol in Go
+// (github.com/digitalocean/go-libvirt) on a connection of its own, not
+// through the C library: a command waits in Go's network poller rather
+// than in a cgo call. That matters to a daemon that runs one Go P
+// (plugin/procs.go): a cgo call holds the P until the runtime's monitor
+// takes it back, which stalls every other goroutine meanwhile (up to about
+// 20 ms; query-replay through libvirtd took 4.5 ms at the median and up to
+// hundreds of ms on a loaded lab host, BENCHMARKS.md session 42). Events
+// are not supported (go-qemu's ErrEventsNotSupported).
+type RPCMonitor struct {
+	l   *golibvirt.Libvirt
+	dom golibvirt.Domain
+}
+
+// LocalSocket returns the unix socket of the local libvirt daemon that
+// serves uri, and the URI to open on it, for the URIs a host daemon uses:
+// qemu:///system (or qemu+unix:///system), with a socket= parameter if
+// given, else the modular daemon's /run/libvirt/virtqemud-sock if it
+// exists, else libvirtd's /run/libvirt/libvirt-sock (libvirt's
+// docs/uri.rst, "Unix domain sockets"). ok is false for any other URI
+// (remote hosts, session daemons): use LibvirtMonitor there.
+func LocalSocket(uri string) (socket, open string, ok bool) {
+	u, err := url.Parse(uri)
+	if err != nil || (u.Scheme != "qemu" && u.Scheme != "qemu+unix") || u.Host != "" || u.Path != "/system" {
+		return "", "", false
+	}
+	if s := u.Query().Get("socket"); s != "" {
+		return s, "qemu:///system", true
+	}
+	for _, s := range []string{"/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"} {
+		if _, err := os.Stat(s); err == nil {
+			return s, "qemu:///system", true
+		}
+	}
+	return "", "", false
+}
+
+// DialRPCMonitor connects to the libvirt daemon's unix socket (timeout
+// bounds the dial), opens uri on it (LocalSocket's open) and finds the
+// domain uuid (canonical 36-character form). Errors: the socket cannot be
+// reached, libvirt refuses the connection, no such domain. Disconnect
+// closes the connection.
+func DialRPCMonitor(socket, uri, uuid string, timeout time.Duration) (*RPCMonitor, error) {
+	id, err := parseUUID(uuid)
+	if err != nil {
+		return nil, err
+	}
+	l := golibvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(socket), dialers.WithLocalTimeout(timeout)))
+	if err := l.ConnectToURI(golibvirt.ConnectURI(uri)); err != nil {
+		return nil, fmt.Errorf("qmp: libvirt at %s: %w", socket, err)
+	}
+	dom, err := l.DomainLookupByUUID(id)
+	if err != nil {
+		_ = l.Disconnect()
+		return nil, fmt.Errorf("qmp: libvirt at %s: domain %s: %w", socket, uuid, err)
+	}
+	return &RPCMonitor{l: l, dom: dom}, nil
+}
+
+// parseUUID reads a UUID's canonical text form (8-4-4-4-12 hex digits).
+func parseUUID(s string) (golibvirt.UUID, error) {
+	var id golibvirt.UUID
+	b, err := hex.DecodeString(strings.ReplaceAll(s, "-", ""))
+	if err != nil || len(b) != len(id) || len(s) != 36 {
+		return id, fmt.Errorf("qmp: %q is not a UUID (8-4-4-4-12 hex digits)", s)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// Connect is a no-op: DialRPCMonitor connected.
+func (m *RPCMonitor) Connect() error { return nil }
+
+// Disconnect closes the connection to libvirt.
+func (m *RPCMonitor) Disconnect() error { return m.l.Disconnect() }
+
+// Run sends one QMP command (JSON) and returns QEMU's full reply (JSON with
+// "return" or "error").
+func (m *RPCMonitor) Run(command []byte) ([]byte, error) {
+	out, err := m.l.QEMUDomainMonitorCommand(m.dom, string(command), 0)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt monitor pass-through (remote protocol): %w", err)
+	}
+	return []byte(out), nil
+}
+
+// Events is not supported: go-qemu's ErrEventsNotSupported.
+func (m *RPCMonitor) Events(context.Context) (<-chan Event, error) {
+	return nil, goqmp.ErrEventsNotSupported
+}
