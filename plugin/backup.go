@@ -942,6 +942,9 @@ func (b *backupRun) sampleIcount() {
 	var client *qmp.Client
 	release := func() {}
 	defer func() { release() }()
+	var nextOpen time.Time // back-off after failed opens
+	failures := 0
+	fellBack := false // pollingQMP warned of its fallback in this run
 	interval := b.env.cfg.statusInterval()
 	t := time.NewTimer(interval)
 	defer t.Stop()
@@ -964,10 +967,20 @@ func (b *backupRun) sampleIcount() {
 		}
 		t.Reset(next)
 		if client == nil {
-			cl, rel, err := b.env.pollingQMP(b.uuid)
-			if err != nil {
+			// A failed open (libvirtd restarting, the domain going)
+			// is tried again after a back-off, up to 1 s, not at
+			// every interval: each try is a whole connection. Not
+			// while go-live drains: it waits for this sample.
+			if target == 0 && time.Now().Before(nextOpen) {
 				continue
 			}
+			cl, rel, err := b.env.pollingQMP(b.uuid, &fellBack)
+			if err != nil {
+				failures++
+				nextOpen = time.Now().Add(min(interval<<min(failures, 10), time.Second))
+				continue
+			}
+			failures = 0
 			client, release = cl, rel
 		}
 		ri, err := client.QueryReplay()
@@ -1066,10 +1079,10 @@ const vcpuWindow = 250 * time.Millisecond
 // vcpuWindow: a replay executing slowly holds the replay mutex for each
 // vCPU turn (a whole log event without packaging/qemu 0018, 2^18
 // instructions with it) and its monitor answers nothing meanwhile, and
-// the core must not take that for a stall (docs/replay.md §12). libvirt
-// reads the time from /proc, without the monitor. Errors (the domain is
-// gone, libvirtd restarts) skip a window: no report, so the core applies
-// the plain stall bound.
+// the core must not take that for a stall (docs/replay.md §12). The time
+// is read from /proc (Hypervisor.VCPUTime), without libvirt or the
+// monitor. Errors (the domain is gone) skip a window: no report, so the
+// core applies the plain stall bound.
 func (b *backupRun) watchVCPU(drv *failover.Driver) {
 	var lastCPU time.Duration
 	var lastAt time.Time
@@ -1079,16 +1092,16 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 			lastAt = time.Time{}
 			return true
 		}
-		cpu, err := b.env.hv.VCPUTime(b.uuid)
+		cpu, err := b.env.hv.VCPUTime(b.uuid, b.name)
 		now := time.Now()
 		if err != nil {
 			// A domain that is gone or being torn down is the run's end
 			// (its stop hook follows), not a failure to report. The
 			// message avoids "stalled", which test/e2e/distro.sh takes
 			// for a verdict.
-			if !warned && !isGoneOrStopping(err) && b.active() {
+			if !warned && !isGoneOrStopping(err) && !errors.Is(err, errNoQEMU) && b.active() {
 				warned = true
-				b.log.WithError(err).Warn("reading the replay's vCPU time (virDomainGetVcpus) failed: a slow replay gets only the plain stall bound")
+				b.log.WithError(err).Warn("reading the replay's vCPU time (/proc schedstat) failed: a slow replay gets only the plain stall bound")
 			}
 			lastAt = time.Time{}
 			return true

@@ -195,10 +195,14 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	d.blocks = blockCache{dir: DefaultBlockCacheDir}
 	d.lv = newLibvirtConn(cfg.LibvirtURI, log.WithField("part", "libvirt"), d.onLifecycle, d.rescan)
 	d.hv = libvirtHV{lv: d.lv}
-	if sock, uri, ok := qmp.LocalSocket(cfg.LibvirtURI); ok {
-		d.pollQMP = func(uuid string) (qmp.Monitor, error) {
-			return qmp.DialRPCMonitor(sock, uri, uuid, 5*time.Second)
+	// The socket is looked for at each connection: libvirtd may start
+	// after the daemon.
+	d.pollQMP = func(uuid string) (qmp.Monitor, error) {
+		sock, uri, ok := qmp.LocalSocket(cfg.LibvirtURI)
+		if !ok {
+			return nil, fmt.Errorf("libvirt-uri %q: no local libvirt socket found for libvirt's remote protocol", cfg.LibvirtURI)
 		}
+		return qmp.DialRPCMonitor(sock, uri, uuid, rpcTimeout)
 	}
 	if cfg.PlainTCP {
 		log.Warn("plain-tcp: true: the peer port has no TLS; anyone who reaches it can arm backups, seed disks and feed logs here")
@@ -211,6 +215,11 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	}
 	return d, nil
 }
+
+// rpcTimeout bounds each exchange of a QMP monitor over libvirt's remote
+// protocol (qmp.RPCMonitor): the project's rule for a libvirt call that
+// does not answer (5 s).
+const rpcTimeout = 5 * time.Second
 
 // newArbiter sets up the arbiter cfg names (Config.Arbiter); nil when none
 // is configured (protection is then refused).

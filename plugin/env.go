@@ -67,14 +67,23 @@ func (e env) qmp(uuid string) (client *qmp.Client, release func(), err error) {
 
 // pollingQMP is qmp for a frequent poller: over pollQMP when there is
 // one and it connects, else over hv.Monitor (libvirt's C library: each
-// command is a cgo call that holds the daemon's Go P while it waits).
-func (e env) pollingQMP(uuid string) (client *qmp.Client, release func(), err error) {
+// command is a cgo call that holds the daemon's Go P while it waits). The
+// first fallback while the domain runs is logged as a warning (*warned
+// then true), later ones at debug level.
+func (e env) pollingQMP(uuid string, warned *bool) (client *qmp.Client, release func(), err error) {
 	if e.pollQMP != nil {
 		mon, perr := e.pollQMP(uuid)
 		if perr == nil {
 			return qmp.NewClient(mon), func() { _ = mon.Disconnect() }, nil
 		}
-		e.log.WithError(perr).Debugf("domain %s: QMP over libvirt's remote protocol; using libvirt's library instead", uuid)
+		client, release, err = e.qmp(uuid)
+		if err == nil && !*warned {
+			*warned = true
+			e.log.WithError(perr).Warnf("domain %s: QMP over libvirt's remote protocol failed; sampling through libvirt's C library instead, whose calls stall the daemon's other work while they wait (latency, not safety)", uuid)
+		} else {
+			e.log.WithError(perr).Debugf("domain %s: QMP over libvirt's remote protocol", uuid)
+		}
+		return client, release, err
 	}
 	return e.qmp(uuid)
 }

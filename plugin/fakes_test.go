@@ -770,7 +770,7 @@ func (h *fakeHV) SchedTimes(uuid, name string) (SchedTimes, error) {
 }
 
 // VCPUTime: the CPU time set by setVCPUTime (0 by default).
-func (h *fakeHV) VCPUTime(uuid string) (time.Duration, error) {
+func (h *fakeHV) VCPUTime(uuid, _ string) (time.Duration, error) {
 	if err := h.check(); err != nil {
 		return 0, err
 	}

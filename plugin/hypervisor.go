@@ -74,10 +74,12 @@ type Hypervisor interface {
 	// VIR_DOMAIN_CONTROL_OCCUPIED).
 	MonitorBusy(uuid string) (running bool, busy time.Duration, err error)
 	// VCPUTime is the CPU time the running domain's vCPU threads have used
-	// since QEMU started, summed (virDomainGetVcpus: libvirt reads it from
-	// /proc, at the kernel's clock-tick resolution, 10 ms; neither a job
-	// nor the QEMU monitor is needed). Errors: no running domain uuid.
-	VCPUTime(uuid string) (time.Duration, error)
+	// since QEMU started, summed (SchedTimes' VCPURun: the scheduler's
+	// run time from /proc, found as SchedTimes finds the QEMU of name;
+	// neither libvirt nor the QEMU monitor is asked, so no cgo call holds
+	// the daemon's Go P every vcpuWindow). Errors: no running QEMU of
+	// uuid (errNoQEMU for a domain that stopped).
+	VCPUTime(uuid, name string) (time.Duration, error)
 	// SchedTimes reads the scheduler's times of the running domain's
 	// QEMU threads (readSchedTimes), found as Kill finds it: name's pid
 	// file, checked against uuid; neither libvirt nor the monitor is
@@ -424,25 +426,12 @@ func (h libvirtHV) MonitorBusy(uuid string) (bool, time.Duration, error) {
 	return state == libvirt.DOMAIN_RUNNING, busy, nil
 }
 
-func (h libvirtHV) VCPUTime(uuid string) (time.Duration, error) {
-	conn, err := h.lv.get()
+func (h libvirtHV) VCPUTime(uuid, name string) (time.Duration, error) {
+	st, err := h.SchedTimes(uuid, name)
 	if err != nil {
 		return 0, err
 	}
-	dom, err := conn.LookupDomainByUUIDString(uuid)
-	if err != nil {
-		return 0, err
-	}
-	defer dom.Free()
-	vcpus, err := dom.GetVcpus()
-	if err != nil {
-		return 0, err
-	}
-	var t time.Duration
-	for _, v := range vcpus {
-		t += time.Duration(v.CpuTime) // ns
-	}
-	return t, nil
+	return st.VCPURun, nil
 }
 
 func (h libvirtHV) Monitor(uuid string) (qmp.Monitor, error) {

@@ -3,7 +3,9 @@ package qmp
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -21,13 +23,22 @@ import (
 // than in a cgo call. That matters to a daemon that runs one Go P
 // (plugin/procs.go): a cgo call holds the P until the runtime's monitor
 // takes it back, which stalls every other goroutine meanwhile (up to about
-// 20 ms; query-replay through libvirtd took 4.5 ms at the median and up to
-// hundreds of ms on a loaded lab host, BENCHMARKS.md session 42). Events
-// are not supported (go-qemu's ErrEventsNotSupported).
+// 20 ms; query-replay through libvirtd took 4.6 ms at the median and up to
+// hundreds of ms on a loaded lab host, BENCHMARKS.md session 42). Every
+// exchange is bounded by the timeout given to DialRPCMonitor: go-libvirt
+// has no deadline or keepalive of its own, so a libvirtd that stops
+// answering would hold the caller for good; at the timeout the connection
+// is closed, the call returns an error, and so does every later one.
+// Events are not supported (go-qemu's ErrEventsNotSupported).
 type RPCMonitor struct {
-	l   *golibvirt.Libvirt
-	dom golibvirt.Domain
+	l       *golibvirt.Libvirt
+	conn    net.Conn
+	dom     golibvirt.Domain
+	timeout time.Duration
 }
+
+// errNoAnswer: libvirt did not answer within the RPCMonitor's timeout.
+var errNoAnswer = errors.New("no answer from libvirt")
 
 // LocalSocket returns the unix socket of the local libvirt daemon that
 // serves uri, and the URI to open on it, for the URIs a host daemon uses:
@@ -52,26 +63,57 @@ func LocalSocket(uri string) (socket, open string, ok bool) {
 	return "", "", false
 }
 
-// DialRPCMonitor connects to the libvirt daemon's unix socket (timeout
-// bounds the dial), opens uri on it (LocalSocket's open) and finds the
-// domain uuid (canonical 36-character form). Errors: the socket cannot be
-// reached, libvirt refuses the connection, no such domain. Disconnect
+// DialRPCMonitor connects to the libvirt daemon's unix socket, opens uri
+// on it (LocalSocket's open) and finds the domain uuid (canonical
+// 36-character form); timeout bounds the dial, the opening and later each
+// command (RPCMonitor). Errors: the socket cannot be reached, libvirt
+// refuses the connection or does not answer, no such domain. Disconnect
 // closes the connection.
 func DialRPCMonitor(socket, uri, uuid string, timeout time.Duration) (*RPCMonitor, error) {
 	id, err := parseUUID(uuid)
 	if err != nil {
 		return nil, err
 	}
-	l := golibvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(socket), dialers.WithLocalTimeout(timeout)))
-	if err := l.ConnectToURI(golibvirt.ConnectURI(uri)); err != nil {
+	conn, err := net.DialTimeout("unix", socket, timeout)
+	if err != nil {
 		return nil, fmt.Errorf("qmp: libvirt at %s: %w", socket, err)
 	}
-	dom, err := l.DomainLookupByUUID(id)
+	m, err := newRPCMonitor(conn, uri, id, timeout)
 	if err != nil {
-		_ = l.Disconnect()
-		return nil, fmt.Errorf("qmp: libvirt at %s: domain %s: %w", socket, uuid, err)
+		return nil, fmt.Errorf("qmp: libvirt at %s, domain %s: %w", socket, uuid, err)
 	}
-	return &RPCMonitor{l: l, dom: dom}, nil
+	return m, nil
+}
+
+// newRPCMonitor is DialRPCMonitor on a connected conn, which it closes on
+// error.
+func newRPCMonitor(conn net.Conn, uri string, id golibvirt.UUID, timeout time.Duration) (*RPCMonitor, error) {
+	m := &RPCMonitor{l: golibvirt.NewWithDialer(dialers.NewAlreadyConnected(conn)), conn: conn, timeout: timeout}
+	err := m.bounded(func() error {
+		if err := m.l.ConnectToURI(golibvirt.ConnectURI(uri)); err != nil {
+			return err
+		}
+		dom, err := m.l.DomainLookupByUUID(id)
+		m.dom = dom
+		return err
+	})
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// bounded runs f, closing the connection if f has not returned within
+// m.timeout (a closed connection ends go-libvirt's wait with an error);
+// it then returns errNoAnswer.
+func (m *RPCMonitor) bounded(f func() error) error {
+	t := time.AfterFunc(m.timeout, func() { _ = m.conn.Close() })
+	err := f()
+	if !t.Stop() {
+		return fmt.Errorf("%w within %v", errNoAnswer, m.timeout)
+	}
+	return err
 }
 
 // parseUUID reads a UUID's canonical text form (8-4-4-4-12 hex digits).
@@ -88,13 +130,21 @@ func parseUUID(s string) (golibvirt.UUID, error) {
 // Connect is a no-op: DialRPCMonitor connected.
 func (m *RPCMonitor) Connect() error { return nil }
 
-// Disconnect closes the connection to libvirt.
-func (m *RPCMonitor) Disconnect() error { return m.l.Disconnect() }
+// Disconnect closes the connection to libvirt at once: no close call that
+// a libvirtd not answering could hold (libvirtd ends the connection's
+// state when the socket closes).
+func (m *RPCMonitor) Disconnect() error { return m.conn.Close() }
 
 // Run sends one QMP command (JSON) and returns QEMU's full reply (JSON with
-// "return" or "error").
+// "return" or "error"). Errors: libvirt's, or no answer within the
+// timeout (the connection is then closed).
 func (m *RPCMonitor) Run(command []byte) ([]byte, error) {
-	out, err := m.l.QEMUDomainMonitorCommand(m.dom, string(command), 0)
+	var out string
+	err := m.bounded(func() error {
+		var err error
+		out, err = m.l.QEMUDomainMonitorCommand(m.dom, string(command), 0)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("libvirt monitor pass-through (remote protocol): %w", err)
 	}

@@ -1,9 +1,14 @@
 package qmp
 
 import (
+	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
+	"time"
 )
 
 func TestLocalSocket(t *testing.T) {
@@ -40,4 +45,30 @@ func TestParseUUID(t *testing.T) {
 			t.Errorf("parseUUID(%q): no error", bad)
 		}
 	}
+}
+
+// A libvirtd that reads but never answers: the opening gives up after the
+// timeout with errNoAnswer and closes the connection (go-libvirt has no
+// deadline of its own; helper-122 found DialRPCMonitor blocked for good).
+func TestRPCMonitorNoAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			_, _ = io.Copy(io.Discard, server) // ends when the client side closes
+			close(done)
+		}()
+		id, _ := parseUUID("a9abe4ee-6d34-41ab-bce3-d3210c1629d5")
+		start := time.Now()
+		_, err := newRPCMonitor(client, "qemu:///system", id, 5*time.Second)
+		if !errors.Is(err, errNoAnswer) {
+			t.Fatalf("newRPCMonitor against a silent libvirtd: %v, want errNoAnswer", err)
+		}
+		if d := time.Since(start); d != 5*time.Second {
+			t.Errorf("gave up after %v, want the timeout (5s)", d)
+		}
+		<-done // the connection was closed
+		_ = server.Close()
+		synctest.Wait()
+	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -27,8 +28,15 @@ import (
 // about 100 wake-ups a second when idle. sysmonGODEBUG turns the trace on
 // with the longest period GODEBUG takes (2147483647 ms, 24.8 days), so
 // the trace itself is one line on standard error ("SCHED ...ms:
-// gomaxprocs=...") each time the host's monotonic clock passes a
-// multiple of 24.8 days, and one more on a fatal panic.
+// gomaxprocs=...") every 24.8 days of the host's monotonic clock (at once
+// on a host up for longer). On a fatal error the runtime then also prints
+// a scheduler dump, a line per thread, P and goroutine, before the
+// traceback (runtime/panic.go startpanic_m): a few hundred lines more in
+// the journal. The one runtime crash it can turn into a hang instead of
+// an exit is one inside the scheduler's own lock (the dump takes it); the
+// daemon then stops moving the log, QEMU blocks on FIFO A and the backup
+// goes live on the missing heartbeats, as after a crash, but systemd does
+// not restart it.
 // The runtime reads GODEBUG's scheduler settings only at start, hence the
 // re-execution (keepSysmonAwake). The Go issue: golang/go#18236 ("runtime:
 // sysmon tick is hardcoded").
@@ -68,13 +76,24 @@ func sysmonEnv(environ []string) ([]string, bool) {
 // keepSysmonAwake re-executes the daemon in place (same pid, arguments
 // and open files, so systemd's fd store and LISTEN_FDS stay valid) with
 // sysmonGODEBUG in GODEBUG, unless GODEBUG already sets schedtrace. It
-// returns only when it did not re-execute: nil when the setting is in
-// force or left to the environment, execve's error otherwise (the daemon
-// then runs on, with more wake-ups).
+// executes its own path (os.Executable), not /proc/self/exe, so that the
+// process keeps its name (ps, pgrep, the journal's _COMM). It returns
+// only when it did not re-execute: nil when the setting is in force or
+// left to the environment; an error when the binary was replaced on disk
+// since the start (a package upgrade: the new one is not started half-way
+// through this start) or execve failed. The daemon then runs on, with
+// more wake-ups.
 func keepSysmonAwake() error {
 	env, changed := sysmonEnv(os.Environ())
 	if !changed {
 		return nil
 	}
-	return syscall.Exec("/proc/self/exe", os.Args, env)
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if strings.HasSuffix(exe, " (deleted)") {
+		return fmt.Errorf("%s was replaced on disk since the daemon started", strings.TrimSuffix(exe, " (deleted)"))
+	}
+	return syscall.Exec(exe, os.Args, env)
 }
