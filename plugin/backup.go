@@ -30,9 +30,13 @@ import (
 //
 // Everything it acquires is pushed on its undo stack and released by close.
 type backupRun struct {
-	env       env
-	uuid      string
-	name      string
+	env  env
+	uuid string
+	name string
+	// qemuName is the backup domain's name in its libvirt XML, the one
+	// libvirt names its QEMU's pid file after (pidName); "" for a run
+	// adopted after a planned restart, whose name is that one.
+	qemuName  string
 	cfg       ftxml.Config // the backup's (ftxml.Backup's output)
 	backupXML string
 	disks     []string // the domain's disk images (in-step records)
@@ -189,7 +193,11 @@ func armBackup(e env, req logchan.ControlRequest, primaryHost string, promote fu
 	if err != nil {
 		return nil, err
 	}
-	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
+	qemuName := req.Name
+	if bdom != nil && bdom.Name != "" {
+		qemuName = bdom.Name
+	}
+	b := &backupRun{env: e, uuid: req.UUID, name: req.Name, qemuName: qemuName, cfg: *cfg, backupXML: backupXML, primaryHost: primaryHost,
 		epoch: req.Epoch, convert: req.Convert, diskSizes: req.DiskSizes, promote: promote, stop: make(chan struct{}), wake: make(chan struct{}, 1), state: ctl.StateArmed,
 		detail: "waiting for the primary's log",
 		log:    e.log.WithFields(logrus.Fields{"domain": req.Name, "role": ftxml.RoleBackup})}
@@ -1068,8 +1076,17 @@ func (b *backupRun) whileReplaying(interval time.Duration, sample func(running b
 	}
 }
 
+// pidName is the name libvirt gives the backup QEMU's pid file
+// (Hypervisor.VCPUTime, SchedTimes): the backup XML's domain name.
+func (b *backupRun) pidName() string {
+	if b.qemuName != "" {
+		return b.qemuName
+	}
+	return b.name
+}
+
 // vcpuWindow is how often watchVCPU compares the replay's vCPU time with
-// the wall clock: 25 of the kernel's 10 ms clock ticks; a report counts
+// the wall clock; a report counts
 // for at least 1 s (failover.Node.slowNotStopped), so up to three may be
 // late or missed.
 const vcpuWindow = 250 * time.Millisecond
@@ -1092,7 +1109,7 @@ func (b *backupRun) watchVCPU(drv *failover.Driver) {
 			lastAt = time.Time{}
 			return true
 		}
-		cpu, err := b.env.hv.VCPUTime(b.uuid, b.name)
+		cpu, err := b.env.hv.VCPUTime(b.uuid, b.pidName())
 		now := time.Now()
 		if err != nil {
 			// A domain that is gone or being torn down is the run's end
@@ -1134,7 +1151,7 @@ func (b *backupRun) watchSched() {
 		if !running {
 			return true // libvirt has not let it run yet
 		}
-		st, err := b.env.hv.SchedTimes(b.uuid, b.name)
+		st, err := b.env.hv.SchedTimes(b.uuid, b.pidName())
 		now := time.Now()
 		if err == nil {
 			// A failed read adds nothing (see above); a window across

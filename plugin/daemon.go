@@ -68,7 +68,8 @@ type Daemon struct {
 	qemuUID, qemuGID int
 	pipes            logPipes
 	dial             func(addr string, timeout time.Duration) (net.Conn, error)
-	// pollQMP: env.pollQMP (set by New for a local libvirt socket).
+	// pollQMP: env.pollQMP (set by New; it finds the local libvirt
+	// socket at each connection).
 	pollQMP func(uuid string) (qmp.Monitor, error)
 	tls     *peerTLS // nil with plain-tcp
 
@@ -200,9 +201,9 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	d.pollQMP = func(uuid string) (qmp.Monitor, error) {
 		sock, uri, ok := qmp.LocalSocket(cfg.LibvirtURI)
 		if !ok {
-			return nil, fmt.Errorf("libvirt-uri %q: no local libvirt socket found for libvirt's remote protocol", cfg.LibvirtURI)
+			return nil, fmt.Errorf("libvirt-uri %q: %w", cfg.LibvirtURI, qmp.ErrNoLocalSocket)
 		}
-		return qmp.DialRPCMonitor(sock, uri, uuid, rpcTimeout)
+		return qmp.DialRPCMonitor(sock, uri, uuid, rpcOpenTimeout, rpcRunTimeout)
 	}
 	if cfg.PlainTCP {
 		log.Warn("plain-tcp: true: the peer port has no TLS; anyone who reaches it can arm backups, seed disks and feed logs here")
@@ -216,10 +217,16 @@ func New(cfg Config, log *logrus.Logger) (*Daemon, error) {
 	return d, nil
 }
 
-// rpcTimeout bounds each exchange of a QMP monitor over libvirt's remote
-// protocol (qmp.RPCMonitor): the project's rule for a libvirt call that
-// does not answer (5 s).
-const rpcTimeout = 5 * time.Second
+// rpcOpenTimeout bounds the opening of a QMP monitor over libvirt's
+// remote protocol (qmp.RPCMonitor): the project's rule for a libvirt call
+// that does not answer (5 s). rpcRunTimeout bounds each of its commands:
+// beyond the slowest replay the failover core waits out (four stall
+// bounds, at most 15 s more than one), since libvirtd keeps waiting for a
+// busy monitor after the connection closes.
+const (
+	rpcOpenTimeout = 5 * time.Second
+	rpcRunTimeout  = time.Minute
+)
 
 // newArbiter sets up the arbiter cfg names (Config.Arbiter); nil when none
 // is configured (protection is then refused).

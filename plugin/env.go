@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -42,8 +43,9 @@ type env struct {
 	// pollQMP opens a QMP monitor on a running domain for a frequent
 	// poller (the backup's icount sample) without cgo: libvirt's remote
 	// protocol in Go (qmp.RPCMonitor), whose waits leave the daemon's
-	// one Go P to the hot path. nil (tests, a libvirt URI that is not a
-	// local socket): hv.Monitor.
+	// one Go P to the hot path. It fails with qmp.ErrNoLocalSocket for a
+	// libvirt URI that is not a local socket; nil in tests. Either way
+	// hv.Monitor serves instead.
 	pollQMP func(uuid string) (qmp.Monitor, error)
 }
 
@@ -66,26 +68,27 @@ func (e env) qmp(uuid string) (client *qmp.Client, release func(), err error) {
 }
 
 // pollingQMP is qmp for a frequent poller: over pollQMP when there is
-// one and it connects, else over hv.Monitor (libvirt's C library: each
-// command is a cgo call that holds the daemon's Go P while it waits). The
-// first fallback while the domain runs is logged as a warning (*warned
-// then true), later ones at debug level.
+// one, else over hv.Monitor (libvirt's C library: each command is a cgo
+// call that holds the daemon's Go P while it waits). Only a missing local
+// socket (qmp.ErrNoLocalSocket) falls back to the C library, logged once
+// per run (*warned then true): a connection that fails or does not answer
+// is an error, so that a hung libvirtd never gets the unbounded C call.
 func (e env) pollingQMP(uuid string, warned *bool) (client *qmp.Client, release func(), err error) {
-	if e.pollQMP != nil {
-		mon, perr := e.pollQMP(uuid)
-		if perr == nil {
-			return qmp.NewClient(mon), func() { _ = mon.Disconnect() }, nil
-		}
-		client, release, err = e.qmp(uuid)
-		if err == nil && !*warned {
-			*warned = true
-			e.log.WithError(perr).Warnf("domain %s: QMP over libvirt's remote protocol failed; sampling through libvirt's C library instead, whose calls stall the daemon's other work while they wait (latency, not safety)", uuid)
-		} else {
-			e.log.WithError(perr).Debugf("domain %s: QMP over libvirt's remote protocol", uuid)
-		}
-		return client, release, err
+	if e.pollQMP == nil {
+		return e.qmp(uuid)
 	}
-	return e.qmp(uuid)
+	mon, err := e.pollQMP(uuid)
+	if errors.Is(err, qmp.ErrNoLocalSocket) {
+		if !*warned {
+			*warned = true
+			e.log.WithError(err).Warnf("domain %s: sampling the replay through libvirt's C library, whose calls stall the daemon's other work while they wait (latency, not safety)", uuid)
+		}
+		return e.qmp(uuid)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return qmp.NewClient(mon), func() { _ = mon.Disconnect() }, nil
 }
 
 // pauseVM stops uuid's vCPUs (QMP stop) while a split-brain claim is

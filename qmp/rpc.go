@@ -25,20 +25,29 @@ import (
 // takes it back, which stalls every other goroutine meanwhile (up to about
 // 20 ms; query-replay through libvirtd took 4.6 ms at the median and up to
 // hundreds of ms on a loaded lab host, BENCHMARKS.md session 42). Every
-// exchange is bounded by the timeout given to DialRPCMonitor: go-libvirt
-// has no deadline or keepalive of its own, so a libvirtd that stops
-// answering would hold the caller for good; at the timeout the connection
-// is closed, the call returns an error, and so does every later one.
+// exchange is bounded: go-libvirt has no deadline or keepalive of its
+// own, so a libvirtd that stops answering would hold the caller for good;
+// at the bound the connection is closed, the call returns an error, and
+// so does every later one. The bound of a command (runTimeout) is long:
+// closing the socket does not cancel the command inside libvirtd, which
+// keeps waiting for a busy monitor while holding the domain's job, so a
+// short bound and a retry would pile up libvirtd's workers behind it (one
+// command at a time is what the C library's blocking call gave).
 // Events are not supported (go-qemu's ErrEventsNotSupported).
 type RPCMonitor struct {
-	l       *golibvirt.Libvirt
-	conn    net.Conn
-	dom     golibvirt.Domain
-	timeout time.Duration
+	l          *golibvirt.Libvirt
+	conn       net.Conn
+	dom        golibvirt.Domain
+	runTimeout time.Duration
 }
 
-// errNoAnswer: libvirt did not answer within the RPCMonitor's timeout.
+// errNoAnswer: libvirt did not answer within the RPCMonitor's bound.
 var errNoAnswer = errors.New("no answer from libvirt")
+
+// ErrNoLocalSocket: LocalSocket found no local libvirt socket for the URI
+// (a remote or session URI, or no daemon's socket exists): use
+// LibvirtMonitor.
+var ErrNoLocalSocket = errors.New("qmp: no local libvirt socket for libvirt's remote protocol")
 
 // LocalSocket returns the unix socket of the local libvirt daemon that
 // serves uri, and the URI to open on it, for the URIs a host daemon uses:
@@ -65,20 +74,20 @@ func LocalSocket(uri string) (socket, open string, ok bool) {
 
 // DialRPCMonitor connects to the libvirt daemon's unix socket, opens uri
 // on it (LocalSocket's open) and finds the domain uuid (canonical
-// 36-character form); timeout bounds the dial, the opening and later each
-// command (RPCMonitor). Errors: the socket cannot be reached, libvirt
-// refuses the connection or does not answer, no such domain. Disconnect
-// closes the connection.
-func DialRPCMonitor(socket, uri, uuid string, timeout time.Duration) (*RPCMonitor, error) {
+// 36-character form); openTimeout bounds the dial and the opening,
+// runTimeout each later command (RPCMonitor). Errors: the socket cannot
+// be reached, libvirt refuses the connection or does not answer, no such
+// domain. Disconnect closes the connection.
+func DialRPCMonitor(socket, uri, uuid string, openTimeout, runTimeout time.Duration) (*RPCMonitor, error) {
 	id, err := parseUUID(uuid)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := net.DialTimeout("unix", socket, timeout)
+	conn, err := net.DialTimeout("unix", socket, openTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: libvirt at %s: %w", socket, err)
 	}
-	m, err := newRPCMonitor(conn, uri, id, timeout)
+	m, err := newRPCMonitor(conn, uri, id, openTimeout, runTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: libvirt at %s, domain %s: %w", socket, uuid, err)
 	}
@@ -87,9 +96,9 @@ func DialRPCMonitor(socket, uri, uuid string, timeout time.Duration) (*RPCMonito
 
 // newRPCMonitor is DialRPCMonitor on a connected conn, which it closes on
 // error.
-func newRPCMonitor(conn net.Conn, uri string, id golibvirt.UUID, timeout time.Duration) (*RPCMonitor, error) {
-	m := &RPCMonitor{l: golibvirt.NewWithDialer(dialers.NewAlreadyConnected(conn)), conn: conn, timeout: timeout}
-	err := m.bounded(func() error {
+func newRPCMonitor(conn net.Conn, uri string, id golibvirt.UUID, openTimeout, runTimeout time.Duration) (*RPCMonitor, error) {
+	m := &RPCMonitor{l: golibvirt.NewWithDialer(dialers.NewAlreadyConnected(conn)), conn: conn, runTimeout: runTimeout}
+	err := m.bounded(openTimeout, func() error {
 		if err := m.l.ConnectToURI(golibvirt.ConnectURI(uri)); err != nil {
 			return err
 		}
@@ -105,13 +114,13 @@ func newRPCMonitor(conn net.Conn, uri string, id golibvirt.UUID, timeout time.Du
 }
 
 // bounded runs f, closing the connection if f has not returned within
-// m.timeout (a closed connection ends go-libvirt's wait with an error);
-// it then returns errNoAnswer.
-func (m *RPCMonitor) bounded(f func() error) error {
-	t := time.AfterFunc(m.timeout, func() { _ = m.conn.Close() })
+// timeout (a closed connection ends go-libvirt's wait with an error); it
+// then returns errNoAnswer.
+func (m *RPCMonitor) bounded(timeout time.Duration, f func() error) error {
+	t := time.AfterFunc(timeout, func() { _ = m.conn.Close() })
 	err := f()
 	if !t.Stop() {
-		return fmt.Errorf("%w within %v", errNoAnswer, m.timeout)
+		return fmt.Errorf("%w within %v", errNoAnswer, timeout)
 	}
 	return err
 }
@@ -137,10 +146,10 @@ func (m *RPCMonitor) Disconnect() error { return m.conn.Close() }
 
 // Run sends one QMP command (JSON) and returns QEMU's full reply (JSON with
 // "return" or "error"). Errors: libvirt's, or no answer within the
-// timeout (the connection is then closed).
+// command's bound (the connection is then closed).
 func (m *RPCMonitor) Run(command []byte) ([]byte, error) {
 	var out string
-	err := m.bounded(func() error {
+	err := m.bounded(m.runTimeout, func() error {
 		var err error
 		out, err = m.l.QEMUDomainMonitorCommand(m.dom, string(command), 0)
 		return err

@@ -60,7 +60,7 @@ func TestRPCMonitorNoAnswer(t *testing.T) {
 		}()
 		id, _ := parseUUID("a9abe4ee-6d34-41ab-bce3-d3210c1629d5")
 		start := time.Now()
-		_, err := newRPCMonitor(client, "qemu:///system", id, 5*time.Second)
+		_, err := newRPCMonitor(client, "qemu:///system", id, 5*time.Second, time.Minute)
 		if !errors.Is(err, errNoAnswer) {
 			t.Fatalf("newRPCMonitor against a silent libvirtd: %v, want errNoAnswer", err)
 		}

@@ -76,8 +76,9 @@ func sysmonEnv(environ []string) ([]string, bool) {
 // keepSysmonAwake re-executes the daemon in place (same pid, arguments
 // and open files, so systemd's fd store and LISTEN_FDS stay valid) with
 // sysmonGODEBUG in GODEBUG, unless GODEBUG already sets schedtrace. It
-// executes its own path (os.Executable), not /proc/self/exe, so that the
-// process keeps its name (ps, pgrep, the journal's _COMM). It returns
+// executes its own path (the target of /proc/self/exe), not the link
+// itself, so that the process keeps its name (ps, pgrep, the journal's
+// _COMM). It returns
 // only when it did not re-execute: nil when the setting is in force or
 // left to the environment; an error when the binary was replaced on disk
 // since the start (a package upgrade: the new one is not started half-way
@@ -88,7 +89,8 @@ func keepSysmonAwake() error {
 	if !changed {
 		return nil
 	}
-	exe, err := os.Executable()
+	// Not os.Executable: it strips " (deleted)".
+	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		return err
 	}
