@@ -69,10 +69,11 @@ func (e env) qmp(uuid string) (client *qmp.Client, release func(), err error) {
 
 // pollingQMP is qmp for a frequent poller: over pollQMP when there is
 // one, else over hv.Monitor (libvirt's C library: each command is a cgo
-// call that holds the daemon's Go P while it waits). Only a missing local
-// socket (qmp.ErrNoLocalSocket) falls back to the C library, logged once
-// per run (*warned then true): a connection that fails or does not answer
-// is an error, so that a hung libvirtd never gets the unbounded C call.
+// call that holds the daemon's Go P while it waits). Only a libvirt URI
+// with no local socket (qmp.ErrNoLocalSocket: remote, session) falls back
+// to the C library, logged once per run (*warned then true): a connection
+// that fails or does not answer is an error, so that a hung or restarting
+// libvirtd never gets the unbounded C call.
 func (e env) pollingQMP(uuid string, warned *bool) (client *qmp.Client, release func(), err error) {
 	if e.pollQMP == nil {
 		return e.qmp(uuid)

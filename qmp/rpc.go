@@ -53,9 +53,9 @@ var ErrNoLocalSocket = errors.New("qmp: no local libvirt socket for libvirt's re
 // serves uri, and the URI to open on it, for the URIs a host daemon uses:
 // qemu:///system (or qemu+unix:///system), with a socket= parameter if
 // given, else the modular daemon's /run/libvirt/virtqemud-sock if it
-// exists, else libvirtd's /run/libvirt/libvirt-sock (libvirt's
-// docs/uri.rst, "Unix domain sockets"). ok is false for any other URI
-// (remote hosts, session daemons): use LibvirtMonitor there.
+// exists, else libvirtd's /run/libvirt/libvirt-sock, present or not
+// (libvirt's docs/uri.rst, "Unix domain sockets"). ok is false for any
+// other URI (remote hosts, session daemons): use LibvirtMonitor there.
 func LocalSocket(uri string) (socket, open string, ok bool) {
 	u, err := url.Parse(uri)
 	if err != nil || (u.Scheme != "qemu" && u.Scheme != "qemu+unix") || u.Host != "" || u.Path != "/system" {
@@ -64,12 +64,13 @@ func LocalSocket(uri string) (socket, open string, ok bool) {
 	if s := u.Query().Get("socket"); s != "" {
 		return s, "qemu:///system", true
 	}
-	for _, s := range []string{"/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"} {
-		if _, err := os.Stat(s); err == nil {
-			return s, "qemu:///system", true
-		}
+	if _, err := os.Stat("/run/libvirt/virtqemud-sock"); err == nil {
+		return "/run/libvirt/virtqemud-sock", "qemu:///system", true
 	}
-	return "", "", false
+	// Also when it does not exist right now (libvirtd restarting): the
+	// connection then fails and is tried again, rather than handing a
+	// caller to the C library's unbounded call (helper-124).
+	return "/run/libvirt/libvirt-sock", "qemu:///system", true
 }
 
 // DialRPCMonitor connects to the libvirt daemon's unix socket, opens uri
