@@ -42,7 +42,31 @@ type Feeder struct {
 	instr  atomic.Uint64
 	events atomic.Uint64
 	ended  atomic.Bool
+
+	// marksMu guards marks and floor (ExecutedAtLeast). Write updates the
+	// counters and appends its mark together under it, after its write.
+	marksMu sync.Mutex
+	marks   []readMark // one per Write not yet behind QEMU's parse point, in offset order
+	floor   uint64     // INSTRUCTION sum of the last mark found behind it
 }
+
+// readMark is a point in the stream: the INSTRUCTION sum of the events
+// before stream offset end (bytes).
+type readMark struct{ end, instr uint64 }
+
+// maxReadMarks bounds Feeder.marks (16 bytes each): past it, the newest
+// mark is moved forward instead of a new one appended, which only makes
+// ExecutedAtLeast coarser, never wrong.
+const maxReadMarks = 4096
+
+// QEMUReadAhead is the most log a replaying QEMU holds read from FIFO B but
+// not yet parsed (bytes): its stdio buffer. replay_configure opens the log
+// with fopen (replay/replay.c, play mode sets no buffer of its own) and
+// glibc's buffer is the file's st_blksize capped at BUFSIZ, 8192
+// (libio/filedoalloc.c, _IO_file_doallocate; a pipe's st_blksize is 4096).
+// A read of an event's data larger than the buffer goes straight into the
+// event (libio/fileops.c, _IO_file_xsgetn) and is not read ahead.
+const QEMUReadAhead = 8192
 
 // NewFeeder opens the FIFO at path and writes the 4-byte big-endian version
 // that a replaying QEMU checks first (replay_enable, replay/replay.c). No
@@ -86,6 +110,8 @@ func AdoptFeeder(f *os.File, off, instr, events uint64) (*Feeder, error) {
 	fd.off.Store(off)
 	fd.instr.Store(instr)
 	fd.events.Store(events)
+	// The sum before off is known; before that, nothing (floor 0).
+	fd.marks = append(fd.marks, readMark{end: off, instr: instr})
 	return fd, nil
 }
 
@@ -115,13 +141,67 @@ func (fd *Feeder) Write(data []byte) error {
 	if err := fd.write(data); err != nil {
 		return err
 	}
-	fd.off.Add(uint64(len(data)))
-	fd.instr.Add(c.Instructions)
+	fd.marksMu.Lock()
+	m := readMark{end: fd.off.Add(uint64(len(data))), instr: fd.instr.Add(c.Instructions)}
+	if len(fd.marks) < maxReadMarks {
+		fd.marks = append(fd.marks, m)
+	} else {
+		fd.marks[len(fd.marks)-1] = m
+	}
+	fd.marksMu.Unlock()
 	fd.events.Add(uint64(c.Events))
 	if c.End {
 		fd.ended.Store(true)
 	}
 	return nil
+}
+
+// ExecutedAtLeast returns a lower bound of the replaying QEMU's executed
+// icount (guest instructions), from how much of FIFO B it has read
+// (FIONREAD, Unread) and the INSTRUCTION sums at the ends of this
+// Feeder's writes: no QEMU monitor, one ioctl. The bound is the sum
+// before the end of the last write that ends more than QEMUReadAhead
+// bytes before QEMU's read position. Why that is executed: QEMU has
+// parsed all it read but at most QEMUReadAhead bytes (its stdio buffer),
+// and every event that ends before its parse point is finished, an
+// INSTRUCTION event only once its instructions have run
+// (replay_advance_current_icount, replay/replay-internal.c); the current
+// event, the last one parsed, ends at or after that point. So it lags the
+// replay's real icount by up to QEMUReadAhead bytes of log and one write,
+// and never runs ahead of it. query-replay gives the exact figure, but
+// through the monitor and libvirtd (milliseconds each, docs/replay.md §3);
+// this can be sampled every few ms. 0 when QEMU has not read that far
+// (or only the log before an adopted Feeder's start). unread is Unread's
+// figure it used (bytes). Errors: FIONREAD's.
+func (fd *Feeder) ExecutedAtLeast() (icount uint64, unread int, err error) {
+	fd.marksMu.Lock()
+	defer fd.marksMu.Unlock()
+	// The counters before FIONREAD: a Write meanwhile puts bytes in the
+	// pipe that Offset does not count yet, which can only make the read
+	// position look earlier (conservative).
+	off := fd.off.Load()
+	end := uint64(0)
+	if fd.ended.Load() {
+		end = 1 // WriteEnd's END byte is in the pipe, not in Offset
+	}
+	unread, err = fd.Unread()
+	if err != nil {
+		return 0, 0, err
+	}
+	// The 4-byte version is in the pipe before the events: QEMU has
+	// read off+end-unread bytes of events.
+	read := off + end - min(uint64(unread), off+end)
+	if read <= QEMUReadAhead {
+		return fd.floor, unread, nil
+	}
+	parsed := read - QEMUReadAhead // QEMU has parsed at least this far
+	i := 0
+	for i < len(fd.marks) && fd.marks[i].end < parsed {
+		fd.floor = fd.marks[i].instr
+		i++
+	}
+	fd.marks = fd.marks[i:]
+	return fd.floor, unread, nil
 }
 
 // WriteEnd writes a lone END event after the last whole event: the clean

@@ -244,3 +244,139 @@ func TestFeederUnread(t *testing.T) {
 		t.Fatal("Unread on a closed feeder: no error")
 	}
 }
+
+// instrRun is n INSTRUCTION events of one instruction each (5n bytes).
+func instrRun(n int) []byte {
+	var b []byte
+	for range n {
+		b = append(b, evInstruction(1)...)
+	}
+	return b
+}
+
+func TestFeederExecutedAtLeast(t *testing.T) {
+	p := mkfifo(t)
+	fd, err := NewFeeder(p, LogVersionQEMU72)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	qemu := openReplayEnd(t, p)
+	if _, err := fd.SetPipeSize(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	// Three writes: ends 10000 (sum 2000), 10005 (2007), 20005 (4007).
+	for _, w := range [][]byte{instrRun(2000), evInstruction(7), instrRun(2000)} {
+		if err := fd.Write(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 4)); err != nil { // the version
+		t.Fatal(err)
+	}
+	read := 0 // event bytes QEMU has read
+	readTo := func(n int) {
+		t.Helper()
+		if _, err := io.ReadFull(qemu, make([]byte, n-read)); err != nil {
+			t.Fatal(err)
+		}
+		read = n
+	}
+	check := func(want uint64) {
+		t.Helper()
+		got, _, err := fd.ExecutedAtLeast()
+		if err != nil || got != want {
+			t.Fatalf("ExecutedAtLeast with %d event bytes read = %d, %v; want %d", read, got, err, want)
+		}
+	}
+	check(0)
+	// QEMU may not have parsed the last QEMUReadAhead bytes it read, and
+	// the event at its parse point may be the one executing.
+	readTo(10000 + QEMUReadAhead)
+	check(0)
+	readTo(10000 + QEMUReadAhead + 1)
+	check(2000)
+	readTo(10005 + QEMUReadAhead + 1)
+	check(2007)
+	readTo(20005)
+	check(2007)
+	if err := fd.WriteEnd(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	check(2007) // END counts as read, not as log
+	fd.Close()
+	if _, _, err := fd.ExecutedAtLeast(); err == nil {
+		t.Fatal("ExecutedAtLeast on a closed feeder: no error")
+	}
+}
+
+// More writes than marks: the bound gets coarser, never higher than the
+// sum before the parse point.
+func TestFeederExecutedAtLeastManyWrites(t *testing.T) {
+	p := mkfifo(t)
+	fd, err := NewFeeder(p, LogVersionQEMU72)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	qemu := openReplayEnd(t, p)
+	if _, err := fd.SetPipeSize(256 << 10); err != nil {
+		t.Fatal(err)
+	}
+	const writes = 2 * maxReadMarks
+	for range writes {
+		if err := fd.Write(evInstruction(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 4+5*writes)); err != nil {
+		t.Fatal(err)
+	}
+	got, unread, err := fd.ExecutedAtLeast()
+	if unread != 0 {
+		t.Fatalf("unread = %d after reading everything", unread)
+	}
+	// Parse point at least 5*writes-QEMUReadAhead: the events ending
+	// before it, less the marks folded into the last one.
+	limit := uint64(5*writes-QEMUReadAhead) / 5
+	if err != nil || got == 0 || got > limit {
+		t.Fatalf("ExecutedAtLeast = %d, %v; want in (0, %d]", got, err, limit)
+	}
+}
+
+func TestAdoptedFeederExecutedAtLeast(t *testing.T) {
+	p := mkfifo(t)
+	w, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu := openReplayEnd(t, p)
+	// The previous daemon's feeding: the version and 12000 bytes (2400
+	// instructions), of which QEMU read all but what it still holds.
+	if _, err := w.Write(append([]byte{0, 0, 0, 0}, instrRun(2400)...)); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := AdoptFeeder(w, 12000, 2400, 2400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if err := fd.Write(instrRun(2000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 4+12000+QEMUReadAhead)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := fd.ExecutedAtLeast(); got != 0 {
+		t.Fatalf("before the adopted offset is behind the parse point: %d, want 0 (the sums before it are not known)", got)
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := fd.ExecutedAtLeast(); got != 2400 {
+		t.Fatalf("ExecutedAtLeast = %d, want 2400 (the adopted sum)", got)
+	}
+}

@@ -352,8 +352,9 @@ type Ack struct {
 	// Offset is the stream offset (exclusive end, bytes) of the log
 	// written into FIFO B so far.
 	Offset uint64
-	// Executed is the backup's executed icount (query-replay), in guest
-	// instructions.
+	// Executed is a lower bound of the backup's executed icount, in
+	// guest instructions: its query-replay samples and what its reading
+	// of FIFO B proves (Feeder.ExecutedAtLeast).
 	Executed uint64
 	// Fed is the sum of the INSTRUCTION counts written into FIFO B: the
 	// icount the backup reaches once it has drained the FIFO.

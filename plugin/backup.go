@@ -77,7 +77,11 @@ type backupRun struct {
 	// replay's executed icount (sampled)
 	fed, received    uint64
 	fedInstr, icount uint64
-	lastHeartbeat    time.Time
+	// readIcount: the executed icount FIFO B's read position proves
+	// (watchRead), at most icount's true value; acks carry the larger of
+	// the two.
+	readIcount    uint64
+	lastHeartbeat time.Time
 
 	replayFIFO string
 	feeder     replayLog
@@ -514,10 +518,12 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 	go b.watchUnread(feeder, drv)
 	go b.watchVCPU(drv)
 	go b.watchSched()
+	wrote := make(chan struct{}, 1)
+	go b.watchRead(feeder, wrote)
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
-		b.feedLoop(feeder, q, drv)
+		b.feedLoop(feeder, q, drv, wrote)
 	}()
 	// Without FeedEnd (the primary ended cleanly, the backup is discarded)
 	// nothing else would wake feedLoop once the run is closed.
@@ -648,7 +654,7 @@ func (b *backupRun) queue() *frameQueue {
 func (b *backupRun) ack() logchan.Ack {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return logchan.Ack{Offset: b.fed, Executed: b.icount, Fed: b.fedInstr, Received: b.received}
+	return logchan.Ack{Offset: b.fed, Executed: max(b.icount, b.readIcount), Fed: b.fedInstr, Received: b.received}
 }
 
 // frameQueue holds received Log frames until they are in FIFO B. Its size
@@ -727,8 +733,9 @@ func endsReplay(reason string) bool {
 	return true
 }
 
-// feedLoop writes queued frames into FIFO B and acknowledges them.
-func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driver) {
+// feedLoop writes queued frames into FIFO B and acknowledges them; after
+// each write it signals wrote (watchRead), without waiting.
+func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driver, wrote chan<- struct{}) {
 	for {
 		m, received, ok, end := q.popAt()
 		if !ok {
@@ -781,6 +788,64 @@ func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driv
 		drv.Post(failover.LogReceived{Offset: m.Offset, Bytes: fed, Instructions: instr, Waited: waited})
 		if pc := b.currentLink(); pc != nil {
 			pc.queueAck(b.ack())
+		}
+		select {
+		case wrote <- struct{}{}:
+		default: // watchRead has a signal pending already
+		}
+	}
+}
+
+// readAckInterval is how often watchRead samples FIFO B's read position
+// while the backup's QEMU has log left to read in it (ms).
+const readAckInterval = 5 * time.Millisecond
+
+// watchRead tells the primary, every readAckInterval while the replaying
+// QEMU has log unread in FIFO B, the executed icount its reading proves
+// (replayLog.ExecutedAtLeast, a lower bound) whenever that grew. These acks
+// are the lag bound's fresh samples (Config.MaxLagMS, docs/protocol.md §7):
+// query-replay comes only every status interval, through libvirtd, and a
+// primary held by the lag bound sends no log to be acknowledged, so each
+// hold lasted until the next of those samples (up to status-interval-ms
+// plus the monitor's answer, which took 4.6 ms at the median and up to
+// hundreds of ms; BENCHMARKS.md, session 42). Once QEMU has read all that
+// was fed, the bound cannot grow until more is written: it waits for
+// feedLoop's signal (wrote) rather than polling an idle backup.
+func (b *backupRun) watchRead(feeder replayLog, wrote <-chan struct{}) {
+	t := time.NewTimer(readAckInterval)
+	defer t.Stop()
+	var sent uint64
+	pending := false // QEMU had log unread at the last sample
+	for {
+		if !pending {
+			select {
+			case <-b.stop:
+				return
+			case <-wrote:
+			}
+		}
+		t.Reset(readAckInterval)
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		n, unread, err := feeder.ExecutedAtLeast()
+		if err != nil {
+			return // the feeder was closed
+		}
+		pending = unread > 0
+		b.mu.Lock()
+		live := b.live
+		b.readIcount = max(b.readIcount, n)
+		link := b.link
+		b.mu.Unlock()
+		if live {
+			return
+		}
+		if n > sent && link != nil {
+			sent = n
+			link.queueAck(b.ack())
 		}
 	}
 }

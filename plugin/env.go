@@ -226,6 +226,10 @@ type replayLog interface {
 	Instructions() uint64
 	// Unread is the number of bytes QEMU has not read yet.
 	Unread() (int, error)
+	// ExecutedAtLeast is a lower bound of the replay's executed icount
+	// from how much QEMU has read (logchan.Feeder.ExecutedAtLeast), with
+	// the unread bytes it saw.
+	ExecutedAtLeast() (icount uint64, unread int, err error)
 	Close() error
 }
 

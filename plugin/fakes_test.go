@@ -48,6 +48,7 @@ type memPipe struct {
 	connected        bool // FIFO A: QEMU opened it
 	instr            uint64
 	dl               bool
+	atLeast          uint64 // FIFO B: what ExecutedAtLeast says
 }
 
 func newMemPipe(capBytes int) *memPipe {
@@ -175,6 +176,16 @@ func (w replayEnd) Unread() (int, error) {
 		return 0, os.ErrClosed
 	}
 	return len(w.p.buf), nil
+}
+
+// ExecutedAtLeast gives the fake's atLeast, which tests set (0: no bound).
+func (w replayEnd) ExecutedAtLeast() (uint64, int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	if w.p.wclosed {
+		return 0, 0, os.ErrClosed
+	}
+	return w.p.atLeast, len(w.p.buf), nil
 }
 func (w replayEnd) Close() error { w.p.closeWriter(); return nil }
 

@@ -460,6 +460,48 @@ func TestRunsBackupStall(t *testing.T) {
 	})
 }
 
+// FIFO B's read position reaches the primary between query-replay
+// samples: a backup whose monitor still says 1000 but whose reading proves
+// 1040 executed (replayLog.ExecutedAtLeast) is acknowledged at 1040 within
+// a few readAckIntervals of its log, not at the next status interval; and
+// an idle backup (nothing unread) is not sampled at all.
+func TestRunsBackupReadPositionAcked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		backup := fp.b.hv.running(runUUID)
+		fifo := backup.replay
+		backup.stall() // reads no more: its icount stays 1000
+		fifo.mu.Lock()
+		fifo.atLeast = 1040
+		fifo.mu.Unlock()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.BackupIcount != 1000 {
+			t.Fatalf("host a before any new log: backup icount %d, want 1000 (nothing unread: no sample)", sa.BackupIcount)
+		}
+		primary.emit(t, instructions(10, 10))
+		time.Sleep(3 * readAckInterval)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.BackupIcount != 1040 {
+			t.Fatalf("host a %v after the log: %+v; want backup icount 1040", 3*readAckInterval, sa)
+		}
+		// The bound never lowers the figure: query-replay's larger
+		// icount wins once the replay goes on.
+		fifo.mu.Lock()
+		fifo.atLeast = 0
+		fifo.mu.Unlock()
+		backup.mu.Lock()
+		backup.stalled = false
+		backup.cond.Broadcast()
+		backup.mu.Unlock()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if sa := fp.a.status(t, "web"); sa.BackupIcount != 1100 {
+			t.Fatalf("host a after the replay went on: backup icount %d, want 1100", sa.BackupIcount)
+		}
+	})
+}
+
 // With keep-stall-log and a long state directory (gate off, so not bound
 // by unix(7)'s socket paths), the stall text outgrows what the bye
 // carries: the backup's own status keeps it whole, with the kept log's
