@@ -48,6 +48,9 @@ type Feeder struct {
 	marksMu sync.Mutex
 	marks   []readMark // one per Write not yet behind QEMU's parse point, in offset order
 	floor   uint64     // INSTRUCTION sum of the last mark found behind it
+	// endByte: WriteEnd wrote its END, a byte in the pipe that Offset
+	// does not count (an END inside Write's data is counted).
+	endByte atomic.Bool
 }
 
 // readMark is a point in the stream: the INSTRUCTION sum of the events
@@ -63,9 +66,13 @@ const maxReadMarks = 4096
 // not yet parsed (bytes): its stdio buffer. replay_configure opens the log
 // with fopen (replay/replay.c, play mode sets no buffer of its own) and
 // glibc's buffer is the file's st_blksize capped at BUFSIZ, 8192
-// (libio/filedoalloc.c, _IO_file_doallocate; a pipe's st_blksize is 4096).
-// A read of an event's data larger than the buffer goes straight into the
-// event (libio/fileops.c, _IO_file_xsgetn) and is not read ahead.
+// (libio/filedoalloc.c, _IO_file_doallocate, as in Debian 12's glibc
+// 2.36; a pipe's st_blksize is 4096). A read of an event's data larger
+// than the buffer goes straight into the event (libio/fileops.c,
+// _IO_file_xsgetn) and is not read ahead. Another C library could buffer
+// more: the backup checks each query-replay sample against the bound
+// taken before it and stops using the bound if it ever ran ahead
+// (plugin/backup.go, readBoundBroken).
 const QEMUReadAhead = 8192
 
 // NewFeeder opens the FIFO at path and writes the 4-byte big-endian version
@@ -181,7 +188,7 @@ func (fd *Feeder) ExecutedAtLeast() (icount uint64, unread int, err error) {
 	// position look earlier (conservative).
 	off := fd.off.Load()
 	end := uint64(0)
-	if fd.ended.Load() {
+	if fd.endByte.Load() {
 		end = 1 // WriteEnd's END byte is in the pipe, not in Offset
 	}
 	unread, err = fd.Unread()
@@ -216,6 +223,7 @@ func (fd *Feeder) WriteEnd() error {
 	if err := fd.write([]byte{KindEnd}); err != nil {
 		return err
 	}
+	fd.endByte.Store(true)
 	fd.ended.Store(true)
 	return nil
 }

@@ -3,10 +3,14 @@
 package logchan
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -378,5 +382,122 @@ func TestAdoptedFeederExecutedAtLeast(t *testing.T) {
 	}
 	if got, _, _ := fd.ExecutedAtLeast(); got != 2400 {
 		t.Fatalf("ExecutedAtLeast = %d, want 2400 (the adopted sum)", got)
+	}
+}
+
+// An END inside written data is in Offset already: it is not counted
+// again as WriteEnd's byte (which would put the read position one byte
+// too far).
+func TestFeederExecutedAtLeastEndInData(t *testing.T) {
+	p := mkfifo(t)
+	fd, err := NewFeeder(p, LogVersionQEMU72)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	qemu := openReplayEnd(t, p)
+	if _, err := fd.SetPipeSize(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Write(instrRun(2000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Write(append(instrRun(2000), KindEnd)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(qemu, make([]byte, 4+10000+QEMUReadAhead)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := fd.ExecutedAtLeast(); got != 0 {
+		t.Fatalf("ExecutedAtLeast = %d with the parse point possibly at 10000 (the first write's end): want 0", got)
+	}
+}
+
+// The bound never exceeds what a reader buffered as QEMU is (QEMUReadAhead
+// bytes of stdio buffer, one event parsed at a time, an INSTRUCTION event
+// executed only when the next event is fetched: replay_fetch_data_kind)
+// has executed, while writes of random sizes go on concurrently.
+func TestFeederExecutedAtLeastConcurrent(t *testing.T) {
+	p := mkfifo(t)
+	fd, err := NewFeeder(p, LogVersionQEMU72)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	qemu := openReplayEnd(t, p)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var executed atomic.Uint64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r := bufio.NewReaderSize(qemu, QEMUReadAhead)
+		if _, err := io.ReadFull(r, make([]byte, 4)); err != nil {
+			return
+		}
+		var pending uint64
+		for {
+			k, err := r.ReadByte()
+			if err != nil {
+				return
+			}
+			executed.Add(pending) // the previous event finished only now
+			pending = 0
+			switch k {
+			case KindInstruction:
+				var b [4]byte
+				if _, err := io.ReadFull(r, b[:]); err != nil {
+					return
+				}
+				pending = uint64(binary.BigEndian.Uint32(b[:]))
+			case KindAsyncBH:
+				if _, err := io.ReadFull(r, make([]byte, 8)); err != nil {
+					return
+				}
+			case KindEnd:
+				return
+			}
+		}
+	}()
+	frames := make([][]byte, 400)
+	for i := range frames {
+		for j := range 1 + rng.IntN(600) {
+			if rng.IntN(3) == 0 {
+				frames[i] = append(frames[i], evBH(uint64(j))...)
+			} else {
+				frames[i] = append(frames[i], evInstruction(uint32(1+rng.IntN(1000)))...)
+			}
+		}
+	}
+	go func() {
+		for _, f := range frames {
+			if err := fd.Write(f); err != nil {
+				return
+			}
+		}
+		_ = fd.WriteEnd()
+	}()
+	grew := 0
+	var last uint64
+	for {
+		got, _, err := fd.ExecutedAtLeast()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Loaded after the bound: the reader's figure then was at most this.
+		if ex := executed.Load(); got > ex {
+			t.Fatalf("ExecutedAtLeast %d > the %d instructions the reader executed", got, ex)
+		}
+		if got > last {
+			grew++
+			last = got
+		}
+		select {
+		case <-done:
+			if grew < 10 {
+				t.Fatalf("the bound grew only %d times over %d frames", grew, len(frames))
+			}
+			return
+		default:
+		}
 	}
 }

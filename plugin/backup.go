@@ -81,6 +81,7 @@ type backupRun struct {
 	// (watchRead), at most icount's true value; acks carry the larger of
 	// the two.
 	readIcount    uint64
+	readOff       bool // a query-replay sample came back below readIcount: no more read bounds
 	lastHeartbeat time.Time
 
 	replayFIFO string
@@ -523,6 +524,7 @@ func (b *backupRun) startCore(first ...failover.Event) bool {
 	fed := make(chan struct{})
 	go func() {
 		defer close(fed)
+		defer close(wrote) // feedLoop was its only sender
 		b.feedLoop(feeder, q, drv, wrote)
 	}()
 	// Without FeedEnd (the primary ended cleanly, the backup is discarded)
@@ -797,8 +799,15 @@ func (b *backupRun) feedLoop(feeder replayLog, q *frameQueue, drv *failover.Driv
 }
 
 // readAckInterval is how often watchRead samples FIFO B's read position
-// while the backup's QEMU has log left to read in it (ms).
+// while the backup's QEMU has log left to read in it (ms); it backs off,
+// doubling up to readAckSlowest, while the bound stands still.
 const readAckInterval = 5 * time.Millisecond
+
+// readAckSlowest bounds watchRead's back-off (ms): QEMU reads its log in
+// 4 KiB pieces, so a replay that is moving can leave the bound standing
+// for tens of ms (4 KiB is about 13 ms of a bulk transmit's log), and a
+// primary held by the lag bound waits for the next sample after it grows.
+const readAckSlowest = 4 * readAckInterval
 
 // watchRead tells the primary, every readAckInterval while the replaying
 // QEMU has log unread in FIFO B, the executed icount its reading proves
@@ -810,21 +819,31 @@ const readAckInterval = 5 * time.Millisecond
 // plus the monitor's answer, which took 4.6 ms at the median and up to
 // hundreds of ms; BENCHMARKS.md, session 42). Once QEMU has read all that
 // was fed, the bound cannot grow until more is written: it waits for
-// feedLoop's signal (wrote) rather than polling an idle backup.
+// feedLoop's signal (wrote) rather than polling an idle backup, and ends
+// when feedLoop has ended (wrote closed) and nothing is left unread. While
+// log stays unread and the bound stands still (QEMU not running yet, a
+// stalled or dead replay) it samples less often, down to every
+// readAckSlowest. sampleIcount turns it off (b.readOff) if a query-replay sample
+// ever comes back below a bound taken before it.
 func (b *backupRun) watchRead(feeder replayLog, wrote <-chan struct{}) {
 	t := time.NewTimer(readAckInterval)
 	defer t.Stop()
-	var sent uint64
+	var sent, last uint64
+	every := readAckInterval
 	pending := false // QEMU had log unread at the last sample
 	for {
 		if !pending {
 			select {
 			case <-b.stop:
 				return
-			case <-wrote:
+			case _, ok := <-wrote:
+				if !ok {
+					return // feedLoop ended (END fed, or the run closing)
+				}
 			}
+			every = readAckInterval
 		}
-		t.Reset(readAckInterval)
+		t.Reset(every)
 		select {
 		case <-b.stop:
 			return
@@ -835,12 +854,19 @@ func (b *backupRun) watchRead(feeder replayLog, wrote <-chan struct{}) {
 			return // the feeder was closed
 		}
 		pending = unread > 0
+		if n > last {
+			last, every = n, readAckInterval
+		} else {
+			every = min(2*every, readAckSlowest)
+		}
 		b.mu.Lock()
-		live := b.live
-		b.readIcount = max(b.readIcount, n)
+		live, off := b.live, b.readOff
+		if !off {
+			b.readIcount = max(b.readIcount, n)
+		}
 		link := b.link
 		b.mu.Unlock()
-		if live {
+		if live || off {
 			return
 		}
 		if n > sent && link != nil {
@@ -1056,11 +1082,17 @@ func (b *backupRun) sampleIcount() {
 			failures = 0
 			client, release = cl, rel
 		}
+		b.mu.Lock()
+		bound := b.readIcount // taken before the sample: the sample must not be below it
+		b.mu.Unlock()
 		ri, err := client.QueryReplay()
 		if err != nil {
 			release()
 			client, release = nil, func() {}
 			continue
+		}
+		if ri.Mode == "play" && ri.Icount < bound {
+			b.readBoundBroken(ri.Icount, bound)
 		}
 		icount := ri.Icount
 		if ri.Mode == "none" && target > 0 {
@@ -1087,6 +1119,24 @@ func (b *backupRun) sampleIcount() {
 		if link != nil {
 			link.queueAck(b.ack())
 		}
+	}
+}
+
+// readBoundBroken turns the read-position bound (watchRead) off for the
+// rest of the run: a query-replay sample (icount) came back below a bound
+// taken before it, so QEMU reads FIFO B further ahead than
+// logchan.QEMUReadAhead (another C library's buffering, a QEMU that
+// buffers its log itself). The acks already sent only made the lag look
+// shorter than it was; the output rule never rests on them (it uses
+// Ack.Received).
+func (b *backupRun) readBoundBroken(icount, bound uint64) {
+	b.mu.Lock()
+	already := b.readOff
+	b.readOff, b.readIcount = true, 0
+	b.mu.Unlock()
+	if !already {
+		b.log.Warnf("the replay's icount %d is below the %d its reading of FIFO B implied: this QEMU reads its log further ahead than %d bytes, so the lag bound goes back to query-replay's samples alone (max-lag-ms is then kept less tightly, nothing else changes)",
+			icount, bound, logchan.QEMUReadAhead)
 	}
 }
 

@@ -45,3 +45,23 @@ func TestEndsReplay(t *testing.T) {
 		}
 	}
 }
+
+// A query-replay sample below a read-position bound taken before it means
+// QEMU reads FIFO B further ahead than logchan.QEMUReadAhead: the bound is
+// off for the rest of the run, and acks carry query-replay's figure alone.
+func TestReadBoundBrokenTurnsItOff(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	b := &backupRun{log: log, stop: make(chan struct{})}
+	b.icount, b.readIcount = 1000, 1040
+	if a := b.ack(); a.Executed != 1040 {
+		t.Fatalf("Ack.Executed %d, want 1040 (the larger)", a.Executed)
+	}
+	b.readBoundBroken(1010, 1040)
+	if !b.readOff || b.readIcount != 0 {
+		t.Fatalf("readOff %v readIcount %d, want on and 0", b.readOff, b.readIcount)
+	}
+	if a := b.ack(); a.Executed != 1000 {
+		t.Fatalf("Ack.Executed %d after the bound broke, want 1000 (query-replay's)", a.Executed)
+	}
+}

@@ -461,44 +461,50 @@ func TestRunsBackupStall(t *testing.T) {
 }
 
 // FIFO B's read position reaches the primary between query-replay
-// samples: a backup whose monitor still says 1000 but whose reading proves
-// 1040 executed (replayLog.ExecutedAtLeast) is acknowledged at 1040 within
-// a few readAckIntervals of its log, not at the next status interval; and
-// an idle backup (nothing unread) is not sampled at all.
+// samples (watchRead): a backup whose monitor answers nothing (a long
+// replayed event) but whose reading proves 1040 executed
+// (replayLog.ExecutedAtLeast) is acknowledged at 1040 within a few
+// readAckIntervals of its log; the bound is sampled again with no new log
+// (a primary held by the lag bound sends none) while log is unread; once
+// nothing is unread it is not sampled until the next log arrives.
 func TestRunsBackupReadPositionAcked(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fp, primary := replicating(t)
 		backup := fp.b.hv.running(runUUID)
 		fifo := backup.replay
-		backup.stall() // reads no more: its icount stays 1000
+		setAtLeast := func(n uint64) {
+			fifo.mu.Lock()
+			fifo.atLeast = n
+			fifo.mu.Unlock()
+		}
+		wantIcount := func(after time.Duration, want uint64, why string) {
+			t.Helper()
+			time.Sleep(after)
+			synctest.Wait()
+			if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.BackupIcount != want {
+				t.Fatalf("host a %s: state %s, backup icount %d; want replicating, %d", why, sa.State, sa.BackupIcount, want)
+			}
+		}
+		backup.slowReplay() // reads no more, its monitor answers nothing
+		defer backup.endSlow()
+		setAtLeast(1040)
+		wantIcount(time.Second, 1000, "before any new log (nothing unread: no sample)")
+		// 5000 bytes: the fake's read already waiting takes 4096 of
+		// them, the rest stays unread.
+		primary.emit(t, instructions(1000, 1))
+		wantIcount(3*readAckInterval, 1040, "after the log")
+		setAtLeast(1060) // no new log: sampled because log is unread
+		wantIcount(readAckSlowest+readAckInterval, 1060, "with log unread and none new")
+		// QEMU has read everything: one more sample, then none until
+		// new log.
 		fifo.mu.Lock()
-		fifo.atLeast = 1040
+		fifo.buf = fifo.buf[:0]
 		fifo.mu.Unlock()
-		time.Sleep(time.Second)
-		synctest.Wait()
-		if sa := fp.a.status(t, "web"); sa.BackupIcount != 1000 {
-			t.Fatalf("host a before any new log: backup icount %d, want 1000 (nothing unread: no sample)", sa.BackupIcount)
-		}
-		primary.emit(t, instructions(10, 10))
-		time.Sleep(3 * readAckInterval)
-		synctest.Wait()
-		if sa := fp.a.status(t, "web"); sa.State != ctl.StateReplicating || sa.BackupIcount != 1040 {
-			t.Fatalf("host a %v after the log: %+v; want backup icount 1040", 3*readAckInterval, sa)
-		}
-		// The bound never lowers the figure: query-replay's larger
-		// icount wins once the replay goes on.
-		fifo.mu.Lock()
-		fifo.atLeast = 0
-		fifo.mu.Unlock()
-		backup.mu.Lock()
-		backup.stalled = false
-		backup.cond.Broadcast()
-		backup.mu.Unlock()
-		time.Sleep(time.Second)
-		synctest.Wait()
-		if sa := fp.a.status(t, "web"); sa.BackupIcount != 1100 {
-			t.Fatalf("host a after the replay went on: backup icount %d, want 1100", sa.BackupIcount)
-		}
+		wantIcount(readAckSlowest+readAckInterval, 1060, "after QEMU read everything")
+		setAtLeast(1080)
+		wantIcount(time.Second, 1060, "with nothing unread")
+		primary.emit(t, instructions(1, 10))
+		wantIcount(3*readAckInterval, 1080, "after new log")
 	})
 }
 
