@@ -249,6 +249,25 @@ func TestFeederUnread(t *testing.T) {
 	}
 }
 
+// feederWithPipe is a Feeder on a new FIFO with QEMU's end open, its pipe
+// set to size bytes (0: the kernel's default); closed at the test's end.
+func feederWithPipe(t *testing.T, size int) (*Feeder, *os.File) {
+	t.Helper()
+	p := mkfifo(t)
+	fd, err := NewFeeder(p, LogVersionQEMU72)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fd.Close() })
+	qemu := openReplayEnd(t, p)
+	if size > 0 {
+		if _, err := fd.SetPipeSize(size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fd, qemu
+}
+
 // instrRun is n INSTRUCTION events of one instruction each (5n bytes).
 func instrRun(n int) []byte {
 	var b []byte
@@ -259,16 +278,7 @@ func instrRun(n int) []byte {
 }
 
 func TestFeederExecutedAtLeast(t *testing.T) {
-	p := mkfifo(t)
-	fd, err := NewFeeder(p, LogVersionQEMU72)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	qemu := openReplayEnd(t, p)
-	if _, err := fd.SetPipeSize(64 << 10); err != nil {
-		t.Fatal(err)
-	}
+	fd, qemu := feederWithPipe(t, 64<<10)
 	// Three writes: ends 10000 (sum 2000), 10005 (2007), 20005 (4007).
 	for _, w := range [][]byte{instrRun(2000), evInstruction(7), instrRun(2000)} {
 		if err := fd.Write(w); err != nil {
@@ -320,16 +330,7 @@ func TestFeederExecutedAtLeast(t *testing.T) {
 // More writes than marks: the bound gets coarser, never higher than the
 // sum before the parse point.
 func TestFeederExecutedAtLeastManyWrites(t *testing.T) {
-	p := mkfifo(t)
-	fd, err := NewFeeder(p, LogVersionQEMU72)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	qemu := openReplayEnd(t, p)
-	if _, err := fd.SetPipeSize(256 << 10); err != nil {
-		t.Fatal(err)
-	}
+	fd, qemu := feederWithPipe(t, 256<<10)
 	const writes = 2 * maxReadMarks
 	for range writes {
 		if err := fd.Write(evInstruction(1)); err != nil {
@@ -389,16 +390,7 @@ func TestAdoptedFeederExecutedAtLeast(t *testing.T) {
 // again as WriteEnd's byte (which would put the read position one byte
 // too far).
 func TestFeederExecutedAtLeastEndInData(t *testing.T) {
-	p := mkfifo(t)
-	fd, err := NewFeeder(p, LogVersionQEMU72)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	qemu := openReplayEnd(t, p)
-	if _, err := fd.SetPipeSize(64 << 10); err != nil {
-		t.Fatal(err)
-	}
+	fd, qemu := feederWithPipe(t, 64<<10)
 	if err := fd.Write(instrRun(2000)); err != nil {
 		t.Fatal(err)
 	}
@@ -418,13 +410,7 @@ func TestFeederExecutedAtLeastEndInData(t *testing.T) {
 // executed only when the next event is fetched: replay_fetch_data_kind)
 // has executed, while writes of random sizes go on concurrently.
 func TestFeederExecutedAtLeastConcurrent(t *testing.T) {
-	p := mkfifo(t)
-	fd, err := NewFeeder(p, LogVersionQEMU72)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	qemu := openReplayEnd(t, p)
+	fd, qemu := feederWithPipe(t, 0)
 	rng := rand.New(rand.NewPCG(1, 2))
 	var executed atomic.Uint64
 	done := make(chan struct{})

@@ -828,7 +828,7 @@ const readAckSlowest = 4 * readAckInterval
 func (b *backupRun) watchRead(feeder replayLog, wrote <-chan struct{}) {
 	t := time.NewTimer(readAckInterval)
 	defer t.Stop()
-	var sent, last uint64
+	var last uint64 // the largest bound seen (a link that comes back gets it in its first ack)
 	every := readAckInterval
 	pending := false // QEMU had log unread at the last sample
 	for {
@@ -854,7 +854,8 @@ func (b *backupRun) watchRead(feeder replayLog, wrote <-chan struct{}) {
 			return // the feeder was closed
 		}
 		pending = unread > 0
-		if n > last {
+		grew := n > last
+		if grew {
 			last, every = n, readAckInterval
 		} else {
 			every = min(2*every, readAckSlowest)
@@ -869,8 +870,7 @@ func (b *backupRun) watchRead(feeder replayLog, wrote <-chan struct{}) {
 		if live || off {
 			return
 		}
-		if n > sent && link != nil {
-			sent = n
+		if grew && link != nil {
 			link.queueAck(b.ack())
 		}
 	}
