@@ -74,9 +74,16 @@ type backupRun struct {
 
 	// log figures: fed = bytes written into FIFO B, received = bytes
 	// received and queued, fedInstr = INSTRUCTION sum fed, icount = the
-	// replay's executed icount (sampled)
+	// replay's executed icount (sampled), counted as the log counts it:
+	// from the log's first event (executedOf).
 	fed, received    uint64
 	fedInstr, icount uint64
+	// icountBase: query-replay's icount where the log begins (guest
+	// instructions): 0 for a replay from the VM's start, the migrated
+	// icount for a re-protected backup (docs/replay.md §15: its replay
+	// starts at the icount the state brought, its log's INSTRUCTION sums
+	// from 0). Set before the replay runs (finishIncoming), never after.
+	icountBase uint64
 	// readIcount: the executed icount FIFO B's read position proves
 	// (watchRead), at most icount's true value; acks carry the larger of
 	// the two.
@@ -1091,10 +1098,11 @@ func (b *backupRun) sampleIcount() {
 			client, release = nil, func() {}
 			continue
 		}
-		if ri.Mode == "play" && ri.Icount < bound {
-			b.readBoundBroken(ri.Icount, bound)
+		executed := b.executedOf(ri)
+		if ri.Mode == "play" && executed < bound {
+			b.readBoundBroken(executed, bound)
 		}
-		icount := ri.Icount
+		icount := executed
 		if ri.Mode == "none" && target > 0 {
 			// A QEMU carrying packaging/qemu's end-of-log patch left
 			// replay mode on reading END: it executed the whole log.
@@ -1106,7 +1114,7 @@ func (b *backupRun) sampleIcount() {
 			b.mu.Unlock()
 		}
 		b.mu.Lock()
-		b.icount = max(b.icount, ri.Icount)
+		b.icount = max(b.icount, executed)
 		b.mu.Unlock()
 		// The failover core watches this icount for a stalled replay
 		// (Config.StallTimeout) and the drain.
@@ -1120,6 +1128,21 @@ func (b *backupRun) sampleIcount() {
 			link.queueAck(b.ack())
 		}
 	}
+}
+
+// executedOf is the replay's executed icount (guest instructions) counted
+// from the log's first event, as the log's INSTRUCTION sums, the primary's
+// lag figures and the failover core's drain target count it: query-replay's
+// icount less icountBase. A sample below the base (never seen: QEMU's icount
+// does not go back) reads 0, nothing executed.
+func (b *backupRun) executedOf(ri qmp.ReplayInfo) uint64 {
+	b.mu.Lock()
+	base := b.icountBase
+	b.mu.Unlock()
+	if ri.Icount < base {
+		return 0
+	}
+	return ri.Icount - base
 }
 
 // readBoundBroken turns the read-position bound (watchRead) off for the

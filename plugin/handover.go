@@ -96,12 +96,17 @@ type handoverRecord struct {
 	Pending      []byte `json:"pending,omitempty"`
 	FIFORead     uint64 `json:"fifo_read,omitempty"`
 	// Backup: what its feeder wrote into FIFO B (bytes, INSTRUCTION sum,
-	// events), the replay's icount, and the backup's domain XML.
-	Fed       uint64 `json:"fed,omitempty"`
-	FedInstr  uint64 `json:"fed_instr,omitempty"`
-	FedEvents uint64 `json:"fed_events,omitempty"`
-	Icount    uint64 `json:"icount,omitempty"`
-	BackupXML string `json:"backup_xml,omitempty"`
+	// events), the replay's icount counted from the log's start and
+	// query-replay's icount there (IcountBase: backupRun.icountBase), and
+	// the backup's domain XML. A record of a daemon before IcountBase
+	// has its absolute icount in Icount and no base: the adopted run
+	// keeps that figure (its lag reads 0 until go-live, as it did).
+	Fed        uint64 `json:"fed,omitempty"`
+	FedInstr   uint64 `json:"fed_instr,omitempty"`
+	FedEvents  uint64 `json:"fed_events,omitempty"`
+	Icount     uint64 `json:"icount,omitempty"`
+	IcountBase uint64 `json:"icount_base,omitempty"`
+	BackupXML  string `json:"backup_xml,omitempty"`
 
 	Gates []gateHandover `json:"gates,omitempty"`
 	// PausedAt (primary) is when the stopping daemon paused the VM (Unix
@@ -680,7 +685,7 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	}
 	b.mu.Lock()
 	rec = handoverRecord{UUID: b.uuid, Name: b.name, Role: ftxml.RoleBackup, Epoch: b.epoch, PrimaryHost: b.primaryHost,
-		Fed: b.fed, FedInstr: b.fedInstr, FedEvents: hf.Events(), Icount: b.icount, BackupXML: b.backupXML}
+		Fed: b.fed, FedInstr: b.fedInstr, FedEvents: hf.Events(), Icount: b.icount, IcountBase: b.icountBase, BackupXML: b.backupXML}
 	b.mu.Unlock()
 	if rec.Gates, files, err = detachFiles(b.uuid, hf.File(), gates); err != nil {
 		return rec, nil, err
@@ -1035,7 +1040,7 @@ func (d *Daemon) adoptBackup(rec handoverRecord, files map[string]*os.File) erro
 		epoch: rec.Epoch, promote: func(p *primaryRun) { dm.setRun(p); go d.autoReprotect(dm, p) }, stop: make(chan struct{}), wake: make(chan struct{}, 1),
 		state: ctl.StateReplicating, detail: "adopted after a planned restart of libvirt-ftd: waiting for the primary's log channel",
 		log:         e.log.WithFields(logrus.Fields{"domain": rec.Name, "role": ftxml.RoleBackup}),
-		qemuStarted: true, running: true, fed: rec.Fed, received: rec.Fed, fedInstr: rec.FedInstr, icount: rec.Icount,
+		qemuStarted: true, running: true, fed: rec.Fed, received: rec.Fed, fedInstr: rec.FedInstr, icount: rec.Icount, icountBase: rec.IcountBase,
 		awaitingResume: true, replayFIFO: ftxml.ReplayFIFOPath(*cfg, rec.UUID), feeder: feeder}
 	b.undo.push(func() { feeder.Close() })
 	gates := &outputGates{exact: true, backup: true}

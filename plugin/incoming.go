@@ -32,6 +32,7 @@ import (
 	"github.com/libvirt-ft/libvirt-ft/logchan"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
 	"github.com/libvirt-ft/libvirt-ft/plugin/reprotect"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
 	ftxml "github.com/libvirt-ft/libvirt-ft/xml"
 )
 
@@ -252,6 +253,22 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		return
 	case <-ia.logUp:
 	}
+	// The replay starts at the icount the state brought, while the log
+	// counts from 0 (docs/replay.md §15): without that base the drain of
+	// go-live would end at its first sample and the primary would take
+	// the backup for caught up (its lag 0) for the whole run. Paused, the
+	// QEMU's icount is the one replay starts from (packaging/qemu 0019,
+	// replay_incoming_vm_state_change).
+	var ri qmp.ReplayInfo
+	if err := dest.QMP.Execute("query-replay", nil, &ri); err != nil || ri.Mode != "play" {
+		if err == nil {
+			err = fmt.Errorf("replay mode %q, not play", ri.Mode)
+		}
+		b.log.WithError(err).Error("re-protection: cannot read the backup's icount before its replay starts; not continued")
+		b.setState(ctl.StateUnprotected, "the backup's icount could not be read before its replay (query-replay: "+err.Error()+")")
+		b.close("the backup's icount could not be read before its replay")
+		return
+	}
 	// Not continued while the run closes: close's undo stops the QEMU
 	// unless it replays.
 	b.mu.Lock()
@@ -259,6 +276,7 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		b.mu.Unlock()
 		return
 	}
+	b.icountBase = ri.Icount
 	ia.replaying.Store(true)
 	b.mu.Unlock()
 	if err := dest.QMP.Execute("cont", nil, nil); err != nil {
@@ -273,7 +291,7 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		b.env.destroyUntilGone(b.uuid, "the backup run ended as its replay started", nil)
 		return
 	}
-	b.log.Info("replaying the running VM's new log from its migrated state")
+	b.log.Infof("replaying the running VM's new log from its migrated state (icount %d)", ri.Icount)
 	go b.sampleIcount()
 }
 

@@ -3,6 +3,8 @@ package plugin
 import (
 	"io"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -64,4 +66,45 @@ func TestReadBoundBrokenTurnsItOff(t *testing.T) {
 	if a := b.ack(); a.Executed != 1000 {
 		t.Fatalf("Ack.Executed %d after the bound broke, want 1000 (query-replay's)", a.Executed)
 	}
+}
+
+// A re-protected backup's replay starts at the migrated icount while its
+// log's INSTRUCTION sums start at 0 (docs/replay.md §15): its samples count
+// from the log's start (icountBase), so the primary sees the backup behind
+// when it is, instead of clamping a too-high icount to its own log's and
+// reading no lag; and go-live's drain waits for the log's end instead of
+// ending at its first sample.
+func TestRunsReprotectedBackupCountsFromItsLog(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const base = 5_000_000_000 // the VM ran before it was protected again
+		fp, primary := replicating(t)
+		backup := fp.b.hv.running(runUUID)
+		b := fp.b.d.lookup(runUUID).current().(*backupRun)
+		backup.mu.Lock()
+		backup.icount += base
+		backup.mu.Unlock()
+		b.mu.Lock()
+		b.icountBase = base
+		b.mu.Unlock()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		sa := fp.a.status(t, "web")
+		if sa.State != ctl.StateReplicating || sa.BackupIcount != 1000 || sa.LogInstructions != 1000 {
+			t.Fatalf("host a, caught up: %s, backup icount %d of %d", sa.State, sa.BackupIcount, sa.LogInstructions)
+		}
+		if sb := fp.b.status(t, "web"); sb.BackupIcount != 1000 {
+			t.Fatalf("host b's own backup icount %d, want 1000 (from its log's start)", sb.BackupIcount)
+		}
+		// It reads no more (its read already waiting takes 4096 bytes,
+		// about 8190 instructions): most of 80000 new stay unread.
+		backup.stall()
+		primary.emit(t, instructions(8000, 10))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		sa = fp.a.status(t, "web")
+		if sa.State != ctl.StateReplicating || sa.LogInstructions != 81000 || sa.BackupIcount > 10000 || sa.LagInstructions != sa.LogInstructions-sa.BackupIcount {
+			t.Fatalf("host a, backup behind: %s, backup icount %d of %d (lag %d), want at most 10000 of 81000",
+				sa.State, sa.BackupIcount, sa.LogInstructions, sa.LagInstructions)
+		}
+	})
 }

@@ -114,6 +114,15 @@ for cycle in $(seq 1 "$CYCLES"); do
 	# A few ticks on the new pairing before the next failure.
 	tick=$(last_tick "$backup" "$DOMAIN")
 	wait_for 60 "3 more ticks on host $backup" has_tick "$backup" "$DOMAIN" $((tick + 3))
+	# The new backup counts its replay from its log's start, as the log
+	# does (docs/replay.md §15). Read on the backup before the primary's
+	# log figure, it cannot be above it; one counting the migrated
+	# icount too reads billions above.
+	b_icount=$({ ft_on "$primary" status --json "$DOMAIN" || true; } | jq -r '.[0].backup_icount')
+	p_log=$({ ft_on "$backup" status --json "$DOMAIN" || true; } | jq -r '.[0].log_instructions')
+	[[ $b_icount =~ ^[0-9]+$ && $p_log =~ ^[0-9]+$ ]] || die "cycle $cycle: no icount figures in virt-ft status (backup $b_icount, log $p_log)"
+	[ "$b_icount" -le "$p_log" ] || die "cycle $cycle: the re-protected backup's icount $b_icount is above its primary's log ($p_log instructions): it counts the migrated icount"
+	log "the new backup on host $primary replayed to icount $b_icount of the log's $p_log"
 	primary=$backup
 	[ "$backup" = a ] && backup=b || backup=a
 done
