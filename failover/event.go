@@ -67,7 +67,10 @@ type PeerBye struct {
 }
 
 // BackupIcount (backup): a sample of the replaying QEMU's icount
-// (query-replay), reported while draining and whenever the daemon samples.
+// (query-replay), counted from the log's first event as the log's
+// INSTRUCTION sums are (a re-protected backup's replay starts at the
+// migrated icount, which the daemon subtracts: docs/replay.md §15),
+// reported while draining and whenever the daemon samples.
 type BackupIcount struct {
 	Icount uint64
 }

@@ -259,14 +259,13 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 	// the backup for caught up (its lag 0) for the whole run. Paused, the
 	// QEMU's icount is the one replay starts from (packaging/qemu 0019,
 	// replay_incoming_vm_state_change).
-	var ri qmp.ReplayInfo
-	if err := dest.QMP.Execute("query-replay", nil, &ri); err != nil || ri.Mode != "play" {
-		if err == nil {
-			err = fmt.Errorf("replay mode %q, not play", ri.Mode)
+	base, err := replayStartIcount(dest.QMP)
+	if err != nil {
+		if b.active() {
+			b.log.WithError(err).Error("re-protection: cannot read the backup's icount before its replay starts; not continued")
+			b.setState(ctl.StateUnprotected, "the backup's icount could not be read before its replay: "+err.Error())
+			b.close("the backup's icount could not be read before its replay")
 		}
-		b.log.WithError(err).Error("re-protection: cannot read the backup's icount before its replay starts; not continued")
-		b.setState(ctl.StateUnprotected, "the backup's icount could not be read before its replay (query-replay: "+err.Error()+")")
-		b.close("the backup's icount could not be read before its replay")
 		return
 	}
 	// Not continued while the run closes: close's undo stops the QEMU
@@ -276,7 +275,7 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		b.mu.Unlock()
 		return
 	}
-	b.icountBase = ri.Icount
+	b.icountBase = base
 	ia.replaying.Store(true)
 	b.mu.Unlock()
 	if err := dest.QMP.Execute("cont", nil, nil); err != nil {
@@ -291,8 +290,25 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 		b.env.destroyUntilGone(b.uuid, "the backup run ended as its replay started", nil)
 		return
 	}
-	b.log.Infof("replaying the running VM's new log from its migrated state (icount %d)", ri.Icount)
+	b.log.Infof("replaying the running VM's new log from its migrated state (icount %d)", base)
 	go b.sampleIcount()
+}
+
+// replayStartIcount reads, from the monitor q of a re-protected backup's
+// QEMU paused after its incoming migration (before cont), the icount its
+// replay starts from: query-replay's, the migrated VM's icount (guest
+// instructions; packaging/qemu 0019 sets the replay's current icount to it
+// at cont, replay_incoming_vm_state_change). Errors: q's, or a QEMU not in
+// play mode.
+func replayStartIcount(q reprotect.Executor) (uint64, error) {
+	var ri qmp.ReplayInfo
+	if err := q.Execute("query-replay", nil, &ri); err != nil {
+		return 0, fmt.Errorf("query-replay: %w", err)
+	}
+	if ri.Mode != "play" {
+		return 0, fmt.Errorf("query-replay: replay mode %q, not play", ri.Mode)
+	}
+	return ri.Icount, nil
 }
 
 // noteStateReceived reports that the running VM's state arrived. The

@@ -1,7 +1,9 @@
 package plugin
 
 import (
+	"errors"
 	"io"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/plugin/ctl"
+	"github.com/libvirt-ft/libvirt-ft/qmp"
 )
 
 // The re-protected backup's "received the running VM's state" must not turn
@@ -72,8 +75,8 @@ func TestReadBoundBrokenTurnsItOff(t *testing.T) {
 // log's INSTRUCTION sums start at 0 (docs/replay.md §15): its samples count
 // from the log's start (icountBase), so the primary sees the backup behind
 // when it is, instead of clamping a too-high icount to its own log's and
-// reading no lag; and go-live's drain waits for the log's end instead of
-// ending at its first sample.
+// reading no lag (go-live's drain, which compares the same samples with
+// the log's sum, ends at its first sample for the same reason).
 func TestRunsReprotectedBackupCountsFromItsLog(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const base = 5_000_000_000 // the VM ran before it was protected again
@@ -107,4 +110,36 @@ func TestRunsReprotectedBackupCountsFromItsLog(t *testing.T) {
 				sa.State, sa.BackupIcount, sa.LogInstructions, sa.LagInstructions)
 		}
 	})
+}
+
+// execFunc is a reprotect.Executor answering by a function.
+type execFunc func(cmd string, ret any) error
+
+func (f execFunc) Execute(cmd string, _, ret any) error { return f(cmd, ret) }
+
+// The base a re-protected backup subtracts is query-replay's icount while
+// its QEMU waits, paused, in play mode; anything else is an error and the
+// backup is not continued (finishIncoming).
+func TestReplayStartIcount(t *testing.T) {
+	answer := func(mode string, icount uint64, err error) execFunc {
+		return func(cmd string, ret any) error {
+			if cmd != "query-replay" {
+				t.Fatalf("command %q, want query-replay", cmd)
+			}
+			if err != nil {
+				return err
+			}
+			*ret.(*qmp.ReplayInfo) = qmp.ReplayInfo{Mode: mode, Icount: icount}
+			return nil
+		}
+	}
+	if base, err := replayStartIcount(answer("play", 5_000_000_123, nil)); err != nil || base != 5_000_000_123 {
+		t.Fatalf("base %d, err %v; want 5000000123", base, err)
+	}
+	if _, err := replayStartIcount(answer("none", 7, nil)); err == nil || !strings.Contains(err.Error(), `replay mode "none", not play`) {
+		t.Fatalf("a QEMU not replaying: err %v", err)
+	}
+	if _, err := replayStartIcount(answer("", 0, errors.New("monitor gone"))); err == nil || !strings.Contains(err.Error(), "monitor gone") {
+		t.Fatalf("a failed query: err %v", err)
+	}
 }

@@ -182,7 +182,10 @@ type DomainStatus struct {
 	// LagBytes = SentBytes - AckedBytes.
 	LagBytes uint64 `json:"lag_bytes"`
 	// LogInstructions is the sum of INSTRUCTION counts in the log so far
-	// (guest instructions); BackupIcount the backup QEMU's icount.
+	// (guest instructions); BackupIcount the backup QEMU's executed
+	// icount counted from the log's first event, as the log counts
+	// (query-replay's less the icount a re-protected backup's replay
+	// started at, docs/replay.md §15).
 	LogInstructions uint64 `json:"log_instructions"`
 	BackupIcount    uint64 `json:"backup_icount"`
 	// LagInstructions = LogInstructions - BackupIcount (guest instructions).
@@ -258,7 +261,7 @@ type PeerView struct {
 	// (DomainStatus.LagMS there) when it runs the backup.
 	LagMS int64 `json:"lag_ms"`
 	// BackupIcount: the backup QEMU's executed icount as the peer saw it
-	// (guest instructions).
+	// (guest instructions, counted from the log's first event).
 	BackupIcount uint64 `json:"backup_icount"`
 }
 

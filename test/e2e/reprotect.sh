@@ -121,6 +121,7 @@ for cycle in $(seq 1 "$CYCLES"); do
 	b_icount=$({ ft_on "$primary" status --json "$DOMAIN" || true; } | jq -r '.[0].backup_icount')
 	p_log=$({ ft_on "$backup" status --json "$DOMAIN" || true; } | jq -r '.[0].log_instructions')
 	[[ $b_icount =~ ^[0-9]+$ && $p_log =~ ^[0-9]+$ ]] || die "cycle $cycle: no icount figures in virt-ft status (backup $b_icount, log $p_log)"
+	[ "$b_icount" -gt 0 ] || die "cycle $cycle: the re-protected backup reports icount 0 after 3 ticks: it counts nothing"
 	[ "$b_icount" -le "$p_log" ] || die "cycle $cycle: the re-protected backup's icount $b_icount is above its primary's log ($p_log instructions): it counts the migrated icount"
 	log "the new backup on host $primary replayed to icount $b_icount of the log's $p_log"
 	primary=$backup
