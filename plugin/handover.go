@@ -622,15 +622,16 @@ func (b *backupRun) handOver(timeout time.Duration) (rec handoverRecord, files [
 	b.mu.Lock()
 	drv, link, feeder, gates, q := b.drv, b.link, b.feeder, b.gates, b.q
 	ok := b.qemuStarted && b.running && !b.goingLive && !b.live && !b.awaitingResume
-	// A re-protected backup not yet continued has no icount base
-	// (finishIncoming): its handover would record none.
-	notContinued := b.incoming != nil && !b.incoming.replaying.Load()
+	// A re-protected backup whose replay finishIncoming has not started
+	// (it sets replaying, with the icount base, under b.mu just before
+	// cont) has no base yet: its handover would record none.
+	notStarted := b.incoming != nil && !b.incoming.replaying.Load()
 	b.mu.Unlock()
+	if notStarted {
+		return rec, nil, errors.New("the re-protected backup's replay has not started yet")
+	}
 	if drv == nil || link == nil || q == nil || feeder == nil || !ok {
 		return rec, nil, errors.New("not replicating")
-	}
-	if notContinued {
-		return rec, nil, errors.New("the re-protected backup's replay has not started yet")
 	}
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting {
 		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v)", st.State, st.ChannelOpen, st.PeerRestarting)

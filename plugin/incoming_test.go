@@ -143,3 +143,19 @@ func TestReplayStartIcount(t *testing.T) {
 		t.Fatalf("a failed query: err %v", err)
 	}
 }
+
+// A planned restart does not hand over a re-protected backup whose replay
+// has not started: it has no icount base yet (finishIncoming sets both
+// under b.mu), and the next daemon would count from the migrated icount.
+func TestHandOverRefusesReprotectedBackupNotStarted(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	b := &backupRun{log: log, stop: make(chan struct{}), incoming: &incomingArming{logUp: make(chan struct{})}}
+	if _, _, err := b.handOver(time.Second); err == nil || !strings.Contains(err.Error(), "has not started yet") {
+		t.Fatalf("handOver before the replay started: err %v", err)
+	}
+	b.incoming.replaying.Store(true)
+	if _, _, err := b.handOver(time.Second); err == nil || strings.Contains(err.Error(), "has not started yet") {
+		t.Fatalf("handOver once the replay started: err %v, want the ordinary refusal of a run not replicating", err)
+	}
+}
