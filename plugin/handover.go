@@ -900,9 +900,12 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	if err != nil {
 		return err
 	}
-	if err := d.replayModeIs(rec.UUID, "record"); err != nil {
-		return err
-	}
+	// Its QEMU is asked for its replay mode only once the pump reads
+	// FIFO A again (below): paused, it may still log (incoming frames,
+	// checkpoints), and a QEMU blocked on a full FIFO A answers no
+	// monitor command until the FIFO is read (seen in CI, e2e/faults
+	// restart-a: the next daemon waited on query-replay while the QEMU's
+	// main loop sat in write(2) on FIFO A, and the backup went live).
 	cfg, present, err := ftxml.ParseConfig(def.XML)
 	if err != nil || !present {
 		return fmt.Errorf("its definition has no ft element (%v)", err)
@@ -1002,9 +1005,16 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	p.state, p.detail = ctl.StateReplicating, "resumed after a planned restart of libvirt-ftd"
 	p.restartPaused, p.claimPaused = false, false
 	p.mu.Unlock()
+	go p.pump(rr, link, gates, dec)
+	// A primary handed over still records (the check waits for a QEMU
+	// blocked on FIFO A until the pump has read it). A failure leaves the
+	// domain to the crash path, as the failures above do.
+	if err := d.replayModeIs(rec.UUID, "record"); err != nil {
+		p.close("adoption failed")
+		return err
+	}
 	dm := d.entry(rec.UUID, rec.Name)
 	dm.setRun(p)
-	go p.pump(rr, link, gates, dec)
 	p.startNotes()
 	go d.autoReprotect(dm, p) // should its backup be lost
 	go func() {

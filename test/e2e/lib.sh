@@ -184,11 +184,24 @@ qemu_state_dump() {
 			pid=$(qemu_pid "$h" "$d") || continue
 			for t in /proc/"$pid"/task/*; do
 				[ -r "$t/stat" ] || continue
-				echo "    thread $(basename "$t") $(cat "$t/comm" 2>/dev/null): state $(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $1 ", cpu ticks " $12 + $13}'), wchan $(cat "$t/wchan" 2>/dev/null), ctxt $(awk '/ctxt_switches/ {printf "%s ", $2}' "$t/status" 2>/dev/null)"
+				echo "    thread $(basename "$t") $(cat "$t/comm" 2>/dev/null): state $(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $1 ", cpu ticks " $12 + $13}'), wchan $(cat "$t/wchan" 2>/dev/null), ctxt $(awk '/ctxt_switches/ {printf "%s ", $2}' "$t/status" 2>/dev/null)$(blocked_on "$pid" "$t")"
 			done
 			"$LAB" exec "$h" tail -n 3 "$CONSOLE_DIR/$d-console.log" 2>/dev/null | tr -d '\r' | sed 's/^/    console: /'
 		done
 	done
+}
+# blocked_on PID TASKDIR: for a thread asleep in read(2) or write(2)
+# (/proc/<tid>/syscall: x86-64 numbers 0 and 1), what the descriptor is
+# (a QEMU blocked on a full FIFO or socket answers no monitor command).
+blocked_on() {
+	local nr fd
+	read -r nr fd _ <"$2/syscall" 2>/dev/null || return 0
+	case $nr in
+	0 | 1) ;;
+	*) return 0 ;;
+	esac
+	fd=$((fd))
+	printf ', in %s on fd %d -> %s' "$([ "$nr" = 0 ] && echo read || echo write)" "$fd" "$(readlink "/proc/$1/fd/$fd" 2>/dev/null || echo '?')"
 }
 # lab_stop [RC]: RC is the scenario's exit status (default: $?, right
 # only when lab_stop is the trap itself: a trap that runs another command
