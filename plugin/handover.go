@@ -892,6 +892,11 @@ func (d *Daemon) adoptedQEMU(rec handoverRecord) (DomainDef, error) {
 	return DomainDef{}, errors.New("its QEMU is gone")
 }
 
+// adoptCheckTimeout bounds adoptPrimary's wait for the QEMU's answer to
+// query-replay once the pump reads FIFO A again (a QEMU that drained into
+// FIFO A answers within milliseconds).
+const adoptCheckTimeout = 10 * time.Second
+
 // adoptPrimary rebuilds a primary run from a handover and resumes its log
 // channel; the VM, paused by the stopping daemon, resumes once the backup
 // accepted.
@@ -1007,11 +1012,21 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	p.mu.Unlock()
 	go p.pump(rr, link, gates, dec)
 	// A primary handed over still records (the check waits for a QEMU
-	// blocked on FIFO A until the pump has read it). A failure leaves the
-	// domain to the crash path, as the failures above do.
-	if err := d.replayModeIs(rec.UUID, "record"); err != nil {
+	// blocked on FIFO A until the pump has read it). A failure, or no
+	// answer within adoptCheckTimeout (libvirt's monitor call cannot be
+	// cancelled: its goroutine ends when the QEMU answers or goes),
+	// leaves the domain to the crash path, as the failures above do.
+	check := make(chan error, 1)
+	go func() { check <- d.replayModeIs(rec.UUID, "record") }()
+	var cerr error
+	select {
+	case cerr = <-check:
+	case <-time.After(adoptCheckTimeout):
+		cerr = fmt.Errorf("its QEMU did not answer query-replay within %v", adoptCheckTimeout)
+	}
+	if cerr != nil {
 		p.close("adoption failed")
-		return err
+		return cerr
 	}
 	dm := d.entry(rec.UUID, rec.Name)
 	dm.setRun(p)

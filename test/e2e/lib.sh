@@ -195,7 +195,7 @@ qemu_state_dump() {
 # (a QEMU blocked on a full FIFO or socket answers no monitor command).
 blocked_on() {
 	local nr fd
-	read -r nr fd _ <"$2/syscall" 2>/dev/null || return 0
+	read -r nr fd _ 2>/dev/null <"$2/syscall" || return 0
 	case $nr in
 	0 | 1) ;;
 	*) return 0 ;;
