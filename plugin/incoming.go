@@ -301,8 +301,8 @@ func (b *backupRun) finishIncoming(dest *reprotect.Destination, release, unregis
 // at cont, replay_incoming_vm_state_change). Errors: q's, or a QEMU not in
 // play mode.
 func replayStartIcount(q reprotect.Executor) (uint64, error) {
-	var ri qmp.ReplayInfo
-	if err := q.Execute("query-replay", nil, &ri); err != nil {
+	ri, err := qmp.QueryReplayOn(q)
+	if err != nil {
 		return 0, fmt.Errorf("query-replay: %w", err)
 	}
 	if ri.Mode != "play" {

@@ -113,9 +113,18 @@ type ReplayInfo struct {
 }
 
 // QueryReplay runs query-replay.
-func (c *Client) QueryReplay() (ReplayInfo, error) {
+func (c *Client) QueryReplay() (ReplayInfo, error) { return QueryReplayOn(c) }
+
+// Executor runs one QMP command, as Client.Execute does.
+type Executor interface {
+	Execute(command string, args, ret any) error
+}
+
+// QueryReplayOn is Client.QueryReplay through any Executor (a monitor the
+// caller holds in another form, e.g. plugin/reprotect's). Errors: ex's.
+func QueryReplayOn(ex Executor) (ReplayInfo, error) {
 	var ri ReplayInfo
-	err := c.Execute("query-replay", nil, &ri)
+	err := ex.Execute("query-replay", nil, &ri)
 	return ri, err
 }
 
