@@ -82,6 +82,13 @@ type Daemon struct {
 	handovers handoverStore
 	inherited map[string]*os.File
 	adoptOnce sync.Once
+	// adoptMu is held while adoptHandovers runs; handOverAll takes it
+	// first and sets handingOver, so a daemon stopping again for a
+	// planned restart hands over the runs it adopted (registered by
+	// then) and adopts none afterwards (the records and descriptors stay
+	// for the next daemon).
+	adoptMu     sync.Mutex
+	handingOver bool
 	// quit is closed when the daemon stops.
 	quit     chan struct{}
 	quitOnce sync.Once

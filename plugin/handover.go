@@ -278,6 +278,12 @@ func (s handoverStore) remove(uuid string) {
 // (when a service manager keeps descriptors) and reports the UUIDs handed
 // over; the others are closed as usual by shutdown.
 func (d *Daemon) handOverAll() map[string]bool {
+	// An adoption under way ends first (its run is registered or
+	// closed by then): a run adopted but not yet registered would not be
+	// handed over, and its backup would go live for nothing.
+	d.adoptMu.Lock()
+	d.handingOver = true
+	d.adoptMu.Unlock()
 	done := map[string]bool{}
 	if !fdStoreAvailable() {
 		return done
@@ -825,6 +831,22 @@ func (d *Daemon) adoptHandovers() {
 		f.Close()
 		unstoreFiles(name)
 	}
+}
+
+// adoptHandoversUnlessStopping runs adoptHandovers unless handOverAll
+// began: a daemon already stopping for a planned restart leaves the
+// records in the store and the descriptors in systemd's store, for the
+// next daemon to adopt.
+func (d *Daemon) adoptHandoversUnlessStopping() {
+	d.adoptMu.Lock()
+	defer d.adoptMu.Unlock()
+	if d.handingOver {
+		if len(d.inherited) > 0 {
+			d.log.Info("planned restart: stopping again before adopting; the domains handed over stay for the next libvirt-ftd")
+		}
+		return
+	}
+	d.adoptHandovers()
 }
 
 // takeFile removes name from files and the store, returning it.

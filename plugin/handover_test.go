@@ -264,3 +264,23 @@ func TestLagCeilingConfig(t *testing.T) {
 		}
 	}
 }
+
+// A daemon that begins to stop for a planned restart before it adopted
+// what the previous one handed over adopts nothing afterwards: the record
+// stays in the store for the next daemon (handOverAll waits for an
+// adoption under way and then forbids new ones).
+func TestStoppingDaemonLeavesHandoversToNext(t *testing.T) {
+	fp := newFakePair(t)
+	d := fp.a.d
+	d.handovers = handoverStore{dir: filepath.Join(t.TempDir(), "handover")}
+	rec := handoverRecord{UUID: runUUID, Name: "web", Role: xmlpkg.RolePrimary, Epoch: "e1", DomainID: 1}
+	if err := d.handovers.save(rec); err != nil {
+		t.Fatal(err)
+	}
+	d.handOverAll()
+	d.resolveOrphans()
+	got := d.handovers.takeAll()
+	if len(got) != 1 || got[0].UUID != runUUID {
+		t.Fatalf("after a stop begun before the adoption: records %+v, want the one handed over kept", got)
+	}
+}

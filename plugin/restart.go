@@ -161,7 +161,7 @@ const (
 // not started twice.
 func (d *Daemon) resolveOrphans() {
 	// First what a daemon stopping for a planned restart handed over.
-	d.adoptOnce.Do(d.adoptHandovers)
+	d.adoptOnce.Do(d.adoptHandoversUnlessStopping)
 	running, err := d.hv.Running()
 	if err != nil {
 		d.log.WithError(err).Warn("listing running domains")
