@@ -638,12 +638,20 @@ func (b *backupRun) receive(pc *peerConn) {
 				pc.Close()
 				return
 			}
-			if q.push(m) {
+			if ok, idle := q.pushIdle(m); ok {
 				received += uint64(len(m.Data))
 				b.mu.Lock()
 				b.received = received
+				started := b.qemuStarted
 				b.mu.Unlock()
-				pc.queueAck(b.ack())
+				// The feed's ack may join this one when feedLoop writes
+				// the frame at once: it was idle, the frame is small and
+				// the QEMU runs (peerConn.queueAckSoon).
+				if idle && started && len(m.Data) <= coalesceFrameMax {
+					pc.queueAckSoon(b.ack())
+				} else {
+					pc.queueAck(b.ack())
+				}
 			}
 		case logchan.MsgAck:
 			drv.Post(failover.ChannelDown{Reason: "an ack from the primary"})
@@ -676,6 +684,17 @@ type frameQueue struct {
 	at     []time.Time // when each of frames was pushed
 	end    bool        // FeedEnd: write what is queued, then END; drop later frames
 	closed bool
+	// waiting: feedLoop waits in popAt for a frame (pushIdle's answer).
+	waiting bool
+}
+
+// pushIdle is push, also reporting whether feedLoop was waiting for a
+// frame with nothing queued: it then writes this one next, at once.
+func (q *frameQueue) pushIdle(m logchan.Message) (ok, idle bool) {
+	q.mu.Lock()
+	idle = q.waiting && len(q.frames) == 0
+	q.mu.Unlock()
+	return q.push(m), idle
 }
 
 // push queues m and reports whether it will be written into FIFO B (false
@@ -712,7 +731,9 @@ func (q *frameQueue) popAt() (m logchan.Message, at time.Time, ok bool, end bool
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.frames) == 0 && !q.end && !q.closed {
+		q.waiting = true
 		q.cond.Wait()
+		q.waiting = false
 	}
 	if len(q.frames) > 0 {
 		m, at = q.frames[0], q.at[0]
@@ -741,6 +762,11 @@ func endsReplay(reason string) bool {
 	}
 	return true
 }
+
+// coalesceFrameMax is the largest Log frame (bytes) whose receipt ack
+// waits for its feed's (queueAckSoon): ScanEvents and the FIFO B write of
+// 4 KiB take a few µs; an echo's frames are 100–300 bytes.
+const coalesceFrameMax = 4096
 
 // feedLoop writes queued frames into FIFO B and acknowledges them; after
 // each write it signals wrote (watchRead), without waiting.

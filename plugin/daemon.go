@@ -89,6 +89,10 @@ type Daemon struct {
 	// for the next daemon).
 	adoptMu     sync.Mutex
 	handingOver bool
+	// stopping is closed when the daemon begins to stop (Run): an
+	// adoption under way gives up at once (fail closed: the crash path).
+	stopping     chan struct{}
+	stoppingOnce sync.Once
 	// quit is closed when the daemon stops.
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -260,7 +264,7 @@ func newArbiter(cfg Config, log *logrus.Logger) (Arbiter, error) {
 // newDaemon returns a daemon on hv and arb (tests give fakes).
 func newDaemon(cfg Config, log *logrus.Logger, hv Hypervisor, arb Arbiter) *Daemon {
 	return &Daemon{cfg: cfg, log: log, hv: hv, arb: arb, doms: map[string]*domain{}, qemuUID: -1, qemuGID: -1,
-		pipes: fifoPipes{log: log, replayPipe: cfg.replayPipeBytes()}, dial: tcpDial, quit: make(chan struct{}), resolving: map[string]bool{},
+		pipes: fifoPipes{log: log, replayPipe: cfg.replayPipeBytes()}, dial: tcpDial, quit: make(chan struct{}), stopping: make(chan struct{}), resolving: map[string]bool{},
 		peerViews: make(chan struct{}, peerViewFetches), procsWake: make(chan struct{}, 1)}
 }
 
@@ -326,6 +330,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.serveControl(cl) }()
 	go func() { defer wg.Done(); d.servePeers(pl) }()
 	<-ctx.Done()
+	d.stoppingOnce.Do(func() { close(d.stopping) })
 	// No new hook, switchover or peer connection from here on.
 	cl.Close()
 	pl.Close()

@@ -565,6 +565,18 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting || st.Hung != "" {
 		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v, QEMU being killed as hung: %q)", st.State, st.ChannelOpen, st.PeerRestarting, st.Hung)
 	}
+	// A run adopted from a planned restart is resumed by its adoption
+	// (adoptPrimary): that resume's cont must not land after this pause.
+	p.mu.Lock()
+	adoptResumed := p.adoptResumed
+	p.mu.Unlock()
+	if adoptResumed != nil {
+		select {
+		case <-adoptResumed:
+		case <-time.After(timeout):
+			return rec, nil, errors.New("the VM's resume after the last adoption has not finished")
+		}
+	}
 	if !p.env.pauseVM(p.uuid, "libvirt-ftd restarts (planned): the VM waits for the next daemon") {
 		return rec, nil, errors.New("cannot pause the VM")
 	}
@@ -1017,7 +1029,14 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(resumeRetry)
+		select {
+		case <-d.stopping:
+			// Stopping again: give up now (the crash path) rather than
+			// hold the stop for the rest of the grace.
+			p.close("adoption failed")
+			return errors.New("this daemon began to stop during the adoption")
+		case <-time.After(resumeRetry):
+		}
 	}
 	if err != nil {
 		p.close("adoption failed")
@@ -1045,6 +1064,8 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	case cerr = <-check:
 	case <-time.After(adoptCheckTimeout):
 		cerr = fmt.Errorf("its QEMU did not answer query-replay within %v", adoptCheckTimeout)
+	case <-d.stopping:
+		cerr = errors.New("this daemon began to stop during the adoption")
 	}
 	if cerr != nil {
 		p.close("adoption failed")
@@ -1054,7 +1075,12 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	dm.setRun(p)
 	p.startNotes()
 	go d.autoReprotect(dm, p) // should its backup be lost
+	resumed := make(chan struct{})
+	p.mu.Lock()
+	p.adoptResumed = resumed
+	p.mu.Unlock()
 	go func() {
+		defer close(resumed)
 		e.resumeVM(rec.UUID, p.stop)
 		if rec.PausedAt > 0 {
 			p.log.Infof("planned restart: the VM ran again %d ms after the stopping daemon paused it", time.Since(time.Unix(0, rec.PausedAt)).Milliseconds())

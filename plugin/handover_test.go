@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"os"
+	"slices"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -283,4 +284,49 @@ func TestStoppingDaemonLeavesHandoversToNext(t *testing.T) {
 	if len(got) != 1 || got[0].UUID != runUUID {
 		t.Fatalf("after a stop begun before the adoption: records %+v, want the one handed over kept", got)
 	}
+}
+
+// A daemon that began to stop for a planned restart before its first
+// connection to libvirtd resolves nothing then: a recording QEMU with no
+// run here is left as it is (no claim, no cont: never ungated), for the
+// daemon after it.
+func TestStoppingDaemonResolvesNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fp, primary := replicating(t)
+		fp.unreachable("10.0.0.2", true) // host b does not go live meanwhile
+		fp.crash(fp.a)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		old := fp.a.d
+		d := newDaemon(old.cfg, old.log, fp.a.hv, old.arb)
+		d.pipes, d.pairings = old.pipes, old.pairings
+		d.dial = fp.net.dialer(fp.a.ip)
+		fp.a.hv.mu.Lock()
+		fp.a.hv.hook, fp.a.hv.event = d.handleHook, d.onLifecycle
+		fp.a.hv.mu.Unlock()
+		fp.net.mu.Lock()
+		fp.a.d = d
+		fp.net.mu.Unlock()
+		d.handOverAll() // the stop begins before libvirtd is reached
+		d.rescan()
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if fp.a.hv.running(runUUID) != primary {
+			t.Fatal("host a: the primary's QEMU is gone")
+		}
+		primary.mu.Lock()
+		mode, log := primary.mode, slices.Clone(primary.qmpLog)
+		primary.mu.Unlock()
+		if mode != "record" || slices.Contains(log, "cont") {
+			t.Fatalf("host a: mode %s qmp %v; want it left recording and paused", mode, log)
+		}
+		fp.arb.mu.Lock()
+		claims := len(fp.arb.claims)
+		fp.arb.mu.Unlock()
+		if claims != 0 {
+			t.Fatalf("host a: %d claims made by a stopping daemon", claims)
+		}
+		fp.unreachable("10.0.0.2", false)
+		fp.shutdown()
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,7 @@ type peerConn struct {
 	cond    *sync.Cond
 	ack     logchan.Ack
 	hasAck  bool
+	ackSoon bool // every pending ack came by queueAckSoon
 	beat    bool
 	stopped bool
 }
@@ -153,8 +155,24 @@ func (p *peerConn) startWriter() {
 				p.mu.Unlock()
 				return
 			}
+			if p.ackSoon && !p.beat && runtime.GOMAXPROCS(0) == 1 {
+				// queueAckSoon: let feedLoop, readied by the same Log
+				// frame, write it into FIFO B first; its ack (Offset,
+				// Fed) then joins this one. One ack per Log frame instead
+				// of two (BENCHMARKS.md, "Issue 12: session 45"). With
+				// one P (procs.go) the yield puts this goroutine behind
+				// those runnable now; with more, it would run beside
+				// them and only cost a wake-up, so it is skipped.
+				p.mu.Unlock()
+				runtime.Gosched()
+				p.mu.Lock()
+				if p.stopped {
+					p.mu.Unlock()
+					return
+				}
+			}
 			beat, hasAck, ack := p.beat, p.hasAck, p.ack
-			p.beat, p.hasAck = false, false
+			p.beat, p.hasAck, p.ackSoon = false, false, false
 			p.mu.Unlock()
 			var err error
 			if beat {
@@ -177,17 +195,31 @@ func (p *peerConn) startWriter() {
 // queueAck hands an acknowledgement to the writer. Acks only grow: the
 // writer sends the field-wise maximum of those queued since its last
 // write, so the latest progress is never lost behind an older value.
-func (p *peerConn) queueAck(a logchan.Ack) {
+func (p *peerConn) queueAck(a logchan.Ack) { p.queueAckAt(a, false) }
+
+func (p *peerConn) queueAckAt(a logchan.Ack, soon bool) {
 	if p == nil { // no channel: nothing to say
 		return
 	}
 	p.mu.Lock()
+	// Soon only if every ack pending is: one queued by queueAck since the
+	// last write goes out without the yield.
+	p.ackSoon = soon && (p.ackSoon || !p.hasAck)
 	p.ack = logchan.Ack{Offset: max(p.ack.Offset, a.Offset), Executed: max(p.ack.Executed, a.Executed),
 		Fed: max(p.ack.Fed, a.Fed), Received: max(p.ack.Received, a.Received)}
 	p.hasAck = true
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
+
+// queueAckSoon is queueAck for a receipt whose feed follows at once
+// (feedLoop was idle and the frame is small, backupRun.serveLog): the
+// writer lets the goroutines runnable now go first, so that the feed's
+// ack, queued meanwhile, goes out with this one. The receipt waits for
+// that write (a few µs; a full FIFO B parks feedLoop in the poller and
+// the writer runs), never for the backup's QEMU. An ack queued by
+// queueAck since the last write is not delayed.
+func (p *peerConn) queueAckSoon(a logchan.Ack) { p.queueAckAt(a, true) }
 
 // queueHeartbeat asks the writer for a heartbeat (at most one pending).
 func (p *peerConn) queueHeartbeat() {

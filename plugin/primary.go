@@ -89,8 +89,12 @@ type primaryRun struct {
 	// resumes it.
 	restartPaused   bool
 	restartPausedAt time.Time
-	final           failover.Status // the driver's last view, once closed
-	finalTm         failover.Timings
+	// adoptResumed is closed when the resume that ends an adoption
+	// (adoptPrimary) has returned; nil for a run not adopted. handOver
+	// waits for it before it pauses the VM.
+	adoptResumed chan struct{}
+	final        failover.Status // the driver's last view, once closed
+	finalTm      failover.Timings
 
 	// from: the backup run this live primary came from (go-live); its
 	// failover core's timings stay in the status.

@@ -162,6 +162,16 @@ const (
 func (d *Daemon) resolveOrphans() {
 	// First what a daemon stopping for a planned restart handed over.
 	d.adoptOnce.Do(d.adoptHandoversUnlessStopping)
+	// A daemon handing over (stopping for a planned restart) resolves
+	// nothing: the domains it handed over, or left to the next daemon
+	// unadopted, have no run here and would look like a crash's orphans
+	// (a primary claimed and resumed with its filters off: ungated).
+	d.adoptMu.Lock()
+	stopping := d.handingOver
+	d.adoptMu.Unlock()
+	if stopping {
+		return
+	}
 	running, err := d.hv.Running()
 	if err != nil {
 		d.log.WithError(err).Warn("listing running domains")
