@@ -237,6 +237,16 @@ func (s handoverStore) save(r handoverRecord) error {
 	return os.Rename(tmp, p)
 }
 
+// has reports whether a record of uuid is stored.
+func (s handoverStore) has(uuid string) bool {
+	p, ok := s.path(uuid)
+	if !ok {
+		return false
+	}
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // takeAll reads and removes every record (each is used once).
 func (s handoverStore) takeAll() []handoverRecord {
 	if s.dir == "" {
@@ -567,13 +577,14 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	}
 	// A run adopted from a planned restart is resumed by its adoption
 	// (adoptPrimary): that resume's cont must not land after this pause.
+	deadline := time.Now().Add(timeout) // for the whole handover
 	p.mu.Lock()
 	adoptResumed := p.adoptResumed
 	p.mu.Unlock()
 	if adoptResumed != nil {
 		select {
 		case <-adoptResumed:
-		case <-time.After(timeout):
+		case <-time.After(time.Until(deadline)):
 			return rec, nil, errors.New("the VM's resume after the last adoption has not finished")
 		}
 	}
@@ -587,7 +598,6 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 			go p.env.resumeVM(p.uuid, p.stop)
 		}
 	}()
-	deadline := time.Now().Add(timeout) // for the whole handover
 	if !pollUntil(time.Until(deadline), p.quiet) {
 		return rec, nil, errors.New("the pair did not quiesce in time (log unread, unacknowledged, or frames held)")
 	}
@@ -1025,16 +1035,18 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	var link *peerConn
 	deadline := time.Now().Add(restartGrace(*cfg, d.cfg))
 	for {
+		if d.isStopping() {
+			// Stopping again: give up now (the crash path) rather than
+			// hold the stop for the rest of the grace.
+			p.close("adoption failed")
+			return errors.New("this daemon began to stop during the adoption")
+		}
 		link, err = p.resumeLink(qemuVer, logVer, rec.Epoch, rec.Offset)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
 		select {
-		case <-d.stopping:
-			// Stopping again: give up now (the crash path) rather than
-			// hold the stop for the rest of the grace.
-			p.close("adoption failed")
-			return errors.New("this daemon began to stop during the adoption")
+		case <-d.stopping: // checked at the loop's top
 		case <-time.After(resumeRetry):
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -286,8 +287,9 @@ func TestStoppingDaemonLeavesHandoversToNext(t *testing.T) {
 	}
 }
 
-// A daemon that began to stop for a planned restart before its first
-// connection to libvirtd resolves nothing then: a recording QEMU with no
+// A daemon that began to stop for a planned restart resolves nothing
+// when it connects to libvirtd then (whichever of the connection and
+// handOverAll comes first): a recording QEMU with no
 // run here is left as it is (no claim, no cont: never ungated), for the
 // daemon after it.
 func TestStoppingDaemonResolvesNothing(t *testing.T) {
@@ -307,8 +309,11 @@ func TestStoppingDaemonResolvesNothing(t *testing.T) {
 		fp.net.mu.Lock()
 		fp.a.d = d
 		fp.net.mu.Unlock()
-		d.handOverAll() // the stop begins before libvirtd is reached
+		// The stop begins (Run closes stopping, then hands over) before
+		// libvirtd is reached; the first connection comes meanwhile.
+		d.stoppingOnce.Do(func() { close(d.stopping) })
 		d.rescan()
+		d.handOverAll()
 		time.Sleep(3 * time.Second)
 		synctest.Wait()
 		if fp.a.hv.running(runUUID) != primary {
@@ -329,4 +334,23 @@ func TestStoppingDaemonResolvesNothing(t *testing.T) {
 		fp.unreachable("10.0.0.2", false)
 		fp.shutdown()
 	})
+}
+
+// queueAckSoon's yield applies only while every pending ack came by it:
+// an ack queued by queueAck goes out without it.
+func TestQueueAckSoonBookkeeping(t *testing.T) {
+	p := &peerConn{}
+	p.cond = sync.NewCond(&p.mu)
+	p.queueAckSoon(logchan.Ack{Received: 1})
+	if !p.ackSoon || !p.hasAck {
+		t.Fatalf("a receipt alone: ackSoon %v hasAck %v, want both", p.ackSoon, p.hasAck)
+	}
+	p.queueAck(logchan.Ack{Offset: 1})
+	if p.ackSoon {
+		t.Fatal("after a plain ack: ackSoon still set")
+	}
+	p.queueAckSoon(logchan.Ack{Received: 2})
+	if p.ackSoon || p.ack.Received != 2 || p.ack.Offset != 1 {
+		t.Fatalf("a receipt after a plain ack: ackSoon %v ack %+v", p.ackSoon, p.ack)
+	}
 }

@@ -216,9 +216,11 @@ func (p *peerConn) queueAckAt(a logchan.Ack, soon bool) {
 // (feedLoop was idle and the frame is small, backupRun.serveLog): the
 // writer lets the goroutines runnable now go first, so that the feed's
 // ack, queued meanwhile, goes out with this one. The receipt waits for
-// that write (a few µs; a full FIFO B parks feedLoop in the poller and
-// the writer runs), never for the backup's QEMU. An ack queued by
-// queueAck since the last write is not delayed.
+// the goroutines runnable at that moment (feedLoop's write, a few µs;
+// under load possibly more, up to the scheduler's turn of its global
+// queue), never for the backup's QEMU: a full FIFO B parks feedLoop in
+// the poller. Only with one P (procs.go); an ack queued by queueAck
+// since the last write is not delayed.
 func (p *peerConn) queueAckSoon(a logchan.Ack) { p.queueAckAt(a, true) }
 
 // queueHeartbeat asks the writer for a heartbeat (at most one pending).

@@ -162,14 +162,13 @@ const (
 func (d *Daemon) resolveOrphans() {
 	// First what a daemon stopping for a planned restart handed over.
 	d.adoptOnce.Do(d.adoptHandoversUnlessStopping)
-	// A daemon handing over (stopping for a planned restart) resolves
-	// nothing: the domains it handed over, or left to the next daemon
-	// unadopted, have no run here and would look like a crash's orphans
-	// (a primary claimed and resumed with its filters off: ungated).
-	d.adoptMu.Lock()
-	stopping := d.handingOver
-	d.adoptMu.Unlock()
-	if stopping {
+	// A stopping daemon resolves nothing: the domains it hands over, or
+	// leaves to the next daemon unadopted, have no run here and would
+	// look like a crash's orphans (a primary claimed and resumed with its
+	// filters off: ungated). d.stopping is closed before handOverAll
+	// begins, whichever goroutine takes adoptMu first; resolve checks
+	// again before it claims and before it resumes.
+	if d.isStopping() {
 		return
 	}
 	running, err := d.hv.Running()
@@ -199,6 +198,23 @@ func (d *Daemon) resolveOrphans() {
 		}
 		d.resolveOnce(def, func() { d.resolve(def, *cfg) })
 	}
+}
+
+// isStopping reports whether the daemon began to stop (Run).
+func (d *Daemon) isStopping() bool {
+	select {
+	case <-d.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// leaveToNext reports whether resolve must leave uuid's domain as it is
+// for the next daemon: this one is stopping, or it was handed over
+// (handOverAll saves the record before its run closes).
+func (d *Daemon) leaveToNext(uuid string) bool {
+	return d.isStopping() || d.handovers.has(uuid)
 }
 
 // resolveOnce runs f in its own goroutine unless a resolution of def's
@@ -434,6 +450,10 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 	}
 	won := wonAlready
 	for !won {
+		if d.leaveToNext(def.UUID) {
+			log.Info("libvirt-ftd is stopping: the paused VM is left to the next daemon")
+			return
+		}
 		if !same() {
 			log.Info("the QEMU being resolved is gone; leaving the domain to its new run")
 			return
@@ -463,7 +483,13 @@ func (d *Daemon) resolve(def DomainDef, cfg ftxml.Config) {
 		return
 	}
 	// This host won: the peer can no longer run the VM for this epoch.
-	// The VM runs on alone; its frames go straight to the network.
+	// The VM runs on alone; its frames go straight to the network. Not
+	// from a stopping daemon (the next one resolves it again: it has won
+	// already, Acquire says so again).
+	if d.leaveToNext(def.UUID) {
+		log.Info("libvirt-ftd is stopping: the paused VM is left to the next daemon")
+		return
+	}
 	if cfg.OutputGate || ri.Mode == "none" {
 		if dom, err := ftxml.ParseDomain(def.XML); err == nil && dom.Devices != nil {
 			filtersOff(client, len(dom.Devices.Interfaces), log)
