@@ -398,6 +398,9 @@ func (p *primaryRun) quiet() bool {
 // ReportUnprotected (the restart did not come back) or a resumed channel
 // resumes it.
 func (p *primaryRun) pauseForRestart(why string) bool {
+	if !p.endAdoptResume(handoverTimeout) {
+		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
+	}
 	if !p.env.pauseVM(p.uuid, why) {
 		return false
 	}
@@ -405,6 +408,29 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 	p.restartPaused, p.claimPaused, p.restartPausedAt = true, true, time.Now()
 	p.mu.Unlock()
 	return true
+}
+
+// endAdoptResume stops the resume that ended this run's adoption
+// (adoptPrimary) from trying again, and waits up to wait for a cont of it
+// in flight: a pause after it must not be undone by it. It reports
+// whether no such resume is left (true for a run not adopted).
+func (p *primaryRun) endAdoptResume(wait time.Duration) bool {
+	p.mu.Lock()
+	cancel, resumed := p.adoptCancel, p.adoptResumed
+	p.adoptCancel = nil
+	p.mu.Unlock()
+	if cancel != nil {
+		close(cancel)
+	}
+	if resumed == nil {
+		return true
+	}
+	select {
+	case <-resumed:
+		return true
+	case <-time.After(wait):
+		return false
+	}
 }
 
 // quiesceForPeer runs when the backup's daemon said ByeRestarting: the VM
@@ -575,18 +601,9 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 	if st, _ := drv.View(); st.State != failover.StateReplicating || !st.ChannelOpen || st.PeerRestarting || st.Hung != "" {
 		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v, QEMU being killed as hung: %q)", st.State, st.ChannelOpen, st.PeerRestarting, st.Hung)
 	}
-	// A run adopted from a planned restart is resumed by its adoption
-	// (adoptPrimary): that resume's cont must not land after this pause.
 	deadline := time.Now().Add(timeout) // for the whole handover
-	p.mu.Lock()
-	adoptResumed := p.adoptResumed
-	p.mu.Unlock()
-	if adoptResumed != nil {
-		select {
-		case <-adoptResumed:
-		case <-time.After(time.Until(deadline)):
-			return rec, nil, errors.New("the VM's resume after the last adoption has not finished")
-		}
+	if !p.endAdoptResume(time.Until(deadline)) {
+		return rec, nil, errors.New("the VM's resume after the last adoption has not finished")
 	}
 	if !p.env.pauseVM(p.uuid, "libvirt-ftd restarts (planned): the VM waits for the next daemon") {
 		return rec, nil, errors.New("cannot pause the VM")
@@ -1083,17 +1100,29 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 		p.close("adoption failed")
 		return cerr
 	}
+	// The resume below must not undo a pause that comes after it (a
+	// handover, a claim, the backup's restart): set before the run is
+	// registered, ended by endAdoptResume.
+	resumed, cancel := make(chan struct{}), make(chan struct{})
+	p.mu.Lock()
+	p.adoptResumed, p.adoptCancel = resumed, cancel
+	p.mu.Unlock()
 	dm := d.entry(rec.UUID, rec.Name)
 	dm.setRun(p)
 	p.startNotes()
 	go d.autoReprotect(dm, p) // should its backup be lost
-	resumed := make(chan struct{})
-	p.mu.Lock()
-	p.adoptResumed = resumed
-	p.mu.Unlock()
 	go func() {
 		defer close(resumed)
-		e.resumeVM(rec.UUID, p.stop)
+		stop := make(chan struct{})
+		go func() {
+			select {
+			case <-p.stop:
+			case <-cancel:
+			case <-resumed:
+			}
+			close(stop)
+		}()
+		e.resumeVM(rec.UUID, stop)
 		if rec.PausedAt > 0 {
 			p.log.Infof("planned restart: the VM ran again %d ms after the stopping daemon paused it", time.Since(time.Unix(0, rec.PausedAt)).Milliseconds())
 		}

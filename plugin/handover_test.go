@@ -2,8 +2,8 @@ package plugin
 
 import (
 	"os"
-	"slices"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -353,4 +353,31 @@ func TestQueueAckSoonBookkeeping(t *testing.T) {
 	if p.ackSoon || p.ack.Received != 2 || p.ack.Offset != 1 {
 		t.Fatalf("a receipt after a plain ack: ackSoon %v ack %+v", p.ackSoon, p.ack)
 	}
+}
+
+// endAdoptResume stops the adoption's resume from trying again and waits
+// for a cont in flight, up to its bound; a run not adopted has none.
+func TestEndAdoptResume(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &primaryRun{}
+		if !p.endAdoptResume(time.Second) {
+			t.Fatal("a run not adopted: a resume is said to be under way")
+		}
+		resumed, cancel := make(chan struct{}), make(chan struct{})
+		p.adoptResumed, p.adoptCancel = resumed, cancel
+		go func() { // the resume: a cont in flight for 200 ms, then no retry once cancelled
+			time.Sleep(200 * time.Millisecond)
+			<-cancel
+			close(resumed)
+		}()
+		start := time.Now()
+		if !p.endAdoptResume(time.Second) || time.Since(start) != 200*time.Millisecond {
+			t.Fatalf("waited %v for the resume in flight, want 200ms and true", time.Since(start))
+		}
+		p2 := &primaryRun{adoptResumed: make(chan struct{}), adoptCancel: make(chan struct{})}
+		if p2.endAdoptResume(time.Second) {
+			t.Fatal("a resume that never returns: reported ended")
+		}
+		p2.endAdoptResume(0) // a second call does not close adoptCancel again
+	})
 }

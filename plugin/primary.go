@@ -90,11 +90,12 @@ type primaryRun struct {
 	restartPaused   bool
 	restartPausedAt time.Time
 	// adoptResumed is closed when the resume that ends an adoption
-	// (adoptPrimary) has returned; nil for a run not adopted. handOver
-	// waits for it before it pauses the VM.
-	adoptResumed chan struct{}
-	final        failover.Status // the driver's last view, once closed
-	finalTm      failover.Timings
+	// (adoptPrimary) has returned, adoptCancel (closed once, by
+	// endAdoptResume) stops its retries; nil for a run not adopted.
+	// Every pause of the VM ends that resume first.
+	adoptResumed, adoptCancel chan struct{}
+	final                     failover.Status // the driver's last view, once closed
+	finalTm                   failover.Timings
 
 	// from: the backup run this live primary came from (go-live); its
 	// failover core's timings stay in the status.
@@ -1240,6 +1241,9 @@ func (p *primaryRun) pauseForClaim(err error) {
 	p.mu.Unlock()
 	if already {
 		return
+	}
+	if !p.endAdoptResume(handoverTimeout) {
+		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
 	}
 	if !p.env.pauseVM(p.uuid, "the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided") {
 		p.mu.Lock()
