@@ -116,28 +116,29 @@ func (e env) pauseVM(uuid, why string) bool {
 
 // resumeVM undoes pauseVM: QMP cont, again every second until QEMU says
 // it runs, the domain is gone, or stop is closed (libvirtd may be
-// restarting: a winner must not stay paused).
-func (e env) resumeVM(uuid string, stop <-chan struct{}) {
+// restarting: a winner must not stay paused). It reports whether QEMU
+// said it runs.
+func (e env) resumeVM(uuid string, stop <-chan struct{}) (running bool) {
 	for {
 		if client, release, err := e.qmp(uuid); err == nil {
 			st, serr := client.QueryStatus()
 			if serr == nil && st.Running {
 				release()
-				return
+				return true
 			}
 			if err := client.Cont(); err != nil {
 				e.log.WithError(err).Errorf("cannot resume domain %s yet", uuid)
 			} else if st, serr := client.QueryStatus(); serr == nil && st.Running {
 				release()
-				return
+				return true
 			}
 			release()
 		} else if active, aerr := e.hv.IsActive(uuid); aerr == nil && !active {
-			return
+			return false
 		}
 		select {
 		case <-stop:
-			return
+			return false
 		case <-time.After(time.Second):
 		}
 	}

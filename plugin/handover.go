@@ -398,10 +398,11 @@ func (p *primaryRun) quiet() bool {
 // ReportUnprotected (the restart did not come back) or a resumed channel
 // resumes it.
 func (p *primaryRun) pauseForRestart(why string) bool {
-	if !p.endAdoptResume(handoverTimeout) {
+	if !p.endAdoptResume(adoptResumeWait) {
 		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
 	}
 	if !p.env.pauseVM(p.uuid, why) {
+		p.resumeIfAdoptCut()
 		return false
 	}
 	p.mu.Lock()
@@ -430,6 +431,28 @@ func (p *primaryRun) endAdoptResume(wait time.Duration) bool {
 		return true
 	case <-time.After(wait):
 		return false
+	}
+}
+
+// noteAdoptResumeCut records that the adoption's resume ended before the
+// VM ran (a pause cancelled it, or the run closed).
+func (p *primaryRun) noteAdoptResumeCut() {
+	p.mu.Lock()
+	p.adoptResumeCut = true
+	p.mu.Unlock()
+}
+
+// resumeIfAdoptCut resumes the VM again (resumeVM, until the run closes)
+// when a pause that cancelled the adoption's resume could not pause it:
+// the VM is still paused from the stopping daemon's pause and nothing
+// else would resume it. Called by a pause that failed.
+func (p *primaryRun) resumeIfAdoptCut() {
+	p.mu.Lock()
+	cut := p.adoptResumeCut
+	p.adoptResumeCut = false
+	p.mu.Unlock()
+	if cut {
+		go p.env.resumeVM(p.uuid, p.stop)
 	}
 }
 
@@ -606,6 +629,7 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 		return rec, nil, errors.New("the VM's resume after the last adoption has not finished")
 	}
 	if !p.env.pauseVM(p.uuid, "libvirt-ftd restarts (planned): the VM waits for the next daemon") {
+		p.resumeIfAdoptCut()
 		return rec, nil, errors.New("cannot pause the VM")
 	}
 	pausedAt := time.Now()
@@ -953,6 +977,12 @@ func (d *Daemon) adoptedQEMU(rec handoverRecord) (DomainDef, error) {
 	return DomainDef{}, errors.New("its QEMU is gone")
 }
 
+// adoptResumeWait bounds how long a claim's or the backup's restart's
+// pause waits for the adoption's resume in flight (endAdoptResume): well
+// inside the backup's own handover bound (handoverTimeout), which also
+// covers the quiesce after that pause.
+const adoptResumeWait = time.Second
+
 // adoptCheckTimeout bounds adoptPrimary's wait for the QEMU's answer to
 // query-replay once the pump reads FIFO A again (a QEMU that drained into
 // FIFO A answers within milliseconds).
@@ -1075,10 +1105,16 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	link.digests = gates.digests
 	link.startWriter()
 	p.undo.push(func() { link.Close() })
+	// The resume that ends this adoption (below) must not undo a pause
+	// that comes after it (a handover, a claim, the backup's restart):
+	// set before the pump starts the failover core, whose actions may
+	// pause; ended by endAdoptResume.
+	resumed, cancel := make(chan struct{}), make(chan struct{})
 	p.mu.Lock()
 	p.recordFIFO, p.rr, p.link, p.gates = ftxml.RecordFIFOPath(*cfg, rec.UUID), rr, link, gates
 	p.state, p.detail = ctl.StateReplicating, "resumed after a planned restart of libvirt-ftd"
 	p.restartPaused, p.claimPaused = false, false
+	p.adoptResumed, p.adoptCancel = resumed, cancel
 	p.mu.Unlock()
 	go p.pump(rr, link, gates, dec)
 	// A primary handed over still records (the check waits for a QEMU
@@ -1097,16 +1133,10 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 		cerr = errors.New("this daemon began to stop during the adoption")
 	}
 	if cerr != nil {
+		close(resumed) // no resume: nothing for a pause to wait for
 		p.close("adoption failed")
 		return cerr
 	}
-	// The resume below must not undo a pause that comes after it (a
-	// handover, a claim, the backup's restart): set before the run is
-	// registered, ended by endAdoptResume.
-	resumed, cancel := make(chan struct{}), make(chan struct{})
-	p.mu.Lock()
-	p.adoptResumed, p.adoptCancel = resumed, cancel
-	p.mu.Unlock()
 	dm := d.entry(rec.UUID, rec.Name)
 	dm.setRun(p)
 	p.startNotes()
@@ -1122,7 +1152,18 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 			}
 			close(stop)
 		}()
-		e.resumeVM(rec.UUID, stop)
+		select {
+		case <-stop:
+			// A pause came first (resumeVM tries once before it
+			// looks at stop).
+			p.noteAdoptResumeCut()
+			return
+		default:
+		}
+		if !e.resumeVM(rec.UUID, stop) {
+			p.noteAdoptResumeCut()
+			return
+		}
 		if rec.PausedAt > 0 {
 			p.log.Infof("planned restart: the VM ran again %d ms after the stopping daemon paused it", time.Since(time.Unix(0, rec.PausedAt)).Milliseconds())
 		}

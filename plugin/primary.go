@@ -94,8 +94,11 @@ type primaryRun struct {
 	// endAdoptResume) stops its retries; nil for a run not adopted.
 	// Every pause of the VM ends that resume first.
 	adoptResumed, adoptCancel chan struct{}
-	final                     failover.Status // the driver's last view, once closed
-	finalTm                   failover.Timings
+	// adoptResumeCut: that resume ended before the VM ran
+	// (resumeIfAdoptCut).
+	adoptResumeCut bool
+	final          failover.Status // the driver's last view, once closed
+	finalTm        failover.Timings
 
 	// from: the backup run this live primary came from (go-live); its
 	// failover core's timings stay in the status.
@@ -1242,10 +1245,11 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if already {
 		return
 	}
-	if !p.endAdoptResume(handoverTimeout) {
+	if !p.endAdoptResume(adoptResumeWait) {
 		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
 	}
 	if !p.env.pauseVM(p.uuid, "the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided") {
+		p.resumeIfAdoptCut()
 		p.mu.Lock()
 		p.claimPaused = false
 		p.mu.Unlock()
