@@ -442,17 +442,54 @@ func (p *primaryRun) noteAdoptResumeCut() {
 	p.mu.Unlock()
 }
 
-// resumeIfAdoptCut resumes the VM again (resumeVM, until the run closes)
-// when a pause that cancelled the adoption's resume could not pause it:
-// the VM is still paused from the stopping daemon's pause and nothing
-// else would resume it. Called by a pause that failed.
+// runHeldResume resumes the VM (resumeVM) as the resume held by resumed
+// and cancel (adoptResumed, adoptCancel): a pause's endAdoptResume stops
+// it, and it does not begin once cancelled. It closes resumed when it
+// returns, and reports whether QEMU said it runs; otherwise it records
+// the cut (resumeIfAdoptCut).
+func (p *primaryRun) runHeldResume(resumed, cancel chan struct{}) bool {
+	defer close(resumed)
+	select {
+	case <-cancel: // a pause came first (resumeVM tries once before it looks at stop)
+		p.noteAdoptResumeCut()
+		return false
+	case <-p.stop:
+		p.noteAdoptResumeCut()
+		return false
+	default:
+	}
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-p.stop:
+		case <-cancel:
+		case <-resumed:
+		}
+		close(stop)
+	}()
+	if !p.env.resumeVM(p.uuid, stop) {
+		p.noteAdoptResumeCut()
+		return false
+	}
+	return true
+}
+
+// resumeIfAdoptCut resumes the VM again when a pause that cancelled the
+// adoption's resume could not pause it: the VM is still paused from the
+// stopping daemon's pause and nothing else would resume it. The new
+// resume is held like the adoption's, so that the next pause ends it
+// too. Called by a pause that failed.
 func (p *primaryRun) resumeIfAdoptCut() {
+	resumed, cancel := make(chan struct{}), make(chan struct{})
 	p.mu.Lock()
 	cut := p.adoptResumeCut
 	p.adoptResumeCut = false
+	if cut {
+		p.adoptResumed, p.adoptCancel = resumed, cancel
+	}
 	p.mu.Unlock()
 	if cut {
-		go p.env.resumeVM(p.uuid, p.stop)
+		go p.runHeldResume(resumed, cancel)
 	}
 }
 
@@ -977,10 +1014,10 @@ func (d *Daemon) adoptedQEMU(rec handoverRecord) (DomainDef, error) {
 	return DomainDef{}, errors.New("its QEMU is gone")
 }
 
-// adoptResumeWait bounds how long a claim's or the backup's restart's
-// pause waits for the adoption's resume in flight (endAdoptResume): well
-// inside the backup's own handover bound (handoverTimeout), which also
-// covers the quiesce after that pause.
+// adoptResumeWait bounds how long the pause for the backup's planned
+// restart waits for the adoption's resume in flight (endAdoptResume):
+// well inside the backup's own handover bound (handoverTimeout), which
+// also covers the quiesce after that pause.
 const adoptResumeWait = time.Second
 
 // adoptCheckTimeout bounds adoptPrimary's wait for the QEMU's answer to
@@ -1142,29 +1179,7 @@ func (d *Daemon) adoptPrimary(rec handoverRecord, files map[string]*os.File) err
 	p.startNotes()
 	go d.autoReprotect(dm, p) // should its backup be lost
 	go func() {
-		defer close(resumed)
-		stop := make(chan struct{})
-		go func() {
-			select {
-			case <-p.stop:
-			case <-cancel:
-			case <-resumed:
-			}
-			close(stop)
-		}()
-		select {
-		case <-stop:
-			// A pause came first (resumeVM tries once before it
-			// looks at stop).
-			p.noteAdoptResumeCut()
-			return
-		default:
-		}
-		if !e.resumeVM(rec.UUID, stop) {
-			p.noteAdoptResumeCut()
-			return
-		}
-		if rec.PausedAt > 0 {
+		if p.runHeldResume(resumed, cancel) && rec.PausedAt > 0 {
 			p.log.Infof("planned restart: the VM ran again %d ms after the stopping daemon paused it", time.Since(time.Unix(0, rec.PausedAt)).Milliseconds())
 		}
 	}()

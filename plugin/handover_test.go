@@ -381,3 +381,22 @@ func TestEndAdoptResume(t *testing.T) {
 		p2.endAdoptResume(0) // a second call does not close adoptCancel again
 	})
 }
+
+// A held resume that a pause cancelled before it began sends no cont: it
+// records the cut (for resumeIfAdoptCut) and releases its waiters.
+func TestHeldResumeCancelledBeforeItBegins(t *testing.T) {
+	p := &primaryRun{stop: make(chan struct{})}
+	resumed, cancel := make(chan struct{}), make(chan struct{})
+	close(cancel)
+	if p.runHeldResume(resumed, cancel) {
+		t.Fatal("a cancelled resume reported the VM running")
+	}
+	select {
+	case <-resumed:
+	default:
+		t.Fatal("resumed not closed")
+	}
+	if !p.adoptResumeCut {
+		t.Fatal("the cut was not recorded")
+	}
+}

@@ -1245,7 +1245,7 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if already {
 		return
 	}
-	if !p.endAdoptResume(adoptResumeWait) {
+	if !p.endAdoptResume(handoverTimeout) {
 		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
 	}
 	if !p.env.pauseVM(p.uuid, "the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided") {
