@@ -692,22 +692,21 @@ type frameQueue struct {
 // frame with nothing queued: it then writes this one next, at once.
 func (q *frameQueue) pushIdle(m logchan.Message) (ok, idle bool) {
 	q.mu.Lock()
-	idle = q.waiting && len(q.frames) == 0
-	q.mu.Unlock()
-	return q.push(m), idle
-}
-
-// push queues m and reports whether it will be written into FIFO B (false
-// once FeedEnd or a close came: the frame is dropped).
-func (q *frameQueue) push(m logchan.Message) bool {
-	q.mu.Lock()
 	defer q.mu.Unlock()
-	ok := !q.end && !q.closed
+	idle = q.waiting && len(q.frames) == 0
+	ok = !q.end && !q.closed
 	if ok {
 		q.frames = append(q.frames, m)
 		q.at = append(q.at, time.Now())
 	}
 	q.cond.Broadcast()
+	return ok, idle
+}
+
+// push queues m and reports whether it will be written into FIFO B (false
+// once FeedEnd or a close came: the frame is dropped).
+func (q *frameQueue) push(m logchan.Message) bool {
+	ok, _ := q.pushIdle(m)
 	return ok
 }
 

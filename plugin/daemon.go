@@ -82,15 +82,14 @@ type Daemon struct {
 	handovers handoverStore
 	inherited map[string]*os.File
 	adoptOnce sync.Once
-	// adoptMu is held while adoptHandovers runs; handOverAll takes it
-	// first and sets handingOver, so a daemon stopping again for a
-	// planned restart hands over the runs it adopted (registered by
-	// then) and adopts none afterwards (the records and descriptors stay
-	// for the next daemon).
-	adoptMu     sync.Mutex
-	handingOver bool
-	// stopping is closed when the daemon begins to stop (Run): an
-	// adoption under way gives up at once (fail closed: the crash path).
+	// adoptMu is held while adoptHandovers runs; handOverAll begins the
+	// stop and then takes it, so a daemon stopping again for a planned
+	// restart waits for an adoption under way and adopts none afterwards
+	// (the records and descriptors stay for the next daemon).
+	adoptMu sync.Mutex
+	// stopping is closed when the daemon begins to stop (beginStop): an
+	// adoption under way gives up at its next retry or check (fail
+	// closed: the crash path), and nothing is resolved any more.
 	stopping     chan struct{}
 	stoppingOnce sync.Once
 	// quit is closed when the daemon stops.
@@ -330,7 +329,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.serveControl(cl) }()
 	go func() { defer wg.Done(); d.servePeers(pl) }()
 	<-ctx.Done()
-	d.stoppingOnce.Do(func() { close(d.stopping) })
+	d.beginStop()
 	// No new hook, switchover or peer connection from here on.
 	cl.Close()
 	pl.Close()

@@ -288,12 +288,11 @@ func (s handoverStore) remove(uuid string) {
 // (when a service manager keeps descriptors) and reports the UUIDs handed
 // over; the others are closed as usual by shutdown.
 func (d *Daemon) handOverAll() map[string]bool {
-	// An adoption under way ends first (its run is registered or
-	// closed by then): a run adopted but not yet registered would not be
-	// handed over, and its backup would go live for nothing.
+	// An adoption under way ends first (it gives up on the stop; its
+	// run is closed or registered by then), and none begins after.
+	d.beginStop()
 	d.adoptMu.Lock()
-	d.handingOver = true
-	d.adoptMu.Unlock()
+	d.adoptMu.Unlock() //nolint:staticcheck // only waits for the holder
 	done := map[string]bool{}
 	if !fdStoreAvailable() {
 		return done
@@ -933,14 +932,14 @@ func (d *Daemon) adoptHandovers() {
 	}
 }
 
-// adoptHandoversUnlessStopping runs adoptHandovers unless handOverAll
-// began: a daemon already stopping for a planned restart leaves the
+// adoptHandoversUnlessStopping runs adoptHandovers unless the daemon
+// began to stop: a daemon already stopping for a planned restart leaves the
 // records in the store and the descriptors in systemd's store, for the
 // next daemon to adopt.
 func (d *Daemon) adoptHandoversUnlessStopping() {
 	d.adoptMu.Lock()
 	defer d.adoptMu.Unlock()
-	if d.handingOver {
+	if d.isStopping() {
 		if len(d.inherited) > 0 {
 			d.log.Info("planned restart: stopping again before adopting; the domains handed over stay for the next libvirt-ftd")
 		}

@@ -311,7 +311,7 @@ func TestStoppingDaemonResolvesNothing(t *testing.T) {
 		fp.net.mu.Unlock()
 		// The stop begins (Run closes stopping, then hands over) before
 		// libvirtd is reached; the first connection comes meanwhile.
-		d.stoppingOnce.Do(func() { close(d.stopping) })
+		d.beginStop()
 		d.rescan()
 		d.handOverAll()
 		time.Sleep(3 * time.Second)

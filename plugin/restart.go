@@ -166,8 +166,8 @@ func (d *Daemon) resolveOrphans() {
 	// leaves to the next daemon unadopted, have no run here and would
 	// look like a crash's orphans (a primary claimed and resumed with its
 	// filters off: ungated). d.stopping is closed before handOverAll
-	// begins, whichever goroutine takes adoptMu first; resolve checks
-	// again before it claims and before it resumes.
+	// waits on adoptMu, whichever goroutine takes it first; resolve
+	// checks again before it claims and before it resumes.
 	if d.isStopping() {
 		return
 	}
@@ -200,7 +200,11 @@ func (d *Daemon) resolveOrphans() {
 	}
 }
 
-// isStopping reports whether the daemon began to stop (Run).
+// beginStop marks the daemon as stopping (Run, at its context's end;
+// handOverAll); idempotent.
+func (d *Daemon) beginStop() { d.stoppingOnce.Do(func() { close(d.stopping) }) }
+
+// isStopping reports whether the daemon began to stop (beginStop).
 func (d *Daemon) isStopping() bool {
 	select {
 	case <-d.stopping:
