@@ -123,8 +123,14 @@ func TestGofmt(t *testing.T) {
 	// else a walk that skips hidden, vendor and output directories and
 	// nested modules.
 	var files []string
-	if out, err := exec.Command("git", "-C", root, "ls-files", "*.go").Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
+	if out, err := exec.Command("git", "-C", root, "ls-files", "-z", "*.go").Output(); err == nil {
+		for _, f := range strings.Split(string(out), "\x00") {
+			if f == "" {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+				continue // tracked but deleted in the work tree
+			}
 			files = append(files, filepath.Join(root, f))
 		}
 	} else {
