@@ -397,11 +397,7 @@ func (p *primaryRun) quiet() bool {
 // ReportUnprotected (the restart did not come back) or a resumed channel
 // resumes it.
 func (p *primaryRun) pauseForRestart(why string) bool {
-	if !p.endAdoptResume(adoptResumeWait) {
-		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
-	}
-	if !p.env.pauseVM(p.uuid, why) {
-		p.resumeIfAdoptCut()
+	if p.pauseVM(why, adoptResumeWait, false) != nil {
 		return false
 	}
 	p.mu.Lock()
@@ -409,6 +405,33 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 	p.mu.Unlock()
 	return true
 }
+
+// pauseVM pauses the run's VM (env.pauseVM) once the resume that ended
+// its adoption has ended (endAdoptResume, waiting up to wait), so that
+// the resume's cont cannot undo the pause; every pause of a primary run
+// goes through here. When that resume is still under way, strict refuses
+// to pause (errAdoptResumeBusy); otherwise it warns and pauses anyway. A
+// pause that failed after cancelling the resume starts it again
+// (resumeIfAdoptCut) and returns errPauseFailed.
+func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error {
+	if !p.endAdoptResume(wait) {
+		if strict {
+			return errAdoptResumeBusy
+		}
+		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
+	}
+	if !p.env.pauseVM(p.uuid, why) {
+		p.resumeIfAdoptCut()
+		return errPauseFailed
+	}
+	return nil
+}
+
+// The errors of primaryRun.pauseVM.
+var (
+	errAdoptResumeBusy = errors.New("the VM's resume after the last adoption has not finished")
+	errPauseFailed     = errors.New("cannot pause the VM")
+)
 
 // endAdoptResume stops the resume that ended this run's adoption
 // (adoptPrimary) from trying again, and waits up to wait for a cont of it
@@ -661,12 +684,8 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v, QEMU being killed as hung: %q)", st.State, st.ChannelOpen, st.PeerRestarting, st.Hung)
 	}
 	deadline := time.Now().Add(timeout) // for the whole handover
-	if !p.endAdoptResume(time.Until(deadline)) {
-		return rec, nil, errors.New("the VM's resume after the last adoption has not finished")
-	}
-	if !p.env.pauseVM(p.uuid, "libvirt-ftd restarts (planned): the VM waits for the next daemon") {
-		p.resumeIfAdoptCut()
-		return rec, nil, errors.New("cannot pause the VM")
+	if err := p.pauseVM("libvirt-ftd restarts (planned): the VM waits for the next daemon", time.Until(deadline), true); err != nil {
+		return rec, nil, err
 	}
 	pausedAt := time.Now()
 	resume := true

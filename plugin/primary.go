@@ -1245,11 +1245,7 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if already {
 		return
 	}
-	if !p.endAdoptResume(handoverTimeout) {
-		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
-	}
-	if !p.env.pauseVM(p.uuid, "the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided") {
-		p.resumeIfAdoptCut()
+	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false) != nil {
 		p.mu.Lock()
 		p.claimPaused = false
 		p.mu.Unlock()
