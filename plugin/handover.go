@@ -411,8 +411,10 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 // the resume's cont cannot undo the pause; every pause of a primary run
 // goes through here. When that resume is still under way, strict refuses
 // to pause (errAdoptResumeBusy); otherwise it warns and pauses anyway. A
-// pause that failed after cancelling the resume starts it again
-// (resumeIfAdoptCut) and returns errPauseFailed.
+// pause that failed returns errPauseFailed and resumes nothing: if it
+// cancelled that resume before its cont, the VM stays in the stopping
+// daemon's pause (fail closed: a VM resumed here could run beside a
+// backup gone live while a claim is undecided; helper-137).
 func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error {
 	if !p.endAdoptResume(wait) {
 		if strict {
@@ -421,7 +423,6 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error 
 		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
 	}
 	if !p.env.pauseVM(p.uuid, why) {
-		p.resumeIfAdoptCut()
 		return errPauseFailed
 	}
 	return nil
@@ -456,27 +457,16 @@ func (p *primaryRun) endAdoptResume(wait time.Duration) bool {
 	}
 }
 
-// noteAdoptResumeCut records that the adoption's resume ended before the
-// VM ran (a pause cancelled it, or the run closed).
-func (p *primaryRun) noteAdoptResumeCut() {
-	p.mu.Lock()
-	p.adoptResumeCut = true
-	p.mu.Unlock()
-}
-
 // runHeldResume resumes the VM (resumeVM) as the resume held by resumed
 // and cancel (adoptResumed, adoptCancel): a pause's endAdoptResume stops
 // it, and it does not begin once cancelled. It closes resumed when it
-// returns, and reports whether QEMU said it runs; otherwise it records
-// the cut (resumeIfAdoptCut).
+// returns, and reports whether QEMU said it runs.
 func (p *primaryRun) runHeldResume(resumed, cancel chan struct{}) bool {
 	defer close(resumed)
 	select {
 	case <-cancel: // a pause came first (resumeVM tries once before it looks at stop)
-		p.noteAdoptResumeCut()
 		return false
 	case <-p.stop:
-		p.noteAdoptResumeCut()
 		return false
 	default:
 	}
@@ -489,30 +479,7 @@ func (p *primaryRun) runHeldResume(resumed, cancel chan struct{}) bool {
 		}
 		close(stop)
 	}()
-	if !p.env.resumeVM(p.uuid, stop) {
-		p.noteAdoptResumeCut()
-		return false
-	}
-	return true
-}
-
-// resumeIfAdoptCut resumes the VM again when a pause that cancelled the
-// adoption's resume could not pause it: the VM is still paused from the
-// stopping daemon's pause and nothing else would resume it. The new
-// resume is held like the adoption's, so that the next pause ends it
-// too. Called by a pause that failed.
-func (p *primaryRun) resumeIfAdoptCut() {
-	resumed, cancel := make(chan struct{}), make(chan struct{})
-	p.mu.Lock()
-	cut := p.adoptResumeCut
-	p.adoptResumeCut = false
-	if cut {
-		p.adoptResumed, p.adoptCancel = resumed, cancel
-	}
-	p.mu.Unlock()
-	if cut {
-		go p.runHeldResume(resumed, cancel)
-	}
+	return p.env.resumeVM(p.uuid, stop)
 }
 
 // quiesceForPeer runs when the backup's daemon said ByeRestarting: the VM

@@ -94,11 +94,8 @@ type primaryRun struct {
 	// endAdoptResume) stops its retries; nil for a run not adopted.
 	// Every pause of the VM ends that resume first.
 	adoptResumed, adoptCancel chan struct{}
-	// adoptResumeCut: that resume ended before the VM ran
-	// (resumeIfAdoptCut).
-	adoptResumeCut bool
-	final          failover.Status // the driver's last view, once closed
-	finalTm        failover.Timings
+	final                     failover.Status // the driver's last view, once closed
+	finalTm                   failover.Timings
 
 	// from: the backup run this live primary came from (go-live); its
 	// failover core's timings stay in the status.
