@@ -16,7 +16,7 @@ PACKAGES := gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static cpio \
 	iproute2 kmod socat tcpdump iptables ca-certificates libxml2-utils etcd-server jq openssl curl
 
-.PHONY: all setup build unit apparmor-check e2e-install qemu-ft e2e e2e-distro e2e-admin e2e-faults e2e-hostile e2e-reprotect e2e-protect-plain bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
+.PHONY: all setup build unit apparmor-check e2e-install qemu-ft qemu-ft-bg e2e e2e-distro e2e-admin e2e-faults e2e-hostile e2e-reprotect e2e-protect-plain bench-cpu bench-disk e2e-failover e2e-switchover e2e-tcp e2e-backup-loss e2e-network e2e-libvirtd-restart soak-tcp e2e-determinism test demo bench fuzz package lab-up lab-down guest clean fmt vet
 
 all: build
 
@@ -51,8 +51,10 @@ unit:
 # The failover, switchover and TCP (output rule) trials run on the patched
 # QEMU (qemu-ft): stock 7.2 cannot go live reliably and its virtio-net is
 # not deterministic under record/replay (packaging/qemu/README.md).
-e2e: build guest qemu-ft package
+e2e: build guest qemu-ft-bg
 	test/e2e/run.sh replication refusals backup-loss
+	packaging/qemu/build.sh $(FTQEMU)
+	$(MAKE) --no-print-directory package
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 TRIALS=1 CYCLES=1 REPROTECT_MODES="qemu" FTD_KILL=1 FROM=plain FEED=trickle FAULTS="ftd-kill-a restart-a restart-b qemu-hang-a" test/e2e/run.sh determinism rr-migrate reprotect protect-plain failover switchover golive-stall tcp divergence network libvirtd-restart hostile faults install
 
 # The packages installed on this machine, the lab running the installed
@@ -66,6 +68,12 @@ e2e-install: build guest qemu-ft package
 FTQEMU ?= /var/tmp/libvirt-ft-qemu
 qemu-ft:
 	packaging/qemu/build.sh $(FTQEMU)
+
+# The same build started in the background at idle priority: `make test`
+# overlaps it with the unit tests and the stock-QEMU tests, and waits for
+# it before the tests on the patched QEMU (packaging/qemu/build.sh).
+qemu-ft-bg:
+	packaging/qemu/build.sh --background $(FTQEMU)
 
 # Failover trials (issue 3) on the patched QEMU, on both hosts.
 e2e-failover: build guest qemu-ft
@@ -137,7 +145,7 @@ e2e-distro e2e-admin: build guest qemu-ft
 e2e-libvirtd-restart: build guest qemu-ft
 	EMULATOR=$(FTQEMU)/bin/qemu-system-x86_64 test/e2e/run.sh libvirtd-restart
 
-test: setup build guest vet unit apparmor-check e2e
+test: setup build guest qemu-ft-bg vet unit apparmor-check e2e
 
 # The AppArmor rules the packages ship, parsed with libvirtd's, virtqemud's
 # and a domain's profile (nothing is loaded into the kernel).

@@ -4,13 +4,43 @@
 # as PREFIX/bin/qemu-system-x86_64, with the firmware directories of
 # Debian's packages linked in (QEMU finds firmware relative to its binary).
 # Re-running is cheap when PREFIX is up to date. Needs root (apt-get).
-#   packaging/qemu/build.sh [PREFIX]
+#   packaging/qemu/build.sh [--background] [PREFIX]
+# --background starts the build and returns at once: it runs at idle
+# priority (CPU: SCHED_IDLE, so any other runnable task takes the CPU
+# from it at once; disk: the idle class), logging to PREFIX.build.log,
+# so that `make test` overlaps it with the unit tests and the stock-QEMU
+# tests (about 7 min on 2 CPUs). A build holds PREFIX.lock: a later call
+# waits for the one under way, then finds PREFIX up to date (or, if that
+# build failed, builds again and shows why).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+background=0
+if [ "${1:-}" = --background ]; then
+	background=1
+	shift
+fi
 prefix=${1:-/var/tmp/libvirt-ft-qemu}
 work=${QEMU_WORK:-/var/tmp/libvirt-ft-qemu-build}
 stamp=$(cat "$here"/*.patch "$here/build.sh" | sha256sum | cut -c1-16)
-if [ -x "$prefix/bin/qemu-system-x86_64" ] && [ "$(cat "$prefix/.patches" 2>/dev/null)" = "$stamp" ]; then
+up_to_date() {
+	[ -x "$prefix/bin/qemu-system-x86_64" ] && [ "$(cat "$prefix/.patches" 2>/dev/null)" = "$stamp" ]
+}
+if up_to_date; then
+	echo "qemu: $prefix is up to date"
+	exit 0
+fi
+mkdir -p "$(dirname "$prefix")"
+if [ "$background" = 1 ]; then
+	setsid chrt --idle 0 ionice -c 3 "$here/build.sh" "$prefix" >"$prefix.build.log" 2>&1 </dev/null &
+	echo "qemu: building $prefix in the background at idle priority (pid $!, log $prefix.build.log)"
+	exit 0
+fi
+exec 9>"$prefix.lock"
+if ! flock -n 9; then
+	echo "qemu: waiting for the build under way (log $prefix.build.log)"
+	flock 9
+fi
+if up_to_date; then
 	echo "qemu: $prefix is up to date"
 	exit 0
 fi
