@@ -270,6 +270,8 @@ type fakeQEMU struct {
 	migStatus   string
 	postmigrate bool
 	qmpLog      []string
+	// contGate, when set, holds every cont until it is closed.
+	contGate chan struct{}
 }
 
 // emit writes events into FIFO A as a recording QEMU does.
@@ -396,6 +398,14 @@ func (q *fakeQEMU) kill() {
 // monitor answers QMP as QEMU 7.2 does for the commands the daemon sends.
 func (q *fakeQEMU) monitor() qmp.Monitor {
 	return qmptest.NewMonitor(func(cmd goqmp.Command) (any, error) {
+		if cmd.Execute == "cont" {
+			q.mu.Lock()
+			g := q.contGate
+			q.mu.Unlock()
+			if g != nil {
+				<-g // a cont held in flight (libvirt's job queue)
+			}
+		}
 		q.mu.Lock()
 		if h := q.hangCh; h != nil {
 			if q.busySince.IsZero() {

@@ -397,12 +397,18 @@ func (p *primaryRun) quiet() bool {
 // ReportUnprotected (the restart did not come back) or a resumed channel
 // resumes it.
 func (p *primaryRun) pauseForRestart(why string) bool {
-	if p.pauseVM(why, adoptResumeWait, false) != nil {
-		return false
-	}
+	// Marked before the pause, so that a late adoption resume's
+	// follow-up (pauseAfterAdoptResume) sees it.
 	p.mu.Lock()
+	wasRestart, wasClaim := p.restartPaused, p.claimPaused
 	p.restartPaused, p.claimPaused, p.restartPausedAt = true, true, time.Now()
 	p.mu.Unlock()
+	if p.pauseVM(why, adoptResumeWait, false) != nil {
+		p.mu.Lock()
+		p.restartPaused, p.claimPaused = wasRestart, wasClaim
+		p.mu.Unlock()
+		return false
+	}
 	return true
 }
 
@@ -410,22 +416,56 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 // its adoption has ended (endAdoptResume, waiting up to wait), so that
 // the resume's cont cannot undo the pause; every pause of a primary run
 // goes through here. When that resume is still under way, strict refuses
-// to pause (errAdoptResumeBusy); otherwise it warns and pauses anyway. A
+// to pause (errAdoptResumeBusy); otherwise it warns, pauses anyway, and
+// pauses again once that resume has returned if the run is still paused
+// for a claim or a restart (claimPaused, which callers set before they
+// call): its cont, in flight past wait, may have undone this pause. A
 // pause that failed returns errPauseFailed and resumes nothing: if it
 // cancelled that resume before its cont, the VM stays in the stopping
 // daemon's pause (fail closed: a VM resumed here could run beside a
 // backup gone live while a claim is undecided; helper-137).
 func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error {
-	if !p.endAdoptResume(wait) {
+	late := !p.endAdoptResume(wait)
+	if late {
 		if strict {
 			return errAdoptResumeBusy
 		}
-		p.log.Warn("the resume that ended this run's adoption is still under way: its cont may undo this pause")
+		p.log.Warn("the resume that ended this run's adoption is still under way: the VM is paused now and again once that resume returns")
 	}
 	if !p.env.pauseVM(p.uuid, why) {
 		return errPauseFailed
 	}
+	if late {
+		go p.pauseAfterAdoptResume(why)
+	}
 	return nil
+}
+
+// pauseAfterAdoptResume waits for the adoption's resume that pauseVM
+// could not wait for (adoptResumed), then pauses the VM again if the run
+// is still paused for a claim or a restart (claimPaused): a cont that
+// landed after pauseVM's stop must not leave the VM running while a
+// split-brain claim is undecided. A run that stops first, or whose pause
+// was lifted meanwhile (ReportUnprotected, the channel resumed), is left
+// as it is.
+func (p *primaryRun) pauseAfterAdoptResume(why string) {
+	p.mu.Lock()
+	resumed := p.adoptResumed
+	p.mu.Unlock()
+	if resumed == nil {
+		return
+	}
+	select {
+	case <-resumed:
+	case <-p.stop:
+		return
+	}
+	p.mu.Lock()
+	still := p.claimPaused
+	p.mu.Unlock()
+	if still {
+		p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)")
+	}
 }
 
 // The errors of primaryRun.pauseVM.

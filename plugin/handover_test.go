@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,7 +12,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/libvirt-ft/libvirt-ft/failover"
 	"github.com/libvirt-ft/libvirt-ft/logchan"
@@ -395,5 +399,53 @@ func TestHeldResumeCancelledBeforeItBegins(t *testing.T) {
 	case <-resumed:
 	default:
 		t.Fatal("resumed not closed")
+	}
+}
+
+// A claim's pause that could not wait for the adoption's resume (its
+// cont held in libvirt past handoverTimeout) pauses the VM again once
+// that cont has landed, while the claim is undecided; a pause lifted
+// meanwhile (ReportUnprotected) is not redone.
+func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
+	for _, lifted := range []bool{false, true} {
+		synctest.Test(t, func(t *testing.T) {
+			hv := &fakeHV{pipes: &memPipes{}}
+			if err := hv.createPlain(libvirtxml.Domain{UUID: runUUID, Name: "web"}, "<domain/>"); err != nil {
+				t.Fatal(err)
+			}
+			q := hv.running(runUUID)
+			gate := make(chan struct{})
+			q.mu.Lock()
+			q.paused, q.contGate = true, gate // paused by the stopping daemon
+			q.mu.Unlock()
+			log := logrus.New()
+			log.SetOutput(io.Discard)
+			p := newPrimaryRun(env{log: log, hv: hv}, runUUID, "web", xmlpkg.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
+			resumed, cancel := make(chan struct{}), make(chan struct{})
+			p.adoptResumed, p.adoptCancel = resumed, cancel
+			go p.runHeldResume(resumed, cancel)
+			synctest.Wait() // its cont is in flight
+			p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
+			q.mu.Lock()
+			paused := q.paused
+			q.mu.Unlock()
+			if !paused {
+				t.Fatal("the claim's pause did not pause the VM")
+			}
+			if lifted {
+				p.mu.Lock()
+				p.claimPaused = false // the claim was decided (ReportUnprotected)
+				p.mu.Unlock()
+			}
+			close(gate) // the adoption's cont lands after the pause
+			synctest.Wait()
+			q.mu.Lock()
+			paused = q.paused
+			q.mu.Unlock()
+			if paused != !lifted {
+				t.Fatalf("pause lifted %v: after the late cont the VM is paused %v, want %v", lifted, paused, !lifted)
+			}
+			close(p.stop)
+		})
 	}
 }
