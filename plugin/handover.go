@@ -447,7 +447,7 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error 
 // landed after pauseVM's stop must not leave the VM running while a
 // split-brain claim is undecided. A run that stops first, or whose pause
 // was lifted meanwhile (ReportUnprotected, the channel resumed), is left
-// as it is.
+// running (resumed again if the lifting's cont came before this stop).
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed
@@ -463,8 +463,16 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	still := p.claimPaused
 	p.mu.Unlock()
-	if still {
-		p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)")
+	if !still || !p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)") {
+		return
+	}
+	// The pause was lifted while this one was on its way (its resume
+	// may have come before this stop): resume, as the lifting did.
+	p.mu.Lock()
+	still = p.claimPaused
+	p.mu.Unlock()
+	if !still {
+		p.env.resumeVM(p.uuid, p.stop)
 	}
 }
 

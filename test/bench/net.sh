@@ -9,6 +9,10 @@
 #   icount       the same domain without the ft element, with -icount
 #                shift=auto as record/replay uses (no log, no backup): the
 #                ceiling of what a protected VM can reach under TCG
+#   record       the icount set-up recording (rr=record into a file on
+#                host a, a filter-replay on its NIC, disks without
+#                blkreplay): QEMU's record mode alone, no log channel, no
+#                backup, no gate (SETUPS=record; not in the default list)
 #   unprotected  the same domain without the ft element (no record/replay)
 # Then an application benchmark with a client nobody here wrote: wrk
 # (Debian's package, installed on demand) against the guest's busybox httpd
@@ -55,6 +59,8 @@ export FT_REPROTECT=no
 # The icount set-up's edit: no ft element; -icount as xml/generate.go's
 # icountValue gives it, without rr=.
 ICOUNT_EDIT='/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto"/></qemu:commandline>|'
+RECORD_FILE=$LAB_DIR/bench-record.bin
+RECORD_EDIT='/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto,rr=record,rrfile='"$RECORD_FILE"'"/><qemu:arg value="-object"/><qemu:arg value="filter-replay,id=ft-fr0,netdev=hostnet0"/></qemu:commandline>|'
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
 if ! command -v wrk >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null 2>&1 || true
@@ -149,14 +155,16 @@ for run in $(seq "$REPEAT"); do
 	gate-off) edit='s|</ft:ft>|<ft:output-gate enabled="no"/></ft:ft>|;' ;;
 	unprotected) edit='/<metadata>/,/<\/metadata>/d;' ;;
 	icount) edit="$ICOUNT_EDIT;" ;;
+	record) edit="$RECORD_EDIT;" ;;
 	esac
 	[ "$pin" = 1 ] && edit+=$(pin_edit)
 	edit+=${EXTRA_EDIT:-}
 	[ -n "$edit" ] && export DOMAIN_XML_EDIT="$edit"
 	lab_stop 0
+	rm -f "$RECORD_FILE"
 	lab_start
 	[ "$pin" = 1 ] && pin_hosts
-	if [ $setup = unprotected ] || [ $setup = icount ]; then
+	if [ $setup = unprotected ] || [ $setup = icount ] || [ $setup = record ]; then
 		on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
 		xml=$(mktemp --suffix=.xml)
 		domain_xml "$DOMAIN" >"$xml"
@@ -198,6 +206,9 @@ for run in $(seq "$REPEAT"); do
 				log "host $h: QEMU on CPU $(awk '/^Cpus_allowed_list:/ { print $2 }' "/proc/${qp:-0}/status" 2>/dev/null)"
 			fi
 		done
+	fi
+	if [ $setup = record ]; then
+		log "record: the log file holds $(stat -c %s "$RECORD_FILE" 2>/dev/null || echo "no") bytes"
 	fi
 	status=""
 	for i in 1 2 3; do
@@ -277,4 +288,4 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 		done
 	fi
 } | tee "$OUT"
-rm -f /tmp/ft-bench-step.out
+rm -f /tmp/ft-bench-step.out "$RECORD_FILE"
