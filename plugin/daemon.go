@@ -324,8 +324,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// host's domains are warmed as they are seen. A missing file is
 	// skipped (it is read again when asked).
 	go func() {
-		for _, e := range d.cfg.AllowedEmulators {
-			_, _ = d.hv.EmulatorBuild(e)
+		// The packaged QEMU first: the one protected VMs run.
+		for _, e := range append([]string{patchedQEMUPath}, d.cfg.AllowedEmulators...) {
+			_, _ = d.hv.EmulatorBuild(e) // a second call is the cache's
 		}
 	}()
 

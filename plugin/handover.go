@@ -395,36 +395,30 @@ func (p *primaryRun) quiet() bool {
 
 // pauseForRestart pauses the VM for a planned restart of either daemon;
 // ReportUnprotected (the restart did not come back) or a resumed channel
-// resumes it.
+// resumes it. The run is marked paused only once the pause succeeded (a
+// claim that found it marked would not pause it: pauseForClaim), and
+// before pauseVM may start its follow-up (pauseAfterAdoptResume), which
+// reads the mark.
 func (p *primaryRun) pauseForRestart(why string) bool {
-	// Marked before the pause, so that a late adoption resume's
-	// follow-up (pauseAfterAdoptResume) sees it.
-	p.mu.Lock()
-	wasRestart, wasClaim := p.restartPaused, p.claimPaused
-	p.restartPaused, p.claimPaused, p.restartPausedAt = true, true, time.Now()
-	p.mu.Unlock()
-	if p.pauseVM(why, adoptResumeWait, false) != nil {
-		p.mu.Lock()
-		p.restartPaused, p.claimPaused = wasRestart, wasClaim
-		p.mu.Unlock()
-		return false
-	}
-	return true
+	return p.pauseVM(why, adoptResumeWait, false, func() {
+		p.restartPaused, p.claimPaused, p.restartPausedAt = true, true, time.Now()
+	}) == nil
 }
 
 // pauseVM pauses the run's VM (env.pauseVM) once the resume that ended
 // its adoption has ended (endAdoptResume, waiting up to wait), so that
 // the resume's cont cannot undo the pause; every pause of a primary run
-// goes through here. When that resume is still under way, strict refuses
-// to pause (errAdoptResumeBusy); otherwise it warns, pauses anyway, and
-// pauses again once that resume has returned if the run is still paused
-// for a claim or a restart (claimPaused, which callers set before they
-// call): its cont, in flight past wait, may have undone this pause. A
-// pause that failed returns errPauseFailed and resumes nothing: if it
-// cancelled that resume before its cont, the VM stays in the stopping
-// daemon's pause (fail closed: a VM resumed here could run beside a
-// backup gone live while a claim is undecided; helper-137).
-func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error {
+// goes through here. paused (may be nil) runs under p.mu once the VM is
+// paused (the caller's marks). When that resume is still under way,
+// strict refuses to pause (errAdoptResumeBusy); otherwise it warns,
+// pauses anyway, and pauses again once that resume has returned if the
+// run is still paused for a claim or a restart (pauseAfterAdoptResume):
+// its cont, in flight past wait, may have undone this pause. A pause that
+// failed returns errPauseFailed and resumes nothing: if it cancelled that
+// resume before its cont, the VM stays in the stopping daemon's pause
+// (fail closed: a VM resumed here could run beside a backup gone live
+// while a claim is undecided; helper-137).
+func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused func()) error {
 	late := !p.endAdoptResume(wait)
 	if late {
 		if strict {
@@ -434,6 +428,11 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error 
 	}
 	if !p.env.pauseVM(p.uuid, why) {
 		return errPauseFailed
+	}
+	if paused != nil {
+		p.mu.Lock()
+		paused()
+		p.mu.Unlock()
 	}
 	if late {
 		go p.pauseAfterAdoptResume(why)
@@ -445,9 +444,13 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool) error 
 // could not wait for (adoptResumed), then pauses the VM again if the run
 // is still paused for a claim or a restart (claimPaused): a cont that
 // landed after pauseVM's stop must not leave the VM running while a
-// split-brain claim is undecided. A run that stops first, or whose pause
-// was lifted meanwhile (ReportUnprotected, the channel resumed), is left
-// running (resumed again if the lifting's cont came before this stop).
+// split-brain claim is undecided (between that cont and this stop it
+// runs for a monitor round trip: narrowed, not closed). A run that stops
+// first, or whose pause was lifted meanwhile (ReportUnprotected, the
+// channel resumed), is left as it is. Should the lifting come between
+// the check and this stop, the VM stays paused (fail closed: a resume
+// from here could land after a later claim's pause): logged, for an
+// operator's virsh resume.
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed
@@ -466,13 +469,11 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	if !still || !p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)") {
 		return
 	}
-	// The pause was lifted while this one was on its way (its resume
-	// may have come before this stop): resume, as the lifting did.
 	p.mu.Lock()
 	still = p.claimPaused
 	p.mu.Unlock()
 	if !still {
-		p.env.resumeVM(p.uuid, p.stop)
+		p.log.Error("the VM's pause was lifted while it was paused again after the adoption's late resume: it stays paused; resume it (virsh resume) if this host still runs the VM")
 	}
 }
 
@@ -699,7 +700,7 @@ func (p *primaryRun) handOver(timeout time.Duration) (rec handoverRecord, files 
 		return rec, nil, fmt.Errorf("the failover core is %s (channel open %v, peer restarting %v, QEMU being killed as hung: %q)", st.State, st.ChannelOpen, st.PeerRestarting, st.Hung)
 	}
 	deadline := time.Now().Add(timeout) // for the whole handover
-	if err := p.pauseVM("libvirt-ftd restarts (planned): the VM waits for the next daemon", time.Until(deadline), true); err != nil {
+	if err := p.pauseVM("libvirt-ftd restarts (planned): the VM waits for the next daemon", time.Until(deadline), true, nil); err != nil {
 		return rec, nil, err
 	}
 	pausedAt := time.Now()

@@ -402,12 +402,15 @@ func TestHeldResumeCancelledBeforeItBegins(t *testing.T) {
 	}
 }
 
-// A claim's pause that could not wait for the adoption's resume (its
-// cont held in libvirt past handoverTimeout) pauses the VM again once
-// that cont has landed, while the claim is undecided; a pause lifted
-// meanwhile (ReportUnprotected) is not redone.
+// A claim's or a planned restart's pause that could not wait for the
+// adoption's resume (its cont held in libvirt past the wait) pauses the VM
+// again once that cont has landed, while the run is still paused; a pause
+// lifted meanwhile (ReportUnprotected) is not redone.
 func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
-	for _, lifted := range []bool{false, true} {
+	for _, c := range []struct {
+		restart, lifted bool
+	}{{false, false}, {false, true}, {true, false}, {true, true}} {
+		restart, lifted := c.restart, c.lifted
 		synctest.Test(t, func(t *testing.T) {
 			hv := &fakeHV{pipes: &memPipes{}}
 			if err := hv.createPlain(libvirtxml.Domain{UUID: runUUID, Name: "web"}, "<domain/>"); err != nil {
@@ -425,7 +428,13 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 			p.adoptResumed, p.adoptCancel = resumed, cancel
 			go p.runHeldResume(resumed, cancel)
 			synctest.Wait() // its cont is in flight
-			p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
+			if restart {
+				if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
+					t.Fatal("pauseForRestart failed")
+				}
+			} else {
+				p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
+			}
 			q.mu.Lock()
 			paused := q.paused
 			q.mu.Unlock()
@@ -443,7 +452,7 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 			paused = q.paused
 			q.mu.Unlock()
 			if paused != !lifted {
-				t.Fatalf("pause lifted %v: after the late cont the VM is paused %v, want %v", lifted, paused, !lifted)
+				t.Fatalf("restart %v, pause lifted %v: after the late cont the VM is paused %v, want %v", restart, lifted, paused, !lifted)
 			}
 			close(p.stop)
 		})

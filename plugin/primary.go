@@ -1242,7 +1242,7 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if already {
 		return
 	}
-	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false) != nil {
+	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, nil) != nil {
 		p.mu.Lock()
 		p.claimPaused = false
 		p.mu.Unlock()

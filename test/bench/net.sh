@@ -108,11 +108,27 @@ held_pct() {
 		printf "%.0f/%.0f", 100 * (y[1] - x[1]) / ms, 100 * (y[2] - x[2]) / ms }'
 }
 
-# log_rate CMD...: run CMD; print "MB/s of log sent while it ran".
+# cpu_ticks: "busy total" jiffies of each CPU (cpu0 cpu1 ...), from
+# /proc/stat (busy: all but idle and iowait).
+cpu_ticks() {
+	awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%s %d %d\n", $1, t - $5 - $6, t }' /proc/stat
+}
+
+# cpu_busy BEFORE AFTER: "cpu0 N% cpu1 M%": each CPU's busy share between
+# two cpu_ticks samples.
+cpu_busy() {
+	printf '%s\n--\n%s\n' "$1" "$2" | awk '$1 == "--" { after = 1; next }
+		!after { b[$1] = $2; t[$1] = $3; next }
+		{ dt = $3 - t[$1]; printf "%s %.0f%% ", $1, (dt > 0 ? 100 * ($2 - b[$1]) / dt : 0) }'
+}
+
+# log_rate CMD...: run CMD; print "MB/s of log sent while it ran". How
+# busy each CPU was meanwhile goes to /tmp/ft-bench-step.cpu.
 log_rate() {
-	local b0 b1 t0 t1
-	b0=$(sent_bytes); t0=$(date +%s%N)
+	local b0 b1 t0 t1 c0
+	b0=$(sent_bytes); t0=$(date +%s%N); c0=$(cpu_ticks)
 	"$@" >/tmp/ft-bench-step.out
+	cpu_busy "$c0" "$(cpu_ticks)" >/tmp/ft-bench-step.cpu
 	# The command's own time (ms), for held_pct.
 	echo $((($(date +%s%N) - t0) / 1000000)) >/tmp/ft-bench-step.ms
 	b1=$(sent_bytes); t1=$(date +%s%N)
@@ -163,6 +179,10 @@ for run in $(seq "$REPEAT"); do
 	lab_stop 0
 	rm -f "$RECORD_FILE"
 	lab_start
+	if [ $setup = record ]; then
+		# QEMU runs as libvirt's QEMU user: a file it may write.
+		install -m 0666 /dev/null "$RECORD_FILE"
+	fi
 	[ "$pin" = 1 ] && pin_hosts
 	if [ $setup = unprotected ] || [ $setup = icount ] || [ $setup = record ]; then
 		on a "$ROOT/test/guest/mkdisk.sh" $IMAGES/$DOMAIN.qcow2 >/dev/null
@@ -178,13 +198,14 @@ for run in $(seq "$REPEAT"); do
 	wait_for 120 "8 ticks on host A" has_tick a "$DOMAIN" 8
 	idle=$(log_rate sleep 5)
 	rtt_log=$(log_rate client "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count "$RTT_COUNT")
-	rtt=$(tail -n 1 /tmp/ft-bench-step.out)
+	rtt=$(tail -n 1 /tmp/ft-bench-step.out) rtt_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h0=$(held)
 	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES")
-	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms)
+	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms) rx_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h1=$(held)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
-	tx=$(tail -n 1 /tmp/ft-bench-step.out) tx_ms=$(cat /tmp/ft-bench-step.ms)
+	tx=$(tail -n 1 /tmp/ft-bench-step.out) tx_ms=$(cat /tmp/ft-bench-step.ms) tx_cpu=$(cat /tmp/ft-bench-step.cpu)
+	log "CPUs busy: during the echoes $rtt_cpu; rx $rx_cpu; tx $tx_cpu"
 	h2=$(held)
 	HELD[$k]="$(held_pct "$h0" "$h1" "$rx_ms") $(held_pct "$h1" "$h2" "$tx_ms")"
 	case $setup in gate-*) log "held (lag bound % / window %): rx ${HELD[$k]% *}, tx ${HELD[$k]#* }" ;; esac
@@ -288,4 +309,4 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 		done
 	fi
 } | tee "$OUT"
-rm -f /tmp/ft-bench-step.out "$RECORD_FILE"
+rm -f /tmp/ft-bench-step.out /tmp/ft-bench-step.cpu "$RECORD_FILE"
