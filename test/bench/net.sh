@@ -3,7 +3,7 @@
 # `make bench`): TCP round-trip time between the client namespace and the
 # guest (median and p99), bulk receive (client → guest sink) and transmit
 # (guest source → client) throughput, and the log channel's bandwidth during
-# each, for three set-ups of the same guest and QEMU:
+# each, for these set-ups of the same guest and QEMU:
 #   gate-on      protected, output gate on (the default)
 #   gate-off     protected, <ft:output-gate enabled="no">
 #   icount       the same domain without the ft element, with -icount
