@@ -1243,8 +1243,10 @@ func (p *primaryRun) pauseForClaim(err error) {
 		return
 	}
 	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, nil) != nil {
+		// Unmarked, unless a planned restart's pause succeeded
+		// meanwhile: its mark stands (helper-139).
 		p.mu.Lock()
-		p.claimPaused = false
+		p.claimPaused = p.restartPaused
 		p.mu.Unlock()
 		return
 	}

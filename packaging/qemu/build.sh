@@ -5,6 +5,8 @@
 # Debian's packages linked in (QEMU finds firmware relative to its binary).
 # Re-running is cheap when PREFIX is up to date. Needs root (apt-get).
 #   packaging/qemu/build.sh [--background] [PREFIX]
+# (--no-apt is the background build's own: the lock and packages are in
+# hand.)
 # --background installs the build's packages (apt-get: never in the
 # background, where it would hold apt's locks beside other apt calls),
 # then starts the build and returns: it runs at idle priority (CPU:
@@ -51,19 +53,28 @@ if up_to_date; then
 	exit 0
 fi
 mkdir -p "$(dirname "$prefix")"
-exec 9>"$prefix.lock"
-if [ "$background" = 1 ]; then
+if [ "$apt" = 0 ]; then
+	: # the background build: fd 9, inherited, holds the lock
+elif [ "$background" = 1 ]; then
+	exec 9>"$prefix.lock"
 	if ! flock -n 9; then
 		echo "qemu: a build of $prefix is under way (log $log)"
 		exit 0
 	fi
+	if up_to_date; then
+		echo "qemu: $prefix is up to date"
+		exit 0
+	fi
 	apt_steps
-	exec 9>&- # the build takes the lock itself
+	# The build inherits fd 9 and so the lock (an flock belongs to the
+	# open file, not to this process): no moment without it.
 	setsid chrt --idle 0 ionice -c 3 "$here/build.sh" --no-apt "$prefix" >"$log" 2>&1 </dev/null &
-	echo "qemu: building $prefix in the background at idle priority (pid $!, log $log)"
+	echo "qemu: building $prefix in the background at idle priority (log $log; to stop it: kill -- -$!)"
 	exit 0
+else
+	exec 9>"$prefix.lock"
 fi
-if ! flock -n 9; then
+if [ "$apt" = 1 ] && ! flock -n 9; then
 	echo "qemu: waiting for the build under way (log $log)"
 	flock 9
 	if ! up_to_date; then
