@@ -409,11 +409,12 @@ func (p *primaryRun) pauseForRestart(why string) bool {
 // its adoption has ended (endAdoptResume, waiting up to wait), so that
 // the resume's cont cannot undo the pause; every pause of a primary run
 // goes through here. paused (may be nil) runs under p.mu once the VM is
-// paused (the caller's marks: it must not take p.mu, setState included). When that resume is still under way,
-// strict refuses to pause (errAdoptResumeBusy); otherwise it warns,
-// pauses anyway, and pauses again once that resume has returned if the
-// run is still paused for a claim or a restart (pauseAfterAdoptResume):
-// its cont, in flight past wait, may have undone this pause. A pause that
+// paused: the caller's marks (it must not take p.mu: no setState). When
+// that resume is still under way, strict refuses to pause
+// (errAdoptResumeBusy); otherwise it warns, pauses anyway, and pauses
+// again once that resume has returned if the run is still paused for a
+// claim or a restart (pauseAfterAdoptResume): its cont, in flight past
+// wait, may have undone this pause. A pause that
 // failed returns errPauseFailed and resumes nothing: if it cancelled that
 // resume before its cont, the VM stays in the stopping daemon's pause
 // (fail closed: a VM resumed here could run beside a backup gone live

@@ -56,11 +56,19 @@ PINS=${PINS:-0 1}
 REPEAT=${REPEAT:-3}
 # A lost backup must stay lost for the validity check (domain_xml, lib.sh).
 export FT_REPROTECT=no
-# The icount set-up's edit: no ft element; -icount as xml/generate.go's
-# icountValue gives it, without rr=.
-ICOUNT_EDIT='/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto"/></qemu:commandline>|'
+# icount_edit VALUE [ARG...]: the domain edit of the icount and record
+# set-ups: no ft element; -icount VALUE and the further QEMU arguments.
+icount_edit() {
+	local args="" a
+	for a in -icount "$@"; do args+="<qemu:arg value=\"$a\"/>"; done
+	echo '/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline>'"$args"'</qemu:commandline>|'
+}
+# icount: -icount as xml/generate.go's icountValue gives it, without rr=;
+# record: with rr=record into a file, and a filter-replay on the NIC
+# (libvirt names the first NIC's netdev hostnet0).
+ICOUNT_EDIT=$(icount_edit shift=auto)
 RECORD_FILE=$LAB_DIR/bench-record.bin
-RECORD_EDIT='/<metadata>/,/<\/metadata>/d;s|<domain type=.qemu.>|<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">|;s|</devices>|</devices><qemu:commandline><qemu:arg value="-icount"/><qemu:arg value="shift=auto,rr=record,rrfile='"$RECORD_FILE"'"/><qemu:arg value="-object"/><qemu:arg value="filter-replay,id=ft-fr0,netdev=hostnet0"/></qemu:commandline>|'
+RECORD_EDIT=$(icount_edit "shift=auto,rr=record,rrfile=$RECORD_FILE" -object filter-replay,id=ft-fr0,netdev=hostnet0)
 [ -x "$BIN/tcpcheck" ] || die "run make build first (bin/tcpcheck)"
 if ! command -v wrk >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null 2>&1 || true
