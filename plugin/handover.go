@@ -451,7 +451,8 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused
 // channel resumed), is left as it is. Should the lifting come between
 // the check and this stop, the VM stays paused (fail closed: a resume
 // from here could land after a later claim's pause): logged, for an
-// operator's virsh resume.
+// operator's virsh resume. A second pause that fails unmarks the claim's
+// pause (the VM may run), so that the next claim attempt pauses again.
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed
@@ -467,7 +468,16 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	still := p.claimPaused
 	p.mu.Unlock()
-	if !still || !p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)") {
+	if !still {
+		return
+	}
+	if !p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)") {
+		// The VM may run: unmarked, so that the next claim attempt
+		// pauses it again (pauseForClaim skips a marked run); a
+		// planned restart's own mark stays for attach (helper-140).
+		p.mu.Lock()
+		p.claimPaused = false
+		p.mu.Unlock()
 		return
 	}
 	p.mu.Lock()

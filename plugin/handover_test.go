@@ -458,3 +458,47 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 		})
 	}
 }
+
+// A second pause that fails after the adoption's late cont leaves the run
+// unmarked (its VM runs), so that the next claim attempt pauses it
+// again instead of skipping a run it thinks paused.
+func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hv := &fakeHV{pipes: &memPipes{}}
+		if err := hv.createPlain(libvirtxml.Domain{UUID: runUUID, Name: "web"}, "<domain/>"); err != nil {
+			t.Fatal(err)
+		}
+		q := hv.running(runUUID)
+		gate := make(chan struct{})
+		q.mu.Lock()
+		q.paused, q.contGate = true, gate
+		q.mu.Unlock()
+		log := logrus.New()
+		log.SetOutput(io.Discard)
+		p := newPrimaryRun(env{log: log, hv: hv}, runUUID, "web", xmlpkg.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
+		resumed, cancel := make(chan struct{}), make(chan struct{})
+		p.adoptResumed, p.adoptCancel = resumed, cancel
+		go p.runHeldResume(resumed, cancel)
+		synctest.Wait()
+		claimErr := errors.New("etcd: context deadline exceeded")
+		p.pauseForClaim(claimErr)
+		hv.setDown(true) // libvirtd goes: the second pause cannot reach the VM
+		close(gate)      // the late cont lands: the VM runs
+		synctest.Wait()
+		p.mu.Lock()
+		marked := p.claimPaused
+		p.mu.Unlock()
+		if marked {
+			t.Fatal("the second pause failed, yet the run is still marked paused for the claim")
+		}
+		hv.setDown(false)
+		p.pauseForClaim(claimErr) // the next claim attempt
+		q.mu.Lock()
+		paused := q.paused
+		q.mu.Unlock()
+		if !paused {
+			t.Fatal("the next claim attempt did not pause the running VM")
+		}
+		close(p.stop)
+	})
+}
