@@ -402,6 +402,31 @@ func TestHeldResumeCancelledBeforeItBegins(t *testing.T) {
 	}
 }
 
+// lateAdoptResume is an adopted primary whose VM the stopping daemon
+// paused, with the adoption's resume (runHeldResume) in flight: its cont
+// is held in the fake QEMU until gate is closed. Call inside a synctest
+// bubble.
+func lateAdoptResume(t *testing.T) (*fakeHV, *fakeQEMU, chan struct{}, *primaryRun) {
+	t.Helper()
+	hv := &fakeHV{pipes: &memPipes{}}
+	if err := hv.createPlain(libvirtxml.Domain{UUID: runUUID, Name: "web"}, "<domain/>"); err != nil {
+		t.Fatal(err)
+	}
+	q := hv.running(runUUID)
+	gate := make(chan struct{})
+	q.mu.Lock()
+	q.paused, q.contGate = true, gate // paused by the stopping daemon
+	q.mu.Unlock()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	p := newPrimaryRun(env{log: log, hv: hv}, runUUID, "web", xmlpkg.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
+	resumed, cancel := make(chan struct{}), make(chan struct{})
+	p.adoptResumed, p.adoptCancel = resumed, cancel
+	go p.runHeldResume(resumed, cancel)
+	synctest.Wait() // its cont is in flight
+	return hv, q, gate, p
+}
+
 // A claim's or a planned restart's pause that could not wait for the
 // adoption's resume (its cont held in libvirt past the wait) pauses the VM
 // again once that cont has landed, while the run is still paused; a pause
@@ -412,22 +437,7 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 	}{{false, false}, {false, true}, {true, false}, {true, true}} {
 		restart, lifted := c.restart, c.lifted
 		synctest.Test(t, func(t *testing.T) {
-			hv := &fakeHV{pipes: &memPipes{}}
-			if err := hv.createPlain(libvirtxml.Domain{UUID: runUUID, Name: "web"}, "<domain/>"); err != nil {
-				t.Fatal(err)
-			}
-			q := hv.running(runUUID)
-			gate := make(chan struct{})
-			q.mu.Lock()
-			q.paused, q.contGate = true, gate // paused by the stopping daemon
-			q.mu.Unlock()
-			log := logrus.New()
-			log.SetOutput(io.Discard)
-			p := newPrimaryRun(env{log: log, hv: hv}, runUUID, "web", xmlpkg.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
-			resumed, cancel := make(chan struct{}), make(chan struct{})
-			p.adoptResumed, p.adoptCancel = resumed, cancel
-			go p.runHeldResume(resumed, cancel)
-			synctest.Wait() // its cont is in flight
+			_, q, gate, p := lateAdoptResume(t)
 			if restart {
 				if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
 					t.Fatal("pauseForRestart failed")
@@ -464,22 +474,7 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 // again instead of skipping a run it thinks paused.
 func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		hv := &fakeHV{pipes: &memPipes{}}
-		if err := hv.createPlain(libvirtxml.Domain{UUID: runUUID, Name: "web"}, "<domain/>"); err != nil {
-			t.Fatal(err)
-		}
-		q := hv.running(runUUID)
-		gate := make(chan struct{})
-		q.mu.Lock()
-		q.paused, q.contGate = true, gate
-		q.mu.Unlock()
-		log := logrus.New()
-		log.SetOutput(io.Discard)
-		p := newPrimaryRun(env{log: log, hv: hv}, runUUID, "web", xmlpkg.Config{PeerAddress: "10.0.0.2", PeerPort: 7480})
-		resumed, cancel := make(chan struct{}), make(chan struct{})
-		p.adoptResumed, p.adoptCancel = resumed, cancel
-		go p.runHeldResume(resumed, cancel)
-		synctest.Wait()
+		hv, q, gate, p := lateAdoptResume(t)
 		claimErr := errors.New("etcd: context deadline exceeded")
 		p.pauseForClaim(claimErr)
 		hv.setDown(true) // libvirtd goes: the second pause cannot reach the VM
