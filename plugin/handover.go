@@ -452,7 +452,8 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused
 // the check and this stop, the VM stays paused (fail closed: a resume
 // from here could land after a later claim's pause): logged, for an
 // operator's virsh resume. A second pause that fails unmarks the claim's
-// pause (the VM may run), so that the next claim attempt pauses again.
+// and the restart's pause (the VM may run), so that the next claim
+// attempt pauses again.
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed
@@ -473,11 +474,16 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	}
 	if !p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)") {
 		// The VM may run: unmarked, so that the next claim attempt
-		// pauses it again (pauseForClaim skips a marked run); a
-		// planned restart's own mark stays for attach (helper-140).
+		// pauses it again (pauseForClaim skips a marked run,
+		// helper-140). A planned restart's mark goes too: a claim
+		// pause that then fails restores claimPaused from it, and
+		// would leave the running VM marked paused (helper-143).
+		// attach then does not resume: a VM left paused stays paused
+		// (fail closed).
 		p.mu.Lock()
-		p.claimPaused = false
+		p.claimPaused, p.restartPaused = false, false
 		p.mu.Unlock()
+		p.log.Warn("pausing the VM again after the adoption's late resume failed: the VM may be running; the next split-brain claim attempt pauses it")
 		return
 	}
 	p.mu.Lock()

@@ -470,30 +470,48 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 }
 
 // A second pause that fails after the adoption's late cont leaves the run
-// unmarked (its VM runs), so that the next claim attempt pauses it
-// again instead of skipping a run it thinks paused.
+// unmarked (its VM runs), a planned restart's pause included, so that the
+// next claim attempt pauses it again instead of skipping a run it thinks
+// paused, even after a claim attempt whose own pause failed too.
 func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		hv, q, gate, p := lateAdoptResume(t)
-		claimErr := errors.New("etcd: context deadline exceeded")
-		p.pauseForClaim(claimErr)
-		hv.setDown(true) // libvirtd goes: the second pause cannot reach the VM
-		close(gate)      // the late cont lands: the VM runs
-		synctest.Wait()
-		p.mu.Lock()
-		marked := p.claimPaused
-		p.mu.Unlock()
-		if marked {
-			t.Fatal("the second pause failed, yet the run is still marked paused for the claim")
-		}
-		hv.setDown(false)
-		p.pauseForClaim(claimErr) // the next claim attempt
-		q.mu.Lock()
-		paused := q.paused
-		q.mu.Unlock()
-		if !paused {
-			t.Fatal("the next claim attempt did not pause the running VM")
-		}
-		close(p.stop)
-	})
+	for _, restart := range []bool{false, true} {
+		synctest.Test(t, func(t *testing.T) {
+			hv, q, gate, p := lateAdoptResume(t)
+			claimErr := errors.New("etcd: context deadline exceeded")
+			if restart {
+				if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
+					t.Fatal("pauseForRestart failed")
+				}
+			} else {
+				p.pauseForClaim(claimErr)
+			}
+			hv.setDown(true) // libvirtd goes: the second pause cannot reach the VM
+			close(gate)      // the late cont lands: the VM runs
+			synctest.Wait()
+			q.mu.Lock()
+			running := !q.paused
+			q.mu.Unlock()
+			if !running {
+				t.Fatal("the late cont did not resume the fake VM")
+			}
+			p.mu.Lock()
+			marked := p.claimPaused
+			p.mu.Unlock()
+			if marked {
+				t.Fatalf("restart %v: the second pause failed, yet the run is still marked paused for the claim", restart)
+			}
+			if restart {
+				p.pauseForClaim(claimErr) // a claim attempt while libvirtd is still down
+			}
+			hv.setDown(false)
+			p.pauseForClaim(claimErr) // the next claim attempt
+			q.mu.Lock()
+			paused := q.paused
+			q.mu.Unlock()
+			if !paused {
+				t.Fatalf("restart %v: the next claim attempt did not pause the running VM", restart)
+			}
+			close(p.stop)
+		})
+	}
 }
