@@ -36,7 +36,11 @@
 # estimate. Ratios are to the unprotected row of the same pinning.
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
-#   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=100000000] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
+#   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=100000000] [RX_FILL=pattern|random] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
+# RX_FILL=random makes bulk receive send incompressible bytes (tcpcheck
+# -fill random) instead of the repeated a-z pattern: what the client
+# sends does not change the figures while nothing on the path compresses
+# (the log is not compressed: BENCHMARKS.md, session 49).
 # EXTRA_EDIT (optional) is a sed expression added to every set-up's domain
 # edit (e.g. a guest kernel argument); FTD_ENV (test/e2e/lib.sh) gives
 # libvirt-ftd an environment variable (e.g. GOMAXPROCS=2 to compare with
@@ -208,7 +212,7 @@ for run in $(seq "$REPEAT"); do
 	rtt_log=$(log_rate client "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count "$RTT_COUNT")
 	rtt=$(tail -n 1 /tmp/ft-bench-step.out) rtt_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h0=$(held)
-	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES")
+	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" -fill "${RX_FILL:-pattern}")
 	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms) rx_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h1=$(held)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")

@@ -6,7 +6,7 @@
 //	tcpcheck echo   -addr HOST:PORT -duration D [-interval 20ms] [-size 64] [-max-outstanding 64] [-stall-limit 4s]
 //	tcpcheck stream -addr HOST:PORT -duration D [-stall-limit 4s]
 //	tcpcheck rtt    -addr HOST:PORT -count N [-size 64] [-stall-limit 4s]
-//	tcpcheck bulk   -addr HOST:PORT -mode rx|tx -bytes N [-stall-limit 4s] [-timeout 2m]
+//	tcpcheck bulk   -addr HOST:PORT -mode rx|tx -bytes N [-fill pattern|random] [-stall-limit 4s] [-timeout 2m]
 //
 // All take -connect-timeout (default 5s). Each prints one summary line of
 // key=value fields on stdout (first_failure last, quoted) and reports each
@@ -61,7 +61,7 @@ Commands (guest ports: 7001 counter stream, 7002 echo, 7004 sink, 7005 source):
       min, median, p90, p99 (nearest rank), max and mean in µs. Each reply is
       verified; a round trip longer than -stall-limit is a failure.
 
-  bulk    -addr HOST:PORT -mode rx|tx -bytes N [-stall-limit 4s] [-timeout 2m]
+  bulk    -addr HOST:PORT -mode rx|tx -bytes N [-fill pattern|random] [-stall-limit 4s] [-timeout 2m]
       Throughput in MB/s (10^6 bytes/s) on one connection.
       rx (guest receives; sink service): sends N bytes, then half-closes
          and waits for the guest to close; measured from the first byte
@@ -147,6 +147,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "bulk":
 		fs.StringVar(&c.Mode, "mode", "", "rx (client sends to the guest's sink) or tx (client reads the guest's source) (required)")
 		fs.Int64Var(&c.Bytes, "bytes", 0, "bytes to transfer (required)")
+		fs.StringVar(&c.Fill, "fill", "pattern", "rx only: what the client sends, pattern (a repeated a-z, compresses to nothing) or random (a fresh pseudo-random stream, incompressible)")
 		fs.DurationVar(&c.Timeout, "timeout", 2*time.Minute, "longest the whole transfer may take")
 	}
 	if err := fs.Parse(rest); err != nil {
@@ -198,6 +199,7 @@ type config struct {
 	Count          int
 	Mode           string
 	Bytes          int64
+	Fill           string
 	Timeout        time.Duration
 	// stop, when closed, ends echo and stream as -duration does
 	// (SIGUSR1; nil: never).
@@ -245,6 +247,12 @@ func (c *config) validate(cmd string) error {
 		}
 		if c.Bytes < 1 {
 			return errors.New("-bytes is required and must be >= 1")
+		}
+		if c.Fill != "pattern" && c.Fill != "random" {
+			return fmt.Errorf("-fill must be pattern or random, not %q", c.Fill)
+		}
+		if c.Fill == "random" && c.Mode != "rx" {
+			return errors.New("-fill random is for -mode rx (the guest's source sends zeros)")
 		}
 		if c.Timeout <= 0 {
 			return errors.New("-timeout must be > 0")

@@ -315,6 +315,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bulk", "-addr", "127.0.0.1:7004", "-mode", "up", "-bytes", "100"},
 		{"bulk", "-addr", "127.0.0.1:7004", "-mode", "rx"},
 		{"bulk", "-addr", "127.0.0.1:7004", "-mode", "rx", "-bytes", "10", "-timeout", "0"},
+		{"bulk", "-addr", "127.0.0.1:7004", "-mode", "rx", "-bytes", "10", "-fill", "zeros"},
+		{"bulk", "-addr", "127.0.0.1:7004", "-mode", "tx", "-bytes", "10", "-fill", "random"},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(args, &out, &errOut); code != 2 || out.Len() != 0 || errOut.Len() == 0 {
@@ -650,18 +652,34 @@ func TestBulkLocal(t *testing.T) {
 	const n = 8 << 20
 	var mu sync.Mutex
 	var sunk int64
+	var sunkData []byte
 	sink := serve(t, func(c *net.TCPConn) {
-		m, _ := io.Copy(io.Discard, c)
+		b, _ := io.ReadAll(c)
 		mu.Lock()
-		sunk += m
+		sunk += int64(len(b))
+		sunkData = b
 		mu.Unlock()
 	})
-	code, sum, _ := runCmd(t, "bulk", "-addr", sink, "-mode", "rx", "-bytes", strconv.Itoa(n))
-	mu.Lock()
-	got := sunk
-	mu.Unlock()
-	if code != 0 || got != n || sum["bytes"] != strconv.Itoa(n) || num(t, sum, "mb_per_s") <= 0 {
-		t.Errorf("rx: exit %d, sink got %d, %v", code, got, sum)
+	for _, fill := range []string{"pattern", "random"} {
+		code, sum, _ := runCmd(t, "bulk", "-addr", sink, "-mode", "rx", "-bytes", strconv.Itoa(n), "-fill", fill)
+		mu.Lock()
+		got, data := sunk, sunkData
+		sunk = 0
+		mu.Unlock()
+		if code != 0 || got != n || sum["bytes"] != strconv.Itoa(n) || num(t, sum, "mb_per_s") <= 0 {
+			t.Errorf("rx -fill %s: exit %d, sink got %d, %v", fill, code, got, sum)
+		}
+		// The pattern repeats every 26 bytes; random data does not
+		// repeat its first 64 KiB chunk in the second.
+		if len(data) >= 2*bulkChunk {
+			same := bytes.Equal(data[:bulkChunk], data[bulkChunk:2*bulkChunk])
+			if fill == "random" && same {
+				t.Errorf("rx -fill random: the second chunk repeats the first")
+			}
+			if fill == "pattern" && data[26] != data[0] {
+				t.Errorf("rx -fill pattern: byte 26 is %q, byte 0 %q", data[26], data[0])
+			}
+		}
 	}
 
 	source := func(b byte) string {
@@ -675,7 +693,7 @@ func TestBulkLocal(t *testing.T) {
 			}
 		})
 	}
-	code, sum, _ = runCmd(t, "bulk", "-addr", source(0), "-mode", "tx", "-bytes", strconv.Itoa(n))
+	code, sum, _ := runCmd(t, "bulk", "-addr", source(0), "-mode", "tx", "-bytes", strconv.Itoa(n))
 	if code != 0 || sum["bytes"] != strconv.Itoa(n) || num(t, sum, "mb_per_s") <= 0 {
 		t.Errorf("tx: exit %d, %v", code, sum)
 	}
