@@ -86,8 +86,13 @@ const (
 
 // FeatureFrameDigests (Hello.Features): the sender's backups compare the
 // primary's frame digests (FrameDigests) with their replayed guest's, to
-// detect a backup that diverged (docs/replay.md §10).
-const FeatureFrameDigests = "frame-digests"
+// detect a backup that diverged (docs/replay.md §10). The name says which
+// digest: "frame-digests-2" is CRC-32C and CRC-32 (plugin/gate
+// NextDigest, session 49); daemons until session 48 listed
+// "frame-digests", CRC-64/ECMA. A pair that does not share the name sends
+// and compares no digests, rather than compare two different checksums
+// (docs/protocol.md §9).
+const FeatureFrameDigests = "frame-digests-2"
 
 // HasFeature reports whether h lists feature f.
 func (h Hello) HasFeature(f string) bool {

@@ -414,7 +414,7 @@ func TestDigestsAndFeatures(t *testing.T) {
 		t.Fatalf("Recv: %+v, %v", m, err)
 	}
 	var h Hello
-	if err := json.Unmarshal([]byte(`{"protocol":3,"role":"backup","features":["x","frame-digests"]}`), &h); err != nil || !h.HasFeature(FeatureFrameDigests) || h.HasFeature("y") {
+	if err := json.Unmarshal([]byte(`{"protocol":3,"role":"backup","features":["x","frame-digests-2"]}`), &h); err != nil || !h.HasFeature(FeatureFrameDigests) || h.HasFeature("y") {
 		t.Fatalf("features %v, %v", h.Features, err)
 	}
 	if err := json.Unmarshal([]byte(`{"protocol":3,"role":"backup"}`), &h); err != nil {
@@ -422,5 +422,10 @@ func TestDigestsAndFeatures(t *testing.T) {
 	}
 	if h = (Hello{}); h.HasFeature(FeatureFrameDigests) {
 		t.Fatal("an empty Hello lists frame-digests")
+	}
+	// A daemon of session 48 or before lists "frame-digests" (CRC-64):
+	// not this digest, so no Digests frames go to it.
+	if err := json.Unmarshal([]byte(`{"protocol":3,"role":"backup","features":["frame-digests"]}`), &h); err != nil || h.HasFeature(FeatureFrameDigests) {
+		t.Fatalf("the CRC-64 digests' feature %v taken for %s (%v)", h.Features, FeatureFrameDigests, err)
 	}
 }

@@ -63,9 +63,13 @@ type gateHandover struct {
 	Frames uint64 `json:"frames"`
 	// Digest is the running digest of those frames (gate.Stats.Digest):
 	// the next gate's digests go on from it. nil from a daemon older than
-	// frame digests: the next gate's digests cannot match the peer's, so
-	// a primary sends none and a backup compares none (adoptGates).
-	Digest *uint64 `json:"digest,omitempty"`
+	// frame digests, or from one whose digest was another checksum (the
+	// key "digest", CRC-64 until session 48; this one is "digest2",
+	// gate.NextDigest's CRC-32C and CRC-32): the next gate's digests
+	// cannot match the peer's, so a primary sends none and a backup
+	// compares none (adoptGates). An older daemon adopting this record
+	// finds no "digest" and does the same.
+	Digest *uint64 `json:"digest2,omitempty"`
 	// Forgotten (the backup's gates) is the last frame number the
 	// primary reported sent (gate.Gate.Forget).
 	Forgotten uint64 `json:"forgotten,omitempty"`

@@ -386,6 +386,19 @@ func TestAdoptedGatesWithoutDigest(t *testing.T) {
 	if err != nil || strings.Contains(string(b), "digest") {
 		t.Fatalf("handover %s, %v", b, err)
 	}
+	// A record of a daemon of session 48 or before holds a CRC-64 digest
+	// under "digest": another checksum, so it reads as no digest (none
+	// sent or compared); this daemon's goes under "digest2", which such
+	// a daemon does not read.
+	var old gateHandover
+	if err := json.Unmarshal([]byte(`{"frames":7,"digest":12345}`), &old); err != nil || old.Frames != 7 || old.Digest != nil {
+		t.Fatalf("a CRC-64 record read as %+v (%v)", old, err)
+	}
+	d := gate.NextDigest(0, []byte("x"))
+	b, err = json.Marshal(gateHandover{Frames: 1, Digest: &d})
+	if err != nil || !strings.Contains(string(b), `"digest2":`) || strings.Contains(string(b), `"digest":`) {
+		t.Fatalf("handover %s, %v", b, err)
+	}
 }
 
 func mustGate(t *testing.T, cfg gate.Config) *gate.Gate {
