@@ -448,6 +448,11 @@ func adoptGates(e env, og *outputGates, conns [][2]net.Conn, hs []gateHandover, 
 			og.noDigests = true
 		}
 	}
+	if og.noDigests && len(hs) > 0 {
+		// Said once per domain: nothing else shows that this run
+		// compares no digests (status shows a count that stays 0).
+		e.log.Warn("output gates adopted without a frame digest this daemon can continue (handed over by a daemon of session 48 or before, whose digest was CRC-64, or one without digests): this run sends and compares no frame digests, so a diverged replay is caught only as a stalled one, until the domain is restarted or re-protected")
+	}
 	for j := range conns {
 		var before uint64
 		if hs[j].Digest != nil {

@@ -369,6 +369,66 @@ func TestBackupGatesVerify(t *testing.T) {
 	}
 }
 
+// A planned restart between two daemons of this version keeps the frame
+// digests: the record written by detach (key "digest2") and read back
+// gives adoptGates the running digest, and the adopted backup gate goes on
+// comparing the primary's digests from there.
+func TestAdoptedGatesKeepDigests(t *testing.T) {
+	og, cfg := oneBackupGate(t)
+	e, _ := testEnv(t)
+	out, _ := connectQEMU(t, cfg, 0)
+	for _, f := range []string{"f1", "f2"} {
+		if err := gate.WriteFrame(out, []byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "2 frames read", func() bool { return og.gates[0].Stats().ReadFrames == 2 })
+	og.forget([]uint64{2}) // the primary reported them sent: nothing held
+	conns, hs, err := og.detach(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	og.handOff()
+	b, err := json.Marshal(hs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read []gateHandover
+	if err := json.Unmarshal(b, &read); err != nil || len(read) != 1 || read[0].Digest == nil {
+		t.Fatalf("record %s read as %+v (%v)", b, read, err)
+	}
+	for _, c := range conns {
+		_ = c[0].SetDeadline(time.Time{})
+		_ = c[1].SetDeadline(time.Time{})
+	}
+	nog := &outputGates{backup: true}
+	if err := adoptGates(e, nog, conns, read, func(int) func() uint64 { return func() uint64 { return 0 } }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nog.close)
+	og.close()
+	if nog.noDigests {
+		t.Fatal("adopted from a daemon of this version, the gates dropped their digests")
+	}
+	var mismatches []gate.Mismatch
+	var mu sync.Mutex
+	nog.setOnMismatch(func(_ int, m gate.Mismatch) { mu.Lock(); mismatches = append(mismatches, m); mu.Unlock() })
+	if err := gate.WriteFrame(out, []byte("f3")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "frame 3 read by the adopted gate", func() bool { return nog.gates[0].Stats().ReadFrames == 3 })
+	var d uint64
+	for _, f := range []string{"f1", "f2", "f3"} {
+		d = gate.NextDigest(d, []byte(f))
+	}
+	nog.verify([]logchan.FrameDigest{{Frames: 3, Digest: d}})
+	mu.Lock()
+	defer mu.Unlock()
+	if st := nog.gates[0].Stats(); len(mismatches) != 0 || st.VerifyChecked != 1 {
+		t.Fatalf("after the adoption: %d mismatches, %d digests compared, want 0 and 1", len(mismatches), st.VerifyChecked)
+	}
+}
+
 // A gate adopted from a daemon that kept no digests neither sends nor
 // compares any: its chain cannot match the peer's.
 func TestAdoptedGatesWithoutDigest(t *testing.T) {

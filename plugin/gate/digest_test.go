@@ -37,6 +37,12 @@ func TestNextDigest(t *testing.T) {
 	if got := NextDigest(0, []byte("ab")); got != want {
 		t.Errorf("NextDigest(0, ab) = %016x, want %016x", got, want)
 	}
+	// An answer not computed with hash/crc32 (a bitwise CRC-32C and
+	// zlib's CRC-32, both checked against the standard check values):
+	// "123456789" then 300 zero bytes, from 0.
+	if got := NextDigest(NextDigest(0, []byte("123456789")), make([]byte, 300)); got != 0x81dadbe834394459 {
+		t.Errorf("two frames: %016x, want 81dadbe834394459", got)
+	}
 	if got, want := NextDigest(0xfeedface12345678, nil), uint64(crc32.Update(0xfeedface, crc32.MakeTable(crc32.Castagnoli), []byte{0, 0, 0, 0}))<<32|uint64(crc32.Update(0x12345678, crc32.IEEETable, []byte{0, 0, 0, 0})); got != want {
 		t.Errorf("chained: %016x, want %016x", got, want)
 	}
