@@ -733,7 +733,8 @@ func (og *outputGates) stats() []ctl.Gate {
 			HeldFrames: uint64(st.HeldFrames), HeldBytes: uint64(st.HeldBytes), Released: st.Released,
 			DroppedOverCap: st.DroppedOverCap, DroppedByGoLive: st.DroppedByDrop, Forgot: st.ForgotFrames,
 			HoldAvgMS: float64(avg) / 1000, HoldMaxMS: float64(st.HoldMaxMicros) / 1000, Verified: st.VerifyChecked,
-			HoldCount: st.HoldCount, HoldSumMS: float64(st.HoldTotalMicros) / 1000, HoldBuckets: st.HoldBuckets})
+			HoldCount: st.HoldCount, HoldSumMS: float64(st.HoldTotalMicros) / 1000, HoldBuckets: st.HoldBuckets,
+			DigestsOff: og.noDigests})
 		if st.Mismatch != nil {
 			out[len(out)-1].Diverged = st.Mismatch.String()
 		}

@@ -407,7 +407,7 @@ func TestAdoptedGatesKeepDigests(t *testing.T) {
 	}
 	t.Cleanup(nog.close)
 	og.close()
-	if nog.noDigests {
+	if nog.noDigests || nog.stats()[0].DigestsOff {
 		t.Fatal("adopted from a daemon of this version, the gates dropped their digests")
 	}
 	var mismatches []gate.Mismatch
@@ -440,6 +440,9 @@ func TestAdoptedGatesWithoutDigest(t *testing.T) {
 	og.noDigests = true
 	if og.digests() != nil {
 		t.Fatal("digests sent from a gate whose chain is unknown")
+	}
+	if st := og.stats(); len(st) != 1 || !st[0].DigestsOff {
+		t.Fatalf("status does not say the digests are off: %+v", st)
 	}
 	h := gateHandover{Frames: 7}
 	b, err := json.Marshal(h)

@@ -669,6 +669,15 @@ func lastEvent(d ctl.DomainStatus) string {
 
 // gateLine words one output gate.
 func gateLine(g ctl.Gate) string {
+	s := gateWords(g)
+	if g.DigestsOff && g.Mode != ctl.GatePassthrough {
+		s += "; frame digests off for this run (adopted from a libvirt-ftd whose digest this one cannot continue): a diverged replay shows only as a stall until the domain is restarted or re-protected"
+	}
+	return s
+}
+
+// gateWords words one output gate's counts.
+func gateWords(g ctl.Gate) string {
 	switch {
 	case g.Backup && g.Mode == ctl.GatePassthrough:
 		return fmt.Sprintf("%s: the filter is off since go-live; the backup's gate sent the %d frames it held then, having forgotten %d the primary sent",

@@ -387,6 +387,12 @@ type Gate struct {
 	// divergence); Diverged, when set, says where they first differed.
 	Verified uint64 `json:"verified,omitempty"`
 	Diverged string `json:"diverged,omitempty"`
+	// DigestsOff: this run's gates keep no frame digest the peer's can be
+	// compared with (they were adopted across a planned restart from a
+	// daemon whose digest this one cannot continue: docs/protocol.md
+	// §6.3a): the primary sends none, the backup compares none, until the
+	// domain is restarted or re-protected.
+	DigestsOff bool `json:"digests_off,omitempty"`
 	// HoldCount, HoldSumMS and HoldBuckets (primary): the frames timed in
 	// the gate, their total hold time (ms), and how many were held at
 	// most each of plugin/gate's HoldBounds (cumulative; the metrics'
