@@ -3,6 +3,7 @@ package logchan
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"testing"
 
@@ -42,10 +43,7 @@ func BenchmarkLogZstd(b *testing.B) {
 		for _, lv := range levels {
 			b.Run(fmt.Sprintf("%s/%s/compress", s.name, lv), func(b *testing.B) {
 				var wire bytes.Buffer
-				enc, err := zstd.NewWriter(&wire, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
-				if err != nil {
-					b.Fatal(err)
-				}
+				enc := newLogEncoder(b, &wire, lv)
 				b.SetBytes(int64(len(data)))
 				var out int
 				for b.Loop() {
@@ -57,10 +55,7 @@ func BenchmarkLogZstd(b *testing.B) {
 			})
 			b.Run(fmt.Sprintf("%s/%s/decompress", s.name, lv), func(b *testing.B) {
 				var wire bytes.Buffer
-				enc, err := zstd.NewWriter(&wire, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
-				if err != nil {
-					b.Fatal(err)
-				}
+				enc := newLogEncoder(b, &wire, lv)
 				compressFrames(b, enc, &wire, data, frame)
 				packed := append([]byte(nil), wire.Bytes()...)
 				dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
@@ -89,6 +84,16 @@ func BenchmarkLogZstd(b *testing.B) {
 			})
 		}
 	}
+}
+
+// newLogEncoder is one log channel's streaming encoder at level lv, one
+// goroutine, as the wire would use it.
+func newLogEncoder(tb testing.TB, w io.Writer, lv zstd.EncoderLevel) *zstd.Encoder {
+	enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return enc
 }
 
 // compressFrames writes data through enc in frame-byte pieces, flushing

@@ -185,9 +185,7 @@ func TestResolveConvert(t *testing.T) {
 				fp.restart(fp.a)
 				synctest.Wait()
 				running := fp.a.hv.running(runUUID) != nil
-				q.mu.Lock()
-				paused := q.paused
-				q.mu.Unlock()
+				paused := q.isPaused()
 				if running != c.wantRunning || (running && paused != c.wantPaused) {
 					t.Fatalf("after the restart: running %v paused %v, want %v %v", running, paused, c.wantRunning, c.wantPaused)
 				}

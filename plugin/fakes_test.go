@@ -332,6 +332,14 @@ func (q *fakeQEMU) endSlow() {
 	q.mu.Unlock()
 }
 
+// isPaused reports whether the fake VM is paused (stop, or a record log
+// write error), under its lock.
+func (q *fakeQEMU) isPaused() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.paused
+}
+
 func (q *fakeQEMU) state() (mode string, icount uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()

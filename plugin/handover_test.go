@@ -445,9 +445,7 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 			} else {
 				p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
 			}
-			q.mu.Lock()
-			paused := q.paused
-			q.mu.Unlock()
+			paused := q.isPaused()
 			if !paused {
 				t.Fatal("the claim's pause did not pause the VM")
 			}
@@ -458,9 +456,7 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 			}
 			close(gate) // the adoption's cont lands after the pause
 			synctest.Wait()
-			q.mu.Lock()
-			paused = q.paused
-			q.mu.Unlock()
+			paused = q.isPaused()
 			if paused != !lifted {
 				t.Fatalf("restart %v, pause lifted %v: after the late cont the VM is paused %v, want %v", restart, lifted, paused, !lifted)
 			}
@@ -488,9 +484,7 @@ func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
 			hv.setDown(true) // libvirtd goes: the second pause cannot reach the VM
 			close(gate)      // the late cont lands: the VM runs
 			synctest.Wait()
-			q.mu.Lock()
-			running := !q.paused
-			q.mu.Unlock()
+			running := !q.isPaused()
 			if !running {
 				t.Fatal("the late cont did not resume the fake VM")
 			}
@@ -505,9 +499,7 @@ func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
 			}
 			hv.setDown(false)
 			p.pauseForClaim(claimErr) // the next claim attempt
-			q.mu.Lock()
-			paused := q.paused
-			q.mu.Unlock()
+			paused := q.isPaused()
 			if !paused {
 				t.Fatalf("restart %v: the next claim attempt did not pause the running VM", restart)
 			}

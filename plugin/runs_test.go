@@ -857,9 +857,7 @@ func TestRunsPartitionArbiterUnreachableBackupPauses(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		if q := fp.b.hv.running(runUUID); q != nil {
-			q.mu.Lock()
-			paused := q.paused
-			q.mu.Unlock()
+			paused := q.isPaused()
 			if !paused {
 				t.Fatal("host b: the backup's VM runs while its claim cannot be decided")
 			}
