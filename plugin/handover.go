@@ -405,7 +405,7 @@ func (p *primaryRun) quiet() bool {
 // reads the mark.
 func (p *primaryRun) pauseForRestart(why string) bool {
 	return p.pauseVM(why, adoptResumeWait, false, func() {
-		p.restartPaused, p.claimPaused, p.restartPausedAt = true, true, time.Now()
+		p.restartPaused, p.claimPaused, p.restartPausedAt, p.pauseDoubt = true, true, time.Now(), false
 	}) == nil
 }
 
@@ -455,9 +455,10 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused
 // channel resumed), is left as it is. Should the lifting come between
 // the check and this stop, the VM stays paused (fail closed: a resume
 // from here could land after a later claim's pause): logged, for an
-// operator's virsh resume. A second pause that fails unmarks the claim's
-// and the restart's pause (the VM may run), so that the next claim
-// attempt pauses again.
+// operator's virsh resume. A second pause that fails leaves the VM running
+// or paused, nobody knows which (pauseDoubt): the claim's mark goes, so
+// that the next claim attempt pauses again, and a resumed link or
+// ReportUnprotected resumes it.
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed
@@ -477,17 +478,18 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 		return
 	}
 	if !p.env.pauseVM(p.uuid, why+" (again: the adoption's resume returned after the first pause)") {
-		// The VM may run: unmarked, so that the next claim attempt
-		// pauses it again (pauseForClaim skips a marked run,
-		// helper-140). A planned restart's mark goes too: a claim
-		// pause that then fails restores claimPaused from it, and
-		// would leave the running VM marked paused (helper-143).
-		// attach then does not resume: a VM left paused stays paused
-		// (fail closed).
+		// The VM may run (the late cont landed) or still be paused
+		// (it failed too): unmarked for the claim, so that the next
+		// claim attempt pauses it again (pauseForClaim skips a marked
+		// run, helper-140), and in doubt, so that a claim pause that
+		// then fails does not take the mark back from a planned
+		// restart's (helper-143). A planned restart's own mark stays:
+		// the resumed link resumes the VM if it is still paused
+		// (helper-145), as ReportUnprotected does for the claim.
 		p.mu.Lock()
-		p.claimPaused, p.restartPaused = false, false
+		p.claimPaused, p.pauseDoubt = false, true
 		p.mu.Unlock()
-		p.log.Warn("pausing the VM again after the adoption's late resume failed: the VM may be running; the next split-brain claim attempt pauses it")
+		p.log.Warn("pausing the VM again after the adoption's late resume failed: the VM may be running or still paused; the next split-brain claim attempt pauses it, and a resumed log channel or a decided claim resumes it")
 		return
 	}
 	p.mu.Lock()
@@ -673,8 +675,8 @@ func (p *primaryRun) attach(link *peerConn, drv *failover.Driver, ps *pumpState,
 	}
 	p.link = link
 	p.undo.push(func() { link.Close() })
-	resume, pausedAt := p.restartPaused, p.restartPausedAt
-	p.restartPaused, p.claimPaused = false, false
+	resume, pausedAt := p.restartPaused || p.pauseDoubt, p.restartPausedAt
+	p.restartPaused, p.claimPaused, p.pauseDoubt = false, false, false
 	p.mu.Unlock()
 	ps.setHeld(false)
 	// The state first: a channel that drops at once, or a switchover,

@@ -427,6 +427,52 @@ func lateAdoptResume(t *testing.T) (*fakeHV, *fakeQEMU, chan struct{}, *primaryR
 	return hv, q, gate, p
 }
 
+// When the adoption's late cont fails too, the VM stays paused after the
+// failed second pause: the planned restart's mark stays and the run is in
+// doubt, so a claim attempt whose pause fails does not mark it again, and
+// a decided claim (ReportUnprotected) resumes the VM rather than leave it
+// paused for good (helper-145).
+func TestFailedPauseAfterFailedLateResumeResumes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hv, q, gate, p := lateAdoptResume(t)
+		if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
+			t.Fatal("pauseForRestart failed")
+		}
+		q.mu.Lock()
+		q.gone = true // the late cont fails, and so does the second pause
+		q.mu.Unlock()
+		close(gate)
+		synctest.Wait()
+		if !q.isPaused() {
+			t.Fatal("the failed cont resumed the fake VM")
+		}
+		p.mu.Lock()
+		claim, restart, doubt := p.claimPaused, p.restartPaused, p.pauseDoubt
+		p.mu.Unlock()
+		if claim || !restart || !doubt {
+			t.Fatalf("after the failed second pause: claim %v restart %v doubt %v, want false true true", claim, restart, doubt)
+		}
+		hv.setDown(true)
+		p.pauseForClaim(errors.New("etcd: context deadline exceeded")) // fails: libvirtd is down
+		p.mu.Lock()
+		claim = p.claimPaused
+		p.mu.Unlock()
+		if claim {
+			t.Fatal("a claim attempt whose pause failed marked the run paused again")
+		}
+		hv.setDown(false)
+		q.mu.Lock()
+		q.gone = false
+		q.mu.Unlock()
+		p.act(failover.ReportUnprotected{Reason: "claim won"}, nil, &outputGates{}, func() {})
+		synctest.Wait()
+		if q.isPaused() {
+			t.Fatal("ReportUnprotected left the VM paused whose state was in doubt")
+		}
+		close(p.stop)
+	})
+}
+
 // A claim's or a planned restart's pause that could not wait for the
 // adoption's resume (its cont held in libvirt past the wait) pauses the VM
 // again once that cont has landed, while the run is still paused; a pause
@@ -466,9 +512,10 @@ func TestPauseAgainAfterLateAdoptResume(t *testing.T) {
 }
 
 // A second pause that fails after the adoption's late cont leaves the run
-// unmarked (its VM runs), a planned restart's pause included, so that the
-// next claim attempt pauses it again instead of skipping a run it thinks
-// paused, even after a claim attempt whose own pause failed too.
+// unmarked for the claim (its VM runs), after a planned restart's pause
+// too, so that the next claim attempt pauses it again instead of skipping
+// a run it thinks paused, even after a claim attempt whose own pause
+// failed too.
 func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
 	for _, restart := range []bool{false, true} {
 		synctest.Test(t, func(t *testing.T) {

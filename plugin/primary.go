@@ -89,6 +89,14 @@ type primaryRun struct {
 	// resumes it.
 	restartPaused   bool
 	restartPausedAt time.Time
+	// pauseDoubt: a pause after the adoption's late resume failed
+	// (pauseAfterAdoptResume): the VM may run or may still be paused.
+	// The claim's mark is gone, so that the next claim attempt pauses
+	// it; a claim attempt whose pause fails does not take the mark back
+	// from restartPaused; a resumed link and ReportUnprotected resume it
+	// (resumeVM leaves a running VM as it is). Cleared by the next
+	// successful pause and by those resumes.
+	pauseDoubt bool
 	// adoptResumed is closed when the resume that ends an adoption
 	// (adoptPrimary) has returned, adoptCancel (closed once, by
 	// endAdoptResume) stops its retries; nil for a run not adopted.
@@ -992,8 +1000,8 @@ func (p *primaryRun) act(a failover.Action, drv *failover.Driver, gates *outputG
 		gates.unprotect()
 		p.setState(ctl.StateUnprotected, a.Reason)
 		p.mu.Lock()
-		resume := p.claimPaused
-		p.claimPaused = false
+		resume := p.claimPaused || p.pauseDoubt
+		p.claimPaused, p.pauseDoubt = false, false
 		p.mu.Unlock()
 		if resume {
 			go p.env.resumeVM(p.uuid, p.stop)
@@ -1244,12 +1252,16 @@ func (p *primaryRun) pauseForClaim(err error) {
 	}
 	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, nil) != nil {
 		// Unmarked, unless a planned restart's pause succeeded
-		// meanwhile: its mark stands (helper-139).
+		// meanwhile: its mark stands (helper-139); not after a failed
+		// pause left the VM's state in doubt (pauseDoubt).
 		p.mu.Lock()
-		p.claimPaused = p.restartPaused
+		p.claimPaused = p.restartPaused && !p.pauseDoubt
 		p.mu.Unlock()
 		return
 	}
+	p.mu.Lock()
+	p.pauseDoubt = false
+	p.mu.Unlock()
 	p.setState(ctl.StateUnprotected, "backup lost; the arbiter cannot be reached ("+err.Error()+"): the VM is paused until the split-brain claim is decided")
 }
 
