@@ -366,8 +366,58 @@ func serve(t *testing.T, handler func(c *net.TCPConn)) string {
 	return l.Addr().String()
 }
 
+// stallWatch is a command's stderr that closes seen when the command reports
+// a stall, so that a server holding a fault ("stall", "pause") lets go only
+// after the client has seen it: the test does not race a sleep against the
+// stall limit. A watch never fed a stall lets go after holdMax.
+type stallWatch struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	seen chan struct{}
+}
+
+// holdMax bounds a held fault whose stall the client never reports (a bug
+// the test then reports), so that the server's cleanup does not hang.
+const holdMax = 30 * time.Second
+
+func newStallWatch() *stallWatch { return &stallWatch{seen: make(chan struct{})} }
+
+func (w *stallWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	select {
+	case <-w.seen:
+	default:
+		if strings.Contains(w.buf.String(), "stall: ") {
+			close(w.seen)
+		}
+	}
+	return len(p), nil
+}
+
+func (w *stallWatch) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// hold waits until the client has reported a stall (at most holdMax).
+func (w *stallWatch) hold() {
+	select {
+	case <-w.seen:
+	case <-time.After(holdMax):
+	}
+}
+
 // echoServer echoes lines, with a fault at line k (see the cases).
 func echoServer(t *testing.T, fault string, k int) string {
+	return echoServerWatched(t, fault, k, nil)
+}
+
+// echoServerWatched is echoServer whose "stall" fault holds the reply until
+// w has seen the client report the stall.
+func echoServerWatched(t *testing.T, fault string, k int, w *stallWatch) string {
 	return serve(t, func(c *net.TCPConn) {
 		r := bufio.NewReader(c)
 		var held []byte
@@ -391,7 +441,7 @@ func echoServer(t *testing.T, fault string, k int) string {
 					held = line
 					continue
 				case "stall":
-					time.Sleep(400 * time.Millisecond)
+					w.hold()
 				case "reset":
 					c.SetLinger(0)
 					return
@@ -414,8 +464,9 @@ func echoServer(t *testing.T, fault string, k int) string {
 }
 
 // counterServer writes the counter stream from 1000, a line per ms, with a
-// fault at line k.
-func counterServer(t *testing.T, fault string, k int) string {
+// fault at line k; the "pause" fault holds the stream until w has seen the
+// client report the stall.
+func counterServer(t *testing.T, fault string, k int, w *stallWatch) string {
 	return serve(t, func(c *net.TCPConn) {
 		if fault == "silent" {
 			io.Copy(io.Discard, c)
@@ -437,7 +488,7 @@ func counterServer(t *testing.T, fault string, k int) string {
 					line = strconv.Itoa(n) + "\n" + line
 					n++
 				case "pause":
-					time.Sleep(time.Second)
+					w.hold()
 				case "eof":
 					return
 				}
@@ -453,8 +504,14 @@ func counterServer(t *testing.T, fault string, k int) string {
 // runCmd runs a command line and parses its summary.
 func runCmd(t *testing.T, args ...string) (code int, sum map[string]string, stderr string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	code = run(args, &out, &errOut)
+	return runCmdWatched(t, newStallWatch(), args...)
+}
+
+// runCmdWatched runs the command with w as its stderr.
+func runCmdWatched(t *testing.T, errOut *stallWatch, args ...string) (code int, sum map[string]string, stderr string) {
+	t.Helper()
+	var out bytes.Buffer
+	code = run(args, &out, errOut)
 	line := strings.TrimSpace(out.String())
 	if strings.Count(line, "\n") != 0 || !strings.HasPrefix(line, "tcpcheck "+args[0]+" result=") {
 		t.Fatalf("summary %q", line)
@@ -509,14 +566,22 @@ func TestEchoLocal(t *testing.T) {
 	} {
 		t.Run("fault="+tc.fault, func(t *testing.T) {
 			t.Parallel()
-			addr := echoServer(t, tc.fault, 30)
+			// Limits are long against a loaded machine's delays: the
+			// stall fault is held until the client has reported it, and
+			// an end of the connection must end the run long before its
+			// -duration.
+			w := newStallWatch()
+			addr := echoServerWatched(t, tc.fault, 30, w)
 			start := time.Now()
-			limit := "2s"
-			if tc.fault == "stall" {
-				limit = "150ms"
+			limit, duration := 2*time.Second, 700*time.Millisecond
+			switch tc.fault {
+			case "stall":
+				limit, duration = time.Second, 2*time.Second
+			case "reset", "eof":
+				duration = time.Minute
 			}
-			code, sum, stderr := runCmd(t, "echo", "-addr", addr, "-duration", "700ms", "-interval", "2ms",
-				"-stall-limit", limit, "-size", "100")
+			code, sum, stderr := runCmdWatched(t, w, "echo", "-addr", addr, "-duration", duration.String(), "-interval", "2ms",
+				"-stall-limit", limit.String(), "-size", "100")
 			elapsed := time.Since(start)
 			if fails := int(num(t, sum, "failures")); (tc.fails >= 0 && fails != tc.fails) || fails < 1 && tc.fails < 0 {
 				t.Errorf("failures=%d, want %d", fails, tc.fails)
@@ -536,14 +601,14 @@ func TestEchoLocal(t *testing.T) {
 			case "stall":
 				// The stall holds replies back; none is lost, and sending
 				// holds back at 64 outstanding.
-				if ver != req || num(t, sum, "max_stall_ms") < 300 || num(t, sum, "throttled") == 0 || sum["stalls"] != "1" {
+				if ver != req || num(t, sum, "max_stall_ms") < 1000 || num(t, sum, "throttled") == 0 || sum["stalls"] != "1" {
 					t.Errorf("stall run: %v", sum)
 				}
 				if !strings.Contains(stderr, "progress again after") {
 					t.Errorf("stderr %q", stderr)
 				}
 			case "reset", "eof":
-				if elapsed > 500*time.Millisecond || ver < 30 {
+				if elapsed > duration/2 || ver < 30 {
 					t.Errorf("took %v to see the end of the connection; %v verified", elapsed, ver)
 				}
 			default:
@@ -551,7 +616,7 @@ func TestEchoLocal(t *testing.T) {
 					t.Errorf("requests %v verified %v", req, ver)
 				}
 			}
-			if elapsed > 700*time.Millisecond+2*time.Second+deadlineMargin {
+			if elapsed > duration+limit+deadlineMargin {
 				t.Errorf("ran for %v", elapsed)
 			}
 		})
@@ -575,18 +640,19 @@ func TestStreamLocal(t *testing.T) {
 	} {
 		t.Run("fault="+tc.fault, func(t *testing.T) {
 			t.Parallel()
-			addr := counterServer(t, tc.fault, 30)
+			w := newStallWatch()
+			addr := counterServer(t, tc.fault, 30, w)
 			limit, duration := "2s", "700ms"
 			switch tc.fault {
 			case "pause":
-				// A 1 s pause against a 300 ms limit: a busy machine
-				// (the race detector, a lab running) slows the lines but
-				// does not make a second stall.
-				limit, duration = "300ms", "2s"
+				// The pause lasts until the client has reported it; a
+				// busy machine (the race detector, a lab running) slows
+				// the lines but does not make a second stall.
+				limit, duration = "1s", "3s"
 			case "silent":
 				limit = "150ms"
 			}
-			code, sum, _ := runCmd(t, "stream", "-addr", addr, "-duration", duration, "-stall-limit", limit)
+			code, sum, _ := runCmdWatched(t, w, "stream", "-addr", addr, "-duration", duration, "-stall-limit", limit)
 			if fails := int(num(t, sum, "failures")); fails != tc.fails {
 				t.Errorf("failures=%d, want %d", fails, tc.fails)
 			}
@@ -603,7 +669,7 @@ func TestStreamLocal(t *testing.T) {
 				}
 			case "pause":
 				// Lines went on after the pause (30 came before it).
-				if num(t, sum, "max_stall_ms") < 900 || num(t, sum, "lines") <= 31 {
+				if num(t, sum, "max_stall_ms") < 1000 || num(t, sum, "lines") <= 31 {
 					t.Errorf("%v", sum)
 				}
 			case "silent":
@@ -639,7 +705,10 @@ func TestRTTLocal(t *testing.T) {
 	} {
 		t.Run("fault="+tc.fault, func(t *testing.T) {
 			t.Parallel()
-			code, sum, _ := runCmd(t, "rtt", "-addr", echoServer(t, tc.fault, 30), "-count", "100", "-stall-limit", "200ms")
+			// The drop waits out the limit; 3 s is long against any
+			// round trip on a loaded machine (200 ms was not: CI saw
+			// round trip 0 take longer).
+			code, sum, _ := runCmd(t, "rtt", "-addr", echoServer(t, tc.fault, 30), "-count", "100", "-stall-limit", "3s")
 			if code != 1 || !strings.HasPrefix(sum["first_failure"], tc.want) || sum["count"] != tc.count {
 				t.Errorf("exit %d, %v, want %q", code, sum, tc.want)
 			}
@@ -709,7 +778,7 @@ func TestBulkLocal(t *testing.T) {
 	})
 	start := time.Now()
 	code, sum, _ = runCmd(t, "bulk", "-addr", hold, "-mode", "rx", "-bytes", "1000", "-timeout", "300ms")
-	if code != 1 || !strings.Contains(sum["first_failure"], "deadline exceeded") || time.Since(start) > time.Second {
+	if code != 1 || !strings.Contains(sum["first_failure"], "deadline exceeded") || time.Since(start) > 20*time.Second {
 		t.Errorf("rx without close: exit %d, %v after %v", code, sum, time.Since(start))
 	}
 	// A source that stops sending: -stall-limit ends the wait.
@@ -717,7 +786,7 @@ func TestBulkLocal(t *testing.T) {
 		c.Write(make([]byte, 1000))
 		io.Copy(io.Discard, c)
 	})
-	code, sum, _ = runCmd(t, "bulk", "-addr", dry, "-mode", "tx", "-bytes", "5000", "-stall-limit", "200ms")
+	code, sum, _ = runCmd(t, "bulk", "-addr", dry, "-mode", "tx", "-bytes", "5000", "-stall-limit", "2s")
 	if code != 1 || !strings.Contains(sum["first_failure"], "deadline exceeded during receive after 1000 bytes") {
 		t.Errorf("tx from a stopped source: exit %d, %v", code, sum)
 	}
@@ -749,7 +818,7 @@ func TestStopEarly(t *testing.T) {
 	stop := make(chan struct{})
 	stopEarly = stop
 	defer func() { stopEarly = nil }()
-	echo, stream := echoServer(t, "", 0), counterServer(t, "", 0)
+	echo, stream := echoServer(t, "", 0), counterServer(t, "", 0, nil)
 	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
 	var wg sync.WaitGroup
 	for _, args := range [][]string{
