@@ -272,6 +272,10 @@ type fakeQEMU struct {
 	qmpLog      []string
 	// contGate, when set, holds every cont until it is closed.
 	contGate chan struct{}
+	// stopHold, when set, holds the next stop until it is closed; that
+	// stop then fails if stopHoldFails (libvirt lost its answer).
+	stopHold      chan struct{}
+	stopHoldFails bool
 }
 
 // emit writes events into FIFO A as a recording QEMU does.
@@ -412,6 +416,18 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 			q.mu.Unlock()
 			if g != nil {
 				<-g // a cont held in flight (libvirt's job queue)
+			}
+		}
+		if cmd.Execute == "stop" {
+			q.mu.Lock()
+			h, fails := q.stopHold, q.stopHoldFails
+			q.stopHold = nil
+			q.mu.Unlock()
+			if h != nil {
+				<-h // a stop held in flight
+				if fails {
+					return nil, errors.New("libvirt: monitor connection lost")
+				}
 			}
 		}
 		q.mu.Lock()

@@ -434,11 +434,12 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused
 	if !p.env.pauseVM(p.uuid, why) {
 		return errPauseFailed
 	}
+	p.mu.Lock()
+	p.pauseGen++
 	if paused != nil {
-		p.mu.Lock()
 		paused()
-		p.mu.Unlock()
 	}
+	p.mu.Unlock()
 	if late {
 		go p.pauseAfterAdoptResume(why)
 	}
@@ -458,7 +459,9 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused
 // operator's virsh resume. A second pause that fails leaves the VM running
 // or paused, nobody knows which (pauseDoubt): the claim's mark goes, so
 // that the next claim attempt pauses again, and a resumed link or
-// ReportUnprotected resumes it.
+// ReportUnprotected resumes it. Unless another pause succeeded while this
+// one was failing (pauseGen moved): the VM is then paused, and its marks
+// are that pause's, left as they are.
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed
@@ -472,7 +475,7 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 		return
 	}
 	p.mu.Lock()
-	still := p.claimPaused
+	still, gen := p.claimPaused, p.pauseGen
 	p.mu.Unlock()
 	if !still {
 		return
@@ -485,14 +488,24 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 		// then fails does not take the mark back from a planned
 		// restart's (helper-143). A planned restart's own mark stays:
 		// the resumed link resumes the VM if it is still paused
-		// (helper-145), as ReportUnprotected does for the claim.
+		// (helper-145), as ReportUnprotected does for the claim. Not
+		// when another pause succeeded meanwhile (after the late cont
+		// returned, so the VM is paused): its marks stand.
 		p.mu.Lock()
-		p.claimPaused, p.pauseDoubt = false, true
+		newer := p.pauseGen != gen
+		if !newer {
+			p.claimPaused, p.pauseDoubt = false, true
+		}
 		p.mu.Unlock()
+		if newer {
+			p.log.Warn("pausing the VM again after the adoption's late resume failed, but another pause succeeded meanwhile: the VM is paused")
+			return
+		}
 		p.log.Warn("pausing the VM again after the adoption's late resume failed: the VM may be running or still paused; the next split-brain claim attempt pauses it, and a resumed log channel or a decided claim resumes it")
 		return
 	}
 	p.mu.Lock()
+	p.pauseGen++
 	still = p.claimPaused
 	p.mu.Unlock()
 	if !still {

@@ -97,6 +97,11 @@ type primaryRun struct {
 	// (resumeVM leaves a running VM as it is). Cleared by the next
 	// successful pause and by those resumes.
 	pauseDoubt bool
+	// pauseGen counts the pauses of this run's VM that succeeded
+	// (pauseVM, pauseAfterAdoptResume): a pause that fails compares it
+	// with the count taken before it began, so that it does not take
+	// away the marks of a pause that succeeded meanwhile.
+	pauseGen uint64
 	// adoptResumed is closed when the resume that ends an adoption
 	// (adoptPrimary) has returned, adoptCancel (closed once, by
 	// endAdoptResume) stops its retries; nil for a run not adopted.
