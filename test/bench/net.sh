@@ -34,6 +34,11 @@
 # runs on CPU 0 and host b's on CPU 1 from their start, as
 # test/bench/cpu.sh does (test/bench/pin.sh, LAB_PIN): the two-host
 # estimate. Ratios are to the unprotected row of the same pinning.
+# Each bulk step also gives the CPU its threads used per MB moved (ms/MB,
+# from /proc/PID/task/TID/schedstat): host a's and host b's QEMU (vCPU
+# thread, main loop, the rest) and each host's libvirt-ftd. On this
+# machine CPU time per MB moves less from run to run than throughput, and
+# it says where the time goes (BENCHMARKS.md, session 50).
 # Prints markdown tables (also written to $OUT, default
 # /tmp/libvirt-ft-bench-net.md).
 #   EMULATOR=... [SETUPS="gate-on gate-off icount unprotected"] [PINS="0 1"] [REPEAT=3] [RTT_COUNT=300] [BULK_BYTES=100000000] [RX_FILL=pattern|random] [HTTP_CONN=8] [HTTP_S=10] test/bench/net.sh
@@ -151,6 +156,52 @@ log_rate() {
 	fi
 }
 
+# thread_ns: one line per thread of host a's and host b's QEMU and of each
+# host's libvirt-ftd, "GROUP RUN_NS" (run time from schedstat): groups
+# qa-vcpu, qa-main (the main loop thread), qa-other, the same for qb, fa
+# and fb (libvirt-ftd, all threads). Processes not running give nothing.
+thread_ns() {
+	local label pid t comm g
+	for label in qa qb fa fb; do
+		case $label in
+		qa) pid=$(qemu_pid a "$DOMAIN" || true) ;;
+		qb) pid=$(qemu_pid b "$DOMAIN" || true) ;;
+		fa) pid=$(ftd_pid a 2>/dev/null || true) ;;
+		fb) pid=$(ftd_pid b 2>/dev/null || true) ;;
+		esac
+		[ -n "$pid" ] && [ -d "/proc/$pid" ] || continue
+		for t in /proc/$pid/task/*; do
+			comm=$(cat "$t/comm" 2>/dev/null) || continue
+			case $label,$comm in
+			f?,*) g=$label ;;
+			*,*TCG*) g=$label-vcpu ;;
+			*,qemu-system-*) g=$label-main ;;
+			*) g=$label-other ;;
+			esac
+			awk -v g="$g" '{ print g, $1 }' "$t/schedstat" 2>/dev/null || true
+		done
+	done
+}
+
+# cpu_per_mb BEFORE AFTER BYTES: "qa-vcpu qa-main qb-vcpu qb-main fa fb
+# total" in ms of CPU per MB (10^6 bytes) between two thread_ns samples,
+# "-" for a group not running (total: every thread sampled, the "other"
+# groups included; a thread that ended between the samples is left out).
+cpu_per_mb() {
+	printf '%s
+--
+%s
+' "$1" "$2" | awk -v mb="$(($3 / 1000000))" '
+		$1 == "--" { after = 1; next }
+		!after { b[$1] += $2; next }
+		{ a[$1] += $2 }
+		END { split("qa-vcpu qa-main qb-vcpu qb-main fa fb", gs, " ")
+			for (g in a) tot += a[g] - b[g]
+			for (i = 1; i <= 6; i++)
+				if (gs[i] in a) printf "%.2f ", (a[gs[i]] - b[gs[i]]) / 1e6 / mb; else printf "- "
+			printf "%.2f\n", tot / 1e6 / mb }'
+}
+
 # wrk_us OUTPUT PCT: wrk's latency percentile PCT ("50%") in µs.
 wrk_us() {
 	awk -v p="$2" '$1 == p { v = $2
@@ -168,7 +219,7 @@ median() {
 
 # Per run (key "set-up,pinning#run"): the figures; per set-up (key
 # "set-up,pinning"): the medians of its valid runs (set after the runs).
-declare -A RTT_MED RTT_P99 RX TX LOGS HTTP_RPS HTTP_P50 HTTP_P99 HTTP_ERR HTTP_LOG VALID STANDS HELD
+declare -A RTT_MED RTT_P99 RX TX LOGS HTTP_RPS HTTP_P50 HTTP_P99 HTTP_ERR HTTP_LOG VALID STANDS HELD RXCPU TXCPU
 ROWS=()
 for pin in $PINS; do
 for setup in $SETUPS; do
@@ -212,12 +263,18 @@ for run in $(seq "$REPEAT"); do
 	rtt_log=$(log_rate client "$BIN/tcpcheck" rtt -addr $GUEST_IP:7002 -count "$RTT_COUNT")
 	rtt=$(tail -n 1 /tmp/ft-bench-step.out) rtt_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h0=$(held)
+	t0=$(thread_ns)
 	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" -fill "${RX_FILL:-pattern}")
+	t1=$(thread_ns)
 	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms) rx_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h1=$(held)
+	t2=$(thread_ns)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
+	t3=$(thread_ns)
 	tx=$(tail -n 1 /tmp/ft-bench-step.out) tx_ms=$(cat /tmp/ft-bench-step.ms) tx_cpu=$(cat /tmp/ft-bench-step.cpu)
+	RXCPU[$k]=$(cpu_per_mb "$t0" "$t1" "$BULK_BYTES") TXCPU[$k]=$(cpu_per_mb "$t2" "$t3" "$BULK_BYTES")
 	log "CPUs busy: during the echoes $rtt_cpu; rx $rx_cpu; tx $tx_cpu"
+	log "CPU per MB (ms; a vCPU, a main loop, b vCPU, b main loop, ftd a, ftd b, all): rx ${RXCPU[$k]}; tx ${TXCPU[$k]}"
 	h2=$(held)
 	HELD[$k]="$(held_pct "$h0" "$h1" "$rx_ms") $(held_pct "$h1" "$h2" "$tx_ms")"
 	case $setup in gate-*) log "held (lag bound % / window %): rx ${HELD[$k]% *}, tx ${HELD[$k]#* }" ;; esac
@@ -285,12 +342,17 @@ for s in "${ROWS[@]}"; do
 		[ "${VALID[$k]:-0}" = 1 ] || continue
 		n=$((n + 1))
 		vals[rm]+="${RTT_MED[$k]} " vals[rp]+="${RTT_P99[$k]} " vals[rx]+="${RX[$k]} " vals[tx]+="${TX[$k]} "
+		read -r -a rc <<<"${RXCPU[$k]:-}"
+		read -r -a tc <<<"${TXCPU[$k]:-}"
+		for i in 0 1 2 3 4 5 6; do vals[rc$i]+="${rc[$i]:-} " vals[tc$i]+="${tc[$i]:-} "; done
 		vals[hr]+="${HTTP_RPS[$k]:-} " vals[h5]+="${HTTP_P50[$k]:-} " vals[h9]+="${HTTP_P99[$k]:-} " vals[hl]+="${HTTP_LOG[$k]:-} "
 		IFS='|' read -r l0 l1 l2 l3 <<<"${LOGS[$k]}"
 		vals[l0]+="$l0 " vals[l1]+="$l1 " vals[l2]+="$l2 " vals[l3]+="$l3 "
 		[ -z "${HTTP_ERR[$k]:-}" ] || HTTP_ERR[$s]+="run $run: ${HTTP_ERR[$k]}"
 	done
-	for f in rm rp rx tx hr h5 h9 hl l0 l1 l2 l3; do vals[$f]=$(median ${vals[$f]:-}); done
+	for f in rm rp rx tx hr h5 h9 hl l0 l1 l2 l3 rc{0..6} tc{0..6}; do vals[$f]=$(median ${vals[$f]:-}); done
+	RXCPU[$s]="${vals[rc0]:--} | ${vals[rc1]:--} | ${vals[rc2]:--} | ${vals[rc3]:--} | ${vals[rc4]:--} | ${vals[rc5]:--} | ${vals[rc6]:--}"
+	TXCPU[$s]="${vals[tc0]:--} | ${vals[tc1]:--} | ${vals[tc2]:--} | ${vals[tc3]:--} | ${vals[tc4]:--} | ${vals[tc5]:--} | ${vals[tc6]:--}"
 	RTT_MED[$s]=${vals[rm]} RTT_P99[$s]=${vals[rp]} RX[$s]=${vals[rx]} TX[$s]=${vals[tx]}
 	HTTP_RPS[$s]=${vals[hr]} HTTP_P50[$s]=${vals[h5]} HTTP_P99[$s]=${vals[h9]} HTTP_LOG[$s]=${vals[hl]}
 	LOGS[$s]="${vals[l0]:--} | ${vals[l1]:--} | ${vals[l2]:--} | ${vals[l3]:--}"
@@ -308,6 +370,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 	for k in "${ROWS[@]}"; do
 		u="unprotected,${k#*,}"
 		echo "| ${k%,*} (${k#*,}) | ${VALID[$k]} | ${RTT_MED[$k]} | $(ratio "${RTT_MED[$k]}" "${RTT_MED[$u]:-}") | ${RTT_P99[$k]} | ${RX[$k]} | $(ratio "${RX[$k]}" "${RX[$u]:-}") | ${TX[$k]} | $(ratio "${TX[$k]}" "${TX[$u]:-}") | ${LOGS[$k]} | ${STANDS[$k]} | ${HELD[$k]} |"
+	done
+	echo
+	echo "CPU per MB of bulk transfer (ms of CPU time per 10^6 bytes, /proc schedstat; medians of the valid runs): host a's QEMU is the primary (or the only QEMU), host b's the backup; all: every thread of both QEMUs and both libvirt-ftd, the client's not counted"
+	echo
+	echo "| set-up | transfer | a: vCPU | a: main loop | b: vCPU | b: main loop | libvirt-ftd a | libvirt-ftd b | all |"
+	echo "|---|---|---|---|---|---|---|---|---|"
+	for k in "${ROWS[@]}"; do
+		echo "| ${k%,*} (${k#*,}) | rx | ${RXCPU[$k]} |"
+		echo "| ${k%,*} (${k#*,}) | tx | ${TXCPU[$k]} |"
 	done
 	if command -v wrk >/dev/null; then
 		echo
