@@ -421,7 +421,7 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 		if cmd.Execute == "stop" {
 			q.mu.Lock()
 			h, fails := q.stopHold, q.stopHoldFails
-			q.stopHold = nil
+			q.stopHold, q.stopHoldFails = nil, false
 			q.mu.Unlock()
 			if h != nil {
 				<-h // a stop held in flight

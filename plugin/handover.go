@@ -490,15 +490,26 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 		// the resumed link resumes the VM if it is still paused
 		// (helper-145), as ReportUnprotected does for the claim. Not
 		// when another pause succeeded meanwhile (after the late cont
-		// returned, so the VM is paused): its marks stand.
+		// returned, so the VM is paused): its marks stand, unless that
+		// pause was lifted since (a resume cleared them) while this
+		// stop, its answer lost, may still have landed after the
+		// resume's cont: then in doubt, so that a resumed link or
+		// ReportUnprotected resumes it (helper-146).
 		p.mu.Lock()
-		newer := p.pauseGen != gen
-		if !newer {
+		newer, lifted := p.pauseGen != gen, !p.claimPaused
+		switch {
+		case !newer:
 			p.claimPaused, p.pauseDoubt = false, true
+		case lifted:
+			p.pauseDoubt = true
 		}
 		p.mu.Unlock()
-		if newer {
+		if newer && !lifted {
 			p.log.Warn("pausing the VM again after the adoption's late resume failed, but another pause succeeded meanwhile: the VM is paused")
+			return
+		}
+		if newer {
+			p.log.Error("pausing the VM again after the adoption's late resume failed after another pause that was lifted since: the VM may be paused; a resumed log channel or a decided claim resumes it, or resume it (virsh resume) if this host still runs the VM")
 			return
 		}
 		p.log.Warn("pausing the VM again after the adoption's late resume failed: the VM may be running or still paused; the next split-brain claim attempt pauses it, and a resumed log channel or a decided claim resumes it")
@@ -506,6 +517,7 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	}
 	p.mu.Lock()
 	p.pauseGen++
+	p.pauseDoubt = false
 	still = p.claimPaused
 	p.mu.Unlock()
 	if !still {

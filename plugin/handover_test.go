@@ -476,41 +476,50 @@ func TestFailedPauseAfterFailedLateResumeResumes(t *testing.T) {
 // A second pause after the adoption's late cont that fails while a planned
 // restart's pause succeeds leaves that pause's marks as they are: the VM
 // is paused, for the restart and the claim, not in doubt (helper-145's
-// should-fix: the pause generation, pauseGen).
+// should-fix: the pause generation, pauseGen). If that pause was lifted
+// meanwhile (the link resumed), the failed stop may have landed after the
+// resume: in doubt, so that the next resume resumes it (helper-146).
 func TestStaleFailedPauseKeepsNewerPauseMarks(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		_, q, gate, p := lateAdoptResume(t)
-		p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
-		if !q.isPaused() {
-			t.Fatal("the claim's pause did not pause the VM")
-		}
-		hold := make(chan struct{})
-		q.mu.Lock()
-		q.stopHold, q.stopHoldFails = hold, true
-		q.mu.Unlock()
-		close(gate) // the adoption's cont lands after the pause
-		synctest.Wait()
-		if q.isPaused() {
-			t.Fatal("the late cont did not resume the fake VM")
-		}
-		// The second pause is in flight; a planned restart's pause
-		// succeeds meanwhile.
-		if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
-			t.Fatal("pauseForRestart failed")
-		}
-		close(hold) // the second pause fails
-		synctest.Wait()
-		if !q.isPaused() {
-			t.Fatal("the restart's pause did not hold")
-		}
-		p.mu.Lock()
-		claim, restart, doubt := p.claimPaused, p.restartPaused, p.pauseDoubt
-		p.mu.Unlock()
-		if !claim || !restart || doubt {
-			t.Fatalf("after the stale second pause failed: claim %v restart %v doubt %v, want true true false", claim, restart, doubt)
-		}
-		close(p.stop)
-	})
+	for _, lifted := range []bool{false, true} {
+		synctest.Test(t, func(t *testing.T) {
+			_, q, gate, p := lateAdoptResume(t)
+			p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
+			if !q.isPaused() {
+				t.Fatal("the claim's pause did not pause the VM")
+			}
+			hold := make(chan struct{})
+			q.mu.Lock()
+			q.stopHold, q.stopHoldFails = hold, true
+			q.mu.Unlock()
+			close(gate) // the adoption's cont lands after the pause
+			synctest.Wait()
+			q.mu.Lock()
+			taken := q.stopHold == nil
+			q.mu.Unlock()
+			if q.isPaused() || !taken {
+				t.Fatalf("after the late cont: paused %v, second stop in flight %v; want false, true", q.isPaused(), taken)
+			}
+			// The second pause is in flight; a planned restart's pause
+			// succeeds meanwhile.
+			if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
+				t.Fatal("pauseForRestart failed")
+			}
+			if lifted {
+				p.mu.Lock()
+				p.restartPaused, p.claimPaused = false, false // the link resumed
+				p.mu.Unlock()
+			}
+			close(hold) // the second pause fails
+			synctest.Wait()
+			p.mu.Lock()
+			claim, restart, doubt := p.claimPaused, p.restartPaused, p.pauseDoubt
+			p.mu.Unlock()
+			if claim != !lifted || restart != !lifted || doubt != lifted {
+				t.Fatalf("lifted %v: after the stale second pause failed: claim %v restart %v doubt %v, want %v %v %v", lifted, claim, restart, doubt, !lifted, !lifted, lifted)
+			}
+			close(p.stop)
+		})
+	}
 }
 
 // A claim's or a planned restart's pause that could not wait for the

@@ -1255,7 +1255,10 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if already {
 		return
 	}
-	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, nil) != nil {
+	// Out of doubt once paused: in pauseVM's callback, before the
+	// follow-up pause it may start can mark the run in doubt again
+	// (helper-146).
+	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, func() { p.pauseDoubt = false }) != nil {
 		// Unmarked, unless a planned restart's pause succeeded
 		// meanwhile: its mark stands (helper-139); not after a failed
 		// pause left the VM's state in doubt (pauseDoubt).
@@ -1264,9 +1267,6 @@ func (p *primaryRun) pauseForClaim(err error) {
 		p.mu.Unlock()
 		return
 	}
-	p.mu.Lock()
-	p.pauseDoubt = false
-	p.mu.Unlock()
 	p.setState(ctl.StateUnprotected, "backup lost; the arbiter cannot be reached ("+err.Error()+"): the VM is paused until the split-brain claim is decided")
 }
 

@@ -35,8 +35,9 @@
 # test/bench/cpu.sh does (test/bench/pin.sh, LAB_PIN): the two-host
 # estimate. Ratios are to the unprotected row of the same pinning.
 # Each bulk step also gives the CPU its threads used per MB moved (ms/MB,
-# from /proc/PID/task/TID/schedstat): host a's and host b's QEMU (vCPU
-# thread, main loop, the rest) and each host's libvirt-ftd. On this
+# from /proc/PID/task/TID/schedstat, until host b's replay has caught up):
+# host a's and host b's QEMU (vCPU thread, main loop; their other threads
+# count in "all") and each host's libvirt-ftd. On this
 # machine CPU time per MB moves less from run to run than throughput, and
 # it says where the time goes (BENCHMARKS.md, session 50).
 # Prints markdown tables (also written to $OUT, default
@@ -157,9 +158,10 @@ log_rate() {
 }
 
 # thread_ns: one line per thread of host a's and host b's QEMU and of each
-# host's libvirt-ftd, "GROUP RUN_NS" (run time from schedstat): groups
-# qa-vcpu, qa-main (the main loop thread), qa-other, the same for qb, fa
-# and fb (libvirt-ftd, all threads). Processes not running give nothing.
+# host's libvirt-ftd, "GROUP TID RUN_NS" (run time from schedstat):
+# groups qa-vcpu, qa-main (the main loop thread), qa-other, the same for
+# qb, fa and fb (libvirt-ftd, all threads). Processes not running give
+# nothing.
 thread_ns() {
 	local label pid t comm g
 	for label in qa qb fa fb; do
@@ -178,28 +180,49 @@ thread_ns() {
 			*,qemu-system-*) g=$label-main ;;
 			*) g=$label-other ;;
 			esac
-			awk -v g="$g" '{ print g, $1 }' "$t/schedstat" 2>/dev/null || true
+			awk -v g="$g" -v tid="${t##*/}" '{ print g, tid, $1 }' "$t/schedstat" 2>/dev/null || true
 		done
 	done
 }
 
 # cpu_per_mb BEFORE AFTER BYTES: "qa-vcpu qa-main qb-vcpu qb-main fa fb
-# total" in ms of CPU per MB (10^6 bytes) between two thread_ns samples,
-# "-" for a group not running (total: every thread sampled, the "other"
-# groups included; a thread that ended between the samples is left out).
+# all" in ms of CPU per MB (10^6 bytes) between two thread_ns samples,
+# counting only the threads present in both (a thread that started or
+# ended between them is left out); "-" for a group with no such thread,
+# and all "-" when BYTES is not a positive number (a failed transfer).
 cpu_per_mb() {
-	printf '%s
---
-%s
-' "$1" "$2" | awk -v mb="$(($3 / 1000000))" '
+	printf '%s\n--\n%s\n' "$1" "$2" | awk -v bytes="$3" '
 		$1 == "--" { after = 1; next }
-		!after { b[$1] += $2; next }
-		{ a[$1] += $2 }
+		!after { b[$1 " " $2] = $3; next }
+		($1 " " $2) in b { d = $3 - b[$1 " " $2]; a[$1] += d; tot += d; n++ }
 		END { split("qa-vcpu qa-main qb-vcpu qb-main fa fb", gs, " ")
-			for (g in a) tot += a[g] - b[g]
+			if (bytes !~ /^[0-9]+$/ || bytes + 0 <= 0 || n == 0) { print "- - - - - - -"; exit }
+			mb = bytes / 1e6
 			for (i = 1; i <= 6; i++)
-				if (gs[i] in a) printf "%.2f ", (a[gs[i]] - b[gs[i]]) / 1e6 / mb; else printf "- "
+				if (gs[i] in a) printf "%.2f ", a[gs[i]] / 1e6 / mb; else printf "- "
 			printf "%.2f\n", tot / 1e6 / mb }'
+}
+
+# settle: wait (up to 5 s) until host b's replaying vCPU has caught up
+# with a transfer, so that its work is charged to that transfer and not to
+# the next: its run time grows by less than 20 ms in 100 ms (an idle
+# guest's vCPU costs 6-10 ms per 100 ms under TCG). Nothing to wait for
+# without a backup.
+settle() {
+	local qb t r0 r1 i
+	qb=$(qemu_pid b "$DOMAIN" 2>/dev/null || true)
+	[ -n "$qb" ] && [ -d "/proc/$qb" ] || return 0
+	t=$(grep -l TCG /proc/$qb/task/*/comm 2>/dev/null | head -n 1) || return 0
+	[ -n "$t" ] || return 0
+	t=${t%/comm}
+	r0=$(awk '{ print $1 }' "$t/schedstat" 2>/dev/null) || return 0
+	for i in $(seq 50); do
+		sleep 0.1
+		r1=$(awk '{ print $1 }' "$t/schedstat" 2>/dev/null) || return 0
+		[ $((r1 - r0)) -lt 20000000 ] && return 0
+		r0=$r1
+	done
+	return 0
 }
 
 # wrk_us OUTPUT PCT: wrk's latency percentile PCT ("50%") in µs.
@@ -265,14 +288,16 @@ for run in $(seq "$REPEAT"); do
 	h0=$(held)
 	t0=$(thread_ns)
 	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" -fill "${RX_FILL:-pattern}")
+	settle
 	t1=$(thread_ns)
 	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms) rx_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h1=$(held)
 	t2=$(thread_ns)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
+	settle
 	t3=$(thread_ns)
 	tx=$(tail -n 1 /tmp/ft-bench-step.out) tx_ms=$(cat /tmp/ft-bench-step.ms) tx_cpu=$(cat /tmp/ft-bench-step.cpu)
-	RXCPU[$k]=$(cpu_per_mb "$t0" "$t1" "$BULK_BYTES") TXCPU[$k]=$(cpu_per_mb "$t2" "$t3" "$BULK_BYTES")
+	RXCPU[$k]=$(cpu_per_mb "$t0" "$t1" "$(field "$rx" bytes)") TXCPU[$k]=$(cpu_per_mb "$t2" "$t3" "$(field "$tx" bytes)")
 	log "CPUs busy: during the echoes $rtt_cpu; rx $rx_cpu; tx $tx_cpu"
 	log "CPU per MB (ms; a vCPU, a main loop, b vCPU, b main loop, ftd a, ftd b, all): rx ${RXCPU[$k]}; tx ${TXCPU[$k]}"
 	h2=$(held)

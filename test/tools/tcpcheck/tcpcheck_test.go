@@ -370,17 +370,46 @@ func serve(t *testing.T, handler func(c *net.TCPConn)) string {
 // a stall, so that a server holding a fault ("stall", "pause") lets go only
 // after the client has seen it: the test does not race a sleep against the
 // stall limit. A watch never fed a stall lets go after holdMax.
+//
+// It also ends a run at a line, not at a time: a server calls lineDone for
+// each line it has handled, and the line stopAt writes stopFile, which
+// the command polls (-stop-file). So a fault at line k is always reached
+// and followed by stopAt-k lines, however slow the machine.
 type stallWatch struct {
 	mu   sync.Mutex
 	buf  bytes.Buffer
 	seen chan struct{}
+
+	stopAt   int // -1: no stop file
+	stopFile string
 }
 
 // holdMax bounds a held fault whose stall the client never reports (a bug
 // the test then reports), so that the server's cleanup does not hang.
 const holdMax = 30 * time.Second
 
-func newStallWatch() *stallWatch { return &stallWatch{seen: make(chan struct{})} }
+func newStallWatch() *stallWatch { return &stallWatch{seen: make(chan struct{}), stopAt: -1} }
+
+// stopAfter makes line n write a stop file and returns its path, for
+// -stop-file.
+func (w *stallWatch) stopAfter(t *testing.T, n int) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopAt, w.stopFile = n, filepath.Join(t.TempDir(), "stop")
+	return w.stopFile
+}
+
+// lineDone notes that the server has handled line i (nil-safe).
+func (w *stallWatch) lineDone(i int) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if i == w.stopAt && w.stopFile != "" {
+		_ = os.WriteFile(w.stopFile, nil, 0o600)
+	}
+}
 
 func (w *stallWatch) Write(p []byte) (int, error) {
 	w.mu.Lock()
@@ -402,8 +431,12 @@ func (w *stallWatch) String() string {
 	return w.buf.String()
 }
 
-// hold waits until the client has reported a stall (at most holdMax).
+// hold waits until the client has reported a stall (at most holdMax; at
+// once for a nil watch).
 func (w *stallWatch) hold() {
+	if w == nil {
+		return
+	}
 	select {
 	case <-w.seen:
 	case <-time.After(holdMax):
@@ -459,6 +492,7 @@ func echoServerWatched(t *testing.T, fault string, k int, w *stallWatch) string 
 				c.Write(held)
 				held = nil
 			}
+			w.lineDone(i)
 		}
 	})
 }
@@ -496,6 +530,7 @@ func counterServer(t *testing.T, fault string, k int, w *stallWatch) string {
 			if _, err := io.WriteString(c, line); err != nil {
 				return
 			}
+			w.lineDone(i)
 			time.Sleep(time.Millisecond)
 		}
 	})
@@ -566,22 +601,29 @@ func TestEchoLocal(t *testing.T) {
 	} {
 		t.Run("fault="+tc.fault, func(t *testing.T) {
 			t.Parallel()
-			// Limits are long against a loaded machine's delays: the
-			// stall fault is held until the client has reported it, and
-			// an end of the connection must end the run long before its
-			// -duration.
+			// Nothing here races the clock against a loaded machine:
+			// the run ends 10 lines after the fault (60 lines without
+			// one) by the stop file, or at the end of the connection,
+			// long before its -duration; the stall fault is held until
+			// the client has reported it.
 			w := newStallWatch()
 			addr := echoServerWatched(t, tc.fault, 30, w)
 			start := time.Now()
-			limit, duration := 2*time.Second, 700*time.Millisecond
+			limit, duration := 2*time.Second, time.Minute
+			args := []string{"echo", "-addr", addr, "-duration", duration.String(), "-interval", "2ms", "-size", "100"}
 			switch tc.fault {
+			case "":
+				args = append(args, "-stop-file", w.stopAfter(t, 60))
 			case "stall":
-				limit, duration = time.Second, 2*time.Second
+				// 8 outstanding are reached within a second of the
+				// stall's however few ticks the sender gets.
+				limit = time.Second
+				args = append(args, "-stop-file", w.stopAfter(t, 40), "-max-outstanding", "8")
 			case "reset", "eof":
-				duration = time.Minute
+			default:
+				args = append(args, "-stop-file", w.stopAfter(t, 40))
 			}
-			code, sum, stderr := runCmdWatched(t, w, "echo", "-addr", addr, "-duration", duration.String(), "-interval", "2ms",
-				"-stall-limit", limit.String(), "-size", "100")
+			code, sum, stderr := runCmdWatched(t, w, append(args, "-stall-limit", limit.String())...)
 			elapsed := time.Since(start)
 			if fails := int(num(t, sum, "failures")); (tc.fails >= 0 && fails != tc.fails) || fails < 1 && tc.fails < 0 {
 				t.Errorf("failures=%d, want %d", fails, tc.fails)
@@ -600,7 +642,7 @@ func TestEchoLocal(t *testing.T) {
 				}
 			case "stall":
 				// The stall holds replies back; none is lost, and sending
-				// holds back at 64 outstanding.
+				// holds back at 8 outstanding.
 				if ver != req || num(t, sum, "max_stall_ms") < 1000 || num(t, sum, "throttled") == 0 || sum["stalls"] != "1" {
 					t.Errorf("stall run: %v", sum)
 				}
@@ -640,19 +682,29 @@ func TestStreamLocal(t *testing.T) {
 	} {
 		t.Run("fault="+tc.fault, func(t *testing.T) {
 			t.Parallel()
+			// As in TestEchoLocal, runs end by the stop file 10 lines
+			// after the fault (60 without one) or at the connection's
+			// end; the pause lasts until the client has reported it.
 			w := newStallWatch()
 			addr := counterServer(t, tc.fault, 30, w)
-			limit, duration := "2s", "700ms"
+			limit := "2s"
+			args := []string{"stream", "-addr", addr, "-duration", "1m"}
 			switch tc.fault {
+			case "":
+				args = append(args, "-stop-file", w.stopAfter(t, 60))
 			case "pause":
-				// The pause lasts until the client has reported it; a
-				// busy machine (the race detector, a lab running) slows
-				// the lines but does not make a second stall.
-				limit, duration = "1s", "3s"
+				limit = "1s"
+				args = append(args, "-stop-file", w.stopAfter(t, 40))
 			case "silent":
+				// Nothing comes: the stall is reported once, then the
+				// end waits for a line in vain.
 				limit = "150ms"
+				args[len(args)-1] = "3s"
+			case "eof":
+			default:
+				args = append(args, "-stop-file", w.stopAfter(t, 40))
 			}
-			code, sum, _ := runCmdWatched(t, w, "stream", "-addr", addr, "-duration", duration, "-stall-limit", limit)
+			code, sum, _ := runCmdWatched(t, w, append(args, "-stall-limit", limit)...)
 			if fails := int(num(t, sum, "failures")); fails != tc.fails {
 				t.Errorf("failures=%d, want %d", fails, tc.fails)
 			}
