@@ -272,10 +272,33 @@ type fakeQEMU struct {
 	qmpLog      []string
 	// contGate, when set, holds every cont until it is closed.
 	contGate chan struct{}
-	// stopHold, when set, holds the next stop until it is closed; that
-	// stop then fails if stopHoldFails (libvirt lost its answer).
-	stopHold      chan struct{}
-	stopHoldFails bool
+	// stopHolds hold the next stops, one each in order, until their
+	// release is closed; such a stop then fails if fails (libvirt lost
+	// its answer).
+	stopHolds []heldStop
+}
+
+// heldStop is one entry of fakeQEMU.stopHolds.
+type heldStop struct {
+	release chan struct{}
+	fails   bool
+}
+
+// holdStop holds the next stop not held yet (see stopHolds) and returns
+// the channel that releases it.
+func (q *fakeQEMU) holdStop(fails bool) chan struct{} {
+	h := heldStop{release: make(chan struct{}), fails: fails}
+	q.mu.Lock()
+	q.stopHolds = append(q.stopHolds, h)
+	q.mu.Unlock()
+	return h.release
+}
+
+// stopsHeldPending is how many held stops no stop has reached yet.
+func (q *fakeQEMU) stopsHeldPending() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.stopHolds)
 }
 
 // emit writes events into FIFO A as a recording QEMU does.
@@ -420,12 +443,14 @@ func (q *fakeQEMU) monitor() qmp.Monitor {
 		}
 		if cmd.Execute == "stop" {
 			q.mu.Lock()
-			h, fails := q.stopHold, q.stopHoldFails
-			q.stopHold, q.stopHoldFails = nil, false
+			var h heldStop
+			if len(q.stopHolds) > 0 {
+				h, q.stopHolds = q.stopHolds[0], q.stopHolds[1:]
+			}
 			q.mu.Unlock()
-			if h != nil {
-				<-h // a stop held in flight
-				if fails {
+			if h.release != nil {
+				<-h.release // a stop held in flight
+				if h.fails {
 					return nil, errors.New("libvirt: monitor connection lost")
 				}
 			}

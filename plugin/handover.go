@@ -488,28 +488,21 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 		// then fails does not take the mark back from a planned
 		// restart's (helper-143). A planned restart's own mark stays:
 		// the resumed link resumes the VM if it is still paused
-		// (helper-145), as ReportUnprotected does for the claim. Not
-		// when another pause succeeded meanwhile (after the late cont
-		// returned, so the VM is paused): its marks stand, unless that
-		// pause was lifted since (a resume cleared them) while this
-		// stop, its answer lost, may still have landed after the
-		// resume's cont: then in doubt, so that a resumed link or
-		// ReportUnprotected resumes it (helper-146).
+		// (helper-145), as ReportUnprotected does for the claim. When
+		// another pause succeeded meanwhile (pauseGen moved), its marks
+		// stand (they may have been lifted since, or set by a claim
+		// whose pause is still under way): in doubt only, which adds
+		// resumes where a pause is lifted and nothing else (helper-147).
 		p.mu.Lock()
-		newer, lifted := p.pauseGen != gen, !p.claimPaused
-		switch {
-		case !newer:
-			p.claimPaused, p.pauseDoubt = false, true
-		case lifted:
+		newer := p.pauseGen != gen
+		if newer {
 			p.pauseDoubt = true
+		} else {
+			p.claimPaused, p.pauseDoubt = false, true
 		}
 		p.mu.Unlock()
-		if newer && !lifted {
-			p.log.Warn("pausing the VM again after the adoption's late resume failed, but another pause succeeded meanwhile: the VM is paused")
-			return
-		}
 		if newer {
-			p.log.Error("pausing the VM again after the adoption's late resume failed after another pause that was lifted since: the VM may be paused; a resumed log channel or a decided claim resumes it, or resume it (virsh resume) if this host still runs the VM")
+			p.log.Warn("pausing the VM again after the adoption's late resume failed after another pause succeeded: the VM may be paused by either; a resumed log channel or a decided claim resumes it")
 			return
 		}
 		p.log.Warn("pausing the VM again after the adoption's late resume failed: the VM may be running or still paused; the next split-brain claim attempt pauses it, and a resumed log channel or a decided claim resumes it")
@@ -517,8 +510,10 @@ func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	}
 	p.mu.Lock()
 	p.pauseGen++
-	p.pauseDoubt = false
 	still = p.claimPaused
+	// Paused for sure: out of doubt while still marked; lifted meanwhile,
+	// nobody would resume it but for the doubt (helper-147).
+	p.pauseDoubt = !still
 	p.mu.Unlock()
 	if !still {
 		p.log.Error("the VM's pause was lifted while it was paused again after the adoption's late resume: it stays paused; resume it (virsh resume) if this host still runs the VM")

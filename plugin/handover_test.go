@@ -474,11 +474,10 @@ func TestFailedPauseAfterFailedLateResumeResumes(t *testing.T) {
 }
 
 // A second pause after the adoption's late cont that fails while a planned
-// restart's pause succeeds leaves that pause's marks as they are: the VM
-// is paused, for the restart and the claim, not in doubt (helper-145's
-// should-fix: the pause generation, pauseGen). If that pause was lifted
-// meanwhile (the link resumed), the failed stop may have landed after the
-// resume: in doubt, so that the next resume resumes it (helper-146).
+// restart's pause succeeds leaves that pause's marks as they are
+// (helper-145's should-fix: the pause generation, pauseGen), lifted since
+// or not, and marks the run in doubt: the failed stop may have landed
+// after a resume, and doubt only adds resumes (helper-146, 147).
 func TestStaleFailedPauseKeepsNewerPauseMarks(t *testing.T) {
 	for _, lifted := range []bool{false, true} {
 		synctest.Test(t, func(t *testing.T) {
@@ -487,15 +486,10 @@ func TestStaleFailedPauseKeepsNewerPauseMarks(t *testing.T) {
 			if !q.isPaused() {
 				t.Fatal("the claim's pause did not pause the VM")
 			}
-			hold := make(chan struct{})
-			q.mu.Lock()
-			q.stopHold, q.stopHoldFails = hold, true
-			q.mu.Unlock()
+			hold := q.holdStop(true)
 			close(gate) // the adoption's cont lands after the pause
 			synctest.Wait()
-			q.mu.Lock()
-			taken := q.stopHold == nil
-			q.mu.Unlock()
+			taken := q.stopsHeldPending() == 0
 			if q.isPaused() || !taken {
 				t.Fatalf("after the late cont: paused %v, second stop in flight %v; want false, true", q.isPaused(), taken)
 			}
@@ -514,12 +508,61 @@ func TestStaleFailedPauseKeepsNewerPauseMarks(t *testing.T) {
 			p.mu.Lock()
 			claim, restart, doubt := p.claimPaused, p.restartPaused, p.pauseDoubt
 			p.mu.Unlock()
-			if claim != !lifted || restart != !lifted || doubt != lifted {
-				t.Fatalf("lifted %v: after the stale second pause failed: claim %v restart %v doubt %v, want %v %v %v", lifted, claim, restart, doubt, !lifted, !lifted, lifted)
+			if claim != !lifted || restart != !lifted || !doubt {
+				t.Fatalf("lifted %v: after the stale second pause failed: claim %v restart %v doubt %v, want %v %v true", lifted, claim, restart, doubt, !lifted, !lifted)
 			}
 			close(p.stop)
 		})
 	}
+}
+
+// A stale second pause that fails while a claim's pause is under way
+// (after the planned restart's pause it followed was lifted) must not
+// leave the claim's successful pause unmarked: the claim won, its
+// ReportUnprotected resumes the VM (helper-147's must-fix).
+func TestStaleFailedPauseDuringClaimPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, q, gate, p := lateAdoptResume(t)
+		if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
+			t.Fatal("pauseForRestart failed")
+		}
+		stale := q.holdStop(true)
+		close(gate) // the adoption's cont lands: the follow-up pause starts
+		synctest.Wait()
+		if q.stopsHeldPending() != 0 {
+			t.Fatal("the follow-up pause did not reach its stop")
+		}
+		p.mu.Lock()
+		p.restartPaused, p.claimPaused = false, false // the link resumed
+		p.mu.Unlock()
+		claim := q.holdStop(false)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
+		}()
+		synctest.Wait()
+		close(stale) // the stale stop fails first
+		synctest.Wait()
+		close(claim) // then the claim's stop pauses the VM
+		<-done
+		synctest.Wait()
+		if !q.isPaused() {
+			t.Fatal("the claim's pause did not pause the VM")
+		}
+		p.mu.Lock()
+		marked := p.claimPaused
+		p.mu.Unlock()
+		if !marked {
+			t.Fatal("the claim's successful pause left the run unmarked")
+		}
+		p.act(failover.ReportUnprotected{Reason: "claim won"}, nil, &outputGates{}, func() {})
+		synctest.Wait()
+		if q.isPaused() {
+			t.Fatal("the claim was won and the VM stays paused")
+		}
+		close(p.stop)
+	})
 }
 
 // A claim's or a planned restart's pause that could not wait for the

@@ -1255,10 +1255,11 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if already {
 		return
 	}
-	// Out of doubt once paused: in pauseVM's callback, before the
-	// follow-up pause it may start can mark the run in doubt again
-	// (helper-146).
-	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, func() { p.pauseDoubt = false }) != nil {
+	// Marked and out of doubt once paused, in pauseVM's callback: a
+	// stale pause failing meanwhile may have taken the mark set above
+	// (pauseAfterAdoptResume), and the follow-up pause this one may start
+	// can mark the run in doubt again only after it (helper-146, 147).
+	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, func() { p.claimPaused, p.pauseDoubt = true, false }) != nil {
 		// Unmarked, unless a planned restart's pause succeeded
 		// meanwhile: its mark stands (helper-139); not after a failed
 		// pause left the VM's state in doubt (pauseDoubt).

@@ -35,7 +35,8 @@
 # test/bench/cpu.sh does (test/bench/pin.sh, LAB_PIN): the two-host
 # estimate. Ratios are to the unprotected row of the same pinning.
 # Each bulk step also gives the CPU its threads used per MB moved (ms/MB,
-# from /proc/PID/task/TID/schedstat, until host b's replay has caught up):
+# from /proc/PID/task/TID/schedstat; host b's until its replay has caught
+# up):
 # host a's and host b's QEMU (vCPU thread, main loop; their other threads
 # count in "all") and each host's libvirt-ftd. On this
 # machine CPU time per MB moves less from run to run than throughput, and
@@ -185,15 +186,21 @@ thread_ns() {
 	done
 }
 
-# cpu_per_mb BEFORE AFTER BYTES: "qa-vcpu qa-main qb-vcpu qb-main fa fb
-# all" in ms of CPU per MB (10^6 bytes) between two thread_ns samples,
-# counting only the threads present in both (a thread that started or
-# ended between them is left out); "-" for a group with no such thread,
-# and all "-" when BYTES is not a positive number (a failed transfer).
+# cpu_per_mb BEFORE AFTER_A AFTER_B BYTES: "qa-vcpu qa-main qb-vcpu
+# qb-main fa fb all" in ms of CPU per MB of BYTES (the bytes the transfer
+# moved) between thread_ns samples: host a's groups (qa-*, fa) from BEFORE
+# to AFTER_A, taken when the transfer ended, host b's (qb-*, fb) to
+# AFTER_B, taken once its replay caught up (settle). Only threads present
+# in both samples count (a thread that started or ended between them is
+# left out); "-" for a group with no such thread, and all "-" when BYTES
+# is not a positive number or nothing was sampled.
 cpu_per_mb() {
-	printf '%s\n--\n%s\n' "$1" "$2" | awk -v bytes="$3" '
-		$1 == "--" { after = 1; next }
-		!after { b[$1 " " $2] = $3; next }
+	printf '%s\n--\n%s\n--\n%s\n' "$1" "$2" "$3" | awk -v bytes="$4" '
+		$1 == "--" { part++; next }
+		NF < 3 { next }
+		part == 0 { b[$1 " " $2] = $3; next }
+		part == 1 && $1 !~ /^(qa|fa)/ { next }
+		part == 2 && $1 !~ /^(qb|fb)/ { next }
 		($1 " " $2) in b { d = $3 - b[$1 " " $2]; a[$1] += d; tot += d; n++ }
 		END { split("qa-vcpu qa-main qb-vcpu qb-main fa fb", gs, " ")
 			if (bytes !~ /^[0-9]+$/ || bytes + 0 <= 0 || n == 0) { print "- - - - - - -"; exit }
@@ -288,20 +295,23 @@ for run in $(seq "$REPEAT"); do
 	h0=$(held)
 	t0=$(thread_ns)
 	rx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7004 -mode rx -bytes "$BULK_BYTES" -fill "${RX_FILL:-pattern}")
-	settle
-	t1=$(thread_ns)
+	t1a=$(thread_ns)
 	rx=$(tail -n 1 /tmp/ft-bench-step.out) rx_ms=$(cat /tmp/ft-bench-step.ms) rx_cpu=$(cat /tmp/ft-bench-step.cpu)
 	h1=$(held)
+	settle
+	t1b=$(thread_ns)
+	h1b=$(held)
 	t2=$(thread_ns)
 	tx_log=$(log_rate client "$BIN/tcpcheck" bulk -addr $GUEST_IP:7005 -mode tx -bytes "$BULK_BYTES")
-	settle
-	t3=$(thread_ns)
+	t3a=$(thread_ns)
 	tx=$(tail -n 1 /tmp/ft-bench-step.out) tx_ms=$(cat /tmp/ft-bench-step.ms) tx_cpu=$(cat /tmp/ft-bench-step.cpu)
-	RXCPU[$k]=$(cpu_per_mb "$t0" "$t1" "$(field "$rx" bytes)") TXCPU[$k]=$(cpu_per_mb "$t2" "$t3" "$(field "$tx" bytes)")
+	h2=$(held)
+	settle
+	t3b=$(thread_ns)
+	RXCPU[$k]=$(cpu_per_mb "$t0" "$t1a" "$t1b" "$(field "$rx" bytes)") TXCPU[$k]=$(cpu_per_mb "$t2" "$t3a" "$t3b" "$(field "$tx" bytes)")
 	log "CPUs busy: during the echoes $rtt_cpu; rx $rx_cpu; tx $tx_cpu"
 	log "CPU per MB (ms; a vCPU, a main loop, b vCPU, b main loop, ftd a, ftd b, all): rx ${RXCPU[$k]}; tx ${TXCPU[$k]}"
-	h2=$(held)
-	HELD[$k]="$(held_pct "$h0" "$h1" "$rx_ms") $(held_pct "$h1" "$h2" "$tx_ms")"
+	HELD[$k]="$(held_pct "$h0" "$h1" "$rx_ms") $(held_pct "$h1b" "$h2" "$tx_ms")"
 	case $setup in gate-*) log "held (lag bound % / window %): rx ${HELD[$k]% *}, tx ${HELD[$k]#* }" ;; esac
 	if command -v wrk >/dev/null; then
 		HTTP_LOG[$k]=$(log_rate client wrk -t1 -c"$HTTP_CONN" -d"${HTTP_S}s" --latency "http://$GUEST_IP:8080/")

@@ -326,11 +326,16 @@ func runStream(c config, log io.Writer) *summary {
 
 	var sc StreamChecker
 	var closing atomic.Bool
+	// lineReadFrom: when the last read that gave complete lines began
+	// (guarded by t.mu): the end waits for a line from a read begun after
+	// it, which holds everything sent before the end.
+	var lineReadFrom time.Time
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
 		buf := make([]byte, 64<<10)
 		for {
+			began := time.Now()
 			n, err := conn.Read(buf)
 			now := time.Now()
 			if n > 0 {
@@ -341,6 +346,7 @@ func runStream(c config, log io.Writer) *summary {
 				}
 				if pr.Lines > 0 {
 					t.progressLocked(now, true)
+					lineReadFrom = began
 				}
 				t.mu.Unlock()
 			}
@@ -358,11 +364,6 @@ func runStream(c config, log io.Writer) *summary {
 	check := time.NewTicker(stallCheckPeriod(c.StallLimit))
 	defer check.Stop()
 	noLine := func() string { return "no complete line" }
-	linesNow := func() uint64 {
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		return sc.Lines()
-	}
 	alive := true
 reading:
 	for {
@@ -378,15 +379,21 @@ reading:
 			break reading
 		}
 	}
-	// The connection must still be alive at the end: one more line
-	// within the stall limit (a stall under way when the time is up would
-	// otherwise pass unreported), as echo waits for its replies.
+	// The connection must still be alive at the end: one more line, from
+	// a read begun after the end, within the stall limit (a stall under
+	// way when the time is up would otherwise pass unreported), as echo
+	// waits for its replies. A read begun before the end and counted
+	// after it does not do: it may hold only lines from long before.
 	t.mu.Lock()
 	stalled := t.waiting && t.stallReported // failing already
 	t.mu.Unlock()
 	if alive && !stalled {
-		before := linesNow()
-		t.waitAtEnd(c.StallLimit, func() bool { return linesNow() != before }, func() string {
+		ended := time.Now()
+		t.waitAtEnd(c.StallLimit, func() bool {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			return lineReadFrom.After(ended)
+		}, func() string {
 			return fmt.Sprintf("no complete line in the %v after the end", c.StallLimit)
 		}, noLine, readerDone)
 	}

@@ -696,8 +696,8 @@ func TestStreamLocal(t *testing.T) {
 				limit = "1s"
 				args = append(args, "-stop-file", w.stopAfter(t, 40))
 			case "silent":
-				// Nothing comes: the stall is reported once, then the
-				// end waits for a line in vain.
+				// Nothing comes: the stall is reported once (the end
+				// then waits for no line), and no line came at all.
 				limit = "150ms"
 				args[len(args)-1] = "3s"
 			case "eof":
