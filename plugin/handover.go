@@ -459,9 +459,11 @@ func (p *primaryRun) pauseVM(why string, wait time.Duration, strict bool, paused
 // operator's virsh resume. A second pause that fails leaves the VM running
 // or paused, nobody knows which (pauseDoubt): the claim's mark goes, so
 // that the next claim attempt pauses again, and a resumed link or
-// ReportUnprotected resumes it. Unless another pause succeeded while this
-// one was failing (pauseGen moved): the VM is then paused, and its marks
-// are that pause's, left as they are.
+// ReportUnprotected resumes it. When another pause succeeded while this
+// one was failing (pauseGen moved), its marks are left as they are and the
+// run is only marked in doubt; a second pause that succeeds after its mark
+// was lifted marks it in doubt too (the VM is paused and nobody else would
+// resume it).
 func (p *primaryRun) pauseAfterAdoptResume(why string) {
 	p.mu.Lock()
 	resumed := p.adoptResumed

@@ -427,6 +427,20 @@ func lateAdoptResume(t *testing.T) (*fakeHV, *fakeQEMU, chan struct{}, *primaryR
 	return hv, q, gate, p
 }
 
+// pauseMarks reads a primary run's pause marks under its lock.
+func pauseMarks(p *primaryRun) (claim, restart, doubt bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.claimPaused, p.restartPaused, p.pauseDoubt
+}
+
+// winClaim acts as the failover core does when the split-brain claim is
+// won (ReportUnprotected), and waits for what that starts (synctest).
+func winClaim(p *primaryRun) {
+	p.act(failover.ReportUnprotected{Reason: "claim won"}, nil, &outputGates{}, func() {})
+	synctest.Wait()
+}
+
 // When the adoption's late cont fails too, the VM stays paused after the
 // failed second pause: the planned restart's mark stays and the run is in
 // doubt, so a claim attempt whose pause fails does not mark it again, and
@@ -446,17 +460,13 @@ func TestFailedPauseAfterFailedLateResumeResumes(t *testing.T) {
 		if !q.isPaused() {
 			t.Fatal("the failed cont resumed the fake VM")
 		}
-		p.mu.Lock()
-		claim, restart, doubt := p.claimPaused, p.restartPaused, p.pauseDoubt
-		p.mu.Unlock()
+		claim, restart, doubt := pauseMarks(p)
 		if claim || !restart || !doubt {
 			t.Fatalf("after the failed second pause: claim %v restart %v doubt %v, want false true true", claim, restart, doubt)
 		}
 		hv.setDown(true)
 		p.pauseForClaim(errors.New("etcd: context deadline exceeded")) // fails: libvirtd is down
-		p.mu.Lock()
-		claim = p.claimPaused
-		p.mu.Unlock()
+		claim, _, _ = pauseMarks(p)
 		if claim {
 			t.Fatal("a claim attempt whose pause failed marked the run paused again")
 		}
@@ -464,8 +474,7 @@ func TestFailedPauseAfterFailedLateResumeResumes(t *testing.T) {
 		q.mu.Lock()
 		q.gone = false
 		q.mu.Unlock()
-		p.act(failover.ReportUnprotected{Reason: "claim won"}, nil, &outputGates{}, func() {})
-		synctest.Wait()
+		winClaim(p)
 		if q.isPaused() {
 			t.Fatal("ReportUnprotected left the VM paused whose state was in doubt")
 		}
@@ -505,9 +514,7 @@ func TestStaleFailedPauseKeepsNewerPauseMarks(t *testing.T) {
 			}
 			close(hold) // the second pause fails
 			synctest.Wait()
-			p.mu.Lock()
-			claim, restart, doubt := p.claimPaused, p.restartPaused, p.pauseDoubt
-			p.mu.Unlock()
+			claim, restart, doubt := pauseMarks(p)
 			if claim != !lifted || restart != !lifted || !doubt {
 				t.Fatalf("lifted %v: after the stale second pause failed: claim %v restart %v doubt %v, want %v %v true", lifted, claim, restart, doubt, !lifted, !lifted)
 			}
@@ -550,14 +557,11 @@ func TestStaleFailedPauseDuringClaimPause(t *testing.T) {
 		if !q.isPaused() {
 			t.Fatal("the claim's pause did not pause the VM")
 		}
-		p.mu.Lock()
-		marked := p.claimPaused
-		p.mu.Unlock()
+		marked, _, _ := pauseMarks(p)
 		if !marked {
 			t.Fatal("the claim's successful pause left the run unmarked")
 		}
-		p.act(failover.ReportUnprotected{Reason: "claim won"}, nil, &outputGates{}, func() {})
-		synctest.Wait()
+		winClaim(p)
 		if q.isPaused() {
 			t.Fatal("the claim was won and the VM stays paused")
 		}
@@ -627,9 +631,7 @@ func TestFailedPauseAfterLateAdoptResumeUnmarks(t *testing.T) {
 			if !running {
 				t.Fatal("the late cont did not resume the fake VM")
 			}
-			p.mu.Lock()
-			marked := p.claimPaused
-			p.mu.Unlock()
+			marked, _, _ := pauseMarks(p)
 			if marked {
 				t.Fatalf("restart %v: the second pause failed, yet the run is still marked paused for the claim", restart)
 			}

@@ -89,13 +89,16 @@ type primaryRun struct {
 	// resumes it.
 	restartPaused   bool
 	restartPausedAt time.Time
-	// pauseDoubt: a pause after the adoption's late resume failed
-	// (pauseAfterAdoptResume): the VM may run or may still be paused.
-	// The claim's mark is gone, so that the next claim attempt pauses
-	// it; a claim attempt whose pause fails does not take the mark back
-	// from restartPaused; a resumed link and ReportUnprotected resume it
-	// (resumeVM leaves a running VM as it is). Cleared by the next
-	// successful pause and by those resumes.
+	// pauseDoubt: the VM may be paused with no mark that would resume
+	// it: a pause after the adoption's late resume failed
+	// (pauseAfterAdoptResume; the VM may run or may still be paused, and
+	// unless another pause succeeded meanwhile the claim's mark is gone,
+	// so that the next claim attempt pauses it), or succeeded after its
+	// mark was lifted. A claim attempt whose pause fails does not take
+	// the mark back from restartPaused; a resumed link and
+	// ReportUnprotected resume it (resumeVM leaves a running VM as it
+	// is). Cleared by the next successful marked pause and by those
+	// resumes.
 	pauseDoubt bool
 	// pauseGen counts the pauses of this run's VM that succeeded
 	// (pauseVM, pauseAfterAdoptResume): a pause that fails compares it
