@@ -569,6 +569,50 @@ func TestStaleFailedPauseDuringClaimPause(t *testing.T) {
 	})
 }
 
+// The mirror case: the stale second pause succeeds (taking the claim's
+// early mark for its own) and the claim's own stop then fails: the VM is
+// paused, and a won claim resumes it (helper-148's must-fix).
+func TestStalePauseSucceedsThenClaimPauseFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, q, gate, p := lateAdoptResume(t)
+		if !p.pauseForRestart("the backup host's libvirt-ftd restarts (planned)") {
+			t.Fatal("pauseForRestart failed")
+		}
+		stale := q.holdStop(false)
+		close(gate) // the adoption's cont lands: the follow-up pause starts
+		synctest.Wait()
+		if q.stopsHeldPending() != 0 {
+			t.Fatal("the follow-up pause did not reach its stop")
+		}
+		p.mu.Lock()
+		p.restartPaused, p.claimPaused = false, false // the link resumed
+		p.mu.Unlock()
+		claim := q.holdStop(true)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			p.pauseForClaim(errors.New("etcd: context deadline exceeded"))
+		}()
+		synctest.Wait()
+		close(stale) // the stale stop pauses the VM
+		synctest.Wait()
+		close(claim) // the claim's stop fails
+		<-done
+		synctest.Wait()
+		if !q.isPaused() {
+			t.Fatal("the stale pause did not pause the VM")
+		}
+		if _, _, doubt := pauseMarks(p); !doubt {
+			t.Fatal("the paused VM is neither marked nor in doubt")
+		}
+		winClaim(p)
+		if q.isPaused() {
+			t.Fatal("the claim was won and the VM stays paused")
+		}
+		close(p.stop)
+	})
+}
+
 // A claim's or a planned restart's pause that could not wait for the
 // adoption's resume (its cont held in libvirt past the wait) pauses the VM
 // again once that cont has landed, while the run is still paused; a pause

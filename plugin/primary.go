@@ -1252,7 +1252,7 @@ func (p *primaryRun) probeMonitor(answer chan<- error, silent time.Duration, des
 // (ReportUnprotected), losing destroys it (HaltVM).
 func (p *primaryRun) pauseForClaim(err error) {
 	p.mu.Lock()
-	already := p.claimPaused
+	already, gen := p.claimPaused, p.pauseGen
 	p.claimPaused = true
 	p.mu.Unlock()
 	if already {
@@ -1265,8 +1265,15 @@ func (p *primaryRun) pauseForClaim(err error) {
 	if p.pauseVM("the arbiter cannot be reached ("+err.Error()+"); the VM waits until the split-brain claim is decided", handoverTimeout, false, func() { p.claimPaused, p.pauseDoubt = true, false }) != nil {
 		// Unmarked, unless a planned restart's pause succeeded
 		// meanwhile: its mark stands (helper-139); not after a failed
-		// pause left the VM's state in doubt (pauseDoubt).
+		// pause left the VM's state in doubt (pauseDoubt). Another
+		// pause that succeeded meanwhile with no restart's mark (a
+		// stale one, which took this claim's early mark for its own)
+		// left the VM paused with nothing to resume it: in doubt
+		// (helper-148).
 		p.mu.Lock()
+		if p.pauseGen != gen && !p.restartPaused {
+			p.pauseDoubt = true
+		}
 		p.claimPaused = p.restartPaused && !p.pauseDoubt
 		p.mu.Unlock()
 		return
